@@ -1,0 +1,287 @@
+"""Numeric formats: every parameter derived from (exponent bits, mantissa bits) or INT bits here.
+
+A format answers three questions for the rest of the toolkit: how many storage bits an element
+costs (`bits`, used by the cost model), the largest finite value (`max`, used for scales and
+saturation), and how to round (`quant.quant_utils` dispatches on the class).
+
+Tokens accepted by `parse_format` (case-insensitive):
+    0, none, fp32               no quantization (identity)
+    bf16, fp16                  round to that torch dtype (saturating at its max)
+    N, intN  (2 <= N <= 16)     signed symmetric integer, grid [-2^(N-1), 2^(N-1)-1]
+    fp8_e4m3, e4m3              OCP E4M3FN: max 448, no inf, only S.1111.111 is NaN
+    fp8_e5m2, e5m2              IEEE-style E5M2: max 57344, top exponent is inf/NaN
+    fp8_e3m4, e3m4              IEEE-style E3M4: max 15.5
+    fp6_e2m3, fp6_e3m2          OCP MX FP6: max 7.5 / 28, every code finite
+    fp4_e2m1, fp4               OCP MX FP4: max 6, every code finite
+    eXmY                        generic: 1 <= X <= 5, 0 <= Y <= 7, X+Y <= 7, every code finite
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import ClassVar
+
+import torch
+
+VALID_FORMS = (
+    "0/none/fp32 (no quantization), bf16, fp16, N or intN with 2<=N<=16 (e.g. 4, int8), "
+    "fp8_e4m3/e4m3, fp8_e5m2/e5m2, fp8_e3m4/e3m4, fp6_e2m3, fp6_e3m2, fp4_e2m1/fp4, "
+    "or a generic eXmY with 1<=X<=5, 0<=Y<=7, X+Y<=7 (e.g. e2m5)"
+)
+
+INT_BITS_RANGE = (2, 16)
+
+
+class NumberFormat:
+    """Base of every format. Concrete formats are frozen dataclasses (hashable, comparable)."""
+
+    name: str
+    bits: int  # storage bits per element, used by the cost model
+    max: float  # largest finite value
+    is_float: bool
+
+    @property
+    def quantizes(self) -> bool:
+        """False only for the identity format, so callers can skip all work for it."""
+        return True
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class NoQuantFormat(NumberFormat):
+    """Identity: the layer computes exactly what the float layer computes."""
+
+    is_float: ClassVar[bool] = True
+    bits: ClassVar[int] = 32
+    max: ClassVar[float] = float(torch.finfo(torch.float32).max)
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return "none"
+
+    @property
+    def quantizes(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "NoQuantFormat()"
+
+
+class CastDtype(str, Enum):
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return {CastDtype.BF16: torch.bfloat16, CastDtype.FP16: torch.float16}[self]
+
+
+@dataclass(frozen=True)
+class CastFormat(NumberFormat):
+    """Round to a native torch dtype (round-to-nearest-even), saturating at its max."""
+
+    dtype: CastDtype
+    is_float: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", CastDtype(self.dtype))
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.dtype.value
+
+    @property
+    def bits(self) -> int:  # type: ignore[override]
+        return 16
+
+    @property
+    def max(self) -> float:  # type: ignore[override]
+        return float(torch.finfo(self.dtype.torch_dtype).max)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return self.dtype.torch_dtype
+
+    def __repr__(self) -> str:
+        return f"CastFormat({self.name}, max={self.max:g})"
+
+
+@dataclass(frozen=True)
+class IntFormat(NumberFormat):
+    """Signed symmetric integer: grid [-2^(bits-1), 2^(bits-1)-1], scale maps amax to qmax."""
+
+    num_bits: int
+    is_float: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        lo, hi = INT_BITS_RANGE
+        if isinstance(self.num_bits, bool) or not isinstance(self.num_bits, int) or not lo <= self.num_bits <= hi:
+            raise ValueError(
+                f"INT format needs {lo} <= bits <= {hi}, got {self.num_bits!r}; valid forms: {VALID_FORMS}"
+            )
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"int{self.num_bits}"
+
+    @property
+    def bits(self) -> int:  # type: ignore[override]
+        return self.num_bits
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.num_bits - 1))
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.num_bits - 1) - 1
+
+    @property
+    def max(self) -> float:  # type: ignore[override]
+        return float(self.qmax)
+
+    def __repr__(self) -> str:
+        return f"IntFormat({self.name}, grid=[{self.qmin}, {self.qmax}])"
+
+
+class SpecialCodes(str, Enum):
+    """What the top exponent codes mean; this alone fixes the largest finite value."""
+
+    IEEE = "ieee"  # top exponent reserved for inf/NaN (E5M2, E3M4)
+    FN = "fn"  # only the all-ones code is NaN, no inf (OCP E4M3FN)
+    FINITE = "finite"  # every code is a finite value (FP6, FP4, generic eXmY)
+
+
+# (exp_bits, man_bits, special) -> canonical name, and the aliases that name it.
+_NAMED_FLOATS: dict[tuple[int, int, SpecialCodes], tuple[str, ...]] = {
+    (4, 3, SpecialCodes.FN): ("fp8_e4m3", "e4m3"),
+    (5, 2, SpecialCodes.IEEE): ("fp8_e5m2", "e5m2"),
+    (3, 4, SpecialCodes.IEEE): ("fp8_e3m4", "e3m4"),
+    (2, 3, SpecialCodes.FINITE): ("fp6_e2m3",),
+    (3, 2, SpecialCodes.FINITE): ("fp6_e3m2",),
+    (2, 1, SpecialCodes.FINITE): ("fp4_e2m1", "fp4"),
+}
+GENERIC_EXP_RANGE = (1, 5)
+GENERIC_MAN_RANGE = (0, 7)
+GENERIC_MAX_PAYLOAD_BITS = 7  # X + Y, so sign + X + Y fits in one byte
+
+
+@dataclass(frozen=True)
+class FloatFormat(NumberFormat):
+    """Sign + exp_bits + man_bits, bias 2^(exp_bits-1)-1, with subnormals.
+
+    Values: normal (-1)^s * 2^(E - bias) * (1 + M / 2^m) for E >= 1, subnormal
+    (-1)^s * 2^(1 - bias) * (M / 2^m) for E == 0.
+    """
+
+    exp_bits: int
+    man_bits: int
+    special: SpecialCodes = SpecialCodes.FINITE
+    is_float: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "special", SpecialCodes(self.special))
+        if self.exp_bits < 1 or self.man_bits < 0:
+            raise ValueError(f"FP format needs exp_bits >= 1 and man_bits >= 0, got e{self.exp_bits}m{self.man_bits}")
+        # The rounding core builds powers of two as float32 bit patterns; every supported format
+        # keeps its step exponents inside float32's normal range.
+        if self.emin - self.man_bits < -126 or self.emax > 127:
+            raise ValueError(f"e{self.exp_bits}m{self.man_bits} is outside what the float32 rounding core supports")
+
+    @property
+    def bias(self) -> int:
+        return 2 ** (self.exp_bits - 1) - 1
+
+    @property
+    def emin(self) -> int:
+        """Exponent of the smallest normal value (also the subnormal exponent)."""
+        return 1 - self.bias
+
+    @property
+    def emax(self) -> int:
+        """Exponent of the largest finite value."""
+        top = 2**self.exp_bits - 1
+        return (top - 1 if self.special is SpecialCodes.IEEE else top) - self.bias
+
+    @property
+    def max(self) -> float:  # type: ignore[override]
+        # The largest mantissa is all ones, except FN where all-ones with the top exponent is NaN.
+        top_mantissa = 2**self.man_bits - (2 if self.special is SpecialCodes.FN else 1)
+        return float((1 + top_mantissa / 2**self.man_bits) * 2.0**self.emax)
+
+    @property
+    def min_subnormal(self) -> float:
+        return float(2.0 ** (self.emin - self.man_bits))
+
+    @property
+    def bits(self) -> int:  # type: ignore[override]
+        return 1 + self.exp_bits + self.man_bits
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        aliases = _NAMED_FLOATS.get((self.exp_bits, self.man_bits, self.special))
+        return aliases[0] if aliases else f"e{self.exp_bits}m{self.man_bits}"
+
+    def __repr__(self) -> str:
+        return f"FloatFormat({self.name}, e{self.exp_bits}m{self.man_bits}, bias={self.bias}, max={self.max:g})"
+
+
+NO_QUANT = NoQuantFormat()
+_FIXED_TOKENS: dict[str, NumberFormat] = {"0": NO_QUANT, "none": NO_QUANT, "fp32": NO_QUANT}
+_FIXED_TOKENS.update({d.value: CastFormat(d) for d in CastDtype})
+for (_e, _m, _special), _aliases in _NAMED_FLOATS.items():
+    for _alias in _aliases:
+        _FIXED_TOKENS[_alias] = FloatFormat(_e, _m, _special)
+
+_INT_RE = re.compile(r"^(?:int)?(\d+)$")
+_GENERIC_RE = re.compile(r"^e(\d+)m(\d+)$")
+
+
+def parse_format(token: str | int | NumberFormat) -> NumberFormat:
+    """Parse one format token (see the module docstring). A NumberFormat passes through."""
+    if isinstance(token, NumberFormat):
+        return token
+    if isinstance(token, bool) or not isinstance(token, (str, int)):
+        raise ValueError(f"format token must be a string or int, got {token!r}; valid forms: {VALID_FORMS}")
+    text = str(token).strip().lower()
+    if text in _FIXED_TOKENS:
+        return _FIXED_TOKENS[text]
+    int_match = _INT_RE.match(text)
+    if int_match:
+        bits = int(int_match.group(1))
+        lo, hi = INT_BITS_RANGE
+        if not lo <= bits <= hi:
+            raise ValueError(
+                f"invalid format {token!r}: INT formats need {lo} <= bits <= {hi} (0 means no quantization); "
+                f"valid forms: {VALID_FORMS}"
+            )
+        return IntFormat(bits)
+    generic = _GENERIC_RE.match(text)
+    if generic:
+        exp_bits, man_bits = int(generic.group(1)), int(generic.group(2))
+        (elo, ehi), (mlo, mhi) = GENERIC_EXP_RANGE, GENERIC_MAN_RANGE
+        if not (elo <= exp_bits <= ehi and mlo <= man_bits <= mhi and exp_bits + man_bits <= GENERIC_MAX_PAYLOAD_BITS):
+            raise ValueError(
+                f"invalid format {token!r}: generic eXmY needs {elo}<=X<={ehi}, {mlo}<=Y<={mhi} and X+Y<="
+                f"{GENERIC_MAX_PAYLOAD_BITS} (at most 8 bits with the sign); valid forms: {VALID_FORMS}"
+            )
+        return FloatFormat(exp_bits, man_bits, SpecialCodes.FINITE)
+    raise ValueError(f"unknown format {token!r}; valid forms: {VALID_FORMS}")
+
+
+def parse_format_list(text: str | list | tuple, what: str = "search space") -> tuple[NumberFormat, ...]:
+    """Parse a comma-separated list such as '4,8' or 'int4,fp8_e4m3,fp4' (order kept)."""
+    items = [t for t in (text.split(",") if isinstance(text, str) else list(text))]
+    tokens = [t.strip() if isinstance(t, str) else t for t in items]
+    if not tokens or any(t == "" for t in tokens):
+        raise ValueError(f"empty {what} {text!r}: give comma-separated formats, e.g. '4,8' or 'int4,fp8_e4m3,fp4'")
+    formats = tuple(parse_format(t) for t in tokens)
+    seen: set[NumberFormat] = set()
+    for fmt, token in zip(formats, tokens):
+        if fmt in seen:
+            raise ValueError(f"duplicate format {token!r} ({fmt.name}) in {what} {text!r}: list each format once")
+        seen.add(fmt)
+    return formats
