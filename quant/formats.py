@@ -213,7 +213,8 @@ class FloatFormat(NumberFormat):
         return float((1 + top_mantissa / 2**self.man_bits) * 2.0**self.emax)
 
     @property
-    def min_subnormal(self) -> float:
+    def min_positive(self) -> float:
+        """Smallest positive value: the subnormal step 2^(emin - man_bits)."""
         return float(2.0 ** (self.emin - self.man_bits))
 
     @property

@@ -1,0 +1,89 @@
+"""Model cost of a format assignment, computed without running the model.
+
+memory (MiB)  = sum over quantized layers of  num_weights x weight bits / 8 / 2^20
+compute (GBOPs) = sum over quantized layers of  MACs per sample x weight bits x act bits / 1e9
+BOPs as in Baskin et al., "UNIQ" (2018) and used by FLIQS: bit operations of a MAC = b_w * b_a.
+A layer's MACs come from its real geometry (a conv counts its output spatial size), recorded by
+`quant.surgery.record_geometry` or `QuantModule.set_input_shape`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Mapping, Sequence
+
+from quant.formats import NO_QUANT, NumberFormat
+from quant.quant_module import BOPS_PER_GBOPS, BYTES_PER_MIB, QuantModule
+
+
+class CostType(str, Enum):
+    MEMORY = "memory"  # MiB of quantized weights
+    COMPUTE = "compute"  # GBOPs per sample
+
+    @property
+    def unit(self) -> str:
+        return "MiB" if self is CostType.MEMORY else "GBOPs"
+
+
+def parse_cost_type(name: str | CostType) -> CostType:
+    try:
+        return CostType(name)
+    except ValueError:
+        raise ValueError(f"unknown cost type {name!r}; valid: {[c.value for c in CostType]}") from None
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """What a layer's cost depends on, independent of its formats."""
+
+    name: str
+    num_weights: int
+    macs_per_sample: int
+
+    def memory_mib(self, weight_format: NumberFormat) -> float:
+        return self.num_weights * weight_format.bits / 8 / BYTES_PER_MIB
+
+    def gbops(self, weight_format: NumberFormat, act_format: NumberFormat) -> float:
+        return self.macs_per_sample * weight_format.bits * act_format.bits / BOPS_PER_GBOPS
+
+    def cost(self, cost_type: CostType, weight_format: NumberFormat, act_format: NumberFormat) -> float:
+        if cost_type is CostType.MEMORY:
+            return self.memory_mib(weight_format)
+        return self.gbops(weight_format, act_format)
+
+
+def layer_costs(layers: Mapping[str, QuantModule]) -> list[LayerCost]:
+    """LayerCost of every layer (in order); layers need recorded geometry."""
+    costs = []
+    for name, layer in layers.items():
+        if layer.macs_per_sample is None:
+            raise RuntimeError(f"layer {name!r} has no recorded geometry; call quant.surgery.record_geometry first")
+        costs.append(LayerCost(name, layer.weight.numel(), layer.macs_per_sample))
+    return costs
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    memory_mib: float
+    gbops: float
+    float_memory_mib: float  # the same layers at 32 bits
+    float_gbops: float  # the same layers at 32 x 32 bits
+
+    def value(self, cost_type: CostType) -> float:
+        return self.memory_mib if cost_type is CostType.MEMORY else self.gbops
+
+
+def model_cost(costs: Sequence[LayerCost], assignment: Mapping[str, tuple[NumberFormat, NumberFormat]]) -> ModelCost:
+    """Cost of `assignment` (layer name -> (weight format, act format)) over every layer in `costs`."""
+    missing = [c.name for c in costs if c.name not in assignment]
+    if missing:
+        raise ValueError(f"no formats given for layers {missing[:5]}")
+    memory = sum(c.memory_mib(assignment[c.name][0]) for c in costs)
+    gbops = sum(c.gbops(*assignment[c.name]) for c in costs)
+    float_memory = sum(c.memory_mib(NO_QUANT) for c in costs)
+    float_gbops = sum(c.gbops(NO_QUANT, NO_QUANT) for c in costs)
+    return ModelCost(memory, gbops, float_memory, float_gbops)
+
+
+def current_assignment(layers: Mapping[str, QuantModule]) -> dict[str, tuple[NumberFormat, NumberFormat]]:
+    return {name: (layer.weight_format, layer.act_format) for name, layer in layers.items()}

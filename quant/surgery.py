@@ -1,0 +1,133 @@
+"""Model surgery: swap selected float layers for their quantized subclasses, and back.
+
+The swap shares the float layer's parameters (no copy), so a quantized model's `state_dict`
+has exactly the original keys and values, and `save_pretrained` writes a float checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from quant.formats import NumberFormat, parse_format
+from quant.quant_conv2d import QuantConv2d
+from quant.quant_linear import QuantConv1D, QuantLinear
+from quant.quant_module import QuantConfig, QuantModule
+
+# Most specific float class first: QuantLinear must not swallow a Conv1D (it is not a Linear,
+# but order keeps the rule obvious if that ever changes).
+QUANTIZED_CLASS_FOR: tuple[tuple[type[nn.Module], type[QuantModule]], ...] = (
+    (Conv1D, QuantConv1D),
+    (nn.Conv2d, QuantConv2d),
+    (nn.Linear, QuantLinear),
+)
+QUANTIZABLE_TYPES = tuple(float_cls for float_cls, _ in QUANTIZED_CLASS_FOR)
+
+
+def is_quantizable(module: nn.Module) -> bool:
+    return isinstance(module, QUANTIZABLE_TYPES) and not isinstance(module, QuantModule)
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """Which layers to quantize and how.
+
+    layer_names: the layers to replace (module names as in `model.named_modules()`).
+    config: formats and scale options for every selected layer.
+    layer_formats: optional per-layer (weight_format, act_format) overriding config's formats,
+        e.g. a searched assignment re-applied with --load_config.
+    """
+
+    layer_names: tuple[str, ...]
+    config: QuantConfig = field(default_factory=QuantConfig)
+    layer_formats: Mapping[str, tuple[NumberFormat, NumberFormat]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layer_names", tuple(self.layer_names))
+        duplicates = sorted({n for n in self.layer_names if self.layer_names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"layers listed more than once: {duplicates}")
+        unknown = sorted(set(self.layer_formats) - set(self.layer_names))
+        if unknown:
+            raise ValueError(f"layer_formats names layers that are not selected for quantization: {unknown}")
+        object.__setattr__(self, "layer_formats", {
+            name: (parse_format(w), parse_format(a)) for name, (w, a) in self.layer_formats.items()})
+
+
+def quantizable_layer_names(model: nn.Module) -> list[str]:
+    return [name for name, module in model.named_modules() if is_quantizable(module)]
+
+
+def _quantized_copy(module: nn.Module, config: QuantConfig) -> QuantModule:
+    for float_cls, quant_cls in QUANTIZED_CLASS_FOR:
+        if isinstance(module, float_cls):
+            return quant_cls.from_float(module, config)  # type: ignore[attr-defined]
+    raise TypeError(f"no quantized class for {type(module).__name__}")
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def quantize_model(model: nn.Module, spec: QuantSpec) -> tuple[nn.Module, dict[str, QuantModule]]:
+    """Replace the layers in `spec` in place; return the model and an ordered name -> layer map
+    (in `named_modules` order, whatever order `spec.layer_names` had)."""
+    modules = dict(model.named_modules())
+    for name in spec.layer_names:
+        if name not in modules:
+            raise ValueError(f"no module named {name!r} in {type(model).__name__}; "
+                             f"quantizable layers are e.g. {quantizable_layer_names(model)[:5]}")
+        module = modules[name]
+        if isinstance(module, QuantModule):
+            raise ValueError(f"layer {name!r} is already quantized; quantize a model only once")
+        if not is_quantizable(module):
+            raise ValueError(f"layer {name!r} is a {type(module).__name__}, not a Linear, Conv2d or GPT-2 Conv1D")
+    selected = set(spec.layer_names)
+    for name in [n for n in modules if n in selected]:
+        config = spec.config
+        if name in spec.layer_formats:
+            weight_format, act_format = spec.layer_formats[name]
+            config = replace(config, weight_format=weight_format, act_format=act_format)
+        _set_submodule(model, name, _quantized_copy(modules[name], config))
+    return model, quantized_layers(model)
+
+
+def quantized_layers(model: nn.Module) -> dict[str, QuantModule]:
+    """Every quantized layer of `model`, in module order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, QuantModule)}
+
+
+def dequantize_model(model: nn.Module) -> nn.Module:
+    """Swap every quantized layer back to its float class (parameters shared)."""
+    for name, module in list(quantized_layers(model).items()):
+        _set_submodule(model, name, module.to_float())  # type: ignore[attr-defined]
+    return model
+
+
+def set_layer_formats(layers: Mapping[str, QuantModule],
+                      formats: Mapping[str, tuple[NumberFormat, NumberFormat]]) -> None:
+    """Set (weight_format, act_format) per layer name; every name must be a quantized layer."""
+    for name, (weight_format, act_format) in formats.items():
+        if name not in layers:
+            raise KeyError(f"{name!r} is not a quantized layer")
+        layers[name].set_formats(weight_format, act_format)
+
+
+def record_geometry(model: nn.Module, example_inputs: Mapping, layers: Mapping[str, QuantModule] | None = None) -> None:
+    """Record every quantized layer's MACs per sample from one forward pass on `example_inputs`."""
+    layers = quantized_layers(model) if layers is None else layers
+    for layer in layers.values():
+        layer.macs_per_sample = None
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(**example_inputs)
+    model.train(was_training)
+    missing = [name for name, layer in layers.items() if layer.macs_per_sample is None]
+    if missing:
+        raise RuntimeError(f"layers not reached by the example forward pass (no cost geometry): {missing[:5]}")

@@ -1,0 +1,50 @@
+import pytest
+import torch
+from torch import nn
+
+from cost.model_cost import CostType, LayerCost, current_assignment, layer_costs, model_cost, parse_cost_type
+from quant.formats import NO_QUANT, parse_format
+from quant.quant_module import QuantConfig
+from quant.surgery import QuantSpec, quantize_model
+
+INT2, INT4, INT8, FP4 = (parse_format(t) for t in ("int2", "int4", "int8", "fp4"))
+
+
+def test_layer_cost_arithmetic():
+    cost = LayerCost("fc", num_weights=1000, macs_per_sample=5000)
+    assert cost.memory_mib(INT4) == 500 / 2**20
+    assert cost.gbops(INT4, INT8) == 5000 * 32 / 1e9
+    assert cost.cost(CostType.COMPUTE, FP4, NO_QUANT) == 5000 * 4 * 32 / 1e9
+    assert cost.cost(CostType.MEMORY, INT2, INT8) == 250 / 2**20
+
+
+def test_model_cost_of_an_assignment_without_running():
+    costs = [LayerCost("a", 2**20, 10**9), LayerCost("b", 2**21, 2 * 10**9)]
+    result = model_cost(costs, {"a": (INT8, INT8), "b": (INT4, INT2)})
+    assert result.memory_mib == 1.0 + 1.0  # 1 Mi weights x 1 byte + 2 Mi weights x 0.5 byte
+    assert result.gbops == 64 + 16
+    assert (result.float_memory_mib, result.float_gbops) == (12.0, 3 * 1024)
+    assert result.value(CostType.MEMORY) == 2.0 and result.value(CostType.COMPUTE) == 80
+    with pytest.raises(ValueError, match=r"no formats given for layers \['b'\]"):
+        model_cost(costs, {"a": (INT8, INT8)})
+
+
+def test_costs_from_a_quantized_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(8 * 16 * 16, 10))
+    _, layers = quantize_model(model, QuantSpec(["0", "2"], QuantConfig(INT4, INT8)))
+    with pytest.raises(RuntimeError, match="'0' has no recorded geometry"):
+        layer_costs(layers)
+    model.eval()
+    model(torch.randn(2, 3, 32, 32))
+    costs = layer_costs(layers)
+    assert costs == [LayerCost("0", 216, 55296), LayerCost("2", 20480, 20480)]
+    result = model_cost(costs, current_assignment(layers))
+    assert result.memory_mib == pytest.approx(sum(l.memory_cost() for l in layers.values()), rel=0, abs=0)
+    assert result.gbops == pytest.approx(sum(l.compute_cost() for l in layers.values()), rel=1e-15)
+
+
+def test_parse_cost_type():
+    assert parse_cost_type("compute") is CostType.COMPUTE and CostType.MEMORY.unit == "MiB"
+    with pytest.raises(ValueError, match=r"unknown cost type 'latency'; valid: \['memory', 'compute'\]"):
+        parse_cost_type("latency")

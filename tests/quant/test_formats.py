@@ -1,0 +1,125 @@
+import math
+
+import pytest
+
+from quant.formats import (
+    NO_QUANT,
+    CastFormat,
+    FloatFormat,
+    IntFormat,
+    SpecialCodes,
+    parse_format,
+    parse_format_list,
+)
+
+# token -> (canonical name, bits, max, is_float)
+NAMED = {
+    "fp8_e4m3": ("fp8_e4m3", 8, 448.0, True),
+    "E4M3": ("fp8_e4m3", 8, 448.0, True),
+    "fp8_e5m2": ("fp8_e5m2", 8, 57344.0, True),
+    "e5m2": ("fp8_e5m2", 8, 57344.0, True),
+    "fp8_e3m4": ("fp8_e3m4", 8, 15.5, True),
+    "e3m4": ("fp8_e3m4", 8, 15.5, True),
+    "fp6_e2m3": ("fp6_e2m3", 6, 7.5, True),
+    "fp6_e3m2": ("fp6_e3m2", 6, 28.0, True),
+    "fp4_e2m1": ("fp4_e2m1", 4, 6.0, True),
+    "FP4": ("fp4_e2m1", 4, 6.0, True),
+    "int8": ("int8", 8, 127.0, False),
+    "8": ("int8", 8, 127.0, False),
+    "4": ("int4", 4, 7.0, False),
+    " Int2 ": ("int2", 2, 1.0, False),
+    "16": ("int16", 16, 32767.0, False),
+    "bf16": ("bf16", 16, 3.3895313892515355e38, True),
+    "fp16": ("fp16", 16, 65504.0, True),
+    "none": ("none", 32, 3.4028234663852886e38, True),
+    "0": ("none", 32, 3.4028234663852886e38, True),
+    "FP32": ("none", 32, 3.4028234663852886e38, True),
+}
+
+
+@pytest.mark.parametrize("token", sorted(NAMED))
+def test_named_tokens(token):
+    fmt = parse_format(token)
+    name, bits, fmax, is_float = NAMED[token]
+    assert (fmt.name, fmt.bits, fmt.max, fmt.is_float) == (name, bits, fmax, is_float)
+    assert parse_format(fmt.name) == fmt  # the canonical name parses back to the same format
+
+
+def test_plain_ints_and_int_tokens_agree():
+    assert parse_format(4) == parse_format("4") == parse_format("int4") == IntFormat(4)
+    assert parse_format(0) is NO_QUANT
+    assert not NO_QUANT.quantizes and parse_format("int4").quantizes
+    assert (IntFormat(3).qmin, IntFormat(3).qmax) == (-4, 3)
+
+
+def test_generic_float_parameters_derive_from_bits():
+    e2m5 = parse_format("e2m5")
+    assert isinstance(e2m5, FloatFormat) and e2m5.special is SpecialCodes.FINITE
+    assert (e2m5.bits, e2m5.bias, e2m5.emin, e2m5.emax) == (8, 1, 0, 2)
+    assert e2m5.max == (2 - 2**-5) * 4 and e2m5.min_positive == 2**-5
+    # Generic tokens that coincide with the OCP FP6/FP4 definitions are the same format.
+    assert parse_format("e2m3") == parse_format("fp6_e2m3")
+    assert parse_format("e2m1") == parse_format("fp4")
+    # e1m0: values {0, 2}; e5m2 generic is the named IEEE-style E5M2 (alias wins).
+    e1m0 = parse_format("e1m0")
+    assert (e1m0.bits, e1m0.max, e1m0.min_positive) == (2, 2.0, 2.0)
+    assert parse_format("e5m2").special is SpecialCodes.IEEE
+
+
+def test_named_formats_special_codes():
+    e4m3 = parse_format("fp8_e4m3")
+    assert (e4m3.bias, e4m3.emin, e4m3.emax, e4m3.min_positive) == (7, -6, 8, 2**-9)
+    e5m2 = parse_format("fp8_e5m2")
+    assert (e5m2.bias, e5m2.emin, e5m2.emax, e5m2.min_positive) == (15, -14, 15, 2**-16)
+    assert isinstance(parse_format("bf16"), CastFormat)
+
+
+@pytest.mark.parametrize(
+    "token, match",
+    [
+        ("int1", r"'int1'.*2 <= bits <= 16"),
+        ("1", r"'1'.*2 <= bits <= 16"),
+        ("17", r"'17'.*2 <= bits <= 16"),
+        ("int17", r"'int17'.*2 <= bits <= 16"),
+        ("e5m3", r"'e5m3'.*X\+Y<=7"),
+        ("e6m1", r"'e6m1'.*1<=X<=5"),
+        ("e0m3", r"'e0m3'.*1<=X<=5"),
+        ("e2m8", r"'e2m8'.*0<=Y<=7"),
+        ("fp8", r"unknown format 'fp8'.*valid forms"),
+        ("", r"unknown format ''"),
+        ("int4.5", r"unknown format 'int4.5'"),
+        ("uint8", r"unknown format 'uint8'"),
+    ],
+)
+def test_bad_tokens_name_the_value_and_valid_forms(token, match):
+    with pytest.raises(ValueError, match=match) as info:
+        parse_format(token)
+    assert "valid forms" in str(info.value)
+
+
+def test_bad_token_types():
+    with pytest.raises(ValueError, match="string or int, got 4.0"):
+        parse_format(4.0)
+    with pytest.raises(ValueError, match="string or int, got True"):
+        parse_format(True)
+    with pytest.raises(ValueError, match="2 <= bits <= 16, got 1"):
+        IntFormat(1)
+
+
+def test_format_lists():
+    assert parse_format_list("4,8") == (IntFormat(4), IntFormat(8))
+    mixed = parse_format_list("int4, fp8_e4m3,fp4")
+    assert [f.name for f in mixed] == ["int4", "fp8_e4m3", "fp4_e2m1"]
+    with pytest.raises(ValueError, match=r"empty search space ''"):
+        parse_format_list("")
+    with pytest.raises(ValueError, match=r"empty search space '4,,8'"):
+        parse_format_list("4,,8")
+    with pytest.raises(ValueError, match=r"duplicate format 'int8' \(int8\)"):
+        parse_format_list("8,int8")
+
+
+def test_formats_are_hashable_and_printable():
+    assert len({parse_format("e4m3"), parse_format("fp8_e4m3"), parse_format("int4")}) == 2
+    assert str(parse_format("fp4")) == "fp4_e2m1"
+    assert "max=448" in repr(parse_format("e4m3"))
+    assert math.isclose(parse_format("e3m2").max, 28.0)

@@ -1,0 +1,290 @@
+import bisect
+import math
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+from quant.formats import FloatFormat, IntFormat, parse_format
+from quant.quant_utils import (
+    Granularity,
+    abs_max,
+    compute_scale,
+    fake_quantize,
+    quantize,
+)
+
+ML_DTYPES = {
+    "fp8_e4m3": ml_dtypes.float8_e4m3fn,
+    "fp8_e5m2": ml_dtypes.float8_e5m2,
+    "fp8_e3m4": ml_dtypes.float8_e3m4,
+    "fp6_e2m3": ml_dtypes.float6_e2m3fn,
+    "fp6_e3m2": ml_dtypes.float6_e3m2fn,
+    "fp4_e2m1": ml_dtypes.float4_e2m1fn,
+}
+SCALES = [1.0, 0.25, 0.37, 3.0, 1e-3, 2.0**-20]
+
+
+def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    assert a.dtype == b.dtype == torch.float32 and a.shape == b.shape
+    return torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
+def finite_grid(dtype) -> np.ndarray:
+    """Sorted non-negative finite values of an ml_dtypes format, by enumerating its codes
+    (sub-byte ml_dtypes formats are stored one value per byte)."""
+    codes = np.arange(2 ** ml_dtypes.finfo(dtype).bits, dtype=np.uint8)
+    values = codes.view(dtype).astype(np.float64)
+    return np.unique(np.abs(values[np.isfinite(values)]))
+
+
+def stress_inputs(fmt_max: float, grid: np.ndarray, seed: int = 0) -> torch.Tensor:
+    """Subnormals, normals, values past max, exact ties, +-0, and every representable value."""
+    gen = torch.Generator().manual_seed(seed)
+    exps = torch.randint(-30, int(math.log2(fmt_max)) + 4, (20000,), generator=gen).float()
+    random = torch.randn(20000, generator=gen) * torch.exp2(exps)
+    mids = (grid[1:] + grid[:-1]) / 2  # exact ties in float32 for these small formats
+    pieces = [
+        random,
+        torch.tensor(grid, dtype=torch.float32),
+        torch.tensor(mids, dtype=torch.float32),
+        -torch.tensor(mids, dtype=torch.float32),
+        torch.tensor([0.0, -0.0, fmt_max, -fmt_max, fmt_max * 1.01, fmt_max * 1e6, -3e38, 1e-40, -1e-45]),
+    ]
+    return torch.cat(pieces)
+
+
+@pytest.mark.parametrize("name", sorted(ML_DTYPES))
+def test_every_code_is_a_fixed_point(name):
+    fmt, dtype = parse_format(name), ML_DTYPES[name]
+    grid = finite_grid(dtype)
+    assert grid.max() == fmt.max
+    values = torch.tensor(np.concatenate([grid, -grid]), dtype=torch.float32)
+    assert bits_equal(fake_quantize(values, fmt, 1.0), values)
+    # Number of distinct finite non-negative values = what the definition gives.
+    assert len(grid) == 2 ** (fmt.bits - 1) - (1 if name == "fp8_e4m3" else 0) - (
+        2 ** fmt.man_bits if fmt.special.value == "ieee" else 0
+    )
+
+
+@pytest.mark.parametrize("name", sorted(ML_DTYPES))
+@pytest.mark.parametrize("scale", SCALES)
+def test_named_fp_formats_match_ml_dtypes_bit_for_bit(name, scale):
+    fmt, dtype = parse_format(name), ML_DTYPES[name]
+    x = stress_inputs(fmt.max, finite_grid(dtype)) * scale
+    scale_t = torch.tensor(scale)
+    got = fake_quantize(x, fmt, scale_t)
+    y = (x * torch.reciprocal(scale_t)).clamp(-fmt.max, fmt.max).numpy()
+    ref = torch.from_numpy(y.astype(dtype).astype(np.float32)) * scale_t
+    assert bits_equal(got, ref)
+    assert torch.isfinite(got).all()
+
+
+def reference_round(x: float, grid: list[float]) -> float:
+    """Independent float64 rounding to a sorted non-negative grid: nearest, ties to the even
+    multiple of the local spacing, saturating at the largest value, sign kept (also for zero)."""
+    a = min(abs(x), grid[-1])
+    i = bisect.bisect_left(grid, a)
+    if grid[i] == a:
+        r = a
+    else:
+        lo, hi = grid[i - 1], grid[i]
+        if a - lo != hi - a:
+            r = lo if a - lo < hi - a else hi
+        else:
+            step = hi - lo
+            r = lo if round(lo / step) % 2 == 0 else hi
+    return math.copysign(r, x)
+
+
+def generic_grid(exp_bits: int, man_bits: int) -> list[float]:
+    """All non-negative values of a generic (all-codes-finite) eXmY format, from the definition."""
+    bias = 2 ** (exp_bits - 1) - 1
+    values = set()
+    for e in range(2**exp_bits):
+        for m in range(2**man_bits):
+            if e == 0:
+                values.add(2.0 ** (1 - bias) * m / 2**man_bits)
+            else:
+                values.add(2.0 ** (e - bias) * (1 + m / 2**man_bits))
+    return sorted(values)
+
+
+@pytest.mark.parametrize("token", ["e1m0", "e1m3", "e2m0", "e2m5", "e3m3", "e4m3g", "e5m0", "e5m2g", "e3m1", "e1m6"])
+def test_generic_exmy_matches_float64_reference(token):
+    exp_bits, man_bits = int(token[1]), int(token[3])
+    fmt = FloatFormat(exp_bits, man_bits)  # all-codes-finite (e4m3g/e5m2g: the generic variants)
+    grid = generic_grid(exp_bits, man_bits)
+    assert fmt.max == grid[-1] and fmt.min_positive == grid[1]
+    x = stress_inputs(fmt.max, np.array(grid), seed=exp_bits * 10 + man_bits)
+    got = fake_quantize(x, fmt, 1.0)
+    ref = torch.tensor([reference_round(v, grid) for v in x.tolist()], dtype=torch.float32)
+    assert bits_equal(got, ref)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8, 16])
+def test_int_matches_torch_per_tensor_forward_and_gradient(bits):
+    fmt = IntFormat(bits)
+    gen = torch.Generator().manual_seed(bits)
+    x = (torch.randn(4096, generator=gen) * 3).requires_grad_()
+    scale = 2.5 / fmt.qmax
+    ref = torch.fake_quantize_per_tensor_affine(x, scale, 0, fmt.qmin, fmt.qmax)
+    got = fake_quantize(x, fmt, scale)
+    # Equal values (torch writes +0 where we keep the sign of a rounded-away negative: -0.0 == 0.0).
+    assert torch.equal(got.detach(), ref.detach())
+    upstream = torch.randn(4096, generator=gen)
+    (g_ref,) = torch.autograd.grad(ref, x, upstream)
+    (g_got,) = torch.autograd.grad(got, x, upstream)
+    assert torch.equal(g_got, g_ref)
+    assert 0 < int((g_got == 0).sum()) < x.numel()  # some values saturated, some not
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_int_matches_torch_per_channel(bits):
+    fmt = IntFormat(bits)
+    gen = torch.Generator().manual_seed(0)
+    w = (torch.randn(16, 64, generator=gen) * torch.rand(16, 1, generator=gen) * 5).requires_grad_()
+    scale = compute_scale(w, fmt, Granularity.PER_CHANNEL, dim=0)
+    assert scale.shape == (16, 1)
+    ref = torch.fake_quantize_per_channel_affine(w, scale.flatten(), torch.zeros(16, dtype=torch.int32), 0,
+                                                 fmt.qmin, fmt.qmax)
+    got = fake_quantize(w, fmt, scale)
+    assert torch.equal(got.detach(), ref.detach())
+    upstream = torch.randn_like(w)
+    assert torch.equal(torch.autograd.grad(got, w, upstream)[0], torch.autograd.grad(ref, w, upstream)[0])
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3", "fp4_e2m1", "e2m5", "bf16", "fp16"])
+def test_fp_gradient_is_masked_straight_through(name):
+    fmt = parse_format(name)
+    scale = 0.5
+    x = torch.tensor([0.0, 0.1, -1.0, fmt.max * scale, fmt.max * scale * 1.5, -fmt.max * scale * 3], requires_grad=True)
+    upstream = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    (grad,) = torch.autograd.grad(fake_quantize(x, fmt, scale), x, upstream)
+    assert torch.equal(grad, torch.tensor([1.0, 2.0, 3.0, 4.0, 0.0, 0.0]))
+
+
+def test_cast_formats_round_like_torch_and_saturate():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(10000, generator=gen) * 100
+    assert bits_equal(fake_quantize(x, "bf16", 1.0), x.to(torch.bfloat16).float())
+    assert bits_equal(fake_quantize(x, "fp16", 1.0), x.to(torch.float16).float())
+    big = torch.tensor([7e4, -1e30, 65504.0, 1e39])
+    assert fake_quantize(big, "fp16", 1.0).tolist() == [65504.0, -65504.0, 65504.0, 65504.0]
+
+
+def test_no_quant_is_identity():
+    x = torch.randn(10, requires_grad=True)
+    assert fake_quantize(x, "none", 1.0) is x
+    assert quantize(x, parse_format("none"), Granularity.PER_TENSOR) is x
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["int4", "int8", "fp8_e4m3", "fp4_e2m1"])
+def test_low_precision_inputs_keep_their_dtype(dtype, name):
+    fmt = parse_format(name)
+    x = (torch.randn(2048, generator=torch.Generator().manual_seed(1)) * 4).to(dtype)
+    scale = torch.tensor(0.03)
+    got = fake_quantize(x, fmt, scale)
+    assert got.dtype == dtype and torch.isfinite(got).all()
+    # Same as quantizing the exactly-upcast values in float32 and rounding the result to dtype.
+    assert torch.equal(got, fake_quantize(x.float(), fmt, scale).to(dtype))
+
+
+def test_sign_of_zero_is_kept():
+    out = fake_quantize(torch.tensor([-0.0, -1e-30, 0.0]), "fp8_e4m3", 1.0)
+    assert out.view(torch.int32).tolist() == torch.tensor([-0.0, -0.0, 0.0]).view(torch.int32).tolist()
+
+
+@pytest.mark.parametrize(
+    "scale, match",
+    [
+        (0.0, "scale must be positive and finite everywhere, got 0.0"),
+        (-1.0, r"got -1.0"),
+        (float("nan"), r"got nan"),
+        (torch.tensor([1.0, -2.0, 3.0]), r"got -2.0"),
+        (torch.ones(3, 2), r"scale of shape \(3, 2\) does not broadcast against x of shape \(3,\)"),
+        ("1", "scale must be a positive float or tensor"),
+        (torch.tensor([1, 2, 3]), "floating-point tensor"),
+    ],
+)
+def test_bad_scales(scale, match):
+    with pytest.raises(ValueError, match=match):
+        fake_quantize(torch.ones(3), "int8", scale)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="floating-point tensor, got dtype torch.int64"):
+        fake_quantize(torch.ones(3, dtype=torch.long), "int8", 1.0)
+    with pytest.raises(ValueError, match="unknown format 'int8x'"):
+        fake_quantize(torch.ones(3), "int8x", 1.0)
+    with pytest.raises(ValueError, match=r"range_percentile must be in \(0, 100\] or negative"):
+        compute_scale(torch.ones(3), parse_format("int8"), range_percentile=101)
+
+
+def test_scales_per_tensor_channel_token():
+    x = torch.tensor([[1.0, -4.0, 2.0], [0.5, 0.25, -0.125]])
+    int8, e4m3 = parse_format("int8"), parse_format("e4m3")
+    f32 = lambda rows: torch.tensor(rows, dtype=torch.float32)  # noqa: E731
+    assert torch.equal(compute_scale(x, int8), f32([[4.0]]) / 127)
+    assert torch.equal(compute_scale(x, e4m3, Granularity.PER_CHANNEL, dim=0), f32([[4.0], [0.5]]) / 448)
+    assert torch.equal(compute_scale(x, int8, Granularity.PER_CHANNEL, dim=1), f32([[1.0, 4.0, 2.0]]) / 127)
+    assert torch.equal(compute_scale(x, int8, Granularity.PER_TOKEN, dim=-1), f32([[4.0], [0.5]]) / 127)
+    assert compute_scale(x, parse_format("bf16")).tolist() == [[1.0]]
+    # An all-zero tensor gets a tiny positive scale and quantizes to zero, not NaN.
+    zeros = torch.zeros(4)
+    assert compute_scale(zeros, int8).item() > 0
+    assert torch.equal(quantize(zeros, int8, Granularity.PER_TENSOR), zeros)
+
+
+def test_range_percentile_takes_the_kth_abs_value():
+    x = torch.arange(1, 101, dtype=torch.float32) * torch.tensor([1.0, -1.0]).repeat(50)
+    assert abs_max(x, Granularity.PER_TENSOR, range_percentile=99.0).item() == 99.0
+    assert abs_max(x, Granularity.PER_TENSOR, range_percentile=50.0).item() == 50.0
+    rows = torch.stack([x, 2 * x])  # per channel: each row's own percentile
+    assert abs_max(rows, Granularity.PER_CHANNEL, dim=0, range_percentile=90.0).flatten().tolist() == [90.0, 180.0]
+
+
+def test_per_channel_error_beats_per_tensor_on_uneven_channels():
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 256, generator=gen) * torch.logspace(-4, 1, 64).unsqueeze(1)
+
+    def channel_relative_error(q: torch.Tensor) -> torch.Tensor:
+        # Each output channel's error relative to its own energy: per-tensor scales crush the
+        # small channels (INT: few levels; FP: below the smallest subnormal).
+        return ((q - w).square().sum(1) / w.square().sum(1)).mean()
+
+    for name in ["int4", "int8", "fp8_e4m3", "fp8_e5m2", "fp6_e2m3", "fp4_e2m1"]:
+        fmt = parse_format(name)
+        err_tensor = channel_relative_error(quantize(w, fmt, Granularity.PER_TENSOR))
+        err_channel = channel_relative_error(quantize(w, fmt, Granularity.PER_CHANNEL, dim=0))
+        assert err_channel < err_tensor, name
+
+
+def test_mse_clipping_beats_abs_max_on_heavy_tails():
+    gen = torch.Generator().manual_seed(0)
+    # Student-t with 3 degrees of freedom: a few huge outliers stretch the abs-max range.
+    normal = torch.randn(50000, generator=gen)
+    chi2 = torch.randn(3, 50000, generator=gen).square().sum(0)
+    x = normal / torch.sqrt(chi2 / 3)
+    for name in ["int4", "fp4_e2m1"]:
+        fmt = parse_format(name)
+        err_absmax = (quantize(x, fmt, Granularity.PER_TENSOR) - x).square().mean()
+        err_mse = (quantize(x, fmt, Granularity.PER_TENSOR, range_percentile=-1) - x).square().mean()
+        assert err_mse < 0.5 * err_absmax, name
+    # Per channel, the MSE search never loses to abs-max in any channel.
+    w = torch.cat([x[:25000].view(50, 500), torch.randn(50, 500, generator=gen)])
+    fmt = parse_format("int4")
+    per_row = lambda q: (q - w).square().mean(dim=1)  # noqa: E731
+    assert (per_row(quantize(w, fmt, Granularity.PER_CHANNEL, range_percentile=-1))
+            <= per_row(quantize(w, fmt, Granularity.PER_CHANNEL))).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["int4", "int8", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1", "e2m5", "bf16"])
+def test_cuda_matches_cpu(name):
+    fmt = parse_format(name)
+    x = stress_inputs(fmt.max, np.array([0.0, fmt.max]))
+    scale = torch.tensor(0.37)
+    assert bits_equal(fake_quantize(x.cuda(), fmt, scale.cuda()).cpu(), fake_quantize(x, fmt, scale))

@@ -1,0 +1,125 @@
+import pytest
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from quant.formats import parse_format
+from quant.quant_conv2d import QuantConv2d
+from quant.quant_linear import QuantConv1D, QuantLinear
+from quant.quant_module import QuantConfig
+from quant.surgery import (
+    QuantSpec,
+    dequantize_model,
+    quantizable_layer_names,
+    quantize_model,
+    quantized_layers,
+    record_geometry,
+    set_layer_formats,
+)
+
+INT4, INT8 = parse_format("int4"), parse_format("int8")
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ReLU(), nn.BatchNorm2d(4))
+        self.proj = Conv1D(6, 4)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        h = self.block(self.stem(pixel_values)).mean(dim=(2, 3))  # (B, 4)
+        return self.head(self.proj(h.unsqueeze(1)).squeeze(1))
+
+
+def make() -> Tiny:
+    torch.manual_seed(0)
+    return Tiny()
+
+
+def test_quantizable_names_in_module_order():
+    assert quantizable_layer_names(make()) == ["stem", "block.0", "proj", "head"]
+
+
+def test_surgery_replaces_exactly_the_selected_layers():
+    model = make()
+    _, layers = quantize_model(model, QuantSpec(["head", "stem", "proj"], QuantConfig(INT8, INT8)))
+    assert list(layers) == ["stem", "proj", "head"]  # model order, not spec order
+    assert type(model.stem) is QuantConv2d and type(model.block[0]) is nn.Conv2d
+    assert type(model.proj) is QuantConv1D and type(model.head) is QuantLinear
+    assert all(layer.weight_format == INT8 for layer in layers.values())
+
+
+def test_none_everywhere_equals_float_model_bitwise():
+    x = torch.randn(2, 3, 8, 8)
+    float_model = make().eval()
+    quant_model, _ = quantize_model(make().eval(), QuantSpec(quantizable_layer_names(make())))
+    assert torch.equal(float_model(x), quant_model(x))
+
+
+def test_state_dict_round_trip_between_float_and_quantized():
+    float_model = make()
+    quant_model, _ = quantize_model(make(), QuantSpec(quantizable_layer_names(make()), QuantConfig(INT4, INT8)))
+    with torch.no_grad():
+        for p in quant_model.parameters():
+            p.add_(1.0)
+    state = quant_model.state_dict()
+    assert list(state) == list(float_model.state_dict())
+    float_model.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(float_model.state_dict().values(), state.values()))
+    fresh, _ = quantize_model(make(), QuantSpec(["stem"]))
+    fresh.load_state_dict(float_model.state_dict())
+    assert torch.equal(fresh.stem.weight, quant_model.stem.weight)
+
+
+def test_per_layer_formats_and_set_layer_formats():
+    model = make()
+    spec = QuantSpec(["stem", "head"], QuantConfig(INT8, INT8, per_channel=True), layer_formats={"head": ("int4", "fp8_e4m3")})
+    _, layers = quantize_model(model, spec)
+    assert (layers["stem"].weight_format, layers["head"].weight_format) == (INT8, INT4)
+    assert layers["head"].act_format == parse_format("fp8_e4m3")
+    assert layers["head"].quant_config.per_channel
+    set_layer_formats(layers, {"stem": (INT4, INT4)})
+    assert model.stem.weight_format == INT4
+    with pytest.raises(KeyError, match="'proj' is not a quantized layer"):
+        set_layer_formats(layers, {"proj": (INT4, INT4)})
+
+
+def test_dequantize_restores_float_classes_with_shared_parameters():
+    model = make()
+    weight = model.head.weight
+    quantize_model(model, QuantSpec(quantizable_layer_names(model), QuantConfig(INT4)))
+    dequantize_model(model)
+    assert quantized_layers(model) == {}
+    assert type(model.head) is nn.Linear and model.head.weight is weight and type(model.proj) is Conv1D
+
+
+def test_record_geometry():
+    model, layers = quantize_model(make(), QuantSpec(quantizable_layer_names(make())))
+    record_geometry(model, {"pixel_values": torch.randn(1, 3, 8, 8)})
+    assert {n: l.macs_per_sample for n, l in layers.items()} == {
+        "stem": 8 * 8 * 4 * 27, "block.0": 8 * 8 * 4 * 9, "proj": 4 * 6, "head": 6 * 3}
+    assert model.training  # restored
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(layer_names=["nope"]), r"no module named 'nope' in Tiny"),
+        (dict(layer_names=["block.1"]), r"layer 'block.1' is a ReLU, not a Linear, Conv2d or GPT-2 Conv1D"),
+    ],
+)
+def test_surgery_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        quantize_model(make(), QuantSpec(**kwargs))
+
+
+def test_spec_errors():
+    with pytest.raises(ValueError, match=r"layers listed more than once: \['stem'\]"):
+        QuantSpec(["stem", "stem"])
+    with pytest.raises(ValueError, match=r"not selected for quantization: \['head'\]"):
+        QuantSpec(["stem"], layer_formats={"head": ("int4", "int4")})
+    model, _ = quantize_model(make(), QuantSpec(["stem"]))
+    with pytest.raises(ValueError, match="'stem' is already quantized"):
+        quantize_model(model, QuantSpec(["stem"]))
