@@ -1,0 +1,209 @@
+"""Reward functions: combine a quality signal with a cost (memory or BOPs) against a target.
+
+Every function has the signature `(cost, cost_beta, cost_target, quality) -> float` and uses the
+cost ratio r = cost / cost_target:
+
+    tunas_abs            quality - beta * |1 - r|           (TuNAS absolute reward)
+    one_sided_tunas_abs  quality - beta * |1 - max(1, r)|   (only exceeding the target costs)
+    soft_exponential     quality * r ** beta                (MnasNet soft constraint)
+    hard_exponential     quality * max(1, r) ** beta        (MnasNet hard constraint)
+
+Sign of `cost_beta`: in the two absolute (additive) forms a POSITIVE beta penalises missing the
+target; in the two exponential (multiplicative) forms a NEGATIVE beta penalises cost, as in
+MnasNet (e.g. beta = -0.07). Positive beta in an exponential form rewards cost.
+
+The multiplicative forms assume a non-negative quality (e.g. accuracy, or exp(-loss)): with a
+negative quality a larger multiplier makes the reward worse, inverting the trade-off.
+
+These are pure functions: they never log. `compute_reward` returns the reward together with its
+intermediates (ratio, penalty or multiplier) for the caller to log.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Literal, Union
+
+import torch
+
+RewardFunction = Callable[[float, float, float, float], float]
+
+
+@dataclass(frozen=True)
+class RewardBreakdown:
+    """A reward and how it was made. Exactly one of `penalty` / `multiplier` is set.
+
+    penalty:    the amount subtracted from quality (additive forms).
+    multiplier: the factor quality is multiplied by (exponential forms).
+    """
+
+    name: str
+    reward: float
+    quality: float
+    cost: float
+    cost_target: float
+    cost_beta: float
+    cost_ratio: float
+    penalty: float | None = None
+    multiplier: float | None = None
+
+    def to_log_dict(self) -> dict[str, float]:
+        """The numeric fields that are set, for a logger (e.g. Trainer.log)."""
+        return {
+            key: value
+            for key, value in asdict(self).items()
+            if key != "name" and value is not None
+        }
+
+
+def _finite(name: str, value: float) -> float:
+    try:
+        as_float = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} must be a real number") from None
+    if not math.isfinite(as_float):
+        raise ValueError(
+            f"{name}={value!r} must be finite; check the metric or cost that produced it for "
+            "NaN/inf (e.g. a diverged loss)"
+        )
+    return as_float
+
+
+def _validated_inputs(
+    cost: float, cost_beta: float, cost_target: float, quality: float
+) -> tuple[float, float, float, float]:
+    cost = _finite("cost", cost)
+    cost_beta = _finite("cost_beta", cost_beta)
+    cost_target = _finite("cost_target", cost_target)
+    quality = _finite("quality", quality)
+    if cost_target <= 0:
+        raise ValueError(
+            f"cost_target={cost_target!r} must be > 0 (in the unit of the cost: MiB for memory, "
+            "GBOPs for compute)"
+        )
+    if cost < 0:
+        raise ValueError(
+            f"cost={cost!r} must be >= 0; a model cost (MiB or GBOPs) is never negative"
+        )
+    return cost, cost_beta, cost_target, quality
+
+
+# -- cost terms as functions of (ratio, beta) ----------------------------------------------------
+
+
+# Each works on a float or, element-wise, on a tensor of ratios (see `rewards_for_costs`).
+Ratio = Union[float, torch.Tensor]
+
+
+def _at_least_one(cost_ratio: Ratio) -> Ratio:
+    return cost_ratio.clamp(min=1.0) if isinstance(cost_ratio, torch.Tensor) else max(1.0, cost_ratio)
+
+
+def _abs_penalty(cost_ratio: Ratio, cost_beta: float) -> Ratio:
+    return cost_beta * abs(1.0 - cost_ratio)
+
+
+def _one_sided_abs_penalty(cost_ratio: Ratio, cost_beta: float) -> Ratio:
+    return cost_beta * abs(1.0 - _at_least_one(cost_ratio))
+
+
+def _soft_exponential_multiplier(cost_ratio: Ratio, cost_beta: float) -> Ratio:
+    if not isinstance(cost_ratio, torch.Tensor) and cost_ratio == 0.0 and cost_beta < 0:
+        raise ValueError(
+            f"soft_exponential with cost=0 and cost_beta={cost_beta!r} < 0 gives an infinite "
+            "reward (0 ** negative); use a positive cost or hard_exponential"
+        )
+    return cost_ratio**cost_beta
+
+
+def _hard_exponential_multiplier(cost_ratio: Ratio, cost_beta: float) -> Ratio:
+    return _at_least_one(cost_ratio) ** cost_beta
+
+
+@dataclass(frozen=True)
+class _RewardForm:
+    combine: Literal["subtract", "multiply"]
+    cost_term: Callable[[float, float], float]
+
+
+_REWARD_FORMS: dict[str, _RewardForm] = {
+    "tunas_abs": _RewardForm("subtract", _abs_penalty),
+    "one_sided_tunas_abs": _RewardForm("subtract", _one_sided_abs_penalty),
+    "soft_exponential": _RewardForm("multiply", _soft_exponential_multiplier),
+    "hard_exponential": _RewardForm("multiply", _hard_exponential_multiplier),
+}
+
+
+def _valid_names() -> str:
+    return ", ".join(_REWARD_FORMS)
+
+
+def compute_reward(
+    name: str, cost: float, cost_beta: float, cost_target: float, quality: float
+) -> RewardBreakdown:
+    """The reward of reward function `name`, with its intermediates for logging."""
+    if name not in _REWARD_FORMS:
+        raise ValueError(f"unknown reward function {name!r}; valid names: {_valid_names()}")
+    form = _REWARD_FORMS[name]
+    cost, cost_beta, cost_target, quality = _validated_inputs(cost, cost_beta, cost_target, quality)
+    cost_ratio = cost / cost_target
+    term = form.cost_term(cost_ratio, cost_beta)
+    common = dict(
+        name=name,
+        quality=quality,
+        cost=cost,
+        cost_target=cost_target,
+        cost_beta=cost_beta,
+        cost_ratio=cost_ratio,
+    )
+    if form.combine == "subtract":
+        return RewardBreakdown(reward=quality - term, penalty=term, **common)
+    return RewardBreakdown(reward=quality * term, multiplier=term, **common)
+
+
+def rewards_for_costs(name: str, costs: torch.Tensor, cost_beta: float, cost_target: float,
+                      quality: float) -> torch.Tensor:
+    """The reward of every cost in `costs` at one quality, element-wise (the search uses it to
+    price the alternatives of each decision). Same formulas as `compute_reward`."""
+    if name not in _REWARD_FORMS:
+        raise ValueError(f"unknown reward function {name!r}; valid names: {_valid_names()}")
+    form = _REWARD_FORMS[name]
+    term = form.cost_term(costs / cost_target, cost_beta)
+    return quality - term if form.combine == "subtract" else quality * term
+
+
+def tunas_abs(cost: float, cost_beta: float, cost_target: float, quality: float) -> float:
+    """`quality - cost_beta * |1 - cost / cost_target|`: any miss of the target costs."""
+    return compute_reward("tunas_abs", cost, cost_beta, cost_target, quality).reward
+
+
+def one_sided_tunas_abs(cost: float, cost_beta: float, cost_target: float, quality: float) -> float:
+    """`quality - cost_beta * |1 - max(1, cost / cost_target)|`: only exceeding the target costs."""
+    return compute_reward("one_sided_tunas_abs", cost, cost_beta, cost_target, quality).reward
+
+
+def soft_exponential(cost: float, cost_beta: float, cost_target: float, quality: float) -> float:
+    """`quality * (cost / cost_target) ** cost_beta`; a negative beta penalises cost."""
+    return compute_reward("soft_exponential", cost, cost_beta, cost_target, quality).reward
+
+
+def hard_exponential(cost: float, cost_beta: float, cost_target: float, quality: float) -> float:
+    """`quality * max(1, cost / cost_target) ** cost_beta`; negative beta penalises overshoot."""
+    return compute_reward("hard_exponential", cost, cost_beta, cost_target, quality).reward
+
+
+REWARD_FUNCTIONS: dict[str, RewardFunction] = {
+    "tunas_abs": tunas_abs,
+    "one_sided_tunas_abs": one_sided_tunas_abs,
+    "soft_exponential": soft_exponential,
+    "hard_exponential": hard_exponential,
+}
+
+
+def get_reward_function(name: str) -> RewardFunction:
+    """The reward function registered as `name`; ValueError listing valid names otherwise."""
+    if name not in REWARD_FUNCTIONS:
+        raise ValueError(
+            f"unknown reward function {name!r}; valid names: {', '.join(REWARD_FUNCTIONS)}"
+        )
+    return REWARD_FUNCTIONS[name]

@@ -1,0 +1,112 @@
+"""Pareto frontier of quality vs cost.
+
+A point (cost, metric) is on the frontier when no other point is at least as good in both
+(cost no higher, metric no worse) and strictly better in one. Exact duplicates therefore do not
+dominate each other: both copies are on the frontier. Cost is always lower-is-better; the metric
+is higher-is-better unless `higher_is_better=False` (losses, perplexity). `plot_pareto` draws
+the points and the frontier (matplotlib, Agg canvas).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def _check_points(costs: Sequence[float], metrics: Sequence[float]) -> None:
+    if len(costs) != len(metrics):
+        raise ValueError(f"got {len(costs)} costs but {len(metrics)} metrics; pass one of each per point")
+    for i, (cost, metric) in enumerate(zip(costs, metrics)):
+        if not (math.isfinite(cost) and math.isfinite(metric)):
+            raise ValueError(f"point {i} is (cost={cost}, metric={metric}); the frontier needs finite values, "
+                             "drop or report non-finite runs before computing it")
+
+
+def dominates(a: tuple[float, float], b: tuple[float, float], higher_is_better: bool = True) -> bool:
+    """True when point a = (cost, metric) dominates point b."""
+    sign = 1.0 if higher_is_better else -1.0
+    no_worse = a[0] <= b[0] and sign * a[1] >= sign * b[1]
+    return no_worse and (a[0] < b[0] or sign * a[1] > sign * b[1])
+
+
+def pareto_mask(costs: Sequence[float], metrics: Sequence[float], higher_is_better: bool = True) -> list[bool]:
+    """For each point, whether it is on the frontier. O(n log n): sort by cost, sweep the best metric."""
+    _check_points(costs, metrics)
+    sign = 1.0 if higher_is_better else -1.0
+    quality = [sign * m for m in metrics]
+    # Cheapest first; at equal cost the best first, so a worse point at the same cost is dominated.
+    order = sorted(range(len(costs)), key=lambda i: (costs[i], -quality[i]))
+    mask = [False] * len(costs)
+    best_quality, best_cost = -math.inf, math.nan
+    for i in order:
+        if quality[i] > best_quality:
+            mask[i] = True
+            best_quality, best_cost = quality[i], costs[i]
+        elif quality[i] == best_quality and costs[i] == best_cost:
+            mask[i] = True  # an exact duplicate of a frontier point
+    return mask
+
+
+def pareto_indices(costs: Sequence[float], metrics: Sequence[float], higher_is_better: bool = True) -> list[int]:
+    """Indices of the frontier points in increasing cost (the order to draw the frontier line in)."""
+    mask = pareto_mask(costs, metrics, higher_is_better)
+    sign = 1.0 if higher_is_better else -1.0
+    return sorted((i for i, on in enumerate(mask) if on), key=lambda i: (costs[i], -sign * metrics[i], i))
+
+
+def new_figure(width_in: float, height_in: float) -> Any:
+    """A matplotlib Figure of that size (inches) on the Agg canvas."""
+    # Figure + the Agg canvas directly: no pyplot, so no global backend state and no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width_in, height_in))
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, cost_column: str, cost_label: str,
+                higher_is_better: bool = True) -> None:
+    """Write a PNG of metric vs cost, one panel per (task, model, metric).
+
+    `rows` are report rows (eval.report.row_columns): keys task, model, metric, method, formats,
+    value, std, `cost_column`, `{cost_column}_std`, pareto. Uniform baselines and searched models
+    are two series with error bars where aggregated; float runs are horizontal lines (their cost is
+    far to the right); the frontier over the quantized points is a highlighted staircase.
+    """
+    families: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        families.setdefault((row["task"], row["model"], row["metric"]), []).append(row)
+    figure = new_figure(6.4 * max(1, len(families)), 4.8)
+    axes = figure.subplots(1, max(1, len(families)), squeeze=False)[0]
+    if not families:
+        axes[0].text(0.5, 0.5, "no valid runs to plot", ha="center", va="center", transform=axes[0].transAxes)
+        axes[0].set_xlabel(cost_label)
+    direction = "higher" if higher_is_better else "lower"
+    for ax, ((task, model, metric), members) in zip(axes, families.items()):
+        for method, marker, color in (("uniform", "s", "tab:blue"), ("search", "o", "tab:orange")):
+            points = [r for r in members if r["method"] == method]
+            if not points:
+                continue
+            ax.errorbar([r[cost_column] for r in points], [r["value"] for r in points],
+                        xerr=[r[f"{cost_column}_std"] or 0.0 for r in points], yerr=[r["std"] or 0.0 for r in points],
+                        fmt=marker, color=color, capsize=3, label=method, zorder=3)
+            if method == "uniform":
+                for r in points:
+                    ax.annotate(r["formats"], (r[cost_column], r["value"]), textcoords="offset points",
+                                xytext=(4, -10), fontsize=7, color=color)
+        for r in (r for r in members if r["method"] == "float"):
+            ax.axhline(r["value"], color="gray", linestyle="--", label=f"float ({r['value']:.4g})")
+        frontier = sorted((r for r in members if r["pareto"] and r["method"] != "float"), key=lambda r: r[cost_column])
+        if frontier:
+            xs, ys = [r[cost_column] for r in frontier], [r["value"] for r in frontier]
+            ax.plot(xs, ys, drawstyle="steps-post", color="tab:red", linewidth=1.5, zorder=2)
+            ax.plot(xs, ys, "o", markersize=12, markerfacecolor="none", markeredgecolor="tab:red",
+                    label="Pareto frontier", zorder=4)
+        ax.set_xlabel(cost_label)
+        ax.set_ylabel(f"{metric} ({direction} is better)")
+        ax.set_title(f"{task} / {model}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)

@@ -1,0 +1,311 @@
+"""Find run directories under an output root, load and validate their results.json, group runs.
+
+A run directory is one holding `results.json`, `config.json`, `output.txt` or `stdout.log`
+(docs/results_schema.md). Every directory found becomes a `RunRecord` with a status:
+`completed`, `failed` (the run caught its own crash and says why), or `incomplete` (no
+results.json, or one that does not parse or lacks required fields: killed, still running, or a
+truncated write). Nothing found is dropped; the report lists non-completed runs with the reason.
+
+Grouping decides which runs are replicas of one setting (they differ only in seed, name and
+output paths) so that the report can aggregate them; a group whose runs differ in anything else
+carries `mismatches` so that the report can refuse to average apples with oranges.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+SCHEMA_VERSION = 1
+RUN_MARKERS = ("results.json", "config.json", "output.txt", "stdout.log")
+METHODS = ("search", "uniform", "float")
+GRANULARITIES = ("layer", "block", "single")
+COST_TYPES = ("memory", "compute")
+COMPLETED, FAILED, INCOMPLETE = "completed", "failed", "incomplete"
+# Arguments that differ between replicas of one setting without changing what is measured:
+# seeds, names, where outputs go, which device the launcher picked.
+REPLICA_ARGS = frozenset({
+    "seed", "data_seed", "exp_name", "run_name", "output_root_dir", "output_dir", "logging_dir",
+    "overwrite_output_dir", "cuda_visible_devices",
+})
+# Group keys that are not (only) CLI arguments but read from results.json itself.
+PSEUDO_KEYS = ("method", "task", "model_type", "granularity")
+_MISSING = "<missing>"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run directory. `results` is the parsed results.json of completed and failed runs."""
+
+    run_dir: Path
+    exp_name: str
+    status: str
+    reason: str | None = None
+    results: dict[str, Any] | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    label: str = ""  # exp_name, or the path under the root when exp_names collide
+
+    def _get(self, key: str, default: Any = None) -> Any:
+        return (self.results or {}).get(key, default)
+
+    @property
+    def task(self) -> str:
+        return self._get("task") or self.args.get("task") or self.run_dir.parent.name
+
+    @property
+    def model_type(self) -> str:
+        return self._get("model_type") or self.args.get("model_type") or ""
+
+    @property
+    def method(self) -> str:
+        return self._get("method") or ""
+
+    @property
+    def main_metric(self) -> str:
+        return self._get("main_metric") or ""
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self._get("metrics") or {}
+
+    @property
+    def cost(self) -> dict[str, Any]:
+        return self._get("cost") or {}
+
+    @property
+    def layers(self) -> dict[str, dict[str, Any]]:
+        return self._get("layers") or {}
+
+    @property
+    def search(self) -> dict[str, Any] | None:
+        return self._get("search")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_dict(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _require(container: Any, key: str, prefix: str, ok: Callable[[Any], bool], expected: str,
+             problems: list[str]) -> Any:
+    if not isinstance(container, dict) or key not in container:
+        problems.append(f"missing {prefix}{key}")
+        return None
+    value = container[key]
+    if not ok(value):
+        problems.append(f"{prefix}{key} is {_short(value)}, expected {expected}")
+        return None
+    return value
+
+
+def _validate_search(search: Any, problems: list[str]) -> None:
+    if not _is_dict(search):
+        problems.append(f"search is {_short(search)}, expected an object for a search run")
+        return
+    _require(search, "granularity", "search.", lambda v: v in GRANULARITIES, f"one of {GRANULARITIES}", problems)
+    space = _require(search, "search_space", "search.",
+                     lambda v: isinstance(v, list) and bool(v) and all(map(_is_str, v)),
+                     "a non-empty list of format names", problems)
+    decisions = _require(search, "decisions", "search.", _is_dict, "an object", problems) or {}
+    for name, decision in decisions.items():
+        prefix = f"search.decisions.{name}."
+        _require(decision, "layers", prefix, lambda v: isinstance(v, list), "a list of layer names", problems)
+        _require(decision, "format", prefix, _is_str, "a format name", problems)
+        probs = _require(decision, "probabilities", prefix,
+                         lambda v: _is_dict(v) and all(map(_is_number, v.values())),
+                         "an object of option -> probability", problems)
+        if probs is not None and space is not None and set(probs) != set(space):
+            problems.append(f"{prefix}probabilities has options {sorted(probs)}, "
+                            f"expected the search_space {space}")
+
+
+def validate_results(data: Any) -> list[str]:
+    """Problems that make a parsed results.json unusable; empty for a valid completed or failed run."""
+    if not _is_dict(data):
+        return [f"the top level is {type(data).__name__}, expected an object"]
+    problems: list[str] = []
+    if data.get("schema_version") != SCHEMA_VERSION:
+        problems.append(f"schema_version is {_short(data.get('schema_version'))}, "
+                        f"this reader knows version {SCHEMA_VERSION}")
+    status = data.get("status")
+    if status == FAILED:
+        _require(data, "error", "", _is_str, "a string naming the exception", problems)
+        return problems
+    if status != COMPLETED:
+        return problems + [f"status is {_short(status)}, expected 'completed' or 'failed'"]
+    for key in ("exp_name", "task", "model_type", "main_metric"):
+        _require(data, key, "", _is_str, "a string", problems)
+    method = _require(data, "method", "", lambda v: v in METHODS, f"one of {METHODS}", problems)
+    _require(data, "args", "", _is_dict, "an object of CLI arguments", problems)
+    metrics = _require(data, "metrics", "", _is_dict, "an object of metric -> value", problems)
+    main_metric = data.get("main_metric")
+    if metrics is not None and _is_str(main_metric) and main_metric not in metrics:
+        problems.append(f"main_metric {main_metric!r} is not in metrics (has: {', '.join(sorted(metrics)) or 'none'})")
+    cost = _require(data, "cost", "", _is_dict, "an object", problems)
+    if cost is not None:
+        for key in ("memory_mib", "gbops", "float_memory_mib", "float_gbops"):
+            _require(cost, key, "cost.", _is_number, "a number", problems)
+        _require(cost, "cost_type", "cost.", lambda v: v in COST_TYPES, f"one of {COST_TYPES}", problems)
+        target_ok = _is_number if method == "search" else (lambda v: v is None or _is_number(v))
+        for key in ("target", "ratio"):
+            _require(cost, key, "cost.", target_ok, "a number" + ("" if method == "search" else " or null"), problems)
+    layers = _require(data, "layers", "", _is_dict, "an object of layer -> formats and cost", problems) or {}
+    for name, layer in layers.items():
+        for key, ok, expected in (("weight_format", _is_str, "a format name"), ("act_format", _is_str, "a format name"),
+                                  ("memory_mib", _is_number, "a number"), ("gbops", _is_number, "a number")):
+            _require(layer, key, f"layers.{name}.", ok, expected, problems)
+    if method == "search":
+        _validate_search(data.get("search"), problems)
+    return problems
+
+
+def find_run_dirs(output_root: str | os.PathLike[str]) -> list[Path]:
+    """Every run directory at any depth under `output_root` (or the root itself), sorted."""
+    root = Path(output_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"output root {str(root)!r} is not a directory; pass the --output_root_dir of the runs")
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if any(marker in filenames for marker in RUN_MARKERS):
+            found.append(Path(dirpath))
+            dirnames[:] = []  # checkpoints and saved models inside a run hold config.json too
+        else:
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    return sorted(found)
+
+
+def _read_config_args(run_dir: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _last_log_line(run_dir: Path) -> str | None:
+    for name in ("stdout.log", "output.txt"):
+        try:
+            lines = [ln.strip() for ln in (run_dir / name).read_text(encoding="utf-8", errors="replace").splitlines()]
+        except OSError:
+            continue
+        lines = [ln for ln in lines if ln]
+        if lines:
+            return f"{name}: {lines[-1][:200]}"
+    return None
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> RunRecord:
+    """Read one run directory; never raises for a broken run, it returns an incomplete record instead."""
+    run_dir = Path(run_dir)
+    args = _read_config_args(run_dir)
+    exp_name = args.get("exp_name") if _is_str(args.get("exp_name")) else run_dir.name
+    results_path = run_dir / "results.json"
+
+    def incomplete(reason: str) -> RunRecord:
+        return RunRecord(run_dir, exp_name, INCOMPLETE, reason, None, args, exp_name)
+
+    if not results_path.exists():
+        hint = _last_log_line(run_dir)
+        return incomplete("no results.json (killed or still running)" + (f"; last log line {hint}" if hint else ""))
+    try:
+        data = json.loads(results_path.read_text(encoding="utf-8"))
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+        return incomplete(f"results.json does not parse ({err}); a truncated write?")
+    except OSError as err:
+        return incomplete(f"results.json cannot be read: {err}")
+    problems = validate_results(data)
+    if problems:
+        return incomplete("results.json is invalid: " + "; ".join(problems))
+    if _is_str(data.get("exp_name")):
+        exp_name = data["exp_name"]
+    if _is_dict(data.get("args")):
+        args = data["args"]
+    reason = " ".join(data["error"].split()) if data["status"] == FAILED else None
+    return RunRecord(run_dir, exp_name, data["status"], reason, data, args, exp_name)
+
+
+def load_runs(output_root: str | os.PathLike[str]) -> list[RunRecord]:
+    """Load every run under `output_root`; labels are exp_names, or root-relative paths where those collide."""
+    root = Path(output_root)
+    runs = [load_run(d) for d in find_run_dirs(root)]
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.exp_name] = counts.get(run.exp_name, 0) + 1
+    labelled = []
+    for run in runs:
+        label = run.exp_name
+        if counts[run.exp_name] > 1:
+            relative = run.run_dir.relative_to(root).as_posix()
+            label = run.run_dir.name if relative == "." else relative
+        labelled.append(replace(run, label=label))
+    return labelled
+
+
+def group_value(run: RunRecord, key: str) -> Any:
+    """The value of group key `key` for `run`: a pseudo-key from results.json or a CLI argument."""
+    if key == "method":
+        return run.method
+    if key == "task":
+        return run.task
+    if key == "model_type":
+        return run.model_type
+    if key == "granularity":
+        return (run.search or {}).get("granularity")
+    return run.args.get(key, _MISSING)
+
+
+def _canonical(value: Any) -> str:
+    return value if value is _MISSING else json.dumps(value, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class RunGroup:
+    """Runs that agree on `key`. `mismatches`: argument -> value -> labels, for arguments (other
+    than REPLICA_ARGS) in which the runs still differ; empty for a clean group of replicas."""
+
+    key: tuple[tuple[str, str], ...]
+    runs: tuple[RunRecord, ...]
+    mismatches: Mapping[str, Mapping[str, list[str]]]
+
+
+def group_runs(runs: Sequence[RunRecord], keys: Sequence[str] | None = None) -> list[RunGroup]:
+    """Group runs on `keys`, or (None) automatically on every argument outside REPLICA_ARGS."""
+    buckets: dict[tuple[tuple[str, str], ...], list[RunRecord]] = {}
+    for run in runs:
+        if keys is None:
+            names = sorted(set(run.args) - REPLICA_ARGS | set(PSEUDO_KEYS))
+        else:
+            names = list(keys)
+        key = tuple((name, _canonical(group_value(run, name))) for name in names)
+        buckets.setdefault(key, []).append(run)
+    groups = []
+    for key, members in buckets.items():
+        mismatches: dict[str, dict[str, list[str]]] = {}
+        names = sorted(set().union(*(run.args for run in members)) - REPLICA_ARGS)
+        for name in names:
+            by_value: dict[str, list[str]] = {}
+            for run in members:
+                by_value.setdefault(_canonical(run.args.get(name, _MISSING)), []).append(run.label)
+            if len(by_value) > 1:
+                mismatches[name] = by_value
+        groups.append(RunGroup(key, tuple(members), mismatches))
+    return groups
+
+
+def available_group_keys(runs: Sequence[RunRecord]) -> list[str]:
+    """Pseudo-keys plus every argument name some run records, for error messages."""
+    return list(PSEUDO_KEYS) + sorted(set().union(*(run.args for run in runs)) - set(PSEUDO_KEYS))

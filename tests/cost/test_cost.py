@@ -1,0 +1,115 @@
+"""Reward functions against hand-computed values; breakdown, registry and input errors."""
+import pytest
+
+from cost.cost import (
+    REWARD_FUNCTIONS,
+    RewardBreakdown,
+    compute_reward,
+    get_reward_function,
+    hard_exponential,
+    one_sided_tunas_abs,
+    soft_exponential,
+    tunas_abs,
+)
+
+# (function, (cost, beta, target, quality), reward) -- every reward worked out by hand.
+HAND_COMPUTED = [
+    (tunas_abs, (15, 1, 5, 0.8), -1.2),  # r=3: 0.8 - 1*2
+    (tunas_abs, (3, 2, 5, 0.95), 0.15),  # r=0.6: 0.95 - 2*0.4
+    (tunas_abs, (5, 3, 5, 0.7), 0.7),  # on target: no penalty
+    (tunas_abs, (15, -1, 5, 0.8), 2.8),  # negative beta rewards missing the target
+    (one_sided_tunas_abs, (3, 2, 5, 0.95), 0.95),  # under target: free
+    (one_sided_tunas_abs, (15, 1, 5, 0.8), -1.2),  # over target: same as tunas_abs
+    (one_sided_tunas_abs, (6, 0.5, 4, 0.9), 0.65),  # r=1.5: 0.9 - 0.5*0.5
+    (soft_exponential, (10, 1, 5, 0.8), 1.6),  # r=2: 0.8 * 2
+    (soft_exponential, (3, 2, 6, 0.9), 0.225),  # r=0.5: 0.9 * 0.25
+    (soft_exponential, (10, -1, 5, 0.8), 0.4),  # MnasNet sign: 0.8 * 2**-1
+    (soft_exponential, (2, -1, 8, 0.5), 2.0),  # r=0.25: 0.5 * 4 (soft: under target is rewarded)
+    (soft_exponential, (0, 1, 5, 0.8), 0.0),  # zero cost, positive beta
+    (hard_exponential, (3, 2, 5, 0.95), 0.95),  # under target: free
+    (hard_exponential, (10, -0.5, 2.5, 0.9), 0.45),  # r=4: 0.9 * 4**-0.5
+    (hard_exponential, (2, -1, 8, 0.5), 0.5),  # under target: free even with negative beta
+    (hard_exponential, (0, -1, 5, 0.8), 0.8),  # zero cost is under target
+]
+
+
+@pytest.mark.parametrize(("function", "args", "reward"), HAND_COMPUTED)
+def test_reward_functions_match_hand_computed_values(function, args, reward):
+    assert function(*args) == pytest.approx(reward, abs=1e-12)
+    assert compute_reward(function.__name__, *args).reward == pytest.approx(reward, abs=1e-12)
+
+
+def test_breakdown_of_additive_form_has_penalty_only():
+    breakdown = compute_reward("tunas_abs", cost=15, cost_beta=1, cost_target=5, quality=0.8)
+    assert breakdown == RewardBreakdown(
+        name="tunas_abs",
+        reward=pytest.approx(-1.2, abs=1e-12),
+        quality=0.8,
+        cost=15.0,
+        cost_target=5.0,
+        cost_beta=1.0,
+        cost_ratio=3.0,
+        penalty=2.0,
+        multiplier=None,
+    )
+    assert breakdown.to_log_dict() == {
+        "reward": pytest.approx(-1.2, abs=1e-12),
+        "quality": 0.8,
+        "cost": 15.0,
+        "cost_target": 5.0,
+        "cost_beta": 1.0,
+        "cost_ratio": 3.0,
+        "penalty": 2.0,
+    }
+
+
+def test_breakdown_of_multiplicative_form_has_multiplier_only():
+    breakdown = compute_reward("soft_exponential", cost=3, cost_beta=2, cost_target=6, quality=0.9)
+    assert breakdown.cost_ratio == 0.5
+    assert breakdown.multiplier == 0.25
+    assert breakdown.penalty is None
+    assert "penalty" not in breakdown.to_log_dict()
+    assert breakdown.to_log_dict()["multiplier"] == 0.25
+
+
+def test_registry_holds_the_four_functions_and_get_reward_function_finds_them():
+    assert REWARD_FUNCTIONS == {
+        "tunas_abs": tunas_abs,
+        "one_sided_tunas_abs": one_sided_tunas_abs,
+        "soft_exponential": soft_exponential,
+        "hard_exponential": hard_exponential,
+    }
+    for name, function in REWARD_FUNCTIONS.items():
+        assert get_reward_function(name) is function
+        assert function.__name__ == name
+
+
+def test_unknown_name_lists_valid_names():
+    valid = r"valid names: tunas_abs, one_sided_tunas_abs, soft_exponential, hard_exponential"
+    with pytest.raises(ValueError, match=r"unknown reward function 'tunas'; " + valid):
+        get_reward_function("tunas")
+    with pytest.raises(ValueError, match=r"unknown reward function 'globals'; " + valid):
+        compute_reward("globals", 1.0, 1.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ((1.0, 1.0, 0.0, 0.5), r"cost_target=0.0 must be > 0 \(in the unit of the cost"),
+        ((1.0, 1.0, -2.0, 0.5), r"cost_target=-2.0 must be > 0"),
+        ((-1.0, 1.0, 5.0, 0.5), r"cost=-1.0 must be >= 0"),
+        ((1.0, 1.0, 5.0, float("nan")), r"quality=nan must be finite"),
+        ((float("inf"), 1.0, 5.0, 0.5), r"cost=inf must be finite"),
+        ((1.0, float("nan"), 5.0, 0.5), r"cost_beta=nan must be finite"),
+        ((1.0, 1.0, "five", 0.5), r"cost_target='five' must be a real number"),
+    ],
+)
+@pytest.mark.parametrize("name", sorted(REWARD_FUNCTIONS))
+def test_invalid_inputs_raise_clear_errors(name, args, match):
+    with pytest.raises(ValueError, match=match):
+        get_reward_function(name)(*args)
+
+
+def test_soft_exponential_rejects_zero_cost_with_negative_beta():
+    with pytest.raises(ValueError, match=r"soft_exponential with cost=0 and cost_beta=-0.5 < 0 gives an infinite reward"):
+        soft_exponential(0.0, -0.5, 5.0, 0.8)

@@ -1,0 +1,70 @@
+"""Pareto frontier of metric vs cost (eval/pareto.py) on hand-checked points."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from eval.pareto import dominates, pareto_indices, pareto_mask
+
+
+def brute_force_mask(costs, metrics, higher_is_better=True):
+    points = list(zip(costs, metrics))
+    return [not any(dominates(q, p, higher_is_better) for q in points) for p in points]
+
+
+def test_hand_checked_frontier():
+    costs = [1.0, 2.0, 2.0, 3.0, 4.0, 0.5]
+    metrics = [0.5, 0.7, 0.6, 0.7, 0.9, 0.1]
+    # (2, 0.6) loses to (2, 0.7) at equal cost; (3, 0.7) loses to (2, 0.7) at equal metric.
+    assert pareto_mask(costs, metrics) == [True, True, False, False, True, True]
+    assert pareto_indices(costs, metrics) == [5, 0, 1, 4]
+
+
+def test_duplicates_are_both_on_the_frontier():
+    assert pareto_mask([1.0, 1.0, 2.0], [1.0, 1.0, 0.5]) == [True, True, False]
+    assert pareto_mask([1.0, 1.0, 2.0], [1.0, 1.0, 2.0]) == [True, True, True]
+    # A duplicate of a dominated point stays dominated.
+    assert pareto_mask([1.0, 2.0, 2.0], [1.0, 0.5, 0.5]) == [True, False, False]
+
+
+def test_ties_in_one_coordinate():
+    assert pareto_mask([1.0, 1.0], [0.5, 0.6]) == [False, True]
+    assert pareto_mask([1.0, 2.0], [0.6, 0.6]) == [True, False]
+
+
+def test_lower_is_better_metric():
+    costs, losses = [1.0, 2.0, 3.0, 0.5], [0.3, 0.2, 0.25, 0.3]
+    assert pareto_mask(costs, losses, higher_is_better=False) == [False, True, False, True]
+    assert pareto_mask(costs, losses, higher_is_better=True) == [False, False, False, True]
+
+
+def test_empty_and_single():
+    assert pareto_mask([], []) == []
+    assert pareto_mask([3.0], [0.1]) == [True]
+
+
+def test_matches_brute_force_on_random_points_with_many_ties():
+    rng = random.Random(0)
+    for _ in range(50):
+        n = rng.randint(1, 40)
+        costs = [float(rng.randint(0, 6)) for _ in range(n)]
+        metrics = [float(rng.randint(0, 6)) for _ in range(n)]
+        for higher in (True, False):
+            assert pareto_mask(costs, metrics, higher) == brute_force_mask(costs, metrics, higher)
+
+
+def test_dominates():
+    assert dominates((1.0, 0.9), (2.0, 0.9))
+    assert not dominates((1.0, 0.9), (1.0, 0.9))
+    assert not dominates((1.0, 0.8), (2.0, 0.9))
+    assert dominates((1.0, 0.1), (1.0, 0.2), higher_is_better=False)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="got 2 costs but 1 metrics"):
+        pareto_mask([1.0, 2.0], [0.5])
+    with pytest.raises(ValueError, match=r"point 1 is \(cost=2.0, metric=nan\); the frontier needs finite values"):
+        pareto_mask([1.0, 2.0], [0.5, float("nan")])
+    with pytest.raises(ValueError, match="frontier needs finite values"):
+        pareto_mask([float("inf")], [0.5])

@@ -1,0 +1,297 @@
+"""Tables, Pareto marks, plots and the CLI over synthetic run directories (eval/report.py)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eval.report import aggregate, main
+from tests.eval.test_results import make_failed, make_results, write_run
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """Binary-fraction numbers so that means, stds and ties are exact."""
+    root = tmp_path / "out"
+    write_run(root, make_results("float_s0", method="float", metric=0.96, memory_mib=8.0, gbops=64.0))
+    write_run(root, make_results("uniform_w4_s0", method="uniform", weight_bits=4, metric=0.5, memory_mib=1.0,
+                                 gbops=4.0))
+    write_run(root, make_results("uniform_w8_s0", method="uniform", weight_bits=8, metric=0.875, memory_mib=2.0,
+                                 gbops=8.0))
+    for seed, (metric, memory) in enumerate([(0.75, 1.25), (0.875, 1.5), (1.0, 1.75)]):
+        write_run(root, make_results(f"search_t1.5_s{seed}", seed=seed, metric=metric, memory_mib=memory,
+                                     gbops=memory * 4))
+    write_run(root, make_results("search_t1.2_s0", cost_target=1.2, metric=0.625, memory_mib=1.25, gbops=5.0))
+    write_run(root, make_failed("failed_run", error="RuntimeError: CUDA out of memory"))
+    text = json.dumps(make_results("partial_run"))
+    write_run(root, None, exp_name="partial_run", raw=text[:100])
+    write_run(root, None, exp_name="killed_run")
+    write_run(root, make_results("nan_run", cost_target=1.0, metric=float("nan")))
+    return root
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def parse_md(text: str) -> dict[str, list[dict[str, str]]]:
+    """'## heading' -> rows of the pipe table under it."""
+    sections: dict[str, list[dict[str, str]]] = {}
+    heading, header = None, None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            heading, header = line[3:], None
+            sections[heading] = []
+        elif line.startswith("|") and heading is not None:
+            cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+            if header is None:
+                header = cells
+            elif not set(line) <= set("|-"):
+                sections[heading].append(dict(zip(header, cells)))
+    return sections
+
+
+def parse_csv(text: str) -> tuple[list[str], list[list[dict[str, str]]]]:
+    notes = [line[2:] for line in text.splitlines() if line.startswith("# ")]
+    body = "\n".join(line for line in text.splitlines() if not line.startswith("# "))
+    return notes, [list(csv.DictReader(io.StringIO(chunk))) for chunk in body.split("\n\n")]
+
+
+EXPECTED = {  # run -> (method, memory_mib, memory_mib_std, value, std, n, pareto)
+    "uniform_w4_s0": ("uniform", 1.0, None, 0.5, None, 1, True),
+    "search_t1.2_s0": ("search", 1.25, None, 0.625, None, 1, True),
+    "search_t1.5_s0, search_t1.5_s1, search_t1.5_s2": ("search", 1.5, 0.25, 0.875, 0.125, 3, True),
+    "uniform_w8_s0": ("uniform", 2.0, None, 0.875, None, 1, False),  # same metric as the search, higher cost
+    "float_s0": ("float", 8.0, None, 0.96, None, 1, True),
+}
+EXPECTED_INVALID = {"failed_run": "failed", "killed_run": "incomplete", "partial_run": "incomplete",
+                    "nan_run": "non_finite"}
+
+
+def _num(cell: str) -> float | None:
+    return float(cell) if cell else None
+
+
+def test_markdown_report(sweep, capsys):
+    code, out, err = run_cli([sweep], capsys)
+    assert (code, err) == (0, "")
+    assert "grouped automatically by every argument except" in out and "seed replicas are aggregated" in out
+    assert "11 run directories: 8 completed, 1 failed, 2 incomplete; 5 table rows from 7 runs; 4 invalid runs" in out
+    sections = parse_md(out)
+    rows = sections["Runs"]
+    assert [row["run"] for row in rows] == list(EXPECTED)  # sorted by cost
+    for row in rows:
+        method, memory, memory_std, value, std, n, pareto = EXPECTED[row["run"]]
+        assert row["method"] == method and row["metric"] == "eval_accuracy"
+        assert (_num(row["memory_mib"]), _num(row["memory_mib_std"])) == (memory, memory_std)
+        assert (_num(row["value"]), _num(row["std"]), int(row["n"])) == (value, std, n)
+        assert row["pareto"] == ("yes" if pareto else "")
+    search = rows[1]
+    assert (search["search_space"], search["granularity"], search["cost_target"]) == ("int2,int4,int8", "layer", "1.2")
+    assert float(search["ratio"]) == pytest.approx(1.25 / 1.2, rel=1e-5)
+    assert rows[0]["formats"] == "w=int4 a=int8" and rows[1]["formats"] == "w=mixed a=mixed"
+    invalid = sections["Invalid runs (4)"]
+    assert {row["run"]: row["status"] for row in invalid} == EXPECTED_INVALID
+    reasons = {row["run"]: row["reason"] for row in invalid}
+    assert reasons["failed_run"] == "RuntimeError: CUDA out of memory"
+    assert reasons["killed_run"].startswith("no results.json (killed or still running)")
+    assert reasons["partial_run"].startswith("results.json does not parse")
+    assert reasons["nan_run"] == "metric eval_accuracy is nan"
+
+
+def test_csv_report_parses_back_exactly(sweep, capsys):
+    code, out, _ = run_cli([sweep, "--format", "csv"], capsys)
+    assert code == 0
+    notes, (rows, invalid) = parse_csv(out)
+    assert any(note.startswith("grouped automatically") for note in notes)
+    for row in rows:
+        method, memory, memory_std, value, std, n, pareto = EXPECTED[row["run"]]
+        assert (row["method"], _num(row["memory_mib"]), _num(row["memory_mib_std"])) == (method, memory, memory_std)
+        assert (_num(row["value"]), _num(row["std"]), int(row["n"]), row["pareto"] == "yes") == (value, std, n, pareto)
+    assert float(rows[1]["ratio"]) == 1.25 / 1.2  # csv keeps full precision
+    assert {row["run"]: row["status"] for row in invalid} == EXPECTED_INVALID
+    assert list(invalid[0]) == ["run", "status", "reason", "path"]
+
+
+def test_json_report_parses_back_exactly(sweep, capsys):
+    code, out, _ = run_cli([sweep, "--format", "json", "--cost", "compute"], capsys)
+    assert code == 0
+    report = json.loads(out)
+    assert (report["cost_type"], report["cost_column"], report["group_by"]) == ("compute", "gbops", "auto")
+    got = {row["run"]: tuple(row[k] for k in ("method", "gbops", "gbops_std", "value", "std", "n", "pareto"))
+           for row in report["rows"]}
+    expected = {run: (method, memory * 4 if method != "float" else 64.0, None if memory_std is None else 1.0,
+                      value, std, n, pareto)
+                for run, (method, memory, memory_std, value, std, n, pareto) in EXPECTED.items()}
+    assert got == expected
+    assert {row["run"]: row["status"] for row in report["invalid"]} == EXPECTED_INVALID
+    assert "cost_target and ratio are in each search's own cost_type, not in the reported cost" in report["notes"]
+
+
+def test_default_cost_is_the_runs_cost_type(tmp_path, capsys):
+    compute = {"cost_type": "compute"}
+    for name in ("a", "b"):
+        results = make_results(name, cost_target=3.0 if name == "a" else 4.0, args_extra=compute)
+        results["cost"]["cost_type"] = "compute"
+        write_run(tmp_path, results)
+    code, out, _ = run_cli([tmp_path, "--format", "json"], capsys)
+    report = json.loads(out)
+    assert (code, report["cost_type"], [row["gbops"] for row in report["rows"]]) == (0, "compute", [2.0, 2.0])
+    write_run(tmp_path, make_results("c", cost_target=1.0))  # a memory search joins: ambiguous, so memory
+    report = json.loads(run_cli([tmp_path, "--format", "json"], capsys)[1])
+    assert report["cost_type"] == "memory"
+    assert "the runs optimised different cost types (compute, memory): reporting memory; pass --cost" in report["notes"]
+
+
+def test_metric_missing_from_some_runs_is_listed(tmp_path, capsys):
+    with_f1 = make_results("with_f1")
+    with_f1["metrics"]["eval_f1"] = 0.5
+    write_run(tmp_path, with_f1)
+    write_run(tmp_path, make_results("without_f1", cost_target=1.0))
+    code, out, _ = run_cli([tmp_path, "--metric", "eval_f1", "--format", "json"], capsys)
+    report = json.loads(out)
+    assert code == 0 and [(row["run"], row["value"]) for row in report["rows"]] == [("with_f1", 0.5)]
+    assert report["invalid"][0]["status"] == "missing_metric"
+    assert report["invalid"][0]["reason"] == \
+        "metric 'eval_f1' is not in this run's metrics (has: eval_accuracy, eval_loss)"
+
+
+def test_aggregate_mean_and_sample_std():
+    result = aggregate([0.90, 0.92, 0.97])
+    assert result.mean == pytest.approx(0.93, rel=1e-15)
+    assert result.std == pytest.approx(math.sqrt(0.0013), rel=1e-12)  # ((.03)^2 + (.01)^2 + (.04)^2) / 2
+    assert result.n == 3
+    assert aggregate([2.5]) == type(result)(2.5, None, 1)
+    with pytest.raises(ValueError, match="at least one value"):
+        aggregate([])
+
+
+def test_group_by_lists_mismatched_runs(sweep, capsys):
+    code, out, _ = run_cli([sweep, "--group_by", "cost_target", "method", "--format", "json"], capsys)
+    assert code == 0
+    report = json.loads(out)
+    assert report["group_by"] == ["cost_target", "method"]
+    assert [row["run"] for row in report["rows"]] == \
+        ["search_t1.2_s0", "search_t1.5_s0, search_t1.5_s1, search_t1.5_s2", "float_s0"]
+    mismatched = {row["run"]: row["reason"] for row in report["invalid"] if row["status"] == "mismatched_args"}
+    assert set(mismatched) == {"uniform_w4_s0", "uniform_w8_s0"}
+    assert "differ in weight_bits (4: uniform_w4_s0; 8: uniform_w8_s0)" in mismatched["uniform_w4_s0"]
+    assert "add those keys to --group_by" in mismatched["uniform_w4_s0"]
+    assert any(note.startswith("grouped by cost_target, method: runs that agree") for note in report["notes"])
+
+
+def test_group_by_learning_rate_mismatch_in_a_seed_sweep(tmp_path, capsys):
+    for seed, lr in enumerate([5e-5, 5e-5, 1e-4]):
+        write_run(tmp_path, make_results(f"s{seed}", seed=seed, args_extra={"learning_rate": lr}))
+    code, out, _ = run_cli([tmp_path, "--group_by", "cost_target", "--format", "json"], capsys)
+    report = json.loads(out)
+    assert code == 0 and report["rows"] == []
+    assert [row["run"] for row in report["invalid"]] == ["s0", "s1", "s2"]
+    assert "differ in learning_rate (5e-05: s0, s1; 0.0001: s2)" in report["invalid"][0]["reason"]
+    # Automatic grouping keeps the two learning rates apart instead.
+    code, out, _ = run_cli([tmp_path, "--format", "json"], capsys)
+    assert [(row["run"], row["n"]) for row in json.loads(out)["rows"]] == [("s0, s1", 2), ("s2", 1)]
+
+
+def test_metric_flag_and_lower_is_better(sweep, capsys):
+    code, out, _ = run_cli([sweep, "--metric", "eval_loss", "--lower_is_better", "--format", "json"], capsys)
+    assert code == 0
+    rows = {row["run"]: row for row in json.loads(out)["rows"]}
+    assert rows["uniform_w8_s0"]["metric"] == "eval_loss"
+    assert rows["uniform_w8_s0"]["value"] == 0.125 and rows["uniform_w8_s0"]["pareto"] is False
+    assert rows["float_s0"]["pareto"] is True and rows["uniform_w4_s0"]["pareto"] is True
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{root}", "--metric", "eval_f1"],
+     "--metric 'eval_f1' is in no run's metrics; metrics that exist: eval_accuracy, eval_loss"),
+    (["{root}/missing"], "is not a directory; pass the --output_root_dir of the runs"),
+    ([], "the following arguments are required: OUTPUT_ROOT"),
+    (["{root}", "--group_by", "nope"],
+     "--group_by nope: not a pseudo-key or an argument of any completed run; valid keys: method, task"),
+    (["{root}", "--format", "xml"], "argument --format: invalid choice: 'xml'"),
+    (["{root}", "--plot", "{root}/p.jpg"], "must name a .png file"),
+    (["{root}", "--layers", "nope"], "--layers 'nope' is neither a run directory nor an exp_name"),
+    (["{root}", "--layers", "failed_run"], "the run is failed (RuntimeError: CUDA out of memory)"),
+    (["{root}", "--layers", "uniform_w4_s0", "--plot", "{root}/h.png"],
+     "uniform_w4_s0 is a uniform run without decisions"),
+    (["{root}", "--layers", "search_t1.2_s0", "--metric", "eval_loss"], "--metric do not apply, drop them"),
+])
+def test_bad_input_exits_2_with_one_error_line(sweep, capsys, args, message):
+    code, out, err = run_cli([a.format(root=sweep) for a in args], capsys)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and err.startswith("python -m eval.eval_parse: error: ")
+    assert message in err
+
+
+def test_empty_root_and_ambiguous_layers(tmp_path, capsys):
+    code, _, err = run_cli([tmp_path], capsys)
+    assert code == 2 and "no run directories under" in err
+    write_run(tmp_path, make_results("same", task="digits"))
+    write_run(tmp_path, make_results("same", task="mnist"))
+    code, _, err = run_cli([tmp_path, "--layers", "same"], capsys)
+    assert code == 2 and "--layers 'same' names 2 runs" in err
+    code, out, _ = run_cli([tmp_path, "--layers", "mnist/same", "--format", "json"], capsys)
+    assert code == 0 and json.loads(out)["path"] == str(tmp_path / "mnist" / "same")
+
+
+def _assert_real_png(path: Path, min_colours: int) -> None:
+    from matplotlib.image import imread
+
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 5_000
+    pixels = imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+    assert len({tuple(p) for p in pixels.reshape(-1, pixels.shape[2])[::7]}) >= min_colours
+
+
+def test_pareto_plot_is_a_real_png(sweep, tmp_path, capsys):
+    plot = tmp_path / "plots" / "pareto.png"
+    code, out, _ = run_cli([sweep, "--plot", plot], capsys)
+    assert code == 0 and f"plot written to {plot}" in out
+    _assert_real_png(plot, min_colours=20)
+
+
+def test_layers_table_and_heat_map(sweep, tmp_path, capsys):
+    heat_map = tmp_path / "heat.png"
+    code, out, _ = run_cli([sweep, "--layers", "search_t1.2_s0", "--plot", heat_map], capsys)
+    assert code == 0
+    rows = parse_md(out)["Layers"]
+    assert [(r["layer"], r["decision"], r["weight_format"], r["act_format"]) for r in rows] == \
+        [("conv1", "conv1", "int4", "int4"), ("fc", "fc", "int8", "int8")]
+    assert [(float(r["memory_mib"]), float(r["gbops"])) for r in rows] == [(0.625, 2.5), (0.625, 2.5)]
+    assert [(float(r["p_int2"]), float(r["p_int4"]), float(r["p_int8"])) for r in rows] == \
+        [(0.1, 0.7, 0.2), (0.05, 0.05, 0.9)]
+    _assert_real_png(heat_map, min_colours=10)
+
+    code, out, _ = run_cli([sweep, "--layers", sweep / "digits" / "uniform_w4_s0", "--format", "csv"], capsys)
+    notes, (rows,) = parse_csv(out)
+    assert code == 0 and list(rows[0]) == ["layer", "decision", "weight_format", "act_format", "memory_mib", "gbops"]
+    assert [(r["weight_format"], r["act_format"], float(r["memory_mib"])) for r in rows] == [("int4", "int8", 0.5)] * 2
+    assert notes[1] == "total 1 MiB of 8 MiB at fp32; 4 GBOPs of 64 at fp32"
+
+    code, out, _ = run_cli([sweep, "--layers", "search_t1.2_s0", "--format", "json"], capsys)
+    report = json.loads(out)
+    assert report["decisions"]["fc"]["probabilities"] == {"int2": 0.05, "int4": 0.05, "int8": 0.9}
+    assert report["layers"][0]["p_int4"] == 0.7
+
+
+def test_python_dash_m_entry_point(sweep):
+    done = subprocess.run([sys.executable, "-m", "eval.report", str(sweep), "--format", "csv"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert parse_csv(done.stdout)[1][0][0]["run"] == "uniform_w4_s0"
+    done = subprocess.run([sys.executable, "-m", "eval.report", str(sweep), "--metric", "f1"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1

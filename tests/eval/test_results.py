@@ -1,0 +1,207 @@
+"""Finding, loading, validating and grouping run directories (eval/results.py).
+
+`make_results` / `write_run` build synthetic run directories in the results.json schema
+(docs/results_schema.md); tests/eval/test_report.py uses them too.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eval.results import (COMPLETED, FAILED, INCOMPLETE, available_group_keys, find_run_dirs, group_runs,
+                          group_value, load_run, load_runs, validate_results)
+
+SEARCH_SPACE = ["int2", "int4", "int8"]
+
+
+def make_results(exp_name: str = "run", task: str = "digits", method: str = "search", seed: int = 0,
+                 metric: float = 0.9, memory_mib: float = 1.0, gbops: float = 2.0, cost_target: float | None = 1.5,
+                 weight_bits: int = 8, args_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A valid completed results.json for a two-layer model."""
+    search = method == "search"
+    args = {"task": task, "model_type": "resnet18", "exp_name": exp_name, "seed": seed,
+            "output_root_dir": "/out", "cuda_visible_devices": str(seed), "learning_rate": 5e-5,
+            "search": search, "search_space": "2,4,8" if search else None, "block_search": False,
+            "weight_bits": 0 if method == "float" else (None if search else weight_bits),
+            "activation_bits": 0 if method == "float" else (None if search else 8),
+            "cost_target": cost_target if search else None, "cost_type": "memory"}
+    args.update(args_extra or {})
+    if search:
+        formats = {"conv1": ("int4", "int4"), "fc": ("int8", "int8")}
+    elif method == "uniform":
+        formats = {"conv1": (f"int{weight_bits}", "int8"), "fc": (f"int{weight_bits}", "int8")}
+    else:
+        formats = {"conv1": ("none", "none"), "fc": ("none", "none")}
+    layers = {name: {"weight_format": w, "act_format": a, "num_weights": 1000, "macs_per_sample": 10_000,
+                     "memory_mib": memory_mib / 2, "gbops": gbops / 2} for name, (w, a) in formats.items()}
+    decisions = {
+        "conv1": {"layers": ["conv1"], "format": "int4", "probabilities": {"int2": 0.1, "int4": 0.7, "int8": 0.2}},
+        "fc": {"layers": ["fc"], "format": "int8", "probabilities": {"int2": 0.05, "int4": 0.05, "int8": 0.9}},
+    }
+    return {
+        "schema_version": 1, "status": "completed", "error": None, "traceback": None,
+        "exp_name": exp_name, "task": task, "model_type": "resnet18", "method": method, "args": args,
+        "main_metric": "eval_accuracy", "metrics": {"eval_accuracy": metric, "eval_loss": 1.0 - metric},
+        "cost": {"memory_mib": memory_mib, "gbops": gbops, "float_memory_mib": 8.0, "float_gbops": 64.0,
+                 "cost_type": "memory", "target": cost_target if search else None,
+                 "ratio": memory_mib / cost_target if search else None},
+        "layers": layers,
+        "search": {"granularity": "layer", "search_space": SEARCH_SPACE, "weight_only": False,
+                   "decisions": decisions, "cost_function": "tunas_abs", "cost_beta": 1.0,
+                   "reward_metric": "loss", "reward_source": "train", "steps": 300} if search else None,
+        "wall_time_s": 12.5, "versions": {"python": "3.11.7"}, "device": "cpu",
+    }
+
+
+def make_failed(exp_name: str = "failed_run", task: str = "digits",
+                error: str = "RuntimeError: CUDA out of memory") -> dict[str, Any]:
+    return {"schema_version": 1, "status": "failed", "error": error, "traceback": "Traceback ...\n" + error,
+            "exp_name": exp_name, "task": task, "model_type": "resnet18", "method": "search",
+            "args": {"task": task, "exp_name": exp_name, "seed": 0}, "main_metric": None, "metrics": {},
+            "cost": None, "layers": {}, "search": None, "wall_time_s": 1.0, "versions": {}, "device": "cpu"}
+
+
+def write_run(root: Path, results: dict[str, Any] | None, *, task: str | None = None, exp_name: str | None = None,
+              raw: str | None = None, log: str = "step 10 loss 0.5\n") -> Path:
+    """Write root/task/exp_name/ with config.json, output.txt and (unless None) results.json or raw text."""
+    task = task or (results or {}).get("task") or "digits"
+    exp_name = exp_name or (results or {}).get("exp_name") or "run"
+    run_dir = root / task / exp_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    args = (results or {}).get("args") or {"task": task, "exp_name": exp_name}
+    (run_dir / "config.json").write_text(json.dumps(args))
+    (run_dir / "output.txt").write_text(log)
+    if raw is not None:
+        (run_dir / "results.json").write_text(raw)
+    elif results is not None:
+        (run_dir / "results.json").write_text(json.dumps(results))  # NaN is written as NaN, like json.dump
+    return run_dir
+
+
+def test_valid_results_have_no_problems():
+    for method in ("search", "uniform", "float"):
+        assert validate_results(make_results(method=method)) == []
+    assert validate_results(make_failed()) == []
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda d: d["cost"].pop("gbops"), "missing cost.gbops"),
+    (lambda d: d.pop("main_metric"), "missing main_metric"),
+    (lambda d: d.update(main_metric="eval_f1"),
+     "main_metric 'eval_f1' is not in metrics (has: eval_accuracy, eval_loss)"),
+    (lambda d: d.update(schema_version=2), "schema_version is 2, this reader knows version 1"),
+    (lambda d: d.update(status="running"), "status is 'running', expected 'completed' or 'failed'"),
+    (lambda d: d.update(method="random"), "method is 'random', expected one of ('search', 'uniform', 'float')"),
+    (lambda d: d["cost"].update(target=None), "cost.target is None, expected a number"),
+    (lambda d: d["layers"]["fc"].pop("act_format"), "missing layers.fc.act_format"),
+    (lambda d: d["search"]["decisions"]["fc"]["probabilities"].pop("int2"),
+     "search.decisions.fc.probabilities has options ['int4', 'int8'], "
+     "expected the search_space ['int2', 'int4', 'int8']"),
+    (lambda d: d.update(search=None), "search is None, expected an object for a search run"),
+])
+def test_validate_results_names_each_problem(edit, expected):
+    data = make_results()
+    edit(data)
+    assert expected in validate_results(data)
+
+
+def test_validate_results_rejects_non_objects_and_failed_without_error():
+    assert validate_results([1, 2]) == ["the top level is list, expected an object"]
+    failed = make_failed()
+    del failed["error"]
+    assert validate_results(failed) == ["missing error"]
+
+
+def test_find_run_dirs_any_depth_and_not_inside_runs(tmp_path):
+    deep = tmp_path / "a" / "b" / "c" / "run1"
+    deep.mkdir(parents=True)
+    (deep / "results.json").write_text("{}")
+    config_only = tmp_path / "digits" / "run2"
+    (config_only / "checkpoint-10").mkdir(parents=True)
+    (config_only / "config.json").write_text("{}")
+    (config_only / "checkpoint-10" / "config.json").write_text("{}")  # a saved model, not a run
+    log_only = tmp_path / "digits" / "run3"
+    log_only.mkdir()
+    (log_only / "stdout.log").write_text("starting\n")
+    (tmp_path / "empty" / "nothing").mkdir(parents=True)
+    assert find_run_dirs(tmp_path) == [deep, config_only, log_only]
+    assert find_run_dirs(deep) == [deep]
+
+
+def test_find_run_dirs_missing_root(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a directory; pass the --output_root_dir"):
+        find_run_dirs(tmp_path / "nope")
+
+
+def test_load_run_statuses(tmp_path):
+    completed = load_run(write_run(tmp_path, make_results(exp_name="ok", metric=0.75)))
+    assert (completed.status, completed.exp_name, completed.method, completed.task) == \
+        (COMPLETED, "ok", "search", "digits")
+    assert completed.metrics["eval_accuracy"] == 0.75 and completed.reason is None
+    assert completed.cost["memory_mib"] == 1.0 and completed.search["granularity"] == "layer"
+
+    failed = load_run(write_run(tmp_path, make_failed(error="RuntimeError: CUDA out of memory\n  at step 3")))
+    assert (failed.status, failed.reason) == (FAILED, "RuntimeError: CUDA out of memory at step 3")
+
+    text = json.dumps(make_results(exp_name="partial"))
+    partial = load_run(write_run(tmp_path, None, exp_name="partial", raw=text[: len(text) // 2]))
+    assert partial.status == INCOMPLETE
+    assert partial.reason.startswith("results.json does not parse (") and partial.reason.endswith("a truncated write?")
+
+    killed = load_run(write_run(tmp_path, None, exp_name="killed", log="step 1\nstep 2 loss 0.4\n\n"))
+    assert killed.status == INCOMPLETE
+    assert killed.reason == "no results.json (killed or still running); last log line output.txt: step 2 loss 0.4"
+
+    bad = make_results(exp_name="bad")
+    del bad["cost"]["gbops"], bad["metrics"]
+    broken = load_run(write_run(tmp_path, bad))
+    assert broken.status == INCOMPLETE
+    assert broken.reason == "results.json is invalid: missing metrics; missing cost.gbops"
+
+
+def test_load_run_keeps_nan_metrics_for_the_report(tmp_path):
+    run = load_run(write_run(tmp_path, make_results(exp_name="nan", metric=float("nan"))))
+    assert run.status == COMPLETED and run.metrics["eval_accuracy"] != run.metrics["eval_accuracy"]
+
+
+def test_load_runs_labels_collisions_by_path(tmp_path):
+    write_run(tmp_path, make_results(exp_name="same", task="digits"))
+    write_run(tmp_path, make_results(exp_name="same", task="mnist"))
+    write_run(tmp_path, make_results(exp_name="unique", task="mnist"))
+    assert [run.label for run in load_runs(tmp_path)] == ["digits/same", "mnist/same", "unique"]
+
+
+def _runs(tmp_path: Path, specs: list[tuple[str, int, float]]):
+    for exp_name, seed, lr in specs:
+        write_run(tmp_path, make_results(exp_name=exp_name, seed=seed, args_extra={"learning_rate": lr}))
+    return load_runs(tmp_path)
+
+
+def test_group_runs_automatic_groups_seed_replicas_only(tmp_path):
+    runs = _runs(tmp_path, [("a_s0", 0, 5e-5), ("a_s1", 1, 5e-5), ("b_s0", 0, 1e-4)])
+    groups = group_runs(runs)
+    assert [[run.label for run in group.runs] for group in groups] == [["a_s0", "a_s1"], ["b_s0"]]
+    assert all(not group.mismatches for group in groups)
+    assert ("learning_rate", "5e-05") in groups[0].key and ("method", '"search"') in groups[0].key
+    assert not any(name in {"seed", "exp_name", "output_root_dir", "cuda_visible_devices"} for name, _ in groups[0].key)
+
+
+def test_group_runs_by_keys_reports_mismatched_arguments(tmp_path):
+    runs = _runs(tmp_path, [("a_s0", 0, 5e-5), ("a_s1", 1, 5e-5), ("b_s0", 0, 1e-4)])
+    (group,) = group_runs(runs, ["cost_target", "method"])
+    assert group.key == (("cost_target", "1.5"), ("method", '"search"'))
+    assert group.mismatches == {"learning_rate": {"5e-05": ["a_s0", "a_s1"], "0.0001": ["b_s0"]}}
+
+
+def test_group_value_and_available_keys(tmp_path):
+    (run,) = _runs(tmp_path, [("a", 0, 5e-5)])
+    assert [group_value(run, k) for k in ("method", "task", "model_type", "granularity", "cost_target")] == \
+        ["search", "digits", "resnet18", "layer", 1.5]
+    assert group_value(run, "not_an_arg") == "<missing>"
+    keys = available_group_keys([run])
+    assert keys[:4] == ["method", "task", "model_type", "granularity"]
+    assert "cost_target" in keys and "weight_bits" in keys and keys.count("task") == 1
+

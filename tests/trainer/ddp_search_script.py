@@ -1,0 +1,25 @@
+"""Run by test_ddp_ranks_stay_in_sync under torch.distributed.run with 2 CPU (gloo) processes."""
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tests.trainer.toy_search_problem import make_trainer  # noqa: E402
+
+torch.set_num_threads(1)
+out_dir, source = sys.argv[1], sys.argv[2]
+trainer = make_trainer(os.path.join(out_dir, "run"), steps=60, reward_source=source, delay_steps=20,
+                       training_overrides=dict(ddp_backend="gloo", per_device_train_batch_size=32))
+history = []
+apply = trainer.apply_option_indices
+trainer.apply_option_indices = lambda indices: (history.append(indices.tolist()), apply(indices))[1]
+trainer.train()
+rank = trainer.args.process_index
+with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+    json.dump({"world_size": trainer.args.world_size, "history": history,
+               "logits": trainer.policy.logits.detach().tolist(), "baseline": trainer.baseline.value}, f)
+# Without an explicit teardown the gloo process group can keep the interpreter from exiting.
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()

@@ -1,0 +1,165 @@
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from quant.formats import parse_format
+from tests.trainer.toy_search_problem import INSENSITIVE, ToyModel, make_trainer
+from trainer.entropy_schedule import entropy_beta
+from trainer.reinforce_trainer import SEARCH_STATE_NAME
+
+INT2, INT8 = parse_format("int2"), parse_format("int8")
+
+
+def formats_of(trainer) -> dict[str, str]:
+    return {name: result.format for name, result in trainer.final_decisions().items()}
+
+
+@pytest.mark.parametrize("seed, source, advantage", [(0, "train", "per_decision"), (1, "train", "per_decision"),
+                                                     (2, "train", "per_decision"), (0, "heldout", "per_decision"),
+                                                     (0, "train", "global")])
+def test_search_finds_the_known_answer(tmp_path, seed, source, advantage):
+    trainer = make_trainer(str(tmp_path), seed=seed, reward_source=source, advantage=advantage)
+    trainer.train()
+    chosen = formats_of(trainer)
+    assert chosen["branch_in"] == chosen["branch_out"] == "int2", chosen  # insensitive and large: lowest
+    assert chosen["fc_in"] == "int8", chosen  # its input needs 8 bits
+    assert chosen["head"] != "int2", chosen
+    ratio = trainer.final_cost() / trainer.reinforce_config.cost_target
+    assert abs(ratio - 1) <= 0.10, ratio
+
+
+def test_extreme_targets_pick_the_cheapest_and_the_dearest(tmp_path):
+    low = make_trainer(str(tmp_path / "low"), steps=300)
+    # Far below any configuration: every byte saved outweighs any loss difference.
+    low.reinforce_config.cost_target = low.cost_table.min_cost() / 1000
+    low.train()
+    assert low.final_cost() == low.cost_table.min_cost(), formats_of(low)
+    # Above any configuration with a strong cost term: every byte closer to the target pays.
+    high = make_trainer(str(tmp_path / "high"), steps=300, cost_beta=50.0)
+    high.reinforce_config.cost_target = high.cost_table.max_cost() * 2
+    high.train()
+    assert set(formats_of(high).values()) == {"int8"}
+    assert high.final_cost() == high.cost_table.max_cost()
+
+
+def test_same_seed_same_result(tmp_path):
+    runs = []
+    for i in range(2):
+        trainer = make_trainer(str(tmp_path / str(i)), seed=3, steps=200)
+        trainer.train()
+        runs.append((trainer.policy.logits.detach().clone(), [p.detach().clone() for p in trainer.model.parameters()]))
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+
+def test_resume_from_a_mid_search_checkpoint_is_exact(tmp_path):
+    overrides = dict(save_strategy="steps", save_steps=150)
+    full = make_trainer(str(tmp_path / "full"), seed=4, steps=300, training_overrides=overrides)
+    full.train()
+    checkpoint = tmp_path / "full" / "checkpoint-150"
+    assert (checkpoint / SEARCH_STATE_NAME).is_file()
+    resumed = make_trainer(str(tmp_path / "resumed"), seed=4, steps=300, training_overrides=overrides)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert torch.equal(full.policy.logits, resumed.policy.logits)
+    assert full.baseline.value == resumed.baseline.value
+    assert all(torch.equal(a, b) for a, b in zip(full.model.parameters(), resumed.model.parameters()))
+
+
+def test_resume_from_a_checkpoint_without_search_state_fails_clearly(tmp_path):
+    trainer = make_trainer(str(tmp_path / "a"), steps=20, training_overrides=dict(save_strategy="steps", save_steps=10))
+    trainer.train()
+    os.remove(tmp_path / "a" / "checkpoint-10" / SEARCH_STATE_NAME)
+    again = make_trainer(str(tmp_path / "b"), steps=20)
+    with pytest.raises(FileNotFoundError, match=f"has no {SEARCH_STATE_NAME}: it was not written by a search run"):
+        again.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-10"))
+
+
+class NaNWithInt2(ToyModel):
+    """Blows up (NaN loss) whenever its input layer runs at INT2, and has a BatchNorm whose
+    running statistics a bad step must not corrupt."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(16)
+
+    def forward(self, x, labels=None):
+        out = super().forward(self.norm(x), labels)
+        if self.fc_in.weight_format == INT2:
+            out = {k: v * float("nan") for k, v in out.items()}
+        return out
+
+
+def test_non_finite_samples_never_touch_the_weights(tmp_path):
+    trainer = make_trainer(str(tmp_path), model=NaNWithInt2(), search_space="int2", steps=30)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    after = trainer.model.state_dict()
+    assert trainer.non_finite_steps == 30
+    for key in before:
+        if key.endswith("num_batches_tracked"):
+            continue
+        assert torch.equal(before[key], after[key]), key
+
+
+def test_non_finite_samples_get_the_worst_reward_and_are_avoided(tmp_path):
+    trainer = make_trainer(str(tmp_path), model=NaNWithInt2(), search_space="int2,int8", steps=300,
+                           target_mib=1.0)
+    trainer.train()
+    assert trainer.non_finite_steps > 0
+    assert formats_of(trainer)["fc_in"] == "int8"
+    assert all(math.isfinite(float(p.detach().sum())) for p in trainer.model.parameters())
+    logged = [entry for entry in trainer.state.log_history if "search/non_finite_steps" in entry]
+    assert logged and logged[-1]["search/non_finite_steps"] > 0
+
+
+def test_search_metrics_reach_trainer_log_and_state(tmp_path):
+    trainer = make_trainer(str(tmp_path), steps=200, max_entropy_beta=0.1, entropy_schedule="linear")
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "search/reward" in entry]
+    assert [entry["step"] for entry in logs] == [50, 100, 150, 200]
+    for key in ("policy_loss", "entropy", "entropy_beta", "reward", "baseline_ema", "advantage", "cost", "cost_ratio"):
+        assert f"search/{key}" in logs[-1], key
+    assert "search/policy_loss" not in logs[0]  # the first 50 steps are all warm-up
+    # The logged entropy beta is the mean of the schedule over the logging window.
+    expected = sum(entropy_beta(s, schedule="linear", delay_steps=100, total_steps=200, max_entropy_beta=0.1)
+                   for s in range(150, 200)) / 50
+    assert logs[-1]["search/entropy_beta"] == pytest.approx(expected, rel=1e-12)
+    probs = {k: v for k, v in logs[-1].items() if k.startswith("search/p/fc_in/")}
+    assert set(probs) == {"search/p/fc_in/int2", "search/p/fc_in/int4", "search/p/fc_in/int8"}
+    assert sum(probs.values()) == pytest.approx(1.0)
+    # trainer_state.json of a checkpoint carries them too
+    trainer.state.save_to_json(str(tmp_path / "state.json"))
+    assert "search/cost_ratio" in json.loads((tmp_path / "state.json").read_text())["log_history"][-2]
+
+
+def test_weight_only_search_keeps_activations_fixed(tmp_path):
+    from trainer.search_space import SearchSpace
+
+    trainer = make_trainer(str(tmp_path), steps=5)
+    space = trainer.search_space
+    weight_only = SearchSpace(space.formats, space.decisions, weight_only=True, fixed_act_format=INT8)
+    assignment = weight_only.assignment([0, 0, 0, 0])
+    assert set(assignment.values()) == {(INT2, INT8)}
+
+
+def test_block_granularity_shares_one_choice_per_block(tmp_path):
+    trainer = make_trainer(str(tmp_path), granularity="block", steps=300)
+    trainer.train()
+    decisions = trainer.final_decisions()
+    assert {name: d.layers for name, d in decisions.items()} == {"main": ("fc_in", "head"), "branch": INSENSITIVE}
+    assert decisions["branch"].format == "int2" and decisions["main"].format == "int8"
+    layers = trainer.quant_layers
+    trainer.evaluate()  # evaluation applies the final answer to the layers
+    assert layers["branch_in"].weight_format == INT2 and layers["head"].act_format == INT8
+
+
+def test_reinforce_trainer_argument_errors(tmp_path):
+    with pytest.raises(ValueError, match="reward_source 'heldout' needs a heldout_dataset"):
+        trainer = make_trainer(str(tmp_path), steps=5)
+        type(trainer)(model=trainer.model, args=trainer.args, train_dataset=trainer.train_dataset,
+                      reinforce_config=trainer.reinforce_config.__class__(cost_target=1.0, reward_source="heldout"),
+                      search_space=trainer.search_space, quant_layers=trainer.quant_layers,
+                      layer_costs=[])

@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from cost.model_cost import CostType, LayerCost
+from quant.formats import parse_format, parse_format_list
+from trainer.search_space import DecisionCostTable, SearchSpace
+
+INT2, INT4, INT8 = (parse_format(t) for t in ("int2", "int4", "int8"))
+LAYERS = ["a", "b", "c"]
+COSTS = [LayerCost("a", 8 * 2**20, 10**9), LayerCost("b", 2**20, 10**9), LayerCost("c", 2**20, 2 * 10**9)]
+
+
+def test_granularities():
+    formats = parse_format_list("2,4,8")
+    assert SearchSpace.build(LAYERS, formats, "layer").decisions == {"a": ("a",), "b": ("b",), "c": ("c",)}
+    assert SearchSpace.build(LAYERS, formats, "single").decisions == {"model": ("a", "b", "c")}
+    block = SearchSpace.build(LAYERS, formats, "block", partitions={"x": ["a", "c"], "y": ["b"], "empty": []})
+    assert block.decisions == {"x": ("a", "c"), "y": ("b",)}
+    assert block.assignment([2, 0]) == {"a": (INT8, INT8), "c": (INT8, INT8), "b": (INT2, INT2)}
+    assert block.option_names == ["int2", "int4", "int8"] and block.num_decisions == 2
+
+
+def test_weight_only_keeps_the_activation_format():
+    space = SearchSpace.build(LAYERS, (INT2, INT4), "single", weight_only=True, fixed_act_format=INT8)
+    assert space.assignment(torch.tensor([0])) == {name: (INT2, INT8) for name in LAYERS}
+
+
+def test_cost_table_is_exact():
+    space = SearchSpace.build(LAYERS, (INT2, INT4, INT8), "block", partitions={"x": ["a", "c"], "y": ["b"]})
+    memory = DecisionCostTable(space, COSTS, CostType.MEMORY)
+    # x holds 9 Mi weights, y 1 Mi: bytes = weights * bits / 8.
+    assert memory.table.tolist() == [[9 * 2 / 8, 9 * 4 / 8, 9 * 8 / 8], [2 / 8, 4 / 8, 8 / 8]]
+    assert memory.cost(torch.tensor([1, 2])) == 4.5 + 1.0
+    assert memory.min_cost() == 2.25 + 0.25 and memory.max_cost() == 9.0 + 1.0
+    assert memory.uniform_cost(1) == 5.0
+    mask = torch.tensor([[False, True, True], [True, True, False]])
+    assert memory.min_cost(mask) == 4.5 + 0.25 and memory.max_cost(mask) == 9.0 + 0.5
+    compute = DecisionCostTable(space, COSTS, CostType.COMPUTE)
+    assert compute.table.tolist()[1] == [4.0, 16.0, 64.0]  # 1e9 MACs x w bits x a bits / 1e9
+    assert compute.cost(torch.tensor([0, 0])) == 3 * 4.0 + 4.0
+
+
+def test_search_space_errors():
+    formats = (INT2, INT4)
+    with pytest.raises(ValueError, match="at least one format"):
+        SearchSpace.build(LAYERS, (), "layer")
+    with pytest.raises(ValueError, match="duplicate formats"):
+        SearchSpace((INT2, INT2), {"a": ("a",)})
+    with pytest.raises(ValueError, match="no quantized layer was selected"):
+        SearchSpace.build([], formats, "single")
+    with pytest.raises(ValueError, match="'a' is in two decisions: 'x' and 'y'"):
+        SearchSpace(formats, {"x": ("a",), "y": ("a", "b")})
+    with pytest.raises(ValueError, match=r"missing \['c'\]"):
+        SearchSpace.build(LAYERS, formats, "block", partitions={"x": ["a", "b"]})
+    with pytest.raises(ValueError, match="needs the block partitions"):
+        SearchSpace.build(LAYERS, formats, "block")
+    with pytest.raises(ValueError, match="expected 3 option indices, got 2"):
+        SearchSpace.build(LAYERS, formats, "layer").assignment([0, 1])
+    with pytest.raises(ValueError, match=r"no cost information for layers \['c'\]"):
+        DecisionCostTable(SearchSpace.build(LAYERS, formats, "layer"), COSTS[:2], CostType.MEMORY)
+    with pytest.raises(ValueError, match="not a valid Granularity"):
+        SearchSpace.build(LAYERS, formats, "channel")

@@ -1,0 +1,116 @@
+"""ReinforceConfig: everything the search adds to a normal training run, validated up front."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+from cost.cost import REWARD_FUNCTIONS
+from cost.model_cost import CostType
+from trainer.entropy_schedule import EntropySchedule
+
+EXPONENTIAL_COST_FUNCTIONS = ("soft_exponential", "hard_exponential")
+
+
+class RewardMetric(str, Enum):
+    """The quality half of the reward, measured on one batch."""
+
+    LOSS = "loss"  # quality = -cross-entropy (or -MSE for regression)
+    LIKELIHOOD = "likelihood"  # quality = exp(-loss), in (0, 1]: for the multiplicative rewards
+    ACCURACY = "accuracy"  # quality = fraction of the batch classified correctly
+
+
+class AdvantageMode(str, Enum):
+    """How each decision's advantage is formed (both are unbiased REINFORCE estimators)."""
+
+    # reward - EMA(reward), shared by every decision (TuNAS / the original FLIQS code).
+    GLOBAL = "global"
+    # reward - E_{k ~ p_d}[reward(cost with decision d at option k, EMA(quality))]: the cost part
+    # of each decision's baseline is computed exactly (costs are sums over layers), so one
+    # decision is no longer judged by the noise of every other decision's cost.
+    PER_DECISION = "per_decision"
+
+
+class RewardSource(str, Enum):
+    """Which batch the quality is measured on."""
+
+    TRAIN = "train"  # the batch just trained on: free (no extra forward pass)
+    HELDOUT = "heldout"  # a batch of a split carved out of the training set, forward only
+
+
+def _enum(enum_cls: type[Enum], value: object, flag: str) -> Enum:
+    try:
+        return enum_cls(value)
+    except ValueError:
+        raise ValueError(f"unknown {flag} {value!r}; valid: {[e.value for e in enum_cls]}") from None
+
+
+@dataclass
+class ReinforceConfig:
+    """Settings of the REINFORCE search (the training settings stay in TrainingArguments).
+
+    cost_target: the cost the search aims at, in MiB (memory) or GBOPs (compute).
+    cost_beta: strength of the cost term; positive for tunas_abs / one_sided_tunas_abs,
+        negative for the exponential forms (as in MnasNet).
+    delay_steps: warm-up steps with uniformly sampled formats and no policy update, so the
+        shared weights learn to work in every format before the policy starts judging them.
+    max_entropy_beta / entropy_schedule: the entropy penalty, 0 during the delay, rising to
+        max_entropy_beta (positive values push every decision to converge).
+    baseline_decay: EMA decay of the baseline (of the reward for advantage 'global', of the
+        quality for 'per_decision').
+    advantage: 'per_decision' (default) or 'global'; see AdvantageMode.
+    policy_seed: seed of the sampling generator (identical on every DDP rank).
+    """
+
+    cost_target: float
+    cost_type: CostType = CostType.MEMORY
+    cost_function: str = "tunas_abs"
+    cost_beta: float = 1.0
+    rl_learning_rate: float = 0.05
+    delay_steps: int = 0
+    max_entropy_beta: float = 0.0
+    entropy_schedule: EntropySchedule = EntropySchedule.LINEAR
+    baseline_decay: float = 0.9
+    advantage: AdvantageMode = AdvantageMode.PER_DECISION
+    reward_metric: RewardMetric = RewardMetric.LOSS
+    reward_source: RewardSource = RewardSource.TRAIN
+    policy_temperature: float = 1.0
+    policy_seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.cost_type = _enum(CostType, self.cost_type, "cost_type")  # type: ignore[assignment]
+        self.entropy_schedule = _enum(EntropySchedule, self.entropy_schedule, "entropy_schedule")  # type: ignore[assignment]
+        self.reward_metric = _enum(RewardMetric, self.reward_metric, "reward_metric")  # type: ignore[assignment]
+        self.reward_source = _enum(RewardSource, self.reward_source, "reward_source")  # type: ignore[assignment]
+        self.advantage = _enum(AdvantageMode, self.advantage, "advantage")  # type: ignore[assignment]
+        if self.cost_function not in REWARD_FUNCTIONS:
+            raise ValueError(f"unknown cost_function {self.cost_function!r}; valid: {list(REWARD_FUNCTIONS)}")
+        if not (isinstance(self.cost_target, (int, float)) and math.isfinite(self.cost_target) and self.cost_target > 0):
+            raise ValueError(f"cost_target must be a positive number (MiB or GBOPs), got {self.cost_target!r}")
+        exponential = self.cost_function in EXPONENTIAL_COST_FUNCTIONS
+        if exponential and self.cost_beta > 0:
+            raise ValueError(
+                f"cost_beta={self.cost_beta} with {self.cost_function} would reward larger models: the "
+                f"reward is quality * ratio**beta; use a negative value such as {-abs(self.cost_beta)}"
+            )
+        if not exponential and self.cost_beta < 0:
+            raise ValueError(
+                f"cost_beta={self.cost_beta} with {self.cost_function} would reward missing the target: "
+                f"the reward is quality - beta*|1 - ratio|; use a positive value such as {abs(self.cost_beta)}"
+            )
+        if exponential and self.reward_metric is RewardMetric.LOSS:
+            raise ValueError(
+                f"{self.cost_function} multiplies the quality by the cost ratio, which needs a non-negative "
+                "quality; with reward_metric 'loss' (quality = -loss) it would favour larger losses. "
+                "Use --reward_metric likelihood (exp(-loss)) or accuracy"
+            )
+        if self.rl_learning_rate <= 0:
+            raise ValueError(f"rl_learning_rate must be > 0, got {self.rl_learning_rate}")
+        if self.delay_steps < 0:
+            raise ValueError(f"delay_steps must be >= 0, got {self.delay_steps}")
+        if not 0 <= self.baseline_decay < 1:
+            raise ValueError(f"baseline_decay must be in [0, 1), got {self.baseline_decay}")
+        if self.policy_temperature <= 0:
+            raise ValueError(f"policy_temperature must be > 0, got {self.policy_temperature}")
+        if not math.isfinite(self.max_entropy_beta):
+            raise ValueError(f"max_entropy_beta must be finite, got {self.max_entropy_beta}")

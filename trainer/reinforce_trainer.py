@@ -1,0 +1,304 @@
+"""ReinforceTrainer: a HF Trainer whose every step also searches the numeric formats.
+
+Per training step (micro-batch):
+  1. sample an option per decision: uniformly during `delay_steps`, from the policy after;
+  2. set the formats on the quantized layers (attributes only, nothing re-allocated);
+  3. run the normal Trainer step on the shared weights (`super().training_step`);
+  4. quality of the sample on that batch (reward_source train, free) or on a held-out batch
+     (forward only), averaged over DDP ranks so every rank sees the same reward;
+  5. reward = cost function(cost of the sample, target, quality); the advantage of each
+     decision against its baseline (`AdvantageMode`); after the delay, one REINFORCE step on
+     the policy with the scheduled entropy term.
+
+Every rank seeds the same sampling generator, so all ranks pick the same formats without any
+communication, and the all-reduced reward keeps their policies identical.
+
+A sample whose loss is not finite (e.g. FP4 everywhere) does not touch the weights: its
+gradients are dropped and the normalisation buffers it changed are restored. It gets the worst
+reward seen so far, so the policy learns to avoid it, and the step is counted in the logs.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from cost.cost import compute_reward, rewards_for_costs
+from cost.model_cost import LayerCost
+from policy.reinforce import EmaBaseline, reinforce_loss
+from policy.simple_policy import PolicySample, SimplePolicy
+from quant.quant_module import QuantModule
+from quant.surgery import set_layer_formats
+from trainer.entropy_schedule import entropy_beta
+from trainer.quality import batch_quality
+from trainer.reinforce_config import AdvantageMode, ReinforceConfig, RewardSource
+from trainer.search_space import DecisionCostTable, SearchSpace
+
+SEARCH_STATE_NAME = "reinforce_state.pt"
+LOG_PREFIX = "search/"
+
+
+@dataclass(frozen=True)
+class DecisionResult:
+    layers: tuple[str, ...]
+    format: str
+    probabilities: dict[str, float]
+
+
+class ReinforceTrainer(Trainer):
+    """Trainer + format search. Extra arguments (keywords):
+
+    reinforce_config: the search settings.
+    search_space: decisions and format options (trainer.search_space.SearchSpace).
+    quant_layers: name -> quantized layer of the model being trained.
+    layer_costs: cost information of those layers (cost.model_cost.layer_costs).
+    heldout_dataset: the split carved out of the training set, for reward_source 'heldout'.
+    """
+
+    def __init__(self, *args: Any, reinforce_config: ReinforceConfig, search_space: SearchSpace,
+                 quant_layers: Mapping[str, QuantModule], layer_costs: Sequence[LayerCost],
+                 heldout_dataset: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        config = reinforce_config
+        if config.reward_source is RewardSource.HELDOUT and heldout_dataset is None:
+            raise ValueError("reward_source 'heldout' needs a heldout_dataset (carved out of the training set)")
+        unknown = [l for ls in search_space.decisions.values() for l in ls if l not in quant_layers]
+        if unknown:
+            raise ValueError(f"search space names layers that are not quantized: {unknown[:5]}")
+        self.reinforce_config = config
+        self.search_space = search_space
+        self.quant_layers = dict(quant_layers)
+        self.cost_table = DecisionCostTable(search_space, layer_costs, config.cost_type)
+        self.policy = SimplePolicy(search_space.num_decisions, search_space.num_options, config.policy_temperature)
+        self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.rl_learning_rate)
+        self.baseline = EmaBaseline(config.baseline_decay)
+        self.sample_generator = torch.Generator().manual_seed(config.policy_seed)
+        self.heldout_dataset = heldout_dataset
+        self._heldout_batches: Iterator | None = None
+        self.worst_reward: float | None = None
+        self.non_finite_steps = 0
+        self._pending_logs: dict[str, list[float]] = defaultdict(list)
+        self._captured_logits: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # --- formats ------------------------------------------------------------------------------
+    def apply_option_indices(self, indices: torch.Tensor) -> None:
+        set_layer_formats(self.quant_layers, self.search_space.assignment(indices))
+
+    def final_indices(self) -> torch.Tensor:
+        return self.policy.argmax()
+
+    def final_decisions(self) -> dict[str, DecisionResult]:
+        """The answer: the most likely option of every decision, with the final probabilities."""
+        with torch.no_grad():
+            probs = self.policy().cpu()
+        names = self.search_space.option_names
+        return {
+            decision: DecisionResult(layers, names[int(k)], dict(zip(names, map(float, p))))
+            for (decision, layers), k, p in zip(self.search_space.decisions.items(), self.final_indices(), probs)
+        }
+
+    def apply_final_assignment(self) -> None:
+        self.apply_option_indices(self.final_indices())
+
+    def final_cost(self) -> float:
+        return self.cost_table.cost(self.final_indices())
+
+    # --- the training step --------------------------------------------------------------------
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training and "labels" in inputs:
+            self._captured_logits = (outputs["logits"].detach(), inputs["labels"])
+        return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any],
+                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+        config = self.reinforce_config
+        step = self.state.global_step
+        searching = step >= config.delay_steps
+        sample = self.policy.sample(self.sample_generator) if searching else self.policy.sample_uniform(self.sample_generator)
+        self.apply_option_indices(sample.indices)
+        buffers = self._snapshot_buffers(model)
+
+        loss = super().training_step(model, inputs, num_items_in_batch)
+
+        if config.reward_source is RewardSource.TRAIN:
+            if self._captured_logits is None:
+                raise RuntimeError("the model returned no logits/labels for the reward; the search needs a "
+                                   "classification or regression model that returns logits and gets labels")
+            quality = batch_quality(*self._captured_logits, config.reward_metric)
+        else:
+            quality = self._heldout_quality(model)
+        self._captured_logits = None
+        # One host sync per step: the reward must reach Python for the policy anyway.
+        train_loss, quality_value = self._mean_over_ranks(torch.stack([loss.detach().float(), quality.float()]))
+        finite = math.isfinite(train_loss) and math.isfinite(quality_value)
+        if not finite:
+            model.zero_grad(set_to_none=True)  # optimizers skip parameters without gradients
+            self._restore_buffers(model, buffers)
+            self.non_finite_steps += 1
+        self._update_policy(sample, quality_value if finite else None, step, searching)
+        return loss
+
+    def _update_policy(self, sample: PolicySample, quality: float | None, step: int, searching: bool) -> None:
+        config = self.reinforce_config
+        cost = self.cost_table.cost(sample.indices)
+        logs = self._pending_logs
+        logs["cost"].append(cost)
+        logs["cost_ratio"].append(cost / config.cost_target)
+        logs["non_finite_steps"].append(float(self.non_finite_steps))
+        if quality is not None:
+            breakdown = compute_reward(config.cost_function, cost, config.cost_beta, config.cost_target, quality)
+            reward = breakdown.reward
+            self.worst_reward = reward if self.worst_reward is None else min(self.worst_reward, reward)
+            logs["quality"].append(quality)
+        else:
+            reward = self.worst_reward  # None before any finite step: nothing to learn from yet
+        if reward is None:
+            return
+        advantages = self._advantages(sample, reward, quality, cost)
+        logs["reward"].append(reward)
+        logs["advantage"].append(float(advantages.mean()))
+        logs["baseline_ema"].append(float(self.baseline.value))
+        if not searching:
+            return
+        beta = entropy_beta(step, schedule=config.entropy_schedule, delay_steps=config.delay_steps,
+                            total_steps=self.state.max_steps, max_entropy_beta=config.max_entropy_beta)
+        policy_loss = reinforce_loss(sample, advantages, beta)
+        self.policy_optimizer.zero_grad(set_to_none=True)
+        policy_loss.backward()
+        self.policy_optimizer.step()
+        logs["policy_loss"].append(float(policy_loss.detach()))
+        logs["entropy"].append(float(sample.entropy.detach()))
+        logs["entropy_beta"].append(beta)
+
+    def _advantages(self, sample: PolicySample, reward: float, quality: float | None, cost: float) -> torch.Tensor:
+        """(D,) advantage of each decision; updates the EMA baseline."""
+        config = self.reinforce_config
+        num_decisions = self.search_space.num_decisions
+        if config.advantage is AdvantageMode.GLOBAL:
+            return torch.full((num_decisions,), self.baseline.update(reward), dtype=torch.float64)
+        # Baseline of decision d: the expected reward over d's own options, the other decisions
+        # kept as sampled, at the running mean quality. It does not depend on d's own choice, so
+        # the estimator stays unbiased.
+        mean_quality = self.baseline.value if self.baseline.value is not None else quality
+        if quality is not None:
+            self.baseline.update(quality)
+        if mean_quality is None:  # a non-finite first step: nothing to compare with yet
+            return torch.zeros(num_decisions, dtype=torch.float64)
+        table = self.cost_table.table  # (D, K)
+        own = table.gather(1, sample.indices.view(-1, 1))  # (D, 1)
+        alternative_costs = cost - own + table  # (D, K): decision d switched to option k
+        alternative_rewards = rewards_for_costs(config.cost_function, alternative_costs, config.cost_beta,
+                                                config.cost_target, mean_quality)
+        with torch.no_grad():
+            probs = self.policy().double().cpu()
+        return reward - (probs * alternative_rewards).sum(dim=1)
+
+    def _heldout_quality(self, model: nn.Module) -> torch.Tensor:
+        batch = self._prepare_inputs(self._next_heldout_batch())
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), self.compute_loss_context_manager():
+            outputs = model(**batch)
+        model.train(was_training)
+        return batch_quality(outputs["logits"], batch["labels"], self.reinforce_config.reward_metric)
+
+    def _next_heldout_batch(self) -> dict[str, Any]:
+        for _ in range(2):
+            if self._heldout_batches is None:
+                self._heldout_batches = iter(self.get_eval_dataloader(self.heldout_dataset))
+            try:
+                return next(self._heldout_batches)
+            except StopIteration:
+                self._heldout_batches = None  # cycle through the held-out split again
+        raise ValueError("the heldout dataset is empty; give --heldout_fraction a larger value")
+
+    def _mean_over_ranks(self, values: torch.Tensor) -> list[float]:
+        if self.accelerator.num_processes > 1:
+            values = self.accelerator.reduce(values, reduction="mean")
+        return values.tolist()
+
+    @staticmethod
+    def _snapshot_buffers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        # BatchNorm running statistics change in the forward pass; keep a copy to undo a
+        # non-finite step (device-side copies: no sync, a few KB per model).
+        return [(b, b.detach().clone()) for b in model.buffers() if b.is_floating_point()]
+
+    @staticmethod
+    def _restore_buffers(model: nn.Module, snapshot: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        with torch.no_grad():
+            for buffer, saved in snapshot:
+                buffer.copy_(saved)
+
+    # --- logging --------------------------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._pending_logs:  # a training log: attach the search metrics
+            for key, values in self._pending_logs.items():
+                logs[LOG_PREFIX + key] = sum(values) / len(values)
+            self._pending_logs = defaultdict(list)
+            logs.update(self.probability_logs())
+        super().log(logs, start_time)
+
+    def probability_logs(self) -> dict[str, float]:
+        with torch.no_grad():
+            probs = self.policy().cpu()
+        names = self.search_space.option_names
+        return {f"{LOG_PREFIX}p/{decision}/{names[k]}": float(probs[d, k])
+                for d, decision in enumerate(self.search_space.decision_names) for k in range(len(names))}
+
+    # --- evaluation uses the current answer ----------------------------------------------------
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        self.apply_final_assignment()
+        return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args: Any, **kwargs: Any):
+        self.apply_final_assignment()
+        return super().predict(*args, **kwargs)
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def search_state_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy.state_dict(),
+            "policy_optimizer": self.policy_optimizer.state_dict(),
+            "baseline": self.baseline.state_dict(),
+            "sample_generator": self.sample_generator.get_state(),
+            "worst_reward": self.worst_reward,
+            "non_finite_steps": self.non_finite_steps,
+            "decisions": self.search_space.decision_names,
+            "options": self.search_space.option_names,
+        }
+
+    def load_search_state_dict(self, state: dict[str, Any]) -> None:
+        expected = (self.search_space.decision_names, self.search_space.option_names)
+        if (state["decisions"], state["options"]) != expected:
+            raise ValueError("the checkpoint's search space (decisions/options) differs from this run's; resume "
+                             "with the same --search_space, granularity and layer flags")
+        self.policy.load_state_dict(state["policy"])
+        self.policy_optimizer.load_state_dict(state["policy_optimizer"])
+        self.baseline.load_state_dict(state["baseline"])
+        self.sample_generator.set_state(state["sample_generator"])
+        self.worst_reward = state["worst_reward"]
+        self.non_finite_steps = state["non_finite_steps"]
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            if os.path.isdir(folder):
+                torch.save(self.search_state_dict(), os.path.join(folder, SEARCH_STATE_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, SEARCH_STATE_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{resume_from_checkpoint} has no {SEARCH_STATE_NAME}: it was not written by a "
+                                    "search run, so the search cannot resume from it")
+        self.load_search_state_dict(torch.load(path, weights_only=False))
