@@ -87,3 +87,13 @@ def model_cost(costs: Sequence[LayerCost], assignment: Mapping[str, tuple[Number
 
 def current_assignment(layers: Mapping[str, QuantModule]) -> dict[str, tuple[NumberFormat, NumberFormat]]:
     return {name: (layer.weight_format, layer.act_format) for name, layer in layers.items()}
+
+
+def average_bits_cost(costs: Sequence[LayerCost], cost_type: CostType, weight_bits: float,
+                      act_bits: float | None = None) -> float:
+    """Cost of the layers with every weight at `weight_bits` (and every activation at `act_bits`,
+    default the same): a target such as "4.5 bits on average" in MiB or GBOPs."""
+    act_bits = weight_bits if act_bits is None else act_bits
+    if cost_type is CostType.MEMORY:
+        return sum(c.num_weights for c in costs) * weight_bits / 8 / BYTES_PER_MIB
+    return sum(c.macs_per_sample for c in costs) * weight_bits * act_bits / BOPS_PER_GBOPS

@@ -69,6 +69,9 @@ class QuantModule:
         self.act_range_percentile = config.act_range_percentile
         # MACs for one sample, from the first forward or `set_input_shape`.
         self.macs_per_sample: int | None = None
+        # True when `weight` already holds Q(w) (a checkpoint loaded from its low-bit form):
+        # re-quantizing would recompute the scale from Q(w) and could move values by an ulp.
+        self.weight_prequantized = False
 
     @property
     def quant_config(self) -> QuantConfig:
@@ -86,6 +89,8 @@ class QuantModule:
         self.act_format = act_format
 
     def quantized_weight(self) -> torch.Tensor:
+        if self.weight_prequantized:
+            return self.weight
         return quantize(self.weight, self.weight_format, self.weight_granularity,
                         dim=self.weight_channel_dim, range_percentile=self.weight_range_percentile)
 

@@ -1,0 +1,166 @@
+"""The command line of one run (`create_arg_parser`, `parse_run_args`) and, as a module, the
+results report: `python -m eval.eval_parse OUTPUT_ROOT ...` (see eval/report.py).
+
+Every flag of the original README is here with its meaning. `parse_run_args` validates the
+whole command before any data or model is loaded and resolves the defaults that depend on
+other flags (mode, learning rate, cost target, reward metric); each problem is one error line
+and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn, Sequence
+
+from eval.run_args import resolve_run_args
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse with errors as one line (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def _on_off(group: argparse._ArgumentGroup, name: str, help_text: str, default: bool = True) -> None:
+    group.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=default, help=help_text)
+
+
+def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
+    p = OneLineErrorParser(prog=prog, description="One FLIQS run: a format search, or a uniform-precision or "
+                           "float baseline, on one task and model.",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    g = p.add_argument_group("Task and model")
+    g.add_argument("--task", default="digits", help="built-in task (digits, synth-sentiment: offline) or a hub "
+                   "task (GLUE cola sst2 mrpc qqp qnli rte wnli mnli stsb, boolq, piqa, cifar10, cifar100, imagenet-1k)")
+    g.add_argument("--model_type", "--model", dest="model_type", default="resnet18",
+                   help="bert-tiny .. bert, roberta, gpt2[-medium|-large], resnet18/50, efficientnet-b0..b7, "
+                   "mobilenetv2, deit-tiny/small/base")
+    g.add_argument("--from_scratch", action="store_true", default=None,
+                   help="random init of the built-in architecture (no network). Default: from scratch for the "
+                   "built-in tasks, pretrained hub weights otherwise")
+    g.add_argument("--pretrained", dest="from_scratch", action="store_false", help="force pretrained weights")
+    g.add_argument("--model_name_or_path", default=None, help="a local checkpoint directory (or hub id) to load")
+    g.add_argument("--config_overrides", default=None, help="change the architecture, e.g. "
+                   "'num_hidden_layers=2,hidden_size=64'")
+    g.add_argument("--train_file", default=None, help="local training data (csv/json/jsonl/parquet)")
+    g.add_argument("--validation_file", default=None, help="local evaluation data (csv/json/jsonl/parquet)")
+    g.add_argument("--dataset_path", default=None, help="a DatasetDict saved with save_to_disk")
+    g.add_argument("--max_train_samples", type=int, default=None, help="seeded random subset of the training set")
+    g.add_argument("--max_eval_samples", type=int, default=None, help="seeded random subset of the evaluation set")
+    g.add_argument("--max_seq_length", type=int, default=128, help="text: tokens per example")
+    g.add_argument("--image_size", type=int, default=None, help="vision: input size (default 32 for digits, "
+                   "the model's own size otherwise)")
+    g.add_argument("--metric", default=None, help="an evaluate metric name to use instead of the task's own")
+
+    g = p.add_argument_group("Training parameters")
+    g.add_argument("--num_train_epochs", type=float, default=3.0)
+    g.add_argument("--learning_rate", type=float, default=None,
+                   help="default 5e-5 for pretrained weights, 1e-3 from scratch")
+    g.add_argument("--train_batch_size", type=int, default=32)
+    g.add_argument("--eval_batch_size", type=int, default=32)
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--optimizer", default="adamw_torch", help="a TrainingArguments optim name (adamw_torch, sgd, ...)")
+    g.add_argument("--weight_decay", type=float, default=0.0)
+    g.add_argument("--warmup_steps", type=int, default=0)
+    g.add_argument("--lr_scheduler_type", default="linear")
+    g.add_argument("--fp16", action="store_true", help="fp16 autocast (mixed precision), CUDA only")
+    g.add_argument("--bf16", action="store_true", help="bf16 autocast (mixed precision)")
+    g.add_argument("--max_steps", type=int, default=-1, help="stop after this many optimizer steps (-1: epochs)")
+
+    g = p.add_argument_group("Reinforcement learning parameters")
+    g.add_argument("--delay_steps", type=int, default=None,
+                   help="warm-up steps with uniformly sampled formats before the policy learns (default: 25%% "
+                   "of the training steps)")
+    g.add_argument("--rl_learning_rate", type=float, default=0.05, help="Adam learning rate of the policy")
+    g.add_argument("--cost_beta", type=float, default=None,
+                   help="strength of the cost term: > 0 for tunas_abs/one_sided_tunas_abs (default 1.0), < 0 "
+                   "for the exponential forms (default -0.07, as in MnasNet)")
+    g.add_argument("--max_entropy_beta", type=float, default=0.5,
+                   help="final strength of the entropy penalty (> 0 makes every decision converge)")
+    g.add_argument("--entropy_schedule_type", default="linear", help="linear, cosine, constant or heaviside")
+    g.add_argument("--cost_target", type=float, default=None, help="target cost in MiB (memory) or GBOPs (compute)")
+    g.add_argument("--cost_target_bits", type=float, default=None,
+                   help="target as the cost of every searched layer at this many bits (default: the mean of the "
+                   "smallest and largest format of the search space)")
+    g.add_argument("--reward_metric", default=None, help="loss (default for the abs forms), likelihood = "
+                   "exp(-loss) (default for the exponential forms) or accuracy")
+    g.add_argument("--reward_source", default="train", help="train (the batch just trained on, free) or heldout "
+                   "(a batch of a split carved out of the training set)")
+    g.add_argument("--heldout_fraction", type=float, default=0.1, help="share of the training set kept for "
+                   "--reward_source heldout")
+    g.add_argument("--advantage", default="per_decision", help="per_decision (exact per-decision cost baseline) "
+                   "or global (plain EMA reward baseline, as TuNAS)")
+    g.add_argument("--baseline_decay", type=float, default=0.9, help="EMA decay of the reward baseline")
+    g.add_argument("--policy_temperature", type=float, default=1.0)
+
+    g = p.add_argument_group("Quantization parameters")
+    g.add_argument("--search", action=argparse.BooleanOptionalAction, default=None,
+                   help="search the formats (default: on, unless --weight_bits/--activation_bits/--bits is given)")
+    g.add_argument("--bits", default=None, help="shorthand for --weight_bits X --activation_bits X (0 = none)")
+    g.add_argument("--search_space", default="4,8", help="comma-separated formats, e.g. '4,8' (INT bits) or "
+                   "'int2,int4,fp4_e2m1,fp8_e4m3,int8'")
+    g.add_argument("--single_decision", action="store_true", help="one format for the whole model")
+    g.add_argument("--block_search", action="store_true", help="one format per block partition")
+    g.add_argument("--weight_only_search", action="store_true",
+                   help="search weight formats only; activations stay at --activation_bits (default none)")
+    g.add_argument("--cost_function", default="tunas_abs",
+                   help="tunas_abs, one_sided_tunas_abs, soft_exponential or hard_exponential")
+    g.add_argument("--cost_type", default="memory", help="memory (MiB of weights) or compute (GBOPs)")
+    g.add_argument("--weight_bits", default=None, help="fixed weight format: INT bits or a token such as fp8_e4m3 "
+                   "(0 = none)")
+    g.add_argument("--activation_bits", default=None, help="fixed activation format (0 = none)")
+    g.add_argument("--per_channel", action="store_true", help="one weight scale per output channel")
+    g.add_argument("--per_token", action="store_true", help="one activation scale per token")
+    g.add_argument("--act_range_percentile", type=float, default=100.0,
+                   help="clip activations at this percentile of |x| (100 = abs-max, < 0 = MSE-optimal)")
+    g.add_argument("--weight_range_percentile", type=float, default=100.0,
+                   help="clip weights at this percentile of |w| (100 = abs-max, < 0 = MSE-optimal)")
+    g.add_argument("--load_config", default=None, help="a results.json whose per-layer formats to apply (fixed)")
+    g.add_argument("--eval_only", action="store_true", help="evaluate without training")
+    g.add_argument("--export_dir", default=None, help="also write a real low-bit checkpoint here")
+
+    g = p.add_argument_group("Layers to quantize parameters (transformers; vision models quantize every conv)")
+    _on_off(g, "quantize_self_attention", "quantize the query/key/value projections (GPT-2: c_attn)")
+    _on_off(g, "quantize_self_output", "quantize the attention output projection")
+    _on_off(g, "quantize_output", "quantize the feed-forward output layer")
+    _on_off(g, "quantize_intermediate", "quantize the feed-forward intermediate layer")
+    _on_off(g, "quantize_pooler", "quantize the pooler")
+    _on_off(g, "quantize_classifier", "quantize the classifier head (vision models too)")
+
+    g = p.add_argument_group("Miscellaneous parameters")
+    g.add_argument("--cuda_visible_devices", default=None, help="set CUDA_VISIBLE_DEVICES before CUDA starts")
+    g.add_argument("--eval_steps", type=int, default=None, help="evaluate every N steps (default: at the end)")
+    g.add_argument("--log_steps", type=int, default=20, help="log every N steps")
+    g.add_argument("--exp_name", default=None, help="run name (default: built from the main flags)")
+    g.add_argument("--output_root_dir", default="output", help="runs go to OUTPUT_ROOT_DIR/TASK/EXP_NAME")
+    g.add_argument("--save_strategy", default="no", help="no, steps, epoch or best (checkpoints)")
+    g.add_argument("--save_steps", type=int, default=500)
+    g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint directory of this run to resume")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument("--report_to", default="tensorboard", help="tensorboard or none")
+    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    return p
+
+
+def parse_run_args(argv: Sequence[str] | None = None, prog: str = "eval_run") -> argparse.Namespace:
+    """Parse and validate a run's flags; exits with code 2 and one error line on bad input."""
+    parser = create_arg_parser(prog)
+    args = parser.parse_args(argv)
+    try:
+        return resolve_run_args(args)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from eval.report import main as report_main
+
+    return report_main(list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

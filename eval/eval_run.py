@@ -1,0 +1,147 @@
+"""One run, end to end: `python -m eval.eval_run [flags]` (flags: eval/eval_parse.py).
+
+args -> data -> model -> quantized layers -> Trainer (fixed formats) or ReinforceTrainer (search)
+-> train -> final formats fixed -> evaluate -> outputs in {output_root_dir}/{task}/{exp_name}/:
+config.json (all args), model.txt, output.txt, final_model/ (HF checkpoint of the trained weights),
+TensorBoard logs in tensorboard/, and results.json, written last and atomically. A crash writes
+a results.json with status "failed", the error and the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+RUN_FILES = ("results.json", "output.txt", "model.txt", "config.json")
+
+
+def run_dir_of(args: argparse.Namespace) -> Path:
+    return Path(args.output_root_dir) / args.task / args.exp_name
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from eval.eval_parse import parse_run_args
+
+    args = parse_run_args(argv, prog="eval_run")
+    if args.cuda_visible_devices is not None:  # before anything initialises CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.cuda_visible_devices
+    try:
+        run(args)
+    except Exception as error:  # noqa: BLE001 - reported in results.json and as one line
+        print(f"eval_run: error: {type(error).__name__}: {error} (traceback in "
+              f"{run_dir_of(args) / 'results.json'})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Execute the run `args` describes (already validated by parse_run_args); return results."""
+    from eval.run_outputs import RESULTS_NAME, failed_results, write_json
+
+    start = time.time()
+    run_dir = run_dir_of(args)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:  # a stale "completed" from an earlier run must not survive a crash
+        (run_dir / name).unlink(missing_ok=True)
+    write_json(run_dir / "config.json", vars(args))
+    try:
+        return _run(args, run_dir, start)
+    except Exception as error:
+        if _is_main_process():
+            write_json(run_dir / RESULTS_NAME, failed_results(vars(args), error, traceback.format_exc(),
+                                                              time.time() - start))
+        raise
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _run(args: argparse.Namespace, run_dir: Path, start: float) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    from cost.model_cost import current_assignment, layer_costs
+    from eval.metrics import build_compute_metrics
+    from eval.run_outputs import RESULTS_NAME, package_versions, summary_text, write_json
+    from eval.run_setup import build_trainer, load_data_and_model
+    from quant.surgery import quantized_layers
+
+    transformers.set_seed(args.seed)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.device = device
+    setup = load_data_and_model(args, run_dir)
+    (run_dir / "model.txt").write_text(str(setup.model) + "\n")
+    trainer = build_trainer(args, setup, run_dir, build_compute_metrics(setup.task, args.metric))
+
+    if not args.eval_only:
+        trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    search = None
+    if args.mode == "search":
+        trainer.apply_final_assignment()
+    metrics = trainer.evaluate()
+    if args.mode == "search":
+        decisions = trainer.final_decisions()
+        search = {
+            "granularity": args.granularity, "search_space": list(args.search_formats),
+            "weight_only": args.weight_only_search,
+            "decisions": {name: {"layers": list(d.layers), "format": d.format, "probabilities": d.probabilities}
+                          for name, d in decisions.items()},
+            "cost_function": args.cost_function, "cost_beta": args.cost_beta,
+            "reward_metric": args.reward_metric, "reward_source": args.reward_source,
+            "advantage": args.advantage, "steps": trainer.state.global_step,
+            "non_finite_steps": trainer.non_finite_steps,
+        }
+
+    layers = quantized_layers(setup.model)
+    costs = {c.name: c for c in layer_costs(layers)}
+    from cost.model_cost import model_cost
+
+    total = model_cost(list(costs.values()), current_assignment(layers))
+    target = setup.cost_target
+    results = {
+        "schema_version": 1, "status": "completed", "error": None, "traceback": None,
+        "exp_name": args.exp_name, "task": args.task, "model_type": args.model_type, "method": args.mode,
+        "args": vars(args), "main_metric": setup.task.main_metric, "metrics": metrics,
+        "cost": {"memory_mib": total.memory_mib, "gbops": total.gbops, "float_memory_mib": total.float_memory_mib,
+                 "float_gbops": total.float_gbops, "cost_type": args.cost_type, "target": target,
+                 "ratio": None if target is None else total.value(setup.cost_type) / target},
+        "layers": {name: {"weight_format": layer.weight_format.name, "act_format": layer.act_format.name,
+                          "num_weights": costs[name].num_weights, "macs_per_sample": costs[name].macs_per_sample,
+                          "memory_mib": layer.memory_cost(), "gbops": layer.compute_cost()}
+                   for name, layer in layers.items()},
+        "search": search, "wall_time_s": time.time() - start, "versions": package_versions(), "device": device,
+    }
+    if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)):
+        results["status"], results["error"] = "failed", "non-finite evaluation metrics"
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(run_dir / "final_model"))
+        if setup.processor is not None:
+            setup.processor.save_pretrained(str(run_dir / "final_model"))
+        if args.export_dir is not None:
+            from quant.export import export_quantized_checkpoint
+
+            report = export_quantized_checkpoint(setup.model.cpu(), args.export_dir, processor=setup.processor)
+            results["export"] = {"dir": args.export_dir, **report.to_dict()}
+        text = summary_text(results)
+        (run_dir / "output.txt").write_text(text)
+        write_json(run_dir / RESULTS_NAME, results)
+        print(text)
+    return results
+
+
+def load_run_model(run_dir: str | os.PathLike):
+    """The final evaluated model of a finished run (quantized layers at their final formats, on
+    CPU, in eval mode) and its tokenizer or image processor (or None)."""
+    from eval.run_setup import rebuild_run_model
+
+    return rebuild_run_model(Path(run_dir))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

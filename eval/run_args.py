@@ -1,0 +1,219 @@
+"""Validate a run's flags and resolve the defaults that depend on other flags.
+
+Everything here runs before any data or model is loaded, so a bad command fails in
+milliseconds. Each check raises ValueError with one line that names the bad value and the way
+out; `eval.eval_parse.parse_run_args` turns it into `error: ...` and exit code 2.
+
+Resolved fields added to the namespace (all JSON-serialisable, saved in config.json):
+    mode             "search" | "uniform" | "float"
+    weight_format, act_format   canonical format names of a fixed-format run (or the fixed
+                     activation format of a weight-only search)
+    search_formats   canonical names of the search space (search runs)
+    granularity      "layer" | "block" | "single"
+"""
+from __future__ import annotations
+
+import argparse
+import re
+
+from cost.cost import REWARD_FUNCTIONS
+from cost.model_cost import parse_cost_type
+from eval.model_configs import get_model_spec
+from eval.tasks import get_task
+from quant.formats import NO_QUANT, parse_format, parse_format_list
+from trainer.entropy_schedule import parse_entropy_schedule
+from trainer.reinforce_config import EXPONENTIAL_COST_FUNCTIONS, AdvantageMode, RewardMetric, RewardSource
+
+DEFAULT_LR_PRETRAINED = 5e-5
+DEFAULT_LR_SCRATCH = 1e-3
+DEFAULT_DELAY_FRACTION = 0.25
+SAVE_STRATEGIES = ("no", "steps", "epoch", "best")
+
+
+def _choice(value: str, valid: list[str] | tuple[str, ...], flag: str) -> str:
+    if value not in valid:
+        raise ValueError(f"{flag} {value!r} is not one of {list(valid)}")
+    return value
+
+
+def _positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name} must be > 0, got {value}")
+
+
+def _fixed_format(text: str | None, flag: str) -> str | None:
+    if text is None:
+        return None
+    try:
+        return parse_format(text).name
+    except ValueError as error:
+        raise ValueError(f"{flag}: {error}") from None
+
+
+def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Validate `args` in place and fill in the resolved fields; returns `args`."""
+    task = get_task(args.task)
+    spec = get_model_spec(args.model_type)
+    if task.modality != spec.modality:
+        raise ValueError(f"--model_type {args.model_type} is a {spec.modality} model but --task {args.task} is a "
+                         f"{task.modality} task; pick a {task.modality} model")
+    if args.from_scratch is None:
+        args.from_scratch = task.builtin and args.model_name_or_path is None
+    if args.learning_rate is None:
+        args.learning_rate = DEFAULT_LR_SCRATCH if args.from_scratch else DEFAULT_LR_PRETRAINED
+
+    _check_data_flags(args, task)
+    _positive(args, "learning_rate", "train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
+              "num_train_epochs", "max_seq_length", "image_size", "log_steps", "eval_steps", "save_steps",
+              "rl_learning_rate", "policy_temperature")
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise ValueError(f"--max_steps must be > 0, or -1 to train for --num_train_epochs; got {args.max_steps}")
+    if args.fp16 and args.bf16:
+        raise ValueError("--fp16 and --bf16 are mutually exclusive; pick one autocast dtype")
+    _choice(args.save_strategy, SAVE_STRATEGIES, "--save_strategy")
+    _choice(args.report_to, ("tensorboard", "none"), "--report_to")
+    if args.device is not None:
+        _choice(args.device, ("cpu", "cuda"), "--device")
+    if args.cuda_visible_devices is not None and not re.fullmatch(r"\d+(,\d+)*|", args.cuda_visible_devices):
+        raise ValueError(f"--cuda_visible_devices {args.cuda_visible_devices!r} must be a comma-separated list "
+                         "of GPU indices such as 0,1")
+    if args.image_size is not None and task.modality != "vision":
+        raise ValueError(f"--image_size applies to vision tasks; {args.task} is a text task")
+    if args.exp_name is not None and (not args.exp_name or "/" in args.exp_name or args.exp_name in (".", "..")):
+        raise ValueError(f"--exp_name {args.exp_name!r} must be a non-empty name without '/'")
+
+    for name in ("weight_range_percentile", "act_range_percentile"):
+        value = getattr(args, name)
+        if value == 0 or value > 100:
+            raise ValueError(f"--{name} must be in (0, 100] (100 = abs-max) or negative (MSE-optimal), got {value}")
+
+    _resolve_mode(args)
+    _check_layer_selection(args, spec.modality)
+    if args.mode == "search":
+        _resolve_search(args, task)
+    if args.exp_name is None:
+        args.exp_name = default_exp_name(args)
+    return args
+
+
+def _check_data_flags(args: argparse.Namespace, task) -> None:
+    if (args.train_file is None) != (args.validation_file is None):
+        raise ValueError("--train_file and --validation_file go together: give both local files")
+    if args.dataset_path is not None and args.train_file is not None:
+        raise ValueError("--dataset_path and --train_file/--validation_file are mutually exclusive; give one source")
+    _positive(args, "max_train_samples", "max_eval_samples")
+    if args.metric is not None and not args.metric.strip():
+        raise ValueError("--metric must name an evaluate metric")
+
+
+def _resolve_mode(args: argparse.Namespace) -> None:
+    if args.bits is not None and (args.weight_bits is not None or args.activation_bits is not None):
+        raise ValueError("--bits sets both --weight_bits and --activation_bits; give either --bits or those two")
+    weight = _fixed_format(args.bits if args.bits is not None else args.weight_bits,
+                           "--bits" if args.bits is not None else "--weight_bits")
+    act = _fixed_format(args.bits if args.bits is not None else args.activation_bits,
+                        "--bits" if args.bits is not None else "--activation_bits")
+    fixed_given = weight is not None or act is not None
+    if args.load_config is not None:
+        if args.search:
+            raise ValueError("--load_config applies a found assignment as fixed formats; it cannot be combined "
+                             "with --search")
+        if fixed_given:
+            raise ValueError("--load_config sets every layer's formats; drop --weight_bits/--activation_bits/--bits")
+        args.search = False
+    if args.search is None:
+        # Searching is what this toolkit is for: it is the default unless fixed formats are given.
+        args.search = not fixed_given
+    if args.search and fixed_given and not args.weight_only_search:
+        raise ValueError("--search picks the formats itself; drop --weight_bits/--activation_bits/--bits, or use "
+                         "--weight_only_search with --activation_bits to fix the activations")
+    if args.eval_only and args.search:
+        raise ValueError("--eval_only evaluates a fixed model; combine it with --load_config or fixed formats, "
+                         "not with a search")
+    if args.search:
+        args.mode = "search"
+        if weight is not None:
+            raise ValueError("--weight_only_search searches the weight formats; drop --weight_bits")
+        args.weight_format, args.act_format = None, act or NO_QUANT.name
+    else:
+        args.weight_format, args.act_format = weight or NO_QUANT.name, act or NO_QUANT.name
+        uses_quant = args.weight_format != NO_QUANT.name or args.act_format != NO_QUANT.name
+        args.mode = "uniform" if uses_quant or args.load_config is not None else "float"
+        if args.single_decision or args.block_search or args.weight_only_search:
+            raise ValueError("--single_decision/--block_search/--weight_only_search are search options; add --search")
+
+
+def _check_layer_selection(args: argparse.Namespace, modality: str) -> None:
+    flags = ("quantize_self_attention", "quantize_self_output", "quantize_output", "quantize_intermediate",
+             "quantize_pooler", "quantize_classifier")
+    if modality == "text" and args.mode != "float" and not any(getattr(args, f) for f in flags):
+        raise ValueError("no quantizable layer is selected: every --quantize_* flag is off; turn at least one on "
+                         "(e.g. --quantize_intermediate)")
+
+
+def _resolve_search(args: argparse.Namespace, task) -> None:
+    try:
+        formats = parse_format_list(args.search_space, "search space")
+    except ValueError as error:
+        raise ValueError(f"--search_space: {error}") from None
+    if any(not f.quantizes for f in formats) and len(formats) == 1:
+        raise ValueError("--search_space with only 'none' has nothing to search; list formats such as 4,8")
+    args.search_formats = [f.name for f in formats]
+    if args.single_decision and args.block_search:
+        raise ValueError("--single_decision and --block_search are mutually exclusive; pick one granularity")
+    args.granularity = "single" if args.single_decision else "block" if args.block_search else "layer"
+
+    _choice(args.cost_function, list(REWARD_FUNCTIONS), "--cost_function")
+    parse_cost_type(args.cost_type)
+    parse_entropy_schedule(args.entropy_schedule_type)
+    _choice(args.reward_source, [s.value for s in RewardSource], "--reward_source")
+    _choice(args.advantage, [a.value for a in AdvantageMode], "--advantage")
+    exponential = args.cost_function in EXPONENTIAL_COST_FUNCTIONS
+    if args.cost_beta is None:
+        args.cost_beta = -0.07 if exponential else 1.0
+    elif exponential and args.cost_beta > 0:
+        raise ValueError(f"--cost_beta {args.cost_beta} with {args.cost_function} would reward larger models (the "
+                         f"reward is quality * ratio**beta); use a negative value such as -{args.cost_beta}")
+    elif not exponential and args.cost_beta < 0:
+        raise ValueError(f"--cost_beta {args.cost_beta} with {args.cost_function} would reward missing the target; "
+                         f"use a positive value such as {-args.cost_beta}")
+    if args.reward_metric is None:
+        args.reward_metric = RewardMetric.LIKELIHOOD.value if exponential else RewardMetric.LOSS.value
+    _choice(args.reward_metric, [m.value for m in RewardMetric], "--reward_metric")
+    if exponential and args.reward_metric == RewardMetric.LOSS.value:
+        raise ValueError(f"{args.cost_function} needs a non-negative quality: use --reward_metric likelihood or "
+                         "accuracy instead of loss")
+    if task.is_regression and args.reward_metric == RewardMetric.ACCURACY.value:
+        raise ValueError(f"--reward_metric accuracy needs a classification task; {task.name} is a regression")
+    if args.reward_source == RewardSource.HELDOUT.value and not 0 < args.heldout_fraction <= 0.5:
+        raise ValueError(f"--heldout_fraction must be in (0, 0.5], got {args.heldout_fraction}")
+    if not 0 <= args.baseline_decay < 1:
+        raise ValueError(f"--baseline_decay must be in [0, 1), got {args.baseline_decay}")
+    if args.delay_steps is not None and args.delay_steps < 0:
+        raise ValueError(f"--delay_steps must be >= 0, got {args.delay_steps}")
+    if args.cost_target is not None and args.cost_target_bits is not None:
+        raise ValueError("--cost_target and --cost_target_bits are mutually exclusive; give one target")
+    if args.cost_target is not None and not args.cost_target > 0:
+        raise ValueError(f"--cost_target must be > 0 (MiB for memory, GBOPs for compute), got {args.cost_target}")
+    if args.cost_target_bits is not None and not 0 < args.cost_target_bits <= 32:
+        raise ValueError(f"--cost_target_bits must be in (0, 32], got {args.cost_target_bits}")
+    if args.cost_target is None and args.cost_target_bits is None:
+        bits = [f.bits for f in formats]
+        args.cost_target_bits = (min(bits) + max(bits)) / 2
+
+
+def default_exp_name(args: argparse.Namespace) -> str:
+    """A readable, deterministic name from the flags that tell runs apart."""
+    parts = [args.model_type, args.mode]
+    if args.mode == "search":
+        parts += ["-".join(args.search_formats), args.granularity]
+        if args.weight_only_search:
+            parts.append(f"w-only-a{args.act_format}")
+        target = f"t{args.cost_target:g}" if args.cost_target is not None else f"t{args.cost_target_bits:g}b"
+        parts += [args.cost_type, target]
+    elif args.mode == "uniform":
+        parts += ["loaded" if args.load_config else f"w{args.weight_format}-a{args.act_format}"]
+    parts.append(f"s{args.seed}")
+    return "_".join(parts)

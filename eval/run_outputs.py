@@ -1,0 +1,109 @@
+"""What a run leaves behind: config.json, model.txt, output.txt and results.json (last, atomic).
+
+The schema of results.json is docs/results_schema.md.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+RESULTS_NAME = "results.json"
+SCHEMA_VERSION = 1
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` so that readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf become null so results.json stays valid JSON; everything else passes through."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(_json_safe(data), indent=2, default=str) + "\n")
+
+
+def package_versions() -> dict[str, str]:
+    import accelerate
+    import datasets
+    import torch
+    import transformers
+
+    from eval import __version__
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "datasets": datasets.__version__,
+            "accelerate": accelerate.__version__, "fliqs": __version__}
+
+
+def failed_results(args: Mapping[str, Any], error: BaseException, traceback_text: str,
+                   wall_time_s: float) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION, "status": "failed",
+        "error": f"{type(error).__name__}: {error}", "traceback": traceback_text,
+        "exp_name": args.get("exp_name"), "task": args.get("task"), "model_type": args.get("model_type"),
+        "method": args.get("mode"), "args": dict(args), "main_metric": None, "metrics": {},
+        "cost": None, "layers": {}, "search": None, "wall_time_s": wall_time_s,
+        "versions": package_versions(), "device": args.get("device"),
+    }
+
+
+def summary_text(results: Mapping[str, Any]) -> str:
+    """The human-readable output.txt (also printed at the end of a run)."""
+    lines = [f"run        {results['exp_name']}  ({results['task']}, {results['model_type']}, {results['method']})",
+             f"status     {results['status']}"]
+    metrics = results.get("metrics") or {}
+    main = results.get("main_metric")
+    if main in metrics:
+        lines.append(f"metric     {main} = {metrics[main]:.4f}")
+    cost = results.get("cost")
+    if cost:
+        lines.append(f"memory     {cost['memory_mib']:.4f} MiB (float {cost['float_memory_mib']:.4f} MiB)")
+        lines.append(f"compute    {cost['gbops']:.4f} GBOPs (float {cost['float_gbops']:.4f} GBOPs)")
+        if cost.get("target") is not None:
+            unit = "MiB" if cost["cost_type"] == "memory" else "GBOPs"
+            lines.append(f"target     {cost['target']:.4f} {unit} ({cost['cost_type']}); achieved ratio "
+                         f"{cost['ratio']:.3f}")
+    lines.append(f"wall time  {results['wall_time_s']:.1f} s")
+    layers = results.get("layers") or {}
+    if layers:
+        width = max(len(name) for name in layers)
+        lines.append("")
+        lines.append(f"{'layer':<{width}}  weight      activation")
+        for name, layer in layers.items():
+            lines.append(f"{name:<{width}}  {layer['weight_format']:<10}  {layer['act_format']}")
+    search = results.get("search")
+    if search:
+        lines.append("")
+        lines.append("final policy (probability of each format per decision)")
+        for decision, result in search["decisions"].items():
+            probs = "  ".join(f"{k}={v:.3f}" for k, v in result["probabilities"].items())
+            lines.append(f"  {decision}: {result['format']}  [{probs}]")
+    if results.get("error"):
+        lines.append(f"error      {results['error']}")
+    return "\n".join(lines) + "\n"

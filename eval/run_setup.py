@@ -1,0 +1,255 @@
+"""The pieces of a run: data, model, quantized layers, search space and the trainer."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from cost.model_cost import CostType, LayerCost, average_bits_cost, layer_costs
+from eval.tasks import TaskSpec, get_task
+from quant.formats import parse_format, parse_format_list
+from quant.quant_module import QuantConfig
+from quant.surgery import QuantSpec, quantize_model, record_geometry
+
+DIGITS_IMAGE_SIZE = 32  # digits are 8x8: upsampled so CNN/ViT downsampling leaves a spatial map
+NATIVE_IMAGE_SIZE = {"digits": DIGITS_IMAGE_SIZE, "cifar10": 32, "cifar100": 32, "imagenet-1k": 224}
+
+
+@dataclass
+class RunSetup:
+    task: TaskSpec
+    model: nn.Module
+    processor: Any  # tokenizer or image processor to save with the model (None: image transforms only)
+    train_dataset: Any
+    eval_dataset: Any
+    heldout_dataset: Any
+    data_collator: Callable
+    layer_costs: list[LayerCost]
+    cost_type: CostType
+    cost_target: float | None
+    search_space: Any = None
+
+
+def _loaded_config_formats(path: str) -> dict[str, tuple[str, str]]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"--load_config {path!r} is not a readable results.json: {error}") from None
+    layers = data.get("layers") or {}
+    if data.get("status") != "completed" or not layers:
+        raise ValueError(f"--load_config {path!r} is not a completed run with per-layer formats "
+                         f"(status {data.get('status')!r})")
+    return {name: (layer["weight_format"], layer["act_format"]) for name, layer in layers.items()}
+
+
+def _weights_source(args: argparse.Namespace) -> str | None:
+    """--model_name_or_path, or for --load_config the run's own trained weights next to it."""
+    if args.model_name_or_path is not None or args.load_config is None:
+        return args.model_name_or_path
+    final_model = Path(args.load_config).parent / "final_model"
+    if final_model.is_dir() and not args.from_scratch:
+        print(f"weights: {final_model} (the run of --load_config; pass --model_name_or_path to use others)")
+        return str(final_model)
+    return None
+
+
+def _text_processor(args: argparse.Namespace, raw_train, task: TaskSpec, source: str | None):
+    from eval.data import training_texts
+    from eval.models import load_pretrained_processor
+    from eval.text_tokenizer import build_word_level_tokenizer
+
+    if source is not None and os.path.isdir(source) and (Path(source) / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(source)
+    if args.from_scratch:
+        return build_word_level_tokenizer(training_texts(raw_train, task))
+    return load_pretrained_processor(args.model_type, source)
+
+
+def _build_model(args: argparse.Namespace, task: TaskSpec, tokenizer, source: str | None, image_size: int | None):
+    from eval.model_configs import get_model_spec
+    from eval.models import build_model, parse_config_overrides
+
+    spec = get_model_spec(args.model_type)
+    overrides = parse_config_overrides(args.config_overrides, spec.builtin_config()) if args.config_overrides else None
+    kwargs: dict[str, Any] = {}
+    if task.modality == "text" and args.from_scratch and source is None:
+        kwargs.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    elif task.modality == "text" and spec.family == "gpt2":
+        kwargs.update(pad_token_id=tokenizer.pad_token_id)
+    if task.modality == "vision" and args.from_scratch:
+        kwargs["image_size"] = image_size
+    return build_model(args.model_type, num_labels=task.num_labels, from_scratch=args.from_scratch,
+                       model_name_or_path=source, config_overrides=overrides, **kwargs)
+
+
+def load_data_and_model(args: argparse.Namespace, run_dir: Path) -> RunSetup:
+    from eval.data import build_data_collator, carve_heldout, load_raw_datasets, prepare_text_datasets, \
+        prepare_vision_datasets
+    from eval.eval_partitions import LayerSelection, select_layers
+    from eval.models import load_pretrained_processor
+    from eval.vision_utils import default_transform_config, transform_config_from_processor
+
+    task = get_task(args.task)
+    raw = load_raw_datasets(task, train_file=args.train_file, validation_file=args.validation_file,
+                            dataset_path=args.dataset_path, max_train_samples=args.max_train_samples,
+                            max_eval_samples=args.max_eval_samples, seed=args.seed)
+    heldout_raw = None
+    if args.mode == "search" and args.reward_source == "heldout":
+        raw["train"], heldout_raw = carve_heldout(raw["train"], args.heldout_fraction, args.seed)
+    source = _weights_source(args)
+
+    if task.modality == "text":
+        processor = _text_processor(args, raw["train"], task, source)
+        image_size = None
+        model = _build_model(args, task, processor, source, None)
+        prepared = prepare_text_datasets(raw, task, processor, args.max_seq_length)
+        heldout = prepare_text_datasets({"heldout": heldout_raw}, task, processor, args.max_seq_length)["heldout"] \
+            if heldout_raw is not None else None
+        example = {"input_ids": torch.full((1, args.max_seq_length), processor.pad_token_id or 0, dtype=torch.long),
+                   "attention_mask": torch.ones(1, args.max_seq_length, dtype=torch.long)}
+        collator = build_data_collator(task, processor)
+    else:
+        if args.from_scratch:
+            processor = None
+            image_size = args.image_size or NATIVE_IMAGE_SIZE.get(task.name, 224)
+            transform = default_transform_config(image_size)
+        else:
+            processor = load_pretrained_processor(args.model_type, source)
+            transform = transform_config_from_processor(processor, args.image_size)
+            image_size = transform.image_size
+        model = _build_model(args, task, None, source, image_size)
+        prepared = prepare_vision_datasets(raw, task, transform)
+        heldout = prepare_vision_datasets({"heldout": heldout_raw}, task, transform)["heldout"] \
+            if heldout_raw is not None else None
+        example = {"pixel_values": torch.zeros(1, 3, image_size, image_size)}
+        collator = build_data_collator(task)
+
+    if args.gradient_checkpointing and not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{args.model_type} does not support --gradient_checkpointing; drop the flag")
+
+    if args.mode == "float":
+        layer_names: list[str] = []
+    elif args.load_config is not None:
+        loaded = _loaded_config_formats(args.load_config)
+        layer_names = list(loaded)
+    else:
+        selection = LayerSelection(self_attention=args.quantize_self_attention, self_output=args.quantize_self_output,
+                                   intermediate=args.quantize_intermediate, output=args.quantize_output,
+                                   pooler=args.quantize_pooler, classifier=args.quantize_classifier)
+        layer_names = select_layers(model, selection)
+    if args.mode == "search" and not layer_names:
+        raise ValueError(f"--search found no layer to quantize in {args.model_type} with these --quantize_* flags")
+    config = QuantConfig(weight_format=parse_format(args.weight_format or "none"),
+                         act_format=parse_format(args.act_format), per_channel=args.per_channel,
+                         per_token=args.per_token, weight_range_percentile=args.weight_range_percentile,
+                         act_range_percentile=args.act_range_percentile)
+    layer_formats = _loaded_config_formats(args.load_config) if args.load_config is not None else {}
+    model, layers = quantize_model(model, QuantSpec(layer_names, config, layer_formats))
+    if layers:
+        record_geometry(model, example, layers)
+    costs = layer_costs(layers)
+    cost_type = CostType(args.cost_type)
+    setup = RunSetup(task, model, processor, prepared["train"], prepared["validation"], heldout, collator, costs,
+                     cost_type, None)
+    if args.mode == "search":
+        _add_search_space(args, setup, layer_names)
+    return setup
+
+
+def _add_search_space(args: argparse.Namespace, setup: RunSetup, layer_names: list[str]) -> None:
+    from eval.eval_partitions import partition_layers
+    from trainer.search_space import SearchSpace
+
+    formats = parse_format_list(",".join(args.search_formats))
+    partitions = partition_layers(setup.model, layer_names) if args.granularity == "block" else None
+    setup.search_space = SearchSpace.build(layer_names, formats, args.granularity, partitions,
+                                           weight_only=args.weight_only_search,
+                                           fixed_act_format=parse_format(args.act_format))
+    if args.cost_target is not None:
+        setup.cost_target = args.cost_target
+    else:
+        act_bits = parse_format(args.act_format).bits if args.weight_only_search else None
+        setup.cost_target = average_bits_cost(setup.layer_costs, setup.cost_type, args.cost_target_bits, act_bits)
+
+
+def _total_steps(args: argparse.Namespace, num_train: int) -> int:
+    if args.max_steps > 0:
+        return args.max_steps
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_epoch = math.ceil(num_train / (args.train_batch_size * world * args.gradient_accumulation_steps))
+    return max(1, math.ceil(per_epoch * args.num_train_epochs))
+
+
+def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, compute_metrics: Callable):
+    from transformers import Trainer, TrainingArguments
+
+    from trainer.reinforce_config import ReinforceConfig
+    from trainer.reinforce_trainer import ReinforceTrainer
+
+    training_args = TrainingArguments(
+        output_dir=str(run_dir), per_device_train_batch_size=args.train_batch_size,
+        per_device_eval_batch_size=args.eval_batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
+        num_train_epochs=args.num_train_epochs, max_steps=args.max_steps, learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, lr_scheduler_type=args.lr_scheduler_type,
+        optim=args.optimizer, fp16=args.fp16, bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
+        logging_steps=args.log_steps, eval_strategy="steps" if args.eval_steps else "no", eval_steps=args.eval_steps,
+        save_strategy=args.save_strategy, save_steps=args.save_steps, seed=args.seed, data_seed=args.seed,
+        use_cpu=args.device == "cpu", report_to=[], disable_tqdm=not os.isatty(2),
+        remove_unused_columns=False, dataloader_num_workers=0,
+    )
+    callbacks = []
+    if args.report_to == "tensorboard":
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(run_dir / "tensorboard"))))
+    common = dict(model=setup.model, args=training_args, train_dataset=setup.train_dataset,
+                  eval_dataset=setup.eval_dataset, data_collator=setup.data_collator,
+                  compute_metrics=compute_metrics, callbacks=callbacks)
+    if args.mode != "search":
+        return Trainer(**common)
+    total = _total_steps(args, len(setup.train_dataset))
+    delay = args.delay_steps if args.delay_steps is not None else int(round(0.25 * total))
+    config = ReinforceConfig(
+        cost_target=setup.cost_target, cost_type=setup.cost_type, cost_function=args.cost_function,
+        cost_beta=args.cost_beta, rl_learning_rate=args.rl_learning_rate, delay_steps=delay,
+        max_entropy_beta=args.max_entropy_beta, entropy_schedule=args.entropy_schedule_type,
+        baseline_decay=args.baseline_decay, advantage=args.advantage, reward_metric=args.reward_metric,
+        reward_source=args.reward_source, policy_temperature=args.policy_temperature, policy_seed=args.seed)
+    from quant.surgery import quantized_layers
+
+    return ReinforceTrainer(**common, reinforce_config=config, search_space=setup.search_space,
+                            quant_layers=quantized_layers(setup.model), layer_costs=setup.layer_costs,
+                            heldout_dataset=setup.heldout_dataset)
+
+
+def rebuild_run_model(run_dir: Path):
+    """The final model of a finished run: final_model/ weights with results.json's formats."""
+    results_path = run_dir / "results.json"
+    if not results_path.is_file() or not (run_dir / "final_model").is_dir():
+        raise FileNotFoundError(f"{run_dir} is not a finished run (needs results.json and final_model/)")
+    results = json.loads(results_path.read_text())
+    args = argparse.Namespace(**results["args"])
+    task = get_task(args.task)
+    source = str(run_dir / "final_model")
+    from eval.models import build_model, load_pretrained_processor
+
+    model = build_model(args.model_type, num_labels=task.num_labels, from_scratch=False, model_name_or_path=source)
+    processor = None
+    if (run_dir / "final_model" / "tokenizer.json").is_file() or (run_dir / "final_model" / "preprocessor_config.json").is_file():
+        processor = load_pretrained_processor(args.model_type, source)
+    formats = {name: (layer["weight_format"], layer["act_format"]) for name, layer in results["layers"].items()}
+    config = QuantConfig(per_channel=args.per_channel, per_token=args.per_token,
+                         weight_range_percentile=args.weight_range_percentile,
+                         act_range_percentile=args.act_range_percentile)
+    model, _ = quantize_model(model, QuantSpec(list(formats), config, formats))
+    return model.cpu().eval(), processor
