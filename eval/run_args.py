@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 from cost.cost import REWARD_FUNCTIONS
 from cost.model_cost import parse_cost_type
@@ -59,6 +60,11 @@ def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
     if task.modality != spec.modality:
         raise ValueError(f"--model_type {args.model_type} is a {spec.modality} model but --task {args.task} is a "
                          f"{task.modality} task; pick a {task.modality} model")
+    if args.from_scratch is None and args.model_name_or_path is None and args.load_config is not None:
+        # A found assignment goes with the weights it was found on: the run's final_model/.
+        final_model = Path(args.load_config).parent / "final_model"
+        if final_model.is_dir():
+            args.model_name_or_path = str(final_model)
     if args.from_scratch is None:
         args.from_scratch = task.builtin and args.model_name_or_path is None
     if args.learning_rate is None:

@@ -49,17 +49,6 @@ def _loaded_config_formats(path: str) -> dict[str, tuple[str, str]]:
     return {name: (layer["weight_format"], layer["act_format"]) for name, layer in layers.items()}
 
 
-def _weights_source(args: argparse.Namespace) -> str | None:
-    """--model_name_or_path, or for --load_config the run's own trained weights next to it."""
-    if args.model_name_or_path is not None or args.load_config is None:
-        return args.model_name_or_path
-    final_model = Path(args.load_config).parent / "final_model"
-    if final_model.is_dir() and not args.from_scratch:
-        print(f"weights: {final_model} (the run of --load_config; pass --model_name_or_path to use others)")
-        return str(final_model)
-    return None
-
-
 def _text_processor(args: argparse.Namespace, raw_train, task: TaskSpec, source: str | None):
     from eval.data import training_texts
     from eval.models import load_pretrained_processor
@@ -105,7 +94,7 @@ def load_data_and_model(args: argparse.Namespace, run_dir: Path) -> RunSetup:
     heldout_raw = None
     if args.mode == "search" and args.reward_source == "heldout":
         raw["train"], heldout_raw = carve_heldout(raw["train"], args.heldout_fraction, args.seed)
-    source = _weights_source(args)
+    source = args.model_name_or_path
 
     if task.modality == "text":
         processor = _text_processor(args, raw["train"], task, source)
@@ -118,7 +107,9 @@ def load_data_and_model(args: argparse.Namespace, run_dir: Path) -> RunSetup:
                    "attention_mask": torch.ones(1, args.max_seq_length, dtype=torch.long)}
         collator = build_data_collator(task, processor)
     else:
-        if args.from_scratch:
+        has_processor = source is None or not os.path.isdir(source) or \
+            (Path(source) / "preprocessor_config.json").is_file()
+        if args.from_scratch or not has_processor:  # a local run trained from scratch has no processor
             processor = None
             image_size = args.image_size or NATIVE_IMAGE_SIZE.get(task.name, 224)
             transform = default_transform_config(image_size)
@@ -136,11 +127,11 @@ def load_data_and_model(args: argparse.Namespace, run_dir: Path) -> RunSetup:
     if args.gradient_checkpointing and not getattr(model, "supports_gradient_checkpointing", False):
         raise ValueError(f"{args.model_type} does not support --gradient_checkpointing; drop the flag")
 
-    if args.mode == "float":
-        layer_names: list[str] = []
-    elif args.load_config is not None:
-        loaded = _loaded_config_formats(args.load_config)
-        layer_names = list(loaded)
+    # A float run wraps the same layers at format 'none' (bitwise the float layers), so its cost
+    # is that of the layers a quantized run would quantize, at 32 bits.
+    layer_formats = _loaded_config_formats(args.load_config) if args.load_config is not None else {}
+    if layer_formats:
+        layer_names = list(layer_formats)
     else:
         selection = LayerSelection(self_attention=args.quantize_self_attention, self_output=args.quantize_self_output,
                                    intermediate=args.quantize_intermediate, output=args.quantize_output,
@@ -152,7 +143,6 @@ def load_data_and_model(args: argparse.Namespace, run_dir: Path) -> RunSetup:
                          act_format=parse_format(args.act_format), per_channel=args.per_channel,
                          per_token=args.per_token, weight_range_percentile=args.weight_range_percentile,
                          act_range_percentile=args.act_range_percentile)
-    layer_formats = _loaded_config_formats(args.load_config) if args.load_config is not None else {}
     model, layers = quantize_model(model, QuantSpec(layer_names, config, layer_formats))
     if layers:
         record_geometry(model, example, layers)
@@ -200,11 +190,13 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, comp
         per_device_eval_batch_size=args.eval_batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
         num_train_epochs=args.num_train_epochs, max_steps=args.max_steps, learning_rate=args.learning_rate,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, lr_scheduler_type=args.lr_scheduler_type,
-        optim=args.optimizer, fp16=args.fp16, bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
+        optim=args.optimizer, fp16=args.fp16, bf16=args.bf16,
         logging_steps=args.log_steps, eval_strategy="steps" if args.eval_steps else "no", eval_steps=args.eval_steps,
         save_strategy=args.save_strategy, save_steps=args.save_steps, seed=args.seed, data_seed=args.seed,
         use_cpu=args.device == "cpu", report_to=[], disable_tqdm=not os.isatty(2),
         remove_unused_columns=False, dataloader_num_workers=0,
+        # Passed only when asked for: newer transformers renamed it (activation_checkpointing).
+        **({"gradient_checkpointing": True} if args.gradient_checkpointing else {}),
     )
     callbacks = []
     if args.report_to == "tensorboard":

@@ -1,0 +1,159 @@
+"""Run flags as the launcher sees them: split a run's argv into one segment per flag, and turn a
+`key=value` override (from `--sweep` or an experiments file) into the tokens of that flag.
+
+An override replaces every occurrence of its flag in the base command line, so the run sees each
+flag once. Keys are run flag names without the dashes (`learning_rate`, `model`, `no-quantize_pooler`
+is not a key: booleans take `true`/`false`). Errors are `LaunchError` with one line naming the bad
+key or value and the way out.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+
+class LaunchError(ValueError):
+    """A bad launch request (flags, sweep, experiments file, devices): one line, exit code 2."""
+
+
+# The launcher assigns devices itself and names every run; these keys cannot be swept.
+RESERVED_KEYS = {
+    "cuda_visible_devices": "the launcher assigns GPUs to runs; pick them with --gpus or --num_gpus",
+}
+TRUE_WORDS, FALSE_WORDS = ("true",), ("false",)
+
+
+@dataclass(frozen=True)
+class FlagSegment:
+    """The tokens of one flag occurrence in a run's argv (`dest` None: a token argparse will reject)."""
+
+    dest: str | None
+    tokens: tuple[str, ...]
+
+
+def _actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    # argparse has no public accessor for its actions; `_actions` has been stable since Python 2.7.
+    return [a for a in parser._actions if a.option_strings and a.dest != "help"]
+
+
+def _option_map(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {option: action for action in _actions(parser) for option in action.option_strings}
+
+
+def _match_option(options: dict[str, argparse.Action], token: str, allow_abbrev: bool) -> argparse.Action | None:
+    """The action `token` selects, with argparse's rules (exact name, `--name=value`, unique prefix)."""
+    if not token.startswith("--") or token == "--":
+        return None
+    name = token.split("=", 1)[0]
+    if name in options:
+        return options[name]
+    if not allow_abbrev:
+        return None
+    matches = {id(action): action for option, action in options.items() if option.startswith(name)}
+    return next(iter(matches.values())) if len(matches) == 1 else None
+
+
+def split_run_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[FlagSegment]:
+    """Split `argv` into flag occurrences; unknown tokens are kept (dest None) for the run's parser
+    to reject with its own message."""
+    options = _option_map(parser)
+    segments: list[FlagSegment] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        action = _match_option(options, token, parser.allow_abbrev)
+        if action is None:
+            segments.append(FlagSegment(None, (token,)))
+            i += 1
+        elif action.nargs == 0 or "=" in token or i + 1 == len(argv):
+            segments.append(FlagSegment(action.dest, (token,)))
+            i += 1
+        else:
+            segments.append(FlagSegment(action.dest, (token, argv[i + 1])))
+            i += 2
+    return segments
+
+
+def resolve_key(parser: argparse.ArgumentParser, key: str) -> argparse.Action:
+    """The run flag `key` names (an option name without dashes, e.g. `model` or `model_type`)."""
+    options = _option_map(parser)
+    action = options.get(f"--{key}")
+    if action is None:
+        names = sorted({option[2:] for option in options if option.startswith("--")})
+        close = difflib.get_close_matches(key, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see python -m eval.eval_run --help"
+        raise LaunchError(f"{key!r} is not a run flag{hint}")
+    if action.dest in RESERVED_KEYS:
+        raise LaunchError(f"{key} cannot be set per experiment: {RESERVED_KEYS[action.dest]}")
+    if action.dest == "exp_name":
+        raise LaunchError("exp_name cannot be swept: give each entry of --experiments its own exp_name, or let "
+                          "the launcher name the runs")
+    return action
+
+
+def _as_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+        return value.strip().lower() in TRUE_WORDS
+    raise LaunchError(f"{key} is an on/off flag: give true or false, not {value!r}")
+
+
+def value_text(key: str, value: Any) -> str:
+    """The command-line text of an override value (lists become comma-separated, like '4,8')."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise LaunchError(f"{key}: an empty list is not a value; leave the key out to keep the default")
+        return ",".join(value_text(key, item) for item in value)
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise LaunchError(f"{key}: {value!r} is a {type(value).__name__}; give a string, number, true/false or a list")
+
+
+def _boolean_tokens(parser: argparse.ArgumentParser, key: str, action: argparse.Action, on: bool) -> list[str]:
+    if isinstance(action, argparse.BooleanOptionalAction):
+        positive = next(o for o in action.option_strings if not o.startswith("--no-"))
+        negative = next(o for o in action.option_strings if o.startswith("--no-"))
+        return [positive if on else negative]
+    # store_true / store_false: the value the destination should end up with, and a flag that sets it.
+    wanted = action.const if on else not action.const
+    for candidate in _actions(parser):
+        if candidate.dest == action.dest and candidate.nargs == 0 and candidate.const == wanted:
+            return [candidate.option_strings[0]]
+    if parser.get_default(action.dest) == wanted:
+        return []
+    raise LaunchError(f"{key}={'true' if on else 'false'} cannot be expressed with the run's flags")
+
+
+def override_tokens(parser: argparse.ArgumentParser, key: str, value: Any) -> tuple[str, list[str]]:
+    """(destination, tokens) that set run flag `key` to `value`; `None` keeps the run's default."""
+    action = resolve_key(parser, key)
+    if value is None:
+        return action.dest, []
+    if action.nargs == 0:
+        return action.dest, _boolean_tokens(parser, key, action, _as_bool(key, value))
+    if isinstance(value, bool):
+        raise LaunchError(f"{key} takes a value, not {str(value).lower()}")
+    text = value_text(key, value)
+    # `--flag=-0.5` keeps a leading dash from being read as another option.
+    return action.dest, [f"--{key}={text}"] if text.startswith("-") else [f"--{key}", text]
+
+
+def apply_overrides(parser: argparse.ArgumentParser, base: Sequence[FlagSegment],
+                    overrides: Sequence[tuple[str, Any]]) -> list[str]:
+    """The base argv with every overridden flag replaced by its override (appended in order)."""
+    replaced: dict[str, list[str]] = {}
+    for key, value in overrides:
+        dest, tokens = override_tokens(parser, key, value)
+        if dest in replaced:
+            raise LaunchError(f"{key} is set twice for one experiment (as a sweep and in --experiments, or "
+                              "under two names); set it in one place")
+        replaced[dest] = tokens
+    argv = [token for segment in base if segment.dest not in replaced for token in segment.tokens]
+    for tokens in replaced.values():
+        argv.extend(tokens)
+    return argv

@@ -1,0 +1,205 @@
+"""The experiments of a launch: sweeps and an experiments file expanded, validated and named.
+
+Each experiment is the base run flags with its overrides applied (experiments-file entry x sweep
+combination, cartesian product). Every experiment is validated with `parse_run_args` before
+anything starts, so a bad value in the 7th experiment fails the whole launch, naming it.
+
+Naming: a run's name is the `exp_name` it was given (run flags or its experiments-file entry) or
+the run's default name (built from its flags). Runs that would share a directory get the
+`key=value` pairs that tell them apart appended (`..._s42_learning_rate=0.001`); if two runs are
+still the same after that (a duplicate entry), the launch fails: two runs never share a directory.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from eval.eval_parse import create_arg_parser, parse_run_args
+from eval.launch_flags import FlagSegment, LaunchError, apply_overrides, resolve_key, split_run_argv, value_text
+
+MAX_NAME_LENGTH = 200  # file systems allow 255 bytes per name
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+=-]+")
+
+
+@dataclass(frozen=True)
+class SweepAxis:
+    """One `--sweep KEY=V1,V2,...`: a run flag and the values it takes."""
+
+    key: str
+    values: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            raise LaunchError("--sweep needs KEY=V1,V2,... with KEY a run flag name, e.g. --sweep seed=1,2,3")
+        if not self.values or any(not v for v in self.values):
+            raise LaunchError(f"--sweep {self.key}: every value must be non-empty, got {list(self.values)}")
+        if len(set(self.values)) != len(self.values):
+            raise LaunchError(f"--sweep {self.key}: values repeat in {list(self.values)}; list each value once")
+
+
+def parse_sweep(text: str) -> SweepAxis:
+    """`KEY=V1,V2` (values split on ',' or, if the text has any ';', on ';' so that values can hold
+    commas: `search_space=4,8;2,4,8`)."""
+    key, sep, values = text.partition("=")
+    if not sep:
+        raise LaunchError(f"--sweep {text!r} must look like KEY=V1,V2,... (e.g. --sweep seed=1,2,3)")
+    separator = ";" if ";" in values else ","
+    return SweepAxis(key.strip().lstrip("-"), tuple(v.strip() for v in values.split(separator)))
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One run of the launch: its flags (with `--exp_name`), name and output directory."""
+
+    index: int  # 1-based, in launch order
+    overrides: tuple[tuple[str, str], ...]  # (key, value text) that set this run apart from the base flags
+    argv: tuple[str, ...]  # the run's flags as passed to `python -m eval.eval_run`
+    exp_name: str
+    task: str
+    output_root_dir: str
+    device: str | None  # the run's --device (None: cuda when available)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_root_dir) / self.task / self.exp_name
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.overrides) or "the run flags"
+
+
+def load_experiments_file(path: str | Path) -> list[dict[str, Any]]:
+    """A JSON or YAML list of dicts of run-flag overrides (each may hold its own `exp_name`)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise LaunchError(f"--experiments {str(path)!r} cannot be read: {error.strerror or error}") from None
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as error:  # noqa: BLE001 - json and yaml raise different types; both mean "bad file"
+        kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON (use .yaml/.yml for YAML)"
+        detail = " ".join(str(error).split())
+        raise LaunchError(f"--experiments {str(path)!r} is not valid {kind}: {detail}") from None
+    if not isinstance(data, list) or not data:
+        raise LaunchError(f"--experiments {str(path)!r} must hold a non-empty list of objects of run-flag overrides, "
+                          'e.g. [{"seed": 1}, {"seed": 2, "learning_rate": 0.01}]')
+    for number, entry in enumerate(data, 1):
+        if not isinstance(entry, dict) or not all(isinstance(k, str) for k in entry):
+            raise LaunchError(f"--experiments {str(path)!r}: entry {number} is {entry!r}, expected an object of "
+                              "run flag name -> value")
+        name = entry.get("exp_name")
+        if "exp_name" in entry and (not isinstance(name, str) or not name or "/" in name):
+            raise LaunchError(f"--experiments {str(path)!r}: entry {number} has exp_name {name!r}; give a "
+                              "non-empty name without '/'")
+    return data
+
+
+def _combinations(sweeps: Sequence[SweepAxis], entries: Sequence[dict[str, Any]],
+                  parser: argparse.ArgumentParser) -> list[tuple[str | None, list[tuple[str, Any]]]]:
+    """(explicit exp_name, overrides) for every entry x sweep combination, in launch order."""
+    seen: dict[str, str] = {}
+    for axis in sweeps:
+        dest = resolve_key(parser, axis.key).dest
+        if dest in seen:
+            raise LaunchError(f"--sweep {axis.key} and --sweep {seen[dest]} set the same flag; merge their values "
+                              "into one --sweep")
+        seen[dest] = axis.key
+    combos = []
+    for entry in entries:
+        name = entry.get("exp_name")
+        pairs = [(k.lstrip("-"), v) for k, v in entry.items() if k != "exp_name"]
+        for values in itertools.product(*(axis.values for axis in sweeps)):
+            combos.append((name, pairs + [(axis.key, v) for axis, v in zip(sweeps, values)]))
+    return combos
+
+
+def _validate(argv: list[str], label: str) -> argparse.Namespace:
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return parse_run_args(argv, prog="eval_run")
+    except SystemExit:
+        message = captured.getvalue().strip().splitlines()
+        detail = message[-1].split("error: ", 1)[-1] if message else "invalid run flags"
+        raise LaunchError(f"{label}: {detail}" if label else detail) from None
+
+
+def _name_part(key: str, text: str) -> str:
+    return _UNSAFE_NAME_CHARS.sub("-", f"{key}={text}")
+
+
+def _distinct_names(names: list[str], keys: list[Path], overrides: list[list[tuple[str, str]]]) -> list[str]:
+    """Append the pairs that differ within each group of runs that would share a directory."""
+    groups: dict[Path, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    named = list(names)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        values = [dict(overrides[i]) for i in members]
+        all_keys = [k for k in dict.fromkeys(k for i in members for k, _ in overrides[i])]
+        differing = [k for k in all_keys if len({v.get(k) for v in values}) > 1]
+        for i, own in zip(members, values):
+            parts = [_name_part(k, own[k]) for k in differing if k in own]
+            if parts:
+                named[i] = "_".join([names[i], *parts])
+    return named
+
+
+def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
+                     entries: Sequence[dict[str, Any]] | None = None) -> list[Experiment]:
+    """Expand, validate and name the experiments; raises LaunchError naming the first bad one."""
+    parser = create_arg_parser("eval_run")
+    base: list[FlagSegment] = split_run_argv(parser, run_argv)
+    base_without_name = [s for s in base if s.dest != "exp_name"]
+    combos = _combinations(sweeps, entries if entries is not None else [{}], parser)
+    total = len(combos)
+
+    resolved: list[argparse.Namespace] = []
+    override_texts: list[list[tuple[str, str]]] = []
+    for number, (name, pairs) in enumerate(combos, 1):
+        label = f"experiment {number} of {total} ({', '.join(f'{k}={v}' for k, v in pairs)})" if pairs else ""
+        try:
+            argv = apply_overrides(parser, base_without_name if name else base, pairs)
+        except LaunchError as error:
+            raise LaunchError(f"{label}: {error}" if label else str(error)) from None
+        if name:
+            argv += ["--exp_name", name]
+        resolved.append(_validate(argv, label))
+        override_texts.append([(k, "default" if v is None else value_text(k, v)) for k, v in pairs])
+
+    names = [args.exp_name for args in resolved]
+    dirs = [Path(args.output_root_dir) / args.task / args.exp_name for args in resolved]
+    names = _distinct_names(names, dirs, override_texts)
+    dirs = [Path(args.output_root_dir) / args.task / name for args, name in zip(resolved, names)]
+    first_of: dict[Path, int] = {}
+    for i, (run_dir, name) in enumerate(zip(dirs, names)):
+        if run_dir in first_of:
+            raise LaunchError(f"experiments {first_of[run_dir] + 1} and {i + 1} would both write to {run_dir} "
+                              "(they are the same run); remove the duplicate or give them distinct exp_name values "
+                              "in --experiments")
+        first_of[run_dir] = i
+        if len(name) > MAX_NAME_LENGTH:
+            raise LaunchError(f"experiment {i + 1}: the run name {name[:60]!r}... is {len(name)} characters; give "
+                              "its entry in --experiments a shorter exp_name")
+
+    experiments = []
+    for i, (name, pairs, (_, combo)) in enumerate(zip(names, override_texts, combos)):
+        argv = apply_overrides(parser, base_without_name, combo) + ["--exp_name", name]
+        final = _validate(argv, f"experiment {i + 1} of {total}")
+        experiments.append(Experiment(i + 1, tuple(pairs), tuple(argv), final.exp_name, final.task,
+                                      final.output_root_dir, final.device))
+    return experiments

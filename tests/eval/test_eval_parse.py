@@ -1,0 +1,143 @@
+"""The run CLI: every flag of the original README, defaults, and one error line per rule."""
+import re
+
+import pytest
+
+from eval.eval_parse import create_arg_parser, parse_run_args
+
+SEED_README_FLAGS = [
+    "num_train_epochs", "learning_rate", "train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
+    "optimizer", "fp16", "max_steps", "delay_steps", "rl_learning_rate", "cost_beta", "max_entropy_beta",
+    "entropy_schedule_type", "cost_target", "search", "bits", "search_space", "single_decision", "block_search",
+    "weight_only_search", "cost_function", "cost_type", "weight_bits", "activation_bits", "per_channel",
+    "per_token", "act_range_percentile", "weight_range_percentile", "quantize_self_attention",
+    "quantize_self_output", "quantize_output", "quantize_intermediate", "quantize_pooler", "quantize_classifier",
+    "cuda_visible_devices", "eval_steps", "log_steps", "exp_name", "save_strategy", "seed",
+    "gradient_checkpointing", "task", "model", "model_type", "output_root_dir",
+]
+
+README_EXAMPLES = [
+    "--task mrpc --model bert --block_search --search_space 4,8 --num_train_epochs 3 --learning_rate 5e-5 "
+    "--train_batch_size 32 --eval_batch_size 32 --output_root_dir output",
+    "--task cifar10 --model resnet18 --search --search_space 2,4,8  --num_train_epochs 3 --learning_rate 5e-5 "
+    "--train_batch_size 32 --eval_batch_size 32 --output_root_dir output",
+    "--task sst2 --model gpt2 --single_decision --search  --num_train_epochs 3 --learning_rate 5e-5 "
+    "--train_batch_size 32 --eval_batch_size 32 --output_root_dir output",
+    "--task imagenet-1k --model efficientnet-b0 --weight_bits 8 --activation_bits 8 --num_train_epochs 3 "
+    "--learning_rate 5e-5 --train_batch_size 32 --eval_batch_size 32 --output_root_dir output",
+    "--task mrpc --model_type bert --block_search --search_space 4,8 --num_train_epochs 3 --learning_rate 5e-5 "
+    "--train_batch_size 32 --eval_batch_size 32 --output_root_dir output",
+]
+
+
+def test_every_original_flag_exists():
+    options = {opt for action in create_arg_parser()._actions for opt in action.option_strings}
+    missing = [flag for flag in SEED_README_FLAGS if f"--{flag}" not in options]
+    assert missing == []
+    for flag in ("quantize_pooler", "quantize_classifier", "quantize_self_attention"):
+        assert f"--no-{flag}" in options  # the originals could not be switched off
+
+
+@pytest.mark.parametrize("example", README_EXAMPLES)
+def test_readme_examples_parse(example):
+    args = parse_run_args(example.split())
+    assert args.learning_rate == 5e-5 and args.train_batch_size == 32 and not args.from_scratch
+
+
+def test_readme_example_resolution():
+    block = parse_run_args(README_EXAMPLES[0].split())
+    assert (block.mode, block.granularity, block.search_formats, block.model_type) == \
+        ("search", "block", ["int4", "int8"], "bert")
+    assert block.exp_name == "bert_search_int4-int8_block_memory_t6b_s42"
+    single = parse_run_args(README_EXAMPLES[2].split())
+    assert (single.granularity, single.search_formats) == ("single", ["int4", "int8"])
+    baseline = parse_run_args(README_EXAMPLES[3].split())
+    assert (baseline.mode, baseline.weight_format, baseline.act_format) == ("uniform", "int8", "int8")
+    assert baseline.exp_name == "efficientnet-b0_uniform_wint8-aint8_s42"
+
+
+def test_bare_defaults_are_an_offline_search():
+    args = parse_run_args([])
+    assert (args.task, args.model_type, args.mode, args.from_scratch) == ("digits", "resnet18", "search", True)
+    assert args.learning_rate == 1e-3 and args.cost_target_bits == 6.0 and args.reward_metric == "loss"
+    assert args.cost_beta == 1.0 and args.granularity == "layer"
+
+
+def test_mode_and_format_resolution():
+    assert parse_run_args(["--weight_bits", "0", "--activation_bits", "0"]).mode == "float"
+    fp = parse_run_args(["--weight_bits", "fp8_e4m3", "--activation_bits", "E5M2"])
+    assert (fp.mode, fp.weight_format, fp.act_format) == ("uniform", "fp8_e4m3", "fp8_e5m2")
+    assert parse_run_args(["--bits", "4"]).weight_format == "int4"
+    wo = parse_run_args(["--search", "--weight_only_search", "--activation_bits", "8"])
+    assert (wo.mode, wo.weight_format, wo.act_format) == ("search", None, "int8")
+    exp = parse_run_args(["--cost_function", "soft_exponential"])
+    assert (exp.cost_beta, exp.reward_metric) == (-0.07, "likelihood")
+    assert parse_run_args(["--search_space", "int2,int4,fp4,fp8_e4m3,int8"]).cost_target_bits == 5.0
+    assert parse_run_args(["--no-quantize_pooler"]).quantize_pooler is False
+    assert parse_run_args(["--task", "sst2", "--model", "bert"]).from_scratch is False
+
+
+def error_of(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        parse_run_args(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # exactly one line
+    return err
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--task", "glue"], r"unknown task 'glue'|'glue'.*valid"),
+        (["--model", "resnet34"], r"'resnet34'"),
+        (["--task", "sst2", "--model", "resnet18"], r"resnet18 is a vision model but --task sst2 is a text task"),
+        (["--search_space", "4,int9x"], r"--search_space: unknown format 'int9x'"),
+        (["--search_space", ""], r"--search_space: empty search space"),
+        (["--search_space", "4,,8"], r"empty search space '4,,8'"),
+        (["--weight_bits", "1"], r"--weight_bits: invalid format '1'"),
+        (["--cost_target", "0"], r"--cost_target must be > 0"),
+        (["--cost_target", "-2"], r"--cost_target must be > 0"),
+        (["--cost_target", "1", "--cost_target_bits", "4"], "mutually exclusive"),
+        (["--task", "sst2", "--model", "bert", "--no-quantize_self_attention", "--no-quantize_self_output",
+          "--no-quantize_output", "--no-quantize_intermediate", "--no-quantize_pooler", "--no-quantize_classifier"],
+         "no quantizable layer is selected"),
+        (["--single_decision", "--block_search"], "mutually exclusive; pick one granularity"),
+        (["--search", "--weight_bits", "8"], "--search picks the formats itself"),
+        (["--bits", "4", "--weight_bits", "8"], "either --bits or those two"),
+        (["--fp16", "--bf16"], "mutually exclusive"),
+        (["--cost_function", "hard_exponential", "--cost_beta", "0.5"],
+         r"would reward larger models.*negative value such as -0.5"),
+        (["--cost_beta", "-1"], r"would reward missing the target; use a positive value such as 1.0"),
+        (["--cost_function", "soft_exponential", "--reward_metric", "loss"], "use --reward_metric likelihood"),
+        (["--cost_function", "nope"], r"--cost_function 'nope' is not one of"),
+        (["--cost_type", "latency"], r"unknown cost type 'latency'"),
+        (["--entropy_schedule_type", "step"], r"unknown entropy schedule|'step'"),
+        (["--reward_source", "eval"], r"--reward_source 'eval' is not one of \['train', 'heldout'\]"),
+        (["--reward_source", "heldout", "--heldout_fraction", "0.9"], r"--heldout_fraction must be in \(0, 0.5\]"),
+        (["--task", "stsb", "--model", "bert", "--reward_metric", "accuracy"], "stsb is a regression"),
+        (["--train_batch_size", "0"], "--train_batch_size must be > 0"),
+        (["--learning_rate", "-1"], "--learning_rate must be > 0"),
+        (["--max_steps", "0"], "--max_steps must be > 0, or -1"),
+        (["--act_range_percentile", "0"], r"--act_range_percentile must be in \(0, 100\]"),
+        (["--train_file", "a.csv"], "--train_file and --validation_file go together"),
+        (["--dataset_path", "d", "--train_file", "a", "--validation_file", "b"], "mutually exclusive"),
+        (["--weight_bits", "8", "--block_search"], "are search options; add --search"),
+        (["--eval_only"], "--eval_only evaluates a fixed model"),
+        (["--load_config", "r.json", "--search"], "cannot be combined with --search"),
+        (["--cuda_visible_devices", "gpu0"], "comma-separated list of GPU indices"),
+        (["--image_size", "32", "--task", "sst2", "--model", "bert"], "--image_size applies to vision tasks"),
+        (["--save_strategy", "always"], r"--save_strategy 'always' is not one of"),
+        (["--exp_name", "a/b"], "without '/'"),
+        (["--delay_steps", "-3"], "--delay_steps must be >= 0"),
+        (["--advantage", "local"], r"--advantage 'local' is not one of"),
+    ],
+)
+def test_validation_errors_are_one_line_exit_2(argv, match, capsys):
+    err = error_of(argv, capsys)
+    assert err.startswith("eval_run: error: ") and re.search(match, err), err
+
+
+def test_unknown_flag_is_one_line(capsys):
+    err = error_of(["--quantise_pooler"], capsys)
+    assert "unrecognized arguments: --quantise_pooler" in err

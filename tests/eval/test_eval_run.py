@@ -1,0 +1,114 @@
+"""Whole runs on the built-in tasks with tiny models: outputs, fields, failures, --load_config."""
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from eval.eval_run import main
+
+RESNET_TINY = ["--model_type", "resnet18", "--config_overrides",
+               "depths=[1,1,1,1],hidden_sizes=[8,8,8,8],embedding_size=8"]
+BERT_TINY = ["--task", "synth-sentiment", "--model_type", "bert-tiny", "--config_overrides",
+             "num_hidden_layers=1,hidden_size=32,num_attention_heads=2,intermediate_size=64"]
+FAST = ["--max_steps", "8", "--max_train_samples", "128", "--max_eval_samples", "64", "--train_batch_size", "16",
+        "--device", "cpu", "--log_steps", "4"]
+
+
+def run(tmp_path: Path, *argv: str) -> tuple[int, dict, Path]:
+    code = main([*argv, *FAST, "--output_root_dir", str(tmp_path)])
+    results_files = list(tmp_path.glob("*/*/results.json"))
+    assert len(results_files) == 1
+    return code, json.loads(results_files[0].read_text()), results_files[0].parent
+
+
+def test_uniform_baseline_on_digits(tmp_path):
+    code, results, run_dir = run(tmp_path, *RESNET_TINY, "--weight_bits", "4", "--activation_bits", "fp8_e4m3")
+    assert code == 0 and results["status"] == "completed" and results["method"] == "uniform"
+    for name in ("config.json", "model.txt", "output.txt", "final_model/config.json"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").iterdir())
+    assert run_dir == tmp_path / "digits" / "resnet18_uniform_wint4-afp8_e4m3_s42"
+    layers = results["layers"]
+    assert len(layers) == 13  # 1 stem + 4 stages x 2 convs + 3 shortcuts + classifier
+    assert {(l["weight_format"], l["act_format"]) for l in layers.values()} == {("int4", "fp8_e4m3")}
+    assert results["cost"]["memory_mib"] == pytest.approx(sum(l["num_weights"] for l in layers.values()) * 4 / 8 / 2**20)
+    assert results["cost"]["gbops"] == pytest.approx(sum(l["macs_per_sample"] for l in layers.values()) * 32 / 1e9)
+    assert results["cost"]["target"] is None and results["search"] is None
+    assert 0 <= results["metrics"]["eval_accuracy"] <= 1 and results["main_metric"] == "eval_accuracy"
+    assert json.loads((run_dir / "config.json").read_text())["weight_format"] == "int4"
+    assert "eval_accuracy" in (run_dir / "output.txt").read_text()
+
+
+def test_search_on_digits_and_load_config_reproduces_it(tmp_path):
+    code, results, run_dir = run(tmp_path / "search", *RESNET_TINY, "--search_space", "int2,int4,fp8_e4m3",
+                                 "--cost_target_bits", "4", "--delay_steps", "2")
+    assert code == 0 and results["method"] == "search"
+    search = results["search"]
+    assert search["search_space"] == ["int2", "int4", "fp8_e4m3"] and search["granularity"] == "layer"
+    assert set(search["decisions"]) == set(results["layers"])
+    for name, decision in search["decisions"].items():
+        assert sum(decision["probabilities"].values()) == pytest.approx(1.0)
+        assert decision["format"] == max(decision["probabilities"], key=decision["probabilities"].get)
+        assert results["layers"][name]["weight_format"] == decision["format"]
+    cost = results["cost"]
+    assert cost["target"] == pytest.approx(sum(l["num_weights"] for l in results["layers"].values()) * 4 / 8 / 2**20)
+    assert cost["ratio"] == pytest.approx(cost["memory_mib"] / cost["target"])
+    # Re-apply the found assignment to the trained weights and evaluate again: same numbers.
+    code, again, _ = run(tmp_path / "again", *RESNET_TINY, "--load_config", str(run_dir / "results.json"),
+                         "--eval_only")
+    assert code == 0 and again["method"] == "uniform"
+    assert again["metrics"]["eval_loss"] == results["metrics"]["eval_loss"]
+    assert again["metrics"]["eval_accuracy"] == results["metrics"]["eval_accuracy"]
+    assert {n: l["weight_format"] for n, l in again["layers"].items()} == \
+        {n: l["weight_format"] for n, l in results["layers"].items()}
+
+
+def test_block_search_on_the_text_task(tmp_path):
+    code, results, _ = run(tmp_path, *BERT_TINY, "--block_search", "--search_space", "4,8", "--reward_source",
+                           "heldout", "--report_to", "none")
+    assert code == 0
+    decisions = results["search"]["decisions"]
+    assert list(decisions) == ["query", "key", "value", "attention_output", "intermediate", "output", "pooler",
+                               "classifier"]
+    assert results["args"]["from_scratch"] is True
+
+
+def test_float_run_counts_32_bits(tmp_path):
+    code, results, _ = run(tmp_path, *BERT_TINY, "--bits", "0", "--no-quantize_pooler", "--report_to", "none")
+    assert code == 0 and results["method"] == "float"
+    assert "bert.pooler.dense" not in results["layers"]
+    assert {l["weight_format"] for l in results["layers"].values()} == {"none"}
+    assert results["cost"]["memory_mib"] == results["cost"]["float_memory_mib"]
+
+
+def test_local_csv_files_as_a_task(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = ["sentence,label"] + [f"{'good fine nice' if i % 2 else 'bad awful poor'} movie {i},{i % 2}"
+                                 for i in range(40)]
+    (data / "train.csv").write_text("\n".join(rows) + "\n")
+    (data / "dev.csv").write_text("\n".join(rows[:21]) + "\n")
+    code, results, _ = run(tmp_path / "out", "--task", "sst2", "--model_type", "bert-tiny", "--from_scratch",
+                           "--train_file", str(data / "train.csv"), "--validation_file", str(data / "dev.csv"),
+                           "--weight_bits", "8", "--activation_bits", "8", "--report_to", "none")
+    assert code == 0 and results["status"] == "completed"
+    assert results["args"]["train_file"].endswith("train.csv")
+
+
+def test_a_crash_writes_a_failed_results_json(tmp_path, capsys):
+    code, results, run_dir = run(tmp_path, "--task", "sst2", "--model_type", "bert-tiny", "--from_scratch",
+                                 "--train_file", str(tmp_path / "missing.csv"), "--validation_file",
+                                 str(tmp_path / "missing.csv"), "--report_to", "none")
+    assert code == 1 and results["status"] == "failed"
+    assert "missing.csv" in results["error"] and "Traceback" in results["traceback"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("eval_run: error: ") and "traceback in" in err[-1]
+
+
+def test_offline_hub_fails_fast_with_the_ways_out(tmp_path, capsys):
+    start = time.time()
+    code, results, _ = run(tmp_path, "--task", "mrpc", "--model", "bert", "--block_search", "--report_to", "none")
+    assert time.time() - start < 10
+    assert code == 1 and results["status"] == "failed"
+    assert "--train_file" in results["error"] and "built-in" in results["error"]
