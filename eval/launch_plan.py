@@ -16,6 +16,7 @@ import contextlib
 import io
 import itertools
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,13 +66,13 @@ class Experiment:
     task: str
     output_root_dir: str
     device: str | None  # the run's --device (None: cuda when available)
+    # A --cuda_visible_devices among the run flags: the launcher's GPU choice (removed from argv,
+    # where it would override the device the launcher gives the run).
+    cuda_visible_devices: str | None = None
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_root_dir) / self.task / self.exp_name
-
-    def describe(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.overrides) or "the run flags"
 
 
 def load_experiments_file(path: str | Path) -> list[dict[str, Any]]:
@@ -150,7 +151,7 @@ def _distinct_names(names: list[str], keys: list[Path], overrides: list[list[tup
         if len(members) < 2:
             continue
         values = [dict(overrides[i]) for i in members]
-        all_keys = [k for k in dict.fromkeys(k for i in members for k, _ in overrides[i])]
+        all_keys = list(dict.fromkeys(k for i in members for k, _ in overrides[i]))
         differing = [k for k in all_keys if len({v.get(k) for v in values}) > 1]
         for i, own in zip(members, values):
             parts = [_name_part(k, own[k]) for k in differing if k in own]
@@ -181,10 +182,12 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
         resolved.append(_validate(argv, label))
         override_texts.append([(k, "default" if v is None else value_text(k, v)) for k, v in pairs])
 
-    names = [args.exp_name for args in resolved]
-    dirs = [Path(args.output_root_dir) / args.task / args.exp_name for args in resolved]
-    names = _distinct_names(names, dirs, override_texts)
-    dirs = [Path(args.output_root_dir) / args.task / name for args, name in zip(resolved, names)]
+    def run_dir(args: argparse.Namespace, name: str) -> Path:
+        return Path(os.path.abspath(Path(args.output_root_dir) / args.task / name))  # ./out and out are one
+
+    names = _distinct_names([args.exp_name for args in resolved], [run_dir(a, a.exp_name) for a in resolved],
+                            override_texts)
+    dirs = [run_dir(args, name) for args, name in zip(resolved, names)]
     first_of: dict[Path, int] = {}
     for i, (run_dir, name) in enumerate(zip(dirs, names)):
         if run_dir in first_of:
@@ -196,10 +199,11 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
             raise LaunchError(f"experiment {i + 1}: the run name {name[:60]!r}... is {len(name)} characters; give "
                               "its entry in --experiments a shorter exp_name")
 
+    launcher_owned = [s for s in base_without_name if s.dest != "cuda_visible_devices"]
     experiments = []
-    for i, (name, pairs, (_, combo)) in enumerate(zip(names, override_texts, combos)):
-        argv = apply_overrides(parser, base_without_name, combo) + ["--exp_name", name]
+    for i, (args, name, pairs, (_, combo)) in enumerate(zip(resolved, names, override_texts, combos)):
+        argv = apply_overrides(parser, launcher_owned, combo) + ["--exp_name", name]
         final = _validate(argv, f"experiment {i + 1} of {total}")
         experiments.append(Experiment(i + 1, tuple(pairs), tuple(argv), final.exp_name, final.task,
-                                      final.output_root_dir, final.device))
+                                      final.output_root_dir, final.device, args.cuda_visible_devices))
     return experiments

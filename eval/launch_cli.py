@@ -1,0 +1,199 @@
+"""`python eval_parallel.py [run flags] [launcher flags]`: many runs over GPUs or CPU workers.
+
+Launcher flags are parsed here; everything else is run flags (`python -m eval.eval_run --help`),
+shared by every experiment. With no --sweep/--experiments the run flags describe one experiment.
+Every experiment is validated before anything starts. Each run is its own process with
+CUDA_VISIBLE_DEVICES set to the GPU(s) it holds, output in `{run dir}/stdout.log`.
+
+Exit codes: 0 every run completed (or --dry_run), 1 some run failed, 2 a bad launch request
+(one error line), 130 stopped by SIGINT/SIGTERM (every run stopped first).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Sequence, TextIO
+
+from eval.eval_parse import OneLineErrorParser, create_arg_parser
+from eval.launch_command import RUN_ENTRY, format_command, free_port, launcher_env, run_command
+from eval.launch_devices import CPU, GPU, Resources, choose_resources, detect_gpus, predict_slots
+from eval.launch_flags import LaunchError
+from eval.launch_plan import Experiment, load_experiments_file, parse_sweep, plan_experiments
+from eval.launch_queue import (DONE, QUEUED, SKIPPED, Job, StopSignals, SubprocessStarter, TERMINATE_GRACE_S,
+                               run_queue)
+from eval.launch_status import StatusBoard, summary_table
+from eval.results import COMPLETED, load_run
+
+PROG = "eval_parallel"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _HelpAction(argparse.Action):
+    """--help shows the launcher flags, then the run flags every experiment shares."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        parser.print_help()
+        print("\nRun flags (shared by every experiment; a --sweep or --experiments entry overrides them):\n")
+        print(create_arg_parser("eval_run").format_help())
+        parser.exit()
+
+
+def create_launcher_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(
+        prog=PROG, add_help=False, allow_abbrev=False,  # no abbreviations: they would swallow run flags
+        usage="python eval_parallel.py [run flags] [launcher flags]",
+        description="Launch FLIQS runs in parallel over GPUs (or CPU workers). Flags not listed here are run "
+        "flags, passed to every run.",
+        epilog="Runs are named by their exp_name (or the run's default name) plus, where several runs would share a "
+        "directory, the key=value pairs that set them apart; runs that are still identical are an error. Each run's "
+        "output goes to OUTPUT_ROOT_DIR/TASK/EXP_NAME/stdout.log. Exit codes: 0 all runs completed, 1 some run "
+        "failed, 2 bad launch request, 130 interrupted (SIGINT/SIGTERM; every run is stopped first).")
+    p.add_argument("-h", "--help", action=_HelpAction, help="show this help and the run flags, then exit")
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="run every value of run flag KEY (repeatable: cartesian product); true/false for on/off "
+                   "flags; separate values with ';' when they contain commas (search_space=4,8;2,4,8)")
+    p.add_argument("--experiments", metavar="FILE", help="a JSON or YAML list of objects of run-flag overrides, each "
+                   "optionally with its own exp_name (combined with --sweep as a cartesian product)")
+    p.add_argument("--num_gpus", type=int, help="use the first N visible GPUs (default: all)")
+    p.add_argument("--gpus", metavar="0,3,5", help="use these GPUs (indices of the visible GPUs)")
+    p.add_argument("--gpus_per_run", type=int, help="GPUs per run (default 1); K > 1 runs one rank per GPU with "
+                   "torch.distributed.run")
+    p.add_argument("--workers", type=int, help="parallel CPU runs when there is no GPU or with --device cpu "
+                   "(default 1); each gets OMP_NUM_THREADS = cores // workers")
+    p.add_argument("--skip_completed", action="store_true", help="start only the runs whose results.json is "
+                   "missing or not completed (resume an interrupted sweep)")
+    p.add_argument("--dry_run", action="store_true", help="print the planned commands with their "
+                   "CUDA_VISIBLE_DEVICES and exit without running anything")
+    return p
+
+
+def _gpu_request(options: argparse.Namespace, experiments: Sequence[Experiment]) -> tuple[str | None, str]:
+    """--gpus, or a --cuda_visible_devices given among the run flags (it means the same here)."""
+    legacy = experiments[0].cuda_visible_devices
+    if legacy is None:
+        return options.gpus, "--gpus"
+    if options.gpus is not None:
+        raise LaunchError("--gpus and --cuda_visible_devices both pick GPUs; give --gpus only")
+    return legacy, "--cuda_visible_devices"
+
+
+def prepare(argv: Sequence[str] | None, available_gpus: Sequence[str] | None = None
+            ) -> tuple[argparse.Namespace, list[Experiment], Resources]:
+    """Parse and validate the whole launch (raises LaunchError, or SystemExit(2) for bad launcher flags)."""
+    options, run_argv = create_launcher_parser().parse_known_args(argv)
+    sweeps = [parse_sweep(text) for text in options.sweep]
+    entries = load_experiments_file(options.experiments) if options.experiments is not None else None
+    experiments = plan_experiments(run_argv, sweeps, entries)
+    gpus, gpus_flag = _gpu_request(options, experiments)
+    visible = list(detect_gpus() if available_gpus is None else available_gpus)
+    resources = choose_resources([e.device for e in experiments], visible, num_gpus=options.num_gpus, gpus=gpus,
+                                 gpus_flag=gpus_flag, gpus_per_run=options.gpus_per_run, workers=options.workers)
+    return options, experiments, resources
+
+
+def make_jobs(experiments: Sequence[Experiment], resources: Resources, skip_completed: bool) -> list[Job]:
+    """One job per experiment; with `skip_completed`, those whose results.json says completed are SKIPPED."""
+    jobs = [Job(e, kind) for e, kind in zip(experiments, resources.kinds)]
+    if skip_completed:
+        for job in jobs:
+            record = load_run(job.experiment.run_dir)
+            if record.status == COMPLETED:
+                job.state, job.record = SKIPPED, record
+    return jobs
+
+
+def describe_resources(jobs: Sequence[Job], resources: Resources) -> str:
+    """'4 run(s), 4 to start on 2 CPU worker(s), OMP_NUM_THREADS=1 each' (the launch's first line)."""
+    pool = resources.pool
+    parts = []
+    if any(job.kind == GPU for job in jobs):
+        parts.append(f"GPUs {','.join(pool.gpus)}, {pool.gpus_per_run} per run")
+    if any(job.kind == CPU for job in jobs):
+        parts.append(f"{pool.cpu_workers} CPU worker(s), OMP_NUM_THREADS={resources.omp_threads} each")
+    queued = sum(job.state == QUEUED for job in jobs)
+    skipped = sum(job.state == SKIPPED for job in jobs)
+    return f"{len(jobs)} run(s), {queued} to start" + (f", {skipped} already completed" if skipped else "") + \
+        f" on {'; '.join(parts)}"
+
+
+def dry_run(jobs: Sequence[Job], resources: Resources, out: TextIO, run_entry: Sequence[str] = RUN_ENTRY) -> None:
+    """Print the command of every run to start, with the devices it would get if all runs took equally long."""
+    queued = [job for job in jobs if job.state == QUEUED]
+    slots = predict_slots([job.kind for job in queued], resources.pool)
+    out.write(f"# {describe_resources(jobs, resources)}\n")
+    out.write("# devices assume runs of equal length (at run time each run takes the next free slot); master "
+              "ports are picked when a run starts\n")
+    for job in jobs:
+        if job.state == SKIPPED:
+            out.write(f"# skip (completed): {job.experiment.run_dir}\n")
+    ports: set[int] = set()
+    for job, slot in zip(queued, slots):
+        k = len(slot.devices) or 1
+        port = free_port(ports) if k > 1 else None
+        if port is not None:
+            ports.add(port)
+        command = run_command(job.experiment.argv, k, port, run_entry=run_entry)
+        out.write(format_command(command, launcher_env(slot, resources.omp_threads)) + "\n")
+    out.flush()
+
+
+def launch(jobs: Sequence[Job], resources: Resources, out: TextIO = sys.stdout, run_entry: Sequence[str] = RUN_ENTRY,
+           grace_s: float = TERMINATE_GRACE_S, tty: bool | None = None) -> int:
+    """Run the queued jobs with live status, print the summary; returns the exit code."""
+    board = StatusBoard(out, len(jobs), tty=tty)
+    board.write(f"{PROG}: {describe_resources(jobs, resources)}; output of each run in RUN_DIR/stdout.log\n")
+    for job in jobs:
+        board.event(job)
+    starter = SubprocessStarter(resources.omp_threads, run_entry)
+    announced = False
+
+    def on_change(job: Job) -> None:
+        board.event(job, jobs)
+
+    with StopSignals() as signals:
+
+        def stop_count() -> int:
+            nonlocal announced
+            if signals.count and not announced:
+                announced = True
+                board.close()
+                board.write(f"{PROG}: stopping every run (SIGTERM, then SIGKILL after {grace_s:g} s; "
+                            "Ctrl-C again to kill now)\n")
+            return signals.count
+
+        interrupted = run_queue(jobs, resources.pool, starter, on_change=on_change, on_tick=board.tick,
+                                stop_count=stop_count, grace_s=grace_s)
+    board.close()
+    board.write("\n" + summary_table(jobs, time.monotonic()))
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if all(job.state in (DONE, SKIPPED) for job in jobs) else EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None, *, available_gpus: Sequence[str] | None = None,
+         run_entry: Sequence[str] = RUN_ENTRY, out: TextIO | None = None, grace_s: float = TERMINATE_GRACE_S) -> int:
+    """The launcher CLI. `available_gpus` replaces GPU detection (CUDA_VISIBLE_DEVICES values) and
+    `run_entry` the `-m eval.eval_run` of each command (e.g. a script path): for tests and wrappers."""
+    out = out or sys.stdout
+    try:
+        options, experiments, resources = prepare(argv, available_gpus)
+        jobs = make_jobs(experiments, resources, options.skip_completed)
+        if options.dry_run:
+            dry_run(jobs, resources, out, run_entry)
+            return EXIT_OK
+    except LaunchError as error:
+        sys.stderr.write(f"{PROG}: error: {error}\n")
+        return EXIT_USAGE
+    except SystemExit as exit_:  # the launcher parser already wrote its one error line (or --help)
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `--dry_run | head`: the reader has what it wanted
+        return EXIT_OK
+    return launch(jobs, resources, out, run_entry, grace_s)

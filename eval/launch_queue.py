@@ -1,0 +1,244 @@
+"""The queue: runs start as devices free up, each in its own process; a failing run never stops
+the others; SIGINT/SIGTERM stop them all (SIGTERM to each process tree, a grace period, SIGKILL).
+
+`run_queue` is independent of how a run is started: it takes a `start(job, slot)` callable that
+returns a process-like object (`poll`, `alive`, `terminate`, `kill`, `pid`), so the scheduling can
+be tested with fake processes. `SubprocessStarter` is the real one.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Callable, Protocol, Sequence
+
+from eval.launch_command import RUN_ENTRY, format_command, free_port, launcher_env, run_command
+from eval.launch_devices import DevicePool, Slot
+from eval.launch_plan import Experiment
+from eval.launch_process import RunProcess
+from eval.results import COMPLETED, RunRecord, load_run
+
+QUEUED, RUNNING, DONE, FAILED, SKIPPED, INTERRUPTED, NOT_STARTED = (
+    "queued", "running", "done", "failed", "skipped", "interrupted", "not started")
+LOG_NAME = "stdout.log"
+# torch.distributed.run gives its ranks 30 s after SIGTERM before it kills them itself.
+TERMINATE_GRACE_S = 35.0
+KILL_WAIT_S = 5.0
+
+
+class ProcessLike(Protocol):
+    pid: int
+
+    def poll(self) -> int | None: ...
+    def alive(self) -> bool: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+
+
+@dataclass
+class Job:
+    """One experiment's life in the launch."""
+
+    experiment: Experiment
+    kind: str  # GPU or CPU slot
+    state: str = QUEUED
+    slot: Slot | None = None
+    command_line: str = ""  # as started (VAR=value ... command)
+    process: ProcessLike | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    returncode: int | None = None
+    reason: str | None = None  # why it failed or was not run
+    record: RunRecord | None = None  # results.json as read when it ended (or when skipped)
+
+    @property
+    def name(self) -> str:
+        return self.experiment.exp_name
+
+    @property
+    def log_path(self) -> Path:
+        return self.experiment.run_dir / LOG_NAME
+
+    def elapsed(self, now: float) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.ended_at if self.ended_at is not None else now) - self.started_at
+
+
+def _last_line(path: Path) -> str | None:
+    """The run's last output line (not the launcher's `# command` header)."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    lines = [ln.strip() for ln in lines if ln.strip()]
+    return lines[-1][:300] if lines else None
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def classify(job: Job, returncode: int) -> None:
+    """Set the job's final state from its exit code and results.json."""
+    job.returncode = returncode
+    job.record = load_run(job.experiment.run_dir)
+    if returncode == 0 and job.record.status == COMPLETED:
+        job.state, job.reason = DONE, None
+        return
+    job.state = FAILED
+    if (job.experiment.run_dir / "results.json").exists() and job.record.status != COMPLETED:
+        job.reason = f"{_exit_text(returncode)}: {job.record.reason}"  # failed, or an invalid results.json
+        return
+    last = _last_line(job.log_path)
+    tail = f"; last line of {LOG_NAME}: {last}" if last else f"; {LOG_NAME} is empty"
+    if returncode == 0:
+        job.reason = f"exited 0 without writing results.json{tail}"
+    else:
+        job.reason = _exit_text(returncode) + tail
+
+
+class SubprocessStarter:
+    """Starts a run as `python -u -m eval.eval_run ...` (or torch.distributed.run for K GPUs) with
+    its output in `{run dir}/stdout.log`."""
+
+    def __init__(self, omp_threads: int, run_entry: Sequence[str] = RUN_ENTRY) -> None:
+        self.omp_threads = omp_threads
+        self.run_entry = tuple(run_entry)
+        self._ports: set[int] = set()  # master ports handed out, never given twice
+
+    def __call__(self, job: Job, slot: Slot) -> RunProcess:
+        k = len(slot.devices) or 1  # GPUs held (one rank each); a CPU run is one process
+        port = free_port(self._ports) if k > 1 else None
+        command = run_command(job.experiment.argv, k, port, run_entry=self.run_entry)
+        env = launcher_env(slot, self.omp_threads)
+        job.command_line = format_command(command, env)
+        run_dir = job.experiment.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # A stale results.json must not make an interrupted re-run look completed.
+        (run_dir / "results.json").unlink(missing_ok=True)
+        with open(job.log_path, "wb") as log:
+            log.write(f"# {job.command_line}\n".encode())
+            log.flush()
+            process = RunProcess(command, {**os.environ, **env}, log)
+        if port is not None:
+            self._ports.add(port)
+        return process
+
+
+class StopSignals:
+    """Counts SIGINT/SIGTERM while installed (a context manager); the queue polls `count`."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        self.last = signum
+
+    def __enter__(self) -> "StopSignals":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop(running: list[Job], stop_count: Callable[[], int], grace_s: float, clock: Callable[[], float],
+          sleep: Callable[[float], None]) -> None:
+    for job in running:
+        job.process.terminate()
+    deadline = clock() + grace_s
+    while clock() < deadline and stop_count() < 2 and any(job.process.alive() for job in running):
+        for job in running:
+            job.process.poll()
+        sleep(0.05)
+    for job in running:
+        if job.process.alive():
+            job.process.kill()
+    deadline = clock() + KILL_WAIT_S
+    while clock() < deadline and any(job.process.alive() for job in running):
+        sleep(0.05)
+    now = clock()
+    for job in running:
+        job.returncode = job.process.poll()
+        job.state, job.ended_at = INTERRUPTED, now
+        job.reason = "stopped by the launcher (interrupted)"
+
+
+def run_queue(jobs: Sequence[Job], pool: DevicePool, start: Callable[[Job, Slot], ProcessLike], *,
+              on_change: Callable[[Job], None] = lambda job: None,
+              on_tick: Callable[[Sequence[Job]], None] = lambda jobs: None,
+              stop_count: Callable[[], int] = lambda: 0, on_exit: Callable[[Job, int], None] = classify,
+              poll_s: float = 0.1, grace_s: float = TERMINATE_GRACE_S, clock: Callable[[], float] = time.monotonic,
+              sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Run every QUEUED job; returns True when stopped by a signal (running jobs INTERRUPTED, queued
+    ones NOT_STARTED). `on_exit(job, exit_code)` sets a finished job's state (default: `classify`)."""
+    pending = [job for job in jobs if job.state == QUEUED]
+    running: list[Job] = []
+    try:
+        return _loop(pending, running, jobs, pool, start, on_change, on_tick, stop_count, on_exit, poll_s, grace_s,
+                     clock, sleep)
+    except BaseException:
+        _stop(running, lambda: 2, 0.0, clock, sleep)  # never leave a run behind, whatever went wrong
+        raise
+
+
+def _loop(pending: list[Job], running: list[Job], jobs: Sequence[Job], pool: DevicePool,
+          start: Callable[[Job, Slot], ProcessLike], on_change: Callable[[Job], None],
+          on_tick: Callable[[Sequence[Job]], None], stop_count: Callable[[], int], on_exit: Callable[[Job, int], None],
+          poll_s: float, grace_s: float, clock: Callable[[], float], sleep: Callable[[float], None]) -> bool:
+    while pending or running:
+        if stop_count():
+            _stop(running, stop_count, grace_s, clock, sleep)
+            for job in running + pending:
+                if job.state == QUEUED:
+                    job.state, job.reason = NOT_STARTED, "the launch was interrupted first"
+                on_change(job)
+            return True
+        changed = False
+        for job in list(pending):
+            slot = pool.acquire(job.kind)
+            if slot is None:
+                continue
+            pending.remove(job)
+            job.slot, job.started_at = slot, clock()
+            try:
+                job.process = start(job, slot)
+            except OSError as error:
+                job.ended_at, job.state = clock(), FAILED
+                job.reason = f"could not start: {error}"
+                pool.release(slot)
+            else:
+                job.state = RUNNING
+                running.append(job)
+            on_change(job)
+            changed = True
+        for job in list(running):
+            code = job.process.poll()
+            if code is None:
+                continue
+            job.ended_at = clock()
+            running.remove(job)
+            pool.release(job.slot)
+            on_exit(job, code)
+            on_change(job)
+            changed = True
+        on_tick(jobs)
+        if not changed:
+            sleep(poll_s)
+    return False

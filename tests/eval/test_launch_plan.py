@@ -1,0 +1,138 @@
+import json
+
+import pytest
+
+from eval.launch_flags import LaunchError
+from eval.launch_plan import SweepAxis, load_experiments_file, parse_sweep, plan_experiments
+
+BASE = ["--task", "digits", "--model_type", "resnet18", "--max_steps", "3", "--device", "cpu",
+        "--output_root_dir", "out"]
+SEARCH = "resnet18_search_int4-int8_layer_memory_t6b"  # the run's default name, without the seed
+
+
+def test_parse_sweep():
+    assert parse_sweep("seed=1,2,3") == SweepAxis("seed", ("1", "2", "3"))
+    assert parse_sweep("--learning_rate= 1e-3 , 1e-2") == SweepAxis("learning_rate", ("1e-3", "1e-2"))
+    # ';' separates values that hold commas
+    assert parse_sweep("search_space=4,8;2,4,8") == SweepAxis("search_space", ("4,8", "2,4,8"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("seed", r"--sweep 'seed' must look like KEY=V1,V2,..."),
+    ("=1,2", r"--sweep needs KEY=V1,V2,..."),
+    ("seed=1,,2", r"--sweep seed: every value must be non-empty, got \['1', '', '2'\]"),
+    ("seed=1,1", r"--sweep seed: values repeat in \['1', '1'\]; list each value once"),
+])
+def test_parse_sweep_errors(text, message):
+    with pytest.raises(LaunchError, match=message):
+        parse_sweep(text)
+
+
+def test_experiments_file_json_and_yaml_agree(tmp_path):
+    entries = [{"seed": 1, "exp_name": "a"}, {"learning_rate": 0.01, "search_space": [4, 8], "fp16": False}]
+    (tmp_path / "e.json").write_text(json.dumps(entries))
+    (tmp_path / "e.yaml").write_text("- seed: 1\n  exp_name: a\n- learning_rate: 0.01\n  search_space: [4, 8]\n"
+                                     "  fp16: false\n")
+    assert load_experiments_file(tmp_path / "e.json") == entries
+    assert load_experiments_file(tmp_path / "e.yaml") == entries
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("e.json", "[{]", r"is not valid JSON \(use .yaml/.yml for YAML\): Expecting property name"),
+    ("e.yaml", "- a: [1\n", r"is not valid YAML: "),
+    ("e.json", '{"seed": 1}', r"must hold a non-empty list of objects of run-flag overrides"),
+    ("e.json", "[]", r"must hold a non-empty list"),
+    ("e.json", '[{"seed": 1}, 3]', r"entry 2 is 3, expected an object of run flag name -> value"),
+    ("e.json", '[{"exp_name": "a/b"}]', r"entry 1 has exp_name 'a/b'; give a non-empty name without '/'"),
+])
+def test_experiments_file_errors(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(LaunchError, match=message):
+        load_experiments_file(tmp_path / name)
+
+
+def test_unreadable_experiments_file(tmp_path):
+    with pytest.raises(LaunchError, match=r"--experiments '.*missing.json' cannot be read: No such file"):
+        load_experiments_file(tmp_path / "missing.json")
+
+
+def test_no_sweep_is_the_one_experiment_of_the_run_flags():
+    [experiment] = plan_experiments(BASE)
+    assert experiment.exp_name == f"{SEARCH}_s42"
+    assert experiment.argv == (*BASE, "--exp_name", f"{SEARCH}_s42")
+    assert str(experiment.run_dir) == f"out/digits/{SEARCH}_s42"
+    assert (experiment.index, experiment.overrides, experiment.device) == (1, (), "cpu")
+
+
+def test_sweep_is_a_cartesian_product_named_by_what_sets_runs_apart():
+    experiments = plan_experiments(BASE, [parse_sweep("seed=1,2"), parse_sweep("learning_rate=0.001,0.01")])
+    # The default name already holds the seed; the learning rate is appended because it is needed.
+    assert [e.exp_name for e in experiments] == [
+        f"{SEARCH}_s1_learning_rate=0.001", f"{SEARCH}_s1_learning_rate=0.01",
+        f"{SEARCH}_s2_learning_rate=0.001", f"{SEARCH}_s2_learning_rate=0.01"]
+    assert experiments[1].argv == (*BASE, "--seed", "1", "--learning_rate", "0.01",
+                                   "--exp_name", f"{SEARCH}_s1_learning_rate=0.01")
+    assert experiments[1].overrides == (("seed", "1"), ("learning_rate", "0.01"))
+    assert [e.index for e in experiments] == [1, 2, 3, 4]
+
+
+def test_seed_sweep_needs_no_suffix_and_overrides_the_base_flag():
+    experiments = plan_experiments([*BASE, "--seed", "7"], [parse_sweep("seed=1,2")])
+    assert [e.exp_name for e in experiments] == [f"{SEARCH}_s1", f"{SEARCH}_s2"]
+    assert experiments[0].argv.count("--seed") == 1
+
+
+def test_given_exp_name_gets_the_swept_pairs():
+    experiments = plan_experiments([*BASE, "--exp_name", "mine"], [parse_sweep("fp16=true,false")])
+    assert [e.exp_name for e in experiments] == ["mine_fp16=true", "mine_fp16=false"]
+    assert experiments[1].argv == (*BASE, "--exp_name", "mine_fp16=false")
+
+
+def test_experiments_entries_times_sweep():
+    entries = [{"exp_name": "base"}, {"exp_name": "wide", "search_space": [2, 4, 8]}, {"cost_target_bits": 5}]
+    experiments = plan_experiments(BASE, [parse_sweep("seed=1,2")], entries)
+    assert [e.exp_name for e in experiments] == [
+        "base_seed=1", "base_seed=2", "wide_seed=1", "wide_seed=2", f"{SEARCH[:-4]}_t5b_s1",
+        f"{SEARCH[:-4]}_t5b_s2"]
+    assert experiments[3].argv == (*BASE, "--search_space", "2,4,8", "--seed", "2", "--exp_name", "wide_seed=2")
+
+
+def test_unsafe_characters_in_appended_values():
+    experiments = plan_experiments(BASE, [parse_sweep("config_overrides=depths=[1,1,1,1];depths=[2,2,2,2]")])
+    assert [e.exp_name for e in experiments] == [f"{SEARCH}_s42_config_overrides=depths=-1-1-1-1-",
+                                                 f"{SEARCH}_s42_config_overrides=depths=-2-2-2-2-"]
+
+
+def test_duplicate_experiments_are_an_error():
+    with pytest.raises(LaunchError, match=rf"experiments 1 and 2 would both write to /\S+/out/digits/{SEARCH}_s42 "
+                       r"\(they are the same run\); remove the duplicate"):
+        plan_experiments(BASE, entries=[{"max_steps": 3}, {"max_steps": 3}])
+
+
+def test_a_bad_value_fails_the_launch_naming_the_experiment():
+    entries = [{"seed": seed} for seed in range(1, 7)] + [{"seed": 7, "learning_rate": -1}, {"seed": 8}]
+    with pytest.raises(LaunchError, match=r"^experiment 7 of 8 \(seed=7, learning_rate=-1\): --learning_rate must "
+                       r"be > 0, got -1.0 \(see --help\)$"):
+        plan_experiments(BASE, entries=entries)
+
+
+def test_a_bad_run_flag_without_sweep_is_one_line():
+    with pytest.raises(LaunchError, match=r"^unrecognized arguments: --bogus \(see --help\)$"):
+        plan_experiments([*BASE, "--bogus"])
+
+
+@pytest.mark.parametrize("sweeps, entries, message", [
+    (["seed=1,2", "seed=3"], None, r"--sweep seed and --sweep seed set the same flag; merge their values"),
+    (["model=resnet18", "model_type=resnet50"], None, r"--sweep model_type and --sweep model set the same flag"),
+    (["seed=1,2"], [{"seed": 3}], r"experiment 1 of 2 \(seed=3, seed=1\): seed is set twice for one experiment"),
+    (["lr=1,2"], None, r"'lr' is not a run flag"),
+])
+def test_conflicting_keys(sweeps, entries, message):
+    with pytest.raises(LaunchError, match=message):
+        plan_experiments(BASE, [parse_sweep(s) for s in sweeps], entries)
+
+
+def test_cuda_visible_devices_in_the_run_flags_is_taken_out_for_the_launcher():
+    [experiment] = plan_experiments([*BASE, "--cuda_visible_devices", "1,3"])
+    assert experiment.cuda_visible_devices == "1,3"
+    assert "--cuda_visible_devices" not in experiment.argv

@@ -1,0 +1,307 @@
+"""eval_parallel.py end to end: real tiny runs on 2 CPU workers, and a fake run script (started
+exactly like eval_run, through `run_entry`) for device assignment over time, resuming, and Ctrl-C."""
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from eval.launch_cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--task", "digits", "--model_type", "resnet18", "--config_overrides",
+        "depths=[1,1,1,1],hidden_sizes=[8,8,8,8],embedding_size=8", "--max_steps", "3", "--max_train_samples", "64",
+        "--max_eval_samples", "32", "--train_batch_size", "16", "--search_space", "4,8", "--report_to", "none"]
+NAME = "resnet18_search_int4-int8_layer_memory_t6b"  # default exp_name of TINY, without the seed
+README_EXAMPLES = [
+    "--task mrpc --model bert --block_search --search_space 4,8 --num_train_epochs 3 --learning_rate 5e-5 "
+    "--train_batch_size 32 --eval_batch_size 32 --output_root_dir output",
+    "--task cifar10 --model resnet18 --search --search_space 2,4,8  --num_train_epochs 3 --learning_rate 5e-5 "
+    "--train_batch_size 32 --eval_batch_size 32 --output_root_dir output",
+    "--task sst2 --model gpt2 --single_decision --search  --num_train_epochs 3 --learning_rate 5e-5 "
+    "--train_batch_size 32 --eval_batch_size 32 --output_root_dir output",
+    "--task imagenet-1k --model efficientnet-b0 --weight_bits 8 --activation_bits 8 --num_train_epochs 3 "
+    "--learning_rate 5e-5 --train_batch_size 32 --eval_batch_size 32 --output_root_dir output",
+]
+
+# Stands in for eval_run: FAKE_RUN_MODE maps a seed (or "*") to ok | fail | hang. It records what the
+# launcher gave it (devices, threads, times) and writes results.json like a real run.
+FAKE_RUN = r'''
+import argparse, json, os, subprocess, sys, time
+from pathlib import Path
+
+parser = argparse.ArgumentParser()
+for flag in ("--task", "--output_root_dir", "--exp_name", "--seed"):
+    parser.add_argument(flag)
+args, _ = parser.parse_known_args()
+run_dir = Path(args.output_root_dir) / args.task / args.exp_name
+modes = json.loads(os.environ.get("FAKE_RUN_MODE", "{}"))
+mode = modes.get(args.seed, modes.get("*", "ok"))
+with open(Path(args.output_root_dir) / "starts.log", "a") as log:
+    log.write(args.exp_name + "\n")
+record = {"start": time.time(), "pid": os.getpid(), "argv": sys.argv[1:],
+          "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "omp": os.environ.get("OMP_NUM_THREADS")}
+if mode == "hang":
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)  # like a torch.distributed rank
+    (run_dir / "pids.json").write_text(json.dumps([os.getpid(), child.pid]))
+    time.sleep(60)
+time.sleep(float(os.environ.get("FAKE_RUN_SLEEP", "0.2")))
+record["end"] = time.time()
+(run_dir / "record.json").write_text(json.dumps(record))
+if mode == "fail":
+    (run_dir / "results.json").write_text(json.dumps({"schema_version": 1, "status": "failed",
+                                                      "error": "ValueError: seed " + args.seed + " is cursed"}))
+    print("eval_run: error: ValueError: cursed", file=sys.stderr)
+    sys.exit(1)
+cost = {"memory_mib": 1.0, "gbops": 2.0, "float_memory_mib": 4.0, "float_gbops": 8.0, "cost_type": "memory",
+        "target": None, "ratio": None}
+(run_dir / "results.json").write_text(json.dumps({
+    "schema_version": 1, "status": "completed", "exp_name": args.exp_name, "task": args.task,
+    "model_type": "resnet18", "method": "float", "args": {}, "main_metric": "eval_accuracy",
+    "metrics": {"eval_accuracy": int(args.seed) / 100}, "cost": cost, "layers": {}}))
+print("fake run ok")
+'''
+
+
+@pytest.fixture
+def fake_run(tmp_path):
+    script = tmp_path / "fake_run.py"
+    script.write_text(FAKE_RUN)
+    return str(script)
+
+
+def launch(capsys, argv, **kwargs):
+    code = main([str(a) for a in argv], **kwargs)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def starts(root: Path) -> list[str]:
+    return (root / "starts.log").read_text().split()
+
+
+def test_fake_gpus_are_never_double_booked_over_time(tmp_path, fake_run, capsys, monkeypatch):
+    monkeypatch.setenv("FAKE_RUN_SLEEP", "0.4")
+    root = tmp_path / "out"
+    argv = [*TINY, "--output_root_dir", root, "--sweep", "seed=1,2,3,4,5,6,7", "--gpus", "2,0,3"]
+    code, out, _ = launch(capsys, argv, available_gpus=["0", "1", "2", "3"], run_entry=[fake_run])
+    assert code == 0, out
+    records = []
+    for seed in range(1, 8):
+        run_dir = root / "digits" / f"{NAME}_s{seed}"
+        record = json.loads((run_dir / "record.json").read_text())
+        records.append(record)
+        log = (run_dir / "stdout.log").read_text().splitlines()
+        assert log[0].startswith(f"# CUDA_VISIBLE_DEVICES={record['cuda']} {sys.executable} -u {fake_run} ")
+        assert log[1:] == ["fake run ok"]
+        assert record["argv"][-2:] == ["--exp_name", f"{NAME}_s{seed}"]
+        assert "--cuda_visible_devices" not in record["argv"]
+        assert record["omp"] == os.environ.get("OMP_NUM_THREADS")  # GPU runs keep the caller's threads
+    assert {r["cuda"] for r in records} <= {"2", "0", "3"}
+    assert [r["cuda"] for r in records[:3]] == ["2", "0", "3"]  # first wave: one run per GPU, in --gpus order
+    for i, a in enumerate(records):
+        for b in records[i + 1:]:
+            if a["start"] < b["end"] and b["start"] < a["end"]:
+                assert a["cuda"] != b["cuda"], (a, b)
+    assert "7 run(s): 7 done" in out
+
+
+def test_skip_completed_reruns_only_missing_and_failed_runs(tmp_path, fake_run, capsys, monkeypatch):
+    root = tmp_path / "out"
+    argv = [*TINY, "--device", "cpu", "--output_root_dir", root, "--sweep", "seed=1,2,3,4", "--workers", "2"]
+    monkeypatch.setenv("FAKE_RUN_MODE", json.dumps({"2": "fail"}))
+    code, out, _ = launch(capsys, argv, run_entry=[fake_run])
+    assert code == 1
+    assert re.search(rf"failed: {NAME}_s2: exit code 1: ValueError: seed 2 is cursed \(log: .*/stdout.log\)", out)
+    assert "4 run(s): 3 done, 1 failed" in out
+    (root / "digits" / f"{NAME}_s3" / "results.json").unlink()  # as if killed before writing it
+    kept = root / "digits" / f"{NAME}_s1" / "results.json"
+    mtime = kept.stat().st_mtime_ns
+
+    monkeypatch.setenv("FAKE_RUN_MODE", "{}")
+    code, out, _ = launch(capsys, [*argv, "--skip_completed"], run_entry=[fake_run])
+    assert code == 0
+    assert sorted(starts(root)) == sorted([f"{NAME}_s{s}" for s in (1, 2, 3, 4)] + [f"{NAME}_s2", f"{NAME}_s3"])
+    assert kept.stat().st_mtime_ns == mtime
+    assert "4 run(s): 2 done, 2 skipped" in out
+    assert f"[1/4] skipped     {NAME}_s1  already completed" in out
+
+
+def test_dry_run_prints_the_exact_commands_and_runs_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.chdir(REPO)
+    root = tmp_path / "out"
+    code, out, _ = launch(capsys, [*TINY, "--device", "cpu", "--output_root_dir", root, "--sweep", "seed=1,2,3",
+                                   "--workers", "2", "--dry_run"])
+    assert code == 0
+    expected = [
+        "# 3 run(s), 3 to start on 2 CPU worker(s), OMP_NUM_THREADS=1 each",
+        "# devices assume runs of equal length (at run time each run takes the next free slot); master ports are "
+        "picked when a run starts"]
+    for seed in (1, 2, 3):
+        command = [sys.executable, "-u", "-m", "eval.eval_run", *TINY, "--device", "cpu", "--output_root_dir",
+                   str(root), "--seed", str(seed), "--exp_name", f"{NAME}_s{seed}"]
+        expected.append("CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=1 " + shlex.join(command))
+    assert out.splitlines() == expected
+    assert not root.exists()
+
+
+def test_dry_run_with_k_gpus_per_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    code, out, _ = launch(capsys, [*TINY, "--output_root_dir", tmp_path, "--sweep", "seed=1,2,3", "--num_gpus", "4",
+                                   "--gpus_per_run", "2", "--dry_run"], available_gpus=["0", "1", "2", "3", "4"])
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "# 3 run(s), 3 to start on GPUs 0,1,2,3, 2 per run"
+    pattern = (r"CUDA_VISIBLE_DEVICES=(\S+) " + re.escape(f"{sys.executable} -u -m torch.distributed.run "
+                                                          "--nproc_per_node 2 --master_port ")
+               + r"(\d+) -m eval\.eval_run .* --seed (\d) --exp_name " + NAME + r"_s\3$")
+    matches = [re.match(pattern, line) for line in lines[2:]]
+    assert all(matches), lines
+    assert [m.group(1) for m in matches] == ["0,1", "2,3", "0,1"]
+    assert len({m.group(2) for m in matches}) == 3  # a distinct rendezvous port per run
+
+
+def test_skip_completed_dry_run_lists_what_it_skips(tmp_path, fake_run, capsys):
+    root = tmp_path / "out"
+    argv = [*TINY, "--device", "cpu", "--output_root_dir", root, "--sweep", "seed=1,2"]
+    assert launch(capsys, argv, run_entry=[fake_run])[0] == 0
+    (root / "digits" / f"{NAME}_s2" / "results.json").unlink()
+    code, out, _ = launch(capsys, [*argv, "--skip_completed", "--dry_run"], run_entry=[fake_run])
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("# 2 run(s), 1 to start, 1 already completed on 1 CPU worker(s)")
+    assert lines[2] == f"# skip (completed): {root}/digits/{NAME}_s1"
+    assert lines[3].endswith(f"--exp_name {NAME}_s2") and len(lines) == 4
+
+
+@pytest.mark.parametrize("example", README_EXAMPLES)
+def test_readme_examples_plan_one_run_each(example, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = launch(capsys, [*example.split(), "--dry_run"], available_gpus=[])
+    assert (code, err) == (0, "")
+    [command] = [line for line in out.splitlines() if not line.startswith("#")]
+    assert " ".join(example.split()) + " --exp_name " in command
+
+
+@pytest.mark.parametrize("argv, gpus, message", [
+    (["--workers", "x"], [], r"argument --workers: invalid int value: 'x' \(see --help\)"),
+    (["--workers", "0"], [], r"--workers must be >= 1, got 0"),
+    (["--experiments", "missing.json"], [], r"--experiments 'missing.json' cannot be read: No such file"),
+    (["--gpus", "7"], ["0", "1", "2", "3"], r"--gpus names GPU 7, which does not exist \(visible GPUs: 0, 1, 2, 3\)"),
+    (["--gpus_per_run", "3"], ["0", "1"], r"--gpus_per_run 3 is more than the 2 GPU\(s\) available \(0, 1\)"),
+    (["--sweep", "seed"], [], r"--sweep 'seed' must look like KEY=V1,V2"),
+    (["--sweep", "learning_rate=0.1,-1"], [], r"experiment 2 of 2 \(learning_rate=-1\): --learning_rate must be > 0"),
+    (["--cuda_visible_devices", "0", "--gpus", "1"], ["0", "1"], r"--gpus and --cuda_visible_devices both pick GPUs"),
+])
+def test_launcher_errors_are_one_line_and_exit_code_2(argv, gpus, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = launch(capsys, [*TINY, *argv], available_gpus=gpus)
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith("eval_parallel: error: ")
+    assert re.search(message, err), err
+
+
+def test_help_lists_launcher_and_run_flags(capsys):
+    code, out, _ = launch(capsys, ["--help"])
+    assert code == 0
+    assert "--gpus_per_run" in out and "Run flags (shared by every experiment" in out and "--cost_target" in out
+
+
+LAUNCHER = "import sys; from eval.launch_cli import main; sys.exit(main(sys.argv[2:], run_entry=[sys.argv[1]]))"
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z"
+
+
+def test_sigint_stops_every_run_and_exits_130(tmp_path, fake_run):
+    root = tmp_path / "out"
+    env = dict(os.environ, FAKE_RUN_MODE=json.dumps({"*": "hang"}), OMP_NUM_THREADS="1")
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, fake_run, *TINY, "--device", "cpu",
+                                 "--output_root_dir", str(root), "--sweep", "seed=1,2,3", "--workers", "2"],
+                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pid_files = [root / "digits" / f"{NAME}_s{seed}" / "pids.json" for seed in (1, 2)]
+    deadline = time.monotonic() + 60
+    while not all(p.exists() for p in pid_files):
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.stdout.read()
+        time.sleep(0.05)
+    pids = [pid for p in pid_files for pid in json.loads(p.read_text())]
+    launcher.send_signal(signal.SIGINT)
+    out, _ = launcher.communicate(timeout=30)
+    assert launcher.returncode == 130, out
+    deadline = time.monotonic() + 5
+    while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [pid for pid in pids if not _gone(pid)] == []
+    assert "3 run(s): 2 interrupted, 1 not started" in out
+    assert "eval_parallel: stopping every run" in out
+
+
+TEXT_WORDS = ["good", "bad", "great", "awful", "fine", "poor", "nice", "sad"]
+
+
+def write_sentences(path: Path, count: int) -> None:
+    rows = [f"{' '.join(TEXT_WORDS[(i * 3 + j) % 8] for j in range(5))},{i % 2}" for i in range(count)]
+    path.write_text("sentence,label\n" + "\n".join(rows) + "\n")
+
+
+@pytest.mark.slow
+def test_real_sweep_on_two_cpu_workers_with_a_failing_run(tmp_path):
+    """Tiny real runs from another directory through the entry point: the run with a missing data file
+    fails inside the run, the other completes, the exit code is 1."""
+    write_sentences(tmp_path / "train.csv", 64)
+    write_sentences(tmp_path / "valid.csv", 32)
+    argv = ["--task", "sst2", "--model_type", "bert-tiny", "--from_scratch", "--config_overrides",
+            "num_hidden_layers=1,hidden_size=16,num_attention_heads=2,intermediate_size=32", "--validation_file",
+            "valid.csv", "--max_steps", "3", "--train_batch_size", "16", "--max_seq_length", "16", "--search_space",
+            "4,8", "--device", "cpu", "--report_to", "none", "--output_root_dir", "out",
+            "--sweep", "train_file=train.csv,missing.csv", "--workers", "2"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(REPO / "eval_parallel.py"), *argv], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    out = result.stdout
+    assert result.returncode == 1, out + result.stderr
+    name = "bert-tiny_search_int4-int8_layer_memory_t6b_s42"
+    runs = {f"{name}_train_file=train.csv": "completed", f"{name}_train_file=missing.csv": "failed"}
+    assert sorted(p.name for p in (tmp_path / "out" / "sst2").iterdir()) == sorted(runs)
+    for run, status in runs.items():
+        run_dir = tmp_path / "out" / "sst2" / run
+        results = json.loads((run_dir / "results.json").read_text())
+        assert (results["status"], results["exp_name"]) == (status, run)
+        log = (run_dir / "stdout.log").read_text()
+        assert log.startswith(f"# CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=1 PYTHONPATH={REPO} ")
+        if status == "failed":
+            assert "eval_run: error: " in log and "missing.csv" in results["error"]
+        else:
+            assert results["args"]["train_file"] == "train.csv" and "eval_accuracy" in results["metrics"]
+    # Both ran at once, one per worker.
+    assert re.search(r"running .*_train_file=train.csv  \(cpu worker 0, pid \d+\)", out)
+    assert re.search(r"running .*_train_file=missing.csv  \(cpu worker 1, pid \d+\)", out)
+    assert out.index("_train_file=missing.csv  (cpu worker 1") < min(out.index(" done "), out.index(" failed "))
+    assert "2 run(s): 1 done, 1 failed" in out
+    assert re.search(rf"{name}_train_file=train.csv +done +eval_accuracy=[\d.]+ +[\d.]+ MiB", out)
+
+
+@pytest.mark.slow
+def test_readme_example_fails_offline_with_the_hub_message(tmp_path, capsys, monkeypatch):
+    # As written in the README (relative --output_root_dir): the run fails in the run, hub unreachable.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    code, out, _ = launch(capsys, README_EXAMPLES[0].split())
+    assert code == 1, out
+    name = "bert_search_int4-int8_block_memory_t6b_s42"
+    assert f"failed: {name}: exit code 1: HubUnreachableError: Task 'mrpc'" in out
+    log = (tmp_path / "output" / "mrpc" / name / "stdout.log").read_text()
+    assert "needs the Hugging Face hub, but offline mode is set" in log
