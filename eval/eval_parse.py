@@ -95,6 +95,9 @@ def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
                    "or global (plain EMA reward baseline, as TuNAS)")
     g.add_argument("--baseline_decay", type=float, default=0.9, help="EMA decay of the reward baseline")
     g.add_argument("--policy_temperature", type=float, default=1.0)
+    g.add_argument("--bn_recalibration_batches", type=int, default=20,
+                   help="after the search, re-estimate BatchNorm statistics for the found formats on this many "
+                   "training batches (no weight changes; 0 = off)")
 
     g = p.add_argument_group("Quantization parameters")
     g.add_argument("--search", action=argparse.BooleanOptionalAction, default=None,

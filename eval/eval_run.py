@@ -83,7 +83,7 @@ def _run(args: argparse.Namespace, run_dir: Path, start: float) -> dict[str, Any
         trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     search = None
     if args.mode == "search":
-        trainer.apply_final_assignment()
+        trainer.finalize_search(args.bn_recalibration_batches)
     metrics = trainer.evaluate()
     if args.mode == "search":
         decisions = trainer.final_decisions()

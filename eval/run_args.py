@@ -85,6 +85,9 @@ def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.cuda_visible_devices is not None and not re.fullmatch(r"\d+(,\d+)*|", args.cuda_visible_devices):
         raise ValueError(f"--cuda_visible_devices {args.cuda_visible_devices!r} must be a comma-separated list "
                          "of GPU indices such as 0,1")
+    if args.export_dir is not None and Path(args.export_dir).exists():
+        raise ValueError(f"--export_dir {args.export_dir!r} already exists; give a new directory (the export is "
+                         "written atomically and never overwrites)")
     if args.image_size is not None and task.modality != "vision":
         raise ValueError(f"--image_size applies to vision tasks; {args.task} is a text task")
     if args.exp_name is not None and (not args.exp_name or "/" in args.exp_name or args.exp_name in (".", "..")):
@@ -197,6 +200,8 @@ def _resolve_search(args: argparse.Namespace, task) -> None:
         raise ValueError(f"--heldout_fraction must be in (0, 0.5], got {args.heldout_fraction}")
     if not 0 <= args.baseline_decay < 1:
         raise ValueError(f"--baseline_decay must be in [0, 1), got {args.baseline_decay}")
+    if args.bn_recalibration_batches < 0:
+        raise ValueError(f"--bn_recalibration_batches must be >= 0 (0 = off), got {args.bn_recalibration_batches}")
     if args.delay_steps is not None and args.delay_steps < 0:
         raise ValueError(f"--delay_steps must be >= 0, got {args.delay_steps}")
     if args.cost_target is not None and args.cost_target_bits is not None:

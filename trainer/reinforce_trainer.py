@@ -42,6 +42,29 @@ from trainer.reinforce_config import AdvantageMode, ReinforceConfig, RewardSourc
 from trainer.search_space import DecisionCostTable, SearchSpace
 
 SEARCH_STATE_NAME = "reinforce_state.pt"
+
+
+def recalibrate_batchnorm(model: nn.Module, batches: Iterator[dict[str, Any]], prepare=lambda b: b) -> int:
+    """Reset every BatchNorm's running statistics and re-estimate them as a plain average over
+    `batches` (forward passes in train mode, no gradient). Returns the number of batches used."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches
+    was_training = model.training
+    model.train()
+    used = 0
+    with torch.no_grad():
+        for batch in batches:
+            model(**prepare(batch))
+            used += 1
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.train(was_training)
+    return used
 LOG_PREFIX = "search/"
 
 
@@ -109,6 +132,30 @@ class ReinforceTrainer(Trainer):
 
     def final_cost(self) -> float:
         return self.cost_table.cost(self.final_indices())
+
+    def finalize_search(self, recalibration_batches: int = 0) -> None:
+        """Fix the answer on the layers and, optionally, re-estimate the BatchNorm statistics
+        for it: during the search they averaged over every sampled format. No weight changes."""
+        self.apply_final_assignment()
+        if recalibration_batches > 0:
+            recalibrate_batchnorm(self.model, self._train_batches(recalibration_batches), self._prepare_inputs)
+            if self.accelerator.num_processes > 1:
+                for buffer in self.model.buffers():
+                    if buffer.is_floating_point():
+                        buffer.copy_(self.accelerator.reduce(buffer, reduction="mean"))
+
+    def _train_batches(self, count: int) -> Iterator[dict[str, Any]]:
+        loader = self.get_train_dataloader()
+        seen = 0
+        while seen < count:
+            start = seen
+            for batch in loader:
+                yield batch
+                seen += 1
+                if seen == count:
+                    return
+            if seen == start:  # an empty training set: nothing to recalibrate on
+                return
 
     # --- the training step --------------------------------------------------------------------
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,

@@ -163,3 +163,34 @@ def test_reinforce_trainer_argument_errors(tmp_path):
                       reinforce_config=trainer.reinforce_config.__class__(cost_target=1.0, reward_source="heldout"),
                       search_space=trainer.search_space, quant_layers=trainer.quant_layers,
                       layer_costs=[])
+
+
+def test_recalibrate_batchnorm_averages_the_batch_statistics():
+    from trainer.reinforce_trainer import recalibrate_batchnorm
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.BatchNorm1d(3, momentum=0.3)
+
+        def forward(self, x):
+            return self.norm(x)
+
+    net = Net().eval()
+    net.norm.running_mean.fill_(5.0)
+    batches = [{"x": torch.randn(8, 3, generator=torch.Generator().manual_seed(i))} for i in range(4)]
+    assert recalibrate_batchnorm(net, iter(batches)) == 4
+    expected_mean = torch.stack([b["x"].mean(0) for b in batches]).mean(0)
+    expected_var = torch.stack([b["x"].var(0, unbiased=True) for b in batches]).mean(0)
+    torch.testing.assert_close(net.norm.running_mean, expected_mean, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(net.norm.running_var, expected_var, rtol=1e-6, atol=1e-7)
+    assert net.norm.momentum == 0.3 and not net.training  # restored
+    assert recalibrate_batchnorm(torch.nn.Linear(2, 2), iter(batches)) == 0
+
+
+def test_finalize_search_recalibrates_for_the_answer(tmp_path):
+    trainer = make_trainer(str(tmp_path), model=NaNWithInt2(), search_space="int4,int8", steps=20)
+    trainer.train()
+    trainer.finalize_search(recalibration_batches=3)
+    assert trainer.model.norm.num_batches_tracked.item() == 3
+    assert trainer.quant_layers["fc_in"].weight_format.name == trainer.final_decisions()["fc_in"].format

@@ -1,0 +1,392 @@
+"""Low-bit checkpoints: write what the search found in its real low-bit form, and load it back.
+
+Layout of a checkpoint directory (HF style):
+    config.json        the model's config plus `quantization_config` (quant_method "fliqs"):
+                       per layer its weight/activation formats, scale granularities, clipping
+                       percentiles, weight shape and storage dtype
+    model.safetensors  quantized layers as `{layer}.weight_codes` (quant.packing storage) and
+                       `{layer}.weight_scale` (float32; per tensor or per output channel, absent
+                       for none/bf16/fp16); every other parameter and buffer as it is
+    tokenizer / image processor files, when one is given
+
+`load_quantized_checkpoint` rebuilds the fake-quant model: weights are the dequantized codes and
+are not re-quantized (`weight_prequantized`), so its outputs equal the exported model's bit for
+bit. transformers' own `from_pretrained` does not know quant_method "fliqs" and says so.
+
+CLI: python -m quant.export RUN_DIR --out DIR [--onnx]   (see `main`)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import struct
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from quant.formats import CastFormat, NumberFormat, parse_format
+from quant.packing import PackedTensor, grid_values_and_scale, pack, storage_dtype, unpack
+from quant.quant_module import BYTES_PER_MIB, QuantConfig, QuantModule
+from quant.quant_utils import Granularity
+from quant.surgery import QuantSpec, quantize_model, quantized_layers
+
+QUANT_METHOD = "fliqs"
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CODES_SUFFIX = ".weight_codes"
+SCALE_SUFFIX = ".weight_scale"
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """Bytes on disk of the quantized weights next to the memory cost the search optimised.
+
+    code_bytes - padding_bytes equals the memory cost up to rounding each layer's packed stream
+    up to whole bytes; scale_bytes is the overhead the cost model does not count.
+    """
+
+    path: str
+    file_bytes: int  # model.safetensors, everything included
+    code_bytes: int  # quantized layers' weight codes as stored
+    scale_bytes: int  # their float32 scales
+    padding_bytes: int  # storage beyond weight_format.bits (int9..int15 held in int16)
+    memory_cost_mib: float  # sum of layer.memory_cost()
+    num_quantized_layers: int
+
+    @property
+    def quantized_weight_bytes(self) -> int:
+        return self.code_bytes + self.scale_bytes
+
+    @property
+    def quantized_weight_mib(self) -> float:
+        return self.quantized_weight_bytes / BYTES_PER_MIB
+
+    @property
+    def file_mib(self) -> float:
+        return self.file_bytes / BYTES_PER_MIB
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields and the derived sizes (for results.json)."""
+        return {**asdict(self), "quantized_weight_bytes": self.quantized_weight_bytes,
+                "quantized_weight_mib": self.quantized_weight_mib, "file_mib": self.file_mib}
+
+    def summary(self) -> str:
+        return (f"{self.path}: {self.num_quantized_layers} quantized layers; their weights take "
+                f"{self.quantized_weight_bytes} bytes ({self.quantized_weight_mib:.6f} MiB) on disk = codes "
+                f"{self.code_bytes} + scales {self.scale_bytes} (padding {self.padding_bytes}); search memory "
+                f"cost {self.memory_cost_mib:.6f} MiB; {WEIGHTS_NAME} {self.file_bytes} bytes "
+                f"({self.file_mib:.6f} MiB)")
+
+
+def _dequantize(packed: PackedTensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    values = unpack(packed)
+    return (values if scale is None else values * scale).to(dtype)
+
+
+def _layer_entry(layer: QuantModule, packed: PackedTensor) -> dict[str, Any]:
+    return {"weight_format": layer.weight_format.name, "act_format": layer.act_format.name,
+            "weight_granularity": layer.weight_granularity.value, "act_granularity": layer.act_granularity.value,
+            "weight_range_percentile": layer.weight_range_percentile,
+            "act_range_percentile": layer.act_range_percentile, "weight_shape": list(packed.shape),
+            "weight_dtype": str(layer.weight.dtype).removeprefix("torch."),
+            "weight_storage": str(packed.data.dtype).removeprefix("torch."), "macs_per_sample": layer.macs_per_sample}
+
+
+def _check_round_trips(name: str, fmt: NumberFormat) -> None:
+    if parse_format(fmt.name) != fmt:
+        raise ValueError(f"layer {name!r}: format {fmt!r} is written as {fmt.name!r}, which parses to a different "
+                         f"format; use formats from quant.formats.parse_format")
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple:
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
+
+
+def _state_tensors(model: nn.Module, layers: dict[str, QuantModule]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every state_dict tensor but the quantized weights, tied duplicates folded into aliases."""
+    quantized_keys = {f"{name}.weight" for name in layers}
+    first_key: dict[tuple, str] = {}
+    tensors, aliases = {}, {}
+    for key, tensor in model.state_dict().items():
+        ident = _storage_key(tensor)
+        if ident in first_key:
+            if key in quantized_keys or first_key[ident] in quantized_keys:
+                raise ValueError(f"{key!r} and {first_key[ident]!r} share storage (tied weights) and one of them is "
+                                 f"a quantized layer's weight; quantize both or neither (untie them first)")
+            aliases[key] = first_key[ident]
+            continue
+        first_key[ident] = key
+        if key not in quantized_keys:
+            tensors[key] = tensor.detach().cpu().contiguous()
+    return tensors, aliases
+
+
+def _tensor_nbytes(path: Path) -> dict[str, int]:
+    """Bytes of every tensor in a safetensors file, read from its header (what is on disk)."""
+    with open(path, "rb") as handle:
+        (header_size,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(header_size))
+    return {key: end - start for key, info in header.items() if key != "__metadata__"
+            for start, end in [info["data_offsets"]]}
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) or choose another directory")
+
+
+def _apply_umask(directory: Path) -> None:
+    """mkdtemp (and safetensors) create owner-only modes; give the usual ones (0777/0666 & ~umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for item in directory.rglob("*"):
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
+
+
+def export_quantized_checkpoint(model: nn.Module, out_dir: str | os.PathLike, processor: Any = None, *,
+                                overwrite: bool = False) -> ExportReport:
+    """Write `model` (quantized layers holding their final formats) as a low-bit checkpoint.
+
+    Atomic: everything is written to a temporary sibling directory that is renamed to `out_dir`
+    at the end, so a failure leaves nothing behind. An existing `out_dir` is an error unless
+    `overwrite`.
+    """
+    out = Path(out_dir)
+    _check_out_dir(out, overwrite)
+    layers = quantized_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no quantized layers; quantize it with quant.surgery first")
+    if not hasattr(model, "config") or not hasattr(model.config, "to_json_string"):
+        raise ValueError(f"{type(model).__name__} has no transformers config; export needs a PreTrainedModel")
+    tensors, aliases = _state_tensors(model, layers)
+    entries: dict[str, Any] = {}
+    padding = 0
+    for name, layer in layers.items():
+        _check_round_trips(name, layer.weight_format)
+        _check_round_trips(name, layer.act_format)
+        values, scale = grid_values_and_scale(layer)
+        packed = pack(values, layer.weight_format)
+        for key in (name + CODES_SUFFIX, name + SCALE_SUFFIX):
+            if key in tensors:
+                raise ValueError(f"{type(model).__name__} already has a tensor named {key!r}; it cannot be exported")
+        tensors[name + CODES_SUFFIX] = packed.data.contiguous()
+        if scale is not None:
+            tensors[name + SCALE_SUFFIX] = scale.contiguous()
+        entries[name] = _layer_entry(layer, packed)
+        padding += packed.nbytes - math.ceil(values.numel() * layer.weight_format.bits / 8)
+    config = json.loads(model.config.to_json_string(use_diff=False))
+    config["architectures"] = [type(model).__name__]
+    config["quantization_config"] = {
+        "quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION,
+        "model_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "layers": entries, "tied_parameters": aliases,
+    }
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt", "quant_method": QUANT_METHOD})
+        if processor is not None:
+            processor.save_pretrained(str(tmp))
+        _apply_umask(tmp)
+        if out.exists():  # overwrite: swap the old directory out, then delete it
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    nbytes = _tensor_nbytes(out / WEIGHTS_NAME)
+    return ExportReport(
+        path=str(out), file_bytes=(out / WEIGHTS_NAME).stat().st_size,
+        code_bytes=sum(nbytes[name + CODES_SUFFIX] for name in layers),
+        scale_bytes=sum(nbytes.get(name + SCALE_SUFFIX, 0) for name in layers),
+        padding_bytes=padding, memory_cost_mib=sum(layer.memory_cost() for layer in layers.values()),
+        num_quantized_layers=len(layers))
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+def read_quantization_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The `quantization_config` of a checkpoint written by `export_quantized_checkpoint`."""
+    config_file = Path(path) / CONFIG_NAME
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} does not exist; pass a directory written by "
+                                f"export_quantized_checkpoint")
+    quant_config = json.loads(config_file.read_text()).get("quantization_config")
+    if not isinstance(quant_config, dict) or quant_config.get("quant_method") != QUANT_METHOD:
+        raise ValueError(f"{config_file} has no quantization_config with quant_method {QUANT_METHOD!r}; it was not "
+                         f"written by quant.export (a float checkpoint loads with from_pretrained)")
+    if quant_config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{config_file}: quantization_config format_version {quant_config.get('format_version')!r} "
+                         f"is not {FORMAT_VERSION}, the version this code reads")
+    return quant_config
+
+
+def _build_architecture(config: Any, dtype: torch.dtype) -> nn.Module:
+    """The class config.json's `architectures` names, found through the transformers Auto classes."""
+    import transformers
+
+    wanted = (getattr(config, "architectures", None) or [None])[0]
+    known = []
+    for auto_cls in (transformers.AutoModelForSequenceClassification, transformers.AutoModelForImageClassification,
+                     transformers.AutoModelForCausalLM, transformers.AutoModelForTokenClassification,
+                     transformers.AutoModelForMaskedLM, transformers.AutoModel):
+        if type(config) not in auto_cls._model_mapping:
+            continue
+        model_cls = auto_cls._model_mapping[type(config)]
+        known.append(model_cls.__name__)
+        if model_cls.__name__ == wanted:
+            return auto_cls.from_config(config, dtype=dtype)
+    raise ValueError(f"config.json names architecture {wanted!r}, which no transformers Auto class builds for "
+                     f"{type(config).__name__}; buildable: {', '.join(known) or 'none'}")
+
+
+def _quant_config(name: str, entry: dict[str, Any]) -> QuantConfig:
+    weight_granularity = Granularity(entry["weight_granularity"])
+    act_granularity = Granularity(entry["act_granularity"])
+    if weight_granularity is Granularity.PER_TOKEN or act_granularity is Granularity.PER_CHANNEL:
+        raise ValueError(f"layer {name!r}: weight scales are per_tensor or per_channel and activation scales "
+                         f"per_tensor or per_token, got {weight_granularity.value} / {act_granularity.value}")
+    return QuantConfig(weight_format=parse_format(entry["weight_format"]), act_format=parse_format(entry["act_format"]),
+                       per_channel=weight_granularity is Granularity.PER_CHANNEL,
+                       per_token=act_granularity is Granularity.PER_TOKEN,
+                       weight_range_percentile=float(entry["weight_range_percentile"]),
+                       act_range_percentile=float(entry["act_range_percentile"]))
+
+
+def load_quantized_checkpoint(path: str | os.PathLike) -> nn.Module:
+    """Rebuild the fake-quant model of a low-bit checkpoint (CPU, eval mode).
+
+    Layers hold their formats and scale options; weights are the dequantized codes with
+    `weight_prequantized = True` and the scale kept as a non-persistent `weight_scale` buffer
+    (so the model can be exported again). `macs_per_sample` is restored where it was recorded.
+    """
+    from transformers import AutoConfig
+
+    quant_config = read_quantization_config(path)
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    del config.quantization_config  # the bare architecture; quantization is applied below
+    dtype = getattr(torch, quant_config["model_dtype"])
+    model = _build_architecture(config, dtype)
+    entries: dict[str, dict[str, Any]] = quant_config["layers"]
+    groups: dict[QuantConfig, list[str]] = {}
+    for name, entry in entries.items():
+        groups.setdefault(_quant_config(name, entry), []).append(name)
+    for layer_config, names in groups.items():
+        quantize_model(model, QuantSpec(tuple(names), layer_config))
+
+    tensors = load_file(str(Path(path) / WEIGHTS_NAME))
+    scales: dict[str, torch.Tensor] = {}
+    for name, entry in entries.items():
+        fmt = parse_format(entry["weight_format"])
+        codes = tensors.pop(name + CODES_SUFFIX, None)
+        scale = tensors.pop(name + SCALE_SUFFIX, None)
+        if codes is None or (scale is None and fmt.quantizes and not isinstance(fmt, CastFormat)):
+            raise ValueError(f"{WEIGHTS_NAME} lacks the codes or scale of layer {name!r} ({fmt.name}); the checkpoint "
+                             f"is incomplete, export it again")
+        if codes.dtype != storage_dtype(fmt):
+            raise ValueError(f"layer {name!r}: {fmt.name} codes must be {storage_dtype(fmt)}, found {codes.dtype}")
+        tensors[f"{name}.weight"] = _dequantize(PackedTensor(codes, tuple(entry["weight_shape"]), fmt), scale,
+                                                getattr(torch, entry["weight_dtype"]))
+        if scale is not None:
+            scales[name] = scale
+    for alias, source in quant_config["tied_parameters"].items():
+        tensors[alias] = tensors[source]
+    model.load_state_dict(tensors, strict=True)
+    for name, layer in quantized_layers(model).items():
+        layer.weight_prequantized = True
+        layer.macs_per_sample = entries[name]["macs_per_sample"]
+        if name in scales:
+            layer.register_buffer("weight_scale", scales[name], persistent=False)
+    return model.eval()
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+RunLoader = Callable[[str], tuple[nn.Module, Any]]
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m quant.export",
+        description="Write a finished run's final model as a low-bit checkpoint (and optionally ONNX).")
+    parser.add_argument("run_dir", help="output directory of a finished run ({output_root_dir}/{task}/{exp_name})")
+    parser.add_argument("--out", required=True, help="checkpoint directory to create")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--onnx", action="store_true", help="also write OUT/model.onnx with Q/DQ nodes")
+    parser.add_argument("--opset", type=int, default=None,
+                        help="ONNX opset (default: the lowest that expresses every format used)")
+    parser.add_argument("--onnx_unsupported", choices=("raise", "float"), default="raise",
+                        help="layers whose format ONNX cannot express: fail (raise) or export them in float")
+    parser.add_argument("--seq_len", type=int, default=16, help="tokens in the ONNX example input (text models)")
+    parser.add_argument("--image_size", type=int, default=None, help="pixels per side of the ONNX example input "
+                        "(vision models; default: from the config or image processor)")
+    return parser
+
+
+def _run_image_size(run_dir: str, model: nn.Module, processor: Any) -> int | None:
+    """The image side a from-scratch vision run trained at (its --image_size, else its task's
+    native size), read from results.json; None where the config or processor tells instead."""
+    results = Path(run_dir) / "results.json"
+    if processor is not None or isinstance(getattr(model.config, "image_size", None), int) or not results.is_file():
+        return None
+    run_args = json.loads(results.read_text()).get("args", {})
+    if run_args.get("image_size"):
+        return int(run_args["image_size"])
+    from eval.run_setup import NATIVE_IMAGE_SIZE
+
+    return NATIVE_IMAGE_SIZE.get(run_args.get("task"))
+
+
+def main(argv: Sequence[str] | None = None, *, load_run: RunLoader | None = None) -> ExportReport:
+    """CLI entry point; `load_run` defaults to eval.eval_run.load_run_model (imported lazily)."""
+    args = build_arg_parser().parse_args(argv)
+    if load_run is None:
+        from eval.eval_run import load_run_model as load_run
+    out = Path(args.out)
+    _check_out_dir(out, args.overwrite)  # before minutes of loading and ONNX export
+    model, processor = load_run(args.run_dir)
+    onnx_tmp = None
+    try:
+        if args.onnx:  # before the checkpoint, so an ONNX failure leaves nothing behind
+            from quant.onnx_export import example_inputs_for, export_onnx
+
+            inputs = example_inputs_for(model, processor, seq_len=args.seq_len,
+                                        image_size=args.image_size or _run_image_size(args.run_dir, model, processor))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            onnx_tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.onnx-", dir=out.parent))
+            onnx_report = export_onnx(model, inputs, onnx_tmp / "model.onnx", opset=args.opset,
+                                      unsupported=args.onnx_unsupported)
+        report = export_quantized_checkpoint(model, out, processor, overwrite=args.overwrite)
+        print(report.summary())
+        if onnx_tmp is not None:
+            for item in onnx_tmp.iterdir():
+                os.replace(item, out / item.name)
+            print(onnx_report.summary().replace(str(onnx_tmp), str(out)))
+    finally:
+        if onnx_tmp is not None:
+            shutil.rmtree(onnx_tmp, ignore_errors=True)
+    return report
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")

@@ -1,0 +1,382 @@
+"""ONNX export of a fake-quantized model with QuantizeLinear/DequantizeLinear (Q/DQ) nodes.
+
+Every quantized layer is swapped (for the export only) for a `_QDQLayer` whose forward calls two
+custom ops; `custom_translation_table` maps them to ONNX:
+    weights      low-bit initializer (the grid codes in their ONNX type) -> DequantizeLinear
+                 (scalar scale, or a 1-D per-channel scale with `axis`)
+    activations  dynamic in-graph Q/DQ: scale = max(ReduceMax(Abs(x)) / fmt.max, tiny), the
+                 fake-quant's per-tensor abs-max; per-token scales reduce each row of x viewed as
+                 (tokens, features) and quantize per axis
+    bf16 / fp16  Cast to that type and back (Clip first, since Cast does not saturate)
+
+Formats ONNX expresses, with the opset that first has them in Q/DQ: int8 (18 = base), fp8_e4m3,
+fp8_e5m2 (19), int4, int16 (21), fp4_e2m1 (23), int2 (25; both where the installed onnx defines the
+type). Everything else (fp6, e3m4, generic eXmY, int3, int5..7, int9..15) and activation clipping
+percentiles other than 100 have no ONNX form. Decision: such layers raise `OnnxFormatError` listing
+every one of them (default), or with unsupported="float" are exported in float (weights as their
+dequantized grid values, activations unquantized) and listed in the report.
+
+Numerics against the PyTorch fake-quant model: weights are bit-exact (DQ computes codes * scale
+in float32, as the fake-quant does). Activations differ only where QuantizeLinear's x / scale
+and the fake-quant's x * (1 / scale) land on different sides of a rounding boundary (one code;
+about 4e-7 of int8 codes on Gaussian data), plus float summation order in MatMul/Conv kernels.
+Measured on the tiny test models: max |onnxruntime - PyTorch| ~1e-7 on ResNet logits of ~0.5 and
+~1e-8 on BERT logits of ~0.02; the tests allow atol 1e-5 + rtol 1e-4. onnxruntime 1.32's CPU
+provider has no FLOAT4E2M1 Q/DQ kernels: FP4 models are valid ONNX (the ONNX reference evaluator
+runs them) but need another runtime.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from quant.formats import CastFormat, FloatFormat, IntFormat, NumberFormat, SpecialCodes, parse_format
+from quant.packing import grid_values_and_scale
+from quant.quant_module import QuantModule
+from quant.quant_utils import Granularity, quantize
+from quant.surgery import quantized_layers
+
+BASE_OPSET = 18
+_MAX_INLINE_BYTES = 1_800_000_000  # protobuf cannot serialise a model of 2 GiB or more
+_TINY = float(torch.finfo(torch.float32).tiny)
+_T = onnx.TensorProto
+
+
+def _onnx_types() -> dict[NumberFormat, tuple[int, int]]:
+    """format -> (ONNX element type, first opset with it in Q/DQ), for what this onnx defines."""
+    types = {IntFormat(8): (_T.INT8, BASE_OPSET), IntFormat(16): (_T.INT16, 21), IntFormat(4): (_T.INT4, 21),
+             FloatFormat(4, 3, SpecialCodes.FN): (_T.FLOAT8E4M3FN, 19),
+             FloatFormat(5, 2, SpecialCodes.IEEE): (_T.FLOAT8E5M2, 19),
+             parse_format("bf16"): (_T.BFLOAT16, BASE_OPSET), parse_format("fp16"): (_T.FLOAT16, BASE_OPSET)}
+    if hasattr(_T, "FLOAT4E2M1"):
+        types[FloatFormat(2, 1, SpecialCodes.FINITE)] = (_T.FLOAT4E2M1, 23)
+    if hasattr(_T, "INT2"):
+        types[IntFormat(2)] = (_T.INT2, 25)
+    return types
+
+
+ONNX_TYPES = _onnx_types()
+
+
+class OnnxFormatError(ValueError):
+    """Some quantized layers use formats or options that ONNX Q/DQ cannot express."""
+
+
+def _unsupported_reason(layer: QuantModule) -> str | None:
+    problems = []
+    for what, fmt in (("weight", layer.weight_format), ("activation", layer.act_format)):
+        if fmt.quantizes and fmt not in ONNX_TYPES:
+            problems.append(f"{what} format {fmt.name} has no ONNX type")
+    act, percentile = layer.act_format, layer.act_range_percentile
+    if act.quantizes and not isinstance(act, CastFormat) and percentile != 100:
+        problems.append(f"act_range_percentile {percentile} (dynamic Q/DQ computes abs-max scales only)")
+    return "; ".join(problems) or None
+
+
+def required_opset(formats: set[NumberFormat]) -> int:
+    return max([BASE_OPSET] + [ONNX_TYPES[f][1] for f in formats if f in ONNX_TYPES])
+
+
+# --- custom ops: eager = the fake-quant, ONNX = Q/DQ ----------------------------------------
+
+@torch.library.custom_op("fliqs_onnx::dequantize_weight", mutates_args=())
+def dequantize_weight(values: torch.Tensor, scale: torch.Tensor, onnx_type: int, axis: int) -> torch.Tensor:
+    if scale.dim() == 0:
+        return values * scale
+    return values * scale.reshape([-1 if d == axis else 1 for d in range(values.dim())])
+
+
+@dequantize_weight.register_fake
+def _(values: torch.Tensor, scale: torch.Tensor, onnx_type: int, axis: int) -> torch.Tensor:
+    return torch.empty_like(values)
+
+
+@torch.library.custom_op("fliqs_onnx::quantize_activation", mutates_args=())
+def quantize_activation(x: torch.Tensor, fmt_name: str, per_row: bool) -> torch.Tensor:
+    granularity = Granularity.PER_TOKEN if per_row else Granularity.PER_TENSOR
+    return quantize(x, parse_format(fmt_name), granularity, dim=-1).clone()
+
+
+@quantize_activation.register_fake
+def _(x: torch.Tensor, fmt_name: str, per_row: bool) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def _onnx_dequantize_weight(values, scale, onnx_type: int, axis: int):
+    from onnxscript import opset18 as op
+
+    typed = op.Cast(values, to=onnx_type)  # folded into a low-bit initializer after export
+    if onnx_type in (_T.BFLOAT16, _T.FLOAT16):
+        return op.Cast(typed, to=_T.FLOAT)
+    return op.DequantizeLinear(typed, scale, axis=axis)
+
+
+def _onnx_quantize_activation(x, fmt_name: str, per_row: bool):
+    from onnxscript import ir
+    from onnxscript import opset18 as op
+
+    fmt = parse_format(fmt_name)
+    onnx_type = ONNX_TYPES[fmt][0]
+    if isinstance(fmt, CastFormat):
+        clipped = op.Clip(x, op.Constant(value_float=-fmt.max), op.Constant(value_float=fmt.max))
+        return op.Cast(op.Cast(clipped, to=onnx_type), to=_T.FLOAT)
+    if per_row:  # x is (rows, features): one scale per row, quantized along axis 0
+        amax = op.ReduceMax(op.Abs(x), op.Constant(value_ints=[1]), keepdims=0)
+    else:
+        amax = op.ReduceMax(op.Abs(x), keepdims=0)
+    scale = op.Max(op.Div(amax, op.Constant(value_float=fmt.max)), op.Constant(value_float=_TINY))
+    if per_row:  # per-axis zero points must be 1-D like the scale
+        zero = op.Cast(op.Mul(scale, op.Constant(value_float=0.0)), to=onnx_type)
+    else:
+        zero = op.Constant(value=ir.tensor(np.zeros((), onnx.helper.tensor_dtype_to_np_dtype(onnx_type))))
+    return op.DequantizeLinear(op.QuantizeLinear(x, scale, zero, axis=0), scale, zero, axis=0)
+
+
+TRANSLATION_TABLE = {torch.ops.fliqs_onnx.dequantize_weight.default: _onnx_dequantize_weight,
+                     torch.ops.fliqs_onnx.quantize_activation.default: _onnx_quantize_activation}
+
+
+# --- export-only layers ----------------------------------------------------------------------
+
+class _QDQLayer(nn.Module):
+    """A quantized layer's computation written with the custom ops (export only). `as_float`:
+    weights as their dequantized grid values, activations unquantized."""
+
+    def __init__(self, layer: QuantModule, as_float: bool) -> None:
+        super().__init__()
+        if layer.weight.dtype != torch.float32:
+            raise ValueError(f"ONNX export needs float32 weights, got {layer.weight.dtype}; call model.float() first")
+        # The float layer only for its geometry; tensors live here, so ONNX names them like the
+        # checkpoint: {layer}.weight_codes, {layer}.weight_scale, {layer}.bias (or {layer}.weight).
+        self.float_layer = layer.to_float()  # type: ignore[attr-defined]
+        self.float_layer.weight, self.float_layer.bias = None, None
+        self.bias = layer.bias
+        fmt = layer.weight_format
+        self.weight_onnx_type = None if as_float or not fmt.quantizes else ONNX_TYPES[fmt][0]
+        self.weight_axis = layer.weight_channel_dim % layer.weight.dim()
+        if self.weight_onnx_type is None:
+            self.register_buffer("weight", layer.quantized_weight().detach().clone())
+        else:
+            values, scale = grid_values_and_scale(layer)
+            scale = torch.ones(()) if scale is None else scale
+            self.register_buffer("weight_codes", values)  # float carrier, stored low-bit after export
+            self.register_buffer("weight_scale", scale.reshape(()) if scale.numel() == 1 else scale.flatten())
+        act = layer.act_format
+        self.act_format_name = None if as_float or not act.quantizes else act.name
+        self.act_per_row = layer.act_granularity is Granularity.PER_TOKEN and not isinstance(act, CastFormat)
+        self.act_feature_dim = layer.act_feature_dim
+
+    def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.act_per_row:
+            return quantize_activation(x, self.act_format_name, False)
+        moved = x.movedim(self.act_feature_dim, -1)  # per token: one scale per row of (tokens, features)
+        rows = quantize_activation(moved.reshape(-1, moved.shape[-1]), self.act_format_name, True)
+        return rows.reshape(moved.shape).movedim(-1, self.act_feature_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act_format_name is not None:
+            x = self._quantize_input(x)
+        weight = self.weight if self.weight_onnx_type is None else dequantize_weight(
+            self.weight_codes, self.weight_scale, self.weight_onnx_type, self.weight_axis)
+        layer = self.float_layer
+        if isinstance(layer, nn.Conv2d):
+            return layer._conv_forward(x, weight, self.bias)
+        if isinstance(layer, Conv1D):
+            return torch.addmm(self.bias, x.view(-1, x.size(-1)), weight).view(x.size()[:-1] + (layer.nf,))
+        return F.linear(x, weight, self.bias)
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+# --- post-processing and report -------------------------------------------------------------
+
+_STORED_TYPES = {onnx_type for onnx_type, _ in ONNX_TYPES.values()}
+
+
+def _fold_low_bit_casts(model: onnx.ModelProto) -> None:
+    """Cast(float initializer -> low-bit type) becomes a low-bit initializer: the exporter's own
+    constant folding skips large tensors, and the file should hold the codes, not floats."""
+    graph = model.graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    for node in list(graph.node):
+        if node.op_type != "Cast" or node.input[0] not in initializers:
+            continue
+        to = next(attr.i for attr in node.attribute if attr.name == "to")
+        if to not in _STORED_TYPES:
+            continue
+        source = initializers[node.input[0]]
+        values = numpy_helper.to_array(source)
+        typed = values.astype(onnx.helper.tensor_dtype_to_np_dtype(to))
+        if not np.array_equal(typed.astype(values.dtype), values):
+            raise RuntimeError(f"initializer {source.name!r} is not on the grid of ONNX type {to}")
+        graph.node.remove(node)
+        uses[source.name] -= 1
+        name = node.output[0]
+        if uses[source.name] == 0:  # the codes take the name of the float carrier they replace
+            graph.initializer.remove(source)
+            for consumer in graph.node:
+                consumer.input[:] = [source.name if i == name else i for i in consumer.input]
+            name = source.name
+        graph.initializer.append(numpy_helper.from_array(typed, name=name))
+
+
+def _keep_low_bit_casts(node: Any) -> bool | None:
+    """Constant folding must not turn the Cast to a stored low-bit type into a float initializer."""
+    if node.op_type == "Cast" and node.domain == "" and node.attributes["to"].as_int() in _STORED_TYPES:
+        return False
+    return None  # the optimizer's default rules
+
+
+def _optimize(model: Any) -> None:
+    """The exporter's graph clean-up (constant folding, dead code, CSE) without folding weights
+    back to float. An onnxscript too old for `should_fold` leaves the graph as exported
+    (valid and equivalent; onnxruntime folds constants itself when it loads the model)."""
+    try:
+        from onnxscript.optimizer import optimize_ir
+        optimize_ir(model, should_fold=_keep_low_bit_casts)
+    except (ImportError, TypeError):
+        return
+
+
+@dataclass(frozen=True)
+class OnnxReport:
+    path: str
+    opset: int
+    qdq_layers: dict[str, tuple[str, str]]  # name -> (weight format, activation format)
+    float_layers: dict[str, str] = field(default_factory=dict)  # name -> why it could not be expressed
+    num_quantize_linear: int = 0
+    num_dequantize_linear: int = 0
+    file_bytes: int = 0
+
+    def summary(self) -> str:
+        text = (f"{self.path}: opset {self.opset}, {len(self.qdq_layers)} layers with Q/DQ "
+                f"({self.num_quantize_linear} QuantizeLinear, {self.num_dequantize_linear} DequantizeLinear), "
+                f"{self.file_bytes} bytes")
+        if self.float_layers:
+            text += f"; {len(self.float_layers)} layers exported in float: " + "; ".join(
+                f"{name} ({why})" for name, why in self.float_layers.items())
+        return text
+
+
+def _unsupported_message(problems: Mapping[str, str], what: str) -> str:
+    listed = "\n".join(f"  {name}: {why}" for name, why in problems.items())
+    expressible = ", ".join(f"{fmt.name} (opset {opset})" for fmt, (_, opset) in ONNX_TYPES.items())
+    return (f"{len(problems)} quantized layers cannot be exported to ONNX {what}:\n{listed}\nONNX Q/DQ expresses "
+            f"{expressible} and none, with abs-max activation scales; pass unsupported='float' "
+            f"(--onnx_unsupported float) to export these layers in float instead")
+
+
+def export_onnx(model: nn.Module, example_inputs: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                opset: int | None = None, *, unsupported: str = "raise", dynamic: bool = True) -> OnnxReport:
+    """Export `model` (quantized layers holding their final formats) to ONNX with Q/DQ nodes.
+
+    example_inputs: the forward's keyword arguments (e.g. input_ids + attention_mask, or
+    pixel_values). opset: default the lowest that expresses every exported format. unsupported:
+    "raise" (OnnxFormatError listing the layers) or "float" (see the module docstring). dynamic:
+    every input dimension may vary (torch.export.Dim.AUTO; fixed ones are specialised).
+    """
+    if unsupported not in ("raise", "float"):
+        raise ValueError(f"unsupported must be 'raise' or 'float', got {unsupported!r}")
+    layers = quantized_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no quantized layers; quantize it with quant.surgery first")
+    problems = {name: why for name, layer in layers.items() if (why := _unsupported_reason(layer))}
+    if problems and unsupported == "raise":
+        raise OnnxFormatError(_unsupported_message(problems, "(no ONNX form)"))
+    exported = {name: layer for name, layer in layers.items() if name not in problems}
+    needed = {name: required_opset({layer.weight_format, layer.act_format}) for name, layer in exported.items()}
+    opset = max([BASE_OPSET, *needed.values()]) if opset is None else opset
+    if opset > onnx.defs.onnx_opset_version() or opset < BASE_OPSET:
+        raise ValueError(f"opset {opset} is outside [{BASE_OPSET}, {onnx.defs.onnx_opset_version()}] (the installed "
+                         f"onnx {onnx.__version__})")
+    too_new = {name: f"needs opset {need}" for name, need in needed.items() if need > opset}
+    if too_new:
+        raise OnnxFormatError(_unsupported_message(too_new, f"at opset {opset}"))
+
+    was_training = model.training
+    swapped = {name: _QDQLayer(layer, as_float=name in problems) for name, layer in layers.items()}
+    try:
+        with torch.no_grad():  # the output names: the non-None fields of a ModelOutput, in order
+            outputs = model.eval()(**example_inputs)
+        output_names = list(outputs.keys()) if isinstance(outputs, Mapping) else None
+        for name, stand_in in swapped.items():
+            _set_submodule(model, name, stand_in)
+        dims = {key: {d: torch.export.Dim.AUTO for d in range(t.dim())} for key, t in example_inputs.items()}
+        program = torch.onnx.export(model, (), kwargs=dict(example_inputs), dynamo=True, opset_version=opset,
+                                    custom_translation_table=TRANSLATION_TABLE, optimize=False, verbose=False,
+                                    output_names=output_names,
+                                    dynamic_shapes=dims if dynamic else None)
+    finally:
+        for name, layer in layers.items():
+            _set_submodule(model, name, layer)  # type: ignore[arg-type]
+        model.train(was_training)
+    _optimize(program.model)
+    proto = program.model_proto
+    _fold_low_bit_casts(proto)
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    external = sum(tensor.ByteSize() for tensor in proto.graph.initializer) > _MAX_INLINE_BYTES
+    try:  # past protobuf's 2 GiB limit the initializers go to PATH.data next to the model
+        onnx.save_model(proto, tmp, save_as_external_data=external, location=f"{path.name}.data")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    op_types = [node.op_type for node in proto.graph.node]
+    return OnnxReport(
+        path=str(path), opset=opset,
+        qdq_layers={name: (layer.weight_format.name, layer.act_format.name) for name, layer in exported.items()},
+        float_layers=problems, num_quantize_linear=op_types.count("QuantizeLinear"),
+        num_dequantize_linear=op_types.count("DequantizeLinear"), file_bytes=path.stat().st_size)
+
+
+def _processor_side(processor: Any) -> int | None:
+    for attr in ("crop_size", "size"):
+        size = getattr(processor, attr, None)
+        size = size if isinstance(size, Mapping) or isinstance(size, int) else getattr(size, "__dict__", None)
+        if isinstance(size, int):
+            return size
+        if isinstance(size, Mapping):
+            side = size.get("height") or size.get("shortest_edge")
+            if side:
+                return int(side)
+    return None
+
+
+def example_inputs_for(model: nn.Module, processor: Any = None, *, seq_len: int = 16,
+                       image_size: int | None = None) -> dict[str, torch.Tensor]:
+    """One example batch for export: input_ids + attention_mask (text) or pixel_values (vision).
+    The image side is `image_size`, else the config's image_size, else the processor's size."""
+    config = model.config
+    main_input = getattr(model, "main_input_name", None)
+    if main_input == "input_ids":
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        input_ids = (torch.arange(seq_len) % config.vocab_size).unsqueeze(0)
+        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    if main_input == "pixel_values":
+        config_side = getattr(config, "image_size", None)
+        side = image_size or (config_side if isinstance(config_side, int) else None) or _processor_side(processor)
+        if not side or side < 1:
+            raise ValueError(f"cannot tell the image size of {type(model).__name__}: its config and processor do not "
+                             f"give one; pass image_size (--image_size N)")
+        return {"pixel_values": torch.zeros(1, config.num_channels, side, side)}
+    raise ValueError(f"{type(model).__name__} takes {main_input!r}; example inputs are built for input_ids (text) or "
+                     f"pixel_values (vision) models; call export_onnx with your own example_inputs")

@@ -1,0 +1,247 @@
+"""Low-bit checkpoints: bit-exact round trips, what is on disk, atomic writes, the CLI."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import ViTImageProcessor
+
+from eval.eval_partitions import LayerSelection, select_layers
+from eval.models import build_model
+from quant.export import (
+    ExportReport,
+    export_quantized_checkpoint,
+    load_quantized_checkpoint,
+    main,
+    read_quantization_config,
+)
+from quant.formats import parse_format
+from quant.quant_module import QuantConfig
+from quant.surgery import QuantSpec, quantize_model, quantized_layers, record_geometry
+
+torch.set_num_threads(1)
+
+TINY = {
+    "bert": {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},
+    "gpt2": {"n_layer": 2, "n_embd": 32, "n_head": 2},
+    "resnet18": {"embedding_size": 8, "hidden_sizes": [8, 16, 32, 64], "depths": [1, 1, 1, 1]},
+}
+MIXED = ["int4", "fp8_e4m3", "int8", "fp4", "fp6_e2m3", "e3m4", "int3", "int12", "bf16", "none", "e2m5", "fp8_e5m2"]
+
+
+def tiny_model(model_type: str, config: QuantConfig, layer_formats: dict | None = None, seed: int = 0):
+    """A from-scratch tiny model, every selected layer quantized, geometry recorded; and its inputs."""
+    torch.manual_seed(seed)
+    if model_type == "resnet18":
+        model = build_model(model_type, num_labels=3, from_scratch=True, config_overrides=TINY[model_type],
+                            image_size=32)
+        inputs = {"pixel_values": torch.randn(2, 3, 32, 32)}
+    else:
+        model = build_model(model_type, num_labels=3, from_scratch=True, config_overrides=TINY[model_type],
+                            vocab_size=64, pad_token_id=1)
+        inputs = {"input_ids": torch.randint(0, 64, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+    names = select_layers(model, LayerSelection())
+    if layer_formats == "mixed":
+        layer_formats = {name: (MIXED[i % len(MIXED)], MIXED[(i + 5) % len(MIXED)]) for i, name in enumerate(names)}
+    quantize_model(model, QuantSpec(names, config, layer_formats=layer_formats or {}))
+    model.eval()
+    record_geometry(model, inputs)
+    return model, inputs
+
+
+def outputs(model, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+@pytest.mark.parametrize("model_type, config, layer_formats", [
+    ("bert", QuantConfig("int4", "int8"), None),
+    ("gpt2", QuantConfig("fp8_e4m3", "int8", per_channel=True), None),
+    ("resnet18", QuantConfig("int4", "fp8_e5m2", per_channel=True), None),
+    ("bert", QuantConfig(per_channel=True, per_token=True), "mixed"),
+    ("resnet18", QuantConfig(per_channel=True, weight_range_percentile=99.0), "mixed"),
+], ids=["bert-int4", "gpt2-fp8-per-channel", "resnet-int4-per-channel", "bert-mixed-per-channel", "resnet-mixed-p99"])
+def test_loaded_checkpoint_reproduces_the_model_bit_for_bit(tmp_path, model_type, config, layer_formats):
+    model, inputs = tiny_model(model_type, config, layer_formats)
+    export_quantized_checkpoint(model, tmp_path / "ckpt")
+    loaded = load_quantized_checkpoint(tmp_path / "ckpt")
+    assert type(loaded) is type(model) and not loaded.training
+    assert torch.equal(outputs(loaded, inputs), outputs(model, inputs))
+    original, restored = quantized_layers(model), quantized_layers(loaded)
+    assert list(restored) == list(original)
+    for name, layer in restored.items():
+        assert layer.weight_prequantized and layer.quant_config == original[name].quant_config
+        assert layer.macs_per_sample == original[name].macs_per_sample
+        assert torch.equal(layer.quantized_weight(), original[name].quantized_weight())
+    float_keys = set(model.state_dict()) - {f"{name}.weight" for name in original}
+    assert all(torch.equal(loaded.state_dict()[k], model.state_dict()[k]) for k in float_keys)
+
+
+def test_mixed_checkpoint_uses_mse_clipping_too(tmp_path):
+    model, inputs = tiny_model("bert", QuantConfig(per_channel=True), "mixed")
+    for layer in list(quantized_layers(model).values())[::2]:
+        layer.weight_range_percentile = -1.0  # MSE-optimal clipping
+    export_quantized_checkpoint(model, tmp_path / "ckpt")
+    assert torch.equal(outputs(load_quantized_checkpoint(tmp_path / "ckpt"), inputs), outputs(model, inputs))
+
+
+def test_config_json_and_stored_tensors(tmp_path):
+    model, _ = tiny_model("bert", QuantConfig("int4", "fp8_e4m3", per_channel=True),
+                          {"bert.encoder.layer.0.attention.self.query": ("fp6_e2m3", "int8")})
+    export_quantized_checkpoint(model, tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"] and config["model_type"] == "bert"
+    quant = read_quantization_config(tmp_path / "ckpt")
+    assert quant["quant_method"] == "fliqs" and quant["model_dtype"] == "float32" and quant["tied_parameters"] == {}
+    assert quant["layers"]["bert.encoder.layer.0.attention.self.query"] == {
+        "weight_format": "fp6_e2m3", "act_format": "int8", "weight_granularity": "per_channel",
+        "act_granularity": "per_tensor", "weight_range_percentile": 100.0, "act_range_percentile": 100.0,
+        "weight_shape": [32, 32], "weight_dtype": "float32", "weight_storage": "uint8", "macs_per_sample": 7 * 32 * 32}
+    tensors = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    query = "bert.encoder.layer.0.attention.self.query"
+    codes = tensors[f"{query}.weight_codes"]
+    assert codes.dtype == torch.uint8 and codes.numel() == 32 * 32 * 6 // 8  # fp6: 4 weights in 3 bytes
+    assert tensors[f"{query}.weight_scale"].shape == (32, 1) and f"{query}.weight" not in tensors
+    key = "bert.encoder.layer.0.attention.self.key"
+    codes = tensors[f"{key}.weight_codes"]
+    assert codes.dtype == torch.uint8 and codes.numel() == 32 * 32 // 2  # int4: 2 weights per byte
+    assert torch.equal(tensors["bert.embeddings.word_embeddings.weight"], model.bert.embeddings.word_embeddings.weight)
+    assert torch.equal(tensors[f"{key}.bias"], model.get_submodule(key).bias)
+
+
+def test_report_file_size_agrees_with_the_search_memory_cost(tmp_path):
+    model, _ = tiny_model("bert", QuantConfig("int4", "int8"), {"classifier": ("int12", "int8")})
+    report = export_quantized_checkpoint(model, tmp_path / "ckpt")
+    layers = quantized_layers(model)
+    int4_weights = sum(layer.weight.numel() for name, layer in layers.items() if name != "classifier")
+    assert report.num_quantized_layers == len(layers) == 14
+    # int4: two per byte; int12: stored in int16, 4 bits of padding per weight (classifier 3 x 32)
+    assert report.code_bytes == int4_weights // 2 + 96 * 2
+    assert report.padding_bytes == 96 * 2 - math.ceil(96 * 12 / 8) == 48
+    assert report.scale_bytes == 4 * 14  # one float32 per layer (per tensor)
+    assert report.memory_cost_mib == pytest.approx((int4_weights * 4 + 96 * 12) / 8 / 2**20, rel=1e-12)
+    assert report.code_bytes - report.padding_bytes == report.memory_cost_mib * 2**20
+    assert report.quantized_weight_mib - report.memory_cost_mib == pytest.approx((56 + 48) / 2**20, rel=1e-9)
+    assert report.file_bytes == os.path.getsize(tmp_path / "ckpt" / "model.safetensors")
+    assert "14 quantized layers" in report.summary() and f"{report.quantized_weight_bytes} bytes" in report.summary()
+    assert report.to_dict() == {
+        "path": str(tmp_path / "ckpt"), "file_bytes": report.file_bytes, "code_bytes": report.code_bytes,
+        "scale_bytes": 56, "padding_bytes": 48, "memory_cost_mib": report.memory_cost_mib, "num_quantized_layers": 14,
+        "quantized_weight_bytes": report.code_bytes + 56, "quantized_weight_mib": (report.code_bytes + 56) / 2**20,
+        "file_mib": report.file_bytes / 2**20}
+    json.dumps(report.to_dict())  # results.json embeds it
+
+
+def test_per_channel_scales_and_bit_packed_rounding(tmp_path):
+    model, _ = tiny_model("resnet18", QuantConfig("fp6_e3m2", "int8", per_channel=True))
+    report = export_quantized_checkpoint(model, tmp_path / "ckpt")
+    layers = quantized_layers(model)
+    channels = sum(layer.weight.shape[0] for layer in layers.values())
+    assert report.scale_bytes == 4 * channels
+    assert report.code_bytes == sum(math.ceil(layer.weight.numel() * 6 / 8) for layer in layers.values())
+    assert 0 <= report.code_bytes - report.memory_cost_mib * 2**20 < len(layers)  # < 1 byte of rounding per layer
+
+
+def test_processor_is_saved_and_reexport_of_a_loaded_model_is_identical(tmp_path):
+    model, inputs = tiny_model("resnet18", QuantConfig("int4", "int8", per_channel=True))
+    export_quantized_checkpoint(model, tmp_path / "a", ViTImageProcessor(size={"height": 32, "width": 32}))
+    assert ViTImageProcessor.from_pretrained(str(tmp_path / "a")).size == {"height": 32, "width": 32}
+    export_quantized_checkpoint(load_quantized_checkpoint(tmp_path / "a"), tmp_path / "b")
+    first = load_file(str(tmp_path / "a" / "model.safetensors"))
+    second = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert list(first) == list(second) and all(torch.equal(first[k], second[k]) for k in first)
+
+
+class FailingProcessor:
+    def save_pretrained(self, path: str) -> None:
+        with open(os.path.join(path, "partial.json"), "w") as handle:
+            handle.write("{")
+        raise OSError("disk full")
+
+
+def test_failed_export_leaves_nothing_and_existing_output_is_protected(tmp_path):
+    model, inputs = tiny_model("bert", QuantConfig("int4", "int8"))
+    with pytest.raises(OSError, match="disk full"):
+        export_quantized_checkpoint(model, tmp_path / "ckpt", FailingProcessor())
+    assert os.listdir(tmp_path) == []
+    export_quantized_checkpoint(model, tmp_path / "ckpt")
+    with pytest.raises(FileExistsError, match="already exists; pass overwrite=True"):
+        export_quantized_checkpoint(model, tmp_path / "ckpt")
+    model.classifier.set_formats(parse_format("int4"), parse_format("int4"))
+    export_quantized_checkpoint(model, tmp_path / "ckpt", overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+    assert read_quantization_config(tmp_path / "ckpt")["layers"]["classifier"]["act_format"] == "int4"
+    assert torch.equal(outputs(load_quantized_checkpoint(tmp_path / "ckpt"), inputs), outputs(model, inputs))
+
+
+def test_bad_inputs_are_rejected(tmp_path):
+    plain = build_model("bert", num_labels=2, from_scratch=True, config_overrides=TINY["bert"], vocab_size=64,
+                        pad_token_id=1)
+    with pytest.raises(ValueError, match="has no quantized layers; quantize it with quant.surgery first"):
+        export_quantized_checkpoint(plain, tmp_path / "x")
+    plain.save_pretrained(tmp_path / "float")
+    with pytest.raises(ValueError, match="has no quantization_config with quant_method 'fliqs'"):
+        load_quantized_checkpoint(tmp_path / "float")
+    with pytest.raises(FileNotFoundError, match="config.json does not exist"):
+        load_quantized_checkpoint(tmp_path / "nowhere")
+    model, _ = tiny_model("bert", QuantConfig("int8", "int8"))
+    model.bert.pooler.dense.weight = model.bert.encoder.layer[0].attention.self.query.weight  # tied
+    with pytest.raises(ValueError, match=r"share storage \(tied weights\) and one of them is a quantized layer's"):
+        export_quantized_checkpoint(model, tmp_path / "tied")
+    assert not (tmp_path / "tied").exists()
+
+
+def test_cli_exports_the_run_model(tmp_path, capsys):
+    model, inputs = tiny_model("gpt2", QuantConfig("int4", "int8", per_channel=True))
+    seen = []
+
+    def load_run(run_dir: str):
+        seen.append(run_dir)
+        return model, None
+
+    report = main([str(tmp_path / "run"), "--out", str(tmp_path / "out")], load_run=load_run)
+    assert seen == [str(tmp_path / "run")] and isinstance(report, ExportReport)
+    assert report.summary() in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
+    assert torch.equal(outputs(load_quantized_checkpoint(tmp_path / "out"), inputs), outputs(model, inputs))
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "run")], load_run=load_run)  # --out is required
+    assert "--out" in capsys.readouterr().err
+    with pytest.raises(FileExistsError, match="out already exists; pass overwrite=True \\(--overwrite\\)"):
+        main([str(tmp_path / "run2"), "--out", str(tmp_path / "out")], load_run=load_run)
+    assert seen == [str(tmp_path / "run")]  # refused before loading the run
+
+
+@pytest.mark.slow
+def test_cli_on_a_tiny_real_run(tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from eval.eval_run import load_run_model
+
+    command = [sys.executable, "-m", "eval.eval_run", "--task", "digits", "--model_type", "resnet18",
+               "--config_overrides", "depths=[1,1,1,1],hidden_sizes=[8,8,8,8],embedding_size=8", "--max_steps", "3",
+               "--max_train_samples", "64", "--max_eval_samples", "32", "--weight_bits", "4", "--activation_bits", "8",
+               "--device", "cpu", "--report_to", "none", "--output_root_dir", str(tmp_path / "runs")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command, check=True, capture_output=True, env=env, cwd=os.path.dirname(os.path.dirname(
+        os.path.dirname(os.path.abspath(__file__)))), timeout=600)
+    (run_dir,) = (tmp_path / "runs" / "digits").iterdir()
+    report = main([str(run_dir), "--out", str(tmp_path / "out"), "--onnx"])
+    results = json.loads((run_dir / "results.json").read_text())
+    assert report.memory_cost_mib == pytest.approx(results["cost"]["memory_mib"], rel=1e-12)
+    assert report.code_bytes == report.memory_cost_mib * 2**20  # every int4 conv has an even weight count
+    run_model, _ = load_run_model(run_dir)
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    expected = outputs(run_model, {"pixel_values": pixels})
+    assert torch.equal(outputs(load_quantized_checkpoint(tmp_path / "out"), {"pixel_values": pixels}), expected)
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"pixel_values": pixels.numpy()})[0]
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-5, rtol=1e-4)

@@ -1,0 +1,190 @@
+"""ONNX export with Q/DQ: onnxruntime agrees with the PyTorch fake-quant model; clear errors."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx.reference import ReferenceEvaluator
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from eval.eval_partitions import LayerSelection, select_layers
+from eval.models import build_model
+from quant.export import load_quantized_checkpoint, main
+from quant.formats import NO_QUANT, parse_format
+from quant.onnx_export import OnnxFormatError, _QDQLayer, example_inputs_for, export_onnx
+from quant.quant_conv2d import QuantConv2d
+from quant.quant_linear import QuantConv1D, QuantLinear
+from quant.quant_module import QuantConfig
+from quant.surgery import QuantSpec, quantize_model, quantized_layers
+
+torch.set_num_threads(1)
+T = onnx.TensorProto
+TINY_BERT = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
+TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 16, 32, 64], "depths": [1, 1, 1, 1]}
+# Measured: max |ORT - PyTorch| is ~1e-7 on logits of size ~0.5 (ResNet) and ~1e-8 on ~0.02 (BERT):
+# float summation order in the MatMul/Conv kernels. A single activation code flipping (x / scale
+# vs x * (1 / scale) on opposite sides of a rounding boundary) would show as ~scale * |w| ~ 1e-3.
+ATOL, RTOL = 1e-5, 1e-4
+# (weight, activation) formats ONNX expresses at opset <= 21, cycled over the layers
+SUPPORTED = [("int8", "int8"), ("int4", "fp8_e4m3"), ("fp8_e4m3", "int4"), ("fp8_e5m2", "fp8_e5m2"), ("int16", "bf16"),
+             ("bf16", "int16"), ("fp16", "fp16"), ("none", "int8"), ("int8", "none")]
+
+
+def tiny(model_type: str, config: QuantConfig, formats: list[tuple[str, str]] | None = None, seed: int = 0):
+    torch.manual_seed(seed)
+    if model_type == "resnet18":
+        model = build_model(model_type, num_labels=3, from_scratch=True, config_overrides=TINY_RESNET, image_size=32)
+        inputs = {"pixel_values": torch.randn(2, 3, 32, 32)}
+    else:
+        model = build_model(model_type, num_labels=3, from_scratch=True, config_overrides=TINY_BERT, vocab_size=64,
+                            pad_token_id=1)
+        inputs = {"input_ids": torch.randint(0, 64, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+    names = select_layers(model, LayerSelection())
+    layer_formats = {name: formats[i % len(formats)] for i, name in enumerate(names)} if formats else {}
+    quantize_model(model, QuantSpec(names, config, layer_formats=layer_formats))
+    return model.eval(), inputs
+
+
+def torch_outputs(model, inputs) -> np.ndarray:
+    with torch.no_grad():
+        return model(**inputs).logits.numpy()
+
+
+def ort_outputs(path, inputs) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {k: v.numpy() for k, v in inputs.items()})[0]
+
+
+def assert_agrees(onnx_logits: np.ndarray, torch_logits: np.ndarray) -> None:
+    np.testing.assert_allclose(onnx_logits, torch_logits, atol=ATOL, rtol=RTOL)
+    assert not np.array_equal(torch_logits, np.zeros_like(torch_logits))
+
+
+def dq_input_types(path) -> set[int]:
+    model = onnx.load(str(path))
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    return {types[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in types}
+
+
+def test_resnet_with_every_expressible_format_matches_onnxruntime(tmp_path):
+    model, inputs = tiny("resnet18", QuantConfig(per_channel=True), SUPPORTED)
+    report = export_onnx(model, inputs, tmp_path / "m.onnx")
+    assert report.opset == 21 and report.float_layers == {} and len(report.qdq_layers) == 13
+    assert report.qdq_layers["resnet.embedder.embedder.convolution"] == ("int8", "int8")
+    # weights are stored as low-bit initializers feeding DequantizeLinear
+    assert dq_input_types(tmp_path / "m.onnx") == {T.INT8, T.INT4, T.FLOAT8E4M3FN, T.FLOAT8E5M2, T.INT16}
+    initializer_types = {t.data_type for t in onnx.load(str(tmp_path / "m.onnx")).graph.initializer}
+    assert {T.BFLOAT16, T.FLOAT16} <= initializer_types
+    assert report.num_quantize_linear > 0 and report.file_bytes == os.path.getsize(tmp_path / "m.onnx")
+    assert_agrees(ort_outputs(tmp_path / "m.onnx", inputs), torch_outputs(model, inputs))
+    assert isinstance(model.resnet.embedder.embedder.convolution, QuantConv2d)  # the model is restored
+
+
+def test_bert_per_token_and_dynamic_shapes_match_onnxruntime(tmp_path):
+    formats = [("int8", "int8"), ("int4", "int8"), ("fp8_e4m3", "fp8_e4m3"), ("int4", "int4")]
+    model, inputs = tiny("bert", QuantConfig(per_channel=True, per_token=True), formats)
+    report = export_onnx(model, inputs, tmp_path / "m.onnx")
+    assert report.opset == 21 and len(report.qdq_layers) == 14
+    assert_agrees(ort_outputs(tmp_path / "m.onnx", inputs), torch_outputs(model, inputs))
+    other = {"input_ids": torch.randint(0, 64, (3, 11)), "attention_mask": torch.ones(3, 11, dtype=torch.long)}
+    other["attention_mask"][0, 6:] = 0
+    assert_agrees(ort_outputs(tmp_path / "m.onnx", other), torch_outputs(model, other))
+
+
+def test_fp4_exports_at_opset_23_and_matches_the_onnx_reference(tmp_path):
+    # onnxruntime 1.32's CPU provider has no FLOAT4E2M1 Q/DQ kernels, so the ONNX reference evaluator runs it
+    model, inputs = tiny("resnet18", QuantConfig("fp4", "fp4", per_channel=True))
+    report = export_onnx(model, inputs, tmp_path / "m.onnx")
+    assert report.opset == 23 and dq_input_types(tmp_path / "m.onnx") == {T.FLOAT4E2M1}
+    got = ReferenceEvaluator(str(tmp_path / "m.onnx")).run(["logits"], {k: v.numpy() for k, v in inputs.items()})[0]
+    np.testing.assert_allclose(got, torch_outputs(model, inputs), atol=ATOL, rtol=RTOL)
+
+
+def test_unsupported_formats_are_listed():
+    model, inputs = tiny("bert", QuantConfig("int8", "int8"))
+    layers = quantized_layers(model)
+    layers["bert.encoder.layer.0.attention.self.query"].set_formats(parse_format("fp6_e2m3"), parse_format("int8"))
+    layers["bert.encoder.layer.0.attention.self.key"].set_formats(parse_format("int8"), parse_format("e3m4"))
+    layers["bert.encoder.layer.1.output.dense"].set_formats(parse_format("int3"), parse_format("e2m5"))
+    layers["classifier"].act_range_percentile = 99.0
+    with pytest.raises(OnnxFormatError) as error:
+        export_onnx(model, inputs, "unused.onnx")
+    message = str(error.value)
+    assert message.startswith("4 quantized layers cannot be exported to ONNX (no ONNX form):\n")
+    assert "  bert.encoder.layer.0.attention.self.query: weight format fp6_e2m3 has no ONNX type\n" in message
+    assert "  bert.encoder.layer.0.attention.self.key: activation format fp8_e3m4 has no ONNX type\n" in message
+    assert ("  bert.encoder.layer.1.output.dense: weight format int3 has no ONNX type; activation format e2m5 has no "
+            "ONNX type\n") in message
+    assert "  classifier: act_range_percentile 99.0 (dynamic Q/DQ computes abs-max scales only)\n" in message
+    assert "int4 (opset 21)" in message and "pass unsupported='float' (--onnx_unsupported float)" in message
+    with pytest.raises(OnnxFormatError, match=r"cannot be exported to ONNX at opset 19:\n  bert.*: needs opset 21"):
+        export_onnx(tiny("bert", QuantConfig("int4", "int8"))[0], inputs, "unused.onnx", opset=19)
+    with pytest.raises(ValueError, match="unsupported must be 'raise' or 'float', got 'skip'"):
+        export_onnx(model, inputs, "unused.onnx", unsupported="skip")
+    with pytest.raises(ValueError, match=r"opset 99 is outside \[18, "):
+        export_onnx(tiny("bert", QuantConfig("int8", "int8"))[0], inputs, "unused.onnx", opset=99)
+
+
+def test_float_fallback_exports_the_dequantized_weights_with_float_activations(tmp_path):
+    model, inputs = tiny("resnet18", QuantConfig(per_channel=True), [("int8", "int8"), ("fp6_e3m2", "int8"),
+                                                                      ("int4", "e3m4")])
+    report = export_onnx(model, inputs, tmp_path / "m.onnx", unsupported="float")
+    assert len(report.float_layers) == 8 and len(report.qdq_layers) == 5
+    assert report.float_layers["resnet.encoder.stages.0.layers.0.layer.0.convolution"] == \
+        "weight format fp6_e3m2 has no ONNX type"
+    assert "8 layers exported in float" in report.summary()
+    for name in report.float_layers:  # the reference: the same model without those activation quantizers
+        layer = quantized_layers(model)[name]
+        layer.set_formats(layer.weight_format, NO_QUANT)
+    assert_agrees(ort_outputs(tmp_path / "m.onnx", inputs), torch_outputs(model, inputs))
+
+
+@pytest.mark.parametrize("weight, act", SUPPORTED + [("fp4", "fp4"), ("int2", "int2"), ("int4", "fp8_e5m2")])
+@pytest.mark.parametrize("per_channel, per_token", [(False, False), (True, True)])
+def test_export_layers_compute_exactly_the_fake_quant(weight, act, per_channel, per_token):
+    torch.manual_seed(0)
+    config = QuantConfig(weight, act, per_channel=per_channel, per_token=per_token)
+    cases = [(QuantLinear.from_float(nn.Linear(6, 5), config), torch.randn(2, 3, 6)),
+             (QuantConv1D.from_float(Conv1D(5, 6), config), torch.randn(2, 3, 6)),
+             (QuantConv2d.from_float(nn.Conv2d(4, 3, 3, padding=1), config), torch.randn(2, 4, 5, 5))]
+    for layer, x in cases:
+        with torch.no_grad():
+            assert torch.equal(_QDQLayer(layer, as_float=False)(x), layer(x)), type(layer).__name__
+
+
+def test_example_inputs():
+    bert, _ = tiny("bert", QuantConfig("int8", "int8"))
+    text = example_inputs_for(bert, seq_len=5)
+    assert text["input_ids"].tolist() == [[0, 1, 2, 3, 4]] and text["attention_mask"].tolist() == [[1] * 5]
+    resnet, _ = tiny("resnet18", QuantConfig("int8", "int8"))
+    assert example_inputs_for(resnet, image_size=24)["pixel_values"].shape == (1, 3, 24, 24)
+
+    class Processor:
+        crop_size = {"height": 40, "width": 40}
+
+    assert example_inputs_for(resnet, Processor())["pixel_values"].shape == (1, 3, 40, 40)
+    with pytest.raises(ValueError, match="cannot tell the image size of ResNetForImageClassification.*--image_size N"):
+        example_inputs_for(resnet)
+
+
+def test_cli_writes_checkpoint_and_onnx_together(tmp_path, capsys):
+    model, inputs = tiny("resnet18", QuantConfig("int4", "int8", per_channel=True))
+    main([str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--onnx", "--image_size", "32"],
+         load_run=lambda run_dir: (model, None))
+    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.onnx", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # no temporary directories left
+    printed = capsys.readouterr().out
+    assert f"{tmp_path / 'out' / 'model.onnx'}: opset 21, 13 layers with Q/DQ" in printed
+    loaded = load_quantized_checkpoint(tmp_path / "out")
+    np.testing.assert_allclose(ort_outputs(tmp_path / "out" / "model.onnx", inputs), torch_outputs(loaded, inputs),
+                               atol=ATOL, rtol=RTOL)
+    model.resnet.embedder.embedder.convolution.set_formats(parse_format("e3m4"), parse_format("int8"))
+    with pytest.raises(OnnxFormatError, match="1 quantized layers cannot be exported"):
+        main([str(tmp_path / "run"), "--out", str(tmp_path / "out2"), "--onnx", "--image_size", "32"],
+             load_run=lambda run_dir: (model, None))
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # the ONNX failure left no checkpoint behind
