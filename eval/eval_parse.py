@@ -75,6 +75,9 @@ def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
                    help="warm-up steps with uniformly sampled formats before the policy learns (default: 25%% "
                    "of the training steps)")
     g.add_argument("--rl_learning_rate", type=float, default=0.05, help="Adam learning rate of the policy")
+    g.add_argument("--precision_warmup", action=argparse.BooleanOptionalAction, default=True,
+                   help="during --delay_steps, use the most precise format with a probability falling from 1 to 0 "
+                   "(else uniform), so the shared weights learn the task before coping with every format")
     g.add_argument("--cost_beta", type=float, default=None,
                    help="strength of the cost term: > 0 for tunas_abs/one_sided_tunas_abs (default 1.0), < 0 "
                    "for the exponential forms (default -0.07, as in MnasNet)")

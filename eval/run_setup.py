@@ -214,6 +214,7 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, comp
     config = ReinforceConfig(
         cost_target=setup.cost_target, cost_type=setup.cost_type, cost_function=args.cost_function,
         cost_beta=args.cost_beta, rl_learning_rate=args.rl_learning_rate, delay_steps=delay,
+        precision_warmup=args.precision_warmup,
         max_entropy_beta=args.max_entropy_beta, entropy_schedule=args.entropy_schedule_type,
         baseline_decay=args.baseline_decay, advantage=args.advantage, reward_metric=args.reward_metric,
         reward_source=args.reward_source, policy_temperature=args.policy_temperature, policy_seed=args.seed)

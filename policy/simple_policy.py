@@ -191,6 +191,18 @@ class SimplePolicy(nn.Module):
         scores = scores.masked_fill(~self.mask.cpu(), float("-inf"))
         return self._sample(self.log_probabilities(), scores, generator)
 
+    def sample_warmup(self, generator: torch.Generator, preferred: torch.Tensor,
+                      preferred_probability: float) -> PolicySample:
+        """Like `sample_uniform`, but decision d takes option `preferred[d]` with probability
+        `preferred_probability` (and otherwise a uniformly drawn allowed option)."""
+        if not 0.0 <= preferred_probability <= 1.0:
+            raise ValueError(f"preferred_probability={preferred_probability!r} must be in [0, 1]")
+        preferred = self._validated_indices(preferred).cpu()
+        allowed = self.mask.cpu().double()
+        mixture = (1.0 - preferred_probability) * allowed / allowed.sum(dim=1, keepdim=True)
+        mixture[torch.arange(self.num_decisions), preferred] += preferred_probability
+        return self._sample(self.log_probabilities(), mixture.log(), generator)
+
     def _sample(
         self, log_probs: torch.Tensor, scores: torch.Tensor, generator: torch.Generator
     ) -> PolicySample:

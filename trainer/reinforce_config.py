@@ -54,6 +54,10 @@ class ReinforceConfig:
         negative for the exponential forms (as in MnasNet).
     delay_steps: warm-up steps with uniformly sampled formats and no policy update, so the
         shared weights learn to work in every format before the policy starts judging them.
+    precision_warmup: during the delay, each decision uses the most precise format of the
+        search space with a probability falling linearly from 1 to 0 (else a uniform draw), so
+        the shared weights learn the task before they must cope with every format (after
+        TuNAS's filter warm-up). Matters when the space holds a destructive format such as INT2.
     max_entropy_beta / entropy_schedule: the entropy penalty, 0 during the delay, rising to
         max_entropy_beta (positive values push every decision to converge).
     baseline_decay: EMA decay of the baseline (of the reward for advantage 'global', of the
@@ -68,6 +72,7 @@ class ReinforceConfig:
     cost_beta: float = 1.0
     rl_learning_rate: float = 0.05
     delay_steps: int = 0
+    precision_warmup: bool = True
     max_entropy_beta: float = 0.0
     entropy_schedule: EntropySchedule = EntropySchedule.LINEAR
     baseline_decay: float = 0.9

@@ -170,7 +170,7 @@ class ReinforceTrainer(Trainer):
         config = self.reinforce_config
         step = self.state.global_step
         searching = step >= config.delay_steps
-        sample = self.policy.sample(self.sample_generator) if searching else self.policy.sample_uniform(self.sample_generator)
+        sample = self.policy.sample(self.sample_generator) if searching else self._warmup_sample(step)
         self.apply_option_indices(sample.indices)
         buffers = self._snapshot_buffers(model)
 
@@ -193,6 +193,14 @@ class ReinforceTrainer(Trainer):
             self.non_finite_steps += 1
         self._update_policy(sample, quality_value if finite else None, step, searching)
         return loss
+
+    def _warmup_sample(self, step: int) -> PolicySample:
+        if not self.reinforce_config.precision_warmup:
+            return self.policy.sample_uniform(self.sample_generator)
+        most_precise = max(range(self.search_space.num_options), key=lambda k: self.search_space.formats[k].bits)
+        preferred = torch.full((self.search_space.num_decisions,), most_precise, dtype=torch.long)
+        probability = 1.0 - step / self.reinforce_config.delay_steps
+        return self.policy.sample_warmup(self.sample_generator, preferred, probability)
 
     def _update_policy(self, sample: PolicySample, quality: float | None, step: int, searching: bool) -> None:
         config = self.reinforce_config

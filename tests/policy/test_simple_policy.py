@@ -233,3 +233,21 @@ def test_sample_rejects_a_non_generator():
         policy.sample(0)
     with pytest.raises(ValueError, match=r"generator must be a torch.Generator, got NoneType"):
         policy.sample_uniform(None)
+
+
+def test_sample_warmup_mixes_the_preferred_option_with_uniform_draws():
+    policy = SimplePolicy(4, 3)
+    preferred = torch.tensor([2, 0, 1, 2])
+    always = policy.sample_warmup(torch.Generator().manual_seed(0), preferred, 1.0)
+    assert torch.equal(always.indices, preferred)
+    # With probability 0 it is exactly the uniform draw (the Gumbel-max argmax ignores a constant).
+    never = policy.sample_warmup(torch.Generator().manual_seed(5), preferred, 0.0)
+    assert torch.equal(never.indices, policy.sample_uniform(torch.Generator().manual_seed(5)).indices)
+    generator = torch.Generator().manual_seed(1)
+    hits = sum(int((policy.sample_warmup(generator, preferred, 0.4).indices == preferred).sum()) for _ in range(2000))
+    assert abs(hits / 8000 - (0.4 + 0.6 / 3)) < 0.02
+    with pytest.raises(ValueError, match=r"preferred_probability=1.5 must be in \[0, 1\]"):
+        policy.sample_warmup(generator, preferred, 1.5)
+    masked = SimplePolicy(1, 3, mask=torch.tensor([[True, False, True]]))
+    draws = {int(masked.sample_warmup(generator, torch.tensor([0]), 0.5).indices) for _ in range(200)}
+    assert draws == {0, 2}

@@ -1,0 +1,290 @@
+"""From a task name to Trainer-ready datasets: load (built-in, local files, disk, hub), subsample,
+carve a held-out split for the search's reward, tokenize text or transform images, collate.
+
+Every loader returns a `DatasetDict` with exactly "train" and "validation" (the task's
+evaluation split renamed), with the task's raw columns checked and its preparer applied.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from eval.builtin_tasks import load_builtin_task
+from eval.hub import hub_offline_flag_set, hub_reachable, require_hub
+from eval.tasks import BUILTIN_TASK_NAMES, TaskSpec, get_task
+from eval.vision_utils import ImageTransformConfig, collate_vision, make_batch_transform
+
+LOCAL_FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+SPLITS = ("train", "validation")
+
+
+def _piqa_solutions(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """piqa as one pair: (goal, "1) sol1 2) sol2"); the label stays the index of the right one."""
+    return {"solutions": [f"1) {a} 2) {b}" for a, b in zip(batch["sol1"], batch["sol2"])]}
+
+
+# Column preparation by TaskSpec.preparer: batch -> new columns (added next to the raw ones).
+PREPARERS: dict[str, Callable[[dict[str, list[Any]]], dict[str, list[Any]]]] = {
+    "piqa_solutions": _piqa_solutions,
+}
+
+
+def data_ways_out(task: TaskSpec) -> list[str]:
+    """What to do instead of downloading `task` from the hub (used in error messages)."""
+    ways = [
+        f"pass --train_file and --validation_file (csv/json/jsonl/parquet with columns "
+        f"{list(task.required_columns)})",
+        "pass --dataset_path, a folder written by DatasetDict.save_to_disk with splits 'train' and "
+        + (f"'{task.eval_split}' (or 'validation')" if task.eval_split != "validation" else "'validation'"),
+        f"use a built-in offline task: --task {' or --task '.join(BUILTIN_TASK_NAMES)}",
+    ]
+    if not hub_offline_flag_set():
+        ways.append("set HF_HUB_OFFLINE=1 to use a copy already in the datasets cache")
+    if task.gated:
+        ways.append(f"{task.hub_path} is gated: online, accept its terms at "
+                    f"https://huggingface.co/datasets/{task.hub_path} and log in (`hf auth login` or HF_TOKEN)")
+    return ways
+
+
+def _check_columns(ds: datasets.Dataset, task: TaskSpec, source: str) -> None:
+    missing = [c for c in task.required_columns if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{source} lacks columns {missing} needed by task {task.name!r} "
+                         f"(it has {ds.column_names}); rename its columns to {list(task.required_columns)}")
+
+
+def _check_labels(ds: datasets.Dataset, task: TaskSpec, source: str) -> None:
+    labels = list(ds[task.label_column])
+    if any(label is None for label in labels):
+        raise ValueError(f"{source} has missing values in label column {task.label_column!r}; drop or fill them")
+    if task.is_regression:
+        if not all(isinstance(label, (int, float)) for label in labels):
+            raise ValueError(f"{source}: task {task.name!r} is a regression; labels in "
+                             f"{task.label_column!r} must be numbers")
+        return
+    # bool is an int subclass: boolq's answers pass as 0/1.
+    bad = sorted({label for label in labels
+                  if not isinstance(label, (int, np.integer)) or not 0 <= label < task.num_labels}, key=str)
+    if bad:
+        raise ValueError(f"{source}: labels in {task.label_column!r} must be class ids 0..{task.num_labels - 1} "
+                         f"for task {task.name!r}, found {bad[:10]}; map them to integers first")
+
+
+def _load_local_file(path: str | os.PathLike[str]) -> datasets.Dataset:
+    path = Path(path)
+    builder = LOCAL_FILE_BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise ValueError(f"cannot read {str(path)!r}: the extension must be one of {sorted(LOCAL_FILE_BUILDERS)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
+    return datasets.load_dataset(builder, data_files=str(path), split="train")
+
+
+def _load_local_files(train_file: str | os.PathLike[str],
+                      validation_file: str | os.PathLike[str]) -> datasets.DatasetDict:
+    return datasets.DatasetDict({"train": _load_local_file(train_file),
+                                 "validation": _load_local_file(validation_file)})
+
+
+def _load_from_disk(dataset_path: str | os.PathLike[str], task: TaskSpec) -> datasets.DatasetDict:
+    if not Path(dataset_path).exists():
+        raise FileNotFoundError(f"--dataset_path {str(dataset_path)!r} does not exist")
+    loaded = datasets.load_from_disk(str(dataset_path))
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise ValueError(f"--dataset_path {str(dataset_path)!r} holds a single Dataset; save a DatasetDict "
+                         f"with splits 'train' and '{task.eval_split}' (or 'validation')")
+    eval_split = task.eval_split if task.eval_split in loaded else "validation"
+    missing = [s for s in ("train", eval_split) if s not in loaded]
+    if missing:
+        raise ValueError(f"--dataset_path {str(dataset_path)!r} lacks splits {missing} (it has "
+                         f"{list(loaded)}); it needs 'train' and '{task.eval_split}' or 'validation'")
+    return datasets.DatasetDict({"train": loaded["train"], "validation": loaded[eval_split]})
+
+
+def _load_from_hub(task: TaskSpec) -> datasets.DatasetDict:
+    config = f" (config {task.hub_config})" if task.hub_config else ""
+    what = f"Task {task.name!r}: dataset {task.hub_path}{config}"
+
+    def load() -> datasets.DatasetDict:
+        train, validation = datasets.load_dataset(task.hub_path, task.hub_config,
+                                                  split=[task.train_split, task.eval_split])
+        return datasets.DatasetDict({"train": train, "validation": validation})
+
+    if not hub_reachable():
+        if hub_offline_flag_set():
+            try:  # offline mode: the datasets library reads its cache without the network
+                return load()
+            except (OSError, ValueError):
+                pass
+        require_hub(what + (", not in the local datasets cache," if hub_offline_flag_set() else ""),
+                    data_ways_out(task))
+    if task.gated:
+        from huggingface_hub import get_token
+        if get_token() is None:
+            raise PermissionError(f"{task.hub_path} is gated: accept its terms at "
+                                  f"https://huggingface.co/datasets/{task.hub_path}, then log in with "
+                                  "`hf auth login` or set HF_TOKEN")
+    return load()
+
+
+def _validate_max_samples(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ValueError(f"{name}={value!r} must be a positive integer, or None for the whole split")
+
+
+def subsample(ds: datasets.Dataset, max_samples: int | None, seed: int) -> datasets.Dataset:
+    """A seeded random subset of `max_samples` rows, in their original order (all rows if fewer)."""
+    _validate_max_samples("max_samples", max_samples)
+    if max_samples is None or max_samples >= len(ds):
+        return ds
+    indices = np.random.default_rng(seed).choice(len(ds), size=max_samples, replace=False)
+    return ds.select(np.sort(indices))
+
+
+def load_raw_datasets(
+    task: TaskSpec | str,
+    *,
+    train_file: str | os.PathLike[str] | None = None,
+    validation_file: str | os.PathLike[str] | None = None,
+    dataset_path: str | os.PathLike[str] | None = None,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    seed: int = 42,
+) -> datasets.DatasetDict:
+    """The task's raw "train" and "validation" splits from the first source given.
+
+    Sources: local files (`train_file` and `validation_file`, columns named as the task's),
+    `dataset_path` (a `save_to_disk` folder), the built-in generator (built-in tasks), else the
+    hub, which fails within seconds offline with a message naming these ways out.
+    """
+    task = get_task(task) if isinstance(task, str) else task
+    _validate_max_samples("max_train_samples", max_train_samples)
+    _validate_max_samples("max_eval_samples", max_eval_samples)
+    local_files = train_file is not None or validation_file is not None
+    if local_files and (train_file is None or validation_file is None):
+        raise ValueError("pass both --train_file and --validation_file (got only "
+                         f"{'--train_file' if train_file is not None else '--validation_file'})")
+    if local_files and dataset_path is not None:
+        raise ValueError("pass either --train_file/--validation_file or --dataset_path, not both")
+    if task.builtin and (local_files or dataset_path is not None):
+        raise ValueError(f"task {task.name!r} is built in and generates its own data; drop "
+                         "--train_file/--validation_file/--dataset_path, or pick a task whose columns "
+                         "your data has (e.g. --task sst2 for columns sentence, label)")
+    if local_files:
+        raw, source = _load_local_files(train_file, validation_file), {"train": f"train file {str(train_file)!r}",
+                                                                      "validation": f"validation file {str(validation_file)!r}"}
+    elif dataset_path is not None:
+        raw, source = _load_from_disk(dataset_path, task), {s: f"{s} split of {str(dataset_path)!r}" for s in SPLITS}
+    elif task.builtin:
+        raw, source = load_builtin_task(task.name), {s: f"built-in {task.name} {s}" for s in SPLITS}
+    else:
+        raw, source = _load_from_hub(task), {s: f"{task.hub_path} {s}" for s in SPLITS}
+    raw = datasets.DatasetDict({
+        "train": subsample(raw["train"], max_train_samples, seed),
+        "validation": subsample(raw["validation"], max_eval_samples, seed),
+    })
+    for split in SPLITS:
+        _check_columns(raw[split], task, source[split])
+        _check_labels(raw[split], task, source[split])
+    if task.preparer is not None:
+        if task.preparer not in PREPARERS:
+            raise ValueError(f"task {task.name!r} names preparer {task.preparer!r}; known: {sorted(PREPARERS)}")
+        raw = raw.map(PREPARERS[task.preparer], batched=True, desc=f"preparing {task.name}")
+    return raw
+
+
+def carve_heldout(train: datasets.Dataset, fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Split `train` into (train, heldout), heldout a seeded random `fraction` of the rows.
+
+    The search's reward is measured on `heldout`, never on the evaluation split.
+    """
+    if not 0.0 < fraction <= 0.5:
+        raise ValueError(f"heldout fraction={fraction} must be in (0, 0.5]")
+    num_heldout = int(round(fraction * len(train)))
+    if num_heldout < 1 or num_heldout >= len(train):
+        raise ValueError(f"heldout fraction={fraction} of {len(train)} training rows leaves an empty split; "
+                         "use a larger training set or fraction")
+    order = np.random.default_rng(seed).permutation(len(train))
+    heldout_idx, train_idx = np.sort(order[:num_heldout]), np.sort(order[num_heldout:])
+    return train.select(train_idx), train.select(heldout_idx)
+
+
+def training_texts(train: datasets.Dataset, task: TaskSpec) -> list[str]:
+    """Every text of the task's text columns, to build a word-level vocabulary from."""
+    if task.modality != "text":
+        raise ValueError(f"task {task.name!r} is a {task.modality} task; it has no texts")
+    return [text for column in task.text_columns for text in train[column]]
+
+
+def label_names(train: datasets.Dataset, task: TaskSpec) -> list[str] | None:
+    """Class names for the model config's id2label: the ClassLabel names, else "0".."n-1";
+    None for regression."""
+    if task.is_regression:
+        return None
+    feature = train.features.get(task.label_column)
+    if isinstance(feature, datasets.ClassLabel) and feature.num_classes == task.num_labels:
+        return list(feature.names)
+    return [str(i) for i in range(task.num_labels)]
+
+
+def tokenize_dataset(ds: datasets.Dataset, task: TaskSpec, tokenizer: PreTrainedTokenizerBase,
+                     max_seq_length: int) -> datasets.Dataset:
+    """Tokenize the task's text column (or pair), truncated to `max_seq_length`, unpadded (the
+    collator pads per batch); labels become `labels`, int (classification) or float (regression)."""
+    if task.modality != "text":
+        raise ValueError(f"task {task.name!r} is a {task.modality} task; use prepare_vision_datasets")
+    if max_seq_length < 2:
+        raise ValueError(f"max_seq_length={max_seq_length} must be >= 2 (room for [CLS] and [SEP])")
+    _check_columns(ds, task, "dataset to tokenize")
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        texts = [batch[column] for column in task.text_columns]
+        for column, values in zip(task.text_columns, texts):
+            if any(not isinstance(v, str) for v in values):
+                raise ValueError(f"text column {column!r} of task {task.name!r} has non-text values "
+                                 "(missing or numbers); drop or fill them before tokenizing")
+        encoded = dict(tokenizer(*texts, truncation=True, max_length=max_seq_length))
+        cast = float if task.is_regression else int
+        encoded["labels"] = [cast(label) for label in batch[task.label_column]]
+        return encoded
+
+    return ds.map(encode, batched=True, remove_columns=ds.column_names, desc=f"tokenizing {task.name}")
+
+
+def prepare_text_datasets(raw: datasets.DatasetDict, task: TaskSpec, tokenizer: PreTrainedTokenizerBase,
+                          max_seq_length: int) -> datasets.DatasetDict:
+    return datasets.DatasetDict({split: tokenize_dataset(ds, task, tokenizer, max_seq_length)
+                                 for split, ds in raw.items()})
+
+
+def prepare_vision_dataset(ds: datasets.Dataset, task: TaskSpec, config: ImageTransformConfig) -> datasets.Dataset:
+    """Columns `pixel_values` (transformed lazily on access) and `labels`; others dropped."""
+    if task.modality != "vision":
+        raise ValueError(f"task {task.name!r} is a {task.modality} task; use prepare_text_datasets")
+    _check_columns(ds, task, "dataset to transform")
+    ds = ds.select_columns([task.image_column, task.label_column])
+    ds = ds.rename_columns({task.image_column: "pixel_values", task.label_column: "labels"})
+    return ds.with_transform(make_batch_transform(config))
+
+
+def prepare_vision_datasets(raw: datasets.DatasetDict, task: TaskSpec,
+                            config: ImageTransformConfig) -> datasets.DatasetDict:
+    return datasets.DatasetDict({split: prepare_vision_dataset(ds, task, config) for split, ds in raw.items()})
+
+
+def build_data_collator(task: TaskSpec, tokenizer: PreTrainedTokenizerBase | None = None) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """Dynamic padding for text (needs a pad token), stacking for images."""
+    if task.modality == "vision":
+        return collate_vision
+    if tokenizer is None:
+        raise ValueError(f"text task {task.name!r} needs the tokenizer to pad batches")
+    if tokenizer.pad_token is None:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no pad token; set one first, e.g. "
+                         "tokenizer.pad_token = tokenizer.eos_token (GPT-2), and model.config.pad_token_id")
+    return DataCollatorWithPadding(tokenizer)

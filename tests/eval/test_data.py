@@ -1,0 +1,249 @@
+"""Data loading (local files, save_to_disk, built-in, hub offline), subsets, held-out split,
+tokenization, vision preparation and collators."""
+import time
+
+import datasets
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from eval.data import (
+    build_data_collator, carve_heldout, label_names, load_raw_datasets, prepare_text_datasets,
+    prepare_vision_datasets, subsample, tokenize_dataset, training_texts)
+from eval.hub import HubUnreachableError
+from eval.tasks import get_task
+from eval.text_tokenizer import build_word_level_tokenizer
+from eval.vision_utils import ImageTransformConfig
+
+SST2_TRAIN = pd.DataFrame({"sentence": ["a good movie", "a bad movie", "great fun", "dull"],
+                           "label": [1, 0, 1, 0], "idx": [0, 1, 2, 3]})
+SST2_VAL = pd.DataFrame({"sentence": ["good fun", "bad"], "label": [1, 0]})
+
+
+def write(frame: pd.DataFrame, path) -> str:
+    suffix = str(path).rsplit(".", 1)[1]
+    if suffix == "csv":
+        frame.to_csv(path, index=False)
+    elif suffix == "json":
+        frame.to_json(path, orient="records")
+    elif suffix == "jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_parquet(path, index=False)
+    return str(path)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "json", "jsonl", "parquet"])
+def test_local_files(tmp_path, suffix):
+    raw = load_raw_datasets("sst2", train_file=write(SST2_TRAIN, tmp_path / f"train.{suffix}"),
+                            validation_file=write(SST2_VAL, tmp_path / f"val.{suffix}"))
+    assert list(raw) == ["train", "validation"]
+    assert list(raw["train"]["sentence"]) == list(SST2_TRAIN["sentence"])
+    assert list(raw["train"]["label"]) == [1, 0, 1, 0]
+    assert list(raw["validation"]["sentence"]) == ["good fun", "bad"]
+
+
+def test_local_file_errors(tmp_path):
+    train = write(SST2_TRAIN, tmp_path / "train.csv")
+    no_label = write(SST2_VAL.drop(columns="label"), tmp_path / "val.csv")
+    with pytest.raises(ValueError, match=r"validation file .*val.csv' lacks columns \['label'\] needed by task "
+                                         r"'sst2' \(it has \['sentence'\]\); rename its columns to \['sentence', 'label'\]"):
+        load_raw_datasets("sst2", train_file=train, validation_file=no_label)
+    with pytest.raises(ValueError, match=r"lacks columns \['sentence1', 'sentence2'\] needed by task 'mrpc'"):
+        load_raw_datasets("mrpc", train_file=train, validation_file=train)
+    with pytest.raises(ValueError, match=r"extension must be one of \['.csv', '.json', '.jsonl', '.parquet'\]"):
+        load_raw_datasets("sst2", train_file=train, validation_file=str(tmp_path / "val.tsv"))
+    with pytest.raises(FileNotFoundError, match=r"data file .*missing.csv' does not exist"):
+        load_raw_datasets("sst2", train_file=train, validation_file=str(tmp_path / "missing.csv"))
+    with pytest.raises(ValueError, match=r"pass both --train_file and --validation_file \(got only --train_file\)"):
+        load_raw_datasets("sst2", train_file=train)
+    with pytest.raises(ValueError, match=r"either --train_file/--validation_file or --dataset_path, not both"):
+        load_raw_datasets("sst2", train_file=train, validation_file=train, dataset_path=str(tmp_path))
+    with pytest.raises(ValueError, match=r"task 'digits' is built in and generates its own data"):
+        load_raw_datasets("digits", train_file=train, validation_file=train)
+
+
+def test_label_errors(tmp_path):
+    train = write(SST2_TRAIN, tmp_path / "train.csv")
+    out_of_range = write(SST2_VAL.assign(label=[1, 2]), tmp_path / "range.csv")
+    with pytest.raises(ValueError, match=r"labels in 'label' must be class ids 0..1 for task 'sst2', found \[2\]"):
+        load_raw_datasets("sst2", train_file=train, validation_file=out_of_range)
+    words = write(SST2_VAL.assign(label=["pos", "neg"]), tmp_path / "words.csv")
+    with pytest.raises(ValueError, match=r"found \['neg', 'pos'\]; map them to integers first"):
+        load_raw_datasets("sst2", train_file=train, validation_file=words)
+    missing = write(SST2_VAL.assign(label=[1, None]), tmp_path / "missing.csv")
+    with pytest.raises(ValueError, match=r"missing values in label column 'label'"):
+        load_raw_datasets("sst2", train_file=train, validation_file=missing)
+
+
+def test_save_to_disk_renames_the_eval_split(tmp_path):
+    frame = pd.DataFrame({"premise": ["p1", "p2"], "hypothesis": ["h1", "h2"], "label": [2, 0]})
+    splits = {"train": datasets.Dataset.from_pandas(frame),
+              "validation_matched": datasets.Dataset.from_pandas(frame.iloc[:1])}
+    datasets.DatasetDict(splits).save_to_disk(tmp_path / "mnli")
+    raw = load_raw_datasets("mnli", dataset_path=tmp_path / "mnli")
+    assert list(raw) == ["train", "validation"]
+    assert list(raw["validation"]["premise"]) == ["p1"] and list(raw["train"]["label"]) == [2, 0]
+    datasets.DatasetDict({"train": splits["train"], "validation": splits["train"]}).save_to_disk(tmp_path / "plain")
+    assert load_raw_datasets("mnli", dataset_path=tmp_path / "plain")["validation"].num_rows == 2
+
+
+def test_save_to_disk_errors(tmp_path):
+    single = datasets.Dataset.from_pandas(SST2_VAL)
+    single.save_to_disk(tmp_path / "single")
+    with pytest.raises(ValueError, match=r"holds a single Dataset; save a DatasetDict"):
+        load_raw_datasets("sst2", dataset_path=tmp_path / "single")
+    datasets.DatasetDict({"train": single}).save_to_disk(tmp_path / "only_train")
+    with pytest.raises(ValueError, match=r"lacks splits \['validation'\] \(it has \['train'\]\)"):
+        load_raw_datasets("sst2", dataset_path=tmp_path / "only_train")
+    with pytest.raises(FileNotFoundError, match=r"--dataset_path .*nowhere' does not exist"):
+        load_raw_datasets("sst2", dataset_path=tmp_path / "nowhere")
+
+
+def test_max_samples_are_seeded_random_subsets():
+    full = load_raw_datasets("synth-sentiment")
+    a = load_raw_datasets("synth-sentiment", max_train_samples=50, max_eval_samples=20, seed=3)
+    b = load_raw_datasets("synth-sentiment", max_train_samples=50, max_eval_samples=20, seed=3)
+    c = load_raw_datasets("synth-sentiment", max_train_samples=50, max_eval_samples=20, seed=4)
+    assert (a["train"].num_rows, a["validation"].num_rows) == (50, 20)
+    assert list(a["train"]["sentence"]) == list(b["train"]["sentence"])
+    assert list(a["train"]["sentence"]) != list(c["train"]["sentence"])
+    expected = np.sort(np.random.default_rng(3).choice(4000, size=50, replace=False))
+    assert list(a["train"]["sentence"]) == [full["train"][int(i)]["sentence"] for i in expected]
+    assert list(a["train"]["sentence"]) != list(full["train"]["sentence"][:50])  # not the first rows
+    assert subsample(full["validation"], 5000, seed=0).num_rows == 1000
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, True])
+def test_max_samples_validation(value):
+    with pytest.raises(ValueError, match=rf"max_train_samples={value!r} must be a positive integer"):
+        load_raw_datasets("synth-sentiment", max_train_samples=value)
+
+
+def test_carve_heldout_sizes_disjoint_and_seeded():
+    train = datasets.Dataset.from_dict({"x": list(range(100))})
+    rest, heldout = carve_heldout(train, 0.1, seed=5)
+    assert (rest.num_rows, heldout.num_rows) == (90, 10)
+    assert set(rest["x"]).isdisjoint(heldout["x"]) and set(rest["x"]) | set(heldout["x"]) == set(range(100))
+    assert list(rest["x"]) == sorted(rest["x"])  # original order kept
+    order = np.random.default_rng(5).permutation(100)
+    assert list(heldout["x"]) == sorted(order[:10].tolist())
+    assert list(carve_heldout(train, 0.1, seed=5)[1]["x"]) == list(heldout["x"])
+    assert list(carve_heldout(train, 0.1, seed=6)[1]["x"]) != list(heldout["x"])
+    assert carve_heldout(train, 0.5, seed=0)[1].num_rows == 50
+
+
+def test_carve_heldout_errors():
+    train = datasets.Dataset.from_dict({"x": list(range(10))})
+    for fraction in (0.0, 0.6, -0.1):
+        with pytest.raises(ValueError, match=rf"heldout fraction={fraction} must be in \(0, 0.5\]"):
+            carve_heldout(train, fraction, seed=0)
+    with pytest.raises(ValueError, match=r"fraction=0.01 of 10 training rows leaves an empty split"):
+        carve_heldout(train, 0.01, seed=0)
+
+
+def test_hub_fails_fast_offline_naming_the_ways_out():
+    start = time.perf_counter()
+    with pytest.raises(HubUnreachableError) as error:
+        load_raw_datasets("sst2")
+    assert time.perf_counter() - start < 10
+    message = str(error.value)
+    assert "Task 'sst2': dataset nyu-mll/glue (config sst2), not in the local datasets cache," in message
+    for way_out in ("--train_file and --validation_file", "columns ['sentence', 'label']", "--dataset_path",
+                    "--task digits or --task synth-sentiment"):
+        assert way_out in message
+
+
+def test_gated_imagenet_message_says_to_log_in():
+    with pytest.raises(HubUnreachableError, match=r"ILSVRC/imagenet-1k is gated: .*accept its terms .*hf auth login"):
+        load_raw_datasets("imagenet-1k")
+
+
+def test_piqa_preparer_and_pair_tokenization(tmp_path):
+    frame = pd.DataFrame({"goal": ["open a jar"], "sol1": ["twist the lid"], "sol2": ["eat the lid"], "label": [0]})
+    path = write(frame, tmp_path / "piqa.jsonl")
+    raw = load_raw_datasets("piqa", train_file=path, validation_file=path)
+    assert raw["train"][0]["solutions"] == "1) twist the lid 2) eat the lid"
+    task = get_task("piqa")
+    tokenizer = build_word_level_tokenizer(training_texts(raw["train"], task))
+    encoded = tokenize_dataset(raw["train"], task, tokenizer, max_seq_length=64)[0]
+    tokens = tokenizer.convert_ids_to_tokens(encoded["input_ids"])
+    assert tokens == ["[CLS]", "open", "a", "jar", "[SEP]", "1", ")", "twist", "the", "lid", "2", ")", "eat",
+                      "the", "lid", "[SEP]"]
+    assert encoded["token_type_ids"] == [0] * 5 + [1] * 11 and encoded["labels"] == 0
+
+
+def test_tokenize_pairs_regression_and_truncation():
+    stsb = get_task("stsb")
+    ds = datasets.Dataset.from_dict({"sentence1": ["a b c", "d"], "sentence2": ["e", "f g"], "label": [3.5, 1]})
+    tokenizer = build_word_level_tokenizer(["a b c d e f g"])
+    encoded = tokenize_dataset(ds, stsb, tokenizer, max_seq_length=5)
+    assert encoded.column_names == ["input_ids", "token_type_ids", "attention_mask", "labels"]
+    assert encoded["labels"][:] == [3.5, 1.0] and isinstance(encoded[1]["labels"], float)
+    # Longest-first truncation trims the longer sentence of the pair.
+    assert tokenizer.convert_ids_to_tokens(encoded[0]["input_ids"]) == ["[CLS]", "a", "[SEP]", "e", "[SEP]"]
+    assert tokenizer.convert_ids_to_tokens(encoded[1]["input_ids"]) == ["[CLS]", "d", "[SEP]", "f", "[SEP]"]
+
+
+def test_boolq_bool_answers_become_int_labels():
+    boolq = get_task("boolq")
+    ds = datasets.Dataset.from_dict({"question": ["is it"], "passage": ["it is"], "answer": [True]})
+    encoded = tokenize_dataset(ds, boolq, build_word_level_tokenizer(["is it"]), max_seq_length=16)
+    assert encoded[0]["labels"] == 1 and type(encoded[0]["labels"]) is int
+
+
+def test_tokenize_errors():
+    sst2 = get_task("sst2")
+    tokenizer = build_word_level_tokenizer(["a"])
+    with pytest.raises(ValueError, match=r"text column 'sentence' of task 'sst2' has non-text values"):
+        tokenize_dataset(datasets.Dataset.from_dict({"sentence": ["a", None], "label": [0, 1]}), sst2, tokenizer, 8)
+    with pytest.raises(ValueError, match=r"max_seq_length=1 must be >= 2"):
+        tokenize_dataset(datasets.Dataset.from_dict({"sentence": ["a"], "label": [0]}), sst2, tokenizer, 1)
+    with pytest.raises(ValueError, match=r"task 'digits' is a vision task; use prepare_vision_datasets"):
+        tokenize_dataset(datasets.Dataset.from_dict({"image": [None], "label": [0]}), get_task("digits"), tokenizer, 8)
+    with pytest.raises(ValueError, match=r"task 'digits' is a vision task; it has no texts"):
+        training_texts(datasets.Dataset.from_dict({"x": [1]}), get_task("digits"))
+
+
+def test_text_pipeline_and_collator():
+    task = get_task("synth-sentiment")
+    raw = load_raw_datasets(task, max_train_samples=8, max_eval_samples=4)
+    tokenizer = build_word_level_tokenizer(training_texts(raw["train"], task))
+    ready = prepare_text_datasets(raw, task, tokenizer, max_seq_length=32)
+    collator = build_data_collator(task, tokenizer)
+    batch = collator([ready["train"][i] for i in range(4)])
+    lengths = [len(ready["train"][i]["input_ids"]) for i in range(4)]
+    assert batch["input_ids"].shape == (4, max(lengths))
+    assert batch["attention_mask"].sum(1).tolist() == lengths
+    assert batch["labels"].tolist() == list(raw["train"]["label"][:4])
+    assert label_names(raw["train"], task) == ["negative", "positive"]
+    assert label_names(raw["train"], get_task("stsb")) is None
+    no_pad = build_word_level_tokenizer(["a"])
+    no_pad.pad_token = None
+    with pytest.raises(ValueError, match=r"has no pad token; set one first, e.g. tokenizer.pad_token = tokenizer.eos_token"):
+        build_data_collator(task, no_pad)
+    with pytest.raises(ValueError, match=r"needs the tokenizer to pad batches"):
+        build_data_collator(task)
+
+
+def test_vision_pipeline_on_a_saved_cifar_like_dataset(tmp_path):
+    gray = Image.fromarray(np.full((4, 4), 51, dtype=np.uint8))
+    rgb = Image.fromarray(np.stack([np.full((4, 4), v, dtype=np.uint8) for v in (0, 102, 255)], axis=-1))
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
+    split = datasets.Dataset.from_dict({"img": [gray, rgb], "label": [3, 7]}, features=features)
+    datasets.DatasetDict({"train": split, "test": split}).save_to_disk(tmp_path / "cifar")
+    task = get_task("cifar10")
+    raw = load_raw_datasets(task, dataset_path=tmp_path / "cifar")
+    config = ImageTransformConfig(image_size=2, resize_size=2, mean=(0.0, 0.0, 0.0), std=(0.5, 0.5, 0.5))
+    ready = prepare_vision_datasets(raw, task, config)
+    assert ready["validation"].column_names == ["pixel_values", "labels"]
+    batch = build_data_collator(task)([ready["train"][0], ready["train"][1]])
+    assert batch["pixel_values"].dtype == torch.float32 and batch["labels"].tolist() == [3, 7]
+    expected_gray = torch.full((3, 2, 2), 51 / 255 / 0.5)
+    expected_rgb = torch.stack([torch.full((2, 2), v / 255 / 0.5) for v in (0, 102, 255)])
+    assert torch.allclose(batch["pixel_values"], torch.stack([expected_gray, expected_rgb]), atol=1e-6)
+    assert label_names(raw["train"], task) == [str(i) for i in range(10)]
+    with pytest.raises(ValueError, match=r"task 'sst2' is a text task; use prepare_text_datasets"):
+        prepare_vision_datasets(raw, get_task("sst2"), config)
