@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import cast
 
 import torch
 
@@ -23,64 +24,131 @@ from quant.formats import CastFormat, FloatFormat, IntFormat, NumberFormat, pars
 _FP32_TINY = torch.finfo(torch.float32).tiny
 _FP32_MANTISSA_BITS = 23
 _FP32_EXP_BIAS = 127
+_FP32_EXPONENT_FIELD = 0x7F800000  # the 8 exponent bits of a float32, in place
 
 
-def _pow2(exponent: torch.Tensor) -> torch.Tensor:
-    """2**exponent as float32, built from the bit pattern so it is exact on every device."""
-    return ((exponent + _FP32_EXP_BIAS) << _FP32_MANTISSA_BITS).view(torch.float32)
+def _float_step_(y: torch.Tensor, fmt: FloatFormat, out: torch.Tensor) -> torch.Tensor:
+    """Spacing of `fmt`'s grid at each element of float32 `y` (|y| <= fmt.max), as float32:
+    2^(max(floor(log2|y|), emin) - man_bits), built in the exponent field so it is exact.
+    Written into `out` (a float32 scratch buffer shaped like y) and returned.
+
+    Masking the exponent field gives 2^floor(log2|y|) as a bit pattern (the sign bit drops
+    out); subtracting man_bits from the field divides by 2^man_bits; the clamp lifts everything
+    below the format's normal range (its subnormals, float32 subnormals, zero) to the subnormal
+    step.
+    """
+    smallest_step = (fmt.emin - fmt.man_bits + _FP32_EXP_BIAS) << _FP32_MANTISSA_BITS
+    step = torch.bitwise_and(y.view(torch.int32), _FP32_EXPONENT_FIELD, out=out.view(torch.int32))
+    step.sub_(fmt.man_bits << _FP32_MANTISSA_BITS).clamp_(min=smallest_step)
+    return step.view(torch.float32)
+
+
+def _round_to_float_format_(y: torch.Tensor, fmt: FloatFormat, scratch: torch.Tensor) -> torch.Tensor:
+    """Round `y` (float32, clamped to +-fmt.max) in place; `scratch` is a float32 buffer shaped
+    like y that the caller gives up."""
+    step = _float_step_(y, fmt, scratch)
+    # Dividing and multiplying by a power of two are exact, so the only rounding is
+    # torch.round (half to even) on the multiple of the step.
+    return y.div_(step).round_().mul_(step)
 
 
 def round_to_float_format(y: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
     """Round float32 `y` to the nearest value of `fmt`, ties to even, saturating at +-fmt.max."""
-    y = y.clamp(-fmt.max, fmt.max)
-    # floor(log2|y|) from the float32 exponent field; float32 subnormals read as -127 and are
-    # lifted to emin like the format's own subnormals (fixed step 2^(emin - m)).
-    exponent = ((y.view(torch.int32) >> _FP32_MANTISSA_BITS) & 0xFF) - _FP32_EXP_BIAS
-    step_exponent = exponent.clamp_(min=fmt.emin) - fmt.man_bits
-    # Scaling by powers of two is exact, so the only rounding is torch.round (half to even).
-    return torch.round(y * _pow2(-step_exponent)) * _pow2(step_exponent)
+    clamped = y.clamp(-fmt.max, fmt.max)
+    return _round_to_float_format_(clamped, fmt, torch.empty_like(clamped))
 
 
 def round_to_cast_format(y: torch.Tensor, fmt: CastFormat) -> torch.Tensor:
     return y.clamp(-fmt.max, fmt.max).to(fmt.torch_dtype).to(torch.float32)
 
 
-def quantize_scaled(y: torch.Tensor, fmt: NumberFormat) -> tuple[torch.Tensor, torch.Tensor]:
-    """Q(y) and the straight-through mask for float32 `y` that is already divided by the scale."""
+def _pass_mask(outside: torch.Tensor) -> torch.Tensor:
+    """The straight-through mask from a float32 tensor that is nonzero (or NaN) exactly where
+    the value saturated (y - clamp(y)): uint8, 1 where the gradient passes.
+
+    Built without float comparisons and applied in backward as a multiply: on the CPU, ops
+    that produce or select with bool tensors cost several times a plain arithmetic pass.
+    """
+    return outside.to(torch.bool).view(torch.uint8).bitwise_xor_(1)
+
+
+def _int_rounding_bounds(fmt: IntFormat) -> tuple[float, float]:
+    """[lo, hi]: exactly the float32 values that round (half to even) onto the grid:
+    qmin - 0.5 rounds to the even qmin, qmax + 0.5 to the even qmax + 1, so hi is the float32
+    just below it. Then clamp(round(y)) == round(clamp(y, lo, hi)) for every y."""
+    hi = torch.nextafter(torch.tensor(fmt.qmax + 0.5), torch.tensor(0.0)).item()
+    return fmt.qmin - 0.5, hi
+
+
+_INT_BOUNDS: dict[IntFormat, tuple[float, float]] = {}
+
+
+def _quantize_scaled_(y: torch.Tensor, fmt: NumberFormat, need_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`quantize_scaled` on a float32 temporary the caller owns: `y` is overwritten (it may be
+    returned as Q(y)); the uint8 mask (1 = gradient passes) only when `need_mask`, else None.
+
+    INT: the gradient passes where the rounded value is on the grid (torch's convention), i.e.
+    where y is inside the rounding bounds; FP/cast: where |y| <= fmt.max. Either way, where
+    clamping y changes it; NaN counts as saturated (no gradient). Few full-size passes: the
+    CPU is memory-bound on these, so each pass saved is time saved.
+    """
     if isinstance(fmt, IntFormat):
-        q = torch.round(y)
-        # torch's convention: the gradient passes where the *rounded* value is on the grid.
-        mask = (q >= fmt.qmin) & (q <= fmt.qmax)
-        return q.clamp_(fmt.qmin, fmt.qmax), mask
-    mask = y.abs() <= fmt.max
-    if isinstance(fmt, FloatFormat):
-        return round_to_float_format(y, fmt), mask
+        bounds = _INT_BOUNDS.get(fmt)
+        if bounds is None:  # a host-side constant per format, computed once
+            bounds = _INT_BOUNDS.setdefault(fmt, _int_rounding_bounds(fmt))
+        lo, hi = bounds
+        if not need_mask:
+            return y.clamp_(lo, hi).round_(), None
+        clamped = y.clamp(lo, hi)
+        mask = _pass_mask(y.sub_(clamped))  # before rounding: y - clamp(y) is 0 inside the bounds
+        return clamped.round_(), mask
+    if not isinstance(fmt, (FloatFormat, CastFormat)):
+        raise TypeError(f"no rounding rule for format {fmt!r}")
+    if need_mask:
+        clamped = y.clamp(-fmt.max, fmt.max)
+        mask: torch.Tensor | None = _pass_mask(y.sub_(clamped))
+        scratch = y  # no longer needed: holds the step below
+    else:
+        clamped, mask = y.clamp_(-fmt.max, fmt.max), None
+        scratch = torch.empty_like(y) if isinstance(fmt, FloatFormat) else y
     if isinstance(fmt, CastFormat):
-        return round_to_cast_format(y, fmt), mask
-    raise TypeError(f"no rounding rule for format {fmt!r}")
+        return clamped.to(fmt.torch_dtype).to(torch.float32), mask
+    return _round_to_float_format_(clamped, fmt, scratch), mask
+
+
+def quantize_scaled(y: torch.Tensor, fmt: NumberFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q(y) and the straight-through mask (bool, True where the gradient passes) for float32 `y`
+    that is already divided by the scale."""
+    q, mask = _quantize_scaled_(y.clone(), fmt, need_mask=True)
+    return q, cast(torch.Tensor, mask).view(torch.bool)
 
 
 class _FakeQuantizeFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor,  # type: ignore[override]
+                can_saturate: bool) -> torch.Tensor:
         scale32 = scale.to(torch.float32)
-        y = x.to(torch.float32) * torch.reciprocal(scale32)
-        q, mask = quantize_scaled(y, fmt)
-        if x.requires_grad:
+        y = x.to(torch.float32) * torch.reciprocal(scale32)  # a fresh temporary: rounded in place
+        # The mask is the only thing backward needs: skip it when no gradient flows to x, or
+        # when no element can saturate (then it would be all ones).
+        q, mask = _quantize_scaled_(y, fmt, need_mask=ctx.needs_input_grad[0] and can_saturate)
+        if mask is not None:
             ctx.save_for_backward(mask)
-        return (q * scale32).to(x.dtype)
+        return q.mul_(scale32).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+        if not ctx.saved_tensors:  # nothing saturated: the straight-through gradient is the identity
+            return grad_output, None, None, None
         (mask,) = ctx.saved_tensors
-        return grad_output * mask, None, None
+        return grad_output * mask, None, None, None
 
 
 def fake_quantize_unchecked(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor) -> torch.Tensor:
     """`fake_quantize` without argument checks, for the per-step path (no host sync)."""
     if not fmt.quantizes:
         return x
-    return _FakeQuantizeFunction.apply(x, fmt, scale)
+    return _FakeQuantizeFunction.apply(x, fmt, scale, True)
 
 
 def _as_scale_tensor(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
@@ -131,6 +199,17 @@ def _reduce_dims(x: torch.Tensor, granularity: Granularity, keep_dim: int) -> tu
     return (keep,)  # per token: reduce over the feature dimension only
 
 
+def _abs_max_over(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """max |x| over `dims` (keepdim, float32) as max(max x, -min x): reductions that read x
+    without writing an |x| temporary (the max and min are exact, so the result is the same)."""
+    if len(dims) == x.dim():
+        low, high = torch.aminmax(x)  # one pass for the whole tensor
+        amax = torch.maximum(high, low.neg()).reshape((1,) * x.dim())
+    else:
+        amax = torch.maximum(x.amax(dim=dims, keepdim=True), x.amin(dim=dims, keepdim=True).neg_())
+    return amax.to(torch.float32)
+
+
 def abs_max(
     x: torch.Tensor, granularity: Granularity, *, dim: int = 0, range_percentile: float = 100.0
 ) -> torch.Tensor:
@@ -140,10 +219,10 @@ def abs_max(
     PER_TOKEN. A `range_percentile` in (0, 100) takes that percentile of |x| instead of the max.
     """
     granularity = Granularity(granularity)
-    a = x.detach().abs().to(torch.float32)
-    dims = _reduce_dims(a, granularity, dim)
+    dims = _reduce_dims(x, granularity, dim)
     if range_percentile >= 100.0:
-        return a.amax(dim=dims, keepdim=True)
+        return _abs_max_over(x.detach(), dims)
+    a = x.detach().abs().to(torch.float32)
     # Move the reduced dims last and take the k-th smallest of each group.
     kept = [d for d in range(a.dim()) if d not in dims]
     group_shape = [a.shape[d] for d in kept]
@@ -162,8 +241,7 @@ _MSE_FINE_STEPS = 16
 
 
 def _group_mse(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    y = x * torch.reciprocal(scale)
-    q, _ = quantize_scaled(y, fmt)
+    q, _ = _quantize_scaled_(x * torch.reciprocal(scale), fmt, need_mask=False)
     return (q * scale - x).square().mean(dim=dims, keepdim=True)
 
 
@@ -245,4 +323,9 @@ def quantize(x: torch.Tensor, fmt: NumberFormat, granularity: Granularity, *, di
     if not fmt.quantizes:
         return x
     scale = compute_scale(x, fmt, granularity, dim=dim, range_percentile=range_percentile)
-    return fake_quantize_unchecked(x, fmt, scale)
+    # With an abs-max scale, |x / scale| <= qmax * (1 + 4 ulp) < qmax + 0.5 for every finite x
+    # (or x is 0 and the scale is the floor): no element leaves the INT grid, the mask would
+    # be all ones and backward is the identity. FP formats can overshoot fmt.max by an ulp, so
+    # they keep the mask.
+    can_saturate = not (isinstance(fmt, IntFormat) and range_percentile >= 100.0)
+    return _FakeQuantizeFunction.apply(x, fmt, scale, can_saturate)

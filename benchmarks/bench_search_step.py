@@ -1,0 +1,104 @@
+"""Cost of one training step: float vs fixed-format quantized vs search, side by side.
+
+For each model of the preset, every variant gets its own Trainer on an identical copy of the
+model and the same batch; their steps are interleaved round by round (benchmarks/common.py)
+and reported as the median time and the median per-round ratio to the float step.
+
+    python -m benchmarks.bench_search_step                          # CPU preset, 1 thread
+    python -m benchmarks.bench_search_step --device cuda --preset gpu --out benchmarks/out/step_gpu.json
+
+Goals (shared/DESIGN.md): CPU search step <= 1.5x float, fixed-format step <= 1.4x float;
+GPU search step <= 1.25x float.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from typing import Any
+
+from benchmarks.common import (
+    add_runtime_args,
+    environment_info,
+    format_table,
+    median_ratio,
+    resolve_clock,
+    setup_runtime,
+    time_interleaved,
+    write_json,
+)
+from benchmarks.step_setup import StepVariant, TrainerStep, build_trainer, preset_cases
+
+DEFAULT_SEARCH_SPACE = "int4,int8,fp4_e2m1,fp8_e4m3"
+DEFAULT_FIXED_FORMATS = "int8,fp8_e4m3"
+REFERENCE = "float"
+
+
+def step_variants(fixed_formats: list[str], search_space: list[str], reward_sources: list[str]) -> list[StepVariant]:
+    variants = [StepVariant(REFERENCE, "float")]
+    variants += [StepVariant(f"fixed_{f}", "fixed", (f,)) for f in fixed_formats]
+    variants += [StepVariant(f"search_{source}", "search", tuple(search_space), source) for source in reward_sources]
+    return variants
+
+
+def run_case(case, variants: list[StepVariant], args: argparse.Namespace, device) -> dict[str, Any]:
+    steps: dict[str, TrainerStep] = {}
+    layers = 0
+    with tempfile.TemporaryDirectory() as output_dir:
+        for variant in variants:
+            built = build_trainer(case, variant, device=device, output_dir=output_dir, seed=args.seed,
+                                  per_channel=args.per_channel, per_token=args.per_token)
+            steps[variant.name] = TrainerStep(built)
+            layers = max(layers, built.num_quantized_layers)
+        timings = time_interleaved(steps, repeats=args.repeats, warmup=args.warmup, device=device,
+                                   clock=resolve_clock(args), inner=args.inner)
+    rows = []
+    for variant in variants:
+        timing = timings[variant.name]
+        rows.append({**timing.summary(), "kind": variant.kind.value, "formats": list(variant.formats),
+                     "reward_source": variant.reward_source if variant.kind.value == "search" else None,
+                     "ratio_to_float": median_ratio(timings, variant.name, REFERENCE)})
+    return {"model": case.name, "model_type": case.model_type, "batch_size": case.batch_size,
+            "image_size": case.image_size, "seq_length": case.seq_length, "quantized_layers": layers,
+            "variants": rows}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_runtime_args(parser, repeats=20, warmup=3)
+    parser.add_argument("--preset", default=None, choices=["cpu", "gpu"],
+                        help="model sizes (default: cpu on --device cpu, gpu on --device cuda)")
+    parser.add_argument("--models", default=None, help="comma-separated subset of the preset's models")
+    parser.add_argument("--inner", type=int, default=1, help="steps per variant per round (default 1)")
+    parser.add_argument("--fixed_formats", default=DEFAULT_FIXED_FORMATS,
+                        help=f"fixed-format variants, weights and activations (default {DEFAULT_FIXED_FORMATS})")
+    parser.add_argument("--search_space", default=DEFAULT_SEARCH_SPACE,
+                        help=f"options of the search variants (default {DEFAULT_SEARCH_SPACE})")
+    parser.add_argument("--reward_sources", default="train,heldout", help="search variants (default train,heldout)")
+    parser.add_argument("--per_channel", action="store_true", help="per-output-channel weight scales")
+    parser.add_argument("--per_token", action="store_true", help="per-token activation scales")
+    args = parser.parse_args(argv)
+    device = setup_runtime(args)
+    environment = environment_info(device, args.threads, resolve_clock(args))  # load before the run
+    preset = args.preset or ("gpu" if device.type == "cuda" else "cpu")
+    cases = preset_cases(preset, args.models.split(",") if args.models else None)
+    sources = [s.strip() for s in args.reward_sources.split(",") if s.strip()]
+    bad = [s for s in sources if s not in ("train", "heldout")]
+    if bad:
+        raise ValueError(f"--reward_sources {bad} unknown; valid: train, heldout")
+    variants = step_variants([f.strip() for f in args.fixed_formats.split(",") if f.strip()],
+                             [f.strip() for f in args.search_space.split(",")], sources)
+
+    results = [run_case(case, variants, args, device) for case in cases]
+    payload = {"benchmark": "search_step", "preset": preset,
+               "environment": environment, "config": vars(args),
+               "results": results, "load_average_end": list(os.getloadavg())}
+    rows = [[r["model"], v["name"], v["median_ms"], v["iqr_ms"], v["ratio_to_float"]]
+            for r in results for v in r["variants"]]
+    print(format_table(["model", "variant", "median ms", "iqr ms", "x float"], rows))
+    write_json(args.out, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

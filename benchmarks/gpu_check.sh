@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Every benchmark on one CUDA GPU (H100/H200, torch 2.11), offline, in about 4 minutes.
+#
+#   bash benchmarks/gpu_check.sh            # results under ${OUT:-benchmarks/out}
+#
+# Steps (each under its own timeout; a failed or timed-out step is reported and the others
+# still run; the exit status is non-zero if any failed):
+#   imports    the project imports (pip install -e . --no-deps only if not)
+#   cuda       torch sees a GPU (else the script stops here)
+#   gpu_tests  pytest -m gpu tests/quant: CUDA fake quantization bit-identical to the CPU
+#   quantizer  fake-quant throughput vs copy and torch's kernels (16M elements)
+#   compile    the same with a torch.compile'd core (bit-exactness checked)
+#   step       float / fixed-format / search step of ResNet-18 (b128, 224px), BERT-base (b32, s128)
+#   memory     peak memory of fixed-format and search (2, 4, 8 options)
+# and finally the summary table against the goals (benchmarks/summarize.py).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT_DIR="${OUT:-benchmarks/out}"
+PY="${PYTHON:-python3}"
+LOG="$OUT_DIR/gpu_check.log"
+mkdir -p "$OUT_DIR"
+: > "$LOG"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+declare -a STATUS=()
+FAILED=0
+
+# run_step NAME SECONDS COMMAND...: run with a timeout, append output to the log, record status.
+run_step() {
+  local name="$1" limit="$2"
+  shift 2
+  local start=$SECONDS rc=0
+  echo "== $name (limit ${limit}s): $*" | tee -a "$LOG"
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG" || rc=$?
+  local took=$((SECONDS - start))
+  if [[ $rc -eq 0 ]]; then
+    STATUS+=("$name ok ${took}s")
+  elif [[ $rc -eq 124 || $rc -eq 137 ]]; then
+    STATUS+=("$name TIMEOUT ${took}s")
+    FAILED=1
+  else
+    STATUS+=("$name FAILED(rc=$rc) ${took}s")
+    FAILED=1
+  fi
+}
+
+PROJECT_IMPORTS="import benchmarks.step_setup, eval.models, quant.quant_utils, trainer.reinforce_trainer"
+CUDA_CHECK='
+import sys, torch, transformers
+print(f"python {sys.version.split()[0]} torch {torch.__version__} transformers {transformers.__version__}")
+if not torch.cuda.is_available():
+    sys.exit("torch sees no CUDA device: this script needs a GPU")
+print("gpu", torch.cuda.get_device_name(0))
+'
+
+# The repo root is on sys.path for `python -m`, so no install is needed; install (no deps)
+# only if the project does not import as it is.
+if ! "$PY" -c "$PROJECT_IMPORTS" >>"$LOG" 2>&1; then
+  echo "project imports failed; trying pip install -e . --no-deps" | tee -a "$LOG"
+  "$PY" -m pip install -q -e . --no-deps >>"$LOG" 2>&1 || true
+fi
+run_step imports 120 "$PY" -c "$PROJECT_IMPORTS"
+run_step cuda 60 "$PY" -c "$CUDA_CHECK"
+if [[ $FAILED -ne 0 ]]; then
+  printf '%s\n' "${STATUS[@]}" | tee -a "$LOG"
+  echo "no usable GPU or project imports failed: benchmarks skipped (see $LOG)" | tee -a "$LOG"
+  exit 1
+fi
+run_step gpu_tests 150 "$PY" -m pytest tests/quant -m gpu -q -p no:cacheprovider
+run_step quantizer 120 "$PY" -m benchmarks.bench_quantizer --device cuda --repeats 20 \
+  --out "$OUT_DIR/quantizer_gpu.json"
+run_step compile 240 "$PY" -m benchmarks.bench_quantizer --device cuda --compile --repeats 10 \
+  --out "$OUT_DIR/quantizer_compile_gpu.json"
+run_step step 240 "$PY" -m benchmarks.bench_search_step --device cuda --preset gpu --repeats 20 \
+  --out "$OUT_DIR/step_gpu.json"
+run_step memory 180 "$PY" -m benchmarks.bench_memory --device cuda --preset gpu \
+  --out "$OUT_DIR/memory_gpu.json"
+
+echo "== steps" | tee -a "$LOG"
+printf '%s\n' "${STATUS[@]}" | tee -a "$LOG"
+echo "== summary" | tee -a "$LOG"
+"$PY" -m benchmarks.summarize "$OUT_DIR" 2>&1 | tee "$OUT_DIR/summary.txt" | tee -a "$LOG" || FAILED=1
+exit "$FAILED"

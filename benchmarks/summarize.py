@@ -1,0 +1,115 @@
+"""The short table of benchmark results against the goals, from the JSON files of one run.
+
+    python -m benchmarks.summarize benchmarks/out
+
+Reads every quantizer*.json, step*.json and memory*.json in the folder (written with --out by
+the benchmarks) and prints one line per goal: the measured value, the goal, and PASS / MISS.
+Goals depend on the device the file was measured on (shared/DESIGN.md, benchmarks/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import format_table
+
+# (device type, goal name) -> (threshold, "max" when the value must stay at or below it, "min" at or above)
+GOALS: dict[tuple[str, str], tuple[float, str]] = {
+    ("cpu", "fixed_int8 step / float"): (1.4, "max"),
+    ("cpu", "search_train step / float"): (1.5, "max"),
+    ("cuda", "search_train step / float"): (1.25, "max"),
+    ("cuda", "quantizer fwd % of copy (worst format)"): (80.0, "min"),
+    ("cpu", "search peak / fixed-format peak"): (1.05, "max"),
+    ("cuda", "search peak / fixed-format peak"): (1.05, "max"),
+}
+
+
+@dataclass(frozen=True)
+class Line:
+    source: str
+    subject: str
+    metric: str
+    value: float
+    device: str
+
+    def verdict(self) -> tuple[str, str]:
+        goal = GOALS.get((self.device, self.metric))
+        if goal is None:
+            return "-", "info"
+        threshold, sense = goal
+        ok = self.value <= threshold if sense == "max" else self.value >= threshold
+        return f"{'<=' if sense == 'max' else '>='} {threshold:g}", "PASS" if ok else "MISS"
+
+
+def _device(payload: dict[str, Any]) -> str:
+    return "cuda" if str(payload["environment"]["device"]).startswith("cuda") else "cpu"
+
+
+def quantizer_lines(path: Path, payload: dict[str, Any]) -> list[Line]:
+    device, lines = _device(payload), []
+    for prefix, label in (("fq fwd ", "eager"), ("compiled fwd ", "compiled")):
+        rows = [r for r in payload["results"] if r["name"].startswith(prefix)]
+        if rows:
+            worst = min(rows, key=lambda r: r["pct_of_copy"])
+            lines.append(Line(path.name, f"{label} ({worst['format']}/{worst['granularity']})",
+                              "quantizer fwd % of copy (worst format)", worst["pct_of_copy"], device))
+    for r in payload["results"]:
+        if r["name"].startswith("torch fwd ") and r["granularity"] and r["format"] == "int8":
+            lines.append(Line(path.name, r["name"], "torch fake-quant fwd % of copy", r["pct_of_copy"], device))
+    return lines
+
+
+def step_lines(path: Path, payload: dict[str, Any]) -> list[Line]:
+    device, lines = _device(payload), []
+    for result in payload["results"]:
+        for v in result["variants"]:
+            if v["name"] != "float":
+                lines.append(Line(path.name, result["model"], f"{v['name']} step / float", v["ratio_to_float"], device))
+    return lines
+
+
+def memory_lines(path: Path, payload: dict[str, Any]) -> list[Line]:
+    device, lines = _device(payload), []
+    for result in payload["results"]:
+        for v in result["variants"]:
+            if v["kind"] == "search":
+                lines.append(Line(path.name, f"{result['model']} {v['name']}", "search peak / fixed-format peak",
+                                  v["peak_vs_fixed_max"], device))
+                lines.append(Line(path.name, f"{result['model']} {v['name']}", "search peak / fixed_int8 peak",
+                                  v["peak_vs_fixed_int8"], device))
+    return lines
+
+
+READERS = {"quantizer": quantizer_lines, "search_step": step_lines, "memory": memory_lines}
+
+
+def summarize(folder: Path) -> list[Line]:
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder; pass the --out folder of the benchmarks (e.g. benchmarks/out)")
+    lines: list[Line] = []
+    for path in sorted(folder.glob("*.json")):
+        payload = json.loads(path.read_text())
+        reader = READERS.get(payload.get("benchmark", ""))
+        if reader is not None:
+            lines += reader(path, payload)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path)
+    args = parser.parse_args(argv)
+    lines = summarize(args.folder)
+    if not lines:
+        print(f"no benchmark JSON in {args.folder}")
+        return 1
+    rows = [[l.device, l.subject, l.metric, l.value, *l.verdict()] for l in lines]
+    print(format_table(["device", "subject", "metric", "value", "goal", "verdict"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
