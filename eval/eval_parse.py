@@ -74,14 +74,16 @@ def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
     g.add_argument("--delay_steps", type=int, default=None,
                    help="warm-up steps with uniformly sampled formats before the policy learns (default: 25%% "
                    "of the training steps)")
-    g.add_argument("--rl_learning_rate", type=float, default=0.05, help="Adam learning rate of the policy")
+    g.add_argument("--rl_learning_rate", type=float, default=None,
+                   help="Adam learning rate of the policy (default: 10 / the number of search steps after the "
+                   "delay, at most 0.1, so a short and a long search move the logits by the same total amount)")
     g.add_argument("--precision_warmup", action=argparse.BooleanOptionalAction, default=True,
                    help="during --delay_steps, use the most precise format with a probability falling from 1 to 0 "
                    "(else uniform), so the shared weights learn the task before coping with every format")
     g.add_argument("--cost_beta", type=float, default=None,
-                   help="strength of the cost term: > 0 for tunas_abs/one_sided_tunas_abs (default 1.0), < 0 "
+                   help="strength of the cost term: > 0 for tunas_abs/one_sided_tunas_abs (default 5.0), < 0 "
                    "for the exponential forms (default -0.07, as in MnasNet)")
-    g.add_argument("--max_entropy_beta", type=float, default=0.5,
+    g.add_argument("--max_entropy_beta", type=float, default=0.1,
                    help="final strength of the entropy penalty (> 0 makes every decision converge)")
     g.add_argument("--entropy_schedule_type", default="linear", help="linear, cosine, constant or heaviside")
     g.add_argument("--cost_target", type=float, default=None, help="target cost in MiB (memory) or GBOPs (compute)")

@@ -13,11 +13,16 @@ import torch
 from torch import nn
 
 from cost.model_cost import CostType, LayerCost, average_bits_cost, layer_costs
+from eval.run_args import DEFAULT_DELAY_FRACTION
 from eval.tasks import TaskSpec, get_task
 from quant.formats import parse_format, parse_format_list
 from quant.quant_module import QuantConfig
 from quant.surgery import QuantSpec, quantize_model, record_geometry
 
+# Default policy learning rate: AUTO_RL_LOGIT_BUDGET / search steps, so Adam can move a logit by
+# about that much over the search whatever its length (enough for p > 0.9999), capped.
+AUTO_RL_LOGIT_BUDGET = 10.0
+MAX_AUTO_RL_LEARNING_RATE = 0.1
 DIGITS_IMAGE_SIZE = 32  # digits are 8x8: upsampled so CNN/ViT downsampling leaves a spatial map
 NATIVE_IMAGE_SIZE = {"digits": DIGITS_IMAGE_SIZE, "cifar10": 32, "cifar100": 32, "imagenet-1k": 224}
 
@@ -210,10 +215,14 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, comp
     if args.mode != "search":
         return Trainer(**common)
     total = _total_steps(args, len(setup.train_dataset))
-    delay = args.delay_steps if args.delay_steps is not None else int(round(0.25 * total))
+    delay = args.delay_steps if args.delay_steps is not None else int(round(DEFAULT_DELAY_FRACTION * total))
+    rl_learning_rate = args.rl_learning_rate
+    if rl_learning_rate is None:
+        rl_learning_rate = min(MAX_AUTO_RL_LEARNING_RATE, AUTO_RL_LOGIT_BUDGET / max(1, total - delay))
+        args.rl_learning_rate = rl_learning_rate  # recorded in results.json
     config = ReinforceConfig(
         cost_target=setup.cost_target, cost_type=setup.cost_type, cost_function=args.cost_function,
-        cost_beta=args.cost_beta, rl_learning_rate=args.rl_learning_rate, delay_steps=delay,
+        cost_beta=args.cost_beta, rl_learning_rate=rl_learning_rate, delay_steps=delay,
         precision_warmup=args.precision_warmup,
         max_entropy_beta=args.max_entropy_beta, entropy_schedule=args.entropy_schedule_type,
         baseline_decay=args.baseline_decay, advantage=args.advantage, reward_metric=args.reward_metric,

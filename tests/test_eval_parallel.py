@@ -13,22 +13,16 @@ from pathlib import Path
 import pytest
 
 from eval.launch_cli import main
+from tests.readme_commands import readme_commands
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--task", "digits", "--model_type", "resnet18", "--config_overrides",
         "depths=[1,1,1,1],hidden_sizes=[8,8,8,8],embedding_size=8", "--max_steps", "3", "--max_train_samples", "64",
         "--max_eval_samples", "32", "--train_batch_size", "16", "--search_space", "4,8", "--report_to", "none"]
 NAME = "resnet18_search_int4-int8_layer_memory_t6b"  # default exp_name of TINY, without the seed
-README_EXAMPLES = [
-    "--task mrpc --model bert --block_search --search_space 4,8 --num_train_epochs 3 --learning_rate 5e-5 "
-    "--train_batch_size 32 --eval_batch_size 32 --output_root_dir output",
-    "--task cifar10 --model resnet18 --search --search_space 2,4,8  --num_train_epochs 3 --learning_rate 5e-5 "
-    "--train_batch_size 32 --eval_batch_size 32 --output_root_dir output",
-    "--task sst2 --model gpt2 --single_decision --search  --num_train_epochs 3 --learning_rate 5e-5 "
-    "--train_batch_size 32 --eval_batch_size 32 --output_root_dir output",
-    "--task imagenet-1k --model efficientnet-b0 --weight_bits 8 --activation_bits 8 --num_train_epochs 3 "
-    "--learning_rate 5e-5 --train_batch_size 32 --eval_batch_size 32 --output_root_dir output",
-]
+# The original README's four examples, as the README gives them (without "python eval_parallel.py").
+README_EXAMPLES = [" ".join(command.split()[2:]) for command in readme_commands()
+                   if command.startswith("python eval_parallel.py --task") and "--output_root_dir output" in command]
 
 # Stands in for eval_run: FAKE_RUN_MODE maps a seed (or "*") to ok | fail | hang. It records what the
 # launcher gave it (devices, threads, times) and writes results.json like a real run.

@@ -4,6 +4,7 @@ import re
 import pytest
 
 from eval.eval_parse import create_arg_parser, parse_run_args
+from tests.readme_commands import readme_commands
 
 SEED_README_FLAGS = [
     "num_train_epochs", "learning_rate", "train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
@@ -16,18 +17,9 @@ SEED_README_FLAGS = [
     "gradient_checkpointing", "task", "model", "model_type", "output_root_dir",
 ]
 
-README_EXAMPLES = [
-    "--task mrpc --model bert --block_search --search_space 4,8 --num_train_epochs 3 --learning_rate 5e-5 "
-    "--train_batch_size 32 --eval_batch_size 32 --output_root_dir output",
-    "--task cifar10 --model resnet18 --search --search_space 2,4,8  --num_train_epochs 3 --learning_rate 5e-5 "
-    "--train_batch_size 32 --eval_batch_size 32 --output_root_dir output",
-    "--task sst2 --model gpt2 --single_decision --search  --num_train_epochs 3 --learning_rate 5e-5 "
-    "--train_batch_size 32 --eval_batch_size 32 --output_root_dir output",
-    "--task imagenet-1k --model efficientnet-b0 --weight_bits 8 --activation_bits 8 --num_train_epochs 3 "
-    "--learning_rate 5e-5 --train_batch_size 32 --eval_batch_size 32 --output_root_dir output",
-    "--task mrpc --model_type bert --block_search --search_space 4,8 --num_train_epochs 3 --learning_rate 5e-5 "
-    "--train_batch_size 32 --eval_batch_size 32 --output_root_dir output",
-]
+# The original README's four examples, as the README gives them (without "python eval_parallel.py").
+README_EXAMPLES = [" ".join(command.split()[2:]) for command in readme_commands()
+                   if command.startswith("python eval_parallel.py --task") and "--output_root_dir output" in command]
 
 
 def test_every_original_flag_exists():
@@ -60,7 +52,7 @@ def test_bare_defaults_are_an_offline_search():
     args = parse_run_args([])
     assert (args.task, args.model_type, args.mode, args.from_scratch) == ("digits", "resnet18", "search", True)
     assert args.learning_rate == 1e-3 and args.cost_target_bits == 6.0 and args.reward_metric == "loss"
-    assert args.cost_beta == 1.0 and args.granularity == "layer"
+    assert args.cost_beta == 5.0 and args.granularity == "layer" and args.rl_learning_rate is None
 
 
 def test_mode_and_format_resolution():
