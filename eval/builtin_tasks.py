@@ -6,14 +6,17 @@
   images; the vision preprocessing path makes them 3-channel and resizes them like any other
   image dataset.
 - `synth-sentiment`: sentences from a small compositional grammar (negation, intensifiers,
-  contrast with "but", concession with "although"/"even though", fillers). Exactly one clause
-  decides the label and its polarity flips under negation, so a bag of words carries almost no
-  signal; a model must use word order. `synth_sentiment_label` is the reference labeller, an
-  independent reading of the grammar's rules that the tests apply to hand-written sentences.
+  contrast with "but"/"yet", concession with "although"/"though"/"even though", fillers).
+  Exactly one clause decides the label and its sentiment flips under negation, so a bag of
+  words carries little signal and a model must use word order. `synth_sentiment_label` is the
+  reference labeller, an independent reading of the grammar's rules that the tests also apply
+  to hand-written sentences.
 
-Measured on 2 CPU cores (see tests/eval/test_builtin_tasks.py and the report for the script):
-bag-of-words logistic regression ~50 % on validation, a from-scratch BERT (2 layers, hidden
-128) ~95 % after about a minute of training.
+Measured on validation: logistic regression on a bag of words 58.6 % (unigrams) / 66.7 %
+(uni+bigrams); a from-scratch BERT (2 layers, hidden 128, 2 heads, intermediate 512) trained
+with the HF Trainer (batch 32, lr 5e-4, 100 warmup steps, linear decay, 1500 steps = 12
+epochs, about a minute on 2 CPU cores) 97.2 / 97.9 / 99.8 % for seeds 0..2, past 85 % by step
+~500-750.
 """
 from __future__ import annotations
 
@@ -48,11 +51,16 @@ SENTENCE_PREFIXES = ("honestly", "i think", "overall", "frankly", "i guess")
 CONTRAST_MARKERS = ("but", "yet")  # "A but B": B decides
 CONCESSION_MARKERS = ("although", "though", "even though")  # "although A , B" and "B although A": B decides
 
-STRUCTURES = ("single", "contrast", "concession_first", "concession_last")
-# Below 0.5, the deciding clause's sentiment word leans towards the label: a weak, learnable
-# first signal (at exactly 0.5 a bag of words carries none and from-scratch training stalls
-# for hundreds of steps); the other clause's negation stays a fair coin.
-DECIDING_NEGATION_RATE = 0.5
+# Structure -> probability. The deciding clause is last in "contrast" and "concession_first",
+# first in "concession_last": with these weights both "the last clause decides" and "the first
+# clause decides" score 77.5 %, so neither positional shortcut pays off and the model must read
+# the markers.
+STRUCTURE_WEIGHTS = {"single": 0.10, "contrast": 0.25, "concession_first": 0.20, "concession_last": 0.45}
+# How often the deciding clause is negated. At 0.5 a bag of words carries no signal at all and
+# from-scratch training sits at chance for hundreds of steps, then ends seed-dependent; at 0.35
+# the deciding sentiment word leans towards the label (65/35), a weak first signal that the
+# model refines into the full rule. The other clause's negation stays a fair coin.
+DECIDING_NEGATION_RATE = 0.35
 
 
 def _clause(rng: random.Random, positive: bool, negated: bool) -> str:
@@ -81,7 +89,7 @@ def _sentence(rng: random.Random, label: int) -> str:
     """A sentence whose deciding clause has sentiment `label` (1 positive, 0 negative)."""
     negated = rng.random() < DECIDING_NEGATION_RATE
     deciding = _clause(rng, positive=bool(label) != negated, negated=negated)
-    structure = rng.choice(STRUCTURES)
+    structure = rng.choices(list(STRUCTURE_WEIGHTS), weights=list(STRUCTURE_WEIGHTS.values()))[0]
     if structure == "single":
         sentence = deciding
     elif structure == "contrast":

@@ -7,7 +7,7 @@ evaluation split renamed), with the task's raw columns checked and its preparer 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -176,15 +176,19 @@ def load_raw_datasets(
         raise ValueError(f"task {task.name!r} is built in and generates its own data; drop "
                          "--train_file/--validation_file/--dataset_path, or pick a task whose columns "
                          "your data has (e.g. --task sst2 for columns sentence, label)")
+    # `source` names each split in error messages.
     if local_files:
-        raw, source = _load_local_files(train_file, validation_file), {"train": f"train file {str(train_file)!r}",
-                                                                      "validation": f"validation file {str(validation_file)!r}"}
+        raw = _load_local_files(train_file, validation_file)
+        source = {"train": f"train file {str(train_file)!r}", "validation": f"validation file {str(validation_file)!r}"}
     elif dataset_path is not None:
-        raw, source = _load_from_disk(dataset_path, task), {s: f"{s} split of {str(dataset_path)!r}" for s in SPLITS}
+        raw = _load_from_disk(dataset_path, task)
+        source = {s: f"{s} split of {str(dataset_path)!r}" for s in SPLITS}
     elif task.builtin:
-        raw, source = load_builtin_task(task.name), {s: f"built-in {task.name} {s}" for s in SPLITS}
+        raw = load_builtin_task(task.name)
+        source = {s: f"built-in {task.name} {s}" for s in SPLITS}
     else:
-        raw, source = _load_from_hub(task), {s: f"{task.hub_path} {s}" for s in SPLITS}
+        raw = _load_from_hub(task)
+        source = {s: f"{task.hub_path} {s}" for s in SPLITS}
     raw = datasets.DatasetDict({
         "train": subsample(raw["train"], max_train_samples, seed),
         "validation": subsample(raw["validation"], max_eval_samples, seed),
@@ -257,8 +261,9 @@ def tokenize_dataset(ds: datasets.Dataset, task: TaskSpec, tokenizer: PreTrained
     return ds.map(encode, batched=True, remove_columns=ds.column_names, desc=f"tokenizing {task.name}")
 
 
-def prepare_text_datasets(raw: datasets.DatasetDict, task: TaskSpec, tokenizer: PreTrainedTokenizerBase,
+def prepare_text_datasets(raw: Mapping[str, datasets.Dataset], task: TaskSpec, tokenizer: PreTrainedTokenizerBase,
                           max_seq_length: int) -> datasets.DatasetDict:
+    """`tokenize_dataset` on every split (a DatasetDict or any {split: Dataset} mapping)."""
     return datasets.DatasetDict({split: tokenize_dataset(ds, task, tokenizer, max_seq_length)
                                  for split, ds in raw.items()})
 
@@ -273,12 +278,14 @@ def prepare_vision_dataset(ds: datasets.Dataset, task: TaskSpec, config: ImageTr
     return ds.with_transform(make_batch_transform(config))
 
 
-def prepare_vision_datasets(raw: datasets.DatasetDict, task: TaskSpec,
+def prepare_vision_datasets(raw: Mapping[str, datasets.Dataset], task: TaskSpec,
                             config: ImageTransformConfig) -> datasets.DatasetDict:
+    """`prepare_vision_dataset` on every split (a DatasetDict or any {split: Dataset} mapping)."""
     return datasets.DatasetDict({split: prepare_vision_dataset(ds, task, config) for split, ds in raw.items()})
 
 
-def build_data_collator(task: TaskSpec, tokenizer: PreTrainedTokenizerBase | None = None) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+def build_data_collator(task: TaskSpec, tokenizer: PreTrainedTokenizerBase | None = None
+                        ) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """Dynamic padding for text (needs a pad token), stacking for images."""
     if task.modality == "vision":
         return collate_vision

@@ -3,8 +3,9 @@
 By default the metrics come from the local evaluate module `eval/metric_modules/fliqs_glue`
 (GLUE's accuracy, F1, Matthews correlation, Pearson and Spearman, computed with the same
 scikit-learn / scipy functions as the hub's `glue` metric), so nothing touches the network.
-`metric_name` may instead name a hub metric (e.g. "glue", "accuracy") for online users, or a local
-evaluate module folder/script; a hub name fails fast offline with a message naming the ways out.
+`metric_name` (the CLI's --metric) may instead name a hub metric (e.g. "glue", "accuracy") for
+online users, or a local evaluate module folder/script; a hub name not in evaluate's cache fails
+fast offline with a message naming the ways out.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import evaluate
 import numpy as np
 from transformers import EvalPrediction
 
-from eval.hub import require_hub
+from eval.hub import hub_offline_flag_set, hub_reachable, require_hub
 from eval.tasks import TaskSpec
 
 LOCAL_METRIC_MODULE = Path(__file__).resolve().parent / "metric_modules" / "fliqs_glue"
@@ -43,10 +44,15 @@ def load_task_metric(task: TaskSpec, metric_name: str | None = None,
         metric_config = task.hub_config or task.name
     if os.path.exists(metric_name):
         return evaluate.load(metric_name, metric_config, keep_in_memory=True)
-    require_hub(f"metric {metric_name!r}", [
-        "leave --metric_name unset to use the built-in offline metrics "
-        f"({', '.join(task.metric_names)} for {task.name})",
-        "pass a local evaluate module folder or script as --metric_name",
+    if not hub_reachable() and hub_offline_flag_set():
+        try:  # offline mode: evaluate falls back to a copy in its modules cache
+            return evaluate.load(metric_name, metric_config, keep_in_memory=True)
+        except OSError:
+            pass
+    not_cached = ", not in the local evaluate cache," if hub_offline_flag_set() else ""
+    require_hub(f"metric {metric_name!r}{not_cached}", [
+        f"leave --metric unset to use the built-in offline metrics ({', '.join(task.metric_names)} for {task.name})",
+        "pass a local evaluate module folder or script as --metric",
     ])
     return evaluate.load(metric_name, metric_config, keep_in_memory=True)
 

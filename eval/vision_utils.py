@@ -105,9 +105,10 @@ def transform_config_from_processor(processor: Any, image_size: int | None = Non
     if resample is None:
         raise ValueError(f"{type(processor).__name__}.resample={resample_id} is not bilinear (2), bicubic (3) "
                          "or nearest (0); build an ImageTransformConfig by hand")
-    if getattr(processor, "rescale_offset", False) or abs(getattr(processor, "rescale_factor", 1 / 255) - 1 / 255) > 1e-12:
+    rescale_factor = getattr(processor, "rescale_factor", 1 / 255)
+    if getattr(processor, "rescale_offset", False) or abs(rescale_factor - 1 / 255) > 1e-12:
         raise ValueError(f"{type(processor).__name__} rescales other than x / 255 (rescale_factor="
-                         f"{getattr(processor, 'rescale_factor', None)}, rescale_offset="
+                         f"{rescale_factor}, rescale_offset="
                          f"{getattr(processor, 'rescale_offset', None)}); build an ImageTransformConfig by hand")
     mean = tuple(float(m) for m in processor.image_mean)
     std = tuple(float(s) for s in processor.image_std)

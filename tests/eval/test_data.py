@@ -48,8 +48,8 @@ def test_local_files(tmp_path, suffix):
 def test_local_file_errors(tmp_path):
     train = write(SST2_TRAIN, tmp_path / "train.csv")
     no_label = write(SST2_VAL.drop(columns="label"), tmp_path / "val.csv")
-    with pytest.raises(ValueError, match=r"validation file .*val.csv' lacks columns \['label'\] needed by task "
-                                         r"'sst2' \(it has \['sentence'\]\); rename its columns to \['sentence', 'label'\]"):
+    with pytest.raises(ValueError, match=r"validation file .*val.csv' lacks columns \['label'\] needed by task 'sst2' "
+                                         r"\(it has \['sentence'\]\); rename its columns to \['sentence', 'label'\]"):
         load_raw_datasets("sst2", train_file=train, validation_file=no_label)
     with pytest.raises(ValueError, match=r"lacks columns \['sentence1', 'sentence2'\] needed by task 'mrpc'"):
         load_raw_datasets("mrpc", train_file=train, validation_file=train)
@@ -222,7 +222,8 @@ def test_text_pipeline_and_collator():
     assert label_names(raw["train"], get_task("stsb")) is None
     no_pad = build_word_level_tokenizer(["a"])
     no_pad.pad_token = None
-    with pytest.raises(ValueError, match=r"has no pad token; set one first, e.g. tokenizer.pad_token = tokenizer.eos_token"):
+    with pytest.raises(ValueError, match=r"has no pad token; set one first, e.g. tokenizer.pad_token = "
+                                         r"tokenizer.eos_token"):
         build_data_collator(task, no_pad)
     with pytest.raises(ValueError, match=r"needs the tokenizer to pad batches"):
         build_data_collator(task)

@@ -97,7 +97,9 @@ def test_predictions_from_logits_errors():
 
 def test_hub_metric_fails_fast_offline():
     start = time.perf_counter()
-    with pytest.raises(HubUnreachableError, match=r"metric 'glue' needs the Hugging Face hub.*leave --metric_name unset"):
+    with pytest.raises(HubUnreachableError,
+                       match=r"metric 'glue', not in the local evaluate cache, needs the Hugging Face hub.*"
+                             r"leave --metric unset"):
         build_compute_metrics(get_task("mrpc"), "glue")
     assert time.perf_counter() - start < 10
 

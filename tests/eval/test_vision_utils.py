@@ -60,7 +60,8 @@ def test_batch_transform_and_collator():
     images = [Image.new("L", (3, 3), 255), Image.new("RGB", (2, 2), (0, 0, 0))]
     batch = transform({"pixel_values": images, "labels": [4, 1]})
     assert batch["labels"] == [4, 1]
-    collated = collate_vision([{"pixel_values": p, "labels": l} for p, l in zip(batch["pixel_values"], batch["labels"])])
+    examples = [{"pixel_values": p, "labels": l} for p, l in zip(batch["pixel_values"], batch["labels"])]
+    collated = collate_vision(examples)
     assert collated["pixel_values"].shape == (2, 3, 2, 2)
     assert collated["pixel_values"][0].eq(1.0).all() and collated["pixel_values"][1].eq(0.0).all()
     assert collated["labels"].tolist() == [4, 1] and collated["labels"].dtype == torch.long
