@@ -72,7 +72,7 @@ def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
 
     g = p.add_argument_group("Reinforcement learning parameters")
     g.add_argument("--delay_steps", type=int, default=None,
-                   help="warm-up steps with uniformly sampled formats before the policy learns (default: 25%% "
+                   help="warm-up steps with uniformly sampled formats before the policy learns (default: 50%% "
                    "of the training steps)")
     g.add_argument("--rl_learning_rate", type=float, default=None,
                    help="Adam learning rate of the policy (default: 10 / the number of search steps after the "

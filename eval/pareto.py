@@ -76,7 +76,14 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, cost_column: s
     """
     families: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        families.setdefault((row["task"], row["model"], row["metric"]), []).append(row)
+        families.setdefault((row["task"], row["model"], row["metric"]), []).append(dict(row))
+    for members in families.values():
+        uniform = [r for r in members if r["method"] == "uniform"]
+        on_front = pareto_mask([r[cost_column] for r in uniform], [r["value"] for r in uniform], higher_is_better)
+        for r in members:
+            r["pareto_uniform"] = False
+        for r, flag in zip(uniform, on_front):
+            r["pareto_uniform"] = flag
     figure = new_figure(6.4 * max(1, len(families)), 4.8)
     axes = figure.subplots(1, max(1, len(families)), squeeze=False)[0]
     if not families:
@@ -92,9 +99,18 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, cost_column: s
                         xerr=[r[f"{cost_column}_std"] or 0.0 for r in points], yerr=[r["std"] or 0.0 for r in points],
                         fmt=marker, color=color, capsize=3, label=method, zorder=3)
             if method == "uniform":
-                for r in points:
+                # Baselines at the same cost (INT4 and FP4, say) share one label, stacked.
+                stacked: dict[float, int] = {}
+                for r in sorted(points, key=lambda r: -r["value"] if higher_is_better else r["value"]):
+                    rank = stacked.get(r[cost_column], 0)
+                    stacked[r[cost_column]] = rank + 1
                     ax.annotate(r["formats"], (r[cost_column], r["value"]), textcoords="offset points",
-                                xytext=(4, -10), fontsize=7, color=color)
+                                xytext=(4, -10 - 9 * rank), fontsize=7, color=color)
+                # The line between the best uniform baselines: what mixing them is expected to give.
+                best = sorted((r for r in points if r["pareto_uniform"]), key=lambda r: r[cost_column])
+                if len(best) > 1:
+                    ax.plot([r[cost_column] for r in best], [r["value"] for r in best], ":", color=color,
+                            linewidth=1, label="uniform, interpolated", zorder=1)
         for r in (r for r in members if r["method"] == "float"):
             ax.axhline(r["value"], color="gray", linestyle="--", label=f"float ({r['value']:.4g})")
         frontier = sorted((r for r in members if r["pareto"] and r["method"] != "float"), key=lambda r: r[cost_column])

@@ -27,7 +27,7 @@ from trainer.reinforce_config import EXPONENTIAL_COST_FUNCTIONS, AdvantageMode, 
 
 DEFAULT_LR_PRETRAINED = 5e-5
 DEFAULT_LR_SCRATCH = 1e-3
-DEFAULT_DELAY_FRACTION = 0.25
+DEFAULT_DELAY_FRACTION = 0.5
 # tunas_abs / one_sided: a 10 % miss of the target costs 0.5 in loss units, more than the loss
 # difference between most formats, so searches land near the target (measured on digits).
 DEFAULT_COST_BETA = 5.0

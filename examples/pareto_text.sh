@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-runs/pareto_text}"
 shift || true
-python eval_parallel.py --task synth-sentiment --model bert-tiny --num_train_epochs 3 --report_to none \
+python eval_parallel.py --task synth-sentiment --model bert-tiny --num_train_epochs 12 --learning_rate 5e-4 --warmup_steps 100 --report_to none \
     --output_root_dir "$out" --experiments examples/pareto_text.yaml --sweep seed=0,1,2 "$@"
 python -m eval.eval_parse "$out" --plot docs/pareto_text.png > docs/pareto_text.md
 cat docs/pareto_text.md
