@@ -65,6 +65,23 @@ def new_figure(width_in: float, height_in: float) -> Any:
     return figure
 
 
+def interpolate_uniform_line(uniform: Sequence[tuple[float, float]], cost: float,
+                             higher_is_better: bool = True) -> float | None:
+    """The metric of the line through the Pareto-optimal uniform baselines (cost, metric) at
+    `cost`: what mixing the neighbouring uniform models would be expected to give. None when
+    `cost` lies outside their cost range (no line to compare with)."""
+    if not uniform:
+        return None
+    mask = pareto_mask([c for c, _ in uniform], [m for _, m in uniform], higher_is_better)
+    line = sorted({point for point, keep in zip(uniform, mask) if keep})
+    if not line[0][0] <= cost <= line[-1][0]:
+        return None
+    for (c0, m0), (c1, m1) in zip(line, line[1:]):
+        if c0 <= cost <= c1:
+            return m0 if c1 == c0 else m0 + (m1 - m0) * (cost - c0) / (c1 - c0)
+    return line[0][1]  # a single baseline exactly at `cost`
+
+
 def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, cost_column: str, cost_label: str,
                 higher_is_better: bool = True) -> None:
     """Write a PNG of metric vs cost, one panel per (task, model, metric).

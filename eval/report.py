@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from eval.pareto import new_figure, pareto_mask, plot_pareto
+from eval.pareto import interpolate_uniform_line, new_figure, pareto_mask, plot_pareto
 from eval.results import (COMPLETED, COST_TYPES, FAILED, INCOMPLETE, PSEUDO_KEYS, REPLICA_ARGS, RUN_MARKERS,
                           RunGroup, RunRecord, available_group_keys, group_runs, load_run, load_runs)
 
@@ -54,7 +54,7 @@ def aggregate(values: Sequence[float]) -> Aggregate:
 
 def row_columns(cost_column: str) -> tuple[str, ...]:
     return ("run", "task", "model", "method", "formats", "search_space", "granularity", "cost_target", "ratio",
-            cost_column, f"{cost_column}_std", "metric", "value", "std", "n", "pareto")
+            cost_column, f"{cost_column}_std", "metric", "value", "std", "n", "pareto", "vs_uniform")
 
 
 @dataclass
@@ -139,7 +139,7 @@ def _row(group: RunGroup, measured: dict[int, tuple[str, float, float]], cost_co
              formats.pop() if len(formats) == 1 else "mixed", ",".join(search.get("search_space", [])),
              search.get("granularity", ""), first.cost.get("target"),
              aggregate(ratios).mean if all(map(_finite, ratios)) else None,
-             costs.mean, costs.std, metric_name, values.mean, values.std, values.n, False)
+             costs.mean, costs.std, metric_name, values.mean, values.std, values.n, False, None)
     return dict(zip(row_columns(cost_column), cells))
 
 
@@ -149,8 +149,13 @@ def _mark_frontier(rows: list[dict[str, Any]], cost_column: str, higher_is_bette
         families.setdefault((row["task"], row["model"], row["metric"]), []).append(row)
     for members in families.values():
         mask = pareto_mask([r[cost_column] for r in members], [r["value"] for r in members], higher_is_better)
+        uniform = [(r[cost_column], r["value"]) for r in members if r["method"] == "uniform"]
         for row, on_frontier in zip(members, mask):
             row["pareto"] = on_frontier
+            # How far a searched model sits above (+) or below (-) the uniform line at its cost.
+            line = interpolate_uniform_line(uniform, row[cost_column], higher_is_better) \
+                if row["method"] == "search" else None
+            row["vs_uniform"] = None if line is None else (row["value"] - line) * (1 if higher_is_better else -1)
 
 
 def build_report(runs: Sequence[RunRecord], output_root: str, metric: str | None = None, cost_type: str | None = None,
@@ -201,7 +206,8 @@ def build_report(runs: Sequence[RunRecord], output_root: str, metric: str | None
         f"{counts[INCOMPLETE]} incomplete; {len(report.rows)} table rows from "
         f"{sum(row['n'] for row in report.rows)} runs; {len(report.invalid)} invalid runs listed separately",
         f"metric: {metric or 'each run main_metric'} ({direction} is better); cost: {report.cost_label}; "
-        "pareto: on the frontier of metric vs cost within its task/model/metric",
+        "pareto: on the frontier of metric vs cost within its task/model/metric; vs_uniform: a searched model's "
+        "metric minus the line through the uniform baselines at its cost (positive = better than uniform)",
         (f"grouped by {', '.join(report.group_by)}: runs that agree on them and differ only in {replicas}"
          if report.group_by else f"grouped automatically by every argument except {replicas}: seed replicas")
         + " are aggregated as mean and sample std over n runs"

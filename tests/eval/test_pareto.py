@@ -68,3 +68,18 @@ def test_bad_input():
         pareto_mask([1.0, 2.0], [0.5, float("nan")])
     with pytest.raises(ValueError, match="frontier needs finite values"):
         pareto_mask([float("inf")], [0.5])
+
+
+def test_interpolate_uniform_line_on_hand_checked_points():
+    from eval.pareto import interpolate_uniform_line
+
+    uniform = [(2.0, 0.1), (4.0, 0.9), (8.0, 0.95), (4.0, 0.8), (6.0, 0.5)]  # (4, 0.8) and (6, 0.5) are dominated
+    assert interpolate_uniform_line(uniform, 3.0) == pytest.approx(0.5)
+    assert interpolate_uniform_line(uniform, 2.5) == pytest.approx(0.3)
+    assert interpolate_uniform_line(uniform, 6.0) == pytest.approx(0.925)
+    assert interpolate_uniform_line(uniform, 4.0) == pytest.approx(0.9)
+    assert interpolate_uniform_line(uniform, 1.0) is None and interpolate_uniform_line(uniform, 9.0) is None
+    assert interpolate_uniform_line([], 3.0) is None
+    assert interpolate_uniform_line([(3.0, 0.7)], 3.0) == 0.7
+    # Lower is better (a loss): the line runs through the lowest losses.
+    assert interpolate_uniform_line([(2.0, 2.0), (4.0, 1.0), (4.0, 1.5)], 3.0, higher_is_better=False) == 1.5

@@ -295,3 +295,17 @@ def test_python_dash_m_entry_point(sweep):
     done = subprocess.run([sys.executable, "-m", "eval.report", str(sweep), "--metric", "f1"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
+
+
+def test_vs_uniform_is_the_gap_to_the_uniform_line(tmp_path):
+    from eval.report import build_report
+    from eval.results import load_runs
+
+    write_run(tmp_path, make_results("u2", method="uniform", weight_bits=2, memory_mib=2.0, metric=0.1))
+    write_run(tmp_path, make_results("u4", method="uniform", weight_bits=4, memory_mib=4.0, metric=0.9))
+    write_run(tmp_path, make_results("s3", metric=0.8, memory_mib=3.0, cost_target=3.0))
+    write_run(tmp_path, make_results("s5", metric=0.95, memory_mib=5.0, cost_target=5.0))
+    rows = {row["run"]: row for row in build_report(load_runs(tmp_path), str(tmp_path)).rows}
+    assert rows["s3"]["vs_uniform"] == pytest.approx(0.8 - 0.5)
+    assert rows["s5"]["vs_uniform"] is None  # beyond the most expensive uniform baseline
+    assert rows["u2"]["vs_uniform"] is None
