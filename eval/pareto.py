@@ -108,13 +108,20 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, cost_column: s
         axes[0].set_xlabel(cost_label)
     direction = "higher" if higher_is_better else "lower"
     for ax, ((task, model, metric), members) in zip(axes, families.items()):
-        for method, marker, color in (("uniform", "s", "tab:blue"), ("search", "o", "tab:orange")):
-            points = [r for r in members if r["method"] == method]
+        # One series for the uniform baselines, one per search space for the searched models.
+        series = [("uniform", "uniform", "s", "tab:blue")]
+        spaces = sorted({r.get("search_space") or "" for r in members if r["method"] == "search"})
+        colors = ("tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
+        series += [("search", space, "o", colors[i % len(colors)]) for i, space in enumerate(spaces)]
+        for method, space, marker, color in series:
+            points = [r for r in members if r["method"] == method and (method != "search" or
+                                                                        (r.get("search_space") or "") == space)]
             if not points:
                 continue
+            label = method if method == "uniform" else (f"search over {space}" if space else "search")
             ax.errorbar([r[cost_column] for r in points], [r["value"] for r in points],
                         xerr=[r[f"{cost_column}_std"] or 0.0 for r in points], yerr=[r["std"] or 0.0 for r in points],
-                        fmt=marker, color=color, capsize=3, label=method, zorder=3)
+                        fmt=marker, color=color, capsize=3, label=label, zorder=3)
             if method == "uniform":
                 # Baselines at the same cost (INT4 and FP4, say) share one label, stacked.
                 stacked: dict[float, int] = {}
