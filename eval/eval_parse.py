@@ -100,6 +100,12 @@ def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
                    "or global (plain EMA reward baseline, as TuNAS)")
     g.add_argument("--baseline_decay", type=float, default=0.9, help="EMA decay of the reward baseline")
     g.add_argument("--policy_temperature", type=float, default=1.0)
+    g.add_argument("--final_selection", default="constrained",
+                   help="the answer: 'constrained' = the most likely assignment within --target_tolerance of the "
+                   "target (the per-decision argmax when that is inside), or 'argmax' = every decision's most likely "
+                   "format")
+    g.add_argument("--target_tolerance", type=float, default=0.05, help="relative cost band of --final_selection "
+                   "constrained")
     g.add_argument("--bn_recalibration_batches", type=int, default=20,
                    help="after the search, re-estimate BatchNorm statistics for the found formats on this many "
                    "training batches (no weight changes; 0 = off)")

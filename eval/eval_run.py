@@ -94,7 +94,8 @@ def _run(args: argparse.Namespace, run_dir: Path, start: float) -> dict[str, Any
                           for name, d in decisions.items()},
             "cost_function": args.cost_function, "cost_beta": args.cost_beta,
             "reward_metric": args.reward_metric, "reward_source": args.reward_source,
-            "advantage": args.advantage, "steps": trainer.state.global_step,
+            "advantage": args.advantage, "final_selection": args.final_selection,
+            "steps": trainer.state.global_step,
             "non_finite_steps": trainer.non_finite_steps,
         }
 

@@ -23,6 +23,7 @@ from eval.model_configs import get_model_spec
 from eval.tasks import get_task
 from quant.formats import NO_QUANT, parse_format, parse_format_list
 from trainer.entropy_schedule import parse_entropy_schedule
+from trainer.final_selection import FinalSelection
 from trainer.reinforce_config import EXPONENTIAL_COST_FUNCTIONS, AdvantageMode, RewardMetric, RewardSource
 
 DEFAULT_LR_PRETRAINED = 5e-5
@@ -182,6 +183,9 @@ def _resolve_search(args: argparse.Namespace, task) -> None:
     parse_entropy_schedule(args.entropy_schedule_type)
     _choice(args.reward_source, [s.value for s in RewardSource], "--reward_source")
     _choice(args.advantage, [a.value for a in AdvantageMode], "--advantage")
+    _choice(args.final_selection, [f.value for f in FinalSelection], "--final_selection")
+    if not 0 <= args.target_tolerance < 1:
+        raise ValueError(f"--target_tolerance must be in [0, 1), got {args.target_tolerance}")
     exponential = args.cost_function in EXPONENTIAL_COST_FUNCTIONS
     if args.cost_beta is None:
         args.cost_beta = -0.07 if exponential else DEFAULT_COST_BETA

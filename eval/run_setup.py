@@ -225,7 +225,8 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, comp
         cost_beta=args.cost_beta, rl_learning_rate=rl_learning_rate, delay_steps=delay,
         precision_warmup=args.precision_warmup,
         max_entropy_beta=args.max_entropy_beta, entropy_schedule=args.entropy_schedule_type,
-        baseline_decay=args.baseline_decay, advantage=args.advantage, reward_metric=args.reward_metric,
+        baseline_decay=args.baseline_decay, advantage=args.advantage, final_selection=args.final_selection,
+        target_tolerance=args.target_tolerance, reward_metric=args.reward_metric,
         reward_source=args.reward_source, policy_temperature=args.policy_temperature, policy_seed=args.seed)
     from quant.surgery import quantized_layers
 

@@ -33,7 +33,9 @@ def main() -> None:
         for target_name in ("answer", "far_low"):
             for seed in args.seeds:
                 with tempfile.TemporaryDirectory() as tmp:
-                    trainer = make_trainer(tmp, seed=seed, steps=args.steps, advantage=advantage)
+                    # The plain argmax: this compares what the policies learned, not the final selection.
+                    trainer = make_trainer(tmp, seed=seed, steps=args.steps, advantage=advantage,
+                                           final_selection="argmax")
                     if target_name == "far_low":
                         trainer.reinforce_config.cost_target = trainer.cost_table.min_cost() / 1000
                     trainer.train()

@@ -8,6 +8,7 @@ from enum import Enum
 from cost.cost import REWARD_FUNCTIONS
 from cost.model_cost import CostType
 from trainer.entropy_schedule import EntropySchedule
+from trainer.final_selection import FinalSelection
 
 EXPONENTIAL_COST_FUNCTIONS = ("soft_exponential", "hard_exponential")
 
@@ -63,6 +64,9 @@ class ReinforceConfig:
     baseline_decay: EMA decay of the baseline (of the reward for advantage 'global', of the
         quality for 'per_decision').
     advantage: 'per_decision' (default) or 'global'; see AdvantageMode.
+    final_selection / target_tolerance: the answer is the per-decision argmax ('argmax'), or the
+        most likely assignment within cost_target * (1 +- target_tolerance) ('constrained',
+        default; the argmax itself when it is inside); see trainer.final_selection.
     policy_seed: seed of the sampling generator (identical on every DDP rank).
     """
 
@@ -77,6 +81,8 @@ class ReinforceConfig:
     entropy_schedule: EntropySchedule = EntropySchedule.LINEAR
     baseline_decay: float = 0.9
     advantage: AdvantageMode = AdvantageMode.PER_DECISION
+    final_selection: FinalSelection = FinalSelection.CONSTRAINED
+    target_tolerance: float = 0.05
     reward_metric: RewardMetric = RewardMetric.LOSS
     reward_source: RewardSource = RewardSource.TRAIN
     policy_temperature: float = 1.0
@@ -88,6 +94,9 @@ class ReinforceConfig:
         self.reward_metric = _enum(RewardMetric, self.reward_metric, "reward_metric")  # type: ignore[assignment]
         self.reward_source = _enum(RewardSource, self.reward_source, "reward_source")  # type: ignore[assignment]
         self.advantage = _enum(AdvantageMode, self.advantage, "advantage")  # type: ignore[assignment]
+        self.final_selection = _enum(FinalSelection, self.final_selection, "final_selection")  # type: ignore[assignment]
+        if not 0 <= self.target_tolerance < 1:
+            raise ValueError(f"target_tolerance must be in [0, 1), got {self.target_tolerance}")
         if self.cost_function not in REWARD_FUNCTIONS:
             raise ValueError(f"unknown cost_function {self.cost_function!r}; valid: {list(REWARD_FUNCTIONS)}")
         if not (isinstance(self.cost_target, (int, float)) and math.isfinite(self.cost_target) and self.cost_target > 0):

@@ -37,6 +37,7 @@ from policy.simple_policy import PolicySample, SimplePolicy
 from quant.quant_module import QuantModule
 from quant.surgery import set_layer_formats
 from trainer.entropy_schedule import entropy_beta
+from trainer.final_selection import FinalSelection, constrained_argmax
 from trainer.quality import batch_quality
 from trainer.reinforce_config import AdvantageMode, ReinforceConfig, RewardSource
 from trainer.search_space import DecisionCostTable, SearchSpace
@@ -100,7 +101,9 @@ class ReinforceTrainer(Trainer):
         self.quant_layers = dict(quant_layers)
         self.cost_table = DecisionCostTable(search_space, layer_costs, config.cost_type)
         self.policy = SimplePolicy(search_space.num_decisions, search_space.num_options, config.policy_temperature)
-        self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.rl_learning_rate)
+        # No momentum (beta1 = 0, as in TuNAS): every decision follows the cost signal together, and
+        # momentum would carry them all past the target before the signal flips.
+        self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.rl_learning_rate, betas=(0.0, 0.999))
         self.baseline = EmaBaseline(config.baseline_decay)
         self.sample_generator = torch.Generator().manual_seed(config.policy_seed)
         self.heldout_dataset = heldout_dataset
@@ -115,7 +118,12 @@ class ReinforceTrainer(Trainer):
         set_layer_formats(self.quant_layers, self.search_space.assignment(indices))
 
     def final_indices(self) -> torch.Tensor:
-        return self.policy.argmax()
+        config = self.reinforce_config
+        if config.final_selection is FinalSelection.ARGMAX:
+            return self.policy.argmax()
+        with torch.no_grad():
+            log_probs = self.policy.log_probabilities()
+        return constrained_argmax(log_probs, self.cost_table.table, config.cost_target, config.target_tolerance)
 
     def final_decisions(self) -> dict[str, DecisionResult]:
         """The answer: the most likely option of every decision, with the final probabilities."""
