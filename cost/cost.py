@@ -56,7 +56,8 @@ class RewardBreakdown:
         }
 
 
-def _finite(name: str, value: float) -> float:
+def finite_float(name: str, value: float) -> float:
+    """`value` as a float; ValueError naming `name` if it is not a real, finite number."""
     try:
         as_float = float(value)
     except (TypeError, ValueError):
@@ -72,10 +73,10 @@ def _finite(name: str, value: float) -> float:
 def _validated_inputs(
     cost: float, cost_beta: float, cost_target: float, quality: float
 ) -> tuple[float, float, float, float]:
-    cost = _finite("cost", cost)
-    cost_beta = _finite("cost_beta", cost_beta)
-    cost_target = _finite("cost_target", cost_target)
-    quality = _finite("quality", quality)
+    cost = finite_float("cost", cost)
+    cost_beta = finite_float("cost_beta", cost_beta)
+    cost_target = finite_float("cost_target", cost_target)
+    quality = finite_float("quality", quality)
     if cost_target <= 0:
         raise ValueError(
             f"cost_target={cost_target!r} must be > 0 (in the unit of the cost: MiB for memory, "

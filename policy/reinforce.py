@@ -21,25 +21,12 @@ depends on the sample it judges.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
+from cost.cost import finite_float
 from policy.simple_policy import PolicySample
-
-
-def _finite_float(name: str, value: float) -> float:
-    try:
-        as_float = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r} must be a real number") from None
-    if not math.isfinite(as_float):
-        raise ValueError(
-            f"{name}={value!r} must be finite; a NaN or inf here would corrupt the policy (check "
-            "the reward's quality metric and cost for NaN)"
-        )
-    return as_float
 
 
 def reinforce_loss(sample: PolicySample, advantage: float | torch.Tensor, entropy_beta: float) -> torch.Tensor:
@@ -49,7 +36,7 @@ def reinforce_loss(sample: PolicySample, advantage: float | torch.Tensor, entrop
     (D,) tensor with one advantage per decision (a per-decision baseline, see the trainer).
     A positive `entropy_beta` penalises entropy (drives convergence); a negative one rewards it.
     """
-    entropy_beta = _finite_float("entropy_beta", entropy_beta)
+    entropy_beta = finite_float("entropy_beta", entropy_beta)
     if isinstance(advantage, torch.Tensor):
         advantage = advantage.detach().to(sample.decision_log_probs)
         if advantage.shape != sample.decision_log_probs.shape:
@@ -58,7 +45,7 @@ def reinforce_loss(sample: PolicySample, advantage: float | torch.Tensor, entrop
         if not bool(torch.isfinite(advantage).all()):
             raise ValueError("per-decision advantages must be finite; check the reward's quality and cost for NaN")
         return -(advantage * sample.decision_log_probs).sum() + entropy_beta * sample.entropy
-    advantage = _finite_float("advantage", advantage)
+    advantage = finite_float("advantage", advantage)
     return -advantage * sample.log_prob + entropy_beta * sample.entropy
 
 
@@ -74,7 +61,7 @@ class EmaBaseline:
     """
 
     def __init__(self, decay: float = 0.9) -> None:
-        decay = _finite_float("decay", decay)
+        decay = finite_float("decay", decay)
         if not 0.0 <= decay < 1.0:
             raise ValueError(
                 f"decay={decay!r} must be in [0, 1) (e.g. 0.9); it is the weight of the old "
@@ -86,7 +73,7 @@ class EmaBaseline:
 
     def update(self, reward: float) -> float:
         """Fold in `reward` and return its advantage, `reward - baseline before this update`."""
-        reward = _finite_float("reward", reward)
+        reward = finite_float("reward", reward)
         if self.value is None:
             advantage = 0.0
             self.value = reward
@@ -118,7 +105,7 @@ class EmaBaseline:
                 f"inconsistent EmaBaseline state: value={value!r} with num_updates={num_updates}; "
                 "the value is None exactly when no reward has been seen"
             )
-        self.value = None if value is None else _finite_float("value", value)
+        self.value = None if value is None else finite_float("value", value)
         self.num_updates = num_updates
 
     def __repr__(self) -> str:

@@ -3,7 +3,6 @@ fail fast offline with the ways out). .ci/run executes the smoke commands as wri
 import io
 import shlex
 import time
-from pathlib import Path
 
 import pytest
 

@@ -5,7 +5,6 @@ from collections import Counter
 from types import SimpleNamespace
 
 import pytest
-import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
