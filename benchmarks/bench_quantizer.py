@@ -3,7 +3,8 @@
 On one large float32 tensor shaped (channels, size / channels), for each format and scale
 granularity: the forward of `fake_quantize` (scale given), forward + backward (with the
 straight-through mask), computing the abs-max scale alone, and `quantize` forward + backward
-(scale + fake quantization, what the layers run each step); next to `x.clone()` (the
+(scale + fake quantization, what the layers run each step); on a GPU also the eager forward
+that the fused kernel (quant/fused_quantize.py) replaces; next to `x.clone()` (the
 memory-bandwidth limit: read + write of every element) and `torch.fake_quantize_per_tensor_affine`
 / `torch.fake_quantize_per_channel_affine` (INT8 and INT4 grids). All variants run interleaved
 in one process (benchmarks/common.py).
@@ -36,11 +37,14 @@ from benchmarks.common import (
     time_interleaved,
     write_json,
 )
+from quant import fused_quantize
 from quant.formats import IntFormat, NumberFormat, parse_format
 from quant.quant_utils import Granularity, compute_scale, fake_quantize_unchecked, quantize
 
 DEFAULT_FORMATS = "int8,int4,fp8_e4m3,fp4_e2m1"
-DEFAULT_SIZE = {"cpu": 4 * 2**20, "cuda": 16 * 2**20}
+# On a GPU, 64M elements (256 MB): large enough that the time is memory traffic, not kernel
+# launches (a copy of 16M elements takes ~40 us on an H200, about one launch's CPU cost).
+DEFAULT_SIZE = {"cpu": 4 * 2**20, "cuda": 64 * 2**20}
 BYTES_PER_ELEMENT = {"copy": 8, "forward": 8, "forward_backward": 16, "scale": 4}
 TORCH_GRIDS = {"int8": IntFormat(8), "int4": IntFormat(4)}
 
@@ -85,6 +89,16 @@ def build_variants(x: torch.Tensor, formats: list[NumberFormat], granularities: 
             def layer_path(fmt=fmt, granularity=granularity) -> torch.Tensor:
                 return torch.autograd.grad(quantize(x_grad, fmt, granularity, dim=0), x_grad, upstream)[0]
 
+            if x.is_cuda and fused_quantize.is_available():
+                # Side by side: the ~8-pass eager path the fused kernel replaces ("before").
+                def eager_forward(fmt=fmt, scale=scale) -> torch.Tensor:
+                    fused_quantize.set_enabled(False)
+                    try:
+                        return fake_quantize_unchecked(x, fmt, scale)
+                    finally:
+                        fused_quantize.set_enabled(True)
+
+                variants.append(Variant(f"eager fwd {tag}", "forward", fmt.name, granularity.value, eager_forward))
             variants += [
                 Variant(f"fq fwd {tag}", "forward", fmt.name, granularity.value, forward),
                 Variant(f"fq fwd+bwd {tag}", "forward_backward", fmt.name, granularity.value, forward_backward),

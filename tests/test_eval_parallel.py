@@ -275,7 +275,10 @@ def test_real_sweep_on_two_cpu_workers_with_a_failing_run(tmp_path):
         results = json.loads((run_dir / "results.json").read_text())
         assert (results["status"], results["exp_name"]) == (status, run)
         log = (run_dir / "stdout.log").read_text()
-        assert log.startswith(f"# CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=1 PYTHONPATH={REPO} ")
+        # The repo comes first on PYTHONPATH; whatever the caller had set follows it.
+        assert log.startswith(f"# CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=1 PYTHONPATH={REPO}"), log[:200]
+        pythonpath = log.split("PYTHONPATH=", 1)[1].split(" ", 1)[0]
+        assert pythonpath.split(os.pathsep) == [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
         if status == "failed":
             assert "eval_run: error: " in log and "missing.csv" in results["error"]
         else:

@@ -1,0 +1,157 @@
+"""The fused GPU kernel equals the eager fake quantization bit for bit.
+
+The kernel runs on CUDA, or on the CPU under Triton's interpreter (TRITON_INTERPRET=1 set
+before the import, as `TRITON_INTERPRET=1 python -m pytest tests/quant/test_fused_quantize.py`);
+without either those tests skip. Format and layout coverage is checked everywhere.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from quant import fused_quantize
+from quant.formats import FloatFormat, IntFormat, parse_format
+from quant.fused_quantize import KernelParams, _scale_layout, fused_fake_quantize, kernel_params
+from quant.quant_utils import Granularity, _eager_forward, compute_scale, fake_quantize
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+KERNEL_DEVICES = (["cuda"] if torch.cuda.is_available() else []) + (["cpu"] if INTERPRETED else [])
+needs_kernel = pytest.mark.skipif(fused_quantize.triton is None or not KERNEL_DEVICES,
+                                  reason="needs Triton with a CUDA device, or TRITON_INTERPRET=1")
+
+FORMATS = ["int2", "int3", "int4", "int6", "int8", "int16", "fp8_e4m3", "fp8_e5m2", "fp8_e3m4", "fp6_e2m3",
+           "fp6_e3m2", "fp4_e2m1", "e2m2", "e1m6", "e5m0"]
+
+
+def test_kernel_params_of_int8_and_fp8() -> None:
+    assert kernel_params(IntFormat(8)) == KernelParams(-128.5, 127.49999237060547, 127 << 23, 127 << 23, 0)
+    e4m3 = parse_format("fp8_e4m3")
+    assert kernel_params(e4m3) == KernelParams(-448.0, 448.0, (-6 - 3 + 127) << 23, 0x7F800000, 3 << 23)
+
+
+@pytest.mark.parametrize("token", ["bf16", "fp16", "none"])
+def test_cast_formats_fall_back(token: str) -> None:
+    assert kernel_params(parse_format(token)) is None
+
+
+def test_every_int_and_generic_fp_format_is_covered() -> None:
+    tokens = [f"int{b}" for b in range(2, 17)]
+    tokens += [f"e{e}m{m}" for e in range(1, 6) for m in range(0, 8) if e + m <= 7]
+    assert [t for t in tokens if kernel_params(parse_format(t)) is None] == []
+
+
+@pytest.mark.parametrize(("x_shape", "scale_shape", "inner"), [
+    ((8, 3, 3, 3), (1, 1, 1, 1), 216),  # per tensor
+    ((8, 3, 3, 3), (), 216),
+    ((8, 3, 3, 3), (8, 1, 1, 1), 27),  # per output channel
+    ((2, 5, 16), (2, 5, 1), 16),  # per token
+    ((16, 8), (1, 8), None),  # per channel on the last dim (GPT-2 Conv1D): eager
+    ((2, 5, 16), (1, 5, 1), None),
+])
+def test_scale_layouts(x_shape: tuple[int, ...], scale_shape: tuple[int, ...], inner: int | None) -> None:
+    assert _scale_layout(torch.empty(x_shape), torch.empty(scale_shape)) == inner
+
+
+def _all_codes_probe(fmt, device: str) -> torch.Tensor:
+    """Every representable value of `fmt` at scale 1, the midpoints between neighbours (ties),
+    values just either side of them, past the maximum, -0, NaN and infinities."""
+    if isinstance(fmt, IntFormat):
+        grid = torch.arange(fmt.qmin, fmt.qmax + 1, dtype=torch.float64)
+    else:
+        assert isinstance(fmt, FloatFormat)
+        positive = [0.0]
+        for e in range(fmt.emin, fmt.emax + 1):
+            positive += [2.0**e * (1 + m / 2**fmt.man_bits) for m in range(2**fmt.man_bits)]
+        positive += [2.0**fmt.emin * m / 2**fmt.man_bits for m in range(1, 2**fmt.man_bits)]
+        positive = sorted(v for v in set(positive) if v <= fmt.max)
+        grid = torch.tensor(positive, dtype=torch.float64)
+        grid = torch.cat([-grid.flip(0), grid])
+    mids = (grid[1:] + grid[:-1]) / 2
+    values = torch.cat([grid, mids, mids * (1 + 2**-20), mids * (1 - 2**-20), grid * 1.5,
+                        torch.tensor([-0.0, 1e6, -1e6, 1e-30, -1e-30])]).float()
+    special = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    return torch.cat([values, special]).to(device)
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality, NaN payloads aside."""
+    nan = a.isnan()
+    if not torch.equal(nan, b.isnan()):
+        return False
+    a_bits = a.float().view(torch.int32)[~nan]
+    b_bits = b.float().view(torch.int32)[~nan]
+    return torch.equal(a_bits, b_bits)
+
+
+@needs_kernel
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+@pytest.mark.parametrize("token", FORMATS)
+def test_every_code_and_tie_matches_the_eager_path(device: str, token: str) -> None:
+    fmt = parse_format(token)
+    probe = _all_codes_probe(fmt, device)
+    for scale_value in (1.0, 0.37, 3.0e-3, 2.0**-20):
+        scale = torch.tensor([scale_value], device=device)
+        x = probe * scale_value
+        out, mask = fused_fake_quantize(x, fmt, scale, need_mask=True)
+        want, want_mask = _eager_forward(x, fmt, scale, need_mask=True)
+        assert _same_bits(out, want), (token, scale_value)
+        assert torch.equal(mask, want_mask), (token, scale_value)
+        out_no_mask, none = fused_fake_quantize(x, fmt, scale, need_mask=False)
+        assert none is None and _same_bits(out_no_mask, want)
+
+
+@needs_kernel
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("granularity", list(Granularity))
+@pytest.mark.parametrize("token", ["int8", "int4", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1", "fp6_e2m3"])
+def test_random_tensors_every_granularity_and_dtype(device: str, dtype: torch.dtype, granularity: Granularity,
+                                                    token: str) -> None:
+    if device == "cpu" and dtype is torch.bfloat16:
+        pytest.skip("Triton's interpreter truncates float32 -> bfloat16 (the GPU rounds to nearest even)")
+    fmt = parse_format(token)
+    generator = torch.Generator().manual_seed(7)
+    x = (torch.randn(12, 3, 5, 7, generator=generator) * torch.rand(12, 1, 1, 1, generator=generator) * 9)
+    x = x.to(dtype).to(device)
+    scale = compute_scale(x, fmt, granularity, dim=0 if granularity is Granularity.PER_CHANNEL else -1)
+    if granularity is not Granularity.PER_TENSOR:  # clip some elements too
+        scale = scale * 0.6
+    out, mask = fused_fake_quantize(x, fmt, scale, need_mask=True)
+    want, want_mask = _eager_forward(x, fmt, scale, need_mask=True)
+    assert out.dtype == dtype and _same_bits(out, want)
+    assert torch.equal(mask, want_mask)
+
+
+@needs_kernel
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_unsupported_layouts_return_none(device: str) -> None:
+    x = torch.randn(6, 4, device=device)
+    fmt = IntFormat(8)
+    assert fused_fake_quantize(x.t(), fmt, torch.ones(1, 1, device=device), need_mask=False) is None  # not contiguous
+    assert fused_fake_quantize(x, fmt, torch.ones(1, 4, device=device), need_mask=False) is None  # last-dim scale
+    assert fused_fake_quantize(x, parse_format("bf16"), torch.ones(1, 1, device=device), need_mask=False) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or fused_quantize.triton is None, reason="needs CUDA and Triton")
+def test_cuda_fake_quantize_takes_the_fused_path_and_its_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = fused_quantize.fused_fake_quantize
+    monkeypatch.setattr(fused_quantize, "fused_fake_quantize", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    x = (torch.randn(64, 32, device="cuda") * 3).requires_grad_()
+    scale = torch.full((64, 1), 0.05, device="cuda")
+    out = fake_quantize(x, "fp4_e2m1", scale)
+    out.backward(torch.ones_like(out))
+    assert calls == [parse_format("fp4_e2m1")]
+    assert fused_quantize.verified_on(x.device, lambda *a: None) is True  # the one-time check passed
+    fused_quantize.set_enabled(False)
+    try:
+        x_eager = x.detach().clone().requires_grad_()
+        want = fake_quantize(x_eager, "fp4_e2m1", scale)
+        want.backward(torch.ones_like(want))
+    finally:
+        fused_quantize.set_enabled(True)
+    assert _same_bits(out, want)
+    assert torch.equal(x.grad, x_eager.grad)
