@@ -302,7 +302,7 @@ def test_cuda_quantize_and_gradient_match_cpu(name, granularity):
     for percentile in (100.0, 99.0):
         results = []
         for device in ("cpu", "cuda"):
-            leaf = x.to(device).requires_grad_()
+            leaf = x.detach().to(device).requires_grad_()  # a leaf on each device
             out = quantize(leaf, fmt, granularity, dim=0 if granularity is Granularity.PER_CHANNEL else -1,
                            range_percentile=percentile)
             out.backward(torch.ones_like(out))
