@@ -223,6 +223,23 @@ def fake_quantize(x: torch.Tensor, fmt: NumberFormat | str, scale: torch.Tensor 
     return fake_quantize_unchecked(x, fmt, _as_scale_tensor(x, scale))
 
 
+_DEVICE_DIVISORS: dict[tuple[float, torch.device], torch.Tensor] = {}
+
+
+def divide_exactly(t: torch.Tensor, divisor: float) -> torch.Tensor:
+    """t / divisor, correctly rounded on every device. On CUDA, torch turns division by a
+    Python number into multiplication by its float32 reciprocal, up to 1 ulp off (amax / 7 is
+    off for most amax), so the same scale would differ between CPU and GPU; dividing by a
+    0-dim tensor on the device (cached, so no allocation per step) keeps the true division."""
+    if not t.is_cuda:
+        return t / divisor
+    key = (divisor, t.device)
+    tensor = _DEVICE_DIVISORS.get(key)
+    if tensor is None:
+        tensor = _DEVICE_DIVISORS.setdefault(key, torch.tensor(divisor, dtype=torch.float32, device=t.device))
+    return t / tensor
+
+
 class Granularity(str, Enum):
     """Which elements share one scale."""
 
@@ -301,7 +318,7 @@ def mse_optimal_abs_max(x: torch.Tensor, fmt: NumberFormat, granularity: Granula
         best_err = torch.full_like(amax, float("inf"))
         best_ratio = torch.ones_like(amax)
         for ratio in ratios:
-            err = _group_mse(x32, fmt, (amax * ratio / fmt.max).clamp_(min=_FP32_TINY), dims)
+            err = _group_mse(x32, fmt, divide_exactly(amax * ratio, fmt.max).clamp_(min=_FP32_TINY), dims)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best_ratio = torch.where(better, ratio.expand_as(amax), best_ratio)
@@ -341,7 +358,7 @@ def compute_scale(
         amax = mse_optimal_abs_max(x, fmt, granularity, dim=dim)
     else:
         amax = abs_max(x, granularity, dim=dim, range_percentile=range_percentile)
-    return (amax / fmt.max).clamp_(min=_FP32_TINY)
+    return divide_exactly(amax, fmt.max).clamp_(min=_FP32_TINY)
 
 
 @dataclass(frozen=True)
