@@ -23,7 +23,7 @@ import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -107,6 +107,7 @@ class ReinforceTrainer(Trainer):
         self.baseline = EmaBaseline(config.baseline_decay)
         self.sample_generator = torch.Generator().manual_seed(config.policy_seed)
         self.heldout_dataset = heldout_dataset
+        self._heldout_loader: Iterable | None = None
         self._heldout_batches: Iterator | None = None
         self.worst_reward: float | None = None
         self.non_finite_steps = 0
@@ -278,7 +279,11 @@ class ReinforceTrainer(Trainer):
     def _next_heldout_batch(self) -> dict[str, Any]:
         for _ in range(2):
             if self._heldout_batches is None:
-                self._heldout_batches = iter(self.get_eval_dataloader(self.heldout_dataset))
+                # Built once: a DataLoader (and accelerate's wrapping of it) per pass over a
+                # small held-out split cost more than the forward pass it feeds.
+                if self._heldout_loader is None:
+                    self._heldout_loader = self.get_eval_dataloader(self.heldout_dataset)
+                self._heldout_batches = iter(self._heldout_loader)
             try:
                 return next(self._heldout_batches)
             except StopIteration:
