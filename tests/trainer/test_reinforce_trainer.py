@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from quant.formats import parse_format
-from tests.trainer.toy_search_problem import INSENSITIVE, ToyModel, make_trainer
+from tests.trainer.toy_search_problem import INSENSITIVE, ToyDataset, ToyModel, make_trainer
 from trainer.entropy_schedule import entropy_beta
 from trainer.reinforce_trainer import SEARCH_STATE_NAME
 
@@ -194,3 +194,17 @@ def test_finalize_search_recalibrates_for_the_answer(tmp_path):
     trainer.finalize_search(recalibration_batches=3)
     assert trainer.model.norm.num_batches_tracked.item() == 3
     assert trainer.quant_layers["fc_in"].weight_format.name == trainer.final_decisions()["fc_in"].format
+
+
+def test_heldout_batches_cycle_through_one_dataloader(tmp_path, monkeypatch):
+    trainer = make_trainer(str(tmp_path), steps=7, reward_source="heldout",
+                           training_overrides=dict(per_device_eval_batch_size=8))
+    trainer.heldout_dataset = ToyDataset(16, 7)  # two batches per pass
+    built = []
+    real = trainer.get_eval_dataloader
+    monkeypatch.setattr(trainer, "get_eval_dataloader", lambda *a, **k: built.append(a) or real(*a, **k))
+    seen = [trainer._next_heldout_batch()["x"] for _ in range(5)]
+    assert len(built) == 1  # passes 2 and 3 reuse the loader of pass 1
+    first, second = ToyDataset(16, 7).x[:8], ToyDataset(16, 7).x[8:]
+    for got, want in zip(seen, [first, second, first, second, first]):
+        assert torch.equal(got, want)
