@@ -25,6 +25,7 @@ back to the eager path; so does everything when Triton is missing.
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from quant.formats import FloatFormat, IntFormat, NumberFormat
+from quant.formats import FloatFormat, IntFormat, NumberFormat, parse_format
 
 try:  # Triton ships with CUDA builds of torch; CPU builds have none.
     import triton
@@ -44,7 +45,6 @@ _FP32_EXPONENT_FIELD = 0x7F800000
 _FP32_ONE_BITS = 127 << 23  # bits of 1.0: an exponent field of 0
 _FP32_NORMAL_MIN_FIELD = 1 << 23  # 2^-126
 _FP32_NORMAL_MAX_FIELD = 253 << 23  # 2^126: its reciprocal is still normal
-_ROUNDING_MAGIC = 12582912.0  # 1.5 * 2^23: v + magic - magic rounds v (|v| <= 2^22) half to even
 _MAX_ROUNDED_MAGNITUDE = 2**22
 _BLOCK = 1024
 _ENV_SWITCH = "FLIQS_FUSED_QUANTIZE"  # "0" turns the fused kernel off
@@ -61,6 +61,7 @@ class KernelParams:
     man_shift: int
 
 
+@functools.lru_cache(maxsize=None)  # formats are frozen dataclasses; called on every forward
 def kernel_params(fmt: NumberFormat) -> KernelParams | None:
     """The kernel arguments for `fmt`, or None when the fused kernel does not cover it."""
     if isinstance(fmt, IntFormat):
@@ -72,8 +73,8 @@ def kernel_params(fmt: NumberFormat) -> KernelParams | None:
     if isinstance(fmt, FloatFormat):
         smallest = (fmt.emin - fmt.man_bits + 127) << 23
         largest = (fmt.emax - fmt.man_bits + 127) << 23
-        if (fmt.man_bits + 1 > 22 or smallest < _FP32_NORMAL_MIN_FIELD or largest > _FP32_NORMAL_MAX_FIELD
-                or fmt.max > torch.finfo(torch.float32).max):
+        if (2 ** (fmt.man_bits + 1) > _MAX_ROUNDED_MAGNITUDE or smallest < _FP32_NORMAL_MIN_FIELD
+                or largest > _FP32_NORMAL_MAX_FIELD or fmt.max > torch.finfo(torch.float32).max):
             return None
         return KernelParams(-fmt.max, fmt.max, smallest, _FP32_EXPONENT_FIELD, fmt.man_bits << 23)
     return None  # cast formats (bf16/fp16) and no-quant: eager
@@ -102,7 +103,7 @@ if triton is not None:
         step = step_bits.to(tl.float32, bitcast=True)
         inv_step = (0x7F000000 - step_bits).to(tl.float32, bitcast=True)  # 2^-k from 2^k: exact
         v = c * inv_step
-        r = (v + 12582912.0) - 12582912.0
+        r = (v + 12582912.0) - 12582912.0  # 1.5 * 2^23: rounds |v| <= 2^22 half to even
         # Keep v's sign so that -0.4 rounds to -0.0 as torch.round does.
         v_bits = v.to(tl.int32, bitcast=True)
         r_bits = (r.to(tl.int32, bitcast=True) & 0x7FFFFFFF) | (v_bits ^ (v_bits & 0x7FFFFFFF))
@@ -155,6 +156,7 @@ def fused_fake_quantize(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor,
     scale = scale.contiguous()
     inv_scale = torch.reciprocal(scale)  # the eager path's reciprocal, so y is the same
     out = torch.empty_like(x)
+    # Without a mask the kernel never touches pass_ptr; `out` stands in for it.
     mask = torch.empty(x.shape, dtype=torch.uint8, device=x.device) if need_mask else out
     grid = (triton.cdiv(x.numel(), _BLOCK),)
     _fake_quantize_kernel[grid](
@@ -176,7 +178,6 @@ def verified_on(device: torch.device, eager: EagerForward) -> bool:
     known = _verified.get(device)
     if known is not None:
         return known
-    from quant.formats import parse_format
     ok = True
     try:
         probe = torch.linspace(-300.0, 300.0, 4097, device=device)

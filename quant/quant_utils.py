@@ -88,6 +88,8 @@ def int_rounding_bounds(fmt: IntFormat) -> tuple[float, float]:
         hi = torch.nextafter(torch.tensor(fmt.qmax + 0.5), torch.tensor(0.0)).item()
         bounds = _INT_BOUNDS.setdefault(fmt, (fmt.qmin - 0.5, hi))
     return bounds
+
+
 _NATIVE_FLOAT8: dict[tuple[int, int, SpecialCodes], torch.dtype] = {
     (4, 3, SpecialCodes.FN): torch.float8_e4m3fn,
     (5, 2, SpecialCodes.IEEE): torch.float8_e5m2,
