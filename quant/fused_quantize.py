@@ -9,7 +9,7 @@ One kernel serves every INT and FP format, with the format's numbers passed as r
 arguments (so a search that switches formats every step never recompiles):
 
     y    = x * (1 / scale)                          as eager: torch's reciprocal, then one multiply
-    c    = clamp(y, lo, hi)                         INT: the rounding bounds; FP: +-max
+    c    = clamp(y, lo, hi)                         the rounding bounds (quant_utils.rounding_bounds)
     step = 2^(clamp(floor(log2|c|), e_lo, e_hi) - m)   built in the exponent field, exact;
                                                     INT: e_lo = e_hi = 0, m = 0 -> step 1
     q    = round_half_even(c / step) * step         c / step = c * 2^-k: exact; rounding by the
@@ -64,11 +64,12 @@ class KernelParams:
 @functools.lru_cache(maxsize=None)  # formats are frozen dataclasses; called on every forward
 def kernel_params(fmt: NumberFormat) -> KernelParams | None:
     """The kernel arguments for `fmt`, or None when the fused kernel does not cover it."""
+    from quant.quant_utils import rounding_bounds  # the eager path's clamp bounds, shared
+
     if isinstance(fmt, IntFormat):
         if fmt.qmax + 1 > _MAX_ROUNDED_MAGNITUDE:
             return None
-        from quant.quant_utils import int_rounding_bounds  # the eager path's bounds, shared
-        lo, hi = int_rounding_bounds(fmt)
+        lo, hi = rounding_bounds(fmt)
         return KernelParams(lo, hi, _FP32_ONE_BITS, _FP32_ONE_BITS, 0)
     if isinstance(fmt, FloatFormat):
         smallest = (fmt.emin - fmt.man_bits + 127) << 23
@@ -76,7 +77,9 @@ def kernel_params(fmt: NumberFormat) -> KernelParams | None:
         if (2 ** (fmt.man_bits + 1) > _MAX_ROUNDED_MAGNITUDE or smallest < _FP32_NORMAL_MIN_FIELD
                 or largest > _FP32_NORMAL_MAX_FIELD or fmt.max > torch.finfo(torch.float32).max):
             return None
-        return KernelParams(-fmt.max, fmt.max, smallest, _FP32_EXPONENT_FIELD, fmt.man_bits << 23)
+        # Values in (max, hi] share max's binade, so the step from the exponent field rounds them to max.
+        lo, hi = rounding_bounds(fmt)
+        return KernelParams(lo, hi, smallest, _FP32_EXPONENT_FIELD, fmt.man_bits << 23)
     return None  # cast formats (bf16/fp16) and no-quant: eager
 
 

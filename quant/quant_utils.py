@@ -5,7 +5,12 @@ Q rounds to the nearest value of `fmt` (ties to even) and saturates at +-fmt.max
 keep subnormals. Like torch's fake-quant kernels, x / scale is computed as x * (1 / scale) in
 float32, so INT results equal `torch.fake_quantize_per_tensor_affine` bit for bit.
 
-Gradient (straight-through): grad where the value is representable, 0 where it saturated.
+Gradient (straight-through): grad where x / scale rounds onto the format's range, 0 where it
+saturated. "Rounds onto" is torch's INT rule (round(x / scale) within [qmin, qmax]) applied to
+every format: x / scale lies within `rounding_bounds(fmt)`, i.e. rounding it to the format's grid
+without a range limit gives a value within +-fmt.max. (A stricter |x / scale| <= fmt.max would
+drop the gradient of a tensor's largest element whenever x * (1 / scale) rounds an ulp above
+fmt.max: ~20% of random tensors under abs-max scaling.)
 Scales are treated as constants (no gradient), as with abs-max observers.
 
 Nothing here calls `.item()` or otherwise synchronises with the device, except the argument
@@ -15,13 +20,15 @@ bit-identical to the eager path below.
 """
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import cast
 
 import torch
 
-from quant import fused_quantize
+from quant import cpu_quantize, fused_quantize
 from quant.formats import CastFormat, FloatFormat, IntFormat, NumberFormat, SpecialCodes, parse_format
 
 _FP32_TINY = torch.finfo(torch.float32).tiny
@@ -75,19 +82,54 @@ def _pass_mask(outside: torch.Tensor) -> torch.Tensor:
     return outside.to(torch.bool).view(torch.uint8).bitwise_xor_(1)
 
 
-_INT_BOUNDS: dict[IntFormat, tuple[float, float]] = {}
+_ROUNDING_BOUNDS: dict[NumberFormat, tuple[float, float]] = {}
 
 
-def int_rounding_bounds(fmt: IntFormat) -> tuple[float, float]:
-    """[lo, hi]: exactly the float32 values that round (half to even) onto the grid:
-    qmin - 0.5 rounds to the even qmin, qmax + 0.5 to the even qmax + 1, so hi is the float32
-    just below it. Then clamp(round(y)) == round(clamp(y, lo, hi)) for every y.
-    A host-side constant per format, computed once."""
-    bounds = _INT_BOUNDS.get(fmt)
+def _largest_step(fmt: NumberFormat) -> float:
+    """Spacing of the format's grid just below fmt.max (the top binade)."""
+    if isinstance(fmt, IntFormat):
+        return 1.0
+    if isinstance(fmt, FloatFormat):
+        return 2.0 ** (fmt.emax - fmt.man_bits)
+    if isinstance(fmt, CastFormat):
+        _, exponent = math.frexp(fmt.max)  # max = m * 2^exponent, m in [0.5, 1)
+        return torch.finfo(fmt.torch_dtype).eps * 2.0 ** (exponent - 1)
+    raise TypeError(f"no rounding rule for format {fmt!r}")
+
+
+def rounding_bounds(fmt: NumberFormat) -> tuple[float, float]:
+    """[lo, hi]: exactly the float32 values that round (half to even) onto the format's range
+    when rounded to its grid without a range limit. hi is fmt.max plus half the top step, or the
+    float32 just below it when that tie would round up (fmt.max an odd multiple of the step:
+    qmax of INT, the all-ones mantissa of most FP formats); lo is -hi, or qmin - 0.5 for INT
+    (qmin is even). Rounding commutes with clamping to these bounds, so clamp-then-round equals
+    round-then-saturate for every input, infinities included. A host-side constant per format."""
+    bounds = _ROUNDING_BOUNDS.get(fmt)
     if bounds is None:
-        hi = torch.nextafter(torch.tensor(fmt.qmax + 0.5), torch.tensor(0.0)).item()
-        bounds = _INT_BOUNDS.setdefault(fmt, (fmt.qmin - 0.5, hi))
+        step = _largest_step(fmt)
+        hi = fmt.max + step / 2  # exact in float32: one bit more than fmt.max has
+        if (fmt.max / step) % 2 == 1:
+            hi = torch.nextafter(torch.tensor(hi), torch.tensor(0.0)).item()
+        lo = fmt.qmin - 0.5 if isinstance(fmt, IntFormat) else -hi
+        bounds = _ROUNDING_BOUNDS.setdefault(fmt, (lo, hi))
     return bounds
+
+
+# x * (1 / (amax / max)) is amax / amax * max within 3 float32 roundings: at most
+# max * (1 + 3 * 2^-24); checked against the rounding bound with margin.
+_ABS_MAX_RELATIVE_OVERSHOOT = 2.0**-22
+
+
+@functools.lru_cache(maxsize=None)
+def abs_max_scaling_cannot_saturate(fmt: NumberFormat) -> bool:
+    """True when every finite x / scale stays within `rounding_bounds(fmt)` for a scale computed
+    as abs-max / fmt.max: then the straight-through mask would be all ones and backward is the
+    identity. Holds for every INT and FP format here (their top half-step is far wider than the
+    rounding error); not for cast formats, whose scale is 1."""
+    if isinstance(fmt, CastFormat) or not isinstance(fmt, (IntFormat, FloatFormat)):
+        return False
+    lo, hi = rounding_bounds(fmt)
+    return fmt.max * (1 + _ABS_MAX_RELATIVE_OVERSHOOT) < min(hi, -lo)
 
 
 _NATIVE_FLOAT8: dict[tuple[int, int, SpecialCodes], torch.dtype] = {
@@ -96,40 +138,37 @@ _NATIVE_FLOAT8: dict[tuple[int, int, SpecialCodes], torch.dtype] = {
 }
 
 
-def _quantize_scaled_(y: torch.Tensor, fmt: NumberFormat, need_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`quantize_scaled` on a float32 temporary the caller owns: `y` is overwritten (it may be
-    returned as Q(y)); the uint8 mask (1 = gradient passes) only when `need_mask`, else None.
+def _quantize_scaled_(y: torch.Tensor, fmt: NumberFormat, need_mask: bool, scratch: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Round float32 `y` (already divided by the scale) to `fmt` in place and return it, with the
+    uint8 mask (1 = gradient passes) when `need_mask`, else None. `scratch`: an optional float32
+    buffer shaped like y for the temporaries (allocated here when needed and not given).
 
-    INT: the gradient passes where the rounded value is on the grid (torch's convention), i.e.
-    where y is inside the rounding bounds; FP/cast: where |y| <= fmt.max. Either way, where
-    clamping y changes it; NaN counts as saturated (no gradient). Few full-size passes: the
-    CPU is memory-bound on these, so each pass saved is time saved.
+    Every format: clamp to `rounding_bounds(fmt)` (the mask is where that changes y; NaN counts
+    as saturated), then round. Few full-size passes: the CPU is memory-bound on these, so each
+    pass saved is time saved.
     """
-    if isinstance(fmt, IntFormat):
-        lo, hi = int_rounding_bounds(fmt)
-        if not need_mask:
-            return y.clamp_(lo, hi).round_(), None
-        clamped = y.clamp(lo, hi)
-        mask = _pass_mask(y.sub_(clamped))  # before rounding: y - clamp(y) is 0 inside the bounds
-        return clamped.round_(), mask
-    if not isinstance(fmt, (FloatFormat, CastFormat)):
+    if not isinstance(fmt, (IntFormat, FloatFormat, CastFormat)):
         raise TypeError(f"no rounding rule for format {fmt!r}")
+    lo, hi = rounding_bounds(fmt)
+    mask: torch.Tensor | None = None
+    if need_mask or isinstance(fmt, FloatFormat):
+        scratch = torch.empty_like(y) if scratch is None else scratch
     if need_mask:
-        clamped = y.clamp(-fmt.max, fmt.max)
-        mask: torch.Tensor | None = _pass_mask(y.sub_(clamped))
-        scratch = y  # no longer needed: holds the step below
-    else:
-        clamped, mask = y.clamp_(-fmt.max, fmt.max), None
-        scratch = torch.empty_like(y) if isinstance(fmt, FloatFormat) else y
+        outside = torch.sub(y, torch.clamp(y, lo, hi, out=scratch), out=scratch)  # 0 inside the bounds
+        mask = _pass_mask(outside)
+    y.clamp_(lo, hi)
+    if isinstance(fmt, IntFormat):
+        return y.round_(), mask
     if isinstance(fmt, CastFormat):
-        return clamped.to(fmt.torch_dtype).to(torch.float32), mask
-    native = _native_float8_dtype(fmt) if clamped.is_cuda else None
+        return y.copy_(y.to(fmt.torch_dtype)), mask
+    native = _native_float8_dtype(fmt) if y.is_cuda else None
     if native is not None:
         # On CUDA torch's float8 cast (round to nearest even, c10's conversion) is one fused pass;
         # on the CPU it is a scalar loop, slower than the core below. The GPU tests check the two
         # agree bit for bit (tests/quant/test_quant_utils.py::test_cuda_matches_cpu).
-        return clamped.to(native).to(torch.float32), mask
-    return _round_to_float_format_(clamped, fmt, scratch), mask
+        return y.copy_(y.to(native)), mask
+    return _round_to_float_format_(y, fmt, cast(torch.Tensor, scratch)), mask
 
 
 def _native_float8_dtype(fmt: FloatFormat) -> torch.dtype | None:
@@ -161,10 +200,16 @@ def _forward(x: torch.Tensor, fmt: NumberFormat, scale32: torch.Tensor, need_mas
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     # On a GPU, one fused kernel (quant/fused_quantize.py) instead of ~8 passes, where it
     # applies and once it has matched the eager path on this device.
-    if x.is_cuda and fused_quantize.is_available() and fused_quantize.verified_on(x.device, _eager_with_mask):
-        fused = fused_quantize.fused_fake_quantize(x, fmt, scale32, need_mask)
-        if fused is not None:
-            return fused
+    if x.is_cuda:
+        if fused_quantize.is_available() and fused_quantize.verified_on(x.device, _eager_with_mask):
+            fused = fused_quantize.fused_fake_quantize(x, fmt, scale32, need_mask)
+            if fused is not None:
+                return fused
+    else:
+        # On the CPU, the same core on cache-sized slices (quant/cpu_quantize.py).
+        sliced = cpu_quantize.sliced_forward(x, fmt, scale32, need_mask, _quantize_scaled_)
+        if sliced is not None:
+            return sliced
     return _eager_forward(x, fmt, scale32, need_mask)
 
 
@@ -387,9 +432,7 @@ def quantize(x: torch.Tensor, fmt: NumberFormat, granularity: Granularity, *, di
     if not fmt.quantizes:
         return x
     scale = compute_scale(x, fmt, granularity, dim=dim, range_percentile=range_percentile)
-    # With an abs-max scale, |x / scale| <= qmax * (1 + 4 ulp) < qmax + 0.5 for every finite x
-    # (or x is 0 and the scale is the floor): no element leaves the INT grid, the mask would
-    # be all ones and backward is the identity. FP formats can overshoot fmt.max by an ulp, so
-    # they keep the mask.
-    can_saturate = not (isinstance(fmt, IntFormat) and range_percentile >= 100.0)
+    # With an abs-max scale no finite element leaves the rounding bounds: the mask would be all
+    # ones, so it is not computed and backward is the identity.
+    can_saturate = range_percentile < 100.0 or not abs_max_scaling_cannot_saturate(fmt)
     return _FakeQuantizeFunction.apply(x, fmt, scale, can_saturate)

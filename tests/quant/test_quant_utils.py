@@ -10,9 +10,11 @@ from quant.formats import FloatFormat, IntFormat, parse_format
 from quant.quant_utils import (
     Granularity,
     abs_max,
+    abs_max_scaling_cannot_saturate,
     compute_scale,
     fake_quantize,
     quantize,
+    rounding_bounds,
 )
 
 ML_DTYPES = {
@@ -163,6 +165,112 @@ def test_fp_gradient_is_masked_straight_through(name):
     upstream = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
     (grad,) = torch.autograd.grad(fake_quantize(x, fmt, scale), x, upstream)
     assert torch.equal(grad, torch.tensor([1.0, 2.0, 3.0, 4.0, 0.0, 0.0]))
+
+
+def below(value: float) -> float:
+    return torch.nextafter(torch.tensor(value), torch.tensor(0.0)).item()
+
+
+def above(value: float) -> float:
+    return torch.nextafter(torch.tensor(value), torch.tensor(math.inf)).item()
+
+
+@pytest.mark.parametrize("name, want", [
+    ("int8", (-128.5, below(127.5))),  # qmin = -128 is even: its tie is in; qmax = 127 odd: out
+    ("int2", (-2.5, below(1.5))),
+    ("fp8_e4m3", (-464.0, 464.0)),  # 448 = 14 steps of 32 (even): the tie 464 rounds down to it
+    ("fp8_e5m2", (-below(61440.0), below(61440.0))),  # 57344 = 7 steps of 8192 (odd)
+    ("fp4_e2m1", (-below(7.0), below(7.0))),
+    ("fp6_e2m3", (-below(7.75), below(7.75))),
+    ("fp16", (-below(65520.0), below(65520.0))),
+    ("bf16", (-below(2.0**128 - 2.0**119), below(2.0**128 - 2.0**119))),
+])
+def test_rounding_bounds_values(name, want):
+    assert rounding_bounds(parse_format(name)) == want
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3", "fp8_e5m2", "fp8_e3m4", "bf16", "fp16", "int4", "int8", "int16"])
+def test_rounding_bounds_are_the_last_values_that_round_into_range(name):
+    """Independent references without a range limit: ml_dtypes' casts (overflow to inf/NaN),
+    torch's casts to bf16/fp16 (overflow to inf) and torch.round for INT."""
+    fmt = parse_format(name)
+    lo, hi = rounding_bounds(fmt)
+    if name in ML_DTYPES:
+        dtype = ML_DTYPES[name]
+        def rounded(v): return float(np.float32(v).astype(dtype).astype(np.float64))
+    elif name in ("bf16", "fp16"):
+        def rounded(v): return torch.tensor(v, dtype=torch.float32).to(fmt.torch_dtype).item()
+    else:
+        def rounded(v): return torch.tensor(v, dtype=torch.float32).round().item()
+    low = fmt.qmin if name.startswith("int") else -fmt.max
+    assert rounded(hi) == fmt.max and rounded(lo) == low
+    assert not abs(rounded(above(hi))) <= fmt.max  # inf, NaN or qmax + 1
+    assert not rounded(-above(-lo)) >= low
+
+
+def reference_gradient_passes(y: float, grid: list[float]) -> bool:
+    """Whether float64 rounding of y onto the grid extended by one top step stays within max."""
+    top_step = grid[-1] - grid[-2]
+    return math.isfinite(y) and abs(reference_round(y, grid + [grid[-1] + top_step])) <= grid[-1]
+
+
+@pytest.mark.parametrize("name", sorted(ML_DTYPES) + ["e2m5", "e1m0", "e3m1"])
+def test_fp_gradient_passes_exactly_where_rounding_stays_in_range(name):
+    if name in ML_DTYPES:
+        fmt, grid = parse_format(name), finite_grid(ML_DTYPES[name]).tolist()
+    else:
+        fmt = FloatFormat(int(name[1]), int(name[3]))
+        grid = generic_grid(fmt.exp_bits, fmt.man_bits)
+    top_step = grid[-1] - grid[-2]
+    band = [fmt.max, above(fmt.max), fmt.max + top_step / 4, fmt.max + top_step / 2, below(fmt.max + top_step / 2),
+            above(fmt.max + top_step / 2), fmt.max + top_step, math.inf, math.nan]
+    x = torch.cat([stress_inputs(fmt.max, np.array(grid), seed=5), torch.tensor(band), -torch.tensor(band)])
+    x.requires_grad_()
+    (grad,) = torch.autograd.grad(fake_quantize(x, fmt, 1.0), x, torch.ones_like(x))
+    want = torch.tensor([float(reference_gradient_passes(v, grid)) for v in x.tolist()])
+    assert torch.equal(grad, want)
+    assert 0 < int(want.sum()) < x.numel()
+
+
+@pytest.mark.parametrize("name", [f"int{b}" for b in range(2, 17)] + sorted(ML_DTYPES) + ["e2m5", "e5m0", "e1m6"])
+def test_abs_max_scaling_cannot_saturate(name):
+    fmt = parse_format(name)
+    assert abs_max_scaling_cannot_saturate(fmt)
+    lo, hi = rounding_bounds(fmt)
+    # The claim, checked on x / scale for tensors whose largest element lands above fmt.max.
+    gen = torch.Generator().manual_seed(0)
+    overshoots = 0
+    for _ in range(200):
+        x = torch.randn(64, generator=gen) * torch.rand(1, generator=gen) * 100
+        y = x * torch.reciprocal(compute_scale(x, fmt))
+        assert lo <= float(y.min()) and float(y.max()) <= hi
+        overshoots += int(float(y.abs().max()) > fmt.max)
+    if not math.log2(fmt.max).is_integer():  # dividing by a power of two is exact: no overshoot
+        assert overshoots > 0  # the case a |y| <= max rule would have masked
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp16"])
+def test_cast_formats_can_saturate(name):
+    assert not abs_max_scaling_cannot_saturate(parse_format(name))  # their scale is 1, not abs-max
+
+
+@pytest.mark.parametrize("granularity", list(Granularity))
+@pytest.mark.parametrize("name", ["int4", "int8", "fp8_e4m3", "fp8_e5m2", "fp6_e3m2", "fp4_e2m1"])
+def test_abs_max_quantize_skips_the_mask_exactly(name, granularity):
+    """`quantize` (abs-max scale, no mask) has the same output and gradient as `fake_quantize`
+    with the same scale, which computes the mask: the skipped mask would have been all ones."""
+    fmt = parse_format(name)
+    dim = 0 if granularity is Granularity.PER_CHANNEL else -1
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(20):
+        x = (torch.randn(8, 33, generator=gen) * torch.rand(8, 1, generator=gen) * 30).requires_grad_()
+        upstream = torch.randn(8, 33, generator=gen)
+        fast = quantize(x, fmt, granularity, dim=dim)
+        (fast_grad,) = torch.autograd.grad(fast, x, upstream)
+        masked = fake_quantize(x, fmt, compute_scale(x, fmt, granularity, dim=dim))
+        (masked_grad,) = torch.autograd.grad(masked, x, upstream)
+        assert bits_equal(fast.detach(), masked.detach())
+        assert torch.equal(fast_grad, masked_grad) and torch.equal(fast_grad, upstream)
 
 
 def test_cast_formats_round_like_torch_and_saturate():
