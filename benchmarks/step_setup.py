@@ -4,8 +4,8 @@ One `ModelCase` (model type, size, batch) and one `StepVariant` (float, fixed-fo
 or search) give a real HF `Trainer` / `ReinforceTrainer` built the way `eval/run_setup.py`
 builds them, and `TrainerStep` runs one optimisation step through the Trainer's own
 `training_step` (forward, loss, backward; for the search also sampling, format setting, reward
-and policy update) followed by what the Trainer's loop does after it (gradient clipping,
-optimizer and scheduler step, zero_grad). Every variant starts from identical weights and
+and policy update) followed by what the Trainer's loop does after it (the NaN/inf check of the
+loss, gradient clipping, optimizer and scheduler step, zero_grad). Every variant starts from identical weights and
 trains on the same synthetic batch, so differences are the variant's own cost.
 """
 from __future__ import annotations
@@ -200,10 +200,16 @@ class TrainerStep:
         # window (1 without gradient accumulation).
         self.trainer.current_gradient_accumulation_steps = 1
         self.max_grad_norm = self.trainer.args.max_grad_norm
+        self.last_loss_finite: bool | None = None
 
     def __call__(self) -> torch.Tensor:
         trainer, model = self.trainer, self.model
         loss = trainer.training_step(model, self.batch)
+        # The loop's logging_nan_inf_filter (on by default) reads the loss on the host every
+        # step: on a GPU a sync that every variant pays alike (the search reads its reward at
+        # the same point). Without it the float step would overlap work that training cannot.
+        if trainer.args.logging_nan_inf_filter:
+            self.last_loss_finite = not bool(torch.isnan(loss) or torch.isinf(loss))
         if self.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.max_grad_norm)
         trainer.optimizer.step()

@@ -399,6 +399,25 @@ def test_cuda_matches_cpu(name):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("name", ["fp8_e4m3", "fp8_e5m2", "int8", "fp4_e2m1"])
+def test_cuda_eager_path_matches_cpu(name):
+    """CUDA's eager path (the fallback of the fused kernel; torch's native float8 casts for
+    E4M3/E5M2): same values and masks as the CPU, including the band between fmt.max and the
+    rounding bound, where torch's cast must round down to fmt.max."""
+    from quant.quant_utils import _eager_forward  # the eager path, whether or not the kernel is on
+
+    fmt = parse_format(name)
+    lo, hi = rounding_bounds(fmt)
+    band = torch.linspace(fmt.max, hi, 257)
+    x = torch.cat([stress_inputs(fmt.max, np.array([0.0, fmt.max])), band, -band, torch.tensor([above(hi), lo])])
+    scale = torch.tensor(1.0)
+    out, mask = _eager_forward(x.cuda(), fmt, scale.cuda(), need_mask=True)
+    want, want_mask = _eager_forward(x, fmt, scale, need_mask=True)
+    assert bits_equal(out.cpu(), want) and torch.equal(mask.cpu(), want_mask)
+    assert (want[-(2 * 257 + 2):-2].abs() == fmt.max).all()
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("granularity", list(Granularity))
 @pytest.mark.parametrize("name", ["int4", "int8", "fp8_e4m3", "fp4_e2m1", "fp6_e3m2"])
 def test_cuda_quantize_and_gradient_match_cpu(name, granularity):
