@@ -2,7 +2,8 @@
 
 A format answers three questions for the rest of the toolkit: how many storage bits an element
 costs (`bits`, used by the cost model), the largest finite value (`max`, used for scales and
-saturation), and how to round (`quant.quant_utils` dispatches on the class).
+saturation, with `top_step` and `rounding_bounds` the exact interval that rounds onto the range),
+and how to round (`quant.quant_utils` dispatches on the class).
 
 Tokens accepted by `parse_format` (case-insensitive):
     0, none, fp32               no quantization (identity)
@@ -17,6 +18,8 @@ Tokens accepted by `parse_format` (case-insensitive):
 """
 from __future__ import annotations
 
+import functools
+import math
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -105,6 +108,12 @@ class CastFormat(NumberFormat):
     def torch_dtype(self) -> torch.dtype:
         return self.dtype.torch_dtype
 
+    @property
+    def top_step(self) -> float:
+        """Spacing of the grid just below max."""
+        _, exponent = math.frexp(self.max)  # max = m * 2^exponent, m in [0.5, 1)
+        return torch.finfo(self.torch_dtype).eps * 2.0 ** (exponent - 1)
+
     def __repr__(self) -> str:
         return f"CastFormat({self.name}, max={self.max:g})"
 
@@ -142,6 +151,11 @@ class IntFormat(NumberFormat):
     @property
     def max(self) -> float:  # type: ignore[override]
         return float(self.qmax)
+
+    @property
+    def top_step(self) -> float:
+        """Spacing of the grid just below max."""
+        return 1.0
 
     def __repr__(self) -> str:
         return f"IntFormat({self.name}, grid=[{self.qmin}, {self.qmax}])"
@@ -213,6 +227,11 @@ class FloatFormat(NumberFormat):
         return float((1 + top_mantissa / 2**self.man_bits) * 2.0**self.emax)
 
     @property
+    def top_step(self) -> float:
+        """Spacing of the grid just below max: 2^(emax - man_bits)."""
+        return float(2.0 ** (self.emax - self.man_bits))
+
+    @property
     def min_positive(self) -> float:
         """Smallest positive value: the subnormal step 2^(emin - man_bits)."""
         return float(2.0 ** (self.emin - self.man_bits))
@@ -228,6 +247,24 @@ class FloatFormat(NumberFormat):
 
     def __repr__(self) -> str:
         return f"FloatFormat({self.name}, e{self.exp_bits}m{self.man_bits}, bias={self.bias}, max={self.max:g})"
+
+
+@functools.lru_cache(maxsize=None)
+def rounding_bounds(fmt: IntFormat | FloatFormat | CastFormat) -> tuple[float, float]:
+    """[lo, hi]: exactly the float32 values that round (half to even) onto the format's range
+    when rounded to its grid without a range limit. hi is max plus half the top step, or the
+    float32 just below it when that tie would round up (max an odd multiple of the step: qmax of
+    INT, the all-ones mantissa of most FP formats); lo is -hi, or qmin - 0.5 for INT (qmin is
+    even). Rounding commutes with clamping to these bounds, so clamp-then-round equals
+    round-then-saturate for every input, infinities included. The fake quantization clamps to
+    them, and its straight-through gradient passes exactly inside them."""
+    if not isinstance(fmt, (IntFormat, FloatFormat, CastFormat)):
+        raise TypeError(f"no rounding rule for format {fmt!r}")
+    hi = fmt.max + fmt.top_step / 2  # exact in float32: one bit more than max has
+    if (fmt.max / fmt.top_step) % 2 == 1:
+        hi = torch.nextafter(torch.tensor(hi), torch.tensor(0.0)).item()
+    lo = fmt.qmin - 0.5 if isinstance(fmt, IntFormat) else -hi
+    return lo, hi
 
 
 NO_QUANT = NoQuantFormat()

@@ -9,7 +9,7 @@ One kernel serves every INT and FP format, with the format's numbers passed as r
 arguments (so a search that switches formats every step never recompiles):
 
     y    = x * (1 / scale)                          as eager: torch's reciprocal, then one multiply
-    c    = clamp(y, lo, hi)                         the rounding bounds (quant_utils.rounding_bounds)
+    c    = clamp(y, lo, hi)                         the rounding bounds (formats.rounding_bounds)
     step = 2^(clamp(floor(log2|c|), e_lo, e_hi) - m)   built in the exponent field, exact;
                                                     INT: e_lo = e_hi = 0, m = 0 -> step 1
     q    = round_half_even(c / step) * step         c / step = c * 2^-k: exact; rounding by the
@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from quant.formats import FloatFormat, IntFormat, NumberFormat, parse_format
+from quant.formats import FloatFormat, IntFormat, NumberFormat, parse_format, rounding_bounds
 
 try:  # Triton ships with CUDA builds of torch; CPU builds have none.
     import triton
@@ -64,8 +64,6 @@ class KernelParams:
 @functools.lru_cache(maxsize=None)  # formats are frozen dataclasses; called on every forward
 def kernel_params(fmt: NumberFormat) -> KernelParams | None:
     """The kernel arguments for `fmt`, or None when the fused kernel does not cover it."""
-    from quant.quant_utils import rounding_bounds  # the eager path's clamp bounds, shared
-
     if isinstance(fmt, IntFormat):
         if fmt.qmax + 1 > _MAX_ROUNDED_MAGNITUDE:
             return None

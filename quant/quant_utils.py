@@ -21,7 +21,6 @@ bit-identical to the eager path below.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import cast
@@ -29,7 +28,7 @@ from typing import cast
 import torch
 
 from quant import cpu_quantize, fused_quantize
-from quant.formats import CastFormat, FloatFormat, IntFormat, NumberFormat, SpecialCodes, parse_format
+from quant.formats import CastFormat, FloatFormat, IntFormat, NumberFormat, SpecialCodes, parse_format, rounding_bounds
 
 _FP32_TINY = torch.finfo(torch.float32).tiny
 _FP32_MANTISSA_BITS = 23
@@ -80,39 +79,6 @@ def _pass_mask(outside: torch.Tensor) -> torch.Tensor:
     that produce or select with bool tensors cost several times a plain arithmetic pass.
     """
     return outside.to(torch.bool).view(torch.uint8).bitwise_xor_(1)
-
-
-_ROUNDING_BOUNDS: dict[NumberFormat, tuple[float, float]] = {}
-
-
-def _largest_step(fmt: NumberFormat) -> float:
-    """Spacing of the format's grid just below fmt.max (the top binade)."""
-    if isinstance(fmt, IntFormat):
-        return 1.0
-    if isinstance(fmt, FloatFormat):
-        return 2.0 ** (fmt.emax - fmt.man_bits)
-    if isinstance(fmt, CastFormat):
-        _, exponent = math.frexp(fmt.max)  # max = m * 2^exponent, m in [0.5, 1)
-        return torch.finfo(fmt.torch_dtype).eps * 2.0 ** (exponent - 1)
-    raise TypeError(f"no rounding rule for format {fmt!r}")
-
-
-def rounding_bounds(fmt: NumberFormat) -> tuple[float, float]:
-    """[lo, hi]: exactly the float32 values that round (half to even) onto the format's range
-    when rounded to its grid without a range limit. hi is fmt.max plus half the top step, or the
-    float32 just below it when that tie would round up (fmt.max an odd multiple of the step:
-    qmax of INT, the all-ones mantissa of most FP formats); lo is -hi, or qmin - 0.5 for INT
-    (qmin is even). Rounding commutes with clamping to these bounds, so clamp-then-round equals
-    round-then-saturate for every input, infinities included. A host-side constant per format."""
-    bounds = _ROUNDING_BOUNDS.get(fmt)
-    if bounds is None:
-        step = _largest_step(fmt)
-        hi = fmt.max + step / 2  # exact in float32: one bit more than fmt.max has
-        if (fmt.max / step) % 2 == 1:
-            hi = torch.nextafter(torch.tensor(hi), torch.tensor(0.0)).item()
-        lo = fmt.qmin - 0.5 if isinstance(fmt, IntFormat) else -hi
-        bounds = _ROUNDING_BOUNDS.setdefault(fmt, (lo, hi))
-    return bounds
 
 
 # x * (1 / (amax / max)) is amax / amax * max within 3 float32 roundings: at most

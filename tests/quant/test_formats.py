@@ -1,6 +1,9 @@
 import math
 
+import ml_dtypes
+import numpy as np
 import pytest
+import torch
 
 from quant.formats import (
     NO_QUANT,
@@ -10,6 +13,7 @@ from quant.formats import (
     SpecialCodes,
     parse_format,
     parse_format_list,
+    rounding_bounds,
 )
 
 # token -> (canonical name, bits, max, is_float)
@@ -123,3 +127,53 @@ def test_formats_are_hashable_and_printable():
     assert str(parse_format("fp4")) == "fp4_e2m1"
     assert "max=448" in repr(parse_format("e4m3"))
     assert math.isclose(parse_format("e3m2").max, 28.0)
+
+
+def below(value: float) -> float:
+    return torch.nextafter(torch.tensor(value), torch.tensor(0.0)).item()
+
+
+def above(value: float) -> float:
+    return torch.nextafter(torch.tensor(value), torch.tensor(math.inf)).item()
+
+
+@pytest.mark.parametrize("name, want", [("int8", 1.0), ("fp8_e4m3", 32.0), ("fp8_e5m2", 8192.0), ("fp4_e2m1", 2.0),
+                                        ("e2m5", 2.0**-3), ("fp16", 32.0), ("bf16", 2.0**120)])
+def test_top_step(name, want):
+    fmt = parse_format(name)
+    assert fmt.top_step == want
+    assert (fmt.max / fmt.top_step).is_integer()  # max lies on the grid of that spacing
+
+
+@pytest.mark.parametrize("name, want", [
+    ("int8", (-128.5, below(127.5))),  # qmin = -128 is even: its tie is in; qmax = 127 odd: out
+    ("int2", (-2.5, below(1.5))),
+    ("fp8_e4m3", (-464.0, 464.0)),  # 448 = 14 steps of 32 (even): the tie 464 rounds down to it
+    ("fp8_e5m2", (-below(61440.0), below(61440.0))),  # 57344 = 7 steps of 8192 (odd)
+    ("fp4_e2m1", (-below(7.0), below(7.0))),
+    ("fp6_e2m3", (-below(7.75), below(7.75))),
+    ("fp16", (-below(65520.0), below(65520.0))),
+    ("bf16", (-below(2.0**128 - 2.0**119), below(2.0**128 - 2.0**119))),
+])
+def test_rounding_bounds_values(name, want):
+    assert rounding_bounds(parse_format(name)) == want
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3", "fp8_e5m2", "fp8_e3m4", "bf16", "fp16", "int4", "int8", "int16"])
+def test_rounding_bounds_are_the_last_values_that_round_into_range(name):
+    """Independent references without a range limit: ml_dtypes' casts (overflow to inf/NaN),
+    torch's casts to bf16/fp16 (overflow to inf) and torch.round for INT."""
+    fmt = parse_format(name)
+    lo, hi = rounding_bounds(fmt)
+    if name.startswith("fp8"):
+        dtype = {"fp8_e4m3": ml_dtypes.float8_e4m3fn, "fp8_e5m2": ml_dtypes.float8_e5m2,
+                 "fp8_e3m4": ml_dtypes.float8_e3m4}[name]
+        def rounded(v): return float(np.float32(v).astype(dtype).astype(np.float64))
+    elif name in ("bf16", "fp16"):
+        def rounded(v): return torch.tensor(v, dtype=torch.float32).to(fmt.torch_dtype).item()
+    else:
+        def rounded(v): return torch.tensor(v, dtype=torch.float32).round().item()
+    low = fmt.qmin if name.startswith("int") else -fmt.max
+    assert rounded(hi) == fmt.max and rounded(lo) == low
+    assert not abs(rounded(above(hi))) <= fmt.max  # inf, NaN or qmax + 1
+    assert not rounded(-above(-lo)) >= low
