@@ -37,7 +37,8 @@ _FP32_EXPONENT_FIELD = 0x7F800000  # the 8 exponent bits of a float32, in place
 
 
 def _float_step_(y: torch.Tensor, fmt: FloatFormat, out: torch.Tensor) -> torch.Tensor:
-    """Spacing of `fmt`'s grid at each element of float32 `y` (|y| <= fmt.max), as float32:
+    """Spacing of `fmt`'s grid at each element of float32 `y` (within `rounding_bounds(fmt)`, so
+    in the binade of fmt.max at most), as float32:
     2^(max(floor(log2|y|), emin) - man_bits), built in the exponent field so it is exact.
     Written into `out` (a float32 scratch buffer shaped like y) and returned.
 
@@ -53,8 +54,8 @@ def _float_step_(y: torch.Tensor, fmt: FloatFormat, out: torch.Tensor) -> torch.
 
 
 def _round_to_float_format_(y: torch.Tensor, fmt: FloatFormat, scratch: torch.Tensor) -> torch.Tensor:
-    """Round `y` (float32, clamped to +-fmt.max) in place; `scratch` is a float32 buffer shaped
-    like y that the caller gives up."""
+    """Round `y` (float32, clamped to +-fmt.max or to the rounding bounds) in place; `scratch` is
+    a float32 buffer shaped like y that the caller gives up."""
     step = _float_step_(y, fmt, scratch)
     # Dividing and multiplying by a power of two are exact, so the only rounding is
     # torch.round (half to even) on the multiple of the step.
