@@ -1,0 +1,52 @@
+"""The goal table of benchmarks/summarize.py: which measurement meets which goal, on which device."""
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.summarize import summarize
+
+
+def step_payload(device: str, ratios: dict[str, float]) -> dict:
+    variants = [{"name": "float", "ratio_to_float": 1.0}] + [
+        {"name": name, "ratio_to_float": ratio} for name, ratio in ratios.items()]
+    return {"benchmark": "search_step", "environment": {"device": device},
+            "results": [{"model": "resnet-small", "variants": variants}]}
+
+
+def verdicts(folder: Path) -> dict[tuple[str, str], tuple[float, str, str]]:
+    return {(line.subject, line.metric): (line.value, *line.verdict()) for line in summarize(folder)}
+
+
+def test_every_fixed_format_meets_the_fixed_format_goal_on_the_cpu(tmp_path):
+    ratios = {"fixed_int8": 1.19, "fixed_fp8_e4m3": 1.41, "search_train": 1.5, "search_heldout": 1.8}
+    (tmp_path / "step_cpu.json").write_text(json.dumps(step_payload("cpu", ratios)))
+    got = verdicts(tmp_path)
+    assert got[("resnet-small fixed_int8", "fixed-format step / float")] == (1.19, "<= 1.4", "PASS")
+    assert got[("resnet-small fixed_fp8_e4m3", "fixed-format step / float")] == (1.41, "<= 1.4", "MISS")
+    assert got[("resnet-small", "search_train step / float")] == (1.5, "<= 1.5", "PASS")
+    assert got[("resnet-small", "search_heldout step / float")] == (1.8, "-", "info")  # not a goal
+    assert len(got) == 4  # the float reference itself is no line
+
+
+def test_goals_depend_on_the_device(tmp_path):
+    (tmp_path / "step_gpu.json").write_text(json.dumps(step_payload("cuda:0", {"fixed_int8": 1.3,
+                                                                               "search_train": 1.3})))
+    got = verdicts(tmp_path)
+    assert got[("resnet-small", "search_train step / float")] == (1.3, "<= 1.25", "MISS")
+    assert got[("resnet-small fixed_int8", "fixed-format step / float")] == (1.3, "-", "info")  # a CPU goal only
+
+
+def test_quantizer_goal_takes_the_worst_format(tmp_path):
+    rows = [{"name": f"fq fwd {f}/per_tensor", "format": f, "granularity": "per_tensor", "pct_of_copy": pct}
+            for f, pct in (("int8", 85.0), ("fp4_e2m1", 79.9))]
+    payload = {"benchmark": "quantizer", "environment": {"device": "cuda:0"}, "results": rows}
+    (tmp_path / "quantizer_gpu.json").write_text(json.dumps(payload))
+    got = verdicts(tmp_path)
+    assert got == {("fake_quantize (fp4_e2m1/per_tensor)", "quantizer fwd % of copy (worst format)"):
+                   (79.9, ">= 80", "MISS")}
+
+
+def test_not_a_folder(tmp_path):
+    with pytest.raises(ValueError, match="is not a folder"):
+        summarize(tmp_path / "missing")
