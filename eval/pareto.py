@@ -65,16 +65,19 @@ def new_figure(width_in: float, height_in: float) -> Any:
     return figure
 
 
+def uniform_line(uniform: Sequence[tuple[float, float]], higher_is_better: bool = True) -> list[tuple[float, float]]:
+    """The Pareto-optimal uniform baselines (cost, metric), by increasing cost: the vertices of the
+    line that mixing neighbouring uniform models would be expected to follow."""
+    mask = pareto_mask([c for c, _ in uniform], [m for _, m in uniform], higher_is_better)
+    return sorted({point for point, keep in zip(uniform, mask) if keep})
+
+
 def interpolate_uniform_line(uniform: Sequence[tuple[float, float]], cost: float,
                              higher_is_better: bool = True) -> float | None:
-    """The metric of the line through the Pareto-optimal uniform baselines (cost, metric) at
-    `cost`: what mixing the neighbouring uniform models would be expected to give. None when
-    `cost` lies outside their cost range (no line to compare with)."""
-    if not uniform:
-        return None
-    mask = pareto_mask([c for c, _ in uniform], [m for _, m in uniform], higher_is_better)
-    line = sorted({point for point, keep in zip(uniform, mask) if keep})
-    if not line[0][0] <= cost <= line[-1][0]:
+    """The metric of `uniform_line(uniform)` at `cost`. None when `cost` lies outside the
+    baselines' cost range (no line to compare with)."""
+    line = uniform_line(uniform, higher_is_better)
+    if not line or not line[0][0] <= cost <= line[-1][0]:
         return None
     for (c0, m0), (c1, m1) in zip(line, line[1:]):
         if c0 <= cost <= c1:
@@ -93,14 +96,7 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, cost_column: s
     """
     families: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        families.setdefault((row["task"], row["model"], row["metric"]), []).append(dict(row))
-    for members in families.values():
-        uniform = [r for r in members if r["method"] == "uniform"]
-        on_front = pareto_mask([r[cost_column] for r in uniform], [r["value"] for r in uniform], higher_is_better)
-        for r in members:
-            r["pareto_uniform"] = False
-        for r, flag in zip(uniform, on_front):
-            r["pareto_uniform"] = flag
+        families.setdefault((row["task"], row["model"], row["metric"]), []).append(row)
     figure = new_figure(6.4 * max(1, len(families)), 4.8)
     axes = figure.subplots(1, max(1, len(families)), squeeze=False)[0]
     if not families:
@@ -131,9 +127,9 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, cost_column: s
                     ax.annotate(r["formats"], (r[cost_column], r["value"]), textcoords="offset points",
                                 xytext=(4, -10 - 9 * rank), fontsize=7, color=color)
                 # The line between the best uniform baselines: what mixing them is expected to give.
-                best = sorted((r for r in points if r["pareto_uniform"]), key=lambda r: r[cost_column])
-                if len(best) > 1:
-                    ax.plot([r[cost_column] for r in best], [r["value"] for r in best], ":", color=color,
+                line = uniform_line([(r[cost_column], r["value"]) for r in points], higher_is_better)
+                if len(line) > 1:
+                    ax.plot([c for c, _ in line], [m for _, m in line], ":", color=color,
                             linewidth=1, label="uniform, interpolated", zorder=1)
         for r in (r for r in members if r["method"] == "float"):
             ax.axhline(r["value"], color="gray", linestyle="--", label=f"float ({r['value']:.4g})")

@@ -71,9 +71,10 @@ def test_bad_input():
 
 
 def test_interpolate_uniform_line_on_hand_checked_points():
-    from eval.pareto import interpolate_uniform_line
+    from eval.pareto import interpolate_uniform_line, uniform_line
 
     uniform = [(2.0, 0.1), (4.0, 0.9), (8.0, 0.95), (4.0, 0.8), (6.0, 0.5)]  # (4, 0.8) and (6, 0.5) are dominated
+    assert uniform_line(uniform) == [(2.0, 0.1), (4.0, 0.9), (8.0, 0.95)]
     assert interpolate_uniform_line(uniform, 3.0) == pytest.approx(0.5)
     assert interpolate_uniform_line(uniform, 2.5) == pytest.approx(0.3)
     assert interpolate_uniform_line(uniform, 6.0) == pytest.approx(0.925)
