@@ -39,7 +39,7 @@ from benchmarks.common import (
 )
 from quant import fused_quantize
 from quant.formats import IntFormat, NumberFormat, parse_format
-from quant.quant_utils import Granularity, compute_scale, fake_quantize_unchecked, quantize
+from quant.quant_utils import Granularity, _eager_forward, compute_scale, fake_quantize_unchecked, quantize
 
 DEFAULT_FORMATS = "int8,int4,fp8_e4m3,fp4_e2m1"
 # On a GPU, 64M elements (256 MB): large enough that the time is memory traffic, not kernel
@@ -92,11 +92,7 @@ def build_variants(x: torch.Tensor, formats: list[NumberFormat], granularities: 
             if x.is_cuda and fused_quantize.is_available():
                 # Side by side: the ~8-pass eager path the fused kernel replaces ("before").
                 def eager_forward(fmt=fmt, scale=scale) -> torch.Tensor:
-                    fused_quantize.set_enabled(False)
-                    try:
-                        return fake_quantize_unchecked(x, fmt, scale)
-                    finally:
-                        fused_quantize.set_enabled(True)
+                    return _eager_forward(x, fmt, scale, need_mask=False)[0]  # what _forward falls back to
 
                 variants.append(Variant(f"eager fwd {tag}", "forward", fmt.name, granularity.value, eager_forward))
             variants += [

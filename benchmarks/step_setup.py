@@ -5,8 +5,8 @@ or search) give a real HF `Trainer` / `ReinforceTrainer` built the way `eval/run
 builds them, and `TrainerStep` runs one optimisation step through the Trainer's own
 `training_step` (forward, loss, backward; for the search also sampling, format setting, reward
 and policy update) followed by what the Trainer's loop does after it (the NaN/inf check of the
-loss, gradient clipping, optimizer and scheduler step, zero_grad). Every variant starts from identical weights and
-trains on the same synthetic batch, so differences are the variant's own cost.
+loss, gradient clipping, optimizer and scheduler step, zero_grad). Every variant starts from
+identical weights and trains on the same synthetic batch, so differences are the variant's own cost.
 """
 from __future__ import annotations
 

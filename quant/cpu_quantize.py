@@ -37,8 +37,8 @@ def sliced_forward(x: torch.Tensor, fmt: NumberFormat, scale32: torch.Tensor, ne
                    core: ScaledCore) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """(Q(x / scale) * scale in x's dtype, uint8 mask or None) computed slice by slice along
     dim 0 (at least one row per slice), or None when slicing does not apply (small tensors, a
-    single row, a scale with more dimensions than x, INT without a mask): then the caller runs the eager path on the whole
-    tensor. `scale32` is float32 and broadcasts against x."""
+    single row, a scale with more dimensions than x, INT without a mask): then the caller runs
+    the eager path on the whole tensor. `scale32` is float32 and broadcasts against x."""
     if x.is_cuda or x.dim() == 0 or x.numel() <= SLICE_ELEMENTS or scale32.dim() > x.dim():
         return None
     if isinstance(fmt, IntFormat) and not need_mask:

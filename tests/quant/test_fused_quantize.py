@@ -57,7 +57,8 @@ def test_scale_layouts(x_shape: tuple[int, ...], scale_shape: tuple[int, ...], i
 
 def _all_codes_probe(fmt, device: str) -> torch.Tensor:
     """Every representable value of `fmt` at scale 1, the midpoints between neighbours (ties),
-    values just either side of them, past the maximum, -0, NaN and infinities."""
+    values just either side of them, the band above the maximum that still rounds to it (and the
+    tie at its edge), past the maximum, -0, NaN and infinities."""
     if isinstance(fmt, IntFormat):
         grid = torch.arange(fmt.qmin, fmt.qmax + 1, dtype=torch.float64)
     else:
@@ -70,7 +71,8 @@ def _all_codes_probe(fmt, device: str) -> torch.Tensor:
         grid = torch.tensor(positive, dtype=torch.float64)
         grid = torch.cat([-grid.flip(0), grid])
     mids = (grid[1:] + grid[:-1]) / 2
-    values = torch.cat([grid, mids, mids * (1 + 2**-20), mids * (1 - 2**-20), grid * 1.5,
+    band = fmt.max + fmt.top_step * torch.tensor([0.25, 0.5 - 2**-20, 0.5, 0.5 + 2**-20, 0.75], dtype=torch.float64)
+    values = torch.cat([grid, mids, mids * (1 + 2**-20), mids * (1 - 2**-20), band, -band, grid * 1.5,
                         torch.tensor([-0.0, 1e6, -1e6, 1e-30, -1e-30])]).float()
     special = torch.tensor([float("nan"), float("inf"), -float("inf")])
     return torch.cat([values, special]).to(device)
