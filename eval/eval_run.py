@@ -36,7 +36,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"eval_run: error: {type(error).__name__}: {error} (traceback in "
               f"{run_dir_of(args) / 'results.json'})", file=sys.stderr)
         return 1
+    finally:
+        _destroy_process_group()
     return 0
+
+
+def _destroy_process_group() -> None:
+    """Under torch.distributed.run the Trainer opens a process group; close it before the
+    interpreter exits (torch asks for this: backend threads can otherwise outlive the objects
+    they use during finalization)."""
+    distributed = sys.modules.get("torch.distributed")  # never import torch just for this
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,12 +1,21 @@
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import pytest
 
+from tests.distributed_launch import failure_report, killed_by_native_abort, launch_with_one_relaunch
+
 SCRIPT = os.path.join(os.path.dirname(__file__), "ddp_search_script.py")
+
+
+@pytest.mark.parametrize("stderr, expected", [
+    ("rank : 0\n  exitcode  : -15 (pid: 1)\n rank : 1\n  exitcode  : -6 (pid: 2)", True),
+    ("rank : 1\n  exitcode  : 1 (pid: 2)\n", False),  # a Python exception: never relaunched
+    ("rank : 0\n  exitcode  : -15 (pid: 1)\n  exitcode  : 1 (pid: 2)", False),
+    ("no launcher report at all", False),
+])
+def test_killed_by_native_abort(stderr, expected):
+    assert killed_by_native_abort(stderr) is expected
 
 
 @pytest.mark.slow
@@ -14,15 +23,10 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "ddp_search_script.py")
 def test_ddp_ranks_stay_in_sync(tmp_path, source):
     """Two gloo processes train on different shards; they must sample the same formats at every
     step and end with bit-identical policies (the reward is all-reduced)."""
-    with socket.socket() as probe:  # a free port for the rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-               SCRIPT, str(tmp_path), source]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    result, attempt = launch_with_one_relaunch(lambda attempt: [SCRIPT, str(tmp_path / f"attempt{attempt}"), source])
+    assert result.returncode == 0, failure_report(result)
+    out_dir = tmp_path / f"attempt{attempt}"
+    ranks = [json.loads((out_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
     assert len(ranks[0]["history"]) == 60  # one sample per step
     assert ranks[0]["history"] == ranks[1]["history"]
