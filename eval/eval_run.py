@@ -33,8 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run(args)
     except Exception as error:  # noqa: BLE001 - reported in results.json and as one line
-        print(f"eval_run: error: {type(error).__name__}: {error} (traceback in "
-              f"{run_dir_of(args) / 'results.json'})", file=sys.stderr)
+        results_file = run_dir_of(args) / "results.json"
+        where = f" (traceback in {results_file})" if results_file.is_file() else ""
+        print(f"eval_run: error: {type(error).__name__}: {error}{where}", file=sys.stderr)
         return 1
     finally:
         _destroy_process_group()

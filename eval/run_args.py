@@ -14,7 +14,9 @@ Resolved fields added to the namespace (all JSON-serialisable, saved in config.j
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import tempfile
 from pathlib import Path
 
 from cost.cost import REWARD_FUNCTIONS
@@ -57,6 +59,24 @@ def _fixed_format(text: str | None, flag: str) -> str | None:
         raise ValueError(f"{flag}: {error}") from None
 
 
+def check_can_write_under(path: str, flag: str) -> None:
+    """`path` is a directory, or can be created, and files can be written under it: its nearest
+    existing ancestor is a directory in which a probe directory can be created (and is removed
+    again). Permission bits alone say nothing for root or on read-only mounts."""
+    target = Path(path)
+    ancestor = target
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        what = "is a file" if ancestor == target else f"cannot be a directory: {str(ancestor)!r} is a file"
+        raise ValueError(f"{flag} {path!r} {what}; choose another path")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".fliqs-write-check-", dir=ancestor))
+    except OSError as error:
+        raise ValueError(f"{flag} {path!r}: cannot create directories in {str(ancestor)!r} "
+                         f"({error.strerror or error}); choose a writable location") from None
+
+
 def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
     """Validate `args` in place and fill in the resolved fields; returns `args`."""
     task = get_task(args.task)
@@ -89,9 +109,13 @@ def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.cuda_visible_devices is not None and not re.fullmatch(r"\d+(,\d+)*|", args.cuda_visible_devices):
         raise ValueError(f"--cuda_visible_devices {args.cuda_visible_devices!r} must be a comma-separated list "
                          "of GPU indices such as 0,1")
-    if args.export_dir is not None and Path(args.export_dir).exists():
-        raise ValueError(f"--export_dir {args.export_dir!r} already exists; give a new directory (the export is "
-                         "written atomically and never overwrites)")
+    check_can_write_under(args.output_root_dir, "--output_root_dir")
+    if args.export_dir is not None:
+        if Path(args.export_dir).exists():
+            raise ValueError(f"--export_dir {args.export_dir!r} already exists; give a new directory (the export is "
+                             "written atomically and never overwrites)")
+        # Checked now, not after hours of training when the export is written.
+        check_can_write_under(args.export_dir, "--export_dir")
     if args.image_size is not None and task.modality != "vision":
         raise ValueError(f"--image_size applies to vision tasks; {args.task} is a text task")
     if args.exp_name is not None and (not args.exp_name or "/" in args.exp_name or args.exp_name in (".", "..")):

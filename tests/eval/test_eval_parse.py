@@ -133,3 +133,36 @@ def test_validation_errors_are_one_line_exit_2(argv, match, capsys):
 def test_unknown_flag_is_one_line(capsys):
     err = error_of(["--quantise_pooler"], capsys)
     assert "unrecognized arguments: --quantise_pooler" in err
+
+
+def test_output_and_export_dirs_are_checked_before_anything_runs(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    err = error_of(["--output_root_dir", str(a_file)], capsys)
+    assert f"--output_root_dir '{a_file}' is a file; choose another path" in err
+    err = error_of(["--output_root_dir", str(a_file / "out")], capsys)
+    assert f"--output_root_dir '{a_file / 'out'}' cannot be a directory: '{a_file}' is a file" in err
+    err = error_of(["--weight_bits", "4", "--output_root_dir", str(tmp_path), "--export_dir", str(a_file / "deploy")],
+                   capsys)
+    assert f"--export_dir '{a_file / 'deploy'}' cannot be a directory: '{a_file}' is a file" in err
+    err = error_of(["--weight_bits", "4", "--output_root_dir", str(tmp_path), "--export_dir", str(tmp_path)], capsys)
+    assert f"--export_dir '{tmp_path}' already exists" in err
+    # Nothing was left behind by the probes; a creatable path passes and creates nothing.
+    args = parse_run_args(["--weight_bits", "4", "--output_root_dir", str(tmp_path / "new" / "out"),
+                           "--export_dir", str(tmp_path / "deploy" / "model")])
+    assert args.export_dir == str(tmp_path / "deploy" / "model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_an_unwritable_location_is_an_error(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import eval.run_args
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(eval.run_args.tempfile, "mkdtemp", read_only)
+    err = error_of(["--output_root_dir", str(tmp_path / "out")], capsys)
+    assert (f"--output_root_dir '{tmp_path / 'out'}': cannot create directories in '{tmp_path}' "
+            "(Read-only file system); choose a writable location") in err

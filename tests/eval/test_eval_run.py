@@ -40,6 +40,21 @@ def test_uniform_baseline_on_digits(tmp_path):
     assert "eval_accuracy" in (run_dir / "output.txt").read_text()
 
 
+def test_export_dir_writes_the_low_bit_checkpoint_of_the_final_model(tmp_path):
+    from quant.export import load_quantized_checkpoint
+    from quant.surgery import quantized_layers
+
+    export_dir = tmp_path / "deploy" / "model"
+    code, results, run_dir = run(tmp_path / "out", *RESNET_TINY, "--weight_bits", "4", "--activation_bits", "8",
+                                 "--export_dir", str(export_dir))
+    assert code == 0 and results["status"] == "completed"
+    assert results["export"]["dir"] == str(export_dir) and (export_dir / "config.json").is_file()
+    loaded = quantized_layers(load_quantized_checkpoint(export_dir))
+    assert {name: (layer.weight_format.name, layer.act_format.name) for name, layer in loaded.items()} == \
+        {name: (layer["weight_format"], layer["act_format"]) for name, layer in results["layers"].items()}
+    assert [p.name for p in export_dir.parent.iterdir()] == ["model"]  # no temporary left behind
+
+
 def test_search_on_digits_and_load_config_reproduces_it(tmp_path):
     code, results, run_dir = run(tmp_path / "search", *RESNET_TINY, "--search_space", "int2,int4,fp8_e4m3",
                                  "--cost_target_bits", "4", "--delay_steps", "2")
