@@ -28,9 +28,7 @@ from transformers import (
 from transformers.image_processing_base import ImageProcessingMixin
 
 from eval.hub import require_hub
-from eval.model_configs import (  # noqa: F401  (the registry is part of this module's interface)
-    FAMILY_MODEL_TYPES,
-    MODEL_REGISTRY,
+from eval.model_configs import (
     SUPPORTED_MODEL_TYPES,
     ModelSpec,
     get_model_spec,

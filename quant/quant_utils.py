@@ -68,10 +68,6 @@ def round_to_float_format(y: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
     return _round_to_float_format_(clamped, fmt, torch.empty_like(clamped))
 
 
-def round_to_cast_format(y: torch.Tensor, fmt: CastFormat) -> torch.Tensor:
-    return y.clamp(-fmt.max, fmt.max).to(fmt.torch_dtype).to(torch.float32)
-
-
 def _pass_mask(outside: torch.Tensor) -> torch.Tensor:
     """The straight-through mask from a float32 tensor that is nonzero (or NaN) exactly where
     the value saturated (y - clamp(y)): uint8, 1 where the gradient passes.
