@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from eval import hub, models
 from eval.hub import HubUnreachableError
+from eval.model_configs import MODEL_REGISTRY
 from eval.models import (
-    MODEL_REGISTRY,
     SUPPORTED_MODEL_TYPES,
     build_model,
     get_model_spec,
