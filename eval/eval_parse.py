@@ -155,6 +155,10 @@ def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
     g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint directory of this run to resume")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument("--ddp_find_unused_parameters", action="store_true",
+                   help="multi-GPU runs: let DDP look for parameters the loss does not use, at the cost of a graph "
+                   "traversal per step (every built-in model uses all of its parameters; turn this on for a model "
+                   "that does not, which DDP reports as 'Expected to have finished reduction')")
     g.add_argument("--report_to", default="tensorboard", help="tensorboard or none")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     return p

@@ -200,6 +200,8 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, comp
         save_strategy=args.save_strategy, save_steps=args.save_steps, seed=args.seed, data_seed=args.seed,
         use_cpu=args.device == "cpu", report_to=[], disable_tqdm=not os.isatty(2),
         remove_unused_columns=False, dataloader_num_workers=0,
+        # HF's default (True for its models) costs a graph traversal per step and a warning.
+        ddp_find_unused_parameters=args.ddp_find_unused_parameters,
         # Passed only when asked for: newer transformers renamed it (activation_checkpointing).
         **({"gradient_checkpointing": True} if args.gradient_checkpointing else {}),
     )

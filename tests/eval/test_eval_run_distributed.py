@@ -17,6 +17,8 @@ def test_search_as_two_ranks_writes_one_consistent_result(tmp_path):
     result, attempt = launch_with_one_relaunch(target)
     assert result.returncode == 0, failure_report(result)
     assert "Traceback" not in result.stderr
+    # Every parameter is used, so DDP is not asked to look for unused ones (HF's default would).
+    assert "find_unused_parameters=True was specified" not in result.stderr
     (results_file,) = (tmp_path / f"attempt{attempt}").glob("*/*/results.json")
     results = json.loads(results_file.read_text())
     assert results["status"] == "completed" and results["method"] == "search"
