@@ -219,6 +219,20 @@ def test_tiny_vision_forward_loss(name):
     torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, labels))
 
 
+@pytest.mark.parametrize("name", list(TINY_OVERRIDES))
+def test_every_parameter_gets_a_gradient(name):
+    """Multi-GPU runs tell DDP that no parameter is unused (eval/run_setup.py): true of every family."""
+    model = build_tiny(name).train()
+    if get_model_spec(name).modality == "text":
+        ids = torch.tensor([[5, 9, 17, 33], [7, 8, 3, 2]])
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([2, 0]))
+    else:
+        pixels = torch.randn(2, 3, TINY_IMAGE, TINY_IMAGE, generator=torch.Generator().manual_seed(1))
+        out = model(pixel_values=pixels, labels=torch.tensor([1, 2]))
+    out.loss.backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
 def test_num_labels_one_is_regression_with_mse_loss():
     model = build_tiny("bert", num_labels=1).eval()
     assert model.config.problem_type == "regression"
