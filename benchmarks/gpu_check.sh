@@ -8,7 +8,7 @@
 #   imports    the project imports (pip install -e . --no-deps only if not)
 #   cuda       torch sees a GPU (else the script stops here)
 #   gpu_tests  pytest -m gpu tests/quant: CUDA fake quantization bit-identical to the CPU
-#   quantizer  fake-quant throughput vs copy and torch's kernels (16M elements)
+#   quantizer  fake-quant throughput vs copy and torch's kernels (64M elements)
 #   step       float / fixed-format / search step of ResNet-18 (b128, 224px), BERT-base (b32, s128)
 #   memory     peak memory of fixed-format and search (2, 4, 8 options)
 #   compile    the quantizer with a torch.compile'd core (bit-exactness checked)

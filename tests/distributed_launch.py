@@ -32,7 +32,7 @@ def killed_by_native_abort(stderr: str) -> bool:
 
 
 def launch_with_one_relaunch(make_target: Callable[[int], Sequence[str]], **kwargs) -> tuple[subprocess.CompletedProcess, int]:
-    """(result, attempt). Seen once in CI and never in 50+ local runs: a worker aborted inside
+    """(result, attempt). Seen once in CI and never in 90 local runs: a worker aborted inside
     gloo's C++ runtime ("terminate called without an active exception") with nothing failing in
     Python. Such a run is relaunched once, with `make_target(1)` (a fresh output directory); a
     second native abort, or any Python failure, is returned as it is."""
