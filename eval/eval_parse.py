@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import NoReturn, Sequence
 
-from eval.run_args import resolve_run_args
+from eval.run_args import SEARCH_ONLY_FLAGS, ignored_flags_note, resolve_run_args
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -169,9 +169,13 @@ def parse_run_args(argv: Sequence[str] | None = None, prog: str = "eval_run") ->
     parser = create_arg_parser(prog)
     args = parser.parse_args(argv)
     try:
-        return resolve_run_args(args)
+        resolve_run_args(args)
     except ValueError as error:
         parser.error(str(error))
+    note = ignored_flags_note(args, {name: parser.get_default(name) for name in SEARCH_ONLY_FLAGS})
+    if note is not None:
+        sys.stderr.write(f"{prog}: {note}\n")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

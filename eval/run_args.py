@@ -126,6 +126,8 @@ def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
         if value == 0 or value > 100:
             raise ValueError(f"--{name} must be in (0, 100] (100 = abs-max) or negative (MSE-optimal), got {value}")
 
+    # Every run records its cost in results.json (fixed-format runs too), so this is checked for all.
+    parse_cost_type(args.cost_type)
     _resolve_mode(args)
     _check_layer_selection(args, spec.modality)
     if args.mode == "search":
@@ -203,7 +205,6 @@ def _resolve_search(args: argparse.Namespace, task) -> None:
     args.granularity = "single" if args.single_decision else "block" if args.block_search else "layer"
 
     _choice(args.cost_function, list(REWARD_FUNCTIONS), "--cost_function")
-    parse_cost_type(args.cost_type)
     parse_entropy_schedule(args.entropy_schedule_type)
     _choice(args.reward_source, [s.value for s in RewardSource], "--reward_source")
     _choice(args.advantage, [a.value for a in AdvantageMode], "--advantage")
@@ -244,6 +245,44 @@ def _resolve_search(args: argparse.Namespace, task) -> None:
     if args.cost_target is None and args.cost_target_bits is None:
         bits = [f.bits for f in formats]
         args.cost_target_bits = (min(bits) + max(bits)) / 2
+
+
+# Flags that only a search reads. A fixed-format or float run ignores them: an experiments file
+# gives every run the same base flags, so this is a note, not an error. (--single_decision,
+# --block_search and --weight_only_search without a search are errors: they name a search.)
+SEARCH_ONLY_FLAGS = (
+    "search_space", "cost_function", "cost_target", "cost_target_bits", "cost_beta", "delay_steps",
+    "rl_learning_rate", "precision_warmup", "max_entropy_beta", "entropy_schedule_type", "reward_metric",
+    "reward_source", "heldout_fraction", "advantage", "baseline_decay", "policy_temperature", "final_selection",
+    "target_tolerance", "bn_recalibration_batches",
+)
+
+
+def ignored_search_flags(args: argparse.Namespace, defaults: dict[str, object]) -> list[str]:
+    """The search-only flags set away from their defaults in a run that does not search."""
+    if args.mode == "search":
+        return []
+    ignored = []
+    for name in SEARCH_ONLY_FLAGS:
+        value = getattr(args, name)
+        if value != defaults[name]:
+            ignored.append(f"--no-{name}" if value is False and defaults[name] is True else f"--{name}")
+    return ignored
+
+
+def ignored_flags_note(args: argparse.Namespace, defaults: dict[str, object]) -> str | None:
+    """One line telling a fixed-format or float run which of its flags it ignores, or None."""
+    ignored = ignored_search_flags(args, defaults)
+    if not ignored:
+        return None
+    if args.load_config is not None:
+        fixed, way_out = f"formats from --load_config {args.load_config}", "drop --load_config"
+    else:
+        fixed = "float" if args.mode == "float" else f"weights {args.weight_format}, activations {args.act_format}"
+        way_out = "drop --bits/--weight_bits/--activation_bits"
+    verb = "applies" if len(ignored) == 1 else "apply"
+    return (f"note: {' '.join(ignored)} only {verb} to a search; this run has fixed formats ({fixed}) and ignores "
+            f"them (to search instead, {way_out})")
 
 
 def default_exp_name(args: argparse.Namespace) -> str:

@@ -130,6 +130,43 @@ def test_validation_errors_are_one_line_exit_2(argv, match, capsys):
     assert err.startswith("eval_run: error: ") and re.search(match, err), err
 
 
+def test_bad_cost_type_of_a_fixed_run_fails_before_loading(capsys):
+    # Fixed-format runs record their cost too: a bad --cost_type used to fail after data loading.
+    err = error_of(["--bits", "8", "--cost_type", "bogus"], capsys)
+    assert err.startswith("eval_run: error: ") and "unknown cost type 'bogus'" in err, err
+
+
+@pytest.mark.parametrize(
+    "argv, note",
+    [
+        (["--bits", "8", "--search_space", "2,4", "--cost_beta", "3", "--no-precision_warmup"],
+         "eval_run: note: --search_space --cost_beta --no-precision_warmup only apply to a search; this run has "
+         "fixed formats (weights int8, activations int8) and ignores them (to search instead, drop "
+         "--bits/--weight_bits/--activation_bits)\n"),
+        (["--bits", "0", "--cost_target_bits", "3"],
+         "eval_run: note: --cost_target_bits only applies to a search; this run has fixed formats (float) and "
+         "ignores them (to search instead, drop --bits/--weight_bits/--activation_bits)\n"),
+        (["--load_config", "r.json", "--reward_source", "heldout"],
+         "eval_run: note: --reward_source only applies to a search; this run has fixed formats (formats from "
+         "--load_config r.json) and ignores them (to search instead, drop --load_config)\n"),
+        (["--bits", "8", "--search_space", "4,8", "--cost_type", "compute"], ""),  # defaults and shared flags
+        (["--search_space", "2,4", "--cost_beta", "3"], ""),  # a search reads them
+    ],
+)
+def test_search_flags_of_a_fixed_run_are_named_as_ignored(argv, note, capsys):
+    parse_run_args(argv)
+    assert capsys.readouterr().err == note
+
+
+def test_search_only_flags_are_run_flags_that_only_searches_read():
+    from eval.run_args import SEARCH_ONLY_FLAGS
+
+    dests = {action.dest for action in create_arg_parser()._actions}
+    assert set(SEARCH_ONLY_FLAGS) <= dests
+    # Shared with fixed-format runs (their cost is recorded) or errors without --search.
+    assert not {"cost_type", "single_decision", "block_search", "weight_only_search"} & set(SEARCH_ONLY_FLAGS)
+
+
 def test_unknown_flag_is_one_line(capsys):
     err = error_of(["--quantise_pooler"], capsys)
     assert "unrecognized arguments: --quantise_pooler" in err
