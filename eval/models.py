@@ -284,7 +284,7 @@ def _check_config(spec: ModelSpec, config: PretrainedConfig) -> None:
 def build_model(model_type: str, *, num_labels: int, from_scratch: bool, model_name_or_path: str | None = None,
                 config_overrides: dict[str, Any] | None = None, vocab_size: int | None = None,
                 pad_token_id: int | None = None, image_size: int | None = None,
-                problem_type: str | None = None) -> PreTrainedModel:
+                problem_type: str | None = None, exact_weights: bool = False) -> PreTrainedModel:
     """A sequence-classification (text) or image-classification (vision) model, in float32.
 
     from_scratch: random weights; the architecture is the built-in config, or the config in
@@ -292,7 +292,9 @@ def build_model(model_type: str, *, num_labels: int, from_scratch: bool, model_n
     registry's hub id, with the classification head resized to `num_labels`. `vocab_size` (text,
     from scratch) and `image_size` (vision) override the config; for DeiT from scratch the patch
     size becomes `vit_patch_size_for(image_size, configured patch size)`. `config_overrides` (e.g. from
-    `parse_config_overrides`) are applied before these.
+    `parse_config_overrides`) are applied before these. `exact_weights`: the checkpoint must hold
+    every weight of the model and nothing else, at the same shapes (a run's own final_model/); a
+    missing, extra or resized tensor is an error instead of a freshly initialised one.
     """
     spec = get_model_spec(model_type)
     problem_type = _resolve_problem_type(num_labels, problem_type)
@@ -320,8 +322,18 @@ def build_model(model_type: str, *, num_labels: int, from_scratch: bool, model_n
     if from_scratch:
         return auto_cls.from_config(config)
     # float32 master weights whatever dtype the checkpoint was saved in; a new head for num_labels
-    load = partial(auto_cls.from_pretrained, config=config, ignore_mismatched_sizes=True, dtype=torch.float32)
-    return _load_local_or_hub(load, source, spec, f"the pretrained {spec.name} weights")
+    if not exact_weights:
+        load = partial(auto_cls.from_pretrained, config=config, ignore_mismatched_sizes=True, dtype=torch.float32)
+        return _load_local_or_hub(load, source, spec, f"the pretrained {spec.name} weights")
+    load = partial(auto_cls.from_pretrained, config=config, dtype=torch.float32, output_loading_info=True)
+    model, info = _load_local_or_hub(load, source, spec, f"the {spec.name} weights")
+    problems = {kind: sorted(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    bad = [f"{kind.replace('_', ' ')}: {', '.join(map(str, keys[:3]))}{' ...' if len(keys) > 3 else ''}"
+           for kind, keys in problems.items() if keys]
+    if bad:
+        raise ValueError(f"{source!r} does not hold the float weights of this {spec.name} model ({'; '.join(bad)}); "
+                         f"it must be a save_pretrained checkpoint of the same model")
+    return model
 
 
 # Image processors of the supported checkpoints, for when AutoImageProcessor is unusable: some

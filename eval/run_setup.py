@@ -239,16 +239,29 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, comp
 
 def rebuild_run_model(run_dir: Path):
     """The final model of a finished run: final_model/ weights with results.json's formats."""
+    from eval.results import COMPLETED, load_run
+
     results_path = run_dir / "results.json"
     if not results_path.is_file() or not (run_dir / "final_model").is_dir():
         raise FileNotFoundError(f"{run_dir} is not a finished run (needs results.json and final_model/)")
-    results = json.loads(results_path.read_text())
+    record = load_run(run_dir)
+    if record.status != COMPLETED or record.results is None:
+        raise ValueError(f"{run_dir} is not a completed run ({record.status}: {record.reason}); nothing to rebuild")
+    results = record.results
+    if not results["layers"]:
+        raise ValueError(f"{results_path} lists no quantized layer (a float run); there is no quantized model to "
+                         f"rebuild")
     args = argparse.Namespace(**results["args"])
+    missing = [key for key in ("task", "model_type", "per_channel", "per_token", "weight_range_percentile",
+                               "act_range_percentile") if not hasattr(args, key)]
+    if missing:
+        raise ValueError(f"{results_path}: args lacks {', '.join(missing)}; was it written by eval_run?")
     task = get_task(args.task)
     source = str(run_dir / "final_model")
     from eval.models import build_model, load_pretrained_processor
 
-    model = build_model(args.model_type, num_labels=task.num_labels, from_scratch=False, model_name_or_path=source)
+    model = build_model(args.model_type, num_labels=task.num_labels, from_scratch=False, model_name_or_path=source,
+                        exact_weights=True)
     processor = None
     if (run_dir / "final_model" / "tokenizer.json").is_file() or (run_dir / "final_model" / "preprocessor_config.json").is_file():
         processor = load_pretrained_processor(args.model_type, source)

@@ -4,14 +4,17 @@ Layout of a checkpoint directory (HF style):
     config.json        the model's config plus `quantization_config` (quant_method "fliqs"):
                        per layer its weight/activation formats, scale granularities, clipping
                        percentiles, weight shape and storage dtype
-    model.safetensors  quantized layers as `{layer}.weight_codes` (quant.packing storage) and
+    fliqs_model.safetensors
+                       quantized layers as `{layer}.weight_codes` (quant.packing storage) and
                        `{layer}.weight_scale` (float32; per tensor or per output channel, absent
                        for none/bf16/fp16); every other parameter and buffer as it is
     tokenizer / image processor files, when one is given
 
 `load_quantized_checkpoint` rebuilds the fake-quant model: weights are the dequantized codes and
 are not re-quantized (`weight_prequantized`), so its outputs equal the exported model's bit for
-bit. transformers' own `from_pretrained` does not know quant_method "fliqs" and says so.
+bit. The weights file is deliberately not named model.safetensors: transformers' own
+`from_pretrained` only warns about an unknown quant_method and would then return the model with
+every quantized layer freshly initialised; without its weights file it fails instead.
 
 CLI: python -m quant.export RUN_DIR --out DIR [--onnx]   (see `main`)
 """
@@ -41,7 +44,7 @@ from quant.surgery import QuantSpec, quantize_model, quantized_layers
 
 QUANT_METHOD = "fliqs"
 FORMAT_VERSION = 1
-WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_NAME = "fliqs_model.safetensors"  # not model.safetensors: see above
 CONFIG_NAME = "config.json"
 CODES_SUFFIX = ".weight_codes"
 SCALE_SUFFIX = ".weight_scale"
@@ -56,7 +59,7 @@ class ExportReport:
     """
 
     path: str
-    file_bytes: int  # model.safetensors, everything included
+    file_bytes: int  # the weights file, everything included
     code_bytes: int  # quantized layers' weight codes as stored
     scale_bytes: int  # their float32 scales
     padding_bytes: int  # storage beyond weight_format.bits (int9..int15 held in int16)
@@ -143,6 +146,17 @@ def _tensor_nbytes(path: Path) -> dict[str, int]:
 def _check_out_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) or choose another directory")
+
+
+def _check_out_outside_run(out: Path, run_dir: Path) -> None:
+    """--out may not be the run directory, one of its parents, or its final_model/ (or inside it):
+    the export (with --overwrite) would replace what it reads."""
+    out_abs, run_abs = out.resolve(), run_dir.resolve()
+    final_model = run_abs / "final_model"
+    if out_abs == run_abs or out_abs in run_abs.parents or out_abs == final_model or final_model in out_abs.parents:
+        raise ValueError(f"--out {str(out)!r} would overwrite the run {str(run_dir)!r} it exports (its directory, a "
+                         f"parent of it, or its final_model/); choose a directory outside them, e.g. "
+                         f"{str(run_dir / 'deploy')!r}")
 
 
 def _apply_umask(directory: Path) -> None:
@@ -360,7 +374,17 @@ def main(argv: Sequence[str] | None = None, *, load_run: RunLoader | None = None
     if load_run is None:
         from eval.eval_run import load_run_model as load_run
     out = Path(args.out)
-    _check_out_dir(out, args.overwrite)  # before minutes of loading and ONNX export
+    # Everything about --out is checked before minutes of loading and ONNX export.
+    _check_out_dir(out, args.overwrite)
+    _check_out_outside_run(out, Path(args.run_dir))
+    from eval.run_args import check_can_write_under
+
+    check_can_write_under(str(out), "--out")
+    if args.seq_len < 2:
+        raise ValueError(f"--seq_len must be >= 2 (a length of 1 would fix the ONNX model's sequence length), got "
+                         f"{args.seq_len}")
+    if args.image_size is not None and args.image_size < 1:
+        raise ValueError(f"--image_size must be >= 1, got {args.image_size}")
     model, processor = load_run(args.run_dir)
     onnx_tmp = None
     try:

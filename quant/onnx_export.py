@@ -318,7 +318,9 @@ def export_onnx(model: nn.Module, example_inputs: Mapping[str, torch.Tensor], pa
         output_names = list(outputs.keys()) if isinstance(outputs, Mapping) else None
         for name, stand_in in swapped.items():
             _set_submodule(model, name, stand_in)
-        dims = {key: {d: torch.export.Dim.AUTO for d in range(t.dim())} for key, t in example_inputs.items()}
+        # Every dimension may vary but the image channels (which the first conv's weight fixes).
+        dims = {key: {d: torch.export.Dim.AUTO for d in range(t.dim()) if (key, d) != ("pixel_values", 1)}
+                for key, t in example_inputs.items()}
         program = torch.onnx.export(model, (), kwargs=dict(example_inputs), dynamo=True, opset_version=opset,
                                     custom_translation_table=TRANSLATION_TABLE, optimize=False, verbose=False,
                                     output_names=output_names,
@@ -347,6 +349,9 @@ def export_onnx(model: nn.Module, example_inputs: Mapping[str, torch.Tensor], pa
         num_dequantize_linear=op_types.count("DequantizeLinear"), file_bytes=path.stat().st_size)
 
 
+EXAMPLE_BATCH = 2
+
+
 def _processor_side(processor: Any) -> int | None:
     for attr in ("crop_size", "size"):
         size = getattr(processor, attr, None)
@@ -363,13 +368,16 @@ def _processor_side(processor: Any) -> int | None:
 def example_inputs_for(model: nn.Module, processor: Any = None, *, seq_len: int = 16,
                        image_size: int | None = None) -> dict[str, torch.Tensor]:
     """One example batch for export: input_ids + attention_mask (text) or pixel_values (vision).
-    The image side is `image_size`, else the config's image_size, else the processor's size."""
+    The image side is `image_size`, else the config's image_size, else the processor's size.
+    Two examples: torch.export specialises dimensions of size 1, so a batch of one would give
+    the ONNX model a fixed batch size of 1."""
     config = model.config
     main_input = getattr(model, "main_input_name", None)
     if main_input == "input_ids":
-        if seq_len < 1:
-            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-        input_ids = (torch.arange(seq_len) % config.vocab_size).unsqueeze(0)
+        if seq_len < 2:
+            raise ValueError(f"seq_len must be >= 2 (torch.export fixes dimensions of size 1, so the ONNX model would "
+                             f"only take sequences of that length), got {seq_len}")
+        input_ids = (torch.arange(seq_len) % config.vocab_size).expand(EXAMPLE_BATCH, seq_len).contiguous()
         return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
     if main_input == "pixel_values":
         config_side = getattr(config, "image_size", None)
@@ -377,6 +385,6 @@ def example_inputs_for(model: nn.Module, processor: Any = None, *, seq_len: int 
         if not side or side < 1:
             raise ValueError(f"cannot tell the image size of {type(model).__name__}: its config and processor do not "
                              f"give one; pass image_size (--image_size N)")
-        return {"pixel_values": torch.zeros(1, config.num_channels, side, side)}
+        return {"pixel_values": torch.zeros(EXAMPLE_BATCH, config.num_channels, side, side)}
     raise ValueError(f"{type(model).__name__} takes {main_input!r}; example inputs are built for input_ids (text) or "
                      f"pixel_values (vision) models; call export_onnx with your own example_inputs")

@@ -55,6 +55,54 @@ def test_export_dir_writes_the_low_bit_checkpoint_of_the_final_model(tmp_path):
     assert [p.name for p in export_dir.parent.iterdir()] == ["model"]  # no temporary left behind
 
 
+def test_export_refuses_what_would_give_wrong_weights_or_destroy_the_run(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForImageClassification
+
+    from quant.export import main as export_main
+
+    code, results, run_dir = run(tmp_path / "out", *RESNET_TINY, "--weight_bits", "4", "--activation_bits", "8",
+                                 "--export_dir", str(tmp_path / "deploy"))
+    assert code == 0
+    # transformers cannot load the low-bit checkpoint: an error, not a model with random conv weights
+    with pytest.raises(OSError):
+        AutoModelForImageClassification.from_pretrained(str(tmp_path / "deploy"))
+    # --out may not replace the run it reads, even with --overwrite
+    before = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
+    for out in (run_dir, run_dir / "final_model", run_dir.parent, run_dir / "final_model" / "x"):
+        with pytest.raises(ValueError, match=f"--out '{out}' would overwrite the run '{run_dir}' it exports"):
+            export_main([str(run_dir), "--out", str(out), "--overwrite"])
+    assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == before
+    # a failed run is not exported
+    failed = tmp_path / "failed"
+    shutil.copytree(run_dir, failed)
+    data = json.loads((failed / "results.json").read_text())
+    data.update(status="failed", error="non-finite evaluation metrics")
+    (failed / "results.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="is not a completed run \\(failed: non-finite evaluation metrics\\)"):
+        export_main([str(failed), "--out", str(tmp_path / "x")])
+    # final_model/ without one of the model's weights: an error, not a freshly initialised conv
+    partial = tmp_path / "partial"
+    shutil.copytree(run_dir, partial)
+    weights = load_file(str(partial / "final_model" / "model.safetensors"))
+    del weights["resnet.embedder.embedder.convolution.weight"]
+    save_file(weights, str(partial / "final_model" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="does not hold the float weights of this resnet18 model \\(missing keys: "
+                       "resnet.embedder.embedder.convolution.weight\\)"):
+        export_main([str(partial), "--out", str(tmp_path / "x")])
+    # bad ONNX example sizes and an --out under a file fail before loading
+    (tmp_path / "afile").write_text("")
+    for argv, match in ((["--onnx", "--seq_len", "1"], "--seq_len must be >= 2"),
+                        (["--onnx", "--image_size", "0"], "--image_size must be >= 1, got 0")):
+        with pytest.raises(ValueError, match=match):
+            export_main([str(run_dir), "--out", str(tmp_path / "x"), *argv])
+    with pytest.raises(ValueError, match="--out .*afile/x' cannot be a directory: .*afile' is a file"):
+        export_main([str(run_dir), "--out", str(tmp_path / "afile" / "x")])
+    assert not (tmp_path / "x").exists()
+
+
 def test_search_on_digits_and_load_config_reproduces_it(tmp_path):
     code, results, run_dir = run(tmp_path / "search", *RESNET_TINY, "--search_space", "int2,int4,fp8_e4m3",
                                  "--cost_target_bits", "4", "--delay_steps", "2")

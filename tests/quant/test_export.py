@@ -13,6 +13,7 @@ from transformers import ViTImageProcessor
 from eval.eval_partitions import LayerSelection, select_layers
 from eval.models import build_model
 from quant.export import (
+    WEIGHTS_NAME,
     ExportReport,
     export_quantized_checkpoint,
     load_quantized_checkpoint,
@@ -101,7 +102,7 @@ def test_config_json_and_stored_tensors(tmp_path):
         "weight_format": "fp6_e2m3", "act_format": "int8", "weight_granularity": "per_channel",
         "act_granularity": "per_tensor", "weight_range_percentile": 100.0, "act_range_percentile": 100.0,
         "weight_shape": [32, 32], "weight_dtype": "float32", "weight_storage": "uint8", "macs_per_sample": 7 * 32 * 32}
-    tensors = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    tensors = load_file(str(tmp_path / "ckpt" / WEIGHTS_NAME))
     query = "bert.encoder.layer.0.attention.self.query"
     codes = tensors[f"{query}.weight_codes"]
     assert codes.dtype == torch.uint8 and codes.numel() == 32 * 32 * 6 // 8  # fp6: 4 weights in 3 bytes
@@ -126,7 +127,7 @@ def test_report_file_size_agrees_with_the_search_memory_cost(tmp_path):
     assert report.memory_cost_mib == pytest.approx((int4_weights * 4 + 96 * 12) / 8 / 2**20, rel=1e-12)
     assert report.code_bytes - report.padding_bytes == report.memory_cost_mib * 2**20
     assert report.quantized_weight_mib - report.memory_cost_mib == pytest.approx((56 + 48) / 2**20, rel=1e-9)
-    assert report.file_bytes == os.path.getsize(tmp_path / "ckpt" / "model.safetensors")
+    assert report.file_bytes == os.path.getsize(tmp_path / "ckpt" / WEIGHTS_NAME)
     assert "14 quantized layers" in report.summary() and f"{report.quantized_weight_bytes} bytes" in report.summary()
     assert report.to_dict() == {
         "path": str(tmp_path / "ckpt"), "file_bytes": report.file_bytes, "code_bytes": report.code_bytes,
@@ -151,8 +152,8 @@ def test_processor_is_saved_and_reexport_of_a_loaded_model_is_identical(tmp_path
     export_quantized_checkpoint(model, tmp_path / "a", ViTImageProcessor(size={"height": 32, "width": 32}))
     assert ViTImageProcessor.from_pretrained(str(tmp_path / "a")).size == {"height": 32, "width": 32}
     export_quantized_checkpoint(load_quantized_checkpoint(tmp_path / "a"), tmp_path / "b")
-    first = load_file(str(tmp_path / "a" / "model.safetensors"))
-    second = load_file(str(tmp_path / "b" / "model.safetensors"))
+    first = load_file(str(tmp_path / "a" / WEIGHTS_NAME))
+    second = load_file(str(tmp_path / "b" / WEIGHTS_NAME))
     assert list(first) == list(second) and all(torch.equal(first[k], second[k]) for k in first)
 
 
@@ -206,7 +207,7 @@ def test_cli_exports_the_run_model(tmp_path, capsys):
     report = main([str(tmp_path / "run"), "--out", str(tmp_path / "out")], load_run=load_run)
     assert seen == [str(tmp_path / "run")] and isinstance(report, ExportReport)
     assert report.summary() in capsys.readouterr().out
-    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", WEIGHTS_NAME]
     assert torch.equal(outputs(load_quantized_checkpoint(tmp_path / "out"), inputs), outputs(model, inputs))
     with pytest.raises(SystemExit):
         main([str(tmp_path / "run")], load_run=load_run)  # --out is required

@@ -160,14 +160,17 @@ def test_export_layers_compute_exactly_the_fake_quant(weight, act, per_channel, 
 def test_example_inputs():
     bert, _ = tiny("bert", QuantConfig("int8", "int8"))
     text = example_inputs_for(bert, seq_len=5)
-    assert text["input_ids"].tolist() == [[0, 1, 2, 3, 4]] and text["attention_mask"].tolist() == [[1] * 5]
+    # a batch of two: torch.export would fix a dimension of size 1 in the ONNX model
+    assert text["input_ids"].tolist() == [[0, 1, 2, 3, 4]] * 2 and text["attention_mask"].tolist() == [[1] * 5] * 2
+    with pytest.raises(ValueError, match="seq_len must be >= 2 .*got 1"):
+        example_inputs_for(bert, seq_len=1)
     resnet, _ = tiny("resnet18", QuantConfig("int8", "int8"))
-    assert example_inputs_for(resnet, image_size=24)["pixel_values"].shape == (1, 3, 24, 24)
+    assert example_inputs_for(resnet, image_size=24)["pixel_values"].shape == (2, 3, 24, 24)
 
     class Processor:
         crop_size = {"height": 40, "width": 40}
 
-    assert example_inputs_for(resnet, Processor())["pixel_values"].shape == (1, 3, 40, 40)
+    assert example_inputs_for(resnet, Processor())["pixel_values"].shape == (2, 3, 40, 40)
     with pytest.raises(ValueError, match="cannot tell the image size of ResNetForImageClassification.*--image_size N"):
         example_inputs_for(resnet)
 
@@ -176,12 +179,22 @@ def test_cli_writes_checkpoint_and_onnx_together(tmp_path, capsys):
     model, inputs = tiny("resnet18", QuantConfig("int4", "int8", per_channel=True))
     main([str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--onnx", "--image_size", "32"],
          load_run=lambda run_dir: (model, None))
-    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.onnx", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "fliqs_model.safetensors", "model.onnx"]
     assert sorted(os.listdir(tmp_path)) == ["out"]  # no temporary directories left
     printed = capsys.readouterr().out
     assert f"{tmp_path / 'out' / 'model.onnx'}: opset 21, 13 layers with Q/DQ" in printed
     loaded = load_quantized_checkpoint(tmp_path / "out")
     np.testing.assert_allclose(ort_outputs(tmp_path / "out" / "model.onnx", inputs), torch_outputs(loaded, inputs),
+                               atol=ATOL, rtol=RTOL)
+    # Batch and image size stay free in the CLI's export (its example batch is two 32x32 images),
+    # the channels are fixed.
+    graph = onnx.load(str(tmp_path / "out" / "model.onnx")).graph
+    pixel_dims = [d.dim_value or d.dim_param for d in graph.input[0].type.tensor_type.shape.dim]
+    assert isinstance(pixel_dims[0], str) and pixel_dims[1] == 3 and all(isinstance(d, str) for d in pixel_dims[2:])
+    assert isinstance(graph.output[0].type.tensor_type.shape.dim[0].dim_param, str)
+    assert graph.output[0].type.tensor_type.shape.dim[0].dim_param != ""
+    other = {"pixel_values": torch.randn(3, 3, 40, 40)}
+    np.testing.assert_allclose(ort_outputs(tmp_path / "out" / "model.onnx", other), torch_outputs(loaded, other),
                                atol=ATOL, rtol=RTOL)
     model.resnet.embedder.embedder.convolution.set_formats(parse_format("e3m4"), parse_format("int8"))
     with pytest.raises(OnnxFormatError, match="1 quantized layers cannot be exported"):
