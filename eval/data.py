@@ -76,6 +76,33 @@ def _check_labels(ds: datasets.Dataset, task: TaskSpec, source: str) -> None:
                          f"for task {task.name!r}, found {bad[:10]}; map them to integers first")
 
 
+def check_local_sources(task: TaskSpec, train_file: str | os.PathLike[str] | None,
+                        validation_file: str | os.PathLike[str] | None,
+                        dataset_path: str | os.PathLike[str] | None) -> None:
+    """What can be checked of local data without reading it: the files exist with a readable
+    extension, a dataset_path is a saved DatasetDict, and the task is not a built-in one."""
+    if task.builtin and (train_file is not None or validation_file is not None or dataset_path is not None):
+        raise ValueError(f"task {task.name!r} is built in and generates its own data; drop "
+                         "--train_file/--validation_file/--dataset_path, or pick a task whose columns "
+                         "your data has (e.g. --task sst2 for columns sentence, label)")
+    for flag, file in (("--train_file", train_file), ("--validation_file", validation_file)):
+        if file is None:
+            continue
+        if Path(file).suffix.lower() not in LOCAL_FILE_BUILDERS:
+            raise ValueError(f"{flag} {str(file)!r}: the extension must be one of {sorted(LOCAL_FILE_BUILDERS)}")
+        if not Path(file).is_file():
+            raise ValueError(f"{flag} {str(file)!r} is not a file")
+    if dataset_path is not None:
+        path = Path(dataset_path)
+        if not path.is_dir():
+            raise ValueError(f"--dataset_path {str(path)!r} is not a directory; pass a folder written by "
+                             f"DatasetDict.save_to_disk")
+        if not (path / "dataset_dict.json").is_file():
+            what = "a single Dataset" if (path / "state.json").is_file() else "no saved DatasetDict"
+            raise ValueError(f"--dataset_path {str(path)!r} holds {what}; save a DatasetDict with splits 'train' and "
+                             f"'{task.eval_split}' (or 'validation') with save_to_disk")
+
+
 def _load_local_file(path: str | os.PathLike[str]) -> datasets.Dataset:
     path = Path(path)
     builder = LOCAL_FILE_BUILDERS.get(path.suffix.lower())
@@ -83,7 +110,11 @@ def _load_local_file(path: str | os.PathLike[str]) -> datasets.Dataset:
         raise ValueError(f"cannot read {str(path)!r}: the extension must be one of {sorted(LOCAL_FILE_BUILDERS)}")
     if not path.is_file():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist")
-    return datasets.load_dataset(builder, data_files=str(path), split="train")
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as error:  # noqa: BLE001 - datasets raises DatasetGenerationError without the file's name
+        cause = error.__cause__ or error
+        raise ValueError(f"cannot read {str(path)!r} as {builder}: {type(cause).__name__}: {cause}") from error
 
 
 def _load_local_files(train_file: str | os.PathLike[str],
@@ -93,12 +124,7 @@ def _load_local_files(train_file: str | os.PathLike[str],
 
 
 def _load_from_disk(dataset_path: str | os.PathLike[str], task: TaskSpec) -> datasets.DatasetDict:
-    if not Path(dataset_path).exists():
-        raise FileNotFoundError(f"--dataset_path {str(dataset_path)!r} does not exist")
-    loaded = datasets.load_from_disk(str(dataset_path))
-    if not isinstance(loaded, datasets.DatasetDict):
-        raise ValueError(f"--dataset_path {str(dataset_path)!r} holds a single Dataset; save a DatasetDict "
-                         f"with splits 'train' and '{task.eval_split}' (or 'validation')")
+    loaded = datasets.load_from_disk(str(dataset_path))  # a DatasetDict: see check_local_sources
     eval_split = task.eval_split if task.eval_split in loaded else "validation"
     missing = [s for s in ("train", eval_split) if s not in loaded]
     if missing:
@@ -172,10 +198,7 @@ def load_raw_datasets(
                          f"{'--train_file' if train_file is not None else '--validation_file'})")
     if local_files and dataset_path is not None:
         raise ValueError("pass either --train_file/--validation_file or --dataset_path, not both")
-    if task.builtin and (local_files or dataset_path is not None):
-        raise ValueError(f"task {task.name!r} is built in and generates its own data; drop "
-                         "--train_file/--validation_file/--dataset_path, or pick a task whose columns "
-                         "your data has (e.g. --task sst2 for columns sentence, label)")
+    check_local_sources(task, train_file, validation_file, dataset_path)
     # `source` names each split in error messages.
     if local_files:
         raw = _load_local_files(train_file, validation_file)

@@ -150,9 +150,11 @@ def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
     g.add_argument("--log_steps", type=int, default=20, help="log every N steps")
     g.add_argument("--exp_name", default=None, help="run name (default: built from the main flags)")
     g.add_argument("--output_root_dir", default="output", help="runs go to OUTPUT_ROOT_DIR/TASK/EXP_NAME")
-    g.add_argument("--save_strategy", default="no", help="no, steps, epoch or best (checkpoints)")
-    g.add_argument("--save_steps", type=int, default=500)
-    g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint directory of this run to resume")
+    g.add_argument("--save_strategy", default=None, help="no, steps, epoch or best (checkpoints; best: whenever the "
+                   "task's main metric improves at an evaluation). Default: steps when --save_steps is given, else no")
+    g.add_argument("--save_steps", type=int, default=None, help="with --save_strategy steps (default 500)")
+    g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint-N directory of this run to resume, "
+                   "or the run directory (its latest checkpoint)")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--gradient_checkpointing", action="store_true")
     g.add_argument("--ddp_find_unused_parameters", action="store_true",

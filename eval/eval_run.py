@@ -30,8 +30,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_run_args(argv, prog="eval_run")
     if args.cuda_visible_devices is not None:  # before anything initialises CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = args.cuda_visible_devices
+    from eval.run_args import check_device_flags
+
+    try:  # here, not in parse_run_args: a launcher validates its plan on another process or machine
+        check_device_flags(args)
+    except ValueError as error:
+        print(f"eval_run: error: {error} (see --help)", file=sys.stderr)
+        return 2
     try:
-        run(args)
+        results = run(args)
     except Exception as error:  # noqa: BLE001 - reported in results.json and as one line
         results_file = run_dir_of(args) / "results.json"
         where = f" (traceback in {results_file})" if results_file.is_file() else ""
@@ -39,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         _destroy_process_group()
+    if results["status"] != "completed":  # e.g. non-finite evaluation metrics
+        print(f"eval_run: error: {results['error']} (status {results['status']} in "
+              f"{run_dir_of(args) / 'results.json'})", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -58,8 +69,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     start = time.time()
     run_dir = run_dir_of(args)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name in RUN_FILES:  # a stale "completed" from an earlier run must not survive a crash
-        (run_dir / name).unlink(missing_ok=True)
+    if _is_main_process():
+        clear_previous_outputs(run_dir, resuming=args.resume_from_checkpoint is not None)
     write_json(run_dir / "config.json", vars(args))
     try:
         return _run(args, run_dir, start)
@@ -68,6 +79,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             write_json(run_dir / RESULTS_NAME, failed_results(vars(args), error, traceback.format_exc(),
                                                               time.time() - start))
         raise
+
+
+def clear_previous_outputs(run_dir: Path, resuming: bool) -> None:
+    """Remove what an earlier run of the same name left, so that nothing of it is mixed with this
+    run's outputs (a stale "completed" must not survive a crash either). A resumed run keeps its
+    checkpoints and TensorBoard logs, which it continues."""
+    import shutil
+
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    stale = [run_dir / "final_model", run_dir / "runs"]  # runs/: where older versions put late logs
+    if not resuming:
+        stale += [run_dir / "tensorboard", *run_dir.glob("checkpoint-*")]
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path)
 
 
 def _is_main_process() -> bool:
@@ -81,7 +108,7 @@ def _run(args: argparse.Namespace, run_dir: Path, start: float) -> dict[str, Any
     from cost.model_cost import current_assignment, layer_costs
     from eval.metrics import build_compute_metrics
     from eval.run_outputs import RESULTS_NAME, package_versions, summary_text, write_json
-    from eval.run_setup import build_trainer, load_data_and_model
+    from eval.run_setup import build_trainer, close_tensorboard, load_data_and_model
     from quant.surgery import quantized_layers
 
     transformers.set_seed(args.seed)
@@ -97,6 +124,7 @@ def _run(args: argparse.Namespace, run_dir: Path, start: float) -> dict[str, Any
     if args.mode == "search":
         trainer.finalize_search(args.bn_recalibration_batches)
     metrics = trainer.evaluate()
+    close_tensorboard(trainer)  # flushes the final evaluation's events
     if args.mode == "search":
         decisions = trainer.final_decisions()
         search = {

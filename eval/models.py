@@ -36,10 +36,12 @@ from eval.model_configs import (
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 # config keys with their own build_model argument; overriding them too would be ambiguous
+# Config keys the run sets itself: key -> where its value comes from.
 RESERVED_OVERRIDE_KEYS = {
-    "num_labels": "num_labels", "id2label": "num_labels", "label2id": "num_labels",
-    "problem_type": "problem_type", "vocab_size": "vocab_size", "pad_token_id": "pad_token_id",
-    "image_size": "image_size",
+    "num_labels": "the task's labels (build_model's num_labels)", "id2label": "the task's labels",
+    "label2id": "the task's labels", "problem_type": "the task (build_model's problem_type)",
+    "vocab_size": "the tokenizer (build_model's vocab_size)", "pad_token_id": "the tokenizer (build_model's pad_token_id)",
+    "image_size": "--image_size (build_model's image_size)",
 }
 MIN_PATCH_GRID = 4  # from-scratch ViT on small images keeps at least a 4x4 grid of patches
 
@@ -117,8 +119,7 @@ def _convert_value(key: str, raw: str, current: Any) -> Any:
 
 def _check_override_key(config: PretrainedConfig, key: str) -> None:
     if key in RESERVED_OVERRIDE_KEYS:
-        raise ValueError(f"config override {key!r} is not allowed: pass it as the "
-                         f"{RESERVED_OVERRIDE_KEYS[key]!r} argument (--{RESERVED_OVERRIDE_KEYS[key]}) instead")
+        raise ValueError(f"config override {key!r} is not allowed: it is set from {RESERVED_OVERRIDE_KEYS[key]}")
     valid = (set(config.to_dict()) | set(getattr(config, "attribute_map", {}))) - set(RESERVED_OVERRIDE_KEYS)
     if key not in valid:
         close = difflib.get_close_matches(key, sorted(valid), n=3)

@@ -35,6 +35,7 @@ DEFAULT_DELAY_FRACTION = 0.5
 # difference between most formats, so searches land near the target (measured on digits).
 DEFAULT_COST_BETA = 5.0
 SAVE_STRATEGIES = ("no", "steps", "epoch", "best")
+DEFAULT_SAVE_STEPS = 500
 
 
 def _choice(value: str, valid: list[str] | tuple[str, ...], flag: str) -> str:
@@ -95,6 +96,8 @@ def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
         args.learning_rate = DEFAULT_LR_SCRATCH if args.from_scratch else DEFAULT_LR_PRETRAINED
 
     _check_data_flags(args, task)
+    _check_training_names(args)
+    _check_checkpoint_flags(args)
     _positive(args, "learning_rate", "train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
               "num_train_epochs", "max_seq_length", "image_size", "log_steps", "eval_steps", "save_steps",
               "rl_learning_rate", "policy_temperature")
@@ -102,7 +105,6 @@ def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--max_steps must be > 0, or -1 to train for --num_train_epochs; got {args.max_steps}")
     if args.fp16 and args.bf16:
         raise ValueError("--fp16 and --bf16 are mutually exclusive; pick one autocast dtype")
-    _choice(args.save_strategy, SAVE_STRATEGIES, "--save_strategy")
     _choice(args.report_to, ("tensorboard", "none"), "--report_to")
     if args.device is not None:
         _choice(args.device, ("cpu", "cuda"), "--device")
@@ -120,6 +122,13 @@ def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--image_size applies to vision tasks; {args.task} is a text task")
     if args.exp_name is not None and (not args.exp_name or "/" in args.exp_name or args.exp_name in (".", "..")):
         raise ValueError(f"--exp_name {args.exp_name!r} must be a non-empty name without '/'")
+    if args.config_overrides:
+        from eval.models import parse_config_overrides
+
+        try:  # keys and value types against the built-in config of the same architecture
+            parse_config_overrides(args.config_overrides, spec.builtin_config())
+        except ValueError as error:
+            raise ValueError(f"--config_overrides: {error}") from None
 
     for name in ("weight_range_percentile", "act_range_percentile"):
         value = getattr(args, name)
@@ -132,9 +141,100 @@ def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
     _check_layer_selection(args, spec.modality)
     if args.mode == "search":
         _resolve_search(args, task)
+    if args.load_config is not None:
+        check_load_config(args)
+    if args.eval_only and args.load_config is None and args.model_name_or_path is None:
+        raise ValueError("--eval_only needs trained weights: give --load_config RUN/results.json (that run's "
+                         "final_model/) or --model_name_or_path DIR; otherwise it would evaluate a random model")
+    if args.mode == "search" and args.delay_steps is not None and 0 < args.max_steps <= args.delay_steps:
+        raise ValueError(f"--delay_steps {args.delay_steps} leaves no search step in --max_steps {args.max_steps}: the "
+                         f"policy would never learn; use fewer delay steps (default: half of the steps)")
     if args.exp_name is None:
         args.exp_name = default_exp_name(args)
+    if len(args.exp_name.encode()) > MAX_NAME_BYTES:
+        raise ValueError(f"--exp_name is {len(args.exp_name.encode())} bytes long ({args.exp_name[:40]!r}...); a "
+                         f"directory name can have at most {MAX_NAME_BYTES}: give a shorter --exp_name")
     return args
+
+
+MAX_NAME_BYTES = 255  # NAME_MAX of Linux file systems
+
+
+def check_load_config(args: argparse.Namespace) -> None:
+    """--load_config names a completed run's results.json, of this run's task and model type."""
+    import json
+
+    path = args.load_config
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--load_config {path!r} is not a readable results.json ({error}); pass a run's "
+                         f"results.json") from None
+    if not isinstance(data, dict) or data.get("status") != "completed" or not data.get("layers"):
+        status = data.get("status") if isinstance(data, dict) else None
+        raise ValueError(f"--load_config {path!r} is not a completed run with per-layer formats (status {status!r}); "
+                         f"pass the results.json of a completed search or quantized run")
+    for flag, key, value in (("--task", "task", args.task), ("--model_type", "model_type", args.model_type)):
+        if data.get(key) != value:
+            raise ValueError(f"--load_config {path!r} is a {key} {data.get(key)!r} run, but {flag} is {value!r}; pass "
+                             f"{flag} {data.get(key)}")
+
+
+def _check_training_names(args: argparse.Namespace) -> None:
+    """--optimizer and --lr_scheduler_type against the names transformers knows."""
+    from transformers import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    _choice(args.optimizer, [o.value for o in OptimizerNames], "--optimizer")
+    _choice(args.lr_scheduler_type, [t.value for t in SchedulerType], "--lr_scheduler_type")
+
+
+def _check_checkpoint_flags(args: argparse.Namespace) -> None:
+    if args.save_strategy is None:  # --save_steps alone means: save every that many steps
+        args.save_strategy = "steps" if args.save_steps is not None else "no"
+    _choice(args.save_strategy, SAVE_STRATEGIES, "--save_strategy")
+    if args.save_steps is not None and args.save_strategy != "steps":
+        raise ValueError(f"--save_steps applies to --save_strategy steps, not {args.save_strategy!r}; drop one of them")
+    if args.save_steps is None:
+        args.save_steps = DEFAULT_SAVE_STEPS
+    if args.save_strategy == "best" and not args.eval_steps:
+        raise ValueError("--save_strategy best saves a checkpoint whenever the evaluation improves; give --eval_steps N")
+    if args.resume_from_checkpoint is not None:
+        if args.eval_only:
+            raise ValueError("--resume_from_checkpoint continues training; with --eval_only pass the weights as "
+                             "--model_name_or_path CHECKPOINT_DIR instead")
+        args.resume_from_checkpoint = resolve_checkpoint(args.resume_from_checkpoint)
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A Trainer checkpoint directory, or a run directory whose latest checkpoint-N is taken."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ValueError(f"--resume_from_checkpoint {path!r} is not a directory; pass a checkpoint-N directory of a "
+                         f"run (or the run directory, for its latest checkpoint)")
+    if (directory / "trainer_state.json").is_file():
+        return str(directory)
+    steps = [(int(match.group(1)), child) for child in directory.iterdir()
+             if child.is_dir() and (match := re.fullmatch(r"checkpoint-(\d+)", child.name))
+             and (child / "trainer_state.json").is_file()]
+    if not steps:
+        raise ValueError(f"--resume_from_checkpoint {path!r} holds no checkpoint (no trainer_state.json, no "
+                         f"checkpoint-N/); runs save them with --save_strategy steps --save_steps N")
+    return str(max(steps)[1])
+
+
+def check_device_flags(args: argparse.Namespace) -> None:
+    """Checks that depend on the machine the run starts on (so not on a launcher's plan):
+    --device cuda and --fp16 need a CUDA device."""
+    import torch
+
+    has_cuda = args.cuda_visible_devices != "" and torch.cuda.is_available()
+    if args.device == "cuda" and not has_cuda:
+        raise ValueError("--device cuda: no CUDA device is visible on this machine; drop --device (the default uses "
+                         "a GPU when there is one) or pass --device cpu")
+    if args.fp16 and (not has_cuda or args.device == "cpu"):
+        raise ValueError("--fp16 autocast needs a CUDA device and this run is on the CPU; use --bf16 for mixed "
+                         "precision on the CPU")
 
 
 def _check_data_flags(args: argparse.Namespace, task) -> None:
@@ -143,6 +243,9 @@ def _check_data_flags(args: argparse.Namespace, task) -> None:
     if args.dataset_path is not None and args.train_file is not None:
         raise ValueError("--dataset_path and --train_file/--validation_file are mutually exclusive; give one source")
     _positive(args, "max_train_samples", "max_eval_samples")
+    from eval.data import check_local_sources
+
+    check_local_sources(task, args.train_file, args.validation_file, args.dataset_path)
     if args.metric is not None and not args.metric.strip():
         raise ValueError("--metric must name an evaluate metric")
 

@@ -184,6 +184,30 @@ def _total_steps(args: argparse.Namespace, num_train: int) -> int:
     return max(1, math.ceil(per_epoch * args.num_train_epochs))
 
 
+def run_tensorboard_callback(log_dir: Path):
+    """transformers' TensorBoardCallback writing every log of the run to `log_dir`. The stock one
+    closes its writer when training ends and opens a new one in output_dir/runs/ for the final
+    evaluation; this one reopens `log_dir` (a new event file in the same directory)."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    class RunTensorBoardCallback(TensorBoardCallback):
+        def _init_summary_writer(self, *unused: Any, **unused_kwargs: Any) -> None:
+            self.tb_writer = SummaryWriter(log_dir=str(log_dir))
+
+    return RunTensorBoardCallback(SummaryWriter(log_dir=str(log_dir)))
+
+
+def close_tensorboard(trainer) -> None:
+    """Close the run's TensorBoard writer (its events are written out)."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
+            callback.tb_writer.close()
+            callback.tb_writer = None
+
+
 def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, compute_metrics: Callable):
     from transformers import Trainer, TrainingArguments
 
@@ -198,6 +222,9 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, comp
         optim=args.optimizer, fp16=args.fp16, bf16=args.bf16,
         logging_steps=args.log_steps, eval_strategy="steps" if args.eval_steps else "no", eval_steps=args.eval_steps,
         save_strategy=args.save_strategy, save_steps=args.save_steps, seed=args.seed, data_seed=args.seed,
+        # --save_strategy best: a checkpoint whenever the task's main metric improves (all are higher-is-better)
+        **({"metric_for_best_model": setup.task.main_metric, "greater_is_better": True}
+           if args.save_strategy == "best" else {}),
         use_cpu=args.device == "cpu", report_to=[], disable_tqdm=not os.isatty(2),
         remove_unused_columns=False, dataloader_num_workers=0,
         # HF's default (True for its models) costs a graph traversal per step and a warning.
@@ -207,16 +234,16 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, comp
     )
     callbacks = []
     if args.report_to == "tensorboard":
-        from torch.utils.tensorboard import SummaryWriter
-        from transformers.integrations import TensorBoardCallback
-
-        callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(run_dir / "tensorboard"))))
+        callbacks.append(run_tensorboard_callback(run_dir / "tensorboard"))
     common = dict(model=setup.model, args=training_args, train_dataset=setup.train_dataset,
                   eval_dataset=setup.eval_dataset, data_collator=setup.data_collator,
                   compute_metrics=compute_metrics, callbacks=callbacks)
     if args.mode != "search":
         return Trainer(**common)
     total = _total_steps(args, len(setup.train_dataset))
+    if args.delay_steps is not None and args.delay_steps >= total:
+        raise ValueError(f"--delay_steps {args.delay_steps} leaves no search step in this run's {total} steps: the "
+                         f"policy would never learn; use fewer delay steps (default: half of the steps)")
     delay = args.delay_steps if args.delay_steps is not None else int(round(DEFAULT_DELAY_FRACTION * total))
     rl_learning_rate = args.rl_learning_rate
     if rl_learning_rate is None:

@@ -55,8 +55,17 @@ def test_local_file_errors(tmp_path):
         load_raw_datasets("mrpc", train_file=train, validation_file=train)
     with pytest.raises(ValueError, match=r"extension must be one of \['.csv', '.json', '.jsonl', '.parquet'\]"):
         load_raw_datasets("sst2", train_file=train, validation_file=str(tmp_path / "val.tsv"))
-    with pytest.raises(FileNotFoundError, match=r"data file .*missing.csv' does not exist"):
+    with pytest.raises(ValueError, match=r"--validation_file '.*missing.csv' is not a file"):
         load_raw_datasets("sst2", train_file=train, validation_file=str(tmp_path / "missing.csv"))
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"not parquet at all")
+    with pytest.raises(ValueError, match=r"cannot read '.*junk.parquet' as parquet: "):
+        load_raw_datasets("sst2", train_file=train, validation_file=str(junk))
+    with pytest.raises(ValueError, match=r"--dataset_path '.*train.csv' is not a directory; pass a folder written by "
+                                         r"DatasetDict.save_to_disk"):
+        load_raw_datasets("sst2", dataset_path=train)
+    with pytest.raises(ValueError, match=r"--dataset_path '.*' holds no saved DatasetDict; save a DatasetDict"):
+        load_raw_datasets("sst2", dataset_path=str(tmp_path))
     with pytest.raises(ValueError, match=r"pass both --train_file and --validation_file \(got only --train_file\)"):
         load_raw_datasets("sst2", train_file=train)
     with pytest.raises(ValueError, match=r"either --train_file/--validation_file or --dataset_path, not both"):
@@ -98,7 +107,7 @@ def test_save_to_disk_errors(tmp_path):
     datasets.DatasetDict({"train": single}).save_to_disk(tmp_path / "only_train")
     with pytest.raises(ValueError, match=r"lacks splits \['validation'\] \(it has \['train'\]\)"):
         load_raw_datasets("sst2", dataset_path=tmp_path / "only_train")
-    with pytest.raises(FileNotFoundError, match=r"--dataset_path .*nowhere' does not exist"):
+    with pytest.raises(ValueError, match=r"--dataset_path .*nowhere' is not a directory"):
         load_raw_datasets("sst2", dataset_path=tmp_path / "nowhere")
 
 

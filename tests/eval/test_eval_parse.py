@@ -69,6 +69,15 @@ def test_mode_and_format_resolution():
     assert parse_run_args(["--task", "sst2", "--model", "bert"]).from_scratch is False
 
 
+def write_results(path, **fields) -> None:
+    """A minimal completed run's results.json for --load_config."""
+    import json
+
+    data = {"status": "completed", "task": "digits", "model_type": "resnet18",
+            "layers": {"resnet.embedder.embedder.convolution": {"weight_format": "int4", "act_format": "int8"}}}
+    path.write_text(json.dumps({**data, **fields}))
+
+
 def error_of(argv, capsys) -> str:
     with pytest.raises(SystemExit) as info:
         parse_run_args(argv)
@@ -153,7 +162,9 @@ def test_bad_cost_type_of_a_fixed_run_fails_before_loading(capsys):
         (["--search_space", "2,4", "--cost_beta", "3"], ""),  # a search reads them
     ],
 )
-def test_search_flags_of_a_fixed_run_are_named_as_ignored(argv, note, capsys):
+def test_search_flags_of_a_fixed_run_are_named_as_ignored(argv, note, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_results(tmp_path / "r.json")
     parse_run_args(argv)
     assert capsys.readouterr().err == note
 
@@ -165,6 +176,79 @@ def test_search_only_flags_are_run_flags_that_only_searches_read():
     assert set(SEARCH_ONLY_FLAGS) <= dests
     # Shared with fixed-format runs (their cost is recorded) or errors without --search.
     assert not {"cost_type", "single_decision", "block_search", "weight_only_search"} & set(SEARCH_ONLY_FLAGS)
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--optimizer", "adamw_bogus"], r"--optimizer 'adamw_bogus' is not one of \[.*'adamw_torch'"),
+        (["--lr_scheduler_type", "bogus"], r"--lr_scheduler_type 'bogus' is not one of \['linear'"),
+        (["--save_strategy", "epoch", "--save_steps", "5"], "--save_steps applies to --save_strategy steps, not 'epoch'"),
+        (["--save_strategy", "best"], "--save_strategy best saves a checkpoint whenever .*; give --eval_steps N"),
+        (["--resume_from_checkpoint", "nowhere"], "--resume_from_checkpoint 'nowhere' is not a directory"),
+        (["--resume_from_checkpoint", "."], r"--resume_from_checkpoint '.' holds no checkpoint"),
+        (["--bits", "8", "--eval_only"], "--eval_only needs trained weights: give --load_config"),
+        (["--config_overrides", "bogus=1"], "--config_overrides: unknown config key 'bogus' for ResNetConfig"),
+        (["--config_overrides", "num_labels=3"], "'num_labels' is not allowed: it is set from the task's labels"),
+        (["--task", "digits", "--train_file", "a.csv", "--validation_file", "b.csv"],
+         "task 'digits' is built in and generates its own data"),
+        (["--task", "sst2", "--model", "bert", "--train_file", "a.csv", "--validation_file", "b.csv"],
+         "--train_file 'a.csv' is not a file"),
+        (["--task", "sst2", "--model", "bert", "--train_file", "a.tsv", "--validation_file", "b.csv"],
+         r"--train_file 'a.tsv': the extension must be one of"),
+        (["--exp_name", "x" * 256], "--exp_name is 256 bytes long .*at most 255: give a shorter --exp_name"),
+        (["--max_steps", "10", "--delay_steps", "10"], "--delay_steps 10 leaves no search step in --max_steps 10"),
+    ],
+)
+def test_checks_that_used_to_fail_after_loading(argv, match, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    err = error_of(argv, capsys)
+    assert err.startswith("eval_run: error: ") and re.search(match, err), err
+
+
+def test_load_config_must_be_a_completed_run_of_this_task_and_model(capsys, tmp_path):
+    write_results(tmp_path / "failed.json", status="failed", layers={})
+    write_results(tmp_path / "r.json")
+    for argv, match in (
+        (["--load_config", str(tmp_path / "missing.json")], "is not a readable results.json"),
+        (["--load_config", str(tmp_path / "failed.json")], r"is not a completed run with per-layer formats \(status "
+                                                            r"'failed'\)"),
+        (["--load_config", str(tmp_path / "r.json"), "--model", "resnet50"],
+         "is a model_type 'resnet18' run, but --model_type is 'resnet50'; pass --model_type resnet18"),
+    ):
+        err = error_of(argv, capsys)
+        assert re.search(match, err), err
+    assert parse_run_args(["--load_config", str(tmp_path / "r.json"), "--eval_only"]).mode == "uniform"
+
+
+def test_checkpoint_flags_resolve(tmp_path):
+    run_dir = tmp_path / "run"
+    for step in (5, 40, 10):
+        (run_dir / f"checkpoint-{step}").mkdir(parents=True)
+        (run_dir / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (run_dir / "checkpoint-99").mkdir()  # no trainer_state.json: not a checkpoint
+    args = parse_run_args(["--resume_from_checkpoint", str(run_dir)])
+    assert args.resume_from_checkpoint == str(run_dir / "checkpoint-40")  # the latest one
+    args = parse_run_args(["--resume_from_checkpoint", str(run_dir / "checkpoint-5")])
+    assert args.resume_from_checkpoint == str(run_dir / "checkpoint-5")
+    args = parse_run_args(["--save_steps", "7"])
+    assert (args.save_strategy, args.save_steps) == ("steps", 7)
+    args = parse_run_args([])
+    assert (args.save_strategy, args.save_steps) == ("no", 500)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the errors of a machine without a GPU")
+@pytest.mark.parametrize("argv, match", [
+    (["--device", "cuda"], "--device cuda: no CUDA device is visible on this machine; drop --device"),
+    (["--fp16"], "--fp16 autocast needs a CUDA device and this run is on the CPU; use --bf16"),
+])
+def test_device_flags_are_checked_by_the_run_before_it_starts(argv, match, capsys, tmp_path):
+    from eval.eval_run import main
+
+    assert main([*argv, "--output_root_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("eval_run: error: ") and match in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_unknown_flag_is_one_line(capsys):

@@ -27,7 +27,9 @@ def test_uniform_baseline_on_digits(tmp_path):
     assert code == 0 and results["status"] == "completed" and results["method"] == "uniform"
     for name in ("config.json", "model.txt", "output.txt", "final_model/config.json"):
         assert (run_dir / name).is_file(), name
-    assert list((run_dir / "tensorboard").iterdir())
+    assert list((run_dir / "tensorboard").iterdir()) and not (run_dir / "runs").exists()  # every log in one place
+    assert {(run_dir / name).stat().st_mode & 0o777 for name in ("results.json", "config.json", "output.txt")} == \
+        {0o666 & ~_umask()}  # readable by colleagues like every other output
     assert run_dir == tmp_path / "digits" / "resnet18_uniform_wint4-afp8_e4m3_s42"
     layers = results["layers"]
     assert len(layers) == 13  # 1 stem + 4 stages x 2 convs + 3 shortcuts + classifier
@@ -38,6 +40,33 @@ def test_uniform_baseline_on_digits(tmp_path):
     assert 0 <= results["metrics"]["eval_accuracy"] <= 1 and results["main_metric"] == "eval_accuracy"
     assert json.loads((run_dir / "config.json").read_text())["weight_format"] == "int4"
     assert "eval_accuracy" in (run_dir / "output.txt").read_text()
+
+
+def _umask() -> int:
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def test_a_rerun_replaces_everything_of_the_earlier_run(tmp_path):
+    run_dir = tmp_path / "digits" / "again"
+    for stale in ("checkpoint-3/trainer_state.json", "final_model/stale.txt", "tensorboard/events.old", "runs/x/e"):
+        (run_dir / stale).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / stale).write_text("old")
+    code, results, _ = run(tmp_path, *RESNET_TINY, "--bits", "8", "--exp_name", "again")
+    assert code == 0 and results["status"] == "completed"
+    assert not (run_dir / "checkpoint-3").exists() and not (run_dir / "runs").exists()
+    assert not (run_dir / "final_model" / "stale.txt").exists() and (run_dir / "final_model" / "config.json").is_file()
+    assert not (run_dir / "tensorboard" / "events.old").exists()
+
+
+def test_non_finite_metrics_fail_the_run(tmp_path, capsys):
+    code, results, run_dir = run(tmp_path, *RESNET_TINY, "--bits", "0", "--learning_rate", "1e30")
+    assert code == 1 and results["status"] == "failed" and results["error"] == "non-finite evaluation metrics"
+    assert capsys.readouterr().err.splitlines()[-1] == \
+        f"eval_run: error: non-finite evaluation metrics (status failed in {run_dir / 'results.json'})"
 
 
 def test_export_dir_writes_the_low_bit_checkpoint_of_the_final_model(tmp_path):
@@ -160,11 +189,14 @@ def test_local_csv_files_as_a_task(tmp_path):
 
 
 def test_a_crash_writes_a_failed_results_json(tmp_path, capsys):
-    code, results, run_dir = run(tmp_path, "--task", "sst2", "--model_type", "bert-tiny", "--from_scratch",
-                                 "--train_file", str(tmp_path / "missing.csv"), "--validation_file",
-                                 str(tmp_path / "missing.csv"), "--report_to", "none")
+    wrong_columns = tmp_path / "wrong.csv"  # passes the flag checks; found when the data is read
+    wrong_columns.write_text("text,target\nfine,1\n")
+    code, results, run_dir = run(tmp_path / "out", "--task", "sst2", "--model_type", "bert-tiny", "--from_scratch",
+                                 "--train_file", str(wrong_columns), "--validation_file", str(wrong_columns),
+                                 "--report_to", "none")
     assert code == 1 and results["status"] == "failed"
-    assert "missing.csv" in results["error"] and "Traceback" in results["traceback"]
+    assert "wrong.csv" in results["error"] and "lacks columns" in results["error"]
+    assert "Traceback" in results["traceback"]
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("eval_run: error: ") and "traceback in" in err[-1]
 

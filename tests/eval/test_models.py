@@ -417,8 +417,8 @@ def test_parse_config_overrides_converts_to_the_existing_types():
     ("hidden_dropout_prob=high", r"hidden_dropout_prob='high': expected float"),
     ("num_hidden_layers", r"config override 'num_hidden_layers' is not key=value"),
     ("num_hidden_layers=2,num_hidden_layers=3", r"'num_hidden_layers' is given twice"),
-    ("vocab_size=100", r"'vocab_size' is not allowed: pass it as the 'vocab_size' argument \(--vocab_size\)"),
-    ("num_labels=3", r"'num_labels' is not allowed: pass it as the 'num_labels' argument"),
+    ("vocab_size=100", r"'vocab_size' is not allowed: it is set from the tokenizer \(build_model's vocab_size\)"),
+    ("num_labels=3", r"'num_labels' is not allowed: it is set from the task's labels \(build_model's num_labels\)"),
     ("id2label=x", r"'id2label' is not allowed"),
     ("hidden_size=[32", r"unbalanced '\['"),
 ])
