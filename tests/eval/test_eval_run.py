@@ -62,6 +62,16 @@ def test_a_rerun_replaces_everything_of_the_earlier_run(tmp_path):
     assert not (run_dir / "tensorboard" / "events.old").exists()
 
 
+def test_save_strategy_best_saves_at_an_improving_evaluation_and_resumes_from_the_run_dir(tmp_path):
+    code, results, run_dir = run(tmp_path, *RESNET_TINY, "--bits", "8", "--save_strategy", "best", "--eval_steps", "4")
+    saved = sorted(int(p.name.split("-")[1]) for p in run_dir.glob("checkpoint-*"))
+    assert code == 0 and saved and set(saved) <= {4, 8} and (run_dir / "checkpoint-4").is_dir()  # the first is best
+    from eval.eval_parse import parse_run_args
+
+    assert parse_run_args(["--resume_from_checkpoint", str(run_dir)]).resume_from_checkpoint == \
+        str(run_dir / f"checkpoint-{saved[-1]}")
+
+
 def test_non_finite_metrics_fail_the_run(tmp_path, capsys):
     code, results, run_dir = run(tmp_path, *RESNET_TINY, "--bits", "0", "--learning_rate", "1e30")
     assert code == 1 and results["status"] == "failed" and results["error"] == "non-finite evaluation metrics"
