@@ -81,6 +81,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise
 
 
+# What the Trainer's evaluate() reports besides the metrics themselves.
+TRAINER_EVAL_KEYS = ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch")
+
+
+def main_metric_of(metrics: dict[str, Any], task_main_metric: str) -> str:
+    """The task's main metric, or with --metric (whose keys are its own) that metric's first
+    value; eval_loss when it reports nothing else."""
+    if task_main_metric in metrics:
+        return task_main_metric
+    own = [key for key in metrics if key not in TRAINER_EVAL_KEYS]
+    return own[0] if own else "eval_loss"
+
+
 def clear_previous_outputs(run_dir: Path, resuming: bool) -> None:
     """Remove what an earlier run of the same name left, so that nothing of it is mixed with this
     run's outputs (a stale "completed" must not survive a crash either). A resumed run keeps its
@@ -148,7 +161,7 @@ def _run(args: argparse.Namespace, run_dir: Path, start: float) -> dict[str, Any
     results = {
         "schema_version": 1, "status": "completed", "error": None, "traceback": None,
         "exp_name": args.exp_name, "task": args.task, "model_type": args.model_type, "method": args.mode,
-        "args": vars(args), "main_metric": setup.task.main_metric, "metrics": metrics,
+        "args": vars(args), "main_metric": main_metric_of(metrics, setup.task.main_metric), "metrics": metrics,
         "cost": {"memory_mib": total.memory_mib, "gbops": total.gbops, "float_memory_mib": total.float_memory_mib,
                  "float_gbops": total.float_gbops, "cost_type": args.cost_type, "target": target,
                  "ratio": None if target is None else total.value(setup.cost_type) / target},

@@ -81,8 +81,15 @@ def _build_model(args: argparse.Namespace, task: TaskSpec, tokenizer, source: st
         kwargs.update(pad_token_id=tokenizer.pad_token_id)
     if task.modality == "vision" and args.from_scratch:
         kwargs["image_size"] = image_size
-    return build_model(args.model_type, num_labels=task.num_labels, from_scratch=args.from_scratch,
-                       model_name_or_path=source, config_overrides=overrides, **kwargs)
+    try:
+        return build_model(args.model_type, num_labels=task.num_labels, from_scratch=args.from_scratch,
+                           model_name_or_path=source, config_overrides=overrides, **kwargs)
+    except (KeyError, TypeError, ValueError) as error:
+        if not overrides:
+            raise
+        # e.g. hidden_act=bogus: transformers raises a bare KeyError('bogus') while building
+        raise ValueError(f"--config_overrides {args.config_overrides!r}: {args.model_type} cannot be built with it "
+                         f"({type(error).__name__}: {error})") from error
 
 
 def load_data_and_model(args: argparse.Namespace, run_dir: Path) -> RunSetup:
@@ -222,9 +229,10 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, comp
         optim=args.optimizer, fp16=args.fp16, bf16=args.bf16,
         logging_steps=args.log_steps, eval_strategy="steps" if args.eval_steps else "no", eval_steps=args.eval_steps,
         save_strategy=args.save_strategy, save_steps=args.save_steps, seed=args.seed, data_seed=args.seed,
-        # --save_strategy best: a checkpoint whenever the task's main metric improves (all are higher-is-better)
-        **({"metric_for_best_model": setup.task.main_metric, "greater_is_better": True}
-           if args.save_strategy == "best" else {}),
+        # --save_strategy best: a checkpoint whenever the task's main metric improves (all are
+        # higher-is-better); with --metric (keys unknown until it runs) whenever the loss falls
+        **({"metric_for_best_model": setup.task.main_metric if args.metric is None else "eval_loss",
+            "greater_is_better": args.metric is None} if args.save_strategy == "best" else {}),
         use_cpu=args.device == "cpu", report_to=[], disable_tqdm=not os.isatty(2),
         remove_unused_columns=False, dataloader_num_workers=0,
         # HF's default (True for its models) costs a graph traversal per step and a warning.

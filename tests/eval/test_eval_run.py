@@ -217,3 +217,12 @@ def test_offline_hub_fails_fast_with_the_ways_out(tmp_path, capsys):
     assert time.time() - start < 10
     assert code == 1 and results["status"] == "failed"
     assert "--train_file" in results["error"] and "built-in" in results["error"]
+
+
+def test_main_metric_follows_a_custom_metric():
+    from eval.eval_run import main_metric_of
+
+    trainer_keys = {"eval_loss": 0.3, "eval_runtime": 1.0, "eval_samples_per_second": 9.0, "epoch": 1.0}
+    assert main_metric_of({**trainer_keys, "eval_accuracy": 0.9}, "eval_accuracy") == "eval_accuracy"
+    assert main_metric_of({**trainer_keys, "eval_myacc": 0.5, "eval_f1": 0.4}, "eval_accuracy") == "eval_myacc"
+    assert main_metric_of(trainer_keys, "eval_accuracy") == "eval_loss"
