@@ -9,6 +9,7 @@ and exit code 2.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import NoReturn, Sequence
 
@@ -21,6 +22,17 @@ class OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
         raise SystemExit(2)
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a float that is neither NaN nor infinite (float() accepts 'nan' and 'inf')."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def _on_off(group: argparse._ArgumentGroup, name: str, help_text: str, default: bool = True) -> None:
@@ -56,14 +68,14 @@ def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
     g.add_argument("--metric", default=None, help="an evaluate metric name to use instead of the task's own")
 
     g = p.add_argument_group("Training parameters")
-    g.add_argument("--num_train_epochs", type=float, default=3.0)
-    g.add_argument("--learning_rate", type=float, default=None,
+    g.add_argument("--num_train_epochs", type=finite_float, default=3.0)
+    g.add_argument("--learning_rate", type=finite_float, default=None,
                    help="default 5e-5 for pretrained weights, 1e-3 from scratch")
     g.add_argument("--train_batch_size", type=int, default=32)
     g.add_argument("--eval_batch_size", type=int, default=32)
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
     g.add_argument("--optimizer", default="adamw_torch", help="a TrainingArguments optim name (adamw_torch, sgd, ...)")
-    g.add_argument("--weight_decay", type=float, default=0.0)
+    g.add_argument("--weight_decay", type=finite_float, default=0.0)
     g.add_argument("--warmup_steps", type=int, default=0)
     g.add_argument("--lr_scheduler_type", default="linear")
     g.add_argument("--fp16", action="store_true", help="fp16 autocast (mixed precision), CUDA only")
@@ -74,37 +86,37 @@ def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
     g.add_argument("--delay_steps", type=int, default=None,
                    help="warm-up steps with uniformly sampled formats before the policy learns (default: 50%% "
                    "of the training steps)")
-    g.add_argument("--rl_learning_rate", type=float, default=None,
+    g.add_argument("--rl_learning_rate", type=finite_float, default=None,
                    help="Adam learning rate of the policy (default: 10 / the number of search steps after the "
                    "delay, at most 0.1, so a short and a long search move the logits by the same total amount)")
     g.add_argument("--precision_warmup", action=argparse.BooleanOptionalAction, default=True,
                    help="during --delay_steps, use the most precise format with a probability falling from 1 to 0 "
                    "(else uniform), so the shared weights learn the task before coping with every format")
-    g.add_argument("--cost_beta", type=float, default=None,
+    g.add_argument("--cost_beta", type=finite_float, default=None,
                    help="strength of the cost term: > 0 for tunas_abs/one_sided_tunas_abs (default 5.0), < 0 "
                    "for the exponential forms (default -0.07, as in MnasNet)")
-    g.add_argument("--max_entropy_beta", type=float, default=0.1,
+    g.add_argument("--max_entropy_beta", type=finite_float, default=0.1,
                    help="final strength of the entropy penalty (> 0 makes every decision converge)")
     g.add_argument("--entropy_schedule_type", default="linear", help="linear, cosine, constant or heaviside")
-    g.add_argument("--cost_target", type=float, default=None, help="target cost in MiB (memory) or GBOPs (compute)")
-    g.add_argument("--cost_target_bits", type=float, default=None,
+    g.add_argument("--cost_target", type=finite_float, default=None, help="target cost in MiB (memory) or GBOPs (compute)")
+    g.add_argument("--cost_target_bits", type=finite_float, default=None,
                    help="target as the cost of every searched layer at this many bits (default: the mean of the "
                    "smallest and largest format of the search space)")
     g.add_argument("--reward_metric", default=None, help="loss (default for the abs forms), likelihood = "
                    "exp(-loss) (default for the exponential forms) or accuracy")
     g.add_argument("--reward_source", default="train", help="train (the batch just trained on, free) or heldout "
                    "(a batch of a split carved out of the training set)")
-    g.add_argument("--heldout_fraction", type=float, default=0.1, help="share of the training set kept for "
+    g.add_argument("--heldout_fraction", type=finite_float, default=0.1, help="share of the training set kept for "
                    "--reward_source heldout")
     g.add_argument("--advantage", default="per_decision", help="per_decision (exact per-decision cost baseline) "
                    "or global (plain EMA reward baseline, as TuNAS)")
-    g.add_argument("--baseline_decay", type=float, default=0.9, help="EMA decay of the reward baseline")
-    g.add_argument("--policy_temperature", type=float, default=1.0)
+    g.add_argument("--baseline_decay", type=finite_float, default=0.9, help="EMA decay of the reward baseline")
+    g.add_argument("--policy_temperature", type=finite_float, default=1.0)
     g.add_argument("--final_selection", default="constrained",
                    help="the answer: 'constrained' = the most likely assignment within --target_tolerance of the "
                    "target (the per-decision argmax when that is inside), or 'argmax' = every decision's most likely "
                    "format")
-    g.add_argument("--target_tolerance", type=float, default=0.05, help="relative cost band of --final_selection "
+    g.add_argument("--target_tolerance", type=finite_float, default=0.05, help="relative cost band of --final_selection "
                    "constrained")
     g.add_argument("--bn_recalibration_batches", type=int, default=20,
                    help="after the search, re-estimate BatchNorm statistics for the found formats on this many "
@@ -128,9 +140,9 @@ def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
     g.add_argument("--activation_bits", default=None, help="fixed activation format (0 = none)")
     g.add_argument("--per_channel", action="store_true", help="one weight scale per output channel")
     g.add_argument("--per_token", action="store_true", help="one activation scale per token")
-    g.add_argument("--act_range_percentile", type=float, default=100.0,
+    g.add_argument("--act_range_percentile", type=finite_float, default=100.0,
                    help="clip activations at this percentile of |x| (100 = abs-max, < 0 = MSE-optimal)")
-    g.add_argument("--weight_range_percentile", type=float, default=100.0,
+    g.add_argument("--weight_range_percentile", type=finite_float, default=100.0,
                    help="clip weights at this percentile of |w| (100 = abs-max, < 0 = MSE-optimal)")
     g.add_argument("--load_config", default=None, help="a results.json whose per-layer formats to apply (fixed)")
     g.add_argument("--eval_only", action="store_true", help="evaluate without training")

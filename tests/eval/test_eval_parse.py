@@ -251,6 +251,22 @@ def test_device_flags_are_checked_by_the_run_before_it_starts(argv, match, capsy
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+@pytest.mark.parametrize("flag", ["--cost_beta", "--rl_learning_rate", "--learning_rate", "--cost_target_bits",
+                                  "--act_range_percentile", "--target_tolerance"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_float_flags_must_be_finite(flag, value, capsys):
+    err = error_of([f"{flag}={value}"], capsys)  # '=': argparse reads a lone '-inf' as a flag
+    assert err == f"eval_run: error: argument {flag}: '{value}' is not a finite number (see --help)\n"
+
+
+def test_every_float_flag_rejects_nan(capsys):
+    floats = [a.option_strings[0] for a in create_arg_parser()._actions if a.type is not None
+              and getattr(a.type, "__name__", "") == "finite_float"]
+    assert len(floats) == 14
+    for flag in floats:
+        assert "is not a finite number" in error_of([flag, "nan"], capsys)
+
+
 def test_unknown_flag_is_one_line(capsys):
     err = error_of(["--quantise_pooler"], capsys)
     assert "unrecognized arguments: --quantise_pooler" in err
