@@ -189,7 +189,10 @@ def export_quantized_checkpoint(model: nn.Module, out_dir: str | os.PathLike, pr
     for name, layer in layers.items():
         _check_round_trips(name, layer.weight_format)
         _check_round_trips(name, layer.act_format)
-        values, scale = grid_values_and_scale(layer)
+        try:
+            values, scale = grid_values_and_scale(layer)
+        except (ValueError, RuntimeError) as error:
+            raise ValueError(f"layer {name!r}: {error}") from error
         packed = pack(values, layer.weight_format)
         for key in (name + CODES_SUFFIX, name + SCALE_SUFFIX):
             if key in tensors:

@@ -265,6 +265,9 @@ def grid_values_and_scale(layer: QuantModule) -> tuple[torch.Tensor, torch.Tenso
     """(Q(w / scale), scale) of a quantized layer's weight, computed exactly as its forward does;
     scale is None for formats without one (none, bf16, fp16). Checked against quantized_weight()."""
     fmt, weight = layer.weight_format, layer.weight.detach()
+    if not bool(torch.isfinite(weight).all()):
+        bad = int((~torch.isfinite(weight)).sum())
+        raise ValueError(f"the weight has {bad} NaN/inf values (a diverged training run?); it has no low-bit form")
     if not fmt.quantizes:
         return weight.to(torch.float32), None
     if layer.weight_prequantized:
@@ -278,5 +281,6 @@ def grid_values_and_scale(layer: QuantModule) -> tuple[torch.Tensor, torch.Tenso
     scale32 = torch.ones((), dtype=torch.float32) if scale is None else scale.to(torch.float32)
     values, _ = quantize_scaled(weight.to(torch.float32) * torch.reciprocal(scale32), fmt)
     if not torch.equal((values * scale32).to(weight.dtype), layer.quantized_weight().detach()):
-        raise RuntimeError(f"re-deriving the {fmt.name} codes did not reproduce the layer's quantized weight")
+        raise RuntimeError(f"re-deriving the {fmt.name} codes did not reproduce the layer's quantized weight (its "
+                           f"forward uses other values than {fmt.name} codes times its scale); nothing was written")
     return values, (None if isinstance(fmt, CastFormat) else scale32)

@@ -194,6 +194,13 @@ def test_bad_inputs_are_rejected(tmp_path):
     with pytest.raises(ValueError, match=r"share storage \(tied weights\) and one of them is a quantized layer's"):
         export_quantized_checkpoint(model, tmp_path / "tied")
     assert not (tmp_path / "tied").exists()
+    model, _ = tiny_model("bert", QuantConfig("int4", "int8"))
+    with torch.no_grad():
+        model.bert.pooler.dense.weight[0, :3] = float("nan")
+    with pytest.raises(ValueError, match=r"layer 'bert.pooler.dense': the weight has 3 NaN/inf values \(a diverged "
+                                         r"training run\?\); it has no low-bit form"):
+        export_quantized_checkpoint(model, tmp_path / "nan")
+    assert not (tmp_path / "nan").exists()
 
 
 def test_cli_exports_the_run_model(tmp_path, capsys):
