@@ -15,6 +15,8 @@ Tokens accepted by `parse_format` (case-insensitive):
     fp6_e2m3, fp6_e3m2          OCP MX FP6: max 7.5 / 28, every code finite
     fp4_e2m1, fp4               OCP MX FP4: max 6, every code finite
     eXmY                        generic: 1 <= X <= 5, 0 <= Y <= 7, X+Y <= 7, every code finite
+Numbers are ASCII digits without leading zeros, so a format's `name` parses back to that format
+(a generic "e05m02" would otherwise be named "e5m2", the IEEE-style E5M2).
 """
 from __future__ import annotations
 
@@ -274,8 +276,15 @@ for (_e, _m, _special), _aliases in _NAMED_FLOATS.items():
     for _alias in _aliases:
         _FIXED_TOKENS[_alias] = FloatFormat(_e, _m, _special)
 
-_INT_RE = re.compile(r"^(?:int)?(\d+)$")
-_GENERIC_RE = re.compile(r"^e(\d+)m(\d+)$")
+# ASCII digits only (`\d` also matches e.g. Arabic-Indic digits). Numbers with leading zeros
+# match too, so that parse_format can reject them by name: "e05m02" must not become a generic
+# E5M2 whose name "e5m2" re-parses as the IEEE format.
+_INT_RE = re.compile(r"(?:int)?([0-9]+)")
+_GENERIC_RE = re.compile(r"e([0-9]+)m([0-9]+)")
+
+
+def _has_leading_zero(number: str) -> bool:
+    return len(number) > 1 and number[0] == "0"
 
 
 def parse_format(token: str | int | NumberFormat) -> NumberFormat:
@@ -287,9 +296,16 @@ def parse_format(token: str | int | NumberFormat) -> NumberFormat:
     text = str(token).strip().lower()
     if text in _FIXED_TOKENS:
         return _FIXED_TOKENS[text]
-    int_match = _INT_RE.match(text)
-    if int_match:
-        bits = int(int_match.group(1))
+    match = _INT_RE.fullmatch(text) or _GENERIC_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"unknown format {token!r}; valid forms: {VALID_FORMS}")
+    if any(_has_leading_zero(number) for number in match.groups()):
+        raise ValueError(
+            f"invalid format {token!r}: numbers in format tokens have no leading zeros (each format has one "
+            f"token, e.g. int8, e2m5); valid forms: {VALID_FORMS}"
+        )
+    if match.re is _INT_RE:
+        bits = int(match.group(1))
         lo, hi = INT_BITS_RANGE
         if not lo <= bits <= hi:
             raise ValueError(
@@ -297,17 +313,14 @@ def parse_format(token: str | int | NumberFormat) -> NumberFormat:
                 f"valid forms: {VALID_FORMS}"
             )
         return IntFormat(bits)
-    generic = _GENERIC_RE.match(text)
-    if generic:
-        exp_bits, man_bits = int(generic.group(1)), int(generic.group(2))
-        (elo, ehi), (mlo, mhi) = GENERIC_EXP_RANGE, GENERIC_MAN_RANGE
-        if not (elo <= exp_bits <= ehi and mlo <= man_bits <= mhi and exp_bits + man_bits <= GENERIC_MAX_PAYLOAD_BITS):
-            raise ValueError(
-                f"invalid format {token!r}: generic eXmY needs {elo}<=X<={ehi}, {mlo}<=Y<={mhi} and X+Y<="
-                f"{GENERIC_MAX_PAYLOAD_BITS} (at most 8 bits with the sign); valid forms: {VALID_FORMS}"
-            )
-        return FloatFormat(exp_bits, man_bits, SpecialCodes.FINITE)
-    raise ValueError(f"unknown format {token!r}; valid forms: {VALID_FORMS}")
+    exp_bits, man_bits = int(match.group(1)), int(match.group(2))
+    (elo, ehi), (mlo, mhi) = GENERIC_EXP_RANGE, GENERIC_MAN_RANGE
+    if not (elo <= exp_bits <= ehi and mlo <= man_bits <= mhi and exp_bits + man_bits <= GENERIC_MAX_PAYLOAD_BITS):
+        raise ValueError(
+            f"invalid format {token!r}: generic eXmY needs {elo}<=X<={ehi}, {mlo}<=Y<={mhi} and X+Y<="
+            f"{GENERIC_MAX_PAYLOAD_BITS} (at most 8 bits with the sign); valid forms: {VALID_FORMS}"
+        )
+    return FloatFormat(exp_bits, man_bits, SpecialCodes.FINITE)
 
 
 def parse_format_list(text: str | list | tuple, what: str = "search space") -> tuple[NumberFormat, ...]:

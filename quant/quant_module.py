@@ -12,17 +12,10 @@ import torch
 from torch import nn
 
 from quant.formats import NO_QUANT, NumberFormat, parse_format
-from quant.quant_utils import Granularity, quantize
+from quant.quant_utils import Granularity, check_range_percentile, quantize
 
 BYTES_PER_MIB = 2**20
 BOPS_PER_GBOPS = 1e9
-
-
-def _check_percentile(name: str, value: float) -> None:
-    if value == 0 or value > 100:
-        raise ValueError(
-            f"{name} must be in (0, 100] (100 = abs-max) or negative (MSE-optimal clipping), got {value}"
-        )
 
 
 @dataclass(frozen=True)
@@ -46,8 +39,18 @@ class QuantConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "weight_format", parse_format(self.weight_format))
         object.__setattr__(self, "act_format", parse_format(self.act_format))
-        _check_percentile("weight_range_percentile", self.weight_range_percentile)
-        _check_percentile("act_range_percentile", self.act_range_percentile)
+        for name in ("per_channel", "per_token"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):  # a truthy "no" would silently switch the granularity
+                raise TypeError(f"QuantConfig.{name} must be True or False, got {value!r}")
+        check_range_percentile(self.weight_range_percentile, "weight_range_percentile")
+        check_range_percentile(self.act_range_percentile, "act_range_percentile")
+
+
+def _version(weight: torch.Tensor) -> int | None:
+    """The version counter of `weight`; None for an inference tensor (made under
+    torch.inference_mode), which has none and cannot be changed outside that mode."""
+    return None if weight.is_inference() else weight._version
 
 
 class QuantModule:
@@ -60,18 +63,61 @@ class QuantModule:
     # Each subclass defines macs_for_input_shape(input_shape) -> int: MACs for one sample whose
     # input (batch dimension included) has that shape.
 
+    _weight_format: NumberFormat
+    _act_format: NumberFormat
+    # (format, weight Parameter, its version counter) when the weight was marked prequantized.
+    _prequantized_for: tuple[NumberFormat, torch.Tensor, int | None] | None
+
     def _init_quant(self, config: QuantConfig) -> None:
-        self.weight_format: NumberFormat = config.weight_format
-        self.act_format: NumberFormat = config.act_format
+        self.weight_format = config.weight_format
+        self.act_format = config.act_format
         self.weight_granularity = Granularity.PER_CHANNEL if config.per_channel else Granularity.PER_TENSOR
         self.act_granularity = Granularity.PER_TOKEN if config.per_token else Granularity.PER_TENSOR
         self.weight_range_percentile = config.weight_range_percentile
         self.act_range_percentile = config.act_range_percentile
         # MACs for one sample, from the first forward or `set_input_shape`.
         self.macs_per_sample: int | None = None
-        # True when `weight` already holds Q(w) (a checkpoint loaded from its low-bit form):
-        # re-quantizing would recompute the scale from Q(w) and could move values by an ulp.
         self.weight_prequantized = False
+
+    # Formats are parsed on assignment, so a token ("int8") works and a bad one fails here rather
+    # than at the next forward; the forward then only reads the stored NumberFormat.
+    @property
+    def weight_format(self) -> NumberFormat:
+        return self._weight_format
+
+    @weight_format.setter
+    def weight_format(self, fmt: NumberFormat | str | int) -> None:
+        self._weight_format = parse_format(fmt)
+
+    @property
+    def act_format(self) -> NumberFormat:
+        return self._act_format
+
+    @act_format.setter
+    def act_format(self, fmt: NumberFormat | str | int) -> None:
+        self._act_format = parse_format(fmt)
+
+    @property
+    def weight_prequantized(self) -> bool:
+        """True while `weight` holds Q(w) for the current `weight_format` (a checkpoint loaded
+        from its low-bit form): then the forward uses it as is, since re-quantizing would
+        recompute the scale from Q(w) and could move values by an ulp. Setting it True records
+        the format and the weight's version counter; the mark lapses (the layer quantizes again)
+        while the format differs, and for good once the weight is updated in place
+        (load_state_dict, copy_, a non-fused optimizer step), another Parameter is assigned, or
+        the layer runs a forward in training mode (fused optimizers do not bump the version
+        counter). Writes through `weight.data` bypass all of these: set it False after those."""
+        mark = self._prequantized_for
+        if mark is None:
+            return False
+        fmt, weight, version = mark
+        return fmt == self._weight_format and weight is self.weight and _version(weight) == version
+
+    @weight_prequantized.setter
+    def weight_prequantized(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"weight_prequantized must be True or False, got {value!r}")
+        self._prequantized_for = (self._weight_format, self.weight, _version(self.weight)) if value else None
 
     @property
     def quant_config(self) -> QuantConfig:
@@ -84,13 +130,17 @@ class QuantModule:
             act_range_percentile=self.act_range_percentile,
         )
 
-    def set_formats(self, weight_format: NumberFormat, act_format: NumberFormat) -> None:
+    def set_formats(self, weight_format: NumberFormat | str | int, act_format: NumberFormat | str | int) -> None:
+        weight_format, act_format = parse_format(weight_format), parse_format(act_format)  # both or neither
         self.weight_format = weight_format
         self.act_format = act_format
 
     def quantized_weight(self) -> torch.Tensor:
-        if self.weight_prequantized:
-            return self.weight
+        if self._prequantized_for is not None:
+            if self.training:  # training changes the weight, possibly without a version bump
+                self._prequantized_for = None
+            elif self.weight_prequantized:
+                return self.weight
         return quantize(self.weight, self.weight_format, self.weight_granularity,
                         dim=self.weight_channel_dim, range_percentile=self.weight_range_percentile)
 

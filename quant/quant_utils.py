@@ -13,6 +13,14 @@ drop the gradient of a tensor's largest element whenever x * (1 / scale) rounds 
 fmt.max: ~20% of random tensors under abs-max scaling.)
 Scales are treated as constants (no gradient), as with abs-max observers.
 
+Non-finite inputs propagate instead of being hidden, so that the trainer's non-finite-step
+check catches them. With a given finite scale, a NaN element gives NaN (torch's
+`fake_quantize_per_tensor_affine` maps NaN to qmin instead) and +-inf saturates like any value
+past the range. With a computed abs-max scale, a NaN element makes its group's scale NaN and an
+inf element makes it inf, so every output of that group (the whole tensor, per tensor) is NaN
+(a clipping percentile below 100 may leave them out of the scale: then as with a given scale).
+Empty tensors give empty outputs (of the same shape and dtype) and scales of ones.
+
 Nothing here calls `.item()` or otherwise synchronises with the device, except the argument
 checks of the public `fake_quantize`; layers use `quantize` / `fake_quantize_unchecked`.
 On CUDA the forward runs as one fused Triton kernel where it applies (quant/fused_quantize.py),
@@ -211,13 +219,18 @@ def _as_scale_tensor(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tens
         raise ValueError(f"scale must be a positive float or tensor, got {scale!r}")
     if not torch.is_floating_point(scale_t):
         raise ValueError(f"scale must be a floating-point tensor, got dtype {scale_t.dtype}")
+    hint = "use a scalar, a per-channel scale shaped like (C, 1, ...) or a per-token scale shaped like (..., 1)"
     try:
-        torch.broadcast_shapes(scale_t.shape, x.shape)
+        shape = torch.broadcast_shapes(scale_t.shape, x.shape)
     except RuntimeError:
         raise ValueError(
-            f"scale of shape {tuple(scale_t.shape)} does not broadcast against x of shape {tuple(x.shape)}; "
-            "use a scalar, a per-channel scale shaped like (C, 1, ...) or a per-token scale shaped like (..., 1)"
+            f"scale of shape {tuple(scale_t.shape)} does not broadcast against x of shape {tuple(x.shape)}; {hint}"
         ) from None
+    if shape != x.shape:  # the result must keep x's shape
+        raise ValueError(
+            f"scale of shape {tuple(scale_t.shape)} would broadcast x of shape {tuple(x.shape)} to {tuple(shape)}; "
+            f"the result keeps x's shape, so {hint}, with no more dimensions than x"
+        )
     bad = ~(torch.isfinite(scale_t) & (scale_t > 0))
     if bool(bad.any()):  # user-facing check: the one place a sync is acceptable
         first = scale_t.detach().flatten()[bad.flatten()][0].item()
@@ -225,7 +238,7 @@ def _as_scale_tensor(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tens
     return scale_t
 
 
-def fake_quantize(x: torch.Tensor, fmt: NumberFormat | str, scale: torch.Tensor | float) -> torch.Tensor:
+def fake_quantize(x: torch.Tensor, fmt: NumberFormat | str | int, scale: torch.Tensor | float) -> torch.Tensor:
     """Q(x / scale) * scale, same shape and dtype as `x`; `scale` broadcasts against `x`."""
     fmt = parse_format(fmt)
     if not torch.is_floating_point(x):
@@ -259,9 +272,17 @@ class Granularity(str, Enum):
 
 
 def _reduce_dims(x: torch.Tensor, granularity: Granularity, keep_dim: int) -> tuple[int, ...]:
+    """The dimensions one scale spans; raises ValueError for a `keep_dim` that `x` lacks."""
     if granularity is Granularity.PER_TENSOR:
         return tuple(range(x.dim()))
-    keep = keep_dim % x.dim()
+    ndim = x.dim()
+    if ndim == 0:
+        raise ValueError(f"{granularity.value} scales need a tensor with at least 1 dimension, got a 0-dim tensor; "
+                         "use per_tensor")
+    if not -ndim <= keep_dim < ndim:
+        raise ValueError(f"dim {keep_dim} is out of range for a tensor of shape {tuple(x.shape)} ({ndim} dims); "
+                         f"give -{ndim} <= dim < {ndim}")
+    keep = keep_dim % ndim
     if granularity is Granularity.PER_CHANNEL:
         return tuple(d for d in range(x.dim()) if d != keep)
     return (keep,)  # per token: reduce over the feature dimension only
@@ -290,8 +311,10 @@ def abs_max(
     `dim` is the channel dimension kept for PER_CHANNEL, or the feature dimension reduced for
     PER_TOKEN. A `range_percentile` in (0, 100) takes that percentile of |x| instead of the max.
     """
-    granularity = Granularity(granularity)
-    dims = _reduce_dims(x, granularity, dim)
+    return _abs_max(x, _reduce_dims(x, Granularity(granularity), dim), range_percentile)
+
+
+def _abs_max(x: torch.Tensor, dims: tuple[int, ...], range_percentile: float) -> torch.Tensor:
     if range_percentile >= 100.0:
         return _abs_max_over(x.detach(), dims)
     a = x.detach().abs().to(torch.float32)
@@ -317,11 +340,14 @@ def _group_mse(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor, dims: tu
     return (q * scale - x).square().mean(dim=dims, keepdim=True)
 
 
-def mse_optimal_abs_max(x: torch.Tensor, fmt: NumberFormat, granularity: Granularity, *, dim: int = 0) -> torch.Tensor:
+def mse_optimal_abs_max(x: torch.Tensor, fmt: NumberFormat | str | int, granularity: Granularity | str, *,
+                        dim: int = 0) -> torch.Tensor:
     """The clipping range per group that minimises the quantization MSE of `x` in `fmt`."""
-    granularity = Granularity(granularity)
+    return _mse_optimal_abs_max(x, parse_format(fmt), _reduce_dims(x, Granularity(granularity), dim))
+
+
+def _mse_optimal_abs_max(x: torch.Tensor, fmt: NumberFormat, dims: tuple[int, ...]) -> torch.Tensor:
     x32 = x.detach().to(torch.float32)
-    dims = _reduce_dims(x32, granularity, dim)
     amax = x32.abs().amax(dim=dims, keepdim=True).clamp_(min=_FP32_TINY)
 
     def search(ratios: torch.Tensor) -> torch.Tensor:  # ratios: (R, *amax.shape) -> best ratio per group
@@ -344,9 +370,20 @@ def mse_optimal_abs_max(x: torch.Tensor, fmt: NumberFormat, granularity: Granula
     return amax * search(fine)
 
 
+def check_range_percentile(value: float, name: str = "range_percentile") -> None:
+    """TypeError unless `value` is a real number, ValueError unless it is in (0, 100] or negative
+    (NaN fails every comparison, so it is rejected too)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number in (0, 100] or negative, got {value!r}")
+    if not (value < 0 or 0 < value <= 100):
+        raise ValueError(
+            f"{name} must be in (0, 100] or negative (100 = abs-max, negative = MSE-optimal clipping), got {value!r}"
+        )
+
+
 def compute_scale(
     x: torch.Tensor,
-    fmt: NumberFormat,
+    fmt: NumberFormat | str | int,
     granularity: Granularity | str = Granularity.PER_TENSOR,
     *,
     dim: int = 0,
@@ -355,19 +392,21 @@ def compute_scale(
     """Symmetric scale amax / fmt.max per group (keepdim, float32, always > 0).
 
     range_percentile: 100 = abs-max; in (0, 100) = that percentile of |x|; negative = the
-    MSE-optimal clipping. Cast formats (bf16/fp16) carry their own range: scale 1.
+    MSE-optimal clipping. Cast formats (bf16/fp16) carry their own range: scale 1. An empty `x`
+    has no range: its scale is ones (keepdim shape).
     """
-    granularity = Granularity(granularity)
+    fmt = parse_format(fmt)
+    check_range_percentile(range_percentile)
+    dims = _reduce_dims(x, Granularity(granularity), dim)
     if isinstance(fmt, CastFormat) or not fmt.quantizes:
         return torch.ones((1,) * x.dim(), dtype=torch.float32, device=x.device)
-    if range_percentile == 0 or range_percentile > 100:
-        raise ValueError(
-            f"range_percentile must be in (0, 100] or negative (MSE-optimal clipping), got {range_percentile}"
-        )
+    if x.numel() == 0:  # the reductions below reject empty dimensions
+        shape = [1 if d in dims else size for d, size in enumerate(x.shape)]
+        return torch.ones(shape, dtype=torch.float32, device=x.device)
     if range_percentile < 0:
-        amax = mse_optimal_abs_max(x, fmt, granularity, dim=dim)
+        amax = _mse_optimal_abs_max(x, fmt, dims)
     else:
-        amax = abs_max(x, granularity, dim=dim, range_percentile=range_percentile)
+        amax = _abs_max(x, dims, range_percentile)
     return divide_exactly(amax, fmt.max).clamp_(min=_FP32_TINY)
 
 
@@ -383,15 +422,13 @@ class QuantizerSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "fmt", parse_format(self.fmt))
         object.__setattr__(self, "granularity", Granularity(self.granularity))
-        if self.range_percentile == 0 or self.range_percentile > 100:
-            raise ValueError(
-                f"range_percentile must be in (0, 100] or negative (MSE-optimal clipping), got {self.range_percentile}"
-            )
+        check_range_percentile(self.range_percentile)
 
 
-def quantize(x: torch.Tensor, fmt: NumberFormat, granularity: Granularity, *, dim: int = 0,
+def quantize(x: torch.Tensor, fmt: NumberFormat | str | int, granularity: Granularity | str, *, dim: int = 0,
              range_percentile: float = 100.0) -> torch.Tensor:
     """Compute the scale of `x` and fake-quantize it: the per-step entry point of the layers."""
+    fmt = parse_format(fmt)  # a NumberFormat passes through (one isinstance check)
     if not fmt.quantizes:
         return x
     scale = compute_scale(x, fmt, granularity, dim=dim, range_percentile=range_percentile)

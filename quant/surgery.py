@@ -6,7 +6,7 @@ has exactly the original keys and values, and `save_pretrained` writes a float c
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -25,10 +25,39 @@ QUANTIZED_CLASS_FOR: tuple[tuple[type[nn.Module], type[QuantModule]], ...] = (
     (nn.Linear, QuantLinear),
 )
 QUANTIZABLE_TYPES = tuple(float_cls for float_cls, _ in QUANTIZED_CLASS_FOR)
+# What the quantized class re-implements: a subclass overriding any of these would lose that
+# behaviour in the swap (QuantConv2d's forward calls _conv_forward itself).
+_FORWARD_METHODS: dict[type[nn.Module], tuple[str, ...]] = {
+    Conv1D: ("forward",), nn.Conv2d: ("forward", "_conv_forward"), nn.Linear: ("forward",)}
+
+
+def _float_class(module: nn.Module) -> type[nn.Module] | None:
+    return next((float_cls for float_cls, _ in QUANTIZED_CLASS_FOR if isinstance(module, float_cls)), None)
+
+
+def _overridden_forward(module: nn.Module, float_cls: type[nn.Module]) -> str | None:
+    """The first forward method `module`'s class overrides from `float_cls`, if any."""
+    return next((name for name in _FORWARD_METHODS[float_cls]
+                 if getattr(type(module), name) is not getattr(float_cls, name)), None)
 
 
 def is_quantizable(module: nn.Module) -> bool:
-    return isinstance(module, QUANTIZABLE_TYPES) and not isinstance(module, QuantModule)
+    """A Linear, Conv2d or GPT-2 Conv1D, or a subclass that keeps its forward (a subclass with its
+    own, e.g. a weight-standardised conv, would lose it in the swap). Not already quantized.
+    Whether its parent calls it is checked by `quantizable_layer_names` / `quantize_model`."""
+    if isinstance(module, QuantModule):
+        return False
+    float_cls = _float_class(module)
+    return float_cls is not None and _overridden_forward(module, float_cls) is None
+
+
+def _read_by_parent(model: nn.Module) -> set[str]:
+    """Linear children of nn.MultiheadAttention: its functional path reads out_proj's weight and
+    bias directly, never calling its forward, so a quantized out_proj would change nothing while
+    its cost was counted."""
+    return {f"{parent}.{child}" if parent else child
+            for parent, module in model.named_modules() if isinstance(module, nn.MultiheadAttention)
+            for child, sub in module.named_children() if isinstance(sub, nn.Linear)}
 
 
 @dataclass(frozen=True)
@@ -41,12 +70,18 @@ class QuantSpec:
         e.g. a searched assignment re-applied with --load_config.
     """
 
-    layer_names: tuple[str, ...]
+    layer_names: Sequence[str]
     config: QuantConfig = field(default_factory=QuantConfig)
     layer_formats: Mapping[str, tuple[NumberFormat, NumberFormat]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.layer_names, str):  # tuple("fc") would be ("f", "c")
+            raise TypeError(f"QuantSpec.layer_names must be a sequence of layer names, got the string "
+                            f"{self.layer_names!r}; write [{self.layer_names!r}]")
         object.__setattr__(self, "layer_names", tuple(self.layer_names))
+        not_names = [n for n in self.layer_names if not isinstance(n, str)]
+        if not_names:
+            raise TypeError(f"QuantSpec.layer_names must hold module names (strings), got {not_names[0]!r}")
         duplicates = sorted({n for n in self.layer_names if self.layer_names.count(n) > 1})
         if duplicates:
             raise ValueError(f"layers listed more than once: {duplicates}")
@@ -58,7 +93,8 @@ class QuantSpec:
 
 
 def quantizable_layer_names(model: nn.Module) -> list[str]:
-    return [name for name, module in model.named_modules() if is_quantizable(module)]
+    skipped = _read_by_parent(model)
+    return [name for name, module in model.named_modules() if is_quantizable(module) and name not in skipped]
 
 
 def _quantized_copy(module: nn.Module, config: QuantConfig) -> QuantModule:
@@ -78,6 +114,7 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> tuple[nn.Module, dict[s
     """Replace the layers in `spec` in place; return the model and an ordered name -> layer map
     (in `named_modules` order, whatever order `spec.layer_names` had)."""
     modules = dict(model.named_modules())
+    read_by_parent = _read_by_parent(model)
     for name in spec.layer_names:
         if name not in modules:
             raise ValueError(f"no module named {name!r} in {type(model).__name__}; "
@@ -85,8 +122,17 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> tuple[nn.Module, dict[s
         module = modules[name]
         if isinstance(module, QuantModule):
             raise ValueError(f"layer {name!r} is already quantized; quantize a model only once")
-        if not is_quantizable(module):
+        float_cls = _float_class(module)
+        if float_cls is None:
             raise ValueError(f"layer {name!r} is a {type(module).__name__}, not a Linear, Conv2d or GPT-2 Conv1D")
+        overridden = _overridden_forward(module, float_cls)
+        if overridden is not None:
+            raise ValueError(f"layer {name!r} is a {type(module).__name__}, a {float_cls.__name__} subclass with its "
+                             f"own {overridden}: the quantized layer would drop that behaviour; leave it out of "
+                             f"the spec")
+        if name in read_by_parent:
+            raise ValueError(f"layer {name!r} belongs to an nn.MultiheadAttention, which reads its weight directly "
+                             f"instead of calling it: quantizing it would change nothing; leave it out of the spec")
     selected = set(spec.layer_names)
     for name in [n for n in modules if n in selected]:
         config = spec.config

@@ -177,3 +177,35 @@ def test_rounding_bounds_are_the_last_values_that_round_into_range(name):
     assert rounded(hi) == fmt.max and rounded(lo) == low
     assert not abs(rounded(above(hi))) <= fmt.max  # inf, NaN or qmax + 1
     assert not rounded(-above(-lo)) >= low
+
+
+def every_token_form() -> list:
+    """One token of every form parse_format accepts, in several spellings."""
+    lo, hi = 2, 16
+    tokens: list = ["0", 0, "none", "NONE", "fp32", " fp32 ", "bf16", "BF16", "fp16"]
+    tokens += ["fp8_e4m3", "e4m3", "fp8_e5m2", "e5m2", "fp8_e3m4", "e3m4", "fp6_e2m3", "fp6_e3m2", "fp4_e2m1", "fp4"]
+    tokens += [f"int{n}" for n in range(lo, hi + 1)] + [str(n) for n in range(lo, hi + 1)]
+    tokens += list(range(lo, hi + 1)) + ["INT8", " int4 "]
+    tokens += [f"e{x}m{y}" for x in range(1, 6) for y in range(0, 8) if x + y <= 7] + ["E2M5"]
+    return tokens
+
+
+@pytest.mark.parametrize("token", every_token_form(), ids=repr)
+def test_every_token_form_round_trips_through_its_name(token):
+    fmt = parse_format(token)
+    assert parse_format(fmt.name) == fmt
+    assert parse_format(fmt.name).name == fmt.name
+
+
+@pytest.mark.parametrize("token", ["e05m02", "e5m02", "e04m3", "int08", "08", "00", "016", "int004"])
+def test_leading_zeros_are_rejected(token):
+    # "e05m02" used to parse as a generic all-finite E5M2 named "e5m2", which re-parses as the IEEE one.
+    with pytest.raises(ValueError, match=rf"invalid format '{token}': numbers in format tokens have no leading "
+                                         r"zeros .*valid forms"):
+        parse_format(token)
+
+
+@pytest.mark.parametrize("token", ["int٨", "٨", "e٢m٥", "int８", "e2m５"])
+def test_only_ascii_digits(token):
+    with pytest.raises(ValueError, match=rf"unknown format '{token}'; valid forms"):
+        parse_format(token)

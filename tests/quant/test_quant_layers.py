@@ -159,3 +159,139 @@ def test_layers_run_under_autocast_and_low_precision(dtype):
     layer_lp = QuantLinear.from_float(nn.Linear(16, 8).to(dtype), QuantConfig(INT8, E4M3))
     y = layer_lp(x.to(dtype))
     assert y.dtype == dtype and torch.isfinite(y).all()
+
+
+INT2 = parse_format("int2")
+
+
+def prequantized_linear() -> tuple[QuantLinear, torch.Tensor]:
+    """An INT8 layer whose weight already holds Q(w), marked as a checkpoint load does (in eval
+    mode, as load_quantized_checkpoint returns it)."""
+    layer = QuantLinear.from_float(nn.Linear(16, 8), QuantConfig(INT8, INT8))
+    with torch.no_grad():
+        layer.weight.copy_(layer.quantized_weight())
+    layer.weight_prequantized = True
+    return layer.eval(), seeded(3, 16)
+
+
+def test_prequantized_weight_is_used_as_is_while_format_and_weight_are_unchanged():
+    layer, x = prequantized_linear()
+    assert layer.weight_prequantized and layer.quantized_weight() is layer.weight
+    assert torch.equal(layer(x), F.linear(layer.quantize_input(x), layer.weight, layer.bias))
+    # Another format: quantize as usual (the weight is on the INT8 grid, not INT2's).
+    layer.weight_format = INT2
+    assert not layer.weight_prequantized
+    want = fake_quantize(layer.weight, INT2, compute_scale(layer.weight, INT2))
+    assert layer.quantized_weight() is not layer.weight and torch.equal(layer.quantized_weight(), want)
+    assert torch.equal(layer(x), F.linear(layer.quantize_input(x), want, layer.bias))
+    # Back to the format it was stored in, unchanged weight: the stored weight again.
+    layer.set_formats("int8", "int8")
+    assert layer.weight_prequantized and layer.quantized_weight() is layer.weight
+    layer.weight_prequantized = False
+    assert not layer.weight_prequantized and layer.quantized_weight() is not layer.weight
+
+
+def test_prequantized_mark_lapses_after_in_place_updates():
+    layer, _ = prequantized_linear()
+    with torch.no_grad():
+        layer.weight.mul_(1.5)
+    assert not layer.weight_prequantized
+    assert torch.equal(layer.quantized_weight(), fake_quantize(layer.weight, INT8, compute_scale(layer.weight, INT8)))
+    layer.weight_format, layer.weight_format = INT2, INT8  # a format change does not bring it back
+    assert not layer.weight_prequantized
+    # load_state_dict copies in place: the mark lapses even for identical values.
+    layer, _ = prequantized_linear()
+    layer.load_state_dict(layer.state_dict())
+    assert not layer.weight_prequantized
+    # Another Parameter (even at the same version) is not the weight that was marked.
+    layer, _ = prequantized_linear()
+    version = layer.weight._version
+    other = nn.Parameter(layer.weight.detach().clone())
+    with torch.no_grad():
+        while other._version < version:
+            other.mul_(1.0)
+    layer.weight = other
+    assert other._version == version and not layer.weight_prequantized
+
+
+@pytest.mark.parametrize("optimizer_kwargs", [dict(foreach=False), dict(foreach=True), dict(fused=True)],
+                         ids=["for-loop", "foreach", "fused"])
+def test_prequantized_mark_lapses_when_the_layer_trains(optimizer_kwargs):
+    # A forward in training mode ends the mark: fused optimizers do not bump the version counter.
+    layer, x = prequantized_linear()
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1, **optimizer_kwargs)
+    layer.train()(x).sum().backward()
+    assert not layer.weight_prequantized
+    optimizer.step()
+    layer.eval()
+    assert not layer.weight_prequantized
+    assert torch.equal(layer.quantized_weight(), fake_quantize(layer.weight, INT8, compute_scale(layer.weight, INT8)))
+    # Evaluation keeps it.
+    layer, x = prequantized_linear()
+    with torch.no_grad():
+        layer(x)
+    assert layer.weight_prequantized and layer.quantized_weight() is layer.weight
+
+
+def test_prequantized_mark_on_inference_tensors():
+    # Built under inference_mode (no version counter): the format still decides.
+    with torch.inference_mode():
+        layer, x = prequantized_linear()
+        assert layer.weight.is_inference() and layer.weight_prequantized and layer.quantized_weight() is layer.weight
+        layer.weight_format = INT2
+        assert not layer.weight_prequantized
+        assert torch.equal(layer.quantized_weight(), fake_quantize(layer.weight, INT2, compute_scale(layer.weight, INT2)))
+
+
+def test_weight_prequantized_takes_a_bool():
+    layer, _ = prequantized_linear()
+    with pytest.raises(TypeError, match="weight_prequantized must be True or False, got 1"):
+        layer.weight_prequantized = 1
+    assert layer.weight_prequantized
+
+
+def test_formats_are_parsed_on_assignment():
+    layer = QuantLinear.from_float(nn.Linear(8, 4), QuantConfig())
+    x = seeded(2, 8)
+    layer.weight_format = "int4"
+    layer.act_format = 8
+    assert (layer.weight_format, layer.act_format) == (INT4, INT8)
+    assert torch.equal(layer(x), QuantLinear.from_float(layer.to_float(), QuantConfig(INT4, INT8))(x))
+    layer.set_formats("fp8_e4m3", "none")
+    assert (layer.weight_format, layer.act_format) == (E4M3, parse_format("none"))
+    assert "weight_format" not in vars(layer) and "act_format" not in vars(layer)  # properties, not attributes
+    with pytest.raises(ValueError, match="unknown format 'int4b'; valid forms"):
+        layer.weight_format = "int4b"
+    with pytest.raises(ValueError, match="unknown format 'fp5'; valid forms"):
+        layer.set_formats("int8", "fp5")
+    assert (layer.weight_format, layer.act_format) == (E4M3, parse_format("none"))  # neither changed
+    conv = QuantConv2d.from_float(nn.Conv2d(2, 2, 1), QuantConfig())
+    conv.set_formats("int8", "e2m5")
+    assert (conv.weight_format, conv.act_format) == (INT8, parse_format("e2m5"))
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(weight_range_percentile=float("nan")), ValueError,
+     r"weight_range_percentile must be in \(0, 100\] .*got nan"),
+    (dict(act_range_percentile=float("nan")), ValueError, r"act_range_percentile must be in .*got nan"),
+    (dict(act_range_percentile="50"), TypeError, r"act_range_percentile must be a number .*got '50'"),
+    (dict(per_channel="no"), TypeError, r"QuantConfig.per_channel must be True or False, got 'no'"),
+    (dict(per_token=1), TypeError, r"QuantConfig.per_token must be True or False, got 1"),
+])
+def test_quant_config_rejects_bad_options(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        QuantConfig(**kwargs)
+
+
+def test_layers_run_on_an_empty_batch_like_the_float_layers():
+    cases = [(nn.Linear(6, 4), QuantLinear, torch.empty(0, 6)), (nn.Linear(6, 4), QuantLinear, torch.empty(2, 0, 6)),
+             (nn.Conv2d(3, 4, 3, padding=1), QuantConv2d, torch.empty(0, 3, 5, 5)),
+             (Conv1D(4, 6), QuantConv1D, torch.empty(0, 6))]
+    for float_layer, quant_cls, x in cases:
+        for config in (QuantConfig(INT4, INT8), QuantConfig(E4M3, INT4, per_channel=True, per_token=True)):
+            layer = quant_cls.from_float(float_layer, config)
+            inputs = x.clone().requires_grad_()
+            got, want = layer(inputs), float_layer(inputs)
+            assert got.shape == want.shape and got.dtype == want.dtype and got.numel() == 0
+            got.sum().backward()
+            assert inputs.grad.shape == x.shape and layer.weight.grad is not None

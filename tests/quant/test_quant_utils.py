@@ -9,6 +9,7 @@ import torch
 from quant.formats import FloatFormat, IntFormat, parse_format, rounding_bounds
 from quant.quant_utils import (
     Granularity,
+    QuantizerSpec,
     abs_max,
     abs_max_scaling_cannot_saturate,
     compute_scale,
@@ -426,3 +427,115 @@ def test_divide_exactly_is_true_division():
     for divisor in (7.0, 127.0, 448.0, 6.0):
         assert bits_equal(divide_exactly(amax, divisor), amax / torch.tensor(divisor))
         assert bits_equal(divide_exactly(amax, divisor), torch.from_numpy(amax.numpy() / np.float32(divisor)))
+
+
+def test_format_tokens_are_accepted_everywhere():
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(7))
+    int4, e4m3 = parse_format("int4"), parse_format("fp8_e4m3")
+    assert bits_equal(compute_scale(x, "int4"), compute_scale(x, int4))
+    assert bits_equal(compute_scale(x, 4, "per_channel"), compute_scale(x, int4, Granularity.PER_CHANNEL))
+    assert bits_equal(quantize(x, "fp8_e4m3", "per_token", dim=-1), quantize(x, e4m3, Granularity.PER_TOKEN, dim=-1))
+    assert quantize(x, "none", "per_tensor") is x
+    with pytest.raises(ValueError, match="unknown format 'int4x'"):
+        quantize(x, "int4x", Granularity.PER_TENSOR)
+    with pytest.raises(ValueError, match="unknown format 'int4x'"):
+        compute_scale(x, "int4x")
+
+
+@pytest.mark.parametrize("name", ["int8", "int4", "fp8_e4m3", "e2m5", "bf16"])
+@pytest.mark.parametrize("granularity, dim", [("per_tensor", 0), ("per_channel", 0), ("per_channel", 1),
+                                              ("per_token", -1), ("per_token", 0)])
+@pytest.mark.parametrize("percentile", [100.0, 99.0, -1.0])
+def test_empty_tensors_give_empty_outputs_and_unit_scales(name, granularity, dim, percentile):
+    fmt = parse_format(name)
+    for shape in [(0, 4), (4, 0), (0, 0)]:
+        x = torch.empty(shape, requires_grad=True)
+        out = quantize(x, fmt, granularity, dim=dim, range_percentile=percentile)
+        assert out.shape == shape and out.dtype == torch.float32
+        out.sum().backward()
+        assert x.grad.shape == shape
+        assert quantize(x.detach().to(torch.bfloat16), fmt, granularity, dim=dim).dtype == torch.bfloat16
+        scale = compute_scale(x, fmt, granularity, dim=dim, range_percentile=percentile)
+        reduced = {"per_tensor": (0, 1), "per_channel": (1 - dim,), "per_token": (dim % 2,)}[granularity]
+        want_shape = (1, 1) if name == "bf16" else tuple(1 if d in reduced else s for d, s in enumerate(shape))
+        assert scale.dtype == torch.float32 and torch.equal(scale, torch.ones(want_shape))
+    assert fake_quantize(torch.empty(0, 3), fmt, torch.ones(1, 3)).shape == (0, 3)
+
+
+def test_scale_dims_are_checked():
+    x = torch.randn(4, 4)
+    int8 = parse_format("int8")
+    with pytest.raises(ValueError, match=r"dim 5 is out of range for a tensor of shape \(4, 4\) \(2 dims\); "
+                                         r"give -2 <= dim < 2"):
+        compute_scale(x, int8, "per_channel", dim=5)
+    with pytest.raises(ValueError, match=r"dim -3 is out of range"):
+        quantize(x, int8, Granularity.PER_TOKEN, dim=-3)
+    with pytest.raises(ValueError, match=r"dim 2 is out of range"):
+        abs_max(x, Granularity.PER_CHANNEL, dim=2)
+    scalar = torch.tensor(3.0)
+    for granularity in ("per_channel", "per_token"):
+        with pytest.raises(ValueError, match=rf"{granularity} scales need a tensor with at least 1 dimension, "
+                                             r"got a 0-dim tensor; use per_tensor"):
+            compute_scale(scalar, int8, granularity)
+    assert bits_equal(compute_scale(scalar, int8), torch.tensor(3.0) / 127)
+    assert quantize(scalar, int8, Granularity.PER_TENSOR).item() == 3.0
+    # Per tensor, dim is unused and not checked.
+    assert bits_equal(compute_scale(x, int8, dim=9), compute_scale(x, int8))
+
+
+@pytest.mark.parametrize("percentile", [float("nan"), 0, 0.0, 100.5, float("inf")])
+def test_bad_range_percentiles(percentile):
+    pattern = rf"range_percentile must be in \(0, 100\] or negative \(100 = abs-max, negative = MSE-optimal " \
+              rf"clipping\), got {percentile!r}"
+    with pytest.raises(ValueError, match=pattern):
+        compute_scale(torch.ones(3), parse_format("int8"), range_percentile=percentile)
+    with pytest.raises(ValueError, match=pattern):
+        quantize(torch.ones(3), parse_format("fp4"), Granularity.PER_TENSOR, range_percentile=percentile)
+    with pytest.raises(ValueError, match=pattern):
+        QuantizerSpec(parse_format("int8"), range_percentile=percentile)
+
+
+def test_range_percentile_type():
+    with pytest.raises(TypeError, match=r"range_percentile must be a number in \(0, 100\] or negative, got '99'"):
+        compute_scale(torch.ones(3), parse_format("int8"), range_percentile="99")
+    with pytest.raises(TypeError, match="range_percentile must be a number .*got True"):
+        QuantizerSpec(parse_format("int8"), range_percentile=True)
+    assert QuantizerSpec("int8", range_percentile=-2).range_percentile == -2
+
+
+@pytest.mark.parametrize("x_shape, scale_shape", [((3,), (2, 3)), ((3,), (1, 3)), ((), (1,)), ((4, 1), (4, 5)),
+                                                  ((2, 3), (1, 1, 1))])
+def test_scale_must_not_change_the_shape_of_x(x_shape, scale_shape):
+    x, scale = torch.randn(x_shape), torch.ones(scale_shape)
+    out = str(tuple(torch.broadcast_shapes(x_shape, scale_shape))).replace("(", r"\(").replace(")", r"\)")
+    xs, ss = (str(tuple(s)).replace("(", r"\(").replace(")", r"\)") for s in (x_shape, scale_shape))
+    with pytest.raises(ValueError, match=rf"scale of shape {ss} would broadcast x of shape {xs} to {out}; the result "
+                                         r"keeps x's shape, so use a scalar, .* with no more dimensions than x"):
+        fake_quantize(x, "int4", scale)
+
+
+def test_non_finite_inputs_propagate():
+    """Pinned (see quant_utils' docstring): NaN stays NaN and inf saturates under a given scale;
+    under an abs-max scale either one makes its whole group NaN, so the trainer's non-finite
+    check sees it. torch's fake quant would turn NaN into qmin instead."""
+    nan, inf = float("nan"), float("inf")
+    x = torch.tensor([1.0, nan, inf, -inf, 0.5])
+
+    def same(got: torch.Tensor, want: list) -> None:
+        torch.testing.assert_close(got, torch.tensor(want), rtol=0, atol=0, equal_nan=True)
+
+    same(fake_quantize(x, "int8", 1.0), [1.0, nan, 127.0, -128.0, 0.0])
+    same(fake_quantize(x, "fp8_e4m3", 0.5), [1.0, nan, 224.0, -224.0, 0.5])
+    same(fake_quantize(x, "bf16", 1.0), [1.0, nan, 3.3895313892515355e38, -3.3895313892515355e38, 0.5])
+    assert torch.fake_quantize_per_tensor_affine(x, 1.0, 0, -128, 127)[1].item() == -128.0  # torch: NaN -> qmin
+    int8, fp4 = parse_format("int8"), parse_format("fp4")
+    for bad in (nan, inf, -inf):
+        t = torch.tensor([1.0, 2.0, bad])
+        assert compute_scale(t, int8).isnan().item() == (bad != bad)
+        assert torch.isnan(quantize(t, int8, Granularity.PER_TENSOR)).all()
+        assert torch.isnan(quantize(t, fp4, Granularity.PER_TENSOR)).all()
+    # Per channel only the group holding the value is affected.
+    rows = torch.tensor([[1.0, 2.0], [3.0, nan], [inf, 1.0], [0.5, -4.0]])
+    got = quantize(rows, int8, Granularity.PER_CHANNEL, dim=0)
+    assert torch.isnan(got[1:3]).all()
+    assert bits_equal(got[[0, 3]], quantize(rows[[0, 3]], int8, Granularity.PER_CHANNEL, dim=0))

@@ -123,3 +123,71 @@ def test_spec_errors():
     model, _ = quantize_model(make(), QuantSpec(["stem"]))
     with pytest.raises(ValueError, match="'stem' is already quantized"):
         quantize_model(model, QuantSpec(["stem"]))
+
+
+class WeightStandardizedConv2d(nn.Conv2d):
+    """A Conv2d subclass with its own forward: a plain QuantConv2d would drop the standardisation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        return self._conv_forward(x, (w - w.mean(dim=(1, 2, 3), keepdim=True)) / w.std(dim=(1, 2, 3), keepdim=True),
+                                  self.bias)
+
+
+class PaddedConv2d(nn.Conv2d):
+    def _conv_forward(self, x, weight, bias):
+        return super()._conv_forward(torch.nn.functional.pad(x, (1, 1, 1, 1)), weight, bias)
+
+
+class ScaledLinear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * super().forward(x)
+
+
+class RenamedLinear(nn.Linear):
+    """Keeps nn.Linear's forward: quantizable."""
+
+
+class Mixed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ws = WeightStandardizedConv2d(3, 4, 3)
+        self.padded = PaddedConv2d(4, 4, 3)
+        self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.scaled = ScaledLinear(4, 4)
+        self.renamed = RenamedLinear(4, 4)
+        self.proj = Conv1D(4, 4)
+
+
+def test_subclasses_with_their_own_forward_and_attention_projections_are_not_quantizable():
+    assert quantizable_layer_names(Mixed()) == ["renamed", "proj"]
+    _, layers = quantize_model(Mixed(), QuantSpec(["renamed", "proj"], QuantConfig(INT8)))
+    assert type(layers["renamed"]) is QuantLinear and type(layers["proj"]) is QuantConv1D
+
+
+@pytest.mark.parametrize("name, match", [
+    ("ws", r"layer 'ws' is a WeightStandardizedConv2d, a Conv2d subclass with its own forward: the quantized "
+           r"layer would drop that behaviour; leave it out of the spec"),
+    ("padded", r"layer 'padded' is a PaddedConv2d, a Conv2d subclass with its own _conv_forward"),
+    ("scaled", r"layer 'scaled' is a ScaledLinear, a Linear subclass with its own forward"),
+    ("attn.out_proj", r"layer 'attn.out_proj' belongs to an nn.MultiheadAttention, which reads its weight directly "
+                      r"instead of calling it: quantizing it would change nothing; leave it out of the spec"),
+    ("attn", r"layer 'attn' is a MultiheadAttention, not a Linear, Conv2d or GPT-2 Conv1D"),
+])
+def test_surgery_refuses_layers_it_would_break_or_not_reach(name, match):
+    with pytest.raises(ValueError, match=match):
+        quantize_model(Mixed(), QuantSpec([name]))
+
+
+def test_attention_projection_is_skipped_at_the_top_level_too():
+    assert quantizable_layer_names(nn.MultiheadAttention(4, 2)) == []
+    assert quantizable_layer_names(nn.TransformerEncoderLayer(8, 2, 16)) == ["linear1", "linear2"]
+
+
+def test_spec_needs_a_sequence_of_names():
+    with pytest.raises(TypeError, match=r"QuantSpec.layer_names must be a sequence of layer names, got the string "
+                                        r"'head'; write \['head'\]"):
+        QuantSpec("head")
+    with pytest.raises(TypeError, match=r"QuantSpec.layer_names must hold module names \(strings\), got 3"):
+        QuantSpec(["head", 3])
+    assert QuantSpec(("head", "stem")).layer_names == ("head", "stem")
