@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from cost.cost import REWARD_FUNCTIONS
 from cost.model_cost import CostType
@@ -11,6 +12,15 @@ from trainer.entropy_schedule import EntropySchedule
 from trainer.final_selection import FinalSelection
 
 EXPONENTIAL_COST_FUNCTIONS = ("soft_exponential", "hard_exponential")
+
+# The fields that shape the search itself (its samples, rewards and policy updates): a resumed
+# run must keep them, or it would finish as a mix of two searches. Not listed: final_selection
+# and target_tolerance, which only read the answer out of the policy at the end.
+SEARCH_SETTINGS = (
+    "cost_target", "cost_type", "cost_function", "cost_beta", "rl_learning_rate", "delay_steps",
+    "precision_warmup", "max_entropy_beta", "entropy_schedule", "baseline_decay", "advantage",
+    "reward_metric", "reward_source", "policy_temperature", "policy_seed",
+)
 
 
 class RewardMetric(str, Enum):
@@ -128,3 +138,8 @@ class ReinforceConfig:
             raise ValueError(f"policy_temperature must be > 0, got {self.policy_temperature}")
         if not math.isfinite(self.max_entropy_beta):
             raise ValueError(f"max_entropy_beta must be finite, got {self.max_entropy_beta}")
+
+    def search_settings(self) -> dict[str, Any]:
+        """The SEARCH_SETTINGS as plain values (enums by their value), to store in a checkpoint."""
+        values = {name: getattr(self, name) for name in SEARCH_SETTINGS}
+        return {name: v.value if isinstance(v, Enum) else v for name, v in values.items()}

@@ -1,33 +1,43 @@
 """ReinforceTrainer: a HF Trainer whose every step also searches the numeric formats.
 
-Per training step (micro-batch):
-  1. sample an option per decision: uniformly during `delay_steps`, from the policy after;
-  2. set the formats on the quantized layers (attributes only, nothing re-allocated);
-  3. run the normal Trainer step on the shared weights (`super().training_step`);
-  4. quality of the sample on that batch (reward_source train, free) or on a held-out batch
-     (forward only), averaged over DDP ranks so every rank sees the same reward;
-  5. reward = cost function(cost of the sample, target, quality); the advantage of each
+Per optimizer step (with gradient accumulation, a cycle of k micro-batches; k = 1 otherwise):
+  1. at its first micro-batch, sample an option per decision: uniformly during `delay_steps`,
+     from the policy after; set the formats on the quantized layers (attributes only, nothing
+     re-allocated). Every micro-batch of the cycle trains with that one sample;
+  2. per micro-batch, the normal Trainer step on the shared weights (`super().training_step`)
+     and the quality of the sample on that batch (reward_source train, free) or on a held-out
+     batch (forward only);
+  3. at the last micro-batch (`accelerator.sync_gradients`, set by the Trainer, also on the
+     short last cycle of an epoch): quality = the mean over the cycle's micro-batches, each
+     weighted equally (as the Trainer weights their losses unless the model normalises by
+     num_items_in_batch), averaged over DDP ranks so every rank sees the same reward;
+     reward = cost function(cost of the sample, target, quality); the advantage of each
      decision against its baseline (`AdvantageMode`); after the delay, one REINFORCE step on
      the policy with the scheduled entropy term.
 
 Every rank seeds the same sampling generator, so all ranks pick the same formats without any
 communication, and the all-reduced reward keeps their policies identical.
 
-A sample whose loss is not finite (e.g. FP4 everywhere) does not touch the weights: its
-gradients are dropped and the normalisation buffers it changed are restored. It gets the worst
-reward seen so far, so the policy learns to avoid it, and the step is counted in the logs.
+A sample whose loss is not finite (e.g. FP4 everywhere) on any micro-batch of its cycle does not
+touch the weights: the cycle's gradients are dropped and the normalisation buffers are restored
+to the cycle's start. It gets the worst reward seen so far, so the policy learns to avoid it,
+and the step is counted in the logs.
+
+A checkpoint stores the search settings (`ReinforceConfig.search_settings`); resuming with
+different ones, or with max_steps not above the checkpoint's step, is an error.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from cost.cost import compute_reward, rewards_for_costs
@@ -43,6 +53,7 @@ from trainer.reinforce_config import AdvantageMode, ReinforceConfig, RewardSourc
 from trainer.search_space import DecisionCostTable, SearchSpace
 
 SEARCH_STATE_NAME = "reinforce_state.pt"
+logger = logging.getLogger(__name__)
 
 
 def recalibrate_batchnorm(model: nn.Module, batches: Iterator[dict[str, Any]], prepare=lambda b: b) -> int:
@@ -74,6 +85,34 @@ class DecisionResult:
     layers: tuple[str, ...]
     format: str
     probabilities: dict[str, float]
+
+
+@dataclass
+class _Cycle:
+    """The micro-batches of one optimizer step: one sample for all of them."""
+
+    step: int  # the optimizer step (global_step) they belong to
+    searching: bool
+    sample: PolicySample
+    buffers: tuple[list[torch.Tensor], list[torch.Tensor]]  # as before the cycle's first micro-batch
+    values: list[torch.Tensor] = field(default_factory=list)  # (loss, quality) per micro-batch, on device
+
+
+class _TrainBegin(TrainerCallback):
+    """At the start of train(), once the Trainer has its state (a resumed one included)."""
+
+    def __init__(self, trainer: ReinforceTrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer._cycle = None  # a cycle that an earlier train() cut short never reached its step
+        # A resumed run must have steps left: transformers does not check, and trains one step past
+        # a max_steps at or below the checkpoint's step (unless that step ends an epoch).
+        if state.global_step > 0 and state.global_step >= state.max_steps:
+            raise ValueError(
+                f"this run's max_steps ({state.max_steps}, from --max_steps or --num_train_epochs) is not above the "
+                f"checkpoint's step {state.global_step}: nothing is left to search; resume with more steps than "
+                f"{state.global_step}, or start a new run")
 
 
 class ReinforceTrainer(Trainer):
@@ -114,6 +153,8 @@ class ReinforceTrainer(Trainer):
         self._pending_logs: dict[str, list[float]] = defaultdict(list)
         self._captured_logits: tuple[torch.Tensor, torch.Tensor] | None = None
         self._buffer_copies: list[torch.Tensor] = []
+        self._cycle: _Cycle | None = None
+        self.add_callback(_TrainBegin(self))
 
     # --- formats ------------------------------------------------------------------------------
     def apply_option_indices(self, indices: torch.Tensor) -> None:
@@ -178,11 +219,13 @@ class ReinforceTrainer(Trainer):
     def training_step(self, model: nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
         config = self.reinforce_config
-        step = self.state.global_step
-        searching = step >= config.delay_steps
-        sample = self.policy.sample(self.sample_generator) if searching else self._warmup_sample(step)
-        self.apply_option_indices(sample.indices)
-        buffers = self._snapshot_buffers(model)
+        cycle = self._cycle
+        if cycle is None:  # the first micro-batch of an optimizer step
+            step = self.state.global_step
+            searching = step >= config.delay_steps
+            sample = self.policy.sample(self.sample_generator) if searching else self._warmup_sample(step)
+            self.apply_option_indices(sample.indices)
+            cycle = self._cycle = _Cycle(step, searching, sample, self._snapshot_buffers(model))
 
         loss = super().training_step(model, inputs, num_items_in_batch)
 
@@ -194,15 +237,26 @@ class ReinforceTrainer(Trainer):
         else:
             quality = self._heldout_quality(model)
         self._captured_logits = None
-        # One host sync per step: the reward must reach Python for the policy anyway.
-        train_loss, quality_value = self._mean_over_ranks(torch.stack([loss.detach().float(), quality.float()]))
-        finite = math.isfinite(train_loss) and math.isfinite(quality_value)
-        if not finite:
-            model.zero_grad(set_to_none=True)  # optimizers skip parameters without gradients
-            self._restore_buffers(buffers)
-            self.non_finite_steps += 1
-        self._update_policy(sample, quality_value if finite else None, step, searching)
+        cycle.values.append(torch.stack([loss.detach().float(), quality.float()]))
+        # The Trainer sets sync_gradients on the last micro-batch of every cycle, the short last
+        # one of an epoch included: the optimizer steps right after it.
+        if self.accelerator.sync_gradients:
+            self._cycle = None
+            self._end_cycle(model, cycle)
         return loss
+
+    def _end_cycle(self, model: nn.Module, cycle: _Cycle) -> None:
+        # One host sync per optimizer step: the reward must reach Python for the policy anyway.
+        values = self._mean_over_ranks(torch.stack(cycle.values))  # [[loss, quality] per micro-batch]
+        finite = all(math.isfinite(v) for pair in values for v in pair)
+        if not finite:
+            # Drops the gradients of every micro-batch of the cycle (optimizers skip parameters
+            # without gradients) and undoes what they did to the normalisation buffers.
+            model.zero_grad(set_to_none=True)
+            self._restore_buffers(cycle.buffers)
+            self.non_finite_steps += 1
+        quality = math.fsum(q for _, q in values) / len(values) if finite else None
+        self._update_policy(cycle.sample, quality, cycle.step, cycle.searching)
 
     def _warmup_sample(self, step: int) -> PolicySample:
         if not self.reinforce_config.precision_warmup:
@@ -290,7 +344,8 @@ class ReinforceTrainer(Trainer):
                 self._heldout_batches = None  # cycle through the held-out split again
         raise ValueError("the heldout dataset is empty; give --heldout_fraction a larger value")
 
-    def _mean_over_ranks(self, values: torch.Tensor) -> list[float]:
+    def _mean_over_ranks(self, values: torch.Tensor) -> list:
+        """Element-wise mean over the DDP ranks, as (nested) Python floats."""
         if self.accelerator.num_processes > 1:
             values = self.accelerator.reduce(values, reduction="mean")
         return values.tolist()
@@ -345,6 +400,7 @@ class ReinforceTrainer(Trainer):
     # --- checkpoints ----------------------------------------------------------------------------
     def search_state_dict(self) -> dict[str, Any]:
         return {
+            "settings": self.reinforce_config.search_settings(),
             "policy": self.policy.state_dict(),
             "policy_optimizer": self.policy_optimizer.state_dict(),
             "baseline": self.baseline.state_dict(),
@@ -355,11 +411,31 @@ class ReinforceTrainer(Trainer):
             "options": self.search_space.option_names,
         }
 
-    def load_search_state_dict(self, state: dict[str, Any]) -> None:
+    def check_search_state(self, state: dict[str, Any]) -> None:
+        """Raise unless `state` was written by a search with this run's space and settings."""
         expected = (self.search_space.decision_names, self.search_space.option_names)
         if (state["decisions"], state["options"]) != expected:
             raise ValueError("the checkpoint's search space (decisions/options) differs from this run's; resume "
                              "with the same --search_space, granularity and layer flags")
+        saved = state.get("settings")
+        if saved is None:  # written before the settings were stored: nothing to compare with
+            logger.warning("the checkpoint does not record its search settings (written by an older version); "
+                           "they are assumed to equal this run's")
+            return
+        current = self.reinforce_config.search_settings()
+        # Only settings both know: a setting added later cannot be checked against an older checkpoint.
+        differing = [f"{name} {saved[name]!r} -> {current[name]!r}" for name in current
+                     if name in saved and saved[name] != current[name]]
+        if differing:
+            raise ValueError(f"the checkpoint's search settings differ from this run's (checkpoint -> this run): "
+                             f"{', '.join(differing)}; resume with the checkpoint's settings, or start a new run "
+                             "to search with these")
+
+    def load_search_state_dict(self, state: dict[str, Any]) -> None:
+        self.check_search_state(state)
+        self._restore_search_state(state)
+
+    def _restore_search_state(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
         self.policy_optimizer.load_state_dict(state["policy_optimizer"])
         self.baseline.load_state_dict(state["baseline"])
@@ -375,9 +451,11 @@ class ReinforceTrainer(Trainer):
                 torch.save(self.search_state_dict(), os.path.join(folder, SEARCH_STATE_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
         path = os.path.join(resume_from_checkpoint, SEARCH_STATE_NAME)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{resume_from_checkpoint} has no {SEARCH_STATE_NAME}: it was not written by a "
                                     "search run, so the search cannot resume from it")
-        self.load_search_state_dict(torch.load(path, weights_only=False))
+        state = torch.load(path, weights_only=False)
+        self.check_search_state(state)  # before any weight is loaded
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._restore_search_state(state)

@@ -9,9 +9,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from tests.trainer.toy_search_problem import make_trainer  # noqa: E402
 
 torch.set_num_threads(1)
-out_dir, source = sys.argv[1], sys.argv[2]
+out_dir, source, accumulation = sys.argv[1], sys.argv[2], int(sys.argv[3])
 trainer = make_trainer(os.path.join(out_dir, "run"), steps=60, reward_source=source, delay_steps=20,
-                       training_overrides=dict(ddp_backend="gloo", per_device_train_batch_size=32))
+                       training_overrides=dict(ddp_backend="gloo", per_device_train_batch_size=32,
+                                               gradient_accumulation_steps=accumulation))
 history = []
 apply = trainer.apply_option_indices
 trainer.apply_option_indices = lambda indices: (history.append(indices.tolist()), apply(indices))[1]

@@ -52,3 +52,15 @@ def test_batch_quality_values():
     assert batch_quality(regression, torch.tensor([2.0, 2.0]), RewardMetric.LOSS).item() == -1.0
     with pytest.raises(ValueError, match="needs a classification task"):
         batch_quality(regression, torch.tensor([2.0, 2.0]), RewardMetric.ACCURACY)
+
+
+def test_search_settings_are_plain_values():
+    config = ReinforceConfig(cost_target=2.0, cost_function="soft_exponential", cost_beta=-0.07,
+                             reward_metric="likelihood", cost_type="compute", final_selection="argmax")
+    assert config.search_settings() == {
+        "cost_target": 2.0, "cost_type": "compute", "cost_function": "soft_exponential", "cost_beta": -0.07,
+        "rl_learning_rate": 0.05, "delay_steps": 0, "precision_warmup": True, "max_entropy_beta": 0.0,
+        "entropy_schedule": "linear", "baseline_decay": 0.9, "advantage": "per_decision",
+        "reward_metric": "likelihood", "reward_source": "train", "policy_temperature": 1.0, "policy_seed": 0,
+    }
+    assert all(type(v) in (str, float, int, bool) for v in config.search_settings().values())

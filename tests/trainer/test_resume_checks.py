@@ -1,0 +1,99 @@
+"""Resuming a search checks that the run continues the same search, with steps left to run."""
+import logging
+import re
+
+import pytest
+import torch
+
+from tests.trainer.toy_search_problem import make_trainer
+from trainer.reinforce_config import SEARCH_SETTINGS
+from trainer.reinforce_trainer import SEARCH_STATE_NAME
+
+SAVE_AT_10 = dict(save_strategy="steps", save_steps=10)
+
+# A valid value other than make_trainer's for every search setting.
+OTHER_VALUES = dict(cost_target=2.5, cost_type="compute", cost_function="one_sided_tunas_abs", cost_beta=3.0,
+                    rl_learning_rate=0.01, delay_steps=7, precision_warmup=False, max_entropy_beta=0.2,
+                    entropy_schedule="cosine", baseline_decay=0.5, advantage="global", reward_metric="accuracy",
+                    reward_source="heldout", policy_temperature=2.0, policy_seed=9)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """checkpoint-10 of a 20-step search, and the uninterrupted run's trainer."""
+    root = tmp_path_factory.mktemp("search")
+    full = make_trainer(str(root / "full"), steps=20, delay_steps=5, training_overrides=SAVE_AT_10)
+    full.train()
+    return root / "full" / "checkpoint-10", full
+
+
+def test_every_search_setting_is_checked(tmp_path, checkpoint):
+    assert set(OTHER_VALUES) == set(SEARCH_SETTINGS)
+    state = torch.load(checkpoint[0] / SEARCH_STATE_NAME, weights_only=False)
+    base = make_trainer(str(tmp_path), steps=20, delay_steps=5)
+    base.check_search_state(state)  # the same settings pass
+    saved = base.reinforce_config.search_settings()
+    assert saved == state["settings"]
+    for name, value in OTHER_VALUES.items():
+        trainer = make_trainer(str(tmp_path), steps=20, **{"delay_steps": 5, name: value})
+        current = trainer.reinforce_config.search_settings()[name]
+        assert current != saved[name], name
+        message = (f"the checkpoint's search settings differ from this run's (checkpoint -> this run): "
+                   f"{name} {saved[name]!r} -> {current!r}; resume with the checkpoint's settings, or start a "
+                   "new run to search with these")
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            trainer.check_search_state(state)
+
+
+def test_settings_that_only_read_out_the_answer_may_change(tmp_path, checkpoint):
+    trainer = make_trainer(str(tmp_path), steps=20, delay_steps=5, final_selection="argmax", target_tolerance=0.2)
+    trainer.check_search_state(torch.load(checkpoint[0] / SEARCH_STATE_NAME, weights_only=False))
+
+
+def test_resume_with_other_settings_fails_before_loading_anything(tmp_path, checkpoint):
+    trainer = make_trainer(str(tmp_path), steps=20, delay_steps=5, cost_function="one_sided_tunas_abs",
+                           cost_beta=2.0, policy_seed=7)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    message = ("the checkpoint's search settings differ from this run's (checkpoint -> this run): cost_function "
+               "'tunas_abs' -> 'one_sided_tunas_abs', cost_beta 1.0 -> 2.0, policy_seed 0 -> 7; resume with the "
+               "checkpoint's settings, or start a new run to search with these")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        trainer.train(resume_from_checkpoint=str(checkpoint[0]))
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert torch.equal(trainer.policy.logits, torch.zeros_like(trainer.policy.logits))
+
+
+def test_a_checkpoint_without_settings_still_resumes_exactly(tmp_path, checkpoint, caplog):
+    old = tmp_path / "old-checkpoint"
+    old.mkdir()
+    for path in checkpoint[0].iterdir():
+        if path.is_file():
+            (old / path.name).write_bytes(path.read_bytes())
+    state = torch.load(old / SEARCH_STATE_NAME, weights_only=False)
+    del state["settings"]  # as written before the settings were stored
+    torch.save(state, old / SEARCH_STATE_NAME)
+    resumed = make_trainer(str(tmp_path / "resumed"), steps=20, delay_steps=5)
+    with caplog.at_level(logging.WARNING, logger="trainer.reinforce_trainer"):
+        resumed.train(resume_from_checkpoint=str(old))
+    assert [r.getMessage() for r in caplog.records if r.name == "trainer.reinforce_trainer"] == [
+        "the checkpoint does not record its search settings (written by an older version); they are assumed to "
+        "equal this run's"]
+    full = checkpoint[1]
+    assert torch.equal(full.policy.logits, resumed.policy.logits)
+    assert all(torch.equal(a, b) for a, b in zip(full.model.parameters(), resumed.model.parameters()))
+
+
+@pytest.mark.parametrize("steps", [5, 10])
+def test_resume_without_steps_left_fails(tmp_path, checkpoint, steps):
+    trainer = make_trainer(str(tmp_path), steps=steps, delay_steps=5)
+    message = (f"this run's max_steps ({steps}, from --max_steps or --num_train_epochs) is not above the "
+               "checkpoint's step 10: nothing is left to search; resume with more steps than 10, or start a new run")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        trainer.train(resume_from_checkpoint=str(checkpoint[0]))
+    assert trainer.state.global_step == 10  # no step was trained
+
+
+def test_resume_with_one_step_left_trains_it(tmp_path, checkpoint):
+    trainer = make_trainer(str(tmp_path), steps=11, delay_steps=5)
+    trainer.train(resume_from_checkpoint=str(checkpoint[0]))
+    assert trainer.state.global_step == 11
