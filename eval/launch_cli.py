@@ -5,15 +5,23 @@ shared by every experiment. With no --sweep/--experiments the run flags describe
 Every experiment is validated before anything starts. Each run is its own process with
 CUDA_VISIBLE_DEVICES set to the GPU(s) it holds, output in `{run dir}/stdout.log`.
 
+Runs already completed in their directory are never run again silently: the launch is refused
+unless --skip_completed (keep them; refused too when a completed run's recorded arguments differ
+from the planned ones in anything that changes results) or --overwrite (run them again).
+
 Exit codes: 0 every run completed (or --dry_run), 1 some run failed, 2 a bad launch request
-(one error line), 130 stopped by SIGINT/SIGTERM (every run stopped first).
+(one error line; also a --dry_run plan that cannot be written), 130 stopped by SIGINT/SIGTERM
+(every run stopped first).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
-from typing import Sequence, TextIO
+from pathlib import Path
+from typing import Any, Mapping, Sequence, TextIO
 
 from eval.eval_parse import OneLineErrorParser, create_arg_parser
 from eval.launch_command import RUN_ENTRY, format_command, free_port, launcher_env, run_command
@@ -23,10 +31,14 @@ from eval.launch_plan import Experiment, load_experiments_file, parse_sweep, pla
 from eval.launch_queue import (DONE, QUEUED, SKIPPED, Job, StopSignals, SubprocessStarter, TERMINATE_GRACE_S,
                                run_queue)
 from eval.launch_status import StatusBoard, summary_table
-from eval.results import COMPLETED, load_run
+from eval.results import COMPLETED, NON_RESULT_ARGS, RunRecord, load_run
 
 PROG = "eval_parallel"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# Arguments a run left at None and filled in itself (recorded resolved in results.json; config.json,
+# written when the run starts, still holds the None).
+RUN_TIME_DEFAULTS = ("rl_learning_rate",)
+MAX_LISTED_CHANGES = 6
 
 
 class _HelpAction(argparse.Action):
@@ -57,7 +69,8 @@ def create_launcher_parser() -> argparse.ArgumentParser:
     p.add_argument("-h", "--help", action=_HelpAction, help="show this help and the run flags, then exit")
     p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="run every value of run flag KEY (repeatable: cartesian product); true/false for on/off "
-                   "flags; separate values with ';' when they contain commas (search_space=4,8;2,4,8)")
+                   "flags; separate values with ';' when they contain commas, quoted for the shell: "
+                   "--sweep 'search_space=4,8;2,4,8'")
     p.add_argument("--experiments", metavar="FILE", help="a JSON or YAML list of objects of run-flag overrides, each "
                    "optionally with its own exp_name (combined with --sweep as a cartesian product)")
     p.add_argument("--num_gpus", type=int, help="use the first N visible GPUs (default: all)")
@@ -67,7 +80,10 @@ def create_launcher_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="parallel CPU runs when there is no GPU or with --device cpu "
                    "(default 1); each gets OMP_NUM_THREADS = cores // workers")
     p.add_argument("--skip_completed", action="store_true", help="start only the runs whose results.json is "
-                   "missing or not completed (resume an interrupted sweep)")
+                   "missing or not completed (resume an interrupted sweep); refused when a completed run was run "
+                   "with other flags than planned")
+    p.add_argument("--overwrite", action="store_true", help="run again the runs that already completed (their "
+                   "results are replaced); without it or --skip_completed, completed runs refuse the launch")
     p.add_argument("--dry_run", action="store_true", help="print the planned commands with their "
                    "CUDA_VISIBLE_DEVICES and exit without running anything")
     return p
@@ -97,14 +113,68 @@ def prepare(argv: Sequence[str] | None, available_gpus: Sequence[str] | None = N
     return options, experiments, resources
 
 
-def make_jobs(experiments: Sequence[Experiment], resources: Resources, skip_completed: bool) -> list[Job]:
-    """One job per experiment; with `skip_completed`, those whose results.json says completed are SKIPPED."""
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def changed_flags(planned: Mapping[str, Any], record: RunRecord) -> list[str]:
+    """`key old -> new` for every argument in which a completed run's recorded args differ from the
+    planned run's, except NON_RESULT_ARGS (names, paths, logging, device). An argument the run did
+    not record (it predates the flag) is not compared."""
+    recorded = dict(record.args)
+    started = _read_json_object(record.run_dir / "config.json")  # the args before run-time defaults
+    for key in RUN_TIME_DEFAULTS:
+        if planned.get(key) is None and key in recorded:
+            if key in started:
+                recorded[key] = started[key]
+            else:
+                del recorded[key]
+    return [f"{key} {_text(recorded[key])} -> {_text(value)}" for key, value in planned.items()
+            if key not in NON_RESULT_ARGS and key in recorded and _text(recorded[key]) != _text(value)]
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def make_jobs(experiments: Sequence[Experiment], resources: Resources, skip_completed: bool = False,
+              overwrite: bool = False) -> list[Job]:
+    """One job per experiment. Runs already completed are SKIPPED (`skip_completed`, when their
+    recorded args match the plan), run again (`overwrite`), or else refuse the launch (LaunchError)."""
+    if skip_completed and overwrite:
+        raise LaunchError("--skip_completed keeps completed runs and --overwrite runs them again; give one of them")
     jobs = [Job(e, kind) for e, kind in zip(experiments, resources.kinds)]
-    if skip_completed:
-        for job in jobs:
-            record = load_run(job.experiment.run_dir)
-            if record.status == COMPLETED:
-                job.state, job.record = SKIPPED, record
+    completed = [(job, record) for job in jobs
+                 if (record := load_run(job.experiment.run_dir)).status == COMPLETED]
+    if not completed:
+        return jobs
+    if overwrite:
+        for job, _ in completed:
+            job.overwrites = True
+        return jobs
+    if not skip_completed:
+        first = completed[0][0].experiment.run_dir
+        raise LaunchError(f"{_plural(len(completed), 'run')} already completed (first: {first}); pass "
+                          "--skip_completed to keep them or --overwrite to run them again")
+    changed = [(job, diffs) for job, record in completed if (diffs := changed_flags(job.experiment.args, record))]
+    if changed:
+        job, diffs = changed[0]
+        listed = ", ".join(diffs[:MAX_LISTED_CHANGES]) + (f", and {len(diffs) - MAX_LISTED_CHANGES} more"
+                                                          if len(diffs) > MAX_LISTED_CHANGES else "")
+        others = f" ({_plural(len(changed) - 1, 'other completed run')} too)" if len(changed) > 1 else ""
+        raise LaunchError(f"--skip_completed would keep {job.experiment.run_dir}, completed with other flags: {listed}"
+                          f"{others}; give the experiment a new exp_name to keep both, delete the run directory to run "
+                          "it again, or pass --overwrite instead of --skip_completed")
+    for job, record in completed:
+        job.state, job.record = SKIPPED, record
     return jobs
 
 
@@ -118,8 +188,9 @@ def describe_resources(jobs: Sequence[Job], resources: Resources) -> str:
         parts.append(f"{pool.cpu_workers} CPU worker(s), OMP_NUM_THREADS={resources.omp_threads} each")
     queued = sum(job.state == QUEUED for job in jobs)
     skipped = sum(job.state == SKIPPED for job in jobs)
+    overwritten = sum(job.overwrites for job in jobs)
     return f"{len(jobs)} run(s), {queued} to start" + (f", {skipped} already completed" if skipped else "") + \
-        f" on {'; '.join(parts)}"
+        (f" ({overwritten} completed, to overwrite)" if overwritten else "") + f" on {'; '.join(parts)}"
 
 
 def dry_run(jobs: Sequence[Job], resources: Resources, out: TextIO, run_entry: Sequence[str] = RUN_ENTRY) -> None:
@@ -132,6 +203,8 @@ def dry_run(jobs: Sequence[Job], resources: Resources, out: TextIO, run_entry: S
     for job in jobs:
         if job.state == SKIPPED:
             out.write(f"# skip (completed): {job.experiment.run_dir}\n")
+        elif job.overwrites:
+            out.write(f"# overwrite (completed): {job.experiment.run_dir}\n")
     ports: set[int] = set()
     for job, slot in zip(queued, slots):
         k = len(slot.devices) or 1
@@ -171,6 +244,8 @@ def launch(jobs: Sequence[Job], resources: Resources, out: TextIO = sys.stdout, 
                                 stop_count=stop_count, grace_s=grace_s)
     board.close()
     board.write("\n" + summary_table(jobs, time.monotonic()))
+    if board.closed:
+        silence_stdout(out)
     if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if all(job.state in (DONE, SKIPPED) for job in jobs) else EXIT_FAILED
@@ -183,7 +258,7 @@ def main(argv: Sequence[str] | None = None, *, available_gpus: Sequence[str] | N
     out = out or sys.stdout
     try:
         options, experiments, resources = prepare(argv, available_gpus)
-        jobs = make_jobs(experiments, resources, options.skip_completed)
+        jobs = make_jobs(experiments, resources, options.skip_completed, options.overwrite)
         if options.dry_run:
             dry_run(jobs, resources, out, run_entry)
             return EXIT_OK
@@ -193,7 +268,27 @@ def main(argv: Sequence[str] | None = None, *, available_gpus: Sequence[str] | N
     except SystemExit as exit_:  # the launcher parser already wrote its one error line (or --help)
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted before any run started\n")
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `--dry_run | head`: the reader has what it wanted
+        silence_stdout(out)
         return EXIT_OK
+    except OSError as error:  # `--dry_run > /dev/full`: the plan could not be written
+        silence_stdout(out)
+        sys.stderr.write(f"{PROG}: error: cannot write the plan to {'stdout' if out is sys.stdout else 'its output'} "
+                         f"({error.strerror or error}); redirect it to a writable file\n")
+        return EXIT_USAGE
     return launch(jobs, resources, out, run_entry, grace_s)
+
+
+def silence_stdout(out: TextIO) -> None:
+    """After a failed write to the real stdout, point fd 1 at /dev/null: the interpreter's final
+    flush of what is still buffered then fails silently instead of printing a second error."""
+    if out is not sys.stdout:
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor behind it
+        pass

@@ -33,6 +33,11 @@ def _describe(gpus: Sequence[str]) -> str:
     return "visible GPUs: " + ", ".join(g if str(i) == g else f"{i} ({g})" for i, g in enumerate(gpus))
 
 
+def _cpu_way_out(flag: str) -> str:
+    """What to do when GPUs are asked for on a machine without one."""
+    return f"drop {flag} to run on CPU workers (--workers N runs N at a time)"
+
+
 def parse_gpu_list(text: str, flag: str = "--gpus") -> list[int]:
     """'0,3,5' -> [0, 3, 5]: GPU indices, each once."""
     try:
@@ -50,15 +55,19 @@ def select_gpus(visible: Sequence[str], num_gpus: int | None = None, gpus: Seque
     if num_gpus is not None and gpus is not None:
         raise LaunchError(f"--num_gpus and {flag} both pick GPUs; give one of them")
     if num_gpus is not None:
-        if num_gpus < 1 or num_gpus > len(visible):
-            raise LaunchError(f"--num_gpus {num_gpus} asks for more GPUs than there are ({_describe(visible)})"
-                              if num_gpus > len(visible) else f"--num_gpus must be >= 1, got {num_gpus}")
+        if num_gpus < 1:
+            raise LaunchError(f"--num_gpus must be >= 1, got {num_gpus}")
+        if num_gpus > len(visible):
+            way_out = _cpu_way_out("--num_gpus") if not visible else f"give at most --num_gpus {len(visible)}"
+            raise LaunchError(f"--num_gpus {num_gpus} asks for more GPUs than there are ({_describe(visible)}); "
+                              f"{way_out}")
         return list(visible[:num_gpus])
     if gpus is not None:
         missing = [i for i in gpus if i >= len(visible)]
         if missing:
+            way_out = _cpu_way_out(flag) if not visible else f"use indices below {len(visible)}"
             raise LaunchError(f"{flag} names GPU {', '.join(map(str, missing))}, which does not exist "
-                              f"({_describe(visible)})")
+                              f"({_describe(visible)}); {way_out}")
         return [visible[i] for i in gpus]
     return list(visible)
 
@@ -197,7 +206,8 @@ def choose_resources(run_devices: Sequence[str | None], visible_gpus: Sequence[s
                           "--device cpu")
     if gpus_per_run is not None and GPU not in kinds:
         raise LaunchError(f"--gpus_per_run {gpus_per_run} needs GPU runs, but "
-                          + ("every run has --device cpu" if chosen else _describe(visible_gpus)))
+                          + ("every run has --device cpu" if chosen else _describe(visible_gpus))
+                          + "; drop --gpus_per_run to run on CPU workers")
     if workers is not None and CPU not in kinds:
         raise LaunchError(f"--workers sets how many CPU runs go in parallel, but every run uses a GPU "
                           f"({', '.join(chosen)}); add --device cpu to run on CPU, or drop --workers")

@@ -5,9 +5,13 @@ combination, cartesian product). Every experiment is validated with `parse_run_a
 anything starts, so a bad value in the 7th experiment fails the whole launch, naming it.
 
 Naming: a run's name is the `exp_name` it was given (run flags or its experiments-file entry) or
-the run's default name (built from its flags). Runs that would share a directory get the
-`key=value` pairs that tell them apart appended (`..._s42_learning_rate=0.001`); if two runs are
-still the same after that (a duplicate entry), the launch fails: two runs never share a directory.
+the run's default name (built from its flags), then the `key=value` of every `--sweep` key
+(`float_seed=0`, `..._s42_learning_rate=0.001`), so that a run's name never depends on which other
+runs are in the launch: relaunching one value of a sweep finds the run it named before. A
+default name skips the swept keys it already shows (DEFAULT_NAME_KEYS: `_s42` is the seed). Runs
+that would still share a directory (experiments-file entries without exp_name) get the pairs that
+tell them apart appended; if two runs are still the same after that (a duplicate entry), the
+launch fails: two runs never share a directory.
 """
 from __future__ import annotations
 
@@ -18,15 +22,22 @@ import itertools
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from eval.eval_parse import create_arg_parser, parse_run_args
 from eval.launch_flags import FlagSegment, LaunchError, apply_overrides, resolve_key, split_run_argv, value_text
 
 MAX_NAME_LENGTH = 200  # file systems allow 255 bytes per name
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+=-]+")
+# Run flags (destinations) that the default run name (eval.run_args.default_exp_name) shows: a
+# swept one is not appended to a default name again. tests/eval/test_launch_plan.py checks that
+# changing each of them changes the default name.
+DEFAULT_NAME_KEYS = frozenset({
+    "seed", "model_type", "search", "bits", "weight_bits", "activation_bits", "search_space", "single_decision",
+    "block_search", "weight_only_search", "cost_type", "cost_target", "cost_target_bits",
+})
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,8 @@ class Experiment:
     # A --cuda_visible_devices among the run flags: the launcher's GPU choice (removed from argv,
     # where it would override the device the launcher gives the run).
     cuda_visible_devices: str | None = None
+    # Every argument of the run as it will record them (results.json "args"), JSON values.
+    args: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def run_dir(self) -> Path:
@@ -141,8 +154,10 @@ def _name_part(key: str, text: str) -> str:
     return _UNSAFE_NAME_CHARS.sub("-", f"{key}={text}")
 
 
-def _distinct_names(names: list[str], keys: list[Path], overrides: list[list[tuple[str, str]]]) -> list[str]:
-    """Append the pairs that differ within each group of runs that would share a directory."""
+def _distinct_names(names: list[str], keys: list[Path], overrides: list[list[tuple[str, str]]],
+                    named_by: list[set[str]]) -> list[str]:
+    """Append the pairs that differ within each group of runs that would share a directory (other
+    than the keys `named_by[i]` that run i's name already holds)."""
     groups: dict[Path, list[int]] = {}
     for i, key in enumerate(keys):
         groups.setdefault(key, []).append(i)
@@ -154,10 +169,20 @@ def _distinct_names(names: list[str], keys: list[Path], overrides: list[list[tup
         all_keys = list(dict.fromkeys(k for i in members for k, _ in overrides[i]))
         differing = [k for k in all_keys if len({v.get(k) for v in values}) > 1]
         for i, own in zip(members, values):
-            parts = [_name_part(k, own[k]) for k in differing if k in own]
+            parts = [_name_part(k, own[k]) for k in differing if k in own and k not in named_by[i]]
             if parts:
                 named[i] = "_".join([names[i], *parts])
     return named
+
+
+def _swept_parts(pairs: list[tuple[str, str]], swept_keys: Sequence[str], explicit_name: bool,
+                 parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
+    """The swept (key, value) pairs that go into a run's name whatever else the launch holds: all
+    of them after an exp_name, those the default name does not show after a default name."""
+    swept = [(k, v) for k, v in pairs if k in swept_keys]
+    if explicit_name:
+        return swept
+    return [(k, v) for k, v in swept if resolve_key(parser, k).dest not in DEFAULT_NAME_KEYS]
 
 
 def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
@@ -185,8 +210,13 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
     def run_dir(args: argparse.Namespace, name: str) -> Path:
         return Path(os.path.abspath(Path(args.output_root_dir) / args.task / name))  # ./out and out are one
 
-    names = _distinct_names([args.exp_name for args in resolved], [run_dir(a, a.exp_name) for a in resolved],
-                            override_texts)
+    swept_keys = [axis.key for axis in sweeps]
+    given_name = any(segment.dest == "exp_name" for segment in base)
+    always = [_swept_parts(pairs, swept_keys, bool(name) or given_name, parser)
+              for pairs, (name, _) in zip(override_texts, combos)]
+    stable = ["_".join([args.exp_name, *(_name_part(k, v) for k, v in parts)]) for args, parts in zip(resolved, always)]
+    names = _distinct_names(stable, [run_dir(a, n) for a, n in zip(resolved, stable)], override_texts,
+                            [{k for k, _ in parts} for parts in always])
     dirs = [run_dir(args, name) for args, name in zip(resolved, names)]
     first_of: dict[Path, int] = {}
     for i, (run_dir, name) in enumerate(zip(dirs, names)):
@@ -204,6 +234,7 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
     for i, (args, name, pairs, (_, combo)) in enumerate(zip(resolved, names, override_texts, combos)):
         argv = apply_overrides(parser, launcher_owned, combo) + ["--exp_name", name]
         final = _validate(argv, f"experiment {i + 1} of {total}")
+        recorded = json.loads(json.dumps(vars(final), default=str))  # as results.json will hold them
         experiments.append(Experiment(i + 1, tuple(pairs), tuple(argv), final.exp_name, final.task,
-                                      final.output_root_dir, final.device, args.cuda_visible_devices))
+                                      final.output_root_dir, final.device, args.cuda_visible_devices, recorded))
     return experiments

@@ -53,6 +53,7 @@ class Job:
     returncode: int | None = None
     reason: str | None = None  # why it failed or was not run
     record: RunRecord | None = None  # results.json as read when it ended (or when skipped)
+    overwrites: bool = False  # its directory holds a completed run that this one replaces (--overwrite)
 
     @property
     def name(self) -> str:
@@ -125,7 +126,8 @@ class SubprocessStarter:
         job.command_line = format_command(command, env)
         run_dir = job.experiment.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        # A stale results.json must not make an interrupted re-run look completed.
+        # A stale results.json must not make a re-run that dies before its first write look completed
+        # (the run itself clears the rest of an earlier run's outputs: eval_run.clear_previous_outputs).
         (run_dir / "results.json").unlink(missing_ok=True)
         with open(job.log_path, "wb") as log:
             log.write(f"# {job.command_line}\n".encode())

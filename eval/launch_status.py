@@ -8,6 +8,7 @@ file, CI) only plain lines are printed, one per state change.
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from typing import Callable, Sequence, TextIO
 
@@ -64,7 +65,8 @@ class StatusBoard:
         self._closed = False
 
     def write(self, text: str) -> None:
-        """Write and flush; a closed stdout (`... | head`) silences the board instead of stopping the runs."""
+        """Write and flush; a closed or full stdout (`... | head`, a full disk) silences the board
+        instead of stopping the runs (each run's output is in its stdout.log)."""
         if self._closed:
             return
         try:
@@ -72,6 +74,15 @@ class StatusBoard:
             self.stream.flush()
         except (BrokenPipeError, ValueError):  # ValueError: the stream was closed
             self._closed = True
+        except OSError as error:
+            self._closed = True
+            sys.stderr.write(f"eval_parallel: the status board cannot be written ({error.strerror or error}); the runs "
+                             "go on, each with its output in RUN_DIR/stdout.log\n")
+
+    @property
+    def closed(self) -> bool:
+        """Whether a write failed (and the board went silent)."""
+        return self._closed
 
     def _prefix(self, job: Job) -> str:
         return f"[{job.experiment.index:>{self._width}}/{self.total}] {job.state:<11} {job.name}"

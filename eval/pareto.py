@@ -3,14 +3,26 @@
 A point (cost, metric) is on the frontier when no other point is at least as good in both
 (cost no higher, metric no worse) and strictly better in one. Exact duplicates therefore do not
 dominate each other: both copies are on the frontier. Cost is always lower-is-better; the metric
-is higher-is-better unless `higher_is_better=False` (losses, perplexity). `plot_pareto` draws
-the points and the frontier (matplotlib, Agg canvas).
+is higher-is-better unless `higher_is_better=False`; `metric_higher_is_better` tells from a
+metric's name (loss, perplexity, error, mse, mae: lower is better). `plot_pareto` draws the
+points and the frontier (matplotlib, Agg canvas).
 """
 from __future__ import annotations
 
 import math
+import os
+import re
+import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
+
+# Words of a metric name that mean lower is better (eval_loss, eval_perplexity, eval_mse, test_error_rate).
+LOWER_IS_BETTER_WORDS = frozenset({"loss", "perplexity", "ppl", "error", "err", "mse", "mae", "rmse", "wer", "cer"})
+
+
+def metric_higher_is_better(name: str) -> bool:
+    """False when a word of the metric's name says lower is better (see LOWER_IS_BETTER_WORDS)."""
+    return not any(word in LOWER_IS_BETTER_WORDS for word in re.split(r"[^a-z0-9]+", name.lower()))
 
 
 def _check_points(costs: Sequence[float], metrics: Sequence[float]) -> None:
@@ -85,12 +97,27 @@ def interpolate_uniform_line(uniform: Sequence[tuple[float, float]], cost: float
     return line[0][1]  # a single baseline exactly at `cost`
 
 
+def save_figure(figure: Any, path: str | Path, **kwargs: Any) -> None:
+    """Write `figure` as a PNG atomically: readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            figure.savefig(f, format="png", **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, cost_column: str, cost_label: str,
-                higher_is_better: bool = True) -> None:
+                higher_is_better: bool | Mapping[str, bool] = True) -> None:
     """Write a PNG of metric vs cost, one panel per (task, model, metric).
 
     `rows` are report rows (eval.report.row_columns): keys task, model, metric, method, formats,
-    value, std, `cost_column`, `{cost_column}_std`, pareto. Uniform baselines and searched models
+    value, std, `cost_column`, `{cost_column}_std`, pareto. `higher_is_better`: one direction for
+    every metric, or metric name -> direction (default: from the name). Uniform baselines and searched models
     are two series with error bars where aggregated; float runs are horizontal lines (their cost is
     far to the right); the frontier over the quantized points is a highlighted staircase.
     """
@@ -102,8 +129,9 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, cost_column: s
     if not families:
         axes[0].text(0.5, 0.5, "no valid runs to plot", ha="center", va="center", transform=axes[0].transAxes)
         axes[0].set_xlabel(cost_label)
-    direction = "higher" if higher_is_better else "lower"
     for ax, ((task, model, metric), members) in zip(axes, families.items()):
+        higher = higher_is_better.get(metric, metric_higher_is_better(metric)) \
+            if isinstance(higher_is_better, Mapping) else higher_is_better
         # One series for the uniform baselines, one per search space for the searched models.
         series = [("uniform", "uniform", "s", "tab:blue")]
         spaces = sorted({r.get("search_space") or "" for r in members if r["method"] == "search"})
@@ -121,13 +149,13 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, cost_column: s
             if method == "uniform":
                 # Baselines at the same cost (INT4 and FP4, say) share one label, stacked.
                 stacked: dict[float, int] = {}
-                for r in sorted(points, key=lambda r: -r["value"] if higher_is_better else r["value"]):
+                for r in sorted(points, key=lambda r: -r["value"] if higher else r["value"]):
                     rank = stacked.get(r[cost_column], 0)
                     stacked[r[cost_column]] = rank + 1
                     ax.annotate(r["formats"], (r[cost_column], r["value"]), textcoords="offset points",
                                 xytext=(4, -10 - 9 * rank), fontsize=7, color=color)
                 # The line between the best uniform baselines: what mixing them is expected to give.
-                line = uniform_line([(r[cost_column], r["value"]) for r in points], higher_is_better)
+                line = uniform_line([(r[cost_column], r["value"]) for r in points], higher)
                 if len(line) > 1:
                     ax.plot([c for c, _ in line], [m for _, m in line], ":", color=color,
                             linewidth=1, label="uniform, interpolated", zorder=1)
@@ -140,9 +168,9 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, cost_column: s
             ax.plot(xs, ys, "o", markersize=12, markerfacecolor="none", markeredgecolor="tab:red",
                     label="Pareto frontier", zorder=4)
         ax.set_xlabel(cost_label)
-        ax.set_ylabel(f"{metric} ({direction} is better)")
+        ax.set_ylabel(f"{metric} ({'higher' if higher else 'lower'} is better)")
         ax.set_title(f"{task} / {model}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path, dpi=120)

@@ -1,14 +1,16 @@
 """Tables and Pareto plots over the runs under an output root.
 
 `python -m eval.eval_parse OUTPUT_ROOT [--format md|csv|json] [--plot FILE.png] [--metric NAME]
-[--cost memory|compute] [--group_by KEY ...] [--lower_is_better] [--layers RUN]`
+[--cost memory|compute] [--group_by KEY ...] [--lower_is_better|--higher_is_better] [--layers RUN]`
 
 Every run directory found is either a table row (alone or aggregated with its seed replicas as
 mean and sample std) or listed in the "invalid" section with the reason: failed, incomplete,
-missing or non-finite metric/cost, or grouped with runs that differ in more than the seed.
-Output formats: md (sections with pipe tables), csv (`# ` note lines, then one table per
-section, sections separated by one empty line), json (one object). Exit code 0 whenever the
-report was produced (invalid runs included), 2 for bad CLI input with one error line.
+missing or non-finite metric/cost, grouped with runs that differ in more than the seed, or two
+runs of one setting with the same seed. Output formats: md (sections with pipe tables), csv
+(`# ` note lines, then one table: the runs; the invalid runs go to stderr, one line each, so
+that stdout stays one table), json (one object; non-finite numbers are null). Exit code 0
+whenever the report was produced (invalid runs included), 2 for bad CLI input or an output that
+cannot be written, with one error line.
 """
 from __future__ import annotations
 
@@ -17,15 +19,19 @@ import csv
 import io
 import json
 import math
+import os
+import re
 import statistics
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from eval.pareto import interpolate_uniform_line, new_figure, pareto_mask, plot_pareto
+from eval.pareto import (interpolate_uniform_line, metric_higher_is_better, new_figure, pareto_mask, plot_pareto,
+                         save_figure)
 from eval.results import (COMPLETED, COST_TYPES, FAILED, INCOMPLETE, PSEUDO_KEYS, REPLICA_ARGS, RUN_MARKERS,
-                          RunGroup, RunRecord, available_group_keys, group_runs, load_run, load_runs)
+                          RunGroup, RunRecord, available_group_keys, formats_label, group_runs, load_run, load_runs)
 
 PROG = "python -m eval.eval_parse"
 FORMATS = ("md", "csv", "json")
@@ -61,12 +67,18 @@ def row_columns(cost_column: str) -> tuple[str, ...]:
 class Report:
     output_root: str
     metric: str | None  # --metric, or None for each run's main_metric
-    higher_is_better: bool
+    direction_override: bool | None  # --higher_is_better (True) / --lower_is_better (False); None: from the name
     cost_type: str
     group_by: tuple[str, ...] | None  # None: automatic (every argument except REPLICA_ARGS)
     rows: list[dict[str, Any]] = field(default_factory=list)
     invalid: list[dict[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    directions: dict[str, bool] = field(default_factory=dict)  # metric -> higher is better
+
+    def higher_is_better(self, metric: str) -> bool:
+        if self.direction_override is not None:
+            return self.direction_override
+        return self.directions.get(metric, metric_higher_is_better(metric))
 
     @property
     def cost_column(self) -> str:
@@ -83,15 +95,6 @@ def _finite(value: Any) -> bool:
 
 def _invalid(run: RunRecord, status: str, reason: str | None) -> dict[str, str]:
     return {"run": run.label, "status": status, "reason": reason or "", "path": str(run.run_dir)}
-
-
-def _formats_label(run: RunRecord) -> str:
-    weight = {layer["weight_format"] for layer in run.layers.values()}
-    act = {layer["act_format"] for layer in run.layers.values()}
-    if not weight:
-        return ""
-    one = lambda formats: next(iter(formats)) if len(formats) == 1 else "mixed"  # noqa: E731
-    return f"w={one(weight)} a={one(act)}"
 
 
 def _resolve_cost_type(runs: Sequence[RunRecord], requested: str | None) -> tuple[str, str | None]:
@@ -133,7 +136,7 @@ def _row(group: RunGroup, measured: dict[int, tuple[str, float, float]], cost_co
     values = aggregate([measured[id(run)][1] for run in group.runs])
     costs = aggregate([measured[id(run)][2] for run in group.runs])
     ratios = [run.cost.get("ratio") for run in group.runs]
-    formats = {_formats_label(run) for run in group.runs}
+    formats = {formats_label(run) for run in group.runs}
     search = first.search or {}
     cells = (", ".join(run.label for run in group.runs), first.task, first.model_type, first.method,
              formats.pop() if len(formats) == 1 else "mixed", ",".join(search.get("search_space", [])),
@@ -143,11 +146,42 @@ def _row(group: RunGroup, measured: dict[int, tuple[str, float, float]], cost_co
     return dict(zip(row_columns(cost_column), cells))
 
 
-def _mark_frontier(rows: list[dict[str, Any]], cost_column: str, higher_is_better: bool) -> None:
+def _repeated_seed_reason(group: RunGroup) -> str:
+    parts = [f"seed {seed}: {', '.join(labels)}" for seed, labels in group.repeated_seeds.items()]
+    return (f"runs of one setting share a seed ({'; '.join(parts)}): the same run twice (relaunched under another "
+            "name?), not replicas; delete the duplicate run directory or give the runs distinct seeds")
+
+
+_SEED_PART = re.compile(r"(^|_)(seed=-?\d+|s-?\d+)(?=_|$)")
+
+
+def _split_notes(groups: Sequence[RunGroup]) -> list[str]:
+    """Runs whose names differ only in the seed but that landed in different groups: say what splits them."""
+    by_stem: dict[tuple[str, str], list[RunGroup]] = {}
+    for group in groups:
+        for stem in dict.fromkeys((run.task, _SEED_PART.sub("", run.exp_name)) for run in group.runs):
+            by_stem.setdefault(stem, []).append(group)
+    notes = []
+    for (task, stem), members in by_stem.items():
+        if len(members) < 2:
+            continue
+        keys = [dict(group.key) for group in members]
+        differing = [name for name in dict.fromkeys(k for key in keys for k in key)
+                     if len({key.get(name) for key in keys}) > 1]
+        parts = ["{} ({})".format(name, "; ".join(f"{key.get(name, 'missing')}: {group.runs[0].label}"
+                                                  for key, group in zip(keys, members))) for name in differing]
+        notes.append(f"{task}/{stem}: runs named alike apart from the seed are in {len(members)} groups, not "
+                     f"aggregated, because they differ in {' and '.join(parts) or 'their group keys'}; rerun them "
+                     "with matching flags to aggregate them")
+    return notes
+
+
+def _mark_frontier(rows: list[dict[str, Any]], cost_column: str, report: Report) -> None:
     families: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
         families.setdefault((row["task"], row["model"], row["metric"]), []).append(row)
-    for members in families.values():
+    for (_, _, metric), members in families.items():
+        higher_is_better = report.higher_is_better(metric)
         mask = pareto_mask([r[cost_column] for r in members], [r["value"] for r in members], higher_is_better)
         uniform = [(r[cost_column], r["value"]) for r in members if r["method"] == "uniform"]
         for row, on_frontier in zip(members, mask):
@@ -158,15 +192,25 @@ def _mark_frontier(rows: list[dict[str, Any]], cost_column: str, higher_is_bette
             row["vs_uniform"] = None if line is None else (row["value"] - line) * (1 if higher_is_better else -1)
 
 
+def _direction_note(report: Report) -> str:
+    names = sorted({row["metric"] for row in report.rows})
+    parts = [f"{name} ({'higher' if report.higher_is_better(name) else 'lower'} is better)" for name in names]
+    source = ("as --higher_is_better/--lower_is_better says" if report.direction_override is not None else
+              "from the name: loss, perplexity, error, mse, mae mean lower is better; --higher_is_better or "
+              "--lower_is_better overrides it")
+    return f"metric: {report.metric or 'each run main_metric'}: {', '.join(parts) or 'no rows'}, {source}"
+
+
 def build_report(runs: Sequence[RunRecord], output_root: str, metric: str | None = None, cost_type: str | None = None,
-                 group_by: Sequence[str] | None = None, lower_is_better: bool = False) -> Report:
-    """Validate, group, aggregate and mark the frontier. Raises ReportInputError for bad metric/keys."""
+                 group_by: Sequence[str] | None = None, higher_is_better: bool | None = None) -> Report:
+    """Validate, group, aggregate and mark the frontier. Raises ReportInputError for bad metric/keys.
+    `higher_is_better`: the metric's direction, None to tell it from each metric's name."""
     if cost_type is not None and cost_type not in COST_COLUMNS:
         raise ReportInputError(f"cost type {cost_type!r} is not one of {', '.join(COST_COLUMNS)}")
     completed = [run for run in runs if run.status == COMPLETED]
     _check_inputs(completed, metric, group_by)
     cost_type, cost_note = _resolve_cost_type(completed, cost_type)
-    report = Report(output_root, metric, not lower_is_better, cost_type, tuple(group_by) if group_by else None)
+    report = Report(output_root, metric, higher_is_better, cost_type, tuple(group_by) if group_by else None)
     column = report.cost_column
     report.invalid = [_invalid(run, run.status, run.reason) for run in runs if run.status != COMPLETED]
     measured: dict[int, tuple[str, float, float]] = {}
@@ -183,7 +227,8 @@ def build_report(runs: Sequence[RunRecord], output_root: str, metric: str | None
         else:
             measured[id(run)] = (name, float(value), float(cost))
     valid = [run for run in completed if id(run) in measured]
-    for group in group_runs(valid, report.group_by):
+    groups = group_runs(valid, report.group_by)
+    for group in groups:
         mismatches = {name: dict(by_value) for name, by_value in group.mismatches.items()}
         metric_names: dict[str, list[str]] = {}
         for run in group.runs:
@@ -193,26 +238,32 @@ def build_report(runs: Sequence[RunRecord], output_root: str, metric: str | None
         if mismatches:
             reason = _mismatch_reason(group, mismatches)
             report.invalid.extend(_invalid(run, "mismatched_args", reason) for run in group.runs)
+        elif group.repeated_seeds:
+            reason = _repeated_seed_reason(group)
+            report.invalid.extend(_invalid(run, "repeated_seed", reason) for run in group.runs)
         else:
             report.rows.append(_row(group, measured, column))
-    _mark_frontier(report.rows, column, report.higher_is_better)
-    report.rows.sort(key=lambda r: (r["task"], r["model"], r["metric"], r[column], -r["value"]))
+    report.directions = {name: report.higher_is_better(name) for name in {row["metric"] for row in report.rows}}
+    _mark_frontier(report.rows, column, report)
+    report.rows.sort(key=lambda r: (r["task"], r["model"], r["metric"], r[column],
+                                    -r["value"] if report.higher_is_better(r["metric"]) else r["value"]))
 
     counts = {status: sum(run.status == status for run in runs) for status in (COMPLETED, FAILED, INCOMPLETE)}
-    direction = "higher" if report.higher_is_better else "lower"
     replicas = ", ".join(sorted(REPLICA_ARGS))
     report.notes = [
         f"{len(runs)} run directories: {counts[COMPLETED]} completed, {counts[FAILED]} failed, "
         f"{counts[INCOMPLETE]} incomplete; {len(report.rows)} table rows from "
         f"{sum(row['n'] for row in report.rows)} runs; {len(report.invalid)} invalid runs listed separately",
-        f"metric: {metric or 'each run main_metric'} ({direction} is better); cost: {report.cost_label}; "
-        "pareto: on the frontier of metric vs cost within its task/model/metric; vs_uniform: a searched model's "
+        f"{_direction_note(report)}; cost: {report.cost_label}; pareto: on the frontier of metric vs cost within "
+        "its task/model/metric; vs_uniform: a searched model's "
         "metric minus the line through the uniform baselines at its cost (positive = better than uniform)",
-        (f"grouped by {', '.join(report.group_by)}: runs that agree on them and differ only in {replicas}"
+        (f"grouped by {', '.join(report.group_by)} (and, for fixed-format runs, their formats): runs that agree on "
+         f"them and differ only in {replicas}"
          if report.group_by else f"grouped automatically by every argument except {replicas}: seed replicas")
         + " are aggregated as mean and sample std over n runs"
         + ("" if report.group_by else "; pass --group_by KEY ... to choose the keys"),
     ]
+    report.notes += _split_notes(groups)
     if cost_note:
         report.notes.append(cost_note)
     if any(run.method == "search" and run.cost["cost_type"] != cost_type for run in valid):
@@ -231,7 +282,7 @@ class Document:
 
 
 def report_document(report: Report) -> Document:
-    meta = {"output_root": report.output_root, "metric": report.metric, "higher_is_better": report.higher_is_better,
+    meta = {"output_root": report.output_root, "metric": report.metric, "higher_is_better": report.directions,
             "cost_type": report.cost_type, "cost_column": report.cost_column,
             "group_by": list(report.group_by) if report.group_by else "auto"}
     return Document(f"FLIQS results: {report.output_root}", report.notes,
@@ -274,20 +325,31 @@ def _cell(value: Any, precise: bool) -> str:
     return " ".join(str(value).split())
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None (JSON has no NaN or infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def render(document: Document, fmt: str) -> str:
-    """The document as md, csv or json text (each parses back; see the module docstring)."""
+    """The document as md, csv or json text (each parses back; see the module docstring). csv holds
+    the notes and the first section only: one table (`invalid_lines` gives the report's invalid runs)."""
     if fmt == "json":
         payload = dict(document.meta, notes=document.notes)
         payload.update({key: rows for key, _, _, rows in document.sections})
-        return json.dumps(payload, indent=2, allow_nan=False) + "\n"
+        return json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n"
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         buffer.writelines(f"# {note}\n" for note in document.notes)
-        for i, (_, _, columns, rows) in enumerate(document.sections):
-            buffer.write("\n" if i else "")
-            writer.writerow(columns)
-            writer.writerows([_cell(row[c], precise=True) for c in columns] for row in rows)
+        _, _, columns, rows = document.sections[0]
+        writer.writerow(columns)
+        writer.writerows([_cell(row[c], precise=True) for c in columns] for row in rows)
         return buffer.getvalue()
     if fmt != "md":
         raise ReportInputError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -327,6 +389,16 @@ def resolve_run(runs: Sequence[RunRecord], output_root: Path, spec: str) -> RunR
     return run
 
 
+def invalid_lines(report: Report) -> list[str]:
+    """The invalid runs as one line each (where csv output puts them: stderr)."""
+    return [f"invalid run {row['run']} ({row['status']}): {' '.join(row['reason'].split())} [{row['path']}]"
+            for row in report.invalid]
+
+
+# Heat map geometry (inches): the width of one character of the labels, fonts 7 (decisions) and 9 (title).
+_CHAR_IN_7PT, _CHAR_IN_9PT = 0.062, 0.085
+
+
 def plot_decision_heatmap(run: RunRecord, path: str | Path) -> None:
     """Write a compact PNG heat map of a search run's final probabilities (decisions x options)."""
     search = run.search or {}
@@ -334,7 +406,13 @@ def plot_decision_heatmap(run: RunRecord, path: str | Path) -> None:
     if not decisions:
         raise ValueError(f"run {run.label} has no search decisions; a heat map needs a search run")
     matrix = [[decision["probabilities"][option] for option in options] for decision in decisions.values()]
-    figure = new_figure(2.0 + 0.7 * len(options), 1.2 + 0.25 * len(decisions))
+    title = f"{run.label}: final probabilities"
+    # Sized from the labels: the longest decision name fits left of the cells, the colorbar and its
+    # label right of them, the title above; the layout engine then places them without clipping.
+    labels_in = _CHAR_IN_7PT * max(len(name) for name in decisions)
+    width = max(labels_in + 0.6 * len(options) + 1.8, _CHAR_IN_9PT * len(title) + 0.4)
+    figure = new_figure(width, 1.4 + 0.22 * len(decisions))
+    figure.set_layout_engine("constrained")
     ax = figure.subplots()
     image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(len(options)), options, fontsize=8)
@@ -344,10 +422,9 @@ def plot_decision_heatmap(run: RunRecord, path: str | Path) -> None:
             for j, p in enumerate(row):
                 ax.text(j, i, f"{p:.2f}", ha="center", va="center", fontsize=6, color="white" if p < 0.5 else "black")
     ax.set_xlabel("format")
-    ax.set_title(f"{run.label}: final probabilities", fontsize=9)
+    ax.set_title(title, fontsize=9)
     figure.colorbar(image, ax=ax, label="probability")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path, dpi=120)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -358,30 +435,81 @@ class _Parser(argparse.ArgumentParser):
 def create_report_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Tables and Pareto plots over FLIQS run outputs.")
     parser.add_argument("output_root", metavar="OUTPUT_ROOT", help="the --output_root_dir the runs wrote to")
-    parser.add_argument("--format", choices=FORMATS, default="md", help="output format (default md)")
+    parser.add_argument("--format", choices=FORMATS, default="md",
+                        help="output format (default md); csv prints one table, the invalid runs go to stderr")
     parser.add_argument("--plot", metavar="FILE.png", help="write a Pareto plot (or, with --layers, a heat map)")
     parser.add_argument("--metric", help="metric to compare (default: each run's main_metric)")
     parser.add_argument("--cost", choices=COST_TYPES, help="cost axis (default: the runs' cost_type, else memory)")
     parser.add_argument("--group_by", nargs="+", metavar="KEY",
-                        help=f"aggregate seed replicas per KEY value: argument names or {', '.join(PSEUDO_KEYS)} "
-                             "(default: every argument except seed, exp_name and output paths)")
-    parser.add_argument("--lower_is_better", action="store_true", help="the metric is a loss (lower is better)")
+                        help=f"aggregate seed replicas per KEY value: argument names or {', '.join(PSEUDO_KEYS)}; "
+                             "fixed-format runs are always kept apart by their formats (default: every argument "
+                             "except the seed and those that do not change results: names, output paths, logging, "
+                             "device)")
+    direction = parser.add_mutually_exclusive_group()
+    direction.add_argument("--lower_is_better", dest="higher_is_better", action="store_const", const=False,
+                           help="the metric is lower-is-better (default: told from its name; loss, perplexity, "
+                                "error, mse and mae are lower-is-better)")
+    direction.add_argument("--higher_is_better", dest="higher_is_better", action="store_const", const=True,
+                           help="the metric is higher-is-better, whatever its name")
     parser.add_argument("--layers", metavar="RUN", help="per-layer table of one run (run directory or exp_name)")
     return parser
 
 
-def run_report(args: argparse.Namespace) -> str:
+def check_output_file(path: Path, flag: str) -> None:
+    """`path` can be written (checked before any work): not a directory, and its nearest existing
+    ancestor is a directory in which a file can be created. Permission bits alone say nothing for
+    root, read-only mounts or /proc, so a probe file is created and removed."""
+    if path.is_dir():
+        raise ReportInputError(f"{flag} {str(path)!r} is a directory; name a .png file in it")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ReportInputError(f"{flag} {str(path)!r} cannot be written: {str(ancestor)!r} is a file, not a "
+                               "directory; choose another path")
+    try:
+        fd, probe = tempfile.mkstemp(dir=ancestor, prefix=".fliqs-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise ReportInputError(f"{flag} {str(path)!r} cannot be written: no file can be created in {str(ancestor)!r} "
+                               f"({error.strerror or error}); choose a writable location") from None
+
+
+def _write_plot(path: Path, draw: Any, *args: Any) -> None:
+    """Create the plot's directory and draw into it (atomically); an OS error is one error line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draw(*args)
+    except OSError as error:
+        raise ReportInputError(f"--plot {str(path)!r} could not be written ({error.strerror or error}); choose "
+                               "another path") from None
+
+
+@dataclass
+class Output:
+    """What the CLI prints: `text` on stdout, `messages` on stderr (one line each)."""
+
+    text: str
+    messages: list[str] = field(default_factory=list)
+
+
+def run_report(args: argparse.Namespace) -> Output:
     """Everything `main` does, minus printing; raises ReportInputError for bad input."""
     root = Path(args.output_root)
     if not root.is_dir():
         raise ReportInputError(f"OUTPUT_ROOT {str(root)!r} is not a directory; pass the --output_root_dir of the runs")
     plot_path = Path(args.plot) if args.plot else None
-    if plot_path is not None and plot_path.suffix.lower() != ".png":
-        raise ReportInputError(f"--plot {args.plot!r} must name a .png file")
+    if plot_path is not None:
+        if plot_path.suffix.lower() != ".png":
+            raise ReportInputError(f"--plot {args.plot!r} must name a .png file")
+        check_output_file(plot_path, "--plot")
     runs = load_runs(root)
     if args.layers is not None:
         given = [flag for flag, value in (("--metric", args.metric), ("--cost", args.cost),
-                                          ("--group_by", args.group_by), ("--lower_is_better", args.lower_is_better))
+                                          ("--group_by", args.group_by),
+                                          ("--lower_is_better", args.higher_is_better is False),
+                                          ("--higher_is_better", args.higher_is_better is True))
                  if value]
         if given:
             raise ReportInputError(f"--layers shows one run's layers; {', '.join(given)} do not apply, drop them")
@@ -391,31 +519,55 @@ def run_report(args: argparse.Namespace) -> str:
             if run.method != "search" or not (run.search or {}).get("decisions"):
                 raise ReportInputError(f"--plot with --layers draws decision probabilities, but {run.label} is a "
                                        f"{run.method} run without decisions; pass a search run")
-            plot_path.parent.mkdir(parents=True, exist_ok=True)
-            plot_decision_heatmap(run, plot_path)
+            _write_plot(plot_path, plot_decision_heatmap, run, plot_path)
             document.notes.append(f"heat map written to {plot_path}")
-        return render(document, args.format)
+        return Output(render(document, args.format))
     if not runs:
         raise ReportInputError(f"no run directories under {str(root)!r} (a run directory holds one of "
                                f"{', '.join(RUN_MARKERS)}); check OUTPUT_ROOT")
-    report = build_report(runs, str(root), args.metric, args.cost, args.group_by, args.lower_is_better)
+    report = build_report(runs, str(root), args.metric, args.cost, args.group_by, args.higher_is_better)
     if plot_path is not None:
-        plot_path.parent.mkdir(parents=True, exist_ok=True)
-        plot_pareto(report.rows, plot_path, report.cost_column, report.cost_label, report.higher_is_better)
+        _write_plot(plot_path, plot_pareto, report.rows, plot_path, report.cost_column, report.cost_label,
+                    report.directions)
         report.notes.append(f"plot written to {plot_path}")
-    return render(report_document(report), args.format)
+    if args.format == "csv":  # stdout stays one table: the invalid runs go to stderr
+        report.notes.append(f"{len(report.invalid)} invalid runs: on stderr, one line each")
+        return Output(render(report_document(report), args.format), invalid_lines(report))
+    return Output(render(report_document(report), args.format))
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null so that the interpreter's final flush of what could not be written
+    fails silently instead of printing a second error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (tests capture it): nothing will flush there
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: prints the report and returns 0, or prints one error line and returns 2."""
     try:
-        text = run_report(create_report_parser().parse_args(argv))
+        output = run_report(create_report_parser().parse_args(argv))
     except ReportInputError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     except SystemExit as exit_:  # --help
         return exit_.code if isinstance(exit_.code, int) else 0
-    sys.stdout.write(text)
+    for message in output.messages:
+        print(f"{PROG}: {message}", file=sys.stderr)
+    try:
+        sys.stdout.write(output.text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted
+        _silence_stdout()
+    except OSError as error:
+        _silence_stdout()
+        print(f"{PROG}: error: cannot write the report to stdout ({error.strerror or error}); redirect it to a "
+              "writable file", file=sys.stderr)
+        return 2
     return 0
 
 

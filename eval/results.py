@@ -1,14 +1,18 @@
 """Find run directories under an output root, load and validate their results.json, group runs.
 
-A run directory is one holding `results.json`, `config.json`, `output.txt` or `stdout.log`
-(docs/results_schema.md). Every directory found becomes a `RunRecord` with a status:
+A run directory is one holding `results.json`, or one holding `config.json`, `output.txt` or
+`stdout.log` without run directories below it (docs/results_schema.md): a stray log at the output
+root does not turn the root into a run, and a run's checkpoints (config.json only) are not runs.
+Every directory found becomes a `RunRecord` with a status:
 `completed`, `failed` (the run caught its own crash and says why), or `incomplete` (no
 results.json, or one that does not parse or lacks required fields: killed, still running, or a
 truncated write). Nothing found is dropped; the report lists non-completed runs with the reason.
 
-Grouping decides which runs are replicas of one setting (they differ only in seed, name and
-output paths) so that the report can aggregate them; a group whose runs differ in anything else
-carries `mismatches` so that the report can refuse to average apples with oranges.
+Grouping decides which runs are replicas of one setting (they differ only in seed, name, output
+paths, logging and device placement) so that the report can aggregate them; a group whose runs
+differ in anything else carries `mismatches`, and one with two runs of the same seed carries
+`repeated_seeds`, so that the report can refuse to average apples with oranges (or a run with
+itself).
 """
 from __future__ import annotations
 
@@ -20,18 +24,25 @@ from typing import Any, Callable, Mapping, Sequence
 
 SCHEMA_VERSION = 1
 RUN_MARKERS = ("results.json", "config.json", "output.txt", "stdout.log")
+# Files only a run directory gets (HF checkpoints and saved models inside a run hold config.json too).
+RUN_ONLY_MARKERS = ("results.json", "output.txt", "stdout.log")
+LAUNCH_HEADER = "# "  # the launcher's first line of stdout.log: `# VAR=value ... command`
 METHODS = ("search", "uniform", "float")
 GRANULARITIES = ("layer", "block", "single")
 COST_TYPES = ("memory", "compute")
 COMPLETED, FAILED, INCOMPLETE = "completed", "failed", "incomplete"
-# Arguments that differ between replicas of one setting without changing what is measured:
-# seeds, names, where outputs go, which device the launcher picked.
-REPLICA_ARGS = frozenset({
-    "seed", "data_seed", "exp_name", "run_name", "output_root_dir", "output_dir", "logging_dir",
-    "overwrite_output_dir", "cuda_visible_devices",
+# Arguments that do not change what a run measures: its name, where it writes, logs and checkpoints,
+# and which device it ran on. The launcher's --skip_completed ignores them too.
+NON_RESULT_ARGS = frozenset({
+    "exp_name", "run_name", "output_root_dir", "output_dir", "logging_dir", "overwrite_output_dir",
+    "cuda_visible_devices", "device", "report_to", "log_steps", "eval_steps", "save_strategy", "save_steps",
+    "resume_from_checkpoint", "export_dir", "gradient_checkpointing", "ddp_find_unused_parameters",
 })
-# Group keys that are not (only) CLI arguments but read from results.json itself.
-PSEUDO_KEYS = ("method", "task", "model_type", "granularity")
+# Arguments that differ between replicas of one setting: the seeds, and everything above.
+REPLICA_ARGS = NON_RESULT_ARGS | {"seed", "data_seed"}
+# Group keys that are not (only) CLI arguments but read from results.json itself. `fixed_formats`:
+# a fixed-format or float run's formats (None for a search, whose formats are its result).
+PSEUDO_KEYS = ("method", "task", "model_type", "granularity", "fixed_formats")
 _MISSING = "<missing>"
 
 
@@ -140,7 +151,8 @@ def validate_results(data: Any) -> list[str]:
     problems: list[str] = []
     if data.get("schema_version") != SCHEMA_VERSION:
         problems.append(f"schema_version is {_short(data.get('schema_version'))}, "
-                        f"this reader knows version {SCHEMA_VERSION}")
+                        f"this reader knows version {SCHEMA_VERSION}: re-run it with this version of FLIQS "
+                        "(or read it with the version that wrote it)")
     status = data.get("status")
     if status == FAILED:
         _require(data, "error", "", _is_str, "a string naming the exception", problems)
@@ -173,19 +185,30 @@ def validate_results(data: Any) -> list[str]:
     return problems
 
 
+def _find(directory: Path) -> list[Path]:
+    """Run directories at or below `directory` (see the module docstring)."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:  # unreadable: nothing to report below it
+        return []
+    files = {e.name for e in entries if not e.is_dir()}
+    if "results.json" in files:
+        return [directory]
+    below = [run for entry in sorted(entries, key=lambda e: e.name)
+             if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".")  # no link loops
+             for run in _find(Path(entry.path))]
+    if any(marker in files for marker in RUN_MARKERS):
+        runs_below = any(any((run / marker).is_file() for marker in RUN_ONLY_MARKERS) for run in below)
+        return below if runs_below else [directory]  # below: checkpoints and saved models of this run
+    return below
+
+
 def find_run_dirs(output_root: str | os.PathLike[str]) -> list[Path]:
     """Every run directory at any depth under `output_root` (or the root itself), sorted."""
     root = Path(output_root)
     if not root.is_dir():
         raise FileNotFoundError(f"output root {str(root)!r} is not a directory; pass the --output_root_dir of the runs")
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        if any(marker in filenames for marker in RUN_MARKERS):
-            found.append(Path(dirpath))
-            dirnames[:] = []  # checkpoints and saved models inside a run hold config.json too
-        else:
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-    return sorted(found)
+    return sorted(_find(root))
 
 
 def _read_config_args(run_dir: Path) -> dict[str, Any]:
@@ -197,12 +220,15 @@ def _read_config_args(run_dir: Path) -> dict[str, Any]:
 
 
 def _last_log_line(run_dir: Path) -> str | None:
+    """The run's last output line, not the launcher's `# command` header of stdout.log."""
     for name in ("stdout.log", "output.txt"):
         try:
-            lines = [ln.strip() for ln in (run_dir / name).read_text(encoding="utf-8", errors="replace").splitlines()]
+            lines = (run_dir / name).read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             continue
-        lines = [ln for ln in lines if ln]
+        if name == "stdout.log" and lines and lines[0].startswith(LAUNCH_HEADER):
+            lines = lines[1:]
+        lines = [ln.strip() for ln in lines if ln.strip()]
         if lines:
             return f"{name}: {lines[-1][:200]}"
     return None
@@ -255,6 +281,16 @@ def load_runs(output_root: str | os.PathLike[str]) -> list[RunRecord]:
     return labelled
 
 
+def formats_label(run: RunRecord) -> str:
+    """`w=int4 a=int8` when every layer has the same formats ('mixed' where they differ; '' without layers)."""
+    weight = {layer["weight_format"] for layer in run.layers.values()}
+    act = {layer["act_format"] for layer in run.layers.values()}
+    if not weight:
+        return ""
+    one = lambda formats: next(iter(formats)) if len(formats) == 1 else "mixed"  # noqa: E731
+    return f"w={one(weight)} a={one(act)}"
+
+
 def group_value(run: RunRecord, key: str) -> Any:
     """The value of group key `key` for `run`: a pseudo-key from results.json or a CLI argument."""
     if key == "method":
@@ -265,6 +301,8 @@ def group_value(run: RunRecord, key: str) -> Any:
         return run.model_type
     if key == "granularity":
         return (run.search or {}).get("granularity")
+    if key == "fixed_formats":
+        return None if run.method == "search" else formats_label(run)
     return run.args.get(key, _MISSING)
 
 
@@ -275,22 +313,29 @@ def _canonical(value: Any) -> str:
 @dataclass(frozen=True)
 class RunGroup:
     """Runs that agree on `key`. `mismatches`: argument -> value -> labels, for arguments (other
-    than REPLICA_ARGS) in which the runs still differ; empty for a clean group of replicas."""
+    than REPLICA_ARGS) in which the runs still differ; empty for a clean group of replicas.
+    `repeated_seeds`: seed -> labels, for seeds that more than one run of the group used."""
 
     key: tuple[tuple[str, str], ...]
     runs: tuple[RunRecord, ...]
     mismatches: Mapping[str, Mapping[str, list[str]]]
+    repeated_seeds: Mapping[str, list[str]] = field(default_factory=dict)
+
+
+def group_names(run: RunRecord, keys: Sequence[str] | None) -> list[str]:
+    """The group keys of `run`: `keys`, or (None) every argument outside REPLICA_ARGS and the
+    pseudo-keys. Explicit keys always get `fixed_formats` too: two uniform baselines of other
+    formats are never replicas, whatever keys (null for them, like cost_target_bits) were asked for."""
+    if keys is None:
+        return sorted(set(run.args) - REPLICA_ARGS | set(PSEUDO_KEYS))
+    return list(keys) + ([] if "fixed_formats" in keys else ["fixed_formats"])
 
 
 def group_runs(runs: Sequence[RunRecord], keys: Sequence[str] | None = None) -> list[RunGroup]:
-    """Group runs on `keys`, or (None) automatically on every argument outside REPLICA_ARGS."""
+    """Group runs on `keys` (plus fixed_formats), or (None) automatically on every argument outside REPLICA_ARGS."""
     buckets: dict[tuple[tuple[str, str], ...], list[RunRecord]] = {}
     for run in runs:
-        if keys is None:
-            names = sorted(set(run.args) - REPLICA_ARGS | set(PSEUDO_KEYS))
-        else:
-            names = list(keys)
-        key = tuple((name, _canonical(group_value(run, name))) for name in names)
+        key = tuple((name, _canonical(group_value(run, name))) for name in group_names(run, keys))
         buckets.setdefault(key, []).append(run)
     groups = []
     for key, members in buckets.items():
@@ -302,7 +347,12 @@ def group_runs(runs: Sequence[RunRecord], keys: Sequence[str] | None = None) -> 
                 by_value.setdefault(_canonical(run.args.get(name, _MISSING)), []).append(run.label)
             if len(by_value) > 1:
                 mismatches[name] = by_value
-        groups.append(RunGroup(key, tuple(members), mismatches))
+        by_seed: dict[str, list[str]] = {}
+        for run in members:
+            if "seed" in run.args:  # runs that do not record their seed cannot be told apart by it
+                by_seed.setdefault(_canonical(run.args["seed"]), []).append(run.label)
+        repeated = {seed: labels for seed, labels in by_seed.items() if len(labels) > 1}
+        groups.append(RunGroup(key, tuple(members), mismatches, repeated))
     return groups
 
 

@@ -175,6 +175,112 @@ def test_skip_completed_dry_run_lists_what_it_skips(tmp_path, fake_run, capsys):
     assert lines[3].endswith(f"--exp_name {NAME}_s2") and len(lines) == 4
 
 
+def test_completed_runs_refuse_a_launch_without_skip_or_overwrite(tmp_path, fake_run, capsys):
+    root = tmp_path / "out"
+    argv = [*TINY, "--device", "cpu", "--output_root_dir", root, "--sweep", "seed=1,2,3"]
+    assert launch(capsys, argv, run_entry=[fake_run])[0] == 0
+    (root / "digits" / f"{NAME}_s1" / "results.json").unlink()  # one run to redo, two completed
+    message = (f"eval_parallel: error: 2 runs already completed (first: {root}/digits/{NAME}_s2); pass "
+               "--skip_completed to keep them or --overwrite to run them again\n")
+    for extra in ([], ["--dry_run"]):
+        assert launch(capsys, [*argv, *extra], run_entry=[fake_run]) == (2, "", message)
+    assert len(starts(root)) == 3  # nothing started again
+    code, out, err = launch(capsys, [*argv, "--skip_completed", "--overwrite"], run_entry=[fake_run])
+    assert (code, out) == (2, "")
+    assert err == ("eval_parallel: error: --skip_completed keeps completed runs and --overwrite runs them again; give "
+                   "one of them\n")
+
+
+def test_overwrite_runs_completed_runs_again(tmp_path, fake_run, capsys):
+    root = tmp_path / "out"
+    argv = [*TINY, "--device", "cpu", "--output_root_dir", root, "--sweep", "seed=1,2"]
+    assert launch(capsys, argv, run_entry=[fake_run])[0] == 0
+    (root / "digits" / f"{NAME}_s2" / "results.json").unlink()
+    code, out, _ = launch(capsys, [*argv, "--overwrite", "--dry_run"], run_entry=[fake_run])
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("# 2 run(s), 2 to start (1 completed, to overwrite) on 1 CPU worker(s)")
+    assert lines[2] == f"# overwrite (completed): {root}/digits/{NAME}_s1" and len(lines) == 5
+    code, out, _ = launch(capsys, [*argv, "--overwrite"], run_entry=[fake_run])
+    assert code == 0 and "2 run(s): 2 done" in out
+    assert starts(root) == [f"{NAME}_s1", f"{NAME}_s2"] * 2
+
+
+def _complete_as_planned(argv: list, **changes) -> Path:
+    """Write the results.json a real run of the (single) planned experiment would leave."""
+    from eval.launch_cli import prepare
+    from tests.eval.test_results import make_results
+
+    _, [experiment], _ = prepare([str(a) for a in argv], available_gpus=[])
+    args = {**experiment.args, "device": "cpu", "rl_learning_rate": 0.05, **changes}  # resolved by the run
+    results = make_results(experiment.exp_name, args_extra=args)
+    experiment.run_dir.mkdir(parents=True)
+    (experiment.run_dir / "config.json").write_text(json.dumps(dict(experiment.args)))  # as the run started
+    (experiment.run_dir / "results.json").write_text(json.dumps(results))
+    return experiment.run_dir
+
+
+def test_skip_completed_keeps_a_run_whose_flags_only_differ_in_logging(tmp_path, capsys):
+    argv = [*TINY, "--device", "cpu", "--output_root_dir", tmp_path, "--exp_name", "mine"]
+    run_dir = _complete_as_planned(argv)
+    relaunch = [*argv, "--report_to", "tensorboard", "--log_steps", "1", "--eval_steps", "2", "--save_steps", "3"]
+    code, out, err = launch(capsys, [*relaunch, "--skip_completed", "--dry_run"])
+    assert (code, err) == (0, "")
+    assert out.splitlines()[2:] == [f"# skip (completed): {run_dir}"]
+
+
+def test_skip_completed_refuses_a_run_completed_with_other_flags(tmp_path, capsys):
+    argv = [*TINY, "--device", "cpu", "--output_root_dir", tmp_path, "--exp_name", "mine"]
+    run_dir = _complete_as_planned(argv)
+    for extra in ([], ["--dry_run"]):
+        code, out, err = launch(capsys, [*argv, "--learning_rate", "0.01", "--max_steps", "5", "--skip_completed",
+                                         *extra])
+        assert (code, out) == (2, "")
+        assert err == (f"eval_parallel: error: --skip_completed would keep {run_dir}, completed with other flags: "
+                       "learning_rate 0.001 -> 0.01, max_steps 3 -> 5; give the experiment a new exp_name to keep "
+                       "both, delete the run directory to run it again, or pass --overwrite instead of "
+                       "--skip_completed\n")
+    # The run resolved its default rl_learning_rate itself (0.05, config.json: null): a planned default
+    # matches it (the first test), a planned value is compared with what the run used.
+    code, _, err = launch(capsys, [*argv, "--rl_learning_rate", "0.1", "--skip_completed", "--dry_run"])
+    assert code == 2 and "completed with other flags: rl_learning_rate 0.05 -> 0.1;" in err
+
+
+def test_relaunching_one_seed_of_a_sweep_finds_its_completed_run(tmp_path, fake_run, capsys):
+    root = tmp_path / "out"
+    study = tmp_path / "study.yaml"
+    study.write_text("- {exp_name: float, bits: 0}\n- {exp_name: int8, bits: 8}\n")
+    argv = [*TINY, "--device", "cpu", "--output_root_dir", root, "--experiments", study]
+    assert launch(capsys, [*argv, "--sweep", "seed=0,1"], run_entry=[fake_run])[0] == 0
+    code, out, _ = launch(capsys, [*argv, "--sweep", "seed=1", "--skip_completed"], run_entry=[fake_run])
+    assert code == 0 and "2 run(s): 2 skipped" in out
+    assert sorted(p.name for p in (root / "digits").iterdir()) == \
+        ["float_seed=0", "float_seed=1", "int8_seed=0", "int8_seed=1"]
+
+
+def test_a_dry_run_plan_that_cannot_be_written_is_one_error_line(tmp_path):
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, str(REPO / "eval_parallel.py"), *TINY, "--device", "cpu",
+                               "--output_root_dir", str(tmp_path), "--sweep", "seed=0,1", "--dry_run"],
+                              cwd=REPO, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr == ("eval_parallel: error: cannot write the plan to stdout (No space left on device); "
+                           "redirect it to a writable file\n")
+
+
+def test_ctrl_c_during_the_imports_is_one_line_and_130():
+    """A KeyboardInterrupt raised while eval_parallel.py imports the launcher (torch and co. take seconds)."""
+    script = ("import runpy, sys\n"
+              "class Interrupt:\n"
+              "    def find_spec(self, name, path=None, target=None):\n"
+              "        if name == 'eval.launch_cli':\n"
+              "            raise KeyboardInterrupt\n"
+              "sys.meta_path.insert(0, Interrupt())\n"
+              f"runpy.run_path({str(REPO / 'eval_parallel.py')!r}, run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", "eval_parallel: interrupted before any run "
+                                                                    "started\n")
+
+
 @pytest.mark.parametrize("example", README_EXAMPLES)
 def test_readme_examples_plan_one_run_each(example, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -189,6 +295,12 @@ def test_readme_examples_plan_one_run_each(example, tmp_path, capsys, monkeypatc
     (["--workers", "0"], [], r"--workers must be >= 1, got 0"),
     (["--experiments", "missing.json"], [], r"--experiments 'missing.json' cannot be read: No such file"),
     (["--gpus", "7"], ["0", "1", "2", "3"], r"--gpus names GPU 7, which does not exist \(visible GPUs: 0, 1, 2, 3\)"),
+    (["--gpus", "0,1"], [], r"--gpus names GPU 0, 1, which does not exist \(no GPU is visible\); drop --gpus to run "
+                            r"on CPU workers \(--workers N runs N at a time\)$"),
+    (["--cuda_visible_devices", "0", "--device", "cpu"], [], r"--cuda_visible_devices names GPU 0, which does not "
+     r"exist \(no GPU is visible\); drop --cuda_visible_devices to run on CPU workers"),
+    (["--sweep", "seed=1", "--exp_name", "x", "--skip_completed", "--overwrite"], [],
+     r"--skip_completed keeps completed runs and --overwrite runs them again; give one of them"),
     (["--gpus_per_run", "3"], ["0", "1"], r"--gpus_per_run 3 is more than the 2 GPU\(s\) available \(0, 1\)"),
     (["--sweep", "seed"], [], r"--sweep 'seed' must look like KEY=V1,V2"),
     (["--sweep", "learning_rate=0.1,-1"], [], r"experiment 2 of 2 \(learning_rate=-1\): --learning_rate must be > 0"),
@@ -253,22 +365,24 @@ def write_sentences(path: Path, count: int) -> None:
 
 @pytest.mark.slow
 def test_real_sweep_on_two_cpu_workers_with_a_failing_run(tmp_path):
-    """Tiny real runs from another directory through the entry point: the run with a missing data file
-    fails inside the run, the other completes, the exit code is 1."""
+    """Tiny real runs from another directory through the entry point: the run with a data file without
+    the task's columns fails inside the run, the other completes, the exit code is 1. Relaunched with
+    --skip_completed, the completed run's recorded args match the plan: it is skipped."""
     write_sentences(tmp_path / "train.csv", 64)
     write_sentences(tmp_path / "valid.csv", 32)
+    (tmp_path / "bad.csv").write_text("text,label\ngood,1\n")
     argv = ["--task", "sst2", "--model_type", "bert-tiny", "--from_scratch", "--config_overrides",
             "num_hidden_layers=1,hidden_size=16,num_attention_heads=2,intermediate_size=32", "--validation_file",
             "valid.csv", "--max_steps", "3", "--train_batch_size", "16", "--max_seq_length", "16", "--search_space",
             "4,8", "--device", "cpu", "--report_to", "none", "--output_root_dir", "out",
-            "--sweep", "train_file=train.csv,missing.csv", "--workers", "2"]
+            "--sweep", "train_file=train.csv,bad.csv", "--workers", "2"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, str(REPO / "eval_parallel.py"), *argv], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     out = result.stdout
     assert result.returncode == 1, out + result.stderr
     name = "bert-tiny_search_int4-int8_layer_memory_t6b_s42"
-    runs = {f"{name}_train_file=train.csv": "completed", f"{name}_train_file=missing.csv": "failed"}
+    runs = {f"{name}_train_file=train.csv": "completed", f"{name}_train_file=bad.csv": "failed"}
     assert sorted(p.name for p in (tmp_path / "out" / "sst2").iterdir()) == sorted(runs)
     for run, status in runs.items():
         run_dir = tmp_path / "out" / "sst2" / run
@@ -280,15 +394,21 @@ def test_real_sweep_on_two_cpu_workers_with_a_failing_run(tmp_path):
         pythonpath = log.split("PYTHONPATH=", 1)[1].split(" ", 1)[0]
         assert pythonpath.split(os.pathsep) == [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
         if status == "failed":
-            assert "eval_run: error: " in log and "missing.csv" in results["error"]
+            assert "eval_run: error: " in log and "'bad.csv' lacks columns ['sentence']" in results["error"]
         else:
             assert results["args"]["train_file"] == "train.csv" and "eval_accuracy" in results["metrics"]
     # Both ran at once, one per worker.
     assert re.search(r"running .*_train_file=train.csv  \(cpu worker 0, pid \d+\)", out)
-    assert re.search(r"running .*_train_file=missing.csv  \(cpu worker 1, pid \d+\)", out)
-    assert out.index("_train_file=missing.csv  (cpu worker 1") < min(out.index(" done "), out.index(" failed "))
+    assert re.search(r"running .*_train_file=bad.csv  \(cpu worker 1, pid \d+\)", out)
+    assert out.index("_train_file=bad.csv  (cpu worker 1") < min(out.index(" done "), out.index(" failed "))
     assert "2 run(s): 1 done, 1 failed" in out
     assert re.search(rf"{name}_train_file=train.csv +done +eval_accuracy=[\d.]+ +[\d.]+ MiB", out)
+    again = subprocess.run([sys.executable, str(REPO / "eval_parallel.py"), *argv, "--skip_completed", "--dry_run"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert (again.returncode, again.stderr) == (0, ""), again.stderr
+    lines = again.stdout.splitlines()
+    assert lines[2] == f"# skip (completed): out/sst2/{name}_train_file=train.csv"
+    assert len(lines) == 4 and lines[3].endswith(f"--exp_name {name}_train_file=bad.csv")
 
 
 @pytest.mark.slow

@@ -1,7 +1,11 @@
 """README.md stays true: its test command is CI's, and every command in it parses (the hub ones
 fail fast offline with the ways out). .ci/run executes the smoke commands as written."""
+import hashlib
 import io
+import os
 import shlex
+import subprocess
+import sys
 import time
 
 import pytest
@@ -35,7 +39,8 @@ def test_launcher_commands_plan_cleanly(command, tmp_path, monkeypatch):
     argv = shlex.split(command)[2:]
     out = io.StringIO()
     gpus = ["0", "1", "2", "3"] if "--gpus" in argv else []  # a GPU machine for the GPU examples, else CPU
-    code = launcher_main([*argv, "--dry_run"], available_gpus=gpus, out=out)
+    # A fresh output root: completed runs from a local Quickstart in output/ would refuse the plan.
+    code = launcher_main([*argv, "--output_root_dir", str(tmp_path), "--dry_run"], available_gpus=gpus, out=out)
     assert code == 0, out.getvalue()
     assert "-m eval.eval_run" in out.getvalue()
 
@@ -77,3 +82,49 @@ def test_examples_script_plans_cleanly(monkeypatch):
     out = io.StringIO()
     assert launcher_main([*argv[2:], "--dry_run"], available_gpus=[], out=out) == 0
     assert out.getvalue().count("-m eval.eval_run") == 36
+
+
+def _fake_launcher_path(tmp_path):
+    """PATH with a `python` that skips `python eval_parallel.py ...` (the study) and runs everything else."""
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "python").write_text(f'#!/bin/sh\n[ "$1" = eval_parallel.py ] && exit 0\nexec {sys.executable} "$@"\n')
+    (shim / "python").chmod(0o755)
+    return f"{shim}{os.pathsep}{os.environ['PATH']}"
+
+
+def _docs_digest():
+    return {name: hashlib.sha256((ROOT / "docs" / name).read_bytes()).hexdigest()
+            for name in ("pareto_digits.md", "pareto_digits.png")}
+
+
+@pytest.mark.parametrize("script", ["pareto_digits", "pareto_text"])
+def test_examples_script_writes_its_report_next_to_another_output_root(tmp_path, script):
+    from tests.eval.test_results import make_results, write_run
+
+    out = tmp_path / "study"
+    write_run(out, make_results("float_seed=0", method="float"))
+    before = _docs_digest()
+    env = dict(os.environ, PATH=_fake_launcher_path(tmp_path))
+    done = subprocess.run(["bash", str(ROOT / "examples" / f"{script}.sh"), str(out)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = (out / f"{script}.md").read_text()
+    assert report.startswith(f"# FLIQS results: {out}") and done.stdout == report
+    assert (out / f"{script}.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in out.iterdir()) == ["digits", f"{script}.md", f"{script}.png"]
+    assert _docs_digest() == before  # docs/ is the default study's, not this one's
+
+
+def test_examples_script_keeps_the_previous_report_when_the_report_fails(tmp_path):
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "pareto_digits.md").write_text("previous report\n")
+    env = dict(os.environ, PATH=_fake_launcher_path(tmp_path))
+    done = subprocess.run(["bash", str(ROOT / "examples" / "pareto_digits.sh"), str(out)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr == f"python -m eval.eval_parse: error: no run directories under '{out}' (a run directory " \
+        "holds one of results.json, config.json, output.txt, stdout.log); check OUTPUT_ROOT\n"
+    assert sorted(p.name for p in out.iterdir()) == ["pareto_digits.md"]  # no temporary file left
+    assert (out / "pareto_digits.md").read_text() == "previous report\n"

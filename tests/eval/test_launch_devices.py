@@ -25,9 +25,11 @@ def test_select_gpus():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"num_gpus": 5}, r"--num_gpus 5 asks for more GPUs than there are \(visible GPUs: 0, 1, 2, 3\)"),
+    ({"num_gpus": 5}, r"^--num_gpus 5 asks for more GPUs than there are \(visible GPUs: 0, 1, 2, 3\); give at most "
+                      r"--num_gpus 4$"),
     ({"num_gpus": 0}, r"--num_gpus must be >= 1, got 0"),
-    ({"gpus": [0, 7]}, r"--gpus names GPU 7, which does not exist \(visible GPUs: 0, 1, 2, 3\)"),
+    ({"gpus": [0, 7]}, r"^--gpus names GPU 7, which does not exist \(visible GPUs: 0, 1, 2, 3\); use indices below "
+                       r"4$"),
     ({"gpus": [1], "num_gpus": 1}, r"--num_gpus and --gpus both pick GPUs; give one of them"),
 ])
 def test_select_gpus_errors(kwargs, message):
@@ -38,8 +40,12 @@ def test_select_gpus_errors(kwargs, message):
 def test_select_gpus_names_the_physical_ids_behind_indices():
     with pytest.raises(LaunchError, match=r"names GPU 2, which does not exist \(visible GPUs: 0 \(5\), 1 \(2\)\)"):
         select_gpus(["5", "2"], gpus=[2])
-    with pytest.raises(LaunchError, match=r"--gpus names GPU 0, which does not exist \(no GPU is visible\)"):
-        select_gpus([], gpus=[0])
+    with pytest.raises(LaunchError, match=r"^--gpus names GPU 0, 1, which does not exist \(no GPU is visible\); drop "
+                       r"--gpus to run on CPU workers \(--workers N runs N at a time\)$"):
+        select_gpus([], gpus=[0, 1])
+    with pytest.raises(LaunchError, match=r"^--num_gpus 1 asks for more GPUs than there are \(no GPU is visible\); "
+                       r"drop --num_gpus to run on CPU workers \(--workers N runs N at a time\)$"):
+        select_gpus([], num_gpus=1)
 
 
 @pytest.mark.parametrize("text", ["a", "0,,1", "-1", "1,1"])
@@ -113,7 +119,11 @@ def test_choose_resources_puts_cpu_runs_on_workers_and_the_rest_on_gpus():
 
 @pytest.mark.parametrize("devices, visible, kwargs, message", [
     (["cuda"], [], {}, r"experiment 1 asks for --device cuda but no GPU is visible; use --device cpu"),
-    ([None], [], {"gpus_per_run": 2}, r"--gpus_per_run 2 needs GPU runs, but no GPU is visible"),
+    ([None], [], {"gpus_per_run": 2}, r"^--gpus_per_run 2 needs GPU runs, but no GPU is visible; drop --gpus_per_run "
+                                      r"to run on CPU workers$"),
+    (["cpu"], [], {"gpus": "0", "gpus_flag": "--cuda_visible_devices"},
+     r"^--cuda_visible_devices names GPU 0, which does not exist \(no GPU is visible\); drop --cuda_visible_devices "
+     r"to run on CPU workers \(--workers N runs N at a time\)$"),
     (["cpu"], FOUR, {"gpus_per_run": 2}, r"--gpus_per_run 2 needs GPU runs, but every run has --device cpu"),
     ([None], FOUR, {"workers": 2}, r"--workers sets how many CPU runs go in parallel, but every run uses a GPU "
                                    r"\(0, 1, 2, 3\); add --device cpu"),

@@ -136,3 +136,42 @@ def test_cuda_visible_devices_in_the_run_flags_is_taken_out_for_the_launcher():
     [experiment] = plan_experiments([*BASE, "--cuda_visible_devices", "1,3"])
     assert experiment.cuda_visible_devices == "1,3"
     assert "--cuda_visible_devices" not in experiment.argv
+
+
+def test_names_do_not_depend_on_the_rest_of_the_launch():
+    """Relaunching one value of a sweep names the run as the full sweep did."""
+    entries = [{"exp_name": "float", "bits": 0}, {"exp_name": "int4", "bits": 4}]
+    full = plan_experiments(BASE, [parse_sweep("seed=0,1")], entries)
+    assert [e.exp_name for e in full] == ["float_seed=0", "float_seed=1", "int4_seed=0", "int4_seed=1"]
+    again = plan_experiments(BASE, [parse_sweep("seed=1")], entries[:1])
+    assert [(e.exp_name, e.run_dir) for e in again] == [("float_seed=1", full[1].run_dir)]
+    # A default name shows the seed already; a swept flag it does not show is always appended.
+    assert [e.exp_name for e in plan_experiments(BASE, [parse_sweep("seed=1")])] == [f"{SEARCH}_s1"]
+    assert [e.exp_name for e in plan_experiments(BASE, [parse_sweep("learning_rate=0.01")])] == \
+        [f"{SEARCH}_s42_learning_rate=0.01"]
+    assert [e.exp_name for e in plan_experiments([*BASE, "--exp_name", "mine"], [parse_sweep("seed=3")])] == \
+        ["mine_seed=3"]
+
+
+@pytest.mark.parametrize("key, base, other", [
+    ("seed", [], "7"), ("model_type", [], "resnet50"), ("search", ["--bits", "8"], "true"), ("bits", [], "4"),
+    ("weight_bits", [], "4"), ("activation_bits", ["--weight_bits", "8"], "4"), ("search_space", [], "2,8"),
+    ("single_decision", [], "true"), ("block_search", [], "true"),
+    ("weight_only_search", ["--search"], "true"), ("cost_type", [], "compute"),
+    ("cost_target", [], "1.5"), ("cost_target_bits", [], "5"),
+])
+def test_default_name_keys_are_shown_by_the_default_name(key, base, other):
+    """A key in DEFAULT_NAME_KEYS is not appended to default names: it must change them itself."""
+    from eval.launch_plan import DEFAULT_NAME_KEYS
+
+    assert key in DEFAULT_NAME_KEYS and len(DEFAULT_NAME_KEYS) == 13
+    [plain] = plan_experiments([*BASE, *base])
+    [changed] = plan_experiments([*BASE, *([] if key == "search" else base)], [SweepAxis(key, (other,))])
+    assert changed.exp_name != plain.exp_name and f"{key}=" not in changed.exp_name
+
+
+def test_the_plan_records_each_run_args_as_results_json_will():
+    [experiment] = plan_experiments([*BASE, "--learning_rate", "0.01"])
+    assert experiment.args["learning_rate"] == 0.01 and experiment.args["exp_name"] == f"{SEARCH}_s42"
+    assert experiment.args["search_formats"] == ["int4", "int8"] and experiment.args["mode"] == "search"
+    assert experiment.args["cuda_visible_devices"] is None

@@ -90,3 +90,17 @@ def test_a_closed_stdout_silences_the_board_instead_of_raising():
     board.event(queued, [queued])
     board.write("summary\n")
     board.close()
+
+
+def test_a_full_stdout_silences_the_board_with_one_line_on_stderr(capsys):
+    class FullDisk(io.StringIO):
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+    board = StatusBoard(FullDisk(), total=1, tty=False)
+    queued = job(1, "a", QUEUED)
+    board.event(queued, [queued])
+    board.write("summary\n")
+    assert board.closed
+    assert capsys.readouterr().err == ("eval_parallel: the status board cannot be written (No space left on device); "
+                                       "the runs go on, each with its output in RUN_DIR/stdout.log\n")

@@ -84,3 +84,15 @@ def test_interpolate_uniform_line_on_hand_checked_points():
     assert interpolate_uniform_line([(3.0, 0.7)], 3.0) == 0.7
     # Lower is better (a loss): the line runs through the lowest losses.
     assert interpolate_uniform_line([(2.0, 2.0), (4.0, 1.0), (4.0, 1.5)], 3.0, higher_is_better=False) == 1.5
+
+
+@pytest.mark.parametrize("name, higher", [
+    ("eval_accuracy", True), ("eval_f1", True), ("eval_matthews_correlation", True), ("eval_pearson", True),
+    ("eval_loss", False), ("eval_perplexity", False), ("eval_ppl", False), ("test_error_rate", False),
+    ("eval_mse", False), ("eval_MAE", False), ("eval_rmse", False), ("eval_wer", False),
+    ("eval_stderr", True),  # a word of the name must match, not a part of one
+])
+def test_metric_direction_from_its_name(name, higher):
+    from eval.pareto import metric_higher_is_better
+
+    assert metric_higher_is_better(name) is higher

@@ -13,6 +13,7 @@ import pytest
 
 from eval.report import aggregate, main
 from tests.eval.test_results import make_failed, make_results, write_run
+from tests.readme_commands import readme_commands
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -111,17 +112,30 @@ def test_markdown_report(sweep, capsys):
 
 
 def test_csv_report_parses_back_exactly(sweep, capsys):
-    code, out, _ = run_cli([sweep, "--format", "csv"], capsys)
+    code, out, err = run_cli([sweep, "--format", "csv"], capsys)
     assert code == 0
-    notes, (rows, invalid) = parse_csv(out)
+    notes, (rows,) = parse_csv(out)  # one table: the invalid runs are not folded into it
     assert any(note.startswith("grouped automatically") for note in notes)
+    assert notes[-1] == "4 invalid runs: on stderr, one line each"
     for row in rows:
         method, memory, memory_std, value, std, n, pareto = EXPECTED[row["run"]]
         assert (row["method"], _num(row["memory_mib"]), _num(row["memory_mib_std"])) == (method, memory, memory_std)
         assert (_num(row["value"]), _num(row["std"]), int(row["n"]), row["pareto"] == "yes") == (value, std, n, pareto)
     assert float(rows[1]["ratio"]) == 1.25 / 1.2  # csv keeps full precision
-    assert {row["run"]: row["status"] for row in invalid} == EXPECTED_INVALID
-    assert list(invalid[0]) == ["run", "status", "reason", "path"]
+    lines = err.splitlines()
+    assert len(lines) == 4 and all(line.startswith("python -m eval.eval_parse: invalid run ") for line in lines)
+    statuses = {line.split(" invalid run ")[1].split(" (")[0]: line.split(" (")[1].split(")")[0] for line in lines}
+    assert statuses == EXPECTED_INVALID
+    assert ("python -m eval.eval_parse: invalid run failed_run (failed): RuntimeError: CUDA out of memory "
+            f"[{sweep}/digits/failed_run]") in lines
+
+
+def test_csv_is_one_table_for_pandas(sweep, capsys):
+    pandas = pytest.importorskip("pandas")
+    code, out, _ = run_cli([sweep, "--format", "csv"], capsys)
+    table = pandas.read_csv(io.StringIO(out), comment="#")
+    assert code == 0 and list(table["run"]) == list(EXPECTED)
+    assert list(table["n"]) == [1, 1, 3, 1, 1]
 
 
 def test_json_report_parses_back_exactly(sweep, capsys):
@@ -177,18 +191,57 @@ def test_aggregate_mean_and_sample_std():
         aggregate([])
 
 
-def test_group_by_lists_mismatched_runs(sweep, capsys):
+def test_group_by_keeps_uniform_baselines_of_other_formats_apart(sweep, capsys):
     code, out, _ = run_cli([sweep, "--group_by", "cost_target", "method", "--format", "json"], capsys)
     assert code == 0
     report = json.loads(out)
     assert report["group_by"] == ["cost_target", "method"]
     assert [row["run"] for row in report["rows"]] == \
-        ["search_t1.2_s0", "search_t1.5_s0, search_t1.5_s1, search_t1.5_s2", "float_s0"]
+        ["uniform_w4_s0", "search_t1.2_s0", "search_t1.5_s0, search_t1.5_s1, search_t1.5_s2", "uniform_w8_s0",
+         "float_s0"]
+    assert not any(row["status"] == "mismatched_args" for row in report["invalid"])
+    assert any(note.startswith("grouped by cost_target, method (and, for fixed-format runs, their formats): runs "
+                               "that agree") for note in report["notes"])
+
+
+def test_group_by_lists_mismatched_runs(sweep, capsys):
+    code, out, _ = run_cli([sweep, "--group_by", "method", "--format", "json"], capsys)
+    report = json.loads(out)
     mismatched = {row["run"]: row["reason"] for row in report["invalid"] if row["status"] == "mismatched_args"}
-    assert set(mismatched) == {"uniform_w4_s0", "uniform_w8_s0"}
-    assert "differ in weight_bits (4: uniform_w4_s0; 8: uniform_w8_s0)" in mismatched["uniform_w4_s0"]
-    assert "add those keys to --group_by" in mismatched["uniform_w4_s0"]
-    assert any(note.startswith("grouped by cost_target, method: runs that agree") for note in report["notes"])
+    assert code == 0 and set(mismatched) == {"search_t1.2_s0", "search_t1.5_s0", "search_t1.5_s1", "search_t1.5_s2"}
+    assert mismatched["search_t1.2_s0"] == (
+        'grouped on method="search", fixed_formats=null with runs that differ in cost_target (1.2: search_t1.2_s0; '
+        "1.5: search_t1.5_s0, search_t1.5_s1, search_t1.5_s2); add those keys to --group_by, or rerun the sweep "
+        "with matching arguments")
+
+
+def _readme_csv_command() -> list[str]:
+    [command] = [c for c in readme_commands() if c.startswith("python -m eval.eval_parse output --format csv")]
+    return command.split()[4:]
+
+
+def test_the_readme_csv_command_gives_every_baseline_a_row(tmp_path, capsys):
+    """Uniform baselines share cost_target_bits=null and differ in their formats: one row each."""
+    root = tmp_path / "output"
+    for seed in (0, 1):
+        for bits in (2, 4, 8):
+            write_run(root, make_results(f"uniform_int{bits}_seed={seed}", method="uniform", weight_bits=bits,
+                                         seed=seed, memory_mib=bits / 4, gbops=bits, args_extra={"bits": str(bits)}))
+        write_run(root, make_results(f"float_seed={seed}", method="float", seed=seed, memory_mib=8.0, gbops=64.0))
+        for target in (3.0, 4.0):
+            write_run(root, make_results(f"fliqs_t{target:g}_seed={seed}", seed=seed, memory_mib=target / 4,
+                                         gbops=target, args_extra={"cost_target_bits": target}))
+    code, out, err = run_cli([root, *_readme_csv_command()], capsys)
+    assert (code, err) == (0, "")
+    notes, (rows,) = parse_csv(out)
+    assert [(row["run"], row["method"], row["formats"], row["n"], row["gbops"]) for row in rows] == [
+        ("uniform_int2_seed=0, uniform_int2_seed=1", "uniform", "w=int2 a=int8", "2", "2.0"),
+        ("fliqs_t3_seed=0, fliqs_t3_seed=1", "search", "w=mixed a=mixed", "2", "3.0"),
+        ("fliqs_t4_seed=0, fliqs_t4_seed=1", "search", "w=mixed a=mixed", "2", "4.0"),
+        ("uniform_int4_seed=0, uniform_int4_seed=1", "uniform", "w=int4 a=int8", "2", "4.0"),
+        ("uniform_int8_seed=0, uniform_int8_seed=1", "uniform", "w=int8 a=int8", "2", "8.0"),
+        ("float_seed=0, float_seed=1", "float", "w=none a=none", "2", "64.0")]
+    assert notes[-1] == "0 invalid runs: on stderr, one line each"
 
 
 def test_group_by_learning_rate_mismatch_in_a_seed_sweep(tmp_path, capsys):
@@ -204,13 +257,178 @@ def test_group_by_learning_rate_mismatch_in_a_seed_sweep(tmp_path, capsys):
     assert [(row["run"], row["n"]) for row in json.loads(out)["rows"]] == [("s0, s1", 2), ("s2", 1)]
 
 
-def test_metric_flag_and_lower_is_better(sweep, capsys):
-    code, out, _ = run_cli([sweep, "--metric", "eval_loss", "--lower_is_better", "--format", "json"], capsys)
+@pytest.mark.parametrize("flags", [[], ["--lower_is_better"]])
+def test_a_loss_metric_is_lower_is_better(sweep, capsys, flags):
+    code, out, _ = run_cli([sweep, "--metric", "eval_loss", *flags, "--format", "json"], capsys)
     assert code == 0
-    rows = {row["run"]: row for row in json.loads(out)["rows"]}
+    report = json.loads(out)
+    rows = {row["run"]: row for row in report["rows"]}
+    assert report["higher_is_better"] == {"eval_loss": False}
     assert rows["uniform_w8_s0"]["metric"] == "eval_loss"
     assert rows["uniform_w8_s0"]["value"] == 0.125 and rows["uniform_w8_s0"]["pareto"] is False
     assert rows["float_s0"]["pareto"] is True and rows["uniform_w4_s0"]["pareto"] is True
+    # Loss 0.375 at 1.25 MiB against the uniform line 0.5 -> 0.125 over 1 -> 2 MiB (0.40625 there): better.
+    assert rows["search_t1.2_s0"]["vs_uniform"] == pytest.approx(0.40625 - 0.375)
+    source = ("as --higher_is_better/--lower_is_better says" if flags else "from the name: loss, perplexity, error, "
+              "mse, mae mean lower is better; --higher_is_better or --lower_is_better overrides it")
+    assert report["notes"][1].startswith(f"metric: eval_loss: eval_loss (lower is better), {source}; cost: ")
+
+
+def test_higher_is_better_overrides_the_name(sweep, capsys):
+    code, out, _ = run_cli([sweep, "--metric", "eval_loss", "--higher_is_better", "--format", "json"], capsys)
+    report = json.loads(out)
+    rows = {row["run"]: row for row in report["rows"]}
+    assert code == 0 and report["higher_is_better"] == {"eval_loss": True}
+    assert rows["uniform_w8_s0"]["pareto"] is False and rows["uniform_w4_s0"]["pareto"] is True
+    # The higher "loss" of INT4 now dominates INT8: one baseline left, no line to compare a search with.
+    assert rows["search_t1.2_s0"]["vs_uniform"] is None
+    code, _, err = run_cli([sweep, "--lower_is_better", "--higher_is_better"], capsys)
+    assert code == 2 and err == ("python -m eval.eval_parse: error: argument --higher_is_better: not allowed with "
+                                 "argument --lower_is_better\n")
+
+
+def test_non_finite_numbers_are_null_in_json(tmp_path, capsys):
+    results = make_results("search_nan", cost_target=1.0)
+    results["search"]["decisions"]["fc"]["probabilities"]["int2"] = float("nan")
+    results["cost"]["target"] = float("nan")
+    results["cost"]["ratio"] = float("inf")
+    write_run(tmp_path, results)
+    code, out, err = run_cli([tmp_path, "--format", "json"], capsys)
+    assert (code, err) == (0, "")
+    [row] = json.loads(out)["rows"]
+    assert (row["cost_target"], row["ratio"]) == (None, None)
+    code, out, err = run_cli([tmp_path, "--layers", "search_nan", "--format", "json"], capsys)
+    report = json.loads(out)
+    assert (code, err) == (0, "") and report["layers"][1]["p_int2"] is None
+    assert report["decisions"]["fc"]["probabilities"]["int2"] is None and report["cost"]["target"] is None
+
+
+def test_a_repeated_seed_is_flagged_not_averaged(tmp_path, capsys):
+    for name, seed, metric in (("float_seed=0", 0, 0.5), ("float_seed=1", 1, 0.75), ("float", 1, 0.75)):
+        write_run(tmp_path, make_results(name, method="float", seed=seed, metric=metric))
+    code, out, _ = run_cli([tmp_path, "--format", "json"], capsys)
+    report = json.loads(out)
+    assert code == 0 and report["rows"] == []
+    assert [(row["run"], row["status"]) for row in report["invalid"]] == \
+        [("float", "repeated_seed"), ("float_seed=0", "repeated_seed"), ("float_seed=1", "repeated_seed")]
+    assert report["invalid"][0]["reason"] == (
+        "runs of one setting share a seed (seed 1: float, float_seed=1): the same run twice (relaunched under another "
+        "name?), not replicas; delete the duplicate run directory or give the runs distinct seeds")
+
+
+def test_replicas_split_by_a_flag_get_a_note(tmp_path, capsys):
+    for seed, lr in ((0, 1e-3), (1, 1e-3), (2, 1e-2)):
+        write_run(tmp_path, make_results(f"float_seed={seed}", method="float", seed=seed,
+                                         args_extra={"learning_rate": lr}))
+    code, out, _ = run_cli([tmp_path, "--format", "json"], capsys)
+    report = json.loads(out)
+    assert code == 0 and [(row["run"], row["n"]) for row in report["rows"]] == \
+        [("float_seed=0, float_seed=1", 2), ("float_seed=2", 1)]
+    assert report["notes"][-1] == (
+        "digits/float: runs named alike apart from the seed are in 2 groups, not aggregated, because they differ in "
+        "learning_rate (0.001: float_seed=0; 0.01: float_seed=2); rerun them with matching flags to aggregate them")
+
+
+def test_sweep_without_splits_has_no_split_note(sweep, capsys):
+    code, out, _ = run_cli([sweep, "--format", "json"], capsys)
+    assert code == 0 and not any("named alike" in note for note in json.loads(out)["notes"])
+
+
+@pytest.mark.parametrize("plot, message", [
+    ("/proc/x.png", "--plot '/proc/x.png' cannot be written: no file can be created in '/proc' (No such file or "
+                    "directory); choose a writable location"),
+    ("{tmp}/afile/x.png", "--plot '{tmp}/afile/x.png' cannot be written: '{tmp}/afile' is a file, not a directory; "
+                          "choose another path"),
+    ("{tmp}/afile/deeper/x.png", "--plot '{tmp}/afile/deeper/x.png' cannot be written: '{tmp}/afile' is a file, "
+                                 "not a directory; choose another path"),
+    ("{tmp}/adir.png", "--plot '{tmp}/adir.png' is a directory; name a .png file in it"),
+])
+def test_a_plot_path_that_cannot_be_written_is_one_error_line(sweep, tmp_path, capsys, plot, message):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir.png").mkdir()
+    for extra in ([], ["--layers", "search_t1.2_s0"]):
+        code, out, err = run_cli([sweep, "--plot", plot.format(tmp=tmp_path), *extra], capsys)
+        assert (code, out) == (2, "")
+        assert err == f"python -m eval.eval_parse: error: {message.format(tmp=tmp_path)}\n"
+
+
+def test_the_plot_is_written_atomically(sweep, tmp_path, capsys, monkeypatch):
+    import eval.pareto
+
+    plot = tmp_path / "pareto.png"
+    plot.write_bytes(b"old plot")
+
+    def broken_savefig(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", broken_savefig)
+    code, out, err = run_cli([sweep, "--plot", plot], capsys)
+    assert (code, out) == (2, "")
+    assert err == (f"python -m eval.eval_parse: error: --plot '{plot}' could not be written (No space left on "
+                   "device); choose another path\n")
+    assert plot.read_bytes() == b"old plot" and sorted(p.name for p in tmp_path.iterdir()) == ["out", "pareto.png"]
+    assert eval.pareto.save_figure  # the one writer of every plot
+
+
+@pytest.mark.parametrize("args", [[], ["--format", "csv"], ["--format", "json"]])
+def test_stdout_that_cannot_be_written_is_one_error_line(sweep, args):
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "eval.eval_parse", str(sweep), *args], cwd=REPO_ROOT,
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2
+    assert lines[-1] == ("python -m eval.eval_parse: error: cannot write the report to stdout (No space left on "
+                         "device); redirect it to a writable file")
+    assert all(line.startswith("python -m eval.eval_parse: ") for line in lines)  # no traceback
+
+
+RESNET18_LAYERS = ["resnet.embedder.embedder.convolution"] + [
+    f"resnet.encoder.stages.{stage}.layers.{block}.{part}"
+    for stage in range(4) for block in range(2)
+    for part in ("layer.0.convolution", "layer.1.convolution") + (("shortcut.convolution",)
+                                                                   if stage and not block else ())] + ["classifier.1"]
+
+
+def test_heat_map_of_resnet18_fits_every_label(tmp_path):
+    import warnings
+
+    from matplotlib.image import imread
+
+    from eval.report import plot_decision_heatmap
+    from eval.results import load_run
+
+    results = make_results("resnet18_search_int2-int4-fp4_e2m1-fp8_e4m3-int8_layer_memory_t3b_s0")
+    space = ["int2", "int4", "fp4_e2m1", "fp8_e4m3", "int8"]
+    results["search"]["search_space"] = space
+    results["search"]["decisions"] = {name: {"layers": [name], "format": "int4",
+                                             "probabilities": {f: 0.2 for f in space}} for name in RESNET18_LAYERS}
+    run = load_run(write_run(tmp_path, results))
+    drawn = {}
+
+    def keep(figure, path, **kwargs):
+        drawn["figure"] = figure
+        save_figure(figure, path, **kwargs)
+
+    from eval import report
+    save_figure = report.save_figure
+    report.save_figure = keep
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # e.g. "Tight layout not applied"
+            plot_decision_heatmap(run, tmp_path / "heat.png")
+    finally:
+        report.save_figure = save_figure
+    figure = drawn["figure"]
+    figure.canvas.draw()  # lays it out again at the figure's own dpi, where the extents are measured
+    renderer = figure.canvas.get_renderer()
+    box = figure.bbox
+    texts = [t for ax in figure.axes for t in ax.get_yticklabels() + [ax.yaxis.label, ax.title] if t.get_text()]
+    assert {t.get_text() for t in texts} >= set(RESNET18_LAYERS) | {"probability"}
+    for text in texts:  # every label whole, inside the image
+        extent = text.get_window_extent(renderer)
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1 and box.y0 <= extent.y0 and extent.y1 <= box.y1, \
+            text.get_text()
+    assert imread(tmp_path / "heat.png").shape[0] > 300
 
 
 @pytest.mark.parametrize("args, message", [

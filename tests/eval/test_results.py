@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from eval.results import (COMPLETED, FAILED, INCOMPLETE, available_group_keys, find_run_dirs, group_runs,
-                          group_value, load_run, load_runs, validate_results)
+from eval.results import (COMPLETED, FAILED, INCOMPLETE, REPLICA_ARGS, available_group_keys, find_run_dirs,
+                          group_runs, group_value, load_run, load_runs, validate_results)
 
 SEARCH_SPACE = ["int2", "int4", "int8"]
 
@@ -92,7 +92,10 @@ def test_valid_results_have_no_problems():
     (lambda d: d.pop("main_metric"), "missing main_metric"),
     (lambda d: d.update(main_metric="eval_f1"),
      "main_metric 'eval_f1' is not in metrics (has: eval_accuracy, eval_loss)"),
-    (lambda d: d.update(schema_version=2), "schema_version is 2, this reader knows version 1"),
+    (lambda d: d.update(schema_version=2), "schema_version is 2, this reader knows version 1: re-run it with this "
+     "version of FLIQS (or read it with the version that wrote it)"),
+    (lambda d: d.pop("schema_version"), "schema_version is None, this reader knows version 1: re-run it with this "
+     "version of FLIQS (or read it with the version that wrote it)"),
     (lambda d: d.update(status="running"), "status is 'running', expected 'completed' or 'failed'"),
     (lambda d: d.update(method="random"), "method is 'random', expected one of ('search', 'uniform', 'float')"),
     (lambda d: d["cost"].update(target=None), "cost.target is None, expected a number"),
@@ -131,6 +134,30 @@ def test_find_run_dirs_any_depth_and_not_inside_runs(tmp_path):
     assert find_run_dirs(deep) == [deep]
 
 
+@pytest.mark.parametrize("stray", ["stdout.log", "config.json", "output.txt"])
+def test_a_stray_file_at_the_root_does_not_hide_the_runs_below(tmp_path, stray):
+    (tmp_path / stray).write_text("{}")
+    done = write_run(tmp_path, make_results(exp_name="done"))
+    started = tmp_path / "digits" / "started"
+    started.mkdir()
+    (started / "config.json").write_text("{}")  # a run that has not written anything else yet
+    assert find_run_dirs(tmp_path) == [done, started]
+    # With results.json the root is a run itself (and what is below it is its own).
+    (tmp_path / "results.json").write_text("{}")
+    assert find_run_dirs(tmp_path) == [tmp_path]
+
+
+def test_an_incomplete_run_with_checkpoints_is_one_run(tmp_path):
+    run = tmp_path / "digits" / "run"
+    for inner in ("checkpoint-10", "final_model"):
+        (run / inner).mkdir(parents=True)
+        (run / inner / "config.json").write_text("{}")
+    (run / "config.json").write_text("{}")
+    assert find_run_dirs(tmp_path) == [run]
+    (run / "stdout.log").write_text("# CUDA_VISIBLE_DEVICES= python -u -m eval.eval_run\n")
+    assert find_run_dirs(tmp_path) == [run]
+
+
 def test_find_run_dirs_missing_root(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a directory; pass the --output_root_dir"):
         find_run_dirs(tmp_path / "nope")
@@ -154,6 +181,15 @@ def test_load_run_statuses(tmp_path):
     killed = load_run(write_run(tmp_path, None, exp_name="killed", log="step 1\nstep 2 loss 0.4\n\n"))
     assert killed.status == INCOMPLETE
     assert killed.reason == "no results.json (killed or still running); last log line output.txt: step 2 loss 0.4"
+
+    header = "# CUDA_VISIBLE_DEVICES=0 python -u -m eval.eval_run --seed 1\n"
+    launched = write_run(tmp_path, None, exp_name="launched", log="")
+    (launched / "output.txt").unlink()
+    (launched / "stdout.log").write_text(header)
+    assert load_run(launched).reason == "no results.json (killed or still running)"
+    (launched / "stdout.log").write_text(header + "step 3 loss 0.2\n")
+    assert load_run(launched).reason == \
+        "no results.json (killed or still running); last log line stdout.log: step 3 loss 0.2"
 
     bad = make_results(exp_name="bad")
     del bad["cost"]["gbops"], bad["metrics"]
@@ -192,16 +228,49 @@ def test_group_runs_automatic_groups_seed_replicas_only(tmp_path):
 def test_group_runs_by_keys_reports_mismatched_arguments(tmp_path):
     runs = _runs(tmp_path, [("a_s0", 0, 5e-5), ("a_s1", 1, 5e-5), ("b_s0", 0, 1e-4)])
     (group,) = group_runs(runs, ["cost_target", "method"])
-    assert group.key == (("cost_target", "1.5"), ("method", '"search"'))
+    assert group.key == (("cost_target", "1.5"), ("method", '"search"'), ("fixed_formats", "null"))
     assert group.mismatches == {"learning_rate": {"5e-05": ["a_s0", "a_s1"], "0.0001": ["b_s0"]}}
+
+
+def test_explicit_keys_keep_fixed_formats_apart(tmp_path):
+    """Uniform baselines share cost_target_bits=null: grouping by it must not make INT4 and INT8 replicas."""
+    for name, bits, seed in (("u4_s0", 4, 0), ("u4_s1", 4, 1), ("u8_s0", 8, 0)):
+        write_run(tmp_path, make_results(name, method="uniform", weight_bits=bits, seed=seed,
+                                         args_extra={"cost_target_bits": None}))
+    write_run(tmp_path, make_results("float_s0", method="float", args_extra={"cost_target_bits": None}))
+    groups = group_runs(load_runs(tmp_path), ["method", "cost_target_bits"])
+    assert [[run.label for run in group.runs] for group in groups] == [["float_s0"], ["u4_s0", "u4_s1"], ["u8_s0"]]
+    assert all(not group.mismatches and not group.repeated_seeds for group in groups)
+    assert groups[1].key == (("method", '"uniform"'), ("cost_target_bits", "null"),
+                             ("fixed_formats", '"w=int4 a=int8"'))
+
+
+def test_replicas_may_differ_in_logging_and_placement(tmp_path):
+    extras = [{"report_to": "tensorboard", "log_steps": 20, "eval_steps": None, "device": "cuda",
+               "save_strategy": "no", "save_steps": 500},
+              {"report_to": "none", "log_steps": 5, "eval_steps": 10, "device": "cpu", "save_strategy": "steps",
+               "save_steps": 10}]
+    for seed, extra in enumerate(extras):
+        write_run(tmp_path, make_results(f"a_s{seed}", seed=seed, args_extra=extra))
+    (group,) = group_runs(load_runs(tmp_path))
+    assert [run.label for run in group.runs] == ["a_s0", "a_s1"] and not group.mismatches
+    assert {"report_to", "log_steps", "eval_steps", "device", "cuda_visible_devices", "save_strategy", "save_steps",
+            "seed"} <= REPLICA_ARGS
+
+
+def test_a_group_with_a_repeated_seed_says_so(tmp_path):
+    for name, seed in (("float_seed=0", 0), ("float_seed=1", 1), ("float", 1)):
+        write_run(tmp_path, make_results(name, method="float", seed=seed))
+    (group,) = group_runs(load_runs(tmp_path))
+    assert group.repeated_seeds == {"1": ["float", "float_seed=1"]} and not group.mismatches
 
 
 def test_group_value_and_available_keys(tmp_path):
     (run,) = _runs(tmp_path, [("a", 0, 5e-5)])
-    assert [group_value(run, k) for k in ("method", "task", "model_type", "granularity", "cost_target")] == \
-        ["search", "digits", "resnet18", "layer", 1.5]
+    assert [group_value(run, k) for k in ("method", "task", "model_type", "granularity", "fixed_formats",
+                                          "cost_target")] == ["search", "digits", "resnet18", "layer", None, 1.5]
     assert group_value(run, "not_an_arg") == "<missing>"
     keys = available_group_keys([run])
-    assert keys[:4] == ["method", "task", "model_type", "granularity"]
+    assert keys[:5] == ["method", "task", "model_type", "granularity", "fixed_formats"]
     assert "cost_target" in keys and "weight_bits" in keys and keys.count("task") == 1
 
