@@ -115,7 +115,7 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, cost_column: s
                 higher_is_better: bool | Mapping[str, bool] = True) -> None:
     """Write a PNG of metric vs cost, one panel per (task, model, metric).
 
-    `rows` are report rows (eval.report.row_columns): keys task, model, metric, method, formats,
+    `rows` are report rows (eval.report_table.row_columns): keys task, model, metric, method, formats,
     value, std, `cost_column`, `{cost_column}_std`, pareto. `higher_is_better`: one direction for
     every metric, or metric name -> direction (default: from the name). Uniform baselines and searched models
     are two series with error bars where aggregated; float runs are horizontal lines (their cost is

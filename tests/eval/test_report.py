@@ -1,4 +1,4 @@
-"""Tables, Pareto marks, plots and the CLI over synthetic run directories (eval/report.py)."""
+"""Tables, Pareto marks, plots and the CLI over synthetic run directories (eval/report*.py)."""
 from __future__ import annotations
 
 import csv
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.report import aggregate, main
+from eval.report import main
+from eval.report_table import aggregate
 from tests.eval.test_results import make_failed, make_results, write_run
 from tests.readme_commands import readme_commands
 
@@ -394,7 +395,7 @@ def test_heat_map_of_resnet18_fits_every_label(tmp_path):
 
     from matplotlib.image import imread
 
-    from eval.report import plot_decision_heatmap
+    from eval.report_render import plot_decision_heatmap
     from eval.results import load_run
 
     results = make_results("resnet18_search_int2-int4-fp4_e2m1-fp8_e4m3-int8_layer_memory_t3b_s0")
@@ -409,15 +410,15 @@ def test_heat_map_of_resnet18_fits_every_label(tmp_path):
         drawn["figure"] = figure
         save_figure(figure, path, **kwargs)
 
-    from eval import report
-    save_figure = report.save_figure
-    report.save_figure = keep
+    from eval import report_render
+    save_figure = report_render.save_figure
+    report_render.save_figure = keep
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # e.g. "Tight layout not applied"
             plot_decision_heatmap(run, tmp_path / "heat.png")
     finally:
-        report.save_figure = save_figure
+        report_render.save_figure = save_figure
     figure = drawn["figure"]
     figure.canvas.draw()  # lays it out again at the figure's own dpi, where the extents are measured
     renderer = figure.canvas.get_renderer()
@@ -516,7 +517,7 @@ def test_python_dash_m_entry_point(sweep):
 
 
 def test_vs_uniform_is_the_gap_to_the_uniform_line(tmp_path):
-    from eval.report import build_report
+    from eval.report_table import build_report
     from eval.results import load_runs
 
     write_run(tmp_path, make_results("u2", method="uniform", weight_bits=2, memory_mib=2.0, metric=0.1))
