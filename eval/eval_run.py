@@ -70,6 +70,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     run_dir = run_dir_of(args)
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_main_process():
+        note = replaced_run_note(run_dir, vars(args))
+        if note is not None:
+            print(f"eval_run: {note}", file=sys.stderr)
         clear_previous_outputs(run_dir, resuming=args.resume_from_checkpoint is not None)
     write_json(run_dir / "config.json", vars(args))
     try:
@@ -92,6 +95,21 @@ def main_metric_of(metrics: dict[str, Any], task_main_metric: str) -> str:
         return task_main_metric
     own = [key for key in metrics if key not in TRAINER_EVAL_KEYS]
     return own[0] if own else "eval_loss"
+
+
+def replaced_run_note(run_dir: Path, planned: dict[str, Any]) -> str | None:
+    """A note when this run replaces a completed run of the same name that had other flags
+    (default names leave out most flags, so two different commands can share a directory)."""
+    from eval.results import COMPLETED, changed_flags, load_run
+
+    previous = load_run(run_dir)
+    if previous.status != COMPLETED:
+        return None
+    diffs = changed_flags(planned, previous)
+    if not diffs:
+        return None
+    return (f"note: replacing the completed run {run_dir}, which was run with other flags ({', '.join(diffs[:6])}"
+            f"{', ...' if len(diffs) > 6 else ''}); give --exp_name to keep both")
 
 
 def clear_previous_outputs(run_dir: Path, resuming: bool) -> None:

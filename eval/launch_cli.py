@@ -16,12 +16,10 @@ Exit codes: 0 every run completed (or --dry_run), 1 some run failed, 2 a bad lau
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-from pathlib import Path
-from typing import Any, Mapping, Sequence, TextIO
+from typing import Sequence, TextIO
 
 from eval.eval_parse import OneLineErrorParser, create_arg_parser
 from eval.launch_command import RUN_ENTRY, format_command, free_port, launcher_env, run_command
@@ -31,13 +29,10 @@ from eval.launch_plan import Experiment, load_experiments_file, parse_sweep, pla
 from eval.launch_queue import (DONE, QUEUED, SKIPPED, Job, StopSignals, SubprocessStarter, TERMINATE_GRACE_S,
                                run_queue)
 from eval.launch_status import StatusBoard, summary_table
-from eval.results import COMPLETED, NON_RESULT_ARGS, RunRecord, load_run
+from eval.results import COMPLETED, changed_flags, load_run
 
 PROG = "eval_parallel"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-# Arguments a run left at None and filled in itself (recorded resolved in results.json; config.json,
-# written when the run starts, still holds the None).
-RUN_TIME_DEFAULTS = ("rl_learning_rate",)
 MAX_LISTED_CHANGES = 6
 
 
@@ -111,34 +106,6 @@ def prepare(argv: Sequence[str] | None, available_gpus: Sequence[str] | None = N
     resources = choose_resources([e.device for e in experiments], visible, num_gpus=options.num_gpus, gpus=gpus,
                                  gpus_flag=gpus_flag, gpus_per_run=options.gpus_per_run, workers=options.workers)
     return options, experiments, resources
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _text(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-def changed_flags(planned: Mapping[str, Any], record: RunRecord) -> list[str]:
-    """`key old -> new` for every argument in which a completed run's recorded args differ from the
-    planned run's, except NON_RESULT_ARGS (names, paths, logging, device). An argument the run did
-    not record (it predates the flag) is not compared."""
-    recorded = dict(record.args)
-    started = _read_json_object(record.run_dir / "config.json")  # the args before run-time defaults
-    for key in RUN_TIME_DEFAULTS:
-        if planned.get(key) is None and key in recorded:
-            if key in started:
-                recorded[key] = started[key]
-            else:
-                del recorded[key]
-    return [f"{key} {_text(recorded[key])} -> {_text(value)}" for key, value in planned.items()
-            if key not in NON_RESULT_ARGS and key in recorded and _text(recorded[key]) != _text(value)]
 
 
 def _plural(n: int, word: str) -> str:

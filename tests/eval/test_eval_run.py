@@ -50,13 +50,23 @@ def _umask() -> int:
     return umask
 
 
-def test_a_rerun_replaces_everything_of_the_earlier_run(tmp_path):
+def test_a_rerun_replaces_everything_of_the_earlier_run(tmp_path, capsys):
     run_dir = tmp_path / "digits" / "again"
     for stale in ("checkpoint-3/trainer_state.json", "final_model/stale.txt", "tensorboard/events.old", "runs/x/e"):
         (run_dir / stale).parent.mkdir(parents=True, exist_ok=True)
         (run_dir / stale).write_text("old")
     code, results, _ = run(tmp_path, *RESNET_TINY, "--bits", "8", "--exp_name", "again")
     assert code == 0 and results["status"] == "completed"
+    assert "replacing" not in capsys.readouterr().err  # nothing completed was there
+    # The same name with other flags: replaced, with a note naming what differed.
+    code, results, _ = run(tmp_path, *RESNET_TINY, "--bits", "4", "--exp_name", "again")
+    assert code == 0 and results["layers"]["classifier.1"]["weight_format"] == "int4"
+    err = capsys.readouterr().err
+    assert f"eval_run: note: replacing the completed run {run_dir}, which was run with other flags (" in err
+    assert 'bits "8" -> "4"' in err and "give --exp_name to keep both" in err
+    # The same flags again: no note.
+    run(tmp_path, *RESNET_TINY, "--bits", "4", "--exp_name", "again")
+    assert "replacing" not in capsys.readouterr().err
     assert not (run_dir / "checkpoint-3").exists() and not (run_dir / "runs").exists()
     assert not (run_dir / "final_model" / "stale.txt").exists() and (run_dir / "final_model" / "config.json").is_file()
     assert not (run_dir / "tensorboard" / "events.old").exists()
