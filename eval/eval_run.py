@@ -97,6 +97,21 @@ def main_metric_of(metrics: dict[str, Any], task_main_metric: str) -> str:
     return own[0] if own else "eval_loss"
 
 
+def missed_target_note(args: argparse.Namespace, ratio: float) -> str | None:
+    """A note when the answer's cost is outside the band --final_selection constrained aims for
+    (e.g. a single decision whose formats give 0.4, 0.8 or 1.6 of the default target)."""
+    from trainer.final_selection import cost_band
+
+    low, high = cost_band(1.0, args.target_tolerance, one_sided=args.cost_function != "tunas_abs")
+    if low <= ratio <= high:
+        return None
+    band = f"at most {high:g}" if low == float("-inf") else f"{low:g} to {high:g}"
+    how = ("the search found no assignment inside" if args.final_selection == "constrained"
+           else "--final_selection argmax does not aim for it")
+    return (f"note: the answer's cost is {ratio:.3f} of the target, outside {band} (--target_tolerance "
+            f"{args.target_tolerance:g}): {how}; check --cost_target/--cost_target_bits against the search space")
+
+
 def replaced_run_note(run_dir: Path, planned: dict[str, Any]) -> str | None:
     """A note when this run replaces a completed run of the same name that had other flags
     (default names leave out most flags, so two different commands can share a directory)."""
@@ -191,6 +206,10 @@ def _run(args: argparse.Namespace, run_dir: Path, start: float) -> dict[str, Any
     }
     if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)):
         results["status"], results["error"] = "failed", "non-finite evaluation metrics"
+    if args.mode == "search" and trainer.is_world_process_zero():
+        note = missed_target_note(args, results["cost"]["ratio"])
+        if note is not None:
+            print(f"eval_run: {note}", file=sys.stderr)
     if trainer.is_world_process_zero():
         trainer.save_model(str(run_dir / "final_model"))
         if setup.processor is not None:

@@ -166,7 +166,9 @@ class ReinforceTrainer(Trainer):
             return self.policy.argmax()
         with torch.no_grad():
             log_probs = self.policy.log_probabilities()
-        return constrained_argmax(log_probs, self.cost_table.table, config.cost_target, config.target_tolerance)
+        # Only tunas_abs penalises a model cheaper than the target: the others get a one-sided band.
+        return constrained_argmax(log_probs, self.cost_table.table, config.cost_target, config.target_tolerance,
+                                  one_sided=config.cost_function != "tunas_abs")
 
     def final_decisions(self) -> dict[str, DecisionResult]:
         """The answer: the most likely option of every decision, with the final probabilities."""

@@ -236,3 +236,20 @@ def test_main_metric_follows_a_custom_metric():
     assert main_metric_of({**trainer_keys, "eval_accuracy": 0.9}, "eval_accuracy") == "eval_accuracy"
     assert main_metric_of({**trainer_keys, "eval_myacc": 0.5, "eval_f1": 0.4}, "eval_accuracy") == "eval_myacc"
     assert main_metric_of(trainer_keys, "eval_accuracy") == "eval_loss"
+
+
+def test_a_missed_target_is_named():
+    import argparse
+
+    from eval.eval_run import missed_target_note
+
+    args = argparse.Namespace(target_tolerance=0.05, cost_function="tunas_abs", final_selection="constrained")
+    assert missed_target_note(args, 1.04) is None
+    assert missed_target_note(args, 0.8) == (
+        "note: the answer's cost is 0.800 of the target, outside 0.95 to 1.05 (--target_tolerance 0.05): the search "
+        "found no assignment inside; check --cost_target/--cost_target_bits against the search space")
+    args.cost_function = "hard_exponential"  # one-sided: cheaper is fine
+    assert missed_target_note(args, 0.8) is None
+    args.final_selection = "argmax"
+    assert missed_target_note(args, 1.2).startswith("note: the answer's cost is 1.200 of the target, outside at most "
+                                                    "1.05 (--target_tolerance 0.05): --final_selection argmax does not")

@@ -46,3 +46,69 @@ def test_bad_arguments():
         constrained_argmax(log([[1.0]]), torch.ones(1, 1), 1.0, 1.5)
     with pytest.raises(ValueError, match="differ"):
         constrained_argmax(log([[1.0]]), torch.ones(1, 2), 1.0, 0.1)
+
+
+def brute_force(log_probs, costs, low, high):
+    """Every assignment: the nearest to [low, high], the most likely among those."""
+    import itertools
+
+    best = None
+    for combo in itertools.product(*(range(costs.shape[1]),) * costs.shape[0]):
+        lp = sum(float(log_probs[d, k]) for d, k in enumerate(combo))
+        if lp == float("-inf"):
+            continue
+        cost = sum(float(costs[d, k]) for d, k in enumerate(combo))
+        key = (max(low - cost, cost - high, 0.0), -lp)
+        if best is None or key < best[0]:
+            best = (key, list(combo))
+    return best[1]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_exact_selection_equals_brute_force(seed):
+    generator = torch.Generator().manual_seed(seed)
+    log_probs = torch.randn(6, 3, generator=generator, dtype=torch.float64).log_softmax(dim=1)
+    log_probs[seed % 6, seed % 3] = float("-inf")  # a disallowed option
+    costs = torch.randint(1, 20, (6, 3), generator=generator).double()
+    target = float(costs.mean(dim=1).sum()) * (0.8 + 0.02 * seed)
+    for one_sided in (False, True):
+        low = float("-inf") if one_sided else target * 0.95
+        got = constrained_argmax(log_probs, costs, target, 0.05, one_sided=one_sided).tolist()
+        assert got == brute_force(log_probs, costs, low, target * 1.05)
+
+
+def test_one_sided_band_keeps_a_cheaper_argmax():
+    probs = log([[0.8, 0.2], [0.6, 0.4], [0.9, 0.1]])  # argmax (0, 0, 0): cost 6, under the target 8
+    assert constrained_argmax(probs, COSTS, target=8.0, tolerance=0.05).tolist() == [1, 1, 0]
+    assert constrained_argmax(probs, COSTS, target=8.0, tolerance=0.05, one_sided=True).tolist() == [0, 0, 0]
+    # Over the target, one-sided still comes down: the argmax (0, 0, 1) costs 10 > 8.4; of the
+    # assignments at most 8.4, (0, 0, 0) is the most likely (0.144 against 0.096 for (0, 1, 0)).
+    probs = log([[0.8, 0.2], [0.6, 0.4], [0.3, 0.7]])
+    assert constrained_argmax(probs, COSTS, target=8.0, tolerance=0.05, one_sided=True).tolist() == [0, 0, 0]
+    assert constrained_argmax(probs, COSTS, target=8.0, tolerance=0.05).tolist() == [1, 1, 0]  # only 8 in 7.6..8.4
+
+
+def test_heuristic_for_large_spaces_needs_pair_moves():
+    # Decisions 0 and 1 are both split 55/45 between a cheap and a dear option; decision 2 is sure.
+    # From the argmax (cost 6, dear, dear) the band [4.75, 5.25] is reached by one cheap move; the most
+    # likely assignment inside swaps the other pair: found by the pair moves.
+    probs = log([[0.45, 0.55], [0.2, 0.8], [1.0, 0.0]])
+    costs = torch.tensor([[2.0, 3.0], [1.5, 3.0], [0.0, 0.0]])
+    exact = constrained_argmax(probs, costs, target=5.0, tolerance=0.05)
+    heuristic = constrained_argmax(probs, costs, target=5.0, tolerance=0.05, exact_limit=0)
+    assert exact.tolist() == heuristic.tolist() == brute_force(probs, costs, 4.75, 5.25)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_heuristic_lands_in_the_band_at_least_as_likely_as_the_greedy_moves(seed):
+    generator = torch.Generator().manual_seed(100 + seed)
+    log_probs = torch.randn(12, 4, generator=generator, dtype=torch.float64).mul(2).log_softmax(dim=1)
+    costs = torch.rand(12, 4, generator=generator, dtype=torch.float64).mul(10)
+    target = float(costs.mean(dim=1).sum())
+    from trainer.final_selection import _into_band
+
+    greedy = _into_band(log_probs, costs, torch.isfinite(log_probs), target * 0.95, target * 1.05)
+    found = constrained_argmax(log_probs, costs, target, 0.05, exact_limit=0)
+    rows = torch.arange(12)
+    assert abs(float(costs[rows, found].sum()) / target - 1) <= 0.05
+    assert float(log_probs[rows, found].sum()) >= float(log_probs[rows, greedy].sum())
