@@ -163,6 +163,8 @@ def _run(args: argparse.Namespace, run_dir: Path, start: float) -> dict[str, Any
     setup = load_data_and_model(args, run_dir)
     (run_dir / "model.txt").write_text(str(setup.model) + "\n")
     trainer = build_trainer(args, setup, run_dir, build_compute_metrics(setup.task, args.metric))
+    if _is_main_process():  # now with what the run resolved itself (device, delay, policy learning rate)
+        write_json(run_dir / "config.json", vars(args))
 
     if not args.eval_only:
         trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)

@@ -210,6 +210,10 @@ def launch(jobs: Sequence[Job], resources: Resources, out: TextIO = sys.stdout, 
         interrupted = run_queue(jobs, resources.pool, starter, on_change=on_change, on_tick=board.tick,
                                 stop_count=stop_count, grace_s=grace_s)
     board.close()
+    if len(jobs) == 1 and jobs[0].state == DONE:  # one run (the Quickstart): its own summary first
+        summary = jobs[0].experiment.run_dir / "output.txt"
+        if summary.is_file():
+            board.write("\n" + summary.read_text())
     board.write("\n" + summary_table(jobs, time.monotonic()))
     if board.closed:
         silence_stdout(out)

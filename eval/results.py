@@ -361,17 +361,9 @@ def available_group_keys(runs: Sequence[RunRecord]) -> list[str]:
     return list(PSEUDO_KEYS) + sorted(set().union(*(run.args for run in runs)) - set(PSEUDO_KEYS))
 
 
-# Arguments a run left at None and filled in itself (recorded resolved in results.json; config.json,
-# written when the run starts, still holds the None).
-RUN_TIME_DEFAULTS = ("rl_learning_rate",)
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+# Arguments a run may leave at None and fill in itself (results.json and config.json record the
+# values it resolved): a planned None is not compared with them.
+RUN_TIME_DEFAULTS = ("rl_learning_rate", "delay_steps")
 
 
 def _text(value: Any) -> str:
@@ -380,15 +372,9 @@ def _text(value: Any) -> str:
 
 def changed_flags(planned: Mapping[str, Any], record: RunRecord) -> list[str]:
     """`key old -> new` for every argument in which a completed run's recorded args differ from the
-    planned run's, except NON_RESULT_ARGS (names, paths, logging, device). An argument the run did
-    not record (it predates the flag) is not compared."""
-    recorded = dict(record.args)
-    started = _read_json_object(record.run_dir / "config.json")  # the args before run-time defaults
-    for key in RUN_TIME_DEFAULTS:
-        if planned.get(key) is None and key in recorded:
-            if key in started:
-                recorded[key] = started[key]
-            else:
-                del recorded[key]
+    planned run's, except NON_RESULT_ARGS (names, paths, logging, device) and run-time defaults the
+    plan leaves open. An argument the run did not record (it predates the flag) is not compared."""
+    recorded = record.args
     return [f"{key} {_text(recorded[key])} -> {_text(value)}" for key, value in planned.items()
-            if key not in NON_RESULT_ARGS and key in recorded and _text(recorded[key]) != _text(value)]
+            if key not in NON_RESULT_ARGS and key in recorded and _text(recorded[key]) != _text(value)
+            and not (key in RUN_TIME_DEFAULTS and value is None)]

@@ -247,12 +247,13 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, comp
                   eval_dataset=setup.eval_dataset, data_collator=setup.data_collator,
                   compute_metrics=compute_metrics, callbacks=callbacks)
     if args.mode != "search":
-        return Trainer(**common)
+        return mean_loss_trainer(Trainer(**common))
     total = _total_steps(args, len(setup.train_dataset))
     if args.delay_steps is not None and args.delay_steps >= total:
         raise ValueError(f"--delay_steps {args.delay_steps} leaves no search step in this run's {total} steps: the "
                          f"policy would never learn; use fewer delay steps (default: half of the steps)")
     delay = args.delay_steps if args.delay_steps is not None else int(round(DEFAULT_DELAY_FRACTION * total))
+    args.delay_steps = delay  # recorded in config.json and results.json (to resume with more steps)
     rl_learning_rate = args.rl_learning_rate
     if rl_learning_rate is None:
         rl_learning_rate = min(MAX_AUTO_RL_LEARNING_RATE, AUTO_RL_LOGIT_BUDGET / max(1, total - delay))
@@ -267,9 +268,18 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, comp
         reward_source=args.reward_source, policy_temperature=args.policy_temperature, policy_seed=args.seed)
     from quant.surgery import quantized_layers
 
-    return ReinforceTrainer(**common, reinforce_config=config, search_space=setup.search_space,
-                            quant_layers=quantized_layers(setup.model), layer_costs=setup.layer_costs,
-                            heldout_dataset=setup.heldout_dataset)
+    return mean_loss_trainer(ReinforceTrainer(**common, reinforce_config=config, search_space=setup.search_space,
+                                              quant_layers=quantized_layers(setup.model),
+                                              layer_costs=setup.layer_costs, heldout_dataset=setup.heldout_dataset))
+
+
+def mean_loss_trainer(trainer):
+    """The built-in models' losses are batch means that ignore num_items_in_batch. transformers
+    takes a forward with **kwargs as one that normalises by it, and then neither divides the loss
+    by the gradient accumulation steps (k micro-batches would sum, k times the gradient and the
+    logged loss) nor leaves it alone across devices; this tells it the truth."""
+    trainer.model_accepts_loss_kwargs = False
+    return trainer
 
 
 def rebuild_run_model(run_dir: Path):

@@ -59,6 +59,7 @@ cost = {"memory_mib": 1.0, "gbops": 2.0, "float_memory_mib": 4.0, "float_gbops":
     "schema_version": 1, "status": "completed", "exp_name": args.exp_name, "task": args.task,
     "model_type": "resnet18", "method": "float", "args": {}, "main_metric": "eval_accuracy",
     "metrics": {"eval_accuracy": int(args.seed) / 100}, "cost": cost, "layers": {}}))
+(run_dir / "output.txt").write_text("summary of " + args.exp_name + "\n")
 print("fake run ok")
 '''
 
@@ -191,6 +192,17 @@ def test_completed_runs_refuse_a_launch_without_skip_or_overwrite(tmp_path, fake
                    "one of them\n")
 
 
+def test_a_single_run_prints_its_own_summary_before_the_table(tmp_path, fake_run, capsys):
+    root = tmp_path / "out"
+    code, out, _ = launch(capsys, [*TINY, "--device", "cpu", "--output_root_dir", root, "--seed", "42"],
+                          run_entry=[fake_run])
+    assert code == 0 and f"\nsummary of {NAME}_s42\n" in out
+    assert out.index("summary of") < out.rindex(f"{NAME}_s42  done")  # then the summary table
+    code, out, _ = launch(capsys, [*TINY, "--device", "cpu", "--output_root_dir", root, "--sweep", "seed=1,2"],
+                          run_entry=[fake_run])
+    assert code == 0 and "summary of" not in out  # several runs: the table only
+
+
 def test_overwrite_runs_completed_runs_again(tmp_path, fake_run, capsys):
     root = tmp_path / "out"
     argv = [*TINY, "--device", "cpu", "--output_root_dir", root, "--sweep", "seed=1,2"]
@@ -211,10 +223,11 @@ def _complete_as_planned(argv: list, **changes) -> Path:
     from tests.eval.test_results import make_results
 
     _, [experiment], _ = prepare([str(a) for a in argv], available_gpus=[])
-    args = {**experiment.args, "device": "cpu", "rl_learning_rate": 0.05, **changes}  # resolved by the run
+    # what the run resolves itself
+    args = {**experiment.args, "device": "cpu", "rl_learning_rate": 0.05, "delay_steps": 2, **changes}
     results = make_results(experiment.exp_name, args_extra=args)
     experiment.run_dir.mkdir(parents=True)
-    (experiment.run_dir / "config.json").write_text(json.dumps(dict(experiment.args)))  # as the run started
+    (experiment.run_dir / "config.json").write_text(json.dumps(args))
     (experiment.run_dir / "results.json").write_text(json.dumps(results))
     return experiment.run_dir
 
@@ -239,10 +252,12 @@ def test_skip_completed_refuses_a_run_completed_with_other_flags(tmp_path, capsy
                        "learning_rate 0.001 -> 0.01, max_steps 3 -> 5; give the experiment a new exp_name to keep "
                        "both, delete the run directory to run it again, or pass --overwrite instead of "
                        "--skip_completed\n")
-    # The run resolved its default rl_learning_rate itself (0.05, config.json: null): a planned default
-    # matches it (the first test), a planned value is compared with what the run used.
+    # The run resolved its default rl_learning_rate and delay_steps itself: a planned default matches
+    # them (the first test), a planned value is compared with what the run used.
     code, _, err = launch(capsys, [*argv, "--rl_learning_rate", "0.1", "--skip_completed", "--dry_run"])
     assert code == 2 and "completed with other flags: rl_learning_rate 0.05 -> 0.1;" in err
+    code, _, err = launch(capsys, [*argv, "--delay_steps", "2", "--skip_completed", "--dry_run"])
+    assert code == 0
 
 
 def test_relaunching_one_seed_of_a_sweep_finds_its_completed_run(tmp_path, fake_run, capsys):

@@ -156,6 +156,10 @@ def test_search_on_digits_and_load_config_reproduces_it(tmp_path):
     code, results, run_dir = run(tmp_path / "search", *RESNET_TINY, "--search_space", "int2,int4,fp8_e4m3",
                                  "--cost_target_bits", "4", "--delay_steps", "2")
     assert code == 0 and results["method"] == "search"
+    # config.json holds what the run resolved itself, as results.json does (rl: min(0.1, 10 / (8 - 2)))
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["delay_steps"], config["device"]) == (2, "cpu") and config["rl_learning_rate"] == pytest.approx(0.1)
+    assert config == results["args"]
     search = results["search"]
     assert search["search_space"] == ["int2", "int4", "fp8_e4m3"] and search["granularity"] == "layer"
     assert set(search["decisions"]) == set(results["layers"])
@@ -253,3 +257,35 @@ def test_a_missed_target_is_named():
     args.final_selection = "argmax"
     assert missed_target_note(args, 1.2).startswith("note: the answer's cost is 1.200 of the target, outside at most "
                                                     "1.05 (--target_tolerance 0.05): --final_selection argmax does not")
+
+
+@pytest.mark.parametrize("accumulation", [2, 4])
+def test_gradient_accumulation_averages_like_one_big_batch(tmp_path, accumulation):
+    # transformers skips dividing by the accumulation steps for models whose forward takes **kwargs
+    # (it expects them to normalise by num_items_in_batch; these average over their batch instead).
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from eval.models import build_model
+    from eval.run_setup import mean_loss_trainer
+
+    overrides = {"num_hidden_layers": 1, "hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32,
+                 "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    generator = torch.Generator().manual_seed(0)
+    data = [{"input_ids": torch.randint(2, 30, (6,), generator=generator), "labels": torch.tensor(i % 2)}
+            for i in range(8)]
+
+    def one_step(batch_size: int, steps: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = build_model("bert-tiny", num_labels=2, from_scratch=True, config_overrides=overrides, vocab_size=32,
+                            pad_token_id=0)
+        args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=batch_size,
+                                 gradient_accumulation_steps=steps, max_steps=1, learning_rate=1.0, optim="sgd",
+                                 lr_scheduler_type="constant", max_grad_norm=0.0, report_to=[], use_cpu=True,
+                                 save_strategy="no", disable_tqdm=True)
+        mean_loss_trainer(Trainer(model=model, args=args, train_dataset=data)).train()
+        return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    whole, accumulated = one_step(8, 1), one_step(8 // accumulation, accumulation)
+    for name, value in whole.items():
+        torch.testing.assert_close(accumulated[name], value, rtol=1e-5, atol=1e-6, msg=name)
