@@ -266,8 +266,9 @@ def _resolve_mode(args: argparse.Namespace) -> None:
             raise ValueError("--load_config sets every layer's formats; drop --weight_bits/--activation_bits/--bits")
         args.search = False
     if args.search is None:
-        # Searching is what this toolkit is for: it is the default unless fixed formats are given.
-        args.search = not fixed_given
+        # Searching is what this toolkit is for: it is the default unless fixed formats are given
+        # (the search granularity flags ask for a search, with --activation_bits for weight-only).
+        args.search = not fixed_given or args.weight_only_search or args.single_decision or args.block_search
     if args.search and fixed_given and not args.weight_only_search:
         raise ValueError("--search picks the formats itself; drop --weight_bits/--activation_bits/--bits, or use "
                          "--weight_only_search with --activation_bits to fix the activations")
@@ -284,7 +285,8 @@ def _resolve_mode(args: argparse.Namespace) -> None:
         uses_quant = args.weight_format != NO_QUANT.name or args.act_format != NO_QUANT.name
         args.mode = "uniform" if uses_quant or args.load_config is not None else "float"
         if args.single_decision or args.block_search or args.weight_only_search:
-            raise ValueError("--single_decision/--block_search/--weight_only_search are search options; add --search")
+            raise ValueError("--single_decision/--block_search/--weight_only_search are search options and this run "
+                             "does not search (--no-search or --load_config); drop them")
 
 
 def _check_layer_selection(args: argparse.Namespace, modality: str) -> None:

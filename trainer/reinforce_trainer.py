@@ -376,7 +376,9 @@ class ReinforceTrainer(Trainer):
 
     # --- logging --------------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._pending_logs:  # a training log: attach the search metrics
+        # A training log, or the summary at the end of training (which takes the steps since the
+        # last training log): attach the search metrics of the steps since the previous one.
+        if ("loss" in logs or "train_loss" in logs) and self._pending_logs:
             for key, values in self._pending_logs.items():
                 logs[LOG_PREFIX + key] = sum(values) / len(values)
             self._pending_logs = defaultdict(list)

@@ -123,7 +123,8 @@ def error_of(argv, capsys) -> str:
         (["--act_range_percentile", "0"], r"--act_range_percentile must be in \(0, 100\]"),
         (["--train_file", "a.csv"], "--train_file and --validation_file go together"),
         (["--dataset_path", "d", "--train_file", "a", "--validation_file", "b"], "mutually exclusive"),
-        (["--weight_bits", "8", "--block_search"], "are search options; add --search"),
+        (["--weight_bits", "8", "--block_search"], "--search picks the formats itself; drop --weight_bits"),
+        (["--no-search", "--block_search"], "are search options and this run does not search .*; drop them"),
         (["--eval_only"], "--eval_only evaluates a fixed model"),
         (["--load_config", "r.json", "--search"], "cannot be combined with --search"),
         (["--cuda_visible_devices", "gpu0"], "comma-separated list of GPU indices"),
@@ -265,6 +266,12 @@ def test_every_float_flag_rejects_nan(capsys):
     assert len(floats) == 14
     for flag in floats:
         assert "is not a finite number" in error_of([flag, "nan"], capsys)
+
+
+def test_search_granularity_flags_ask_for_a_search():
+    args = parse_run_args(["--weight_only_search", "--activation_bits", "8"])  # as docs/results.md suggests
+    assert (args.mode, args.weight_format, args.act_format) == ("search", None, "int8")
+    assert parse_run_args(["--block_search"]).granularity == "block"
 
 
 def test_unknown_flag_is_one_line(capsys):

@@ -135,6 +135,16 @@ def test_search_metrics_reach_trainer_log_and_state(tmp_path):
     assert "search/cost_ratio" in json.loads((tmp_path / "state.json").read_text())["log_history"][-2]
 
 
+def test_the_steps_after_the_last_training_log_reach_the_final_summary(tmp_path):
+    trainer = make_trainer(str(tmp_path), steps=230)
+    trainer.train()
+    final = trainer.state.log_history[-1]
+    assert "train_loss" in final and final["step"] == 230
+    last_logged = [entry for entry in trainer.state.log_history[:-1] if "search/reward" in entry][-1]
+    assert last_logged["step"] == 200
+    assert "search/reward" in final and "search/entropy" in final and "search/p/fc_in/int8" in final
+
+
 def test_weight_only_search_keeps_activations_fixed(tmp_path):
     from trainer.search_space import SearchSpace
 
