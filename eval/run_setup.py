@@ -5,6 +5,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -103,6 +104,11 @@ def load_data_and_model(args: argparse.Namespace, run_dir: Path) -> RunSetup:
     raw = load_raw_datasets(task, train_file=args.train_file, validation_file=args.validation_file,
                             dataset_path=args.dataset_path, max_train_samples=args.max_train_samples,
                             max_eval_samples=args.max_eval_samples, seed=args.seed)
+    for flag, split, wanted in (("--max_train_samples", "train", args.max_train_samples),
+                                ("--max_eval_samples", "validation", args.max_eval_samples)):
+        if wanted is not None and len(raw[split]) < wanted:
+            print(f"eval_run: note: {flag} {wanted} is more than the {len(raw[split])} rows of the {split} split; "
+                  f"using all of them", file=sys.stderr)
     heldout_raw = None
     if args.mode == "search" and args.reward_source == "heldout":
         raw["train"], heldout_raw = carve_heldout(raw["train"], args.heldout_fraction, args.seed)

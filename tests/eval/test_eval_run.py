@@ -289,3 +289,11 @@ def test_gradient_accumulation_averages_like_one_big_batch(tmp_path, accumulatio
     whole, accumulated = one_step(8, 1), one_step(8 // accumulation, accumulation)
     for name, value in whole.items():
         torch.testing.assert_close(accumulated[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_subset_larger_than_the_split_is_named(tmp_path, capsys):
+    code = main([*RESNET_TINY, "--bits", "8", "--max_steps", "2", "--max_train_samples", "64", "--max_eval_samples",
+                 "5000", "--device", "cpu", "--report_to", "none", "--output_root_dir", str(tmp_path)])
+    assert code == 0
+    assert ("eval_run: note: --max_eval_samples 5000 is more than the 360 rows of the validation split; using all of "
+            "them\n") in capsys.readouterr().err
