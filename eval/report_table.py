@@ -180,8 +180,8 @@ def _direction_note(report: Report) -> str:
     names = sorted({row["metric"] for row in report.rows})
     parts = [f"{name} ({'higher' if report.higher_is_better(name) else 'lower'} is better)" for name in names]
     source = ("as --higher_is_better/--lower_is_better says" if report.direction_override is not None else
-              "from the name: loss, perplexity, error, mse, mae mean lower is better; --higher_is_better or "
-              "--lower_is_better overrides it")
+              "told from the name (loss, perplexity, error, mse and mae are lower-is-better; "
+              "--higher_is_better/--lower_is_better override it)")
     return f"metric: {report.metric or 'each run main_metric'}: {', '.join(parts) or 'no rows'}, {source}"
 
 

@@ -270,8 +270,8 @@ def test_a_loss_metric_is_lower_is_better(sweep, capsys, flags):
     assert rows["float_s0"]["pareto"] is True and rows["uniform_w4_s0"]["pareto"] is True
     # Loss 0.375 at 1.25 MiB against the uniform line 0.5 -> 0.125 over 1 -> 2 MiB (0.40625 there): better.
     assert rows["search_t1.2_s0"]["vs_uniform"] == pytest.approx(0.40625 - 0.375)
-    source = ("as --higher_is_better/--lower_is_better says" if flags else "from the name: loss, perplexity, error, "
-              "mse, mae mean lower is better; --higher_is_better or --lower_is_better overrides it")
+    source = ("as --higher_is_better/--lower_is_better says" if flags else "told from the name (loss, perplexity, "
+              "error, mse and mae are lower-is-better; --higher_is_better/--lower_is_better override it)")
     assert report["notes"][1].startswith(f"metric: eval_loss: eval_loss (lower is better), {source}; cost: ")
 
 
