@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -99,6 +100,21 @@ class ReinforceConfig:
     policy_seed: int = 0
 
     def __post_init__(self) -> None:
+        # Types first: NaN passes every `<` check below, and a string fails them with a TypeError
+        # that names nothing.
+        for name in ("cost_target", "cost_beta", "rl_learning_rate", "max_entropy_beta", "baseline_decay",
+                     "target_tolerance", "policy_temperature"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            setattr(self, name, float(value))  # numpy scalars become plain floats
+        for name in ("delay_steps", "policy_seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            setattr(self, name, int(value))
+        if not isinstance(self.precision_warmup, bool):
+            raise ValueError(f"precision_warmup must be True or False, got {self.precision_warmup!r}")
         self.cost_type = _enum(CostType, self.cost_type, "cost_type")  # type: ignore[assignment]
         self.entropy_schedule = _enum(EntropySchedule, self.entropy_schedule, "entropy_schedule")  # type: ignore[assignment]
         self.reward_metric = _enum(RewardMetric, self.reward_metric, "reward_metric")  # type: ignore[assignment]
@@ -109,7 +125,7 @@ class ReinforceConfig:
             raise ValueError(f"target_tolerance must be in [0, 1), got {self.target_tolerance}")
         if self.cost_function not in REWARD_FUNCTIONS:
             raise ValueError(f"unknown cost_function {self.cost_function!r}; valid: {list(REWARD_FUNCTIONS)}")
-        if not (isinstance(self.cost_target, (int, float)) and math.isfinite(self.cost_target) and self.cost_target > 0):
+        if not self.cost_target > 0:
             raise ValueError(f"cost_target must be a positive number (MiB or GBOPs), got {self.cost_target!r}")
         exponential = self.cost_function in EXPONENTIAL_COST_FUNCTIONS
         if exponential and self.cost_beta > 0:
@@ -136,8 +152,6 @@ class ReinforceConfig:
             raise ValueError(f"baseline_decay must be in [0, 1), got {self.baseline_decay}")
         if self.policy_temperature <= 0:
             raise ValueError(f"policy_temperature must be > 0, got {self.policy_temperature}")
-        if not math.isfinite(self.max_entropy_beta):
-            raise ValueError(f"max_entropy_beta must be finite, got {self.max_entropy_beta}")
 
     def search_settings(self) -> dict[str, Any]:
         """The SEARCH_SETTINGS as plain values (enums by their value), to store in a checkpoint."""

@@ -28,6 +28,13 @@ import torch
         (dict(cost_target=1, delay_steps=-1), "delay_steps must be >= 0"),
         (dict(cost_target=1, baseline_decay=1.0), r"baseline_decay must be in \[0, 1\)"),
         (dict(cost_target=1, policy_temperature=0), "policy_temperature must be > 0"),
+        (dict(cost_target=1, cost_beta=float("nan")), "cost_beta must be a finite number, got nan"),
+        (dict(cost_target=1, rl_learning_rate=float("inf")), "rl_learning_rate must be a finite number, got inf"),
+        (dict(cost_target=1, cost_beta="5"), "cost_beta must be a finite number, got '5'"),
+        (dict(cost_target=True), "cost_target must be a finite number, got True"),
+        (dict(cost_target=1, delay_steps=2.5), "delay_steps must be an integer, got 2.5"),
+        (dict(cost_target=1, policy_seed="abc"), "policy_seed must be an integer, got 'abc'"),
+        (dict(cost_target=1, precision_warmup="no"), "precision_warmup must be True or False, got 'no'"),
     ],
 )
 def test_config_validation(kwargs, match):
@@ -64,3 +71,11 @@ def test_search_settings_are_plain_values():
         "reward_metric": "likelihood", "reward_source": "train", "policy_temperature": 1.0, "policy_seed": 0,
     }
     assert all(type(v) in (str, float, int, bool) for v in config.search_settings().values())
+
+
+def test_numpy_numbers_are_plain_numbers():
+    import numpy as np
+
+    config = ReinforceConfig(cost_target=np.float32(5.0), delay_steps=np.int64(3), cost_beta=np.float64(2.0))
+    assert (config.cost_target, config.delay_steps, config.cost_beta) == (5.0, 3, 2.0)
+    assert type(config.cost_target) is float and type(config.delay_steps) is int
