@@ -154,7 +154,24 @@ def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
     if len(args.exp_name.encode()) > MAX_NAME_BYTES:
         raise ValueError(f"--exp_name is {len(args.exp_name.encode())} bytes long ({args.exp_name[:40]!r}...); a "
                          f"directory name can have at most {MAX_NAME_BYTES}: give a shorter --exp_name")
+    _check_inputs_outside_run_dir(args)
     return args
+
+
+def _check_inputs_outside_run_dir(args: argparse.Namespace) -> None:
+    """A run replaces what an earlier run of its name left in its directory (final_model/,
+    checkpoints): the weights or results it reads must not lie there (e.g. re-evaluating a run's
+    own final_model/ under the same default name)."""
+    run_dir = (Path(args.output_root_dir) / args.task / args.exp_name).resolve()
+    # --load_config first: it may have set model_name_or_path to the final_model/ next to it
+    inputs = [("--load_config", args.load_config), ("--model_name_or_path", args.model_name_or_path)]
+    for flag, value in inputs:
+        if value is None:
+            continue
+        path = Path(value).expanduser().resolve()
+        if path == run_dir or run_dir in path.parents:
+            raise ValueError(f"{flag} {value!r} lies in this run's own directory {str(run_dir)!r}, which the run "
+                             f"replaces; give the run another --exp_name")
 
 
 MAX_NAME_BYTES = 255  # NAME_MAX of Linux file systems

@@ -310,3 +310,21 @@ def test_an_unwritable_location_is_an_error(tmp_path, capsys, monkeypatch):
     err = error_of(["--output_root_dir", str(tmp_path / "out")], capsys)
     assert (f"--output_root_dir '{tmp_path / 'out'}': cannot create directories in '{tmp_path}' "
             "(Read-only file system); choose a writable location") in err
+
+
+def test_a_run_may_not_read_from_the_directory_it_replaces(capsys, tmp_path):
+    run_dir = tmp_path / "digits" / "again"
+    (run_dir / "final_model").mkdir(parents=True)
+    write_results(run_dir / "results.json")
+    base = ["--bits", "8", "--output_root_dir", str(tmp_path), "--exp_name", "again"]
+    for argv, flag in ((["--eval_only", "--model_name_or_path", str(run_dir / "final_model")], "--model_name_or_path"),
+                       (["--load_config", str(run_dir / "results.json")], "--load_config")):
+        if flag == "--load_config":
+            base = base[2:]  # --load_config sets the formats
+        err = error_of([*base, *argv], capsys)
+        assert f"{flag} '{run_dir}" in err and f"lies in this run's own directory '{run_dir}', which the run " \
+            "replaces; give the run another --exp_name" in err, err
+    # under another name it is fine
+    args = parse_run_args(["--load_config", str(run_dir / "results.json"), "--output_root_dir", str(tmp_path),
+                           "--exp_name", "other", "--eval_only"])
+    assert args.model_name_or_path == str(run_dir / "final_model")
