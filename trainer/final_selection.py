@@ -12,10 +12,9 @@ and hard_exponential do not penalise a cheaper model, soft_exponential rewards i
 
 Exact where the assignments can be enumerated (up to `exact_limit`, 2^20: a block or single
 decision search, or a layer search with few layers and options). Beyond that (BERT-base per
-layer has 8^74 assignments) a heuristic: from the argmax, while outside the band, the move (one
-decision to another option) that gives up the least log-probability per unit of distance to the
-band recovered; then, inside the band, single moves and pairs of moves that raise the
-log-probability and stay inside, until none does. Not guaranteed optimal there.
+layer has 8^74 assignments) a dynamic programme over the decisions with the cost range split into
+2^16 buckets (a multiple-choice knapsack): exact but for assignments whose costs fall in one
+bucket, of which it keeps the most likely (the band is judged on exact costs).
 """
 from __future__ import annotations
 
@@ -30,6 +29,7 @@ class FinalSelection(str, Enum):
 
 
 EXACT_LIMIT = 1 << 20
+DP_BUCKETS = 1 << 16
 _GAIN_EPS = 1e-12  # a log-probability gain below this is rounding, not an improvement
 
 
@@ -54,14 +54,18 @@ def constrained_argmax(log_probs: torch.Tensor, cost_table: torch.Tensor, target
     low, high = cost_band(target, tolerance, one_sided)
     log_probs = log_probs.detach().double().cpu()
     table = cost_table.detach().double().cpu()
+    if bool(torch.isnan(log_probs).any()) or not bool(torch.isfinite(table).all()):
+        raise ValueError("log_probs has NaN or cost_table a non-finite cost; the policy or the cost model diverged")
     allowed = torch.isfinite(log_probs)
+    empty = [d for d in range(allowed.shape[0]) if not bool(allowed[d].any())]
+    if empty:
+        raise ValueError(f"decisions {empty} have no allowed option (every log-probability is -inf)")
     assignments = 1
     for count in allowed.sum(dim=1).tolist():
         assignments *= count
     if assignments <= exact_limit:
         return _exact(log_probs, table, allowed, low, high)
-    indices = _into_band(log_probs, table, allowed, low, high)
-    return _improve_inside(indices, log_probs, table, allowed, low, high)
+    return _bucketed(log_probs, table, allowed, low, high)
 
 
 def _exact(log_probs: torch.Tensor, table: torch.Tensor, allowed: torch.Tensor, low: float, high: float
@@ -73,9 +77,7 @@ def _exact(log_probs: torch.Tensor, table: torch.Tensor, allowed: torch.Tensor, 
     for d, opts in enumerate(options):  # flat index: decision 0 varies slowest
         total_lp = (total_lp[:, None] + log_probs[d, opts][None, :]).reshape(-1)
         total_cost = (total_cost[:, None] + table[d, opts][None, :]).reshape(-1)
-    distance = _distance(total_cost, low, high)
-    nearest = distance == distance.min()
-    flat = int(total_lp.masked_fill(~nearest, float("-inf")).argmax())
+    flat = _pick(total_lp, total_cost, low, high)
     indices = torch.empty(len(options), dtype=torch.long)
     for d in reversed(range(len(options))):
         flat, k = divmod(flat, len(options[d]))
@@ -83,58 +85,48 @@ def _exact(log_probs: torch.Tensor, table: torch.Tensor, allowed: torch.Tensor, 
     return indices
 
 
-def _into_band(log_probs: torch.Tensor, table: torch.Tensor, allowed: torch.Tensor, low: float, high: float
-               ) -> torch.Tensor:
-    """From the argmax, the cheapest moves (log-probability per unit of distance recovered) until
-    the cost is inside the band or no single move gets closer."""
-    indices = log_probs.argmax(dim=1)
-    rows = torch.arange(len(indices))
-    for _ in range(table.numel()):  # every move strictly shrinks the distance: this ends
-        cost = float(table[rows, indices].sum())
-        distance = float(_distance(cost, low, high))
-        if distance == 0:
-            break
-        delta = table - table[rows, indices].unsqueeze(1)  # (D, K): cost change of moving d to option k
-        distance_after = _distance(cost + delta, low, high)
-        movable = allowed & (distance_after < distance)
-        movable[rows, indices] = False  # staying put is no move
-        if not bool(movable.any()):
-            break
-        price = (log_probs.gather(1, indices.unsqueeze(1)) - log_probs) / (distance - distance_after)
-        decision, option = divmod(int(price.masked_fill(~movable, float("inf")).argmin()), table.shape[1])
-        indices[decision] = option
-    return indices
+def _pick(total_lp: torch.Tensor, total_cost: torch.Tensor, low: float, high: float) -> int:
+    """Index of the nearest total cost to the band, the most likely among those."""
+    distance = _distance(total_cost, low, high).masked_fill(~torch.isfinite(total_lp), float("inf"))
+    nearest = distance == distance.min()
+    return int(total_lp.masked_fill(~nearest, float("-inf")).argmax())
 
 
-def _improve_inside(indices: torch.Tensor, log_probs: torch.Tensor, table: torch.Tensor, allowed: torch.Tensor,
-                    low: float, high: float) -> torch.Tensor:
-    """Inside the band, the best single move or pair of moves (two decisions) that raises the
-    log-probability and keeps the cost inside, until none does."""
+def _bucketed(log_probs: torch.Tensor, table: torch.Tensor, allowed: torch.Tensor, low: float, high: float,
+              buckets: int = DP_BUCKETS) -> torch.Tensor:
+    """Dynamic programme over the decisions (a multiple-choice knapsack): for every cost bucket
+    (the cost range split into `buckets`), the most likely partial assignment landing there, its
+    exact cost and the option each decision took. Exact but for assignments merged in one bucket
+    (their costs differ by less than about D buckets' width); the band is judged on exact costs."""
     num_decisions, num_options = table.shape
-    rows = torch.arange(num_decisions)
-    decision_of = rows.repeat_interleave(num_options)  # (M,) for the M = D * K moves
-    different = decision_of[:, None] != decision_of[None, :]  # (M, M): a pair moves two decisions
-    for _ in range(num_decisions * num_options):
-        cost = float(table[rows, indices].sum())
-        if float(_distance(cost, low, high)) > 0:
-            break  # the band is out of reach: nothing to keep inside
-        gain = (log_probs - log_probs.gather(1, indices.unsqueeze(1))).reshape(-1)  # (M,)
-        delta = (table - table[rows, indices].unsqueeze(1)).reshape(-1)
-        ok = allowed.reshape(-1) & (gain > -float("inf"))
-        single = gain.masked_fill(~(ok & (_distance(cost + delta, low, high) == 0)), float("-inf"))
-        pair_gain = gain[:, None] + gain[None, :]
-        pair_ok = ok[:, None] & ok[None, :] & different & (_distance(cost + delta[:, None] + delta[None, :], low,
-                                                                               high) == 0)
-        pair = pair_gain.masked_fill(~pair_ok, float("-inf"))
-        best_single, best_pair = float(single.max()), float(pair.max())
-        if max(best_single, best_pair) <= _GAIN_EPS:
-            break
-        if best_single >= best_pair:
-            moves = [int(single.argmax())]
-        else:
-            first, second = divmod(int(pair.argmax()), len(gain))
-            moves = [first, second]
-        for move in moves:
-            decision, option = divmod(move, num_options)
-            indices[decision] = option
+    big = torch.finfo(torch.float64).max
+    base = table.masked_fill(~allowed, big).min(dim=1).values  # (D,) cheapest allowed option
+    extra = (table - base[:, None]).masked_fill(~allowed, 0.0)  # (D, K) >= 0 over the cheapest
+    span = float(extra.max(dim=1).values.sum())
+    width = span / (buckets - 1) if span > 0 else 1.0
+    shifts = (extra / width).round().long()  # (D, K) bucket offset of each option
+    size = int(shifts.max(dim=1).values.sum()) + 1
+    best_lp = torch.full((size,), float("-inf"), dtype=torch.float64)
+    best_lp[0] = 0.0
+    exact = torch.zeros(size, dtype=torch.float64)  # exact extra cost of the kept partial assignment
+    choice = torch.zeros((num_decisions, size), dtype=torch.int16)
+    for d in range(num_decisions):
+        new_lp = torch.full_like(best_lp, float("-inf"))
+        new_exact = torch.zeros_like(exact)
+        for k in torch.nonzero(allowed[d]).flatten().tolist():
+            shift = int(shifts[d, k])
+            candidate = torch.full_like(best_lp, float("-inf"))
+            candidate[shift:] = best_lp[: size - shift] + log_probs[d, k]
+            better = candidate > new_lp
+            new_lp = torch.where(better, candidate, new_lp)
+            moved = torch.zeros_like(exact)
+            moved[shift:] = exact[: size - shift] + extra[d, k]
+            new_exact = torch.where(better, moved, new_exact)
+            choice[d][better] = k
+        best_lp, exact = new_lp, new_exact
+    bucket = _pick(best_lp, exact + float(base.sum()), low, high)
+    indices = torch.empty(num_decisions, dtype=torch.long)
+    for d in reversed(range(num_decisions)):
+        indices[d] = int(choice[d, bucket])
+        bucket -= int(shifts[d, indices[d]])
     return indices
