@@ -119,6 +119,14 @@ class QuantModule:
             raise TypeError(f"weight_prequantized must be True or False, got {value!r}")
         self._prequantized_for = (self._weight_format, self.weight, _version(self.weight)) if value else None
 
+    def __setstate__(self, state: dict) -> None:
+        # deepcopy and pickle give the copy a new weight Parameter (version counter 0) holding the
+        # same values: a copy of a prequantized layer is prequantized too.
+        super().__setstate__(state)  # type: ignore[misc]
+        mark = self.__dict__.get("_prequantized_for")
+        if mark is not None and mark[1] is self.weight:
+            self._prequantized_for = (mark[0], self.weight, _version(self.weight))
+
     @property
     def quant_config(self) -> QuantConfig:
         return QuantConfig(

@@ -29,6 +29,7 @@ bit-identical to the eager path below.
 from __future__ import annotations
 
 import functools
+import numbers
 from dataclasses import dataclass
 from enum import Enum
 from typing import cast
@@ -373,7 +374,7 @@ def _mse_optimal_abs_max(x: torch.Tensor, fmt: NumberFormat, dims: tuple[int, ..
 def check_range_percentile(value: float, name: str = "range_percentile") -> None:
     """TypeError unless `value` is a real number, ValueError unless it is in (0, 100] or negative
     (NaN fails every comparison, so it is rejected too)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number in (0, 100] or negative, got {value!r}")
     if not (value < 0 or 0 < value <= 100):
         raise ValueError(
@@ -397,9 +398,9 @@ def compute_scale(
     """
     fmt = parse_format(fmt)
     check_range_percentile(range_percentile)
-    dims = _reduce_dims(x, Granularity(granularity), dim)
     if isinstance(fmt, CastFormat) or not fmt.quantizes:
         return torch.ones((1,) * x.dim(), dtype=torch.float32, device=x.device)
+    dims = _reduce_dims(x, Granularity(granularity), dim)
     if x.numel() == 0:  # the reductions below reject empty dimensions
         shape = [1 if d in dims else size for d, size in enumerate(x.shape)]
         return torch.ones(shape, dtype=torch.float32, device=x.device)

@@ -295,3 +295,15 @@ def test_layers_run_on_an_empty_batch_like_the_float_layers():
             assert got.shape == want.shape and got.dtype == want.dtype and got.numel() == 0
             got.sum().backward()
             assert inputs.grad.shape == x.shape and layer.weight.grad is not None
+
+
+def test_a_copy_of_a_prequantized_layer_is_prequantized():
+    import copy
+    import pickle
+
+    layer, x = prequantized_linear()
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert clone.weight_prequantized and clone.quantized_weight() is clone.weight
+        assert torch.equal(clone(x), layer(x))
+        clone.weight_format = INT2  # and it lapses as usual
+        assert not clone.weight_prequantized

@@ -539,3 +539,15 @@ def test_non_finite_inputs_propagate():
     got = quantize(rows, int8, Granularity.PER_CHANNEL, dim=0)
     assert torch.isnan(got[1:3]).all()
     assert bits_equal(got[[0, 3]], quantize(rows[[0, 3]], int8, Granularity.PER_CHANNEL, dim=0))
+
+
+def test_scale_edge_cases_of_formats_without_a_range():
+    import numpy as np
+
+    # bf16 / none carry their own range: scale 1 whatever the granularity, 0-dim tensors included
+    assert compute_scale(torch.tensor(1.5), "bf16", "per_channel").tolist() == 1.0
+    assert compute_scale(torch.tensor(1.5), "none", "per_token").tolist() == 1.0
+    # any real percentile (numpy too)
+    x = torch.arange(1.0, 101.0)
+    assert compute_scale(x, "int8", range_percentile=np.float32(50.0)).item() == compute_scale(
+        x, "int8", range_percentile=50.0).item()
