@@ -8,7 +8,8 @@ Naming: a run's name is the `exp_name` it was given (run flags or its experiment
 the run's default name (built from its flags), then the `key=value` of every `--sweep` key
 (`float_seed=0`, `..._s42_learning_rate=0.001`), so that a run's name never depends on which other
 runs are in the launch: relaunching one value of a sweep finds the run it named before. A
-default name skips the swept keys it already shows (DEFAULT_NAME_KEYS: `_s42` is the seed). Runs
+default name skips the swept keys it already shows (DEFAULT_NAME_KEYS: `_s42` is the seed; the target and
+search space only in a search's name). Runs
 that would still share a directory (experiments-file entries without exp_name) get the pairs that
 tell them apart appended; if two runs are still the same after that (a duplicate entry), the
 launch fails: two runs never share a directory.
@@ -38,6 +39,9 @@ DEFAULT_NAME_KEYS = frozenset({
     "seed", "model_type", "search", "bits", "weight_bits", "activation_bits", "search_space", "single_decision",
     "block_search", "weight_only_search", "cost_type", "cost_target", "cost_target_bits",
 })
+# Of those, the ones only a search's default name shows (a fixed-format run's name has no target).
+SEARCH_NAME_KEYS = frozenset({"search_space", "single_decision", "block_search", "weight_only_search", "cost_type",
+                              "cost_target", "cost_target_bits"})
 
 
 @dataclass(frozen=True)
@@ -176,13 +180,15 @@ def _distinct_names(names: list[str], keys: list[Path], overrides: list[list[tup
 
 
 def _swept_parts(pairs: list[tuple[str, str]], swept_keys: Sequence[str], explicit_name: bool,
-                 parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
+                 parser: argparse.ArgumentParser, mode: str) -> list[tuple[str, str]]:
     """The swept (key, value) pairs that go into a run's name whatever else the launch holds: all
-    of them after an exp_name, those the default name does not show after a default name."""
+    of them after an exp_name, those the default name does not show after a default name (which
+    shows the search-only keys for searches only)."""
     swept = [(k, v) for k, v in pairs if k in swept_keys]
     if explicit_name:
         return swept
-    return [(k, v) for k, v in swept if resolve_key(parser, k).dest not in DEFAULT_NAME_KEYS]
+    shown = DEFAULT_NAME_KEYS if mode == "search" else DEFAULT_NAME_KEYS - SEARCH_NAME_KEYS
+    return [(k, v) for k, v in swept if resolve_key(parser, k).dest not in shown]
 
 
 def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
@@ -212,8 +218,8 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
 
     swept_keys = [axis.key for axis in sweeps]
     given_name = any(segment.dest == "exp_name" for segment in base)
-    always = [_swept_parts(pairs, swept_keys, bool(name) or given_name, parser)
-              for pairs, (name, _) in zip(override_texts, combos)]
+    always = [_swept_parts(pairs, swept_keys, bool(name) or given_name, parser, args.mode)
+              for pairs, (name, _), args in zip(override_texts, combos, resolved)]
     stable = ["_".join([args.exp_name, *(_name_part(k, v) for k, v in parts)]) for args, parts in zip(resolved, always)]
     names = _distinct_names(stable, [run_dir(a, n) for a, n in zip(resolved, stable)], override_texts,
                             [{k for k, _ in parts} for parts in always])

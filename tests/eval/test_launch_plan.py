@@ -175,3 +175,13 @@ def test_the_plan_records_each_run_args_as_results_json_will():
     assert experiment.args["learning_rate"] == 0.01 and experiment.args["exp_name"] == f"{SEARCH}_s42"
     assert experiment.args["search_formats"] == ["int4", "int8"] and experiment.args["mode"] == "search"
     assert experiment.args["cuda_visible_devices"] is None
+
+
+def test_search_only_name_keys_are_appended_to_fixed_format_names():
+    # A fixed-format run's default name does not show cost_type: swept, it is appended, so a relaunch
+    # of one value finds the same run directory as the sweep of both.
+    both = plan_experiments([*BASE, "--bits", "8"], [parse_sweep("cost_type=memory,compute")])
+    [one] = plan_experiments([*BASE, "--bits", "8"], [parse_sweep("cost_type=compute")])
+    assert [e.exp_name for e in both] == ["resnet18_uniform_wint8-aint8_s42_cost_type=memory",
+                                          "resnet18_uniform_wint8-aint8_s42_cost_type=compute"]
+    assert one.exp_name == both[1].exp_name
