@@ -160,6 +160,13 @@ def test_search_on_digits_and_load_config_reproduces_it(tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["delay_steps"], config["device"]) == (2, "cpu") and config["rl_learning_rate"] == pytest.approx(0.1)
     assert config == results["args"]
+    # examples/reselect.py recomputes the answer from results.json alone: the run's own
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reselect", Path(__file__).parents[2] / "examples" / "reselect.py")
+    reselect = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reselect)
+    assert reselect.reselect(results) == [d["format"] for d in results["search"]["decisions"].values()]
     search = results["search"]
     assert search["search_space"] == ["int2", "int4", "fp8_e4m3"] and search["granularity"] == "layer"
     assert set(search["decisions"]) == set(results["layers"])
