@@ -374,7 +374,13 @@ def changed_flags(planned: Mapping[str, Any], record: RunRecord) -> list[str]:
     """`key old -> new` for every argument in which a completed run's recorded args differ from the
     planned run's, except NON_RESULT_ARGS (names, paths, logging, device) and run-time defaults the
     plan leaves open. An argument the run did not record (it predates the flag) is not compared."""
-    recorded = record.args
+    return changed_args(planned, record.args)
+
+
+def changed_args(planned: Mapping[str, Any], recorded: Mapping[str, Any],
+                 ignore: frozenset[str] = frozenset()) -> list[str]:
+    """`changed_flags` against a mapping of recorded args (results.json "args" or config.json),
+    also ignoring `ignore`."""
     return [f"{key} {_text(recorded[key])} -> {_text(value)}" for key, value in planned.items()
-            if key not in NON_RESULT_ARGS and key in recorded and _text(recorded[key]) != _text(value)
-            and not (key in RUN_TIME_DEFAULTS and value is None)]
+            if key not in NON_RESULT_ARGS and key not in ignore and key in recorded
+            and _text(recorded[key]) != _text(value) and not (key in RUN_TIME_DEFAULTS and value is None)]

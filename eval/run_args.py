@@ -155,7 +155,36 @@ def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--exp_name is {len(args.exp_name.encode())} bytes long ({args.exp_name[:40]!r}...); a "
                          f"directory name can have at most {MAX_NAME_BYTES}: give a shorter --exp_name")
     _check_inputs_outside_run_dir(args)
+    _check_resume_matches(args)
     return args
+
+
+# What a resumed run may change: how long it trains (the search's own settings are checked by the
+# trainer against the checkpoint).
+RESUME_MAY_CHANGE = frozenset({"max_steps", "num_train_epochs"})
+
+
+def _check_resume_matches(args: argparse.Namespace) -> None:
+    """A resumed run has the flags of the run that wrote the checkpoint (its config.json, next to
+    the checkpoint), but for how long it trains and what does not change results."""
+    if args.resume_from_checkpoint is None:
+        return
+    import json
+
+    from eval.results import changed_args
+
+    config = Path(args.resume_from_checkpoint).parent / "config.json"
+    try:
+        recorded = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return  # a checkpoint moved away from its run: nothing to compare with
+    planned = json.loads(json.dumps(vars(args), default=str))  # as config.json holds them
+    diffs = changed_args(planned, recorded, ignore=RESUME_MAY_CHANGE)
+    if diffs:
+        shown = ", ".join(diffs[:6]) + (", ..." if len(diffs) > 6 else "")
+        raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} was written by a run with other "
+                         f"flags ({shown}); resume with that run's flags (only --max_steps/--num_train_epochs may "
+                         f"change), or start a new run")
 
 
 def _check_inputs_outside_run_dir(args: argparse.Namespace) -> None:

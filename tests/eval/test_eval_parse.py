@@ -328,3 +328,21 @@ def test_a_run_may_not_read_from_the_directory_it_replaces(capsys, tmp_path):
     args = parse_run_args(["--load_config", str(run_dir / "results.json"), "--output_root_dir", str(tmp_path),
                            "--exp_name", "other", "--eval_only"])
     assert args.model_name_or_path == str(run_dir / "final_model")
+
+
+def test_a_resumed_run_keeps_the_flags_of_the_run_that_wrote_the_checkpoint(capsys, tmp_path):
+    import json
+
+    first = parse_run_args(["--bits", "8", "--output_root_dir", str(tmp_path), "--exp_name", "r"])
+    run_dir = tmp_path / "digits" / "r"
+    (run_dir / "checkpoint-3").mkdir(parents=True)
+    (run_dir / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    (run_dir / "config.json").write_text(json.dumps(vars(first), default=str))
+    base = ["--bits", "8", "--output_root_dir", str(tmp_path), "--exp_name", "r", "--resume_from_checkpoint",
+            str(run_dir)]
+    assert parse_run_args(base).resume_from_checkpoint == str(run_dir / "checkpoint-3")
+    assert parse_run_args([*base, "--max_steps", "50", "--log_steps", "5"]).max_steps == 50  # may change
+    err = error_of([*base, "--learning_rate", "0.01", "--per_channel"], capsys)
+    assert ("was written by a run with other flags (learning_rate 0.001 -> 0.01, per_channel false -> true); "
+            "resume with that run's flags (only --max_steps/--num_train_epochs may change), or start a new run") in err
+

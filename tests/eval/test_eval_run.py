@@ -78,7 +78,9 @@ def test_save_strategy_best_saves_at_an_improving_evaluation_and_resumes_from_th
     assert code == 0 and saved and set(saved) <= {4, 8} and (run_dir / "checkpoint-4").is_dir()  # the first is best
     from eval.eval_parse import parse_run_args
 
-    assert parse_run_args(["--resume_from_checkpoint", str(run_dir)]).resume_from_checkpoint == \
+    same = [*RESNET_TINY, "--bits", "8", "--save_strategy", "best", "--eval_steps", "4", *FAST, "--output_root_dir",
+            str(tmp_path)]
+    assert parse_run_args([*same, "--resume_from_checkpoint", str(run_dir)]).resume_from_checkpoint == \
         str(run_dir / f"checkpoint-{saved[-1]}")
 
 
