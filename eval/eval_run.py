@@ -100,9 +100,9 @@ def main_metric_of(metrics: dict[str, Any], task_main_metric: str) -> str:
 def missed_target_note(args: argparse.Namespace, ratio: float) -> str | None:
     """A note when the answer's cost is outside the band --final_selection constrained aims for
     (e.g. a single decision whose formats give 0.4, 0.8 or 1.6 of the default target)."""
-    from trainer.final_selection import cost_band
+    from trainer.final_selection import cost_band, is_one_sided
 
-    low, high = cost_band(1.0, args.target_tolerance, one_sided=args.cost_function != "tunas_abs")
+    low, high = cost_band(1.0, args.target_tolerance, one_sided=is_one_sided(args.cost_function))
     if low <= ratio <= high:
         return None
     band = f"at most {high:g}" if low == float("-inf") else f"{low:g} to {high:g}"

@@ -18,6 +18,7 @@ bucket, of which it keeps the most likely (the band is judged on exact costs).
 """
 from __future__ import annotations
 
+import math
 from enum import Enum
 
 import torch
@@ -30,7 +31,13 @@ class FinalSelection(str, Enum):
 
 EXACT_LIMIT = 1 << 20
 DP_BUCKETS = 1 << 16
-_GAIN_EPS = 1e-12  # a log-probability gain below this is rounding, not an improvement
+
+
+def is_one_sided(cost_function: str) -> bool:
+    """Whether a cost function's band is only an upper bound: only tunas_abs penalises a model
+    cheaper than the target (one_sided_tunas_abs and hard_exponential do not, soft_exponential
+    rewards it)."""
+    return cost_function != "tunas_abs"
 
 
 def cost_band(target: float, tolerance: float, one_sided: bool) -> tuple[float, float]:
@@ -60,10 +67,7 @@ def constrained_argmax(log_probs: torch.Tensor, cost_table: torch.Tensor, target
     empty = [d for d in range(allowed.shape[0]) if not bool(allowed[d].any())]
     if empty:
         raise ValueError(f"decisions {empty} have no allowed option (every log-probability is -inf)")
-    assignments = 1
-    for count in allowed.sum(dim=1).tolist():
-        assignments *= count
-    if assignments <= exact_limit:
+    if math.prod(allowed.sum(dim=1).tolist()) <= exact_limit:  # the number of assignments
         return _exact(log_probs, table, allowed, low, high)
     return _bucketed(log_probs, table, allowed, low, high)
 

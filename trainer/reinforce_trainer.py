@@ -47,7 +47,7 @@ from policy.simple_policy import PolicySample, SimplePolicy
 from quant.quant_module import QuantModule
 from quant.surgery import set_layer_formats
 from trainer.entropy_schedule import entropy_beta
-from trainer.final_selection import FinalSelection, constrained_argmax
+from trainer.final_selection import FinalSelection, constrained_argmax, is_one_sided
 from trainer.quality import batch_quality
 from trainer.reinforce_config import AdvantageMode, ReinforceConfig, RewardSource
 from trainer.search_space import DecisionCostTable, SearchSpace
@@ -166,9 +166,8 @@ class ReinforceTrainer(Trainer):
             return self.policy.argmax()
         with torch.no_grad():
             log_probs = self.policy.log_probabilities()
-        # Only tunas_abs penalises a model cheaper than the target: the others get a one-sided band.
         return constrained_argmax(log_probs, self.cost_table.table, config.cost_target, config.target_tolerance,
-                                  one_sided=config.cost_function != "tunas_abs")
+                                  one_sided=is_one_sided(config.cost_function))
 
     def final_decisions(self) -> dict[str, DecisionResult]:
         """The answer: the most likely option of every decision, with the final probabilities."""
