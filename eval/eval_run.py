@@ -115,7 +115,7 @@ def missed_target_note(args: argparse.Namespace, ratio: float) -> str | None:
 def replaced_run_note(run_dir: Path, planned: dict[str, Any]) -> str | None:
     """A note when this run replaces a completed run of the same name that had other flags
     (default names leave out most flags, so two different commands can share a directory)."""
-    from eval.results import COMPLETED, changed_flags, load_run
+    from eval.results import COMPLETED, changed_flags, list_changes, load_run
 
     previous = load_run(run_dir)
     if previous.status != COMPLETED:
@@ -123,8 +123,8 @@ def replaced_run_note(run_dir: Path, planned: dict[str, Any]) -> str | None:
     diffs = changed_flags(planned, previous)
     if not diffs:
         return None
-    return (f"note: replacing the completed run {run_dir}, which was run with other flags ({', '.join(diffs[:6])}"
-            f"{', ...' if len(diffs) > 6 else ''}); give --exp_name to keep both")
+    return (f"note: replacing the completed run {run_dir}, which was run with other flags ({list_changes(diffs)}); "
+            "give --exp_name to keep both")
 
 
 def clear_previous_outputs(run_dir: Path, resuming: bool) -> None:

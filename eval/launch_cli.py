@@ -29,11 +29,10 @@ from eval.launch_plan import Experiment, load_experiments_file, parse_sweep, pla
 from eval.launch_queue import (DONE, QUEUED, SKIPPED, Job, StopSignals, SubprocessStarter, TERMINATE_GRACE_S,
                                run_queue)
 from eval.launch_status import StatusBoard, summary_table
-from eval.results import COMPLETED, changed_flags, load_run
+from eval.results import COMPLETED, changed_flags, list_changes, load_run
 
 PROG = "eval_parallel"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-MAX_LISTED_CHANGES = 6
 
 
 class _HelpAction(argparse.Action):
@@ -134,8 +133,7 @@ def make_jobs(experiments: Sequence[Experiment], resources: Resources, skip_comp
     changed = [(job, diffs) for job, record in completed if (diffs := changed_flags(job.experiment.args, record))]
     if changed:
         job, diffs = changed[0]
-        listed = ", ".join(diffs[:MAX_LISTED_CHANGES]) + (f", and {len(diffs) - MAX_LISTED_CHANGES} more"
-                                                          if len(diffs) > MAX_LISTED_CHANGES else "")
+        listed = list_changes(diffs)
         others = f" ({_plural(len(changed) - 1, 'other completed run')} too)" if len(changed) > 1 else ""
         raise LaunchError(f"--skip_completed would keep {job.experiment.run_dir}, completed with other flags: {listed}"
                           f"{others}; give the experiment a new exp_name to keep both, delete the run directory to run "

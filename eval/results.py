@@ -366,10 +366,6 @@ def available_group_keys(runs: Sequence[RunRecord]) -> list[str]:
 RUN_TIME_DEFAULTS = ("rl_learning_rate", "delay_steps")
 
 
-def _text(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
-
-
 def changed_flags(planned: Mapping[str, Any], record: RunRecord) -> list[str]:
     """`key old -> new` for every argument in which a completed run's recorded args differ from the
     planned run's, except NON_RESULT_ARGS (names, paths, logging, device) and run-time defaults the
@@ -381,6 +377,15 @@ def changed_args(planned: Mapping[str, Any], recorded: Mapping[str, Any],
                  ignore: frozenset[str] = frozenset()) -> list[str]:
     """`changed_flags` against a mapping of recorded args (results.json "args" or config.json),
     also ignoring `ignore`."""
-    return [f"{key} {_text(recorded[key])} -> {_text(value)}" for key, value in planned.items()
+    return [f"{key} {_canonical(recorded[key])} -> {_canonical(value)}" for key, value in planned.items()
             if key not in NON_RESULT_ARGS and key not in ignore and key in recorded
-            and _text(recorded[key]) != _text(value) and not (key in RUN_TIME_DEFAULTS and value is None)]
+            and _canonical(recorded[key]) != _canonical(value) and not (key in RUN_TIME_DEFAULTS and value is None)]
+
+
+MAX_LISTED_CHANGES = 6
+
+
+def list_changes(changes: Sequence[str]) -> str:
+    """`changed_args` output for a message: the first few, and how many more."""
+    more = len(changes) - MAX_LISTED_CHANGES
+    return ", ".join(changes[:MAX_LISTED_CHANGES]) + (f", and {more} more" if more > 0 else "")

@@ -14,6 +14,7 @@ Resolved fields added to the namespace (all JSON-serialisable, saved in config.j
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import tempfile
@@ -169,9 +170,7 @@ def _check_resume_matches(args: argparse.Namespace) -> None:
     the checkpoint), but for how long it trains and what does not change results."""
     if args.resume_from_checkpoint is None:
         return
-    import json
-
-    from eval.results import changed_args
+    from eval.results import changed_args, list_changes
 
     config = Path(args.resume_from_checkpoint).parent / "config.json"
     try:
@@ -181,9 +180,8 @@ def _check_resume_matches(args: argparse.Namespace) -> None:
     planned = json.loads(json.dumps(vars(args), default=str))  # as config.json holds them
     diffs = changed_args(planned, recorded, ignore=RESUME_MAY_CHANGE)
     if diffs:
-        shown = ", ".join(diffs[:6]) + (", ..." if len(diffs) > 6 else "")
         raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} was written by a run with other "
-                         f"flags ({shown}); resume with that run's flags (only --max_steps/--num_train_epochs may "
+                         f"flags ({list_changes(diffs)}); resume with that run's flags (only --max_steps/--num_train_epochs may "
                          f"change), or start a new run")
 
 
@@ -208,8 +206,6 @@ MAX_NAME_BYTES = 255  # NAME_MAX of Linux file systems
 
 def check_load_config(args: argparse.Namespace) -> None:
     """--load_config names a completed run's results.json, of this run's task and model type."""
-    import json
-
     path = args.load_config
     try:
         data = json.loads(Path(path).read_text())
