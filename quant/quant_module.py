@@ -53,6 +53,22 @@ def _version(weight: torch.Tensor) -> int | None:
     return None if weight.is_inference() else weight._version
 
 
+class FormatAttribute:
+    """A layer's format, parsed on assignment: a token ("int8") works and a bad one fails there
+    rather than at the next forward, which only reads the stored NumberFormat (`_<name>`)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.stored = f"_{name}"
+
+    def __get__(self, layer: object, owner: type | None = None) -> NumberFormat:
+        if layer is None:
+            return self  # type: ignore[return-value]
+        return layer.__dict__[self.stored]
+
+    def __set__(self, layer: object, fmt: NumberFormat | str | int) -> None:
+        layer.__dict__[self.stored] = parse_format(fmt)
+
+
 class QuantModule:
     """Mixin for nn.Linear / nn.Conv2d / Conv1D subclasses. Subclasses define the class
     attributes below and call `_init_quant` after the float layer's own initialisation."""
@@ -79,23 +95,8 @@ class QuantModule:
         self.macs_per_sample: int | None = None
         self.weight_prequantized = False
 
-    # Formats are parsed on assignment, so a token ("int8") works and a bad one fails here rather
-    # than at the next forward; the forward then only reads the stored NumberFormat.
-    @property
-    def weight_format(self) -> NumberFormat:
-        return self._weight_format
-
-    @weight_format.setter
-    def weight_format(self, fmt: NumberFormat | str | int) -> None:
-        self._weight_format = parse_format(fmt)
-
-    @property
-    def act_format(self) -> NumberFormat:
-        return self._act_format
-
-    @act_format.setter
-    def act_format(self, fmt: NumberFormat | str | int) -> None:
-        self._act_format = parse_format(fmt)
+    weight_format = FormatAttribute()
+    act_format = FormatAttribute()
 
     @property
     def weight_prequantized(self) -> bool:
