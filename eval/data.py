@@ -105,11 +105,7 @@ def check_local_sources(task: TaskSpec, train_file: str | os.PathLike[str] | Non
 
 def _load_local_file(path: str | os.PathLike[str]) -> datasets.Dataset:
     path = Path(path)
-    builder = LOCAL_FILE_BUILDERS.get(path.suffix.lower())
-    if builder is None:
-        raise ValueError(f"cannot read {str(path)!r}: the extension must be one of {sorted(LOCAL_FILE_BUILDERS)}")
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
+    builder = LOCAL_FILE_BUILDERS[path.suffix.lower()]  # extension and existence: check_local_sources
     try:
         return datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as error:  # noqa: BLE001 - datasets raises DatasetGenerationError without the file's name

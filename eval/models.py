@@ -35,8 +35,7 @@ from eval.model_configs import (
 )
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
-# config keys with their own build_model argument; overriding them too would be ambiguous
-# Config keys the run sets itself: key -> where its value comes from.
+# Config keys the run sets itself (overriding them too would be ambiguous): key -> where its value comes from.
 RESERVED_OVERRIDE_KEYS = {
     "num_labels": "the task's labels (build_model's num_labels)", "id2label": "the task's labels",
     "label2id": "the task's labels", "problem_type": "the task (build_model's problem_type)",

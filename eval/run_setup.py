@@ -44,14 +44,8 @@ class RunSetup:
 
 
 def _loaded_config_formats(path: str) -> dict[str, tuple[str, str]]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"--load_config {path!r} is not a readable results.json: {error}") from None
-    layers = data.get("layers") or {}
-    if data.get("status") != "completed" or not layers:
-        raise ValueError(f"--load_config {path!r} is not a completed run with per-layer formats "
-                         f"(status {data.get('status')!r})")
+    """Per-layer formats of a --load_config results.json (checked at parse time: run_args.check_load_config)."""
+    layers = json.loads(Path(path).read_text())["layers"]
     return {name: (layer["weight_format"], layer["act_format"]) for name, layer in layers.items()}
 
 
