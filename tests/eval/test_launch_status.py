@@ -1,5 +1,7 @@
 import io
 
+import pytest
+
 from eval.launch_devices import CPU, GPU, Slot
 from eval.launch_plan import Experiment
 from eval.launch_queue import DONE, FAILED, QUEUED, RUNNING, SKIPPED, Job
@@ -80,27 +82,21 @@ def test_summary_table():
         "failed: broken: exit code 1: ValueError: x (log: out/digits/broken/stdout.log)\n")
 
 
-def test_a_closed_stdout_silences_the_board_instead_of_raising():
-    class ClosedPipe(io.StringIO):
+@pytest.mark.parametrize("error, tty, message", [
+    # `... | head`: the reader has what it wanted, nothing to say
+    (BrokenPipeError(32, "Broken pipe"), True, ""),
+    (OSError(28, "No space left on device"), False,
+     "eval_parallel: the status board cannot be written (No space left on device); the runs go on, each with its "
+     "output in RUN_DIR/stdout.log\n"),
+])
+def test_an_unwritable_stdout_silences_the_board_instead_of_raising(error, tty, message, capsys):
+    class Unwritable(io.StringIO):
         def write(self, text):
-            raise BrokenPipeError(32, "Broken pipe")
+            raise error
 
-    board = StatusBoard(ClosedPipe(), total=1, tty=True)
+    board = StatusBoard(Unwritable(), total=1, tty=tty)
     queued = job(1, "a", QUEUED)
     board.event(queued, [queued])
     board.write("summary\n")
     board.close()
-
-
-def test_a_full_stdout_silences_the_board_with_one_line_on_stderr(capsys):
-    class FullDisk(io.StringIO):
-        def write(self, text):
-            raise OSError(28, "No space left on device")
-
-    board = StatusBoard(FullDisk(), total=1, tty=False)
-    queued = job(1, "a", QUEUED)
-    board.event(queued, [queued])
-    board.write("summary\n")
-    assert board.closed
-    assert capsys.readouterr().err == ("eval_parallel: the status board cannot be written (No space left on device); "
-                                       "the runs go on, each with its output in RUN_DIR/stdout.log\n")
+    assert board.closed and capsys.readouterr().err == message
