@@ -7,7 +7,8 @@
 # still run; the exit status is non-zero if any failed):
 #   imports    the project imports (pip install -e . --no-deps only if not)
 #   cuda       torch sees a GPU (else the script stops here)
-#   gpu_tests  pytest -m gpu tests/quant: CUDA fake quantization bit-identical to the CPU
+#   gpu_tests  pytest -m gpu tests/quant tests/trainer: CUDA fake quantization bit-identical to
+#              the CPU; an fp16 search (GradScaler) drops non-finite samples
 #   quantizer  fake-quant throughput vs copy and torch's kernels (64M elements)
 #   step       float / fixed-format / search step of ResNet-18 (b128, 224px), BERT-base (b32, s128)
 #   memory     peak memory of fixed-format and search (2, 4, 8 options)
@@ -67,7 +68,7 @@ if [[ $FAILED -ne 0 ]]; then
   echo "no usable GPU or project imports failed: benchmarks skipped (see $LOG)" | tee -a "$LOG"
   exit 1
 fi
-run_step gpu_tests 150 "$PY" -m pytest tests/quant -m gpu -q -p no:cacheprovider
+run_step gpu_tests 150 "$PY" -m pytest tests/quant tests/trainer -m gpu -q -p no:cacheprovider
 run_step quantizer 120 "$PY" -m benchmarks.bench_quantizer --device cuda --repeats 20 \
   --out "$OUT_DIR/quantizer_gpu.json"
 run_step step 240 "$PY" -m benchmarks.bench_search_step --device cuda --preset gpu --repeats 20 \

@@ -21,7 +21,8 @@ communication, and the all-reduced reward keeps their policies identical.
 A sample whose loss is not finite (e.g. FP4 everywhere) on any micro-batch of its cycle does not
 touch the weights: the cycle's gradients are dropped and the normalisation buffers are restored
 to the cycle's start. It gets the worst reward seen so far, so the policy learns to avoid it,
-and the step is counted in the logs.
+and the step is counted in the logs. With fp16's loss scaling the dropped step goes through the
+GradScaler as an overflow (it skips the optimizer step), and the scale it lowered is put back.
 
 A checkpoint stores the search settings (`ReinforceConfig.search_settings`); resuming with
 different ones, or with max_steps not above the checkpoint's step, is an error.
@@ -115,6 +116,21 @@ class _TrainBegin(TrainerCallback):
                 f"{state.global_step}, or start a new run")
 
 
+class _RestoreLossScale(TrainerCallback):
+    """After the optimizer step of a dropped sample under fp16: give the GradScaler back the scale
+    it lowered. The sample's formats, not the scale, made that step overflow; without this, a
+    search that meets many such samples would shrink the scale until fp16 gradients underflow."""
+
+    def __init__(self, trainer: ReinforceTrainer) -> None:
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        scale = self.trainer._loss_scale_to_restore
+        if scale is not None:
+            self.trainer._loss_scale_to_restore = None
+            self.trainer.accelerator.scaler.update(new_scale=scale)
+
+
 class ReinforceTrainer(Trainer):
     """Trainer + format search. Extra arguments (keywords):
 
@@ -154,7 +170,9 @@ class ReinforceTrainer(Trainer):
         self._captured_logits: tuple[torch.Tensor, torch.Tensor] | None = None
         self._buffer_copies: list[torch.Tensor] = []
         self._cycle: _Cycle | None = None
+        self._loss_scale_to_restore: float | None = None
         self.add_callback(_TrainBegin(self))
+        self.add_callback(_RestoreLossScale(self))
 
     # --- formats ------------------------------------------------------------------------------
     def apply_option_indices(self, indices: torch.Tensor) -> None:
@@ -251,13 +269,29 @@ class ReinforceTrainer(Trainer):
         values = self._mean_over_ranks(torch.stack(cycle.values))  # [[loss, quality] per micro-batch]
         finite = all(math.isfinite(v) for pair in values for v in pair)
         if not finite:
-            # Drops the gradients of every micro-batch of the cycle (optimizers skip parameters
-            # without gradients) and undoes what they did to the normalisation buffers.
-            model.zero_grad(set_to_none=True)
+            self._drop_gradients(model)
             self._restore_buffers(cycle.buffers)
             self.non_finite_steps += 1
         quality = math.fsum(q for _, q in values) / len(values) if finite else None
         self._update_policy(cycle.sample, quality, cycle.step, cycle.searching)
+
+    def _drop_gradients(self, model: nn.Module) -> None:
+        """Drop the gradients of every micro-batch of the cycle so that the optimizer step leaves
+        the weights and the optimizer state as they are."""
+        scaler = self.accelerator.scaler
+        if scaler is None or not scaler.is_enabled():
+            model.zero_grad(set_to_none=True)  # optimizers skip parameters without gradients
+            return
+        # A GradScaler asserts when a step has no gradient to check for infs. Make every gradient
+        # NaN instead: it then skips the optimizer step as for an overflow (on every DDP rank,
+        # since all see the same mean loss), and _RestoreLossScale undoes its lowering the scale.
+        for param in model.parameters():
+            if param.requires_grad:
+                if param.grad is None:
+                    param.grad = torch.full_like(param, float("nan"))
+                else:
+                    param.grad.fill_(float("nan"))
+        self._loss_scale_to_restore = scaler.get_scale()
 
     def _warmup_sample(self, step: int) -> PolicySample:
         if not self.reinforce_config.precision_warmup:
