@@ -13,6 +13,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+from PIL import Image
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from eval.builtin_tasks import load_builtin_task
@@ -69,11 +70,59 @@ def _check_labels(ds: datasets.Dataset, task: TaskSpec, source: str) -> None:
                              f"{task.label_column!r} must be numbers")
         return
     # bool is an int subclass: boolq's answers pass as 0/1.
-    bad = sorted({label for label in labels
-                  if not isinstance(label, (int, np.integer)) or not 0 <= label < task.num_labels}, key=str)
-    if bad:
+    not_ids = sorted({label for label in labels if not isinstance(label, (int, np.integer))}, key=str)
+    if not_ids:
         raise ValueError(f"{source}: labels in {task.label_column!r} must be class ids 0..{task.num_labels - 1} "
-                         f"for task {task.name!r}, found {bad[:10]}; map them to integers first")
+                         f"for task {task.name!r}, found {not_ids[:10]}; map them to integers first")
+    out_of_range = sorted({int(label) for label in labels if not 0 <= label < task.num_labels})
+    if out_of_range:
+        raise ValueError(f"{source}: labels in {task.label_column!r} must be class ids 0..{task.num_labels - 1} "
+                         f"for task {task.name!r} ({task.num_labels} classes), found {out_of_range[:10]}; drop those "
+                         "rows (-1 marks the unlabelled rows of GLUE test splits) or pick a task with that many classes")
+
+
+def _check_inputs(ds: datasets.Dataset, task: TaskSpec, source: str) -> None:
+    """Text columns hold strings; an image column holds images (not, say, file names)."""
+    if task.modality == "text":
+        for column in task.required_columns[:-1]:  # the raw text columns (before a task's preparer)
+            for row, value in enumerate(ds[column]):
+                if not isinstance(value, str):
+                    what = ("a missing value" if value is None else f"a number ({value!r})"
+                            if isinstance(value, (int, float, np.number)) else f"a {type(value).__name__} ({value!r})")
+                    raise ValueError(f"{source}: text column {column!r} has {what} in row {row}; every row needs "
+                                     "text: drop or fill those rows")
+        return
+    column = task.image_column
+    feature = ds.features.get(column)
+    if isinstance(feature, datasets.Image) or len(ds) == 0:
+        return
+    value = ds[0][column]
+    if not isinstance(value, (Image.Image, np.ndarray)):
+        raise ValueError(f"{source}: image column {column!r} holds {type(value).__name__} values ({value!r}), not "
+                         "images; give image file paths (csv/json/jsonl), a parquet file or a saved DatasetDict "
+                         "with a datasets.Image column, or uint8 arrays")
+
+
+def _images_from_paths(ds: datasets.Dataset, task: TaskSpec, file: str | os.PathLike[str], source: str
+                       ) -> datasets.Dataset:
+    """A local file whose image column holds file paths: the images themselves (decoded when
+    read), relative paths taken from the file's own folder."""
+    column = task.image_column
+    if column not in ds.column_names or len(ds) == 0 or not all(isinstance(v, str) for v in ds[column]):
+        return ds
+    folder = Path(file).resolve().parent
+    paths = [str(folder / Path(v).expanduser()) for v in ds[column]]  # an absolute path stays as it is
+    missing = [(v, p) for v, p in zip(ds[column], paths) if not Path(p).is_file()]
+    if missing:
+        raise ValueError(f"{source}: image column {column!r} names {len(missing)} files that do not exist, e.g. "
+                         f"{missing[0][0]!r} ({missing[0][1]}); relative paths are read from the file's folder")
+    try:
+        with Image.open(paths[0]) as image:
+            image.verify()
+    except Exception as error:  # noqa: BLE001 - PIL raises several types for a non-image
+        raise ValueError(f"{source}: image column {column!r}: {paths[0]!r} is not an image PIL can read "
+                         f"({type(error).__name__}: {error})") from None
+    return ds.remove_columns(column).add_column(column, paths).cast_column(column, datasets.Image())
 
 
 def check_local_sources(task: TaskSpec, train_file: str | os.PathLike[str] | None,
@@ -103,20 +152,41 @@ def check_local_sources(task: TaskSpec, train_file: str | os.PathLike[str] | Non
                              f"'{task.eval_split}' (or 'validation') with save_to_disk")
 
 
-def _load_local_file(path: str | os.PathLike[str]) -> datasets.Dataset:
+def _has_no_rows(path: Path, builder: str) -> bool:
+    """Whether a local file holds no example (datasets' own errors for these name neither the
+    file nor the problem)."""
+    try:
+        if builder == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows == 0
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except Exception:  # noqa: BLE001 - unreadable: the caller reports datasets' error
+        return False
+    if builder == "csv":
+        return len(lines) <= 1  # at most a header
+    return not lines or "".join(lines).strip() in ("[]", "{}")
+
+
+def _load_local_file(path: str | os.PathLike[str], flag: str) -> datasets.Dataset:
     path = Path(path)
     builder = LOCAL_FILE_BUILDERS[path.suffix.lower()]  # extension and existence: check_local_sources
+    if _has_no_rows(path, builder):
+        raise ValueError(f"{flag} {str(path)!r} has no rows; give a {builder} file with at least one example")
     try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as error:  # noqa: BLE001 - datasets raises DatasetGenerationError without the file's name
         cause = error.__cause__ or error
         raise ValueError(f"cannot read {str(path)!r} as {builder}: {type(cause).__name__}: {cause}") from error
+    if len(ds) == 0:
+        raise ValueError(f"{flag} {str(path)!r} has no rows; give a {builder} file with at least one example")
+    return ds
 
 
 def _load_local_files(train_file: str | os.PathLike[str],
                       validation_file: str | os.PathLike[str]) -> datasets.DatasetDict:
-    return datasets.DatasetDict({"train": _load_local_file(train_file),
-                                 "validation": _load_local_file(validation_file)})
+    return datasets.DatasetDict({"train": _load_local_file(train_file, "--train_file"),
+                                 "validation": _load_local_file(validation_file, "--validation_file")})
 
 
 def _load_from_disk(dataset_path: str | os.PathLike[str], task: TaskSpec) -> datasets.DatasetDict:
@@ -199,6 +269,10 @@ def load_raw_datasets(
     if local_files:
         raw = _load_local_files(train_file, validation_file)
         source = {"train": f"train file {str(train_file)!r}", "validation": f"validation file {str(validation_file)!r}"}
+        if task.modality == "vision":
+            files = {"train": train_file, "validation": validation_file}
+            raw = datasets.DatasetDict({split: _images_from_paths(raw[split], task, files[split], source[split])
+                                        for split in SPLITS})
     elif dataset_path is not None:
         raw = _load_from_disk(dataset_path, task)
         source = {s: f"{s} split of {str(dataset_path)!r}" for s in SPLITS}
@@ -215,6 +289,7 @@ def load_raw_datasets(
     for split in SPLITS:
         _check_columns(raw[split], task, source[split])
         _check_labels(raw[split], task, source[split])
+        _check_inputs(raw[split], task, source[split])
     if task.preparer is not None:
         if task.preparer not in PREPARERS:
             raise ValueError(f"task {task.name!r} names preparer {task.preparer!r}; known: {sorted(PREPARERS)}")

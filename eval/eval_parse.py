@@ -13,7 +13,7 @@ import math
 import sys
 from typing import NoReturn, Sequence
 
-from eval.run_args import SEARCH_ONLY_FLAGS, ignored_flags_note, resolve_run_args
+from eval.run_args import SEARCH_ONLY_FLAGS, ignored_flags_note, resolve_run_args, single_option_note
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -90,7 +90,7 @@ def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
                    help="Adam learning rate of the policy (default: 10 / the number of search steps after the "
                    "delay, at most 0.1, so a short and a long search move the logits by the same total amount)")
     g.add_argument("--precision_warmup", action=argparse.BooleanOptionalAction, default=True,
-                   help="during --delay_steps, use the most precise format with a probability falling from 1 to 0 "
+                   help="during --delay_steps, use the most precise format (most bits; of equal bits, the first listed) with a probability falling from 1 to 0 "
                    "(else uniform), so the shared weights learn the task before coping with every format")
     g.add_argument("--cost_beta", type=finite_float, default=None,
                    help="strength of the cost term: > 0 for tunas_abs/one_sided_tunas_abs (default 5.0), < 0 "
@@ -186,9 +186,10 @@ def parse_run_args(argv: Sequence[str] | None = None, prog: str = "eval_run") ->
         resolve_run_args(args)
     except ValueError as error:
         parser.error(str(error))
-    note = ignored_flags_note(args, {name: parser.get_default(name) for name in SEARCH_ONLY_FLAGS})
-    if note is not None:
-        sys.stderr.write(f"{prog}: {note}\n")
+    for note in (ignored_flags_note(args, {name: parser.get_default(name) for name in SEARCH_ONLY_FLAGS}),
+                 single_option_note(args)):
+        if note is not None:
+            sys.stderr.write(f"{prog}: {note}\n")
     return args
 
 

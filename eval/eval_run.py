@@ -4,7 +4,8 @@ args -> data -> model -> quantized layers -> Trainer (fixed formats) or Reinforc
 -> train -> final formats fixed -> evaluate -> outputs in {output_root_dir}/{task}/{exp_name}/:
 config.json (all args), model.txt, output.txt, final_model/ (HF checkpoint of the trained weights),
 TensorBoard logs in tensorboard/, and results.json, written last and atomically. A crash writes
-a results.json with status "failed", the error and the traceback.
+a results.json with status "failed", the error and the traceback; a crash before training (data,
+model, trainer) leaves a completed run of the same name untouched instead.
 """
 from __future__ import annotations
 
@@ -40,8 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         results = run(args)
     except Exception as error:  # noqa: BLE001 - reported in results.json and as one line
-        results_file = run_dir_of(args) / "results.json"
-        where = f" (traceback in {results_file})" if results_file.is_file() else ""
+        run_dir = run_dir_of(args)
+        if _holds_completed_run(run_dir):  # failed before it replaced anything
+            where = f" (the completed run in {run_dir} was left as it was)"
+        else:
+            results_file = run_dir / "results.json"
+            where = f" (traceback in {results_file})" if results_file.is_file() else ""
         print(f"eval_run: error: {type(error).__name__}: {error}{where}", file=sys.stderr)
         return 1
     finally:
@@ -63,25 +68,45 @@ def _destroy_process_group() -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Execute the run `args` describes (already validated by parse_run_args); return results."""
+    """Execute the run `args` describes (already validated by parse_run_args); return results.
+
+    Data, model and trainer are set up before anything in the run directory changes: a run
+    that fails there leaves a completed run of the same name as it was."""
     from eval.run_outputs import RESULTS_NAME, failed_results, write_json
 
     start = time.time()
     run_dir = run_dir_of(args)
     run_dir.mkdir(parents=True, exist_ok=True)
+    resuming = args.resume_from_checkpoint is not None
+    try:
+        prepared = _prepare(args)
+    except Exception as error:
+        if _is_main_process() and not _holds_completed_run(run_dir):
+            clear_previous_outputs(run_dir, resuming)
+            write_json(run_dir / "config.json", vars(args))
+            write_json(run_dir / RESULTS_NAME, failed_results(vars(args), error, traceback.format_exc(),
+                                                              time.time() - start))
+        raise
     if _is_main_process():
         note = replaced_run_note(run_dir, vars(args))
         if note is not None:
             print(f"eval_run: {note}", file=sys.stderr)
-        clear_previous_outputs(run_dir, resuming=args.resume_from_checkpoint is not None)
-    write_json(run_dir / "config.json", vars(args))
+        clear_previous_outputs(run_dir, resuming)
+        # With what the run resolved itself (device, delay, policy learning rate).
+        write_json(run_dir / "config.json", vars(args))
     try:
-        return _run(args, run_dir, start)
+        return _run(args, prepared, run_dir, start)
     except Exception as error:
         if _is_main_process():
             write_json(run_dir / RESULTS_NAME, failed_results(vars(args), error, traceback.format_exc(),
                                                               time.time() - start))
         raise
+
+
+def _holds_completed_run(run_dir: Path) -> bool:
+    from eval.results import COMPLETED, load_run
+
+    return (run_dir / "results.json").is_file() and load_run(run_dir).status == COMPLETED
 
 
 # What the Trainer's evaluate() reports besides the metrics themselves.
@@ -147,25 +172,32 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _run(args: argparse.Namespace, run_dir: Path, start: float) -> dict[str, Any]:
+def _prepare(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(setup, trainer): data and model loaded, trainer built; nothing written to the run
+    directory yet. Resolves args.device (and, for a search, its delay and policy learning rate)."""
     import torch
     import transformers
 
-    from cost.model_cost import current_assignment, layer_costs
     from eval.metrics import build_compute_metrics
-    from eval.run_outputs import RESULTS_NAME, package_versions, summary_text, write_json
-    from eval.run_setup import build_trainer, close_tensorboard, load_data_and_model
-    from quant.surgery import quantized_layers
+    from eval.run_setup import build_trainer, load_data_and_model
 
     transformers.set_seed(args.seed)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.device = device
-    setup = load_data_and_model(args, run_dir)
-    (run_dir / "model.txt").write_text(str(setup.model) + "\n")
-    trainer = build_trainer(args, setup, run_dir, build_compute_metrics(setup.task, args.metric))
-    if _is_main_process():  # now with what the run resolved itself (device, delay, policy learning rate)
-        write_json(run_dir / "config.json", vars(args))
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    setup = load_data_and_model(args)
+    trainer = build_trainer(args, setup, run_dir_of(args), build_compute_metrics(setup.task, args.metric))
+    return setup, trainer
 
+
+def _run(args: argparse.Namespace, prepared: tuple[Any, Any], run_dir: Path, start: float) -> dict[str, Any]:
+    from cost.model_cost import current_assignment, layer_costs
+    from eval.run_outputs import RESULTS_NAME, package_versions, summary_text, write_json
+    from eval.run_setup import close_tensorboard
+    from quant.surgery import quantized_layers
+
+    setup, trainer = prepared
+    device = args.device
+    if _is_main_process():
+        (run_dir / "model.txt").write_text(str(setup.model) + "\n")
     if not args.eval_only:
         trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     search = None

@@ -236,6 +236,19 @@ MODEL_REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in _specs()}
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(MODEL_REGISTRY)
 
 
+def supports_gradient_checkpointing(spec: ModelSpec) -> bool:
+    """Whether transformers can checkpoint the activations of this model type's classification
+    model (ResNet, EfficientNet and MobileNetV2 cannot): known from the class, without a model."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING,
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
+    )
+
+    text = spec.modality == "text"
+    mapping = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING if text else MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
+    return bool(getattr(mapping[type(spec.builtin_config())], "supports_gradient_checkpointing", False))
+
+
 def get_model_spec(name: str) -> ModelSpec:
     if name not in MODEL_REGISTRY:
         raise ValueError(f"unknown model type {name!r}; valid model types: {', '.join(SUPPORTED_MODEL_TYPES)}")

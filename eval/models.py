@@ -261,6 +261,12 @@ def _set_pad_token_id(spec: ModelSpec, config: PretrainedConfig, pad_token_id: i
     if config.pad_token_id is not None and config.pad_token_id >= config.vocab_size:
         raise ValueError(f"pad_token_id {config.pad_token_id} is outside the vocabulary of size {config.vocab_size}; "
                          f"pass pad_token_id from the tokenizer that defines this vocabulary")
+    # A vocabulary made smaller (a word-level one, from scratch) has none of the checkpoint's other
+    # special tokens (GPT-2's eos/bos 50256): ids past its end would only be wrong.
+    for name in ("bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id", "mask_token_id"):
+        token_id = getattr(config, name, None)
+        if isinstance(token_id, int) and token_id >= config.vocab_size:
+            setattr(config, name, None)
 
 
 def _efficientnet_round_filters(config: PretrainedConfig, num_channels: int) -> int:

@@ -10,9 +10,7 @@ points and the frontier (matplotlib, Agg canvas).
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -99,16 +97,9 @@ def interpolate_uniform_line(uniform: Sequence[tuple[float, float]], cost: float
 
 def save_figure(figure: Any, path: str | Path, **kwargs: Any) -> None:
     """Write `figure` as a PNG atomically: readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            figure.savefig(f, format="png", **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from eval.run_outputs import atomic_write
+
+    atomic_write(path, lambda f: figure.savefig(f, format="png", **kwargs))
 
 
 def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, cost_column: str, cost_label: str,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cost.cost import REWARD_FUNCTIONS
 from cost.model_cost import parse_cost_type
-from eval.model_configs import get_model_spec
+from eval.model_configs import get_model_spec, supports_gradient_checkpointing
 from eval.tasks import get_task
 from quant.formats import NO_QUANT, parse_format, parse_format_list
 from trainer.entropy_schedule import parse_entropy_schedule
@@ -95,6 +95,9 @@ def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
         args.from_scratch = task.builtin and args.model_name_or_path is None
     if args.learning_rate is None:
         args.learning_rate = DEFAULT_LR_SCRATCH if args.from_scratch else DEFAULT_LR_PRETRAINED
+    if args.gradient_checkpointing and not supports_gradient_checkpointing(spec):
+        raise ValueError(f"--gradient_checkpointing: {args.model_type} does not support it (transformers has no "
+                         f"activation checkpointing for {spec.family}); drop the flag")
 
     _check_data_flags(args, task)
     _check_training_names(args)
@@ -290,6 +293,9 @@ def _check_data_flags(args: argparse.Namespace, task) -> None:
     check_local_sources(task, args.train_file, args.validation_file, args.dataset_path)
     if args.metric is not None and not args.metric.strip():
         raise ValueError("--metric must name an evaluate metric")
+    if args.metric == "glue" and task.hub_path != "nyu-mll/glue":  # its configs are the GLUE tasks
+        raise ValueError(f"--metric glue has no configuration for task {task.name!r} (only for GLUE tasks); leave "
+                         f"--metric unset for the task's built-in offline metrics ({', '.join(task.metric_names)})")
 
 
 def _resolve_mode(args: argparse.Namespace) -> None:
@@ -352,7 +358,10 @@ def _resolve_search(args: argparse.Namespace, task) -> None:
     args.granularity = "single" if args.single_decision else "block" if args.block_search else "layer"
 
     _choice(args.cost_function, list(REWARD_FUNCTIONS), "--cost_function")
-    parse_entropy_schedule(args.entropy_schedule_type)
+    try:  # case-insensitive: recorded (and passed on) by its canonical name
+        args.entropy_schedule_type = parse_entropy_schedule(args.entropy_schedule_type).value
+    except ValueError as error:
+        raise ValueError(f"--entropy_schedule_type: {error}") from None
     _choice(args.reward_source, [s.value for s in RewardSource], "--reward_source")
     _choice(args.advantage, [a.value for a in AdvantageMode], "--advantage")
     _choice(args.final_selection, [f.value for f in FinalSelection], "--final_selection")
@@ -430,6 +439,17 @@ def ignored_flags_note(args: argparse.Namespace, defaults: dict[str, object]) ->
     verb = "applies" if len(ignored) == 1 else "apply"
     return (f"note: {' '.join(ignored)} only {verb} to a search; this run has fixed formats ({fixed}) and ignores "
             f"them (to search instead, {way_out})")
+
+
+def single_option_note(args: argparse.Namespace) -> str | None:
+    """A note for a search whose space has one format: every decision has nothing to choose."""
+    if args.mode != "search" or len(args.search_formats) != 1:
+        return None
+    only = args.search_formats[0]
+    fixed = f"--weight_bits {only}" if args.weight_only_search else f"--bits {only}"
+    return (f"note: --search_space {args.search_space} has one format ({only}): every decision takes it, so this "
+            f"search is a fixed-format run with extra steps; list several formats (e.g. 4,8) to search, or run "
+            f"{fixed} instead")
 
 
 def default_exp_name(args: argparse.Namespace) -> str:

@@ -87,7 +87,7 @@ def _build_model(args: argparse.Namespace, task: TaskSpec, tokenizer, source: st
                          f"({type(error).__name__}: {error})") from error
 
 
-def load_data_and_model(args: argparse.Namespace, run_dir: Path) -> RunSetup:
+def load_data_and_model(args: argparse.Namespace) -> RunSetup:
     from eval.data import build_data_collator, carve_heldout, load_raw_datasets, prepare_text_datasets, \
         prepare_vision_datasets
     from eval.eval_partitions import LayerSelection, select_layers
@@ -135,9 +135,6 @@ def load_data_and_model(args: argparse.Namespace, run_dir: Path) -> RunSetup:
             if heldout_raw is not None else None
         example = {"pixel_values": torch.zeros(1, 3, image_size, image_size)}
         collator = build_data_collator(task)
-
-    if args.gradient_checkpointing and not getattr(model, "supports_gradient_checkpointing", False):
-        raise ValueError(f"{args.model_type} does not support --gradient_checkpointing; drop the flag")
 
     # A float run wraps the same layers at format 'none' (bitwise the float layers), so its cost
     # is that of the layers a quantized run would quantize, at 32 bits.
@@ -202,7 +199,8 @@ def run_tensorboard_callback(log_dir: Path):
         def _init_summary_writer(self, *unused: Any, **unused_kwargs: Any) -> None:
             self.tb_writer = SummaryWriter(log_dir=str(log_dir))
 
-    return RunTensorBoardCallback(SummaryWriter(log_dir=str(log_dir)))
+    # The writer opens on the first train-begin or log event: building the trainer writes nothing.
+    return RunTensorBoardCallback()
 
 
 def close_tensorboard(trainer) -> None:

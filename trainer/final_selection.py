@@ -12,9 +12,10 @@ and hard_exponential do not penalise a cheaper model, soft_exponential rewards i
 
 Exact where the assignments can be enumerated (up to `exact_limit`, 2^20: a block or single
 decision search, or a layer search with few layers and options). Beyond that (BERT-base per
-layer has 8^74 assignments) a dynamic programme over the decisions with the cost range split into
-2^16 buckets (a multiple-choice knapsack): exact but for assignments whose costs fall in one
-bucket, of which it keeps the most likely (the band is judged on exact costs).
+layer has 8^74 assignments) a dynamic programme over the decisions with the cost split into 2^16
+buckets up to twice the extra cost the band allows (a multiple-choice knapsack): exact but for
+assignments whose costs fall in one bucket, of which it keeps the most likely (the band is judged
+on exact costs).
 """
 from __future__ import annotations
 
@@ -98,39 +99,53 @@ def _pick(total_lp: torch.Tensor, total_cost: torch.Tensor, low: float, high: fl
 
 def _bucketed(log_probs: torch.Tensor, table: torch.Tensor, allowed: torch.Tensor, low: float, high: float,
               buckets: int = DP_BUCKETS) -> torch.Tensor:
-    """Dynamic programme over the decisions (a multiple-choice knapsack): for every cost bucket
-    (the cost range split into `buckets`), the most likely partial assignment landing there, its
-    exact cost and the option each decision took. Exact but for assignments merged in one bucket
-    (their costs differ by less than about D buckets' width); the band is judged on exact costs."""
+    """Dynamic programme over the decisions (a multiple-choice knapsack): for every cost bucket,
+    the most likely partial assignment landing there, its exact cost and the option each decision
+    took. The buckets split the extra cost over the cheapest assignment up to twice what the band
+    allows (so one costly option elsewhere does not coarsen them); partial assignments beyond
+    that share one overflow bucket, which keeps the most likely. Exact but for assignments merged
+    in one bucket (their costs differ by less than about D buckets' width); the band is judged
+    on exact costs."""
     num_decisions, num_options = table.shape
     big = torch.finfo(torch.float64).max
     base = table.masked_fill(~allowed, big).min(dim=1).values  # (D,) cheapest allowed option
     extra = (table - base[:, None]).masked_fill(~allowed, 0.0)  # (D, K) >= 0 over the cheapest
     span = float(extra.max(dim=1).values.sum())
-    width = span / (buckets - 1) if span > 0 else 1.0
-    shifts = (extra / width).round().long()  # (D, K) bucket offset of each option
-    size = int(shifts.max(dim=1).values.sum()) + 1
+    reach = high - float(base.sum())  # the most extra cost an assignment in the band can have
+    limit = min(span, 2 * reach) if reach > 0 else span
+    width = limit / (buckets - 1) if limit > 0 else 1.0
+    overflow = buckets  # index of the bucket past `limit`
+    shifts = (extra / width).round().clamp(max=overflow).long()  # (D, K) bucket offset of each option
+    size = overflow + 1
     best_lp = torch.full((size,), float("-inf"), dtype=torch.float64)
     best_lp[0] = 0.0
     exact = torch.zeros(size, dtype=torch.float64)  # exact extra cost of the kept partial assignment
     choice = torch.zeros((num_decisions, size), dtype=torch.int16)
+    overflow_parent = [0] * num_decisions  # bucket before decision d of the kept overflow entry
     for d in range(num_decisions):
         new_lp = torch.full_like(best_lp, float("-inf"))
         new_exact = torch.zeros_like(exact)
         for k in torch.nonzero(allowed[d]).flatten().tolist():
             shift = int(shifts[d, k])
             candidate = torch.full_like(best_lp, float("-inf"))
-            candidate[shift:] = best_lp[: size - shift] + log_probs[d, k]
+            moved = torch.zeros_like(exact)
+            candidate[shift:overflow] = best_lp[: overflow - shift] + log_probs[d, k]
+            moved[shift:overflow] = exact[: overflow - shift] + extra[d, k]
+            # Every bucket from overflow - shift on lands in the overflow bucket: keep the most likely.
+            first = max(overflow - shift, 0)
+            parent = first + int(best_lp[first:].argmax())
+            candidate[overflow] = best_lp[parent] + log_probs[d, k]
+            moved[overflow] = exact[parent] + extra[d, k]
             better = candidate > new_lp
             new_lp = torch.where(better, candidate, new_lp)
-            moved = torch.zeros_like(exact)
-            moved[shift:] = exact[: size - shift] + extra[d, k]
             new_exact = torch.where(better, moved, new_exact)
             choice[d][better] = k
+            if bool(better[overflow]):
+                overflow_parent[d] = parent
         best_lp, exact = new_lp, new_exact
     bucket = _pick(best_lp, exact + float(base.sum()), low, high)
     indices = torch.empty(num_decisions, dtype=torch.long)
     for d in reversed(range(num_decisions)):
         indices[d] = int(choice[d, bucket])
-        bucket -= int(shifts[d, indices[d]])
+        bucket = overflow_parent[d] if bucket == overflow else bucket - int(shifts[d, indices[d]])
     return indices

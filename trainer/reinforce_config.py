@@ -67,7 +67,7 @@ class ReinforceConfig:
     delay_steps: warm-up steps with uniformly sampled formats and no policy update, so the
         shared weights learn to work in every format before the policy starts judging them.
     precision_warmup: during the delay, each decision uses the most precise format of the
-        search space with a probability falling linearly from 1 to 0 (else a uniform draw), so
+        search space (the most bits; of formats with equal bits, the first listed) with a probability falling linearly from 1 to 0 (else a uniform draw), so
         the shared weights learn the task before they must cope with every format (after
         TuNAS's filter warm-up). Matters when the space holds a destructive format such as INT2.
     max_entropy_beta / entropy_schedule: the entropy penalty, 0 during the delay, rising to

@@ -76,8 +76,10 @@ def test_local_file_errors(tmp_path):
 
 def test_label_errors(tmp_path):
     train = write(SST2_TRAIN, tmp_path / "train.csv")
-    out_of_range = write(SST2_VAL.assign(label=[1, 2]), tmp_path / "range.csv")
-    with pytest.raises(ValueError, match=r"labels in 'label' must be class ids 0..1 for task 'sst2', found \[2\]"):
+    out_of_range = write(SST2_VAL.assign(label=[-1, 2]), tmp_path / "range.csv")
+    with pytest.raises(ValueError, match=r"labels in 'label' must be class ids 0..1 for task 'sst2' \(2 classes\), "
+                                         r"found \[-1, 2\]; drop those rows \(-1 marks the unlabelled rows of GLUE "
+                                         r"test splits\) or pick a task with that many classes$"):
         load_raw_datasets("sst2", train_file=train, validation_file=out_of_range)
     words = write(SST2_VAL.assign(label=["pos", "neg"]), tmp_path / "words.csv")
     with pytest.raises(ValueError, match=r"found \['neg', 'pos'\]; map them to integers first"):
@@ -85,6 +87,64 @@ def test_label_errors(tmp_path):
     missing = write(SST2_VAL.assign(label=[1, None]), tmp_path / "missing.csv")
     with pytest.raises(ValueError, match=r"missing values in label column 'label'"):
         load_raw_datasets("sst2", train_file=train, validation_file=missing)
+
+
+@pytest.mark.parametrize("name, content, flag", [
+    ("header.csv", "sentence,label\n", "--validation_file"),
+    ("blank.csv", "", "--validation_file"),
+    ("empty.jsonl", "", "--validation_file"),
+    ("empty.json", "[]", "--validation_file"),
+])
+def test_a_file_without_rows_is_named(tmp_path, name, content, flag):
+    # datasets' own errors named neither the file nor the problem ("Instruction "train" corresponds
+    # to no data!" for an empty validation file, or a bare StopIteration).
+    train = write(SST2_TRAIN, tmp_path / "train.csv")
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError, match=rf"^{flag} '.*{name}' has no rows; give a \w+ file with at least one example$"):
+        load_raw_datasets("sst2", train_file=train, validation_file=str(tmp_path / name))
+    empty_parquet = write(SST2_VAL.iloc[:0], tmp_path / "none.parquet")
+    with pytest.raises(ValueError, match=r"^--train_file '.*none.parquet' has no rows; give a parquet file"):
+        load_raw_datasets("sst2", train_file=empty_parquet, validation_file=train)
+
+
+@pytest.mark.parametrize("sentences, what", [(["good", None], "a missing value in row 1"),
+                                             ([12, 13], "a number (12) in row 0")])
+def test_text_columns_must_hold_text(tmp_path, sentences, what):
+    # Numbers and gaps used to surface from the vocabulary builder, without file or column.
+    train = write(SST2_TRAIN, tmp_path / "train.csv")
+    bad = write(SST2_VAL.assign(sentence=sentences), tmp_path / "bad.csv")
+    with pytest.raises(ValueError) as error:
+        load_raw_datasets("sst2", train_file=bad, validation_file=train)
+    assert str(error.value) == (f"train file '{bad}': text column 'sentence' has {what}; every row needs text: drop "
+                                "or fill those rows")
+
+
+def test_image_paths_in_a_csv_are_read_relative_to_it(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    pixels = [np.full((4, 5, 3), 40 * i, dtype=np.uint8) for i in range(3)]
+    for i, array in enumerate(pixels):
+        Image.fromarray(array).save(images / f"{i}.png")
+    frame = pd.DataFrame({"img": ["images/0.png", "images/1.png", str(images / "2.png")], "label": [0, 1, 2]})
+    train = write(frame, tmp_path / "train.csv")
+    raw = load_raw_datasets("cifar10", train_file=train, validation_file=train)
+    assert isinstance(raw["train"].features["img"], datasets.Image)
+    for i, row in enumerate(raw["validation"]):
+        assert np.array_equal(np.asarray(row["img"]), pixels[i]) and row["label"] == i
+    missing = write(frame.assign(img=["images/0.png", "images/9.png", "images/8.png"]), tmp_path / "missing.csv")
+    with pytest.raises(ValueError) as error:
+        load_raw_datasets("cifar10", train_file=train, validation_file=missing)
+    assert str(error.value) == (f"validation file '{missing}': image column 'img' names 2 files that do not exist, "
+                                f"e.g. 'images/9.png' ({images / '9.png'}); relative paths are read from the file's "
+                                "folder")
+    (tmp_path / "notes.txt").write_text("not an image")
+    not_image = write(frame.assign(img=["notes.txt"] * 3), tmp_path / "text.csv")
+    with pytest.raises(ValueError, match=r"image column 'img': '.*notes.txt' is not an image PIL can read"):
+        load_raw_datasets("cifar10", train_file=not_image, validation_file=train)
+    numbers = write(frame.assign(img=[1, 2, 3]), tmp_path / "numbers.csv")
+    with pytest.raises(ValueError, match=r"image column 'img' holds int values \(1\), not images; give image file "
+                                         r"paths"):
+        load_raw_datasets("cifar10", train_file=numbers, validation_file=train)
 
 
 def test_save_to_disk_renames_the_eval_split(tmp_path):

@@ -133,11 +133,27 @@ def error_of(argv, capsys) -> str:
         (["--exp_name", "a/b"], "without '/'"),
         (["--delay_steps", "-3"], "--delay_steps must be >= 0"),
         (["--advantage", "local"], r"--advantage 'local' is not one of"),
+        (["--task", "synth-sentiment", "--model", "bert-tiny", "--metric", "glue"],
+         r"--metric glue has no configuration for task 'synth-sentiment' \(only for GLUE tasks\); leave --metric "
+         r"unset for the task's built-in offline metrics \(accuracy\)"),
+        (["--model", "efficientnet-b0", "--gradient_checkpointing"],
+         r"--gradient_checkpointing: efficientnet-b0 does not support it \(transformers has no activation "
+         r"checkpointing for efficientnet\); drop the flag"),
     ],
 )
 def test_validation_errors_are_one_line_exit_2(argv, match, capsys):
     err = error_of(argv, capsys)
     assert err.startswith("eval_run: error: ") and re.search(match, err), err
+
+
+def test_entropy_schedule_names_are_case_insensitive_and_recorded_canonically():
+    # ' Cosine' passed the parse-time check and then failed after data loading (the trainer's
+    # config is case-sensitive): it is now recorded, and passed on, as 'cosine'.
+    assert parse_run_args(["--entropy_schedule_type", " Cosine"]).entropy_schedule_type == "cosine"
+
+
+def test_gradient_checkpointing_is_accepted_where_transformers_supports_it():
+    assert parse_run_args(["--task", "sst2", "--model", "bert-tiny", "--gradient_checkpointing"]).gradient_checkpointing
 
 
 def test_bad_cost_type_of_a_fixed_run_fails_before_loading(capsys):
@@ -161,6 +177,13 @@ def test_bad_cost_type_of_a_fixed_run_fails_before_loading(capsys):
          "--load_config r.json) and ignores them (to search instead, drop --load_config)\n"),
         (["--bits", "8", "--search_space", "4,8", "--cost_type", "compute"], ""),  # defaults and shared flags
         (["--search_space", "2,4", "--cost_beta", "3"], ""),  # a search reads them
+        (["--search_space", "4"],
+         "eval_run: note: --search_space 4 has one format (int4): every decision takes it, so this search is a "
+         "fixed-format run with extra steps; list several formats (e.g. 4,8) to search, or run --bits int4 instead\n"),
+        (["--search_space", "fp8_e4m3", "--weight_only_search", "--activation_bits", "8"],
+         "eval_run: note: --search_space fp8_e4m3 has one format (fp8_e4m3): every decision takes it, so this search "
+         "is a fixed-format run with extra steps; list several formats (e.g. 4,8) to search, or run --weight_bits "
+         "fp8_e4m3 instead\n"),
     ],
 )
 def test_search_flags_of_a_fixed_run_are_named_as_ignored(argv, note, capsys, tmp_path, monkeypatch):

@@ -72,6 +72,23 @@ def test_a_rerun_replaces_everything_of_the_earlier_run(tmp_path, capsys):
     assert not (run_dir / "tensorboard" / "events.old").exists()
 
 
+def test_a_run_that_fails_before_training_leaves_the_completed_run_it_would_replace(tmp_path, capsys):
+    code, _, run_dir = run(tmp_path, *RESNET_TINY, "--search", "--exp_name", "kept")
+    assert code == 0
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    capsys.readouterr()
+    # Found only once the data is loaded (one epoch of 128 samples is 8 steps); it used to delete
+    # the completed run's final_model/ and output.txt first.
+    code = main([*RESNET_TINY, "--search", "--exp_name", "kept", *FAST, "--max_steps", "-1", "--num_train_epochs", "1",
+                 "--delay_steps", "1000", "--output_root_dir", str(tmp_path)])
+    assert code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "eval_run: error: ValueError: --delay_steps 1000 leaves no search step in this run's 8 steps: the policy "
+        "would never learn; use fewer delay steps (default: half of the steps) "
+        f"(the completed run in {run_dir} was left as it was)")
+    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+
+
 def test_save_strategy_best_saves_at_an_improving_evaluation_and_resumes_from_the_run_dir(tmp_path):
     code, results, run_dir = run(tmp_path, *RESNET_TINY, "--bits", "8", "--save_strategy", "best", "--eval_steps", "4")
     saved = sorted(int(p.name.split("-")[1]) for p in run_dir.glob("checkpoint-*"))

@@ -254,6 +254,14 @@ def test_gpt2_pads_with_eos_unless_told():
     assert build_tiny("gpt2", pad_token_id=7).config.pad_token_id == 7
 
 
+def test_special_tokens_outside_a_smaller_vocabulary_are_dropped():
+    # GPT-2's eos/bos (50256) in a 64-word vocabulary: transformers warned on every run.
+    full = build_model("gpt2", num_labels=2, from_scratch=True, config_overrides=TINY_OVERRIDES["gpt2"]).config
+    assert (full.bos_token_id, full.eos_token_id) == (50256, 50256)
+    small = build_tiny("gpt2").config
+    assert (small.vocab_size, small.pad_token_id, small.bos_token_id, small.eos_token_id) == (64, 1, None, None)
+
+
 def test_deit_on_small_images_picks_a_dividing_patch_size():
     model = build_tiny("deit-tiny")
     assert (model.config.image_size, model.config.patch_size) == (32, 8)

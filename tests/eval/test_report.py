@@ -5,6 +5,8 @@ import csv
 import io
 import json
 import math
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -480,6 +482,9 @@ def test_pareto_plot_is_a_real_png(sweep, tmp_path, capsys):
     code, out, _ = run_cli([sweep, "--plot", plot], capsys)
     assert code == 0 and f"plot written to {plot}" in out
     _assert_real_png(plot, min_colours=20)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(plot.stat().st_mode) == 0o666 & ~umask  # readable like every other output, not 0600
 
 
 def test_layers_table_and_heat_map(sweep, tmp_path, capsys):
