@@ -108,8 +108,12 @@ def _images_from_paths(ds: datasets.Dataset, task: TaskSpec, file: str | os.Path
     """A local file whose image column holds file paths: the images themselves (decoded when
     read), relative paths taken from the file's own folder."""
     column = task.image_column
-    if column not in ds.column_names or len(ds) == 0 or not all(isinstance(v, str) for v in ds[column]):
+    if column not in ds.column_names or len(ds) == 0 or not any(isinstance(v, str) for v in ds[column]):
         return ds
+    gap = next((row for row, v in enumerate(ds[column]) if not isinstance(v, str) or not v.strip()), None)
+    if gap is not None:
+        raise ValueError(f"{source}: image column {column!r} has no file path in row {gap}; every row needs an "
+                         "image: drop or fill those rows")
     folder = Path(file).resolve().parent
     paths = [str(folder / Path(v).expanduser()) for v in ds[column]]  # an absolute path stays as it is
     missing = [(v, p) for v, p in zip(ds[column], paths) if not Path(p).is_file()]
@@ -160,12 +164,18 @@ def _has_no_rows(path: Path, builder: str) -> bool:
             import pyarrow.parquet as pq
 
             return pq.ParquetFile(path).metadata.num_rows == 0
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines: list[str] = []  # the first non-blank lines: enough to tell, without reading a large file
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    lines.append(line.strip())
+                    if len(lines) == 3:
+                        break
     except Exception:  # noqa: BLE001 - unreadable: the caller reports datasets' error
         return False
     if builder == "csv":
         return len(lines) <= 1  # at most a header
-    return not lines or "".join(lines).strip() in ("[]", "{}")
+    return not lines or "".join(lines) in ("[]", "{}")
 
 
 def _load_local_file(path: str | os.PathLike[str], flag: str) -> datasets.Dataset:

@@ -4,7 +4,7 @@ args -> data -> model -> quantized layers -> Trainer (fixed formats) or Reinforc
 -> train -> final formats fixed -> evaluate -> outputs in {output_root_dir}/{task}/{exp_name}/:
 config.json (all args), model.txt, output.txt, final_model/ (HF checkpoint of the trained weights),
 TensorBoard logs in tensorboard/, and results.json, written last and atomically. A crash writes
-a results.json with status "failed", the error and the traceback; a crash before training (data,
+a results.json with status "failed", the error and the traceback; a crash during setup (data,
 model, trainer) leaves a completed run of the same name untouched instead.
 """
 from __future__ import annotations
@@ -42,11 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run(args)
     except Exception as error:  # noqa: BLE001 - reported in results.json and as one line
         run_dir = run_dir_of(args)
-        if _holds_completed_run(run_dir):  # failed before it replaced anything
+        where = ""  # only rank 0 writes the run directory: other ranks cannot tell what it holds
+        if not _is_main_process():
+            pass
+        elif _holds_completed_run(run_dir):  # failed before it replaced anything
             where = f" (the completed run in {run_dir} was left as it was)"
-        else:
-            results_file = run_dir / "results.json"
-            where = f" (traceback in {results_file})" if results_file.is_file() else ""
+        elif (run_dir / "results.json").is_file():
+            where = f" (traceback in {run_dir / 'results.json'})"
         print(f"eval_run: error: {type(error).__name__}: {error}{where}", file=sys.stderr)
         return 1
     finally:

@@ -186,6 +186,21 @@ def _check_resume_matches(args: argparse.Namespace) -> None:
         raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} was written by a run with other "
                          f"flags ({list_changes(diffs)}); resume with that run's flags (only --max_steps/--num_train_epochs may "
                          f"change), or start a new run")
+    if args.max_steps > 0 and not args.eval_only:  # else the steps of an epoch are known once the data is
+        check_steps_left(args.resume_from_checkpoint, args.max_steps)
+
+
+def check_steps_left(checkpoint: str, total_steps: int) -> None:
+    """A resumed run must train past the checkpoint's step (transformers does not check, and
+    trains one step past a max_steps at or below it)."""
+    try:
+        done = int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # unreadable: the Trainer's own loading reports it
+    if done >= total_steps:
+        raise ValueError(f"this run's {total_steps} steps (from --max_steps or --num_train_epochs) are not more than "
+                         f"the step of checkpoint {checkpoint!r}, {done}: nothing is left to train; resume with more "
+                         f"steps than {done}, or start a new run")
 
 
 def _check_inputs_outside_run_dir(args: argparse.Namespace) -> None:

@@ -216,9 +216,12 @@ def close_tensorboard(trainer) -> None:
 def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, compute_metrics: Callable):
     from transformers import Trainer, TrainingArguments
 
+    from eval.run_args import check_steps_left
     from trainer.reinforce_config import ReinforceConfig
     from trainer.reinforce_trainer import ReinforceTrainer
 
+    if args.resume_from_checkpoint is not None and not args.eval_only:  # --max_steps: checked at parse time
+        check_steps_left(args.resume_from_checkpoint, _total_steps(args, len(setup.train_dataset)))
     training_args = TrainingArguments(
         output_dir=str(run_dir), per_device_train_batch_size=args.train_batch_size,
         per_device_eval_batch_size=args.eval_batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,

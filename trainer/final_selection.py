@@ -112,7 +112,12 @@ def _bucketed(log_probs: torch.Tensor, table: torch.Tensor, allowed: torch.Tenso
     extra = (table - base[:, None]).masked_fill(~allowed, 0.0)  # (D, K) >= 0 over the cheapest
     span = float(extra.max(dim=1).values.sum())
     reach = high - float(base.sum())  # the most extra cost an assignment in the band can have
-    limit = min(span, 2 * reach) if reach > 0 else span
+    if reach <= 0:
+        # Nothing is cheaper than the band's top, or nothing is inside: the answer is the cheapest
+        # assignment (every decision at a cheapest option), the most likely of those.
+        cheapest = allowed & (extra == 0)
+        return log_probs.masked_fill(~cheapest, float("-inf")).argmax(dim=1)
+    limit = min(span, 2 * reach)
     width = limit / (buckets - 1) if limit > 0 else 1.0
     overflow = buckets  # index of the bucket past `limit`
     shifts = (extra / width).round().clamp(max=overflow).long()  # (D, K) bucket offset of each option

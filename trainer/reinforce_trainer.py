@@ -22,7 +22,8 @@ A sample whose loss is not finite (e.g. FP4 everywhere) on any micro-batch of it
 touch the weights: the cycle's gradients are dropped and the normalisation buffers are restored
 to the cycle's start. It gets the worst reward seen so far, so the policy learns to avoid it,
 and the step is counted in the logs. With fp16's loss scaling the dropped step goes through the
-GradScaler as an overflow (it skips the optimizer step), and the scale it lowered is put back.
+GradScaler as an overflow (it skips the optimizer step); its scale and the learning-rate schedule
+then continue as without fp16.
 
 A checkpoint stores the search settings (`ReinforceConfig.search_settings`); resuming with
 different ones, or with max_steps not above the checkpoint's step, is an error.
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
+import transformers.optimization
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -116,19 +118,33 @@ class _TrainBegin(TrainerCallback):
                 f"{state.global_step}, or start a new run")
 
 
-class _RestoreLossScale(TrainerCallback):
-    """After the optimizer step of a dropped sample under fp16: give the GradScaler back the scale
-    it lowered. The sample's formats, not the scale, made that step overflow; without this, a
-    search that meets many such samples would shrink the scale until fp16 gradients underflow."""
+# Schedulers the Trainer steps on evaluation metrics rather than once per optimizer step.
+_METRIC_DRIVEN_SCHEDULERS = tuple(cls for cls in (torch.optim.lr_scheduler.ReduceLROnPlateau,
+                                                  getattr(transformers.optimization, "GreedyLR", None)) if cls)
+
+
+class _AfterDroppedSample(TrainerCallback):
+    """After the optimizer step of a sample dropped under fp16's loss scaling (which the
+    GradScaler took for an overflow): give the scaler back its scale and growth count, and
+    advance the learning-rate schedule, which the Trainer does not after a skipped step. The
+    sample's formats, not the scale, made that step overflow: without this, a search meeting many
+    such samples would shrink the scale until fp16 gradients underflow, and its schedule would
+    lag global_step unlike the same search without fp16."""
 
     def __init__(self, trainer: ReinforceTrainer) -> None:
         self.trainer = trainer
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        scale = self.trainer._loss_scale_to_restore
-        if scale is not None:
-            self.trainer._loss_scale_to_restore = None
-            self.trainer.accelerator.scaler.update(new_scale=scale)
+        trainer = self.trainer
+        saved = trainer._scaler_state_to_restore
+        if saved is None:
+            return
+        trainer._scaler_state_to_restore = None
+        trainer.accelerator.scaler.load_state_dict(saved)
+        # A fused optimizer skips inside its own step, unseen by accelerate: then the Trainer steps the schedule.
+        if trainer.accelerator.optimizer_step_was_skipped and not isinstance(trainer.lr_scheduler,
+                                                                             _METRIC_DRIVEN_SCHEDULERS):
+            trainer.lr_scheduler.step()
 
 
 class ReinforceTrainer(Trainer):
@@ -170,9 +186,9 @@ class ReinforceTrainer(Trainer):
         self._captured_logits: tuple[torch.Tensor, torch.Tensor] | None = None
         self._buffer_copies: list[torch.Tensor] = []
         self._cycle: _Cycle | None = None
-        self._loss_scale_to_restore: float | None = None
+        self._scaler_state_to_restore: dict[str, Any] | None = None
         self.add_callback(_TrainBegin(self))
-        self.add_callback(_RestoreLossScale(self))
+        self.add_callback(_AfterDroppedSample(self))
 
     # --- formats ------------------------------------------------------------------------------
     def apply_option_indices(self, indices: torch.Tensor) -> None:
@@ -284,14 +300,14 @@ class ReinforceTrainer(Trainer):
             return
         # A GradScaler asserts when a step has no gradient to check for infs. Make every gradient
         # NaN instead: it then skips the optimizer step as for an overflow (on every DDP rank,
-        # since all see the same mean loss), and _RestoreLossScale undoes its lowering the scale.
+        # since all see the same mean loss), and _AfterDroppedSample undoes the rest of that.
         for param in model.parameters():
             if param.requires_grad:
                 if param.grad is None:
                     param.grad = torch.full_like(param, float("nan"))
                 else:
                     param.grad.fill_(float("nan"))
-        self._loss_scale_to_restore = scaler.get_scale()
+        self._scaler_state_to_restore = scaler.state_dict()  # scale and growth count
 
     def _warmup_sample(self, step: int) -> PolicySample:
         if not self.reinforce_config.precision_warmup:

@@ -94,6 +94,7 @@ def test_label_errors(tmp_path):
     ("blank.csv", "", "--validation_file"),
     ("empty.jsonl", "", "--validation_file"),
     ("empty.json", "[]", "--validation_file"),
+    ("spread.json", "[\n\n]\n", "--validation_file"),
 ])
 def test_a_file_without_rows_is_named(tmp_path, name, content, flag):
     # datasets' own errors named neither the file nor the problem ("Instruction "train" corresponds
@@ -141,6 +142,10 @@ def test_image_paths_in_a_csv_are_read_relative_to_it(tmp_path):
     not_image = write(frame.assign(img=["notes.txt"] * 3), tmp_path / "text.csv")
     with pytest.raises(ValueError, match=r"image column 'img': '.*notes.txt' is not an image PIL can read"):
         load_raw_datasets("cifar10", train_file=not_image, validation_file=train)
+    gap = write(frame.assign(img=["images/0.png", None, "images/1.png"]), tmp_path / "gap.csv")
+    with pytest.raises(ValueError, match=r"gap.csv': image column 'img' has no file path in row 1; every row needs an "
+                                         r"image: drop or fill those rows$"):
+        load_raw_datasets("cifar10", train_file=gap, validation_file=train)
     numbers = write(frame.assign(img=[1, 2, 3]), tmp_path / "numbers.csv")
     with pytest.raises(ValueError, match=r"image column 'img' holds int values \(1\), not images; give image file "
                                          r"paths"):

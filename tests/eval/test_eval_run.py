@@ -89,6 +89,28 @@ def test_a_run_that_fails_before_training_leaves_the_completed_run_it_would_repl
     assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
 
 
+def test_resuming_a_finished_run_without_more_steps_fails_before_touching_it(tmp_path, capsys):
+    code, _, run_dir = run(tmp_path, *RESNET_TINY, "--search", "--exp_name", "done", "--save_steps", "8")
+    assert code == 0 and (run_dir / "checkpoint-8").is_dir()
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    same = [*RESNET_TINY, "--search", "--exp_name", "done", "--save_steps", "8", *FAST, "--output_root_dir", str(tmp_path),
+            "--resume_from_checkpoint", str(run_dir)]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # --max_steps 8 (FAST): known at parse time
+        main(same)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        f"error: this run's 8 steps (from --max_steps or --num_train_epochs) are not more than the step of checkpoint "
+        f"'{run_dir / 'checkpoint-8'}', 8: nothing is left to train; resume with more steps than 8, or start a new "
+        "run (see --help)\n")
+    # One epoch of 128 samples is 8 steps: known once the data is loaded, before the run is replaced.
+    assert main([*same, "--max_steps", "-1", "--num_train_epochs", "1"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"nothing is left to train; resume with more steps than 8, or start a new run (the completed run in {run_dir} "
+        "was left as it was)")
+    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+
+
 def test_save_strategy_best_saves_at_an_improving_evaluation_and_resumes_from_the_run_dir(tmp_path):
     code, results, run_dir = run(tmp_path, *RESNET_TINY, "--bits", "8", "--save_strategy", "best", "--eval_steps", "4")
     saved = sorted(int(p.name.split("-")[1]) for p in run_dir.glob("checkpoint-*"))
@@ -97,7 +119,7 @@ def test_save_strategy_best_saves_at_an_improving_evaluation_and_resumes_from_th
 
     same = [*RESNET_TINY, "--bits", "8", "--save_strategy", "best", "--eval_steps", "4", *FAST, "--output_root_dir",
             str(tmp_path)]
-    assert parse_run_args([*same, "--resume_from_checkpoint", str(run_dir)]).resume_from_checkpoint == \
+    assert parse_run_args([*same, "--max_steps", "12", "--resume_from_checkpoint", str(run_dir)]).resume_from_checkpoint == \
         str(run_dir / f"checkpoint-{saved[-1]}")
 
 

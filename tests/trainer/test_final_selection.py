@@ -159,6 +159,13 @@ def test_bucketed_programme_resolves_the_band_despite_one_costly_option():
     assert float(costs[rows, exact].sum()) == 10.0
     assert float(costs[rows, bucketed].sum()) == 10.0
     assert float(log_probs[rows, bucketed].sum()) == float(log_probs[rows, exact].sum())
+    # A band below the cheapest assignment (every cost at least 21 against a target of 10): the
+    # cheapest one, not the most likely of everything merged into the first bucket.
+    costs = torch.tensor([[10.0, 1e6]] + [[1.0, 2.0]] * (decisions - 1), dtype=torch.float64)
+    exact = constrained_argmax(log_probs, costs, 10.0, 0.05, exact_limit=1 << 22)
+    bucketed = constrained_argmax(log_probs, costs, 10.0, 0.05, exact_limit=0)
+    assert float(costs[rows, exact].sum()) == float(costs[rows, bucketed].sum()) == 30.0
+    assert bucketed.tolist() == exact.tolist() == [0] * decisions
 
 
 @pytest.mark.parametrize("seed", range(12))

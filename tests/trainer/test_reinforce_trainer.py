@@ -104,11 +104,11 @@ def test_non_finite_samples_never_touch_the_weights(tmp_path):
         assert torch.equal(before[key], after[key]), key
 
 
-def _with_grad_scaler(trainer, *, autocast: bool):
+def _with_grad_scaler(trainer, *, autocast: bool, growth_interval: int = 10**6):
     """The trainer with a GradScaler (a CPU one: the same code as on a GPU), as accelerate sets it
     up for --fp16 on a GPU. With `autocast`, the whole fp16 path: fp16 autocast and gradient
     clipping on unscaled gradients; without, only the loss scaling (fp32 numbers)."""
-    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=10**6)
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=growth_interval)
     trainer.accelerator.native_amp = autocast
     return trainer
 
@@ -125,22 +125,28 @@ def test_under_fp16_loss_scaling_non_finite_samples_skip_the_step_and_keep_the_s
     for key, value in before.items():
         assert torch.equal(value, trainer.model.state_dict()[key]), key
 
-    # Finite and non-finite samples mixed: the same weights, bit for bit, as without the scaler (a
-    # power-of-two scale is exact; no clipping, which would see the scaled gradients here), and
-    # the scale is never lowered.
-    no_clipping = {"max_grad_norm": 0.0}
+
+@pytest.mark.parametrize("optimizer", ["adamw_torch", "adamw_torch_fused"])
+def test_under_fp16_loss_scaling_a_search_trains_as_without_it(tmp_path, optimizer):
+    # Finite and non-finite samples mixed: the same weights, bit for bit, and the same learning
+    # rates as without the scaler (a power-of-two scale is exact; no clipping, which would see the
+    # scaled gradients here). The scaler skipped the dropped steps, which stopped the linear
+    # schedule there (adamw_torch: accelerate saw the skip) unless the trainer advances it.
+    settings = {"max_grad_norm": 0.0, "optim": optimizer, "lr_scheduler_type": "linear"}
     torch.manual_seed(0)  # the same initial weights for both
     plain = make_trainer(str(tmp_path / "plain"), model=NaNWithInt2(), search_space="int2,int8", steps=40,
-                         training_overrides=no_clipping)
+                         training_overrides=settings)
     torch.manual_seed(0)
     scaled = _with_grad_scaler(make_trainer(str(tmp_path / "scaled"), model=NaNWithInt2(), search_space="int2,int8",
-                                            steps=40, training_overrides=no_clipping), autocast=False)
+                                            steps=40, training_overrides=settings), autocast=False, growth_interval=5)
     plain.train()
     scaled.train()
     assert 0 < scaled.non_finite_steps < 40 and scaled.non_finite_steps == plain.non_finite_steps
-    assert scaled.accelerator.scaler.get_scale() == 1024.0
+    assert scaled.lr_scheduler.get_last_lr() == plain.lr_scheduler.get_last_lr() == [0.0, 0.0]  # two param groups
     for key, value in plain.model.state_dict().items():
         torch.testing.assert_close(scaled.model.state_dict()[key], value, atol=0, rtol=0, msg=key)
+    # Never lowered, and grown once per 5 finite steps in a row, as if the dropped ones were not there.
+    assert scaled.accelerator.scaler.get_scale() == 1024.0 * 2 ** ((40 - scaled.non_finite_steps) // 5)
 
 
 @pytest.mark.gpu
