@@ -107,6 +107,21 @@ def prepare(argv: Sequence[str] | None, available_gpus: Sequence[str] | None = N
     return options, experiments, resources
 
 
+def plan_notes(experiments: Sequence[Experiment]) -> list[str]:
+    """Each distinct `note:` of the runs once, with the experiments it concerns when not all."""
+    concerns: dict[str, list[int]] = {}
+    for experiment in experiments:
+        for note in experiment.notes:
+            concerns.setdefault(note, []).append(experiment.index)
+    lines = []
+    for note, indices in concerns.items():
+        if len(indices) < len(experiments):
+            note = note.replace("note: ", f"note: experiment{'s' if len(indices) > 1 else ''} "
+                                f"{', '.join(map(str, indices))}: ", 1)
+        lines.append(note)
+    return lines
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
@@ -228,6 +243,8 @@ def main(argv: Sequence[str] | None = None, *, available_gpus: Sequence[str] | N
     try:
         options, experiments, resources = prepare(argv, available_gpus)
         jobs = make_jobs(experiments, resources, options.skip_completed, options.overwrite)
+        for line in plan_notes(experiments):
+            sys.stderr.write(f"{PROG}: {line}\n")
         if options.dry_run:
             dry_run(jobs, resources, out, run_entry)
             return EXIT_OK

@@ -86,6 +86,8 @@ class Experiment:
     cuda_visible_devices: str | None = None
     # Every argument of the run as it will record them (results.json "args"), JSON values.
     args: Mapping[str, Any] = field(default_factory=dict)
+    # The run's `note:` lines from validating its flags (e.g. search flags a fixed-format run ignores).
+    notes: tuple[str, ...] = ()
 
     @property
     def run_dir(self) -> Path:
@@ -144,10 +146,18 @@ def _combinations(sweeps: Sequence[SweepAxis], entries: Sequence[dict[str, Any]]
 
 
 def _validate(argv: list[str], label: str) -> argparse.Namespace:
+    return _validate_with_notes(argv, label)[0]
+
+
+def _validate_with_notes(argv: list[str], label: str) -> tuple[argparse.Namespace, tuple[str, ...]]:
+    """The run's parsed flags and its `note:` lines (without the `eval_run: ` prefix)."""
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
-            return parse_run_args(argv, prog="eval_run")
+            args = parse_run_args(argv, prog="eval_run")
+        notes = tuple(line.removeprefix("eval_run: ") for line in captured.getvalue().splitlines()
+                      if line.startswith("eval_run: note: "))
+        return args, notes
     except SystemExit:
         message = captured.getvalue().strip().splitlines()
         detail = message[-1].split("error: ", 1)[-1] if message else "invalid run flags"
@@ -239,8 +249,9 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
     experiments = []
     for i, (args, name, pairs, (_, combo)) in enumerate(zip(resolved, names, override_texts, combos)):
         argv = apply_overrides(parser, launcher_owned, combo) + ["--exp_name", name]
-        final = _validate(argv, f"experiment {i + 1} of {total}")
+        final, notes = _validate_with_notes(argv, f"experiment {i + 1} of {total}")
         recorded = json.loads(json.dumps(vars(final), default=str))  # as results.json will hold them
         experiments.append(Experiment(i + 1, tuple(pairs), tuple(argv), final.exp_name, final.task,
-                                      final.output_root_dir, final.device, args.cuda_visible_devices, recorded))
+                                      final.output_root_dir, final.device, args.cuda_visible_devices, recorded,
+                                      notes))
     return experiments

@@ -19,7 +19,7 @@ from eval.launch_command import RUN_ENTRY, format_command, free_port, launcher_e
 from eval.launch_devices import DevicePool, Slot
 from eval.launch_plan import Experiment
 from eval.launch_process import RunProcess
-from eval.results import COMPLETED, RunRecord, load_run
+from eval.results import COMPLETED, RunRecord, latest_launch, load_run
 
 QUEUED, RUNNING, DONE, FAILED, SKIPPED, INTERRUPTED, NOT_STARTED = (
     "queued", "running", "done", "failed", "skipped", "interrupted", "not started")
@@ -70,14 +70,12 @@ class Job:
 
 
 def _last_line(path: Path) -> str | None:
-    """The run's last output line (not the launcher's `# command` header)."""
+    """The last output line of the run's latest launch (not the launcher's `# command` header)."""
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return None
-    if lines and lines[0].startswith("# "):
-        lines = lines[1:]
-    lines = [ln.strip() for ln in lines if ln.strip()]
+    lines = [ln.strip() for ln in latest_launch(lines) if ln.strip()]
     return lines[-1][:300] if lines else None
 
 
@@ -126,10 +124,11 @@ class SubprocessStarter:
         job.command_line = format_command(command, env)
         run_dir = job.experiment.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        # A stale results.json must not make a re-run that dies before its first write look completed
-        # (the run itself clears the rest of an earlier run's outputs: eval_run.clear_previous_outputs).
-        (run_dir / "results.json").unlink(missing_ok=True)
-        with open(job.log_path, "wb") as log:
+        # An earlier run's results.json stays: the run replaces it once it is set up, and one that
+        # fails before leaves a completed run as it was. The queue judges this run by its exit
+        # code first (classify), so a kept results.json never makes a failed launch look completed.
+        # The log is appended to, each launch after its own `# command` line.
+        with open(job.log_path, "ab") as log:
             log.write(f"# {job.command_line}\n".encode())
             log.flush()
             process = RunProcess(command, {**os.environ, **env}, log)

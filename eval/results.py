@@ -26,7 +26,7 @@ SCHEMA_VERSION = 1
 RUN_MARKERS = ("results.json", "config.json", "output.txt", "stdout.log")
 # Files only a run directory gets (HF checkpoints and saved models inside a run hold config.json too).
 RUN_ONLY_MARKERS = ("results.json", "output.txt", "stdout.log")
-LAUNCH_HEADER = "# "  # the launcher's first line of stdout.log: `# VAR=value ... command`
+LAUNCH_HEADER = "# "  # the launcher's line before each launch's output in stdout.log: `# VAR=value ... command`
 METHODS = ("search", "uniform", "float")
 GRANULARITIES = ("layer", "block", "single")
 COST_TYPES = ("memory", "compute")
@@ -44,6 +44,15 @@ REPLICA_ARGS = NON_RESULT_ARGS | {"seed", "data_seed"}
 # a fixed-format or float run's formats (None for a search, whose formats are its result).
 PSEUDO_KEYS = ("method", "task", "model_type", "granularity", "fixed_formats")
 _MISSING = "<missing>"
+# Flags as typed whose meaning a run also records resolved: "--search_space INT4" and "4" are both
+# search_formats ["int4"], "--bits 8" is weight_format and act_format int8. Where both sides
+# record the resolved arguments, those are compared instead of the spellings.
+SPELLED_ARGS: dict[str, tuple[str, ...]] = {
+    "search_space": ("search_formats",), "bits": ("weight_format", "act_format"),
+    "weight_bits": ("weight_format",), "activation_bits": ("act_format",),
+}
+# Names the CLI takes in any case (runs from before it recorded them canonically kept the spelling).
+CASE_INSENSITIVE_ARGS = frozenset({"entropy_schedule_type"})
 
 
 @dataclass(frozen=True)
@@ -219,6 +228,12 @@ def _read_config_args(run_dir: Path) -> dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
+def latest_launch(log_lines: Sequence[str]) -> Sequence[str]:
+    """The lines of stdout.log after its last launcher header (each launch appends its own)."""
+    starts = [i for i, line in enumerate(log_lines) if line.startswith(LAUNCH_HEADER)]
+    return log_lines[starts[-1] + 1:] if starts else log_lines
+
+
 def _last_log_line(run_dir: Path) -> str | None:
     """The run's last output line, not the launcher's `# command` header of stdout.log."""
     for name in ("stdout.log", "output.txt"):
@@ -226,8 +241,8 @@ def _last_log_line(run_dir: Path) -> str | None:
             lines = (run_dir / name).read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             continue
-        if name == "stdout.log" and lines and lines[0].startswith(LAUNCH_HEADER):
-            lines = lines[1:]
+        if name == "stdout.log":
+            lines = latest_launch(lines)
         lines = [ln.strip() for ln in lines if ln.strip()]
         if lines:
             return f"{name}: {lines[-1][:200]}"
@@ -310,6 +325,19 @@ def _canonical(value: Any) -> str:
     return value if value is _MISSING else json.dumps(value, sort_keys=True, default=str)
 
 
+def _canonical_arg(key: str, value: Any) -> str:
+    """`_canonical` of an argument's value, case-insensitive names lowercased."""
+    if key in CASE_INSENSITIVE_ARGS and isinstance(value, str):
+        value = value.strip().lower()
+    return _canonical(value)
+
+
+def _spelled_elsewhere(key: str, *args: Mapping[str, Any]) -> bool:
+    """Whether `key` is a spelling (SPELLED_ARGS) whose resolved arguments every mapping records."""
+    resolved = SPELLED_ARGS.get(key)
+    return resolved is not None and all(name in a for a in args for name in resolved)
+
+
 @dataclass(frozen=True)
 class RunGroup:
     """Runs that agree on `key`. `mismatches`: argument -> value -> labels, for arguments (other
@@ -327,7 +355,8 @@ def group_names(run: RunRecord, keys: Sequence[str] | None) -> list[str]:
     pseudo-keys. Explicit keys always get `fixed_formats` too: two uniform baselines of other
     formats are never replicas, whatever keys (null for them, like cost_target_bits) were asked for."""
     if keys is None:
-        return sorted(set(run.args) - REPLICA_ARGS | set(PSEUDO_KEYS))
+        spellings = {key for key in run.args if _spelled_elsewhere(key, run.args)}
+        return sorted(set(run.args) - REPLICA_ARGS - spellings | set(PSEUDO_KEYS))
     return list(keys) + ([] if "fixed_formats" in keys else ["fixed_formats"])
 
 
@@ -335,16 +364,18 @@ def group_runs(runs: Sequence[RunRecord], keys: Sequence[str] | None = None) -> 
     """Group runs on `keys` (plus fixed_formats), or (None) automatically on every argument outside REPLICA_ARGS."""
     buckets: dict[tuple[tuple[str, str], ...], list[RunRecord]] = {}
     for run in runs:
-        key = tuple((name, _canonical(group_value(run, name))) for name in group_names(run, keys))
+        key = tuple((name, _canonical_arg(name, group_value(run, name))) for name in group_names(run, keys))
         buckets.setdefault(key, []).append(run)
     groups = []
     for key, members in buckets.items():
         mismatches: dict[str, dict[str, list[str]]] = {}
         names = sorted(set().union(*(run.args for run in members)) - REPLICA_ARGS)
         for name in names:
+            if _spelled_elsewhere(name, *(run.args for run in members)):
+                continue
             by_value: dict[str, list[str]] = {}
             for run in members:
-                by_value.setdefault(_canonical(run.args.get(name, _MISSING)), []).append(run.label)
+                by_value.setdefault(_canonical_arg(name, run.args.get(name, _MISSING)), []).append(run.label)
             if len(by_value) > 1:
                 mismatches[name] = by_value
         by_seed: dict[str, list[str]] = {}
@@ -379,7 +410,9 @@ def changed_args(planned: Mapping[str, Any], recorded: Mapping[str, Any],
     also ignoring `ignore`."""
     return [f"{key} {_canonical(recorded[key])} -> {_canonical(value)}" for key, value in planned.items()
             if key not in NON_RESULT_ARGS and key not in ignore and key in recorded
-            and _canonical(recorded[key]) != _canonical(value) and not (key in RUN_TIME_DEFAULTS and value is None)]
+            and not _spelled_elsewhere(key, planned, recorded)
+            and _canonical_arg(key, recorded[key]) != _canonical_arg(key, value)
+            and not (key in RUN_TIME_DEFAULTS and value is None)]
 
 
 MAX_LISTED_CHANGES = 6

@@ -173,13 +173,18 @@ def _check_resume_matches(args: argparse.Namespace) -> None:
     the checkpoint), but for how long it trains and what does not change results."""
     if args.resume_from_checkpoint is None:
         return
-    from eval.results import changed_args, list_changes
+    from eval.results import RUN_TIME_DEFAULTS, changed_args, list_changes
 
     config = Path(args.resume_from_checkpoint).parent / "config.json"
     try:
         recorded = json.loads(config.read_text())
     except (OSError, ValueError):
         return  # a checkpoint moved away from its run: nothing to compare with
+    # The search continues as it was: defaults the run derived from its step count (recorded
+    # resolved) stay, rather than being derived again from the new one.
+    for name in RUN_TIME_DEFAULTS:
+        if getattr(args, name, None) is None and isinstance(recorded, dict) and recorded.get(name) is not None:
+            setattr(args, name, recorded[name])
     planned = json.loads(json.dumps(vars(args), default=str))  # as config.json holds them
     diffs = changed_args(planned, recorded, ignore=RESUME_MAY_CHANGE)
     if diffs:

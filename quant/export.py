@@ -181,6 +181,9 @@ def export_quantized_checkpoint(model: nn.Module, out_dir: str | os.PathLike, pr
     layers = quantized_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no quantized layers; quantize it with quant.surgery first")
+    if not any(layer.weight_format.quantizes or layer.act_format.quantizes for layer in layers.values()):
+        raise ValueError(f"every quantized layer of {type(model).__name__} is at format none (a float model): there "
+                         "is no low-bit model to export; save it with save_pretrained instead")
     if not hasattr(model, "config") or not hasattr(model.config, "to_json_string"):
         raise ValueError(f"{type(model).__name__} has no transformers config; export needs a PreTrainedModel")
     tensors, aliases = _state_tensors(model, layers)
@@ -388,6 +391,10 @@ def main(argv: Sequence[str] | None = None, *, load_run: RunLoader | None = None
                          f"{args.seq_len}")
     if args.image_size is not None and args.image_size < 1:
         raise ValueError(f"--image_size must be >= 1, got {args.image_size}")
+    if args.onnx and args.opset is not None:
+        from quant.onnx_export import check_opset
+
+        check_opset(args.opset)
     model, processor = load_run(args.run_dir)
     onnx_tmp = None
     try:
@@ -417,3 +424,6 @@ if __name__ == "__main__":
         main(sys.argv[1:])
     except (ValueError, FileExistsError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
+    except Exception as error:  # noqa: BLE001 - e.g. torch.export or loading: one line, not a traceback
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+        sys.exit(f"error: {type(error).__name__}: {first}; nothing was written")

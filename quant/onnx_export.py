@@ -18,10 +18,12 @@ dequantized grid values, activations unquantized) and listed in the report.
 
 Numerics against the PyTorch fake-quant model: weights are bit-exact (DQ computes codes * scale
 in float32, as the fake-quant does). Activations differ only where QuantizeLinear's x / scale
-and the fake-quant's x * (1 / scale) land on different sides of a rounding boundary (one code;
-about 4e-7 of int8 codes on Gaussian data), plus float summation order in MatMul/Conv kernels.
-Measured on the tiny test models: max |onnxruntime - PyTorch| ~1e-7 on ResNet logits of ~0.5 and
-~1e-8 on BERT logits of ~0.02; the tests allow atol 1e-5 + rtol 1e-4. onnxruntime 1.32's CPU
+and the fake-quant's x * (1 / scale) (torch's fake-quant convention) land on different sides of a
+rounding boundary (one code; about 4e-7 of int8 codes on Gaussian data), plus float summation
+order in MatMul/Conv kernels. Usually that is ~1e-7 on the logits (the tiny test models: ResNet
+logits of ~0.5, BERT ~0.02; the tests allow atol 1e-5 + rtol 1e-4), but one code moved early in a
+deep low-bit CNN can grow: a mixed INT4/INT8/FP8 per-channel ResNet-18 search gave up to 1.3 on
+logits of ~4.5 for one random batch (one activation element of one FP8 layer). onnxruntime 1.32's CPU
 provider has no FLOAT4E2M1 Q/DQ kernels: FP4 models are valid ONNX (the ONNX reference evaluator
 runs them) but need another runtime.
 """
@@ -142,8 +144,19 @@ def _onnx_quantize_activation(x, fmt_name: str, per_row: bool):
     return op.DequantizeLinear(op.QuantizeLinear(x, scale, zero, axis=0), scale, zero, axis=0)
 
 
+# Vision transformers whose position embeddings fix the image size (transformers interpolates them
+# only when asked to at call time).
+FIXED_IMAGE_SIZE_MODEL_TYPES = frozenset({"vit", "deit"})
+
 TRANSLATION_TABLE = {torch.ops.fliqs_onnx.dequantize_weight.default: _onnx_dequantize_weight,
                      torch.ops.fliqs_onnx.quantize_activation.default: _onnx_quantize_activation}
+
+
+def check_opset(opset: int) -> None:
+    """ValueError unless the installed onnx and the Q/DQ ops here support `opset`."""
+    if opset > onnx.defs.onnx_opset_version() or opset < BASE_OPSET:
+        raise ValueError(f"opset {opset} is outside [{BASE_OPSET}, {onnx.defs.onnx_opset_version()}] (the installed "
+                         f"onnx {onnx.__version__})")
 
 
 # --- export-only layers ----------------------------------------------------------------------
@@ -175,6 +188,17 @@ class _QDQLayer(nn.Module):
         self.act_format_name = None if as_float or not act.quantizes else act.name
         self.act_per_row = layer.act_granularity is Granularity.PER_TOKEN and not isinstance(act, CastFormat)
         self.act_feature_dim = layer.act_feature_dim
+
+    def __getattr__(self, name: str) -> Any:
+        # Model code may read the replaced layer's geometry (MobileNetV2's TF padding reads
+        # stride and kernel_size): the float layer holds it.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            float_layer = self.__dict__.get("_modules", {}).get("float_layer")
+            if float_layer is None or name in ("weight", "bias"):
+                raise
+            return getattr(float_layer, name)
 
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         if not self.act_per_row:
@@ -303,9 +327,7 @@ def export_onnx(model: nn.Module, example_inputs: Mapping[str, torch.Tensor], pa
     exported = {name: layer for name, layer in layers.items() if name not in problems}
     needed = {name: required_opset({layer.weight_format, layer.act_format}) for name, layer in exported.items()}
     opset = max([BASE_OPSET, *needed.values()]) if opset is None else opset
-    if opset > onnx.defs.onnx_opset_version() or opset < BASE_OPSET:
-        raise ValueError(f"opset {opset} is outside [{BASE_OPSET}, {onnx.defs.onnx_opset_version()}] (the installed "
-                         f"onnx {onnx.__version__})")
+    check_opset(opset)
     too_new = {name: f"needs opset {need}" for name, need in needed.items() if need > opset}
     if too_new:
         raise OnnxFormatError(_unsupported_message(too_new, f"at opset {opset}"))
@@ -318,8 +340,12 @@ def export_onnx(model: nn.Module, example_inputs: Mapping[str, torch.Tensor], pa
         output_names = list(outputs.keys()) if isinstance(outputs, Mapping) else None
         for name, stand_in in swapped.items():
             _set_submodule(model, name, stand_in)
-        # Every dimension may vary but the image channels (which the first conv's weight fixes).
-        dims = {key: {d: torch.export.Dim.AUTO for d in range(t.dim()) if (key, d) != ("pixel_values", 1)}
+        # Every dimension may vary but the image channels (which the first conv's weight fixes), and
+        # the image size of a ViT/DeiT (its position embeddings are one per patch of that size).
+        fixed = {("pixel_values", 1)}
+        if getattr(getattr(model, "config", None), "model_type", None) in FIXED_IMAGE_SIZE_MODEL_TYPES:
+            fixed |= {("pixel_values", 2), ("pixel_values", 3)}
+        dims = {key: {d: torch.export.Dim.AUTO for d in range(t.dim()) if (key, d) not in fixed}
                 for key, t in example_inputs.items()}
         program = torch.onnx.export(model, (), kwargs=dict(example_inputs), dynamo=True, opset_version=opset,
                                     custom_translation_table=TRANSLATION_TABLE, optimize=False, verbose=False,

@@ -217,6 +217,36 @@ def test_overwrite_runs_completed_runs_again(tmp_path, fake_run, capsys):
     assert starts(root) == [f"{NAME}_s1", f"{NAME}_s2"] * 2
 
 
+def test_a_rerun_that_fails_keeps_the_completed_run_and_both_logs(tmp_path, fake_run, capsys, monkeypatch):
+    # The launcher used to delete results.json before starting a run: a rerun that failed while it
+    # set up (when eval_run keeps the completed run) lost it all the same.
+    root = tmp_path / "out"
+    argv = [*TINY, "--device", "cpu", "--output_root_dir", root, "--sweep", "seed=1"]
+    assert launch(capsys, argv, run_entry=[fake_run])[0] == 0
+    run_dir = root / "digits" / f"{NAME}_s1"
+    completed = (run_dir / "results.json").read_bytes()
+    keep_results = FAKE_RUN.replace('if mode == "fail":\n    (run_dir / "results.json").write_text(',
+                                    'if mode == "fail":\n    (run_dir / "ignored.json").write_text(')
+    (tmp_path / "keeping_run.py").write_text(keep_results)
+    monkeypatch.setenv("FAKE_RUN_MODE", json.dumps({"*": "fail"}))
+    code, out, _ = launch(capsys, [*argv, "--overwrite"], run_entry=[str(tmp_path / "keeping_run.py")])
+    assert code == 1 and f"failed: {NAME}_s1: exit code 1; last line of stdout.log: eval_run: error: ValueError: " \
+        "cursed" in out
+    assert (run_dir / "results.json").read_bytes() == completed
+    log = (run_dir / "stdout.log").read_text().splitlines()
+    assert [line.startswith("# CUDA_VISIBLE_DEVICES=") for line in log] == [True, False, True, False]
+    assert log[1::2] == ["fake run ok", "eval_run: error: ValueError: cursed"]
+
+
+def test_notes_of_the_runs_are_shown_once(tmp_path, capsys):
+    argv = [*TINY, "--output_root_dir", tmp_path, "--sweep", "search_space=4;4,8", "--sweep", "seed=1,2", "--dry_run"]
+    code, _, err = launch(capsys, argv)
+    assert code == 0
+    assert err == ("eval_parallel: note: experiments 1, 2: --search_space 4 has one format (int4): every decision "
+                   "takes it, so this search is a fixed-format run with extra steps; list several formats (e.g. 4,8) "
+                   "to search, or run --bits int4 instead\n")
+
+
 def _complete_as_planned(argv: list, **changes) -> Path:
     """Write the results.json a real run of the (single) planned experiment would leave."""
     from eval.launch_cli import prepare
@@ -258,6 +288,19 @@ def test_skip_completed_refuses_a_run_completed_with_other_flags(tmp_path, capsy
     assert code == 2 and "completed with other flags: rl_learning_rate 0.05 -> 0.1;" in err
     code, _, err = launch(capsys, [*argv, "--delay_steps", "2", "--skip_completed", "--dry_run"])
     assert code == 0
+
+
+def test_skip_completed_compares_what_flags_mean_not_how_they_are_spelled(tmp_path, capsys):
+    # "INT4,8" is the search space "4,8"; "Cosine" (as runs before it was recorded canonically
+    # kept it) is the schedule "cosine".
+    argv = [*TINY, "--device", "cpu", "--output_root_dir", tmp_path, "--exp_name", "mine",
+            "--entropy_schedule_type", "cosine"]
+    run_dir = _complete_as_planned(argv, entropy_schedule_type="Cosine")
+    respelled = [a if a != "4,8" else "INT4,8" for a in argv]
+    code, out, err = launch(capsys, [*respelled, "--entropy_schedule_type", "COSINE", "--skip_completed", "--dry_run"])
+    assert (code, err) == (0, "") and out.splitlines()[2:] == [f"# skip (completed): {run_dir}"]
+    code, _, err = launch(capsys, [*argv[:-1], "linear", "--skip_completed", "--dry_run"])
+    assert code == 2 and 'completed with other flags: entropy_schedule_type "Cosine" -> "linear";' in err
 
 
 def test_relaunching_one_seed_of_a_sweep_finds_its_completed_run(tmp_path, fake_run, capsys):

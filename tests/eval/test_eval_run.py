@@ -63,7 +63,8 @@ def test_a_rerun_replaces_everything_of_the_earlier_run(tmp_path, capsys):
     assert code == 0 and results["layers"]["classifier.1"]["weight_format"] == "int4"
     err = capsys.readouterr().err
     assert f"eval_run: note: replacing the completed run {run_dir}, which was run with other flags (" in err
-    assert 'bits "8" -> "4"' in err and "give --exp_name to keep both" in err
+    assert 'weight_format "int8" -> "int4", act_format "int8" -> "int4")' in err  # resolved, not the --bits spelling
+    assert "give --exp_name to keep both" in err
     # The same flags again: no note.
     run(tmp_path, *RESNET_TINY, "--bits", "4", "--exp_name", "again")
     assert "replacing" not in capsys.readouterr().err
@@ -109,6 +110,14 @@ def test_resuming_a_finished_run_without_more_steps_fails_before_touching_it(tmp
         f"nothing is left to train; resume with more steps than 8, or start a new run (the completed run in {run_dir} "
         "was left as it was)")
     assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+    # More steps continue the same search: the delay and policy learning rate the first run derived
+    # from its 8 steps stay (derived again from 12, they differed from the checkpoint's and failed).
+    first = json.loads((run_dir / "results.json").read_text())["args"]
+    assert main([*same, "--max_steps", "12"]) == 0
+    resumed = json.loads((run_dir / "results.json").read_text())
+    assert resumed["status"] == "completed" and resumed["search"]["steps"] == 12
+    assert (resumed["args"]["delay_steps"], resumed["args"]["rl_learning_rate"]) == \
+        (first["delay_steps"], first["rl_learning_rate"]) == (4, 0.1)
 
 
 def test_save_strategy_best_saves_at_an_improving_evaluation_and_resumes_from_the_run_dir(tmp_path):

@@ -232,6 +232,21 @@ def test_group_runs_by_keys_reports_mismatched_arguments(tmp_path):
     assert group.mismatches == {"learning_rate": {"5e-05": ["a_s0", "a_s1"], "0.0001": ["b_s0"]}}
 
 
+def test_replicas_spelled_differently_are_one_group(tmp_path):
+    # "INT4,8" and "4,8" are one search space (search_formats records it resolved); "Cosine" (as
+    # runs recorded it before the CLI canonicalised it) and "cosine" are one schedule.
+    for name, seed, space, schedule in (("a_s0", 0, "4,8", "cosine"), ("a_s1", 1, "INT4,8", "Cosine"),
+                                        ("b_s0", 0, "4,8", "linear")):
+        write_run(tmp_path, make_results(name, seed=seed, args_extra={
+            "search_space": space, "search_formats": ["int4", "int8"], "entropy_schedule_type": schedule}))
+    groups = group_runs(load_runs(tmp_path))
+    assert [[run.label for run in group.runs] for group in groups] == [["a_s0", "a_s1"], ["b_s0"]]
+    assert all(not group.mismatches for group in groups)
+    assert not any(name == "search_space" for name, _ in groups[0].key)
+    (group,) = group_runs(load_runs(tmp_path), ["method"])
+    assert group.mismatches == {"entropy_schedule_type": {'"cosine"': ["a_s0", "a_s1"], '"linear"': ["b_s0"]}}
+
+
 def test_explicit_keys_keep_fixed_formats_apart(tmp_path):
     """Uniform baselines share cost_target_bits=null: grouping by it must not make INT4 and INT8 replicas."""
     for name, bits, seed in (("u4_s0", 4, 0), ("u4_s1", 4, 1), ("u8_s0", 8, 0)):

@@ -189,6 +189,12 @@ def test_bad_inputs_are_rejected(tmp_path):
         load_quantized_checkpoint(tmp_path / "float")
     with pytest.raises(FileNotFoundError, match="config.json does not exist"):
         load_quantized_checkpoint(tmp_path / "nowhere")
+    float_run, _ = tiny_model("bert", QuantConfig("none", "none"))  # what a --bits 0 run holds
+    with pytest.raises(ValueError, match=r"^every quantized layer of BertForSequenceClassification is at format none "
+                                         r"\(a float model\): there is no low-bit model to export; save it with "
+                                         r"save_pretrained instead$"):
+        export_quantized_checkpoint(float_run, tmp_path / "float_run")
+    assert not (tmp_path / "float_run").exists()
     model, _ = tiny_model("bert", QuantConfig("int8", "int8"))
     model.bert.pooler.dense.weight = model.bert.encoder.layer[0].attention.self.query.weight  # tied
     with pytest.raises(ValueError, match=r"share storage \(tied weights\) and one of them is a quantized layer's"):
@@ -221,7 +227,9 @@ def test_cli_exports_the_run_model(tmp_path, capsys):
     assert "--out" in capsys.readouterr().err
     with pytest.raises(FileExistsError, match="out already exists; pass overwrite=True \\(--overwrite\\)"):
         main([str(tmp_path / "run2"), "--out", str(tmp_path / "out")], load_run=load_run)
-    assert seen == [str(tmp_path / "run")]  # refused before loading the run
+    with pytest.raises(ValueError, match=r"opset 99 is outside \[18, "):
+        main([str(tmp_path / "run2"), "--out", str(tmp_path / "out2"), "--onnx", "--opset", "99"], load_run=load_run)
+    assert seen == [str(tmp_path / "run")]  # both refused before loading the run
 
 
 @pytest.mark.slow
@@ -253,3 +261,16 @@ def test_cli_on_a_tiny_real_run(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(["logits"], {"pixel_values": pixels.numpy()})[0]
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-5, rtol=1e-4)
+    # Any failure of the command is one line, not a traceback (here transformers' loader: no weights).
+    import shutil
+
+    shutil.copytree(run_dir, tmp_path / "no_weights")
+    for weights in (tmp_path / "no_weights" / "final_model").glob("*.safetensors"):
+        weights.unlink()
+    failed = subprocess.run([sys.executable, "-m", "quant.export", str(tmp_path / "no_weights"), "--out",
+                             str(tmp_path / "out3")], capture_output=True, text=True, env=env, timeout=300,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr and len(errors) == 1, failed.stderr
+    assert errors[0].startswith("error: OSError: ") and errors[0].endswith("; nothing was written")
+    assert not (tmp_path / "out3").exists()

@@ -96,6 +96,30 @@ def test_bert_per_token_and_dynamic_shapes_match_onnxruntime(tmp_path):
     assert_agrees(ort_outputs(tmp_path / "m.onnx", other), torch_outputs(model, other))
 
 
+@pytest.mark.parametrize("model_type, overrides", [
+    ("mobilenetv2", {"depth_multiplier": 0.25}),
+    ("deit-tiny", {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}),
+])
+def test_vision_families_export_and_match_onnxruntime(tmp_path, model_type, overrides):
+    # MobileNetV2's TF padding reads the conv's stride and kernel_size, which the export's stand-in
+    # layer lacked (AttributeError); a DeiT's position embeddings fix its image size.
+    torch.manual_seed(0)
+    model = build_model(model_type, num_labels=3, from_scratch=True, config_overrides=overrides, image_size=32)
+    names = select_layers(model, LayerSelection())
+    quantize_model(model, QuantSpec(names, QuantConfig("int8", "int8", per_channel=True)))
+    model.eval()
+    inputs = {"pixel_values": torch.randn(2, 3, 32, 32)}
+    export_onnx(model, inputs, tmp_path / "m.onnx")
+    assert_agrees(ort_outputs(tmp_path / "m.onnx", inputs), torch_outputs(model, inputs))
+    (pixels,) = onnx.load(str(tmp_path / "m.onnx")).graph.input
+    dims = [d.dim_value or d.dim_param for d in pixels.type.tensor_type.shape.dim]
+    assert dims[1:] == ([3, 32, 32] if model_type == "deit-tiny" else [3, dims[2], dims[3]])
+    if model_type == "mobilenetv2":
+        assert all(isinstance(d, str) for d in (dims[0], dims[2], dims[3]))  # batch and image size free
+        other = {"pixel_values": torch.randn(3, 3, 40, 40)}
+        assert_agrees(ort_outputs(tmp_path / "m.onnx", other), torch_outputs(model, other))
+
+
 def test_fp4_exports_at_opset_23_and_matches_the_onnx_reference(tmp_path):
     # onnxruntime 1.32's CPU provider has no FLOAT4E2M1 Q/DQ kernels, so the ONNX reference evaluator runs it
     model, inputs = tiny("resnet18", QuantConfig("fp4", "fp4", per_channel=True))
