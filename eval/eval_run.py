@@ -250,7 +250,11 @@ def _run(args: argparse.Namespace, prepared: tuple[Any, Any], run_dir: Path, sta
         trainer.save_model(str(run_dir / "final_model"))
         if setup.processor is not None:
             setup.processor.save_pretrained(str(run_dir / "final_model"))
-        if args.export_dir is not None:
+        low_bit = any(layer.weight_format.quantizes or layer.act_format.quantizes for layer in layers.values())
+        if args.export_dir is not None and not low_bit:  # e.g. a search over 'none,8' that chose none everywhere
+            print(f"eval_run: note: every layer ended at format none: no low-bit checkpoint to write to "
+                  f"--export_dir {args.export_dir} (final_model/ holds the float weights)", file=sys.stderr)
+        elif args.export_dir is not None:
             from quant.export import export_quantized_checkpoint
 
             report = export_quantized_checkpoint(setup.model.cpu(), args.export_dir, processor=setup.processor)

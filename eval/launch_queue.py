@@ -96,7 +96,9 @@ def classify(job: Job, returncode: int) -> None:
         job.state, job.reason = DONE, None
         return
     job.state = FAILED
-    if (job.experiment.run_dir / "results.json").exists() and job.record.status != COMPLETED:
+    if job.record.status == COMPLETED:  # an earlier run this launch left in place: not its results
+        job.record = None
+    elif (job.experiment.run_dir / "results.json").exists():
         job.reason = f"{_exit_text(returncode)}: {job.record.reason}"  # failed, or an invalid results.json
         return
     last = _last_line(job.log_path)
@@ -124,10 +126,13 @@ class SubprocessStarter:
         job.command_line = format_command(command, env)
         run_dir = job.experiment.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        # An earlier run's results.json stays: the run replaces it once it is set up, and one that
-        # fails before leaves a completed run as it was. The queue judges this run by its exit
-        # code first (classify), so a kept results.json never makes a failed launch look completed.
-        # The log is appended to, each launch after its own `# command` line.
+        # An earlier completed run's results.json stays: the run replaces it once it is set up, and
+        # one that fails before leaves the completed run as it was (classify judges this launch by
+        # its exit code first). Anything else (failed, invalid) would be read as this launch's
+        # reason if it died before writing its own. The log is appended to, each launch after its
+        # own `# command` line.
+        if load_run(run_dir).status != COMPLETED:
+            (run_dir / "results.json").unlink(missing_ok=True)
         with open(job.log_path, "ab") as log:
             log.write(f"# {job.command_line}\n".encode())
             log.flush()

@@ -26,7 +26,8 @@ SCHEMA_VERSION = 1
 RUN_MARKERS = ("results.json", "config.json", "output.txt", "stdout.log")
 # Files only a run directory gets (HF checkpoints and saved models inside a run hold config.json too).
 RUN_ONLY_MARKERS = ("results.json", "output.txt", "stdout.log")
-LAUNCH_HEADER = "# "  # the launcher's line before each launch's output in stdout.log: `# VAR=value ... command`
+# The launcher's line before each launch's output in stdout.log: `# CUDA_VISIBLE_DEVICES=... command`.
+LAUNCH_HEADER = "# CUDA_VISIBLE_DEVICES="
 METHODS = ("search", "uniform", "float")
 GRANULARITIES = ("layer", "block", "single")
 COST_TYPES = ("memory", "compute")

@@ -142,6 +142,9 @@ def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
     # Every run records its cost in results.json (fixed-format runs too), so this is checked for all.
     parse_cost_type(args.cost_type)
     _resolve_mode(args)
+    if args.export_dir is not None and args.mode == "float":
+        raise ValueError("--export_dir writes the low-bit checkpoint of a quantized run, and this run is float "
+                         "(--bits 0): drop --export_dir (the run's final_model/ holds its float weights)")
     _check_layer_selection(args, spec.modality)
     if args.mode == "search":
         _resolve_search(args, task)

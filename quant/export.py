@@ -168,6 +168,16 @@ def _apply_umask(directory: Path) -> None:
         item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
 
 
+def check_has_low_bit_layers(model: nn.Module) -> None:
+    """ValueError unless `model` has a quantized layer whose weights or inputs leave float."""
+    layers = quantized_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no quantized layers; quantize it with quant.surgery first")
+    if not any(layer.weight_format.quantizes or layer.act_format.quantizes for layer in layers.values()):
+        raise ValueError(f"every quantized layer of {type(model).__name__} is at format none (a float model): there "
+                         "is no low-bit model to export; save it with save_pretrained instead")
+
+
 def export_quantized_checkpoint(model: nn.Module, out_dir: str | os.PathLike, processor: Any = None, *,
                                 overwrite: bool = False) -> ExportReport:
     """Write `model` (quantized layers holding their final formats) as a low-bit checkpoint.
@@ -179,11 +189,7 @@ def export_quantized_checkpoint(model: nn.Module, out_dir: str | os.PathLike, pr
     out = Path(out_dir)
     _check_out_dir(out, overwrite)
     layers = quantized_layers(model)
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no quantized layers; quantize it with quant.surgery first")
-    if not any(layer.weight_format.quantizes or layer.act_format.quantizes for layer in layers.values()):
-        raise ValueError(f"every quantized layer of {type(model).__name__} is at format none (a float model): there "
-                         "is no low-bit model to export; save it with save_pretrained instead")
+    check_has_low_bit_layers(model)
     if not hasattr(model, "config") or not hasattr(model.config, "to_json_string"):
         raise ValueError(f"{type(model).__name__} has no transformers config; export needs a PreTrainedModel")
     tensors, aliases = _state_tensors(model, layers)
@@ -396,6 +402,7 @@ def main(argv: Sequence[str] | None = None, *, load_run: RunLoader | None = None
 
         check_opset(args.opset)
     model, processor = load_run(args.run_dir)
+    check_has_low_bit_layers(model)  # before minutes of ONNX export
     onnx_tmp = None
     try:
         if args.onnx:  # before the checkpoint, so an ONNX failure leaves nothing behind
@@ -426,4 +433,4 @@ if __name__ == "__main__":
         sys.exit(f"error: {error}")
     except Exception as error:  # noqa: BLE001 - e.g. torch.export or loading: one line, not a traceback
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-        sys.exit(f"error: {type(error).__name__}: {first}; nothing was written")
+        sys.exit(f"error: {type(error).__name__}: {first}")

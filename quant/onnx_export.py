@@ -196,7 +196,7 @@ class _QDQLayer(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             float_layer = self.__dict__.get("_modules", {}).get("float_layer")
-            if float_layer is None or name in ("weight", "bias"):
+            if float_layer is None or name in ("weight", "bias") or not hasattr(float_layer, name):
                 raise
             return getattr(float_layer, name)
 

@@ -238,6 +238,20 @@ def test_a_rerun_that_fails_keeps_the_completed_run_and_both_logs(tmp_path, fake
     assert log[1::2] == ["fake run ok", "eval_run: error: ValueError: cursed"]
 
 
+def test_a_relaunch_that_dies_early_is_not_blamed_on_the_failure_before_it(tmp_path, fake_run, capsys, monkeypatch):
+    root = tmp_path / "out"
+    argv = [*TINY, "--device", "cpu", "--output_root_dir", root, "--sweep", "seed=7"]
+    monkeypatch.setenv("FAKE_RUN_MODE", json.dumps({"7": "fail"}))
+    assert launch(capsys, argv, run_entry=[fake_run])[0] == 1  # leaves a failed results.json
+    dies = tmp_path / "dies.py"
+    dies.write_text("import sys\nprint('eval_run: error: --device cuda: no CUDA device is visible')\nsys.exit(2)\n")
+    code, out, _ = launch(capsys, [*argv, "--skip_completed"], run_entry=[str(dies)])
+    assert code == 1 and "cursed" not in out
+    assert f"failed: {NAME}_s7: exit code 2; last line of stdout.log: eval_run: error: --device cuda: no CUDA " \
+        "device is visible" in out
+    assert not (root / "digits" / f"{NAME}_s7" / "results.json").exists()
+
+
 def test_notes_of_the_runs_are_shown_once(tmp_path, capsys):
     argv = [*TINY, "--output_root_dir", tmp_path, "--sweep", "search_space=4;4,8", "--sweep", "seed=1,2", "--dry_run"]
     code, _, err = launch(capsys, argv)

@@ -133,6 +133,9 @@ def error_of(argv, capsys) -> str:
         (["--exp_name", "a/b"], "without '/'"),
         (["--delay_steps", "-3"], "--delay_steps must be >= 0"),
         (["--advantage", "local"], r"--advantage 'local' is not one of"),
+        (["--bits", "0", "--export_dir", "exported"],
+         r"--export_dir writes the low-bit checkpoint of a quantized run, and this run is float \(--bits 0\): drop "
+         r"--export_dir"),
         (["--task", "synth-sentiment", "--model", "bert-tiny", "--metric", "glue"],
          r"--metric glue has no configuration for task 'synth-sentiment' \(only for GLUE tasks\); leave --metric "
          r"unset for the task's built-in offline metrics \(accuracy\)"),

@@ -154,6 +154,18 @@ def test_export_dir_writes_the_low_bit_checkpoint_of_the_final_model(tmp_path):
     assert [p.name for p in export_dir.parent.iterdir()] == ["model"]  # no temporary left behind
 
 
+def test_a_search_that_ends_in_float_skips_its_export_with_a_note(tmp_path, capsys):
+    # A 32-bit target (exactly) over none/int8 gives format none everywhere: nothing low-bit to write, and the
+    # run completes (it used to fail after training, when the export refused a float model).
+    code, results, run_dir = run(tmp_path / "runs", *RESNET_TINY, "--search_space", "none,8", "--cost_target_bits",
+                                 "32", "--target_tolerance", "0", "--export_dir", str(tmp_path / "exported"))
+    assert code == 0 and results["status"] == "completed" and results.get("export") is None
+    assert {layer["weight_format"] for layer in results["layers"].values()} == {"none"}
+    assert (f"eval_run: note: every layer ended at format none: no low-bit checkpoint to write to --export_dir "
+            f"{tmp_path / 'exported'} (final_model/ holds the float weights)") in capsys.readouterr().err
+    assert not (tmp_path / "exported").exists()
+
+
 def test_export_refuses_what_would_give_wrong_weights_or_destroy_the_run(tmp_path):
     import shutil
 

@@ -171,7 +171,8 @@ def test_classify(tmp_path, status, code, state, reason):
     [job] = make_jobs(tmp_path, 1)
     job.state = RUNNING
     job.experiment.run_dir.mkdir(parents=True)
-    (job.experiment.run_dir / "stdout.log").write_text("# command\nlast words\n\n")
+    (job.experiment.run_dir / "stdout.log").write_text("# CUDA_VISIBLE_DEVICES= python -u -m eval.eval_run\n"
+                                                       "# a run's own line\nlast words\n\n")
     if status is not None:
         results = _results("completed" if status == "invalid" else status)
         if status == "invalid":
@@ -179,6 +180,8 @@ def test_classify(tmp_path, status, code, state, reason):
         (job.experiment.run_dir / "results.json").write_text(json.dumps(results))
     classify(job, code)
     assert (job.state, job.reason, job.returncode) == (state, reason, code)
+    # A failed launch never shows the metrics of a completed run it left in place.
+    assert (job.record is not None and job.record.status == "completed") == (state == DONE)
 
 
 def test_classify_with_only_the_launcher_header_in_the_log(tmp_path):
