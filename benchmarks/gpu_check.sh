@@ -11,6 +11,7 @@
 #              the CPU; an fp16 search (GradScaler) drops non-finite samples
 #   quantizer  fake-quant throughput vs copy and torch's kernels (64M elements)
 #   step       float / fixed-format / search step of ResNet-18 (b128, 224px), BERT-base (b32, s128)
+#   overhead   the search's own host work per step, part by part (ResNet-18)
 #   memory     peak memory of fixed-format and search (2, 4, 8 options)
 #   compile    the quantizer with a torch.compile'd core (bit-exactness checked)
 # and finally the summary table against the goals (benchmarks/summarize.py).
@@ -73,6 +74,8 @@ run_step quantizer 120 "$PY" -m benchmarks.bench_quantizer --device cuda --repea
   --out "$OUT_DIR/quantizer_gpu.json"
 run_step step 240 "$PY" -m benchmarks.bench_search_step --device cuda --preset gpu --repeats 20 \
   --out "$OUT_DIR/step_gpu.json"
+run_step overhead 90 "$PY" -m benchmarks.bench_search_overhead --device cuda --preset gpu --models resnet18 \
+  --repeats 10 --out "$OUT_DIR/overhead_gpu.json"
 run_step memory 180 "$PY" -m benchmarks.bench_memory --device cuda --preset gpu \
   --out "$OUT_DIR/memory_gpu.json"
 

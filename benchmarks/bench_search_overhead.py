@@ -1,0 +1,108 @@
+"""Where a search step's extra host time goes: the search's own parts, timed one by one.
+
+A search step is a fixed-format step plus the search's own work: sample formats from the policy,
+set them on the layers, snapshot the normalisation buffers (to undo a non-finite sample), compute
+the reward's quality and update the policy. On a GPU these parts run on the host between kernel
+launches, so they add to a step that is already host-bound (benchmarks/RESULTS.md). This times
+each part in the same process as the whole search step of the same model and batch, and reports
+each as a share of it (median part / median step).
+
+    python -m benchmarks.bench_search_overhead                                  # CPU preset
+    python -m benchmarks.bench_search_overhead --device cuda --preset gpu --out benchmarks/out/overhead_gpu.json
+
+Not a goal of its own: it explains the search step's ratio to float (bench_search_step).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from typing import Any, Callable
+
+import torch
+
+from benchmarks.common import (
+    add_runtime_args,
+    environment_info,
+    format_table,
+    resolve_clock,
+    setup_runtime,
+    time_interleaved,
+    write_json,
+)
+from benchmarks.step_setup import StepVariant, TrainerStep, build_trainer, preset_cases
+from trainer.quality import batch_quality
+
+DEFAULT_SEARCH_SPACE = "int4,int8,fp4_e2m1,fp8_e4m3"
+WHOLE_STEP = "search_step"
+
+
+def search_parts(step: TrainerStep) -> dict[str, Callable[[], Any]]:
+    """The search's own work in one step, each part callable on its own (the same calls the
+    ReinforceTrainer makes; the policy update with a fixed quality, after the delay)."""
+    trainer, model, batch = step.trainer, step.model, step.batch
+    config = trainer.reinforce_config
+    with torch.no_grad():
+        logits = model(**batch)["logits"].detach()
+    labels = batch["labels"]
+
+    def sample_and_update() -> None:
+        sample = trainer.policy.sample(trainer.sample_generator)
+        trainer._update_policy(sample, 0.5, trainer.state.global_step, True)
+
+    return {
+        "sample": lambda: trainer.policy.sample(trainer.sample_generator),
+        "set_formats": lambda: trainer.apply_option_indices(trainer.policy.sample(trainer.sample_generator).indices),
+        "snapshot_buffers": lambda: trainer._snapshot_buffers(model),
+        "quality": lambda: batch_quality(logits, labels, config.reward_metric),
+        "sample_and_update_policy": sample_and_update,
+    }
+
+
+def run_case(case, space: tuple[str, ...], args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as output_dir:
+        built = build_trainer(case, StepVariant("search_train", "search", space, "train"), device=device,
+                              output_dir=output_dir, seed=args.seed)
+        step = TrainerStep(built)
+        step()  # the delay is 0: the policy is searching from the first step
+        clock = resolve_clock(args)
+        # The parts are short: each is called `inner` times in a row, and they are timed apart from
+        # the whole step, right after which any short call would find cold caches.
+        whole = time_interleaved({WHOLE_STEP: step}, repeats=args.repeats, warmup=args.warmup, device=device,
+                                 clock=clock)[WHOLE_STEP]
+        parts = time_interleaved(search_parts(step), repeats=args.repeats, warmup=args.warmup, device=device,
+                                 clock=clock, inner=args.inner)
+    rows = [{**whole.summary(), "share_of_step": 1.0}]
+    rows += [{**timing.summary(), "share_of_step": timing.median_ms / whole.median_ms} for timing in parts.values()]
+    return {"model": case.name, "model_type": case.model_type, "batch_size": case.batch_size,
+            "quantized_layers": built.num_quantized_layers, "decisions": built.trainer.search_space.num_decisions,
+            "parts": rows}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_runtime_args(parser, repeats=30, warmup=3)
+    parser.add_argument("--preset", default=None, choices=["cpu", "gpu"],
+                        help="model sizes (default: cpu on --device cpu, gpu on --device cuda)")
+    parser.add_argument("--models", default=None, help="comma-separated subset of the preset's models")
+    parser.add_argument("--search_space", default=DEFAULT_SEARCH_SPACE,
+                        help=f"options of the search (default {DEFAULT_SEARCH_SPACE})")
+    parser.add_argument("--inner", type=int, default=20, help="calls of each part per round (default 20)")
+    args = parser.parse_args(argv)
+    device = setup_runtime(args)
+    environment = environment_info(device, args.threads, resolve_clock(args))
+    preset = args.preset or ("gpu" if device.type == "cuda" else "cpu")
+    cases = preset_cases(preset, args.models.split(",") if args.models else None)
+    space = tuple(f.strip() for f in args.search_space.split(",") if f.strip())
+    results = [run_case(case, space, args, device) for case in cases]
+    payload = {"benchmark": "search_overhead", "preset": preset, "environment": environment, "config": vars(args),
+               "results": results, "load_average_end": list(os.getloadavg())}
+    rows = [[r["model"], p["name"], p["median_ms"], p["iqr_ms"], p["share_of_step"]]
+            for r in results for p in r["parts"]]
+    print(format_table(["model", "part", "median ms", "iqr ms", "x search step"], rows))
+    write_json(args.out, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

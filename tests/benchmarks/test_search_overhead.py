@@ -1,0 +1,20 @@
+"""The search-overhead benchmark runs end to end on the CPU and reports each part against the step."""
+import json
+
+from benchmarks.bench_search_overhead import WHOLE_STEP, main
+
+
+def test_parts_are_timed_against_the_whole_search_step(tmp_path, capsys):
+    out = tmp_path / "overhead.json"
+    payload = main(["--models", "resnet-small", "--repeats", "2", "--warmup", "0", "--inner", "2", "--out", str(out)])
+    assert json.loads(out.read_text())["results"] == payload["results"]
+    (result,) = payload["results"]
+    assert (result["model"], result["quantized_layers"], result["decisions"]) == ("resnet-small", 21, 21)
+    parts = {row["name"]: row for row in result["parts"]}
+    assert list(parts) == [WHOLE_STEP, "sample", "set_formats", "snapshot_buffers", "quality",
+                           "sample_and_update_policy"]
+    step_ms = parts[WHOLE_STEP]["median_ms"]
+    assert parts[WHOLE_STEP]["share_of_step"] == 1.0 and step_ms > 0
+    for name, row in parts.items():
+        assert row["rounds"] == 2 and row["share_of_step"] == row["median_ms"] / step_ms, name
+    assert "sample_and_update_policy" in capsys.readouterr().out
