@@ -27,7 +27,8 @@ from eval.tasks import get_task
 from quant.formats import NO_QUANT, parse_format, parse_format_list
 from trainer.entropy_schedule import parse_entropy_schedule
 from trainer.final_selection import FinalSelection
-from trainer.reinforce_config import EXPONENTIAL_COST_FUNCTIONS, AdvantageMode, RewardMetric, RewardSource
+from trainer.reinforce_config import (EXPONENTIAL_COST_FUNCTIONS, SEARCH_STATE_NAME, AdvantageMode, RewardMetric,
+                                      RewardSource)
 
 DEFAULT_LR_PRETRAINED = 5e-5
 DEFAULT_LR_SCRATCH = 1e-3
@@ -176,6 +177,10 @@ def _check_resume_matches(args: argparse.Namespace) -> None:
     the checkpoint), but for how long it trains and what does not change results."""
     if args.resume_from_checkpoint is None:
         return
+    if args.mode == "search" and not (Path(args.resume_from_checkpoint) / SEARCH_STATE_NAME).is_file():
+        raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} has no {SEARCH_STATE_NAME}: a "
+                         "fixed-format run wrote it, or its save was cut short; resume a search from a checkpoint "
+                         "of a search run")
     from eval.results import RUN_TIME_DEFAULTS, changed_args, list_changes
 
     config = Path(args.resume_from_checkpoint).parent / "config.json"
@@ -288,7 +293,9 @@ def resolve_checkpoint(path: str) -> str:
     if not steps:
         raise ValueError(f"--resume_from_checkpoint {path!r} holds no checkpoint (no trainer_state.json, no "
                          f"checkpoint-N/); runs save them with --save_strategy steps --save_steps N")
-    return str(max(steps)[1])
+    # A search's checkpoints also hold its state; one without it was cut short while saving.
+    complete = [(step, child) for step, child in steps if (child / SEARCH_STATE_NAME).is_file()]
+    return str(max(complete or steps)[1])
 
 
 def check_device_flags(args: argparse.Namespace) -> None:

@@ -269,9 +269,17 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, comp
         reward_source=args.reward_source, policy_temperature=args.policy_temperature, policy_seed=args.seed)
     from quant.surgery import quantized_layers
 
-    return mean_loss_trainer(ReinforceTrainer(**common, reinforce_config=config, search_space=setup.search_space,
-                                              quant_layers=quantized_layers(setup.model),
-                                              layer_costs=setup.layer_costs, heldout_dataset=setup.heldout_dataset))
+    trainer = mean_loss_trainer(ReinforceTrainer(**common, reinforce_config=config, search_space=setup.search_space,
+                                                 quant_layers=quantized_layers(setup.model),
+                                                 layer_costs=setup.layer_costs, heldout_dataset=setup.heldout_dataset))
+    if args.resume_from_checkpoint is not None:  # now, before the run directory changes (train() checks again)
+        import torch
+
+        from trainer.reinforce_config import SEARCH_STATE_NAME
+
+        state = torch.load(Path(args.resume_from_checkpoint) / SEARCH_STATE_NAME, weights_only=False)
+        trainer.check_search_state(state)
+    return trainer
 
 
 def mean_loss_trainer(trainer):

@@ -12,6 +12,9 @@ from cost.model_cost import CostType
 from trainer.entropy_schedule import EntropySchedule
 from trainer.final_selection import FinalSelection
 
+# The search's state in every checkpoint of a search run (next to the Trainer's own files).
+SEARCH_STATE_NAME = "reinforce_state.pt"
+
 EXPONENTIAL_COST_FUNCTIONS = ("soft_exponential", "hard_exponential")
 
 # The fields that shape the search itself (its samples, rewards and policy updates): a resumed

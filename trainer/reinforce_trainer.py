@@ -52,10 +52,9 @@ from quant.surgery import set_layer_formats
 from trainer.entropy_schedule import entropy_beta
 from trainer.final_selection import FinalSelection, constrained_argmax, is_one_sided
 from trainer.quality import batch_quality
-from trainer.reinforce_config import AdvantageMode, ReinforceConfig, RewardSource
+from trainer.reinforce_config import SEARCH_STATE_NAME, AdvantageMode, ReinforceConfig, RewardSource
 from trainer.search_space import DecisionCostTable, SearchSpace
 
-SEARCH_STATE_NAME = "reinforce_state.pt"
 logger = logging.getLogger(__name__)
 
 
@@ -180,6 +179,7 @@ class ReinforceTrainer(Trainer):
         self.heldout_dataset = heldout_dataset
         self._heldout_loader: Iterable | None = None
         self._heldout_batches: Iterator | None = None
+        self._heldout_position = 0  # batches read in the current pass over the held-out split
         self.worst_reward: float | None = None
         self.non_finite_steps = 0
         self._pending_logs: dict[str, list[float]] = defaultdict(list)
@@ -389,10 +389,19 @@ class ReinforceTrainer(Trainer):
                 if self._heldout_loader is None:
                     self._heldout_loader = self.get_eval_dataloader(self.heldout_dataset)
                 self._heldout_batches = iter(self._heldout_loader)
+                # A resumed search goes on where its checkpoint was in the pass (the loader's
+                # order is fixed: no shuffling).
+                for _ in range(self._heldout_position):
+                    if next(self._heldout_batches, None) is None:
+                        self._heldout_batches, self._heldout_position = iter(self._heldout_loader), 0
+                        break
             try:
-                return next(self._heldout_batches)
+                batch = next(self._heldout_batches)
             except StopIteration:
-                self._heldout_batches = None  # cycle through the held-out split again
+                self._heldout_batches, self._heldout_position = None, 0  # cycle through the split again
+                continue
+            self._heldout_position += 1
+            return batch
         raise ValueError("the heldout dataset is empty; give --heldout_fraction a larger value")
 
     def _mean_over_ranks(self, values: torch.Tensor) -> list:
@@ -460,6 +469,7 @@ class ReinforceTrainer(Trainer):
             "sample_generator": self.sample_generator.get_state(),
             "worst_reward": self.worst_reward,
             "non_finite_steps": self.non_finite_steps,
+            "heldout_position": self._heldout_position,
             "decisions": self.search_space.decision_names,
             "options": self.search_space.option_names,
         }
@@ -495,13 +505,17 @@ class ReinforceTrainer(Trainer):
         self.sample_generator.set_state(state["sample_generator"])
         self.worst_reward = state["worst_reward"]
         self.non_finite_steps = state["non_finite_steps"]
+        self._heldout_position = state.get("heldout_position", 0)  # older checkpoints: from the start
+        self._heldout_batches = None
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            if os.path.isdir(folder):
-                torch.save(self.search_state_dict(), os.path.join(folder, SEARCH_STATE_NAME))
+            if os.path.isdir(folder):  # written whole or not at all: a kill mid-save leaves no half file
+                path = os.path.join(folder, SEARCH_STATE_NAME)
+                torch.save(self.search_state_dict(), path + ".tmp")
+                os.replace(path + ".tmp", path)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         path = os.path.join(resume_from_checkpoint, SEARCH_STATE_NAME)

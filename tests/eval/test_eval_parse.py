@@ -250,12 +250,14 @@ def test_load_config_must_be_a_completed_run_of_this_task_and_model(capsys, tmp_
 
 def test_checkpoint_flags_resolve(tmp_path):
     run_dir = tmp_path / "run"
-    for step in (5, 40, 10):
+    for step in (5, 40, 10, 50):
         (run_dir / f"checkpoint-{step}").mkdir(parents=True)
         (run_dir / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+        if step != 50:  # a search's checkpoint-50 cut short before its search state was saved
+            (run_dir / f"checkpoint-{step}" / "reinforce_state.pt").write_bytes(b"")
     (run_dir / "checkpoint-99").mkdir()  # no trainer_state.json: not a checkpoint
     args = parse_run_args(["--resume_from_checkpoint", str(run_dir)])
-    assert args.resume_from_checkpoint == str(run_dir / "checkpoint-40")  # the latest one
+    assert args.resume_from_checkpoint == str(run_dir / "checkpoint-40")  # the latest complete one
     args = parse_run_args(["--resume_from_checkpoint", str(run_dir / "checkpoint-5")])
     assert args.resume_from_checkpoint == str(run_dir / "checkpoint-5")
     args = parse_run_args(["--save_steps", "7"])

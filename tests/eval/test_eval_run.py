@@ -120,6 +120,36 @@ def test_resuming_a_finished_run_without_more_steps_fails_before_touching_it(tmp
         (first["delay_steps"], first["rl_learning_rate"]) == (4, 0.1)
 
 
+def test_resume_checks_the_search_state_before_touching_the_run(tmp_path, capsys):
+    import shutil
+
+    code, _, run_dir = run(tmp_path, *RESNET_TINY, "--search", "--exp_name", "s", "--save_steps", "4")
+    assert code == 0 and (run_dir / "checkpoint-8" / "reinforce_state.pt").is_file()
+    flags = [*RESNET_TINY, "--search", "--exp_name", "s", "--save_steps", "4", *FAST, "--output_root_dir", str(tmp_path)]
+    # checkpoint-8 cut short while saving (no search state): the run directory means checkpoint-4.
+    (run_dir / "checkpoint-8" / "reinforce_state.pt").unlink()
+    from eval.eval_parse import parse_run_args
+
+    assert parse_run_args([*flags, "--resume_from_checkpoint", str(run_dir)]).resume_from_checkpoint == \
+        str(run_dir / "checkpoint-4")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*flags, "--max_steps", "12", "--resume_from_checkpoint", str(run_dir / "checkpoint-8")])
+    assert exit_info.value.code == 2 and (
+        f"--resume_from_checkpoint '{run_dir / 'checkpoint-8'}' has no reinforce_state.pt: a fixed-format run wrote "
+        "it, or its save was cut short; resume a search from a checkpoint of a search run") in capsys.readouterr().err
+    # A checkpoint moved away from its run (no config.json to compare flags with): its search
+    # settings are checked once the trainer is built, before the completed run is replaced.
+    shutil.copytree(run_dir / "checkpoint-4", tmp_path / "moved" / "checkpoint-4")
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    code = main([*flags, "--max_steps", "12", "--cost_beta", "3", "--resume_from_checkpoint",
+                 str(tmp_path / "moved" / "checkpoint-4")])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and "the checkpoint's search settings differ from this run's" in last and "cost_beta" in last
+    assert last.endswith(f"(the completed run in {run_dir} was left as it was)")
+    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+
+
 def test_save_strategy_best_saves_at_an_improving_evaluation_and_resumes_from_the_run_dir(tmp_path):
     code, results, run_dir = run(tmp_path, *RESNET_TINY, "--bits", "8", "--save_strategy", "best", "--eval_steps", "4")
     saved = sorted(int(p.name.split("-")[1]) for p in run_dir.glob("checkpoint-*"))

@@ -55,13 +55,17 @@ def test_same_seed_same_result(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
 
 
-def test_resume_from_a_mid_search_checkpoint_is_exact(tmp_path):
+@pytest.mark.parametrize("source", ["train", "heldout"])
+def test_resume_from_a_mid_search_checkpoint_is_exact(tmp_path, source):
+    # heldout: 150 steps are 2 passes and 22 batches into the 64-batch held-out split; a resumed
+    # search used to start that split from its first batch again.
     overrides = dict(save_strategy="steps", save_steps=150)
-    full = make_trainer(str(tmp_path / "full"), seed=4, steps=300, training_overrides=overrides)
+    full = make_trainer(str(tmp_path / "full"), seed=4, steps=300, training_overrides=overrides, reward_source=source)
     full.train()
     checkpoint = tmp_path / "full" / "checkpoint-150"
-    assert (checkpoint / SEARCH_STATE_NAME).is_file()
-    resumed = make_trainer(str(tmp_path / "resumed"), seed=4, steps=300, training_overrides=overrides)
+    assert (checkpoint / SEARCH_STATE_NAME).is_file() and not list(checkpoint.glob("*.tmp"))
+    resumed = make_trainer(str(tmp_path / "resumed"), seed=4, steps=300, training_overrides=overrides,
+                           reward_source=source)
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert torch.equal(full.policy.logits, resumed.policy.logits)
     assert full.baseline.value == resumed.baseline.value
