@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -35,8 +34,9 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import MIB, environment_info, format_table, write_json
-from benchmarks.step_setup import ModelCase, StepVariant, TrainerStep, build_trainer, preset_cases
+from benchmarks.common import MIB, environment_info, finish
+from benchmarks.step_setup import (ModelCase, StepVariant, TrainerStep, add_model_args, build_trainer, chosen_cases,
+                                   preset_cases)
 
 # Option lists of growing size; every list contains the smaller ones.
 # Half INT, half FP at every size, so the lists differ in length, not in the kind of rounding.
@@ -148,9 +148,7 @@ def child_main(spec_json: str) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--preset", default=None, choices=["cpu", "gpu"],
-                        help="model sizes (default: cpu on --device cpu, gpu on --device cuda)")
-    parser.add_argument("--models", default=None, help="comma-separated subset of the preset's models")
+    add_model_args(parser)
     parser.add_argument("--options", default="2,4,8", help="search-space sizes to compare (default 2,4,8)")
     parser.add_argument("--no_heldout", action="store_true", help="skip the reward_source heldout variant")
     parser.add_argument("--steps", type=int, default=2, help="measured steps after one warm-up step (default 2)")
@@ -169,8 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ValueError("--device cuda but torch sees no CUDA device; run with --device cpu")
     torch.set_num_threads(args.threads)
     environment = environment_info(torch.device(args.device), args.threads, "none")  # load before the run
-    args.preset_name = args.preset or ("gpu" if args.device == "cuda" else "cpu")
-    cases = preset_cases(args.preset_name, args.models.split(",") if args.models else None)
+    args.preset_name, cases = chosen_cases(args)  # the name goes to the CPU subprocesses too
     variants = memory_variants([int(k) for k in args.options.split(",")], not args.no_heldout)
 
     results = []
@@ -192,15 +189,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row["peak_vs_fixed_int8"] = row["peak_mib"] / reference["peak_mib"]
             row["peak_vs_fixed_max"] = row["peak_mib"] / fixed_max
         results.append({"model": case.name, "variants": rows})
-    payload = {"benchmark": "memory", "preset": args.preset_name, "environment": environment,
-               "config": {k: v for k, v in vars(args).items() if k != "child"}, "results": results,
-               "method": "cuda.max_memory_allocated" if args.device == "cuda" else "profiler allocator records",
-               "load_average_end": list(os.getloadavg())}
-    print(format_table(["model", "variant", "start MiB", "peak MiB", "x fixed_int8", "x max fixed", "maxrss MiB"],
-                       [[r["model"], v["name"], v["start_mib"], v["peak_mib"], v["peak_vs_fixed_int8"],
-                         v["peak_vs_fixed_max"], v["maxrss_mib"]] for r in results for v in r["variants"]]))
-    write_json(args.out, payload)
-    return payload
+    rows = [[r["model"], v["name"], v["start_mib"], v["peak_mib"], v["peak_vs_fixed_int8"], v["peak_vs_fixed_max"],
+             v["maxrss_mib"]] for r in results for v in r["variants"]]
+    return finish("memory", args, environment, results,
+                  ["model", "variant", "start MiB", "peak MiB", "x fixed_int8", "x max fixed", "maxrss MiB"], rows,
+                  preset=args.preset_name, config={k: v for k, v in vars(args).items() if k != "child"},
+                  method="cuda.max_memory_allocated" if args.device == "cuda" else "profiler allocator records")
 
 
 if __name__ == "__main__":

@@ -15,22 +15,13 @@ Not a goal of its own: it explains the search step's ratio to float (bench_searc
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from typing import Any, Callable
 
 import torch
 
-from benchmarks.common import (
-    add_runtime_args,
-    environment_info,
-    format_table,
-    resolve_clock,
-    setup_runtime,
-    time_interleaved,
-    write_json,
-)
-from benchmarks.step_setup import StepVariant, TrainerStep, build_trainer, preset_cases
+from benchmarks.common import add_runtime_args, environment_info, finish, resolve_clock, setup_runtime, time_interleaved
+from benchmarks.step_setup import StepVariant, TrainerStep, add_model_args, build_trainer, chosen_cases
 from trainer.quality import batch_quality
 
 DEFAULT_SEARCH_SPACE = "int4,int8,fp4_e2m1,fp8_e4m3"
@@ -82,26 +73,20 @@ def run_case(case, space: tuple[str, ...], args: argparse.Namespace, device: tor
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_runtime_args(parser, repeats=30, warmup=3)
-    parser.add_argument("--preset", default=None, choices=["cpu", "gpu"],
-                        help="model sizes (default: cpu on --device cpu, gpu on --device cuda)")
-    parser.add_argument("--models", default=None, help="comma-separated subset of the preset's models")
+    add_model_args(parser)
     parser.add_argument("--search_space", default=DEFAULT_SEARCH_SPACE,
                         help=f"options of the search (default {DEFAULT_SEARCH_SPACE})")
     parser.add_argument("--inner", type=int, default=20, help="calls of each part per round (default 20)")
     args = parser.parse_args(argv)
     device = setup_runtime(args)
     environment = environment_info(device, args.threads, resolve_clock(args))
-    preset = args.preset or ("gpu" if device.type == "cuda" else "cpu")
-    cases = preset_cases(preset, args.models.split(",") if args.models else None)
+    preset, cases = chosen_cases(args)
     space = tuple(f.strip() for f in args.search_space.split(",") if f.strip())
     results = [run_case(case, space, args, device) for case in cases]
-    payload = {"benchmark": "search_overhead", "preset": preset, "environment": environment, "config": vars(args),
-               "results": results, "load_average_end": list(os.getloadavg())}
     rows = [[r["model"], p["name"], p["median_ms"], p["iqr_ms"], p["share_of_step"]]
             for r in results for p in r["parts"]]
-    print(format_table(["model", "part", "median ms", "iqr ms", "x search step"], rows))
-    write_json(args.out, payload)
-    return payload
+    return finish("search_overhead", args, environment, results,
+                  ["model", "part", "median ms", "iqr ms", "x search step"], rows, preset=preset)
 
 
 if __name__ == "__main__":

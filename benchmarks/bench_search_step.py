@@ -13,21 +13,19 @@ GPU search step <= 1.25x float.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from typing import Any
 
 from benchmarks.common import (
     add_runtime_args,
     environment_info,
-    format_table,
+    finish,
     median_ratio,
     resolve_clock,
     setup_runtime,
     time_interleaved,
-    write_json,
 )
-from benchmarks.step_setup import StepVariant, TrainerStep, build_trainer, preset_cases
+from benchmarks.step_setup import StepVariant, TrainerStep, add_model_args, build_trainer, chosen_cases
 
 DEFAULT_SEARCH_SPACE = "int4,int8,fp4_e2m1,fp8_e4m3"
 DEFAULT_FIXED_FORMATS = "int8,fp8_e4m3"
@@ -66,9 +64,7 @@ def run_case(case, variants: list[StepVariant], args: argparse.Namespace, device
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_runtime_args(parser, repeats=20, warmup=3)
-    parser.add_argument("--preset", default=None, choices=["cpu", "gpu"],
-                        help="model sizes (default: cpu on --device cpu, gpu on --device cuda)")
-    parser.add_argument("--models", default=None, help="comma-separated subset of the preset's models")
+    add_model_args(parser)
     parser.add_argument("--inner", type=int, default=1, help="steps per variant per round (default 1)")
     parser.add_argument("--fixed_formats", default=DEFAULT_FIXED_FORMATS,
                         help=f"fixed-format variants, weights and activations (default {DEFAULT_FIXED_FORMATS})")
@@ -80,8 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     device = setup_runtime(args)
     environment = environment_info(device, args.threads, resolve_clock(args))  # load before the run
-    preset = args.preset or ("gpu" if device.type == "cuda" else "cpu")
-    cases = preset_cases(preset, args.models.split(",") if args.models else None)
+    preset, cases = chosen_cases(args)
     sources = [s.strip() for s in args.reward_sources.split(",") if s.strip()]
     bad = [s for s in sources if s not in ("train", "heldout")]
     if bad:
@@ -90,14 +85,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              [f.strip() for f in args.search_space.split(",")], sources)
 
     results = [run_case(case, variants, args, device) for case in cases]
-    payload = {"benchmark": "search_step", "preset": preset,
-               "environment": environment, "config": vars(args),
-               "results": results, "load_average_end": list(os.getloadavg())}
     rows = [[r["model"], v["name"], v["median_ms"], v["iqr_ms"], v["ratio_to_float"]]
             for r in results for v in r["variants"]]
-    print(format_table(["model", "variant", "median ms", "iqr ms", "x float"], rows))
-    write_json(args.out, payload)
-    return payload
+    return finish("search_step", args, environment, results, ["model", "variant", "median ms", "iqr ms", "x float"],
+                  rows, preset=preset)
 
 
 if __name__ == "__main__":

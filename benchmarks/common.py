@@ -180,6 +180,18 @@ def write_json(path: str | None, payload: Mapping[str, Any]) -> None:
     print(f"wrote {target}")
 
 
+def finish(benchmark: str, args: argparse.Namespace, environment: Mapping[str, Any], results: Any,
+           columns: Sequence[str], rows: Sequence[Sequence[Any]], **fields: Any) -> dict[str, Any]:
+    """Print the table, write the JSON payload to --out (if given) and return it. `fields` add to
+    the payload (e.g. preset); `config` defaults to every flag."""
+    payload = {"benchmark": benchmark, **fields, "environment": environment, "results": results,
+               "load_average_end": list(os.getloadavg())}
+    payload.setdefault("config", vars(args))
+    print(format_table(columns, rows))
+    write_json(args.out, payload)
+    return payload
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "__dataclass_fields__"):
         return asdict(value)

@@ -10,6 +10,8 @@ identical weights and trains on the same synthetic batch, so differences are the
 """
 from __future__ import annotations
 
+import argparse
+
 import enum
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -60,6 +62,19 @@ PRESETS: dict[str, tuple[ModelCase, ...]] = {
         ModelCase("bert-base", "bert", batch_size=32, seq_length=128),
     ),
 }
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """--preset and --models, for the benchmarks that run the preset's models."""
+    parser.add_argument("--preset", default=None, choices=list(PRESETS),
+                        help="model sizes (default: cpu on --device cpu, gpu on --device cuda)")
+    parser.add_argument("--models", default=None, help="comma-separated subset of the preset's models")
+
+
+def chosen_cases(args: argparse.Namespace) -> tuple[str, list[ModelCase]]:
+    """(preset name, its models selected by --models) from add_model_args' flags."""
+    preset = args.preset or ("gpu" if args.device == "cuda" else "cpu")
+    return preset, preset_cases(preset, args.models.split(",") if args.models else None)
 
 
 def preset_cases(preset: str, only: list[str] | None = None) -> list[ModelCase]:

@@ -43,11 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - reported in results.json and as one line
         run_dir = run_dir_of(args)
         where = ""  # only rank 0 writes the run directory: other ranks cannot tell what it holds
-        if not _is_main_process():
-            pass
-        elif _holds_completed_run(run_dir):  # failed before it replaced anything
+        if _is_main_process() and _holds_completed_run(run_dir):  # failed before it replaced anything
             where = f" (the completed run in {run_dir} was left as it was)"
-        elif (run_dir / "results.json").is_file():
+        elif _is_main_process() and (run_dir / "results.json").is_file():
             where = f" (traceback in {run_dir / 'results.json'})"
         print(f"eval_run: error: {type(error).__name__}: {error}{where}", file=sys.stderr)
         return 1
@@ -194,7 +192,7 @@ def _run(args: argparse.Namespace, prepared: tuple[Any, Any], run_dir: Path, sta
     from cost.model_cost import current_assignment, layer_costs
     from eval.run_outputs import RESULTS_NAME, package_versions, summary_text, write_json
     from eval.run_setup import close_tensorboard
-    from quant.surgery import quantized_layers
+    from quant.surgery import has_low_bit_layers, quantized_layers
 
     setup, trainer = prepared
     device = args.device
@@ -250,8 +248,7 @@ def _run(args: argparse.Namespace, prepared: tuple[Any, Any], run_dir: Path, sta
         trainer.save_model(str(run_dir / "final_model"))
         if setup.processor is not None:
             setup.processor.save_pretrained(str(run_dir / "final_model"))
-        low_bit = any(layer.weight_format.quantizes or layer.act_format.quantizes for layer in layers.values())
-        if args.export_dir is not None and not low_bit:  # e.g. a search over 'none,8' that chose none everywhere
+        if args.export_dir is not None and not has_low_bit_layers(layers):  # e.g. 'none,8' that chose none everywhere
             print(f"eval_run: note: every layer ended at format none: no low-bit checkpoint to write to "
                   f"--export_dir {args.export_dir} (final_model/ holds the float weights)", file=sys.stderr)
         elif args.export_dir is not None:

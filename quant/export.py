@@ -40,7 +40,7 @@ from quant.formats import CastFormat, NumberFormat, parse_format
 from quant.packing import PackedTensor, grid_values_and_scale, pack, storage_dtype, unpack
 from quant.quant_module import BYTES_PER_MIB, QuantConfig, QuantModule
 from quant.quant_utils import Granularity
-from quant.surgery import QuantSpec, quantize_model, quantized_layers
+from quant.surgery import QuantSpec, has_low_bit_layers, quantize_model, quantized_layers
 
 QUANT_METHOD = "fliqs"
 FORMAT_VERSION = 1
@@ -173,7 +173,7 @@ def check_has_low_bit_layers(model: nn.Module) -> None:
     layers = quantized_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no quantized layers; quantize it with quant.surgery first")
-    if not any(layer.weight_format.quantizes or layer.act_format.quantizes for layer in layers.values()):
+    if not has_low_bit_layers(layers):
         raise ValueError(f"every quantized layer of {type(model).__name__} is at format none (a float model): there "
                          "is no low-bit model to export; save it with save_pretrained instead")
 

@@ -148,6 +148,11 @@ def quantized_layers(model: nn.Module) -> dict[str, QuantModule]:
     return {name: m for name, m in model.named_modules() if isinstance(m, QuantModule)}
 
 
+def has_low_bit_layers(layers: Mapping[str, QuantModule]) -> bool:
+    """Whether some layer's weights or inputs leave float (not every format 'none')."""
+    return any(layer.weight_format.quantizes or layer.act_format.quantizes for layer in layers.values())
+
+
 def dequantize_model(model: nn.Module) -> nn.Module:
     """Swap every quantized layer back to its float class (parameters shared)."""
     for name, module in list(quantized_layers(model).items()):

@@ -163,11 +163,18 @@ def test_dry_run_with_k_gpus_per_run(tmp_path, capsys, monkeypatch):
     assert len({m.group(2) for m in matches}) == 3  # a distinct rendezvous port per run
 
 
-def test_skip_completed_dry_run_lists_what_it_skips(tmp_path, fake_run, capsys):
+def completed_sweep(tmp_path, fake_run, capsys, seeds: str, redo: str) -> tuple[Path, list]:
+    """(output root, launch flags) of a fake sweep over `seeds` that completed, then had the
+    results.json of seed `redo` removed (a run to start again)."""
     root = tmp_path / "out"
-    argv = [*TINY, "--device", "cpu", "--output_root_dir", root, "--sweep", "seed=1,2"]
+    argv = [*TINY, "--device", "cpu", "--output_root_dir", root, "--sweep", f"seed={seeds}"]
     assert launch(capsys, argv, run_entry=[fake_run])[0] == 0
-    (root / "digits" / f"{NAME}_s2" / "results.json").unlink()
+    (root / "digits" / f"{NAME}_s{redo}" / "results.json").unlink()
+    return root, argv
+
+
+def test_skip_completed_dry_run_lists_what_it_skips(tmp_path, fake_run, capsys):
+    root, argv = completed_sweep(tmp_path, fake_run, capsys, seeds="1,2", redo="2")
     code, out, _ = launch(capsys, [*argv, "--skip_completed", "--dry_run"], run_entry=[fake_run])
     assert code == 0
     lines = out.splitlines()
@@ -177,10 +184,7 @@ def test_skip_completed_dry_run_lists_what_it_skips(tmp_path, fake_run, capsys):
 
 
 def test_completed_runs_refuse_a_launch_without_skip_or_overwrite(tmp_path, fake_run, capsys):
-    root = tmp_path / "out"
-    argv = [*TINY, "--device", "cpu", "--output_root_dir", root, "--sweep", "seed=1,2,3"]
-    assert launch(capsys, argv, run_entry=[fake_run])[0] == 0
-    (root / "digits" / f"{NAME}_s1" / "results.json").unlink()  # one run to redo, two completed
+    root, argv = completed_sweep(tmp_path, fake_run, capsys, seeds="1,2,3", redo="1")  # one to redo, two completed
     message = (f"eval_parallel: error: 2 runs already completed (first: {root}/digits/{NAME}_s2); pass "
                "--skip_completed to keep them or --overwrite to run them again\n")
     for extra in ([], ["--dry_run"]):
@@ -204,10 +208,7 @@ def test_a_single_run_prints_its_own_summary_before_the_table(tmp_path, fake_run
 
 
 def test_overwrite_runs_completed_runs_again(tmp_path, fake_run, capsys):
-    root = tmp_path / "out"
-    argv = [*TINY, "--device", "cpu", "--output_root_dir", root, "--sweep", "seed=1,2"]
-    assert launch(capsys, argv, run_entry=[fake_run])[0] == 0
-    (root / "digits" / f"{NAME}_s2" / "results.json").unlink()
+    root, argv = completed_sweep(tmp_path, fake_run, capsys, seeds="1,2", redo="2")
     code, out, _ = launch(capsys, [*argv, "--overwrite", "--dry_run"], run_entry=[fake_run])
     lines = out.splitlines()
     assert code == 0 and lines[0].startswith("# 2 run(s), 2 to start (1 completed, to overwrite) on 1 CPU worker(s)")
