@@ -108,15 +108,16 @@ def _images_from_paths(ds: datasets.Dataset, task: TaskSpec, file: str | os.Path
     """A local file whose image column holds file paths: the images themselves (decoded when
     read), relative paths taken from the file's own folder."""
     column = task.image_column
-    if column not in ds.column_names or len(ds) == 0 or not any(isinstance(v, str) for v in ds[column]):
+    values = list(ds[column]) if column in ds.column_names else []  # the column read once
+    if not any(isinstance(v, str) for v in values):
         return ds
-    gap = next((row for row, v in enumerate(ds[column]) if not isinstance(v, str) or not v.strip()), None)
+    gap = next((row for row, v in enumerate(values) if not isinstance(v, str) or not v.strip()), None)
     if gap is not None:
         raise ValueError(f"{source}: image column {column!r} has no file path in row {gap}; every row needs an "
                          "image: drop or fill those rows")
     folder = Path(file).resolve().parent
-    paths = [str(folder / Path(v).expanduser()) for v in ds[column]]  # an absolute path stays as it is
-    missing = [(v, p) for v, p in zip(ds[column], paths) if not Path(p).is_file()]
+    paths = [str(folder / Path(v).expanduser()) for v in values]  # an absolute path stays as it is
+    missing = [(v, p) for v, p in zip(values, paths) if not Path(p).is_file()]
     if missing:
         raise ValueError(f"{source}: image column {column!r} names {len(missing)} files that do not exist, e.g. "
                          f"{missing[0][0]!r} ({missing[0][1]}); relative paths are read from the file's folder")
