@@ -49,7 +49,7 @@ def run_case(case, variants: list[StepVariant], args: argparse.Namespace, device
             steps[variant.name] = TrainerStep(built)
             layers = max(layers, built.num_quantized_layers)
         timings = time_interleaved(steps, repeats=args.repeats, warmup=args.warmup, device=device,
-                                   clock=resolve_clock(args), inner=args.inner)
+                                   clock=resolve_clock(args), inner=args.inner, settle=args.settle)
     rows = []
     for variant in variants:
         timing = timings[variant.name]
@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_runtime_args(parser, repeats=20, warmup=3)
     add_model_args(parser)
-    parser.add_argument("--inner", type=int, default=1, help="steps per variant per round (default 1)")
+    parser.add_argument("--inner", type=int, default=1, help="timed steps per variant per round (default 1)")
+    parser.add_argument("--settle", type=int, default=0,
+                        help="untimed steps per variant per round before its timed ones (default 0), so that "
+                             "each timed step follows one of the same model, as in training")
     parser.add_argument("--fixed_formats", default=DEFAULT_FIXED_FORMATS,
                         help=f"fixed-format variants, weights and activations (default {DEFAULT_FIXED_FORMATS})")
     parser.add_argument("--search_space", default=DEFAULT_SEARCH_SPACE,

@@ -107,15 +107,19 @@ class Timing:
 
 
 def time_interleaved(variants: Mapping[str, Callable[[], Any]], *, repeats: int, warmup: int,
-                     device: torch.device, clock: str = "wall", inner: int = 1) -> dict[str, Timing]:
-    """Time every variant `repeats` rounds; each round calls each variant `inner` times in a row
-    (synchronised before and after) and records the mean time per call. The variant order
-    rotates from round to round so none always follows the same neighbour. Results are not
-    kept between calls, so every call allocates as it would in a loop."""
+                     device: torch.device, clock: str = "wall", inner: int = 1, settle: int = 0
+                     ) -> dict[str, Timing]:
+    """Time every variant `repeats` rounds; each round calls each variant `settle` times untimed,
+    then `inner` times in a row (synchronised before and after) and records the mean time per
+    call. The variant order rotates from round to round so none always follows the same
+    neighbour. Results are not kept between calls, so every call allocates as it would in a loop.
+
+    settle: untimed calls first, to time only steps that follow a step of the same model (as in
+    a training run) rather than another variant's."""
     if not variants:
         raise ValueError("time_interleaved needs at least one variant")
-    if inner < 1:
-        raise ValueError(f"inner must be >= 1, got {inner}")
+    if inner < 1 or settle < 0:
+        raise ValueError(f"inner must be >= 1 and settle >= 0, got {inner} and {settle}")
     if clock not in ("wall", "thread"):
         raise ValueError(f"clock must be 'wall' or 'thread', got {clock!r}")
     names = list(variants)
@@ -125,6 +129,8 @@ def time_interleaved(variants: Mapping[str, Callable[[], Any]], *, repeats: int,
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             fn = variants[name]
+            for _ in range(settle):
+                fn()
             synchronize(device)
             start_wall, start_thread = time.perf_counter(), time.thread_time()
             for _ in range(inner):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every benchmark on one CUDA GPU (H100/H200, torch 2.11), offline, in about 4 minutes.
+# Every benchmark on one CUDA GPU (H100/H200, torch 2.11), offline, in about 4.5 minutes.
 #
 #   bash benchmarks/gpu_check.sh            # results under ${OUT:-benchmarks/out}
 #
@@ -8,9 +8,11 @@
 #   imports    the project imports (pip install -e . --no-deps only if not)
 #   cuda       torch sees a GPU (else the script stops here)
 #   gpu_tests  pytest -m gpu tests/quant tests/trainer: CUDA fake quantization bit-identical to
-#              the CPU; an fp16 search (GradScaler) drops non-finite samples
+#              the CPU, the fused kernel to the eager path (every code of 15 formats); an fp16
+#              search (GradScaler) drops non-finite samples
 #   quantizer  fake-quant throughput vs copy and torch's kernels (64M elements)
 #   step       float / fixed-format / search step of ResNet-18 (b128, 224px), BERT-base (b32, s128)
+#   profile    the same steps' host work, host waits and device work (torch.profiler)
 #   overhead   the search's own host work per step, part by part (ResNet-18)
 #   memory     peak memory of fixed-format and search (2, 4, 8 options)
 #   compile    the quantizer with a torch.compile'd core (bit-exactness checked)
@@ -74,6 +76,8 @@ run_step quantizer 120 "$PY" -m benchmarks.bench_quantizer --device cuda --repea
   --out "$OUT_DIR/quantizer_gpu.json"
 run_step step 240 "$PY" -m benchmarks.bench_search_step --device cuda --preset gpu --repeats 20 \
   --out "$OUT_DIR/step_gpu.json"
+run_step profile 120 "$PY" -m benchmarks.profile_step --device cuda --preset gpu --repeats 10 --steps 3 \
+  --out "$OUT_DIR/profile_gpu.json"
 run_step overhead 90 "$PY" -m benchmarks.bench_search_overhead --device cuda --preset gpu --models resnet18 \
   --repeats 10 --out "$OUT_DIR/overhead_gpu.json"
 run_step memory 180 "$PY" -m benchmarks.bench_memory --device cuda --preset gpu \

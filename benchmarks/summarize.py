@@ -2,8 +2,9 @@
 
     python -m benchmarks.summarize benchmarks/out
 
-Reads every quantizer*.json, step*.json and memory*.json in the folder (written with --out by
-the benchmarks) and prints one line per goal: the measured value, the goal, and PASS / MISS.
+Reads the JSON files in the folder (written with --out by the quantizer, step, memory and
+profile benchmarks) and prints one line per goal: the measured value, the goal, and PASS / MISS;
+figures without a goal are marked info.
 Goals depend on the device the file was measured on (shared/DESIGN.md, benchmarks/README.md).
 """
 from __future__ import annotations
@@ -90,7 +91,21 @@ def memory_lines(path: Path, payload: dict[str, Any]) -> list[Line]:
     return lines
 
 
-READERS = {"quantizer": quantizer_lines, "search_step": step_lines, "memory": memory_lines}
+def profile_lines(path: Path, payload: dict[str, Any]) -> list[Line]:
+    """Why a step takes its time (no goal): the shares of its wall time the host was busy and
+    the device was busy (benchmarks/profile_step.py)."""
+    device, lines = _device(payload), []
+    for result in payload["results"]:
+        for v in result["variants"]:
+            subject = f"{result['model']} {v['name']}"
+            lines.append(Line(path.name, subject, "host busy / wall", v["host_busy_ms"] / v["wall_ms"], device))
+            if v["device_busy_ms"] is not None:
+                lines.append(Line(path.name, subject, "device busy / wall", v["device_busy_ms"] / v["wall_ms"], device))
+    return lines
+
+
+READERS = {"quantizer": quantizer_lines, "search_step": step_lines, "memory": memory_lines,
+           "profile_step": profile_lines}
 
 
 def summarize(folder: Path) -> list[Line]:
@@ -113,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if not lines:
         print(f"no benchmark JSON in {args.folder}")
         return 1
-    rows = [[l.device, l.subject, l.metric, l.value, *l.verdict()] for l in lines]
-    print(format_table(["device", "subject", "metric", "value", "goal", "verdict"], rows))
+    rows = [[l.source, l.device, l.subject, l.metric, l.value, *l.verdict()] for l in lines]
+    print(format_table(["file", "device", "subject", "metric", "value", "goal", "verdict"], rows))
     return 0
 
 

@@ -8,6 +8,8 @@ result (and, when a gradient is needed, the 1-byte straight-through mask) once.
 One kernel serves every INT and FP format, with the format's numbers passed as runtime
 arguments (so a search that switches formats every step never recompiles):
 
+    scale = max(range / fmt.max, 2^-126)            only when given the range (`fused_fake_quantize_from_range`):
+                                                    as eager's divide_exactly + clamp, IEEE division
     y    = x * (1 / scale)                          as eager: torch's reciprocal, then one multiply
     c    = clamp(y, lo, hi)                         the rounding bounds (formats.rounding_bounds)
     step = 2^(clamp(floor(log2|c|), e_lo, e_hi) - m)   built in the exponent field, exact;
@@ -84,19 +86,30 @@ def kernel_params(fmt: NumberFormat) -> KernelParams | None:
 if triton is not None:
 
     @triton.jit
-    def _fake_quantize_kernel(x_ptr, scale_ptr, inv_scale_ptr, out_ptr, pass_ptr, n, inner,
+    def _fake_quantize_kernel(x_ptr, scale_ptr, inv_scale_ptr, out_ptr, pass_ptr, n, inner, fmt_max,
                               lo, hi, step_min_bits, step_max_bits, man_shift,
-                              PER_GROUP: tl.constexpr, WRITE_PASS: tl.constexpr, BLOCK: tl.constexpr):
+                              PER_GROUP: tl.constexpr, FROM_RANGE: tl.constexpr, WRITE_PASS: tl.constexpr,
+                              BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         in_range = offs < n
         x = tl.load(x_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
+        # FROM_RANGE: scale_ptr holds the range (abs-max) of each group and the scale is derived
+        # here, which saves the three launches of eager's divide, clamp and reciprocal.
         if PER_GROUP:  # scale per leading index: element i belongs to group i // inner
             group = offs // inner
             scale = tl.load(scale_ptr + group, mask=in_range, other=1.0)
-            inv_scale = tl.load(inv_scale_ptr + group, mask=in_range, other=1.0)
+            if not FROM_RANGE:
+                inv_scale = tl.load(inv_scale_ptr + group, mask=in_range, other=1.0)
         else:
             scale = tl.load(scale_ptr)
-            inv_scale = tl.load(inv_scale_ptr)
+            if not FROM_RANGE:
+                inv_scale = tl.load(inv_scale_ptr)
+        if FROM_RANGE:
+            # IEEE divisions (div_rn), as torch's CUDA division and reciprocal; a NaN range stays
+            # NaN through the clamp, as with torch.clamp. Scales are >= 2^-126: no subnormals.
+            scale = tl.math.div_rn(scale, fmt_max)
+            scale = tl.where(scale < 1.1754943508222875e-38, 1.1754943508222875e-38, scale)  # 2^-126
+            inv_scale = tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), scale)
         y = x * inv_scale
         c = tl.where(y < lo, lo, tl.where(y > hi, hi, y))  # NaN stays NaN, as torch.clamp
         step_bits = (c.to(tl.int32, bitcast=True) & 0x7F800000) - man_shift
@@ -148,6 +161,19 @@ def fused_fake_quantize(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor,
                         ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """(Q(x / scale) * scale in x's dtype, the uint8 pass mask or None), or None when the fused
     kernel does not apply. `scale` is float32 and positive."""
+    return _launch(x, fmt, scale, need_mask, from_range=False)
+
+
+def fused_fake_quantize_from_range(x: torch.Tensor, fmt: NumberFormat, value_range: torch.Tensor, need_mask: bool
+                                   ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """As `fused_fake_quantize` with scale = max(value_range / fmt.max, 2^-126) (quant_utils'
+    `scale_from_range`) computed inside the kernel: one launch instead of four. `value_range`
+    is float32 and >= 0 (abs-max or a clipping range), per tensor or per leading-dim group."""
+    return _launch(x, fmt, value_range, need_mask, from_range=True)
+
+
+def _launch(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor, need_mask: bool, from_range: bool
+            ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     if not is_available() or not x.is_contiguous() or x.numel() == 0 or x.numel() >= 2**31:
         return None
     params = kernel_params(fmt)
@@ -155,27 +181,32 @@ def fused_fake_quantize(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor,
     if params is None or inner is None:
         return None
     scale = scale.contiguous()
-    inv_scale = torch.reciprocal(scale)  # the eager path's reciprocal, so y is the same
+    # Given a scale: the eager path's reciprocal, so y is the same (a scale below 2^-126 is
+    # allowed there, and its reciprocal may be inf). From a range the kernel derives both.
+    inv_scale = scale if from_range else torch.reciprocal(scale)
     out = torch.empty_like(x)
     # Without a mask the kernel never touches pass_ptr; `out` stands in for it.
     mask = torch.empty(x.shape, dtype=torch.uint8, device=x.device) if need_mask else out
     grid = (triton.cdiv(x.numel(), _BLOCK),)
     _fake_quantize_kernel[grid](
-        x, scale, inv_scale, out, mask, x.numel(), inner,
+        x, scale, inv_scale, out, mask, x.numel(), inner, float(fmt.max),
         params.lo, params.hi, params.step_min_bits, params.step_max_bits, params.man_shift,
-        PER_GROUP=scale.numel() > 1, WRITE_PASS=need_mask, BLOCK=_BLOCK, enable_fp_fusion=False,
+        PER_GROUP=scale.numel() > 1, FROM_RANGE=from_range, WRITE_PASS=need_mask, BLOCK=_BLOCK,
+        enable_fp_fusion=False,
     )
     return out, (mask if need_mask else None)
 
 
 EagerForward = Callable[[torch.Tensor, NumberFormat, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+ScaleFromRange = Callable[[torch.Tensor, NumberFormat], torch.Tensor]
 
 
-def verified_on(device: torch.device, eager: EagerForward) -> bool:
+def verified_on(device: torch.device, eager: EagerForward, scale_from_range: ScaleFromRange) -> bool:
     """Whether the fused kernel matches `eager(x, fmt, scale)` on a probe of every INT8 and
-    FP8 E4M3 code (plus ties, saturation, NaN and -0) on `device`: checked once per device, so
-    an unusual GPU or Triton build falls back to the eager path with a warning instead of
-    silently computing different numbers."""
+    FP8 E4M3 code (plus ties, saturation, NaN and -0) on `device`, given a scale and given a
+    range (whose scale `scale_from_range` computes): checked once per device, so an unusual GPU
+    or Triton build falls back to the eager path with a warning instead of silently computing
+    different numbers."""
     known = _verified.get(device)
     if known is not None:
         return known
@@ -183,15 +214,21 @@ def verified_on(device: torch.device, eager: EagerForward) -> bool:
     try:
         probe = torch.linspace(-300.0, 300.0, 4097, device=device)
         probe = torch.cat([probe, torch.tensor([0.5, 1.5, 2.5, -0.0, -0.3, float("nan"), 1e30], device=device)])
+        finite = ~probe.isnan()
+        # The probe's own range (an odd scale), and 0 and a subnormal (both clamp to 2^-126).
+        ranges = torch.tensor([[300.0], [0.0], [1e-40]], device=device)
         for token in ("int8", "int4", "fp8_e4m3", "fp4_e2m1"):
             fmt = parse_format(token)
-            scale = torch.tensor([0.37], device=device)
-            fused = fused_fake_quantize(probe, fmt, scale, need_mask=True)
-            if fused is None:
-                continue
-            want_out, want_mask = eager(probe, fmt, scale)
-            ok &= torch.equal(fused[0].view(torch.int32)[~probe.isnan()], want_out.view(torch.int32)[~probe.isnan()])
-            ok &= torch.equal(fused[1], want_mask)
+            cases = [(fused_fake_quantize(probe, fmt, torch.tensor([0.37], device=device), need_mask=True),
+                      torch.tensor([0.37], device=device))]
+            cases += [(fused_fake_quantize_from_range(probe, fmt, r, need_mask=True), scale_from_range(r, fmt))
+                      for r in ranges]
+            for fused, scale in cases:
+                if fused is None:
+                    continue
+                want_out, want_mask = eager(probe, fmt, scale)
+                ok &= torch.equal(fused[0].view(torch.int32)[finite], want_out.view(torch.int32)[finite])
+                ok &= torch.equal(fused[1], want_mask)
     except Exception as error:  # a Triton/driver problem: the eager path still works
         warnings.warn(f"fused fake-quantization kernel unavailable on {device} ({error}); using the eager path")
         ok = False

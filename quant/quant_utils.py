@@ -168,12 +168,19 @@ def _eager_with_mask(x: torch.Tensor, fmt: NumberFormat, scale32: torch.Tensor) 
     return out, cast(torch.Tensor, mask)
 
 
+def _fused_applies(x: torch.Tensor) -> bool:
+    """Whether the fused kernel may run on x's device: a GPU, Triton, and the kernel has matched
+    the eager path there (checked once per device)."""
+    return (x.is_cuda and fused_quantize.is_available()
+            and fused_quantize.verified_on(x.device, _eager_with_mask, scale_from_range))
+
+
 def _forward(x: torch.Tensor, fmt: NumberFormat, scale32: torch.Tensor, need_mask: bool
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     # On a GPU, one fused kernel (quant/fused_quantize.py) instead of ~8 passes, where it
     # applies and once it has matched the eager path on this device.
     if x.is_cuda:
-        if fused_quantize.is_available() and fused_quantize.verified_on(x.device, _eager_with_mask):
+        if _fused_applies(x):
             fused = fused_quantize.fused_fake_quantize(x, fmt, scale32, need_mask)
             if fused is not None:
                 return fused
@@ -185,13 +192,29 @@ def _forward(x: torch.Tensor, fmt: NumberFormat, scale32: torch.Tensor, need_mas
     return _eager_forward(x, fmt, scale32, need_mask)
 
 
+def _forward_from_range(x: torch.Tensor, fmt: NumberFormat, value_range: torch.Tensor, need_mask: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`_forward` with the scale `scale_from_range(value_range, fmt)`: on a GPU the fused kernel
+    derives it itself (the divide, clamp and reciprocal are launches of their own in eager)."""
+    if _fused_applies(x):
+        fused = fused_quantize.fused_fake_quantize_from_range(x, fmt, value_range, need_mask)
+        if fused is not None:
+            return fused
+    return _forward(x, fmt, scale_from_range(value_range, fmt), need_mask)
+
+
 class _FakeQuantizeFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor,  # type: ignore[override]
-                can_saturate: bool) -> torch.Tensor:
+                can_saturate: bool, is_range: bool) -> torch.Tensor:
+        """is_range: `scale` is the value range (float32) and the scale is derived from it."""
         # The mask is the only thing backward needs: skip it when no gradient flows to x, or
         # when no element can saturate (then it would be all ones).
-        out, mask = _forward(x, fmt, scale.to(torch.float32), need_mask=ctx.needs_input_grad[0] and can_saturate)
+        need_mask = ctx.needs_input_grad[0] and can_saturate
+        if is_range:
+            out, mask = _forward_from_range(x, fmt, scale, need_mask)
+        else:
+            out, mask = _forward(x, fmt, scale.to(torch.float32), need_mask)
         if mask is not None:
             ctx.save_for_backward(mask)
         return out
@@ -199,16 +222,16 @@ class _FakeQuantizeFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
         if not ctx.saved_tensors:  # nothing saturated: the straight-through gradient is the identity
-            return grad_output, None, None, None
+            return grad_output, None, None, None, None
         (mask,) = ctx.saved_tensors
-        return grad_output * mask, None, None, None
+        return grad_output * mask, None, None, None, None
 
 
 def fake_quantize_unchecked(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor) -> torch.Tensor:
     """`fake_quantize` without argument checks, for the per-step path (no host sync)."""
     if not fmt.quantizes:
         return x
-    return _FakeQuantizeFunction.apply(x, fmt, scale, True)
+    return _FakeQuantizeFunction.apply(x, fmt, scale, True, False)
 
 
 def _as_scale_tensor(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
@@ -254,9 +277,8 @@ def divide_exactly(t: torch.Tensor, divisor: float) -> torch.Tensor:
     """t / divisor, correctly rounded on every device. On CUDA, torch turns division by a
     Python number into multiplication by its float32 reciprocal, up to 1 ulp off (amax / 7 is
     off for most amax), so the same scale would differ between CPU and GPU; dividing by a
-    0-dim tensor on the device (cached, so no allocation per step) keeps the true division."""
-    if not t.is_cuda:
-        return t / divisor
+    0-dim tensor on the device (cached, so no allocation per step) keeps the true division.
+    The CPU takes the same path, so that no device depends on how it treats Python numbers."""
     key = (divisor, t.device)
     tensor = _DEVICE_DIVISORS.get(key)
     if tensor is None:
@@ -336,9 +358,13 @@ _MSE_COARSE_RATIOS = torch.logspace(0, -7, 64, base=2.0).tolist()
 _MSE_FINE_STEPS = 16
 
 
-def _group_mse(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+def _group_squared_error(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Sum of the squared quantization errors per group, in float64: the square of a float32
+    is exact there and the sum's rounding too small to reorder candidates, so CPU and CUDA
+    (which sum in different orders) pick the same clipping range. In float32 near-ties
+    between candidates came out differently on the two devices."""
     q, _ = _quantize_scaled_(x * torch.reciprocal(scale), fmt, need_mask=False)
-    return (q * scale - x).square().mean(dim=dims, keepdim=True)
+    return (q * scale - x).to(torch.float64).square().sum(dim=dims, keepdim=True)
 
 
 def mse_optimal_abs_max(x: torch.Tensor, fmt: NumberFormat | str | int, granularity: Granularity | str, *,
@@ -352,10 +378,10 @@ def _mse_optimal_abs_max(x: torch.Tensor, fmt: NumberFormat, dims: tuple[int, ..
     amax = x32.abs().amax(dim=dims, keepdim=True).clamp_(min=_FP32_TINY)
 
     def search(ratios: torch.Tensor) -> torch.Tensor:  # ratios: (R, *amax.shape) -> best ratio per group
-        best_err = torch.full_like(amax, float("inf"))
+        best_err = torch.full_like(amax, float("inf"), dtype=torch.float64)
         best_ratio = torch.ones_like(amax)
         for ratio in ratios:
-            err = _group_mse(x32, fmt, divide_exactly(amax * ratio, fmt.max).clamp_(min=_FP32_TINY), dims)
+            err = _group_squared_error(x32, fmt, divide_exactly(amax * ratio, fmt.max).clamp_(min=_FP32_TINY), dims)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best_ratio = torch.where(better, ratio.expand_as(amax), best_ratio)
@@ -365,8 +391,9 @@ def _mse_optimal_abs_max(x: torch.Tensor, fmt: NumberFormat, dims: tuple[int, ..
     best = search(coarse.expand(-1, *amax.shape))
     # Refine between best/1.08 and best*1.08, capped at 1.
     factor = _MSE_COARSE_RATIOS[0] / _MSE_COARSE_RATIOS[1]
-    lo, hi = best / factor, (best * factor).clamp(max=1.0)
-    steps = torch.linspace(0, 1, _MSE_FINE_STEPS, device=x.device).view(-1, *([1] * x.dim()))
+    lo, hi = divide_exactly(best, factor), (best * factor).clamp(max=1.0)
+    # Built on the CPU: CUDA's linspace may round its points differently.
+    steps = torch.linspace(0, 1, _MSE_FINE_STEPS).to(x.device).view(-1, *([1] * x.dim()))
     fine = torch.cat([best.unsqueeze(0), lo + (hi - lo) * steps])
     return amax * search(fine)
 
@@ -404,11 +431,20 @@ def compute_scale(
     if x.numel() == 0:  # the reductions below reject empty dimensions
         shape = [1 if d in dims else size for d, size in enumerate(x.shape)]
         return torch.ones(shape, dtype=torch.float32, device=x.device)
+    return scale_from_range(_value_range(x, fmt, dims, range_percentile), fmt)
+
+
+def _value_range(x: torch.Tensor, fmt: NumberFormat, dims: tuple[int, ...], range_percentile: float) -> torch.Tensor:
+    """The range per group (float32, keepdim) that the scale maps onto fmt.max; x non-empty."""
     if range_percentile < 0:
-        amax = _mse_optimal_abs_max(x, fmt, dims)
-    else:
-        amax = _abs_max(x, dims, range_percentile)
-    return divide_exactly(amax, fmt.max).clamp_(min=_FP32_TINY)
+        return _mse_optimal_abs_max(x, fmt, dims)
+    return _abs_max(x, dims, range_percentile)
+
+
+def scale_from_range(value_range: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """The scale that maps `value_range` (float32) onto fmt.max: range / fmt.max, correctly
+    rounded, and at least 2^-126 (a zero range would divide by zero)."""
+    return divide_exactly(value_range, fmt.max).clamp_(min=_FP32_TINY)
 
 
 @dataclass(frozen=True)
@@ -432,8 +468,13 @@ def quantize(x: torch.Tensor, fmt: NumberFormat | str | int, granularity: Granul
     fmt = parse_format(fmt)  # a NumberFormat passes through (one isinstance check)
     if not fmt.quantizes:
         return x
-    scale = compute_scale(x, fmt, granularity, dim=dim, range_percentile=range_percentile)
     # With an abs-max scale no finite element leaves the rounding bounds: the mask would be all
     # ones, so it is not computed and backward is the identity.
     can_saturate = range_percentile < 100.0 or not abs_max_scaling_cannot_saturate(fmt)
-    return _FakeQuantizeFunction.apply(x, fmt, scale, can_saturate)
+    if x.is_cuda and x.numel() and not isinstance(fmt, CastFormat):
+        # Pass the range and let the GPU kernel derive the scale: 2 launches per call, not 5.
+        check_range_percentile(range_percentile)
+        value_range = _value_range(x, fmt, _reduce_dims(x, Granularity(granularity), dim), range_percentile)
+        return _FakeQuantizeFunction.apply(x, fmt, value_range, can_saturate, True)
+    scale = compute_scale(x, fmt, granularity, dim=dim, range_percentile=range_percentile)
+    return _FakeQuantizeFunction.apply(x, fmt, scale, can_saturate, False)

@@ -50,3 +50,14 @@ def test_quantizer_goal_takes_the_worst_format(tmp_path):
 def test_not_a_folder(tmp_path):
     with pytest.raises(ValueError, match="is not a folder"):
         summarize(tmp_path / "missing")
+
+
+def test_profile_shares_are_information_only(tmp_path):
+    variants = [{"name": "float", "wall_ms": 20.0, "host_busy_ms": 10.0, "device_busy_ms": 18.0},
+                {"name": "search_train", "wall_ms": 25.0, "host_busy_ms": 20.0, "device_busy_ms": None}]
+    payload = {"benchmark": "profile_step", "environment": {"device": "cuda:0"},
+               "results": [{"model": "resnet18", "variants": variants}]}
+    (tmp_path / "profile_gpu.json").write_text(json.dumps(payload))
+    assert verdicts(tmp_path) == {("resnet18 float", "host busy / wall"): (0.5, "-", "info"),
+                                  ("resnet18 float", "device busy / wall"): (0.9, "-", "info"),
+                                  ("resnet18 search_train", "host busy / wall"): (0.8, "-", "info")}

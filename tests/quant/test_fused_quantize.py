@@ -13,11 +13,19 @@ import torch
 
 from quant import fused_quantize
 from quant.formats import FloatFormat, IntFormat, parse_format
-from quant.fused_quantize import KernelParams, _scale_layout, fused_fake_quantize, kernel_params
-from quant.quant_utils import Granularity, _eager_forward, compute_scale, fake_quantize
+from quant.fused_quantize import (
+    KernelParams,
+    _scale_layout,
+    fused_fake_quantize,
+    fused_fake_quantize_from_range,
+    kernel_params,
+)
+from quant.quant_utils import Granularity, _eager_forward, abs_max, compute_scale, fake_quantize, scale_from_range
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-KERNEL_DEVICES = (["cuda"] if torch.cuda.is_available() else []) + (["cpu"] if INTERPRETED else [])
+# The CUDA cases carry the gpu mark, so that `pytest -m gpu` (benchmarks/gpu_check.sh) runs them.
+KERNEL_DEVICES = ([pytest.param("cuda", marks=pytest.mark.gpu)] if torch.cuda.is_available() else []) \
+    + (["cpu"] if INTERPRETED else [])
 needs_kernel = pytest.mark.skipif(fused_quantize.triton is None or not KERNEL_DEVICES,
                                   reason="needs Triton with a CUDA device, or TRITON_INTERPRET=1")
 
@@ -129,6 +137,62 @@ def test_random_tensors_every_granularity_and_dtype(device: str, dtype: torch.dt
 
 @needs_kernel
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
+@pytest.mark.parametrize("token", FORMATS)
+def test_scale_from_a_range_matches_the_eager_path(device: str, token: str) -> None:
+    """Given the range, the kernel derives the scale (range / fmt.max, correctly rounded, at
+    least 2^-126) exactly as `scale_from_range` does, for every code: odd ranges, ranges whose
+    quotient is inexact, zero and subnormal ranges (clamped), and inf and NaN ranges."""
+    fmt = parse_format(token)
+    probe = _all_codes_probe(fmt, device)
+    ranges = [fmt.max, fmt.max * 0.37, 11.70470905303955, 3.0e-3, 1.0e-30, 0.0, 1.0e-40, float("inf"), float("nan")]
+    for value in ranges:
+        value_range = torch.tensor([value], device=device)
+        scale = scale_from_range(value_range, fmt)
+        x = probe * (scale if scale.isfinite().all() else 1.0)
+        out, mask = fused_fake_quantize_from_range(x, fmt, value_range, need_mask=True)
+        want, want_mask = _eager_forward(x, fmt, scale, need_mask=True)
+        assert _same_bits(out, want), (token, value)
+        assert torch.equal(mask, want_mask), (token, value)
+        out_no_mask, none = fused_fake_quantize_from_range(x, fmt, value_range, need_mask=False)
+        assert none is None and _same_bits(out_no_mask, want)
+
+
+@needs_kernel
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("granularity", list(Granularity))
+@pytest.mark.parametrize("token", ["int8", "int4", "fp8_e4m3", "fp4_e2m1", "fp6_e2m3"])
+def test_scale_from_a_range_every_granularity(device: str, dtype: torch.dtype, granularity: Granularity,
+                                              token: str) -> None:
+    fmt = parse_format(token)
+    generator = torch.Generator().manual_seed(11)
+    x = (torch.randn(12, 3, 5, 7, generator=generator) * torch.rand(12, 1, 1, 1, generator=generator) * 9)
+    x[3] = 0.0  # a group whose range is 0
+    x = x.to(dtype).to(device)
+    dim = 0 if granularity is Granularity.PER_CHANNEL else -1
+    for value_range in (abs_max(x, granularity, dim=dim), abs_max(x, granularity, dim=dim) * 0.6):
+        out, mask = fused_fake_quantize_from_range(x, fmt, value_range, need_mask=True)
+        want, want_mask = _eager_forward(x, fmt, scale_from_range(value_range, fmt), need_mask=True)
+        assert out.dtype == dtype and _same_bits(out, want)
+        assert torch.equal(mask, want_mask)
+
+
+@needs_kernel
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_the_one_time_check_covers_both_modes(device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from quant.quant_utils import _eager_with_mask
+
+    monkeypatch.setattr(fused_quantize, "_verified", {})
+    assert fused_quantize.verified_on(torch.device(device), _eager_with_mask, scale_from_range) is True
+    # A range mode that derived its scale differently (here: without the clamp) is caught.
+    monkeypatch.setattr(fused_quantize, "_verified", {})
+    unclamped = lambda r, fmt: r / torch.tensor(fmt.max, device=r.device)  # noqa: E731
+    with pytest.warns(UserWarning, match="disagrees with the eager path"):
+        assert fused_quantize.verified_on(torch.device(device), _eager_with_mask, unclamped) is False
+
+
+@needs_kernel
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_unsupported_layouts_return_none(device: str) -> None:
     x = torch.randn(6, 4, device=device)
     fmt = IntFormat(8)
@@ -142,7 +206,8 @@ def test_unsupported_layouts_return_none(device: str) -> None:
 def test_cuda_fake_quantize_takes_the_fused_path_and_its_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
     # The one-time check against the eager path passes (and is done before counting calls).
     from quant.quant_utils import _eager_with_mask
-    assert fused_quantize.verified_on(torch.device("cuda", torch.cuda.current_device()), _eager_with_mask) is True
+    assert fused_quantize.verified_on(torch.device("cuda", torch.cuda.current_device()), _eager_with_mask,
+                                      scale_from_range) is True
     calls = []
     real = fused_quantize.fused_fake_quantize
     monkeypatch.setattr(fused_quantize, "fused_fake_quantize", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
@@ -156,6 +221,33 @@ def test_cuda_fake_quantize_takes_the_fused_path_and_its_gradient(monkeypatch: p
         x_eager = x.detach().clone().requires_grad_()
         want = fake_quantize(x_eager, "fp4_e2m1", scale)
         want.backward(torch.ones_like(want))
+    finally:
+        fused_quantize.set_enabled(True)
+    assert _same_bits(out, want)
+    assert torch.equal(x.grad, x_eager.grad)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or fused_quantize.triton is None, reason="needs CUDA and Triton")
+@pytest.mark.parametrize("percentile", [100.0, 99.0])
+def test_cuda_layers_quantize_from_the_range_in_one_kernel(monkeypatch: pytest.MonkeyPatch, percentile: float) -> None:
+    """The layers' `quantize` on CUDA hands the kernel the range (no separate scale launches)
+    and gives the eager path's values and gradients."""
+    from quant.quant_utils import quantize
+
+    calls = []
+    real = fused_quantize.fused_fake_quantize_from_range
+    monkeypatch.setattr(fused_quantize, "fused_fake_quantize_from_range",
+                        lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    x = (torch.randn(64, 32, device="cuda") * 3).requires_grad_()
+    out = quantize(x, "fp4_e2m1", Granularity.PER_TOKEN, dim=-1, range_percentile=percentile)
+    out.backward(torch.arange(out.numel(), device="cuda", dtype=torch.float32).view_as(out))
+    assert calls == [parse_format("fp4_e2m1")]
+    fused_quantize.set_enabled(False)
+    try:
+        x_eager = x.detach().clone().requires_grad_()
+        want = quantize(x_eager, "fp4_e2m1", Granularity.PER_TOKEN, dim=-1, range_percentile=percentile)
+        want.backward(torch.arange(want.numel(), device="cuda", dtype=torch.float32).view_as(want))
     finally:
         fused_quantize.set_enabled(True)
     assert _same_bits(out, want)
