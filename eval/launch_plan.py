@@ -5,14 +5,14 @@ combination, cartesian product). Every experiment is validated with `parse_run_a
 anything starts, so a bad value in the 7th experiment fails the whole launch, naming it.
 
 Naming: a run's name is the `exp_name` it was given (run flags or its experiments-file entry) or
-the run's default name (built from its flags), then the `key=value` of every `--sweep` key
-(`float_seed=0`, `..._s42_learning_rate=0.001`), so that a run's name never depends on which other
-runs are in the launch: relaunching one value of a sweep finds the run it named before. A
-default name skips the swept keys it already shows (DEFAULT_NAME_KEYS: `_s42` is the seed; the target and
-search space only in a search's name). Runs
-that would still share a directory (experiments-file entries without exp_name) get the pairs that
-tell them apart appended; if two runs are still the same after that (a duplicate entry), the
-launch fails: two runs never share a directory.
+the run's default name (built from its flags), then `key=value` for every `--sweep` key
+(`float_seed=0`, `..._s42_learning_rate=0.001`) and, unless the entry has its own exp_name, for
+every flag its experiments-file entry sets (`..._s42_learning_rate=0.01`). A default name skips
+the keys it already shows (DEFAULT_NAME_KEYS: `_s42` is the seed; the target and search space
+only in a search's name). So a run's name never depends on which other runs are in the launch:
+relaunching one value of a sweep, or one entry of a file, finds the run it named before. Two runs
+that still share a directory (a duplicate entry, or two entries with the same exp_name) fail the
+launch: two runs never share a directory.
 """
 from __future__ import annotations
 
@@ -168,37 +168,18 @@ def _name_part(key: str, text: str) -> str:
     return _UNSAFE_NAME_CHARS.sub("-", f"{key}={text}")
 
 
-def _distinct_names(names: list[str], keys: list[Path], overrides: list[list[tuple[str, str]]],
-                    named_by: list[set[str]]) -> list[str]:
-    """Append the pairs that differ within each group of runs that would share a directory (other
-    than the keys `named_by[i]` that run i's name already holds)."""
-    groups: dict[Path, list[int]] = {}
-    for i, key in enumerate(keys):
-        groups.setdefault(key, []).append(i)
-    named = list(names)
-    for members in groups.values():
-        if len(members) < 2:
-            continue
-        values = [dict(overrides[i]) for i in members]
-        all_keys = list(dict.fromkeys(k for i in members for k, _ in overrides[i]))
-        differing = [k for k in all_keys if len({v.get(k) for v in values}) > 1]
-        for i, own in zip(members, values):
-            parts = [_name_part(k, own[k]) for k in differing if k in own and k not in named_by[i]]
-            if parts:
-                named[i] = "_".join([names[i], *parts])
-    return named
-
-
-def _swept_parts(pairs: list[tuple[str, str]], swept_keys: Sequence[str], explicit_name: bool,
-                 parser: argparse.ArgumentParser, mode: str) -> list[tuple[str, str]]:
-    """The swept (key, value) pairs that go into a run's name whatever else the launch holds: all
-    of them after an exp_name, those the default name does not show after a default name (which
-    shows the search-only keys for searches only)."""
-    swept = [(k, v) for k, v in pairs if k in swept_keys]
-    if explicit_name:
-        return swept
+def _name_pairs(pairs: list[tuple[str, str]], swept_keys: Sequence[str], own_name: bool, given_name: bool,
+                parser: argparse.ArgumentParser, mode: str) -> list[tuple[str, str]]:
+    """The (key, value) pairs that go into a run's name: the swept ones after an entry's own
+    exp_name (which stands for the entry's flags); every one after the run flags' exp_name; those
+    the default name does not show after a default name (which shows the search-only keys for
+    searches only)."""
+    if own_name:
+        return [(k, v) for k, v in pairs if k in swept_keys]
+    if given_name:
+        return pairs
     shown = DEFAULT_NAME_KEYS if mode == "search" else DEFAULT_NAME_KEYS - SEARCH_NAME_KEYS
-    return [(k, v) for k, v in swept if resolve_key(parser, k).dest not in shown]
+    return [(k, v) for k, v in pairs if resolve_key(parser, k).dest not in shown]
 
 
 def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
@@ -228,11 +209,9 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
 
     swept_keys = [axis.key for axis in sweeps]
     given_name = any(segment.dest == "exp_name" for segment in base)
-    always = [_swept_parts(pairs, swept_keys, bool(name) or given_name, parser, args.mode)
-              for pairs, (name, _), args in zip(override_texts, combos, resolved)]
-    stable = ["_".join([args.exp_name, *(_name_part(k, v) for k, v in parts)]) for args, parts in zip(resolved, always)]
-    names = _distinct_names(stable, [run_dir(a, n) for a, n in zip(resolved, stable)], override_texts,
-                            [{k for k, _ in parts} for parts in always])
+    names = ["_".join([args.exp_name, *(_name_part(k, v) for k, v in
+                                        _name_pairs(pairs, swept_keys, bool(name), given_name, parser, args.mode))])
+             for pairs, (name, _), args in zip(override_texts, combos, resolved)]
     dirs = [run_dir(args, name) for args, name in zip(resolved, names)]
     first_of: dict[Path, int] = {}
     for i, (run_dir, name) in enumerate(zip(dirs, names)):

@@ -104,9 +104,27 @@ def test_unsafe_characters_in_appended_values():
 
 
 def test_duplicate_experiments_are_an_error():
-    with pytest.raises(LaunchError, match=rf"experiments 1 and 2 would both write to /\S+/out/digits/{SEARCH}_s42 "
-                       r"\(they are the same run\); remove the duplicate"):
+    with pytest.raises(LaunchError, match=rf"experiments 1 and 2 would both write to /\S+/out/digits/{SEARCH}_s42_"
+                       r"max_steps=3 \(they are the same run\); remove the duplicate"):
         plan_experiments(BASE, entries=[{"max_steps": 3}, {"max_steps": 3}])
+    # Two entries with one exp_name would share a directory whatever else they set.
+    with pytest.raises(LaunchError, match=r"experiments 1 and 2 would both write to /\S+/out/digits/mine \(they are "
+                       r"the same run\); remove the duplicate or give them distinct exp_name values in --experiments"):
+        plan_experiments(BASE, entries=[{"exp_name": "mine", "seed": 1}, {"exp_name": "mine", "seed": 2}])
+
+
+def test_an_entrys_name_does_not_depend_on_the_other_entries():
+    """An entry without exp_name is named by its own flags (those its default name does not show),
+    so launching it alone later names it the same: --skip_completed finds it."""
+    entries = [{"learning_rate": 0.01}, {"learning_rate": 0.1, "seed": 3}, {"cost_target_bits": 5}]
+    names = [e.exp_name for e in plan_experiments(BASE, entries=entries)]
+    assert names == [f"{SEARCH}_s42_learning_rate=0.01", f"{SEARCH}_s3_learning_rate=0.1", f"{SEARCH[:-4]}_t5b_s42"]
+    assert [plan_experiments(BASE, entries=[entry])[0].exp_name for entry in entries] == names
+    # After the run flags' exp_name every flag of the entry is appended; an entry's own exp_name
+    # stands for its flags.
+    named = [*BASE, "--exp_name", "mine"]
+    assert [e.exp_name for e in plan_experiments(named, entries=entries[:2] + [{"exp_name": "own", "seed": 1}])] == [
+        "mine_learning_rate=0.01", "mine_learning_rate=0.1_seed=3", "own"]
 
 
 def test_a_bad_value_fails_the_launch_naming_the_experiment():
