@@ -96,6 +96,17 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a_bits, b_bits)
 
 
+def _check_against_eager(fused, x: torch.Tensor, fmt, scale_or_range: torch.Tensor, scale: torch.Tensor,
+                         label: object) -> None:
+    """`fused(x, fmt, scale_or_range, need_mask)` equals the eager path at `scale`, with the mask and without."""
+    out, mask = fused(x, fmt, scale_or_range, need_mask=True)
+    want, want_mask = _eager_forward(x, fmt, scale, need_mask=True)
+    assert _same_bits(out, want), label
+    assert torch.equal(mask, want_mask), label
+    out_no_mask, none = fused(x, fmt, scale_or_range, need_mask=False)
+    assert none is None and _same_bits(out_no_mask, want), label
+
+
 @needs_kernel
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
 @pytest.mark.parametrize("token", FORMATS)
@@ -104,13 +115,7 @@ def test_every_code_and_tie_matches_the_eager_path(device: str, token: str) -> N
     probe = _all_codes_probe(fmt, device)
     for scale_value in (1.0, 0.37, 3.0e-3, 2.0**-20):
         scale = torch.tensor([scale_value], device=device)
-        x = probe * scale_value
-        out, mask = fused_fake_quantize(x, fmt, scale, need_mask=True)
-        want, want_mask = _eager_forward(x, fmt, scale, need_mask=True)
-        assert _same_bits(out, want), (token, scale_value)
-        assert torch.equal(mask, want_mask), (token, scale_value)
-        out_no_mask, none = fused_fake_quantize(x, fmt, scale, need_mask=False)
-        assert none is None and _same_bits(out_no_mask, want)
+        _check_against_eager(fused_fake_quantize, probe * scale_value, fmt, scale, scale, (token, scale_value))
 
 
 @needs_kernel
@@ -149,12 +154,7 @@ def test_scale_from_a_range_matches_the_eager_path(device: str, token: str) -> N
         value_range = torch.tensor([value], device=device)
         scale = scale_from_range(value_range, fmt)
         x = probe * (scale if scale.isfinite().all() else 1.0)
-        out, mask = fused_fake_quantize_from_range(x, fmt, value_range, need_mask=True)
-        want, want_mask = _eager_forward(x, fmt, scale, need_mask=True)
-        assert _same_bits(out, want), (token, value)
-        assert torch.equal(mask, want_mask), (token, value)
-        out_no_mask, none = fused_fake_quantize_from_range(x, fmt, value_range, need_mask=False)
-        assert none is None and _same_bits(out_no_mask, want)
+        _check_against_eager(fused_fake_quantize_from_range, x, fmt, value_range, scale, (token, value))
 
 
 @needs_kernel
