@@ -1,16 +1,18 @@
 """Throughput of fake quantization against a plain copy and torch's own fake-quant kernels.
 
 On one large float32 tensor shaped (channels, size / channels), for each format and scale
-granularity: the forward of `fake_quantize` (scale given), forward + backward (with the
-straight-through mask), computing the abs-max scale alone, and `quantize` forward + backward
-(scale + fake quantization, what the layers run each step); on a GPU also the eager forward
+granularity: the forward of `fake_quantize` (scale given), the forward given the range instead
+(`fq range fwd`: on a GPU the kernel derives the scale, as for the layers), forward + backward
+(with the straight-through mask), computing the abs-max scale alone, and `quantize` forward +
+backward (range + fake quantization, what the layers run each step); on a GPU also the eager forward
 that the fused kernel (quant/fused_quantize.py) replaces; next to `x.clone()` (the
 memory-bandwidth limit: read + write of every element) and `torch.fake_quantize_per_tensor_affine`
 / `torch.fake_quantize_per_channel_affine` (INT8 and INT4 grids). All variants run interleaved
 in one process (benchmarks/common.py).
 
 Bandwidth model: forward moves 8 bytes per element (read x, write the result), as the copy
-does; forward + backward 16 (plus the 1-byte mask); the scale 4 (read x). "% copy" is the
+does; forward + backward 16 (plus the 1-byte mask); the scale 4 (read x); `quantize` 12 (read x
+for the range, then read and write; an abs-max scale needs no mask). "% copy" is the
 copy's time scaled by that model over the variant's time, so 100% means copy speed.
 
     python -m benchmarks.bench_quantizer                          # CPU, 4M elements, 1 thread
@@ -39,13 +41,23 @@ from benchmarks.common import (
 )
 from quant import fused_quantize
 from quant.formats import IntFormat, NumberFormat, parse_format
-from quant.quant_utils import Granularity, _eager_forward, compute_scale, fake_quantize_unchecked, quantize
+from quant.quant_utils import (
+    Granularity,
+    _eager_forward,
+    _FakeQuantizeFunction,
+    abs_max,
+    compute_scale,
+    fake_quantize_unchecked,
+    quantize,
+)
 
 DEFAULT_FORMATS = "int8,int4,fp8_e4m3,fp4_e2m1"
 # On a GPU, 64M elements (256 MB): large enough that the time is memory traffic, not kernel
 # launches (a copy of 16M elements takes ~40 us on an H200, about one launch's CPU cost).
 DEFAULT_SIZE = {"cpu": 4 * 2**20, "cuda": 64 * 2**20}
-BYTES_PER_ELEMENT = {"copy": 8, "forward": 8, "forward_backward": 16, "scale": 4}
+# layer_path: `quantize` with an abs-max scale reads x for the range, then reads it again and
+# writes the result; no element can saturate, so there is no mask and backward is the identity.
+BYTES_PER_ELEMENT = {"copy": 8, "forward": 8, "forward_backward": 16, "scale": 4, "layer_path": 12}
 TORCH_GRIDS = {"int8": IntFormat(8), "int4": IntFormat(4)}
 
 
@@ -83,6 +95,10 @@ def build_variants(x: torch.Tensor, formats: list[NumberFormat], granularities: 
             def forward(fmt=fmt, scale=scale) -> torch.Tensor:
                 return fake_quantize_unchecked(x, fmt, scale)
 
+            def range_forward(fmt=fmt, value_range=abs_max(x, granularity, dim=0)) -> torch.Tensor:
+                # As the layers call it on a GPU: the kernel derives the scale from the range.
+                return _FakeQuantizeFunction.apply(x, fmt, value_range, False, True)
+
             def forward_backward(fmt=fmt, scale=scale) -> torch.Tensor:
                 return torch.autograd.grad(fake_quantize_unchecked(x_grad, fmt, scale), x_grad, upstream)[0]
 
@@ -97,10 +113,11 @@ def build_variants(x: torch.Tensor, formats: list[NumberFormat], granularities: 
                 variants.append(Variant(f"eager fwd {tag}", "forward", fmt.name, granularity.value, eager_forward))
             variants += [
                 Variant(f"fq fwd {tag}", "forward", fmt.name, granularity.value, forward),
+                Variant(f"fq range fwd {tag}", "forward", fmt.name, granularity.value, range_forward),
                 Variant(f"fq fwd+bwd {tag}", "forward_backward", fmt.name, granularity.value, forward_backward),
                 Variant(f"scale {tag}", "scale", fmt.name, granularity.value,
                         lambda fmt=fmt, g=granularity: compute_scale(x, fmt, g, dim=0)),
-                Variant(f"quantize fwd+bwd {tag}", "forward_backward", fmt.name, granularity.value, layer_path),
+                Variant(f"quantize fwd+bwd {tag}", "layer_path", fmt.name, granularity.value, layer_path),
             ]
             if use_compile:
                 compiled = _compiled_forward(fmt)

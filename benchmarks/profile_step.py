@@ -4,18 +4,20 @@ The step benchmark (bench_search_step) gives each variant's wall time; this expl
 each variant (float, fixed-format, search) it profiles a few steps with torch.profiler and
 reports per step:
 
-- wall ms: unprofiled, synchronised, the median of `--repeats` steps;
-- kernels, launches: device kernels run, and host launch calls (cudaLaunchKernel, cuLaunchKernel);
+- wall ms: unprofiled, synchronised after each step, the median of `--repeats` steps;
 - device busy ms: the union of kernel, copy and memset intervals on the device (CUDA only);
-- host wait ms: time the host spends blocked on the device (stream/device/event synchronise,
-  and the device-to-host copies of `.item()`/`.tolist()`);
-- host busy ms: wall - host wait, the host's own work (Python, dispatch, launches);
-- the top host ops by self CPU time per step.
+  device idle = wall - device busy is the time the device waited for the host;
+- kernels, launches: device kernels run (copies and memsets not counted), and host launch calls
+  (cudaLaunchKernel, cuLaunchKernel);
+- profiled wall ms, host wait ms, host busy ms: from the profiled steps (also synchronised after
+  each step): the mean wall time, the time the host spent blocked on the device (synchronise
+  calls and blocking copies: `.item()`/`.tolist()`, copies from pageable memory), and the rest,
+  the host's own work (Python, dispatch, launches), which the profiler inflates a little;
+- the top host ops by self CPU time per step (the profiler's own records left out).
 
-If host busy is close to wall and device busy well below it, the step is bound by the host:
+If the device idles for much of the step while the host is busy, the step is bound by the host:
 every launch and Python call it adds lengthens it. If device busy is close to wall, the device
-work is what to cut. Profiling adds a little host time per op, so the wall column is measured
-without it.
+work is what to cut.
 
     python -m benchmarks.profile_step                                          # CPU preset
     python -m benchmarks.profile_step --device cuda --preset gpu --out benchmarks/out/profile_gpu.json
@@ -41,6 +43,8 @@ WAIT_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchr
               "cudaMemcpyAsync", "cuStreamSynchronize", "cuCtxSynchronize")
 LAUNCH_PREFIXES = ("cudaLaunchKernel", "cuLaunchKernel")
 DEVICE_TYPES = (DeviceType.CUDA,)
+NOT_KERNELS = ("Memcpy", "Memset")  # device events that are copies or memsets
+PROFILER_RECORDS = ("Activity Buffer Request",)  # the profiler's own host work
 
 
 def _merged_length(intervals: Iterable[tuple[float, float]]) -> float:
@@ -68,9 +72,11 @@ def summarize_events(events: Iterable[Any], steps: int, top: int) -> dict[str, A
     for event in events:
         if event.device_type in DEVICE_TYPES:
             device_intervals.append((event.time_range.start, event.time_range.end))
-            kernels += 1
+            kernels += not event.name.startswith(NOT_KERNELS)
             continue
         name = event.name
+        if name in PROFILER_RECORDS:
+            continue
         if name.startswith(LAUNCH_PREFIXES):
             launches += 1
         if name in WAIT_CALLS:
@@ -99,13 +105,17 @@ def profile_variant(step: TrainerStep, device: torch.device, repeats: int, profi
         wall.append((time.perf_counter() - start) * 1e3)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     synchronize(device)
+    profiled_ms = 0.0
     with profile(activities=activities) as prof:
         for _ in range(profiled_steps):
+            start = time.perf_counter()
             step()
-        synchronize(device)
+            synchronize(device)  # as the wall loop: the wait includes the step's last device work
+            profiled_ms += (time.perf_counter() - start) * 1e3
     summary = summarize_events(prof.events(), profiled_steps, top)
-    wall_ms = statistics.median(wall)
-    summary.update(wall_ms=wall_ms, host_busy_ms=wall_ms - summary["host_wait_ms"])
+    profiled_wall_ms = profiled_ms / profiled_steps
+    summary.update(wall_ms=statistics.median(wall), profiled_wall_ms=profiled_wall_ms,
+                   host_busy_ms=profiled_wall_ms - summary["host_wait_ms"])
     return summary
 
 
@@ -145,11 +155,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     variants = step_variants([f.strip() for f in args.fixed_formats.split(",") if f.strip()],
                              [f.strip() for f in args.search_space.split(",")], ["train"])
     results = [run_case(case, variants, args, device) for case in cases]
-    rows = [[r["model"], v["name"], v["wall_ms"], v["host_busy_ms"], v["host_wait_ms"], v["device_busy_ms"],
-             v["launches_per_step"], v["kernels_per_step"]] for r in results for v in r["variants"]]
+    rows = [[r["model"], v["name"], v["wall_ms"], v["device_busy_ms"], v["profiled_wall_ms"], v["host_busy_ms"],
+             v["host_wait_ms"], v["launches_per_step"], v["kernels_per_step"]] for r in results for v in r["variants"]]
     payload = finish("profile_step", args, environment, results,
-                     ["model", "variant", "wall ms", "host busy ms", "host wait ms", "device busy ms",
-                      "launches", "kernels"], rows, preset=preset)
+                     ["model", "variant", "wall ms", "device busy ms", "profiled wall ms", "host busy ms",
+                      "host wait ms", "launches", "kernels"], rows, preset=preset)
     for result in results:
         for variant in result["variants"]:
             ops = ", ".join(f"{op['name']} {op['self_ms_per_step']:.2f} ms x{op['calls_per_step']:.0f}"

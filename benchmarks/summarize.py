@@ -53,14 +53,14 @@ def quantizer_lines(path: Path, payload: dict[str, Any]) -> list[Line]:
     device, lines = _device(payload), []
     # The goal applies to fake_quantize as the layers call it; the eager path it replaces on a
     # GPU and a torch.compile'd core are reference points.
-    for prefix, label, metric in (("fq fwd ", "fake_quantize", "quantizer fwd % of copy (worst format)"),
-                                  ("eager fwd ", "eager path", "reference fwd % of copy (worst format)"),
-                                  ("compiled fwd ", "compiled core", "reference fwd % of copy (worst format)")):
-        rows = [r for r in payload["results"] if r["name"].startswith(prefix)]
+    # The goal covers both forms of the kernel: given the scale, and given the range (the layers' form).
+    for prefixes, metric in ((("fq fwd ", "fq range fwd "), "quantizer fwd % of copy (worst format)"),
+                             (("eager fwd ",), "reference fwd % of copy (worst format)"),
+                             (("compiled fwd ",), "reference fwd % of copy (worst format)")):
+        rows = [r for r in payload["results"] if r["name"].startswith(prefixes)]
         if rows:
             worst = min(rows, key=lambda r: r["pct_of_copy"])
-            lines.append(Line(path.name, f"{label} ({worst['format']}/{worst['granularity']})",
-                              metric, worst["pct_of_copy"], device))
+            lines.append(Line(path.name, worst["name"], metric, worst["pct_of_copy"], device))
     for r in payload["results"]:
         if r["name"].startswith("torch fwd ") and r["granularity"] and r["format"] == "int8":
             lines.append(Line(path.name, r["name"], "torch fake-quant fwd % of copy", r["pct_of_copy"], device))
@@ -92,13 +92,16 @@ def memory_lines(path: Path, payload: dict[str, Any]) -> list[Line]:
 
 
 def profile_lines(path: Path, payload: dict[str, Any]) -> list[Line]:
-    """Why a step takes its time (no goal): the shares of its wall time the host was busy and
-    the device was busy (benchmarks/profile_step.py)."""
+    """Why a step takes its time (no goal): the shares of its wall time the host was busy (of
+    the profiled steps) and the device was busy (benchmarks/profile_step.py). Files written
+    before the profiled wall was recorded give the device's share only."""
     device, lines = _device(payload), []
     for result in payload["results"]:
         for v in result["variants"]:
             subject = f"{result['model']} {v['name']}"
-            lines.append(Line(path.name, subject, "host busy / wall", v["host_busy_ms"] / v["wall_ms"], device))
+            if "profiled_wall_ms" in v:
+                lines.append(Line(path.name, subject, "host busy / wall", v["host_busy_ms"] / v["profiled_wall_ms"],
+                                  device))
             if v["device_busy_ms"] is not None:
                 lines.append(Line(path.name, subject, "device busy / wall", v["device_busy_ms"] / v["wall_ms"], device))
     return lines

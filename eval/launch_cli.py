@@ -56,8 +56,9 @@ def create_launcher_parser() -> argparse.ArgumentParser:
         usage="python eval_parallel.py [run flags] [launcher flags]",
         description="Launch FLIQS runs in parallel over GPUs (or CPU workers). Flags not listed here are run "
         "flags, passed to every run.",
-        epilog="Runs are named by their exp_name (or the run's default name) plus, where several runs would share a "
-        "directory, the key=value pairs that set them apart; runs that are still identical are an error. Each run's "
+        epilog="Runs are named by their exp_name (or the run's default name) plus the key=value pairs of every "
+        "--sweep key and, for an --experiments entry without its own exp_name, of the flags it sets, so a run's name "
+        "never depends on the other runs of the launch; two runs that would share a directory are an error. Each run's "
         "output goes to OUTPUT_ROOT_DIR/TASK/EXP_NAME/stdout.log. Exit codes: 0 all runs completed, 1 some run "
         "failed, 2 bad launch request, 130 interrupted (SIGINT/SIGTERM; every run is stopped first).")
     p.add_argument("-h", "--help", action=_HelpAction, help="show this help and the run flags, then exit")

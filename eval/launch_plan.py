@@ -5,9 +5,10 @@ combination, cartesian product). Every experiment is validated with `parse_run_a
 anything starts, so a bad value in the 7th experiment fails the whole launch, naming it.
 
 Naming: a run's name is the `exp_name` it was given (run flags or its experiments-file entry) or
-the run's default name (built from its flags), then `key=value` for every `--sweep` key
-(`float_seed=0`, `..._s42_learning_rate=0.001`) and, unless the entry has its own exp_name, for
-every flag its experiments-file entry sets (`..._s42_learning_rate=0.01`). A default name skips
+the run's default name (built from its flags), then `key=value` for every flag its
+experiments-file entry sets (`..._s42_learning_rate=0.01`; sorted, and not those that leave
+results unchanged, such as --device), unless the entry has its own exp_name, and for every
+`--sweep` key (`float_seed=0`, `..._s42_learning_rate=0.001`). A default name skips
 the keys it already shows (DEFAULT_NAME_KEYS: `_s42` is the seed; the target and search space
 only in a search's name). So a run's name never depends on which other runs are in the launch:
 relaunching one value of a sweep, or one entry of a file, finds the run it named before. Two runs
@@ -29,6 +30,7 @@ from typing import Any, Mapping, Sequence
 
 from eval.eval_parse import create_arg_parser, parse_run_args
 from eval.launch_flags import FlagSegment, LaunchError, apply_overrides, resolve_key, split_run_argv, value_text
+from eval.results import NON_RESULT_ARGS
 
 MAX_NAME_LENGTH = 200  # file systems allow 255 bytes per name
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+=-]+")
@@ -170,16 +172,19 @@ def _name_part(key: str, text: str) -> str:
 
 def _name_pairs(pairs: list[tuple[str, str]], swept_keys: Sequence[str], own_name: bool, given_name: bool,
                 parser: argparse.ArgumentParser, mode: str) -> list[tuple[str, str]]:
-    """The (key, value) pairs that go into a run's name: the swept ones after an entry's own
-    exp_name (which stands for the entry's flags); every one after the run flags' exp_name; those
-    the default name does not show after a default name (which shows the search-only keys for
-    searches only)."""
-    if own_name:
-        return [(k, v) for k, v in pairs if k in swept_keys]
-    if given_name:
-        return pairs
+    """The (key, value) pairs that go into a run's name, in a fixed order: the entry's flags
+    (sorted, so that the order they are written in does not matter; not those that leave results
+    unchanged, such as --device or --eval_steps), unless the entry has its own exp_name, which
+    stands for them; then the swept ones. After a default name, only those it does not show (it
+    shows the search-only keys for searches only)."""
+    swept = [(k, v) for k, v in pairs if k in swept_keys]
+    entry = [] if own_name else sorted(((k, v) for k, v in pairs if k not in swept_keys
+                                        and resolve_key(parser, k).dest not in NON_RESULT_ARGS),
+                                       key=lambda pair: resolve_key(parser, pair[0]).dest)
+    if given_name or own_name:
+        return entry + swept
     shown = DEFAULT_NAME_KEYS if mode == "search" else DEFAULT_NAME_KEYS - SEARCH_NAME_KEYS
-    return [(k, v) for k, v in pairs if resolve_key(parser, k).dest not in shown]
+    return [(k, v) for k, v in entry + swept if resolve_key(parser, k).dest not in shown]
 
 
 def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
@@ -221,8 +226,9 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
                               "in --experiments")
         first_of[run_dir] = i
         if len(name) > MAX_NAME_LENGTH:
+            named = combos[i][0] is not None or given_name
             raise LaunchError(f"experiment {i + 1}: the run name {name[:60]!r}... is {len(name)} characters; give "
-                              "its entry in --experiments a shorter exp_name")
+                              + ("it a shorter exp_name" if named else "its entry in --experiments an exp_name"))
 
     launcher_owned = [s for s in base_without_name if s.dest != "cuda_visible_devices"]
     experiments = []

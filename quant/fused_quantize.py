@@ -215,8 +215,11 @@ def verified_on(device: torch.device, eager: EagerForward, scale_from_range: Sca
         probe = torch.linspace(-300.0, 300.0, 4097, device=device)
         probe = torch.cat([probe, torch.tensor([0.5, 1.5, 2.5, -0.0, -0.3, float("nan"), 1e30], device=device)])
         finite = ~probe.isnan()
-        # The probe's own range (an odd scale), and 0 and a subnormal (both clamp to 2^-126).
+        # The probe's own range (an odd scale), and 0 and a subnormal (both clamp to 2^-126);
+        # then one range per row of the probe.
         ranges = torch.tensor([[300.0], [0.0], [1e-40]], device=device)
+        rows = probe[:4096].view(64, 64)
+        row_ranges = torch.linspace(0.0, 600.0, 64, device=device).view(64, 1)
         for token in ("int8", "int4", "fp8_e4m3", "fp4_e2m1"):
             fmt = parse_format(token)
             cases = [(fused_fake_quantize(probe, fmt, torch.tensor([0.37], device=device), need_mask=True),
@@ -229,6 +232,11 @@ def verified_on(device: torch.device, eager: EagerForward, scale_from_range: Sca
                 want_out, want_mask = eager(probe, fmt, scale)
                 ok &= torch.equal(fused[0].view(torch.int32)[finite], want_out.view(torch.int32)[finite])
                 ok &= torch.equal(fused[1], want_mask)
+            per_row = fused_fake_quantize_from_range(rows, fmt, row_ranges, need_mask=True)
+            if per_row is not None:
+                want_out, want_mask = eager(rows, fmt, scale_from_range(row_ranges, fmt))
+                ok &= torch.equal(per_row[0].view(torch.int32), want_out.view(torch.int32))
+                ok &= torch.equal(per_row[1], want_mask)
     except Exception as error:  # a Triton/driver problem: the eager path still works
         warnings.warn(f"fused fake-quantization kernel unavailable on {device} ({error}); using the eager path")
         ok = False

@@ -278,11 +278,13 @@ def divide_exactly(t: torch.Tensor, divisor: float) -> torch.Tensor:
     Python number into multiplication by its float32 reciprocal, up to 1 ulp off (amax / 7 is
     off for most amax), so the same scale would differ between CPU and GPU; dividing by a
     0-dim tensor on the device (cached, so no allocation per step) keeps the true division.
-    The CPU takes the same path, so that no device depends on how it treats Python numbers."""
+    The CPU takes the same path, so that no device depends on how it treats Python numbers.
+    For float32 `t` (the scales' dtype); the divisor is rounded to float32."""
     key = (divisor, t.device)
     tensor = _DEVICE_DIVISORS.get(key)
     if tensor is None:
-        tensor = _DEVICE_DIVISORS.setdefault(key, torch.tensor(divisor, dtype=torch.float32, device=t.device))
+        with torch.inference_mode(False):  # a normal tensor, usable later with autograd on
+            tensor = _DEVICE_DIVISORS.setdefault(key, torch.tensor(divisor, dtype=torch.float32, device=t.device))
     return t / tensor
 
 
@@ -364,7 +366,7 @@ def _group_squared_error(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor
     (which sum in different orders) pick the same clipping range. In float32 near-ties
     between candidates came out differently on the two devices."""
     q, _ = _quantize_scaled_(x * torch.reciprocal(scale), fmt, need_mask=False)
-    return (q * scale - x).to(torch.float64).square().sum(dim=dims, keepdim=True)
+    return (q * scale - x).to(torch.float64).square_().sum(dim=dims, keepdim=True)
 
 
 def mse_optimal_abs_max(x: torch.Tensor, fmt: NumberFormat | str | int, granularity: Granularity | str, *,
@@ -468,12 +470,12 @@ def quantize(x: torch.Tensor, fmt: NumberFormat | str | int, granularity: Granul
     fmt = parse_format(fmt)  # a NumberFormat passes through (one isinstance check)
     if not fmt.quantizes:
         return x
+    check_range_percentile(range_percentile)
     # With an abs-max scale no finite element leaves the rounding bounds: the mask would be all
     # ones, so it is not computed and backward is the identity.
     can_saturate = range_percentile < 100.0 or not abs_max_scaling_cannot_saturate(fmt)
     if x.is_cuda and x.numel() and not isinstance(fmt, CastFormat):
         # Pass the range and let the GPU kernel derive the scale: 2 launches per call, not 5.
-        check_range_percentile(range_percentile)
         value_range = _value_range(x, fmt, _reduce_dims(x, Granularity(granularity), dim), range_percentile)
         return _FakeQuantizeFunction.apply(x, fmt, value_range, can_saturate, True)
     scale = compute_scale(x, fmt, granularity, dim=dim, range_percentile=range_percentile)

@@ -28,6 +28,8 @@ def test_summarize_events_per_step():
         _event("cudaMemcpyAsync", 1100, 1600, self_us=500.0),
         _event("gemm_kernel", 10, 510, device=DeviceType.CUDA),
         _event("quant_kernel", 500, 900, device=DeviceType.CUDA),
+        _event("Memset (Device)", 895, 900, device=DeviceType.CUDA),  # busy, but not a kernel
+        _event("Activity Buffer Request", 0, 3000, self_us=3000.0),  # the profiler's own: left out
     ]
     summary = summarize_events(events, steps=2, top=2)
     assert summary["kernels_per_step"] == 1.0
@@ -51,7 +53,8 @@ def test_cpu_run_writes_the_table_and_json(tmp_path, capsys):
     assert list(rows) == ["float", "fixed_int8", "search_train"]
     for name, row in rows.items():
         assert row["device_busy_ms"] is None and row["launches_per_step"] == 0, name
-        assert row["host_busy_ms"] == row["wall_ms"] - row["host_wait_ms"] and len(row["top_host_ops"]) == 3, name
+        assert row["host_busy_ms"] == row["profiled_wall_ms"] - row["host_wait_ms"], name
+        assert row["profiled_wall_ms"] > 0 and len(row["top_host_ops"]) == 3, name
     assert "search_train top host ops per step" in capsys.readouterr().out
 
 

@@ -43,8 +43,13 @@ def test_quantizer_goal_takes_the_worst_format(tmp_path):
     payload = {"benchmark": "quantizer", "environment": {"device": "cuda:0"}, "results": rows}
     (tmp_path / "quantizer_gpu.json").write_text(json.dumps(payload))
     got = verdicts(tmp_path)
-    assert got == {("fake_quantize (fp4_e2m1/per_tensor)", "quantizer fwd % of copy (worst format)"):
-                   (79.9, ">= 80", "MISS")}
+    assert got == {("fq fwd fp4_e2m1/per_tensor", "quantizer fwd % of copy (worst format)"): (79.9, ">= 80", "MISS")}
+    # The form given the range (the layers') counts too.
+    rows.append({"name": "fq range fwd int4/per_channel", "format": "int4", "granularity": "per_channel",
+                 "pct_of_copy": 79.0})
+    (tmp_path / "quantizer_gpu.json").write_text(json.dumps(payload))
+    assert verdicts(tmp_path) == {("fq range fwd int4/per_channel", "quantizer fwd % of copy (worst format)"):
+                                  (79.0, ">= 80", "MISS")}
 
 
 def test_not_a_folder(tmp_path):
@@ -53,11 +58,15 @@ def test_not_a_folder(tmp_path):
 
 
 def test_profile_shares_are_information_only(tmp_path):
-    variants = [{"name": "float", "wall_ms": 20.0, "host_busy_ms": 10.0, "device_busy_ms": 18.0},
-                {"name": "search_train", "wall_ms": 25.0, "host_busy_ms": 20.0, "device_busy_ms": None}]
+    variants = [{"name": "float", "wall_ms": 20.0, "profiled_wall_ms": 25.0, "host_busy_ms": 10.0,
+                 "device_busy_ms": 18.0},
+                {"name": "search_train", "wall_ms": 25.0, "profiled_wall_ms": 25.0, "host_busy_ms": 20.0,
+                 "device_busy_ms": None},
+                {"name": "fixed_int8", "wall_ms": 20.0, "host_busy_ms": 19.0, "device_busy_ms": 15.0}]  # an old file
     payload = {"benchmark": "profile_step", "environment": {"device": "cuda:0"},
                "results": [{"model": "resnet18", "variants": variants}]}
     (tmp_path / "profile_gpu.json").write_text(json.dumps(payload))
-    assert verdicts(tmp_path) == {("resnet18 float", "host busy / wall"): (0.5, "-", "info"),
+    assert verdicts(tmp_path) == {("resnet18 float", "host busy / wall"): (0.4, "-", "info"),
                                   ("resnet18 float", "device busy / wall"): (0.9, "-", "info"),
-                                  ("resnet18 search_train", "host busy / wall"): (0.8, "-", "info")}
+                                  ("resnet18 search_train", "host busy / wall"): (0.8, "-", "info"),
+                                  ("resnet18 fixed_int8", "device busy / wall"): (0.75, "-", "info")}

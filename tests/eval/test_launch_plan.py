@@ -120,11 +120,29 @@ def test_an_entrys_name_does_not_depend_on_the_other_entries():
     names = [e.exp_name for e in plan_experiments(BASE, entries=entries)]
     assert names == [f"{SEARCH}_s42_learning_rate=0.01", f"{SEARCH}_s3_learning_rate=0.1", f"{SEARCH[:-4]}_t5b_s42"]
     assert [plan_experiments(BASE, entries=[entry])[0].exp_name for entry in entries] == names
+    # The order an entry's flags are written in does not matter (the same run twice is still an
+    # error), and flags that leave results unchanged are not part of the name.
+    reordered = [{"weight_decay": 0.1, "learning_rate": 0.01, "eval_steps": 5},
+                 {"learning_rate": 0.01, "weight_decay": 0.1, "device": "cpu"}]
+    with pytest.raises(LaunchError, match=rf"experiments 1 and 2 would both write to /\S+/{SEARCH}_s42_"
+                       r"learning_rate=0.01_weight_decay=0.1 \(they are the same run\)"):
+        plan_experiments(BASE, entries=reordered)
     # After the run flags' exp_name every flag of the entry is appended; an entry's own exp_name
     # stands for its flags.
     named = [*BASE, "--exp_name", "mine"]
     assert [e.exp_name for e in plan_experiments(named, entries=entries[:2] + [{"exp_name": "own", "seed": 1}])] == [
         "mine_learning_rate=0.01", "mine_learning_rate=0.1_seed=3", "own"]
+
+
+def test_a_name_too_long_asks_for_an_exp_name():
+    entry = {"warmup_steps": 1, "train_batch_size": 4, "eval_batch_size": 4, "gradient_accumulation_steps": 2,
+             "delay_steps": 1, "heldout_fraction": 0.5, "learning_rate": 0.001, "rl_learning_rate": 0.01,
+             "weight_decay": 0.1, "entropy_schedule_type": "cosine", "baseline_decay": 0.9, "policy_temperature": 2.0}
+    with pytest.raises(LaunchError, match=r"^experiment 1: the run name .* is 2\d\d characters; give its entry in "
+                       r"--experiments an exp_name$"):
+        plan_experiments(BASE, entries=[entry])
+    with pytest.raises(LaunchError, match=r"is 2\d\d characters; give it a shorter exp_name$"):
+        plan_experiments([*BASE, "--exp_name", "mine"], entries=[entry])
 
 
 def test_a_bad_value_fails_the_launch_naming_the_experiment():

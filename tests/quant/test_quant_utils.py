@@ -441,12 +441,46 @@ def test_mse_clipping_does_not_depend_on_cudas_scalar_division(monkeypatch, name
     assert bits_equal(compute_scale(x, fmt, Granularity.PER_TOKEN, dim=-1, range_percentile=-1), want)
 
 
+@pytest.mark.parametrize("percentile", [100.0, 99.0, -1.0])
+@pytest.mark.parametrize("name", ["int4", "fp8_e4m3"])
+def test_the_range_form_of_the_fake_quantize_function_equals_the_scale_form(name, percentile):
+    """On CUDA `quantize` passes the range and the kernel derives the scale; elsewhere (and where
+    the kernel does not apply) the range form falls back to scale_from_range: same values and
+    gradients as passing that scale."""
+    from quant.quant_utils import _FakeQuantizeFunction, _reduce_dims, _value_range, scale_from_range
+
+    fmt = parse_format(name)
+    x = torch.randn(6, 5, 7, generator=torch.Generator().manual_seed(5)) * 3
+    value_range = _value_range(x, fmt, _reduce_dims(x, Granularity.PER_TOKEN, -1), percentile)
+    grads = []
+    outs = []
+    for value, is_range in ((value_range, True), (scale_from_range(value_range, fmt), False)):
+        leaf = x.clone().requires_grad_()
+        out = _FakeQuantizeFunction.apply(leaf, fmt, value, percentile < 100.0, is_range)
+        out.backward(torch.arange(out.numel(), dtype=torch.float32).view_as(out))
+        outs.append(out.detach())
+        grads.append(leaf.grad)
+    assert bits_equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])
+    assert bits_equal(outs[0], quantize(x, fmt, Granularity.PER_TOKEN, dim=-1, range_percentile=percentile))
+
+
+def test_a_bad_range_percentile_is_named_before_it_is_used():
+    with pytest.raises(TypeError, match=r"range_percentile must be a number in \(0, 100\] or negative, got None"):
+        quantize(torch.ones(3), "int8", "per_tensor", range_percentile=None)
+
+
 def test_divide_exactly_is_true_division():
     from quant.quant_utils import divide_exactly
     amax = torch.tensor([11.70470905303955, 1.0, 3.0e-38, 448.0])
     for divisor in (7.0, 127.0, 448.0, 6.0):
         assert bits_equal(divide_exactly(amax, divisor), amax / torch.tensor(divisor))
         assert bits_equal(divide_exactly(amax, divisor), torch.from_numpy(amax.numpy() / np.float32(divisor)))
+    # Its cached divisor, first made under inference_mode, still serves a tensor that needs a gradient.
+    with torch.inference_mode():
+        divide_exactly(amax, 3.5)
+    leaf = amax.clone().requires_grad_()
+    divide_exactly(leaf, 3.5).sum().backward()
+    assert bits_equal(leaf.grad, torch.full_like(amax, 1 / 3.5))
 
 
 def test_format_tokens_are_accepted_everywhere():
