@@ -123,17 +123,20 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, cost_column: s
     for ax, ((task, model, metric), members) in zip(axes, families.items()):
         higher = higher_is_better.get(metric, metric_higher_is_better(metric)) \
             if isinstance(higher_is_better, Mapping) else higher_is_better
-        # One series for the uniform baselines, one per search space for the searched models.
+        # One series for the uniform baselines, one per search space for the searched models, one
+        # for runs that applied another run's formats (--load_config).
         series = [("uniform", "uniform", "s", "tab:blue")]
         spaces = sorted({r.get("search_space") or "" for r in members if r["method"] == "search"})
         colors = ("tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
         series += [("search", space, "o", colors[i % len(colors)]) for i, space in enumerate(spaces)]
+        series.append(("loaded", "loaded", "D", "tab:gray"))
         for method, space, marker, color in series:
             points = [r for r in members if r["method"] == method and (method != "search" or
                                                                         (r.get("search_space") or "") == space)]
             if not points:
                 continue
-            label = method if method == "uniform" else (f"search over {space}" if space else "search")
+            label = {"uniform": "uniform", "loaded": "formats loaded from a run"}.get(
+                method, f"search over {space}" if space else "search")
             ax.errorbar([r[cost_column] for r in points], [r["value"] for r in points],
                         xerr=[r[f"{cost_column}_std"] or 0.0 for r in points], yerr=[r["std"] or 0.0 for r in points],
                         fmt=marker, color=color, capsize=3, label=label, zorder=3)

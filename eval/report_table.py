@@ -172,7 +172,7 @@ def _mark_frontier(rows: list[dict[str, Any]], cost_column: str, report: Report)
             row["pareto"] = on_frontier
             # How far a searched model sits above (+) or below (-) the uniform line at its cost.
             line = interpolate_uniform_line(uniform, row[cost_column], higher_is_better) \
-                if row["method"] == "search" else None
+                if row["method"] in ("search", "loaded") else None
             row["vs_uniform"] = None if line is None else (row["value"] - line) * (1 if higher_is_better else -1)
 
 
@@ -239,7 +239,7 @@ def build_report(runs: Sequence[RunRecord], output_root: str, metric: str | None
         f"{counts[INCOMPLETE]} incomplete; {len(report.rows)} table rows from "
         f"{sum(row['n'] for row in report.rows)} runs; {len(report.invalid)} invalid runs listed separately",
         f"{_direction_note(report)}; cost: {report.cost_label}; pareto: on the frontier of metric vs cost within "
-        "its task/model/metric; vs_uniform: a searched model's "
+        "its task/model/metric; vs_uniform: a searched (or loaded) model's "
         "metric minus the line through the uniform baselines at its cost (positive = better than uniform)",
         (f"grouped by {', '.join(report.group_by)} (and, for fixed-format runs, their formats): runs that agree on "
          f"them and differ only in {replicas}"

@@ -28,7 +28,9 @@ RUN_MARKERS = ("results.json", "config.json", "output.txt", "stdout.log")
 RUN_ONLY_MARKERS = ("results.json", "output.txt", "stdout.log")
 # The launcher's line before each launch's output in stdout.log: `# CUDA_VISIBLE_DEVICES=... command`.
 LAUNCH_HEADER = "# CUDA_VISIBLE_DEVICES="
-METHODS = ("search", "uniform", "float")
+# loaded: fixed formats applied from another run's results (--load_config), usually a searched
+# mixed-precision assignment: neither a search nor a uniform baseline.
+METHODS = ("search", "uniform", "loaded", "float")
 GRANULARITIES = ("layer", "block", "single")
 COST_TYPES = ("memory", "compute")
 COMPLETED, FAILED, INCOMPLETE = "completed", "failed", "incomplete"
@@ -81,7 +83,11 @@ class RunRecord:
 
     @property
     def method(self) -> str:
-        return self._get("method") or ""
+        method = self._get("method") or ""
+        # Runs from before "loaded" existed recorded a --load_config run as uniform.
+        if method == "uniform" and self.args.get("load_config"):
+            return "loaded"
+        return method
 
     @property
     def main_metric(self) -> str:

@@ -5,7 +5,7 @@ milliseconds. Each check raises ValueError with one line that names the bad valu
 out; `eval.eval_parse.parse_run_args` turns it into `error: ...` and exit code 2.
 
 Resolved fields added to the namespace (all JSON-serialisable, saved in config.json):
-    mode             "search" | "uniform" | "float"
+    mode             "search" | "uniform" | "loaded" (formats from --load_config) | "float"
     weight_format, act_format   canonical format names of a fixed-format run (or the fixed
                      activation format of a weight-only search)
     search_formats   canonical names of the search space (search runs)
@@ -361,7 +361,7 @@ def _resolve_mode(args: argparse.Namespace) -> None:
     else:
         args.weight_format, args.act_format = weight or NO_QUANT.name, act or NO_QUANT.name
         uses_quant = args.weight_format != NO_QUANT.name or args.act_format != NO_QUANT.name
-        args.mode = "uniform" if uses_quant or args.load_config is not None else "float"
+        args.mode = "loaded" if args.load_config is not None else "uniform" if uses_quant else "float"
         if args.single_decision or args.block_search or args.weight_only_search:
             raise ValueError("--single_decision/--block_search/--weight_only_search are search options and this run "
                              "does not search (--no-search or --load_config); drop them")
@@ -492,6 +492,6 @@ def default_exp_name(args: argparse.Namespace) -> str:
         target = f"t{args.cost_target:g}" if args.cost_target is not None else f"t{args.cost_target_bits:g}b"
         parts += [args.cost_type, target]
     elif args.mode == "uniform":
-        parts += ["loaded" if args.load_config else f"w{args.weight_format}-a{args.act_format}"]
+        parts += [f"w{args.weight_format}-a{args.act_format}"]
     parts.append(f"s{args.seed}")
     return "_".join(parts)

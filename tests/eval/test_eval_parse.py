@@ -245,7 +245,7 @@ def test_load_config_must_be_a_completed_run_of_this_task_and_model(capsys, tmp_
     ):
         err = error_of(argv, capsys)
         assert re.search(match, err), err
-    assert parse_run_args(["--load_config", str(tmp_path / "r.json"), "--eval_only"]).mode == "uniform"
+    assert parse_run_args(["--load_config", str(tmp_path / "r.json"), "--eval_only"]).mode == "loaded"
 
 
 def test_checkpoint_flags_resolve(tmp_path):

@@ -272,7 +272,7 @@ def test_search_on_digits_and_load_config_reproduces_it(tmp_path):
     # Re-apply the found assignment to the trained weights and evaluate again: same numbers.
     code, again, _ = run(tmp_path / "again", *RESNET_TINY, "--load_config", str(run_dir / "results.json"),
                          "--eval_only")
-    assert code == 0 and again["method"] == "uniform"
+    assert code == 0 and again["method"] == "loaded" and again["exp_name"] == "resnet18_loaded_s42"
     assert again["metrics"]["eval_loss"] == results["metrics"]["eval_loss"]
     assert again["metrics"]["eval_accuracy"] == results["metrics"]["eval_accuracy"]
     assert {n: l["weight_format"] for n, l in again["layers"].items()} == \

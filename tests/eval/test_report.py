@@ -156,6 +156,30 @@ def test_json_report_parses_back_exactly(sweep, capsys):
     assert "cost_target and ratio are in each search's own cost_type, not in the reported cost" in report["notes"]
 
 
+def test_runs_that_load_formats_are_neither_uniform_nor_search(sweep, capsys):
+    """A --load_config run applies another run's (usually mixed) formats: it must not join the
+    uniform line, and it gets its own vs_uniform. Older runs recorded it as uniform."""
+    code, out, _ = run_cli([sweep, "--format", "json"], capsys)
+    before = {row["run"]: row["vs_uniform"] for row in json.loads(out)["rows"]}
+    for name, method, memory in (("loaded_new_s0", "loaded", 1.5), ("loaded_old_s0", "uniform", 1.0)):
+        results = make_results(name, method="search", metric=1.0, memory_mib=memory, gbops=memory * 4,
+                               args_extra={"load_config": f"/out/digits/{name}/source.json", "search": False,
+                                           "cost_target": None})
+        results["method"], results["search"] = method, None
+        results["cost"].update(target=None, ratio=None)
+        write_run(sweep, results)
+    code, out, _ = run_cli([sweep, "--format", "json"], capsys)
+    rows = {row["run"]: row for row in json.loads(out)["rows"]}
+    assert code == 0 and rows["loaded_new_s0"]["method"] == rows["loaded_old_s0"]["method"] == "loaded"
+    # The uniform line still runs through INT4 (1.0 MiB, 0.5) and INT8 (2.0 MiB, 0.875) only.
+    assert {run: rows[run]["vs_uniform"] for run in before} == before
+    assert rows["loaded_new_s0"]["vs_uniform"] == 1.0 - (0.5 + 0.375 / 2)
+    assert rows["loaded_old_s0"]["vs_uniform"] == 0.5
+    plot = sweep.parent / "pareto.png"
+    assert run_cli([sweep, "--plot", str(plot)], capsys)[0] == 0
+    _assert_real_png(plot, min_colours=4)
+
+
 def test_default_cost_is_the_runs_cost_type(tmp_path, capsys):
     compute = {"cost_type": "compute"}
     for name in ("a", "b"):

@@ -97,7 +97,7 @@ def test_valid_results_have_no_problems():
     (lambda d: d.pop("schema_version"), "schema_version is None, this reader knows version 1: re-run it with this "
      "version of FLIQS (or read it with the version that wrote it)"),
     (lambda d: d.update(status="running"), "status is 'running', expected 'completed' or 'failed'"),
-    (lambda d: d.update(method="random"), "method is 'random', expected one of ('search', 'uniform', 'float')"),
+    (lambda d: d.update(method="random"), "method is 'random', expected one of ('search', 'uniform', 'loaded', 'float')"),
     (lambda d: d["cost"].update(target=None), "cost.target is None, expected a number"),
     (lambda d: d["layers"]["fc"].pop("act_format"), "missing layers.fc.act_format"),
     (lambda d: d["search"]["decisions"]["fc"]["probabilities"].pop("int2"),
