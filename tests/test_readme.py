@@ -91,11 +91,13 @@ def test_examples_script_plans_cleanly(tmp_path, script):
     assert done.stdout.count("-m eval.eval_run") == 36  # 12 experiments x 3 seeds
 
 
-def _fake_launcher_path(tmp_path):
-    """PATH with a `python` that skips `python eval_parallel.py ...` (the study) and runs everything else."""
+def _fake_launcher_path(tmp_path, exit_code=0):
+    """PATH with a `python` that skips `python eval_parallel.py ...` (the study; exits with
+    `exit_code`) and runs everything else."""
     shim = tmp_path / "bin"
     shim.mkdir()
-    (shim / "python").write_text(f'#!/bin/sh\n[ "$1" = eval_parallel.py ] && exit 0\nexec {sys.executable} "$@"\n')
+    (shim / "python").write_text(f'#!/bin/sh\n[ "$1" = eval_parallel.py ] && exit {exit_code}\n'
+                                 f'exec {sys.executable} "$@"\n')
     (shim / "python").chmod(0o755)
     return f"{shim}{os.pathsep}{os.environ['PATH']}"
 
@@ -121,6 +123,38 @@ def test_examples_script_writes_its_report_next_to_another_output_root(tmp_path,
     assert (out / f"{script}.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in out.iterdir()) == ["digits", f"{script}.md", f"{script}.png"]
     assert _docs_digest() == before  # docs/ is the default study's, not this one's
+
+
+def test_examples_script_takes_a_relative_root_from_where_it_is_started_and_reports_failed_runs(tmp_path):
+    from tests.eval.test_results import make_failed, make_results, write_run
+
+    caller = tmp_path / "here"
+    write_run(caller / "rel", make_results("float_seed=0", method="float"))
+    write_run(caller / "rel", make_failed("int8_seed=0", error="RuntimeError: boom"))
+    before = _docs_digest()
+    env = dict(os.environ, PATH=_fake_launcher_path(tmp_path, exit_code=1))  # some run failed
+    done = subprocess.run(["bash", str(ROOT / "examples" / "pareto_digits.sh"), "rel", "--workers", "2"], env=env,
+                          cwd=caller, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1  # the launcher's status, after the report
+    report = (caller / "rel" / "pareto_digits.md").read_text()
+    assert "int8_seed=0" in report and "RuntimeError: boom" in report
+    assert _docs_digest() == before
+
+
+def test_examples_script_without_output_root_plans_the_default_and_skips_the_report_on_a_dry_run(tmp_path):
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (shim / "python").chmod(0o755)
+    before = _docs_digest()
+    env = {**os.environ, "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": "",
+           "SEEDS": "5"}
+    done = subprocess.run(["bash", str(ROOT / "examples" / "pareto_digits.sh"), "--dry_run", "--workers", "2"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("-m eval.eval_run") == 12  # one seed
+    assert "--output_root_dir runs/pareto_digits " in done.stdout and "--seed 5 " in done.stdout  # the repo's runs/
+    assert _docs_digest() == before and not (ROOT / "runs" / "pareto_digits").exists()
 
 
 def test_examples_script_keeps_the_previous_report_when_the_report_fails(tmp_path):
