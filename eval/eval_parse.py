@@ -35,14 +35,26 @@ def finite_float(text: str) -> float:
     return value
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except a None default (resolved from other flags: the help says
+    how) and help that already states its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
 def _on_off(group: argparse._ArgumentGroup, name: str, help_text: str, default: bool = True) -> None:
     group.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=default, help=help_text)
 
 
 def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
+    # No abbreviated flags: a saved command would change meaning when a new flag shares the prefix.
     p = OneLineErrorParser(prog=prog, description="One FLIQS run: a format search, or a uniform-precision or "
-                           "float baseline, on one task and model.",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           "float baseline, on one task and model.", formatter_class=_DefaultsFormatter,
+                           allow_abbrev=False)
 
     g = p.add_argument_group("Task and model")
     g.add_argument("--task", default="digits", help="built-in task (digits, synth-sentiment: offline) or a hub "
@@ -53,7 +65,8 @@ def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
     g.add_argument("--from_scratch", action="store_true", default=None,
                    help="random init of the built-in architecture (no network). Default: from scratch for the "
                    "built-in tasks, pretrained hub weights otherwise")
-    g.add_argument("--pretrained", dest="from_scratch", action="store_false", help="force pretrained weights")
+    g.add_argument("--pretrained", dest="from_scratch", action="store_false",
+                   help="force pretrained weights (see --from_scratch for the default)")
     g.add_argument("--model_name_or_path", default=None, help="a local checkpoint directory (or hub id) to load")
     g.add_argument("--config_overrides", default=None, help="change the architecture, e.g. "
                    "'num_hidden_layers=2,hidden_size=64'")
@@ -68,16 +81,18 @@ def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
     g.add_argument("--metric", default=None, help="an evaluate metric name to use instead of the task's own")
 
     g = p.add_argument_group("Training parameters")
-    g.add_argument("--num_train_epochs", type=finite_float, default=3.0)
+    g.add_argument("--num_train_epochs", type=finite_float, default=3.0, help="epochs (unless --max_steps)")
     g.add_argument("--learning_rate", type=finite_float, default=None,
                    help="default 5e-5 for pretrained weights, 1e-3 from scratch")
-    g.add_argument("--train_batch_size", type=int, default=32)
-    g.add_argument("--eval_batch_size", type=int, default=32)
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--train_batch_size", type=int, default=32, help="training batch per device")
+    g.add_argument("--eval_batch_size", type=int, default=32, help="evaluation batch per device")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                   help="micro-batches per optimizer step (one format sample per step)")
     g.add_argument("--optimizer", default="adamw_torch", help="a TrainingArguments optim name (adamw_torch, sgd, ...)")
-    g.add_argument("--weight_decay", type=finite_float, default=0.0)
-    g.add_argument("--warmup_steps", type=int, default=0)
-    g.add_argument("--lr_scheduler_type", default="linear")
+    g.add_argument("--weight_decay", type=finite_float, default=0.0, help="AdamW weight decay (>= 0)")
+    g.add_argument("--warmup_steps", type=int, default=0, help="learning-rate warm-up steps (>= 0)")
+    g.add_argument("--lr_scheduler_type", default="linear",
+                   help="a transformers scheduler name (linear, cosine, constant, ...)")
     g.add_argument("--fp16", action="store_true", help="fp16 autocast (mixed precision), CUDA only")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast (mixed precision)")
     g.add_argument("--max_steps", type=int, default=-1, help="stop after this many optimizer steps (-1: epochs)")
@@ -111,7 +126,8 @@ def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
     g.add_argument("--advantage", default="per_decision", help="per_decision (exact per-decision cost baseline) "
                    "or global (plain EMA reward baseline, as TuNAS)")
     g.add_argument("--baseline_decay", type=finite_float, default=0.9, help="EMA decay of the reward baseline")
-    g.add_argument("--policy_temperature", type=finite_float, default=1.0)
+    g.add_argument("--policy_temperature", type=finite_float, default=1.0,
+                   help="softmax temperature of the policy's logits (> 0; higher samples more evenly)")
     g.add_argument("--final_selection", default="constrained",
                    help="the answer: 'constrained' = the most likely assignment within --target_tolerance of the "
                    "target (the per-decision argmax when that is inside), or 'argmax' = every decision's most likely "
@@ -167,8 +183,10 @@ def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
     g.add_argument("--save_steps", type=int, default=None, help="with --save_strategy steps (default 500)")
     g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint-N directory of this run to resume, "
                    "or the run directory (its latest checkpoint)")
-    g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument("--seed", type=int, default=42, help="seed of weights, data order and policy (0 .. 2**32 - 1)")
+    g.add_argument("--gradient_checkpointing", action="store_true",
+                   help="recompute activations in backward to save memory (the transformer models; not ResNet, "
+                   "EfficientNet or MobileNetV2)")
     g.add_argument("--ddp_find_unused_parameters", action="store_true",
                    help="multi-GPU runs: let DDP look for parameters the loss does not use, at the cost of a graph "
                    "traversal per step (every built-in model uses all of its parameters; turn this on for a model "

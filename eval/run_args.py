@@ -106,6 +106,11 @@ def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
     _positive(args, "learning_rate", "train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
               "num_train_epochs", "max_seq_length", "image_size", "log_steps", "eval_steps", "save_steps",
               "rl_learning_rate", "policy_temperature")
+    for name in ("warmup_steps", "weight_decay"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must be in 0 .. 2**32 - 1 (what torch and numpy accept), got {args.seed}")
     if args.max_steps == 0 or args.max_steps < -1:
         raise ValueError(f"--max_steps must be > 0, or -1 to train for --num_train_epochs; got {args.max_steps}")
     if args.fp16 and args.bf16:

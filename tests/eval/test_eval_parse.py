@@ -119,6 +119,10 @@ def error_of(argv, capsys) -> str:
         (["--task", "stsb", "--model", "bert", "--reward_metric", "accuracy"], "stsb is a regression"),
         (["--train_batch_size", "0"], "--train_batch_size must be > 0"),
         (["--learning_rate", "-1"], "--learning_rate must be > 0"),
+        (["--warmup_steps", "-5"], r"--warmup_steps must be >= 0, got -5 "),
+        (["--weight_decay", "-1"], r"--weight_decay must be >= 0, got -1.0 "),
+        (["--seed", "-1"], r"--seed must be in 0 \.\. 2\*\*32 - 1 \(what torch and numpy accept\), got -1 "),
+        (["--seed", str(2**32)], r"--seed must be in 0 \.\. 2\*\*32 - 1"),
         (["--max_steps", "0"], "--max_steps must be > 0, or -1"),
         (["--act_range_percentile", "0"], r"--act_range_percentile must be in \(0, 100\]"),
         (["--train_file", "a.csv"], "--train_file and --validation_file go together"),
@@ -300,6 +304,17 @@ def test_search_granularity_flags_ask_for_a_search():
     args = parse_run_args(["--weight_only_search", "--activation_bits", "8"])  # as docs/results.md suggests
     assert (args.mode, args.weight_format, args.act_format) == ("search", None, "int8")
     assert parse_run_args(["--block_search"]).granularity == "block"
+
+
+def test_every_flag_has_help_and_abbreviations_are_refused(capsys):
+    from eval.eval_parse import _DefaultsFormatter
+
+    assert [a.option_strings for a in create_arg_parser()._actions if not a.help] == []
+    assert error_of(["--lear", "0.1"], capsys) == "eval_run: error: unrecognized arguments: --lear 0.1 (see --help)\n"
+    text = create_arg_parser().format_help()
+    # A default resolved from other flags is explained by the help, not shown as "None".
+    assert "(default: None)" not in text and "(default: 42)" in text
+    assert _DefaultsFormatter  # the parser's formatter
 
 
 def test_unknown_flag_is_one_line(capsys):

@@ -16,7 +16,8 @@ def test_split_run_argv_groups_each_flag_with_its_value(parser):
     assert split_run_argv(parser, argv) == [
         FlagSegment("task", ("--task", "digits")),
         FlagSegment("seed", ("--seed=3",)),
-        FlagSegment("max_steps", ("--max_st", "5")),  # argparse's unique-prefix abbreviation
+        FlagSegment(None, ("--max_st",)),  # no abbreviations: left for the run's parser to reject
+        FlagSegment(None, ("5",)),
         FlagSegment("fp16", ("--fp16",)),
         FlagSegment("quantize_pooler", ("--no-quantize_pooler",)),
         FlagSegment(None, ("--bogus",)),  # left for the run's parser to reject
