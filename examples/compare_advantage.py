@@ -19,14 +19,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from transformers.trainer_callback import PrinterCallback  # noqa: E402
+
 from tests.trainer.toy_search_problem import make_trainer  # noqa: E402
+
+TOY_DELAY_STEPS = 100  # the toy problem's delay: the policy learns only after it
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="policy and weight seeds")
+    parser.add_argument("--steps", type=int, default=300,
+                        help=f"training steps (> {TOY_DELAY_STEPS}, the toy problem's delay; default 300)")
     args = parser.parse_args()
+    if args.steps <= TOY_DELAY_STEPS:
+        parser.error(f"--steps must be > {TOY_DELAY_STEPS} (the policy learns only after the toy problem's "
+                     f"{TOY_DELAY_STEPS} delay steps), got {args.steps}")
     torch.set_num_threads(1)
     print(f"{'advantage':<13} {'target':<8} {'seed':>4}  {'ratio':>8}  min p   formats (fc_in, branch_in, branch_out, head)")
     for advantage in ("global", "per_decision"):
@@ -36,6 +44,7 @@ def main() -> None:
                     # The plain argmax: this compares what the policies learned, not the final selection.
                     trainer = make_trainer(tmp, seed=seed, steps=args.steps, advantage=advantage,
                                            final_selection="argmax")
+                    trainer.remove_callback(PrinterCallback)  # its log lines would split the table
                     if target_name == "far_low":
                         trainer.reinforce_config.cost_target = trainer.cost_table.min_cost() / 1000
                     trainer.train()

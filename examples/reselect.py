@@ -1,6 +1,6 @@
 """Recompute the answer of finished searches with the current --final_selection constrained.
 
-    python examples/reselect.py OUTPUT_ROOT
+    python examples/reselect.py OUTPUT_ROOT     (or one task's folder, OUTPUT_ROOT/TASK)
 
 For each search run under OUTPUT_ROOT, rebuilds the policy's final log-probabilities and the
 search's cost table (trainer.search_space, from the layers' sizes in results.json) and prints
@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from cost.model_cost import LayerCost, parse_cost_type
 from quant.formats import parse_format
@@ -41,11 +44,17 @@ def reselect(results: dict) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
+    usage = "usage: python examples/reselect.py OUTPUT_ROOT (a directory of runs: OUTPUT_ROOT/TASK/RUN/results.json)"
+    if argv in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        return 0
     if len(argv) != 1 or not Path(argv[0]).is_dir():
-        print("usage: python examples/reselect.py OUTPUT_ROOT (a directory of runs)", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
+    root = Path(argv[0])
+    paths = sorted(root.glob("*/*/results.json")) or sorted(root.glob("*/results.json"))  # a root or a task
     same = different = 0
-    for path in sorted(Path(argv[0]).glob("*/*/results.json")):
+    for path in paths:
         results = json.loads(path.read_text())
         if results.get("status") != "completed" or results.get("method") != "search":
             continue
@@ -53,6 +62,9 @@ def main(argv: list[str]) -> int:
         changed = sum(a != b for a, b in zip(reselect(results), chosen))
         same, different = same + (changed == 0), different + (changed > 0)
         print(f"{path.parent.name}: {'same' if changed == 0 else f'{changed} decisions differ'}")
+    if same + different == 0:
+        print(f"no completed search run under {root}; {usage.removeprefix('usage: ')}", file=sys.stderr)
+        return 1
     print(f"{same} same, {different} different")
     return 0
 

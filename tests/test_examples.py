@@ -1,0 +1,33 @@
+"""The examples' command lines: usage, bad input, and what they find."""
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.eval.test_results import make_results, write_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_reselect_runs_from_anywhere_and_says_when_it_found_nothing(tmp_path):
+    script = str(ROOT / "examples" / "reselect.py")
+    write_run(tmp_path / "out", make_results("uniform_w4_s0", method="uniform", weight_bits=4))
+    for folder in (tmp_path / "out", tmp_path / "out" / "digits"):  # a root or one task's folder
+        done = _run(script, str(folder), cwd=tmp_path)  # not the checkout: it finds the project itself
+        assert done.returncode == 1 and done.stdout == ""
+        assert done.stderr == (f"no completed search run under {folder}; python examples/reselect.py OUTPUT_ROOT (a "
+                               "directory of runs: OUTPUT_ROOT/TASK/RUN/results.json)\n")
+    done = _run(script, str(tmp_path / "missing"), cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith("usage: python examples/reselect.py OUTPUT_ROOT")
+    done = _run(script, "--help", cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith("Recompute the answer of finished searches")
+
+
+def test_compare_advantage_needs_steps_past_the_delay(tmp_path):
+    done = _run(str(ROOT / "examples" / "compare_advantage.py"), "--steps", "100", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.endswith("error: --steps must be > 100 (the policy learns only after the toy problem's 100 "
+                                "delay steps), got 100\n")
