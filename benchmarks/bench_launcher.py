@@ -70,10 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         split = argv.index("--")
         argv, run_flags = argv[:split], argv[split + 1:]
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=4, help="N, runs in the sweep")
-    parser.add_argument("--workers", type=int, default=2, help="W, parallel CPU workers")
-    parser.add_argument("--baseline_repeats", type=int, default=1, help="single runs timed; the median is used")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=4, help="N, runs in the sweep (default 4)")
+    parser.add_argument("--workers", type=int, default=2, help="W, parallel CPU workers (default 2)")
+    parser.add_argument("--baseline_repeats", type=int, default=1,
+                        help="single runs timed; the median is used (default 1)")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.workers < 1 or args.baseline_repeats < 1:

@@ -147,15 +147,15 @@ def child_main(spec_json: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
     add_model_args(parser)
     parser.add_argument("--options", default="2,4,8", help="search-space sizes to compare (default 2,4,8)")
     parser.add_argument("--no_heldout", action="store_true", help="skip the reward_source heldout variant")
     parser.add_argument("--steps", type=int, default=2, help="measured steps after one warm-up step (default 2)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--child_timeout", type=int, default=600, help="seconds per CPU subprocess")
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op CPU threads (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the models and batches (default 0)")
+    parser.add_argument("--child_timeout", type=int, default=600, help="seconds per CPU subprocess (default 600)")
+    parser.add_argument("--out", default=None, help="write the results as JSON to this file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:

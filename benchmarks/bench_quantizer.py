@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="elements of the tensor (default 16M on cuda, 4M on cpu)")
     parser.add_argument("--channels", type=int, default=1024, help="rows = output channels (default 1024)")
     parser.add_argument("--formats", default=DEFAULT_FORMATS, help=f"default {DEFAULT_FORMATS}")
-    parser.add_argument("--granularities", default="per_tensor,per_channel")
+    parser.add_argument("--granularities", default="per_tensor,per_channel",
+                        help="comma-separated scale granularities (default per_tensor,per_channel)")
     parser.add_argument("--inner", type=int, default=None, help="calls per variant per round (default 1 cpu, 10 cuda)")
     parser.add_argument("--compile", action="store_true", help="also time a torch.compile'd forward core")
     args = parser.parse_args(argv)

@@ -7,7 +7,7 @@ and reported as the median time and the median per-round ratio to the float step
     python -m benchmarks.bench_search_step                          # CPU preset, 1 thread
     python -m benchmarks.bench_search_step --device cuda --preset gpu --out benchmarks/out/step_gpu.json
 
-Goals (shared/DESIGN.md): CPU search step <= 1.5x float, fixed-format step <= 1.4x float;
+Goals (benchmarks/README.md): CPU search step <= 1.5x float, fixed-format step <= 1.4x float;
 GPU search step <= 1.25x float.
 """
 from __future__ import annotations

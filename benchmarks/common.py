@@ -42,7 +42,7 @@ def add_runtime_args(parser: argparse.ArgumentParser, *, repeats: int, warmup: i
     parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed rounds first (default {warmup})")
     parser.add_argument("--clock", default="auto", choices=CLOCKS,
                         help="auto (default): thread CPU time on the CPU with --threads 1, else wall time")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the tensors, models and batches (default 0)")
     parser.add_argument("--out", default=None, help="write the results as JSON to this file")
 
 

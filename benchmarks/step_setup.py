@@ -50,7 +50,7 @@ class ModelCase:
 
 
 # cpu: sizes whose float step takes roughly 10-100 ms on one CPU thread. gpu: the anchors of
-# shared/DESIGN.md (HF ResNet-18 at batch 128, 224x224; BERT-base at batch 32, seq 128).
+# the project's design notes (HF ResNet-18 at batch 128, 224x224; BERT-base at batch 32, seq 128).
 PRESETS: dict[str, tuple[ModelCase, ...]] = {
     "cpu": (
         ModelCase("resnet-small", "resnet18", batch_size=8, image_size=64,

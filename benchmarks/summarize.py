@@ -5,12 +5,13 @@
 Reads the JSON files in the folder (written with --out by the quantizer, step, memory and
 profile benchmarks) and prints one line per goal: the measured value, the goal, and PASS / MISS;
 figures without a goal are marked info.
-Goals depend on the device the file was measured on (shared/DESIGN.md, benchmarks/README.md).
+Goals depend on the device the file was measured on (benchmarks/README.md).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,10 @@ def summarize(folder: Path) -> list[Line]:
         raise ValueError(f"{folder} is not a folder; pass the --out folder of the benchmarks (e.g. benchmarks/out)")
     lines: list[Line] = []
     for path in sorted(folder.glob("*.json")):
-        payload = json.loads(path.read_text())
+        try:
+            payload = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error}); remove it or rerun its benchmark") from None
         reader = READERS.get(payload.get("benchmark", ""))
         if reader is not None:
             lines += reader(path, payload)
@@ -127,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path)
     args = parser.parse_args(argv)
-    lines = summarize(args.folder)
+    try:
+        lines = summarize(args.folder)
+    except (ValueError, OSError) as error:  # not a folder, an unreadable or malformed JSON file
+        print(f"summarize: error: {error}", file=sys.stderr)
+        return 2
     if not lines:
         print(f"no benchmark JSON in {args.folder}")
         return 1

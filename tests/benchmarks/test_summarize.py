@@ -70,3 +70,15 @@ def test_profile_shares_are_information_only(tmp_path):
                                   ("resnet18 float", "device busy / wall"): (0.9, "-", "info"),
                                   ("resnet18 search_train", "host busy / wall"): (0.8, "-", "info"),
                                   ("resnet18 fixed_int8", "device busy / wall"): (0.75, "-", "info")}
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from benchmarks.summarize import main
+
+    assert main([str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err == (f"summarize: error: {tmp_path / 'missing'} is not a folder; pass the --out "
+                                       "folder of the benchmarks (e.g. benchmarks/out)\n")
+    (tmp_path / "step.json").write_text("{")
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"summarize: error: {tmp_path / 'step.json'} is not valid JSON (") and err.count("\n") == 1
