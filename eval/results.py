@@ -26,6 +26,9 @@ SCHEMA_VERSION = 1
 RUN_MARKERS = ("results.json", "config.json", "output.txt", "stdout.log")
 # Files only a run directory gets (HF checkpoints and saved models inside a run hold config.json too).
 RUN_ONLY_MARKERS = ("results.json", "output.txt", "stdout.log")
+# The weights file of a checkpoint written by quant.export (quant.export.WEIGHTS_NAME): its folder
+# holds a config.json too, but is no run, wherever it was exported to.
+EXPORTED_WEIGHTS = "fliqs_model.safetensors"
 # The launcher's line before each launch's output in stdout.log: `# CUDA_VISIBLE_DEVICES=... command`.
 LAUNCH_HEADER = "# CUDA_VISIBLE_DEVICES="
 # loaded: fixed formats applied from another run's results (--load_config), usually a searched
@@ -210,6 +213,8 @@ def _find(directory: Path) -> list[Path]:
     files = {e.name for e in entries if not e.is_dir()}
     if "results.json" in files:
         return [directory]
+    if EXPORTED_WEIGHTS in files:
+        return []
     below = [run for entry in sorted(entries, key=lambda e: e.name)
              if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".")  # no link loops
              for run in _find(Path(entry.path))]

@@ -145,7 +145,8 @@ def _tensor_nbytes(path: Path) -> dict[str, int]:
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) or choose another directory")
+        raise FileExistsError(f"{out} already exists; choose another directory or replace it (--overwrite, "
+                              "overwrite=True in Python)")
 
 
 def _check_out_outside_run(out: Path, run_dir: Path) -> None:
@@ -359,8 +360,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, default=None,
                         help="ONNX opset (default: the lowest that expresses every format used)")
     parser.add_argument("--onnx_unsupported", choices=("raise", "float"), default="raise",
-                        help="layers whose format ONNX cannot express: fail (raise) or export them in float")
-    parser.add_argument("--seq_len", type=int, default=16, help="tokens in the ONNX example input (text models)")
+                        help="layers whose format ONNX cannot express: fail (raise) or export them in float "
+                        "(default raise)")
+    parser.add_argument("--seq_len", type=int, default=16,
+                        help="tokens in the ONNX example input (text models; default 16)")
     parser.add_argument("--image_size", type=int, default=None, help="pixels per side of the ONNX example input "
                         "(vision models; default: from the config or image processor)")
     return parser

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from eval.results import (COMPLETED, FAILED, INCOMPLETE, REPLICA_ARGS, available_group_keys, find_run_dirs,
-                          group_runs, group_value, load_run, load_runs, validate_results)
+from eval.results import (COMPLETED, EXPORTED_WEIGHTS, FAILED, INCOMPLETE, REPLICA_ARGS, available_group_keys,
+                          find_run_dirs, group_runs, group_value, load_run, load_runs, validate_results)
 
 SEARCH_SPACE = ["int2", "int4", "int8"]
 
@@ -130,8 +130,19 @@ def test_find_run_dirs_any_depth_and_not_inside_runs(tmp_path):
     log_only.mkdir()
     (log_only / "stdout.log").write_text("starting\n")
     (tmp_path / "empty" / "nothing").mkdir(parents=True)
+    # A checkpoint exported into the output root (quant.export) is no run, though it holds a config.json.
+    exported = tmp_path / "digits" / "deploy"
+    exported.mkdir()
+    (exported / "config.json").write_text("{}")
+    (exported / EXPORTED_WEIGHTS).write_bytes(b"")
     assert find_run_dirs(tmp_path) == [deep, config_only, log_only]
     assert find_run_dirs(deep) == [deep]
+
+
+def test_the_exported_weights_name_is_quant_exports():
+    from quant.export import WEIGHTS_NAME
+
+    assert EXPORTED_WEIGHTS == WEIGHTS_NAME
 
 
 @pytest.mark.parametrize("stray", ["stdout.log", "config.json", "output.txt"])

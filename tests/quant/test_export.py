@@ -170,7 +170,8 @@ def test_failed_export_leaves_nothing_and_existing_output_is_protected(tmp_path)
         export_quantized_checkpoint(model, tmp_path / "ckpt", FailingProcessor())
     assert os.listdir(tmp_path) == []
     export_quantized_checkpoint(model, tmp_path / "ckpt")
-    with pytest.raises(FileExistsError, match="already exists; pass overwrite=True"):
+    with pytest.raises(FileExistsError, match=r"already exists; choose another directory or replace it \(--overwrite, "
+                       r"overwrite=True in Python\)"):
         export_quantized_checkpoint(model, tmp_path / "ckpt")
     model.classifier.set_formats(parse_format("int4"), parse_format("int4"))
     export_quantized_checkpoint(model, tmp_path / "ckpt", overwrite=True)
@@ -228,7 +229,8 @@ def test_cli_exports_the_run_model(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "run")], load_run=load_run)  # --out is required
     assert "--out" in capsys.readouterr().err
-    with pytest.raises(FileExistsError, match="out already exists; pass overwrite=True \\(--overwrite\\)"):
+    with pytest.raises(FileExistsError, match=r"out already exists; choose another directory or replace it "
+                       r"\(--overwrite, overwrite=True in Python\)"):
         main([str(tmp_path / "run2"), "--out", str(tmp_path / "out")], load_run=load_run)
     with pytest.raises(ValueError, match=r"opset 99 is outside \[18, "):
         main([str(tmp_path / "run2"), "--out", str(tmp_path / "out2"), "--onnx", "--opset", "99"], load_run=load_run)
