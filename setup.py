@@ -35,4 +35,12 @@ setup(
         "pyyaml>=6",
     ],
     extras_require={"test": TEST_REQUIRES, "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1"]},
+    # The same commands as `python eval_parallel.py`, `python -m eval.eval_run`, `python -m
+    # eval.eval_parse` and `python -m quant.export`, for an installed package.
+    entry_points={"console_scripts": [
+        "fliqs-launch=eval_parallel:cli",
+        "fliqs-run=eval.eval_run:main",
+        "fliqs-report=eval.eval_parse:main",
+        "fliqs-export=quant.export:cli",
+    ]},
 )

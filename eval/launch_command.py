@@ -19,6 +19,7 @@ from eval.launch_devices import CPU, Slot
 
 RUN_ENTRY: tuple[str, ...] = ("-m", "eval.eval_run")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+IS_CHECKOUT = (REPO_ROOT / "setup.py").is_file()
 
 
 def free_port(exclude: set[int] | frozenset[int] = frozenset()) -> int:
@@ -49,7 +50,9 @@ def launcher_env(slot: Slot, omp_threads: int, cwd: str | os.PathLike[str] | Non
     env = {"CUDA_VISIBLE_DEVICES": slot.cuda_visible_devices}
     if slot.kind == CPU:
         env["OMP_NUM_THREADS"] = str(omp_threads)
-    if Path(cwd or os.getcwd()).resolve() != REPO_ROOT:
+    # From a checkout: the runs import the project from it. An installed project (REPO_ROOT is
+    # then site-packages) is importable already, and site-packages must not go before the stdlib.
+    if IS_CHECKOUT and Path(cwd or os.getcwd()).resolve() != REPO_ROOT:
         existing = environ.get("PYTHONPATH")
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), existing] if existing else [str(REPO_ROOT)])
     return env

@@ -21,6 +21,7 @@ CLI: python -m quant.export RUN_DIR --out DIR [--onnx]   (see `main`)
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -400,6 +401,11 @@ def main(argv: Sequence[str] | None = None, *, load_run: RunLoader | None = None
                          f"{args.seq_len}")
     if args.image_size is not None and args.image_size < 1:
         raise ValueError(f"--image_size must be >= 1, got {args.image_size}")
+    if args.onnx:
+        missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+        if missing:
+            raise ValueError(f"--onnx needs the packages {', '.join(missing)}: pip install 'fliqs[onnx]' (or pip "
+                             "install onnx onnxruntime onnxscript); nothing was written")
     if args.onnx and args.opset is not None:
         from quant.onnx_export import check_opset
 
@@ -429,11 +435,19 @@ def main(argv: Sequence[str] | None = None, *, load_run: RunLoader | None = None
     return report
 
 
-if __name__ == "__main__":
+def cli(argv: Sequence[str] | None = None) -> int:
+    """`python -m quant.export` / `fliqs-export`: every failure is one line on stderr, exit 1."""
     try:
-        main(sys.argv[1:])
+        main(sys.argv[1:] if argv is None else argv)
     except (ValueError, FileExistsError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+        sys.stderr.write(f"error: {error}\n")
+        return 1
     except Exception as error:  # noqa: BLE001 - e.g. torch.export or loading: one line, not a traceback
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-        sys.exit(f"error: {type(error).__name__}: {first}")
+        sys.stderr.write(f"error: {type(error).__name__}: {first}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

@@ -31,3 +31,28 @@ def test_compare_advantage_needs_steps_past_the_delay(tmp_path):
     assert done.returncode == 2
     assert done.stderr.endswith("error: --steps must be > 100 (the policy learns only after the toy problem's 100 "
                                 "delay steps), got 100\n")
+
+
+def test_the_console_scripts_name_callable_entry_points():
+    """setup.py's console scripts (fliqs-launch, -run, -report, -export) point at functions that exist."""
+    import importlib
+    import re
+
+    scripts = re.findall(r'"(fliqs-[a-z]+)=([\w.]+):(\w+)"', (ROOT / "setup.py").read_text())
+    assert [name for name, _, _ in scripts] == ["fliqs-launch", "fliqs-run", "fliqs-report", "fliqs-export"]
+    for _, module, function in scripts:
+        assert callable(getattr(importlib.import_module(module), function)), (module, function)
+
+
+def test_export_asks_for_the_onnx_extra_before_loading(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from quant import export
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    run_dir = tmp_path / "not_a_run"  # never loaded: the check comes first
+    code = export.cli([str(run_dir), "--out", str(tmp_path / "x"), "--onnx"])
+    assert code == 1 and not (tmp_path / "x").exists()
+    assert capsys.readouterr().err == ("error: --onnx needs the packages onnxscript: pip install 'fliqs[onnx]' (or pip "
+                                       "install onnx onnxruntime onnxscript); nothing was written\n")

@@ -26,9 +26,15 @@ def test_launcher_env():
     assert launcher_env(Slot(CPU, (), 1), 4, cwd=REPO_ROOT) == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "4"}
 
 
-def test_launcher_env_outside_the_repository_points_pythonpath_at_it(tmp_path):
+def test_launcher_env_outside_the_repository_points_pythonpath_at_it(tmp_path, monkeypatch):
     env = launcher_env(Slot(GPU, ("0",), 0), 1, cwd=tmp_path, environ={"PYTHONPATH": "/x"})
     assert env == {"CUDA_VISIBLE_DEVICES": "0", "PYTHONPATH": f"{REPO_ROOT}:/x"}
+    # An installed project (no checkout: REPO_ROOT is site-packages) is importable without it.
+    import eval.launch_command as launch_command
+
+    monkeypatch.setattr(launch_command, "IS_CHECKOUT", False)
+    assert launcher_env(Slot(GPU, ("0",), 0), 1, cwd=tmp_path, environ={"PYTHONPATH": "/x"}) == \
+        {"CUDA_VISIBLE_DEVICES": "0"}
 
 
 def test_format_command_quotes_for_the_shell():
