@@ -73,7 +73,8 @@ def create_launcher_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus_per_run", type=int, help="GPUs per run (default 1); K > 1 runs one rank per GPU with "
                    "torch.distributed.run")
     p.add_argument("--workers", type=int, help="parallel CPU runs when there is no GPU or with --device cpu "
-                   "(default 1); each gets OMP_NUM_THREADS = cores // workers")
+                   "(default 1); each gets OMP_NUM_THREADS = cores // workers (at least 1, at most the launcher's own "
+                   "OMP_NUM_THREADS if set)")
     p.add_argument("--skip_completed", action="store_true", help="start only the runs whose results.json is "
                    "missing or not completed (resume an interrupted sweep); refused when a completed run was run "
                    "with other flags than planned")

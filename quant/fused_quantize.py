@@ -106,7 +106,8 @@ if triton is not None:
                 inv_scale = tl.load(inv_scale_ptr)
         if FROM_RANGE:
             # IEEE divisions (div_rn), as torch's CUDA division and reciprocal; a NaN range stays
-            # NaN through the clamp, as with torch.clamp. Scales are >= 2^-126: no subnormals.
+            # NaN through the clamp, as with torch.clamp. Scales are >= 2^-126 (normal); the
+            # reciprocal of a huge scale is subnormal and kept (tests: range 3e38).
             scale = tl.math.div_rn(scale, fmt_max)
             scale = tl.where(scale < 1.1754943508222875e-38, 1.1754943508222875e-38, scale)  # 2^-126
             inv_scale = tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), scale)

@@ -149,7 +149,9 @@ def test_scale_from_a_range_matches_the_eager_path(device: str, token: str) -> N
     quotient is inexact, zero and subnormal ranges (clamped), and inf and NaN ranges."""
     fmt = parse_format(token)
     probe = _all_codes_probe(fmt, device)
-    ranges = [fmt.max, fmt.max * 0.37, 11.70470905303955, 3.0e-3, 1.0e-30, 0.0, 1.0e-40, float("inf"), float("nan")]
+    # 3e38: the scale's reciprocal is subnormal for the small formats (nothing may flush it to 0).
+    ranges = [fmt.max, fmt.max * 0.37, 11.70470905303955, 3.0e-3, 1.0e-30, 0.0, 1.0e-40, 3.0e38, float("inf"),
+              float("nan")]
     for value in ranges:
         value_range = torch.tensor([value], device=device)
         scale = scale_from_range(value_range, fmt)
@@ -159,11 +161,13 @@ def test_scale_from_a_range_matches_the_eager_path(device: str, token: str) -> N
 
 @needs_kernel
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("granularity", list(Granularity))
 @pytest.mark.parametrize("token", ["int8", "int4", "fp8_e4m3", "fp4_e2m1", "fp6_e2m3"])
 def test_scale_from_a_range_every_granularity(device: str, dtype: torch.dtype, granularity: Granularity,
                                               token: str) -> None:
+    if device == "cpu" and dtype is torch.bfloat16:
+        pytest.skip("Triton's interpreter truncates float32 -> bfloat16 (the GPU rounds to nearest even)")
     fmt = parse_format(token)
     generator = torch.Generator().manual_seed(11)
     x = (torch.randn(12, 3, 5, 7, generator=generator) * torch.rand(12, 1, 1, 1, generator=generator) * 9)
