@@ -118,6 +118,15 @@ def test_every_code_and_tie_matches_the_eager_path(device: str, token: str) -> N
         _check_against_eager(fused_fake_quantize, probe * scale_value, fmt, scale, scale, (token, scale_value))
 
 
+def _random_input(device: str, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """(12, 3, 5, 7) float32 on the CPU, 12 groups of different magnitudes. Skips bf16 under the
+    interpreter, which truncates float32 -> bfloat16 (the GPU rounds to nearest even)."""
+    if device == "cpu" and dtype is torch.bfloat16:
+        pytest.skip("Triton's interpreter truncates float32 -> bfloat16 (the GPU rounds to nearest even)")
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(12, 3, 5, 7, generator=generator) * torch.rand(12, 1, 1, 1, generator=generator) * 9
+
+
 @needs_kernel
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -125,12 +134,8 @@ def test_every_code_and_tie_matches_the_eager_path(device: str, token: str) -> N
 @pytest.mark.parametrize("token", ["int8", "int4", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1", "fp6_e2m3"])
 def test_random_tensors_every_granularity_and_dtype(device: str, dtype: torch.dtype, granularity: Granularity,
                                                     token: str) -> None:
-    if device == "cpu" and dtype is torch.bfloat16:
-        pytest.skip("Triton's interpreter truncates float32 -> bfloat16 (the GPU rounds to nearest even)")
     fmt = parse_format(token)
-    generator = torch.Generator().manual_seed(7)
-    x = (torch.randn(12, 3, 5, 7, generator=generator) * torch.rand(12, 1, 1, 1, generator=generator) * 9)
-    x = x.to(dtype).to(device)
+    x = _random_input(device, dtype, seed=7).to(dtype).to(device)
     scale = compute_scale(x, fmt, granularity, dim=0 if granularity is Granularity.PER_CHANNEL else -1)
     if granularity is not Granularity.PER_TENSOR:  # clip some elements too
         scale = scale * 0.6
@@ -166,11 +171,8 @@ def test_scale_from_a_range_matches_the_eager_path(device: str, token: str) -> N
 @pytest.mark.parametrize("token", ["int8", "int4", "fp8_e4m3", "fp4_e2m1", "fp6_e2m3"])
 def test_scale_from_a_range_every_granularity(device: str, dtype: torch.dtype, granularity: Granularity,
                                               token: str) -> None:
-    if device == "cpu" and dtype is torch.bfloat16:
-        pytest.skip("Triton's interpreter truncates float32 -> bfloat16 (the GPU rounds to nearest even)")
     fmt = parse_format(token)
-    generator = torch.Generator().manual_seed(11)
-    x = (torch.randn(12, 3, 5, 7, generator=generator) * torch.rand(12, 1, 1, 1, generator=generator) * 9)
+    x = _random_input(device, dtype, seed=11)
     x[3] = 0.0  # a group whose range is 0
     x = x.to(dtype).to(device)
     dim = 0 if granularity is Granularity.PER_CHANNEL else -1
