@@ -13,7 +13,13 @@ import math
 import sys
 from typing import NoReturn, Sequence
 
-from eval.run_args import SEARCH_ONLY_FLAGS, ignored_flags_note, resolve_run_args, single_option_note
+from eval.run_args import (
+    SEARCH_ONLY_FLAGS,
+    ignored_flags_note,
+    load_config_note,
+    resolve_run_args,
+    single_option_note,
+)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -179,7 +185,8 @@ def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
     g.add_argument("--exp_name", default=None, help="run name (default: built from the main flags)")
     g.add_argument("--output_root_dir", default="output", help="runs go to OUTPUT_ROOT_DIR/TASK/EXP_NAME")
     g.add_argument("--save_strategy", default=None, help="no, steps, epoch or best (checkpoints; best: whenever the "
-                   "task's main metric improves at an evaluation). Default: steps when --save_steps is given, else no")
+                   "task's main metric improves at an evaluation; final_model/ is still the last step's). Default: "
+                   "steps when --save_steps is given, else no")
     g.add_argument("--save_steps", type=int, default=None, help="with --save_strategy steps (default 500)")
     g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint-N directory of this run to resume, "
                    "or the run directory (its latest checkpoint)")
@@ -205,7 +212,7 @@ def parse_run_args(argv: Sequence[str] | None = None, prog: str = "eval_run") ->
     except ValueError as error:
         parser.error(str(error))
     for note in (ignored_flags_note(args, {name: parser.get_default(name) for name in SEARCH_ONLY_FLAGS}),
-                 single_option_note(args)):
+                 single_option_note(args), load_config_note(args)):
         if note is not None:
             sys.stderr.write(f"{prog}: {note}\n")
     return args

@@ -203,6 +203,8 @@ def _run(args: argparse.Namespace, prepared: tuple[Any, Any], run_dir: Path, sta
     search = None
     if args.mode == "search":
         trainer.finalize_search(args.bn_recalibration_batches)
+        if _is_main_process():  # now with the formats it found (before: the search's placeholders)
+            (run_dir / "model.txt").write_text(str(setup.model) + "\n")
     metrics = trainer.evaluate()
     close_tensorboard(trainer)  # flushes the final evaluation's events
     if args.mode == "search":

@@ -256,6 +256,42 @@ def check_load_config(args: argparse.Namespace) -> None:
         if data.get(key) != value:
             raise ValueError(f"--load_config {path!r} is a {key} {data.get(key)!r} run, but {flag} is {value!r}; pass "
                              f"{flag} {data.get(key)}")
+    differing = load_config_scale_differences(args, data.get("args") or {})
+    if differing and args.eval_only:  # re-evaluating that run's model: other scales give another model
+        raise ValueError(f"--load_config {path!r} was run with other scales ({', '.join(differing)}); to evaluate its "
+                         f"model pass the same: {' '.join(_scale_flags(data['args']))}")
+
+
+# How a quantized layer scales (eval.eval_parse's flags); --load_config takes only the formats.
+SCALE_FLAGS = ("per_channel", "per_token", "weight_range_percentile", "act_range_percentile")
+
+
+def load_config_scale_differences(args: argparse.Namespace, loaded_args: dict) -> list[str]:
+    """`--flag loaded -> this run` for each scale setting in which this run differs from the run
+    its --load_config comes from (settings that run did not record are not compared)."""
+    return [f"--{key} {loaded_args[key]} -> {getattr(args, key)}" for key in SCALE_FLAGS
+            if key in loaded_args and loaded_args[key] != getattr(args, key)]
+
+
+def _scale_flags(loaded_args: dict) -> list[str]:
+    """The command-line flags that give a run `loaded_args`' scale settings."""
+    flags = [f"--{key}" for key in ("per_channel", "per_token") if loaded_args.get(key)]
+    flags += [f"--{key} {loaded_args[key]:g}" for key in ("weight_range_percentile", "act_range_percentile")
+              if key in loaded_args]
+    return flags
+
+
+def load_config_note(args: argparse.Namespace) -> str | None:
+    """A note for a training run whose --load_config run scaled its layers otherwise (retraining
+    an assignment with other scales can be intended; evaluating one is refused above)."""
+    if args.load_config is None or args.eval_only:
+        return None
+    loaded_args = (json.loads(Path(args.load_config).read_text()).get("args") or {})
+    differing = load_config_scale_differences(args, loaded_args)
+    if not differing:
+        return None
+    return (f"note: --load_config takes the formats of a run with other scales ({', '.join(differing)}); this run "
+            f"trains with its own (for that run's: {' '.join(_scale_flags(loaded_args))})")
 
 
 def _check_training_names(args: argparse.Namespace) -> None:

@@ -196,8 +196,17 @@ def run_tensorboard_callback(log_dir: Path):
     from transformers.integrations import TensorBoardCallback
 
     class RunTensorBoardCallback(TensorBoardCallback):
+        # A resumed run drops what the earlier attempt logged after its checkpoint (TensorBoard
+        # would show two values per step): once, on the first writer after resuming.
+        purge_step: int | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.purge_step = state.global_step + 1 if state.global_step > 0 else None
+            return super().on_train_begin(args, state, control, **kwargs)
+
         def _init_summary_writer(self, *unused: Any, **unused_kwargs: Any) -> None:
-            self.tb_writer = SummaryWriter(log_dir=str(log_dir))
+            self.tb_writer = SummaryWriter(log_dir=str(log_dir), purge_step=self.purge_step)
+            self.purge_step = None
 
     # The writer opens on the first train-begin or log event: building the trainer writes nothing.
     return RunTensorBoardCallback()

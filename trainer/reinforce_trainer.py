@@ -80,6 +80,9 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterator[dict[str, Any]], p
     model.train(was_training)
     return used
 LOG_PREFIX = "search/"
+# Logged as their sum over the steps since the previous log (a count); every other search log is
+# the mean over those steps.
+SUMMED_LOGS = frozenset({"non_finite_steps"})
 
 
 @dataclass(frozen=True)
@@ -323,7 +326,7 @@ class ReinforceTrainer(Trainer):
         logs = self._pending_logs
         logs["cost"].append(cost)
         logs["cost_ratio"].append(cost / config.cost_target)
-        logs["non_finite_steps"].append(float(self.non_finite_steps))
+        logs["non_finite_steps"].append(0.0 if quality is not None else 1.0)
         if quality is not None:
             breakdown = compute_reward(config.cost_function, cost, config.cost_beta, config.cost_target, quality)
             reward = breakdown.reward
@@ -336,7 +339,10 @@ class ReinforceTrainer(Trainer):
         advantages = self._advantages(sample, reward, quality, cost)
         logs["reward"].append(reward)
         logs["advantage"].append(float(advantages.mean()))
-        logs["baseline_ema"].append(float(self.baseline.value))
+        # The EMA follows the reward with --advantage global, and the quality with per_decision
+        # (whose baselines are the expected rewards at that quality): named for what it holds.
+        ema_name = "baseline_ema" if config.advantage is AdvantageMode.GLOBAL else "quality_ema"
+        logs[ema_name].append(float(self.baseline.value))
         if not searching:
             return
         beta = entropy_beta(step, schedule=config.entropy_schedule, delay_steps=config.delay_steps,
@@ -438,7 +444,7 @@ class ReinforceTrainer(Trainer):
         # last training log): attach the search metrics of the steps since the previous one.
         if ("loss" in logs or "train_loss" in logs) and self._pending_logs:
             for key, values in self._pending_logs.items():
-                logs[LOG_PREFIX + key] = sum(values) / len(values)
+                logs[LOG_PREFIX + key] = sum(values) if key in SUMMED_LOGS else sum(values) / len(values)
             self._pending_logs = defaultdict(list)
             logs.update(self.probability_logs())
         super().log(logs, start_time)

@@ -252,6 +252,23 @@ def test_load_config_must_be_a_completed_run_of_this_task_and_model(capsys, tmp_
     assert parse_run_args(["--load_config", str(tmp_path / "r.json"), "--eval_only"]).mode == "loaded"
 
 
+def test_load_config_with_other_scales_is_refused_for_evaluation_and_noted_for_training(capsys, tmp_path):
+    scales = {"per_channel": True, "per_token": False, "weight_range_percentile": 100.0, "act_range_percentile": 99.0}
+    write_results(tmp_path / "r.json", args=scales)
+    err = error_of(["--load_config", str(tmp_path / "r.json"), "--eval_only"], capsys)
+    assert err == (f"eval_run: error: --load_config '{tmp_path / 'r.json'}' was run with other scales (--per_channel "
+                   "True -> False, --act_range_percentile 99.0 -> 100.0); to evaluate its model pass the same: "
+                   "--per_channel --weight_range_percentile 100 --act_range_percentile 99 (see --help)\n")
+    args = parse_run_args(["--load_config", str(tmp_path / "r.json"), "--eval_only", "--per_channel",
+                           "--act_range_percentile", "99"])
+    assert (args.per_channel, args.act_range_percentile) == (True, 99.0) and capsys.readouterr().err == ""
+    parse_run_args(["--load_config", str(tmp_path / "r.json"), "--max_steps", "3"])  # retraining: may be meant
+    assert capsys.readouterr().err == (
+        "eval_run: note: --load_config takes the formats of a run with other scales (--per_channel True -> False, "
+        "--act_range_percentile 99.0 -> 100.0); this run trains with its own (for that run's: --per_channel "
+        "--weight_range_percentile 100 --act_range_percentile 99)\n")
+
+
 def test_checkpoint_flags_resolve(tmp_path):
     run_dir = tmp_path / "run"
     for step in (5, 40, 10, 50):

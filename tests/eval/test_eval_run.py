@@ -396,3 +396,24 @@ def test_a_subset_larger_than_the_split_is_named(tmp_path, capsys):
     assert code == 0
     assert ("eval_run: note: --max_eval_samples 5000 is more than the 360 rows of the validation split; using all of "
             "them\n") in capsys.readouterr().err
+
+
+def test_a_resumed_run_drops_what_the_earlier_attempt_logged_after_its_checkpoint(tmp_path):
+    """TensorBoard: resuming from checkpoint-4 of an 8-step run replaces its steps 5-8 (they were
+    logged twice, with different values); a search's model.txt shows the formats it found."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    code, _, run_dir = run(tmp_path, *RESNET_TINY, "--search", "--exp_name", "r", "--save_steps", "4")
+    assert code == 0
+    first = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    assert [e.step for e in first.Scalars("train/loss")] == [4, 8]  # --log_steps 4
+    assert main([*RESNET_TINY, "--search", "--exp_name", "r", "--save_steps", "4", *FAST,
+                 "--output_root_dir", str(tmp_path), "--resume_from_checkpoint", str(run_dir / "checkpoint-4")]) == 0
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [4, 8]
+    assert [e.step for e in events.Scalars("train/search/reward")] == [4, 8]
+    results = json.loads((run_dir / "results.json").read_text())
+    model_text = (run_dir / "model.txt").read_text()
+    for layer in results["layers"].values():
+        assert f"weight_format={layer['weight_format']}, act_format={layer['act_format']}" in model_text
+    assert "weight_format=none" not in model_text

@@ -97,11 +97,16 @@ class NaNWithInt2(ToyModel):
 
 
 def test_non_finite_samples_never_touch_the_weights(tmp_path):
-    trainer = make_trainer(str(tmp_path), model=NaNWithInt2(), search_space="int2", steps=30)
+    trainer = make_trainer(str(tmp_path), model=NaNWithInt2(), search_space="int2", steps=30,
+                           training_overrides=dict(logging_steps=10))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.train()
     after = trainer.model.state_dict()
     assert trainer.non_finite_steps == 30
+    # Logged per window: the steps dropped since the previous log (every step here).
+    logged = [entry["search/non_finite_steps"] for entry in trainer.state.log_history
+              if "search/non_finite_steps" in entry]
+    assert logged == [10.0, 10.0, 10.0]
     for key in before:
         if key.endswith("num_batches_tracked"):
             continue
@@ -184,13 +189,24 @@ def test_non_finite_samples_get_the_worst_reward_and_are_avoided(tmp_path):
     assert logged and logged[-1]["search/non_finite_steps"] > 0
 
 
+def test_the_global_advantage_logs_its_reward_baseline(tmp_path):
+    trainer = make_trainer(str(tmp_path), steps=20, delay_steps=5, advantage="global",
+                           training_overrides=dict(logging_steps=20))
+    trainer.train()
+    [log] = [entry for entry in trainer.state.log_history if "search/reward" in entry]
+    assert "search/quality_ema" not in log and math.isfinite(log["search/baseline_ema"])
+
+
 def test_search_metrics_reach_trainer_log_and_state(tmp_path):
     trainer = make_trainer(str(tmp_path), steps=200, max_entropy_beta=0.1, entropy_schedule="linear")
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "search/reward" in entry]
     assert [entry["step"] for entry in logs] == [50, 100, 150, 200]
-    for key in ("policy_loss", "entropy", "entropy_beta", "reward", "baseline_ema", "advantage", "cost", "cost_ratio"):
+    for key in ("policy_loss", "entropy", "entropy_beta", "reward", "quality_ema", "advantage", "cost", "cost_ratio",
+                "non_finite_steps"):
         assert f"search/{key}" in logs[-1], key
+    assert "search/baseline_ema" not in logs[-1]  # per_decision's EMA follows the quality, not the reward
+    assert logs[-1]["search/non_finite_steps"] == 0.0
     assert "search/policy_loss" not in logs[0]  # the first 50 steps are all warm-up
     # The logged entropy beta is the mean of the schedule over the logging window.
     expected = sum(entropy_beta(s, schedule="linear", delay_steps=100, total_steps=200, max_entropy_beta=0.1)
