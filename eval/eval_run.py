@@ -113,6 +113,16 @@ def _holds_completed_run(run_dir: Path) -> bool:
 TRAINER_EVAL_KEYS = ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch")
 
 
+def _best_checkpoint(args: argparse.Namespace, trainer: Any) -> dict[str, Any] | None:
+    """With --save_strategy best: the checkpoint with the best evaluation (its folder in the run
+    directory, the metric and its value). final_model/ and `metrics` stay the last step's."""
+    state = trainer.state
+    if args.save_strategy != "best" or state.best_model_checkpoint is None:
+        return None
+    return {"checkpoint": Path(state.best_model_checkpoint).name, "metric": trainer.args.metric_for_best_model,
+            "value": state.best_metric}
+
+
 def main_metric_of(metrics: dict[str, Any], task_main_metric: str) -> str:
     """The task's main metric, or with --metric (whose keys are its own) that metric's first
     value; eval_loss when it reports nothing else."""
@@ -238,7 +248,8 @@ def _run(args: argparse.Namespace, prepared: tuple[Any, Any], run_dir: Path, sta
                           "num_weights": costs[name].num_weights, "macs_per_sample": costs[name].macs_per_sample,
                           "memory_mib": layer.memory_cost(), "gbops": layer.compute_cost()}
                    for name, layer in layers.items()},
-        "search": search, "wall_time_s": time.time() - start, "versions": package_versions(), "device": device,
+        "search": search, "best_checkpoint": _best_checkpoint(args, trainer),
+        "wall_time_s": time.time() - start, "versions": package_versions(), "device": device,
     }
     if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)):
         results["status"], results["error"] = "failed", "non-finite evaluation metrics"

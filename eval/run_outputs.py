@@ -79,7 +79,7 @@ def failed_results(args: Mapping[str, Any], error: BaseException, traceback_text
         "error": f"{type(error).__name__}: {error}", "traceback": traceback_text,
         "exp_name": args.get("exp_name"), "task": args.get("task"), "model_type": args.get("model_type"),
         "method": args.get("mode"), "args": dict(args), "main_metric": None, "metrics": {},
-        "cost": None, "layers": {}, "search": None, "wall_time_s": wall_time_s,
+        "cost": None, "layers": {}, "search": None, "best_checkpoint": None, "wall_time_s": wall_time_s,
         "versions": package_versions(), "device": args.get("device"),
     }
 

@@ -25,6 +25,7 @@ def run(tmp_path: Path, *argv: str) -> tuple[int, dict, Path]:
 def test_uniform_baseline_on_digits(tmp_path):
     code, results, run_dir = run(tmp_path, *RESNET_TINY, "--weight_bits", "4", "--activation_bits", "fp8_e4m3")
     assert code == 0 and results["status"] == "completed" and results["method"] == "uniform"
+    assert results["best_checkpoint"] is None  # only with --save_strategy best
     for name in ("config.json", "model.txt", "output.txt", "final_model/config.json"):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "tensorboard").iterdir()) and not (run_dir / "runs").exists()  # every log in one place
@@ -154,6 +155,11 @@ def test_save_strategy_best_saves_at_an_improving_evaluation_and_resumes_from_th
     code, results, run_dir = run(tmp_path, *RESNET_TINY, "--bits", "8", "--save_strategy", "best", "--eval_steps", "4")
     saved = sorted(int(p.name.split("-")[1]) for p in run_dir.glob("checkpoint-*"))
     assert code == 0 and saved and set(saved) <= {4, 8} and (run_dir / "checkpoint-4").is_dir()  # the first is best
+    # results.json names the best one; its metrics are the last step's (final_model/).
+    best = results["best_checkpoint"]
+    assert best["checkpoint"] == f"checkpoint-{saved[-1]}" and best["metric"] == "eval_accuracy"
+    state = json.loads((run_dir / best["checkpoint"] / "trainer_state.json").read_text())
+    assert best["value"] == state["best_metric"]
     from eval.eval_parse import parse_run_args
 
     same = [*RESNET_TINY, "--bits", "8", "--save_strategy", "best", "--eval_steps", "4", *FAST, "--output_root_dir",
