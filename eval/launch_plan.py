@@ -177,14 +177,14 @@ def _name_pairs(pairs: list[tuple[str, str]], swept_keys: Sequence[str], own_nam
     unchanged, such as --device or --eval_steps), unless the entry has its own exp_name, which
     stands for them; then the swept ones. After a default name, only those it does not show (it
     shows the search-only keys for searches only)."""
+    dest = {k: resolve_key(parser, k).dest for k, _ in pairs}
     swept = [(k, v) for k, v in pairs if k in swept_keys]
     entry = [] if own_name else sorted(((k, v) for k, v in pairs if k not in swept_keys
-                                        and resolve_key(parser, k).dest not in NON_RESULT_ARGS),
-                                       key=lambda pair: resolve_key(parser, pair[0]).dest)
+                                        and dest[k] not in NON_RESULT_ARGS), key=lambda pair: dest[pair[0]])
     if given_name or own_name:
         return entry + swept
     shown = DEFAULT_NAME_KEYS if mode == "search" else DEFAULT_NAME_KEYS - SEARCH_NAME_KEYS
-    return [(k, v) for k, v in entry + swept if resolve_key(parser, k).dest not in shown]
+    return [(k, v) for k, v in entry + swept if dest[k] not in shown]
 
 
 def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),

@@ -275,10 +275,9 @@ def load_config_scale_differences(args: argparse.Namespace, loaded_args: dict) -
 
 def _scale_flags(loaded_args: dict) -> list[str]:
     """The command-line flags that give a run `loaded_args`' scale settings."""
-    flags = [f"--{key}" for key in ("per_channel", "per_token") if loaded_args.get(key)]
-    flags += [f"--{key} {loaded_args[key]:g}" for key in ("weight_range_percentile", "act_range_percentile")
-              if key in loaded_args]
-    return flags
+    values = [(key, loaded_args[key]) for key in SCALE_FLAGS if key in loaded_args]
+    return [f"--{key}" if isinstance(value, bool) else f"--{key} {value:g}" for key, value in values
+            if value is not False]
 
 
 def load_config_note(args: argparse.Namespace) -> str | None:

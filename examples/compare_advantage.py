@@ -21,9 +21,8 @@ import torch  # noqa: E402
 
 from transformers.trainer_callback import PrinterCallback  # noqa: E402
 
+from tests.trainer.toy_search_problem import DELAY_STEPS as TOY_DELAY_STEPS  # noqa: E402
 from tests.trainer.toy_search_problem import make_trainer  # noqa: E402
-
-TOY_DELAY_STEPS = 100  # the toy problem's delay: the policy learns only after it
 
 
 def main() -> None:

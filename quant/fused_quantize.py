@@ -221,10 +221,10 @@ def verified_on(device: torch.device, eager: EagerForward, scale_from_range: Sca
         ranges = torch.tensor([[300.0], [0.0], [1e-40]], device=device)
         rows = probe[:4096].view(64, 64)
         row_ranges = torch.linspace(0.0, 600.0, 64, device=device).view(64, 1)
+        given_scale = torch.tensor([0.37], device=device)
         for token in ("int8", "int4", "fp8_e4m3", "fp4_e2m1"):
             fmt = parse_format(token)
-            cases = [(fused_fake_quantize(probe, fmt, torch.tensor([0.37], device=device), need_mask=True),
-                      torch.tensor([0.37], device=device))]
+            cases = [(fused_fake_quantize(probe, fmt, given_scale, need_mask=True), given_scale)]
             cases += [(fused_fake_quantize_from_range(probe, fmt, r, need_mask=True), scale_from_range(r, fmt))
                       for r in ranges]
             for fused, scale in cases:

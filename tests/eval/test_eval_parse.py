@@ -331,7 +331,7 @@ def test_every_flag_has_help_and_abbreviations_are_refused(capsys):
     text = create_arg_parser().format_help()
     # A default resolved from other flags is explained by the help, not shown as "None".
     assert "(default: None)" not in text and "(default: 42)" in text
-    assert _DefaultsFormatter  # the parser's formatter
+    assert create_arg_parser().formatter_class is _DefaultsFormatter
 
 
 def test_unknown_flag_is_one_line(capsys):
