@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from dataclasses import replace
 from typing import Any
 
 from benchmarks.common import (
@@ -32,11 +33,17 @@ DEFAULT_FIXED_FORMATS = "int8,fp8_e4m3"
 REFERENCE = "float"
 
 
-def step_variants(fixed_formats: list[str], search_space: list[str], reward_sources: list[str]) -> list[StepVariant]:
-    variants = [StepVariant(REFERENCE, "float")]
-    variants += [StepVariant(f"fixed_{f}", "fixed", (f,)) for f in fixed_formats]
-    variants += [StepVariant(f"search_{source}", "search", tuple(search_space), source) for source in reward_sources]
-    return variants
+PER_LAYER_SUFFIX = "_per_layer"
+
+
+def step_variants(fixed_formats: list[str], search_space: list[str], reward_sources: list[str],
+                  per_layer_weights: bool = False) -> list[StepVariant]:
+    """float, fixed_<format> per format, search_<source> per reward source; with
+    `per_layer_weights`, each quantized variant again as <name>_per_layer."""
+    quantized = [StepVariant(f"fixed_{f}", "fixed", (f,)) for f in fixed_formats]
+    quantized += [StepVariant(f"search_{source}", "search", tuple(search_space), source) for source in reward_sources]
+    twins = [replace(v, name=v.name + PER_LAYER_SUFFIX, per_layer_weights=True) for v in quantized]
+    return [StepVariant(REFERENCE, "float"), *quantized, *(twins if per_layer_weights else [])]
 
 
 def run_case(case, variants: list[StepVariant], args: argparse.Namespace, device) -> dict[str, Any]:
@@ -53,9 +60,12 @@ def run_case(case, variants: list[StepVariant], args: argparse.Namespace, device
     rows = []
     for variant in variants:
         timing = timings[variant.name]
+        twin = variant.name + PER_LAYER_SUFFIX
         rows.append({**timing.summary(), "kind": variant.kind.value, "formats": list(variant.formats),
                      "reward_source": variant.reward_source if variant.kind.value == "search" else None,
-                     "ratio_to_float": median_ratio(timings, variant.name, REFERENCE)})
+                     "per_layer_weights": variant.per_layer_weights,
+                     "ratio_to_float": median_ratio(timings, variant.name, REFERENCE),
+                     "ratio_to_per_layer": median_ratio(timings, variant.name, twin) if twin in timings else None})
     return {"model": case.name, "model_type": case.model_type, "batch_size": case.batch_size,
             "image_size": case.image_size, "seq_length": case.seq_length, "quantized_layers": layers,
             "variants": rows}
@@ -76,6 +86,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--reward_sources", default="train,heldout", help="search variants (default train,heldout)")
     parser.add_argument("--per_channel", action="store_true", help="per-output-channel weight scales")
     parser.add_argument("--per_token", action="store_true", help="per-token activation scales")
+    parser.add_argument("--per_layer_weights", action="store_true",
+                        help="also time every quantized variant with each layer quantizing its own weight "
+                             "(as <name>_per_layer; the grouped weights of quant/weight_group.py taken off)")
     args = parser.parse_args(argv)
     device = setup_runtime(args)
     environment = environment_info(device, args.threads, resolve_clock(args))  # load before the run
@@ -85,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if bad:
         raise ValueError(f"--reward_sources {bad} unknown; valid: train, heldout")
     variants = step_variants([f.strip() for f in args.fixed_formats.split(",") if f.strip()],
-                             [f.strip() for f in args.search_space.split(",")], sources)
+                             [f.strip() for f in args.search_space.split(",")], sources, args.per_layer_weights)
 
     results = [run_case(case, variants, args, device) for case in cases]
     rows = [[r["model"], v["name"], v["median_ms"], v["iqr_ms"], v["ratio_to_float"]]

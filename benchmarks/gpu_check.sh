@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every benchmark on one CUDA GPU (H100/H200, torch 2.11), offline, in about 4.5 minutes.
+# Every benchmark on one CUDA GPU (H100/H200, torch 2.11), offline, in about 6 minutes.
 #
 #   bash benchmarks/gpu_check.sh            # results under ${OUT:-benchmarks/out}
 #
@@ -11,8 +11,9 @@
 #              the CPU, the fused kernel to the eager path (every code of 15 formats); an fp16
 #              search (GradScaler) drops non-finite samples
 #   quantizer  fake-quant throughput vs copy and torch's kernels (64M elements)
-#   step       float / fixed-format / search step of ResNet-18 (b128, 224px), BERT-base (b32, s128)
-#   profile    the same steps' host work, host waits and device work (torch.profiler)
+#   step       float / fixed-format / search step of ResNet-18 (b128, 224px), BERT-base (b32, s128);
+#              the quantized ones also with per-layer weight quantization (<name>_per_layer), side by side
+#   profile    the same steps' host work, host waits, launches and device work (torch.profiler)
 #   overhead   the search's own host work per step, part by part (ResNet-18)
 #   memory     peak memory of fixed-format and search (2, 4, 8 options)
 #   compile    the quantizer with a torch.compile'd core (bit-exactness checked)
@@ -74,10 +75,10 @@ fi
 run_step gpu_tests 150 "$PY" -m pytest tests/quant tests/trainer -m gpu -q -p no:cacheprovider
 run_step quantizer 120 "$PY" -m benchmarks.bench_quantizer --device cuda --repeats 20 \
   --out "$OUT_DIR/quantizer_gpu.json"
-run_step step 240 "$PY" -m benchmarks.bench_search_step --device cuda --preset gpu --repeats 20 \
-  --out "$OUT_DIR/step_gpu.json"
-run_step profile 120 "$PY" -m benchmarks.profile_step --device cuda --preset gpu --repeats 10 --steps 3 \
-  --out "$OUT_DIR/profile_gpu.json"
+run_step step 300 "$PY" -m benchmarks.bench_search_step --device cuda --preset gpu --repeats 20 \
+  --per_layer_weights --out "$OUT_DIR/step_gpu.json"
+run_step profile 150 "$PY" -m benchmarks.profile_step --device cuda --preset gpu --repeats 10 --steps 3 \
+  --per_layer_weights --out "$OUT_DIR/profile_gpu.json"
 run_step overhead 90 "$PY" -m benchmarks.bench_search_overhead --device cuda --preset gpu --models resnet18 \
   --repeats 10 --out "$OUT_DIR/overhead_gpu.json"
 run_step memory 180 "$PY" -m benchmarks.bench_memory --device cuda --preset gpu \

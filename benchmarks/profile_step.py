@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="fixed-format variants (default int8)")
     parser.add_argument("--search_space", default=DEFAULT_SEARCH_SPACE,
                         help=f"options of the search variant (default {DEFAULT_SEARCH_SPACE})")
+    parser.add_argument("--per_layer_weights", action="store_true",
+                        help="also profile the quantized variants with each layer quantizing its own weight "
+                             "(as <name>_per_layer)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.top < 1:
         parser.error(f"--steps and --top must be >= 1, got {args.steps} and {args.top}")
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     environment = environment_info(device, args.threads, "wall")
     preset, cases = chosen_cases(args)
     variants = step_variants([f.strip() for f in args.fixed_formats.split(",") if f.strip()],
-                             [f.strip() for f in args.search_space.split(",")], ["train"])
+                             [f.strip() for f in args.search_space.split(",")], ["train"], args.per_layer_weights)
     results = [run_case(case, variants, args, device) for case in cases]
     rows = [[r["model"], v["name"], v["wall_ms"], v["device_busy_ms"], v["profiled_wall_ms"], v["host_busy_ms"],
              v["host_wait_ms"], v["launches_per_step"], v["kernels_per_step"]] for r in results for v in r["variants"]]

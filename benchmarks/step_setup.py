@@ -102,6 +102,9 @@ class StepVariant:
     kind: VariantKind
     formats: tuple[str, ...] = ()  # FIXED: one format; SEARCH: the options
     reward_source: str = "train"  # SEARCH only: train or heldout
+    # Quantize each layer's weight in its own forward (quant/weight_group.py taken off): the
+    # code before grouped weights, for side-by-side comparisons.
+    per_layer_weights: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", VariantKind(self.kind))
@@ -109,6 +112,8 @@ class StepVariant:
         if not expected[0] <= len(self.formats) <= expected[1]:
             raise ValueError(f"variant {self.name!r} of kind {self.kind.value} needs {expected[0]}..{expected[1]} "
                              f"formats, got {list(self.formats)}")
+        if self.per_layer_weights and self.kind is VariantKind.FLOAT:
+            raise ValueError(f"variant {self.name!r}: per_layer_weights needs quantized layers, not kind float")
 
 
 def build_float_model(case: ModelCase, seed: int) -> nn.Module:
@@ -164,6 +169,7 @@ def build_trainer(case: ModelCase, variant: StepVariant, *, device: torch.device
     from eval.eval_partitions import LayerSelection, select_layers
     from quant.formats import parse_format, parse_format_list
     from quant.quant_module import QuantConfig
+    from quant import weight_group
     from quant.surgery import QuantSpec, quantize_model, record_geometry
     from trainer.reinforce_config import ReinforceConfig
     from trainer.reinforce_trainer import ReinforceTrainer
@@ -179,6 +185,8 @@ def build_trainer(case: ModelCase, variant: StepVariant, *, device: torch.device
         start = parse_format(variant.formats[0])
         config = QuantConfig(weight_format=start, act_format=start, per_channel=per_channel, per_token=per_token)
         model, layers = quantize_model(model, QuantSpec(tuple(names), config))
+        if variant.per_layer_weights:
+            weight_group.uninstall(model)
         record_geometry(model, {k: v[:1] for k, v in batch.items() if k != "labels"}, layers)
     args = TrainingArguments(
         output_dir=output_dir, per_device_train_batch_size=case.batch_size,

@@ -72,6 +72,12 @@ def step_lines(path: Path, payload: dict[str, Any]) -> list[Line]:
     device, lines = _device(payload), []
     for result in payload["results"]:
         for v in result["variants"]:
+            if v.get("per_layer_weights"):  # the comparison's other side: no goal of its own
+                lines.append(Line(path.name, result["model"], f"{v['name']} step / float", v["ratio_to_float"], device))
+                continue
+            if v.get("ratio_to_per_layer") is not None:
+                lines.append(Line(path.name, result["model"], f"{v['name']} step / per-layer weights",
+                                  v["ratio_to_per_layer"], device))
             if v["name"].startswith("fixed_"):
                 lines.append(Line(path.name, f"{result['model']} {v['name']}", "fixed-format step / float",
                                   v["ratio_to_float"], device))

@@ -86,6 +86,42 @@ def kernel_params(fmt: NumberFormat) -> KernelParams | None:
 if triton is not None:
 
     @triton.jit
+    def scale_from_range_rn(value_range, fmt_max):
+        """(scale, 1 / scale) from a range, as eager's `scale_from_range` and `torch.reciprocal`.
+
+        IEEE divisions (div_rn), as torch's CUDA division and reciprocal; a NaN range stays NaN
+        through the clamp, as with torch.clamp. Scales are >= 2^-126 (normal); the reciprocal of
+        a huge scale is subnormal and kept (tests: range 3e38)."""
+        scale = tl.math.div_rn(value_range, fmt_max)
+        scale = tl.where(scale < 1.1754943508222875e-38, 1.1754943508222875e-38, scale)  # 2^-126
+        inv_scale = tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), scale)
+        return scale, inv_scale
+
+    @triton.jit
+    def fake_quantize_values(x, scale, inv_scale, lo, hi, step_min_bits, step_max_bits, man_shift):
+        """(Q(x / scale) * scale in float32, pass mask) for float32 x: the formula above."""
+        y = x * inv_scale
+        c = tl.where(y < lo, lo, tl.where(y > hi, hi, y))  # NaN stays NaN, as torch.clamp
+        step_bits = (c.to(tl.int32, bitcast=True) & 0x7F800000) - man_shift
+        step_bits = tl.minimum(tl.maximum(step_bits, step_min_bits), step_max_bits)
+        step = step_bits.to(tl.float32, bitcast=True)
+        inv_step = (0x7F000000 - step_bits).to(tl.float32, bitcast=True)  # 2^-k from 2^k: exact
+        v = c * inv_step
+        r = (v + 12582912.0) - 12582912.0  # 1.5 * 2^23: rounds |v| <= 2^22 half to even
+        # Keep v's sign so that -0.4 rounds to -0.0 as torch.round does.
+        v_bits = v.to(tl.int32, bitcast=True)
+        r_bits = (r.to(tl.int32, bitcast=True) & 0x7FFFFFFF) | (v_bits ^ (v_bits & 0x7FFFFFFF))
+        return (r_bits.to(tl.float32, bitcast=True) * step) * scale, y == c
+
+    @triton.jit
+    def store_in_dtype(ptr, values, mask):
+        """Store float32 `values` in ptr's dtype; bf16 / fp16 round to nearest even, as torch's .to()."""
+        if ptr.dtype.element_ty == tl.float32:
+            tl.store(ptr, values, mask=mask)
+        else:
+            tl.store(ptr, values.to(ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask)
+
+    @triton.jit
     def _fake_quantize_kernel(x_ptr, scale_ptr, inv_scale_ptr, out_ptr, pass_ptr, n, inner, fmt_max,
                               lo, hi, step_min_bits, step_max_bits, man_shift,
                               PER_GROUP: tl.constexpr, FROM_RANGE: tl.constexpr, WRITE_PASS: tl.constexpr,
@@ -105,30 +141,11 @@ if triton is not None:
             if not FROM_RANGE:
                 inv_scale = tl.load(inv_scale_ptr)
         if FROM_RANGE:
-            # IEEE divisions (div_rn), as torch's CUDA division and reciprocal; a NaN range stays
-            # NaN through the clamp, as with torch.clamp. Scales are >= 2^-126 (normal); the
-            # reciprocal of a huge scale is subnormal and kept (tests: range 3e38).
-            scale = tl.math.div_rn(scale, fmt_max)
-            scale = tl.where(scale < 1.1754943508222875e-38, 1.1754943508222875e-38, scale)  # 2^-126
-            inv_scale = tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), scale)
-        y = x * inv_scale
-        c = tl.where(y < lo, lo, tl.where(y > hi, hi, y))  # NaN stays NaN, as torch.clamp
-        step_bits = (c.to(tl.int32, bitcast=True) & 0x7F800000) - man_shift
-        step_bits = tl.minimum(tl.maximum(step_bits, step_min_bits), step_max_bits)
-        step = step_bits.to(tl.float32, bitcast=True)
-        inv_step = (0x7F000000 - step_bits).to(tl.float32, bitcast=True)  # 2^-k from 2^k: exact
-        v = c * inv_step
-        r = (v + 12582912.0) - 12582912.0  # 1.5 * 2^23: rounds |v| <= 2^22 half to even
-        # Keep v's sign so that -0.4 rounds to -0.0 as torch.round does.
-        v_bits = v.to(tl.int32, bitcast=True)
-        r_bits = (r.to(tl.int32, bitcast=True) & 0x7FFFFFFF) | (v_bits ^ (v_bits & 0x7FFFFFFF))
-        out = (r_bits.to(tl.float32, bitcast=True) * step) * scale
-        if out_ptr.dtype.element_ty == tl.float32:
-            tl.store(out_ptr + offs, out, mask=in_range)
-        else:  # bf16 / fp16: round to nearest even, as torch's .to()
-            tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=in_range)
+            scale, inv_scale = scale_from_range_rn(scale, fmt_max)
+        out, passes = fake_quantize_values(x, scale, inv_scale, lo, hi, step_min_bits, step_max_bits, man_shift)
+        store_in_dtype(out_ptr + offs, out, in_range)
         if WRITE_PASS:
-            tl.store(pass_ptr + offs, (y == c).to(tl.uint8), mask=in_range)
+            tl.store(pass_ptr + offs, passes.to(tl.uint8), mask=in_range)
 
 
 def _scale_layout(x: torch.Tensor, scale: torch.Tensor) -> int | None:

@@ -42,6 +42,7 @@ from onnx import numpy_helper
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from quant import weight_group
 from quant.formats import CastFormat, FloatFormat, IntFormat, NumberFormat, SpecialCodes, parse_format
 from quant.packing import grid_values_and_scale
 from quant.quant_module import QuantModule
@@ -334,27 +335,29 @@ def export_onnx(model: nn.Module, example_inputs: Mapping[str, torch.Tensor], pa
 
     was_training = model.training
     swapped = {name: _QDQLayer(layer, as_float=name in problems) for name, layer in layers.items()}
-    try:
-        with torch.no_grad():  # the output names: the non-None fields of a ModelOutput, in order
-            outputs = model.eval()(**example_inputs)
-        output_names = list(outputs.keys()) if isinstance(outputs, Mapping) else None
-        for name, stand_in in swapped.items():
-            _set_submodule(model, name, stand_in)
-        # Every dimension may vary but the image channels (which the first conv's weight fixes), and
-        # the image size of a ViT/DeiT (its position embeddings are one per patch of that size).
-        fixed = {("pixel_values", 1)}
-        if getattr(getattr(model, "config", None), "model_type", None) in FIXED_IMAGE_SIZE_MODEL_TYPES:
-            fixed |= {("pixel_values", 2), ("pixel_values", 3)}
-        dims = {key: {d: torch.export.Dim.AUTO for d in range(t.dim()) if (key, d) not in fixed}
-                for key, t in example_inputs.items()}
-        program = torch.onnx.export(model, (), kwargs=dict(example_inputs), dynamo=True, opset_version=opset,
-                                    custom_translation_table=TRANSLATION_TABLE, optimize=False, verbose=False,
-                                    output_names=output_names,
-                                    dynamic_shapes=dims if dynamic else None)
-    finally:
-        for name, layer in layers.items():
-            _set_submodule(model, name, layer)  # type: ignore[arg-type]
-        model.train(was_training)
+    # The stand-ins quantize their own weights: the grouped weight hooks stay out of the trace.
+    with weight_group.paused(model):
+        try:
+            with torch.no_grad():  # the output names: the non-None fields of a ModelOutput, in order
+                outputs = model.eval()(**example_inputs)
+            output_names = list(outputs.keys()) if isinstance(outputs, Mapping) else None
+            for name, stand_in in swapped.items():
+                _set_submodule(model, name, stand_in)
+            # Every dimension may vary but the image channels (which the first conv's weight fixes), and
+            # the image size of a ViT/DeiT (its position embeddings are one per patch of that size).
+            fixed = {("pixel_values", 1)}
+            if getattr(getattr(model, "config", None), "model_type", None) in FIXED_IMAGE_SIZE_MODEL_TYPES:
+                fixed |= {("pixel_values", 2), ("pixel_values", 3)}
+            dims = {key: {d: torch.export.Dim.AUTO for d in range(t.dim()) if (key, d) not in fixed}
+                    for key, t in example_inputs.items()}
+            program = torch.onnx.export(model, (), kwargs=dict(example_inputs), dynamo=True, opset_version=opset,
+                                        custom_translation_table=TRANSLATION_TABLE, optimize=False, verbose=False,
+                                        output_names=output_names,
+                                        dynamic_shapes=dims if dynamic else None)
+        finally:
+            for name, layer in layers.items():
+                _set_submodule(model, name, layer)  # type: ignore[arg-type]
+            model.train(was_training)
     _optimize(program.model)
     proto = program.model_proto
     _fold_low_bit_casts(proto)

@@ -83,6 +83,9 @@ class QuantModule:
     _act_format: NumberFormat
     # (format, weight Parameter, its version counter) when the weight was marked prequantized.
     _prequantized_for: tuple[NumberFormat, torch.Tensor, int | None] | None
+    # Q(weight) computed with every other layer's at the start of the model's forward
+    # (quant/weight_group.py), set for the length of that forward only.
+    _grouped_weight: torch.Tensor | None = None
 
     def _init_quant(self, config: QuantConfig) -> None:
         self.weight_format = config.weight_format
@@ -145,6 +148,9 @@ class QuantModule:
         self.act_format = act_format
 
     def quantized_weight(self) -> torch.Tensor:
+        grouped = self._grouped_weight
+        if grouped is not None:
+            return grouped
         if self._prequantized_for is not None:
             if self.training:  # training changes the weight, possibly without a version bump
                 self._prequantized_for = None

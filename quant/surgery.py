@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from quant import weight_group
 from quant.formats import NumberFormat, parse_format
 from quant.quant_conv2d import QuantConv2d
 from quant.quant_linear import QuantConv1D, QuantLinear
@@ -140,7 +141,9 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> tuple[nn.Module, dict[s
             weight_format, act_format = spec.layer_formats[name]
             config = replace(config, weight_format=weight_format, act_format=act_format)
         _set_submodule(model, name, _quantized_copy(modules[name], config))
-    return model, quantized_layers(model)
+    layers = quantized_layers(model)
+    weight_group.install(model, list(layers.values()))  # one batch of weight quantization per forward
+    return model, layers
 
 
 def quantized_layers(model: nn.Module) -> dict[str, QuantModule]:
@@ -155,6 +158,7 @@ def has_low_bit_layers(layers: Mapping[str, QuantModule]) -> bool:
 
 def dequantize_model(model: nn.Module) -> nn.Module:
     """Swap every quantized layer back to its float class (parameters shared)."""
+    weight_group.uninstall(model)
     for name, module in list(quantized_layers(model).items()):
         _set_submodule(model, name, module.to_float())  # type: ignore[attr-defined]
     return model

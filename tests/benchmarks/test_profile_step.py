@@ -63,3 +63,10 @@ def test_flags_are_checked():
         main(["--steps", "0"])
     with pytest.raises(SystemExit):
         main(["--clock", "thread"])
+
+
+def test_per_layer_twins_are_profiled_too(tmp_path):
+    payload = main(["--models", "resnet-small", "--repeats", "1", "--warmup", "0", "--steps", "1", "--top", "1",
+                    "--per_layer_weights", "--out", str(tmp_path / "profile.json")])
+    names = [row["name"] for row in payload["results"][0]["variants"]]
+    assert names == ["float", "fixed_int8", "search_train", "fixed_int8_per_layer", "search_train_per_layer"]

@@ -37,6 +37,20 @@ def test_goals_depend_on_the_device(tmp_path):
     assert got[("resnet-small fixed_int8", "fixed-format step / float")] == (1.3, "-", "info")  # a CPU goal only
 
 
+def test_per_layer_twins_are_info_and_the_grouped_variants_get_their_ratio(tmp_path):
+    payload = step_payload("cuda:0", {"search_train": 1.2, "search_train_per_layer": 1.4})
+    rows = payload["results"][0]["variants"]
+    rows[1].update(ratio_to_per_layer=0.86)
+    rows[2].update(per_layer_weights=True, ratio_to_per_layer=None)
+    (tmp_path / "step_gpu.json").write_text(json.dumps(payload))
+    got = verdicts(tmp_path)
+    assert got == {
+        ("resnet-small", "search_train step / float"): (1.2, "<= 1.25", "PASS"),
+        ("resnet-small", "search_train step / per-layer weights"): (0.86, "-", "info"),
+        ("resnet-small", "search_train_per_layer step / float"): (1.4, "-", "info"),  # not the goal's variant
+    }
+
+
 def test_quantizer_goal_takes_the_worst_format(tmp_path):
     rows = [{"name": f"fq fwd {f}/per_tensor", "format": f, "granularity": "per_tensor", "pct_of_copy": pct}
             for f, pct in (("int8", 85.0), ("fp4_e2m1", 79.9))]

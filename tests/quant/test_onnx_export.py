@@ -225,3 +225,25 @@ def test_cli_writes_checkpoint_and_onnx_together(tmp_path, capsys):
         main([str(tmp_path / "run"), "--out", str(tmp_path / "out2"), "--onnx", "--image_size", "32"],
              load_run=lambda run_dir: (model, None))
     assert sorted(os.listdir(tmp_path)) == ["out"]  # the ONNX failure left no checkpoint behind
+
+
+def test_export_with_grouped_weights_on_traces_no_group_hook(tmp_path):
+    """With the grouped weight hooks active (mode "always" stands in for a GPU), the export
+    pauses them: the same graph as without, the same outputs, and the group back afterwards."""
+    from quant import weight_group
+
+    before = weight_group.get_mode()
+    weight_group.set_mode("always")
+    try:
+        model, inputs = tiny("resnet18", QuantConfig(), [("int8", "int8"), ("int4", "fp8_e4m3")])
+        model.train()  # grad on: the group would join every layer in a trace
+        report = export_onnx(model, inputs, tmp_path / "grouped.onnx")
+        assert "_fliqs_weight_group" in model.__dict__ and len(model._forward_pre_hooks) == 1
+        weight_group.set_mode("off")
+        plain = export_onnx(model, inputs, tmp_path / "plain.onnx")
+    finally:
+        weight_group.set_mode(before)
+    nodes = [n.op_type for n in onnx.load(str(tmp_path / "grouped.onnx")).graph.node]
+    assert nodes == [n.op_type for n in onnx.load(str(tmp_path / "plain.onnx")).graph.node]
+    assert report.num_quantize_linear == plain.num_quantize_linear
+    np.testing.assert_array_equal(ort_outputs(tmp_path / "grouped.onnx", inputs), ort_outputs(tmp_path / "plain.onnx", inputs))

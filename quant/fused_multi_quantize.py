@@ -1,0 +1,192 @@
+"""Per-tensor abs-max fake quantization of many tensors at once, in three GPU launches.
+
+A training step quantizes every layer's weight: on a GPU each call was two launches (the
+abs-max, then the fused kernel of quant/fused_quantize.py) plus ~60-90 us of host work (Python,
+autograd, Triton's launcher), and that host work, not the GPU, bounded the step (see
+benchmarks/RESULTS.md). Here all weights of one dtype take:
+
+    1. a memset of one int32 range per tensor;
+    2. `_multi_abs_max_kernel`: each block of BLOCK elements of tensor t takes max |x| as the
+       bit pattern of a non-negative float32 (those order as integers, and a NaN's is above
+       inf's, so NaN propagates as in torch's max) and atomically maxes it into range[t];
+    3. `_multi_fake_quantize_kernel`: each block derives its tensor's scale from range[t] and
+       writes Q(x / scale) * scale into one flat output, with the format read from a table.
+
+Tensors are reached through a table of their addresses, so nothing is copied in. Both kernels
+share the fused kernel's Triton helpers, so the result equals `quantize(x, fmt, per_tensor)`
+bit for bit (tests/quant/test_fused_multi_quantize.py, on CUDA and under TRITON_INTERPRET=1).
+No pass mask is written: under abs-max scaling no element of any INT or FP format can saturate
+(`quant_utils.abs_max_scaling_cannot_saturate`), so the straight-through gradient is the identity.
+"""
+from __future__ import annotations
+
+import functools
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from quant import fused_quantize
+from quant.formats import NumberFormat
+
+triton = fused_quantize.triton
+if triton is not None:
+    import triton.language as tl
+
+    from quant.fused_quantize import fake_quantize_values, scale_from_range_rn, store_in_dtype
+
+_BLOCK = 1024
+_LAYOUT_CACHE_SIZE = 16
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+if triton is not None:
+    _TL_DTYPE = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+    @triton.jit
+    def _block_of(x_ptrs, block_tensor_ptr, block_start_ptr, numel_ptr, X_DTYPE: tl.constexpr,
+                  BLOCK: tl.constexpr):
+        """(tensor index, its pointer, element offsets, in-range mask) of this program's block."""
+        block = tl.program_id(0)
+        t = tl.load(block_tensor_ptr + block)
+        start = tl.multiple_of(tl.load(block_start_ptr + block), BLOCK)
+        x_ptr = tl.load(x_ptrs + t).to(tl.pointer_type(X_DTYPE))
+        offs = start + tl.arange(0, BLOCK)
+        return t, x_ptr, offs, offs < tl.load(numel_ptr + t)
+
+    @triton.jit
+    def _multi_abs_max_kernel(x_ptrs, block_tensor_ptr, block_start_ptr, numel_ptr, range_bits_ptr,
+                              X_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+        t, x_ptr, offs, in_range = _block_of(x_ptrs, block_tensor_ptr, block_start_ptr, numel_ptr, X_DTYPE, BLOCK)
+        x = tl.load(x_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
+        bits = tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=0)  # |x| as ordered integers
+        tl.atomic_max(range_bits_ptr + t, bits)
+
+    @triton.jit
+    def _multi_fake_quantize_kernel(x_ptrs, block_tensor_ptr, block_start_ptr, numel_ptr, range_ptr,
+                                    params_ptr, out_ptr, out_offset_ptr,
+                                    X_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+        t, x_ptr, offs, in_range = _block_of(x_ptrs, block_tensor_ptr, block_start_ptr, numel_ptr, X_DTYPE, BLOCK)
+        x = tl.load(x_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
+        params = params_ptr + t * 6  # one row of 6 int32 per tensor (format_row)
+        fmt_max = tl.load(params).to(tl.float32, bitcast=True)
+        lo = tl.load(params + 1).to(tl.float32, bitcast=True)
+        hi = tl.load(params + 2).to(tl.float32, bitcast=True)
+        scale, inv_scale = scale_from_range_rn(tl.load(range_ptr + t), fmt_max)
+        out, _ = fake_quantize_values(x, scale, inv_scale, lo, hi, tl.load(params + 3),
+                                      tl.load(params + 4), tl.load(params + 5))
+        store_in_dtype(out_ptr + tl.load(out_offset_ptr + t) + offs, out, in_range)
+
+
+def _float_bits(value: float) -> int:
+    return struct.unpack("<i", struct.pack("<f", value))[0]
+
+
+@functools.lru_cache(maxsize=None)
+def format_row(fmt: NumberFormat) -> tuple[int, ...] | None:
+    """The kernel's table row for `fmt` (int32 values), or None when the kernel does not cover it."""
+    params = fused_quantize.kernel_params(fmt)
+    if params is None:
+        return None
+    return (_float_bits(float(fmt.max)), _float_bits(params.lo), _float_bits(params.hi),
+            params.step_min_bits, params.step_max_bits, params.man_shift)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Device tables for one list of tensors: their addresses, sizes, blocks and output slots."""
+
+    x_ptrs: torch.Tensor  # int64 (N,)
+    numels: torch.Tensor  # int64 (N,)
+    out_offsets: torch.Tensor  # int64 (N,): where tensor t starts in the flat output
+    block_tensor: torch.Tensor  # int32 (B,): the tensor of each block
+    block_start: torch.Tensor  # int32 (B,): the block's first element within its tensor
+    out_numel: int  # elements of the flat output (each slot padded to a 16-element boundary)
+    slot_sizes: tuple[int, ...]  # padded size per tensor, for splitting the flat output
+
+
+def _build_layout(device: torch.device, numels: Sequence[int], ptrs: Sequence[int]) -> _Layout:
+    blocks = [-(-n // _BLOCK) for n in numels]
+    slots = [-(-n // 16) * 16 for n in numels]  # 64-byte aligned slots keep every store aligned
+    offsets = [0]
+    for size in slots[:-1]:
+        offsets.append(offsets[-1] + size)
+    first_block = [0]
+    for count in blocks[:-1]:
+        first_block.append(first_block[-1] + count)
+    # Built on the host once per layout (cached), then copied: a few hundred KiB at most.
+    block_tensor = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32),
+                                           torch.tensor(blocks, dtype=torch.int64))
+    block_start = (torch.arange(len(block_tensor), dtype=torch.int64)
+                   - torch.tensor(first_block, dtype=torch.int64)[block_tensor.long()]) * _BLOCK
+    return _Layout(
+        x_ptrs=torch.tensor(ptrs, dtype=torch.int64, device=device),
+        numels=torch.tensor(numels, dtype=torch.int64, device=device),
+        out_offsets=torch.tensor(offsets, dtype=torch.int64, device=device),
+        block_tensor=block_tensor.to(device),
+        block_start=block_start.to(torch.int32).to(device),
+        out_numel=sum(slots),
+        slot_sizes=tuple(slots),
+    )
+
+
+_layouts: OrderedDict[tuple, _Layout] = OrderedDict()
+
+
+def _layout_for(tensors: Sequence[torch.Tensor]) -> _Layout:
+    """The cached tables of these tensors. Keyed by address and size: a training step updates the
+    weights in place, so the same tables serve every step."""
+    numels = [t.numel() for t in tensors]
+    ptrs = [t.data_ptr() for t in tensors]
+    key = (tensors[0].device, tuple(numels), tuple(ptrs))
+    layout = _layouts.get(key)
+    if layout is None:
+        layout = _layouts[key] = _build_layout(tensors[0].device, numels, ptrs)
+        if len(_layouts) > _LAYOUT_CACHE_SIZE:
+            _layouts.popitem(last=False)
+    else:
+        _layouts.move_to_end(key)
+    return layout
+
+
+def _upload(rows: list[int], device: torch.device) -> torch.Tensor:
+    """Copy a small int32 table to `device` without making the host wait for the GPU's queue
+    (a copy from pageable memory would synchronize the stream)."""
+    table = torch.tensor(rows, dtype=torch.int32, pin_memory=device.type == "cuda")
+    return table.to(device, non_blocking=True)
+
+
+def applies(tensors: Sequence[torch.Tensor], fmts: Sequence[NumberFormat]) -> bool:
+    """Whether `fused_multi_fake_quantize` covers these tensors and formats: Triton is available,
+    and the tensors are non-empty, contiguous, 16-byte aligned, on one device, of one float dtype,
+    below 2^31 elements each, and every format has a kernel row."""
+    if not fused_quantize.is_available() or not tensors or len(tensors) != len(fmts):
+        return False
+    device, dtype = tensors[0].device, tensors[0].dtype
+    if dtype not in _KERNEL_DTYPES:
+        return False
+    for x, fmt in zip(tensors, fmts):
+        if (x.device != device or x.dtype != dtype or not x.is_contiguous() or not 0 < x.numel() < 2**31
+                or x.data_ptr() % 16 or format_row(fmt) is None):
+            return False
+    return True
+
+
+def fused_multi_fake_quantize(tensors: Sequence[torch.Tensor], fmts: Sequence[NumberFormat]) -> list[torch.Tensor]:
+    """[Q(x / s) * s for each x, fmt] with s = max(max |x| / fmt.max, 2^-126) per tensor: the
+    per-tensor abs-max `quantize` of each tensor, as views of one new buffer. Needs `applies`."""
+    device, dtype = tensors[0].device, tensors[0].dtype
+    layout = _layout_for(tensors)
+    params = _upload([value for fmt in fmts for value in format_row(fmt)], device)  # type: ignore[union-attr]
+    range_bits = torch.zeros(len(tensors), dtype=torch.int32, device=device)
+    out = torch.empty(layout.out_numel, dtype=dtype, device=device)
+    grid = (len(layout.block_tensor),)
+    x_dtype = _TL_DTYPE[dtype]
+    _multi_abs_max_kernel[grid](layout.x_ptrs, layout.block_tensor, layout.block_start, layout.numels,
+                                range_bits, X_DTYPE=x_dtype, BLOCK=_BLOCK)
+    _multi_fake_quantize_kernel[grid](layout.x_ptrs, layout.block_tensor, layout.block_start, layout.numels,
+                                      range_bits.view(torch.float32), params, out, layout.out_offsets,
+                                      X_DTYPE=x_dtype, BLOCK=_BLOCK, enable_fp_fusion=False)
+    slots = torch.split_with_sizes(out, layout.slot_sizes)
+    return [slot[:x.numel()].view(x.shape) for slot, x in zip(slots, tensors)]

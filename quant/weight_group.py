@@ -1,0 +1,227 @@
+"""Quantize every layer's weight at once, at the start of the model's forward.
+
+Each QuantModule quantizes its own weight in its forward: one autograd node and, on a GPU, two
+kernel launches per layer, each with tens of microseconds of host work. A GPU training step of
+ResNet-18 or BERT-base spent more time in that host work than the GPU spent quantizing (see
+benchmarks/RESULTS.md). A `WeightQuantizerGroup`, installed on the model by
+`quant.surgery.quantize_model`, does it for all layers in one go:
+
+    model forward pre-hook:  Q(w) for every grouped layer, one autograd node, three launches
+                             per weight dtype (quant/fused_multi_quantize.py)
+    each layer's forward:    uses its Q(w) (QuantModule.quantized_weight)
+    model forward hook:      drops them (also when the forward raises)
+
+A layer is grouped for a forward when its weight takes the per-tensor abs-max scale with a
+quantizing INT/FP format, its weight is not marked prequantized, and gradients are on (under
+no_grad each layer's Q(w) is freed right after its use, which grouping would undo). Everything
+else keeps the per-layer path. Grouping changes no number: the values and gradients equal the
+per-layer path's bit for bit (tests/quant/test_weight_group.py). Modes (`set_mode`, or the
+environment variable FLIQS_GROUPED_WEIGHTS=0 for "off"):
+
+    auto    on CUDA, where the multi-tensor kernels have matched the per-layer path (checked
+            once per device); the CPU keeps the per-layer path, which is no slower there
+    off     the per-layer path everywhere
+    always  also on the CPU, computing each Q(w) with the per-layer function: for tests
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from enum import Enum
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from quant import fused_multi_quantize, fused_quantize
+from quant.formats import CastFormat, NumberFormat, parse_format
+from quant.quant_module import QuantModule
+from quant.quant_utils import Granularity, abs_max_scaling_cannot_saturate, quantize
+
+_ENV_SWITCH = "FLIQS_GROUPED_WEIGHTS"
+
+
+class GroupMode(str, Enum):
+    AUTO = "auto"
+    OFF = "off"
+    ALWAYS = "always"
+
+
+_mode = GroupMode.OFF if os.environ.get(_ENV_SWITCH, "1") == "0" else GroupMode.AUTO
+_verified: dict[torch.device, bool] = {}
+
+
+def set_mode(mode: GroupMode | str) -> None:
+    """Where weights are quantized in one batch: "auto" (CUDA, the default), "off" or "always"."""
+    global _mode
+    try:
+        _mode = GroupMode(mode)
+    except ValueError:
+        raise ValueError(f"grouped weight mode must be one of {[m.value for m in GroupMode]}, got {mode!r}") from None
+
+
+def get_mode() -> GroupMode:
+    return _mode
+
+
+def _groupable_format(fmt: NumberFormat) -> bool:
+    # Cast formats carry no scale; formats that could saturate under abs-max would need a mask.
+    return (fmt.quantizes and not isinstance(fmt, CastFormat) and abs_max_scaling_cannot_saturate(fmt)
+            and fused_multi_quantize.format_row(fmt) is not None)
+
+
+def _reference(weights: Sequence[torch.Tensor], fmts: Sequence[NumberFormat]) -> list[torch.Tensor]:
+    """What each layer computes on its own: the per-layer path, one weight at a time."""
+    return [quantize(w, fmt, Granularity.PER_TENSOR) for w, fmt in zip(weights, fmts)]
+
+
+def verified_on(device: torch.device) -> bool:
+    """Whether the multi-tensor kernels match the per-layer path on `device` for a probe of
+    tensors of every kernel dtype, odd sizes and INT/FP formats (checked once per device; on a
+    mismatch, a warning and the per-layer path)."""
+    known = _verified.get(device)
+    if known is not None:
+        return known
+    ok = True
+    try:
+        generator = torch.Generator().manual_seed(0)
+        shapes = [(64, 33), (3000,), (7, 3, 3, 3), (1,), (2049,)]
+        fmts = [parse_format(token) for token in ("int8", "fp8_e4m3", "int4", "fp4_e2m1", "fp8_e5m2")]
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            probe = [(torch.randn(shape, generator=generator) * 10 ** (i - 2)).to(device, dtype)
+                     for i, shape in enumerate(shapes)]
+            probe[3].zero_()  # a zero range
+            if not fused_multi_quantize.applies(probe, fmts):
+                ok = False
+                break
+            for got, want in zip(fused_multi_quantize.fused_multi_fake_quantize(probe, fmts), _reference(probe, fmts)):
+                ok &= torch.equal(got, want)
+    except Exception as error:  # a Triton/driver problem: the per-layer path still works
+        warnings.warn(f"grouped weight quantization unavailable on {device} ({error}); using the per-layer path")
+        ok = False
+    else:
+        if not ok:
+            warnings.warn(f"grouped weight quantization disagrees with the per-layer path on {device}; using the "
+                          f"per-layer path (set {_ENV_SWITCH}=0 to skip this check)")
+    _verified[device] = bool(ok)
+    return bool(ok)
+
+
+def _use_kernels(device: torch.device, batch: Sequence[torch.Tensor], fmts: Sequence[NumberFormat]) -> bool:
+    # The check compares with the per-layer path as it runs on this device (fused kernel or eager).
+    return device.type == "cuda" and fused_multi_quantize.applies(batch, fmts) and verified_on(device)
+
+
+def quantize_weights(weights: Sequence[torch.Tensor], fmts: Sequence[NumberFormat]) -> list[torch.Tensor]:
+    """Per-tensor abs-max Q(w) of each weight: in one batch per (device, dtype) where the
+    multi-tensor kernels apply and have been verified there, else one weight at a time."""
+    out: list[torch.Tensor | None] = [None] * len(weights)
+    batches: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, w in enumerate(weights):
+        batches.setdefault((w.device, w.dtype), []).append(i)
+    for (device, _), indices in batches.items():
+        batch, batch_fmts = [weights[i] for i in indices], [fmts[i] for i in indices]
+        if _use_kernels(device, batch, batch_fmts):
+            results = fused_multi_quantize.fused_multi_fake_quantize(batch, batch_fmts)
+        else:
+            results = _reference(batch, batch_fmts)
+        for i, result in zip(indices, results):
+            out[i] = result
+    return out  # type: ignore[return-value]
+
+
+class _GroupedFakeQuantize(torch.autograd.Function):
+    """Q(w) of many weights as one autograd node. Under abs-max scaling nothing saturates, so the
+    straight-through gradient of each weight is its output's gradient, unchanged."""
+
+    @staticmethod
+    def forward(ctx, fmts: tuple[NumberFormat, ...], *weights: torch.Tensor):  # type: ignore[override]
+        ctx.set_materialize_grads(False)  # an unused Q(w) passes None, not a zero tensor
+        return tuple(quantize_weights(weights, fmts))
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor | None):  # type: ignore[override]
+        return (None, *grads)
+
+
+class WeightQuantizerGroup:
+    """Quantizes the weights of `layers` in one batch at the start of each forward of `model`
+    (see the module docstring). `remove()` takes the hooks off again."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[QuantModule]) -> None:
+        self.model = model
+        self.layers = tuple(layers)
+        self._handles = [model.register_forward_pre_hook(self._before_forward),
+                         model.register_forward_hook(self._after_forward, always_call=True)]
+        self._grouped: list[QuantModule] = []
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._clear()
+
+    def groupable(self) -> list[QuantModule]:
+        """The layers whose weight this forward would quantize in the batch."""
+        mode = _mode
+        if mode is GroupMode.OFF or not torch.is_grad_enabled():
+            return []
+        if mode is GroupMode.AUTO and not fused_quantize.is_available():
+            return []
+        chosen = []
+        for layer in self.layers:
+            if (layer._prequantized_for is None and layer.weight_granularity is Granularity.PER_TENSOR
+                    and layer.weight_range_percentile >= 100.0 and _groupable_format(layer._weight_format)
+                    and (mode is GroupMode.ALWAYS or layer.weight.is_cuda)):
+                chosen.append(layer)
+        return chosen
+
+    def _before_forward(self, module: nn.Module, args: tuple) -> None:
+        self._clear()
+        if module is not self.model:  # a DataParallel replica: its layers are copies, left per-layer
+            return
+        layers = self.groupable()
+        if len(layers) < 2:  # one layer gains nothing from a batch
+            return
+        fmts = tuple(layer._weight_format for layer in layers)
+        quantized = _GroupedFakeQuantize.apply(fmts, *(layer.weight for layer in layers))
+        for layer, weight in zip(layers, quantized):
+            layer.__dict__["_grouped_weight"] = weight  # read by QuantModule.quantized_weight
+        self._grouped = layers
+
+    def _after_forward(self, module: nn.Module, args: tuple, output: object) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
+        for layer in self._grouped:
+            layer.__dict__.pop("_grouped_weight", None)
+        self._grouped = []
+
+
+def install(model: nn.Module, layers: Sequence[QuantModule]) -> WeightQuantizerGroup:
+    """Group the weights of `layers` at every forward of `model`, replacing an earlier group."""
+    uninstall(model)
+    group = WeightQuantizerGroup(model, layers)
+    model.__dict__["_fliqs_weight_group"] = group
+    return group
+
+
+def uninstall(model: nn.Module) -> None:
+    group = model.__dict__.pop("_fliqs_weight_group", None)
+    if group is not None:
+        group.remove()
+
+
+@contextlib.contextmanager
+def paused(model: nn.Module) -> Iterator[None]:
+    """Take `model`'s group off for the block (an export that swaps layers and traces the
+    forward must see no hook), and put it back after."""
+    group = model.__dict__.get("_fliqs_weight_group")
+    if group is None:
+        yield
+        return
+    uninstall(model)
+    try:
+        yield
+    finally:
+        install(model, group.layers)

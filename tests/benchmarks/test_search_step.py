@@ -1,0 +1,33 @@
+"""The step benchmark's variants, and a CPU run with the per-layer comparison."""
+import json
+
+import pytest
+
+from benchmarks.bench_search_step import main, step_variants
+from benchmarks.step_setup import StepVariant
+
+
+def test_per_layer_twins_follow_every_quantized_variant():
+    variants = step_variants(["int8"], ["int4", "int8"], ["train"], per_layer_weights=True)
+    assert [(v.name, v.per_layer_weights) for v in variants] == [
+        ("float", False), ("fixed_int8", False), ("search_train", False),
+        ("fixed_int8_per_layer", True), ("search_train_per_layer", True)]
+    assert variants[4].formats == ("int4", "int8") and variants[4].reward_source == "train"
+    assert [v.name for v in step_variants(["int8"], ["int4"], ["train"])] == ["float", "fixed_int8", "search_train"]
+
+
+def test_a_float_variant_cannot_be_per_layer():
+    with pytest.raises(ValueError, match="variant 'f': per_layer_weights needs quantized layers, not kind float"):
+        StepVariant("f", "float", per_layer_weights=True)
+
+
+def test_cpu_run_with_per_layer_twins(tmp_path):
+    out = tmp_path / "step.json"
+    payload = main(["--models", "resnet-small", "--repeats", "2", "--warmup", "0", "--fixed_formats", "int8",
+                    "--reward_sources", "train", "--per_layer_weights", "--out", str(out)])
+    assert json.loads(out.read_text())["results"] == payload["results"]
+    rows = {row["name"]: row for row in payload["results"][0]["variants"]}
+    assert list(rows) == ["float", "fixed_int8", "search_train", "fixed_int8_per_layer", "search_train_per_layer"]
+    assert rows["fixed_int8"]["ratio_to_per_layer"] > 0 and rows["search_train"]["ratio_to_per_layer"] > 0
+    assert rows["float"]["ratio_to_per_layer"] is None and rows["search_train_per_layer"]["ratio_to_per_layer"] is None
+    assert [rows[n]["per_layer_weights"] for n in rows] == [False, False, False, True, True]

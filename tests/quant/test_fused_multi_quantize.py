@@ -1,0 +1,143 @@
+"""The multi-tensor kernels equal the per-layer `quantize(x, fmt, per_tensor)` bit for bit.
+
+Kernel tests run on CUDA, or on the CPU under Triton's interpreter
+(`TRITON_INTERPRET=1 python -m pytest tests/quant/test_fused_multi_quantize.py`); without
+either they skip. The table rows and the applicability rules are checked everywhere.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quant import fused_multi_quantize, fused_quantize
+from quant.formats import parse_format
+from quant.fused_multi_quantize import applies, format_row, fused_multi_fake_quantize
+from quant.quant_utils import Granularity, quantize
+from tests.quant.test_fused_quantize import FORMATS, KERNEL_DEVICES, _all_codes_probe, _same_bits, needs_kernel
+
+
+def _per_layer_eager(x: torch.Tensor, fmt) -> torch.Tensor:
+    """The per-layer path with the fused kernel off: the eager reference on x's device."""
+    fused_quantize.set_enabled(False)
+    try:
+        return quantize(x, fmt, Granularity.PER_TENSOR)
+    finally:
+        fused_quantize.set_enabled(True)
+
+
+def _check(tensors: list[torch.Tensor], tokens: list[str]) -> None:
+    fmts = [parse_format(t) for t in tokens]
+    want = [_per_layer_eager(x, fmt) for x, fmt in zip(tensors, fmts)]
+    assert applies(tensors, fmts)
+    got = fused_multi_fake_quantize(tensors, fmts)
+    for x, token, g, w in zip(tensors, tokens, got, want):
+        assert g.shape == x.shape and g.dtype == x.dtype, token
+        assert _same_bits(g, w), (token, tuple(x.shape))
+
+
+def test_format_rows_hold_the_kernel_params_as_int32() -> None:
+    # fmt.max, lo, hi as float32 bits, then the step bounds and the mantissa shift.
+    assert format_row(parse_format("int8")) == (0x42FE0000, -0x3CFF8000, 0x42FEFFFF, 127 << 23, 127 << 23, 0)
+    e4m3 = format_row(parse_format("fp8_e4m3"))
+    assert e4m3 == (0x43E00000, -0x3C180000, 0x43E80000, (-6 - 3 + 127) << 23, 0x7F800000, 3 << 23)
+    assert format_row(parse_format("bf16")) is None and format_row(parse_format("none")) is None
+
+
+@needs_kernel
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+@pytest.mark.parametrize("token", FORMATS)
+def test_every_code_and_tie_in_one_call(device: str, token: str) -> None:
+    """Every code, tie and near-tie of the format (finite values only: an inf would be the
+    range) at four magnitudes, as four tensors of one call."""
+    probe = _all_codes_probe(parse_format(token), device)
+    probe = probe[probe.isfinite()]
+    tensors = [probe * s for s in (1.0, 0.37, 3.0e-3, 2.0**-20)]
+    _check(tensors, [token] * len(tensors))
+
+
+@needs_kernel
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_every_format_mixed_in_one_call_across_block_edges(device: str, dtype: torch.dtype) -> None:
+    if device == "cpu" and dtype is torch.bfloat16:
+        pytest.skip("Triton's interpreter truncates float32 -> bfloat16 (the GPU rounds to nearest even)")
+    generator = torch.Generator().manual_seed(0)
+    sizes = [1, 15, 1023, 1024, 1025, 4097, (7, 3, 3, 3), (64, 33)]
+    tensors, tokens = [], []
+    for i, token in enumerate(FORMATS):
+        shape = sizes[i % len(sizes)]
+        magnitude = 10.0 ** (i % 5 - 2)
+        tensors.append((torch.randn(shape, generator=generator) * magnitude).to(device, dtype))
+        tokens.append(token)
+    _check(tensors, tokens)
+
+
+@needs_kernel
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_zero_nan_and_inf_tensors(device: str) -> None:
+    """A zero tensor (scale 2^-126), one with a NaN (the range is NaN, as torch's max gives),
+    one with an inf, one of -0.0: each as the per-layer path."""
+    tensors = [torch.zeros(50), torch.tensor([1.0, float("nan"), -3.0] * 400), torch.tensor([2.0, -float("inf"), 0.5]),
+               torch.full((17,), -0.0), torch.randn(3000)]
+    _check([t.to(device) for t in tensors], ["int8", "fp8_e4m3", "int4", "fp4_e2m1", "int2"])
+
+
+@needs_kernel
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_layouts_are_cached_per_address_and_evicted_oldest_first(device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fused_multi_quantize, "_layouts", type(fused_multi_quantize._layouts)())
+    fmts = [parse_format("int8")] * 2
+    tensors = [torch.randn(100, device=device), torch.randn(5, 7, device=device)]
+    first = fused_multi_fake_quantize(tensors, fmts)
+    tensors[0].mul_(2.0)  # an in-place update (an optimizer step): same tables, new values
+    second = fused_multi_fake_quantize(tensors, fmts)
+    assert len(fused_multi_quantize._layouts) == 1
+    assert _same_bits(second[0], first[0] * 2.0)  # a power of two scales the range and Q exactly
+    others = [[torch.randn(n + 1, device=device)] for n in range(fused_multi_quantize._LAYOUT_CACHE_SIZE)]
+    for other in others:
+        fused_multi_fake_quantize(other, fmts[:1])
+    assert len(fused_multi_quantize._layouts) == fused_multi_quantize._LAYOUT_CACHE_SIZE
+    first_key = (tensors[0].device, (100, 35), (tensors[0].data_ptr(), tensors[1].data_ptr()))
+    assert first_key not in fused_multi_quantize._layouts
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("plain", True),
+    ("not contiguous", False),
+    ("misaligned", False),
+    ("empty", False),
+    ("integer dtype", False),
+    ("mixed dtypes", False),
+    ("cast format", False),
+    ("no-quant format", False),
+    ("fewer formats", False),
+    ("no tensors", False),
+])
+def test_what_the_kernels_cover(case: str, expected: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fused_quantize, "is_available", lambda: True)  # the rules, with or without Triton
+    a, b = torch.randn(8, 4), torch.randn(33)
+    tensors, fmts = [a, b], [parse_format("int8"), parse_format("fp4_e2m1")]
+    if case == "not contiguous":
+        tensors[0] = a.t()
+    elif case == "misaligned":
+        tensors[1] = b[1:]  # 4 bytes past an aligned start
+    elif case == "empty":
+        tensors[1] = torch.empty(0)
+    elif case == "integer dtype":
+        tensors = [a.int(), b.int()]
+    elif case == "mixed dtypes":
+        tensors[1] = b.half()
+    elif case == "cast format":
+        fmts[1] = parse_format("bf16")
+    elif case == "no-quant format":
+        fmts[1] = parse_format("none")
+    elif case == "fewer formats":
+        fmts = fmts[:1]
+    elif case == "no tensors":
+        tensors, fmts = [], []
+    assert applies(tensors, fmts) is expected
+
+
+def test_nothing_applies_without_triton(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fused_quantize, "is_available", lambda: False)
+    assert applies([torch.randn(8)], [parse_format("int8")]) is False

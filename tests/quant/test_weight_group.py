@@ -1,0 +1,314 @@
+"""Grouped weight quantization changes no number, and only the layers it should.
+
+On the CPU the group runs in mode "always" (its batch computed with the per-layer function),
+which exercises everything but the kernels: the hooks, the autograd node, which layers join,
+and that nothing outlives a forward. The kernels are tests/quant/test_fused_multi_quantize.py.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from quant import fused_multi_quantize, fused_quantize, weight_group
+from quant.quant_module import QuantConfig, QuantModule
+from quant.surgery import QuantSpec, dequantize_model, quantize_model
+from quant.weight_group import WeightQuantizerGroup
+from tests.quant.test_fused_quantize import KERNEL_DEVICES, needs_kernel
+
+
+@pytest.fixture
+def mode():
+    """Set the group's mode for one test, and put back the default after it."""
+    before = weight_group.get_mode()
+    yield weight_group.set_mode
+    weight_group.set_mode(before)
+
+
+class Net(nn.Module):
+    """Conv2d, Linear and GPT-2 Conv1D layers; `skip` leaves `unused` out of the forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8 * 4 * 4, 32)
+        self.gpt = Conv1D(24, 32)
+        self.head = nn.Linear(24, 5)
+        self.unused = nn.Linear(24, 5)
+        self.skip = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x)).flatten(1)
+        h = self.gpt(torch.relu(self.fc(h)))
+        return self.head(h) if self.skip else self.head(h) + self.unused(h)
+
+
+LAYERS = ["conv", "fc", "gpt", "head", "unused"]
+
+
+def build(formats: dict[str, tuple[str, str]] | None = None, **config) -> tuple[Net, dict[str, QuantModule]]:
+    torch.manual_seed(0)
+    formats = formats or {"conv": ("int4", "int8"), "fc": ("fp8_e4m3", "fp8_e4m3"), "gpt": ("fp4_e2m1", "int8"),
+                          "head": ("int8", "none"), "unused": ("int2", "int4")}
+    return quantize_model(Net(), QuantSpec(LAYERS, QuantConfig(**config), formats))  # type: ignore[return-value]
+
+
+def run(model: nn.Module, seed: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+    x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(seed))
+    out = model(x)
+    out.square().sum().backward()
+    return out.detach(), {name: p.grad for name, p in model.named_parameters()}
+
+
+def seen_weights(model: Net, layers: dict[str, QuantModule]) -> dict[str, torch.Tensor | None]:
+    """The grouped Q(w) each layer holds during its own forward (None: per-layer path)."""
+    seen: dict[str, torch.Tensor | None] = {}
+    for name, layer in layers.items():
+        layer.register_forward_pre_hook(lambda m, a, name=name: seen.__setitem__(name, m._grouped_weight))
+    return seen
+
+
+def test_values_and_gradients_equal_the_per_layer_path(mode) -> None:
+    mode("off")
+    want_out, want_grads = run(build()[0])
+    mode("always")
+    model, layers = build()
+    seen = seen_weights(model, layers)
+    got_out, got_grads = run(model)
+    assert [name for name, w in seen.items() if w is not None] == ["conv", "fc", "gpt", "head"]
+    assert torch.equal(got_out, want_out)
+    assert want_grads.keys() == got_grads.keys()
+    for name, grad in want_grads.items():
+        if grad is None:  # the layer the forward skipped gets no gradient either way
+            assert got_grads[name] is None, name
+        else:
+            assert torch.equal(got_grads[name], grad), name
+    assert got_grads["unused.weight"] is None
+    for layer in layers.values():  # nothing outlives the forward
+        assert layer._grouped_weight is None
+
+
+def test_a_grouped_weight_is_the_layers_own_quantized_weight(mode) -> None:
+    mode("always")
+    model, layers = build()
+    seen = seen_weights(model, layers)
+    run(model)
+    mode("off")
+    for name in ("conv", "fc", "gpt", "head"):
+        assert torch.equal(seen[name], layers[name].quantized_weight()), name
+
+
+@pytest.mark.parametrize(("change", "left_out"), [
+    ("per_channel", LAYERS),
+    ("range_percentile", ["fc"]),
+    ("cast_format", ["fc"]),
+    ("no_quant_format", ["fc"]),
+    ("prequantized", ["fc"]),
+])
+def test_layers_that_keep_the_per_layer_path(mode, change: str, left_out: list[str]) -> None:
+    """Per-channel scales, clipping ranges, cast and no-quant formats and prequantized weights
+    stay per layer (and the result still equals the per-layer path)."""
+    mode("always")
+    model, layers = build(per_channel=True) if change == "per_channel" else build()
+    if change == "range_percentile":
+        layers["fc"].weight_range_percentile = 99.0
+    elif change == "cast_format":
+        layers["fc"].weight_format = "bf16"
+    elif change == "no_quant_format":
+        layers["fc"].weight_format = "none"
+    elif change == "prequantized":
+        model.eval()
+        with torch.no_grad():
+            layers["fc"].weight.copy_(layers["fc"].quantized_weight())
+        layers["fc"].weight_prequantized = True
+    expected = [name for name in LAYERS if name not in left_out]  # "unused" too: the group cannot know
+    assert model.__dict__["_fliqs_weight_group"].groupable() == [layers[n] for n in expected]
+    seen = seen_weights(model, layers)
+    got_out, got_grads = run(model)
+    assert [name for name, w in seen.items() if w is not None] == [n for n in expected if n != "unused"]
+    mode("off")
+    for layer in layers.values():
+        layer.weight.grad = None
+    want_out, want_grads = run(model)
+    assert torch.equal(got_out, want_out)
+    for name, grad in want_grads.items():
+        assert (grad is None and got_grads[name] is None) or torch.equal(got_grads[name], grad), name
+
+
+def test_no_grouping_without_gradients_nor_in_mode_off_nor_off_the_gpu_in_auto(mode) -> None:
+    model, layers = build()
+    group = model.__dict__["_fliqs_weight_group"]
+    mode("always")
+    with torch.no_grad():  # each Q(w) is freed right after its layer: grouping would hold them all
+        assert group.groupable() == []
+    mode("off")
+    assert group.groupable() == []
+    mode("auto")  # the CPU keeps the per-layer path
+    assert group.groupable() == []
+    with pytest.raises(ValueError, match=r"grouped weight mode must be one of \['auto', 'off', 'always'\], got 'on'"):
+        weight_group.set_mode("on")
+
+
+def test_a_forward_that_raises_leaves_no_grouped_weight(mode) -> None:
+    mode("always")
+    model, layers = build()
+    with pytest.raises(RuntimeError):
+        model(torch.randn(4, 5, 6, 6))  # 5 input channels: the conv raises
+    assert all(layer._grouped_weight is None for layer in layers.values())
+    assert model.__dict__["_fliqs_weight_group"]._grouped == []
+
+
+def test_one_autograd_node_for_every_grouped_weight(mode) -> None:
+    mode("always")
+    model, layers = build()
+    seen = seen_weights(model, layers)
+    model(torch.randn(2, 3, 6, 6))
+    nodes = {seen[name].grad_fn for name in ("conv", "fc", "gpt", "head")}
+    assert len(nodes) == 1 and type(next(iter(nodes))).__name__ == "_GroupedFakeQuantizeBackward"
+
+
+def test_a_copy_groups_its_own_layers_and_dequantize_removes_the_group(mode) -> None:
+    mode("always")
+    model, layers = build()
+    clone = copy.deepcopy(model)
+    group = clone.__dict__["_fliqs_weight_group"]
+    assert group.model is clone and group.layers[0] is clone.conv
+    seen = seen_weights(clone, {"conv": clone.conv})
+    clone(torch.randn(2, 3, 6, 6))
+    assert seen["conv"] is not None
+    dequantize_model(model)
+    assert "_fliqs_weight_group" not in model.__dict__
+    assert not model._forward_pre_hooks and not model._forward_hooks
+
+
+def test_quantizing_more_layers_later_replaces_the_group(mode) -> None:
+    mode("always")
+    torch.manual_seed(0)
+    model, _ = quantize_model(Net(), QuantSpec(["conv", "fc"], QuantConfig(weight_format="int4")))
+    model, layers = quantize_model(model, QuantSpec(["head"], QuantConfig(weight_format="int8")))
+    group = model.__dict__["_fliqs_weight_group"]
+    assert group.layers == tuple(layers.values()) and len(group.layers) == 3
+    assert len(model._forward_pre_hooks) == 1 and len(model._forward_hooks) == 1
+
+
+def test_a_replica_calling_the_hooks_is_left_per_layer(mode) -> None:
+    """nn.DataParallel's replicas share the original's hooks but have their own layers."""
+    mode("always")
+    model, layers = build()
+    group: WeightQuantizerGroup = model.__dict__["_fliqs_weight_group"]
+    group._before_forward(nn.Sequential(), ())
+    assert all(layer._grouped_weight is None for layer in layers.values())
+
+
+def test_the_kernels_run_only_on_a_checked_cuda_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fused_multi_quantize, "applies", lambda tensors, fmts: True)
+    cuda = torch.device("cuda", 0)
+    batch, fmts = [torch.randn(4)], [weight_group.parse_format("int8")]
+    assert weight_group._use_kernels(torch.device("cpu"), batch, fmts) is False
+    monkeypatch.setattr(weight_group, "_verified", {cuda: True})
+    assert weight_group._use_kernels(cuda, batch, fmts) is True
+    monkeypatch.setattr(weight_group, "_verified", {cuda: False})
+    assert weight_group._use_kernels(cuda, batch, fmts) is False
+    monkeypatch.setattr(fused_multi_quantize, "applies", lambda tensors, fmts: False)
+    monkeypatch.setattr(weight_group, "_verified", {cuda: True})
+    assert weight_group._use_kernels(cuda, batch, fmts) is False
+
+
+def test_one_kernel_batch_per_dtype_in_the_callers_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    monkeypatch.setattr(weight_group, "_use_kernels", lambda device, batch, fmts: True)
+    monkeypatch.setattr(fused_multi_quantize, "fused_multi_fake_quantize",
+                        lambda tensors, fmts: calls.append([t.dtype for t in tensors]) or weight_group._reference(tensors, fmts))
+    fmts = [weight_group.parse_format(t) for t in ("int8", "int4", "fp8_e4m3")]
+    weights = [torch.randn(4), torch.randn(4).half(), torch.randn(6)]
+    got = weight_group.quantize_weights(weights, fmts)
+    assert calls == [[torch.float32, torch.float32], [torch.float16]]
+    want = weight_group._reference(weights, fmts)
+    assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(got, want))
+
+
+def test_the_one_time_check_catches_a_kernel_that_disagrees(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(weight_group, "_verified", {})
+    monkeypatch.setattr(fused_multi_quantize, "applies", lambda tensors, fmts: True)
+    monkeypatch.setattr(fused_multi_quantize, "fused_multi_fake_quantize",
+                        lambda tensors, fmts: [t.clone() for t in tensors])  # no quantization at all
+    with pytest.warns(UserWarning, match="grouped weight quantization disagrees with the per-layer path on cpu; "
+                                         "using the per-layer path \\(set FLIQS_GROUPED_WEIGHTS=0"):
+        assert weight_group.verified_on(torch.device("cpu")) is False
+    assert weight_group.verified_on(torch.device("cpu")) is False  # cached: no second warning
+
+
+@needs_kernel
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_the_one_time_check_passes_where_the_kernels_run(device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(weight_group, "_verified", {})
+    if device == "cuda":
+        assert weight_group.verified_on(torch.device("cuda", torch.cuda.current_device())) is True
+    else:  # the interpreter truncates bf16, which the probe includes: it must fail, loudly
+        with pytest.warns(UserWarning, match="disagrees"):
+            assert weight_group.verified_on(torch.device("cpu")) is False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or fused_quantize.triton is None, reason="needs CUDA and Triton")
+def test_cuda_model_in_auto_uses_one_batch_and_equals_the_per_layer_path(mode, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = fused_multi_quantize.fused_multi_fake_quantize
+    monkeypatch.setattr(fused_multi_quantize, "fused_multi_fake_quantize",
+                        lambda tensors, fmts: calls.append(len(tensors)) or real(tensors, fmts))
+    mode("off")
+    want_out, want_grads = run(build()[0].cuda())
+    mode("auto")
+    got_out, got_grads = run(build()[0].cuda())
+    assert calls == [4]
+    assert torch.equal(got_out, want_out)
+    for name, grad in want_grads.items():
+        assert (grad is None and got_grads[name] is None) or torch.equal(got_grads[name], grad), name
+
+
+def test_paused_takes_the_hooks_off_and_puts_them_back(mode) -> None:
+    mode("always")
+    model, layers = build()
+    with weight_group.paused(model):
+        assert not model._forward_pre_hooks and "_fliqs_weight_group" not in model.__dict__
+        seen = seen_weights(model, {"conv": layers["conv"]})
+        run(model)
+        assert seen["conv"] is None
+    group = model.__dict__["_fliqs_weight_group"]
+    assert group.layers == tuple(layers.values()) and len(model._forward_pre_hooks) == 1
+    with weight_group.paused(nn.Linear(2, 2)):  # no group: nothing to do
+        pass
+
+
+@pytest.mark.parametrize("model_name", ["resnet-small", "bert-small"])
+def test_search_steps_with_grouped_weights_are_bit_identical(mode, model_name: str, tmp_path) -> None:
+    """Three ReinforceTrainer steps (sampling, forward, backward, optimizer, policy update) of a
+    real HF model give the same weights and policy with the group as without."""
+    from benchmarks.step_setup import StepVariant, TrainerStep, build_trainer, preset_cases
+
+    (case,) = preset_cases("cpu", [model_name])
+    variant = StepVariant("search", "search", ("int4", "int8", "fp4_e2m1", "fp8_e4m3"))
+    states = {}
+    for setting in ("off", "always"):
+        mode(setting)
+        built = build_trainer(case, variant, device=torch.device("cpu"), output_dir=str(tmp_path))
+        step = TrainerStep(built)
+        grouped = []
+        hook = built.model.register_forward_hook(
+            lambda m, a, o: grouped.append(sum(layer._grouped_weight is not None
+                                               for layer in m.__dict__["_fliqs_weight_group"].layers)),
+            prepend=True)  # before the group's own hook clears them
+        for _ in range(3):
+            step()
+        hook.remove()
+        assert (min(grouped) > 1) if setting == "always" else (grouped == [0, 0, 0])
+        states[setting] = ({k: v.clone() for k, v in built.model.state_dict().items()},
+                           built.trainer.policy.logits.detach().clone())
+    (off_weights, off_logits), (on_weights, on_logits) = states["off"], states["always"]
+    assert torch.equal(off_logits, on_logits)
+    assert off_weights.keys() == on_weights.keys()
+    for key, value in off_weights.items():
+        assert torch.equal(on_weights[key], value), key
