@@ -427,9 +427,15 @@ def compute_scale(
     """
     fmt = parse_format(fmt)
     check_range_percentile(range_percentile)
+    return _compute_scale(x, fmt, Granularity(granularity), dim, range_percentile)
+
+
+def _compute_scale(x: torch.Tensor, fmt: NumberFormat, granularity: Granularity, dim: int,
+                   range_percentile: float) -> torch.Tensor:
+    """`compute_scale` with its arguments already checked."""
     if isinstance(fmt, CastFormat) or not fmt.quantizes:
         return torch.ones((1,) * x.dim(), dtype=torch.float32, device=x.device)
-    dims = _reduce_dims(x, Granularity(granularity), dim)
+    dims = _reduce_dims(x, granularity, dim)
     if x.numel() == 0:  # the reductions below reject empty dimensions
         shape = [1 if d in dims else size for d, size in enumerate(x.shape)]
         return torch.ones(shape, dtype=torch.float32, device=x.device)
@@ -474,9 +480,10 @@ def quantize(x: torch.Tensor, fmt: NumberFormat | str | int, granularity: Granul
     # With an abs-max scale no finite element leaves the rounding bounds: the mask would be all
     # ones, so it is not computed and backward is the identity.
     can_saturate = range_percentile < 100.0 or not abs_max_scaling_cannot_saturate(fmt)
+    granularity = Granularity(granularity)
     if x.is_cuda and x.numel() and not isinstance(fmt, CastFormat):
         # Pass the range and let the GPU kernel derive the scale: 2 launches per call, not 5.
-        value_range = _value_range(x, fmt, _reduce_dims(x, Granularity(granularity), dim), range_percentile)
+        value_range = _value_range(x, fmt, _reduce_dims(x, granularity, dim), range_percentile)
         return _FakeQuantizeFunction.apply(x, fmt, value_range, can_saturate, True)
-    scale = compute_scale(x, fmt, granularity, dim=dim, range_percentile=range_percentile)
+    scale = _compute_scale(x, fmt, granularity, dim, range_percentile)
     return _FakeQuantizeFunction.apply(x, fmt, scale, can_saturate, False)

@@ -312,3 +312,29 @@ def test_search_steps_with_grouped_weights_are_bit_identical(mode, model_name: s
     assert off_weights.keys() == on_weights.keys()
     for key, value in off_weights.items():
         assert torch.equal(on_weights[key], value), key
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_gradient_checkpointing_recomputes_the_same_weights(mode, reentrant: bool) -> None:
+    """Checkpointed blocks run their layers again in backward, after the forward's grouped
+    weights are gone: they recompute Q(w) per layer, which is the same number."""
+    from eval.eval_partitions import LayerSelection, select_layers
+    from eval.models import build_model
+
+    grads = {}
+    for setting in ("off", "always"):
+        mode(setting)
+        torch.manual_seed(0)
+        model = build_model("bert", num_labels=3, from_scratch=True, vocab_size=64, pad_token_id=1,
+                            config_overrides={"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
+                                              "intermediate_size": 64})
+        quantize_model(model, QuantSpec(select_layers(model, LayerSelection()), QuantConfig(weight_format="int4",
+                                                                                            act_format="int8")))
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        model.train()
+        ids = torch.randint(2, 64, (2, 7), generator=torch.Generator().manual_seed(3))
+        model(input_ids=ids, labels=torch.tensor([0, 2])).loss.backward()
+        grads[setting] = {n: p.grad for n, p in model.named_parameters()}
+    for name, grad in grads["off"].items():
+        assert (grad is None and grads["always"][name] is None) or torch.equal(grads["always"][name], grad), name
+    assert grads["off"]["bert.encoder.layer.0.attention.self.query.weight"] is not None
