@@ -107,6 +107,9 @@ class _Layout:
 
 
 def _build_layout(device: torch.device, numels: Sequence[int], ptrs: Sequence[int]) -> _Layout:
+    """The tables of one list of tensors. Only per-tensor rows cross from the host (one pinned,
+    non-blocking copy); the per-block tables are expanded on the device, so a new layout costs
+    no wait for the GPU and host work in proportion to the number of tensors, not of blocks."""
     blocks = [-(-n // _BLOCK) for n in numels]
     slots = [-(-n // 16) * 16 for n in numels]  # 64-byte aligned slots keep every store aligned
     offsets = [0]
@@ -115,20 +118,14 @@ def _build_layout(device: torch.device, numels: Sequence[int], ptrs: Sequence[in
     first_block = [0]
     for count in blocks[:-1]:
         first_block.append(first_block[-1] + count)
-    # Built on the host once per layout (cached), then copied: a few hundred KiB at most.
-    block_tensor = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32),
-                                           torch.tensor(blocks, dtype=torch.int64))
-    block_start = (torch.arange(len(block_tensor), dtype=torch.int64)
-                   - torch.tensor(first_block, dtype=torch.int64)[block_tensor.long()]) * _BLOCK
-    return _Layout(
-        x_ptrs=torch.tensor(ptrs, dtype=torch.int64, device=device),
-        numels=torch.tensor(numels, dtype=torch.int64, device=device),
-        out_offsets=torch.tensor(offsets, dtype=torch.int64, device=device),
-        block_tensor=block_tensor.to(device),
-        block_start=block_start.to(torch.int32).to(device),
-        out_numel=sum(slots),
-        slot_sizes=tuple(slots),
-    )
+    rows = _upload([*ptrs, *numels, *offsets, *blocks, *first_block], device, torch.int64).view(5, len(numels))
+    x_ptrs, numels_t, offsets_t, blocks_t, first_block_t = rows.unbind(0)
+    total = sum(blocks)
+    block_tensor = torch.repeat_interleave(torch.arange(len(numels), device=device), blocks_t,
+                                           output_size=total)  # the size given: no sync to find it
+    block_start = (torch.arange(total, device=device) - first_block_t[block_tensor]) * _BLOCK
+    return _Layout(x_ptrs=x_ptrs, numels=numels_t, out_offsets=offsets_t, block_tensor=block_tensor.to(torch.int32),
+                   block_start=block_start.to(torch.int32), out_numel=sum(slots), slot_sizes=tuple(slots))
 
 
 _layouts: OrderedDict[tuple, _Layout] = OrderedDict()
@@ -150,43 +147,45 @@ def _layout_for(tensors: Sequence[torch.Tensor]) -> _Layout:
     return layout
 
 
-def _upload(rows: list[int], device: torch.device) -> torch.Tensor:
-    """Copy a small int32 table to `device` without making the host wait for the GPU's queue
-    (a copy from pageable memory would synchronize the stream)."""
-    table = torch.tensor(rows, dtype=torch.int32, pin_memory=device.type == "cuda")
+def _upload(values: list[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Copy a small table to `device` without making the host wait for the GPU's queue (a copy
+    from pageable memory would synchronize the stream; the pinned buffer is reused only once
+    the copy is done, which torch's pinned-memory allocator tracks)."""
+    table = torch.tensor(values, dtype=dtype, pin_memory=device.type == "cuda")
     return table.to(device, non_blocking=True)
+
+
+def tensor_applies(x: torch.Tensor, fmt: NumberFormat) -> bool:
+    """Whether the kernels cover `x` with `fmt`: a float dtype they store, non-empty, contiguous,
+    16-byte aligned, below 2^31 elements, and a format with a kernel row."""
+    return (x.dtype in _KERNEL_DTYPES and x.is_contiguous() and 0 < x.numel() < 2**31 and not x.data_ptr() % 16
+            and format_row(fmt) is not None)
 
 
 def applies(tensors: Sequence[torch.Tensor], fmts: Sequence[NumberFormat]) -> bool:
     """Whether `fused_multi_fake_quantize` covers these tensors and formats: Triton is available,
-    and the tensors are non-empty, contiguous, 16-byte aligned, on one device, of one float dtype,
-    below 2^31 elements each, and every format has a kernel row."""
+    every tensor is covered (`tensor_applies`), and all are on one device with one dtype."""
     if not fused_quantize.is_available() or not tensors or len(tensors) != len(fmts):
         return False
     device, dtype = tensors[0].device, tensors[0].dtype
-    if dtype not in _KERNEL_DTYPES:
-        return False
-    for x, fmt in zip(tensors, fmts):
-        if (x.device != device or x.dtype != dtype or not x.is_contiguous() or not 0 < x.numel() < 2**31
-                or x.data_ptr() % 16 or format_row(fmt) is None):
-            return False
-    return True
+    return all(x.device == device and x.dtype == dtype and tensor_applies(x, fmt) for x, fmt in zip(tensors, fmts))
 
 
 def fused_multi_fake_quantize(tensors: Sequence[torch.Tensor], fmts: Sequence[NumberFormat]) -> list[torch.Tensor]:
     """[Q(x / s) * s for each x, fmt] with s = max(max |x| / fmt.max, 2^-126) per tensor: the
     per-tensor abs-max `quantize` of each tensor, as views of one new buffer. Needs `applies`."""
     device, dtype = tensors[0].device, tensors[0].dtype
-    layout = _layout_for(tensors)
-    params = _upload([value for fmt in fmts for value in format_row(fmt)], device)  # type: ignore[union-attr]
-    range_bits = torch.zeros(len(tensors), dtype=torch.int32, device=device)
-    out = torch.empty(layout.out_numel, dtype=dtype, device=device)
-    grid = (len(layout.block_tensor),)
-    x_dtype = _TL_DTYPE[dtype]
-    _multi_abs_max_kernel[grid](layout.x_ptrs, layout.block_tensor, layout.block_start, layout.numels,
-                                range_bits, X_DTYPE=x_dtype, BLOCK=_BLOCK)
-    _multi_fake_quantize_kernel[grid](layout.x_ptrs, layout.block_tensor, layout.block_start, layout.numels,
-                                      range_bits.view(torch.float32), params, out, layout.out_offsets,
-                                      X_DTYPE=x_dtype, BLOCK=_BLOCK, enable_fp_fusion=False)
+    with fused_quantize.on_device(device):  # Triton launches on the current device
+        layout = _layout_for(tensors)
+        params = _upload([value for fmt in fmts for value in format_row(fmt)], device, torch.int32)  # type: ignore[union-attr]
+        range_bits = torch.zeros(len(tensors), dtype=torch.int32, device=device)
+        out = torch.empty(layout.out_numel, dtype=dtype, device=device)
+        grid = (len(layout.block_tensor),)
+        x_dtype = _TL_DTYPE[dtype]
+        _multi_abs_max_kernel[grid](layout.x_ptrs, layout.block_tensor, layout.block_start, layout.numels,
+                                    range_bits, X_DTYPE=x_dtype, BLOCK=_BLOCK)
+        _multi_fake_quantize_kernel[grid](layout.x_ptrs, layout.block_tensor, layout.block_start, layout.numels,
+                                          range_bits.view(torch.float32), params, out, layout.out_offsets,
+                                          X_DTYPE=x_dtype, BLOCK=_BLOCK, enable_fp_fusion=False)
     slots = torch.split_with_sizes(out, layout.slot_sizes)
     return [slot[:x.numel()].view(x.shape) for slot, x in zip(slots, tensors)]

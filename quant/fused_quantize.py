@@ -27,6 +27,7 @@ back to the eager path; so does everything when Triton is missing.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -190,6 +191,14 @@ def fused_fake_quantize_from_range(x: torch.Tensor, fmt: NumberFormat, value_ran
     return _launch(x, fmt, value_range, need_mask, from_range=True)
 
 
+def on_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """Make `device` the current CUDA device for a launch (Triton launches on the current one):
+    a no-op where it already is, and for the CPU (Triton's interpreter)."""
+    if device.type != "cuda" or device.index is None or device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
+
+
 def _launch(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor, need_mask: bool, from_range: bool
             ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     if not is_available() or not x.is_contiguous() or x.numel() == 0 or x.numel() >= 2**31:
@@ -206,12 +215,13 @@ def _launch(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor, need_mask: 
     # Without a mask the kernel never touches pass_ptr; `out` stands in for it.
     mask = torch.empty(x.shape, dtype=torch.uint8, device=x.device) if need_mask else out
     grid = (triton.cdiv(x.numel(), _BLOCK),)
-    _fake_quantize_kernel[grid](
-        x, scale, inv_scale, out, mask, x.numel(), inner, float(fmt.max),
-        params.lo, params.hi, params.step_min_bits, params.step_max_bits, params.man_shift,
-        PER_GROUP=scale.numel() > 1, FROM_RANGE=from_range, WRITE_PASS=need_mask, BLOCK=_BLOCK,
-        enable_fp_fusion=False,
-    )
+    with on_device(x.device):
+        _fake_quantize_kernel[grid](
+            x, scale, inv_scale, out, mask, x.numel(), inner, float(fmt.max),
+            params.lo, params.hi, params.step_min_bits, params.step_max_bits, params.man_shift,
+            PER_GROUP=scale.numel() > 1, FROM_RANGE=from_range, WRITE_PASS=need_mask, BLOCK=_BLOCK,
+            enable_fp_fusion=False,
+        )
     return out, (mask if need_mask else None)
 
 

@@ -7,6 +7,7 @@ changes `weight_format` / `act_format` between steps; nothing is re-allocated.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -47,6 +48,15 @@ class QuantConfig:
         check_range_percentile(self.act_range_percentile, "act_range_percentile")
 
 
+class GroupedWeight(NamedTuple):
+    """Q(weight) computed ahead of a layer's forward (quant/weight_group.py), with what it was
+    computed from."""
+
+    fmt: NumberFormat
+    weight: torch.Tensor
+    value: torch.Tensor
+
+
 def _version(weight: torch.Tensor) -> int | None:
     """The version counter of `weight`; None for an inference tensor (made under
     torch.inference_mode), which has none and cannot be changed outside that mode."""
@@ -85,7 +95,7 @@ class QuantModule:
     _prequantized_for: tuple[NumberFormat, torch.Tensor, int | None] | None
     # Q(weight) computed with every other layer's at the start of the model's forward
     # (quant/weight_group.py), set for the length of that forward only.
-    _grouped_weight: torch.Tensor | None = None
+    _grouped_weight: GroupedWeight | None = None
 
     def _init_quant(self, config: QuantConfig) -> None:
         self.weight_format = config.weight_format
@@ -149,8 +159,10 @@ class QuantModule:
 
     def quantized_weight(self) -> torch.Tensor:
         grouped = self._grouped_weight
-        if grouped is not None:
-            return grouped
+        # Only for the format and weight it was computed from (a hook that ran after the group's
+        # and changed either gets the per-layer path).
+        if grouped is not None and grouped.fmt is self._weight_format and grouped.weight is self.weight:
+            return grouped.value
         if self._prequantized_for is not None:
             if self.training:  # training changes the weight, possibly without a version bump
                 self._prequantized_for = None

@@ -12,11 +12,14 @@ benchmarks/RESULTS.md). A `WeightQuantizerGroup`, installed on the model by
     model forward hook:      drops them (also when the forward raises)
 
 A layer is grouped for a forward when its weight takes the per-tensor abs-max scale with a
-quantizing INT/FP format, its weight is not marked prequantized, and gradients are on (under
-no_grad each layer's Q(w) is freed right after its use, which grouping would undo). Everything
-else keeps the per-layer path. Grouping changes no number: the values and gradients equal the
-per-layer path's bit for bit (tests/quant/test_weight_group.py). Modes (`set_mode`, or the
-environment variable FLIQS_GROUPED_WEIGHTS=0 for "off"):
+quantizing INT/FP format, is not marked prequantized, trains (requires_grad) and has no
+gradient yet, and gradients are on (under no_grad each layer's Q(w) is freed right after its
+use, which grouping would undo). Everything else keeps the per-layer path; so does every layer
+under DDP with more than one rank (`groupable` says why). Grouping changes no number: values
+and gradients equal the per-layer path's bit for bit (tests/quant/test_weight_group.py; one
+Parameter shared by three or more grouped uses could sum its gradients in another order).
+A layer takes its grouped Q(w) only while its format and weight are the ones it was computed
+from. Modes (`set_mode`, or the environment variable FLIQS_GROUPED_WEIGHTS=0 for "off"):
 
     auto    on CUDA, where the multi-tensor kernels have matched the per-layer path (checked
             once per device); the CPU keeps the per-layer path, which is no slower there
@@ -36,7 +39,7 @@ from torch import nn
 
 from quant import fused_multi_quantize, fused_quantize
 from quant.formats import CastFormat, NumberFormat, parse_format
-from quant.quant_module import QuantModule
+from quant.quant_module import GroupedWeight, QuantModule
 from quant.quant_utils import Granularity, abs_max_scaling_cannot_saturate, quantize
 
 _ENV_SWITCH = "FLIQS_GROUPED_WEIGHTS"
@@ -114,12 +117,16 @@ def _use_kernels(device: torch.device, batch: Sequence[torch.Tensor], fmts: Sequ
 
 
 def quantize_weights(weights: Sequence[torch.Tensor], fmts: Sequence[NumberFormat]) -> list[torch.Tensor]:
-    """Per-tensor abs-max Q(w) of each weight: in one batch per (device, dtype) where the
-    multi-tensor kernels apply and have been verified there, else one weight at a time."""
+    """Per-tensor abs-max Q(w) of each weight: in one batch per (device, dtype) of the weights
+    that the multi-tensor kernels cover, where they have been verified; the rest one at a time."""
     out: list[torch.Tensor | None] = [None] * len(weights)
     batches: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, w in enumerate(weights):
-        batches.setdefault((w.device, w.dtype), []).append(i)
+    alone: list[int] = []
+    for i, (w, fmt) in enumerate(zip(weights, fmts)):
+        if fused_multi_quantize.tensor_applies(w, fmt):
+            batches.setdefault((w.device, w.dtype), []).append(i)
+        else:  # e.g. a channels-last conv weight: the others still batch
+            alone.append(i)
     for (device, _), indices in batches.items():
         batch, batch_fmts = [weights[i] for i in indices], [fmts[i] for i in indices]
         if _use_kernels(device, batch, batch_fmts):
@@ -128,7 +135,14 @@ def quantize_weights(weights: Sequence[torch.Tensor], fmts: Sequence[NumberForma
             results = _reference(batch, batch_fmts)
         for i, result in zip(indices, results):
             out[i] = result
+    for i, result in zip(alone, _reference([weights[i] for i in alone], [fmts[i] for i in alone])):
+        out[i] = result
     return out  # type: ignore[return-value]
+
+
+def _distributed_world_size() -> int:
+    distributed = torch.distributed
+    return distributed.get_world_size() if distributed.is_available() and distributed.is_initialized() else 1
 
 
 class _GroupedFakeQuantize(torch.autograd.Function):
@@ -152,6 +166,7 @@ class WeightQuantizerGroup:
     def __init__(self, model: nn.Module, layers: Sequence[QuantModule]) -> None:
         self.model = model
         self.layers = tuple(layers)
+        self.paused = False  # see `paused()`
         self._handles = [model.register_forward_pre_hook(self._before_forward),
                          model.register_forward_hook(self._after_forward, always_call=True)]
         self._grouped: list[QuantModule] = []
@@ -162,21 +177,31 @@ class WeightQuantizerGroup:
         self._clear()
 
     def groupable(self) -> list[QuantModule]:
-        """The layers whose weight this forward would quantize in the batch."""
+        """The layers whose weight this forward would quantize in the batch.
+
+        Not under DDP (world size > 1) in mode auto: all weights' gradients would be ready only
+        at the end of backward, which stops DDP from overlapping its all-reduce with it. Only
+        weights that train (a frozen one would get a gradient computed for nothing) and have no
+        gradient yet: with gradient accumulation the later micro-batches' weight gradients would
+        otherwise all wait for the end of backward, beside the accumulated ones."""
         mode = _mode
-        if mode is GroupMode.OFF or not torch.is_grad_enabled():
+        if self.paused or mode is GroupMode.OFF or not torch.is_grad_enabled():
             return []
-        if mode is GroupMode.AUTO and not fused_quantize.is_available():
+        if mode is GroupMode.AUTO and (not fused_quantize.is_available() or _distributed_world_size() > 1):
             return []
         chosen = []
         for layer in self.layers:
+            weight = layer.weight
             if (layer._prequantized_for is None and layer.weight_granularity is Granularity.PER_TENSOR
                     and layer.weight_range_percentile >= 100.0 and _groupable_format(layer._weight_format)
-                    and (mode is GroupMode.ALWAYS or layer.weight.is_cuda)):
+                    and weight.requires_grad and weight.grad is None
+                    and (mode is GroupMode.ALWAYS or weight.is_cuda)):
                 chosen.append(layer)
         return chosen
 
     def _before_forward(self, module: nn.Module, args: tuple) -> None:
+        if self.paused:
+            return
         self._clear()
         if module is not self.model:  # a DataParallel replica: its layers are copies, left per-layer
             return
@@ -184,9 +209,11 @@ class WeightQuantizerGroup:
         if len(layers) < 2:  # one layer gains nothing from a batch
             return
         fmts = tuple(layer._weight_format for layer in layers)
-        quantized = _GroupedFakeQuantize.apply(fmts, *(layer.weight for layer in layers))
-        for layer, weight in zip(layers, quantized):
-            layer.__dict__["_grouped_weight"] = weight  # read by QuantModule.quantized_weight
+        weights = [layer.weight for layer in layers]
+        quantized = _GroupedFakeQuantize.apply(fmts, *weights)
+        for layer, fmt, weight, value in zip(layers, fmts, weights, quantized):
+            # read by QuantModule.quantized_weight
+            layer.__dict__["_grouped_weight"] = GroupedWeight(fmt, weight, value)
         self._grouped = layers
 
     def _after_forward(self, module: nn.Module, args: tuple, output: object) -> None:
@@ -214,14 +241,15 @@ def uninstall(model: nn.Module) -> None:
 
 @contextlib.contextmanager
 def paused(model: nn.Module) -> Iterator[None]:
-    """Take `model`'s group off for the block (an export that swaps layers and traces the
-    forward must see no hook), and put it back after."""
+    """Keep `model`'s group from grouping during the block (an export that swaps layers and
+    traces the forward). Its hooks stay where they are, so their order among the model's
+    other hooks does not change."""
     group = model.__dict__.get("_fliqs_weight_group")
-    if group is None:
+    if group is None or group.paused:
         yield
         return
-    uninstall(model)
+    group.paused = True
     try:
         yield
     finally:
-        install(model, group.layers)
+        group.paused = False

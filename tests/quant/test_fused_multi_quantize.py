@@ -141,3 +141,20 @@ def test_what_the_kernels_cover(case: str, expected: bool, monkeypatch: pytest.M
 def test_nothing_applies_without_triton(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fused_quantize, "is_available", lambda: False)
     assert applies([torch.randn(8)], [parse_format("int8")]) is False
+
+
+def test_layout_tables_come_from_one_upload(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-tensor rows cross from the host in one copy; the per-block tables are expanded on the
+    device (on CUDA: no wait for the GPU's queue, host work in proportion to the tensors)."""
+    uploads = []
+    real = fused_multi_quantize._upload
+    monkeypatch.setattr(fused_multi_quantize, "_upload", lambda values, device, dtype: uploads.append(len(values))
+                        or real(values, device, dtype))
+    block = fused_multi_quantize._BLOCK
+    layout = fused_multi_quantize._build_layout(torch.device("cpu"), [block + 1, 5, 2 * block], [4096, 8192, 12288])
+    assert uploads == [15]
+    assert layout.x_ptrs.tolist() == [4096, 8192, 12288] and layout.numels.tolist() == [block + 1, 5, 2 * block]
+    assert layout.slot_sizes == (block + 16, 16, 2 * block) and layout.out_offsets.tolist() == [0, block + 16, block + 32]
+    assert layout.out_numel == 3 * block + 32
+    assert layout.block_tensor.tolist() == [0, 0, 1, 2, 2] and layout.block_tensor.dtype == torch.int32
+    assert layout.block_start.tolist() == [0, block, 0, 0, block] and layout.block_start.dtype == torch.int32

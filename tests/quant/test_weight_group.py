@@ -67,7 +67,8 @@ def seen_weights(model: Net, layers: dict[str, QuantModule]) -> dict[str, torch.
     """The grouped Q(w) each layer holds during its own forward (None: per-layer path)."""
     seen: dict[str, torch.Tensor | None] = {}
     for name, layer in layers.items():
-        layer.register_forward_pre_hook(lambda m, a, name=name: seen.__setitem__(name, m._grouped_weight))
+        layer.register_forward_pre_hook(
+            lambda m, a, name=name: seen.__setitem__(name, None if m._grouped_weight is None else m._grouped_weight.value))
     return seen
 
 
@@ -255,6 +256,7 @@ def test_the_one_time_check_passes_where_the_kernels_run(device: str, monkeypatc
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or fused_quantize.triton is None, reason="needs CUDA and Triton")
 def test_cuda_model_in_auto_uses_one_batch_and_equals_the_per_layer_path(mode, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert weight_group.verified_on(torch.device("cuda", torch.cuda.current_device())) is True  # before counting
     calls = []
     real = fused_multi_quantize.fused_multi_fake_quantize
     monkeypatch.setattr(fused_multi_quantize, "fused_multi_fake_quantize",
@@ -262,23 +264,31 @@ def test_cuda_model_in_auto_uses_one_batch_and_equals_the_per_layer_path(mode, m
     mode("off")
     want_out, want_grads = run(build()[0].cuda())
     mode("auto")
-    got_out, got_grads = run(build()[0].cuda())
-    assert calls == [4]
+    model = build()[0].cuda()
+    assert len(model.__dict__["_fliqs_weight_group"].groupable()) == 5  # "unused" too
+    got_out, got_grads = run(model)
+    assert calls == [5]
     assert torch.equal(got_out, want_out)
     for name, grad in want_grads.items():
         assert (grad is None and got_grads[name] is None) or torch.equal(got_grads[name], grad), name
 
 
-def test_paused_takes_the_hooks_off_and_puts_them_back(mode) -> None:
+def test_paused_keeps_the_hooks_in_place_and_groups_nothing(mode) -> None:
     mode("always")
     model, layers = build()
+    hooks = list(model._forward_pre_hooks.values())
     with weight_group.paused(model):
-        assert not model._forward_pre_hooks and "_fliqs_weight_group" not in model.__dict__
         seen = seen_weights(model, {"conv": layers["conv"]})
         run(model)
         assert seen["conv"] is None
-    group = model.__dict__["_fliqs_weight_group"]
-    assert group.layers == tuple(layers.values()) and len(model._forward_pre_hooks) == 1
+        with weight_group.paused(model):  # nested: the outer block still pauses after it
+            pass
+        assert model.__dict__["_fliqs_weight_group"].paused
+    assert list(model._forward_pre_hooks.values()) == hooks  # the order among other hooks kept
+    for layer in layers.values():
+        layer.weight.grad = None
+    run(model)
+    assert seen["conv"] is not None
     with weight_group.paused(nn.Linear(2, 2)):  # no group: nothing to do
         pass
 
@@ -338,3 +348,103 @@ def test_gradient_checkpointing_recomputes_the_same_weights(mode, reentrant: boo
     for name, grad in grads["off"].items():
         assert (grad is None and grads["always"][name] is None) or torch.equal(grads["always"][name], grad), name
     assert grads["off"]["bert.encoder.layer.0.attention.self.query.weight"] is not None
+
+
+def test_frozen_weights_and_weights_with_a_gradient_stay_per_layer(mode) -> None:
+    """A frozen weight would get a gradient computed for nothing; one that already has a
+    gradient (a later micro-batch of gradient accumulation) would have its new one wait for the
+    end of backward. Both keep the per-layer path, and the results stay the per-layer path's."""
+    mode("always")
+    model, layers = build()
+    group = model.__dict__["_fliqs_weight_group"]
+    layers["fc"].weight.requires_grad_(False)
+    layers["conv"].weight.grad = torch.zeros_like(layers["conv"].weight)
+    assert group.groupable() == [layers["gpt"], layers["head"], layers["unused"]]
+    got_out, got_grads = run(model)
+    mode("off")
+    model_off, layers_off = build()
+    layers_off["fc"].weight.requires_grad_(False)
+    layers_off["conv"].weight.grad = torch.zeros_like(layers_off["conv"].weight)
+    want_out, want_grads = run(model_off)
+    assert torch.equal(got_out, want_out)
+    for name, grad in want_grads.items():
+        assert (grad is None and got_grads[name] is None) or torch.equal(got_grads[name], grad), name
+    assert got_grads["fc.weight"] is None
+
+
+def test_gradient_accumulation_groups_the_first_micro_batch_only(mode) -> None:
+    mode("always")
+    model, layers = build()
+    seen = seen_weights(model, {"fc": layers["fc"]})
+    got = [run(model, seed)[1]["fc.weight"].clone() for seed in (1, 2)]
+    assert seen["fc"] is None  # the second micro-batch: fc.weight had a gradient
+    mode("off")
+    model_off, _ = build()
+    want = [run(model_off, seed)[1]["fc.weight"].clone() for seed in (1, 2)]
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_no_grouping_under_ddp_in_auto(mode, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With more than one DDP rank every gradient would be ready only at the end of backward,
+    and DDP could not overlap its all-reduce with it."""
+    model, layers = build()
+    group = model.__dict__["_fliqs_weight_group"]
+    monkeypatch.setattr(fused_quantize, "is_available", lambda: True)
+    for layer in layers.values():  # stand-in for CUDA weights
+        monkeypatch.setattr(type(layer.weight), "is_cuda", property(lambda t: True), raising=False)
+    mode("auto")
+    assert len(group.groupable()) == 5
+    monkeypatch.setattr(weight_group, "_distributed_world_size", lambda: 2)
+    assert group.groupable() == []
+    mode("always")  # the tests' mode groups regardless
+    assert len(group.groupable()) == 5
+
+
+def test_a_format_changed_after_the_group_ran_gets_the_per_layer_path(mode) -> None:
+    """A model pre-hook registered after the group's that changes a format: the layer must not
+    use the Q(w) of the old format."""
+    mode("always")
+    model, layers = build()
+    model.register_forward_pre_hook(lambda m, a: layers["fc"].set_formats("int2", "int8"))
+    got_out, _ = run(model)
+    mode("off")
+    model_off, layers_off = build()
+    layers_off["fc"].set_formats("int2", "int8")
+    want_out, _ = run(model_off)
+    assert torch.equal(got_out, want_out)
+
+
+def test_weights_the_kernels_do_not_cover_are_quantized_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    batches = []
+    monkeypatch.setattr(weight_group, "_use_kernels", lambda device, batch, fmts: True)
+    monkeypatch.setattr(fused_multi_quantize, "fused_multi_fake_quantize",
+                        lambda tensors, fmts: batches.append(len(tensors)) or weight_group._reference(tensors, fmts))
+    conv = torch.randn(4, 3, 2, 2).to(memory_format=torch.channels_last)  # not contiguous
+    weights = [torch.randn(8, 3), conv, torch.randn(5)]
+    fmts = [weight_group.parse_format("int8")] * 3
+    got = weight_group.quantize_weights(weights, fmts)
+    assert batches == [2]
+    assert all(torch.equal(a, b) for a, b in zip(got, weight_group._reference(weights, fmts)))
+
+
+@needs_kernel
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_the_real_kernels_inside_the_model(mode, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values and gradients through the multi-tensor kernels (outputs: views of one buffer)
+    equal the per-layer path's, with a frozen layer and a layer the forward skips."""
+    if device == "cpu":  # the interpreter: let the kernels run on CPU tensors
+        monkeypatch.setattr(weight_group, "_use_kernels", lambda d, batch, fmts: fused_multi_quantize.applies(batch, fmts))
+    mode("off")
+    want_out, want_grads = run(build()[0].to(device))
+    mode("always")
+    model, layers = build()
+    model.to(device)
+    calls = []
+    real = fused_multi_quantize.fused_multi_fake_quantize
+    monkeypatch.setattr(fused_multi_quantize, "fused_multi_fake_quantize",
+                        lambda tensors, fmts: calls.append(len(tensors)) or real(tensors, fmts))
+    got_out, got_grads = run(model)
+    assert calls and calls[-1] == 5
+    assert torch.equal(got_out, want_out)
+    for name, grad in want_grads.items():
+        assert (grad is None and got_grads[name] is None) or torch.equal(got_grads[name], grad), name
