@@ -448,3 +448,31 @@ def test_the_real_kernels_inside_the_model(mode, device: str, monkeypatch: pytes
     assert torch.equal(got_out, want_out)
     for name, grad in want_grads.items():
         assert (grad is None and got_grads[name] is None) or torch.equal(got_grads[name], grad), name
+
+
+def test_a_whole_search_run_groups_every_training_step_and_changes_no_result(mode, tmp_path, monkeypatch) -> None:
+    """Through eval_run and the HF Trainer (which zeroes gradients to None after each step), every
+    training forward is grouped, and the run's results equal a run without grouping."""
+    import json
+
+    from eval.eval_run import main
+    from tests.eval.test_eval_run import FAST, RESNET_TINY
+
+    grouped_forwards = []
+    real_apply = weight_group._GroupedFakeQuantize.apply
+    monkeypatch.setattr(weight_group._GroupedFakeQuantize, "apply",
+                        lambda fmts, *weights: grouped_forwards.append(len(weights)) or real_apply(fmts, *weights))
+    results = {}
+    for setting in ("off", "always"):
+        mode(setting)
+        grouped_forwards.clear()
+        root = tmp_path / setting
+        assert main([*RESNET_TINY, "--search", "--exp_name", "s", *FAST, "--output_root_dir", str(root)]) == 0
+        results[setting] = json.loads((root / "digits" / "s" / "results.json").read_text())
+        # 8 training steps, every one grouped, all 13 layers (the evaluation runs under no_grad)
+        assert grouped_forwards == ([] if setting == "off" else [13] * 8)
+    for key in ("metrics", "layers", "cost", "search"):
+        off, on = results["off"][key], results["always"][key]
+        if key == "metrics":  # runtimes differ
+            off, on = ({k: v for k, v in m.items() if "runtime" not in k and "per_second" not in k} for m in (off, on))
+        assert on == off, key
