@@ -85,6 +85,20 @@ def kernel_params(fmt: NumberFormat) -> KernelParams | None:
 
 
 if triton is not None:
+    # Triton links libdevice with flush-to-zero on, so tl.math.div_rn compiles to
+    # div.rn.ftz.f32: 1 / scale for a scale above 2^126 would be 0, not torch's subnormal. On a
+    # GPU the kernels divide with PTX's div.rn.f32 (IEEE, subnormals kept); the interpreter,
+    # which has no PTX, with div_rn (numpy's IEEE division there).
+    _PTX_DIVISION: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET") != "1")
+
+    @triton.jit
+    def divide_rn(a, b):
+        """a / b correctly rounded, subnormal results kept, as torch's division on CUDA."""
+        if _PTX_DIVISION:
+            return tl.inline_asm_elementwise("div.rn.f32 $0, $1, $2;", "=f,f,f", [a, b], dtype=tl.float32,
+                                             is_pure=True, pack=1)
+        else:
+            return tl.math.div_rn(a, b)
 
     @triton.jit
     def scale_from_range_rn(value_range, fmt_max):
@@ -93,9 +107,9 @@ if triton is not None:
         IEEE divisions (div_rn), as torch's CUDA division and reciprocal; a NaN range stays NaN
         through the clamp, as with torch.clamp. Scales are >= 2^-126 (normal); the reciprocal of
         a huge scale is subnormal and kept (tests: range 3e38)."""
-        scale = tl.math.div_rn(value_range, fmt_max)
+        scale = divide_rn(value_range, fmt_max)
         scale = tl.where(scale < 1.1754943508222875e-38, 1.1754943508222875e-38, scale)  # 2^-126
-        inv_scale = tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), scale)
+        inv_scale = divide_rn(tl.full(scale.shape, 1.0, tl.float32), scale)
         return scale, inv_scale
 
     @triton.jit

@@ -48,19 +48,28 @@ class QuantConfig:
         check_range_percentile(self.act_range_percentile, "act_range_percentile")
 
 
-class GroupedWeight(NamedTuple):
-    """Q(weight) computed ahead of a layer's forward (quant/weight_group.py), with what it was
-    computed from."""
-
-    fmt: NumberFormat
-    weight: torch.Tensor
-    value: torch.Tensor
-
-
 def _version(weight: torch.Tensor) -> int | None:
     """The version counter of `weight`; None for an inference tensor (made under
     torch.inference_mode), which has none and cannot be changed outside that mode."""
     return None if weight.is_inference() else weight._version
+
+
+class GroupedWeight(NamedTuple):
+    """Q(weight) computed ahead of a layer's forward (quant/weight_group.py), with what it was
+    computed from: the format, the weight Parameter and its version counter."""
+
+    fmt: NumberFormat
+    weight: torch.Tensor
+    version: int | None
+    value: torch.Tensor
+
+    @classmethod
+    def of(cls, fmt: NumberFormat, weight: torch.Tensor, value: torch.Tensor) -> "GroupedWeight":
+        return cls(fmt, weight, _version(weight), value)
+
+    def is_current(self, fmt: NumberFormat, weight: torch.Tensor) -> bool:
+        """Whether it was computed from this format and weight, unchanged since."""
+        return self.fmt is fmt and self.weight is weight and self.version == _version(weight)
 
 
 class FormatAttribute:
@@ -159,9 +168,10 @@ class QuantModule:
 
     def quantized_weight(self) -> torch.Tensor:
         grouped = self._grouped_weight
-        # Only for the format and weight it was computed from (a hook that ran after the group's
-        # and changed either gets the per-layer path).
-        if grouped is not None and grouped.fmt is self._weight_format and grouped.weight is self.weight:
+        # Only for the format and weight values it was computed from: a hook that ran after the
+        # group's and changed the format, replaced the weight or changed it in place gets the
+        # per-layer path.
+        if grouped is not None and grouped.is_current(self._weight_format, self.weight):
             return grouped.value
         if self._prequantized_for is not None:
             if self.training:  # training changes the weight, possibly without a version bump

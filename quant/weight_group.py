@@ -15,7 +15,7 @@ A layer is grouped for a forward when its weight takes the per-tensor abs-max sc
 quantizing INT/FP format, is not marked prequantized, trains (requires_grad) and has no
 gradient yet, and gradients are on (under no_grad each layer's Q(w) is freed right after its
 use, which grouping would undo). Everything else keeps the per-layer path; so does every layer
-under DDP with more than one rank (`groupable` says why). Grouping changes no number: values
+under DDP with more than one rank and with HF gradient checkpointing (`groupable` says why). Grouping changes no number: values
 and gradients equal the per-layer path's bit for bit (tests/quant/test_weight_group.py; one
 Parameter shared by three or more grouped uses could sum its gradients in another order).
 A layer takes its grouped Q(w) only while its format and weight are the ones it was computed
@@ -53,6 +53,7 @@ class GroupMode(str, Enum):
 
 _mode = GroupMode.OFF if os.environ.get(_ENV_SWITCH, "1") == "0" else GroupMode.AUTO
 _verified: dict[torch.device, bool] = {}
+_PROBE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def set_mode(mode: GroupMode | str) -> None:
@@ -91,7 +92,7 @@ def verified_on(device: torch.device) -> bool:
         generator = torch.Generator().manual_seed(0)
         shapes = [(64, 33), (3000,), (7, 3, 3, 3), (1,), (2049,)]
         fmts = [parse_format(token) for token in ("int8", "fp8_e4m3", "int4", "fp4_e2m1", "fp8_e5m2")]
-        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for dtype in _PROBE_DTYPES:
             probe = [(torch.randn(shape, generator=generator) * 10 ** (i - 2)).to(device, dtype)
                      for i, shape in enumerate(shapes)]
             probe[3].zero_()  # a zero range
@@ -99,7 +100,8 @@ def verified_on(device: torch.device) -> bool:
                 ok = False
                 break
             for got, want in zip(fused_multi_quantize.fused_multi_fake_quantize(probe, fmts), _reference(probe, fmts)):
-                ok &= torch.equal(got, want)
+                bits = torch.int32 if dtype is torch.float32 else torch.int16  # -0.0 is not 0.0
+                ok &= torch.equal(got.view(bits), want.view(bits))
     except Exception as error:  # a Triton/driver problem: the per-layer path still works
         warnings.warn(f"grouped weight quantization unavailable on {device} ({error}); using the per-layer path")
         ok = False
@@ -183,9 +185,13 @@ class WeightQuantizerGroup:
         at the end of backward, which stops DDP from overlapping its all-reduce with it. Only
         weights that train (a frozen one would get a gradient computed for nothing) and have no
         gradient yet: with gradient accumulation the later micro-batches' weight gradients would
-        otherwise all wait for the end of backward, beside the accumulated ones."""
+        otherwise all wait for the end of backward, beside the accumulated ones. Not with HF
+        gradient checkpointing: the Q(w) of checkpointed layers would stay in memory through the
+        backward (they are views of one buffer that unchecked layers keep), which checkpointing
+        is there to avoid."""
         mode = _mode
-        if self.paused or mode is GroupMode.OFF or not torch.is_grad_enabled():
+        if (self.paused or mode is GroupMode.OFF or not torch.is_grad_enabled()
+                or getattr(self.model, "is_gradient_checkpointing", False)):
             return []
         if mode is GroupMode.AUTO and (not fused_quantize.is_available() or _distributed_world_size() > 1):
             return []
@@ -213,7 +219,7 @@ class WeightQuantizerGroup:
         quantized = _GroupedFakeQuantize.apply(fmts, *weights)
         for layer, fmt, weight, value in zip(layers, fmts, weights, quantized):
             # read by QuantModule.quantized_weight
-            layer.__dict__["_grouped_weight"] = GroupedWeight(fmt, weight, value)
+            layer.__dict__["_grouped_weight"] = GroupedWeight.of(fmt, weight, value)
         self._grouped = layers
 
     def _after_forward(self, module: nn.Module, args: tuple, output: object) -> None:

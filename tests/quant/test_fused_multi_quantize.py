@@ -18,11 +18,12 @@ from tests.quant.test_fused_quantize import FORMATS, KERNEL_DEVICES, _all_codes_
 
 def _per_layer_eager(x: torch.Tensor, fmt) -> torch.Tensor:
     """The per-layer path with the fused kernel off: the eager reference on x's device."""
+    enabled = fused_quantize._enabled
     fused_quantize.set_enabled(False)
     try:
         return quantize(x, fmt, Granularity.PER_TENSOR)
     finally:
-        fused_quantize.set_enabled(True)
+        fused_quantize.set_enabled(enabled)
 
 
 def _check(tensors: list[torch.Tensor], tokens: list[str]) -> None:

@@ -57,7 +57,8 @@ def build(formats: dict[str, tuple[str, str]] | None = None, **config) -> tuple[
 
 
 def run(model: nn.Module, seed: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
-    x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(seed))
+    device = next(model.parameters()).device
+    x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(seed)).to(device)
     out = model(x)
     out.square().sum().backward()
     return out.detach(), {name: p.grad for name, p in model.named_parameters()}
@@ -246,16 +247,25 @@ def test_the_one_time_check_catches_a_kernel_that_disagrees(monkeypatch: pytest.
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_the_one_time_check_passes_where_the_kernels_run(device: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(weight_group, "_verified", {})
-    if device == "cuda":
-        assert weight_group.verified_on(torch.device("cuda", torch.cuda.current_device())) is True
-    else:  # the interpreter truncates bf16, which the probe includes: it must fail, loudly
-        with pytest.warns(UserWarning, match="disagrees"):
-            assert weight_group.verified_on(torch.device("cpu")) is False
+    if device == "cpu":  # the interpreter does not round float32 -> bf16 as the GPU does
+        monkeypatch.setattr(weight_group, "_PROBE_DTYPES", (torch.float32, torch.float16))
+    index = torch.cuda.current_device() if device == "cuda" else None
+    assert weight_group.verified_on(torch.device(device, index)) is True
+
+
+def test_the_one_time_check_tells_minus_zero_from_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(weight_group, "_verified", {})
+    monkeypatch.setattr(fused_multi_quantize, "applies", lambda tensors, fmts: True)
+    flip_zero_sign = lambda tensors, fmts: [torch.where(q == 0, -q, q) for q in weight_group._reference(tensors, fmts)]  # noqa: E731
+    monkeypatch.setattr(fused_multi_quantize, "fused_multi_fake_quantize", flip_zero_sign)
+    with pytest.warns(UserWarning, match="disagrees"):
+        assert weight_group.verified_on(torch.device("cpu")) is False
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or fused_quantize.triton is None, reason="needs CUDA and Triton")
 def test_cuda_model_in_auto_uses_one_batch_and_equals_the_per_layer_path(mode, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)  # two runs compared bit for bit
     assert weight_group.verified_on(torch.device("cuda", torch.cuda.current_device())) is True  # before counting
     calls = []
     real = fused_multi_quantize.fused_multi_fake_quantize
@@ -432,19 +442,24 @@ def test_weights_the_kernels_do_not_cover_are_quantized_alone(monkeypatch: pytes
 def test_the_real_kernels_inside_the_model(mode, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Values and gradients through the multi-tensor kernels (outputs: views of one buffer)
     equal the per-layer path's, with a frozen layer and a layer the forward skips."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     if device == "cpu":  # the interpreter: let the kernels run on CPU tensors
         monkeypatch.setattr(weight_group, "_use_kernels", lambda d, batch, fmts: fused_multi_quantize.applies(batch, fmts))
     mode("off")
-    want_out, want_grads = run(build()[0].to(device))
+    model_off, layers_off = build()
+    layers_off["fc"].weight.requires_grad_(False)
+    want_out, want_grads = run(model_off.to(device))
     mode("always")
     model, layers = build()
+    layers["fc"].weight.requires_grad_(False)
     model.to(device)
     calls = []
     real = fused_multi_quantize.fused_multi_fake_quantize
     monkeypatch.setattr(fused_multi_quantize, "fused_multi_fake_quantize",
                         lambda tensors, fmts: calls.append(len(tensors)) or real(tensors, fmts))
     got_out, got_grads = run(model)
-    assert calls and calls[-1] == 5
+    assert calls and calls[-1] == 4  # all but the frozen fc
+    assert got_grads["fc.weight"] is None
     assert torch.equal(got_out, want_out)
     for name, grad in want_grads.items():
         assert (grad is None and got_grads[name] is None) or torch.equal(got_grads[name], grad), name
@@ -476,3 +491,50 @@ def test_a_whole_search_run_groups_every_training_step_and_changes_no_result(mod
         if key == "metrics":  # runtimes differ
             off, on = ({k: v for k, v in m.items() if "runtime" not in k and "per_second" not in k} for m in (off, on))
         assert on == off, key
+
+
+def test_a_weight_changed_in_place_after_the_group_ran_gets_the_per_layer_path(mode) -> None:
+    """A layer pre-hook that edits its weight in place (max-norm, noise): the layer must not use
+    the Q(w) of the old values."""
+    def halve(module: nn.Module, args: tuple) -> None:
+        with torch.no_grad():
+            module.weight.mul_(0.5)  # an in-place op: bumps the version counter
+
+    outputs = {}
+    for setting in ("off", "always"):
+        mode(setting)
+        model, layers = build()
+        layers["fc"].register_forward_pre_hook(halve)
+        seen = seen_weights(model, {"conv": layers["conv"]})
+        outputs[setting] = run(model)[0]
+        assert (seen["conv"] is not None) == (setting == "always")  # the other layers still grouped
+    assert torch.equal(outputs["always"], outputs["off"])
+
+
+def test_no_grouping_with_hf_gradient_checkpointing(mode) -> None:
+    """The Q(w) of checkpointed layers would stay alive through the backward as views of the
+    one buffer that the layers outside the checkpoints keep."""
+    mode("always")
+    model, _ = build()
+    group = model.__dict__["_fliqs_weight_group"]
+    assert group.groupable()
+    model.is_gradient_checkpointing = True  # what HF's PreTrainedModel reports once enabled
+    assert group.groupable() == []
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or fused_quantize.triton is None, reason="needs CUDA and Triton")
+def test_cuda_new_layouts_and_steps_never_wait_for_the_gpu() -> None:
+    """Neither a new layout (tables built on the device from one pinned upload) nor a step
+    synchronizes the host with the GPU."""
+    fmts = [weight_group.parse_format("int8"), weight_group.parse_format("fp8_e4m3")]
+    warm = [torch.randn(300, device="cuda"), torch.randn(7, 5, device="cuda")]
+    fused_multi_quantize.fused_multi_fake_quantize(warm, fmts)  # compile first
+    tensors = [torch.randn(2049, device="cuda"), torch.randn(33, 16, device="cuda")]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fused_multi_quantize.fused_multi_fake_quantize(tensors, fmts)  # a new layout
+        fused_multi_quantize.fused_multi_fake_quantize(tensors, fmts)  # a cached one
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
