@@ -104,7 +104,7 @@ if triton is not None:
     def scale_from_range_rn(value_range, fmt_max):
         """(scale, 1 / scale) from a range, as eager's `scale_from_range` and `torch.reciprocal`.
 
-        IEEE divisions (div_rn), as torch's CUDA division and reciprocal; a NaN range stays NaN
+        IEEE divisions (divide_rn), as torch's CUDA division and reciprocal; a NaN range stays NaN
         through the clamp, as with torch.clamp. Scales are >= 2^-126 (normal); the reciprocal of
         a huge scale is subnormal and kept (tests: range 3e38)."""
         scale = divide_rn(value_range, fmt_max)
