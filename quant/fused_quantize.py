@@ -249,11 +249,8 @@ def verified_on(device: torch.device, eager: EagerForward, scale_from_range: Sca
     range (whose scale `scale_from_range` computes): checked once per device, so an unusual GPU
     or Triton build falls back to the eager path with a warning instead of silently computing
     different numbers."""
-    known = _verified.get(device)
-    if known is not None:
-        return known
-    ok = True
-    try:
+    def matches() -> bool:
+        ok = True
         probe = torch.linspace(-300.0, 300.0, 4097, device=device)
         probe = torch.cat([probe, torch.tensor([0.5, 1.5, 2.5, -0.0, -0.3, float("nan"), 1e30], device=device)])
         finite = ~probe.isnan()
@@ -279,12 +276,27 @@ def verified_on(device: torch.device, eager: EagerForward, scale_from_range: Sca
                 want_out, want_mask = eager(rows, fmt, scale_from_range(row_ranges, fmt))
                 ok &= torch.equal(per_row[0].view(torch.int32), want_out.view(torch.int32))
                 ok &= torch.equal(per_row[1], want_mask)
-    except Exception as error:  # a Triton/driver problem: the eager path still works
-        warnings.warn(f"fused fake-quantization kernel unavailable on {device} ({error}); using the eager path")
+        return ok
+
+    return verify_once(_verified, device, matches, "fused fake-quantization kernel", "eager path", _ENV_SWITCH)
+
+
+def verify_once(cache: dict[torch.device, bool], device: torch.device, matches: Callable[[], bool], what: str,
+                fallback: str, env_switch: str) -> bool:
+    """`matches()` on `device` once, remembered in `cache`: whether `what` computes what
+    `fallback` does there. An exception or a mismatch gives a warning and False, so that an unusual GPU or
+    Triton build falls back instead of silently computing different numbers."""
+    known = cache.get(device)
+    if known is not None:
+        return known
+    try:
+        ok = bool(matches())
+    except Exception as error:  # a Triton/driver problem: the fallback still works
+        warnings.warn(f"{what} unavailable on {device} ({error}); using the {fallback}")
         ok = False
     else:
         if not ok:
-            warnings.warn(f"fused fake-quantization kernel disagrees with the eager path on {device}; "
-                          f"using the eager path (set {_ENV_SWITCH}=0 to skip this check)")
-    _verified[device] = bool(ok)
-    return bool(ok)
+            warnings.warn(f"{what} disagrees with the {fallback} on {device}; using the {fallback} "
+                          f"(set {env_switch}=0 to skip this check)")
+    cache[device] = ok
+    return ok

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from enum import Enum
 from typing import Iterator, Sequence
 
@@ -84,11 +83,8 @@ def verified_on(device: torch.device) -> bool:
     """Whether the multi-tensor kernels match the per-layer path on `device` for a probe of
     tensors of every kernel dtype, odd sizes and INT/FP formats (checked once per device; on a
     mismatch, a warning and the per-layer path)."""
-    known = _verified.get(device)
-    if known is not None:
-        return known
-    ok = True
-    try:
+    def matches() -> bool:
+        ok = True
         generator = torch.Generator().manual_seed(0)
         shapes = [(64, 33), (3000,), (7, 3, 3, 3), (1,), (2049,)]
         fmts = [parse_format(token) for token in ("int8", "fp8_e4m3", "int4", "fp4_e2m1", "fp8_e5m2")]
@@ -102,15 +98,10 @@ def verified_on(device: torch.device) -> bool:
             for got, want in zip(fused_multi_quantize.fused_multi_fake_quantize(probe, fmts), _reference(probe, fmts)):
                 bits = torch.int32 if dtype is torch.float32 else torch.int16  # -0.0 is not 0.0
                 ok &= torch.equal(got.view(bits), want.view(bits))
-    except Exception as error:  # a Triton/driver problem: the per-layer path still works
-        warnings.warn(f"grouped weight quantization unavailable on {device} ({error}); using the per-layer path")
-        ok = False
-    else:
-        if not ok:
-            warnings.warn(f"grouped weight quantization disagrees with the per-layer path on {device}; using the "
-                          f"per-layer path (set {_ENV_SWITCH}=0 to skip this check)")
-    _verified[device] = bool(ok)
-    return bool(ok)
+        return ok
+
+    return fused_quantize.verify_once(_verified, device, matches, "grouped weight quantization", "per-layer path",
+                                      _ENV_SWITCH)
 
 
 def _use_kernels(device: torch.device, batch: Sequence[torch.Tensor], fmts: Sequence[NumberFormat]) -> bool:
