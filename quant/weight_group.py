@@ -15,21 +15,24 @@ A layer is grouped for a forward when its weight takes the per-tensor abs-max sc
 quantizing INT/FP format, is not marked prequantized, trains (requires_grad) and has no
 gradient yet, and gradients are on (under no_grad each layer's Q(w) is freed right after its
 use, which grouping would undo). Everything else keeps the per-layer path; so does every layer
-under DDP with more than one rank and with HF gradient checkpointing (`groupable` says why). Grouping changes no number: values
-and gradients equal the per-layer path's bit for bit (tests/quant/test_weight_group.py; one
-Parameter shared by three or more grouped uses could sum its gradients in another order).
-A layer takes its grouped Q(w) only while its format and weight are the ones it was computed
-from. Modes (`set_mode`, or the environment variable FLIQS_GROUPED_WEIGHTS=0 for "off"):
+under DDP with more than one rank and with HF gradient checkpointing (`groupable` says why).
+Grouping changes no number: values and gradients equal the per-layer path's bit for bit
+(tests/quant/test_weight_group.py; one Parameter shared by three or more grouped uses could sum
+its gradients in another order). A layer takes its grouped Q(w) only while its format, weight
+and the weight's version counter are the ones it was computed from. Modes (`set_mode`, or the
+environment variable FLIQS_GROUPED_WEIGHTS: 0 or off, 1 or auto, always):
 
     auto    on CUDA, where the multi-tensor kernels have matched the per-layer path (checked
             once per device); the CPU keeps the per-layer path, which is no slower there
     off     the per-layer path everywhere
-    always  also on the CPU, computing each Q(w) with the per-layer function: for tests
+    always  also on the CPU, computing each Q(w) with the per-layer function: for tests, and
+            no faster there (benchmarks/RESULTS.md)
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from enum import Enum
 from typing import Iterator, Sequence
 
@@ -50,7 +53,21 @@ class GroupMode(str, Enum):
     ALWAYS = "always"
 
 
-_mode = GroupMode.OFF if os.environ.get(_ENV_SWITCH, "1") == "0" else GroupMode.AUTO
+_ENV_VALUES = {"": GroupMode.AUTO, "1": GroupMode.AUTO, "0": GroupMode.OFF,
+               **{mode.value: mode for mode in GroupMode}}
+
+
+def mode_from_environment(value: str | None) -> GroupMode:
+    """The mode FLIQS_GROUPED_WEIGHTS asks for: unset, "1" or "auto"; "0" or "off"; "always"."""
+    key = (value or "").strip().lower()
+    if key not in _ENV_VALUES:
+        warnings.warn(f"{_ENV_SWITCH}={value!r} is not one of 0, 1, {', '.join(m.value for m in GroupMode)}; "
+                      f"using auto")
+        return GroupMode.AUTO
+    return _ENV_VALUES[key]
+
+
+_mode = mode_from_environment(os.environ.get(_ENV_SWITCH))
 _verified: dict[torch.device, bool] = {}
 _PROBE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

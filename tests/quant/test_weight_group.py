@@ -538,3 +538,17 @@ def test_cuda_new_layouts_and_steps_never_wait_for_the_gpu() -> None:
         fused_multi_quantize.fused_multi_fake_quantize(tensors, fmts)  # a cached one
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, "auto"), ("", "auto"), ("1", "auto"), ("auto", "auto"), ("0", "off"), ("off", "off"), ("OFF", "off"),
+    ("always", "always"), (" Always ", "always"),
+])
+def test_the_environment_switch(value: str | None, expected: str) -> None:
+    assert weight_group.mode_from_environment(value) is weight_group.GroupMode(expected)
+
+
+def test_an_unknown_environment_value_warns_and_uses_auto() -> None:
+    with pytest.warns(UserWarning, match=r"FLIQS_GROUPED_WEIGHTS='yes' is not one of 0, 1, auto, off, always; "
+                                         r"using auto"):
+        assert weight_group.mode_from_environment("yes") is weight_group.GroupMode.AUTO
