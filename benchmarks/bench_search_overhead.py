@@ -2,7 +2,9 @@
 
 A search step is a fixed-format step plus the search's own work: sample formats from the policy,
 set them on the layers, snapshot the normalisation buffers (to undo a non-finite sample), compute
-the reward's quality and update the policy. On a GPU these parts run on the host between kernel
+the reward's quality and update the policy. Also timed: `group_weights`, the model's forward
+hooks that quantize every weight in one batch (quant/weight_group.py), which every quantized
+step runs. On a GPU these parts run on the host between kernel
 launches, so they add to a step that is already host-bound (benchmarks/RESULTS.md). This times
 each part in the same process as the whole search step of the same model and batch, and reports
 each as a share of it (median part / median step).
@@ -41,12 +43,21 @@ def search_parts(step: TrainerStep) -> dict[str, Callable[[], Any]]:
         sample = trainer.policy.sample(trainer.sample_generator)
         trainer._update_policy(sample, 0.5, trainer.state.global_step, True)
 
+    group = vars(model).get("_fliqs_weight_group")
+
+    def group_weights() -> None:  # the model's forward hooks: every weight quantized in one batch
+        group._before_forward(model, ())
+        group._after_forward(model, (), None)
+
     return {
         "sample": lambda: trainer.policy.sample(trainer.sample_generator),
         "set_formats": lambda: trainer.apply_option_indices(trainer.policy.sample(trainer.sample_generator).indices),
         "snapshot_buffers": lambda: trainer._snapshot_buffers(model),
         "quality": lambda: batch_quality(logits, labels, config.reward_metric),
         "sample_and_update_policy": sample_and_update,
+        # Not the search's own, but what every quantized step now does once (on the CPU, where
+        # grouping is off by default, only the check that finds nothing to group).
+        **({"group_weights": group_weights} if group is not None else {}),
     }
 
 

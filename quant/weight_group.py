@@ -91,6 +91,16 @@ def _groupable_format(fmt: NumberFormat) -> bool:
             and fused_multi_quantize.format_row(fmt) is not None)
 
 
+def _groupable_format_of(layer_state: dict) -> bool:
+    """`_groupable_format` of a layer's weight format, remembered on the layer for that format
+    object (a frozen dataclass hashes all its fields on every cache lookup)."""
+    fmt = layer_state["_weight_format"]
+    known = layer_state.get("_groupable_format")
+    if known is None or known[0] is not fmt:
+        known = layer_state["_groupable_format"] = (fmt, _groupable_format(fmt))
+    return known[1]
+
+
 def _reference(weights: Sequence[torch.Tensor], fmts: Sequence[NumberFormat]) -> list[torch.Tensor]:
     """What each layer computes on its own: the per-layer path, one weight at a time."""
     return [quantize(w, fmt, Granularity.PER_TENSOR) for w, fmt in zip(weights, fmts)]
@@ -177,6 +187,9 @@ class WeightQuantizerGroup:
         self.model = model
         self.layers = tuple(layers)
         self.paused = False  # see `paused()`
+        # Modules with HF's gradient_checkpointing switch, found once: asking the model
+        # (is_activation_checkpointing) walks every module at every forward.
+        self._checkpointing_switches = [m for m in model.modules() if isinstance(vars(m).get("gradient_checkpointing"), bool)]
         self._handles = [model.register_forward_pre_hook(self._before_forward),
                          model.register_forward_hook(self._after_forward, always_call=True)]
         self._grouped: list[QuantModule] = []
@@ -198,16 +211,19 @@ class WeightQuantizerGroup:
         backward (they are views of one buffer that unchecked layers keep), which checkpointing
         is there to avoid."""
         mode = _mode
-        if (self.paused or mode is GroupMode.OFF or not torch.is_grad_enabled()
-                or getattr(self.model, "is_gradient_checkpointing", False)):
+        if self.paused or mode is GroupMode.OFF or not torch.is_grad_enabled():
             return []
         if mode is GroupMode.AUTO and (not fused_quantize.is_available() or _distributed_world_size() > 1):
             return []
+        if any(module.gradient_checkpointing for module in self._checkpointing_switches):
+            return []
+        # Run at every forward, for every layer: plain attribute reads, no format hashing.
         chosen = []
         for layer in self.layers:
-            weight = layer.weight
-            if (layer._prequantized_for is None and layer.weight_granularity is Granularity.PER_TENSOR
-                    and layer.weight_range_percentile >= 100.0 and _groupable_format(layer._weight_format)
+            state = vars(layer)
+            weight = state["_parameters"]["weight"]  # what layer.weight returns, without Module.__getattr__
+            if (state["_prequantized_for"] is None and state["weight_granularity"] is Granularity.PER_TENSOR
+                    and state["weight_range_percentile"] >= 100.0 and _groupable_format_of(state)
                     and weight.requires_grad and weight.grad is None
                     and (mode is GroupMode.ALWAYS or weight.is_cuda)):
                 chosen.append(layer)
@@ -222,8 +238,8 @@ class WeightQuantizerGroup:
         layers = self.groupable()
         if len(layers) < 2:  # one layer gains nothing from a batch
             return
-        fmts = tuple(layer._weight_format for layer in layers)
-        weights = [layer.weight for layer in layers]
+        fmts = tuple(vars(layer)["_weight_format"] for layer in layers)
+        weights = [vars(layer)["_parameters"]["weight"] for layer in layers]
         quantized = _GroupedFakeQuantize.apply(fmts, *weights)
         for layer, fmt, weight, value in zip(layers, fmts, weights, quantized):
             # read by QuantModule.quantized_weight

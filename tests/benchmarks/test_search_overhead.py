@@ -12,9 +12,22 @@ def test_parts_are_timed_against_the_whole_search_step(tmp_path, capsys):
     assert (result["model"], result["quantized_layers"], result["decisions"]) == ("resnet-small", 21, 21)
     parts = {row["name"]: row for row in result["parts"]}
     assert list(parts) == [WHOLE_STEP, "sample", "set_formats", "snapshot_buffers", "quality",
-                           "sample_and_update_policy"]
+                           "sample_and_update_policy", "group_weights"]
     step_ms = parts[WHOLE_STEP]["median_ms"]
     assert parts[WHOLE_STEP]["share_of_step"] == 1.0 and step_ms > 0
     for name, row in parts.items():
         assert row["rounds"] == 2 and row["share_of_step"] == row["median_ms"] / step_ms, name
     assert "sample_and_update_policy" in capsys.readouterr().out
+
+
+def test_the_group_weights_part_runs_the_models_hooks(monkeypatch):
+    """With grouping forced on (the CPU's default is off), the part quantizes every weight and
+    leaves nothing behind."""
+    from quant import weight_group
+
+    calls = []
+    real = weight_group.quantize_weights
+    monkeypatch.setattr(weight_group, "quantize_weights", lambda ws, fmts: calls.append(len(ws)) or real(ws, fmts))
+    monkeypatch.setattr(weight_group, "_mode", weight_group.GroupMode.ALWAYS)
+    main(["--models", "resnet-small", "--repeats", "1", "--warmup", "0", "--inner", "1"])
+    assert calls and set(calls[-2:]) == {21}
