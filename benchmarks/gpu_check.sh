@@ -14,7 +14,7 @@
 #   step       float / fixed-format / search step of ResNet-18 (b128, 224px), BERT-base (b32, s128);
 #              the quantized ones also with per-layer weight quantization (<name>_per_layer), side by side
 #   profile    the same steps' host work, host waits, launches and device work (torch.profiler)
-#   overhead   the search's own host work per step, part by part (ResNet-18)
+#   overhead   the search's own host work per step, part by part, and the grouped weights' hooks
 #   memory     peak memory of fixed-format and search (2, 4, 8 options)
 #   compile    the quantizer with a torch.compile'd core (bit-exactness checked)
 # and finally the summary table against the goals (benchmarks/summarize.py).
@@ -79,7 +79,7 @@ run_step step 300 "$PY" -m benchmarks.bench_search_step --device cuda --preset g
   --per_layer_weights --out "$OUT_DIR/step_gpu.json"
 run_step profile 150 "$PY" -m benchmarks.profile_step --device cuda --preset gpu --repeats 10 --steps 3 \
   --per_layer_weights --out "$OUT_DIR/profile_gpu.json"
-run_step overhead 90 "$PY" -m benchmarks.bench_search_overhead --device cuda --preset gpu --models resnet18 \
+run_step overhead 120 "$PY" -m benchmarks.bench_search_overhead --device cuda --preset gpu \
   --repeats 10 --out "$OUT_DIR/overhead_gpu.json"
 run_step memory 180 "$PY" -m benchmarks.bench_memory --device cuda --preset gpu \
   --out "$OUT_DIR/memory_gpu.json"
