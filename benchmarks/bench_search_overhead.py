@@ -2,9 +2,9 @@
 
 A search step is a fixed-format step plus the search's own work: sample formats from the policy,
 set them on the layers, snapshot the normalisation buffers (to undo a non-finite sample), compute
-the reward's quality and update the policy. Also timed: `group_weights`, the model's forward
-hooks that quantize every weight in one batch (quant/weight_group.py), which every quantized
-step runs. On a GPU these parts run on the host between kernel
+the reward's quality and update the policy. Also timed: `group_check` and `group_weights`, the
+check of which layers to group and the model's forward hooks that quantize every weight in one
+batch (quant/weight_group.py), which every quantized step runs. On a GPU these parts run on the host between kernel
 launches, so they add to a step that is already host-bound (benchmarks/RESULTS.md). This times
 each part in the same process as the whole search step of the same model and batch, and reports
 each as a share of it (median part / median step).
@@ -55,9 +55,10 @@ def search_parts(step: TrainerStep) -> dict[str, Callable[[], Any]]:
         "snapshot_buffers": lambda: trainer._snapshot_buffers(model),
         "quality": lambda: batch_quality(logits, labels, config.reward_metric),
         "sample_and_update_policy": sample_and_update,
-        # Not the search's own, but what every quantized step now does once (on the CPU, where
-        # grouping is off by default, only the check that finds nothing to group).
-        **({"group_weights": group_weights} if group is not None else {}),
+        # Not the search's own, but what every quantized step now does once: the check of which
+        # layers to group (host work only), and the hooks with the batch itself (on the CPU,
+        # where grouping is off by default, only a check that finds nothing to group).
+        **({"group_check": group.groupable, "group_weights": group_weights} if group is not None else {}),
     }
 
 

@@ -12,7 +12,7 @@ def test_parts_are_timed_against_the_whole_search_step(tmp_path, capsys):
     assert (result["model"], result["quantized_layers"], result["decisions"]) == ("resnet-small", 21, 21)
     parts = {row["name"]: row for row in result["parts"]}
     assert list(parts) == [WHOLE_STEP, "sample", "set_formats", "snapshot_buffers", "quality",
-                           "sample_and_update_policy", "group_weights"]
+                           "sample_and_update_policy", "group_check", "group_weights"]
     step_ms = parts[WHOLE_STEP]["median_ms"]
     assert parts[WHOLE_STEP]["share_of_step"] == 1.0 and step_ms > 0
     for name, row in parts.items():
