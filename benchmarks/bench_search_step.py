@@ -27,6 +27,7 @@ from benchmarks.common import (
     time_interleaved,
 )
 from benchmarks.step_setup import StepVariant, TrainerStep, add_model_args, build_trainer, chosen_cases
+from quant import weight_group
 
 DEFAULT_SEARCH_SPACE = "int4,int8,fp4_e2m1,fp8_e4m3"
 DEFAULT_FIXED_FORMATS = "int8,fp8_e4m3"
@@ -60,14 +61,19 @@ def run_case(case, variants: list[StepVariant], args: argparse.Namespace, device
     rows = []
     for variant in variants:
         timing = timings[variant.name]
+        group = vars(steps[variant.name].model).get("_fliqs_weight_group")
         twin = variant.name + PER_LAYER_SUFFIX
         rows.append({**timing.summary(), "kind": variant.kind.value, "formats": list(variant.formats),
                      "reward_source": variant.reward_source if variant.kind.value == "search" else None,
                      "per_layer_weights": variant.per_layer_weights,
+                     # what the comparison rests on: the layers a step groups (0: per layer)
+                     "grouped_layers": len(group.groupable()) if group is not None else 0,
                      "ratio_to_float": median_ratio(timings, variant.name, REFERENCE),
                      "ratio_to_per_layer": median_ratio(timings, variant.name, twin) if twin in timings else None})
     return {"model": case.name, "model_type": case.model_type, "batch_size": case.batch_size,
             "image_size": case.image_size, "seq_length": case.seq_length, "quantized_layers": layers,
+            # whether the grouped weights ran on the multi-tensor kernels (None: never checked, as on the CPU)
+            "grouped_kernels_verified": weight_group._verified.get(device),
             "variants": rows}
 
 

@@ -76,7 +76,9 @@ def step_lines(path: Path, payload: dict[str, Any]) -> list[Line]:
                 lines.append(Line(path.name, result["model"], f"{v['name']} step / float", v["ratio_to_float"], device))
                 continue
             if v.get("ratio_to_per_layer") is not None:
-                lines.append(Line(path.name, result["model"], f"{v['name']} step / per-layer weights",
+                grouped = v.get("grouped_layers")  # 0 would mean the comparison compared nothing
+                subject = result["model"] if grouped is None else f"{result['model']} ({grouped} layers grouped)"
+                lines.append(Line(path.name, subject, f"{v['name']} step / per-layer weights",
                                   v["ratio_to_per_layer"], device))
             if v["name"].startswith("fixed_"):
                 lines.append(Line(path.name, f"{result['model']} {v['name']}", "fixed-format step / float",

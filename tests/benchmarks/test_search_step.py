@@ -31,3 +31,17 @@ def test_cpu_run_with_per_layer_twins(tmp_path):
     assert rows["fixed_int8"]["ratio_to_per_layer"] > 0 and rows["search_train"]["ratio_to_per_layer"] > 0
     assert rows["float"]["ratio_to_per_layer"] is None and rows["search_train_per_layer"]["ratio_to_per_layer"] is None
     assert [rows[n]["per_layer_weights"] for n in rows] == [False, False, False, True, True]
+    # on the CPU grouping is off by default: no step groups, and no kernel was checked
+    assert [rows[n]["grouped_layers"] for n in rows] == [0, 0, 0, 0, 0]
+    assert payload["results"][0]["grouped_kernels_verified"] is None
+
+
+def test_grouped_layers_are_counted_where_grouping_runs(tmp_path, monkeypatch):
+    from quant import weight_group
+
+    monkeypatch.setattr(weight_group, "_mode", weight_group.GroupMode.ALWAYS)
+    payload = main(["--models", "resnet-small", "--repeats", "1", "--warmup", "0", "--fixed_formats", "int8",
+                    "--reward_sources", "train", "--per_layer_weights"])
+    rows = {row["name"]: row["grouped_layers"] for row in payload["results"][0]["variants"]}
+    assert rows == {"float": 0, "fixed_int8": 21, "search_train": 21, "fixed_int8_per_layer": 0,
+                    "search_train_per_layer": 0}

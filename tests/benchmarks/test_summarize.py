@@ -40,13 +40,13 @@ def test_goals_depend_on_the_device(tmp_path):
 def test_per_layer_twins_are_info_and_the_grouped_variants_get_their_ratio(tmp_path):
     payload = step_payload("cuda:0", {"search_train": 1.2, "search_train_per_layer": 1.4})
     rows = payload["results"][0]["variants"]
-    rows[1].update(ratio_to_per_layer=0.86)
-    rows[2].update(per_layer_weights=True, ratio_to_per_layer=None)
+    rows[1].update(ratio_to_per_layer=0.86, grouped_layers=21)
+    rows[2].update(per_layer_weights=True, ratio_to_per_layer=None, grouped_layers=0)
     (tmp_path / "step_gpu.json").write_text(json.dumps(payload))
     got = verdicts(tmp_path)
     assert got == {
         ("resnet-small", "search_train step / float"): (1.2, "<= 1.25", "PASS"),
-        ("resnet-small", "search_train step / per-layer weights"): (0.86, "-", "info"),
+        ("resnet-small (21 layers grouped)", "search_train step / per-layer weights"): (0.86, "-", "info"),
         ("resnet-small", "search_train_per_layer step / float"): (1.4, "-", "info"),  # not the goal's variant
     }
 
