@@ -47,19 +47,33 @@ if triton is not None:
     @triton.jit
     def _block_of(x_ptrs, block_tensor_ptr, block_start_ptr, numel_ptr, X_DTYPE: tl.constexpr,
                   BLOCK: tl.constexpr):
-        """(tensor index, its pointer, element offsets, in-range mask) of this program's block."""
+        """(tensor index, its pointer, element offsets, in-range mask, whether the block is full)
+        of this program's block. `applies` admits 16-byte aligned tensors only, and every block
+        starts at a multiple of BLOCK: the hints let a full block load and store in vectors (a
+        loaded pointer and a loaded size tell the compiler nothing of either)."""
         block = tl.program_id(0)
         t = tl.load(block_tensor_ptr + block)
         start = tl.multiple_of(tl.load(block_start_ptr + block), BLOCK)
-        x_ptr = tl.load(x_ptrs + t).to(tl.pointer_type(X_DTYPE))
+        x_ptr = tl.multiple_of(tl.load(x_ptrs + t).to(tl.pointer_type(X_DTYPE)), 16)
         offs = start + tl.arange(0, BLOCK)
-        return t, x_ptr, offs, offs < tl.load(numel_ptr + t)
+        n = tl.load(numel_ptr + t)
+        return t, x_ptr, offs, offs < n, start + BLOCK <= n
+
+    @triton.jit
+    def _load_block(x_ptr, offs, in_range, full):
+        """The block's x as float32: without a mask where the block is full (vector loads)."""
+        if full:
+            x = tl.load(x_ptr + offs).to(tl.float32)
+        else:
+            x = tl.load(x_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
+        return x
 
     @triton.jit
     def _multi_abs_max_kernel(x_ptrs, block_tensor_ptr, block_start_ptr, numel_ptr, range_bits_ptr,
                               X_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
-        t, x_ptr, offs, in_range = _block_of(x_ptrs, block_tensor_ptr, block_start_ptr, numel_ptr, X_DTYPE, BLOCK)
-        x = tl.load(x_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
+        t, x_ptr, offs, in_range, full = _block_of(x_ptrs, block_tensor_ptr, block_start_ptr, numel_ptr, X_DTYPE,
+                                                   BLOCK)
+        x = _load_block(x_ptr, offs, in_range, full)
         bits = tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=0)  # |x| as ordered integers
         tl.atomic_max(range_bits_ptr + t, bits)
 
@@ -67,8 +81,9 @@ if triton is not None:
     def _multi_fake_quantize_kernel(x_ptrs, block_tensor_ptr, block_start_ptr, numel_ptr, range_ptr,
                                     params_ptr, out_ptr, out_offset_ptr,
                                     X_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
-        t, x_ptr, offs, in_range = _block_of(x_ptrs, block_tensor_ptr, block_start_ptr, numel_ptr, X_DTYPE, BLOCK)
-        x = tl.load(x_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
+        t, x_ptr, offs, in_range, full = _block_of(x_ptrs, block_tensor_ptr, block_start_ptr, numel_ptr, X_DTYPE,
+                                                   BLOCK)
+        x = _load_block(x_ptr, offs, in_range, full)
         params = params_ptr + t * 6  # one row of 6 int32 per tensor (format_row)
         fmt_max = tl.load(params).to(tl.float32, bitcast=True)
         lo = tl.load(params + 1).to(tl.float32, bitcast=True)
@@ -76,7 +91,12 @@ if triton is not None:
         scale, inv_scale = scale_from_range_rn(tl.load(range_ptr + t), fmt_max)
         out, _ = fake_quantize_values(x, scale, inv_scale, lo, hi, tl.load(params + 3),
                                       tl.load(params + 4), tl.load(params + 5))
-        store_in_dtype(out_ptr + tl.load(out_offset_ptr + t) + offs, out, in_range)
+        # Output slots start at multiples of 16 elements (`_build_layout`): aligned as the input.
+        out_ptrs = out_ptr + tl.multiple_of(tl.load(out_offset_ptr + t), 16) + offs
+        if full:
+            store_in_dtype(out_ptrs, out, None)
+        else:
+            store_in_dtype(out_ptrs, out, in_range)
 
 
 def _float_bits(value: float) -> int:
