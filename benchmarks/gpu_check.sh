@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Every benchmark on one CUDA GPU (H100/H200, torch 2.11), offline, in about 6 minutes.
+# Every benchmark on one CUDA GPU (H100/H200, torch 2.11), offline, in about 7-8 minutes.
 #
-#   bash benchmarks/gpu_check.sh            # results under ${OUT:-benchmarks/out}
+#   bash benchmarks/gpu_check.sh                  # results under ${OUT:-benchmarks/out}
+#   SKIP="compile" bash benchmarks/gpu_check.sh   # leave out steps by name (compile takes ~80 s)
 #
 # Steps (each under its own timeout; a failed or timed-out step is reported and the others
 # still run; the exit status is non-zero if any failed):
@@ -32,9 +33,15 @@ declare -a STATUS=()
 FAILED=0
 
 # run_step NAME SECONDS COMMAND...: run with a timeout, append output to the log, record status.
+# Steps named in SKIP (space-separated, e.g. SKIP="compile memory") are recorded as skipped.
 run_step() {
   local name="$1" limit="$2"
   shift 2
+  if [[ " ${SKIP:-} " == *" $name "* ]]; then
+    STATUS+=("$name skipped")
+    echo "== $name skipped (SKIP)" | tee -a "$LOG"
+    return 0
+  fi
   local start=$SECONDS rc=0
   echo "== $name (limit ${limit}s): $*" | tee -a "$LOG"
   timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG" || rc=$?
