@@ -197,7 +197,8 @@ def fused_multi_fake_quantize(tensors: Sequence[torch.Tensor], fmts: Sequence[Nu
     device, dtype = tensors[0].device, tensors[0].dtype
     with fused_quantize.on_device(device):  # Triton launches on the current device
         layout = _layout_for(tensors)
-        params = _upload([value for fmt in fmts for value in format_row(fmt)], device, torch.int32)  # type: ignore[union-attr]
+        rows = [value for fmt in fmts for value in format_row(fmt)]  # type: ignore[union-attr]
+        params = _upload(rows, device, torch.int32)
         range_bits = torch.zeros(len(tensors), dtype=torch.int32, device=device)
         out = torch.empty(layout.out_numel, dtype=dtype, device=device)
         grid = (len(layout.block_tensor),)

@@ -189,7 +189,8 @@ class WeightQuantizerGroup:
         self.paused = False  # see `paused()`
         # Modules with HF's gradient_checkpointing switch, found once: asking the model
         # (is_activation_checkpointing) walks every module at every forward.
-        self._checkpointing_switches = [m for m in model.modules() if isinstance(vars(m).get("gradient_checkpointing"), bool)]
+        self._checkpointing_switches = [module for module in model.modules()
+                                        if isinstance(vars(module).get("gradient_checkpointing"), bool)]
         self._handles = [model.register_forward_pre_hook(self._before_forward),
                          model.register_forward_hook(self._after_forward, always_call=True)]
         self._grouped: list[QuantModule] = []
@@ -221,8 +222,9 @@ class WeightQuantizerGroup:
         chosen = []
         for layer in self.layers:
             state = vars(layer)
-            weight = state["_parameters"]["weight"]  # what layer.weight returns, without Module.__getattr__
-            if (state["_prequantized_for"] is None and state["weight_granularity"] is Granularity.PER_TENSOR
+            weight = state["_parameters"].get("weight")  # layer.weight, without Module.__getattr__
+            if (weight is not None and state.get("_prequantized_for") is None
+                    and state["weight_granularity"] is Granularity.PER_TENSOR
                     and state["weight_range_percentile"] >= 100.0 and _groupable_format_of(state)
                     and weight.requires_grad and weight.grad is None
                     and (mode is GroupMode.ALWAYS or weight.is_cuda)):
