@@ -11,8 +11,9 @@ benchmarks/RESULTS.md). A `WeightQuantizerGroup`, installed on the model by
     each layer's forward:    uses its Q(w) (QuantModule.quantized_weight)
     model forward hook:      drops them (also when the forward raises)
 
-A layer is grouped for a forward when its weight takes the per-tensor abs-max scale with a
-quantizing INT/FP format, is not marked prequantized, trains (requires_grad) and has no
+A layer is grouped for a forward when its weight takes an abs-max scale per tensor or per
+output channel (dim 0 of the weight: Linear and Conv2d, not GPT-2's Conv1D) with a quantizing
+INT/FP format, is not marked prequantized, trains (requires_grad) and has no
 gradient yet, and gradients are on (under no_grad each layer's Q(w) is freed right after its
 use, which grouping would undo). Everything else keeps the per-layer path; so does every layer
 under DDP with more than one rank and with HF gradient checkpointing (`groupable` says why).
@@ -101,9 +102,11 @@ def _groupable_format_of(layer_state: dict) -> bool:
     return known[1]
 
 
-def _reference(weights: Sequence[torch.Tensor], fmts: Sequence[NumberFormat]) -> list[torch.Tensor]:
+def _reference(weights: Sequence[torch.Tensor], fmts: Sequence[NumberFormat],
+               per_channel: Sequence[bool]) -> list[torch.Tensor]:
     """What each layer computes on its own: the per-layer path, one weight at a time."""
-    return [quantize(w, fmt, Granularity.PER_TENSOR) for w, fmt in zip(weights, fmts)]
+    return [quantize(w, fmt, Granularity.PER_CHANNEL if channel else Granularity.PER_TENSOR, dim=0)
+            for w, fmt, channel in zip(weights, fmts, per_channel)]
 
 
 def verified_on(device: torch.device) -> bool:
@@ -113,16 +116,21 @@ def verified_on(device: torch.device) -> bool:
     def matches() -> bool:
         ok = True
         generator = torch.Generator().manual_seed(0)
-        shapes = [(64, 33), (3000,), (7, 3, 3, 3), (1,), (2049,)]
-        fmts = [parse_format(token) for token in ("int8", "fp8_e4m3", "int4", "fp4_e2m1", "fp8_e5m2")]
+        # per tensor: odd sizes, a zero tensor; per channel: rows of 16 to more than a block
+        shapes = [(64, 33), (3000,), (7, 3, 3, 3), (1,), (2049,), (6, 16), (3, 2064), (5, 4, 4, 4)]
+        per_channel = [False] * 5 + [True] * 3
+        tokens = ("int8", "fp8_e4m3", "int4", "fp4_e2m1", "fp8_e5m2", "int8", "fp8_e4m3", "int4")
+        fmts = [parse_format(token) for token in tokens]
         for dtype in _PROBE_DTYPES:
-            probe = [(torch.randn(shape, generator=generator) * 10 ** (i - 2)).to(device, dtype)
+            probe = [(torch.randn(shape, generator=generator) * 10 ** (i % 5 - 2)).to(device, dtype)
                      for i, shape in enumerate(shapes)]
             probe[3].zero_()  # a zero range
-            if not fused_multi_quantize.applies(probe, fmts):
+            probe[5][2].zero_()  # a zero row
+            if not fused_multi_quantize.applies(probe, fmts, per_channel):
                 ok = False
                 break
-            for got, want in zip(fused_multi_quantize.fused_multi_fake_quantize(probe, fmts), _reference(probe, fmts)):
+            got_all = fused_multi_quantize.fused_multi_fake_quantize(probe, fmts, per_channel)
+            for got, want in zip(got_all, _reference(probe, fmts, per_channel)):
                 bits = torch.int32 if dtype is torch.float32 else torch.int16  # -0.0 is not 0.0
                 ok &= torch.equal(got.view(bits), want.view(bits))
         return ok
@@ -131,31 +139,36 @@ def verified_on(device: torch.device) -> bool:
                                       _ENV_SWITCH)
 
 
-def _use_kernels(device: torch.device, batch: Sequence[torch.Tensor], fmts: Sequence[NumberFormat]) -> bool:
+def _use_kernels(device: torch.device, batch: Sequence[torch.Tensor], fmts: Sequence[NumberFormat],
+                 per_channel: Sequence[bool]) -> bool:
     # The check compares with the per-layer path as it runs on this device (fused kernel or eager).
-    return device.type == "cuda" and fused_multi_quantize.applies(batch, fmts) and verified_on(device)
+    return device.type == "cuda" and fused_multi_quantize.applies(batch, fmts, per_channel) and verified_on(device)
 
 
-def quantize_weights(weights: Sequence[torch.Tensor], fmts: Sequence[NumberFormat]) -> list[torch.Tensor]:
-    """Per-tensor abs-max Q(w) of each weight: in one batch per (device, dtype) of the weights
-    that the multi-tensor kernels cover, where they have been verified; the rest one at a time."""
+def quantize_weights(weights: Sequence[torch.Tensor], fmts: Sequence[NumberFormat],
+                     per_channel: Sequence[bool]) -> list[torch.Tensor]:
+    """Abs-max Q(w) of each weight, per tensor or per output channel (dim 0): in one batch per
+    (device, dtype) of the weights that the multi-tensor kernels cover, where they have been
+    verified; the rest one at a time."""
     out: list[torch.Tensor | None] = [None] * len(weights)
     batches: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     alone: list[int] = []
-    for i, (w, fmt) in enumerate(zip(weights, fmts)):
-        if fused_multi_quantize.tensor_applies(w, fmt):
+    for i, (w, fmt, channel) in enumerate(zip(weights, fmts, per_channel)):
+        if fused_multi_quantize.tensor_applies(w, fmt, channel):
             batches.setdefault((w.device, w.dtype), []).append(i)
         else:  # e.g. a channels-last conv weight: the others still batch
             alone.append(i)
     for (device, _), indices in batches.items():
         batch, batch_fmts = [weights[i] for i in indices], [fmts[i] for i in indices]
-        if _use_kernels(device, batch, batch_fmts):
-            results = fused_multi_quantize.fused_multi_fake_quantize(batch, batch_fmts)
+        batch_channel = [per_channel[i] for i in indices]
+        if _use_kernels(device, batch, batch_fmts, batch_channel):
+            results = fused_multi_quantize.fused_multi_fake_quantize(batch, batch_fmts, batch_channel)
         else:
-            results = _reference(batch, batch_fmts)
+            results = _reference(batch, batch_fmts, batch_channel)
         for i, result in zip(indices, results):
             out[i] = result
-    for i, result in zip(alone, _reference([weights[i] for i in alone], [fmts[i] for i in alone])):
+    lone = _reference([weights[i] for i in alone], [fmts[i] for i in alone], [per_channel[i] for i in alone])
+    for i, result in zip(alone, lone):
         out[i] = result
     return out  # type: ignore[return-value]
 
@@ -170,13 +183,14 @@ class _GroupedFakeQuantize(torch.autograd.Function):
     straight-through gradient of each weight is its output's gradient, unchanged."""
 
     @staticmethod
-    def forward(ctx, fmts: tuple[NumberFormat, ...], *weights: torch.Tensor):  # type: ignore[override]
+    def forward(ctx, fmts: tuple[NumberFormat, ...], per_channel: tuple[bool, ...],  # type: ignore[override]
+                *weights: torch.Tensor):
         ctx.set_materialize_grads(False)  # an unused Q(w) passes None, not a zero tensor
-        return tuple(quantize_weights(weights, fmts))
+        return tuple(quantize_weights(weights, fmts, per_channel))
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor | None):  # type: ignore[override]
-        return (None, *grads)
+        return (None, None, *grads)
 
 
 class WeightQuantizerGroup:
@@ -223,8 +237,10 @@ class WeightQuantizerGroup:
         for layer in self.layers:
             state = vars(layer)
             weight = state["_parameters"].get("weight")  # layer.weight, without Module.__getattr__
+            granularity = state["weight_granularity"]
             if (weight is not None and state.get("_prequantized_for") is None
-                    and state["weight_granularity"] is Granularity.PER_TENSOR
+                    and (granularity is Granularity.PER_TENSOR
+                         or (granularity is Granularity.PER_CHANNEL and layer.weight_channel_dim == 0))
                     and state["weight_range_percentile"] >= 100.0 and _groupable_format_of(state)
                     and weight.requires_grad and weight.grad is None
                     and (mode is GroupMode.ALWAYS or weight.is_cuda)):
@@ -241,8 +257,9 @@ class WeightQuantizerGroup:
         if len(layers) < 2:  # one layer gains nothing from a batch
             return
         fmts = tuple(vars(layer)["_weight_format"] for layer in layers)
+        per_channel = tuple(vars(layer)["weight_granularity"] is Granularity.PER_CHANNEL for layer in layers)
         weights = [vars(layer)["_parameters"]["weight"] for layer in layers]
-        quantized = _GroupedFakeQuantize.apply(fmts, *weights)
+        quantized = _GroupedFakeQuantize.apply(fmts, per_channel, *weights)
         for layer, fmt, weight, value in zip(layers, fmts, weights, quantized):
             # read by QuantModule.quantized_weight
             layer.__dict__["_grouped_weight"] = GroupedWeight.of(fmt, weight, value)

@@ -27,7 +27,7 @@ def test_the_group_weights_part_runs_the_models_hooks(monkeypatch):
 
     calls = []
     real = weight_group.quantize_weights
-    monkeypatch.setattr(weight_group, "quantize_weights", lambda ws, fmts: calls.append(len(ws)) or real(ws, fmts))
+    monkeypatch.setattr(weight_group, "quantize_weights", lambda ws, fmts, channel: calls.append(len(ws)) or real(ws, fmts, channel))
     monkeypatch.setattr(weight_group, "_mode", weight_group.GroupMode.ALWAYS)
     main(["--models", "resnet-small", "--repeats", "1", "--warmup", "0", "--inner", "1"])
     assert calls and set(calls[-2:]) == {21}

@@ -104,7 +104,7 @@ def test_a_grouped_weight_is_the_layers_own_quantized_weight(mode) -> None:
 
 
 @pytest.mark.parametrize(("change", "left_out"), [
-    ("per_channel", LAYERS),
+    ("per_channel", ["gpt"]),  # per channel groups too, but for GPT-2's Conv1D (channels on dim 1)
     ("range_percentile", ["fc"]),
     ("cast_format", ["fc"]),
     ("no_quant_format", ["fc"]),
@@ -206,37 +206,38 @@ def test_a_replica_calling_the_hooks_is_left_per_layer(mode) -> None:
 
 
 def test_the_kernels_run_only_on_a_checked_cuda_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fused_multi_quantize, "applies", lambda tensors, fmts: True)
+    monkeypatch.setattr(fused_multi_quantize, "applies", lambda tensors, fmts, per_channel=None: True)
     cuda = torch.device("cuda", 0)
-    batch, fmts = [torch.randn(4)], [weight_group.parse_format("int8")]
-    assert weight_group._use_kernels(torch.device("cpu"), batch, fmts) is False
+    batch, fmts, channel = [torch.randn(4)], [weight_group.parse_format("int8")], [False]
+    assert weight_group._use_kernels(torch.device("cpu"), batch, fmts, channel) is False
     monkeypatch.setattr(weight_group, "_verified", {cuda: True})
-    assert weight_group._use_kernels(cuda, batch, fmts) is True
+    assert weight_group._use_kernels(cuda, batch, fmts, channel) is True
     monkeypatch.setattr(weight_group, "_verified", {cuda: False})
-    assert weight_group._use_kernels(cuda, batch, fmts) is False
-    monkeypatch.setattr(fused_multi_quantize, "applies", lambda tensors, fmts: False)
+    assert weight_group._use_kernels(cuda, batch, fmts, channel) is False
+    monkeypatch.setattr(fused_multi_quantize, "applies", lambda tensors, fmts, per_channel=None: False)
     monkeypatch.setattr(weight_group, "_verified", {cuda: True})
-    assert weight_group._use_kernels(cuda, batch, fmts) is False
+    assert weight_group._use_kernels(cuda, batch, fmts, channel) is False
 
 
 def test_one_kernel_batch_per_dtype_in_the_callers_order(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    monkeypatch.setattr(weight_group, "_use_kernels", lambda device, batch, fmts: True)
+    monkeypatch.setattr(weight_group, "_use_kernels", lambda device, batch, fmts, per_channel: True)
     monkeypatch.setattr(fused_multi_quantize, "fused_multi_fake_quantize",
-                        lambda tensors, fmts: calls.append([t.dtype for t in tensors]) or weight_group._reference(tensors, fmts))
+                        lambda tensors, fmts, per_channel: calls.append([t.dtype for t in tensors])
+                        or weight_group._reference(tensors, fmts, per_channel))
     fmts = [weight_group.parse_format(t) for t in ("int8", "int4", "fp8_e4m3")]
     weights = [torch.randn(4), torch.randn(4).half(), torch.randn(6)]
-    got = weight_group.quantize_weights(weights, fmts)
+    got = weight_group.quantize_weights(weights, fmts, [False] * 3)
     assert calls == [[torch.float32, torch.float32], [torch.float16]]
-    want = weight_group._reference(weights, fmts)
+    want = weight_group._reference(weights, fmts, [False] * 3)
     assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(got, want))
 
 
 def test_the_one_time_check_catches_a_kernel_that_disagrees(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(weight_group, "_verified", {})
-    monkeypatch.setattr(fused_multi_quantize, "applies", lambda tensors, fmts: True)
+    monkeypatch.setattr(fused_multi_quantize, "applies", lambda tensors, fmts, per_channel=None: True)
     monkeypatch.setattr(fused_multi_quantize, "fused_multi_fake_quantize",
-                        lambda tensors, fmts: [t.clone() for t in tensors])  # no quantization at all
+                        lambda tensors, fmts, per_channel: [t.clone() for t in tensors])  # no quantization at all
     with pytest.warns(UserWarning, match="grouped weight quantization disagrees with the per-layer path on cpu; "
                                          "using the per-layer path \\(set FLIQS_GROUPED_WEIGHTS=0"):
         assert weight_group.verified_on(torch.device("cpu")) is False
@@ -255,8 +256,10 @@ def test_the_one_time_check_passes_where_the_kernels_run(device: str, monkeypatc
 
 def test_the_one_time_check_tells_minus_zero_from_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(weight_group, "_verified", {})
-    monkeypatch.setattr(fused_multi_quantize, "applies", lambda tensors, fmts: True)
-    flip_zero_sign = lambda tensors, fmts: [torch.where(q == 0, -q, q) for q in weight_group._reference(tensors, fmts)]  # noqa: E731
+    monkeypatch.setattr(fused_multi_quantize, "applies", lambda tensors, fmts, per_channel=None: True)
+    def flip_zero_sign(tensors, fmts, per_channel):
+        return [torch.where(q == 0, -q, q) for q in weight_group._reference(tensors, fmts, per_channel)]
+
     monkeypatch.setattr(fused_multi_quantize, "fused_multi_fake_quantize", flip_zero_sign)
     with pytest.warns(UserWarning, match="disagrees"):
         assert weight_group.verified_on(torch.device("cpu")) is False
@@ -270,7 +273,8 @@ def test_cuda_model_in_auto_uses_one_batch_and_equals_the_per_layer_path(mode, m
     calls = []
     real = fused_multi_quantize.fused_multi_fake_quantize
     monkeypatch.setattr(fused_multi_quantize, "fused_multi_fake_quantize",
-                        lambda tensors, fmts: calls.append(len(tensors)) or real(tensors, fmts))
+                        lambda tensors, fmts, per_channel=None: calls.append(len(tensors))
+                        or real(tensors, fmts, per_channel))
     mode("off")
     want_out, want_grads = run(build()[0].cuda())
     mode("auto")
@@ -430,15 +434,18 @@ def test_a_format_changed_after_the_group_ran_gets_the_per_layer_path(mode) -> N
 
 def test_weights_the_kernels_do_not_cover_are_quantized_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     batches = []
-    monkeypatch.setattr(weight_group, "_use_kernels", lambda device, batch, fmts: True)
+    monkeypatch.setattr(weight_group, "_use_kernels", lambda device, batch, fmts, per_channel: True)
     monkeypatch.setattr(fused_multi_quantize, "fused_multi_fake_quantize",
-                        lambda tensors, fmts: batches.append(len(tensors)) or weight_group._reference(tensors, fmts))
+                        lambda tensors, fmts, per_channel: batches.append(len(tensors))
+                        or weight_group._reference(tensors, fmts, per_channel))
     conv = torch.randn(4, 3, 2, 2).to(memory_format=torch.channels_last)  # not contiguous
-    weights = [torch.randn(8, 3), conv, torch.randn(5)]
-    fmts = [weight_group.parse_format("int8")] * 3
-    got = weight_group.quantize_weights(weights, fmts)
-    assert batches == [2]
-    assert all(torch.equal(a, b) for a, b in zip(got, weight_group._reference(weights, fmts)))
+    # a per-channel weight whose rows are not a multiple of 16 elements is left out too
+    weights = [torch.randn(8, 3), conv, torch.randn(5), torch.randn(4, 20), torch.randn(4, 32)]
+    fmts = [weight_group.parse_format("int8")] * 5
+    per_channel = [False, False, False, True, True]
+    got = weight_group.quantize_weights(weights, fmts, per_channel)
+    assert batches == [3]
+    assert all(torch.equal(a, b) for a, b in zip(got, weight_group._reference(weights, fmts, per_channel)))
 
 
 @needs_kernel
@@ -448,7 +455,8 @@ def test_the_real_kernels_inside_the_model(mode, device: str, monkeypatch: pytes
     equal the per-layer path's, with a frozen layer and a layer the forward skips."""
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     if device == "cpu":  # the interpreter: let the kernels run on CPU tensors
-        monkeypatch.setattr(weight_group, "_use_kernels", lambda d, batch, fmts: fused_multi_quantize.applies(batch, fmts))
+        monkeypatch.setattr(weight_group, "_use_kernels",
+                            lambda d, batch, fmts, channel: fused_multi_quantize.applies(batch, fmts, channel))
     mode("off")
     model_off, layers_off = build()
     layers_off["fc"].weight.requires_grad_(False)
@@ -460,7 +468,8 @@ def test_the_real_kernels_inside_the_model(mode, device: str, monkeypatch: pytes
     calls = []
     real = fused_multi_quantize.fused_multi_fake_quantize
     monkeypatch.setattr(fused_multi_quantize, "fused_multi_fake_quantize",
-                        lambda tensors, fmts: calls.append(len(tensors)) or real(tensors, fmts))
+                        lambda tensors, fmts, per_channel=None: calls.append(len(tensors))
+                        or real(tensors, fmts, per_channel))
     got_out, got_grads = run(model)
     assert calls and calls[-1] == 4  # all but the frozen fc
     assert got_grads["fc.weight"] is None
@@ -480,7 +489,8 @@ def test_a_whole_search_run_groups_every_training_step_and_changes_no_result(mod
     grouped_forwards = []
     real_apply = weight_group._GroupedFakeQuantize.apply
     monkeypatch.setattr(weight_group._GroupedFakeQuantize, "apply",
-                        lambda fmts, *weights: grouped_forwards.append(len(weights)) or real_apply(fmts, *weights))
+                        lambda fmts, per_channel, *weights: grouped_forwards.append(len(weights))
+                        or real_apply(fmts, per_channel, *weights))
     results = {}
     for setting in ("off", "always"):
         mode(setting)
@@ -564,3 +574,43 @@ def test_an_unknown_environment_value_warns_and_uses_auto() -> None:
     with pytest.warns(UserWarning, match=r"FLIQS_GROUPED_WEIGHTS='yes' is not one of 0, 1, auto, off, always; "
                                          r"using auto"):
         assert weight_group.mode_from_environment("yes") is weight_group.GroupMode.AUTO
+
+
+@needs_kernel
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_per_channel_weights_through_the_kernels(mode, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A BERT with per-output-channel weight scales: its Linear weights go through the
+    multi-tensor kernels in one batch, with values and gradients of the per-layer path."""
+    from eval.eval_partitions import LayerSelection, select_layers
+    from eval.models import build_model
+
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    if device == "cpu":  # the interpreter: let the kernels run on CPU tensors
+        monkeypatch.setattr(weight_group, "_use_kernels",
+                            lambda d, batch, fmts, channel: fused_multi_quantize.applies(batch, fmts, channel))
+    batches = []
+    real = fused_multi_quantize.fused_multi_fake_quantize
+    monkeypatch.setattr(fused_multi_quantize, "fused_multi_fake_quantize",
+                        lambda tensors, fmts, per_channel=None: batches.append(sum(per_channel or []))
+                        or real(tensors, fmts, per_channel))
+    outputs = {}
+    for setting in ("off", "always"):
+        mode(setting)
+        torch.manual_seed(0)
+        model = build_model("bert", num_labels=3, from_scratch=True, vocab_size=64, pad_token_id=1,
+                            config_overrides={"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
+                                              "intermediate_size": 64})
+        names = select_layers(model, LayerSelection())
+        formats = {name: (("int4", "int8"), ("fp8_e4m3", "int8"), ("fp4_e2m1", "none"))[i % 3]
+                   for i, name in enumerate(names)}
+        model, layers = quantize_model(model, QuantSpec(names, QuantConfig(per_channel=True), formats))
+        model.to(device).train()
+        ids = torch.randint(2, 64, (2, 7), generator=torch.Generator().manual_seed(3)).to(device)
+        loss = model(input_ids=ids, labels=torch.tensor([0, 2], device=device)).loss
+        loss.backward()
+        outputs[setting] = (loss.detach(), {n: p.grad for n, p in model.named_parameters()})
+    assert batches and batches[-1] == len(layers)  # every weight per channel, in one batch
+    assert torch.equal(outputs["always"][0], outputs["off"][0])
+    for name, grad in outputs["off"][1].items():
+        got = outputs["always"][1][name]
+        assert (grad is None and got is None) or torch.equal(got, grad), name
