@@ -39,6 +39,7 @@ if triton is not None:
     from quant.fused_quantize import fake_quantize_values, scale_from_range_rn, store_in_dtype
 
 _BLOCK = 1024
+_MAX_NUMEL = 2**31 - _BLOCK  # int32 offsets: the last block's start + BLOCK stays below 2^31
 _LAYOUT_CACHE_SIZE = 16
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -200,10 +201,11 @@ def scale_groups(x: torch.Tensor, per_channel: bool) -> int:
 
 def tensor_applies(x: torch.Tensor, fmt: NumberFormat, per_channel: bool = False) -> bool:
     """Whether the kernels cover `x` with `fmt`: a float dtype they store, non-empty, contiguous,
-    16-byte aligned, below 2^31 elements, a format with a kernel row; per channel (along dim 0),
-    at least 2 dims and rows of a multiple of 16 elements (so every block starts aligned)."""
-    if not (x.dtype in _KERNEL_DTYPES and x.is_contiguous() and 0 < x.numel() < 2**31 and not x.data_ptr() % 16
-            and format_row(fmt) is not None):
+    16-byte aligned, a format with a kernel row, and at most 2^31 - BLOCK elements (the kernels
+    index in int32: start + BLOCK must not wrap); per channel (along dim 0), at least 2 dims and
+    rows of a multiple of 16 elements (so every block starts aligned)."""
+    if not (x.dtype in _KERNEL_DTYPES and x.is_contiguous() and 0 < x.numel() <= _MAX_NUMEL
+            and not x.data_ptr() % 16 and format_row(fmt) is not None):
         return False
     return not per_channel or (x.dim() >= 2 and (x.numel() // x.shape[0]) % 16 == 0)
 

@@ -215,7 +215,8 @@ def on_device(device: torch.device) -> contextlib.AbstractContextManager:
 
 def _launch(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor, need_mask: bool, from_range: bool
             ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    if not is_available() or not x.is_contiguous() or x.numel() == 0 or x.numel() >= 2**31:
+    # int32 offsets: the last block's pid * BLOCK + BLOCK must stay below 2^31
+    if not is_available() or not x.is_contiguous() or x.numel() == 0 or x.numel() > 2**31 - _BLOCK:
         return None
     params = kernel_params(fmt)
     inner = _scale_layout(x, scale)

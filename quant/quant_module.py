@@ -56,20 +56,22 @@ def _version(weight: torch.Tensor) -> int | None:
 
 class GroupedWeight(NamedTuple):
     """Q(weight) computed ahead of a layer's forward (quant/weight_group.py), with what it was
-    computed from: the format, the weight Parameter and its version counter."""
+    computed from: the format, the scale granularity, the weight Parameter and its version counter."""
 
     fmt: NumberFormat
+    granularity: str  # a quant_utils.Granularity
     weight: torch.Tensor
     version: int | None
     value: torch.Tensor
 
     @classmethod
-    def of(cls, fmt: NumberFormat, weight: torch.Tensor, value: torch.Tensor) -> "GroupedWeight":
-        return cls(fmt, weight, _version(weight), value)
+    def of(cls, fmt: NumberFormat, granularity: str, weight: torch.Tensor, value: torch.Tensor) -> "GroupedWeight":
+        return cls(fmt, granularity, weight, _version(weight), value)
 
-    def is_current(self, fmt: NumberFormat, weight: torch.Tensor) -> bool:
-        """Whether it was computed from this format and weight, unchanged since."""
-        return self.fmt is fmt and self.weight is weight and self.version == _version(weight)
+    def is_current(self, fmt: NumberFormat, granularity: str, weight: torch.Tensor) -> bool:
+        """Whether it was computed from this format, granularity and weight, unchanged since."""
+        return (self.fmt is fmt and self.granularity is granularity and self.weight is weight
+                and self.version == _version(weight))
 
 
 class FormatAttribute:
@@ -171,7 +173,7 @@ class QuantModule:
         # Only for the format and weight values it was computed from: a hook that ran after the
         # group's and changed the format, replaced the weight or changed it in place gets the
         # per-layer path.
-        if grouped is not None and grouped.is_current(self._weight_format, self.weight):
+        if grouped is not None and grouped.is_current(self._weight_format, self.weight_granularity, self.weight):
             return grouped.value
         if self._prequantized_for is not None:
             if self.training:  # training changes the weight, possibly without a version bump

@@ -257,12 +257,13 @@ class WeightQuantizerGroup:
         if len(layers) < 2:  # one layer gains nothing from a batch
             return
         fmts = tuple(vars(layer)["_weight_format"] for layer in layers)
-        per_channel = tuple(vars(layer)["weight_granularity"] is Granularity.PER_CHANNEL for layer in layers)
+        granularities = [vars(layer)["weight_granularity"] for layer in layers]
+        per_channel = tuple(granularity is Granularity.PER_CHANNEL for granularity in granularities)
         weights = [vars(layer)["_parameters"]["weight"] for layer in layers]
         quantized = _GroupedFakeQuantize.apply(fmts, per_channel, *weights)
-        for layer, fmt, weight, value in zip(layers, fmts, weights, quantized):
+        for layer, fmt, granularity, weight, value in zip(layers, fmts, granularities, weights, quantized):
             # read by QuantModule.quantized_weight
-            layer.__dict__["_grouped_weight"] = GroupedWeight.of(fmt, weight, value)
+            layer.__dict__["_grouped_weight"] = GroupedWeight.of(fmt, granularity, weight, value)
         self._grouped = layers
 
     def _after_forward(self, module: nn.Module, args: tuple, output: object) -> None:

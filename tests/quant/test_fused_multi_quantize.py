@@ -62,7 +62,7 @@ def test_every_code_and_tie_in_one_call(device: str, token: str) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_every_format_mixed_in_one_call_across_block_edges(device: str, dtype: torch.dtype) -> None:
     if device == "cpu" and dtype is torch.bfloat16:
-        pytest.skip("Triton's interpreter truncates float32 -> bfloat16 (the GPU rounds to nearest even)")
+        pytest.skip("Triton's interpreter does not round float32 -> bfloat16 to nearest even, as the GPU does")
     generator = torch.Generator().manual_seed(0)
     sizes = [1, 15, 1023, 1024, 1025, 4097, (7, 3, 3, 3), (64, 33)]
     tensors, tokens = [], []
@@ -82,7 +82,7 @@ def test_per_channel_scales_mixed_with_per_tensor_ones(device: str, dtype: torch
     one partial), rows of different magnitudes (a zero row too), every format, with per-tensor
     tensors in the same call."""
     if device == "cpu" and dtype is torch.bfloat16:
-        pytest.skip("Triton's interpreter truncates float32 -> bfloat16 (the GPU rounds to nearest even)")
+        pytest.skip("Triton's interpreter does not round float32 -> bfloat16 to nearest even, as the GPU does")
     generator = torch.Generator().manual_seed(1)
     shapes = [(8, 16), (5, 3, 4, 4), (3, 2064), (4, 1024), (6, 48), (2, 2048)]
     tensors, tokens, per_channel = [], [], []
@@ -214,3 +214,14 @@ def test_layout_tables_come_from_one_upload(monkeypatch: pytest.MonkeyPatch) -> 
     assert layout.block_group.tolist() == [0, 0, 1, 2, 2, 3, 3]
     assert {t.dtype for t in (layout.block_tensor, layout.block_start, layout.block_end, layout.block_group)} == {
         torch.int32}
+
+
+def test_tensors_near_2_to_the_31_are_left_to_the_per_layer_path() -> None:
+    """The kernels index in int32: the last block's start + BLOCK must not wrap (meta tensors:
+    no memory, address 0)."""
+    int8 = parse_format("int8")
+    largest = fused_multi_quantize._MAX_NUMEL
+    assert largest == 2**31 - fused_multi_quantize._BLOCK
+    assert fused_multi_quantize.tensor_applies(torch.empty(largest, device="meta"), int8)
+    assert not fused_multi_quantize.tensor_applies(torch.empty(largest + 1, device="meta"), int8)
+    assert not fused_multi_quantize.tensor_applies(torch.empty(7, 306783376, device="meta"), int8, per_channel=True)

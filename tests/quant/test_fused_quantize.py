@@ -120,9 +120,9 @@ def test_every_code_and_tie_matches_the_eager_path(device: str, token: str) -> N
 
 def _random_input(device: str, dtype: torch.dtype, seed: int) -> torch.Tensor:
     """(12, 3, 5, 7) float32 on the CPU, 12 groups of different magnitudes. Skips bf16 under the
-    interpreter, which truncates float32 -> bfloat16 (the GPU rounds to nearest even)."""
+    interpreter, which does not round float32 -> bfloat16 to nearest even as the GPU does."""
     if device == "cpu" and dtype is torch.bfloat16:
-        pytest.skip("Triton's interpreter truncates float32 -> bfloat16 (the GPU rounds to nearest even)")
+        pytest.skip("Triton's interpreter does not round float32 -> bfloat16 to nearest even, as the GPU does")
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(12, 3, 5, 7, generator=generator) * torch.rand(12, 1, 1, 1, generator=generator) * 9
 

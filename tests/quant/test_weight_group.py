@@ -614,3 +614,16 @@ def test_per_channel_weights_through_the_kernels(mode, device: str, monkeypatch:
     for name, grad in outputs["off"][1].items():
         got = outputs["always"][1][name]
         assert (grad is None and got is None) or torch.equal(got, grad), name
+
+
+def test_a_granularity_changed_after_the_group_ran_gets_the_per_layer_path(mode) -> None:
+    mode("always")
+    model, layers = build()
+    model.register_forward_pre_hook(lambda m, a: setattr(layers["fc"], "weight_granularity",
+                                                         weight_group.Granularity.PER_CHANNEL))
+    got_out, _ = run(model)
+    mode("off")
+    model_off, layers_off = build()
+    layers_off["fc"].weight_granularity = weight_group.Granularity.PER_CHANNEL
+    want_out, _ = run(model_off)
+    assert torch.equal(got_out, want_out)
