@@ -64,6 +64,15 @@ def run(model: nn.Module, seed: int = 1) -> tuple[torch.Tensor, dict[str, torch.
     return out.detach(), {name: p.grad for name, p in model.named_parameters()}
 
 
+def tiny_bert(hidden_layers: int = 1) -> nn.Module:
+    """A BERT classifier with 32-wide layers (rows of a multiple of 16: per-channel groupable)."""
+    from eval.models import build_model
+
+    return build_model("bert", num_labels=3, from_scratch=True, vocab_size=64, pad_token_id=1,
+                       config_overrides={"num_hidden_layers": hidden_layers, "hidden_size": 32,
+                                         "num_attention_heads": 2, "intermediate_size": 64})
+
+
 def seen_weights(model: Net, layers: dict[str, QuantModule]) -> dict[str, torch.Tensor | None]:
     """The grouped Q(w) each layer holds during its own forward (None: per-layer path)."""
     seen: dict[str, torch.Tensor | None] = {}
@@ -345,15 +354,12 @@ def test_gradient_checkpointing_recomputes_the_same_weights(mode, reentrant: boo
     turns grouping off, for memory; checkpointing it cannot see, e.g. torch.utils.checkpoint
     in a model's own code, must still be exact: here the switch is hidden from the group.)"""
     from eval.eval_partitions import LayerSelection, select_layers
-    from eval.models import build_model
 
     grads = {}
     for setting in ("off", "always"):
         mode(setting)
         torch.manual_seed(0)
-        model = build_model("bert", num_labels=3, from_scratch=True, vocab_size=64, pad_token_id=1,
-                            config_overrides={"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
-                                              "intermediate_size": 64})
+        model = tiny_bert(hidden_layers=2)
         quantize_model(model, QuantSpec(select_layers(model, LayerSelection()), QuantConfig(weight_format="int4",
                                                                                             act_format="int8")))
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
@@ -528,12 +534,8 @@ def test_a_weight_changed_in_place_after_the_group_ran_gets_the_per_layer_path(m
 def test_no_grouping_with_hf_gradient_checkpointing(mode) -> None:
     """The Q(w) of checkpointed layers would stay alive through the backward as views of the
     one buffer that the layers outside the checkpoints keep."""
-    from eval.models import build_model
-
     mode("always")
-    model = build_model("bert", num_labels=3, from_scratch=True, vocab_size=64, pad_token_id=1,
-                        config_overrides={"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
-                                          "intermediate_size": 64})
+    model = tiny_bert()
     model, layers = quantize_model(model, QuantSpec(["bert.encoder.layer.0.output.dense", "classifier"],
                                                     QuantConfig(weight_format="int4")))
     group = model.__dict__["_fliqs_weight_group"]
@@ -582,7 +584,6 @@ def test_per_channel_weights_through_the_kernels(mode, device: str, monkeypatch:
     """A BERT with per-output-channel weight scales: its Linear weights go through the
     multi-tensor kernels in one batch, with values and gradients of the per-layer path."""
     from eval.eval_partitions import LayerSelection, select_layers
-    from eval.models import build_model
 
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     if device == "cpu":  # the interpreter: let the kernels run on CPU tensors
@@ -597,9 +598,7 @@ def test_per_channel_weights_through_the_kernels(mode, device: str, monkeypatch:
     for setting in ("off", "always"):
         mode(setting)
         torch.manual_seed(0)
-        model = build_model("bert", num_labels=3, from_scratch=True, vocab_size=64, pad_token_id=1,
-                            config_overrides={"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
-                                              "intermediate_size": 64})
+        model = tiny_bert()
         names = select_layers(model, LayerSelection())
         formats = {name: (("int4", "int8"), ("fp8_e4m3", "int8"), ("fp4_e2m1", "none"))[i % 3]
                    for i, name in enumerate(names)}
