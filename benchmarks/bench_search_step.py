@@ -58,6 +58,7 @@ def run_case(case, variants: list[StepVariant], args: argparse.Namespace, device
             layers = max(layers, built.num_quantized_layers)
         timings = time_interleaved(steps, repeats=args.repeats, warmup=args.warmup, device=device,
                                    clock=resolve_clock(args), inner=args.inner, settle=args.settle)
+    weight_device = next(steps[REFERENCE].model.parameters()).device
     rows = []
     for variant in variants:
         timing = timings[variant.name]
@@ -72,8 +73,9 @@ def run_case(case, variants: list[StepVariant], args: argparse.Namespace, device
                      "ratio_to_per_layer": median_ratio(timings, variant.name, twin) if twin in timings else None})
     return {"model": case.name, "model_type": case.model_type, "batch_size": case.batch_size,
             "image_size": case.image_size, "seq_length": case.seq_length, "quantized_layers": layers,
-            # whether the grouped weights ran on the multi-tensor kernels (None: never checked, as on the CPU)
-            "grouped_kernels_verified": weight_group._verified.get(device),
+            # whether the grouped weights ran on the multi-tensor kernels (None: never checked, as on
+            # the CPU); asked for the weights' own device (cuda:0, where --device says cuda)
+            "grouped_kernels_verified": weight_group.kernels_verified(weight_device),
             "variants": rows}
 
 

@@ -22,6 +22,7 @@ straight-through gradient is the identity.
 from __future__ import annotations
 
 import functools
+import itertools
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -134,10 +135,7 @@ class _Layout:
 
 def _prefix_sums(values: Sequence[int]) -> list[int]:
     """[0, v0, v0 + v1, ...] without the total: where each item starts."""
-    starts = [0]
-    for value in values[:-1]:
-        starts.append(starts[-1] + value)
-    return starts
+    return list(itertools.accumulate(values[:-1], initial=0))
 
 
 def _build_layout(device: torch.device, numels: Sequence[int], groups: Sequence[int], ptrs: Sequence[int]) -> _Layout:

@@ -94,7 +94,8 @@ def _groupable_format(fmt: NumberFormat) -> bool:
 
 def _groupable_format_of(layer_state: dict) -> bool:
     """`_groupable_format` of a layer's weight format, remembered on the layer for that format
-    object (a frozen dataclass hashes all its fields on every cache lookup)."""
+    object: an identity check per layer and forward instead of two cached lookups (each hashing
+    the frozen dataclass) and the type checks."""
     fmt = layer_state["_weight_format"]
     known = layer_state.get("_groupable_format")
     if known is None or known[0] is not fmt:
@@ -111,8 +112,8 @@ def _reference(weights: Sequence[torch.Tensor], fmts: Sequence[NumberFormat],
 
 def verified_on(device: torch.device) -> bool:
     """Whether the multi-tensor kernels match the per-layer path on `device` for a probe of
-    tensors of every kernel dtype, odd sizes and INT/FP formats (checked once per device; on a
-    mismatch, a warning and the per-layer path)."""
+    tensors of every kernel dtype, odd sizes, per-tensor and per-channel scales and INT/FP
+    formats (checked once per device; on a mismatch, a warning and the per-layer path)."""
     def matches() -> bool:
         ok = True
         generator = torch.Generator().manual_seed(0)
@@ -139,10 +140,18 @@ def verified_on(device: torch.device) -> bool:
                                       _ENV_SWITCH)
 
 
-def _use_kernels(device: torch.device, batch: Sequence[torch.Tensor], fmts: Sequence[NumberFormat],
-                 per_channel: Sequence[bool]) -> bool:
-    # The check compares with the per-layer path as it runs on this device (fused kernel or eager).
-    return device.type == "cuda" and fused_multi_quantize.applies(batch, fmts, per_channel) and verified_on(device)
+def _use_kernels(device: torch.device) -> bool:
+    """Whether a batch on `device` runs on the multi-tensor kernels. The batch itself is covered
+    already (`quantize_weights` batches only what `tensor_applies` admits, one device and dtype
+    per batch), so this per-step check does not go over the tensors again. The one-time check
+    compares with the per-layer path as it runs on this device (fused kernel or eager)."""
+    return device.type == "cuda" and fused_quantize.is_available() and verified_on(device)
+
+
+def kernels_verified(device: torch.device) -> bool | None:
+    """Whether the multi-tensor kernels passed their one-time check on `device` (an indexed
+    device, as a weight's); None where they were never checked (the CPU, grouping off)."""
+    return _verified.get(device)
 
 
 def quantize_weights(weights: Sequence[torch.Tensor], fmts: Sequence[NumberFormat],
@@ -161,7 +170,7 @@ def quantize_weights(weights: Sequence[torch.Tensor], fmts: Sequence[NumberForma
     for (device, _), indices in batches.items():
         batch, batch_fmts = [weights[i] for i in indices], [fmts[i] for i in indices]
         batch_channel = [per_channel[i] for i in indices]
-        if _use_kernels(device, batch, batch_fmts, batch_channel):
+        if _use_kernels(device):
             results = fused_multi_quantize.fused_multi_fake_quantize(batch, batch_fmts, batch_channel)
         else:
             results = _reference(batch, batch_fmts, batch_channel)

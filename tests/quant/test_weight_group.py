@@ -215,22 +215,22 @@ def test_a_replica_calling_the_hooks_is_left_per_layer(mode) -> None:
 
 
 def test_the_kernels_run_only_on_a_checked_cuda_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fused_multi_quantize, "applies", lambda tensors, fmts, per_channel=None: True)
+    monkeypatch.setattr(fused_quantize, "is_available", lambda: True)
     cuda = torch.device("cuda", 0)
-    batch, fmts, channel = [torch.randn(4)], [weight_group.parse_format("int8")], [False]
-    assert weight_group._use_kernels(torch.device("cpu"), batch, fmts, channel) is False
+    assert weight_group._use_kernels(torch.device("cpu")) is False
     monkeypatch.setattr(weight_group, "_verified", {cuda: True})
-    assert weight_group._use_kernels(cuda, batch, fmts, channel) is True
+    assert weight_group._use_kernels(cuda) is True
+    assert weight_group.kernels_verified(cuda) is True and weight_group.kernels_verified(torch.device("cpu")) is None
     monkeypatch.setattr(weight_group, "_verified", {cuda: False})
-    assert weight_group._use_kernels(cuda, batch, fmts, channel) is False
-    monkeypatch.setattr(fused_multi_quantize, "applies", lambda tensors, fmts, per_channel=None: False)
+    assert weight_group._use_kernels(cuda) is False
+    monkeypatch.setattr(fused_quantize, "is_available", lambda: False)  # no Triton, or FLIQS_FUSED_QUANTIZE=0
     monkeypatch.setattr(weight_group, "_verified", {cuda: True})
-    assert weight_group._use_kernels(cuda, batch, fmts, channel) is False
+    assert weight_group._use_kernels(cuda) is False
 
 
 def test_one_kernel_batch_per_dtype_in_the_callers_order(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    monkeypatch.setattr(weight_group, "_use_kernels", lambda device, batch, fmts, per_channel: True)
+    monkeypatch.setattr(weight_group, "_use_kernels", lambda device: True)
     monkeypatch.setattr(fused_multi_quantize, "fused_multi_fake_quantize",
                         lambda tensors, fmts, per_channel: calls.append([t.dtype for t in tensors])
                         or weight_group._reference(tensors, fmts, per_channel))
@@ -440,7 +440,7 @@ def test_a_format_changed_after_the_group_ran_gets_the_per_layer_path(mode) -> N
 
 def test_weights_the_kernels_do_not_cover_are_quantized_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     batches = []
-    monkeypatch.setattr(weight_group, "_use_kernels", lambda device, batch, fmts, per_channel: True)
+    monkeypatch.setattr(weight_group, "_use_kernels", lambda device: True)
     monkeypatch.setattr(fused_multi_quantize, "fused_multi_fake_quantize",
                         lambda tensors, fmts, per_channel: batches.append(len(tensors))
                         or weight_group._reference(tensors, fmts, per_channel))
@@ -461,8 +461,7 @@ def test_the_real_kernels_inside_the_model(mode, device: str, monkeypatch: pytes
     equal the per-layer path's, with a frozen layer and a layer the forward skips."""
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     if device == "cpu":  # the interpreter: let the kernels run on CPU tensors
-        monkeypatch.setattr(weight_group, "_use_kernels",
-                            lambda d, batch, fmts, channel: fused_multi_quantize.applies(batch, fmts, channel))
+        monkeypatch.setattr(weight_group, "_use_kernels", lambda device: True)
     mode("off")
     model_off, layers_off = build()
     layers_off["fc"].weight.requires_grad_(False)
@@ -587,8 +586,7 @@ def test_per_channel_weights_through_the_kernels(mode, device: str, monkeypatch:
 
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     if device == "cpu":  # the interpreter: let the kernels run on CPU tensors
-        monkeypatch.setattr(weight_group, "_use_kernels",
-                            lambda d, batch, fmts, channel: fused_multi_quantize.applies(batch, fmts, channel))
+        monkeypatch.setattr(weight_group, "_use_kernels", lambda device: True)
     batches = []
     real = fused_multi_quantize.fused_multi_fake_quantize
     monkeypatch.setattr(fused_multi_quantize, "fused_multi_fake_quantize",
