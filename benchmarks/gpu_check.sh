@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Every benchmark on one CUDA GPU (H100/H200, torch 2.11), offline, in about 7-8 minutes.
+# Every benchmark on one CUDA GPU (H100/H200, torch 2.11), offline, in under 5 minutes.
 #
-#   bash benchmarks/gpu_check.sh                  # results under ${OUT:-benchmarks/out}
-#   SKIP="compile" bash benchmarks/gpu_check.sh   # leave out steps by name (compile takes ~80 s)
+#   bash benchmarks/gpu_check.sh                   # results under ${OUT:-benchmarks/out}
+#   SKIP="memory profile" bash benchmarks/gpu_check.sh   # leave out steps by name
+#   WITH="compile" bash benchmarks/gpu_check.sh    # add the optional steps named (compile: ~80 s more)
 #
 # Steps (each under its own timeout; a failed or timed-out step is reported and the others
 # still run; the exit status is non-zero if any failed):
@@ -12,12 +13,14 @@
 #              the CPU, the fused kernel to the eager path (every code of 15 formats); an fp16
 #              search (GradScaler) drops non-finite samples
 #   quantizer  fake-quant throughput vs copy and torch's kernels (64M elements)
-#   step       float / fixed-format / search step of ResNet-18 (b128, 224px), BERT-base (b32, s128);
+#   step       float / fixed INT8 / search step of ResNet-18 (b128, 224px), BERT-base (b32, s128);
 #              the quantized ones also with per-layer weight quantization (<name>_per_layer), side by side
 #   profile    the same steps' host work, host waits, launches and device work (torch.profiler)
 #   overhead   the search's own host work per step, part by part, and the grouped weights' hooks
 #   memory     peak memory of fixed-format and search (2, 4, 8 options)
-#   compile    the quantizer with a torch.compile'd core (bit-exactness checked)
+# optional (WITH):
+#   compile    the quantizer with a torch.compile'd core (bit-exactness checked): a reference
+#              point, not a goal
 # and finally the summary table against the goals (benchmarks/summarize.py).
 set -euo pipefail
 
@@ -33,10 +36,17 @@ declare -a STATUS=()
 FAILED=0
 
 # run_step NAME SECONDS COMMAND...: run with a timeout, append output to the log, record status.
-# Steps named in SKIP (space-separated, e.g. SKIP="compile memory") are recorded as skipped.
+# Steps named in SKIP (space-separated, e.g. SKIP="memory profile") are recorded as skipped, and
+# so are the optional ones (OPTIONAL) that WITH does not name.
+OPTIONAL="compile"
 run_step() {
   local name="$1" limit="$2"
   shift 2
+  if [[ " $OPTIONAL " == *" $name "* && " ${WITH:-} " != *" $name "* ]]; then
+    STATUS+=("$name skipped (optional: WITH=\"$name\" runs it)")
+    echo "== $name skipped (optional; WITH=\"$name\" runs it)" | tee -a "$LOG"
+    return 0
+  fi
   if [[ " ${SKIP:-} " == *" $name "* ]]; then
     STATUS+=("$name skipped")
     echo "== $name skipped (SKIP)" | tee -a "$LOG"
@@ -83,7 +93,7 @@ run_step gpu_tests 150 "$PY" -m pytest tests/quant tests/trainer -m gpu -q -p no
 run_step quantizer 120 "$PY" -m benchmarks.bench_quantizer --device cuda --repeats 20 \
   --out "$OUT_DIR/quantizer_gpu.json"
 run_step step 300 "$PY" -m benchmarks.bench_search_step --device cuda --preset gpu --repeats 20 \
-  --per_layer_weights --out "$OUT_DIR/step_gpu.json"
+  --fixed_formats int8 --per_layer_weights --out "$OUT_DIR/step_gpu.json"
 run_step profile 150 "$PY" -m benchmarks.profile_step --device cuda --preset gpu --repeats 10 --steps 3 \
   --per_layer_weights --out "$OUT_DIR/profile_gpu.json"
 run_step overhead 120 "$PY" -m benchmarks.bench_search_overhead --device cuda --preset gpu \
@@ -91,7 +101,8 @@ run_step overhead 120 "$PY" -m benchmarks.bench_search_overhead --device cuda --
 run_step memory 180 "$PY" -m benchmarks.bench_memory --device cuda --preset gpu \
   --out "$OUT_DIR/memory_gpu.json"
 
-# Last: the compiled core is a reference point, not a goal, and compiling takes the longest.
+# Last, and only with WITH="compile": the compiled core is a reference point, not a goal, and
+# compiling takes the longest.
 run_step compile 150 "$PY" -m benchmarks.bench_quantizer --device cuda --compile --repeats 10 \
   --out "$OUT_DIR/quantizer_compile_gpu.json"
 echo "== steps" | tee -a "$LOG"

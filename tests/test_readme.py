@@ -73,7 +73,7 @@ def test_original_examples_fail_fast_offline_with_the_ways_out(command, tmp_path
     assert "needs the Hugging Face hub" in err and "--train_file" in err or "--from_scratch" in err
 
 
-@pytest.mark.parametrize("script", ["pareto_digits", "pareto_text"])
+@pytest.mark.parametrize("script", ["pareto_digits", "pareto_text", "pareto_text_weight_only"])
 def test_examples_script_plans_cleanly(tmp_path, script):
     # A `python` that plans the study (--dry_run) and skips the report, which needs the runs.
     shim = tmp_path / "bin"
@@ -89,6 +89,8 @@ def test_examples_script_plans_cleanly(tmp_path, script):
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("-m eval.eval_run") == 36  # 12 experiments x 3 seeds
+    if script.endswith("weight_only"):  # every model but float keeps INT8 activations; 6 x 3 searches of weights
+        assert done.stdout.count(" --activation_bits 8 ") == 33 and done.stdout.count(" --weight_only_search ") == 18
 
 
 def _fake_launcher_path(tmp_path, exit_code=0):
@@ -107,7 +109,7 @@ def _docs_digest():
             for name in ("pareto_digits.md", "pareto_digits.png")}
 
 
-@pytest.mark.parametrize("script", ["pareto_digits", "pareto_text"])
+@pytest.mark.parametrize("script", ["pareto_digits", "pareto_text", "pareto_text_weight_only"])
 def test_examples_script_writes_its_report_next_to_another_output_root(tmp_path, script):
     from tests.eval.test_results import make_results, write_run
 

@@ -303,3 +303,32 @@ def test_heldout_batches_cycle_through_one_dataloader(tmp_path, monkeypatch):
     first, second = ToyDataset(16, 7).x[:8], ToyDataset(16, 7).x[8:]
     for got, want in zip(seen, [first, second, first, second, first]):
         assert torch.equal(got, want)
+
+
+def test_buffer_snapshot_lists_the_float_buffers_as_model_buffers_does(tmp_path):
+    """The snapshot lists the modules once but reads their buffer slots at every step: a buffer
+    registered or replaced after the first snapshot, or shared by two modules, is listed as
+    `model.buffers()` lists it, and restoring writes the values back into those tensors."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3))
+    trainer = make_trainer(str(tmp_path), steps=1)
+
+    def expected():
+        return [b for b in model.buffers() if b.is_floating_point()]
+
+    def same(listed):
+        return len(listed) == len(expected()) and all(a is b for a, b in zip(listed, expected()))
+
+    assert same(trainer._float_buffers(model)) and len(expected()) == 4  # num_batches_tracked is int64
+    model[0].register_buffer("later", torch.zeros(2))
+    model[1].running_mean = torch.ones(3)  # replaced by another tensor
+    model[2].register_buffer("shared", model[1].running_var)
+    assert same(trainer._float_buffers(model)) and len(expected()) == 5
+    buffers, copies = trainer._snapshot_buffers(model)
+    with torch.no_grad():
+        for buffer in buffers:
+            buffer.add_(1.5)
+    trainer._restore_buffers((buffers, copies))
+    assert torch.equal(model[1].running_mean, torch.ones(3)) and torch.equal(model[0].later, torch.zeros(2))
+    assert torch.equal(model[2].shared, torch.ones(3))  # BatchNorm's running_var starts at ones
+    other = torch.nn.Sequential(torch.nn.BatchNorm1d(2))  # another model: listed afresh
+    assert [tuple(b.shape) for b in trainer._float_buffers(other)] == [(2,), (2,)]
