@@ -31,3 +31,19 @@ def test_the_group_weights_part_runs_the_models_hooks(monkeypatch):
     monkeypatch.setattr(weight_group, "_mode", weight_group.GroupMode.ALWAYS)
     main(["--models", "resnet-small", "--repeats", "1", "--warmup", "0", "--inner", "1"])
     assert calls and set(calls[-2:]) == {21}
+
+
+def test_parts_only_times_the_parts_without_running_a_step(monkeypatch):
+    """--parts_only (the GPU preset's models on a CPU): no training step runs, no share of one."""
+    from benchmarks import bench_search_overhead
+
+    def no_step(self):
+        raise AssertionError("--parts_only ran a training step")
+
+    monkeypatch.setattr(bench_search_overhead.TrainerStep, "__call__", no_step)
+    payload = main(["--models", "bert-small", "--parts_only", "--repeats", "1", "--warmup", "0", "--inner", "1"])
+    (result,) = payload["results"]
+    assert (result["model"], result["decisions"]) == ("bert-small", 26)
+    assert [row["name"] for row in result["parts"]] == ["sample", "set_formats", "snapshot_buffers", "quality",
+                                                        "sample_and_update_policy", "group_check", "group_weights"]
+    assert all(row["share_of_step"] is None and row["median_ms"] > 0 for row in result["parts"])
