@@ -15,7 +15,9 @@ each as a share of it (median part / median step).
 
 `--parts_only` skips the whole step (and its share): the parts are host work whose cost hardly
 depends on the batch, so the GPU preset's models (ResNet-18: 21 decisions, BERT-base: 74) can be
-measured on a machine without a GPU, where their whole step would take seconds.
+measured on a machine without a GPU, where their whole step would take seconds. (There,
+grouping is off, so `group_check` and `group_weights` time only the check that finds nothing to
+group: `FLIQS_GROUPED_WEIGHTS=always` times the batch computed on the CPU instead.)
 
 Not a goal of its own: it explains the search step's ratio to float (bench_search_step).
 """

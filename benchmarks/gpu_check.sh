@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every benchmark on one CUDA GPU (H100/H200, torch 2.11), offline, in under 5 minutes.
+# Every benchmark on one CUDA GPU (H100/H200, torch 2.11), offline, in an expected 4-5 minutes
+# (the last GPU run of these steps took 238 s; the step and profile runs have more variants now).
 #
 #   bash benchmarks/gpu_check.sh                   # results under ${OUT:-benchmarks/out}
 #   SKIP="memory profile" bash benchmarks/gpu_check.sh   # leave out steps by name
@@ -28,8 +29,20 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT_DIR="${OUT:-benchmarks/out}"
 PY="${PYTHON:-python3}"
 LOG="$OUT_DIR/gpu_check.log"
+STEPS="imports cuda gpu_tests quantizer step profile overhead memory compile"
+OPTIONAL="compile"
+for name in ${SKIP:-} ${WITH:-}; do
+  if [[ " $STEPS " != *" $name "* ]]; then
+    echo "gpu_check: unknown step '$name' in SKIP or WITH; steps: $STEPS (optional, run only if WITH names them: $OPTIONAL)" >&2
+    exit 2
+  fi
+done
 mkdir -p "$OUT_DIR"
 : > "$LOG"
+# This script's results from an earlier run would reach the summary as if new (a skipped or
+# failed step writes none): remove them first.
+rm -f "$OUT_DIR"/{quantizer_gpu,quantizer_compile_gpu,step_gpu,profile_gpu,overhead_gpu,memory_gpu}.json \
+  "$OUT_DIR/summary.txt"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 declare -a STATUS=()
@@ -38,7 +51,6 @@ FAILED=0
 # run_step NAME SECONDS COMMAND...: run with a timeout, append output to the log, record status.
 # Steps named in SKIP (space-separated, e.g. SKIP="memory profile") are recorded as skipped, and
 # so are the optional ones (OPTIONAL) that WITH does not name.
-OPTIONAL="compile"
 run_step() {
   local name="$1" limit="$2"
   shift 2

@@ -166,7 +166,7 @@ class QuantModule:
     def set_formats(self, weight_format: NumberFormat | str | int, act_format: NumberFormat | str | int) -> None:
         weight_format, act_format = parse_format(weight_format), parse_format(act_format)  # both or neither
         # Into the attributes' stored slots, past nn.Module.__setattr__: its checks for
-        # parameters, modules and buffers cost ~4 us per assignment, and a search sets every
+        # parameters, modules and buffers cost ~1.5 us per assignment, and a search sets every
         # layer's formats at every step (BERT-base: 74 layers).
         state = vars(self)
         state[type(self).weight_format.stored] = weight_format

@@ -32,7 +32,7 @@ import functools
 import numbers
 from dataclasses import dataclass
 from enum import Enum
-from typing import cast
+from typing import Callable, Hashable, cast
 
 import torch
 
@@ -270,7 +270,17 @@ def fake_quantize(x: torch.Tensor, fmt: NumberFormat | str | int, scale: torch.T
     return fake_quantize_unchecked(x, fmt, _as_scale_tensor(x, scale))
 
 
-_DEVICE_DIVISORS: dict[tuple[float, torch.device], torch.Tensor] = {}
+_DEVICE_CONSTANTS: dict[tuple[Hashable, torch.device], torch.Tensor] = {}
+
+
+def _device_constant(key: Hashable, device: torch.device, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """`build()` (a CPU tensor) on `device`, copied there once and cached: a copy at each call
+    would make the host wait for the GPU (a copy from pageable memory synchronizes)."""
+    tensor = _DEVICE_CONSTANTS.get((key, device))
+    if tensor is None:
+        with torch.inference_mode(False):  # a normal tensor, usable later with autograd on
+            tensor = _DEVICE_CONSTANTS.setdefault((key, device), build().to(device))
+    return tensor
 
 
 def divide_exactly(t: torch.Tensor, divisor: float) -> torch.Tensor:
@@ -280,11 +290,7 @@ def divide_exactly(t: torch.Tensor, divisor: float) -> torch.Tensor:
     0-dim tensor on the device (cached, so no allocation per step) keeps the true division.
     The CPU takes the same path, so that no device depends on how it treats Python numbers.
     For float32 `t` (the scales' dtype); the divisor is rounded to float32."""
-    key = (divisor, t.device)
-    tensor = _DEVICE_DIVISORS.get(key)
-    if tensor is None:
-        with torch.inference_mode(False):  # a normal tensor, usable later with autograd on
-            tensor = _DEVICE_DIVISORS.setdefault(key, torch.tensor(divisor, dtype=torch.float32, device=t.device))
+    tensor = _device_constant(("divisor", divisor), t.device, lambda: torch.tensor(divisor, dtype=torch.float32))
     return t / tensor
 
 
@@ -389,13 +395,17 @@ def _mse_optimal_abs_max(x: torch.Tensor, fmt: NumberFormat, dims: tuple[int, ..
             best_ratio = torch.where(better, ratio.expand_as(amax), best_ratio)
         return best_ratio
 
-    coarse = torch.tensor(_MSE_COARSE_RATIOS, device=x.device).view(-1, *([1] * x.dim()))
+    coarse = _device_constant("mse_coarse_ratios", x.device,
+                              lambda: torch.tensor(_MSE_COARSE_RATIOS, dtype=torch.float32))
+    coarse = coarse.view(-1, *([1] * x.dim()))
     best = search(coarse.expand(-1, *amax.shape))
     # Refine between best/1.08 and best*1.08, capped at 1.
     factor = _MSE_COARSE_RATIOS[0] / _MSE_COARSE_RATIOS[1]
     lo, hi = divide_exactly(best, factor), (best * factor).clamp(max=1.0)
     # Built on the CPU: CUDA's linspace may round its points differently.
-    steps = torch.linspace(0, 1, _MSE_FINE_STEPS).to(x.device).view(-1, *([1] * x.dim()))
+    steps = _device_constant("mse_fine_steps", x.device,
+                             lambda: torch.linspace(0, 1, _MSE_FINE_STEPS, dtype=torch.float32))
+    steps = steps.view(-1, *([1] * x.dim()))
     fine = torch.cat([best.unsqueeze(0), lo + (hi - lo) * steps])
     return amax * search(fine)
 

@@ -111,6 +111,7 @@ class _TrainBegin(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.trainer._cycle = None  # a cycle that an earlier train() cut short never reached its step
+        self.trainer._buffer_modules = None  # list the modules again: they may have changed between runs
         # A resumed run must have steps left: transformers does not check, and trains one step past
         # a max_steps at or below the checkpoint's step (unless that step ends an epoch).
         if state.global_step > 0 and state.global_step >= state.max_steps:
@@ -434,9 +435,10 @@ class ReinforceTrainer(Trainer):
 
     def _float_buffers(self, model: nn.Module) -> list[torch.Tensor]:
         """The floating-point buffers of `model`, as `model.buffers()` lists them. Its modules are
-        listed once per model (walking them took ~250 us per step for BERT-base, which has no
-        such buffer); their buffer slots are read at every step, so a buffer registered or
-        replaced later is still the one copied."""
+        listed once per model and train() (walking them took ~180 us per step for BERT-base,
+        which has no such buffer), so modules must not be added or replaced during training;
+        their buffer slots are read at every step, so a buffer registered or replaced on one of
+        them is still the one copied."""
         if self._buffer_modules is None or self._buffer_modules[0] is not model:
             self._buffer_modules = (model, list(model.modules()))
         seen: set[int] = set()  # a buffer shared by two modules is listed once, as buffers() does

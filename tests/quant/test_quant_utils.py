@@ -483,6 +483,26 @@ def test_divide_exactly_is_true_division():
     assert bits_equal(leaf.grad, torch.full_like(amax, 1 / 3.5))
 
 
+def test_the_mse_search_grids_are_built_once_per_device(monkeypatch):
+    """The MSE search's ratio grids are copied to the device once, not at every call (on CUDA a
+    copy from pageable memory makes the host wait for the GPU), and give the same ranges."""
+    from quant import quant_utils
+
+    x = torch.randn(4, 6, 8, generator=torch.Generator().manual_seed(9)) * 4
+    fmt = parse_format("int4")
+    want = quant_utils._mse_optimal_abs_max(x, fmt, (2,))
+    built = []
+    monkeypatch.setattr(quant_utils, "_DEVICE_CONSTANTS", {})
+    real_tensor, real_linspace = torch.tensor, torch.linspace
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: built.append("tensor") or real_tensor(*a, **k))
+    monkeypatch.setattr(torch, "linspace", lambda *a, **k: built.append("linspace") or real_linspace(*a, **k))
+    for _ in range(3):
+        assert bits_equal(quant_utils._mse_optimal_abs_max(x, fmt, (2,)), want)
+    # the coarse ratios, the fine steps, and divide_exactly's two divisors (fmt.max, the step factor)
+    assert sorted(built) == ["linspace", "tensor", "tensor", "tensor"]
+    assert len(quant_utils._DEVICE_CONSTANTS) == 4
+
+
 def test_format_tokens_are_accepted_everywhere():
     x = torch.randn(6, 5, generator=torch.Generator().manual_seed(7))
     int4, e4m3 = parse_format("int4"), parse_format("fp8_e4m3")

@@ -332,3 +332,9 @@ def test_buffer_snapshot_lists_the_float_buffers_as_model_buffers_does(tmp_path)
     assert torch.equal(model[2].shared, torch.ones(3))  # BatchNorm's running_var starts at ones
     other = torch.nn.Sequential(torch.nn.BatchNorm1d(2))  # another model: listed afresh
     assert [tuple(b.shape) for b in trainer._float_buffers(other)] == [(2,), (2,)]
+    # Modules are listed once per train(): one added in between is found when training starts.
+    assert same(trainer._float_buffers(model))
+    model.append(torch.nn.BatchNorm1d(4))
+    begin = next(cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "_TrainBegin")
+    begin.on_train_begin(trainer.args, trainer.state, trainer.control)
+    assert same(trainer._float_buffers(model)) and len(expected()) == 7

@@ -3,8 +3,14 @@
 On a GPU a training step is bound by the host (benchmarks/RESULTS.md): while the host waits
 for the GPU it queues no kernels, so a hidden wait lengthens every step. The search reads its
 reward on the host once per optimizer step (`ReinforceTrainer._mean_over_ranks`); nothing else
-in the project's code may wait: not the quantized layers, the grouped weights, the policy or
-the reward.
+in the project's code may wait: not the quantized layers (abs-max or MSE-clipped scales), the
+grouped weights, the policy or the reward.
+
+What the check sees: every wait that the project's Python code causes, in the forward pass, in
+the search's own work, and in the backward of its autograd Functions (those run on autograd's
+thread with their own Python stack). A wait inside one of torch's own C++ backward kernels is
+reported by autograd after the backward, from its caller (here accelerate), so it is listed
+among the others and does not fail the test.
 """
 from __future__ import annotations
 
@@ -113,12 +119,17 @@ def test_the_reward_read_is_found_in_its_function() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("search", [True, False])
-def test_a_step_waits_for_the_gpu_only_to_read_the_reward(tmp_path, search: bool) -> None:
-    """The toy search on CUDA (quantized layers, grouped weights, the fused kernels): after a
-    first step (one-time kernel checks and compilation), a search step waits once, where it
-    reads its reward; a fixed-format step of the same model never does."""
-    trainer = make_trainer(str(tmp_path), steps=1000, delay_steps=0, training_overrides={"use_cpu": False})
+@pytest.mark.parametrize(("search", "clipping"), [(True, False), (False, False), (True, True)])
+def test_a_step_waits_for_the_gpu_only_to_read_the_reward(tmp_path, search: bool, clipping: bool) -> None:
+    """The toy search on CUDA (quantized layers, grouped weights, the fused kernels; with
+    `clipping`, MSE-optimal ranges for weights and activations instead): after a first step
+    (one-time kernel checks and compilation), a search step waits once, where it reads its
+    reward; a fixed-format step of the same model never does."""
+    from quant.quant_module import QuantConfig
+
+    config = QuantConfig(weight_range_percentile=-1.0, act_range_percentile=-1.0) if clipping else None
+    trainer = make_trainer(str(tmp_path), steps=1000, delay_steps=0, training_overrides={"use_cpu": False},
+                           quant_config=config)
     device = trainer.args.device
     assert device.type == "cuda"
     trainer.state.max_steps = 1000  # what train() sets: the entropy schedule reads it
@@ -136,5 +147,3 @@ def test_a_step_waits_for_the_gpu_only_to_read_the_reward(tmp_path, search: bool
     assert ours == ([reward_read_site()] * 2 if search else []), (
         "synchronizing operations in the project's code (file, line, function): "
         f"{ours}; others (not the project's): {[s for s in sites if not s.in_project]}")
-
-

@@ -68,8 +68,9 @@ DELAY_STEPS = 100  # warm-up steps before the policy learns (make_trainer's defa
 
 def make_trainer(output_dir: str, *, seed: int = 0, search_space: str = "int2,int4,int8", steps: int = 400,
                  target_mib: float | None = None, model: nn.Module | None = None, granularity: str = "layer",
-                 training_overrides: dict | None = None, **reinforce_overrides):
-    """A ReinforceTrainer on the toy problem; cost target defaults to the known answer's memory."""
+                 training_overrides: dict | None = None, quant_config=None, **reinforce_overrides):
+    """A ReinforceTrainer on the toy problem; cost target defaults to the known answer's memory.
+    `quant_config` (a QuantConfig) sets the layers' scales and clipping (default: QuantConfig())."""
     import transformers
     from transformers import TrainingArguments
 
@@ -82,7 +83,8 @@ def make_trainer(output_dir: str, *, seed: int = 0, search_space: str = "int2,in
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(seed)
-    model, layers = quantize_model(model or ToyModel(), QuantSpec(LAYERS))
+    spec = QuantSpec(LAYERS) if quant_config is None else QuantSpec(LAYERS, quant_config)
+    model, layers = quantize_model(model or ToyModel(), spec)
     record_geometry(model, {"x": torch.zeros(1, SIGNAL_DIMS + LOUD_DIMS)})
     costs = layer_costs(layers)
     space = SearchSpace.build(list(layers), parse_format_list(search_space), granularity,
