@@ -10,4 +10,7 @@ cd "$(dirname "$0")/.."
 source examples/study.sh
 STUDY_FLAGS=(--task synth-sentiment --model bert-tiny --num_train_epochs 12 --learning_rate 5e-4 --warmup_steps 100
              --report_to none)
+if [ -n "${TEXT_STUDY:-}" ] && [ "$TEXT_STUDY" != pareto_text ]; then
+  echo "pareto_text.sh: running examples/$TEXT_STUDY.yaml with the text study's flags (TEXT_STUDY=$TEXT_STUDY)" >&2
+fi
 run_study "${TEXT_STUDY:-pareto_text}" "$caller_dir" "$@"
