@@ -267,15 +267,20 @@ class ReinforceTrainer(Trainer):
             self.apply_option_indices(sample.indices)
             cycle = self._cycle = _Cycle(step, searching, sample, self._snapshot_buffers(model))
 
+        # The held-out batch is fetched before the step's own work: its copy to a GPU makes the
+        # host wait for the GPU's queue, which is about empty now but after the backward pass
+        # holds all of it (and the host would launch the held-out forward on an idle GPU).
+        heldout = (self._prepare_inputs(self._next_heldout_batch())
+                   if config.reward_source is RewardSource.HELDOUT else None)
         loss = super().training_step(model, inputs, num_items_in_batch)
 
-        if config.reward_source is RewardSource.TRAIN:
+        if heldout is None:
             if self._captured_logits is None:
                 raise RuntimeError("the model returned no logits/labels for the reward; the search needs a "
                                    "classification or regression model that returns logits and gets labels")
             quality = batch_quality(*self._captured_logits, config.reward_metric)
         else:
-            quality = self._heldout_quality(model)
+            quality = self._heldout_quality(model, heldout)
         self._captured_logits = None
         cycle.values.append(torch.stack([loss.detach().float(), quality.float()]))
         # The Trainer sets sync_gradients on the last micro-batch of every cycle, the short last
@@ -380,8 +385,8 @@ class ReinforceTrainer(Trainer):
             probs = self.policy().double().cpu()
         return reward - (probs * alternative_rewards).sum(dim=1)
 
-    def _heldout_quality(self, model: nn.Module) -> torch.Tensor:
-        batch = self._prepare_inputs(self._next_heldout_batch())
+    def _heldout_quality(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """The reward's quality on a held-out batch (on the model's device), in eval mode."""
         was_training = model.training
         model.eval()
         with torch.no_grad(), self.compute_loss_context_manager():
@@ -390,6 +395,13 @@ class ReinforceTrainer(Trainer):
         return batch_quality(outputs["logits"], batch["labels"], self.reinforce_config.reward_metric)
 
     def _next_heldout_batch(self) -> dict[str, Any]:
+        # A pass over a DataLoader draws a seed from the global RNG as it starts (under
+        # accelerate, at its first batch): reading the held-out split must not move the
+        # training's random numbers (dropout, shuffling), whenever in the step it happens.
+        with torch.random.fork_rng(devices=[]):
+            return self._read_heldout_batch()
+
+    def _read_heldout_batch(self) -> dict[str, Any]:
         for _ in range(2):
             if self._heldout_batches is None:
                 # Built once: a DataLoader (and accelerate's wrapping of it) per pass over a

@@ -26,7 +26,7 @@ def legacy_training_step(self, model, inputs, num_items_in_batch=None):
     if config.reward_source is RewardSource.TRAIN:
         quality = reinforce_trainer.batch_quality(*self._captured_logits, config.reward_metric)
     else:
-        quality = self._heldout_quality(model)
+        quality = self._heldout_quality(model, self._prepare_inputs(self._next_heldout_batch()))
     self._captured_logits = None
     train_loss, quality_value = self._mean_over_ranks(torch.stack([loss.detach().float(), quality.float()]))
     finite = math.isfinite(train_loss) and math.isfinite(quality_value)

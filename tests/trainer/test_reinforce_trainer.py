@@ -305,6 +305,37 @@ def test_heldout_batches_cycle_through_one_dataloader(tmp_path, monkeypatch):
         assert torch.equal(got, want)
 
 
+def test_reading_the_heldout_split_leaves_the_global_rng_as_it_was(tmp_path):
+    """A pass over the held-out split draws a seed from the global RNG as it starts; the search
+    reads the split under a fork of it, so training's random numbers do not depend on when."""
+    trainer = make_trainer(str(tmp_path), steps=7, reward_source="heldout",
+                           training_overrides=dict(per_device_eval_batch_size=8))
+    trainer.heldout_dataset = ToyDataset(16, 7)  # two batches per pass: passes start at reads 1, 3, 5
+    torch.manual_seed(11)
+    state = torch.get_rng_state()
+    for _ in range(5):
+        trainer._next_heldout_batch()
+    assert torch.equal(torch.get_rng_state(), state)
+    with torch.random.fork_rng(devices=[]):  # unforked, a pass does draw (what the fork is for)
+        trainer._read_heldout_batch()  # read 6: the end of pass 3
+        assert torch.equal(torch.get_rng_state(), state)
+        trainer._read_heldout_batch()  # read 7: pass 4 starts
+        assert not torch.equal(torch.get_rng_state(), state)
+
+
+def test_the_heldout_batch_is_read_before_the_training_forward(tmp_path, monkeypatch):
+    """On a GPU the held-out batch's copy waits for the queue: read at the start of the step it
+    waits for little, after the backward pass for all of it."""
+    trainer = make_trainer(str(tmp_path), steps=2, reward_source="heldout")
+    events = []
+    real = trainer._next_heldout_batch
+    monkeypatch.setattr(trainer, "_next_heldout_batch", lambda: events.append("heldout batch") or real())
+    trainer.model.register_forward_pre_hook(lambda module, args: events.append(
+        "training forward" if module.training else "heldout forward"))
+    trainer.train()
+    assert events == ["heldout batch", "training forward", "heldout forward"] * 2
+
+
 def test_buffer_snapshot_lists_the_float_buffers_as_model_buffers_does(tmp_path):
     """The snapshot lists the modules once but reads their buffer slots at every step: a buffer
     registered or replaced after the first snapshot, or shared by two modules, is listed as
