@@ -290,7 +290,7 @@ def divide_exactly(t: torch.Tensor, divisor: float) -> torch.Tensor:
     0-dim tensor on the device (cached, so no allocation per step) keeps the true division.
     The CPU takes the same path, so that no device depends on how it treats Python numbers.
     For float32 `t` (the scales' dtype); the divisor is rounded to float32."""
-    tensor = _device_constant(("divisor", divisor), t.device, lambda: torch.tensor(divisor, dtype=torch.float32))
+    tensor = _device_constant(("divisor", divisor), t.device, lambda: torch.tensor(divisor, dtype=torch.float32, device="cpu"))
     return t / tensor
 
 
@@ -396,7 +396,7 @@ def _mse_optimal_abs_max(x: torch.Tensor, fmt: NumberFormat, dims: tuple[int, ..
         return best_ratio
 
     coarse = _device_constant("mse_coarse_ratios", x.device,
-                              lambda: torch.tensor(_MSE_COARSE_RATIOS, dtype=torch.float32))
+                              lambda: torch.tensor(_MSE_COARSE_RATIOS, dtype=torch.float32, device="cpu"))
     coarse = coarse.view(-1, *([1] * x.dim()))
     best = search(coarse.expand(-1, *amax.shape))
     # Refine between best/1.08 and best*1.08, capped at 1.
@@ -404,7 +404,7 @@ def _mse_optimal_abs_max(x: torch.Tensor, fmt: NumberFormat, dims: tuple[int, ..
     lo, hi = divide_exactly(best, factor), (best * factor).clamp(max=1.0)
     # Built on the CPU: CUDA's linspace may round its points differently.
     steps = _device_constant("mse_fine_steps", x.device,
-                             lambda: torch.linspace(0, 1, _MSE_FINE_STEPS, dtype=torch.float32))
+                             lambda: torch.linspace(0, 1, _MSE_FINE_STEPS, dtype=torch.float32, device="cpu"))
     steps = steps.view(-1, *([1] * x.dim()))
     fine = torch.cat([best.unsqueeze(0), lo + (hi - lo) * steps])
     return amax * search(fine)

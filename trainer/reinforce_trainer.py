@@ -79,10 +79,14 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterator[dict[str, Any]], p
         norm.momentum = momentum
     model.train(was_training)
     return used
+
+
 LOG_PREFIX = "search/"
 # Logged as their sum over the steps since the previous log (a count); every other search log is
 # the mean over those steps.
 SUMMED_LOGS = frozenset({"non_finite_steps"})
+# The Trainer's key of the held-out split's loader (kept by key with dataloader_persistent_workers).
+HELDOUT_LOADER_KEY = "fliqs_heldout"
 
 
 @dataclass(frozen=True)
@@ -267,9 +271,11 @@ class ReinforceTrainer(Trainer):
             self.apply_option_indices(sample.indices)
             cycle = self._cycle = _Cycle(step, searching, sample, self._snapshot_buffers(model))
 
-        # The held-out batch is fetched before the step's own work: its copy to a GPU makes the
-        # host wait for the GPU's queue, which is about empty now but after the backward pass
-        # holds all of it (and the host would launch the held-out forward on an idle GPU).
+        # The held-out batch is fetched before the micro-batch's own work: its copy to a GPU
+        # makes the host wait for the GPU's queue, which after the backward pass holds all of
+        # it (and the host would then launch the held-out forward on an idle GPU). At the first
+        # micro-batch of a step the queue is about empty (the Trainer's own copy of the
+        # training batch has just waited for it).
         heldout = (self._prepare_inputs(self._next_heldout_batch())
                    if config.reward_source is RewardSource.HELDOUT else None)
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -394,6 +400,16 @@ class ReinforceTrainer(Trainer):
         model.train(was_training)
         return batch_quality(outputs["logits"], batch["labels"], self.reinforce_config.reward_metric)
 
+    def _build_heldout_loader(self) -> Iterable:
+        """The evaluation loader of the held-out split, under a key of its own: with
+        dataloader_persistent_workers the Trainer keeps its loaders by key, and
+        get_eval_dataloader's "eval" would make the held-out split and the evaluation set
+        share one loader. (`_get_dataloader` is what get_eval_dataloader calls, in every
+        transformers >= 5.17.)"""
+        return self._get_dataloader(dataset=self.heldout_dataset, description="Held-out reward",
+                                    batch_size=self.args.eval_batch_size, sampler_fn=self._get_eval_sampler,
+                                    dataloader_key=HELDOUT_LOADER_KEY)
+
     def _next_heldout_batch(self) -> dict[str, Any]:
         # A pass over a DataLoader draws a seed from the global RNG as it starts (under
         # accelerate, at its first batch): reading the held-out split must not move the
@@ -407,7 +423,7 @@ class ReinforceTrainer(Trainer):
                 # Built once: a DataLoader (and accelerate's wrapping of it) per pass over a
                 # small held-out split cost more than the forward pass it feeds.
                 if self._heldout_loader is None:
-                    self._heldout_loader = self.get_eval_dataloader(self.heldout_dataset)
+                    self._heldout_loader = self._build_heldout_loader()
                 self._heldout_batches = iter(self._heldout_loader)
                 # A resumed search goes on where its checkpoint was in the pass (the loader's
                 # order is fixed: no shuffling).

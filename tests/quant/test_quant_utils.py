@@ -485,22 +485,30 @@ def test_divide_exactly_is_true_division():
 
 def test_the_mse_search_grids_are_built_once_per_device(monkeypatch):
     """The MSE search's ratio grids are copied to the device once, not at every call (on CUDA a
-    copy from pageable memory makes the host wait for the GPU), and give the same ranges."""
+    copy from pageable memory makes the host wait for the GPU): the same tensors serve every
+    call, and they hold the grids the search defines."""
     from quant import quant_utils
 
     x = torch.randn(4, 6, 8, generator=torch.Generator().manual_seed(9)) * 4
     fmt = parse_format("int4")
     want = quant_utils._mse_optimal_abs_max(x, fmt, (2,))
-    built = []
     monkeypatch.setattr(quant_utils, "_DEVICE_CONSTANTS", {})
-    real_tensor, real_linspace = torch.tensor, torch.linspace
-    monkeypatch.setattr(torch, "tensor", lambda *a, **k: built.append("tensor") or real_tensor(*a, **k))
-    monkeypatch.setattr(torch, "linspace", lambda *a, **k: built.append("linspace") or real_linspace(*a, **k))
+    built = []
+    real = quant_utils._device_constant
+
+    def counting(key, device, build):
+        return real(key, device, lambda: built.append(key) or build())
+
+    monkeypatch.setattr(quant_utils, "_device_constant", counting)
     for _ in range(3):
         assert bits_equal(quant_utils._mse_optimal_abs_max(x, fmt, (2,)), want)
     # the coarse ratios, the fine steps, and divide_exactly's two divisors (fmt.max, the step factor)
-    assert sorted(built) == ["linspace", "tensor", "tensor", "tensor"]
-    assert len(quant_utils._DEVICE_CONSTANTS) == 4
+    factor = quant_utils._MSE_COARSE_RATIOS[0] / quant_utils._MSE_COARSE_RATIOS[1]
+    assert sorted(map(str, built)) == sorted(map(str, ["mse_coarse_ratios", "mse_fine_steps",
+                                                       ("divisor", fmt.max), ("divisor", factor)]))
+    constants = quant_utils._DEVICE_CONSTANTS
+    assert torch.equal(constants[("mse_coarse_ratios", x.device)], torch.logspace(0, -7, 64, base=2.0))
+    assert torch.equal(constants[("mse_fine_steps", x.device)], torch.linspace(0, 1, 16))
 
 
 def test_format_tokens_are_accepted_everywhere():

@@ -55,17 +55,29 @@ def test_same_seed_same_result(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
 
 
-@pytest.mark.parametrize("source", ["train", "heldout"])
-def test_resume_from_a_mid_search_checkpoint_is_exact(tmp_path, source):
+class DropoutToy(ToyModel):
+    """The toy model with dropout on its input: its training forward draws from the global RNG."""
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return super().forward(torch.nn.functional.dropout(x, 0.2, self.training), labels)
+
+
+@pytest.mark.parametrize(("source", "dropout"), [("train", False), ("heldout", False), ("heldout", True)])
+def test_resume_from_a_mid_search_checkpoint_is_exact(tmp_path, source, dropout):
     # heldout: 150 steps are 2 passes and 22 batches into the 64-batch held-out split; a resumed
-    # search used to start that split from its first batch again.
+    # search used to start that split from its first batch again. With dropout, a held-out pass
+    # that started at another step than in the uninterrupted run used to move the global RNG.
     overrides = dict(save_strategy="steps", save_steps=150)
-    full = make_trainer(str(tmp_path / "full"), seed=4, steps=300, training_overrides=overrides, reward_source=source)
+    model = DropoutToy if dropout else ToyModel
+    torch.manual_seed(4)
+    full = make_trainer(str(tmp_path / "full"), seed=4, steps=300, training_overrides=overrides, reward_source=source,
+                        model=model())
     full.train()
     checkpoint = tmp_path / "full" / "checkpoint-150"
     assert (checkpoint / SEARCH_STATE_NAME).is_file() and not list(checkpoint.glob("*.tmp"))
+    torch.manual_seed(4)
     resumed = make_trainer(str(tmp_path / "resumed"), seed=4, steps=300, training_overrides=overrides,
-                           reward_source=source)
+                           reward_source=source, model=model())
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert torch.equal(full.policy.logits, resumed.policy.logits)
     assert full.baseline.value == resumed.baseline.value
@@ -296,10 +308,13 @@ def test_heldout_batches_cycle_through_one_dataloader(tmp_path, monkeypatch):
                            training_overrides=dict(per_device_eval_batch_size=8))
     trainer.heldout_dataset = ToyDataset(16, 7)  # two batches per pass
     built = []
-    real = trainer.get_eval_dataloader
-    monkeypatch.setattr(trainer, "get_eval_dataloader", lambda *a, **k: built.append(a) or real(*a, **k))
+    real = trainer._get_dataloader
+    monkeypatch.setattr(trainer, "_get_dataloader", lambda **k: built.append(k) or real(**k))
     seen = [trainer._next_heldout_batch()["x"] for _ in range(5)]
     assert len(built) == 1  # passes 2 and 3 reuse the loader of pass 1
+    # Under a key of its own: with persistent workers the Trainer keeps loaders by key, and the
+    # evaluation set's is "eval".
+    assert built[0]["dataset"] is trainer.heldout_dataset and built[0]["dataloader_key"] == "fliqs_heldout"
     first, second = ToyDataset(16, 7).x[:8], ToyDataset(16, 7).x[8:]
     for got, want in zip(seen, [first, second, first, second, first]):
         assert torch.equal(got, want)
@@ -321,6 +336,35 @@ def test_reading_the_heldout_split_leaves_the_global_rng_as_it_was(tmp_path):
         assert torch.equal(torch.get_rng_state(), state)
         trainer._read_heldout_batch()  # read 7: pass 4 starts
         assert not torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_search_with_dropout_draws_the_same_random_numbers_whatever_feeds_the_heldout_reward(tmp_path):
+    """With dropout in the model, every training forward sees the global RNG as it would if the
+    held-out batches came from a plain list: reading the split through a DataLoader (whose
+    passes draw seeds) leaves the training's random numbers alone."""
+    runs = []
+    for from_list in (False, True):
+        torch.manual_seed(3)
+        trainer = make_trainer(str(tmp_path / str(from_list)), seed=3, steps=10, delay_steps=2, model=DropoutToy(),
+                               reward_source="heldout", training_overrides=dict(per_device_eval_batch_size=8))
+        trainer.heldout_dataset = ToyDataset(24, 7)  # three batches per pass: passes start at steps 1, 4, 7, 10
+        if from_list:
+            data = ToyDataset(24, 7)
+            batches = [{"x": data.x[i:i + 8], "labels": data.labels[i:i + 8]} for i in (0, 8, 16)]
+            reads = iter(range(100))
+            trainer._next_heldout_batch = lambda: batches[next(reads) % 3]
+        states = []
+
+        def record(module, args, states=states) -> None:
+            if module.training:
+                states.append(torch.get_rng_state())
+
+        trainer.model.register_forward_pre_hook(record)
+        trainer.train()
+        runs.append((states, trainer.policy.logits.detach().clone()))
+    (states, logits), (list_states, list_logits) = runs
+    assert len(states) == 10 and all(torch.equal(a, b) for a, b in zip(states, list_states))
+    assert torch.equal(logits, list_logits)
 
 
 def test_the_heldout_batch_is_read_before_the_training_forward(tmp_path, monkeypatch):
