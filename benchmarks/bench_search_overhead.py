@@ -4,10 +4,10 @@ A search step is a fixed-format step plus the search's own work: sample formats 
 set them on the layers, snapshot the normalisation buffers (to undo a non-finite sample), compute
 the reward's quality and update the policy. Also timed: `group_check` and `group_weights`, the
 check of which layers to group and the model's forward hooks that quantize every weight in one
-batch (quant/weight_group.py), which every quantized step runs. On a GPU these parts run on the host between kernel
-launches, so they add to a step that is already host-bound (benchmarks/RESULTS.md). This times
-each part in the same process as the whole search step of the same model and batch, and reports
-each as a share of it (median part / median step).
+batch (quant/weight_group.py), which every quantized step runs. On a GPU these parts run on the
+host between kernel launches, so they add to a step that is already host-bound
+(benchmarks/RESULTS.md). This times each part in the same process as the whole search step of
+the same model and batch, and reports each as a share of it (median part / median step).
 
     python -m benchmarks.bench_search_overhead                                  # CPU preset
     python -m benchmarks.bench_search_overhead --device cuda --preset gpu --out benchmarks/out/overhead_gpu.json

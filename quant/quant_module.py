@@ -168,9 +168,7 @@ class QuantModule:
         # Into the attributes' stored slots, past nn.Module.__setattr__: its checks for
         # parameters, modules and buffers cost ~1.5 us per assignment, and a search sets every
         # layer's formats at every step (BERT-base: 74 layers).
-        state = vars(self)
-        state[type(self).weight_format.stored] = weight_format
-        state[type(self).act_format.stored] = act_format
+        vars(self).update(_weight_format=weight_format, _act_format=act_format)
 
     def quantized_weight(self) -> torch.Tensor:
         grouped = self._grouped_weight

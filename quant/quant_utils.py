@@ -290,7 +290,8 @@ def divide_exactly(t: torch.Tensor, divisor: float) -> torch.Tensor:
     0-dim tensor on the device (cached, so no allocation per step) keeps the true division.
     The CPU takes the same path, so that no device depends on how it treats Python numbers.
     For float32 `t` (the scales' dtype); the divisor is rounded to float32."""
-    tensor = _device_constant(("divisor", divisor), t.device, lambda: torch.tensor(divisor, dtype=torch.float32, device="cpu"))
+    tensor = _device_constant(("divisor", divisor), t.device,
+                              lambda: torch.tensor(divisor, dtype=torch.float32, device="cpu"))
     return t / tensor
 
 
