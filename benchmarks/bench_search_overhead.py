@@ -62,7 +62,7 @@ def search_parts(step: TrainerStep, quality_examples: int | None = None) -> dict
     return {
         "sample": lambda: trainer.policy.sample(trainer.sample_generator),
         "set_formats": lambda: trainer.apply_option_indices(trainer.policy.sample(trainer.sample_generator).indices),
-        "snapshot_buffers": lambda: trainer._snapshot_buffers(model),
+        "snapshot_buffers": lambda: trainer._buffer_snapshot.take(model),
         "quality": lambda: batch_quality(logits, labels, config.reward_metric),
         "sample_and_update_policy": sample_and_update,
         # Not the search's own, but what every quantized step now does once: the check of which

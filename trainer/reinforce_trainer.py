@@ -19,11 +19,13 @@ Every rank seeds the same sampling generator, so all ranks pick the same formats
 communication, and the all-reduced reward keeps their policies identical.
 
 A sample whose loss is not finite (e.g. FP4 everywhere) on any micro-batch of its cycle does not
-touch the weights: the cycle's gradients are dropped and the normalisation buffers are restored
-to the cycle's start. It gets the worst reward seen so far, so the policy learns to avoid it,
-and the step is counted in the logs. With fp16's loss scaling the dropped step goes through the
-GradScaler as an overflow (it skips the optimizer step); its scale and the learning-rate schedule
-then continue as without fp16.
+touch the weights: the cycle's gradients are dropped (trainer/dropped_steps.py) and the
+normalisation buffers are restored to the cycle's start (trainer/norm_statistics.py). It gets the
+worst reward seen so far, so the policy learns to avoid it, and the step is counted in the logs.
+With fp16's loss scaling the dropped step goes through the GradScaler as an overflow (it skips
+the optimizer step); its scale and the learning-rate schedule then continue as without fp16.
+
+The held-out reward's batches come from trainer/heldout_batches.py.
 
 A checkpoint stores the search settings (`ReinforceConfig.search_settings`); resuming with
 different ones, or with max_steps not above the checkpoint's step, is an error.
@@ -38,7 +40,6 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
-import transformers.optimization
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -49,36 +50,16 @@ from policy.reinforce import EmaBaseline, reinforce_loss
 from policy.simple_policy import PolicySample, SimplePolicy
 from quant.quant_module import QuantModule
 from quant.surgery import set_layer_formats
+from trainer.dropped_steps import DroppedSteps
 from trainer.entropy_schedule import entropy_beta
 from trainer.final_selection import FinalSelection, constrained_argmax, is_one_sided
+from trainer.heldout_batches import HeldoutBatches
+from trainer.norm_statistics import BufferSnapshot, Snapshot, recalibrate_batchnorm
 from trainer.quality import batch_quality
 from trainer.reinforce_config import SEARCH_STATE_NAME, AdvantageMode, ReinforceConfig, RewardSource
 from trainer.search_space import DecisionCostTable, SearchSpace
 
 logger = logging.getLogger(__name__)
-
-
-def recalibrate_batchnorm(model: nn.Module, batches: Iterator[dict[str, Any]], prepare=lambda b: b) -> int:
-    """Reset every BatchNorm's running statistics and re-estimate them as a plain average over
-    `batches` (forward passes in train mode, no gradient). Returns the number of batches used."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not norms:
-        return 0
-    momenta = [m.momentum for m in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average over the batches
-    was_training = model.training
-    model.train()
-    used = 0
-    with torch.no_grad():
-        for batch in batches:
-            model(**prepare(batch))
-            used += 1
-    for norm, momentum in zip(norms, momenta):
-        norm.momentum = momentum
-    model.train(was_training)
-    return used
 
 
 LOG_PREFIX = "search/"
@@ -103,7 +84,7 @@ class _Cycle:
     step: int  # the optimizer step (global_step) they belong to
     searching: bool
     sample: PolicySample
-    buffers: tuple[list[torch.Tensor], list[torch.Tensor]]  # as before the cycle's first micro-batch
+    buffers: Snapshot  # as before the cycle's first micro-batch
     values: list[torch.Tensor] = field(default_factory=list)  # (loss, quality) per micro-batch, on device
 
 
@@ -115,7 +96,7 @@ class _TrainBegin(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.trainer._cycle = None  # a cycle that an earlier train() cut short never reached its step
-        self.trainer._buffer_modules = None  # list the modules again: they may have changed between runs
+        self.trainer._buffer_snapshot.relist_modules()  # they may have changed between runs
         # A resumed run must have steps left: transformers does not check, and trains one step past
         # a max_steps at or below the checkpoint's step (unless that step ends an epoch).
         if state.global_step > 0 and state.global_step >= state.max_steps:
@@ -123,35 +104,6 @@ class _TrainBegin(TrainerCallback):
                 f"this run's max_steps ({state.max_steps}, from --max_steps or --num_train_epochs) is not above the "
                 f"checkpoint's step {state.global_step}: nothing is left to search; resume with more steps than "
                 f"{state.global_step}, or start a new run")
-
-
-# Schedulers the Trainer steps on evaluation metrics rather than once per optimizer step.
-_METRIC_DRIVEN_SCHEDULERS = tuple(cls for cls in (torch.optim.lr_scheduler.ReduceLROnPlateau,
-                                                  getattr(transformers.optimization, "GreedyLR", None)) if cls)
-
-
-class _AfterDroppedSample(TrainerCallback):
-    """After the optimizer step of a sample dropped under fp16's loss scaling (which the
-    GradScaler took for an overflow): give the scaler back its scale and growth count, and
-    advance the learning-rate schedule, which the Trainer does not after a skipped step. The
-    sample's formats, not the scale, made that step overflow: without this, a search meeting many
-    such samples would shrink the scale until fp16 gradients underflow, and its schedule would
-    lag global_step unlike the same search without fp16."""
-
-    def __init__(self, trainer: ReinforceTrainer) -> None:
-        self.trainer = trainer
-
-    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        trainer = self.trainer
-        saved = trainer._scaler_state_to_restore
-        if saved is None:
-            return
-        trainer._scaler_state_to_restore = None
-        trainer.accelerator.scaler.load_state_dict(saved)
-        # A fused optimizer skips inside its own step, unseen by accelerate: then the Trainer steps the schedule.
-        if trainer.accelerator.optimizer_step_was_skipped and not isinstance(trainer.lr_scheduler,
-                                                                             _METRIC_DRIVEN_SCHEDULERS):
-            trainer.lr_scheduler.step()
 
 
 class ReinforceTrainer(Trainer):
@@ -185,19 +137,16 @@ class ReinforceTrainer(Trainer):
         self.baseline = EmaBaseline(config.baseline_decay)
         self.sample_generator = torch.Generator().manual_seed(config.policy_seed)
         self.heldout_dataset = heldout_dataset
-        self._heldout_loader: Iterable | None = None
-        self._heldout_batches: Iterator | None = None
-        self._heldout_position = 0  # batches read in the current pass over the held-out split
+        self._heldout = HeldoutBatches(self._build_heldout_loader)
         self.worst_reward: float | None = None
         self.non_finite_steps = 0
         self._pending_logs: dict[str, list[float]] = defaultdict(list)
         self._captured_logits: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._buffer_copies: list[torch.Tensor] = []
-        self._buffer_modules: tuple[nn.Module, list[nn.Module]] | None = None  # (model, its modules)
+        self._buffer_snapshot = BufferSnapshot()
         self._cycle: _Cycle | None = None
-        self._scaler_state_to_restore: dict[str, Any] | None = None
         self.add_callback(_TrainBegin(self))
-        self.add_callback(_AfterDroppedSample(self))
+        self._dropped_steps = DroppedSteps(self)
+        self.add_callback(self._dropped_steps)
 
     # --- formats ------------------------------------------------------------------------------
     def apply_option_indices(self, indices: torch.Tensor) -> None:
@@ -269,14 +218,14 @@ class ReinforceTrainer(Trainer):
             searching = step >= config.delay_steps
             sample = self.policy.sample(self.sample_generator) if searching else self._warmup_sample(step)
             self.apply_option_indices(sample.indices)
-            cycle = self._cycle = _Cycle(step, searching, sample, self._snapshot_buffers(model))
+            cycle = self._cycle = _Cycle(step, searching, sample, self._buffer_snapshot.take(model))
 
         # The held-out batch is fetched before the micro-batch's own work: its copy to a GPU
         # makes the host wait for the GPU's queue, which after the backward pass holds all of
         # it (and the host would then launch the held-out forward on an idle GPU). At the first
         # micro-batch of a step the queue is about empty (the Trainer's own copy of the
         # training batch has just waited for it).
-        heldout = (self._prepare_inputs(self._next_heldout_batch())
+        heldout = (self._prepare_inputs(self._heldout.next())
                    if config.reward_source is RewardSource.HELDOUT else None)
         loss = super().training_step(model, inputs, num_items_in_batch)
 
@@ -301,29 +250,11 @@ class ReinforceTrainer(Trainer):
         values = self._mean_over_ranks(torch.stack(cycle.values))  # [[loss, quality] per micro-batch]
         finite = all(math.isfinite(v) for pair in values for v in pair)
         if not finite:
-            self._drop_gradients(model)
-            self._restore_buffers(cycle.buffers)
+            self._dropped_steps.drop_gradients(model)
+            BufferSnapshot.restore(cycle.buffers)
             self.non_finite_steps += 1
         quality = math.fsum(q for _, q in values) / len(values) if finite else None
         self._update_policy(cycle.sample, quality, cycle.step, cycle.searching)
-
-    def _drop_gradients(self, model: nn.Module) -> None:
-        """Drop the gradients of every micro-batch of the cycle so that the optimizer step leaves
-        the weights and the optimizer state as they are."""
-        scaler = self.accelerator.scaler
-        if scaler is None or not scaler.is_enabled():
-            model.zero_grad(set_to_none=True)  # optimizers skip parameters without gradients
-            return
-        # A GradScaler asserts when a step has no gradient to check for infs. Make every gradient
-        # NaN instead: it then skips the optimizer step as for an overflow (on every DDP rank,
-        # since all see the same mean loss), and _AfterDroppedSample undoes the rest of that.
-        for param in model.parameters():
-            if param.requires_grad:
-                if param.grad is None:
-                    param.grad = torch.full_like(param, float("nan"))
-                else:
-                    param.grad.fill_(float("nan"))
-        self._scaler_state_to_restore = scaler.state_dict()  # scale and growth count
 
     def _warmup_sample(self, step: int) -> PolicySample:
         if not self.reinforce_config.precision_warmup:
@@ -410,80 +341,11 @@ class ReinforceTrainer(Trainer):
                                     batch_size=self.args.eval_batch_size, sampler_fn=self._get_eval_sampler,
                                     dataloader_key=HELDOUT_LOADER_KEY)
 
-    def _next_heldout_batch(self) -> dict[str, Any]:
-        # A pass over a DataLoader draws a seed from the global RNG as it starts (under
-        # accelerate, at its first batch): reading the held-out split must not move the
-        # training's random numbers (dropout, shuffling), whenever in the step it happens.
-        with torch.random.fork_rng(devices=[]):
-            return self._read_heldout_batch()
-
-    def _read_heldout_batch(self) -> dict[str, Any]:
-        for _ in range(2):
-            if self._heldout_batches is None:
-                # Built once: a DataLoader (and accelerate's wrapping of it) per pass over a
-                # small held-out split cost more than the forward pass it feeds.
-                if self._heldout_loader is None:
-                    self._heldout_loader = self._build_heldout_loader()
-                self._heldout_batches = iter(self._heldout_loader)
-                # A resumed search goes on where its checkpoint was in the pass (the loader's
-                # order is fixed: no shuffling).
-                for _ in range(self._heldout_position):
-                    if next(self._heldout_batches, None) is None:
-                        self._heldout_batches, self._heldout_position = iter(self._heldout_loader), 0
-                        break
-            try:
-                batch = next(self._heldout_batches)
-            except StopIteration:
-                self._heldout_batches, self._heldout_position = None, 0  # cycle through the split again
-                continue
-            self._heldout_position += 1
-            return batch
-        raise ValueError("the heldout dataset is empty; give --heldout_fraction a larger value")
-
     def _mean_over_ranks(self, values: torch.Tensor) -> list:
         """Element-wise mean over the DDP ranks, as (nested) Python floats."""
         if self.accelerator.num_processes > 1:
             values = self.accelerator.reduce(values, reduction="mean")
         return values.tolist()
-
-    def _snapshot_buffers(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """(buffers, copies): BatchNorm running statistics change in the forward pass; keep a
-        copy to undo a non-finite step. Device-side copies into buffers allocated once, all in
-        one multi-tensor copy: no sync, and one launch instead of one per buffer (ResNet-18 has
-        40 such buffers, and on a GPU each launch costs CPU time in every step)."""
-        buffers = self._float_buffers(model)
-        saved = self._buffer_copies
-        if len(saved) != len(buffers) or any(a.shape != b.shape or a.device != b.device or a.dtype != b.dtype
-                                             for a, b in zip(saved, buffers)):
-            saved = self._buffer_copies = [b.detach().clone() for b in buffers]
-        elif buffers:
-            with torch.no_grad():
-                torch._foreach_copy_(saved, buffers)
-        return buffers, saved
-
-    def _float_buffers(self, model: nn.Module) -> list[torch.Tensor]:
-        """The floating-point buffers of `model`, as `model.buffers()` lists them. Its modules are
-        listed once per model and train() (walking them took ~180 us per step for BERT-base,
-        which has no such buffer), so modules must not be added or replaced during training;
-        their buffer slots are read at every step, so a buffer registered or replaced on one of
-        them is still the one copied."""
-        if self._buffer_modules is None or self._buffer_modules[0] is not model:
-            self._buffer_modules = (model, list(model.modules()))
-        seen: set[int] = set()  # a buffer shared by two modules is listed once, as buffers() does
-        buffers = []
-        for module in self._buffer_modules[1]:
-            for buffer in module._buffers.values():
-                if buffer is not None and buffer.is_floating_point() and id(buffer) not in seen:
-                    seen.add(id(buffer))
-                    buffers.append(buffer)
-        return buffers
-
-    @staticmethod
-    def _restore_buffers(snapshot: tuple[list[torch.Tensor], list[torch.Tensor]]) -> None:
-        buffers, saved = snapshot
-        if buffers:
-            with torch.no_grad():
-                torch._foreach_copy_(buffers, saved)
 
     # --- logging --------------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -522,7 +384,7 @@ class ReinforceTrainer(Trainer):
             "sample_generator": self.sample_generator.get_state(),
             "worst_reward": self.worst_reward,
             "non_finite_steps": self.non_finite_steps,
-            "heldout_position": self._heldout_position,
+            "heldout_position": self._heldout.position,
             "decisions": self.search_space.decision_names,
             "options": self.search_space.option_names,
         }
@@ -558,8 +420,7 @@ class ReinforceTrainer(Trainer):
         self.sample_generator.set_state(state["sample_generator"])
         self.worst_reward = state["worst_reward"]
         self.non_finite_steps = state["non_finite_steps"]
-        self._heldout_position = state.get("heldout_position", 0)  # older checkpoints: from the start
-        self._heldout_batches = None
+        self._heldout.restart_at(state.get("heldout_position", 0))  # older checkpoints: from the start
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         super()._save_checkpoint(model, trial)

@@ -8,8 +8,8 @@ from transformers import Trainer
 
 import trainer.reinforce_trainer as reinforce_trainer
 from cost.cost import compute_reward
-from tests.trainer.test_reinforce_trainer import NaNWithInt2
-from tests.trainer.toy_search_problem import ToyDataset, ToyModel, make_trainer
+from tests.trainer.toy_search_problem import NaNWithInt2, ToyDataset, ToyModel, make_trainer
+from trainer.norm_statistics import BufferSnapshot
 from trainer.reinforce_config import RewardSource
 
 
@@ -21,18 +21,18 @@ def legacy_training_step(self, model, inputs, num_items_in_batch=None):
     searching = step >= config.delay_steps
     sample = self.policy.sample(self.sample_generator) if searching else self._warmup_sample(step)
     self.apply_option_indices(sample.indices)
-    buffers = self._snapshot_buffers(model)
+    buffers = self._buffer_snapshot.take(model)
     loss = Trainer.training_step(self, model, inputs, num_items_in_batch)
     if config.reward_source is RewardSource.TRAIN:
         quality = reinforce_trainer.batch_quality(*self._captured_logits, config.reward_metric)
     else:
-        quality = self._heldout_quality(model, self._prepare_inputs(self._next_heldout_batch()))
+        quality = self._heldout_quality(model, self._prepare_inputs(self._heldout.next()))
     self._captured_logits = None
     train_loss, quality_value = self._mean_over_ranks(torch.stack([loss.detach().float(), quality.float()]))
     finite = math.isfinite(train_loss) and math.isfinite(quality_value)
     if not finite:
         model.zero_grad(set_to_none=True)
-        self._restore_buffers(buffers)
+        BufferSnapshot.restore(buffers)
         self.non_finite_steps += 1
     self._update_policy(sample, quality_value if finite else None, step, searching)
     return loss

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from quant.formats import parse_format
+
 SIGNAL_DIMS, LOUD_DIMS, NUM_CLASSES, HIDDEN, BRANCH = 4, 12, 4, 16, 256
 SENSITIVE = ("fc_in",)
 INSENSITIVE = ("branch_in", "branch_out")
@@ -54,6 +56,28 @@ class ToyModel(nn.Module):
 
 
 LAYERS = ("fc_in", "branch_in", "branch_out", "head")
+
+
+class DropoutToy(ToyModel):
+    """The toy model with dropout on its input: its training forward draws from the global RNG."""
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return super().forward(torch.nn.functional.dropout(x, 0.2, self.training), labels)
+
+
+class NaNWithInt2(ToyModel):
+    """Blows up (NaN loss) whenever its input layer runs at INT2, and has a BatchNorm whose
+    running statistics a bad step must not corrupt."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(16)
+
+    def forward(self, x, labels=None):
+        out = super().forward(self.norm(x), labels)
+        if self.fc_in.weight_format == parse_format("int2"):
+            out = {k: v * float("nan") for k, v in out.items()}
+        return out
 
 
 def known_answer_target_mib(costs) -> float:
@@ -100,3 +124,7 @@ def make_trainer(output_dir: str, *, seed: int = 0, search_space: str = "int2,in
                             eval_dataset=ToyDataset(1024, 99), reinforce_config=ReinforceConfig(**reinforce),
                             search_space=space, quant_layers=layers, layer_costs=costs,
                             heldout_dataset=ToyDataset(512, 7))
+
+
+def formats_of(trainer) -> dict[str, str]:
+    return {name: result.format for name, result in trainer.final_decisions().items()}
