@@ -41,15 +41,8 @@ from benchmarks.common import (
 )
 from quant import fused_quantize
 from quant.formats import IntFormat, NumberFormat, parse_format
-from quant.quant_utils import (
-    Granularity,
-    _eager_forward,
-    _FakeQuantizeFunction,
-    abs_max,
-    compute_scale,
-    fake_quantize_unchecked,
-    quantize,
-)
+from quant.quant_utils import _eager_forward, _FakeQuantizeFunction, fake_quantize_unchecked, quantize
+from quant.scales import Granularity, abs_max, compute_scale
 
 DEFAULT_FORMATS = "int8,int4,fp8_e4m3,fp4_e2m1"
 # On a GPU, 64M elements (256 MB): large enough that the time is memory traffic, not kernel
@@ -72,7 +65,7 @@ class Variant:
 
 def _compiled_forward(fmt: NumberFormat) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """torch.compile of the forward rounding core (no mask), as fake_quantize computes it."""
-    from quant.quant_utils import _quantize_scaled_  # the private core: only this option needs it
+    from quant.rounding import _quantize_scaled_  # the private core: only this option needs it
 
     def forward(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         q, _ = _quantize_scaled_(x * torch.reciprocal(scale), fmt, need_mask=False)

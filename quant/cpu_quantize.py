@@ -22,7 +22,7 @@ from quant.formats import IntFormat, NumberFormat
 # Elements per slice: float32 temporaries of 1 MiB, a few of which fit a 2 MiB L2 together.
 SLICE_ELEMENTS = 1 << 18
 
-# (y, fmt, need_mask, scratch) -> (y rounded in place, uint8 mask or None): quant_utils' core.
+# (y, fmt, need_mask, scratch) -> (y rounded in place, uint8 mask or None): quant/rounding.py's core.
 ScaledCore = Callable[[torch.Tensor, NumberFormat, bool, torch.Tensor], tuple[torch.Tensor, "torch.Tensor | None"]]
 
 

@@ -40,7 +40,7 @@ from torch import nn
 from quant.formats import CastFormat, NumberFormat, parse_format
 from quant.packing import PackedTensor, grid_values_and_scale, pack, storage_dtype, unpack
 from quant.quant_module import BYTES_PER_MIB, QuantConfig, QuantModule
-from quant.quant_utils import Granularity
+from quant.scales import Granularity
 from quant.surgery import QuantSpec, has_low_bit_layers, quantize_model, quantized_layers
 
 QUANT_METHOD = "fliqs"

@@ -3,7 +3,7 @@
 A format answers three questions for the rest of the toolkit: how many storage bits an element
 costs (`bits`, used by the cost model), the largest finite value (`max`, used for scales and
 saturation, with `top_step` and `rounding_bounds` the exact interval that rounds onto the range),
-and how to round (`quant.quant_utils` dispatches on the class).
+and how to round (`quant.rounding` dispatches on the class).
 
 Tokens accepted by `parse_format` (case-insensitive):
     0, none, fp32               no quantization (identity)

@@ -16,7 +16,7 @@ Tensors are reached through a table of their addresses, so nothing is copied in.
 share the fused kernel's Triton helpers, so the result equals `quantize(x, fmt, per_tensor)`
 (or `per_channel`, dim 0) bit for bit (tests/quant/test_fused_multi_quantize.py, on CUDA and
 under TRITON_INTERPRET=1). No pass mask is written: under abs-max scaling no element of any INT
-or FP format can saturate (`quant_utils.abs_max_scaling_cannot_saturate`), so the
+or FP format can saturate (`rounding.abs_max_scaling_cannot_saturate`), so the
 straight-through gradient is the identity.
 """
 from __future__ import annotations

@@ -199,7 +199,7 @@ def fused_fake_quantize(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor,
 
 def fused_fake_quantize_from_range(x: torch.Tensor, fmt: NumberFormat, value_range: torch.Tensor, need_mask: bool
                                    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """As `fused_fake_quantize` with scale = max(value_range / fmt.max, 2^-126) (quant_utils'
+    """As `fused_fake_quantize` with scale = max(value_range / fmt.max, 2^-126) (quant/scales.py's
     `scale_from_range`) computed inside the kernel: one launch instead of four. `value_range`
     is float32 and >= 0 (abs-max or a clipping range), per tensor or per leading-dim group."""
     return _launch(x, fmt, value_range, need_mask, from_range=True)

@@ -46,7 +46,8 @@ from quant import weight_group
 from quant.formats import CastFormat, FloatFormat, IntFormat, NumberFormat, SpecialCodes, parse_format
 from quant.packing import grid_values_and_scale
 from quant.quant_module import QuantModule
-from quant.quant_utils import Granularity, quantize
+from quant.quant_utils import quantize
+from quant.scales import Granularity
 from quant.surgery import quantized_layers
 
 BASE_OPSET = 18

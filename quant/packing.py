@@ -26,7 +26,8 @@ import torch
 
 from quant.formats import CastFormat, FloatFormat, IntFormat, NoQuantFormat, NumberFormat, SpecialCodes
 from quant.quant_module import QuantModule
-from quant.quant_utils import compute_scale, quantize_scaled
+from quant.rounding import quantize_scaled
+from quant.scales import compute_scale
 
 _FP32_MANTISSA_BITS = 23
 _FP32_EXP_BIAS = 127
@@ -145,7 +146,7 @@ def _check_on_grid(values: torch.Tensor, decoded: torch.Tensor, fmt: NumberForma
         index = int((~same).flatten().nonzero()[0])
         raise ValueError(
             f"value {values.flatten()[index].item()!r} (flat index {index}) is not on the grid of {fmt.name}; "
-            f"pack grid values Q(w / scale), e.g. from quant.quant_utils.quantize_scaled(w / scale, fmt)")
+            f"pack grid values Q(w / scale), e.g. from quant.rounding.quantize_scaled(w / scale, fmt)")
 
 
 def encode(values: torch.Tensor, fmt: IntFormat | FloatFormat) -> torch.Tensor:

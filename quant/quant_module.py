@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from quant.formats import NO_QUANT, NumberFormat, parse_format
-from quant.quant_utils import Granularity, check_range_percentile, quantize
+from quant.quant_utils import quantize
+from quant.scales import Granularity, check_range_percentile
 
 BYTES_PER_MIB = 2**20
 BOPS_PER_GBOPS = 1e9
@@ -59,7 +60,7 @@ class GroupedWeight(NamedTuple):
     computed from: the format, the scale granularity, the weight Parameter and its version counter."""
 
     fmt: NumberFormat
-    granularity: str  # a quant_utils.Granularity
+    granularity: str  # a scales.Granularity
     weight: torch.Tensor
     version: int | None
     value: torch.Tensor

@@ -43,7 +43,9 @@ from torch import nn
 from quant import fused_multi_quantize, fused_quantize
 from quant.formats import CastFormat, NumberFormat, parse_format
 from quant.quant_module import GroupedWeight, QuantModule
-from quant.quant_utils import Granularity, abs_max_scaling_cannot_saturate, quantize
+from quant.quant_utils import quantize
+from quant.rounding import abs_max_scaling_cannot_saturate
+from quant.scales import Granularity
 
 _ENV_SWITCH = "FLIQS_GROUPED_WEIGHTS"
 

@@ -3,7 +3,7 @@ import torch
 
 from benchmarks.bench_quantizer import BYTES_PER_ELEMENT, build_variants, main
 from quant.formats import parse_format
-from quant.quant_utils import Granularity
+from quant.scales import Granularity
 
 
 def test_the_range_form_gives_the_scale_forms_result():

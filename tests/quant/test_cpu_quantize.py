@@ -4,7 +4,9 @@ import torch
 
 from quant import cpu_quantize
 from quant.formats import parse_format
-from quant.quant_utils import Granularity, _eager_forward, _quantize_scaled_, compute_scale, quantize
+from quant.quant_utils import _eager_forward, quantize
+from quant.rounding import _quantize_scaled_
+from quant.scales import Granularity, compute_scale
 
 FORMATS = ["int4", "int8", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1", "e2m5", "bf16"]
 

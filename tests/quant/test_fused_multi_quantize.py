@@ -12,7 +12,8 @@ import torch
 from quant import fused_multi_quantize, fused_quantize
 from quant.formats import parse_format
 from quant.fused_multi_quantize import applies, format_row, fused_multi_fake_quantize
-from quant.quant_utils import Granularity, quantize
+from quant.quant_utils import quantize
+from quant.scales import Granularity
 from tests.quant.test_fused_quantize import FORMATS, KERNEL_DEVICES, _all_codes_probe, _same_bits, needs_kernel
 
 

@@ -20,7 +20,8 @@ from quant.fused_quantize import (
     fused_fake_quantize_from_range,
     kernel_params,
 )
-from quant.quant_utils import Granularity, _eager_forward, abs_max, compute_scale, fake_quantize, scale_from_range
+from quant.quant_utils import _eager_forward, fake_quantize
+from quant.scales import Granularity, abs_max, compute_scale, scale_from_range
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # The CUDA cases carry the gpu mark, so that `pytest -m gpu` (benchmarks/gpu_check.sh) runs them.

@@ -22,7 +22,7 @@ from quant.packing import (
     unpack_bits,
     valid_codes,
 )
-from quant.quant_utils import round_to_float_format
+from quant.rounding import round_to_float_format
 
 INT_TOKENS = [f"int{b}" for b in range(2, 17)]
 FP_TOKENS = ["fp8_e4m3", "fp8_e5m2", "fp8_e3m4", "fp6_e2m3", "fp6_e3m2", "fp4", "e2m5", "e1m6", "e1m0", "e5m0",

@@ -8,7 +8,8 @@ from quant.formats import parse_format
 from quant.quant_conv2d import QuantConv2d, QuantConv2D
 from quant.quant_linear import QuantConv1D, QuantLinear
 from quant.quant_module import QuantConfig
-from quant.quant_utils import Granularity, compute_scale, fake_quantize
+from quant.quant_utils import fake_quantize
+from quant.scales import Granularity, compute_scale
 
 INT4, INT8, E4M3 = parse_format("int4"), parse_format("int8"), parse_format("fp8_e4m3")
 
