@@ -13,13 +13,8 @@ import math
 import sys
 from typing import NoReturn, Sequence
 
-from eval.run_args import (
-    SEARCH_ONLY_FLAGS,
-    ignored_flags_note,
-    load_config_note,
-    resolve_run_args,
-    single_option_note,
-)
+from eval.run_args import SEARCH_ONLY_FLAGS, ignored_flags_note, resolve_run_args, single_option_note
+from eval.run_inputs import load_config_note
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

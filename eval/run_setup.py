@@ -44,7 +44,7 @@ class RunSetup:
 
 
 def _loaded_config_formats(path: str) -> dict[str, tuple[str, str]]:
-    """Per-layer formats of a --load_config results.json (checked at parse time: run_args.check_load_config)."""
+    """Per-layer formats of a --load_config results.json (checked at parse time: run_inputs.check_load_config)."""
     layers = json.loads(Path(path).read_text())["layers"]
     return {name: (layer["weight_format"], layer["act_format"]) for name, layer in layers.items()}
 
@@ -225,7 +225,7 @@ def close_tensorboard(trainer) -> None:
 def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, compute_metrics: Callable):
     from transformers import Trainer, TrainingArguments
 
-    from eval.run_args import check_steps_left
+    from eval.run_inputs import check_steps_left
     from trainer.reinforce_config import ReinforceConfig
     from trainer.reinforce_trainer import ReinforceTrainer
 

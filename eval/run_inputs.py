@@ -1,0 +1,154 @@
+"""What a run starts from: a checkpoint to resume, or an assignment found by another run.
+
+`--resume_from_checkpoint` continues a run: it must be a checkpoint of a run with this run's flags
+(but for how long it trains), with steps left to train. `--load_config` takes the per-layer
+formats of a completed run (its results.json) of the same task and model type; evaluating that
+run's model needs its scale settings too. Neither may lie in the directory this run replaces.
+
+Like eval/run_args.py, everything here runs before any data or model is loaded, and raises
+ValueError with one line that names the bad value and the way out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from trainer.reinforce_config import SEARCH_STATE_NAME
+
+# What a resumed run may change: how long it trains (the search's own settings are checked by the
+# trainer against the checkpoint).
+RESUME_MAY_CHANGE = frozenset({"max_steps", "num_train_epochs"})
+
+
+def check_resume_matches(args: argparse.Namespace) -> None:
+    """A resumed run has the flags of the run that wrote the checkpoint (its config.json, next to
+    the checkpoint), but for how long it trains and what does not change results."""
+    if args.resume_from_checkpoint is None:
+        return
+    if args.mode == "search" and not (Path(args.resume_from_checkpoint) / SEARCH_STATE_NAME).is_file():
+        raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} has no {SEARCH_STATE_NAME}: a "
+                         "fixed-format run wrote it, or its save was cut short; resume a search from a checkpoint "
+                         "of a search run")
+    from eval.results import RUN_TIME_DEFAULTS, changed_args, list_changes
+
+    config = Path(args.resume_from_checkpoint).parent / "config.json"
+    try:
+        recorded = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return  # a checkpoint moved away from its run: nothing to compare with
+    # The search continues as it was: defaults the run derived from its step count (recorded
+    # resolved) stay, rather than being derived again from the new one.
+    for name in RUN_TIME_DEFAULTS:
+        if getattr(args, name, None) is None and isinstance(recorded, dict) and recorded.get(name) is not None:
+            setattr(args, name, recorded[name])
+    planned = json.loads(json.dumps(vars(args), default=str))  # as config.json holds them
+    diffs = changed_args(planned, recorded, ignore=RESUME_MAY_CHANGE)
+    if diffs:
+        raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} was written by a run with other "
+                         f"flags ({list_changes(diffs)}); resume with that run's flags (only --max_steps/--num_train_epochs may "
+                         f"change), or start a new run")
+    if args.max_steps > 0 and not args.eval_only:  # else the steps of an epoch are known once the data is
+        check_steps_left(args.resume_from_checkpoint, args.max_steps)
+
+
+def check_steps_left(checkpoint: str, total_steps: int) -> None:
+    """A resumed run must train past the checkpoint's step (transformers does not check, and
+    trains one step past a max_steps at or below it)."""
+    try:
+        done = int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # unreadable: the Trainer's own loading reports it
+    if done >= total_steps:
+        raise ValueError(f"this run's {total_steps} steps (from --max_steps or --num_train_epochs) are not more than "
+                         f"the step of checkpoint {checkpoint!r}, {done}: nothing is left to train; resume with more "
+                         f"steps than {done}, or start a new run")
+
+
+def check_inputs_outside_run_dir(args: argparse.Namespace) -> None:
+    """A run replaces what an earlier run of its name left in its directory (final_model/,
+    checkpoints): the weights or results it reads must not lie there (e.g. re-evaluating a run's
+    own final_model/ under the same default name)."""
+    run_dir = (Path(args.output_root_dir) / args.task / args.exp_name).resolve()
+    # --load_config first: it may have set model_name_or_path to the final_model/ next to it
+    inputs = [("--load_config", args.load_config), ("--model_name_or_path", args.model_name_or_path)]
+    for flag, value in inputs:
+        if value is None:
+            continue
+        path = Path(value).expanduser().resolve()
+        if path == run_dir or run_dir in path.parents:
+            raise ValueError(f"{flag} {value!r} lies in this run's own directory {str(run_dir)!r}, which the run "
+                             f"replaces; give the run another --exp_name")
+
+
+def check_load_config(args: argparse.Namespace) -> None:
+    """--load_config names a completed run's results.json, of this run's task and model type."""
+    path = args.load_config
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--load_config {path!r} is not a readable results.json ({error}); pass a run's "
+                         f"results.json") from None
+    if not isinstance(data, dict) or data.get("status") != "completed" or not data.get("layers"):
+        status = data.get("status") if isinstance(data, dict) else None
+        raise ValueError(f"--load_config {path!r} is not a completed run with per-layer formats (status {status!r}); "
+                         f"pass the results.json of a completed search or quantized run")
+    for flag, key, value in (("--task", "task", args.task), ("--model_type", "model_type", args.model_type)):
+        if data.get(key) != value:
+            raise ValueError(f"--load_config {path!r} is a {key} {data.get(key)!r} run, but {flag} is {value!r}; pass "
+                             f"{flag} {data.get(key)}")
+    differing = load_config_scale_differences(args, data.get("args") or {})
+    if differing and args.eval_only:  # re-evaluating that run's model: other scales give another model
+        raise ValueError(f"--load_config {path!r} was run with other scales ({', '.join(differing)}); to evaluate its "
+                         f"model pass the same: {' '.join(_scale_flags(data['args']))}")
+
+
+# How a quantized layer scales (eval.eval_parse's flags); --load_config takes only the formats.
+SCALE_FLAGS = ("per_channel", "per_token", "weight_range_percentile", "act_range_percentile")
+
+
+def load_config_scale_differences(args: argparse.Namespace, loaded_args: dict) -> list[str]:
+    """`--flag loaded -> this run` for each scale setting in which this run differs from the run
+    its --load_config comes from (settings that run did not record are not compared)."""
+    return [f"--{key} {loaded_args[key]} -> {getattr(args, key)}" for key in SCALE_FLAGS
+            if key in loaded_args and loaded_args[key] != getattr(args, key)]
+
+
+def _scale_flags(loaded_args: dict) -> list[str]:
+    """The command-line flags that give a run `loaded_args`' scale settings."""
+    values = [(key, loaded_args[key]) for key in SCALE_FLAGS if key in loaded_args]
+    return [f"--{key}" if isinstance(value, bool) else f"--{key} {value:g}" for key, value in values
+            if value is not False]
+
+
+def load_config_note(args: argparse.Namespace) -> str | None:
+    """A note for a training run whose --load_config run scaled its layers otherwise (retraining
+    an assignment with other scales can be intended; evaluating one is refused above)."""
+    if args.load_config is None or args.eval_only:
+        return None
+    loaded_args = (json.loads(Path(args.load_config).read_text()).get("args") or {})
+    differing = load_config_scale_differences(args, loaded_args)
+    if not differing:
+        return None
+    return (f"note: --load_config takes the formats of a run with other scales ({', '.join(differing)}); this run "
+            f"trains with its own (for that run's: {' '.join(_scale_flags(loaded_args))})")
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A Trainer checkpoint directory, or a run directory whose latest checkpoint-N is taken."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ValueError(f"--resume_from_checkpoint {path!r} is not a directory; pass a checkpoint-N directory of a "
+                         f"run (or the run directory, for its latest checkpoint)")
+    if (directory / "trainer_state.json").is_file():
+        return str(directory)
+    steps = [(int(match.group(1)), child) for child in directory.iterdir()
+             if child.is_dir() and (match := re.fullmatch(r"checkpoint-(\d+)", child.name))
+             and (child / "trainer_state.json").is_file()]
+    if not steps:
+        raise ValueError(f"--resume_from_checkpoint {path!r} holds no checkpoint (no trainer_state.json, no "
+                         f"checkpoint-N/); runs save them with --save_strategy steps --save_steps N")
+    # A search's checkpoints also hold its state; one without it was cut short while saving.
+    complete = [(step, child) for step, child in steps if (child / SEARCH_STATE_NAME).is_file()]
+    return str(max(complete or steps)[1])
