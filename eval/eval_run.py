@@ -51,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         _destroy_process_group()
-    if results["status"] != "completed":  # e.g. non-finite evaluation metrics
+    from eval.results_schema import COMPLETED
+
+    if results["status"] != COMPLETED:  # e.g. non-finite evaluation metrics
         print(f"eval_run: error: {results['error']} (status {results['status']} in "
               f"{run_dir_of(args) / 'results.json'})", file=sys.stderr)
         return 1
@@ -72,7 +74,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     Data, model and trainer are set up before anything in the run directory changes: a run
     that fails there leaves a completed run of the same name as it was."""
-    from eval.run_outputs import RESULTS_NAME, failed_results, write_json
+    from eval.results_schema import RESULTS_NAME
+    from eval.run_outputs import failed_results, write_json
 
     start = time.time()
     run_dir = run_dir_of(args)
@@ -104,7 +107,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _holds_completed_run(run_dir: Path) -> bool:
-    from eval.results import COMPLETED, load_run
+    from eval.results import load_run
+    from eval.results_schema import COMPLETED
 
     return (run_dir / "results.json").is_file() and load_run(run_dir).status == COMPLETED
 
@@ -150,7 +154,8 @@ def missed_target_note(args: argparse.Namespace, ratio: float) -> str | None:
 def replaced_run_note(run_dir: Path, planned: dict[str, Any]) -> str | None:
     """A note when this run replaces a completed run of the same name that had other flags
     (default names leave out most flags, so two different commands can share a directory)."""
-    from eval.results import COMPLETED, changed_flags, list_changes, load_run
+    from eval.results import changed_flags, list_changes, load_run
+    from eval.results_schema import COMPLETED
 
     previous = load_run(run_dir)
     if previous.status != COMPLETED:
@@ -200,7 +205,8 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def _run(args: argparse.Namespace, prepared: tuple[Any, Any], run_dir: Path, start: float) -> dict[str, Any]:
     from cost.model_cost import current_assignment, layer_costs
-    from eval.run_outputs import RESULTS_NAME, package_versions, summary_text, write_json
+    from eval.results_schema import COMPLETED, FAILED, RESULTS_NAME, SCHEMA_VERSION
+    from eval.run_outputs import package_versions, summary_text, write_json
     from eval.run_setup import close_tensorboard
     from quant.surgery import has_low_bit_layers, quantized_layers
 
@@ -238,7 +244,7 @@ def _run(args: argparse.Namespace, prepared: tuple[Any, Any], run_dir: Path, sta
     total = model_cost(list(costs.values()), current_assignment(layers))
     target = setup.cost_target
     results = {
-        "schema_version": 1, "status": "completed", "error": None, "traceback": None,
+        "schema_version": SCHEMA_VERSION, "status": COMPLETED, "error": None, "traceback": None,
         "exp_name": args.exp_name, "task": args.task, "model_type": args.model_type, "method": args.mode,
         "args": vars(args), "main_metric": main_metric_of(metrics, setup.task.main_metric), "metrics": metrics,
         "cost": {"memory_mib": total.memory_mib, "gbops": total.gbops, "float_memory_mib": total.float_memory_mib,
@@ -252,7 +258,7 @@ def _run(args: argparse.Namespace, prepared: tuple[Any, Any], run_dir: Path, sta
         "wall_time_s": time.time() - start, "versions": package_versions(), "device": device,
     }
     if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)):
-        results["status"], results["error"] = "failed", "non-finite evaluation metrics"
+        results["status"], results["error"] = FAILED, "non-finite evaluation metrics"
     if args.mode == "search" and trainer.is_world_process_zero():
         note = missed_target_note(args, results["cost"]["ratio"])
         if note is not None:

@@ -29,7 +29,8 @@ from eval.launch_plan import Experiment, load_experiments_file, parse_sweep, pla
 from eval.launch_queue import (DONE, QUEUED, SKIPPED, Job, StopSignals, SubprocessStarter, TERMINATE_GRACE_S,
                                run_queue)
 from eval.launch_status import StatusBoard, summary_table
-from eval.results import COMPLETED, changed_flags, list_changes, load_run
+from eval.results import changed_flags, list_changes, load_run
+from eval.results_schema import COMPLETED
 
 PROG = "eval_parallel"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

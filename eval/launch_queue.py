@@ -19,7 +19,8 @@ from eval.launch_command import RUN_ENTRY, format_command, free_port, launcher_e
 from eval.launch_devices import DevicePool, Slot
 from eval.launch_plan import Experiment
 from eval.launch_process import RunProcess
-from eval.results import COMPLETED, RunRecord, latest_launch, load_run
+from eval.results import RunRecord, latest_launch, load_run
+from eval.results_schema import COMPLETED
 
 QUEUED, RUNNING, DONE, FAILED, SKIPPED, INTERRUPTED, NOT_STARTED = (
     "queued", "running", "done", "failed", "skipped", "interrupted", "not started")

@@ -13,7 +13,7 @@ import time
 from typing import Callable, Sequence, TextIO
 
 from eval.launch_queue import DONE, FAILED, INTERRUPTED, NOT_STARTED, QUEUED, RUNNING, SKIPPED, Job
-from eval.results import COMPLETED
+from eval.results_schema import COMPLETED
 
 COST_UNITS = {"memory": ("memory_mib", "MiB"), "compute": ("gbops", "GBOPs")}
 FOOTER_REFRESH_S = 1.0

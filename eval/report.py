@@ -26,7 +26,8 @@ from eval.pareto import plot_pareto
 from eval.report_render import (FORMATS, invalid_lines, layer_document, plot_decision_heatmap, render,
                                 report_document, resolve_run)
 from eval.report_table import ReportInputError, build_report
-from eval.results import COST_TYPES, PSEUDO_KEYS, RUN_MARKERS, load_runs
+from eval.results import PSEUDO_KEYS, RUN_MARKERS, load_runs
+from eval.results_schema import COST_TYPES
 
 PROG = "python -m eval.eval_parse"
 

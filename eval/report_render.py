@@ -12,7 +12,8 @@ from typing import Any, Sequence
 
 from eval.pareto import new_figure, save_figure
 from eval.report_table import INVALID_COLUMNS, Report, ReportInputError, row_columns
-from eval.results import COMPLETED, RUN_MARKERS, RunRecord, load_run
+from eval.results import RUN_MARKERS, RunRecord, load_run
+from eval.results_schema import COMPLETED
 
 FORMATS = ("md", "csv", "json")
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from eval.pareto import interpolate_uniform_line, metric_higher_is_better, pareto_mask
-from eval.results import (COMPLETED, FAILED, INCOMPLETE, REPLICA_ARGS, RunGroup, RunRecord, available_group_keys,
-                          formats_label, group_runs)
+from eval.results import REPLICA_ARGS, RunGroup, RunRecord, available_group_keys, formats_label, group_runs
+from eval.results_schema import COMPLETED, FAILED, INCOMPLETE
 
 # cost type -> (table column, axis label)
 COST_COLUMNS = {"memory": ("memory_mib", "model size (MiB)"), "compute": ("gbops", "compute (GBOPs)")}

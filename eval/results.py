@@ -20,23 +20,18 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-SCHEMA_VERSION = 1
-RUN_MARKERS = ("results.json", "config.json", "output.txt", "stdout.log")
+from eval.results_schema import FAILED, INCOMPLETE, RESULTS_NAME, validate_results
+
+RUN_MARKERS = (RESULTS_NAME, "config.json", "output.txt", "stdout.log")
 # Files only a run directory gets (HF checkpoints and saved models inside a run hold config.json too).
-RUN_ONLY_MARKERS = ("results.json", "output.txt", "stdout.log")
+RUN_ONLY_MARKERS = (RESULTS_NAME, "output.txt", "stdout.log")
 # The weights file of a checkpoint written by quant.export (quant.export.WEIGHTS_NAME): its folder
 # holds a config.json too, but is no run, wherever it was exported to.
 EXPORTED_WEIGHTS = "fliqs_model.safetensors"
 # The launcher's line before each launch's output in stdout.log: `# CUDA_VISIBLE_DEVICES=... command`.
 LAUNCH_HEADER = "# CUDA_VISIBLE_DEVICES="
-# loaded: fixed formats applied from another run's results (--load_config), usually a searched
-# mixed-precision assignment: neither a search nor a uniform baseline.
-METHODS = ("search", "uniform", "loaded", "float")
-GRANULARITIES = ("layer", "block", "single")
-COST_TYPES = ("memory", "compute")
-COMPLETED, FAILED, INCOMPLETE = "completed", "failed", "incomplete"
 # Arguments that do not change what a run measures: its name, where it writes, logs and checkpoints,
 # and which device it ran on. The launcher's --skip_completed ignores them too.
 NON_RESULT_ARGS = frozenset({
@@ -113,97 +108,6 @@ class RunRecord:
         return self._get("search")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_str(value: Any) -> bool:
-    return isinstance(value, str)
-
-
-def _is_dict(value: Any) -> bool:
-    return isinstance(value, dict)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _require(container: Any, key: str, prefix: str, ok: Callable[[Any], bool], expected: str,
-             problems: list[str]) -> Any:
-    if not isinstance(container, dict) or key not in container:
-        problems.append(f"missing {prefix}{key}")
-        return None
-    value = container[key]
-    if not ok(value):
-        problems.append(f"{prefix}{key} is {_short(value)}, expected {expected}")
-        return None
-    return value
-
-
-def _validate_search(search: Any, problems: list[str]) -> None:
-    if not _is_dict(search):
-        problems.append(f"search is {_short(search)}, expected an object for a search run")
-        return
-    _require(search, "granularity", "search.", lambda v: v in GRANULARITIES, f"one of {GRANULARITIES}", problems)
-    space = _require(search, "search_space", "search.",
-                     lambda v: isinstance(v, list) and bool(v) and all(map(_is_str, v)),
-                     "a non-empty list of format names", problems)
-    decisions = _require(search, "decisions", "search.", _is_dict, "an object", problems) or {}
-    for name, decision in decisions.items():
-        prefix = f"search.decisions.{name}."
-        _require(decision, "layers", prefix, lambda v: isinstance(v, list), "a list of layer names", problems)
-        _require(decision, "format", prefix, _is_str, "a format name", problems)
-        probs = _require(decision, "probabilities", prefix,
-                         lambda v: _is_dict(v) and all(map(_is_number, v.values())),
-                         "an object of option -> probability", problems)
-        if probs is not None and space is not None and set(probs) != set(space):
-            problems.append(f"{prefix}probabilities has options {sorted(probs)}, "
-                            f"expected the search_space {space}")
-
-
-def validate_results(data: Any) -> list[str]:
-    """Problems that make a parsed results.json unusable; empty for a valid completed or failed run."""
-    if not _is_dict(data):
-        return [f"the top level is {type(data).__name__}, expected an object"]
-    problems: list[str] = []
-    if data.get("schema_version") != SCHEMA_VERSION:
-        problems.append(f"schema_version is {_short(data.get('schema_version'))}, "
-                        f"this reader knows version {SCHEMA_VERSION}: re-run it with this version of FLIQS "
-                        "(or read it with the version that wrote it)")
-    status = data.get("status")
-    if status == FAILED:
-        _require(data, "error", "", _is_str, "a string naming the exception", problems)
-        return problems
-    if status != COMPLETED:
-        return problems + [f"status is {_short(status)}, expected 'completed' or 'failed'"]
-    for key in ("exp_name", "task", "model_type", "main_metric"):
-        _require(data, key, "", _is_str, "a string", problems)
-    method = _require(data, "method", "", lambda v: v in METHODS, f"one of {METHODS}", problems)
-    _require(data, "args", "", _is_dict, "an object of CLI arguments", problems)
-    metrics = _require(data, "metrics", "", _is_dict, "an object of metric -> value", problems)
-    main_metric = data.get("main_metric")
-    if metrics is not None and _is_str(main_metric) and main_metric not in metrics:
-        problems.append(f"main_metric {main_metric!r} is not in metrics (has: {', '.join(sorted(metrics)) or 'none'})")
-    cost = _require(data, "cost", "", _is_dict, "an object", problems)
-    if cost is not None:
-        for key in ("memory_mib", "gbops", "float_memory_mib", "float_gbops"):
-            _require(cost, key, "cost.", _is_number, "a number", problems)
-        _require(cost, "cost_type", "cost.", lambda v: v in COST_TYPES, f"one of {COST_TYPES}", problems)
-        target_ok = _is_number if method == "search" else (lambda v: v is None or _is_number(v))
-        for key in ("target", "ratio"):
-            _require(cost, key, "cost.", target_ok, "a number" + ("" if method == "search" else " or null"), problems)
-    layers = _require(data, "layers", "", _is_dict, "an object of layer -> formats and cost", problems) or {}
-    for name, layer in layers.items():
-        for key, ok, expected in (("weight_format", _is_str, "a format name"), ("act_format", _is_str, "a format name"),
-                                  ("memory_mib", _is_number, "a number"), ("gbops", _is_number, "a number")):
-            _require(layer, key, f"layers.{name}.", ok, expected, problems)
-    if method == "search":
-        _validate_search(data.get("search"), problems)
-    return problems
-
-
 def _find(directory: Path) -> list[Path]:
     """Run directories at or below `directory` (see the module docstring)."""
     try:
@@ -211,7 +115,7 @@ def _find(directory: Path) -> list[Path]:
     except OSError:  # unreadable: nothing to report below it
         return []
     files = {e.name for e in entries if not e.is_dir()}
-    if "results.json" in files:
+    if RESULTS_NAME in files:
         return [directory]
     if EXPORTED_WEIGHTS in files:
         return []
@@ -265,8 +169,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunRecord:
     """Read one run directory; never raises for a broken run, it returns an incomplete record instead."""
     run_dir = Path(run_dir)
     args = _read_config_args(run_dir)
-    exp_name = args.get("exp_name") if _is_str(args.get("exp_name")) else run_dir.name
-    results_path = run_dir / "results.json"
+    exp_name = args.get("exp_name") if isinstance(args.get("exp_name"), str) else run_dir.name
+    results_path = run_dir / RESULTS_NAME
 
     def incomplete(reason: str) -> RunRecord:
         return RunRecord(run_dir, exp_name, INCOMPLETE, reason, None, args, exp_name)
@@ -283,9 +187,9 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunRecord:
     problems = validate_results(data)
     if problems:
         return incomplete("results.json is invalid: " + "; ".join(problems))
-    if _is_str(data.get("exp_name")):
+    if isinstance(data.get("exp_name"), str):
         exp_name = data["exp_name"]
-    if _is_dict(data.get("args")):
+    if isinstance(data.get("args"), dict):
         args = data["args"]
     reason = " ".join(data["error"].split()) if data["status"] == FAILED else None
     return RunRecord(run_dir, exp_name, data["status"], reason, data, args, exp_name)

@@ -12,8 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Mapping
 
-RESULTS_NAME = "results.json"
-SCHEMA_VERSION = 1
+from eval.results_schema import FAILED, SCHEMA_VERSION
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
@@ -75,7 +74,7 @@ def package_versions() -> dict[str, str]:
 def failed_results(args: Mapping[str, Any], error: BaseException, traceback_text: str,
                    wall_time_s: float) -> dict[str, Any]:
     return {
-        "schema_version": SCHEMA_VERSION, "status": "failed",
+        "schema_version": SCHEMA_VERSION, "status": FAILED,
         "error": f"{type(error).__name__}: {error}", "traceback": traceback_text,
         "exp_name": args.get("exp_name"), "task": args.get("task"), "model_type": args.get("model_type"),
         "method": args.get("mode"), "args": dict(args), "main_metric": None, "metrics": {},

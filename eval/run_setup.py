@@ -302,7 +302,8 @@ def mean_loss_trainer(trainer):
 
 def rebuild_run_model(run_dir: Path):
     """The final model of a finished run: final_model/ weights with results.json's formats."""
-    from eval.results import COMPLETED, load_run
+    from eval.results import load_run
+    from eval.results_schema import COMPLETED
 
     results_path = run_dir / "results.json"
     if not results_path.is_file() or not (run_dir / "final_model").is_dir():

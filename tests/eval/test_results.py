@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from eval.results import (COMPLETED, EXPORTED_WEIGHTS, FAILED, INCOMPLETE, REPLICA_ARGS, available_group_keys,
-                          find_run_dirs, group_runs, group_value, load_run, load_runs, validate_results)
+from eval.results import (EXPORTED_WEIGHTS, REPLICA_ARGS, available_group_keys, find_run_dirs, group_runs, group_value,
+                          load_run, load_runs)
+from eval.results_schema import COMPLETED, FAILED, INCOMPLETE, validate_results
 
 SEARCH_SPACE = ["int2", "int4", "int8"]
 
