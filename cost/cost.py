@@ -122,30 +122,54 @@ def _hard_exponential_multiplier(cost_ratio: Ratio, cost_beta: float) -> Ratio:
 
 
 @dataclass(frozen=True)
-class _RewardForm:
+class RewardForm:
+    """One reward function: `quality - term` ("subtract") or `quality * term` ("multiply"),
+    with term = cost_term(cost / cost_target, cost_beta).
+
+    penalises_below_target: whether a model cheaper than the target loses reward. Only then is
+    the final selection's cost band two-sided (trainer.final_selection.is_one_sided); a form
+    that does not penalise it (or rewards it) only bounds the cost from above.
+    """
+
+    formula: str  # for the docstring of its function
     combine: Literal["subtract", "multiply"]
-    cost_term: Callable[[float, float], float]
+    cost_term: Callable[[Ratio, float], Ratio]
+    penalises_below_target: bool
+
+    @property
+    def exponential(self) -> bool:
+        """A multiplicative (MnasNet) form: its beta is negative to penalise cost."""
+        return self.combine == "multiply"
 
 
-_REWARD_FORMS: dict[str, _RewardForm] = {
-    "tunas_abs": _RewardForm("subtract", _abs_penalty),
-    "one_sided_tunas_abs": _RewardForm("subtract", _one_sided_abs_penalty),
-    "soft_exponential": _RewardForm("multiply", _soft_exponential_multiplier),
-    "hard_exponential": _RewardForm("multiply", _hard_exponential_multiplier),
+# The one registry of reward functions: add a form here and every part of the search, the CLI
+# (--cost_function) and the final selection know it.
+REWARD_FORMS: dict[str, RewardForm] = {
+    "tunas_abs": RewardForm("quality - cost_beta * |1 - cost / cost_target|: any miss of the target costs",
+                            "subtract", _abs_penalty, penalises_below_target=True),
+    "one_sided_tunas_abs": RewardForm(
+        "quality - cost_beta * |1 - max(1, cost / cost_target)|: only exceeding the target costs",
+        "subtract", _one_sided_abs_penalty, penalises_below_target=False),
+    "soft_exponential": RewardForm("quality * (cost / cost_target) ** cost_beta; a negative beta penalises cost",
+                                   "multiply", _soft_exponential_multiplier, penalises_below_target=False),
+    "hard_exponential": RewardForm(
+        "quality * max(1, cost / cost_target) ** cost_beta; a negative beta penalises overshoot",
+        "multiply", _hard_exponential_multiplier, penalises_below_target=False),
 }
 
 
-def _valid_names() -> str:
-    return ", ".join(_REWARD_FORMS)
+def get_reward_form(name: str) -> RewardForm:
+    """The registered form `name`; ValueError listing the valid names otherwise."""
+    if name not in REWARD_FORMS:
+        raise ValueError(f"unknown reward function {name!r}; valid names: {', '.join(REWARD_FORMS)}")
+    return REWARD_FORMS[name]
 
 
 def compute_reward(
     name: str, cost: float, cost_beta: float, cost_target: float, quality: float
 ) -> RewardBreakdown:
     """The reward of reward function `name`, with its intermediates for logging."""
-    if name not in _REWARD_FORMS:
-        raise ValueError(f"unknown reward function {name!r}; valid names: {_valid_names()}")
-    form = _REWARD_FORMS[name]
+    form = get_reward_form(name)
     cost, cost_beta, cost_target, quality = _validated_inputs(cost, cost_beta, cost_target, quality)
     cost_ratio = cost / cost_target
     term = form.cost_term(cost_ratio, cost_beta)
@@ -166,45 +190,29 @@ def rewards_for_costs(name: str, costs: torch.Tensor, cost_beta: float, cost_tar
                       quality: float) -> torch.Tensor:
     """The reward of every cost in `costs` at one quality, element-wise (the search uses it to
     price the alternatives of each decision). Same formulas as `compute_reward`."""
-    if name not in _REWARD_FORMS:
-        raise ValueError(f"unknown reward function {name!r}; valid names: {_valid_names()}")
-    form = _REWARD_FORMS[name]
+    form = get_reward_form(name)
     term = form.cost_term(costs / cost_target, cost_beta)
     return quality - term if form.combine == "subtract" else quality * term
 
 
-def tunas_abs(cost: float, cost_beta: float, cost_target: float, quality: float) -> float:
-    """`quality - cost_beta * |1 - cost / cost_target|`: any miss of the target costs."""
-    return compute_reward("tunas_abs", cost, cost_beta, cost_target, quality).reward
+def _reward_function(name: str) -> RewardFunction:
+    def reward(cost: float, cost_beta: float, cost_target: float, quality: float) -> float:
+        return compute_reward(name, cost, cost_beta, cost_target, quality).reward
+
+    reward.__name__ = reward.__qualname__ = name
+    reward.__doc__ = f"`{REWARD_FORMS[name].formula}`."
+    return reward
 
 
-def one_sided_tunas_abs(cost: float, cost_beta: float, cost_target: float, quality: float) -> float:
-    """`quality - cost_beta * |1 - max(1, cost / cost_target)|`: only exceeding the target costs."""
-    return compute_reward("one_sided_tunas_abs", cost, cost_beta, cost_target, quality).reward
-
-
-def soft_exponential(cost: float, cost_beta: float, cost_target: float, quality: float) -> float:
-    """`quality * (cost / cost_target) ** cost_beta`; a negative beta penalises cost."""
-    return compute_reward("soft_exponential", cost, cost_beta, cost_target, quality).reward
-
-
-def hard_exponential(cost: float, cost_beta: float, cost_target: float, quality: float) -> float:
-    """`quality * max(1, cost / cost_target) ** cost_beta`; negative beta penalises overshoot."""
-    return compute_reward("hard_exponential", cost, cost_beta, cost_target, quality).reward
-
-
-REWARD_FUNCTIONS: dict[str, RewardFunction] = {
-    "tunas_abs": tunas_abs,
-    "one_sided_tunas_abs": one_sided_tunas_abs,
-    "soft_exponential": soft_exponential,
-    "hard_exponential": hard_exponential,
-}
+# Each form as a plain function `(cost, cost_beta, cost_target, quality) -> reward`.
+REWARD_FUNCTIONS: dict[str, RewardFunction] = {name: _reward_function(name) for name in REWARD_FORMS}
+tunas_abs = REWARD_FUNCTIONS["tunas_abs"]
+one_sided_tunas_abs = REWARD_FUNCTIONS["one_sided_tunas_abs"]
+soft_exponential = REWARD_FUNCTIONS["soft_exponential"]
+hard_exponential = REWARD_FUNCTIONS["hard_exponential"]
 
 
 def get_reward_function(name: str) -> RewardFunction:
     """The reward function registered as `name`; ValueError listing valid names otherwise."""
-    if name not in REWARD_FUNCTIONS:
-        raise ValueError(
-            f"unknown reward function {name!r}; valid names: {', '.join(REWARD_FUNCTIONS)}"
-        )
+    get_reward_form(name)
     return REWARD_FUNCTIONS[name]

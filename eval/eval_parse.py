@@ -13,8 +13,11 @@ import math
 import sys
 from typing import NoReturn, Sequence
 
+from cost.cost import REWARD_FORMS
+from eval.model_configs import MODEL_REGISTRY
 from eval.run_args import SEARCH_ONLY_FLAGS, ignored_flags_note, resolve_run_args, single_option_note
 from eval.run_inputs import load_config_note
+from eval.tasks import TASKS
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -58,11 +61,11 @@ def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
                            allow_abbrev=False)
 
     g = p.add_argument_group("Task and model")
-    g.add_argument("--task", default="digits", help="built-in task (digits, synth-sentiment: offline) or a hub "
-                   "task (GLUE cola sst2 mrpc qqp qnli rte wnli mnli stsb, boolq, piqa, cifar10, cifar100, imagenet-1k)")
-    g.add_argument("--model_type", "--model", dest="model_type", default="resnet18",
-                   help="bert-tiny .. bert, roberta, gpt2[-medium|-large], resnet18/50, efficientnet-b0..b7, "
-                   "mobilenetv2, deit-tiny/small/base")
+    builtin = [name for name, task in TASKS.items() if task.builtin]
+    hub = [name for name, task in TASKS.items() if not task.builtin]
+    g.add_argument("--task", default="digits", help=f"built-in task ({', '.join(builtin)}: offline) or a hub task "
+                   f"({', '.join(hub)})")
+    g.add_argument("--model_type", "--model", dest="model_type", default="resnet18", help=", ".join(MODEL_REGISTRY))
     g.add_argument("--from_scratch", action="store_true", default=None,
                    help="random init of the built-in architecture (no network). Default: from scratch for the "
                    "built-in tasks, pretrained hub weights otherwise")
@@ -149,8 +152,7 @@ def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
     g.add_argument("--block_search", action="store_true", help="one format per block partition")
     g.add_argument("--weight_only_search", action="store_true",
                    help="search weight formats only; activations stay at --activation_bits (default none)")
-    g.add_argument("--cost_function", default="tunas_abs",
-                   help="tunas_abs, one_sided_tunas_abs, soft_exponential or hard_exponential")
+    g.add_argument("--cost_function", default="tunas_abs", help=", ".join(REWARD_FORMS))
     g.add_argument("--cost_type", default="memory", help="memory (MiB of weights) or compute (GBOPs)")
     g.add_argument("--weight_bits", default=None, help="fixed weight format: INT bits or a token such as fp8_e4m3 "
                    "(0 = none)")

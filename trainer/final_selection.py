@@ -24,6 +24,8 @@ from enum import Enum
 
 import torch
 
+from cost.cost import get_reward_form
+
 
 class FinalSelection(str, Enum):
     ARGMAX = "argmax"  # every decision's most likely format
@@ -35,10 +37,11 @@ DP_BUCKETS = 1 << 16
 
 
 def is_one_sided(cost_function: str) -> bool:
-    """Whether a cost function's band is only an upper bound: only tunas_abs penalises a model
-    cheaper than the target (one_sided_tunas_abs and hard_exponential do not, soft_exponential
-    rewards it)."""
-    return cost_function != "tunas_abs"
+    """Whether a cost function's band is only an upper bound: whether its form leaves a model
+    cheaper than the target unpenalised (`RewardForm.penalises_below_target`; of the built-in
+    ones only tunas_abs penalises it: one_sided_tunas_abs and hard_exponential do not,
+    soft_exponential rewards it)."""
+    return not get_reward_form(cost_function).penalises_below_target
 
 
 def cost_band(target: float, tolerance: float, one_sided: bool) -> tuple[float, float]:

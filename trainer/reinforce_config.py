@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from cost.cost import REWARD_FUNCTIONS
+from cost.cost import REWARD_FORMS, REWARD_FUNCTIONS
 from cost.model_cost import CostType
 from trainer.entropy_schedule import EntropySchedule
 from trainer.final_selection import FinalSelection
@@ -15,7 +15,8 @@ from trainer.final_selection import FinalSelection
 # The search's state in every checkpoint of a search run (next to the Trainer's own files).
 SEARCH_STATE_NAME = "reinforce_state.pt"
 
-EXPONENTIAL_COST_FUNCTIONS = ("soft_exponential", "hard_exponential")
+# The multiplicative (MnasNet) forms, whose beta is negative to penalise cost.
+EXPONENTIAL_COST_FUNCTIONS = tuple(name for name, form in REWARD_FORMS.items() if form.exponential)
 
 # The fields that shape the search itself (its samples, rewards and policy updates): a resumed
 # run must keep them, or it would finish as a mix of two searches. Not listed: final_selection

@@ -1,16 +1,21 @@
 """Reward functions against hand-computed values; breakdown, registry and input errors."""
 import pytest
+import torch
 
 from cost.cost import (
+    REWARD_FORMS,
     REWARD_FUNCTIONS,
     RewardBreakdown,
     compute_reward,
     get_reward_function,
     hard_exponential,
     one_sided_tunas_abs,
+    rewards_for_costs,
     soft_exponential,
     tunas_abs,
 )
+from trainer.final_selection import is_one_sided
+from trainer.reinforce_config import EXPONENTIAL_COST_FUNCTIONS
 
 # (function, (cost, beta, target, quality), reward) -- every reward worked out by hand.
 HAND_COMPUTED = [
@@ -113,3 +118,29 @@ def test_invalid_inputs_raise_clear_errors(name, args, match):
 def test_soft_exponential_rejects_zero_cost_with_negative_beta():
     with pytest.raises(ValueError, match=r"soft_exponential with cost=0 and cost_beta=-0.5 < 0 gives an infinite reward"):
         soft_exponential(0.0, -0.5, 5.0, 0.8)
+
+
+@pytest.mark.parametrize("name", sorted(REWARD_FORMS))
+def test_rewards_for_costs_equals_compute_reward_at_every_cost(name):
+    """The search prices each decision's alternatives with the tensor form: it must give the
+    scalar form's reward for every cost, below, at and above the target (bit for bit: float64
+    tensors and Python floats round the same operations alike)."""
+    costs = torch.tensor([0.25, 1.0, 2.5, 3.0, 3.7, 6.0, 11.0], dtype=torch.float64)
+    for beta in (-0.07, 0.5, 2.0):
+        priced = rewards_for_costs(name, costs, beta, 3.0, 0.83)
+        expected = [compute_reward(name, float(c), beta, 3.0, 0.83).reward for c in costs]
+        assert priced.tolist() == expected, (beta, priced.tolist(), expected)
+
+
+def test_each_form_declares_what_the_search_derives_from_it():
+    # The final selection's band: two-sided only for a form that penalises a cheaper model.
+    assert [name for name in REWARD_FORMS if not is_one_sided(name)] == ["tunas_abs"]
+    for name, form in REWARD_FORMS.items():
+        beta = -0.5 if form.exponential else 0.5  # each form's sign that penalises cost
+        cheaper = compute_reward(name, 1.0, beta, 3.0, 0.8).reward
+        on_target = compute_reward(name, 3.0, beta, 3.0, 0.8).reward
+        assert form.penalises_below_target == (cheaper < on_target), name
+        assert REWARD_FUNCTIONS[name].__doc__ == f"`{form.formula}`."
+    assert EXPONENTIAL_COST_FUNCTIONS == ("soft_exponential", "hard_exponential")
+    with pytest.raises(ValueError, match=r"unknown reward function 'tunas'; valid names: tunas_abs, "):
+        is_one_sided("tunas")

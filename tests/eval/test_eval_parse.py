@@ -334,6 +334,21 @@ def test_every_flag_has_help_and_abbreviations_are_refused(capsys):
     assert create_arg_parser().formatter_class is _DefaultsFormatter
 
 
+def test_the_registries_help_lists_every_name_they_accept():
+    """--task, --model_type and --cost_function list their registries (no hand-kept list to forget
+    a new entry in)."""
+    from cost.cost import REWARD_FORMS
+    from eval.model_configs import MODEL_REGISTRY
+    from eval.tasks import TASKS
+
+    helps = {a.dest: a.help for a in create_arg_parser()._actions}
+    assert helps["model_type"] == ", ".join(MODEL_REGISTRY) and "deit-base" in MODEL_REGISTRY
+    assert helps["cost_function"] == ", ".join(REWARD_FORMS) and "hard_exponential" in REWARD_FORMS
+    assert helps["task"] == ("built-in task (digits, synth-sentiment: offline) or a hub task (cola, sst2, mrpc, qqp, "
+                             "qnli, rte, wnli, mnli, stsb, boolq, piqa, cifar10, cifar100, imagenet-1k)")
+    assert all(f" {name}" in helps["task"] or f"({name}" in helps["task"] for name in TASKS)
+
+
 def test_unknown_flag_is_one_line(capsys):
     err = error_of(["--quantise_pooler"], capsys)
     assert "unrecognized arguments: --quantise_pooler" in err
