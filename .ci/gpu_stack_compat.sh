@@ -14,11 +14,12 @@ cd "$(dirname "$0")/.."
 
 STACK=${GPU_STACK_DIR:-/tmp/fliqs_gpu_stack}
 if [ ! -f "$STACK/.complete" ]; then
-  rm -rf "$STACK"
-  # --no-deps: their other requirements are the environment's; httpx (which transformers 5.17
-  # imports and later releases do not) comes with its own, behind the two.
+  rm -rf "$STACK/pinned" "$STACK/deps"  # only what this script put there
+  # --no-deps: their other requirements are the environment's. transformers 5.17 imports httpx
+  # (later releases do not): httpx and httpcore come pinned, without their dependencies (anyio,
+  # h11, idna, certifi), which the environment must have.
   python -m pip install -q --no-deps --target "$STACK/pinned" transformers==5.17.0 huggingface_hub==1.33.0
-  python -m pip install -q --target "$STACK/deps" httpx
+  python -m pip install -q --no-deps --target "$STACK/deps" httpx==0.28.1 httpcore==1.0.9
   touch "$STACK/.complete"
 fi
 

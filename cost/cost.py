@@ -131,7 +131,8 @@ class RewardForm:
     that does not penalise it (or rewards it) only bounds the cost from above.
     """
 
-    formula: str  # for the docstring of its function
+    formula: str  # the reward, for the docstring of its function
+    meaning: str  # what it does with the cost, likewise
     combine: Literal["subtract", "multiply"]
     cost_term: Callable[[Ratio, float], Ratio]
     penalises_below_target: bool
@@ -145,16 +146,16 @@ class RewardForm:
 # The one registry of reward functions: add a form here and every part of the search, the CLI
 # (--cost_function) and the final selection know it.
 REWARD_FORMS: dict[str, RewardForm] = {
-    "tunas_abs": RewardForm("quality - cost_beta * |1 - cost / cost_target|: any miss of the target costs",
+    "tunas_abs": RewardForm("quality - cost_beta * |1 - cost / cost_target|", "any miss of the target costs",
                             "subtract", _abs_penalty, penalises_below_target=True),
-    "one_sided_tunas_abs": RewardForm(
-        "quality - cost_beta * |1 - max(1, cost / cost_target)|: only exceeding the target costs",
-        "subtract", _one_sided_abs_penalty, penalises_below_target=False),
-    "soft_exponential": RewardForm("quality * (cost / cost_target) ** cost_beta; a negative beta penalises cost",
+    "one_sided_tunas_abs": RewardForm("quality - cost_beta * |1 - max(1, cost / cost_target)|",
+                                      "only exceeding the target costs",
+                                      "subtract", _one_sided_abs_penalty, penalises_below_target=False),
+    "soft_exponential": RewardForm("quality * (cost / cost_target) ** cost_beta", "a negative beta penalises cost",
                                    "multiply", _soft_exponential_multiplier, penalises_below_target=False),
-    "hard_exponential": RewardForm(
-        "quality * max(1, cost / cost_target) ** cost_beta; a negative beta penalises overshoot",
-        "multiply", _hard_exponential_multiplier, penalises_below_target=False),
+    "hard_exponential": RewardForm("quality * max(1, cost / cost_target) ** cost_beta",
+                                   "a negative beta penalises overshoot",
+                                   "multiply", _hard_exponential_multiplier, penalises_below_target=False),
 }
 
 
@@ -200,7 +201,8 @@ def _reward_function(name: str) -> RewardFunction:
         return compute_reward(name, cost, cost_beta, cost_target, quality).reward
 
     reward.__name__ = reward.__qualname__ = name
-    reward.__doc__ = f"`{REWARD_FORMS[name].formula}`."
+    form = REWARD_FORMS[name]
+    reward.__doc__ = f"`{form.formula}`: {form.meaning}."
     return reward
 
 
@@ -215,4 +217,5 @@ hard_exponential = REWARD_FUNCTIONS["hard_exponential"]
 def get_reward_function(name: str) -> RewardFunction:
     """The reward function registered as `name`; ValueError listing valid names otherwise."""
     get_reward_form(name)
-    return REWARD_FUNCTIONS[name]
+    # A form registered after import has no entry yet: its function is made on demand.
+    return REWARD_FUNCTIONS[name] if name in REWARD_FUNCTIONS else _reward_function(name)

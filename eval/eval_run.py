@@ -18,7 +18,9 @@ import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
-RUN_FILES = ("results.json", "output.txt", "model.txt", "config.json")
+from eval.results_schema import COMPLETED, FAILED, RESULTS_NAME, SCHEMA_VERSION
+
+RUN_FILES = (RESULTS_NAME, "output.txt", "model.txt", "config.json")
 
 
 def run_dir_of(args: argparse.Namespace) -> Path:
@@ -45,14 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = ""  # only rank 0 writes the run directory: other ranks cannot tell what it holds
         if _is_main_process() and _holds_completed_run(run_dir):  # failed before it replaced anything
             where = f" (the completed run in {run_dir} was left as it was)"
-        elif _is_main_process() and (run_dir / "results.json").is_file():
-            where = f" (traceback in {run_dir / 'results.json'})"
+        elif _is_main_process() and (run_dir / RESULTS_NAME).is_file():
+            where = f" (traceback in {run_dir / RESULTS_NAME})"
         print(f"eval_run: error: {type(error).__name__}: {error}{where}", file=sys.stderr)
         return 1
     finally:
         _destroy_process_group()
-    from eval.results_schema import COMPLETED
-
     if results["status"] != COMPLETED:  # e.g. non-finite evaluation metrics
         print(f"eval_run: error: {results['error']} (status {results['status']} in "
               f"{run_dir_of(args) / 'results.json'})", file=sys.stderr)
@@ -74,7 +74,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     Data, model and trainer are set up before anything in the run directory changes: a run
     that fails there leaves a completed run of the same name as it was."""
-    from eval.results_schema import RESULTS_NAME
     from eval.run_outputs import failed_results, write_json
 
     start = time.time()
@@ -108,9 +107,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _holds_completed_run(run_dir: Path) -> bool:
     from eval.results import load_run
-    from eval.results_schema import COMPLETED
 
-    return (run_dir / "results.json").is_file() and load_run(run_dir).status == COMPLETED
+    return (run_dir / RESULTS_NAME).is_file() and load_run(run_dir).status == COMPLETED
 
 
 # What the Trainer's evaluate() reports besides the metrics themselves.
@@ -155,7 +153,6 @@ def replaced_run_note(run_dir: Path, planned: dict[str, Any]) -> str | None:
     """A note when this run replaces a completed run of the same name that had other flags
     (default names leave out most flags, so two different commands can share a directory)."""
     from eval.results import changed_flags, list_changes, load_run
-    from eval.results_schema import COMPLETED
 
     previous = load_run(run_dir)
     if previous.status != COMPLETED:
@@ -205,7 +202,6 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def _run(args: argparse.Namespace, prepared: tuple[Any, Any], run_dir: Path, start: float) -> dict[str, Any]:
     from cost.model_cost import current_assignment, layer_costs
-    from eval.results_schema import COMPLETED, FAILED, RESULTS_NAME, SCHEMA_VERSION
     from eval.run_outputs import package_versions, summary_text, write_json
     from eval.run_setup import close_tensorboard
     from quant.surgery import has_low_bit_layers, quantized_layers

@@ -20,7 +20,7 @@ from eval.launch_devices import DevicePool, Slot
 from eval.launch_plan import Experiment
 from eval.launch_process import RunProcess
 from eval.results import RunRecord, latest_launch, load_run
-from eval.results_schema import COMPLETED
+from eval.results_schema import COMPLETED, RESULTS_NAME
 
 QUEUED, RUNNING, DONE, FAILED, SKIPPED, INTERRUPTED, NOT_STARTED = (
     "queued", "running", "done", "failed", "skipped", "interrupted", "not started")
@@ -99,7 +99,7 @@ def classify(job: Job, returncode: int) -> None:
     job.state = FAILED
     if job.record.status == COMPLETED:  # an earlier run this launch left in place: not its results
         job.record = None
-    elif (job.experiment.run_dir / "results.json").exists():
+    elif (job.experiment.run_dir / RESULTS_NAME).exists():
         job.reason = f"{_exit_text(returncode)}: {job.record.reason}"  # failed, or an invalid results.json
         return
     last = _last_line(job.log_path)
@@ -133,7 +133,7 @@ class SubprocessStarter:
         # reason if it died before writing its own. The log is appended to, each launch after its
         # own `# command` line.
         if load_run(run_dir).status != COMPLETED:
-            (run_dir / "results.json").unlink(missing_ok=True)
+            (run_dir / RESULTS_NAME).unlink(missing_ok=True)
         with open(job.log_path, "ab") as log:
             log.write(f"# {job.command_line}\n".encode())
             log.flush()

@@ -20,7 +20,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from cost.cost import REWARD_FUNCTIONS
+from cost.cost import REWARD_FORMS
 from cost.model_cost import parse_cost_type
 from eval.model_configs import get_model_spec, supports_gradient_checkpointing
 from eval.run_inputs import (check_inputs_outside_run_dir, check_load_config, check_resume_matches,
@@ -29,7 +29,7 @@ from eval.tasks import get_task
 from quant.formats import NO_QUANT, parse_format, parse_format_list
 from trainer.entropy_schedule import parse_entropy_schedule
 from trainer.final_selection import FinalSelection
-from trainer.reinforce_config import EXPONENTIAL_COST_FUNCTIONS, AdvantageMode, RewardMetric, RewardSource
+from trainer.reinforce_config import AdvantageMode, RewardMetric, RewardSource
 
 DEFAULT_LR_PRETRAINED = 5e-5
 DEFAULT_LR_SCRATCH = 1e-3
@@ -291,7 +291,7 @@ def _resolve_search(args: argparse.Namespace, task) -> None:
         raise ValueError("--single_decision and --block_search are mutually exclusive; pick one granularity")
     args.granularity = "single" if args.single_decision else "block" if args.block_search else "layer"
 
-    _choice(args.cost_function, list(REWARD_FUNCTIONS), "--cost_function")
+    _choice(args.cost_function, list(REWARD_FORMS), "--cost_function")
     try:  # case-insensitive: recorded (and passed on) by its canonical name
         args.entropy_schedule_type = parse_entropy_schedule(args.entropy_schedule_type).value
     except ValueError as error:
@@ -301,7 +301,7 @@ def _resolve_search(args: argparse.Namespace, task) -> None:
     _choice(args.final_selection, [f.value for f in FinalSelection], "--final_selection")
     if not 0 <= args.target_tolerance < 1:
         raise ValueError(f"--target_tolerance must be in [0, 1), got {args.target_tolerance}")
-    exponential = args.cost_function in EXPONENTIAL_COST_FUNCTIONS
+    exponential = REWARD_FORMS[args.cost_function].exponential
     if args.cost_beta is None:
         args.cost_beta = -0.07 if exponential else DEFAULT_COST_BETA
     elif exponential and args.cost_beta > 0:

@@ -15,6 +15,7 @@ import json
 import re
 from pathlib import Path
 
+from eval.results_schema import COMPLETED
 from trainer.reinforce_config import SEARCH_STATE_NAME
 
 # What a resumed run may change: how long it trains (the search's own settings are checked by the
@@ -90,7 +91,7 @@ def check_load_config(args: argparse.Namespace) -> None:
     except (OSError, ValueError) as error:
         raise ValueError(f"--load_config {path!r} is not a readable results.json ({error}); pass a run's "
                          f"results.json") from None
-    if not isinstance(data, dict) or data.get("status") != "completed" or not data.get("layers"):
+    if not isinstance(data, dict) or data.get("status") != COMPLETED or not data.get("layers"):
         status = data.get("status") if isinstance(data, dict) else None
         raise ValueError(f"--load_config {path!r} is not a completed run with per-layer formats (status {status!r}); "
                          f"pass the results.json of a completed search or quantized run")

@@ -303,9 +303,9 @@ def mean_loss_trainer(trainer):
 def rebuild_run_model(run_dir: Path):
     """The final model of a finished run: final_model/ weights with results.json's formats."""
     from eval.results import load_run
-    from eval.results_schema import COMPLETED
+    from eval.results_schema import COMPLETED, RESULTS_NAME
 
-    results_path = run_dir / "results.json"
+    results_path = run_dir / RESULTS_NAME
     if not results_path.is_file() or not (run_dir / "final_model").is_dir():
         raise FileNotFoundError(f"{run_dir} is not a finished run (needs results.json and final_model/)")
     record = load_run(run_dir)

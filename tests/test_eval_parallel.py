@@ -465,8 +465,8 @@ def test_real_sweep_on_two_cpu_workers_with_a_failing_run(tmp_path):
         # The repo comes first on PYTHONPATH; whatever the caller had set follows it.
         assert log.startswith(f"# CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=1 PYTHONPATH={REPO}"), log[:200]
         pythonpath = log.split("PYTHONPATH=", 1)[1].split(" ", 1)[0]
-        caller = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-        assert pythonpath.split(os.pathsep) == [str(REPO), *filter(None, caller)]
+        caller = os.environ.get("PYTHONPATH")
+        assert pythonpath == (f"{REPO}{os.pathsep}{caller}" if caller else str(REPO))
         if status == "failed":
             assert "eval_run: error: " in log and "'bad.csv' lacks columns ['sentence']" in results["error"]
         else:

@@ -7,16 +7,13 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from cost.cost import REWARD_FORMS, REWARD_FUNCTIONS
+from cost.cost import REWARD_FORMS
 from cost.model_cost import CostType
 from trainer.entropy_schedule import EntropySchedule
 from trainer.final_selection import FinalSelection
 
 # The search's state in every checkpoint of a search run (next to the Trainer's own files).
 SEARCH_STATE_NAME = "reinforce_state.pt"
-
-# The multiplicative (MnasNet) forms, whose beta is negative to penalise cost.
-EXPONENTIAL_COST_FUNCTIONS = tuple(name for name, form in REWARD_FORMS.items() if form.exponential)
 
 # The fields that shape the search itself (its samples, rewards and policy updates): a resumed
 # run must keep them, or it would finish as a mix of two searches. Not listed: final_selection
@@ -127,11 +124,11 @@ class ReinforceConfig:
         self.final_selection = _enum(FinalSelection, self.final_selection, "final_selection")  # type: ignore[assignment]
         if not 0 <= self.target_tolerance < 1:
             raise ValueError(f"target_tolerance must be in [0, 1), got {self.target_tolerance}")
-        if self.cost_function not in REWARD_FUNCTIONS:
-            raise ValueError(f"unknown cost_function {self.cost_function!r}; valid: {list(REWARD_FUNCTIONS)}")
+        if self.cost_function not in REWARD_FORMS:
+            raise ValueError(f"unknown cost_function {self.cost_function!r}; valid: {list(REWARD_FORMS)}")
         if not self.cost_target > 0:
             raise ValueError(f"cost_target must be a positive number (MiB or GBOPs), got {self.cost_target!r}")
-        exponential = self.cost_function in EXPONENTIAL_COST_FUNCTIONS
+        exponential = REWARD_FORMS[self.cost_function].exponential
         if exponential and self.cost_beta > 0:
             raise ValueError(
                 f"cost_beta={self.cost_beta} with {self.cost_function} would reward larger models: the "

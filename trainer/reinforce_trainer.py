@@ -137,7 +137,7 @@ class ReinforceTrainer(Trainer):
         self.baseline = EmaBaseline(config.baseline_decay)
         self.sample_generator = torch.Generator().manual_seed(config.policy_seed)
         self.heldout_dataset = heldout_dataset
-        self._heldout = HeldoutBatches(self._build_heldout_loader)
+        self._heldout = HeldoutBatches(lambda: self._build_heldout_loader())  # looked up when first read
         self.worst_reward: float | None = None
         self.non_finite_steps = 0
         self._pending_logs: dict[str, list[float]] = defaultdict(list)

@@ -1,4 +1,6 @@
 """Reward functions against hand-computed values; breakdown, registry and input errors."""
+import math
+
 import pytest
 import torch
 
@@ -6,6 +8,7 @@ from cost.cost import (
     REWARD_FORMS,
     REWARD_FUNCTIONS,
     RewardBreakdown,
+    RewardForm,
     compute_reward,
     get_reward_function,
     hard_exponential,
@@ -15,7 +18,6 @@ from cost.cost import (
     tunas_abs,
 )
 from trainer.final_selection import is_one_sided
-from trainer.reinforce_config import EXPONENTIAL_COST_FUNCTIONS
 
 # (function, (cost, beta, target, quality), reward) -- every reward worked out by hand.
 HAND_COMPUTED = [
@@ -123,24 +125,46 @@ def test_soft_exponential_rejects_zero_cost_with_negative_beta():
 @pytest.mark.parametrize("name", sorted(REWARD_FORMS))
 def test_rewards_for_costs_equals_compute_reward_at_every_cost(name):
     """The search prices each decision's alternatives with the tensor form: it must give the
-    scalar form's reward for every cost, below, at and above the target (bit for bit: float64
-    tensors and Python floats round the same operations alike)."""
-    costs = torch.tensor([0.25, 1.0, 2.5, 3.0, 3.7, 6.0, 11.0], dtype=torch.float64)
-    for beta in (-0.07, 0.5, 2.0):
-        priced = rewards_for_costs(name, costs, beta, 3.0, 0.83)
-        expected = [compute_reward(name, float(c), beta, 3.0, 0.83).reward for c in costs]
-        assert priced.tolist() == expected, (beta, priced.tolist(), expected)
+    scalar form's reward for every cost, below, at and above the target. The additive forms
+    agree bit for bit; a float64 tensor's `**` may round an ulp away from Python's (libm's) pow,
+    so the multiplicative ones agree within 2 ulp."""
+    costs = torch.linspace(0.05, 12.0, 997, dtype=torch.float64)
+    exact = not REWARD_FORMS[name].exponential
+    for beta in (-0.07, -1.3, 0.5, 2.0):
+        priced = rewards_for_costs(name, costs, beta, 3.0, 0.83).tolist()
+        for cost, got in zip(costs.tolist(), priced):
+            want = compute_reward(name, cost, beta, 3.0, 0.83).reward
+            assert got == want if exact else abs(got - want) <= 2 * math.ulp(want), (beta, cost, got, want)
 
 
-def test_each_form_declares_what_the_search_derives_from_it():
-    # The final selection's band: two-sided only for a form that penalises a cheaper model.
+@pytest.mark.parametrize("name", sorted(REWARD_FORMS))
+def test_each_form_declares_what_it_does_below_the_target(name):
+    """`penalises_below_target` (which makes the final selection's band two-sided) matches the
+    rewards: with the beta sign that penalises cost, a cheaper model than the target loses
+    reward exactly when it is declared."""
+    form = REWARD_FORMS[name]
+    beta = -0.5 if form.exponential else 0.5
+    cheaper = compute_reward(name, 1.0, beta, 3.0, 0.8).reward
+    on_target = compute_reward(name, 3.0, beta, 3.0, 0.8).reward
+    assert form.penalises_below_target == (cheaper < on_target)
+    assert is_one_sided(name) is not form.penalises_below_target
+    assert REWARD_FUNCTIONS[name].__doc__ == f"`{form.formula}`: {form.meaning}."
+
+
+def test_the_built_in_forms_traits():
     assert [name for name in REWARD_FORMS if not is_one_sided(name)] == ["tunas_abs"]
-    for name, form in REWARD_FORMS.items():
-        beta = -0.5 if form.exponential else 0.5  # each form's sign that penalises cost
-        cheaper = compute_reward(name, 1.0, beta, 3.0, 0.8).reward
-        on_target = compute_reward(name, 3.0, beta, 3.0, 0.8).reward
-        assert form.penalises_below_target == (cheaper < on_target), name
-        assert REWARD_FUNCTIONS[name].__doc__ == f"`{form.formula}`."
-    assert EXPONENTIAL_COST_FUNCTIONS == ("soft_exponential", "hard_exponential")
+    assert [name for name, form in REWARD_FORMS.items() if form.exponential] == ["soft_exponential",
+                                                                                "hard_exponential"]
     with pytest.raises(ValueError, match=r"unknown reward function 'tunas'; valid names: tunas_abs, "):
         is_one_sided("tunas")
+
+
+def test_a_form_registered_at_run_time_is_known_everywhere(monkeypatch):
+    from trainer.reinforce_config import ReinforceConfig
+
+    form = RewardForm("quality - cost_beta * (1 - cost / cost_target) ** 2", "small misses cost little",
+                      "subtract", lambda ratio, beta: beta * (1.0 - ratio) ** 2, penalises_below_target=True)
+    monkeypatch.setitem(REWARD_FORMS, "squared_tunas", form)
+    assert get_reward_function("squared_tunas")(6.0, 0.5, 3.0, 0.8) == pytest.approx(0.8 - 0.5, abs=1e-15)
+    assert not is_one_sided("squared_tunas")
+    assert ReinforceConfig(cost_target=1.0, cost_function="squared_tunas").cost_function == "squared_tunas"
