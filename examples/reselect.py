@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from cost.model_cost import LayerCost, parse_cost_type
+from eval.results_schema import COMPLETED, RESULTS_NAME
 from quant.formats import parse_format
 from trainer.final_selection import constrained_argmax, is_one_sided
 from trainer.search_space import DecisionCostTable, SearchSpace
@@ -52,11 +53,11 @@ def main(argv: list[str]) -> int:
         print(usage, file=sys.stderr)
         return 2
     root = Path(argv[0])
-    paths = sorted(root.glob("*/*/results.json")) or sorted(root.glob("*/results.json"))  # a root or a task
+    paths = sorted(root.glob(f"*/*/{RESULTS_NAME}")) or sorted(root.glob(f"*/{RESULTS_NAME}"))  # a root or a task
     same = different = 0
     for path in paths:
         results = json.loads(path.read_text())
-        if results.get("status") != "completed" or results.get("method") != "search":
+        if results.get("status") != COMPLETED or results.get("method") != "search":
             continue
         chosen = [d["format"] for d in results["search"]["decisions"].values()]
         changed = sum(a != b for a, b in zip(reselect(results), chosen))
