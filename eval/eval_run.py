@@ -111,6 +111,17 @@ def _holds_completed_run(run_dir: Path) -> bool:
     return (run_dir / RESULTS_NAME).is_file() and load_run(run_dir).status == COMPLETED
 
 
+def last_step_evaluation(state: Any) -> dict[str, Any] | None:
+    """The metrics of an evaluation the Trainer logged at its last step (as `evaluate()` returns
+    them: the log entry without its step), or None if it logged none there."""
+    for entry in reversed(state.log_history):
+        if any(key.startswith("eval_") for key in entry):
+            if entry.get("step") != state.global_step:
+                return None
+            return {key: value for key, value in entry.items() if key != "step"}
+    return None
+
+
 # What the Trainer's evaluate() reports besides the metrics themselves.
 TRAINER_EVAL_KEYS = ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch")
 
@@ -213,11 +224,17 @@ def _run(args: argparse.Namespace, prepared: tuple[Any, Any], run_dir: Path, sta
     if not args.eval_only:
         trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     search = None
+    recalibrated = 0
     if args.mode == "search":
-        trainer.finalize_search(args.bn_recalibration_batches)
+        recalibrated = trainer.finalize_search(args.bn_recalibration_batches)
         if _is_main_process():  # now with the formats it found (before: the search's placeholders)
             (run_dir / "model.txt").write_text(str(setup.model) + "\n")
-    metrics = trainer.evaluate()
+    # An evaluation the Trainer ran at the last step saw this very model (a search's evaluations
+    # use its final assignment), unless the BatchNorm statistics were re-estimated since: its
+    # metrics are the final ones, and a second pass over the evaluation set would repeat them.
+    metrics = (last_step_evaluation(trainer.state) if not recalibrated and not args.eval_only else None)
+    if metrics is None:
+        metrics = trainer.evaluate()
     close_tensorboard(trainer)  # flushes the final evaluation's events
     if args.mode == "search":
         decisions = trainer.final_decisions()

@@ -177,16 +177,19 @@ class ReinforceTrainer(Trainer):
     def final_cost(self) -> float:
         return self.cost_table.cost(self.final_indices())
 
-    def finalize_search(self, recalibration_batches: int = 0) -> None:
+    def finalize_search(self, recalibration_batches: int = 0) -> int:
         """Fix the answer on the layers and, optionally, re-estimate the BatchNorm statistics
-        for it: during the search they averaged over every sampled format. No weight changes."""
+        for it: during the search they averaged over every sampled format. No weight changes.
+        Returns the number of batches the statistics were re-estimated on (0: none changed)."""
         self.apply_final_assignment()
-        if recalibration_batches > 0:
-            recalibrate_batchnorm(self.model, self._train_batches(recalibration_batches), self._prepare_inputs)
-            if self.accelerator.num_processes > 1:
-                for buffer in self.model.buffers():
-                    if buffer.is_floating_point():
-                        buffer.copy_(self.accelerator.reduce(buffer, reduction="mean"))
+        if recalibration_batches <= 0:
+            return 0
+        used = recalibrate_batchnorm(self.model, self._train_batches(recalibration_batches), self._prepare_inputs)
+        if used and self.accelerator.num_processes > 1:
+            for buffer in self.model.buffers():
+                if buffer.is_floating_point():
+                    buffer.copy_(self.accelerator.reduce(buffer, reduction="mean"))
+        return used
 
     def _train_batches(self, count: int) -> Iterator[dict[str, Any]]:
         loader = self.get_train_dataloader()

@@ -423,3 +423,46 @@ def test_a_resumed_run_drops_what_the_earlier_attempt_logged_after_its_checkpoin
     for layer in results["layers"].values():
         assert f"weight_format={layer['weight_format']}, act_format={layer['act_format']}" in model_text
     assert "weight_format=none" not in model_text
+
+
+@pytest.mark.parametrize(("mode_flags", "reused"), [
+    (["--bits", "8"], True),  # a fixed-format run
+    (["--search_space", "4,8"], False),  # a search: BatchNorm re-estimated for its answer (ResNet)
+    (["--search_space", "4,8", "--bn_recalibration_batches", "0"], True),
+])
+def test_an_evaluation_at_the_last_step_is_not_run_again(tmp_path, monkeypatch, mode_flags, reused):
+    """With --eval_steps dividing the steps the Trainer evaluates the final model at the last step;
+    unless a search re-estimated its BatchNorm statistics after that, the final metrics are those
+    (a second pass would give the same numbers, which the forced fresh evaluation shows)."""
+    from transformers import Trainer
+
+    passes = []
+    real = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate",
+                        lambda self, *a, **k: passes.append(self.state.global_step) or real(self, *a, **k))
+    flags = [*RESNET_TINY, *mode_flags, "--eval_steps", "4"]
+    code, results, _ = run(tmp_path / "reuse", *flags)
+    assert code == 0 and passes == ([4, 8] if reused else [4, 8, 8])
+    passes.clear()
+    monkeypatch.setattr("eval.eval_run.last_step_evaluation", lambda state: None)
+    code, fresh, _ = run(tmp_path / "fresh", *flags)
+    assert code == 0 and passes == [4, 8, 8]
+    timing = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+    assert {k: v for k, v in results["metrics"].items() if k not in timing} == \
+        {k: v for k, v in fresh["metrics"].items() if k not in timing}
+    assert set(results["metrics"]) == set(fresh["metrics"])
+
+
+def test_last_step_evaluation_reads_only_an_evaluation_of_the_last_step():
+    from types import SimpleNamespace
+
+    from eval.eval_run import last_step_evaluation
+
+    train = {"loss": 1.0, "step": 8}
+    assert last_step_evaluation(SimpleNamespace(global_step=8, log_history=[
+        {"eval_accuracy": 0.5, "eval_runtime": 1.0, "epoch": 2.0, "step": 8}, train])) == \
+        {"eval_accuracy": 0.5, "eval_runtime": 1.0, "epoch": 2.0}
+    assert last_step_evaluation(SimpleNamespace(global_step=8, log_history=[
+        {"eval_accuracy": 0.5, "step": 4}, train])) is None  # an earlier step's
+    assert last_step_evaluation(SimpleNamespace(global_step=8, log_history=[train])) is None
+    assert last_step_evaluation(SimpleNamespace(global_step=0, log_history=[])) is None

@@ -157,6 +157,10 @@ def test_reinforce_trainer_argument_errors(tmp_path):
 def test_finalize_search_recalibrates_for_the_answer(tmp_path):
     trainer = make_trainer(str(tmp_path), model=NaNWithInt2(), search_space="int4,int8", steps=20)
     trainer.train()
-    trainer.finalize_search(recalibration_batches=3)
+    assert trainer.finalize_search(recalibration_batches=0) == 0  # nothing re-estimated
+    assert trainer.finalize_search(recalibration_batches=3) == 3
     assert trainer.model.norm.num_batches_tracked.item() == 3
     assert trainer.quant_layers["fc_in"].weight_format.name == trainer.final_decisions()["fc_in"].format
+    plain = make_trainer(str(tmp_path / "plain"), steps=2)  # no BatchNorm: nothing to re-estimate
+    plain.train()
+    assert plain.finalize_search(recalibration_batches=3) == 0
