@@ -232,7 +232,8 @@ def _run(args: argparse.Namespace, prepared: tuple[Any, Any], run_dir: Path, sta
     # An evaluation the Trainer ran at the last step saw this very model (a search's evaluations
     # use its final assignment), unless the BatchNorm statistics were re-estimated since: its
     # metrics are the final ones, and a second pass over the evaluation set would repeat them.
-    metrics = (last_step_evaluation(trainer.state) if not recalibrated and not args.eval_only else None)
+    reusable = not (recalibrated or args.eval_only or trainer.args.load_best_model_at_end)  # else another model
+    metrics = last_step_evaluation(trainer.state) if reusable else None
     if metrics is None:
         metrics = trainer.evaluate()
     close_tensorboard(trainer)  # flushes the final evaluation's events
