@@ -54,7 +54,10 @@ def launcher_env(slot: Slot, omp_threads: int, cwd: str | os.PathLike[str] | Non
     # then site-packages) is importable already, and site-packages must not go before the stdlib.
     if IS_CHECKOUT and Path(cwd or os.getcwd()).resolve() != REPO_ROOT:
         existing = environ.get("PYTHONPATH")
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), existing] if existing else [str(REPO_ROOT)])
+        # The caller's entries follow, but for the repository itself (no use twice); an empty
+        # entry (the working directory) stays.
+        kept = [p for p in existing.split(os.pathsep) if not (p and Path(p).resolve() == REPO_ROOT)] if existing else []
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *kept])
     return env
 
 

@@ -29,6 +29,11 @@ def test_launcher_env():
 def test_launcher_env_outside_the_repository_points_pythonpath_at_it(tmp_path, monkeypatch):
     env = launcher_env(Slot(GPU, ("0",), 0), 1, cwd=tmp_path, environ={"PYTHONPATH": "/x"})
     assert env == {"CUDA_VISIBLE_DEVICES": "0", "PYTHONPATH": f"{REPO_ROOT}:/x"}
+    # The repository once, first; the caller's other entries, an empty one (the working directory) included.
+    for caller, expected in ((f"{REPO_ROOT}", f"{REPO_ROOT}"), (f"/x:{REPO_ROOT}/:/y", f"{REPO_ROOT}:/x:/y"),
+                             ("/x::/y", f"{REPO_ROOT}:/x::/y")):
+        assert launcher_env(Slot(GPU, ("0",), 0), 1, cwd=tmp_path, environ={"PYTHONPATH": caller})["PYTHONPATH"] == \
+            expected
     # An installed project (no checkout: REPO_ROOT is site-packages) is importable without it.
     import eval.launch_command as launch_command
 
