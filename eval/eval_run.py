@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _destroy_process_group()
     if results["status"] != COMPLETED:  # e.g. non-finite evaluation metrics
         print(f"eval_run: error: {results['error']} (status {results['status']} in "
-              f"{run_dir_of(args) / 'results.json'})", file=sys.stderr)
+              f"{run_dir_of(args) / RESULTS_NAME})", file=sys.stderr)
         return 1
     return 0
 

@@ -60,16 +60,17 @@ class GroupedWeight(NamedTuple):
     computed from: the format, the scale granularity, the weight Parameter and its version counter."""
 
     fmt: NumberFormat
-    granularity: str  # a scales.Granularity
+    granularity: Granularity
     weight: torch.Tensor
     version: int | None
     value: torch.Tensor
 
     @classmethod
-    def of(cls, fmt: NumberFormat, granularity: str, weight: torch.Tensor, value: torch.Tensor) -> "GroupedWeight":
+    def of(cls, fmt: NumberFormat, granularity: Granularity, weight: torch.Tensor,
+           value: torch.Tensor) -> "GroupedWeight":
         return cls(fmt, granularity, weight, _version(weight), value)
 
-    def is_current(self, fmt: NumberFormat, granularity: str, weight: torch.Tensor) -> bool:
+    def is_current(self, fmt: NumberFormat, granularity: Granularity, weight: torch.Tensor) -> bool:
         """Whether it was computed from this format, granularity and weight, unchanged since."""
         return (self.fmt is fmt and self.granularity is granularity and self.weight is weight
                 and self.version == _version(weight))

@@ -149,12 +149,12 @@ def resolve_dotted(name: str) -> str | None:
 
 def existing_names() -> dict[str, set[str]]:
     """What the code supports today, by flag."""
-    from cost.cost import REWARD_FUNCTIONS
+    from cost.cost import REWARD_FORMS
     from cost.model_cost import CostType
     from eval.model_configs import MODEL_REGISTRY
     from eval.tasks import TASKS
 
-    return {"--model_type": set(MODEL_REGISTRY), "--task": set(TASKS), "--cost_function": set(REWARD_FUNCTIONS),
+    return {"--model_type": set(MODEL_REGISTRY), "--task": set(TASKS), "--cost_function": set(REWARD_FORMS),
             "--cost_type": {c.value for c in CostType}}
 
 
@@ -213,9 +213,11 @@ def test_the_checkers_reject_made_up_names():
     assert check_path("tests/quant/test_formats.py::test_no_such_test") == \
         "tests/quant/test_formats.py defines no test_no_such_test"
     assert resolve_symbol("quant/formats.py", "FloatFormat.bits") is None
-    assert resolve_symbol("quant/formats.py", "NoSuchFormat") == "quant/formats.py: no NoSuchFormat (NoSuchFormat is missing)"
+    assert resolve_symbol("quant/formats.py", "NoSuchFormat") == \
+        "quant/formats.py: no NoSuchFormat (NoSuchFormat is missing)"
     assert resolve_symbol("cost/model_cost.py", "CostType.no_such_unit") is not None
-    assert resolve_symbol("quant/no_such_module.py", "parse_format").startswith("quant/no_such_module.py: cannot import")
+    assert resolve_symbol("quant/no_such_module.py", "parse_format").startswith(
+        "quant/no_such_module.py: cannot import")
     assert resolve_dotted("quant.formats.parse_format") is None
     assert resolve_dotted("quant.formats.no_such_function") is not None
     # A guide that names a removed file or symbol fails.
