@@ -126,6 +126,11 @@ def fake_quantize_unchecked(x: torch.Tensor, fmt: NumberFormat, scale: torch.Ten
     return _FakeQuantizeFunction.apply(x, fmt, scale, True, False)
 
 
+# The smallest float32 scale whose float32 reciprocal is finite: the next float after 2^-128.
+SMALLEST_SCALE = float(torch.nextafter(torch.tensor(2.0**-128), torch.tensor(1.0)))
+LARGEST_SCALE = torch.finfo(torch.float32).max
+
+
 def _as_scale_tensor(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
     if isinstance(scale, torch.Tensor):
         scale_t = scale
@@ -147,10 +152,15 @@ def _as_scale_tensor(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tens
             f"scale of shape {tuple(scale_t.shape)} would broadcast x of shape {tuple(x.shape)} to {tuple(shape)}; "
             f"the result keeps x's shape, so {hint}, with no more dimensions than x"
         )
-    bad = ~(torch.isfinite(scale_t) & (scale_t > 0))
+    # x / scale is computed as x * (1 / scale) in float32: the scale must stay positive and finite
+    # in float32 and so must its reciprocal, which overflows below 2^-128 (~2.9e-39; then 0 * inf
+    # would give NaN). Scales that compute_scale returns are at least 2^-126.
+    scale32 = scale_t.detach().to(torch.float32)
+    bad = ~(torch.isfinite(scale32) & (scale32 > 0) & torch.isfinite(torch.reciprocal(scale32)))
     if bool(bad.any()):  # user-facing check: the one place a sync is acceptable
-        first = scale_t.detach().flatten()[bad.flatten()][0].item()
-        raise ValueError(f"scale must be positive and finite everywhere, got {first!r}; compute it with compute_scale")
+        first = scale if scale_t is not scale else scale_t.detach().flatten()[bad.flatten()][0].item()
+        raise ValueError(f"scale must lie in [{SMALLEST_SCALE:.3g}, {LARGEST_SCALE:.3g}] everywhere (positive and "
+                         f"finite in float32, with a finite reciprocal), got {first!r}; compute it with compute_scale")
     return scale_t
 
 

@@ -127,7 +127,9 @@ def _bucketed(log_probs: torch.Tensor, table: torch.Tensor, allowed: torch.Tenso
     size = overflow + 1
     best_lp = torch.full((size,), float("-inf"), dtype=torch.float64)
     best_lp[0] = 0.0
-    exact = torch.zeros(size, dtype=torch.float64)  # exact extra cost of the kept partial assignment
+    # Cost of the kept partial assignment, summed from the table in decision order as `_exact`
+    # sums it (a sum of extras plus the cheapest total can land an ulp off, across a band edge).
+    exact = torch.zeros(size, dtype=torch.float64)
     choice = torch.zeros((num_decisions, size), dtype=torch.int16)
     overflow_parent = [0] * num_decisions  # bucket before decision d of the kept overflow entry
     for d in range(num_decisions):
@@ -138,12 +140,12 @@ def _bucketed(log_probs: torch.Tensor, table: torch.Tensor, allowed: torch.Tenso
             candidate = torch.full_like(best_lp, float("-inf"))
             moved = torch.zeros_like(exact)
             candidate[shift:overflow] = best_lp[: overflow - shift] + log_probs[d, k]
-            moved[shift:overflow] = exact[: overflow - shift] + extra[d, k]
+            moved[shift:overflow] = exact[: overflow - shift] + table[d, k]
             # Every bucket from overflow - shift on lands in the overflow bucket: keep the most likely.
             first = max(overflow - shift, 0)
             parent = first + int(best_lp[first:].argmax())
             candidate[overflow] = best_lp[parent] + log_probs[d, k]
-            moved[overflow] = exact[parent] + extra[d, k]
+            moved[overflow] = exact[parent] + table[d, k]
             better = candidate > new_lp
             new_lp = torch.where(better, candidate, new_lp)
             new_exact = torch.where(better, moved, new_exact)
@@ -151,7 +153,7 @@ def _bucketed(log_probs: torch.Tensor, table: torch.Tensor, allowed: torch.Tenso
             if bool(better[overflow]):
                 overflow_parent[d] = parent
         best_lp, exact = new_lp, new_exact
-    bucket = _pick(best_lp, exact + float(base.sum()), low, high)
+    bucket = _pick(best_lp, exact, low, high)
     indices = torch.empty(num_decisions, dtype=torch.long)
     for d in reversed(range(num_decisions)):
         indices[d] = int(choice[d, bucket])

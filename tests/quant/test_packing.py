@@ -152,7 +152,12 @@ def test_torch_float8_casts_agree_with_the_format_rounding(token, dtype):
 
 @pytest.mark.parametrize("token, value", [("int4", 0.5), ("int4", 8.0), ("fp8_e4m3", 0.3), ("fp4", 5.0),
                                           ("fp6_e2m3", float("nan")), ("e3m4", float("inf")), ("bf16", 1.0 + 2**-10),
-                                          ("int12", 2048.0)])
+                                          ("int12", 2048.0),
+                                          # NaN and inf: decoded to the same pattern, or stored by a cast
+                                          ("fp8_e3m4", float("nan")), ("fp8_e5m2", float("nan")),
+                                          ("fp8_e5m2", float("inf")), ("fp8_e4m3", float("nan")),
+                                          ("bf16", float("inf")), ("fp16", float("-inf")), ("fp16", float("nan")),
+                                          ("int8", float("nan")), ("e2m5", float("-inf"))])
 def test_off_grid_values_are_rejected(token, value):
     fmt = parse_format(token)
     with pytest.raises(ValueError, match=rf"value .* \(flat index 1\) is not on the grid of {fmt.name}; pack grid"):

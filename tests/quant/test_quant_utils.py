@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from quant.formats import FloatFormat, IntFormat, parse_format, rounding_bounds
-from quant.quant_utils import fake_quantize, quantize
+from quant.quant_utils import LARGEST_SCALE, SMALLEST_SCALE, fake_quantize, quantize
 from quant.scales import Granularity, compute_scale
 from tests.quant.test_rounding import (
     ML_DTYPES,
@@ -131,9 +131,18 @@ def test_low_precision_inputs_keep_their_dtype(dtype, name):
 @pytest.mark.parametrize(
     "scale, match",
     [
-        (0.0, "scale must be positive and finite everywhere, got 0.0"),
+        (0.0, r"scale must lie in \[2.94e-39, 3.4e\+38\] everywhere \(positive and finite in float32, with a "
+              r"finite reciprocal\), got 0.0; compute it with compute_scale"),
         (-1.0, r"got -1.0"),
         (float("nan"), r"got nan"),
+        (float("inf"), r"got inf"),
+        # 1 / scale overflows in float32: 0 * inf would be NaN
+        (1e-40, r"got 1e-40;"),
+        (2.0**-128, r"got 2.938735877055719e-39;"),
+        (torch.tensor([1.0, 1e-39, 3.0]), r"got 1.00000\d*e-39;"),
+        # finite in float64, not once in float32
+        (torch.tensor(1e300, dtype=torch.float64), r"got 1e\+300;"),
+        (torch.tensor(1e-50, dtype=torch.float64), r"got 1e-50;"),
         (torch.tensor([1.0, -2.0, 3.0]), r"got -2.0"),
         (torch.ones(3, 2), r"scale of shape \(3, 2\) does not broadcast against x of shape \(3,\)"),
         ("1", "scale must be a positive float or tensor"),
@@ -143,6 +152,23 @@ def test_low_precision_inputs_keep_their_dtype(dtype, name):
 def test_bad_scales(scale, match):
     with pytest.raises(ValueError, match=match):
         fake_quantize(torch.ones(3), "int8", scale)
+
+
+@pytest.mark.parametrize("token", ["int8", "int2", "fp8_e4m3", "fp4"])
+@pytest.mark.parametrize("scale", [SMALLEST_SCALE, LARGEST_SCALE])
+def test_extreme_accepted_scales_keep_finite_inputs_finite(token, scale):
+    """At the smallest and largest scales accepted, finite inputs give finite outputs; INT ones
+    equal round-half-even(x * (1 / scale)) clamped, times the scale, all in float32."""
+    fmt = parse_format(token)
+    x = torch.tensor([0.0, -0.0, 1e-39, -2.3e-39, 7e-39, -1e-38, 1.0, 3e38, -3e38, 1e-45])
+    got = fake_quantize(x, fmt, scale)
+    assert torch.isfinite(got).all(), got
+    scale32 = torch.tensor(scale, dtype=torch.float32)
+    largest = -fmt.qmin if isinstance(fmt, IntFormat) else fmt.max  # the INT grid reaches -2^(N-1)
+    assert got.abs().max() <= largest * scale32
+    if isinstance(fmt, IntFormat):
+        expected = torch.round(x * torch.reciprocal(scale32)).clamp(fmt.qmin, fmt.qmax) * scale32
+        assert torch.equal(got, expected)
 
 
 def test_bad_inputs():

@@ -186,6 +186,37 @@ def test_bucketed_programme_with_costly_options_equals_brute_force(seed):
         assert got.tolist() == want, (seed, one_sided)
 
 
+def test_bucketed_programme_judges_a_cost_on_the_band_edge_as_the_enumeration_does():
+    # The target is one assignment's exact cost and the tolerance 0: the most likely assignment,
+    # [1, 1], sits on the band's edge. A cost summed as extras over the cheapest total landed an
+    # ulp above the edge and lost it to [0, 1].
+    log_probs = log([[0.3, 0.7], [0.3, 0.7]])
+    costs = torch.tensor([[0.7576039219664368, 0.8767703708227748], [0.9233810159462806, 0.8424602231401824]],
+                         dtype=torch.float64)
+    target = float(costs[0, 1] + costs[1, 1])
+    for exact_limit in (0, 1 << 20):
+        assert constrained_argmax(log_probs, costs, target, 0.0, one_sided=True,
+                                  exact_limit=exact_limit).tolist() == [1, 1]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_bucketed_programme_equals_brute_force_with_targets_on_an_assignment(seed):
+    # Targets equal to some assignment's exact cost (summed in decision order), tolerance 0:
+    # every band edge sits on a real cost.
+    generator = torch.Generator().manual_seed(300 + seed)
+    log_probs = torch.randn(6, 3, generator=generator, dtype=torch.float64).log_softmax(dim=1)
+    costs = torch.rand(6, 3, generator=generator, dtype=torch.float64)
+    for pick in torch.randint(0, 3, (5, 6), generator=generator):
+        target = 0.0
+        for d, k in enumerate(pick.tolist()):
+            target += float(costs[d, k])
+        for one_sided in (False, True):
+            low, high = (float("-inf") if one_sided else target), target
+            want = brute_force(log_probs, costs, low, high)
+            got = constrained_argmax(log_probs, costs, target, 0.0, one_sided=one_sided, exact_limit=0)
+            assert got.tolist() == want, (seed, pick.tolist(), one_sided)
+
+
 def test_bad_policies_are_named():
     with pytest.raises(ValueError, match=r"decisions \[1\] have no allowed option"):
         constrained_argmax(log([[0.5, 0.5], [0.0, 0.0]]), torch.ones(2, 2), 1.0, 0.1)
