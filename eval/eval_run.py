@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from eval.results_schema import COMPLETED, FAILED, RESULTS_NAME, SCHEMA_VERSION
+from eval.run_lock import RunDirectoryBusy, holding_run_lock
 
 RUN_FILES = (RESULTS_NAME, "output.txt", "model.txt", "config.json")
 
@@ -42,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         results = run(args)
+    except RunDirectoryBusy as error:  # the other run's directory is left alone: no results.json
+        print(f"eval_run: error: {error}", file=sys.stderr)
+        return 1
     except Exception as error:  # noqa: BLE001 - reported in results.json and as one line
         run_dir = run_dir_of(args)
         where = ""  # only rank 0 writes the run directory: other ranks cannot tell what it holds
@@ -73,12 +77,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Execute the run `args` describes (already validated by parse_run_args); return results.
 
     Data, model and trainer are set up before anything in the run directory changes: a run
-    that fails there leaves a completed run of the same name as it was."""
-    from eval.run_outputs import failed_results, write_json
-
+    that fails there leaves a completed run of the same name as it was. One run at a time per
+    directory (eval/run_lock.py): RunDirectoryBusy, with nothing changed, if another holds it."""
     start = time.time()
     run_dir = run_dir_of(args)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not _is_main_process():  # rank 0 holds the directory's lock for every rank
+        return _run_locked(args, run_dir, start)
+    with holding_run_lock(run_dir):  # before anything in the directory changes
+        return _run_locked(args, run_dir, start)
+
+
+def _run_locked(args: argparse.Namespace, run_dir: Path, start: float) -> dict[str, Any]:
+    from eval.run_outputs import failed_results, write_json
+
     resuming = args.resume_from_checkpoint is not None
     try:
         prepared = _prepare(args)
