@@ -260,6 +260,9 @@ def _resolve_mode(args: argparse.Namespace) -> None:
     if args.search:
         args.mode = "search"
         if weight is not None:
+            if args.bits is not None:  # --bits fixes the weights too
+                raise ValueError(f"--weight_only_search searches the weight formats, and --bits {args.bits} would fix "
+                                 f"them too; give the activations' format alone: --activation_bits {args.bits}")
             raise ValueError("--weight_only_search searches the weight formats; drop --weight_bits")
         args.weight_format, args.act_format = None, act or NO_QUANT.name
     else:
@@ -369,7 +372,9 @@ def ignored_flags_note(args: argparse.Namespace, defaults: dict[str, object]) ->
         fixed, way_out = f"formats from --load_config {args.load_config}", "drop --load_config"
     else:
         fixed = "float" if args.mode == "float" else f"weights {args.weight_format}, activations {args.act_format}"
-        way_out = "drop --bits/--weight_bits/--activation_bits"
+        given = [f"--{name}" for name in ("bits", "weight_bits", "activation_bits") if getattr(args, name) is not None]
+        # Without fixed formats only --no-search keeps a run from searching.
+        way_out = f"drop {'/'.join(given)}" if given else "drop --no-search"
     verb = "applies" if len(ignored) == 1 else "apply"
     return (f"note: {' '.join(ignored)} only {verb} to a search; this run has fixed formats ({fixed}) and ignores "
             f"them (to search instead, {way_out})")

@@ -83,6 +83,11 @@ def failed_results(args: Mapping[str, Any], error: BaseException, traceback_text
     }
 
 
+def _amount(value: float) -> str:
+    """4 decimals, or 4 significant digits below 1 (a tiny model's 0.00003 MiB is not 0.0000)."""
+    return f"{value:.4f}" if abs(value) >= 1 or value == 0 else f"{value:#.4g}"
+
+
 def summary_text(results: Mapping[str, Any]) -> str:
     """The human-readable output.txt (also printed at the end of a run)."""
     lines = [f"run        {results['exp_name']}  ({results['task']}, {results['model_type']}, {results['method']})",
@@ -93,11 +98,11 @@ def summary_text(results: Mapping[str, Any]) -> str:
         lines.append(f"metric     {main} = {metrics[main]:.4f}")
     cost = results.get("cost")
     if cost:
-        lines.append(f"memory     {cost['memory_mib']:.4f} MiB (float {cost['float_memory_mib']:.4f} MiB)")
-        lines.append(f"compute    {cost['gbops']:.4f} GBOPs (float {cost['float_gbops']:.4f} GBOPs)")
+        lines.append(f"memory     {_amount(cost['memory_mib'])} MiB (float {_amount(cost['float_memory_mib'])} MiB)")
+        lines.append(f"compute    {_amount(cost['gbops'])} GBOPs (float {_amount(cost['float_gbops'])} GBOPs)")
         if cost.get("target") is not None:
             unit = "MiB" if cost["cost_type"] == "memory" else "GBOPs"
-            lines.append(f"target     {cost['target']:.4f} {unit} ({cost['cost_type']}); achieved ratio "
+            lines.append(f"target     {_amount(cost['target'])} {unit} ({cost['cost_type']}); achieved ratio "
                          f"{cost['ratio']:.3f}")
     lines.append(f"wall time  {results['wall_time_s']:.1f} s")
     layers = results.get("layers") or {}

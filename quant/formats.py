@@ -327,8 +327,11 @@ def parse_format_list(text: str | list | tuple, what: str = "search space") -> t
     """Parse a comma-separated list such as '4,8' or 'int4,fp8_e4m3,fp4' (order kept)."""
     items = [t for t in (text.split(",") if isinstance(text, str) else list(text))]
     tokens = [t.strip() if isinstance(t, str) else t for t in items]
-    if not tokens or any(t == "" for t in tokens):
+    if not tokens or tokens == [""]:
         raise ValueError(f"empty {what} {text!r}: give comma-separated formats, e.g. '4,8' or 'int4,fp8_e4m3,fp4'")
+    if "" in tokens:
+        raise ValueError(f"{what} {text!r} has an empty entry (entry {tokens.index('') + 1}): give comma-separated "
+                         f"formats without empty ones, e.g. '4,8' or 'int4,fp8_e4m3,fp4'")
     formats = tuple(parse_format(t) for t in tokens)
     seen: set[NumberFormat] = set()
     for fmt, token in zip(formats, tokens):

@@ -95,7 +95,8 @@ def error_of(argv, capsys) -> str:
         (["--task", "sst2", "--model", "resnet18"], r"resnet18 is a vision model but --task sst2 is a text task"),
         (["--search_space", "4,int9x"], r"--search_space: unknown format 'int9x'"),
         (["--search_space", ""], r"--search_space: empty search space"),
-        (["--search_space", "4,,8"], r"empty search space '4,,8'"),
+        (["--search_space", "4,,8"], r"--search_space: search space '4,,8' has an empty entry \(entry 2\)"),
+        (["--search_space", "4,8,"], r"--search_space: search space '4,8,' has an empty entry \(entry 3\)"),
         (["--weight_bits", "1"], r"--weight_bits: invalid format '1'"),
         (["--cost_target", "0"], r"--cost_target must be > 0"),
         (["--cost_target", "-2"], r"--cost_target must be > 0"),
@@ -128,6 +129,11 @@ def error_of(argv, capsys) -> str:
         (["--train_file", "a.csv"], "--train_file and --validation_file go together"),
         (["--dataset_path", "d", "--train_file", "a", "--validation_file", "b"], "mutually exclusive"),
         (["--weight_bits", "8", "--block_search"], "--search picks the formats itself; drop --weight_bits"),
+        (["--weight_only_search", "--bits", "8"],
+         r"--weight_only_search searches the weight formats, and --bits 8 would fix them too; give the "
+         r"activations' format alone: --activation_bits 8 "),
+        (["--weight_only_search", "--weight_bits", "8", "--activation_bits", "8"],
+         r"--weight_only_search searches the weight formats; drop --weight_bits "),
         (["--no-search", "--block_search"], "are search options and this run does not search .*; drop them"),
         (["--eval_only"], "--eval_only evaluates a fixed model"),
         (["--load_config", "r.json", "--search"], "cannot be combined with --search"),
@@ -174,11 +180,16 @@ def test_bad_cost_type_of_a_fixed_run_fails_before_loading(capsys):
     [
         (["--bits", "8", "--search_space", "2,4", "--cost_beta", "3", "--no-precision_warmup"],
          "eval_run: note: --search_space --cost_beta --no-precision_warmup only apply to a search; this run has "
-         "fixed formats (weights int8, activations int8) and ignores them (to search instead, drop "
-         "--bits/--weight_bits/--activation_bits)\n"),
+         "fixed formats (weights int8, activations int8) and ignores them (to search instead, drop --bits)\n"),
+        (["--weight_bits", "4", "--activation_bits", "8", "--cost_beta", "3"],
+         "eval_run: note: --cost_beta only applies to a search; this run has fixed formats (weights int4, "
+         "activations int8) and ignores them (to search instead, drop --weight_bits/--activation_bits)\n"),
         (["--bits", "0", "--cost_target_bits", "3"],
          "eval_run: note: --cost_target_bits only applies to a search; this run has fixed formats (float) and "
-         "ignores them (to search instead, drop --bits/--weight_bits/--activation_bits)\n"),
+         "ignores them (to search instead, drop --bits)\n"),
+        (["--no-search", "--search_space", "2,4"],
+         "eval_run: note: --search_space only applies to a search; this run has fixed formats (float) and "
+         "ignores them (to search instead, drop --no-search)\n"),
         (["--load_config", "r.json", "--reward_source", "heldout"],
          "eval_run: note: --reward_source only applies to a search; this run has fixed formats (formats from "
          "--load_config r.json) and ignores them (to search instead, drop --load_config)\n"),

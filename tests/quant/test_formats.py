@@ -116,7 +116,7 @@ def test_format_lists():
     assert [f.name for f in mixed] == ["int4", "fp8_e4m3", "fp4_e2m1"]
     with pytest.raises(ValueError, match=r"empty search space ''"):
         parse_format_list("")
-    with pytest.raises(ValueError, match=r"empty search space '4,,8'"):
+    with pytest.raises(ValueError, match=r"search space '4,,8' has an empty entry \(entry 2\): give comma-separated formats without empty ones"):
         parse_format_list("4,,8")
     with pytest.raises(ValueError, match=r"duplicate format 'int8' \(int8\)"):
         parse_format_list("8,int8")
