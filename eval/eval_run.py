@@ -46,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunDirectoryBusy as error:  # the other run's directory is left alone: no results.json
         print(f"eval_run: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: one line on what is left, not a traceback
+        print(f"eval_run: interrupted; {interrupted_note(run_dir_of(args))}", file=sys.stderr)
+        return 130
     except Exception as error:  # noqa: BLE001 - reported in results.json and as one line
         run_dir = run_dir_of(args)
         where = ""  # only rank 0 writes the run directory: other ranks cannot tell what it holds
@@ -91,7 +94,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _run_locked(args: argparse.Namespace, run_dir: Path, start: float) -> dict[str, Any]:
     from eval.run_outputs import failed_results, write_json
 
-    resuming = args.resume_from_checkpoint is not None
+    # A run resumed from its own checkpoint continues its checkpoints and logs; one resumed from
+    # another run's starts this directory afresh like a new run.
+    resuming = args.resume_from_checkpoint is not None and \
+        run_dir.resolve() in Path(args.resume_from_checkpoint).resolve().parents
     try:
         prepared = _prepare(args)
     except Exception as error:
@@ -115,6 +121,21 @@ def _run_locked(args: argparse.Namespace, run_dir: Path, start: float) -> dict[s
             write_json(run_dir / RESULTS_NAME, failed_results(vars(args), error, traceback.format_exc(),
                                                               time.time() - start))
         raise
+
+
+def interrupted_note(run_dir: Path) -> str:
+    """What an interrupted run left in `run_dir` and how to go on from it."""
+    from eval.run_inputs import latest_checkpoint
+
+    if not run_dir.is_dir():
+        return "nothing was written"
+    if (run_dir / RESULTS_NAME).is_file():  # interrupted before it replaced an earlier run's, or after
+        return f"the results.json in {run_dir} was left as it is"
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        return f"{run_dir} holds no results.json and no checkpoint (runs save them with --save_steps N)"
+    return (f"{run_dir} holds no results.json; to go on from {Path(checkpoint).name}, run the same command with "
+            f"--resume_from_checkpoint {run_dir}")
 
 
 def _holds_completed_run(run_dir: Path) -> bool:
@@ -189,8 +210,8 @@ def replaced_run_note(run_dir: Path, planned: dict[str, Any]) -> str | None:
 
 def clear_previous_outputs(run_dir: Path, resuming: bool) -> None:
     """Remove what an earlier run of the same name left, so that nothing of it is mixed with this
-    run's outputs (a stale "completed" must not survive a crash either). A resumed run keeps its
-    checkpoints and TensorBoard logs, which it continues."""
+    run's outputs (a stale "completed" must not survive a crash either). A run resumed from a
+    checkpoint of this directory keeps its checkpoints and TensorBoard logs, which it continues."""
     import shutil
 
     for name in RUN_FILES:

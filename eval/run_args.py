@@ -88,8 +88,10 @@ def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
     if task.modality != spec.modality:
         raise ValueError(f"--model_type {args.model_type} is a {spec.modality} model but --task {args.task} is a "
                          f"{task.modality} task; pick a {task.modality} model")
-    if args.from_scratch is None and args.model_name_or_path is None and args.load_config is not None:
-        # A found assignment goes with the weights it was found on: the run's final_model/.
+    # Without --model_name_or_path, --from_scratch or --pretrained, a found assignment goes with the
+    # weights it was found on: the run's final_model/.
+    weights_unsaid = args.from_scratch is None and args.model_name_or_path is None
+    if weights_unsaid and args.load_config is not None:
         final_model = Path(args.load_config).parent / "final_model"
         if final_model.is_dir():
             args.model_name_or_path = str(final_model)
@@ -133,13 +135,9 @@ def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--image_size applies to vision tasks; {args.task} is a text task")
     if args.exp_name is not None and (not args.exp_name or "/" in args.exp_name or args.exp_name in (".", "..")):
         raise ValueError(f"--exp_name {args.exp_name!r} must be a non-empty name without '/'")
-    if args.config_overrides:
-        from eval.models import parse_config_overrides
+    from eval.model_checks import check_model_flags
 
-        try:  # keys and value types against the built-in config of the same architecture
-            parse_config_overrides(args.config_overrides, spec.builtin_config())
-        except ValueError as error:
-            raise ValueError(f"--config_overrides: {error}") from None
+    check_model_flags(args, spec)  # the local checkpoint, the overrides, the text length
 
     for name in ("weight_range_percentile", "act_range_percentile"):
         value = getattr(args, name)
@@ -157,20 +155,35 @@ def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
         _resolve_search(args, task)
     if args.load_config is not None:
         check_load_config(args)
-    if args.eval_only and args.load_config is None and args.model_name_or_path is None:
+        if weights_unsaid and args.model_name_or_path is None:  # else the task's default weights would stand in
+            raise ValueError(f"--load_config {args.load_config!r}: that run has no final_model/ beside its "
+                             "results.json (the weights its formats go with); pass --model_name_or_path DIR with "
+                             "those weights, --pretrained for the hub checkpoint, or --from_scratch to train the "
+                             "assignment from random weights")
+    if args.eval_only and args.model_name_or_path is None and (args.load_config is None or args.from_scratch):
         raise ValueError("--eval_only needs trained weights: give --load_config RUN/results.json (that run's "
                          "final_model/) or --model_name_or_path DIR; otherwise it would evaluate a random model")
-    if args.mode == "search" and args.delay_steps is not None and 0 < args.max_steps <= args.delay_steps:
-        raise ValueError(f"--delay_steps {args.delay_steps} leaves no search step in --max_steps {args.max_steps}: the "
-                         f"policy would never learn; use fewer delay steps (default: half of the steps)")
     if args.exp_name is None:
         args.exp_name = default_exp_name(args)
     if len(args.exp_name.encode()) > MAX_NAME_BYTES:
         raise ValueError(f"--exp_name is {len(args.exp_name.encode())} bytes long ({args.exp_name[:40]!r}...); a "
                          f"directory name can have at most {MAX_NAME_BYTES}: give a shorter --exp_name")
     check_inputs_outside_run_dir(args)
-    check_resume_matches(args)
+    given_delay = args.delay_steps
+    check_resume_matches(args)  # a resumed search takes the delay its run resolved
+    _check_delay_leaves_search_steps(args, inherited=given_delay is None and args.delay_steps is not None)
     return args
+
+
+def _check_delay_leaves_search_steps(args: argparse.Namespace, inherited: bool) -> None:
+    if args.mode != "search" or args.delay_steps is None or not 0 < args.max_steps <= args.delay_steps:
+        return
+    if inherited:  # a resumed run keeps its delay: only more steps help
+        raise ValueError(f"the run being resumed searches after {args.delay_steps} delay steps (recorded in its "
+                         f"config.json), so --max_steps {args.max_steps} leaves no search step; resume with "
+                         f"--max_steps above {args.delay_steps}")
+    raise ValueError(f"--delay_steps {args.delay_steps} leaves no search step in --max_steps {args.max_steps}: the "
+                     f"policy would never learn; use fewer delay steps (default: half of the steps)")
 
 
 MAX_NAME_BYTES = 255  # NAME_MAX of Linux file systems

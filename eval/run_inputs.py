@@ -70,7 +70,7 @@ def check_steps_left(checkpoint: str, total_steps: int) -> None:
 def check_inputs_outside_run_dir(args: argparse.Namespace) -> None:
     """A run replaces what an earlier run of its name left in its directory (final_model/,
     checkpoints): the weights or results it reads must not lie there (e.g. re-evaluating a run's
-    own final_model/ under the same default name)."""
+    own final_model/ under the same default name), nor its --export_dir."""
     run_dir = (Path(args.output_root_dir) / args.task / args.exp_name).resolve()
     # --load_config first: it may have set model_name_or_path to the final_model/ next to it
     inputs = [("--load_config", args.load_config), ("--model_name_or_path", args.model_name_or_path)]
@@ -81,6 +81,15 @@ def check_inputs_outside_run_dir(args: argparse.Namespace) -> None:
         if path == run_dir or run_dir in path.parents:
             raise ValueError(f"{flag} {value!r} lies in this run's own directory {str(run_dir)!r}, which the run "
                              f"replaces; give the run another --exp_name")
+    # The export is written after training: inside the run directory it would be the directory
+    # itself or final_model/ (a failure after hours of training), or be removed or left stale by
+    # the next run of this name.
+    if args.export_dir is not None:
+        path = Path(args.export_dir).expanduser().resolve()
+        if path == run_dir or run_dir in path.parents:
+            raise ValueError(f"--export_dir {args.export_dir!r} lies in this run's own directory {str(run_dir)!r}, "
+                             f"whose contents the run and its reruns replace; export outside it, e.g. --export_dir "
+                             f"deploy/{args.exp_name}")
 
 
 def check_load_config(args: argparse.Namespace) -> None:
@@ -144,12 +153,20 @@ def resolve_checkpoint(path: str) -> str:
                          f"run (or the run directory, for its latest checkpoint)")
     if (directory / "trainer_state.json").is_file():
         return str(directory)
-    steps = [(int(match.group(1)), child) for child in directory.iterdir()
+    latest = latest_checkpoint(directory)
+    if latest is None:
+        raise ValueError(f"--resume_from_checkpoint {path!r} holds no checkpoint (no trainer_state.json, no "
+                         f"checkpoint-N/); runs save them with --save_strategy steps --save_steps N")
+    return latest
+
+
+def latest_checkpoint(run_dir: Path) -> str | None:
+    """The run directory's checkpoint-N of the highest step, or None if it has none."""
+    steps = [(int(match.group(1)), child) for child in run_dir.iterdir()
              if child.is_dir() and (match := re.fullmatch(r"checkpoint-(\d+)", child.name))
              and (child / "trainer_state.json").is_file()]
     if not steps:
-        raise ValueError(f"--resume_from_checkpoint {path!r} holds no checkpoint (no trainer_state.json, no "
-                         f"checkpoint-N/); runs save them with --save_strategy steps --save_steps N")
+        return None
     # A search's checkpoints also hold its state; one without it was cut short while saving.
     complete = [(step, child) for step, child in steps if (child / SEARCH_STATE_NAME).is_file()]
     return str(max(complete or steps)[1])

@@ -8,7 +8,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -19,6 +19,9 @@ from eval.tasks import TaskSpec, get_task
 from quant.formats import parse_format, parse_format_list
 from quant.quant_module import QuantConfig
 from quant.surgery import QuantSpec, quantize_model, record_geometry
+
+if TYPE_CHECKING:
+    from eval.eval_partitions import LayerSelection
 
 # Default policy learning rate: AUTO_RL_LOGIT_BUDGET / search steps, so Adam can move a logit by
 # about that much over the search whatever its length (enough for p > 0.9999), capped.
@@ -47,6 +50,36 @@ def _loaded_config_formats(path: str) -> dict[str, tuple[str, str]]:
     """Per-layer formats of a --load_config results.json (checked at parse time: run_inputs.check_load_config)."""
     layers = json.loads(Path(path).read_text())["layers"]
     return {name: (layer["weight_format"], layer["act_format"]) for name, layer in layers.items()}
+
+
+def _layer_selection(flags: dict[str, Any]) -> LayerSelection:
+    """The layers the --quantize_* flags in `flags` (a run's args) select."""
+    from eval.eval_partitions import LayerSelection
+
+    return LayerSelection(self_attention=flags["quantize_self_attention"], self_output=flags["quantize_self_output"],
+                          intermediate=flags["quantize_intermediate"], output=flags["quantize_output"],
+                          pooler=flags["quantize_pooler"], classifier=flags["quantize_classifier"])
+
+
+def _check_loaded_layers(args: argparse.Namespace, model: nn.Module, loaded: list[str]) -> None:
+    """The --load_config run's layers are the ones its --quantize_* flags select in this model: a
+    model of another shape (other --config_overrides or weights) would run partly in float, or lack
+    layers of the assignment."""
+    from eval.eval_partitions import select_layers
+
+    recorded = json.loads(Path(args.load_config).read_text()).get("args") or {}
+    flags = {**vars(args), **{key: value for key, value in recorded.items() if key.startswith("quantize_")}}
+    expected = select_layers(model, _layer_selection(flags))
+    missing, extra = sorted(set(expected) - set(loaded)), sorted(set(loaded) - set(expected))
+    if missing or extra:
+        def named(names: list[str]) -> str:
+            return f"{len(names)} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+
+        parts = ([f"this model's layers missing from it: {named(missing)}"] if missing else []) + \
+            ([f"its layers this model lacks: {named(extra)}"] if extra else [])
+        raise ValueError(f"--load_config {args.load_config!r} assigns formats to {len(loaded)} layers of another "
+                         f"model than this {args.model_type} ({'; '.join(parts)}); load it into the model it was "
+                         f"found on (that run's --config_overrides and weights)")
 
 
 def _text_processor(args: argparse.Namespace, raw_train, task: TaskSpec, source: str | None):
@@ -90,7 +123,7 @@ def _build_model(args: argparse.Namespace, task: TaskSpec, tokenizer, source: st
 def load_data_and_model(args: argparse.Namespace) -> RunSetup:
     from eval.data import build_data_collator, carve_heldout, load_raw_datasets, prepare_text_datasets, \
         prepare_vision_datasets
-    from eval.eval_partitions import LayerSelection, select_layers
+    from eval.eval_partitions import select_layers
     from eval.models import load_pretrained_processor
     from eval.vision_utils import default_transform_config, transform_config_from_processor
 
@@ -141,11 +174,9 @@ def load_data_and_model(args: argparse.Namespace) -> RunSetup:
     layer_formats = _loaded_config_formats(args.load_config) if args.load_config is not None else {}
     if layer_formats:
         layer_names = list(layer_formats)
+        _check_loaded_layers(args, model, layer_names)
     else:
-        selection = LayerSelection(self_attention=args.quantize_self_attention, self_output=args.quantize_self_output,
-                                   intermediate=args.quantize_intermediate, output=args.quantize_output,
-                                   pooler=args.quantize_pooler, classifier=args.quantize_classifier)
-        layer_names = select_layers(model, selection)
+        layer_names = select_layers(model, _layer_selection(vars(args)))
     if args.mode == "search" and not layer_names:
         raise ValueError(f"--search found no layer to quantize in {args.model_type} with these --quantize_* flags")
     config = QuantConfig(weight_format=parse_format(args.weight_format or "none"),

@@ -70,11 +70,15 @@ def test_mode_and_format_resolution():
 
 
 def write_results(path, **fields) -> None:
-    """A minimal completed run's results.json for --load_config."""
+    """A minimal completed run's results.json for --load_config, with its final_model/ beside it."""
     import json
+
+    from eval.model_configs import get_model_spec
 
     data = {"status": "completed", "task": "digits", "model_type": "resnet18",
             "layers": {"resnet.embedder.embedder.convolution": {"weight_format": "int4", "act_format": "int8"}}}
+    (path.parent / "final_model").mkdir(exist_ok=True)
+    get_model_spec(data["model_type"]).builtin_config().to_json_file(path.parent / "final_model" / "config.json")
     path.write_text(json.dumps({**data, **fields}))
 
 
@@ -432,3 +436,103 @@ def test_a_resumed_run_keeps_the_flags_of_the_run_that_wrote_the_checkpoint(caps
     assert ("was written by a run with other flags (learning_rate 0.001 -> 0.01, per_channel false -> true); "
             "resume with that run's flags (only --max_steps/--num_train_epochs may change), or start a new run") in err
 
+
+
+def test_a_resumed_search_keeps_its_delay_and_says_so_when_too_few_steps_remain(capsys, tmp_path):
+    # An interrupted 5000-step search (delay: half, 2500) resumed with --max_steps 120 used to fail
+    # after loading, about a --delay_steps the user never gave (and giving one was refused).
+    import json
+
+    first = parse_run_args(["--max_steps", "5000", "--output_root_dir", str(tmp_path), "--exp_name", "k"])
+    first.delay_steps = 2500  # resolved by the run, as config.json records it
+    run_dir = tmp_path / "digits" / "k"
+    (run_dir / "checkpoint-100").mkdir(parents=True)
+    (run_dir / "checkpoint-100" / "trainer_state.json").write_text(json.dumps({"global_step": 100}))
+    (run_dir / "checkpoint-100" / "reinforce_state.pt").write_bytes(b"")
+    (run_dir / "config.json").write_text(json.dumps(vars(first), default=str))
+    base = ["--output_root_dir", str(tmp_path), "--exp_name", "k", "--resume_from_checkpoint", str(run_dir)]
+    err = error_of([*base, "--max_steps", "120"], capsys)
+    assert err == ("eval_run: error: the run being resumed searches after 2500 delay steps (recorded in its "
+                   "config.json), so --max_steps 120 leaves no search step; resume with --max_steps above 2500 "
+                   "(see --help)\n")
+    assert parse_run_args([*base, "--max_steps", "3000"]).delay_steps == 2500
+    # a delay given on a fresh run keeps its own message
+    err = error_of(["--max_steps", "10", "--delay_steps", "10"], capsys)
+    assert "--delay_steps 10 leaves no search step in --max_steps 10" in err
+
+
+def test_load_config_needs_the_weights_its_formats_go_with(capsys, tmp_path):
+    # Without final_model/ beside the results.json, a built-in task's default (random weights)
+    # stood in silently: --eval_only scored a random model and reported it as completed.
+    import shutil
+
+    write_results(tmp_path / "r.json")
+    shutil.rmtree(tmp_path / "final_model")
+    results = str(tmp_path / "r.json")
+    for extra in ([], ["--eval_only"]):
+        err = error_of(["--load_config", results, *extra], capsys)
+        assert err == (f"eval_run: error: --load_config '{results}': that run has no final_model/ beside its "
+                       "results.json (the weights its formats go with); pass --model_name_or_path DIR with those "
+                       "weights, --pretrained for the hub checkpoint, or --from_scratch to train the assignment "
+                       "from random weights (see --help)\n")
+    assert parse_run_args(["--load_config", results, "--from_scratch"]).from_scratch is True  # said: trains
+    err = error_of(["--load_config", results, "--from_scratch", "--eval_only"], capsys)
+    assert "--eval_only needs trained weights" in err and "it would evaluate a random model" in err
+
+
+def test_export_dir_may_not_lie_in_the_run_directory(capsys, tmp_path):
+    run_dir = tmp_path / "digits" / "e"
+    base = ["--bits", "8", "--output_root_dir", str(tmp_path), "--exp_name", "e"]
+    for inside in (run_dir, run_dir / "final_model", run_dir / "tensorboard" / "x", run_dir / "export"):
+        err = error_of([*base, "--export_dir", str(inside)], capsys)
+        assert err == (f"eval_run: error: --export_dir '{inside}' lies in this run's own directory '{run_dir}', "
+                       "whose contents the run and its reruns replace; export outside it, e.g. --export_dir "
+                       "deploy/e (see --help)\n")
+    assert parse_run_args([*base, "--export_dir", str(tmp_path / "digits" / "e_export")]).export_dir
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "bert-tiny", "--task", "synth-sentiment", "--max_seq_length", "513"],
+         "--max_seq_length 513 is more than the 512 positions of this bert-tiny; use at most 512"),
+        (["--model", "roberta", "--task", "synth-sentiment", "--from_scratch", "--max_seq_length", "513"],
+         "--max_seq_length 513 is more than the 512 positions of this roberta; use at most 512"),
+        (["--model", "gpt2", "--task", "synth-sentiment", "--max_seq_length", "2000",
+          "--config_overrides", "n_layer=1"],
+         "--max_seq_length 2000 is more than the 1024 positions of this gpt2; use at most 1024"),
+        (["--model", "bert-tiny", "--task", "synth-sentiment", "--max_seq_length", "64",
+          "--config_overrides", "max_position_embeddings=32"],
+         "--max_seq_length 64 is more than the 32 positions of this bert-tiny; use at most 32"),
+        (["--model", "bert-tiny", "--task", "synth-sentiment", "--max_seq_length", "1"],
+         "--max_seq_length must be at least 2, got 1"),
+        (["--model", "bert-tiny", "--task", "synth-sentiment", "--config_overrides", "num_hidden_layers=0"],
+         "--config_overrides: num_hidden_layers=0 leaves the model without layers; use at least 1"),
+        (["--model", "bert-tiny", "--task", "synth-sentiment", "--config_overrides", "num_attention_heads=3"],
+         r"--config_overrides 'num_attention_heads=3': bert-tiny cannot be built or run with them \(ValueError: "
+         r"The hidden size \(128\) is not a multiple of the number of attention heads \(3\)\); check the values "
+         r"against the architecture"),
+        (["--config_overrides", "num_channels=1"],  # builds, but fails on the RGB images at the first forward
+         r"--config_overrides 'num_channels=1': resnet18 cannot be built or run with them \(ValueError: .*"
+         r"channel dimension .*\); check the values against the architecture"),
+        (["--model_name_or_path", "/nonexistent/model"],
+         "--model_name_or_path '/nonexistent/model' is not a directory; pass a directory written by "
+         "save_pretrained()"),
+    ],
+)
+def test_model_flags_are_checked_against_the_architecture_before_loading(argv, message, capsys):
+    err = error_of(argv, capsys)
+    assert re.search(message, err), err
+
+
+def test_model_name_or_path_must_be_a_checkpoint_of_the_model_type(capsys, tmp_path):
+    from eval.model_configs import get_model_spec
+
+    err = error_of(["--model_name_or_path", str(tmp_path)], capsys)
+    assert (f"--model_name_or_path: '{tmp_path}' holds no config.json, so it is no checkpoint written by "
+            "save_pretrained(); pass such a directory (e.g. a run's final_model/)") in err
+    get_model_spec("bert-tiny").builtin_config().to_json_file(tmp_path / "config.json")
+    err = error_of(["--model_name_or_path", str(tmp_path)], capsys)
+    assert f"--model_name_or_path: '{tmp_path}' holds a 'bert' model, but model type 'resnet18' expects" in err
+    assert parse_run_args(["--model_name_or_path", str(tmp_path), "--model", "bert-tiny", "--task",
+                           "synth-sentiment"]).model_name_or_path == str(tmp_path)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from eval.eval_run import main
+from eval.run_lock import LOCK_NAME, holding_run_lock, run_lock_holder
 
 RESNET_TINY = ["--model_type", "resnet18", "--config_overrides",
                "depths=[1,1,1,1],hidden_sizes=[8,8,8,8],embedding_size=8"]
@@ -20,6 +21,11 @@ def run(tmp_path: Path, *argv: str) -> tuple[int, dict, Path]:
     results_files = list(tmp_path.glob("*/*/results.json"))
     assert len(results_files) == 1
     return code, json.loads(results_files[0].read_text()), results_files[0].parent
+
+
+def contents(run_dir: Path) -> dict[Path, bytes]:
+    """Every file of a run directory, but its lock's holder line (eval/run_lock.py)."""
+    return {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file() and path.name != LOCK_NAME}
 
 
 def test_uniform_baseline_on_digits(tmp_path):
@@ -77,7 +83,7 @@ def test_a_rerun_replaces_everything_of_the_earlier_run(tmp_path, capsys):
 def test_a_run_that_fails_before_training_leaves_the_completed_run_it_would_replace(tmp_path, capsys):
     code, _, run_dir = run(tmp_path, *RESNET_TINY, "--search", "--exp_name", "kept")
     assert code == 0
-    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    before = contents(run_dir)
     capsys.readouterr()
     # Found only once the data is loaded (one epoch of 128 samples is 8 steps); it used to delete
     # the completed run's final_model/ and output.txt first.
@@ -88,13 +94,13 @@ def test_a_run_that_fails_before_training_leaves_the_completed_run_it_would_repl
         "eval_run: error: ValueError: --delay_steps 1000 leaves no search step in this run's 8 steps: the policy "
         "would never learn; use fewer delay steps (default: half of the steps) "
         f"(the completed run in {run_dir} was left as it was)")
-    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+    assert contents(run_dir) == before
 
 
 def test_resuming_a_finished_run_without_more_steps_fails_before_touching_it(tmp_path, capsys):
     code, _, run_dir = run(tmp_path, *RESNET_TINY, "--search", "--exp_name", "done", "--save_steps", "8")
     assert code == 0 and (run_dir / "checkpoint-8").is_dir()
-    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    before = contents(run_dir)
     same = [*RESNET_TINY, "--search", "--exp_name", "done", "--save_steps", "8", *FAST, "--output_root_dir", str(tmp_path),
             "--resume_from_checkpoint", str(run_dir)]
     capsys.readouterr()
@@ -110,7 +116,7 @@ def test_resuming_a_finished_run_without_more_steps_fails_before_touching_it(tmp
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
         f"nothing is left to train; resume with more steps than 8, or start a new run (the completed run in {run_dir} "
         "was left as it was)")
-    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+    assert contents(run_dir) == before
     # More steps continue the same search: the delay and policy learning rate the first run derived
     # from its 8 steps stay (derived again from 12, they differed from the checkpoint's and failed).
     first = json.loads((run_dir / "results.json").read_text())["args"]
@@ -142,13 +148,13 @@ def test_resume_checks_the_search_state_before_touching_the_run(tmp_path, capsys
     # A checkpoint moved away from its run (no config.json to compare flags with): its search
     # settings are checked once the trainer is built, before the completed run is replaced.
     shutil.copytree(run_dir / "checkpoint-4", tmp_path / "moved" / "checkpoint-4")
-    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    before = contents(run_dir)
     code = main([*flags, "--max_steps", "12", "--cost_beta", "3", "--resume_from_checkpoint",
                  str(tmp_path / "moved" / "checkpoint-4")])
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1 and "the checkpoint's search settings differ from this run's" in last and "cost_beta" in last
     assert last.endswith(f"(the completed run in {run_dir} was left as it was)")
-    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+    assert contents(run_dir) == before
 
 
 def test_save_strategy_best_saves_at_an_improving_evaluation_and_resumes_from_the_run_dir(tmp_path):
@@ -283,6 +289,17 @@ def test_search_on_digits_and_load_config_reproduces_it(tmp_path):
     assert again["metrics"]["eval_accuracy"] == results["metrics"]["eval_accuracy"]
     assert {n: l["weight_format"] for n, l in again["layers"].items()} == \
         {n: l["weight_format"] for n, l in results["layers"].items()}
+    # Into a model of another shape (one more block in the last stage) it would quantize part of
+    # the model only and under-report its cost: refused, naming the layers.
+    deeper = ["--model_type", "resnet18", "--config_overrides", "depths=[1,1,1,2],hidden_sizes=[8,8,8,8],embedding_size=8"]
+    code, failed, _ = run(tmp_path / "deeper", *deeper, "--load_config", str(run_dir / "results.json"),
+                          "--from_scratch")
+    assert code == 1 and failed["status"] == "failed"
+    assert failed["error"] == (
+        f"ValueError: --load_config '{run_dir / 'results.json'}' assigns formats to {len(results['layers'])} layers of another "
+        "model than this resnet18 (this model's layers missing from it: 2 (resnet.encoder.stages.3.layers.1.layer.0."
+        "convolution, resnet.encoder.stages.3.layers.1.layer.1.convolution)); load it into the model it was found on "
+        "(that run's --config_overrides and weights)")
 
 
 def test_block_search_on_the_text_task(tmp_path):
@@ -466,3 +483,55 @@ def test_last_step_evaluation_reads_only_an_evaluation_of_the_last_step():
         {"eval_accuracy": 0.5, "step": 4}, train])) is None  # an earlier step's
     assert last_step_evaluation(SimpleNamespace(global_step=8, log_history=[train])) is None
     assert last_step_evaluation(SimpleNamespace(global_step=0, log_history=[])) is None
+
+
+def test_resuming_from_another_runs_checkpoint_starts_this_directory_afresh(tmp_path):
+    # The old run's checkpoints and logs stayed beside the new run's, with a config.json of the new
+    # run: a later resume from a stale checkpoint was checked against the wrong flags.
+    base = [*RESNET_TINY, "--bits", "8", "--save_steps", "4", *FAST, "--output_root_dir", str(tmp_path)]
+    assert main([*base, "--exp_name", "a", "--learning_rate", "0.01"]) == 0
+    run_a = tmp_path / "digits" / "a"
+    old_logs = set((run_a / "tensorboard").iterdir())
+    assert (run_a / "checkpoint-4").is_dir() and old_logs
+    assert main([*base, "--exp_name", "b"]) == 0
+    fork = str(tmp_path / "digits" / "b" / "checkpoint-4")
+    assert main([*base, "--exp_name", "a", "--resume_from_checkpoint", fork]) == 0
+    assert sorted(p.name for p in run_a.glob("checkpoint-*")) == ["checkpoint-8"]  # the new run's only
+    assert not old_logs & set((run_a / "tensorboard").iterdir())
+    assert json.loads((run_a / "config.json").read_text())["learning_rate"] == 1e-3
+    # resumed from its own checkpoint, a run keeps them
+    assert main([*base, "--exp_name", "a", "--resume_from_checkpoint", str(run_a / "checkpoint-8"),
+                 "--max_steps", "12"]) == 0
+    assert sorted(p.name for p in run_a.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-8"]
+
+
+def test_a_second_run_of_a_busy_directory_stops_at_once_and_changes_nothing(tmp_path, capsys):
+    code, _, run_dir = run(tmp_path, *RESNET_TINY, "--bits", "8", "--exp_name", "busy")
+    assert code == 0 and run_lock_holder(run_dir) is None  # released when the run ended
+    before = contents(run_dir)
+    capsys.readouterr()
+    with holding_run_lock(run_dir):  # another open file description: it blocks this process too
+        holder = run_lock_holder(run_dir)
+        assert holder is not None and holder.startswith("pid ")
+        assert main([*RESNET_TINY, "--bits", "8", "--exp_name", "busy", *FAST, "--output_root_dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (f"eval_run: error: {run_dir} is being written by another run ({holder}); wait "
+                                       "for it to finish, or give this run another --exp_name\n")
+    assert contents(run_dir) == before
+
+
+def test_ctrl_c_is_one_line_naming_what_is_left(tmp_path, capsys, monkeypatch):
+    import eval.eval_run as eval_run
+
+    def interrupted(args, prepared, run_dir, start):  # training reached a checkpoint, then Ctrl-C
+        (run_dir / "checkpoint-4").mkdir()
+        (run_dir / "checkpoint-4" / "trainer_state.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eval_run, "_run", interrupted)
+    argv = [*RESNET_TINY, "--bits", "8", "--exp_name", "stop", *FAST, "--output_root_dir", str(tmp_path)]
+    assert main(argv) == 130
+    run_dir = tmp_path / "digits" / "stop"
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"eval_run: interrupted; {run_dir} holds no results.json; to go on from checkpoint-4, run the same command "
+        f"with --resume_from_checkpoint {run_dir}")
+    assert not (run_dir / "results.json").exists() and run_lock_holder(run_dir) is None
