@@ -2,7 +2,8 @@
 
 Every line of a ```bash block is a command (comments after '#' dropped). SMOKE_PREFIXES are the
 ones .ci/run executes exactly as written, in README order, after the tests: the Quickstart
-search, the eval_parse report commands on its output and the export of the searched model.
+search, the eval_parse report commands on its output, the export of the searched model and the
+check of its ONNX model against the run.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-SMOKE_PREFIXES = ("python eval_parallel.py", "python -m eval.eval_parse output", "python -m quant.export output/")
+SMOKE_PREFIXES = ("python eval_parallel.py", "python -m eval.eval_parse output", "python -m quant.export output/",
+                  "python examples/onnx_agreement.py output/")
 
 
 def readme_commands(text: str | None = None) -> list[str]:

@@ -56,3 +56,35 @@ def test_export_asks_for_the_onnx_extra_before_loading(tmp_path, monkeypatch, ca
     assert code == 1 and not (tmp_path / "x").exists()
     assert capsys.readouterr().err == ("error: --onnx needs the packages onnxscript: pip install 'fliqs[onnx]' (or pip "
                                        "install onnx onnxruntime onnxscript); nothing was written\n")
+
+
+def test_onnx_agreement_compares_the_export_with_the_run_on_its_validation_split(tmp_path):
+    import importlib.util
+
+    from eval.eval_run import main as run_main
+    from quant import export
+    from tests.eval.test_eval_run import FAST, RESNET_TINY
+
+    assert run_main([*RESNET_TINY, "--search_space", "int4,int8", *FAST, "--output_root_dir", str(tmp_path / "out"),
+                     "--exp_name", "s", "--report_to", "none"]) == 0
+    run_dir = tmp_path / "out" / "digits" / "s"
+    assert export.cli([str(run_dir), "--out", str(tmp_path / "deploy"), "--onnx"]) == 0
+    spec = importlib.util.spec_from_file_location("onnx_agreement", ROOT / "examples" / "onnx_agreement.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    found = module.agreement(run_dir, tmp_path / "deploy" / "model.onnx")
+    import json
+
+    recorded = json.loads((run_dir / "results.json").read_text())["metrics"]["eval_accuracy"]
+    # The rebuilt model is the evaluated one: the same accuracy on the same 64 examples, in its batches.
+    assert found["examples"] == 64 and found["accuracy_torch"] == recorded == found["accuracy_recorded"]
+    assert abs(found["accuracy_onnx"] - found["accuracy_torch"]) * 64 <= found["predictions_differing"]
+    assert 0 <= found["max_logit_diff"] < 1e-3  # a tiny model: summation order, no code moved far
+    assert module.agreement(run_dir, tmp_path / "deploy" / "model.onnx", max_examples=20)["examples"] == 20
+    script = str(ROOT / "examples" / "onnx_agreement.py")
+    done = _run(script, str(tmp_path / "out"), str(tmp_path / "deploy" / "model.onnx"), cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.endswith(
+        f"error: '{tmp_path / 'out'}' has no results.json; pass a completed run's directory\n")
+    done = _run(script, str(run_dir), str(tmp_path / "deploy"), cwd=tmp_path)
+    assert done.returncode == 2 and "is not a file; pass the model.onnx written by python -m quant.export --onnx" \
+        in done.stderr

@@ -30,6 +30,8 @@ def test_smoke_commands_cover_quickstart_report_and_export():
     assert smoke[0] == "python eval_parallel.py"
     assert sum(c.startswith("python -m eval.eval_parse output") for c in smoke) == 4
     assert any(c.startswith("python -m quant.export output/") for c in smoke)
+    export = next(i for i, c in enumerate(smoke) if c.startswith("python -m quant.export output/"))
+    assert smoke[export + 1].startswith("python examples/onnx_agreement.py output/")  # after the export it reads
     assert "python tests/readme_commands.py" in (ROOT / ".ci" / "run").read_text()
 
 

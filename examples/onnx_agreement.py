@@ -1,0 +1,88 @@
+"""How closely an exported ONNX model follows the run it came from, on the run's validation split.
+
+    python examples/onnx_agreement.py RUN_DIR MODEL.onnx [--max_examples N]
+
+Rebuilds the run's fake-quantized model (final_model/ weights, results.json formats), runs it and
+the ONNX model (onnxruntime, CPU) on the same batches of the run's validation split, in the run's
+--eval_batch_size (activation scales are per batch), and prints the largest logit difference, how
+many predictions differ, and each model's accuracy next to the one results.json recorded.
+The two differ where onnxruntime's kernels sum in another order than torch's and where
+QuantizeLinear divides by the scale (the fake-quant multiplies by its reciprocal): an activation
+then lands one code apart now and then, which a deep low-bit network can amplify
+(quant/onnx_export.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from eval.results_schema import RESULTS_NAME  # noqa: E402
+
+
+def agreement(run_dir: Path, onnx_path: Path, max_examples: int | None = None) -> dict[str, float | int]:
+    """Logit and prediction agreement of the run's model and the ONNX model on its validation split."""
+    import onnxruntime
+
+    from eval.run_setup import load_data_and_model, rebuild_run_model
+
+    results = json.loads((run_dir / RESULTS_NAME).read_text())
+    model, _ = rebuild_run_model(run_dir)
+    model.eval()
+    # The run's validation split and collator, with the tokenizer final_model/ holds (a built-in
+    # text task's is built from the training text).
+    args = argparse.Namespace(**{**results["args"], "model_name_or_path": str(run_dir / "final_model"),
+                                 "load_config": None})
+    setup = load_data_and_model(args)
+    dataset = setup.eval_dataset
+    count = len(dataset) if max_examples is None else min(max_examples, len(dataset))
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    input_names = [node.name for node in session.get_inputs()]
+    batch_size = results["args"]["eval_batch_size"]
+    max_diff, differing, correct_torch, correct_onnx = 0.0, 0, 0, 0
+    for start in range(0, count, batch_size):
+        batch = setup.data_collator([dataset[i] for i in range(start, min(start + batch_size, count))])
+        labels = batch.pop("labels").numpy()
+        with torch.no_grad():
+            torch_logits = model(**batch).logits.numpy()
+        onnx_logits = session.run(None, {name: batch[name].numpy() for name in input_names})[0]
+        max_diff = max(max_diff, float(np.abs(torch_logits - onnx_logits).max()))
+        differing += int((torch_logits.argmax(-1) != onnx_logits.argmax(-1)).sum())
+        correct_torch += int((torch_logits.argmax(-1) == labels).sum())
+        correct_onnx += int((onnx_logits.argmax(-1) == labels).sum())
+    return {"examples": count, "max_logit_diff": max_diff, "predictions_differing": differing,
+            "accuracy_torch": correct_torch / count, "accuracy_onnx": correct_onnx / count,
+            "accuracy_recorded": results["metrics"].get("eval_accuracy", float("nan"))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python examples/onnx_agreement.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="a completed run's directory")
+    parser.add_argument("onnx", type=Path, help="the model.onnx that quant.export --onnx wrote from it")
+    parser.add_argument("--max_examples", type=int, default=None, help="only the first N validation examples")
+    args = parser.parse_args(argv)
+    if not (args.run_dir / RESULTS_NAME).is_file():
+        parser.error(f"{str(args.run_dir)!r} has no {RESULTS_NAME}; pass a completed run's directory")
+    if not args.onnx.is_file():
+        parser.error(f"{str(args.onnx)!r} is not a file; pass the model.onnx written by python -m quant.export --onnx")
+    if args.max_examples is not None and args.max_examples < 1:
+        parser.error(f"--max_examples must be at least 1, got {args.max_examples}")
+    found = agreement(args.run_dir, args.onnx, args.max_examples)
+    print(f"examples               {found['examples']}")
+    print(f"max |logit difference| {found['max_logit_diff']:.3g}")
+    print(f"predictions differing  {found['predictions_differing']} "
+          f"({found['predictions_differing'] / found['examples']:.1%})")
+    print(f"accuracy               torch {found['accuracy_torch']:.4f}, onnx {found['accuracy_onnx']:.4f} "
+          f"(results.json: {found['accuracy_recorded']:.4f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
