@@ -318,6 +318,30 @@ def test_skip_completed_compares_what_flags_mean_not_how_they_are_spelled(tmp_pa
     assert code == 2 and 'completed with other flags: entropy_schedule_type "Cosine" -> "linear";' in err
 
 
+@pytest.mark.slow
+def test_skip_completed_compares_a_given_delay_and_policy_rate_with_a_planned_default(tmp_path, capsys):
+    # Real search runs: one given --delay_steps 0 --rl_learning_rate 0.5, one deriving both from its
+    # 3 steps (2 and 0.1). A plan that leaves them unset matches only the run that derived them; it
+    # used to keep the other too, whose results are for another setting.
+    study = tmp_path / "study.yaml"
+    study.write_text("- {exp_name: given, delay_steps: 0, rl_learning_rate: 0.5}\n- {exp_name: derived}\n")
+    argv = [*TINY, "--device", "cpu", "--output_root_dir", tmp_path / "out"]
+    code, out, _ = launch(capsys, [*argv, "--experiments", study])
+    assert code == 0, out
+    recorded = {name: json.loads((tmp_path / "out" / "digits" / name / "results.json").read_text())["args"]
+                for name in ("given", "derived")}
+    assert [(a["delay_steps"], a["rl_learning_rate"], a["derived_defaults"]) for a in recorded.values()] == \
+        [(0, 0.5, []), (2, 0.1, ["delay_steps", "rl_learning_rate"])]
+    study.write_text("- {exp_name: given}\n- {exp_name: derived}\n")
+    code, out, err = launch(capsys, [*argv, "--experiments", study, "--skip_completed", "--dry_run"])
+    assert (code, out) == (2, "")
+    assert err.startswith(f"eval_parallel: error: --skip_completed would keep {tmp_path}/out/digits/given, completed "
+                          "with other flags: delay_steps 0 -> default, rl_learning_rate 0.5 -> default; ")
+    study.write_text("- {exp_name: derived}\n")
+    code, out, err = launch(capsys, [*argv, "--experiments", study, "--skip_completed", "--dry_run"])
+    assert (code, err) == (0, "") and out.splitlines()[2:] == [f"# skip (completed): {tmp_path}/out/digits/derived"]
+
+
 def test_relaunching_one_seed_of_a_sweep_finds_its_completed_run(tmp_path, fake_run, capsys):
     root = tmp_path / "out"
     study = tmp_path / "study.yaml"

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from eval.results import (EXPORTED_WEIGHTS, REPLICA_ARGS, available_group_keys, find_run_dirs, group_runs, group_value,
-                          load_run, load_runs)
+from eval.results import (EXPORTED_WEIGHTS, REPLICA_ARGS, available_group_keys, changed_args, find_run_dirs,
+                          group_runs, group_value, load_run, load_runs)
 from eval.results_schema import COMPLETED, FAILED, INCOMPLETE, validate_results
 
 SEARCH_SPACE = ["int2", "int4", "int8"]
@@ -301,3 +301,26 @@ def test_group_value_and_available_keys(tmp_path):
     assert keys[:5] == ["method", "task", "model_type", "granularity", "fixed_formats"]
     assert "cost_target" in keys and "weight_bits" in keys and keys.count("task") == 1
 
+
+
+def test_a_planned_default_matches_only_a_run_time_default_the_run_derived_itself():
+    derived = {"delay_steps": 2, "rl_learning_rate": 0.1, "derived_defaults": ["delay_steps", "rl_learning_rate"]}
+    given = {"delay_steps": 0, "rl_learning_rate": 0.5, "derived_defaults": []}
+    plan = {"delay_steps": None, "rl_learning_rate": None, "resume_from_checkpoint": None}
+    assert changed_args(plan, derived) == []
+    assert changed_args(plan, given) == ["delay_steps 0 -> default", "rl_learning_rate 0.5 -> default"]
+    assert changed_args(plan, {**given, "derived_defaults": ["rl_learning_rate"]}) == ["delay_steps 0 -> default"]
+    # Given values are compared as before, derived or not.
+    assert changed_args({**plan, "delay_steps": 0}, derived) == ["delay_steps 2 -> 0"]
+    assert changed_args({**plan, "delay_steps": 0, "rl_learning_rate": 0.5}, given) == []
+    # A resumed run takes them from its checkpoint's run (eval_run inherits them): not from this plan.
+    assert changed_args({**plan, "resume_from_checkpoint": "/out/run/checkpoint-8"}, given) == []
+    # Runs recorded before they said what they derived: a planned default matches, as it did.
+    assert changed_args(plan, {"delay_steps": 0, "rl_learning_rate": 0.5}) == []
+
+
+def test_the_record_of_derived_defaults_does_not_split_replicas(tmp_path):
+    write_run(tmp_path, make_results("a_s0", seed=0, args_extra={"delay_steps": 2, "derived_defaults": ["delay_steps"]}))
+    write_run(tmp_path, make_results("a_s1", seed=1, args_extra={"delay_steps": 2, "derived_defaults": []}))
+    (group,) = group_runs(load_runs(tmp_path))
+    assert len(group.runs) == 2 and not group.mismatches
