@@ -255,6 +255,13 @@ def _spelled_elsewhere(key: str, *args: Mapping[str, Any]) -> bool:
     return resolved is not None and all(name in a for a in args for name in resolved)
 
 
+def same_settings(args: Mapping[str, Any], ignore: frozenset[str] | set[str] = frozenset()) -> str:
+    """A text equal for two runs' args exactly when they agree in every argument but `ignore`,
+    spellings compared by what they resolve to (SPELLED_ARGS, CASE_INSENSITIVE_ARGS)."""
+    return json.dumps({key: _canonical_arg(key, value) for key, value in sorted(args.items())
+                       if key not in ignore and not _spelled_elsewhere(key, args)})
+
+
 @dataclass(frozen=True)
 class RunGroup:
     """Runs that agree on `key`. `mismatches`: argument -> value -> labels, for arguments (other
