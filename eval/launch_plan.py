@@ -107,13 +107,14 @@ def load_experiments_file(path: str | Path) -> list[dict[str, Any]]:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise LaunchError(f"--experiments {str(path)!r} cannot be read: {error.strerror or error}") from None
+    # Both parsers let the last of two equal keys win: an entry setting a flag twice (a copy-paste
+    # slip) is refused instead, naming the key and the entry. `repeated`: id of a mapping -> its key.
+    repeated: dict[int, str] = {}
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = _load_yaml(text, repeated)
         else:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=lambda pairs: _unique_pairs(pairs, repeated))
     except Exception as error:  # noqa: BLE001 - json and yaml raise different types; both mean "bad file"
         kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON (use .yaml/.yml for YAML)"
         detail = " ".join(str(error).split())
@@ -125,11 +126,53 @@ def load_experiments_file(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(entry, dict) or not all(isinstance(k, str) for k in entry):
             raise LaunchError(f"--experiments {str(path)!r}: entry {number} is {entry!r}, expected an object of "
                               "run flag name -> value")
+        if id(entry) in repeated:
+            raise LaunchError(f"--experiments {str(path)!r}: entry {number} sets {repeated[id(entry)]} twice; keep one "
+                              "of its values")
         name = entry.get("exp_name")
         if "exp_name" in entry and (not isinstance(name, str) or not name or "/" in name):
             raise LaunchError(f"--experiments {str(path)!r}: entry {number} has exp_name {name!r}; give a "
                               "non-empty name without '/'")
     return data
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]], repeated: dict[int, str]) -> dict[str, Any]:
+    """json's object_pairs_hook: the object, with its first repeated key noted in `repeated`."""
+    mapping: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in mapping and id(mapping) not in repeated:
+            repeated[id(mapping)] = key
+        mapping[key] = value
+    return mapping
+
+
+def _load_yaml(text: str, repeated: dict[int, str]) -> Any:
+    """yaml.safe_load, with the first repeated key of each mapping noted in `repeated` (by the id
+    of the dict it becomes)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            # The keys as written, before the base class merges `<<: *entry` in (whose keys the
+            # mapping may override on purpose).
+            written = [key_node.value for key_node, _ in node.value
+                       if isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:str"]
+            mapping = super().construct_mapping(node, deep=deep)
+            twice = next((key for i, key in enumerate(written) if key in written[:i]), None)
+            if twice is not None:
+                repeated[id(mapping)] = twice
+            return mapping
+
+        def construct_yaml_map(self, node: yaml.MappingNode) -> Any:
+            data: dict[Any, Any] = {}
+            yield data
+            value = self.construct_mapping(node)
+            data.update(value)
+            if id(value) in repeated:
+                repeated[id(data)] = repeated.pop(id(value))
+
+    UniqueKeyLoader.add_constructor("tag:yaml.org,2002:map", UniqueKeyLoader.construct_yaml_map)
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
 
 
 def _combinations(sweeps: Sequence[SweepAxis], entries: Sequence[dict[str, Any]],

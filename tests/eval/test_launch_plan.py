@@ -44,11 +44,25 @@ def test_experiments_file_json_and_yaml_agree(tmp_path):
     ("e.json", "[]", r"must hold a non-empty list"),
     ("e.json", '[{"seed": 1}, 3]', r"entry 2 is 3, expected an object of run flag name -> value"),
     ("e.json", '[{"exp_name": "a/b"}]', r"entry 1 has exp_name 'a/b'; give a non-empty name without '/'"),
+    # Both parsers would keep the last of two equal keys.
+    ("e.json", '[{"seed": 1}, {"seed": 1, "lr": 0, "seed": 2}]', r"^--experiments '\S+e.json': entry 2 sets seed "
+     r"twice; keep one of its values$"),
+    ("e.yaml", "- seed: 1\n  seed: 2\n", r"^--experiments '\S+e.yaml': entry 1 sets seed twice; keep one of its values$"),
+    ("e.yaml", '- {exp_name: a}\n- {"seed": 1, seed: 2}\n', r"entry 2 sets seed twice"),
 ])
 def test_experiments_file_errors(tmp_path, name, text, message):
     (tmp_path / name).write_text(text)
     with pytest.raises(LaunchError, match=message):
         load_experiments_file(tmp_path / name)
+
+
+def test_a_yaml_entry_may_override_what_it_merges_but_not_repeat_its_own_key(tmp_path):
+    (tmp_path / "e.yaml").write_text("- &base {seed: 1, learning_rate: 0.1}\n- <<: *base\n  seed: 2\n")
+    assert load_experiments_file(tmp_path / "e.yaml") == [{"seed": 1, "learning_rate": 0.1},
+                                                         {"seed": 2, "learning_rate": 0.1}]
+    (tmp_path / "e.yaml").write_text("- &base {seed: 1}\n- <<: *base\n  seed: 2\n  seed: 3\n")
+    with pytest.raises(LaunchError, match=r"entry 2 sets seed twice; keep one of its values$"):
+        load_experiments_file(tmp_path / "e.yaml")
 
 
 def test_unreadable_experiments_file(tmp_path):
