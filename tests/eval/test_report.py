@@ -483,6 +483,7 @@ def test_heat_map_of_resnet18_fits_every_label(tmp_path):
      "--group_by nope: not a pseudo-key or an argument of any completed run; valid keys: method, task"),
     (["{root}", "--format", "xml"], "argument --format: invalid choice: 'xml'"),
     (["{root}", "--plot", "{root}/p.jpg"], "must name a .png file"),
+    (["{root}", "--plot", ""], "--plot '' must name a .png file"),  # it used to write nothing and exit 0
     (["{root}", "--layers", "nope"], "--layers 'nope' is neither a run directory nor an exp_name"),
     (["{root}", "--layers", "failed_run"], "the run is failed (RuntimeError: CUDA out of memory)"),
     (["{root}", "--layers", "uniform_w4_s0", "--plot", "{root}/h.png"],
