@@ -302,7 +302,7 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
         if key in first_with:
             first = first_with[key]
             raise LaunchError(f"experiments {first.index} and {experiment.index} are the same run under two names "
-                              f"({first.exp_name!r} and {experiment.exp_name!r}: every other flag means the same); remove "
-                              "one of them")
+                              f"({first.exp_name!r} and {experiment.exp_name!r}: every other flag means the same); "
+                              "remove one of them")
         first_with[key] = experiment
     return experiments

@@ -47,7 +47,8 @@ def test_experiments_file_json_and_yaml_agree(tmp_path):
     # Both parsers would keep the last of two equal keys.
     ("e.json", '[{"seed": 1}, {"seed": 1, "lr": 0, "seed": 2}]', r"^--experiments '\S+e.json': entry 2 sets seed "
      r"twice; keep one of its values$"),
-    ("e.yaml", "- seed: 1\n  seed: 2\n", r"^--experiments '\S+e.yaml': entry 1 sets seed twice; keep one of its values$"),
+    ("e.yaml", "- seed: 1\n  seed: 2\n", r"^--experiments '\S+e.yaml': entry 1 sets seed twice; keep one of its "
+     r"values$"),
     ("e.yaml", '- {exp_name: a}\n- {"seed": 1, seed: 2}\n', r"entry 2 sets seed twice"),
 ])
 def test_experiments_file_errors(tmp_path, name, text, message):

@@ -348,7 +348,8 @@ def test_a_planned_default_matches_only_a_run_time_default_the_run_derived_itsel
 
 
 def test_the_record_of_derived_defaults_does_not_split_replicas(tmp_path):
-    write_run(tmp_path, make_results("a_s0", seed=0, args_extra={"delay_steps": 2, "derived_defaults": ["delay_steps"]}))
+    write_run(tmp_path, make_results("a_s0", seed=0,
+                                     args_extra={"delay_steps": 2, "derived_defaults": ["delay_steps"]}))
     write_run(tmp_path, make_results("a_s1", seed=1, args_extra={"delay_steps": 2, "derived_defaults": []}))
     (group,) = group_runs(load_runs(tmp_path))
     assert len(group.runs) == 2 and not group.mismatches
