@@ -7,11 +7,14 @@ CUDA_VISIBLE_DEVICES set to the GPU(s) it holds, output in `{run dir}/stdout.log
 
 Runs already completed in their directory are never run again silently: the launch is refused
 unless --skip_completed (keep them; refused too when a completed run's recorded arguments differ
-from the planned ones in anything that changes results) or --overwrite (run them again).
+from the planned ones in anything that changes results) or --overwrite (run them again). Runs
+that another process is running now (their directory's lock, eval/run_lock.py) are never started
+twice: the launch is refused, unless --skip_completed, which leaves them to that process.
 
-Exit codes: 0 every run completed (or --dry_run), 1 some run failed, 2 a bad launch request
-(one error line; also a --dry_run plan that cannot be written), 130 stopped by SIGINT/SIGTERM
-(every run stopped first).
+Exit codes: 0 every run completed, was kept (--skip_completed) or is left to the process running
+it (--skip_completed), or --dry_run; 1 some run failed, 2 a bad launch request (one error line;
+also a --dry_run plan that cannot be written), 130 stopped by SIGINT/SIGTERM (every run stopped
+first).
 """
 from __future__ import annotations
 
@@ -26,11 +29,12 @@ from eval.launch_command import RUN_ENTRY, format_command, free_port, launcher_e
 from eval.launch_devices import CPU, GPU, Resources, choose_resources, detect_gpus, predict_slots
 from eval.launch_flags import LaunchError
 from eval.launch_plan import Experiment, load_experiments_file, parse_sweep, plan_experiments
-from eval.launch_queue import (DONE, QUEUED, SKIPPED, Job, StopSignals, SubprocessStarter, TERMINATE_GRACE_S,
-                               run_queue)
+from eval.launch_queue import (DONE, ELSEWHERE, QUEUED, SKIPPED, Job, StopSignals, SubprocessStarter,
+                               TERMINATE_GRACE_S, run_queue)
 from eval.launch_status import StatusBoard, summary_table
 from eval.results import changed_flags, list_changes, load_run
 from eval.results_schema import COMPLETED
+from eval.run_lock import run_lock_holder
 
 PROG = "eval_parallel"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -60,8 +64,9 @@ def create_launcher_parser() -> argparse.ArgumentParser:
         epilog="Runs are named by their exp_name (or the run's default name) plus the key=value pairs of every "
         "--sweep key and, for an --experiments entry without its own exp_name, of the flags it sets, so a run's name "
         "never depends on the other runs of the launch; two runs that would share a directory are an error. Each run's "
-        "output goes to OUTPUT_ROOT_DIR/TASK/EXP_NAME/stdout.log. Exit codes: 0 all runs completed, 1 some run "
-        "failed, 2 bad launch request, 130 interrupted (SIGINT/SIGTERM; every run is stopped first).")
+        "output goes to OUTPUT_ROOT_DIR/TASK/EXP_NAME/stdout.log. Exit codes: 0 all runs completed (or, with "
+        "--skip_completed, were kept or are left to another process running them), 1 some run failed, 2 bad launch "
+        "request, 130 interrupted (SIGINT/SIGTERM; every run is stopped first).")
     p.add_argument("-h", "--help", action=_HelpAction, help="show this help and the run flags, then exit")
     p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="run every value of run flag KEY (repeatable: cartesian product); true/false for on/off "
@@ -78,7 +83,7 @@ def create_launcher_parser() -> argparse.ArgumentParser:
                    "OMP_NUM_THREADS if set)")
     p.add_argument("--skip_completed", action="store_true", help="start only the runs whose results.json is "
                    "missing or not completed (resume an interrupted sweep); refused when a completed run was run "
-                   "with other flags than planned")
+                   "with other flags than planned. Runs another process is running now are left to it")
     p.add_argument("--overwrite", action="store_true", help="run again the runs that already completed (their "
                    "results are replaced); without it or --skip_completed, completed runs refuse the launch")
     p.add_argument("--dry_run", action="store_true", help="print the planned commands with their "
@@ -131,13 +136,26 @@ def _plural(n: int, word: str) -> str:
 
 def make_jobs(experiments: Sequence[Experiment], resources: Resources, skip_completed: bool = False,
               overwrite: bool = False) -> list[Job]:
-    """One job per experiment. Runs already completed are SKIPPED (`skip_completed`, when their
-    recorded args match the plan), run again (`overwrite`), or else refuse the launch (LaunchError)."""
+    """One job per experiment. Runs another process is running now are ELSEWHERE (`skip_completed`)
+    or refuse the launch. Runs already completed are SKIPPED (`skip_completed`, when their recorded
+    args match the plan), run again (`overwrite`), or else refuse the launch (LaunchError)."""
     if skip_completed and overwrite:
         raise LaunchError("--skip_completed keeps completed runs and --overwrite runs them again; give one of them")
     jobs = [Job(e, kind) for e, kind in zip(experiments, resources.kinds)]
+    # Before the completed ones: a run rewriting a completed run's directory is not that run.
+    busy = [(job, holder) for job in jobs if (holder := run_lock_holder(job.experiment.run_dir)) is not None]
+    if busy and not skip_completed:
+        job, holder = busy[0]
+        one = len(busy) == 1
+        count, it = ("1 planned run is", "it") if one else (f"{len(busy)} planned runs are", "them")
+        where = f"{'' if one else 'first: '}{job.experiment.run_dir}, {holder}"
+        again = f" before --overwrite runs {it} again" if overwrite else ""
+        raise LaunchError(f"{count} being run by another process now ({where}); wait for {it} to finish{again}, or "
+                          f"pass --skip_completed to leave {it} to that process and start the others")
+    for job, holder in busy:
+        job.state, job.reason = ELSEWHERE, holder
     completed = [(job, record) for job in jobs
-                 if (record := load_run(job.experiment.run_dir)).status == COMPLETED]
+                 if job.state == QUEUED and (record := load_run(job.experiment.run_dir)).status == COMPLETED]
     if not completed:
         return jobs
     if overwrite:
@@ -171,8 +189,10 @@ def describe_resources(jobs: Sequence[Job], resources: Resources) -> str:
         parts.append(f"{pool.cpu_workers} CPU worker(s), OMP_NUM_THREADS={resources.omp_threads} each")
     queued = sum(job.state == QUEUED for job in jobs)
     skipped = sum(job.state == SKIPPED for job in jobs)
+    elsewhere = sum(job.state == ELSEWHERE for job in jobs)
     overwritten = sum(job.overwrites for job in jobs)
     return f"{len(jobs)} run(s), {queued} to start" + (f", {skipped} already completed" if skipped else "") + \
+        (f", {elsewhere} running elsewhere" if elsewhere else "") + \
         (f" ({overwritten} completed, to overwrite)" if overwritten else "") + f" on {'; '.join(parts)}"
 
 
@@ -186,6 +206,8 @@ def dry_run(jobs: Sequence[Job], resources: Resources, out: TextIO, run_entry: S
     for job in jobs:
         if job.state == SKIPPED:
             out.write(f"# skip (completed): {job.experiment.run_dir}\n")
+        elif job.state == ELSEWHERE:
+            out.write(f"# skip (running elsewhere, {job.reason}): {job.experiment.run_dir}\n")
         elif job.overwrites:
             out.write(f"# overwrite (completed): {job.experiment.run_dir}\n")
     ports: set[int] = set()
@@ -235,7 +257,8 @@ def launch(jobs: Sequence[Job], resources: Resources, out: TextIO = sys.stdout, 
         silence_stdout(out)
     if interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_OK if all(job.state in (DONE, SKIPPED) for job in jobs) else EXIT_FAILED
+    # A run left to the process running it is not this launch's failure (its own launch reports it).
+    return EXIT_OK if all(job.state in (DONE, SKIPPED, ELSEWHERE) for job in jobs) else EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None, *, available_gpus: Sequence[str] | None = None,

@@ -114,6 +114,37 @@ def value_text(key: str, value: Any) -> str:
     raise LaunchError(f"{key}: {value!r} is a {type(value).__name__}; give a string, number, true/false or a list")
 
 
+# Integral floats below this are named like ints (3.0 -> "3"); above, repr's exponent is shorter.
+_INTEGRAL_NAME_LIMIT = 1e16
+
+
+def number_text(number: int | float) -> str:
+    """One spelling per number: ints and integral floats as ints ("3"), others as Python's
+    shortest repr ("0.001" for 1e-3, "1e-05" for 0.00001)."""
+    if isinstance(number, float) and number.is_integer() and abs(number) < _INTEGRAL_NAME_LIMIT:
+        return str(int(number))
+    return str(number) if isinstance(number, int) else repr(number)
+
+
+def name_text(parser: argparse.ArgumentParser, key: str, value: Any) -> str:
+    """The text of an override value in a run name: what the run reads, in one spelling. A number
+    flag's value as the number it parses to (`1e-3`, `0.001` and JSON's 1e-3 are all `0.001`), an
+    on/off flag's as true/false; other values as written (value_text)."""
+    action = resolve_key(parser, key)
+    if action.nargs == 0:
+        return "true" if _as_bool(key, value) else "false"
+    text = value_text(key, value)
+    if action.type is None:
+        return text
+    try:
+        parsed = action.type(text)
+    except (ValueError, TypeError, argparse.ArgumentTypeError):  # the run's parser names the bad value
+        return text
+    if isinstance(parsed, bool) or not isinstance(parsed, (int, float)):
+        return text
+    return number_text(parsed)
+
+
 def _boolean_tokens(parser: argparse.ArgumentParser, key: str, action: argparse.Action, on: bool) -> list[str]:
     if isinstance(action, argparse.BooleanOptionalAction):
         positive = next(o for o in action.option_strings if not o.startswith("--no-"))

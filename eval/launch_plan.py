@@ -11,9 +11,12 @@ results unchanged, such as --device), unless the entry has its own exp_name, and
 `--sweep` key (`float_seed=0`, `..._s42_learning_rate=0.001`). A default name skips
 the keys it already shows (DEFAULT_NAME_KEYS: `_s42` is the seed; the target and search space
 only in a search's name). So a run's name never depends on which other runs are in the launch:
-relaunching one value of a sweep, or one entry of a file, finds the run it named before. Two runs
-that still share a directory (a duplicate entry, or two entries with the same exp_name) fail the
-launch: two runs never share a directory.
+relaunching one value of a sweep, or one entry of a file, finds the run it named before. Values
+are named as the run reads them, in one spelling (name_text: `1e-3` and 0.001 are `0.001`), so a
+relaunch from a sweep, JSON or YAML (which reads `1e-3` as a string) finds the same directory. Two
+runs that still share a directory (a duplicate entry, or two entries with the same exp_name) fail
+the launch: two runs never share a directory; nor may two runs of different names agree in every
+flag (the same run twice).
 """
 from __future__ import annotations
 
@@ -29,8 +32,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from eval.eval_parse import create_arg_parser, parse_run_args
-from eval.launch_flags import FlagSegment, LaunchError, apply_overrides, resolve_key, split_run_argv, value_text
-from eval.results import NON_RESULT_ARGS
+from eval.launch_flags import (FlagSegment, LaunchError, apply_overrides, name_text, resolve_key, split_run_argv,
+                               value_text)
+from eval.results import NON_RESULT_ARGS, same_settings
 
 MAX_NAME_LENGTH = 200  # file systems allow 255 bytes per name
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+=-]+")
@@ -103,13 +107,14 @@ def load_experiments_file(path: str | Path) -> list[dict[str, Any]]:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise LaunchError(f"--experiments {str(path)!r} cannot be read: {error.strerror or error}") from None
+    # Both parsers let the last of two equal keys win: an entry setting a flag twice (a copy-paste
+    # slip) is refused instead, naming the key and the entry. `repeated`: id of a mapping -> its key.
+    repeated: dict[int, str] = {}
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = _load_yaml(text, repeated)
         else:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=lambda pairs: _unique_pairs(pairs, repeated))
     except Exception as error:  # noqa: BLE001 - json and yaml raise different types; both mean "bad file"
         kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON (use .yaml/.yml for YAML)"
         detail = " ".join(str(error).split())
@@ -121,11 +126,53 @@ def load_experiments_file(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(entry, dict) or not all(isinstance(k, str) for k in entry):
             raise LaunchError(f"--experiments {str(path)!r}: entry {number} is {entry!r}, expected an object of "
                               "run flag name -> value")
+        if id(entry) in repeated:
+            raise LaunchError(f"--experiments {str(path)!r}: entry {number} sets {repeated[id(entry)]} twice; keep one "
+                              "of its values")
         name = entry.get("exp_name")
         if "exp_name" in entry and (not isinstance(name, str) or not name or "/" in name):
             raise LaunchError(f"--experiments {str(path)!r}: entry {number} has exp_name {name!r}; give a "
                               "non-empty name without '/'")
     return data
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]], repeated: dict[int, str]) -> dict[str, Any]:
+    """json's object_pairs_hook: the object, with its first repeated key noted in `repeated`."""
+    mapping: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in mapping and id(mapping) not in repeated:
+            repeated[id(mapping)] = key
+        mapping[key] = value
+    return mapping
+
+
+def _load_yaml(text: str, repeated: dict[int, str]) -> Any:
+    """yaml.safe_load, with the first repeated key of each mapping noted in `repeated` (by the id
+    of the dict it becomes)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            # The keys as written, before the base class merges `<<: *entry` in (whose keys the
+            # mapping may override on purpose).
+            written = [key_node.value for key_node, _ in node.value
+                       if isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:str"]
+            mapping = super().construct_mapping(node, deep=deep)
+            twice = next((key for i, key in enumerate(written) if key in written[:i]), None)
+            if twice is not None:
+                repeated[id(mapping)] = twice
+            return mapping
+
+        def construct_yaml_map(self, node: yaml.MappingNode) -> Any:
+            data: dict[Any, Any] = {}
+            yield data
+            value = self.construct_mapping(node)
+            data.update(value)
+            if id(value) in repeated:
+                repeated[id(data)] = repeated.pop(id(value))
+
+    UniqueKeyLoader.add_constructor("tag:yaml.org,2002:map", UniqueKeyLoader.construct_yaml_map)
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
 
 
 def _combinations(sweeps: Sequence[SweepAxis], entries: Sequence[dict[str, Any]],
@@ -138,6 +185,13 @@ def _combinations(sweeps: Sequence[SweepAxis], entries: Sequence[dict[str, Any]]
             raise LaunchError(f"--sweep {axis.key} and --sweep {seen[dest]} set the same flag; merge their values "
                               "into one --sweep")
         seen[dest] = axis.key
+        spelled: dict[str, str] = {}
+        for value in axis.values:
+            text = name_text(parser, axis.key, value)
+            if text in spelled:
+                raise LaunchError(f"--sweep {axis.key}: {spelled[text]} and {value} are the same value ({text}); list "
+                                  "each value once")
+            spelled[text] = value
     combos = []
     for entry in entries:
         name = entry.get("exp_name")
@@ -198,6 +252,7 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
 
     resolved: list[argparse.Namespace] = []
     override_texts: list[list[tuple[str, str]]] = []
+    name_texts: list[list[tuple[str, str]]] = []
     for number, (name, pairs) in enumerate(combos, 1):
         label = f"experiment {number} of {total} ({', '.join(f'{k}={v}' for k, v in pairs)})" if pairs else ""
         try:
@@ -208,6 +263,8 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
             argv += ["--exp_name", name]
         resolved.append(_validate(argv, label))
         override_texts.append([(k, "default" if v is None else value_text(k, v)) for k, v in pairs])
+        # Numbers in one spelling: `1e-3` (a sweep, or YAML's string) and 0.001 name one directory.
+        name_texts.append([(k, "default" if v is None else name_text(parser, k, v)) for k, v in pairs])
 
     def run_dir(args: argparse.Namespace, name: str) -> Path:
         return Path(os.path.abspath(Path(args.output_root_dir) / args.task / name))  # ./out and out are one
@@ -216,7 +273,7 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
     given_name = any(segment.dest == "exp_name" for segment in base)
     names = ["_".join([args.exp_name, *(_name_part(k, v) for k, v in
                                         _name_pairs(pairs, swept_keys, bool(name), given_name, parser, args.mode))])
-             for pairs, (name, _), args in zip(override_texts, combos, resolved)]
+             for pairs, (name, _), args in zip(name_texts, combos, resolved)]
     dirs = [run_dir(args, name) for args, name in zip(resolved, names)]
     first_of: dict[Path, int] = {}
     for i, (run_dir, name) in enumerate(zip(dirs, names)):
@@ -239,4 +296,13 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
         experiments.append(Experiment(i + 1, tuple(pairs), tuple(argv), final.exp_name, final.task,
                                       final.output_root_dir, final.device, args.cuda_visible_devices, recorded,
                                       notes))
+    first_with: dict[str, Experiment] = {}
+    for experiment in experiments:
+        key = same_settings(experiment.args, ignore={"exp_name"})
+        if key in first_with:
+            first = first_with[key]
+            raise LaunchError(f"experiments {first.index} and {experiment.index} are the same run under two names "
+                              f"({first.exp_name!r} and {experiment.exp_name!r}: every other flag means the same); "
+                              "remove one of them")
+        first_with[key] = experiment
     return experiments

@@ -21,9 +21,12 @@ from eval.launch_plan import Experiment
 from eval.launch_process import RunProcess
 from eval.results import RunRecord, latest_launch, load_run
 from eval.results_schema import COMPLETED, RESULTS_NAME
+from eval.run_lock import run_lock_holder
 
 QUEUED, RUNNING, DONE, FAILED, SKIPPED, INTERRUPTED, NOT_STARTED = (
     "queued", "running", "done", "failed", "skipped", "interrupted", "not started")
+# Not started: another process runs it in its directory now (eval/run_lock.py; --skip_completed).
+ELSEWHERE = "elsewhere"
 LOG_NAME = "stdout.log"
 # torch.distributed.run gives its ranks 30 s after SIGTERM before it kills them itself.
 TERMINATE_GRACE_S = 35.0
@@ -52,7 +55,7 @@ class Job:
     started_at: float | None = None
     ended_at: float | None = None
     returncode: int | None = None
-    reason: str | None = None  # why it failed or was not run
+    reason: str | None = None  # why it failed or was not run (ELSEWHERE: the holder, 'pid N, since TIME')
     record: RunRecord | None = None  # results.json as read when it ended (or when skipped)
     overwrites: bool = False  # its directory holds a completed run that this one replaces (--overwrite)
 
@@ -126,6 +129,12 @@ class SubprocessStarter:
         env = launcher_env(slot, self.omp_threads)
         job.command_line = format_command(command, env)
         run_dir = job.experiment.run_dir
+        # Taken since the launch was planned: the run would stop at once, and its header would land
+        # in the other run's stdout.log (and its results.json could be removed below).
+        holder = run_lock_holder(run_dir)
+        if holder is not None:
+            raise OSError(f"{run_dir} is being written by another run ({holder}), which started after this launch "
+                          "was planned")
         run_dir.mkdir(parents=True, exist_ok=True)
         # An earlier completed run's results.json stays: the run replaces it once it is set up, and
         # one that fails before leaves the completed run as it was (classify judges this launch by

@@ -12,10 +12,12 @@ import sys
 import time
 from typing import Callable, Sequence, TextIO
 
-from eval.launch_queue import DONE, FAILED, INTERRUPTED, NOT_STARTED, QUEUED, RUNNING, SKIPPED, Job
+from eval.launch_queue import DONE, ELSEWHERE, FAILED, INTERRUPTED, NOT_STARTED, QUEUED, RUNNING, SKIPPED, Job
 from eval.results_schema import COMPLETED
 
 COST_UNITS = {"memory": ("memory_mib", "MiB"), "compute": ("gbops", "GBOPs")}
+# How the summary counts a state, where its name alone would not say it.
+SUMMARY_WORDS = {ELSEWHERE: "running elsewhere"}
 FOOTER_REFRESH_S = 1.0
 
 
@@ -101,6 +103,8 @@ class StatusBoard:
             return f"{text}  {elapsed}  {job.reason}  (log: {job.log_path})"
         if job.state == SKIPPED:
             return f"{text}  already completed ({job.experiment.run_dir / 'results.json'})"
+        if job.state == ELSEWHERE:
+            return f"{text}  not started: another process is running it ({job.reason})"
         return text
 
     def _erase_footer(self) -> None:
@@ -152,11 +156,15 @@ def summary_table(jobs: Sequence[Job], now: float) -> str:
         return "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
 
     lines = [fmt(header), fmt(["-" * w for w in widths]), *(fmt(row) for row in rows)]
-    counts = {state: sum(job.state == state for job in jobs)
-              for state in (DONE, FAILED, SKIPPED, INTERRUPTED, NOT_STARTED)}
+    counts = {SUMMARY_WORDS.get(state, state): sum(job.state == state for job in jobs)
+              for state in (DONE, FAILED, SKIPPED, ELSEWHERE, INTERRUPTED, NOT_STARTED)}
     lines.append("")
     lines.append(f"{len(jobs)} run(s): " + ", ".join(f"{n} {state}" for state, n in counts.items() if n))
     problems = [job for job in jobs if job.state in (FAILED, INTERRUPTED)]
     for job in problems:
         lines.append(f"{job.state}: {job.name}: {job.reason} (log: {job.log_path})")
+    for job in jobs:
+        if job.state == ELSEWHERE:
+            lines.append(f"running elsewhere: {job.name}: {job.reason}; not started by this launch, its results "
+                         f"will be in {job.experiment.run_dir / 'results.json'}")
     return "\n".join(lines) + "\n"

@@ -104,7 +104,7 @@ def run_report(args: argparse.Namespace) -> Output:
     root = Path(args.output_root)
     if not root.is_dir():
         raise ReportInputError(f"OUTPUT_ROOT {str(root)!r} is not a directory; pass the --output_root_dir of the runs")
-    plot_path = Path(args.plot) if args.plot else None
+    plot_path = Path(args.plot) if args.plot is not None else None  # '' too: an error, not no plot
     if plot_path is not None:
         if plot_path.suffix.lower() != ".png":
             raise ReportInputError(f"--plot {args.plot!r} must name a .png file")

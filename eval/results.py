@@ -38,6 +38,7 @@ NON_RESULT_ARGS = frozenset({
     "exp_name", "run_name", "output_root_dir", "output_dir", "logging_dir", "overwrite_output_dir",
     "cuda_visible_devices", "device", "report_to", "log_steps", "eval_steps", "save_strategy", "save_steps",
     "resume_from_checkpoint", "export_dir", "gradient_checkpointing", "ddp_find_unused_parameters",
+    "derived_defaults",  # DERIVED_DEFAULTS_KEY: a record of how RUN_TIME_DEFAULTS were set, not a flag
 })
 # Arguments that differ between replicas of one setting: the seeds, and everything above.
 REPLICA_ARGS = NON_RESULT_ARGS | {"seed", "data_seed"}
@@ -254,6 +255,13 @@ def _spelled_elsewhere(key: str, *args: Mapping[str, Any]) -> bool:
     return resolved is not None and all(name in a for a in args for name in resolved)
 
 
+def same_settings(args: Mapping[str, Any], ignore: frozenset[str] | set[str] = frozenset()) -> str:
+    """A text equal for two runs' args exactly when they agree in every argument but `ignore`,
+    spellings compared by what they resolve to (SPELLED_ARGS, CASE_INSENSITIVE_ARGS)."""
+    return json.dumps({key: _canonical_arg(key, value) for key, value in sorted(args.items())
+                       if key not in ignore and not _spelled_elsewhere(key, args)})
+
+
 @dataclass(frozen=True)
 class RunGroup:
     """Runs that agree on `key`. `mismatches`: argument -> value -> labels, for arguments (other
@@ -308,27 +316,46 @@ def available_group_keys(runs: Sequence[RunRecord]) -> list[str]:
     return list(PSEUDO_KEYS) + sorted(set().union(*(run.args for run in runs)) - set(PSEUDO_KEYS))
 
 
-# Arguments a run may leave at None and fill in itself (results.json and config.json record the
-# values it resolved): a planned None is not compared with them.
+# Arguments a run may leave at None and fill in itself from its step count (results.json and
+# config.json record the values it resolved).
 RUN_TIME_DEFAULTS = ("rl_learning_rate", "delay_steps")
+# The recorded argument listing which of RUN_TIME_DEFAULTS the run derived itself (a search run
+# writes it; the others were given). A planned None is compared loosely only with those.
+DERIVED_DEFAULTS_KEY = "derived_defaults"
+
+
+def _left_to_run(key: str, value: Any, planned: Mapping[str, Any], recorded: Mapping[str, Any]) -> bool:
+    """Whether a planned None for `key` stands for what the recorded run resolved: a default the
+    run derived itself (runs recorded before DERIVED_DEFAULTS_KEY: assumed so), or one a resumed
+    run takes from its checkpoint's run, whatever it was. A value the user gave is compared."""
+    if key not in RUN_TIME_DEFAULTS or value is not None:
+        return False
+    derived = recorded.get(DERIVED_DEFAULTS_KEY)
+    if not isinstance(derived, list):
+        return True
+    return key in derived or planned.get("resume_from_checkpoint") is not None
 
 
 def changed_flags(planned: Mapping[str, Any], record: RunRecord) -> list[str]:
     """`key old -> new` for every argument in which a completed run's recorded args differ from the
     planned run's, except NON_RESULT_ARGS (names, paths, logging, device) and run-time defaults the
-    plan leaves open. An argument the run did not record (it predates the flag) is not compared."""
+    plan leaves to the run where the run derived them too. An argument the run did not record (it
+    predates the flag) is not compared."""
     return changed_args(planned, record.args)
 
 
 def changed_args(planned: Mapping[str, Any], recorded: Mapping[str, Any],
                  ignore: frozenset[str] = frozenset()) -> list[str]:
     """`changed_flags` against a mapping of recorded args (results.json "args" or config.json),
-    also ignoring `ignore`."""
-    return [f"{key} {_canonical(recorded[key])} -> {_canonical(value)}" for key, value in planned.items()
+    also ignoring `ignore`. A planned None of RUN_TIME_DEFAULTS reads `default`."""
+    def new_text(key: str, value: Any) -> str:
+        return "default" if key in RUN_TIME_DEFAULTS and value is None else _canonical(value)
+
+    return [f"{key} {_canonical(recorded[key])} -> {new_text(key, value)}" for key, value in planned.items()
             if key not in NON_RESULT_ARGS and key not in ignore and key in recorded
             and not _spelled_elsewhere(key, planned, recorded)
             and _canonical_arg(key, recorded[key]) != _canonical_arg(key, value)
-            and not (key in RUN_TIME_DEFAULTS and value is None)]
+            and not _left_to_run(key, value, planned, recorded)]
 
 
 MAX_LISTED_CHANGES = 6

@@ -293,12 +293,18 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, comp
     if args.delay_steps is not None and args.delay_steps >= total:
         raise ValueError(f"--delay_steps {args.delay_steps} leaves no search step in this run's {total} steps: the "
                          f"policy would never learn; use fewer delay steps (default: half of the steps)")
+    from eval.results import DERIVED_DEFAULTS_KEY, RUN_TIME_DEFAULTS
+
+    # Which of them this run derives (recorded, so that --skip_completed compares a value the user
+    # gave with a plan that leaves it to the run; a derived one matches a planned default).
+    derived = sorted(name for name in RUN_TIME_DEFAULTS if getattr(args, name) is None)
     delay = args.delay_steps if args.delay_steps is not None else int(round(DEFAULT_DELAY_FRACTION * total))
     args.delay_steps = delay  # recorded in config.json and results.json (to resume with more steps)
     rl_learning_rate = args.rl_learning_rate
     if rl_learning_rate is None:
         rl_learning_rate = min(MAX_AUTO_RL_LEARNING_RATE, AUTO_RL_LOGIT_BUDGET / max(1, total - delay))
         args.rl_learning_rate = rl_learning_rate  # recorded in results.json
+    setattr(args, DERIVED_DEFAULTS_KEY, derived)
     config = ReinforceConfig(
         cost_target=setup.cost_target, cost_type=setup.cost_type, cost_function=args.cost_function,
         cost_beta=args.cost_beta, rl_learning_rate=rl_learning_rate, delay_steps=delay,

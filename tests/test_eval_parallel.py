@@ -196,6 +196,66 @@ def test_completed_runs_refuse_a_launch_without_skip_or_overwrite(tmp_path, fake
                    "one of them\n")
 
 
+HOLDER = rf"pid {os.getpid()}, since \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d"  # holding_run_lock in this process
+
+
+def test_a_run_another_process_is_running_is_never_started_again(tmp_path, fake_run, capsys, monkeypatch):
+    from eval.run_lock import holding_run_lock
+
+    root = tmp_path / "out"
+    argv = [*TINY, "--device", "cpu", "--output_root_dir", root, "--sweep", "seed=1,2,3"]
+    busy = root / "digits" / f"{NAME}_s1"
+    with holding_run_lock(busy):  # as eval_run holds it while it runs
+        for extra, again in (([], ""), (["--dry_run"], ""), (["--overwrite"], " before --overwrite runs it again")):
+            code, out, err = launch(capsys, [*argv, *extra], run_entry=[fake_run])
+            assert (code, out) == (2, "")
+            assert re.fullmatch(rf"eval_parallel: error: 1 planned run is being run by another process now \({busy}, "
+                                rf"{HOLDER}\); wait for it to finish{again}, or pass --skip_completed to leave it to "
+                                r"that process and start the others\n", err), err
+        assert not (root / "starts.log").exists()
+        code, out, err = launch(capsys, [*argv, "--skip_completed", "--dry_run"], run_entry=[fake_run])
+        lines = out.splitlines()
+        assert (code, err) == (0, "")
+        assert lines[0].startswith("# 3 run(s), 2 to start, 1 running elsewhere on 1 CPU worker(s)")
+        assert re.fullmatch(rf"# skip \(running elsewhere, {HOLDER}\): {busy}", lines[2]), lines[2]
+        assert [line.split()[-1] for line in lines[3:]] == [f"{NAME}_s2", f"{NAME}_s3"]
+        monkeypatch.setenv("FAKE_RUN_MODE", json.dumps({"3": "fail"}))
+        code, out, _ = launch(capsys, [*argv, "--skip_completed"], run_entry=[fake_run])
+        assert code == 1 and "3 run(s): 1 done, 1 failed, 1 running elsewhere" in out
+        monkeypatch.setenv("FAKE_RUN_MODE", "{}")
+        code, out, _ = launch(capsys, [*argv, "--skip_completed"], run_entry=[fake_run])
+    # Left to the other run, it is neither a failure nor run twice: exit code 0 once the rest completed.
+    assert code == 0 and "3 run(s): 1 done, 1 skipped, 1 running elsewhere" in out
+    assert re.search(rf"\[1/3\] elsewhere   {NAME}_s1  not started: another process is running it \({HOLDER}\)\n", out)
+    assert re.search(rf"\nrunning elsewhere: {NAME}_s1: {HOLDER}; not started by this launch, its results will be in "
+                     rf"{busy}/results.json\n", out)
+    assert starts(root) == [f"{NAME}_s2", f"{NAME}_s3", f"{NAME}_s3"]
+    assert not (busy / "stdout.log").exists()
+    # The lock is gone with its holder: the run starts now.
+    code, out, _ = launch(capsys, [*argv, "--skip_completed"], run_entry=[fake_run])
+    assert code == 0 and "3 run(s): 1 done, 2 skipped" in out
+
+
+def test_a_run_held_by_a_process_that_started_after_planning_is_not_started(tmp_path, fake_run, capsys):
+    from eval.launch_cli import launch as launch_jobs, make_jobs, prepare
+    from eval.run_lock import holding_run_lock
+
+    root = tmp_path / "out"
+    _, experiments, resources = prepare([*TINY, "--device", "cpu", "--output_root_dir", str(root), "--sweep",
+                                         "seed=1,2"], available_gpus=[])
+    jobs = make_jobs(experiments, resources)
+    busy = root / "digits" / f"{NAME}_s1"
+    busy.mkdir(parents=True)
+    (busy / "results.json").write_text('{"status": "failed"}')  # the other run's, not to be removed
+    with holding_run_lock(busy):
+        code = launch_jobs(jobs, resources, sys.stdout, run_entry=[fake_run])
+    out = capsys.readouterr().out
+    assert code == 1 and starts(root) == [f"{NAME}_s2"]
+    assert re.search(rf"\nfailed: {NAME}_s1: could not start: {busy} is being written by another run \({HOLDER}\), "
+                     r"which started after this launch was planned \(log: ", out), out
+    assert (busy / "results.json").read_text() == '{"status": "failed"}' and not (busy / "stdout.log").exists()
+
+
 def test_a_single_run_prints_its_own_summary_before_the_table(tmp_path, fake_run, capsys):
     root = tmp_path / "out"
     code, out, _ = launch(capsys, [*TINY, "--device", "cpu", "--output_root_dir", root, "--seed", "42"],
@@ -316,6 +376,30 @@ def test_skip_completed_compares_what_flags_mean_not_how_they_are_spelled(tmp_pa
     assert (code, err) == (0, "") and out.splitlines()[2:] == [f"# skip (completed): {run_dir}"]
     code, _, err = launch(capsys, [*argv[:-1], "linear", "--skip_completed", "--dry_run"])
     assert code == 2 and 'completed with other flags: entropy_schedule_type "Cosine" -> "linear";' in err
+
+
+@pytest.mark.slow
+def test_skip_completed_compares_a_given_delay_and_policy_rate_with_a_planned_default(tmp_path, capsys):
+    # Real search runs: one given --delay_steps 0 --rl_learning_rate 0.5, one deriving both from its
+    # 3 steps (2 and 0.1). A plan that leaves them unset matches only the run that derived them; it
+    # used to keep the other too, whose results are for another setting.
+    study = tmp_path / "study.yaml"
+    study.write_text("- {exp_name: given, delay_steps: 0, rl_learning_rate: 0.5}\n- {exp_name: derived}\n")
+    argv = [*TINY, "--device", "cpu", "--output_root_dir", tmp_path / "out"]
+    code, out, _ = launch(capsys, [*argv, "--experiments", study])
+    assert code == 0, out
+    recorded = {name: json.loads((tmp_path / "out" / "digits" / name / "results.json").read_text())["args"]
+                for name in ("given", "derived")}
+    assert [(a["delay_steps"], a["rl_learning_rate"], a["derived_defaults"]) for a in recorded.values()] == \
+        [(0, 0.5, []), (2, 0.1, ["delay_steps", "rl_learning_rate"])]
+    study.write_text("- {exp_name: given}\n")
+    code, out, err = launch(capsys, [*argv, "--experiments", study, "--skip_completed", "--dry_run"])
+    assert (code, out) == (2, "")
+    assert err.startswith(f"eval_parallel: error: --skip_completed would keep {tmp_path}/out/digits/given, completed "
+                          "with other flags: delay_steps 0 -> default, rl_learning_rate 0.5 -> default; ")
+    study.write_text("- {exp_name: derived}\n")
+    code, out, err = launch(capsys, [*argv, "--experiments", study, "--skip_completed", "--dry_run"])
+    assert (code, err) == (0, "") and out.splitlines()[2:] == [f"# skip (completed): {tmp_path}/out/digits/derived"]
 
 
 def test_relaunching_one_seed_of_a_sweep_finds_its_completed_run(tmp_path, fake_run, capsys):

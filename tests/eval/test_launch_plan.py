@@ -44,11 +44,26 @@ def test_experiments_file_json_and_yaml_agree(tmp_path):
     ("e.json", "[]", r"must hold a non-empty list"),
     ("e.json", '[{"seed": 1}, 3]', r"entry 2 is 3, expected an object of run flag name -> value"),
     ("e.json", '[{"exp_name": "a/b"}]', r"entry 1 has exp_name 'a/b'; give a non-empty name without '/'"),
+    # Both parsers would keep the last of two equal keys.
+    ("e.json", '[{"seed": 1}, {"seed": 1, "lr": 0, "seed": 2}]', r"^--experiments '\S+e.json': entry 2 sets seed "
+     r"twice; keep one of its values$"),
+    ("e.yaml", "- seed: 1\n  seed: 2\n", r"^--experiments '\S+e.yaml': entry 1 sets seed twice; keep one of its "
+     r"values$"),
+    ("e.yaml", '- {exp_name: a}\n- {"seed": 1, seed: 2}\n', r"entry 2 sets seed twice"),
 ])
 def test_experiments_file_errors(tmp_path, name, text, message):
     (tmp_path / name).write_text(text)
     with pytest.raises(LaunchError, match=message):
         load_experiments_file(tmp_path / name)
+
+
+def test_a_yaml_entry_may_override_what_it_merges_but_not_repeat_its_own_key(tmp_path):
+    (tmp_path / "e.yaml").write_text("- &base {seed: 1, learning_rate: 0.1}\n- <<: *base\n  seed: 2\n")
+    assert load_experiments_file(tmp_path / "e.yaml") == [{"seed": 1, "learning_rate": 0.1},
+                                                         {"seed": 2, "learning_rate": 0.1}]
+    (tmp_path / "e.yaml").write_text("- &base {seed: 1}\n- <<: *base\n  seed: 2\n  seed: 3\n")
+    with pytest.raises(LaunchError, match=r"entry 2 sets seed twice; keep one of its values$"):
+        load_experiments_file(tmp_path / "e.yaml")
 
 
 def test_unreadable_experiments_file(tmp_path):
@@ -221,3 +236,44 @@ def test_search_only_name_keys_are_appended_to_fixed_format_names():
     assert [e.exp_name for e in both] == ["resnet18_uniform_wint8-aint8_s42_cost_type=memory",
                                           "resnet18_uniform_wint8-aint8_s42_cost_type=compute"]
     assert one.exp_name == both[1].exp_name
+
+
+def test_numbers_are_named_in_one_spelling(tmp_path):
+    # A sweep, JSON and YAML (PyYAML reads 1e-3 as the string "1e-3") name one run the same.
+    lr = f"{SEARCH}_s42_learning_rate=0.001"
+    (tmp_path / "e.json").write_text('[{"learning_rate": 1e-3}]')
+    (tmp_path / "e.yaml").write_text("- learning_rate: 1e-3\n")
+    assert load_experiments_file(tmp_path / "e.yaml") == [{"learning_rate": "1e-3"}]
+    for sweeps, entries in (([parse_sweep("learning_rate=1e-3")], None), ([parse_sweep("learning_rate=0.0010")], None),
+                            ([], load_experiments_file(tmp_path / "e.json")),
+                            ([], load_experiments_file(tmp_path / "e.yaml"))):
+        [experiment] = plan_experiments(BASE, sweeps, entries)
+        assert experiment.exp_name == lr
+        assert experiment.args["learning_rate"] == 0.001
+    # Integral values as ints, tiny ones as Python writes them, on/off flags lowercase; values the
+    # run does not read as numbers stay as written.
+    named = [*BASE, "--exp_name", "mine"]
+    cases = [("cost_target_bits=3.0", "mine_cost_target_bits=3"), ("weight_decay=0.00001", "mine_weight_decay=1e-05"),
+             ("max_steps=004", "mine_max_steps=4"), ("fp16=True", "mine_fp16=true"),
+             ("search_space=INT4,8;2,4", "mine_search_space=INT4-8"), ("metric=1e-3", "mine_metric=1e-3")]
+    for sweep, name in cases:
+        assert [e.exp_name for e in plan_experiments(named, [parse_sweep(sweep)])][0] == name
+    # Names already in that spelling stay as they were.
+    assert [e.exp_name for e in plan_experiments(named, [parse_sweep("learning_rate=0.01,0.1,2.5e-05")])] == \
+        ["mine_learning_rate=0.01", "mine_learning_rate=0.1", "mine_learning_rate=2.5e-05"]
+
+
+def test_one_setting_written_twice_is_an_error():
+    with pytest.raises(LaunchError, match=r"^--sweep learning_rate: 0.001 and 1e-3 are the same value \(0.001\); list "
+                       r"each value once$"):
+        plan_experiments(BASE, [parse_sweep("learning_rate=0.001,1e-3")])
+    with pytest.raises(LaunchError, match=r"^--sweep fp16: true and TRUE are the same value \(true\)"):
+        plan_experiments(BASE, [parse_sweep("fp16=true,TRUE")])
+    with pytest.raises(LaunchError, match=rf"^experiments 1 and 2 would both write to /\S+/{SEARCH}_s42_learning_rate="
+                       r"0.001 \(they are the same run\)"):
+        plan_experiments(BASE, entries=[{"learning_rate": 0.001}, {"learning_rate": "1e-3"}])
+    # Under two names: every flag but the name means the same (--search_space INT4,8 is 4,8).
+    with pytest.raises(LaunchError, match=r"^experiments 1 and 3 are the same run under two names \('a' and 'c': every "
+                       r"other flag means the same\); remove one of them$"):
+        plan_experiments(BASE, entries=[{"exp_name": "a", "learning_rate": 0.01}, {"exp_name": "b"},
+                                        {"exp_name": "c", "learning_rate": "1e-2", "search_space": "INT4,8"}])

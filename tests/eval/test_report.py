@@ -330,6 +330,22 @@ def test_non_finite_numbers_are_null_in_json(tmp_path, capsys):
     assert report["decisions"]["fc"]["probabilities"]["int2"] is None and report["cost"]["target"] is None
 
 
+def test_a_metric_that_is_not_a_number_is_an_invalid_file_not_a_non_finite_metric(tmp_path, capsys):
+    for name, value in (("text_metric", "0.5"), ("bool_metric", True)):
+        results = make_results(name)
+        results["metrics"]["eval_accuracy"] = value
+        write_run(tmp_path, results)
+    write_run(tmp_path, make_results("nan_metric", metric=float("nan")))
+    code, out, err = run_cli([tmp_path, "--format", "json"], capsys)
+    assert (code, err) == (0, "")
+    assert [(row["run"], row["status"], row["reason"]) for row in json.loads(out)["invalid"]] == [
+        ("bool_metric", "incomplete", "results.json is invalid: metrics.eval_accuracy is True, expected a number (null "
+                                      "if not finite)"),
+        ("text_metric", "incomplete", "results.json is invalid: metrics.eval_accuracy is '0.5', expected a number "
+                                      "(null if not finite)"),
+        ("nan_metric", "non_finite", "metric eval_accuracy is nan")]
+
+
 def test_a_repeated_seed_is_flagged_not_averaged(tmp_path, capsys):
     for name, seed, metric in (("float_seed=0", 0, 0.5), ("float_seed=1", 1, 0.75), ("float", 1, 0.75)):
         write_run(tmp_path, make_results(name, method="float", seed=seed, metric=metric))
@@ -467,6 +483,7 @@ def test_heat_map_of_resnet18_fits_every_label(tmp_path):
      "--group_by nope: not a pseudo-key or an argument of any completed run; valid keys: method, task"),
     (["{root}", "--format", "xml"], "argument --format: invalid choice: 'xml'"),
     (["{root}", "--plot", "{root}/p.jpg"], "must name a .png file"),
+    (["{root}", "--plot", ""], "--plot '' must name a .png file"),  # it used to write nothing and exit 0
     (["{root}", "--layers", "nope"], "--layers 'nope' is neither a run directory nor an exp_name"),
     (["{root}", "--layers", "failed_run"], "the run is failed (RuntimeError: CUDA out of memory)"),
     (["{root}", "--layers", "uniform_w4_s0", "--plot", "{root}/h.png"],

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from eval.results import (EXPORTED_WEIGHTS, REPLICA_ARGS, available_group_keys, find_run_dirs, group_runs, group_value,
-                          load_run, load_runs)
+from eval.results import (EXPORTED_WEIGHTS, REPLICA_ARGS, available_group_keys, changed_args, find_run_dirs,
+                          group_runs, group_value, load_run, load_runs)
 from eval.results_schema import COMPLETED, FAILED, INCOMPLETE, validate_results
 
 SEARCH_SPACE = ["int2", "int4", "int8"]
@@ -88,6 +88,14 @@ def test_valid_results_have_no_problems():
     assert validate_results(make_failed()) == []
 
 
+@pytest.mark.parametrize("method", ["uniform", "float"])
+def test_a_run_that_did_not_search_has_no_search_object(method):
+    results = make_results(method=method)
+    results["search"] = make_results(method="search")["search"]
+    assert validate_results(results) == [f"search is {{'granularity': 'layer', 'search_spac..., expected null for a "
+                                         f"{method} run"]
+
+
 @pytest.mark.parametrize("edit, expected", [
     (lambda d: d["cost"].pop("gbops"), "missing cost.gbops"),
     (lambda d: d.pop("main_metric"), "missing main_metric"),
@@ -99,7 +107,27 @@ def test_valid_results_have_no_problems():
      "version of FLIQS (or read it with the version that wrote it)"),
     (lambda d: d.update(status="running"), "status is 'running', expected 'completed' or 'failed'"),
     (lambda d: d.update(method="random"), "method is 'random', expected one of ('search', 'uniform', 'loaded', 'float')"),
-    (lambda d: d["cost"].update(target=None), "cost.target is None, expected a number"),
+    (lambda d: d["cost"].update(target=None), "cost.target is None, expected a number >= 0"),
+    # Values that equal 1, strings and booleans for numbers, unknown formats, negative costs, a
+    # search object on a run that did not search: all used to pass.
+    (lambda d: d.update(schema_version=True), "schema_version is True, this reader knows version 1: re-run it with "
+     "this version of FLIQS (or read it with the version that wrote it)"),
+    (lambda d: d.update(schema_version=1.0), "schema_version is 1.0, this reader knows version 1: re-run it with "
+     "this version of FLIQS (or read it with the version that wrote it)"),
+    (lambda d: d["layers"]["fc"].update(weight_format="int99"), "layers.fc.weight_format is 'int99', expected a "
+     "format name"),
+    (lambda d: d["layers"]["fc"].update(act_format="INT8"), "layers.fc.act_format is 'INT8', expected a format name"),
+    (lambda d: d["cost"].update(memory_mib=-1), "cost.memory_mib is -1, expected a number >= 0"),
+    (lambda d: d["cost"].update(ratio=-0.5), "cost.ratio is -0.5, expected a number >= 0"),
+    (lambda d: d["layers"]["conv1"].update(gbops=-2.0), "layers.conv1.gbops is -2.0, expected a number >= 0"),
+    (lambda d: d["metrics"].update(eval_accuracy="0.5"), "metrics.eval_accuracy is '0.5', expected a number (null "
+     "if not finite)"),
+    (lambda d: d["metrics"].update(eval_loss=True), "metrics.eval_loss is True, expected a number (null if not "
+     "finite)"),
+    (lambda d: d["search"].update(search_space=["int2", "int4", "int99"]), "search.search_space is ['int2', 'int4', "
+     "'int99'], expected a non-empty list of format names"),
+    (lambda d: d["search"]["decisions"]["fc"].update(format="fp8_e4m3"), "search.decisions.fc.format is 'fp8_e4m3', "
+     "expected a format name of the search_space"),
     (lambda d: d["layers"]["fc"].pop("act_format"), "missing layers.fc.act_format"),
     (lambda d: d["search"]["decisions"]["fc"]["probabilities"].pop("int2"),
      "search.decisions.fc.probabilities has options ['int4', 'int8'], "
@@ -301,3 +329,27 @@ def test_group_value_and_available_keys(tmp_path):
     assert keys[:5] == ["method", "task", "model_type", "granularity", "fixed_formats"]
     assert "cost_target" in keys and "weight_bits" in keys and keys.count("task") == 1
 
+
+
+def test_a_planned_default_matches_only_a_run_time_default_the_run_derived_itself():
+    derived = {"delay_steps": 2, "rl_learning_rate": 0.1, "derived_defaults": ["delay_steps", "rl_learning_rate"]}
+    given = {"delay_steps": 0, "rl_learning_rate": 0.5, "derived_defaults": []}
+    plan = {"delay_steps": None, "rl_learning_rate": None, "resume_from_checkpoint": None}
+    assert changed_args(plan, derived) == []
+    assert changed_args(plan, given) == ["delay_steps 0 -> default", "rl_learning_rate 0.5 -> default"]
+    assert changed_args(plan, {**given, "derived_defaults": ["rl_learning_rate"]}) == ["delay_steps 0 -> default"]
+    # Given values are compared as before, derived or not.
+    assert changed_args({**plan, "delay_steps": 0}, derived) == ["delay_steps 2 -> 0"]
+    assert changed_args({**plan, "delay_steps": 0, "rl_learning_rate": 0.5}, given) == []
+    # A resumed run takes them from its checkpoint's run (eval_run inherits them): not from this plan.
+    assert changed_args({**plan, "resume_from_checkpoint": "/out/run/checkpoint-8"}, given) == []
+    # Runs recorded before they said what they derived: a planned default matches, as it did.
+    assert changed_args(plan, {"delay_steps": 0, "rl_learning_rate": 0.5}) == []
+
+
+def test_the_record_of_derived_defaults_does_not_split_replicas(tmp_path):
+    write_run(tmp_path, make_results("a_s0", seed=0,
+                                     args_extra={"delay_steps": 2, "derived_defaults": ["delay_steps"]}))
+    write_run(tmp_path, make_results("a_s1", seed=1, args_extra={"delay_steps": 2, "derived_defaults": []}))
+    (group,) = group_runs(load_runs(tmp_path))
+    assert len(group.runs) == 2 and not group.mismatches
