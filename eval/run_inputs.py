@@ -32,7 +32,7 @@ def check_resume_matches(args: argparse.Namespace) -> None:
         raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} has no {SEARCH_STATE_NAME}: a "
                          "fixed-format run wrote it, or its save was cut short; resume a search from a checkpoint "
                          "of a search run")
-    from eval.results import RUN_TIME_DEFAULTS, changed_args, list_changes
+    from eval.results import DERIVED_DEFAULTS_KEY, RUN_TIME_DEFAULTS, changed_args, list_changes
 
     config = Path(args.resume_from_checkpoint).parent / "config.json"
     try:
@@ -41,9 +41,16 @@ def check_resume_matches(args: argparse.Namespace) -> None:
         return  # a checkpoint moved away from its run: nothing to compare with
     # The search continues as it was: defaults the run derived from its step count (recorded
     # resolved) stay, rather than being derived again from the new one.
+    inherited = []
     for name in RUN_TIME_DEFAULTS:
         if getattr(args, name, None) is None and isinstance(recorded, dict) and recorded.get(name) is not None:
             setattr(args, name, recorded[name])
+            inherited.append(name)
+    # Values that run derived itself stay derived ones in this run's record (else a later launch
+    # leaving them to the run would be refused as another setting).
+    derived = recorded.get(DERIVED_DEFAULTS_KEY) if isinstance(recorded, dict) else None
+    if isinstance(derived, list):
+        setattr(args, DERIVED_DEFAULTS_KEY, [name for name in inherited if name in derived])
     planned = json.loads(json.dumps(vars(args), default=str))  # as config.json holds them
     diffs = changed_args(planned, recorded, ignore=RESUME_MAY_CHANGE)
     if diffs:

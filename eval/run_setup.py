@@ -297,7 +297,9 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, comp
 
     # Which of them this run derives (recorded, so that --skip_completed compares a value the user
     # gave with a plan that leaves it to the run; a derived one matches a planned default).
-    derived = sorted(name for name in RUN_TIME_DEFAULTS if getattr(args, name) is None)
+    # (A resumed run keeps those its checkpoint's run derived: eval/run_inputs.check_resume_matches.)
+    derived = sorted({*getattr(args, DERIVED_DEFAULTS_KEY, []),
+                      *(name for name in RUN_TIME_DEFAULTS if getattr(args, name) is None)})
     delay = args.delay_steps if args.delay_steps is not None else int(round(DEFAULT_DELAY_FRACTION * total))
     args.delay_steps = delay  # recorded in config.json and results.json (to resume with more steps)
     rl_learning_rate = args.rl_learning_rate

@@ -125,6 +125,12 @@ def test_resuming_a_finished_run_without_more_steps_fails_before_touching_it(tmp
     assert resumed["status"] == "completed" and resumed["search"]["steps"] == 12
     assert (resumed["args"]["delay_steps"], resumed["args"]["rl_learning_rate"]) == \
         (first["delay_steps"], first["rl_learning_rate"]) == (4, 0.1)
+    # still the run's own derivations: a launch that leaves them to the run finds it the same run
+    assert resumed["args"]["derived_defaults"] == first["derived_defaults"] == ["delay_steps", "rl_learning_rate"]
+    from eval.results import changed_args
+
+    planned = {**first, "delay_steps": None, "rl_learning_rate": None, "max_steps": 12}
+    assert changed_args(planned, resumed["args"]) == []
 
 
 def test_resume_checks_the_search_state_before_touching_the_run(tmp_path, capsys):
