@@ -8,6 +8,8 @@ A layer's MACs come from its real geometry (a conv counts its output spatial siz
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from enum import Enum
 from typing import Mapping, Sequence
@@ -26,10 +28,14 @@ class CostType(str, Enum):
 
 
 def parse_cost_type(name: str | CostType) -> CostType:
-    try:
-        return CostType(name)
-    except ValueError:
-        raise ValueError(f"unknown cost type {name!r}; valid: {[c.value for c in CostType]}") from None
+    """`CostType` from its name (case-insensitive) or itself; ValueError listing the valid names."""
+    if isinstance(name, CostType):
+        return name
+    if isinstance(name, str):
+        for cost_type in CostType:
+            if cost_type.value == name.strip().lower():
+                return cost_type
+    raise ValueError(f"unknown cost type {name!r}; valid: {[c.value for c in CostType]}")
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,10 @@ class LayerCost:
     def gbops(self, weight_format: NumberFormat, act_format: NumberFormat) -> float:
         return self.macs_per_sample * weight_format.bits * act_format.bits / BOPS_PER_GBOPS
 
-    def cost(self, cost_type: CostType, weight_format: NumberFormat, act_format: NumberFormat) -> float:
-        if cost_type is CostType.MEMORY:
+    def cost(self, cost_type: CostType | str, weight_format: NumberFormat, act_format: NumberFormat) -> float:
+        # Parsed, not compared by identity: the string "memory" is not CostType.MEMORY, and
+        # would silently have been priced in GBOPs.
+        if parse_cost_type(cost_type) is CostType.MEMORY:
             return self.memory_mib(weight_format)
         return self.gbops(weight_format, act_format)
 
@@ -69,8 +77,8 @@ class ModelCost:
     float_memory_mib: float  # the same layers at 32 bits
     float_gbops: float  # the same layers at 32 x 32 bits
 
-    def value(self, cost_type: CostType) -> float:
-        return self.memory_mib if cost_type is CostType.MEMORY else self.gbops
+    def value(self, cost_type: CostType | str) -> float:
+        return self.memory_mib if parse_cost_type(cost_type) is CostType.MEMORY else self.gbops
 
 
 def model_cost(costs: Sequence[LayerCost], assignment: Mapping[str, tuple[NumberFormat, NumberFormat]]) -> ModelCost:
@@ -89,11 +97,23 @@ def current_assignment(layers: Mapping[str, QuantModule]) -> dict[str, tuple[Num
     return {name: (layer.weight_format, layer.act_format) for name, layer in layers.items()}
 
 
-def average_bits_cost(costs: Sequence[LayerCost], cost_type: CostType, weight_bits: float,
+# Average bits of a cost target: above 0 (a cost is positive), at most float32's 32 bits.
+MAX_AVERAGE_BITS = 32
+
+
+def _average_bits(name: str, bits: float) -> float:
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Real) or not math.isfinite(bits) \
+            or not 0 < bits <= MAX_AVERAGE_BITS:
+        raise ValueError(f"{name}={bits!r} must be a number of bits in (0, {MAX_AVERAGE_BITS}], e.g. 4.5")
+    return float(bits)
+
+
+def average_bits_cost(costs: Sequence[LayerCost], cost_type: CostType | str, weight_bits: float,
                       act_bits: float | None = None) -> float:
     """Cost of the layers with every weight at `weight_bits` (and every activation at `act_bits`,
     default the same): a target such as "4.5 bits on average" in MiB or GBOPs."""
-    act_bits = weight_bits if act_bits is None else act_bits
-    if cost_type is CostType.MEMORY:
+    weight_bits = _average_bits("weight_bits", weight_bits)
+    act_bits = weight_bits if act_bits is None else _average_bits("act_bits", act_bits)
+    if parse_cost_type(cost_type) is CostType.MEMORY:
         return sum(c.num_weights for c in costs) * weight_bits / 8 / BYTES_PER_MIB
     return sum(c.macs_per_sample for c in costs) * weight_bits * act_bits / BOPS_PER_GBOPS

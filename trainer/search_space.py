@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from cost.model_cost import CostType, LayerCost
+from cost.model_cost import CostType, LayerCost, parse_cost_type
 from quant.formats import NO_QUANT, NumberFormat
 
 
@@ -106,7 +106,8 @@ class SearchSpace:
 class DecisionCostTable:
     """table[d, k] = cost of decision d's layers under option k; a sample costs sum_d table[d, k_d]."""
 
-    def __init__(self, space: SearchSpace, layer_costs: Sequence[LayerCost], cost_type: CostType) -> None:
+    def __init__(self, space: SearchSpace, layer_costs: Sequence[LayerCost], cost_type: CostType | str) -> None:
+        cost_type = parse_cost_type(cost_type)  # a string such as "memory" too
         by_name = {c.name: c for c in layer_costs}
         missing = [layer for layers in space.decisions.values() for layer in layers if layer not in by_name]
         if missing:

@@ -1,8 +1,11 @@
+import re
+
 import pytest
 import torch
 from torch import nn
 
-from cost.model_cost import CostType, LayerCost, current_assignment, layer_costs, model_cost, parse_cost_type
+from cost.model_cost import (CostType, LayerCost, average_bits_cost, current_assignment, layer_costs, model_cost,
+                             parse_cost_type)
 from quant.formats import NO_QUANT, parse_format
 from quant.quant_module import QuantConfig
 from quant.surgery import QuantSpec, quantize_model
@@ -48,3 +51,31 @@ def test_parse_cost_type():
     assert parse_cost_type("compute") is CostType.COMPUTE and CostType.MEMORY.unit == "MiB"
     with pytest.raises(ValueError, match=r"unknown cost type 'latency'; valid: \['memory', 'compute'\]"):
         parse_cost_type("latency")
+
+
+def test_a_cost_type_given_as_a_string_is_that_cost_type():
+    # "memory" used to be priced in GBOPs: the enum was compared by identity.
+    layer = LayerCost("a", 100, 1000)
+    assert layer.cost("memory", INT4, INT8) == 100 * 4 / 8 / 2**20
+    assert layer.cost("Compute", INT4, INT8) == 1000 * 4 * 8 / 1e9
+    assert model_cost([layer], {"a": (INT4, INT8)}).value("memory") == 100 * 4 / 8 / 2**20
+    assert average_bits_cost([layer], "memory", 4) == 100 * 4 / 8 / 2**20
+    assert average_bits_cost([layer], "compute", 4, 8) == 1000 * 4 * 8 / 1e9
+    assert parse_cost_type(" MEMORY ") is CostType.MEMORY and parse_cost_type(CostType.COMPUTE) is CostType.COMPUTE
+    for call in (lambda: layer.cost("flops", INT4, INT8), lambda: model_cost([layer], {"a": (INT4, INT8)}).value("flops"),
+                 lambda: average_bits_cost([layer], "flops", 4)):
+        with pytest.raises(ValueError, match=r"^unknown cost type 'flops'; valid: \['memory', 'compute'\]$"):
+            call()
+    with pytest.raises(ValueError, match=r"^unknown cost type 3; valid: \['memory', 'compute'\]$"):
+        parse_cost_type(3)
+
+
+@pytest.mark.parametrize("bits", [-4, 0, 33, float("nan"), float("inf"), True, "4"])
+def test_average_bits_must_be_a_number_of_bits(bits):
+    layer = LayerCost("a", 100, 1000)
+    message = rf"^weight_bits={re.escape(repr(bits))} must be a number of bits in \(0, 32\], e.g. 4.5$"
+    with pytest.raises(ValueError, match=message):
+        average_bits_cost([layer], CostType.MEMORY, bits)
+    message = rf"^act_bits={re.escape(repr(bits))} must be a number of bits in \(0, 32\], e.g. 4.5$"
+    with pytest.raises(ValueError, match=message):
+        average_bits_cost([layer], CostType.COMPUTE, 4, bits)

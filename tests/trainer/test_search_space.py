@@ -60,3 +60,12 @@ def test_search_space_errors():
         DecisionCostTable(SearchSpace.build(LAYERS, formats, "layer"), COSTS[:2], CostType.MEMORY)
     with pytest.raises(ValueError, match="not a valid Granularity"):
         SearchSpace.build(LAYERS, formats, "channel")
+
+
+def test_cost_table_takes_the_cost_type_by_name():
+    space = SearchSpace.build(LAYERS, (INT2, INT4, INT8), "block", partitions={"x": ["a", "c"], "y": ["b"]})
+    memory = DecisionCostTable(space, COSTS, "memory")  # was priced in GBOPs
+    assert memory.cost_type is CostType.MEMORY
+    assert memory.table.tolist() == [[9 * 2 / 8, 9 * 4 / 8, 9 * 8 / 8], [2 / 8, 4 / 8, 8 / 8]]
+    with pytest.raises(ValueError, match=r"^unknown cost type 'flops'; valid: \['memory', 'compute'\]$"):
+        DecisionCostTable(space, COSTS, "flops")
