@@ -168,3 +168,30 @@ def test_a_form_registered_at_run_time_is_known_everywhere(monkeypatch):
     assert get_reward_function("squared_tunas")(6.0, 0.5, 3.0, 0.8) == pytest.approx(0.8 - 0.5, abs=1e-15)
     assert not is_one_sided("squared_tunas")
     assert ReinforceConfig(cost_target=1.0, cost_function="squared_tunas").cost_function == "squared_tunas"
+
+
+@pytest.mark.parametrize(
+    ("costs", "args", "match"),
+    [
+        ([1.0, 2.0], (1.0, 0.0, 0.5), r"cost_target=0.0 must be > 0 \(in the unit of the cost"),
+        ([1.0, 2.0], (1.0, 5.0, float("nan")), r"quality=nan must be finite"),
+        ([1.0, 2.0], (float("inf"), 5.0, 0.5), r"cost_beta=inf must be finite"),
+        ([1.0, -1.0], (1.0, 5.0, 0.5), r"cost=-1.0 must be >= 0; a model cost \(MiB or GBOPs\) is never negative"),
+        ([1.0, float("nan")], (1.0, 5.0, 0.5), r"cost=nan must be finite"),
+    ],
+)
+@pytest.mark.parametrize("name", sorted(REWARD_FORMS))
+def test_rewards_for_costs_validates_as_compute_reward(name, costs, args, match):
+    # It used to price anything: a target of 0 gave NaN rewards, a negative cost a reward.
+    with pytest.raises(ValueError, match=match):
+        rewards_for_costs(name, torch.tensor(costs, dtype=torch.float64), *args)
+
+
+def test_rewards_for_costs_rejects_zero_cost_in_soft_exponential_with_negative_beta():
+    # It used to return inf for the zero cost.
+    with pytest.raises(ValueError, match=r"soft_exponential with cost=0 and cost_beta=-0.5 < 0 gives an infinite reward"):
+        rewards_for_costs("soft_exponential", torch.tensor([0.0, 1.0], dtype=torch.float64), -0.5, 5.0, 0.8)
+    assert rewards_for_costs("soft_exponential", torch.tensor([0.0, 5.0], dtype=torch.float64), 0.5, 5.0, 0.8).tolist() \
+        == [0.0, 0.8]
+    with pytest.raises(ValueError, match=r"^costs must be a tensor of model costs, got list$"):
+        rewards_for_costs("tunas_abs", [1.0], 1.0, 5.0, 0.8)
