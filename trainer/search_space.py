@@ -8,14 +8,16 @@ so the trainer prices a sample with one gather and knows the cheapest and deares
 """
 from __future__ import annotations
 
+import numbers
+from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, Union
 
 import torch
 
 from cost.model_cost import CostType, LayerCost, parse_cost_type
-from quant.formats import NO_QUANT, NumberFormat
+from quant.formats import NO_QUANT, NumberFormat, parse_format, parse_format_list
 
 
 class Granularity(str, Enum):
@@ -26,6 +28,22 @@ class Granularity(str, Enum):
     SINGLE = "single"  # one decision for the whole model
 
 
+def parse_granularity(name: Granularity | str) -> Granularity:
+    """`Granularity` from its name (case-insensitive) or itself; ValueError listing the valid names."""
+    if isinstance(name, Granularity):
+        return name
+    if isinstance(name, str):
+        for granularity in Granularity:
+            if granularity.value == name.strip().lower():
+                return granularity
+    raise ValueError(f"unknown granularity {name!r}; valid: {', '.join(g.value for g in Granularity)}")
+
+
+# What a search space's formats may be given as: a comma-separated string ("int4,fp8_e4m3"), or
+# a sequence of tokens ("int4", 8) and NumberFormats.
+FormatList = Union[str, Sequence[Union[str, int, NumberFormat]]]
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     formats: tuple[NumberFormat, ...]  # option k is formats[k]
@@ -34,8 +52,18 @@ class SearchSpace:
     fixed_act_format: NumberFormat = NO_QUANT  # activations of a weight-only search
 
     def __post_init__(self) -> None:
+        # Tokens become NumberFormats here: a string would be split into characters ('4', ',', '8')
+        # and a token list would fail only when a step reads its `.bits`.
+        formats = self.formats
+        if isinstance(formats, str):
+            formats = parse_format_list(formats)
+        elif isinstance(formats, NumberFormat):
+            formats = (formats,)
+        formats = tuple(parse_format(f) for f in formats)
+        object.__setattr__(self, "formats", formats)
+        object.__setattr__(self, "fixed_act_format", parse_format(self.fixed_act_format))
         if not self.formats:
-            raise ValueError("the search space needs at least one format, e.g. --search_space 4,8")
+            raise ValueError("the search space needs at least one format, e.g. '4,8' or ('int4', 'fp8_e4m3')")
         if len(set(self.formats)) != len(self.formats):
             raise ValueError(f"duplicate formats in the search space: {[f.name for f in self.formats]}")
         if not self.decisions:
@@ -45,15 +73,22 @@ class SearchSpace:
             if not layers:
                 raise ValueError(f"decision {decision!r} has no layers")
             for layer in layers:
+                if seen.get(layer) == decision:
+                    raise ValueError(f"layer {layer!r} is listed twice in decision {decision!r}: list each layer once")
                 if layer in seen:
                     raise ValueError(f"layer {layer!r} is in two decisions: {seen[layer]!r} and {decision!r}")
                 seen[layer] = decision
 
     @classmethod
-    def build(cls, layer_names: Sequence[str], formats: Sequence[NumberFormat], granularity: Granularity | str,
+    def build(cls, layer_names: Sequence[str], formats: FormatList, granularity: Granularity | str,
               partitions: Mapping[str, Sequence[str]] | None = None, weight_only: bool = False,
-              fixed_act_format: NumberFormat = NO_QUANT) -> "SearchSpace":
-        granularity = Granularity(granularity)
+              fixed_act_format: NumberFormat | str = NO_QUANT) -> "SearchSpace":
+        """`formats`: a comma-separated string or a sequence of tokens / NumberFormats."""
+        granularity = parse_granularity(granularity)
+        # One decision per name would merge a repeated layer into one silently.
+        repeated = [name for name, count in Counter(layer_names).items() if count > 1]
+        if repeated:
+            raise ValueError(f"layer names must be unique; repeated: {repeated[:5]}")
         if granularity is Granularity.LAYER:
             decisions = {name: (name,) for name in layer_names}
         elif granularity is Granularity.SINGLE:
@@ -68,7 +103,7 @@ class SearchSpace:
             if missing or extra:
                 raise ValueError(f"block partitions do not match the quantized layers: missing {missing[:5]}, "
                                  f"unknown {extra[:5]}")
-        return cls(tuple(formats), decisions, weight_only, fixed_act_format)
+        return cls(formats, decisions, weight_only, fixed_act_format)
 
     @property
     def decision_names(self) -> list[str]:
@@ -96,6 +131,12 @@ class SearchSpace:
         indices = indices.tolist() if isinstance(indices, torch.Tensor) else list(indices)
         if len(indices) != self.num_decisions:
             raise ValueError(f"expected {self.num_decisions} option indices, got {len(indices)}")
+        # A negative index would silently pick an option from the end.
+        num_options = self.num_options
+        for option in indices:
+            if isinstance(option, bool) or not isinstance(option, numbers.Integral) or not 0 <= option < num_options:
+                raise ValueError(f"option index {option!r} is not an option of this search space: each index "
+                                 f"must be an integer in [0, {num_options - 1}] (one of {self.option_names})")
         out: dict[str, tuple[NumberFormat, NumberFormat]] = {}
         for layers, option in zip(self.decisions.values(), indices):
             formats = self.option_formats(option)
