@@ -52,10 +52,14 @@ class RewardSource(str, Enum):
 
 
 def _enum(enum_cls: type[Enum], value: object, flag: str) -> Enum:
-    try:
-        return enum_cls(value)
-    except ValueError:
-        raise ValueError(f"unknown {flag} {value!r}; valid: {[e.value for e in enum_cls]}") from None
+    """The member named `value` (case-insensitive, as the CLI's parsers, e.g. parse_entropy_schedule)."""
+    if isinstance(value, enum_cls):
+        return value
+    if isinstance(value, str):
+        for member in enum_cls:
+            if member.value == value.strip().lower():
+                return member
+    raise ValueError(f"unknown {flag} {value!r}; valid: {[e.value for e in enum_cls]}")
 
 
 @dataclass
@@ -143,7 +147,7 @@ class ReinforceConfig:
             raise ValueError(
                 f"{self.cost_function} multiplies the quality by the cost ratio, which needs a non-negative "
                 "quality; with reward_metric 'loss' (quality = -loss) it would favour larger losses. "
-                "Use --reward_metric likelihood (exp(-loss)) or accuracy"
+                "Use reward_metric 'likelihood' (exp(-loss)) or 'accuracy'"
             )
         if self.rl_learning_rate <= 0:
             raise ValueError(f"rl_learning_rate must be > 0, got {self.rl_learning_rate}")

@@ -17,7 +17,7 @@ import torch
         (dict(cost_target=1, cost_beta=-1.0),
          r"cost_beta=-1.0 with tunas_abs would reward missing the target.*positive value such as 1.0"),
         (dict(cost_target=1, cost_function="soft_exponential", cost_beta=-0.1),
-         "Use --reward_metric likelihood"),
+         r"favour larger losses. Use reward_metric 'likelihood' \(exp\(-loss\)\) or 'accuracy'$"),
         (dict(cost_target=1, cost_function="nope"), r"unknown cost_function 'nope'; valid: \['tunas_abs'"),
         (dict(cost_target=1, cost_type="latency"), r"unknown cost_type 'latency'; valid: \['memory', 'compute'\]"),
         (dict(cost_target=1, entropy_schedule="step"), r"unknown entropy_schedule 'step'"),
@@ -79,3 +79,20 @@ def test_numpy_numbers_are_plain_numbers():
     config = ReinforceConfig(cost_target=np.float32(5.0), delay_steps=np.int64(3), cost_beta=np.float64(2.0))
     assert (config.cost_target, config.delay_steps, config.cost_beta) == (5.0, 3, 2.0)
     assert type(config.cost_target) is float and type(config.delay_steps) is int
+
+
+def test_enum_settings_are_case_insensitive_and_stored_canonical():
+    # "Linear" was refused although the CLI's parse_entropy_schedule takes any case.
+    from cost.model_cost import CostType
+    from trainer.entropy_schedule import EntropySchedule
+    from trainer.reinforce_config import AdvantageMode, RewardSource
+
+    config = ReinforceConfig(cost_target=1, entropy_schedule="Linear", cost_type=" MEMORY", reward_metric="Accuracy",
+                             reward_source="HeldOut", advantage="Global", final_selection="ArgMax")
+    assert config.entropy_schedule is EntropySchedule.LINEAR and config.cost_type is CostType.MEMORY
+    assert config.reward_metric is RewardMetric.ACCURACY and config.reward_source is RewardSource.HELDOUT
+    assert config.advantage is AdvantageMode.GLOBAL and config.final_selection.value == "argmax"
+    assert config.search_settings()["entropy_schedule"] == "linear"
+    with pytest.raises(ValueError, match=r"^unknown entropy_schedule 3; valid: \['linear', 'cosine', 'constant', "
+                                         r"'heaviside'\]$"):
+        ReinforceConfig(cost_target=1, entropy_schedule=3)
