@@ -126,6 +126,15 @@ class ReinforceTrainer(Trainer):
         unknown = [l for ls in search_space.decisions.values() for l in ls if l not in quant_layers]
         if unknown:
             raise ValueError(f"search space names layers that are not quantized: {unknown[:5]}")
+        # The reward compares the logits with one label tensor: the Trainer's label name ("labels"
+        # when it found none, the HF convention).
+        label_names = list(self.label_names) if self.label_names else ["labels"]
+        if len(label_names) != 1:
+            raise ValueError(f"the search's reward compares the logits with one label tensor, but the Trainer's label "
+                             f"names are {label_names} (TrainingArguments.label_names, or the model's forward "
+                             "arguments with 'label' in their name); set TrainingArguments.label_names to the one key "
+                             "of the labels")
+        self.label_key = label_names[0]
         self.reinforce_config = config
         self.search_space = search_space
         self.quant_layers = dict(quant_layers)
@@ -207,10 +216,29 @@ class ReinforceTrainer(Trainer):
     # --- the training step --------------------------------------------------------------------
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None):
+        # Read first: with label smoothing or a compute_loss_func the Trainer pops "labels".
+        labels = inputs.get(self.label_key)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        if model.training and "labels" in inputs:
-            self._captured_logits = (outputs["logits"].detach(), inputs["labels"])
+        if model.training and self.reinforce_config.reward_source is RewardSource.TRAIN:
+            self._captured_logits = self._reward_inputs(outputs, labels, inputs)
         return (loss, outputs) if return_outputs else loss
+
+    def _reward_inputs(self, outputs: Any, labels: torch.Tensor | None,
+                       inputs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, labels) of a forward for the reward; ValueError saying what is missing."""
+        logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
+        if logits is not None and labels is not None:
+            return logits.detach(), labels
+        needs = ("the search's reward needs the model's logits and the batch's labels (a classification or "
+                 "regression model): ")
+        if not isinstance(outputs, Mapping):
+            raise ValueError(needs + f"the model returned a {type(outputs).__name__}; return a ModelOutput or a dict "
+                             "with 'logits' (e.g. HF models with return_dict=True)")
+        if logits is None:
+            raise ValueError(needs + f"the model's output has no 'logits' (its keys: {list(outputs.keys())}); return "
+                             "the logits under 'logits'")
+        raise ValueError(needs + f"the batch has no {self.label_key!r} (its keys: {list(inputs.keys())}); give the "
+                         "labels under that key, or set TrainingArguments.label_names to the key that holds them")
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
@@ -233,9 +261,9 @@ class ReinforceTrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
 
         if heldout is None:
-            if self._captured_logits is None:
-                raise RuntimeError("the model returned no logits/labels for the reward; the search needs a "
-                                   "classification or regression model that returns logits and gets labels")
+            if self._captured_logits is None:  # only when a subclass's compute_loss bypasses ours
+                raise RuntimeError("no logits/labels were captured for the reward: a compute_loss that overrides "
+                                   "ReinforceTrainer's must call it (super().compute_loss)")
             quality = batch_quality(*self._captured_logits, config.reward_metric)
         else:
             quality = self._heldout_quality(model, heldout)
@@ -332,7 +360,8 @@ class ReinforceTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             outputs = model(**batch)
         model.train(was_training)
-        return batch_quality(outputs["logits"], batch["labels"], self.reinforce_config.reward_metric)
+        logits, labels = self._reward_inputs(outputs, batch.get(self.label_key), batch)
+        return batch_quality(logits, labels, self.reinforce_config.reward_metric)
 
     def _build_heldout_loader(self) -> Iterable:
         """The evaluation loader of the held-out split, under a key of its own: with

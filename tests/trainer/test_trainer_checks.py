@@ -1,0 +1,103 @@
+"""What ReinforceTrainer refuses or warns about before it searches: a model or batch the reward
+cannot read."""
+import copy
+import re
+
+import pytest
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from cost.model_cost import layer_costs
+from tests.trainer.toy_search_problem import ToyDataset, ToyModel, make_trainer
+
+NEEDS = ("the search's reward needs the model's logits and the batch's labels (a classification or regression "
+         "model): ")
+
+
+class TargetToy(ToyModel):
+    """The toy model taking its labels as `target`."""
+
+    def forward(self, x, target=None):
+        return super().forward(x, target)
+
+
+class TargetDataset(Dataset):
+    def __init__(self, data: ToyDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return {"x": self.data.x[i], "target": self.data.labels[i]}
+
+
+class TupleToy(ToyModel):
+    def forward(self, x, labels=None):
+        out = super().forward(x, labels)
+        return (out["loss"], out["logits"]) if labels is not None else (out["logits"],)
+
+
+class ScoresToy(ToyModel):
+    def forward(self, x, labels=None):
+        out = super().forward(x, labels)
+        return {"loss": out["loss"], "scores": out["logits"]} if labels is not None else {"scores": out["logits"]}
+
+
+@pytest.mark.parametrize("source", ["train", "heldout"])
+def test_the_reward_reads_the_labels_under_the_trainers_label_name(tmp_path, source):
+    # With label_names=["target"] the search failed: it looked for "labels".
+    trainer = make_trainer(str(tmp_path), model=TargetToy(), steps=4, reward_source=source,
+                           training_overrides=dict(label_names=["target"], logging_steps=4))
+    trainer.train_dataset = TargetDataset(ToyDataset(256, 0))
+    trainer.heldout_dataset = TargetDataset(ToyDataset(128, 7))
+    assert trainer.label_key == "target"
+    trainer.train()
+    [log] = [entry for entry in trainer.state.log_history if "search/quality" in entry]
+    assert log["search/quality"] < 0  # -loss: the logits were compared with the targets
+
+
+def test_the_reward_reads_the_labels_under_a_compute_loss_func(tmp_path):
+    # With a compute_loss_func (or label smoothing) the Trainer pops "labels" from the inputs
+    # before the forward: the search then found no labels.
+    trainer = make_trainer(str(tmp_path), steps=2, training_overrides=dict(logging_steps=2))
+    losses = []
+    trainer.compute_loss_func = lambda outputs, labels, num_items_in_batch=None: losses.append(
+        F.cross_entropy(outputs["logits"], labels)) or losses[-1]
+    trainer.train()
+    [log] = [entry for entry in trainer.state.log_history if "search/quality" in entry]
+    assert len(losses) == 2 and log["search/quality"] == pytest.approx(-sum(float(l.detach()) for l in losses) / 2, rel=1e-6)
+
+
+def test_several_label_names_are_refused(tmp_path):
+    trainer = make_trainer(str(tmp_path), steps=2)
+    args = copy.deepcopy(trainer.args)
+    args.label_names = ["labels", "extra_labels"]
+    message = ("the search's reward compares the logits with one label tensor, but the Trainer's label names are "
+               "['labels', 'extra_labels'] (TrainingArguments.label_names, or the model's forward arguments with "
+               "'label' in their name); set TrainingArguments.label_names to the one key of the labels")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        type(trainer)(model=trainer.model, args=args, train_dataset=trainer.train_dataset,
+                      reinforce_config=trainer.reinforce_config, search_space=trainer.search_space,
+                      quant_layers=trainer.quant_layers, layer_costs=layer_costs(trainer.quant_layers))
+
+
+@pytest.mark.parametrize("source", ["train", "heldout"])
+@pytest.mark.parametrize("model, problem", [
+    (TupleToy, "the model returned a tuple; return a ModelOutput or a dict with 'logits' (e.g. HF models with "
+               "return_dict=True)"),
+    (ScoresToy, "the model's output has no 'logits' (its keys: ['loss', 'scores']); return the logits under 'logits'"),
+])
+def test_a_model_output_without_logits_is_a_clear_error(tmp_path, source, model, problem):
+    # A tuple gave a bare "tuple indices must be integers", a dict without logits a bare KeyError.
+    trainer = make_trainer(str(tmp_path), model=model(), steps=2, reward_source=source)
+    with pytest.raises(ValueError, match=f"^{re.escape(NEEDS + problem)}$"):
+        trainer.train()
+
+
+def test_a_batch_without_the_labels_is_a_clear_error(tmp_path):
+    trainer = make_trainer(str(tmp_path), steps=2, training_overrides=dict(label_names=["target"]))
+    message = NEEDS + ("the batch has no 'target' (its keys: ['x', 'labels']); give the labels under that key, or set "
+                       "TrainingArguments.label_names to the key that holds them")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        trainer.train()
