@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -101,9 +102,11 @@ class _TrainBegin(TrainerCallback):
         # a max_steps at or below the checkpoint's step (unless that step ends an epoch).
         if state.global_step > 0 and state.global_step >= state.max_steps:
             raise ValueError(
-                f"this run's max_steps ({state.max_steps}, from --max_steps or --num_train_epochs) is not above the "
-                f"checkpoint's step {state.global_step}: nothing is left to search; resume with more steps than "
-                f"{state.global_step}, or start a new run")
+                f"this run's max_steps ({state.max_steps}, TrainingArguments.max_steps or from num_train_epochs) is "
+                f"not above the checkpoint's step {state.global_step}: nothing is left to search; resume with more "
+                f"steps than {state.global_step}, or start a new run")
+        self.trainer._check_run_length(state.max_steps)
+        self.trainer._warn_if_target_unreachable()
 
 
 class ReinforceTrainer(Trainer):
@@ -126,6 +129,15 @@ class ReinforceTrainer(Trainer):
         unknown = [l for ls in search_space.decisions.values() for l in ls if l not in quant_layers]
         if unknown:
             raise ValueError(f"search space names layers that are not quantized: {unknown[:5]}")
+        # By identity: layers of another model (e.g. the original's, after copy.deepcopy(model))
+        # would take every format while this model trains in float, and the answer mean nothing.
+        submodules = {id(module) for module in self.model.modules()}
+        foreign = [name for name, layer in quant_layers.items() if id(layer) not in submodules]
+        if foreign:
+            raise ValueError(f"quant layer {foreign[0]!r} is not a submodule of the model this trainer trains, so its "
+                             "formats would never reach that model (e.g. the layers of the original after "
+                             "copy.deepcopy(model)); pass this model's own quantized layers "
+                             "(quant.surgery.quantized_layers(model))")
         # The reward compares the logits with one label tensor: the Trainer's label name ("labels"
         # when it found none, the HF convention).
         label_names = list(self.label_names) if self.label_names else ["labels"]
@@ -286,6 +298,29 @@ class ReinforceTrainer(Trainer):
             self.non_finite_steps += 1
         quality = math.fsum(q for _, q in values) / len(values) if finite else None
         self._update_policy(cycle.sample, quality, cycle.step, cycle.searching)
+
+    def _check_run_length(self, total_steps: int) -> None:
+        """Refuse a run whose delay leaves no step for the policy to learn (once, at train begin)."""
+        delay = self.reinforce_config.delay_steps
+        if delay >= total_steps:
+            raise ValueError(
+                f"delay_steps={delay} leaves no search step in this run's {total_steps} steps "
+                "(TrainingArguments.max_steps, or from num_train_epochs): the policy would never learn and the answer "
+                f"would be its initial guess; set ReinforceConfig.delay_steps below {total_steps}")
+
+    def _warn_if_target_unreachable(self) -> None:
+        """Warn (at train begin) when no assignment of the space comes near the cost target."""
+        config = self.reinforce_config
+        low, high = self.cost_table.min_cost(), self.cost_table.max_cost()
+        # A relative margin: a target of 8 average bits is the 8-bit model's cost up to float rounding.
+        margin = 1e-9 * high
+        if low - margin <= config.cost_target <= high + margin:
+            return
+        unit = self.cost_table.cost_type.unit
+        side, end = ("below", "cheapest") if config.cost_target < low else ("above", "most expensive")
+        warnings.warn(f"cost_target {config.cost_target:.6g} {unit} is {side} every cost this search space can reach "
+                      f"([{low:.6g}, {high:.6g}] {unit}): the search will drive every decision to its {end} "
+                      "option; give a cost_target in that range", UserWarning)
 
     def _warmup_sample(self, step: int) -> PolicySample:
         if not self.reinforce_config.precision_warmup:

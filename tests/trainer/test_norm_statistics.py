@@ -85,5 +85,6 @@ def test_train_lists_the_modules_again(tmp_path):
     trainer._buffer_snapshot.float_buffers(model)
     model.append(torch.nn.BatchNorm1d(4))
     begin = next(cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "_TrainBegin")
+    trainer.state.max_steps = 1  # as train() sets it before the callback (0 steps would be refused)
     begin.on_train_begin(trainer.args, trainer.state, trainer.control)
     assert [tuple(b.shape) for b in trainer._buffer_snapshot.float_buffers(model)] == [(3,), (3,), (4,), (4,)]

@@ -1,7 +1,8 @@
 """What ReinforceTrainer refuses or warns about before it searches: a model or batch the reward
-cannot read."""
+cannot read, layers of another model, a run with no search step, an unreachable cost target."""
 import copy
 import re
+import warnings
 
 import pytest
 import torch.nn.functional as F
@@ -101,3 +102,53 @@ def test_a_batch_without_the_labels_is_a_clear_error(tmp_path):
                        "TrainingArguments.label_names to the key that holds them")
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         trainer.train()
+
+
+def test_quant_layers_of_another_model_are_refused(tmp_path):
+    # The copy trained in float while the original's layers took the formats; an answer was reported.
+    trainer = make_trainer(str(tmp_path), steps=2)
+    message = ("quant layer 'fc_in' is not a submodule of the model this trainer trains, so its formats would never "
+               "reach that model (e.g. the layers of the original after copy.deepcopy(model)); pass this model's own "
+               "quantized layers (quant.surgery.quantized_layers(model))")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        type(trainer)(model=copy.deepcopy(trainer.model), args=trainer.args, train_dataset=trainer.train_dataset,
+                      reinforce_config=trainer.reinforce_config, search_space=trainer.search_space,
+                      quant_layers=trainer.quant_layers, layer_costs=layer_costs(trainer.quant_layers))
+
+
+@pytest.mark.parametrize("delay", [6, 100])
+def test_a_delay_of_every_step_is_refused(tmp_path, delay):
+    # It trained silently, the policy never learned, and final_decisions() returned its initial guess.
+    trainer = make_trainer(str(tmp_path), steps=6, delay_steps=delay)
+    message = (f"delay_steps={delay} leaves no search step in this run's 6 steps (TrainingArguments.max_steps, or "
+               "from num_train_epochs): the policy would never learn and the answer would be its initial guess; set "
+               "ReinforceConfig.delay_steps below 6")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+    make_trainer(str(tmp_path), steps=6, delay_steps=5).train()  # one search step: allowed
+
+
+def _cost_warnings(trainer) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    return [str(w.message) for w in caught if "cost_target" in str(w.message)]
+
+
+def test_a_cost_target_outside_the_reachable_costs_warns(tmp_path):
+    trainer = make_trainer(str(tmp_path / "low"), steps=2)
+    low, high = trainer.cost_table.min_cost(), trainer.cost_table.max_cost()
+    trainer.reinforce_config.cost_target = low / 2
+    assert _cost_warnings(trainer) == [
+        f"cost_target {low / 2:.6g} MiB is below every cost this search space can reach ([{low:.6g}, {high:.6g}] MiB): "
+        "the search will drive every decision to its cheapest option; give a cost_target in that range"]
+    trainer = make_trainer(str(tmp_path / "high"), steps=2)
+    trainer.reinforce_config.cost_target = high * 1.01
+    assert _cost_warnings(trainer) == [
+        f"cost_target {high * 1.01:.6g} MiB is above every cost this search space can reach ([{low:.6g}, {high:.6g}] "
+        "MiB): the search will drive every decision to its most expensive option; give a cost_target in that range"]
+    for target in (low, high, (low + high) / 2, high * (1 + 1e-12)):  # the ends (up to float rounding) are reachable
+        trainer = make_trainer(str(tmp_path / "in"), steps=2)
+        trainer.reinforce_config.cost_target = target
+        assert _cost_warnings(trainer) == [], target

@@ -87,7 +87,7 @@ def known_answer_target_mib(costs) -> float:
     return sum(c.memory_mib(parse_format("int2" if c.name in INSENSITIVE else "int8")) for c in costs)
 
 
-DELAY_STEPS = 100  # warm-up steps before the policy learns (make_trainer's default)
+DELAY_STEPS = 100  # warm-up steps before the policy learns (make_trainer's default, at most half the steps)
 
 
 def make_trainer(output_dir: str, *, seed: int = 0, search_space: str = "int2,int4,int8", steps: int = 400,
@@ -113,8 +113,9 @@ def make_trainer(output_dir: str, *, seed: int = 0, search_space: str = "int2,in
     costs = layer_costs(layers)
     space = SearchSpace.build(list(layers), parse_format_list(search_space), granularity,
                               partitions={"main": ["fc_in", "head"], "branch": list(INSENSITIVE)})
-    reinforce = dict(cost_target=target_mib or known_answer_target_mib(costs), delay_steps=DELAY_STEPS,
-                     policy_seed=seed)
+    # A delay of every step is refused (the policy would never learn): short runs search their second half.
+    reinforce = dict(cost_target=target_mib or known_answer_target_mib(costs),
+                     delay_steps=min(DELAY_STEPS, steps // 2), policy_seed=seed)
     reinforce.update(reinforce_overrides)
     training = dict(output_dir=output_dir, per_device_train_batch_size=64, max_steps=steps, learning_rate=3e-3,
                     logging_steps=50, report_to=[], save_strategy="no", use_cpu=True, seed=seed, disable_tqdm=True,
