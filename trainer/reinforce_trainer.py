@@ -458,10 +458,19 @@ class ReinforceTrainer(Trainer):
 
     def check_search_state(self, state: dict[str, Any]) -> None:
         """Raise unless `state` was written by a search with this run's space and settings."""
-        expected = (self.search_space.decision_names, self.search_space.option_names)
-        if (state["decisions"], state["options"]) != expected:
-            raise ValueError("the checkpoint's search space (decisions/options) differs from this run's; resume "
-                             "with the same --search_space, granularity and layer flags")
+        decisions, options = self.search_space.decision_names, self.search_space.option_names
+        if (state["decisions"], state["options"]) != (decisions, options):
+            differing = []
+            if state["options"] != options:
+                differing.append(f"options {state['options']} -> {options}")
+            if state["decisions"] != decisions:
+                only_saved = [d for d in state["decisions"] if d not in decisions]
+                only_current = [d for d in decisions if d not in state["decisions"]]
+                differing.append(f"decisions only in the checkpoint {only_saved[:5]}, only in this run "
+                                 f"{only_current[:5]}" if only_saved or only_current else "decisions in another order")
+            raise ValueError(f"the checkpoint's search space differs from this run's (checkpoint -> this run): "
+                             f"{'; '.join(differing)}; resume with the checkpoint's search space (its formats, "
+                             "granularity and quantized layers), or start a new run")
         saved = state.get("settings")
         if saved is None:  # written before the settings were stored: nothing to compare with
             logger.warning("the checkpoint does not record its search settings (written by an older version); "

@@ -98,3 +98,23 @@ def test_resume_with_one_step_left_trains_it(tmp_path, checkpoint):
     trainer.train(resume_from_checkpoint=str(checkpoint[0]))
     assert trainer.state.global_step == 11
 
+
+@pytest.mark.parametrize("overrides, differing", [
+    (dict(search_space="int4,int8"), "options ['int2', 'int4', 'int8'] -> ['int4', 'int8']"),
+    (dict(granularity="block"), "decisions only in the checkpoint ['fc_in', 'branch_in', 'branch_out', 'head'], only "
+                                "in this run ['main', 'branch']"),
+    (dict(granularity="block", search_space="int2,int8"),
+     "options ['int2', 'int4', 'int8'] -> ['int2', 'int8']; decisions only in the checkpoint ['fc_in', 'branch_in', "
+     "'branch_out', 'head'], only in this run ['main', 'branch']"),
+])
+def test_another_search_space_is_named(tmp_path, checkpoint, overrides, differing):
+    # The message said only that the space differed, not how.
+    trainer = make_trainer(str(tmp_path), steps=20, delay_steps=5, **overrides)
+    message = (f"the checkpoint's search space differs from this run's (checkpoint -> this run): {differing}; resume "
+               "with the checkpoint's search space (its formats, granularity and quantized layers), or start a new run")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        trainer.check_search_state(torch.load(checkpoint[0] / SEARCH_STATE_NAME, weights_only=False))
+    state = dict(torch.load(checkpoint[0] / SEARCH_STATE_NAME, weights_only=False))
+    state["decisions"] = state["decisions"][::-1]
+    with pytest.raises(ValueError, match=r"\(checkpoint -> this run\): decisions in another order; resume"):
+        make_trainer(str(tmp_path), steps=20, delay_steps=5).check_search_state(state)
