@@ -189,9 +189,10 @@ def test_rewards_for_costs_validates_as_compute_reward(name, costs, args, match)
 
 def test_rewards_for_costs_rejects_zero_cost_in_soft_exponential_with_negative_beta():
     # It used to return inf for the zero cost.
-    with pytest.raises(ValueError, match=r"soft_exponential with cost=0 and cost_beta=-0.5 < 0 gives an infinite reward"):
+    message = r"soft_exponential with cost=0 and cost_beta=-0.5 < 0 gives an infinite reward"
+    with pytest.raises(ValueError, match=message):
         rewards_for_costs("soft_exponential", torch.tensor([0.0, 1.0], dtype=torch.float64), -0.5, 5.0, 0.8)
-    assert rewards_for_costs("soft_exponential", torch.tensor([0.0, 5.0], dtype=torch.float64), 0.5, 5.0, 0.8).tolist() \
-        == [0.0, 0.8]
+    costs = torch.tensor([0.0, 5.0], dtype=torch.float64)
+    assert rewards_for_costs("soft_exponential", costs, 0.5, 5.0, 0.8).tolist() == [0.0, 0.8]
     with pytest.raises(ValueError, match=r"^costs must be a tensor of model costs, got list$"):
         rewards_for_costs("tunas_abs", [1.0], 1.0, 5.0, 0.8)

@@ -62,7 +62,8 @@ def test_a_cost_type_given_as_a_string_is_that_cost_type():
     assert average_bits_cost([layer], "memory", 4) == 100 * 4 / 8 / 2**20
     assert average_bits_cost([layer], "compute", 4, 8) == 1000 * 4 * 8 / 1e9
     assert parse_cost_type(" MEMORY ") is CostType.MEMORY and parse_cost_type(CostType.COMPUTE) is CostType.COMPUTE
-    for call in (lambda: layer.cost("flops", INT4, INT8), lambda: model_cost([layer], {"a": (INT4, INT8)}).value("flops"),
+    for call in (lambda: layer.cost("flops", INT4, INT8),
+                 lambda: model_cost([layer], {"a": (INT4, INT8)}).value("flops"),
                  lambda: average_bits_cost([layer], "flops", 4)):
         with pytest.raises(ValueError, match=r"^unknown cost type 'flops'; valid: \['memory', 'compute'\]$"):
             call()

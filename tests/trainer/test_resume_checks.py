@@ -87,7 +87,8 @@ def test_a_checkpoint_without_settings_still_resumes_exactly(tmp_path, checkpoin
 def test_resume_without_steps_left_fails(tmp_path, checkpoint, steps):
     trainer = make_trainer(str(tmp_path), steps=steps, delay_steps=5)
     message = (f"this run's max_steps ({steps}, TrainingArguments.max_steps or from num_train_epochs) is not above "
-               "the checkpoint's step 10: nothing is left to search; resume with more steps than 10, or start a new run")
+               "the checkpoint's step 10: nothing is left to search; resume with more steps than 10, or start a new "
+               "run")
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         trainer.train(resume_from_checkpoint=str(checkpoint[0]))
     assert trainer.state.global_step == 10  # no step was trained

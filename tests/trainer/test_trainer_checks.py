@@ -67,7 +67,8 @@ def test_the_reward_reads_the_labels_under_a_compute_loss_func(tmp_path):
         F.cross_entropy(outputs["logits"], labels)) or losses[-1]
     trainer.train()
     [log] = [entry for entry in trainer.state.log_history if "search/quality" in entry]
-    assert len(losses) == 2 and log["search/quality"] == pytest.approx(-sum(float(l.detach()) for l in losses) / 2, rel=1e-6)
+    mean_loss = sum(float(loss.detach()) for loss in losses) / 2
+    assert len(losses) == 2 and log["search/quality"] == pytest.approx(-mean_loss, rel=1e-6)
 
 
 def test_several_label_names_are_refused(tmp_path):
