@@ -28,13 +28,13 @@ class CostType(str, Enum):
 
 
 def parse_cost_type(name: str | CostType) -> CostType:
-    """`CostType` from its name (case-insensitive) or itself; ValueError listing the valid names."""
+    """`CostType` from its exact name or itself; ValueError listing the valid names. (Exact: the
+    CLI validates --cost_type with it and then takes CostType(value).)"""
     if isinstance(name, CostType):
         return name
-    if isinstance(name, str):
-        for cost_type in CostType:
-            if cost_type.value == name.strip().lower():
-                return cost_type
+    for cost_type in CostType:
+        if name == cost_type.value:
+            return cost_type
     raise ValueError(f"unknown cost type {name!r}; valid: {[c.value for c in CostType]}")
 
 

