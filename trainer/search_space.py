@@ -131,12 +131,15 @@ class SearchSpace:
         indices = indices.tolist() if isinstance(indices, torch.Tensor) else list(indices)
         if len(indices) != self.num_decisions:
             raise ValueError(f"expected {self.num_decisions} option indices, got {len(indices)}")
-        # A negative index would silently pick an option from the end.
+        # A negative index would silently pick an option from the end. Plain ints (what a sampled
+        # tensor's tolist() gives, every step) take the fast check; other types the full one.
         num_options = self.num_options
-        for option in indices:
-            if isinstance(option, bool) or not isinstance(option, numbers.Integral) or not 0 <= option < num_options:
-                raise ValueError(f"option index {option!r} is not an option of this search space: each index "
-                                 f"must be an integer in [0, {num_options - 1}] (one of {self.option_names})")
+        plain = all(type(option) is int for option in indices)
+        if not plain or (indices and (min(indices) < 0 or max(indices) >= num_options)):
+            for option in indices:
+                if isinstance(option, bool) or not isinstance(option, numbers.Integral) or not 0 <= option < num_options:
+                    raise ValueError(f"option index {option!r} is not an option of this search space: each index "
+                                     f"must be an integer in [0, {num_options - 1}] (one of {self.option_names})")
         out: dict[str, tuple[NumberFormat, NumberFormat]] = {}
         for layers, option in zip(self.decisions.values(), indices):
             formats = self.option_formats(option)
