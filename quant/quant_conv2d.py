@@ -15,11 +15,11 @@ def _conv_kwargs(module: nn.Conv2d) -> dict:
 
 
 class QuantConv2d(QuantModule, nn.Conv2d):
-    """Weight (out, in/groups, kh, kw): output channels on dim 0; inputs (N, C, H, W): per-token
-    scales are per spatial position (reduced over C)."""
+    """Weight (out, in/groups, kh, kw): output channels on dim 0; inputs (N, C, H, W) or unbatched
+    (C, H, W): per-token scales are per spatial position (reduced over C)."""
 
     weight_channel_dim = 0
-    act_feature_dim = 1
+    act_feature_dim = -3  # C in both (N, C, H, W) and (C, H, W); dim 1 would be H of the latter
 
     def __init__(self, *args, config: QuantConfig | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -70,6 +70,16 @@ def test_per_channel_weights_and_per_token_inputs():
     assert torch.equal(conv.quantize_input(xc), fake_quantize(xc, INT8, compute_scale(xc, INT8, Granularity.PER_TOKEN, dim=1)))
 
 
+def test_conv_on_an_unbatched_input_equals_the_batch_of_one():
+    """nn.Conv2d takes (C, H, W); per-token scales must still reduce over C (not over H)."""
+    torch.manual_seed(0)
+    conv = QuantConv2d.from_float(nn.Conv2d(3, 4, 3, padding=1), QuantConfig(INT4, INT4, per_token=True))
+    x = seeded(3, 5, 5) * torch.arange(1, 6).view(1, 5, 1)  # rows of H differ in range
+    assert torch.equal(conv(x), conv(x[None])[0])
+    assert torch.equal(conv.quantize_input(x), fake_quantize(x, INT4, x.abs().amax(dim=0, keepdim=True) / 7))
+    assert conv.macs_per_sample == 5 * 5 * 4 * 27
+
+
 def test_formats_change_between_steps_without_reallocation():
     linear = nn.Linear(8, 8)
     layer = QuantLinear.from_float(linear, QuantConfig(INT8, INT8))
