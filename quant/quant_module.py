@@ -109,6 +109,9 @@ class QuantModule:
     # Q(weight) computed with every other layer's at the start of the model's forward
     # (quant/weight_group.py), set for the length of that forward only.
     _grouped_weight: GroupedWeight | None = None
+    # True during quant.surgery.record_geometry's forward only: each call adds its MACs (a layer
+    # applied twice per forward costs twice). Otherwise the first forward's geometry stays.
+    _summing_geometry: bool = False
 
     def _init_quant(self, config: QuantConfig) -> None:
         self.weight_format = config.weight_format
@@ -117,7 +120,8 @@ class QuantModule:
         self.act_granularity = Granularity.PER_TOKEN if config.per_token else Granularity.PER_TENSOR
         self.weight_range_percentile = config.weight_range_percentile
         self.act_range_percentile = config.act_range_percentile
-        # MACs for one sample, from the first forward or `set_input_shape`.
+        # MACs for one sample, from the first forward or `set_input_shape`; during
+        # quant.surgery.record_geometry, summed over every call of the layer in that forward.
         self.macs_per_sample: int | None = None
         self.weight_prequantized = False
 
@@ -198,6 +202,8 @@ class QuantModule:
     def _record_geometry(self, x: torch.Tensor) -> None:
         if self.macs_per_sample is None:
             self.set_input_shape(tuple(x.shape))
+        elif self._summing_geometry:
+            self.macs_per_sample += self.macs_for_input_shape(tuple(x.shape))  # type: ignore[attr-defined]
 
     def memory_cost(self) -> float:
         """MiB of this layer's weights stored at weight_format.bits."""

@@ -174,15 +174,37 @@ def set_layer_formats(layers: Mapping[str, QuantModule],
 
 
 def record_geometry(model: nn.Module, example_inputs: Mapping, layers: Mapping[str, QuantModule] | None = None) -> None:
-    """Record every quantized layer's MACs per sample from one forward pass on `example_inputs`."""
+    """Record every quantized layer's MACs per sample from one forward pass (in eval mode, without
+    gradients) on `example_inputs`, the keyword arguments of the model's forward. A layer called
+    more than once in that forward (applied in a loop, or shared) counts every call; each call's
+    MACs are for one sample of its input's leading (batch) dimension. On an error, every layer
+    keeps its earlier geometry and every module its training mode."""
+    if not isinstance(example_inputs, Mapping):
+        raise TypeError(f"record_geometry takes the example inputs as a mapping of the model's keyword arguments, "
+                        f"got a {type(example_inputs).__name__}; pass e.g. {{'pixel_values': x}} or "
+                        f"{{'input_ids': ids}}")
     layers = quantized_layers(model) if layers is None else layers
-    for layer in layers.values():
-        layer.macs_per_sample = None
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(**example_inputs)
-    model.train(was_training)
-    missing = [name for name, layer in layers.items() if layer.macs_per_sample is None]
-    if missing:
-        raise RuntimeError(f"layers not reached by the example forward pass (no cost geometry): {missing[:5]}")
+    previous = {name: layer.macs_per_sample for name, layer in layers.items()}
+    modes = [(module, module.training) for module in model.modules()]
+    recorded = False
+    try:
+        for layer in layers.values():
+            layer.macs_per_sample = None
+            vars(layer)["_summing_geometry"] = True
+        model.eval()
+        with torch.no_grad():
+            model(**example_inputs)
+        missing = [name for name, layer in layers.items() if layer.macs_per_sample is None]
+        if missing:
+            raise RuntimeError(f"layers not reached by the example forward pass (no cost geometry): {missing[:5]}")
+        recorded = True
+    finally:
+        for layer in layers.values():
+            vars(layer).pop("_summing_geometry", None)
+        model.train(modes[0][1])
+        for module, training in modes:  # submodules whose mode differed from the model's (a frozen BatchNorm)
+            if module.training != training:
+                module.training = training
+        if not recorded:
+            for name, layer in layers.items():
+                layer.macs_per_sample = previous[name]

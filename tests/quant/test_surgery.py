@@ -191,3 +191,64 @@ def test_spec_needs_a_sequence_of_names():
     with pytest.raises(TypeError, match=r"QuantSpec.layer_names must hold module names \(strings\), got 3"):
         QuantSpec(["head", 3])
     assert QuantSpec(("head", "stem")).layer_names == ("head", "stem")
+
+
+class Twice(nn.Module):
+    """One Linear applied to two inputs of different shapes in one forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.bn = nn.BatchNorm1d(8)
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.lin(self.lin(x))  # (B, 8), twice
+        return y if tokens is None else y.sum() + self.lin(tokens).sum()  # (B, 10, 8)
+
+
+def test_record_geometry_counts_every_call_of_a_layer():
+    model, layers = quantize_model(Twice(), QuantSpec(["lin"], QuantConfig(INT4, INT8)))
+    record_geometry(model, {"x": torch.randn(2, 8)})
+    assert layers["lin"].macs_per_sample == 2 * 64
+    record_geometry(model, {"x": torch.randn(2, 8), "tokens": torch.randn(2, 10, 8)})
+    assert layers["lin"].macs_per_sample == 2 * 64 + 10 * 64 == 768
+    assert layers["lin"].compute_cost() == 768 * 4 * 8 / 1e9
+    model(torch.randn(3, 8))  # outside record_geometry the recorded geometry stays
+    assert layers["lin"].macs_per_sample == 768
+    fresh = QuantLinear.from_float(nn.Linear(8, 8), QuantConfig())
+    fresh(torch.randn(2, 8))
+    fresh(torch.randn(2, 10, 8))
+    assert fresh.macs_per_sample == 64  # without record_geometry: the first forward's (documented)
+
+
+@pytest.mark.parametrize("inputs", [torch.randn(2, 8), (torch.randn(2, 8),), [torch.randn(2, 8)]])
+def test_record_geometry_needs_keyword_inputs(inputs):
+    model, _ = quantize_model(Twice(), QuantSpec(["lin"]))
+    name = type(inputs).__name__
+    with pytest.raises(TypeError, match=rf"^record_geometry takes the example inputs as a mapping of the model's "
+                                        rf"keyword arguments, got a {name}; pass e.g. \{{'pixel_values': x\}}"):
+        record_geometry(model, inputs)
+
+
+def test_record_geometry_restores_modes_and_geometry_when_the_forward_fails():
+    model, layers = quantize_model(Twice(), QuantSpec(["lin"]))
+    record_geometry(model, {"x": torch.randn(2, 8)})
+    model.bn.eval()  # a frozen BatchNorm in a training model keeps its own mode
+    with pytest.raises(RuntimeError, match=r"mat1 and mat2 shapes cannot be multiplied"):
+        record_geometry(model, {"x": torch.randn(2, 5)})
+    assert model.training and model.lin.training and not model.bn.training
+    assert layers["lin"].macs_per_sample == 128 and not layers["lin"]._summing_geometry
+    model.eval()
+    record_geometry(model, {"x": torch.randn(2, 8)})
+    assert not model.training and not model.bn.training
+
+
+def test_record_geometry_keeps_the_earlier_geometry_when_a_layer_is_not_reached():
+    model = Twice()
+    model.unused = nn.Linear(8, 8)
+    model, layers = quantize_model(model, QuantSpec(["lin", "unused"]))
+    layers["unused"].set_input_shape((1, 8))
+    with pytest.raises(RuntimeError, match=r"layers not reached by the example forward pass \(no cost geometry\): "
+                                           r"\['unused'\]"):
+        record_geometry(model, {"x": torch.randn(2, 8)})
+    assert layers["lin"].macs_per_sample is None and layers["unused"].macs_per_sample == 64
