@@ -6,7 +6,7 @@ has exactly the original keys and values, and `save_pretrained` writes a float c
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -52,20 +52,20 @@ def is_quantizable(module: nn.Module) -> bool:
     return float_cls is not None and _overridden_forward(module, float_cls) is None
 
 
-def _read_by_parent(model: nn.Module) -> set[str]:
-    """Linear children of nn.MultiheadAttention: its functional path reads out_proj's weight and
-    bias directly, never calling its forward, so a quantized out_proj would change nothing while
-    its cost was counted."""
-    return {f"{parent}.{child}" if parent else child
-            for parent, module in model.named_modules() if isinstance(module, nn.MultiheadAttention)
-            for child, sub in module.named_children() if isinstance(sub, nn.Linear)}
+def _read_by_parent(model: nn.Module) -> set[int]:
+    """ids of the Linear children of nn.MultiheadAttention: its functional path reads out_proj's
+    weight and bias directly, never calling its forward, so a quantized out_proj would change
+    nothing while its cost was counted."""
+    return {id(sub) for _, module in model.named_modules() if isinstance(module, nn.MultiheadAttention)
+            for sub in module.children() if isinstance(sub, nn.Linear)}
 
 
 @dataclass(frozen=True)
 class QuantSpec:
     """Which layers to quantize and how.
 
-    layer_names: the layers to replace (module names as in `model.named_modules()`).
+    layer_names: the layers to replace (module names as in `model.named_modules()`). A module
+        registered under several names (shared) may be named by any of them, once.
     config: formats and scale options for every selected layer.
     layer_formats: optional per-layer (weight_format, act_format) overriding config's formats,
         e.g. a searched assignment re-applied with --load_config.
@@ -94,8 +94,11 @@ class QuantSpec:
 
 
 def quantizable_layer_names(model: nn.Module) -> list[str]:
+    """The layers `quantize_model` can quantize, in module order. A module registered under
+    several names (shared) is listed once, under its first name."""
     skipped = _read_by_parent(model)
-    return [name for name, module in model.named_modules() if is_quantizable(module) and name not in skipped]
+    return [name for name, module in model.named_modules()
+            if name and is_quantizable(module) and id(module) not in skipped]
 
 
 def _quantized_copy(module: nn.Module, config: QuantConfig) -> QuantModule:
@@ -111,16 +114,38 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def _replace_every_path(model: nn.Module, replacement: Callable[[nn.Module], nn.Module | None]) -> None:
+    """Put `replacement(module)` (built once per module) at every name of each module it returns a
+    layer for: a module registered under several names (shared) stays one object, at all of them."""
+    built: dict[int, nn.Module | None] = {}
+    for name, module in list(model.named_modules(remove_duplicate=False)):
+        if name:  # the model itself has no parent to hold a replacement
+            if id(module) not in built:
+                built[id(module)] = replacement(module)
+            new = built[id(module)]
+            if new is not None:
+                _set_submodule(model, name, new)
+
+
 def quantize_model(model: nn.Module, spec: QuantSpec) -> tuple[nn.Module, dict[str, QuantModule]]:
     """Replace the layers in `spec` in place; return the model and an ordered name -> layer map
-    (in `named_modules` order, whatever order `spec.layer_names` had)."""
-    modules = dict(model.named_modules())
+    (in `named_modules` order, whatever order `spec.layer_names` had). A module registered under
+    several names (shared) becomes one quantized layer at every one of them, keyed in the map (as
+    in `quantized_layers` and the cost) by its first name in `named_modules` order."""
+    paths = dict(model.named_modules(remove_duplicate=False))  # every name of every module
     read_by_parent = _read_by_parent(model)
+    spec_name: dict[int, str] = {}  # the name the spec gives each selected module
     for name in spec.layer_names:
-        if name not in modules:
+        if name not in paths:
             raise ValueError(f"no module named {name!r} in {type(model).__name__}; "
                              f"quantizable layers are e.g. {quantizable_layer_names(model)[:5]}")
-        module = modules[name]
+        module = paths[name]
+        if not name:
+            raise ValueError(f"the model itself is a {type(module).__name__}; quantize a module that holds it, e.g. "
+                             f"nn.Sequential(model)")
+        if id(module) in spec_name:
+            raise ValueError(f"layers {spec_name[id(module)]!r} and {name!r} are one module registered under both "
+                             f"names; list it once (it is quantized under every name)")
         if isinstance(module, QuantModule):
             raise ValueError(f"layer {name!r} is already quantized; quantize a model only once")
         float_cls = _float_class(module)
@@ -131,16 +156,22 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> tuple[nn.Module, dict[s
             raise ValueError(f"layer {name!r} is a {type(module).__name__}, a {float_cls.__name__} subclass with its "
                              f"own {overridden}: the quantized layer would drop that behaviour; leave it out of "
                              f"the spec")
-        if name in read_by_parent:
+        if id(module) in read_by_parent:
             raise ValueError(f"layer {name!r} belongs to an nn.MultiheadAttention, which reads its weight directly "
                              f"instead of calling it: quantizing it would change nothing; leave it out of the spec")
-    selected = set(spec.layer_names)
-    for name in [n for n in modules if n in selected]:
+        spec_name[id(module)] = name
+
+    def quantized(module: nn.Module) -> QuantModule | None:
+        name = spec_name.get(id(module))
+        if name is None:
+            return None
         config = spec.config
         if name in spec.layer_formats:
             weight_format, act_format = spec.layer_formats[name]
             config = replace(config, weight_format=weight_format, act_format=act_format)
-        _set_submodule(model, name, _quantized_copy(modules[name], config))
+        return _quantized_copy(module, config)
+
+    _replace_every_path(model, quantized)
     layers = quantized_layers(model)
     weight_group.install(model, list(layers.values()))  # one batch of weight quantization per forward
     return model, layers
@@ -157,10 +188,10 @@ def has_low_bit_layers(layers: Mapping[str, QuantModule]) -> bool:
 
 
 def dequantize_model(model: nn.Module) -> nn.Module:
-    """Swap every quantized layer back to its float class (parameters shared)."""
+    """Swap every quantized layer back to its float class (parameters shared), at every name."""
     weight_group.uninstall(model)
-    for name, module in list(quantized_layers(model).items()):
-        _set_submodule(model, name, module.to_float())  # type: ignore[attr-defined]
+    _replace_every_path(model, lambda module: module.to_float()  # type: ignore[attr-defined]
+                        if isinstance(module, QuantModule) else None)
     return model
 
 

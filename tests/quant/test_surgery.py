@@ -252,3 +252,53 @@ def test_record_geometry_keeps_the_earlier_geometry_when_a_layer_is_not_reached(
                                            r"\['unused'\]"):
         record_geometry(model, {"x": torch.randn(2, 8)})
     assert layers["lin"].macs_per_sample is None and layers["unused"].macs_per_sample == 64
+
+
+class Aliased(nn.Module):
+    """One Linear under two names ('a' and 'b'), and one shared by two Sequentials."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.b = self.a
+        shared = nn.Linear(8, 8)
+        self.first = nn.Sequential(shared, nn.ReLU())
+        self.second = nn.Sequential(nn.ReLU(), shared)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(self.b(x)))
+
+
+@pytest.mark.parametrize("names", [["a", "first.0"], ["b", "second.1"], ["b", "first.0"]])
+def test_a_shared_module_is_quantized_under_every_name(names):
+    torch.manual_seed(0)
+    model = Aliased()
+    x = torch.randn(4, 8)
+    shared = QuantLinear.from_float(model.first[0], QuantConfig(INT4, INT4))
+    want = shared(torch.relu(shared(QuantLinear.from_float(model.a, QuantConfig(INT4, INT4))(x))))
+    assert quantizable_layer_names(model) == ["a", "first.0"]  # each module once, by its first name
+    _, layers = quantize_model(model, QuantSpec(names, QuantConfig(INT4, INT4)))
+    assert list(layers) == ["a", "first.0"]
+    assert type(model.a) is QuantLinear and model.b is model.a
+    assert type(model.first[0]) is QuantLinear and model.second[1] is model.first[0]
+    assert torch.equal(model(x), want)
+    record_geometry(model, {"x": x})
+    assert (layers["a"].macs_per_sample, layers["first.0"].macs_per_sample) == (64, 128)  # shared: called twice
+    dequantize_model(model)
+    assert type(model.a) is nn.Linear and model.b is model.a
+    assert type(model.first[0]) is nn.Linear and model.second[1] is model.first[0]
+
+
+def test_a_shared_module_is_listed_once():
+    with pytest.raises(ValueError, match=r"layers 'a' and 'b' are one module registered under both names; list it "
+                                         r"once \(it is quantized under every name\)"):
+        quantize_model(Aliased(), QuantSpec(["a", "b"]))
+    _, layers = quantize_model(Aliased(), QuantSpec(["b"], QuantConfig(INT8), layer_formats={"b": ("int4", "int2")}))
+    assert (layers["a"].weight_format, layers["a"].act_format) == (INT4, parse_format("int2"))
+
+
+def test_the_model_itself_is_not_a_layer_of_itself():
+    assert quantizable_layer_names(nn.Linear(4, 4)) == []
+    with pytest.raises(ValueError, match=r"the model itself is a Linear; quantize a module that holds it, e.g. "
+                                         r"nn.Sequential\(model\)"):
+        quantize_model(nn.Linear(4, 4), QuantSpec([""]))
