@@ -30,13 +30,14 @@ class QuantConv2d(QuantModule, nn.Conv2d):
         new = new_without_allocation(cls, **_conv_kwargs(module), config=config)
         new.weight, new.bias = module.weight, module.bias
         new.train(module.training)
+        new._finish_from_float(module)
         return new
 
     def to_float(self) -> nn.Conv2d:
         plain = new_without_allocation(nn.Conv2d, **_conv_kwargs(self))
         plain.weight, plain.bias = self.weight, self.bias
         plain.train(self.training)
-        return plain
+        return self._finish_to_float(plain)
 
     def output_hw(self, height: int, width: int) -> tuple[int, int]:
         """Output spatial size (PyTorch's Conv2d formula; 'same' padding keeps the input size)."""

@@ -2,6 +2,11 @@
 
 The swap shares the float layer's parameters (no copy), so a quantized model's `state_dict`
 has exactly the original keys and values, and `save_pretrained` writes a float checkpoint.
+The quantized layer takes over the float layer's hooks (the same dictionaries: they keep firing,
+and handles from before the swap still remove them) and its other attributes; a subclass of
+Linear/Conv2d/Conv1D that keeps its forward (HF EfficientNet's depthwise conv) becomes a class
+derived from both (`quant.quant_module.quantized_subclass`), so isinstance and its methods hold.
+dequantize_model gives back the original class, hooks included.
 """
 from __future__ import annotations
 
@@ -10,13 +15,15 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.utils import parametrize
 from transformers.pytorch_utils import Conv1D
 
 from quant import weight_group
 from quant.formats import NumberFormat, parse_format
 from quant.quant_conv2d import QuantConv2d
 from quant.quant_linear import QuantConv1D, QuantLinear
-from quant.quant_module import QuantConfig, QuantModule
+from quant.quant_module import QuantConfig, QuantModule, quantized_subclass
 
 # Most specific float class first: QuantLinear must not swallow a Conv1D (it is not a Linear,
 # but order keeps the rule obvious if that ever changes).
@@ -32,24 +39,74 @@ _FORWARD_METHODS: dict[type[nn.Module], tuple[str, ...]] = {
     Conv1D: ("forward",), nn.Conv2d: ("forward", "_conv_forward"), nn.Linear: ("forward",)}
 
 
+def _class_pair(module: nn.Module) -> tuple[type[nn.Module], type[QuantModule]] | None:
+    """(float class, quantized class) of the first entry of QUANTIZED_CLASS_FOR `module` is an
+    instance of (read at each call: an entry added in front of it counts)."""
+    return next(((float_cls, quant_cls) for float_cls, quant_cls in QUANTIZED_CLASS_FOR
+                 if isinstance(module, float_cls)), None)
+
+
 def _float_class(module: nn.Module) -> type[nn.Module] | None:
-    return next((float_cls for float_cls, _ in QUANTIZED_CLASS_FOR if isinstance(module, float_cls)), None)
+    pair = _class_pair(module)
+    return None if pair is None else pair[0]
 
 
 def _overridden_forward(module: nn.Module, float_cls: type[nn.Module]) -> str | None:
     """The first forward method `module`'s class overrides from `float_cls`, if any."""
-    return next((name for name in _FORWARD_METHODS[float_cls]
+    return next((name for name in _FORWARD_METHODS.get(float_cls, ("forward",))
                  if getattr(type(module), name) is not getattr(float_cls, name)), None)
+
+
+def _computed_tensor(module: nn.Module) -> str | None:
+    """'weight' or 'bias' where `module` computes it from other tensors instead of holding it as a
+    Parameter (torch.nn.utils.parametrize, the older weight_norm and spectral_norm hooks)."""
+    if parametrize.is_parametrized(module):
+        return next(iter(module.parametrizations))  # type: ignore[union-attr]
+    return next((name for name in ("weight", "bias") if name not in module._parameters), None)
+
+
+def _why_not_quantizable(module: nn.Module) -> str | None:
+    """Why `module` cannot be swapped for a quantized layer: the end of a sentence that starts
+    with the layer's name; None where it can. Whether its parent calls it is checked by
+    `quantizable_layer_names` / `quantize_model`."""
+    kind = type(module).__name__
+    if isinstance(module, QuantModule):
+        return "is already quantized; quantize a model only once"
+    float_cls = _float_class(module)
+    if float_cls is None:
+        return f"is a {kind}, not a Linear, Conv2d or GPT-2 Conv1D"
+    if isinstance(module, LazyModuleMixin):
+        return (f"is a {kind}, whose parameters are not initialised yet: run one forward pass first (it then "
+                f"becomes a {float_cls.__name__}), or leave it out of the spec")
+    computed = _computed_tensor(module)
+    if computed is not None:
+        return (f"computes its {computed} from other tensors (torch.nn.utils.parametrize, weight_norm or "
+                f"spectral_norm), which a quantized layer cannot hold: remove the parametrization first "
+                f"(torch.nn.utils.parametrize.remove_parametrizations, torch.nn.utils.remove_weight_norm), or "
+                f"leave it out of the spec")
+    overridden = _overridden_forward(module, float_cls)
+    if overridden is not None:
+        return (f"is a {kind}, a {float_cls.__name__} subclass with its own {overridden}: the quantized layer "
+                f"would drop that behaviour; leave it out of the spec, or write a quantized class for it "
+                f"(docs/extending.md)")
+    if "forward" in vars(module):  # e.g. accelerate's hooks: the swapped layer would run the old forward
+        return ("has its forward replaced on the instance (e.g. by accelerate's hooks), which the quantized "
+                "layer would keep calling; remove it first, or leave the layer out of the spec")
+    if type(module) is not float_cls:
+        try:
+            quantized_subclass(_class_pair(module)[1], type(module))  # type: ignore[index]
+        except TypeError as error:  # e.g. an inconsistent method resolution order
+            return (f"is a {kind}, a {float_cls.__name__} subclass from which no quantized class can be derived "
+                    f"({error}); leave it out of the spec, or write a quantized class for it (docs/extending.md)")
+    return None
 
 
 def is_quantizable(module: nn.Module) -> bool:
     """A Linear, Conv2d or GPT-2 Conv1D, or a subclass that keeps its forward (a subclass with its
-    own, e.g. a weight-standardised conv, would lose it in the swap). Not already quantized.
-    Whether its parent calls it is checked by `quantizable_layer_names` / `quantize_model`."""
-    if isinstance(module, QuantModule):
-        return False
-    float_cls = _float_class(module)
-    return float_cls is not None and _overridden_forward(module, float_cls) is None
+    own, e.g. a weight-standardised conv, would lose it in the swap), holding its parameters (not
+    lazy, not parametrized). Not already quantized. Whether its parent calls it is checked by
+    `quantizable_layer_names` / `quantize_model`."""
+    return _why_not_quantizable(module) is None
 
 
 def _read_by_parent(model: nn.Module) -> set[int]:
@@ -102,10 +159,16 @@ def quantizable_layer_names(model: nn.Module) -> list[str]:
 
 
 def _quantized_copy(module: nn.Module, config: QuantConfig) -> QuantModule:
-    for float_cls, quant_cls in QUANTIZED_CLASS_FOR:
-        if isinstance(module, float_cls):
-            return quant_cls.from_float(module, config)  # type: ignore[attr-defined]
-    raise TypeError(f"no quantized class for {type(module).__name__}")
+    """The quantized layer that replaces `module` (one `_why_not_quantizable` accepts): of its own
+    subclass where it is one (`quantized_subclass`), with its hooks and attributes."""
+    pair = _class_pair(module)
+    if pair is None:
+        raise TypeError(f"no quantized class for {type(module).__name__}")
+    float_cls, quant_cls = pair
+    new = quant_cls.from_float(module, config)  # type: ignore[attr-defined]
+    if type(module) is not float_cls:
+        new.__class__ = quantized_subclass(quant_cls, type(module))
+    return new
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -146,16 +209,9 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> tuple[nn.Module, dict[s
         if id(module) in spec_name:
             raise ValueError(f"layers {spec_name[id(module)]!r} and {name!r} are one module registered under both "
                              f"names; list it once (it is quantized under every name)")
-        if isinstance(module, QuantModule):
-            raise ValueError(f"layer {name!r} is already quantized; quantize a model only once")
-        float_cls = _float_class(module)
-        if float_cls is None:
-            raise ValueError(f"layer {name!r} is a {type(module).__name__}, not a Linear, Conv2d or GPT-2 Conv1D")
-        overridden = _overridden_forward(module, float_cls)
-        if overridden is not None:
-            raise ValueError(f"layer {name!r} is a {type(module).__name__}, a {float_cls.__name__} subclass with its "
-                             f"own {overridden}: the quantized layer would drop that behaviour; leave it out of "
-                             f"the spec")
+        why_not = _why_not_quantizable(module)
+        if why_not is not None:
+            raise ValueError(f"layer {name!r} {why_not}")
         if id(module) in read_by_parent:
             raise ValueError(f"layer {name!r} belongs to an nn.MultiheadAttention, which reads its weight directly "
                              f"instead of calling it: quantizing it would change nothing; leave it out of the spec")

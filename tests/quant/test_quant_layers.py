@@ -318,3 +318,4 @@ def test_a_copy_of_a_prequantized_layer_is_prequantized():
         assert torch.equal(clone(x), layer(x))
         clone.weight_format = INT2  # and it lapses as usual
         assert not clone.weight_prequantized
+

@@ -1,3 +1,6 @@
+import copy
+import pickle
+
 import pytest
 import torch
 from torch import nn
@@ -8,6 +11,7 @@ from quant.quant_conv2d import QuantConv2d
 from quant.quant_linear import QuantConv1D, QuantLinear
 from quant.quant_module import QuantConfig
 from quant.surgery import (
+    QUANTIZED_CLASS_FOR,
     QuantSpec,
     dequantize_model,
     quantizable_layer_names,
@@ -162,7 +166,8 @@ class Mixed(nn.Module):
 def test_subclasses_with_their_own_forward_and_attention_projections_are_not_quantizable():
     assert quantizable_layer_names(Mixed()) == ["renamed", "proj"]
     _, layers = quantize_model(Mixed(), QuantSpec(["renamed", "proj"], QuantConfig(INT8)))
-    assert type(layers["renamed"]) is QuantLinear and type(layers["proj"]) is QuantConv1D
+    assert isinstance(layers["renamed"], QuantLinear) and isinstance(layers["renamed"], RenamedLinear)
+    assert type(layers["proj"]) is QuantConv1D
 
 
 @pytest.mark.parametrize("name, match", [
@@ -302,3 +307,125 @@ def test_the_model_itself_is_not_a_layer_of_itself():
     with pytest.raises(ValueError, match=r"the model itself is a Linear; quantize a module that holds it, e.g. "
                                          r"nn.Sequential\(model\)"):
         quantize_model(nn.Linear(4, 4), QuantSpec([""]))
+
+
+
+class TaggedLinear(nn.Linear):
+    """A Linear subclass that keeps nn.Linear's forward, with an attribute and a method of its own."""
+
+    def __init__(self, features: int, tag: str) -> None:  # not nn.Linear's signature
+        super().__init__(features, features)
+        self.tag = tag
+        self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
+
+    def describe(self) -> str:
+        return f"{self.tag}: {self.in_features}"
+
+
+class Hooked(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tagged = TaggedLinear(8, "mine")
+        self.plain = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.plain(self.tagged(x))
+
+
+def test_quantized_layers_keep_their_subclass_attributes_and_hooks():
+    torch.manual_seed(0)
+    model = Hooked()
+    model.plain.note = "kept"
+    x = torch.randn(3, 8)
+    want = 2 * QuantLinear.from_float(model.plain, QuantConfig(INT4, INT8))(
+        QuantLinear.from_float(model.tagged, QuantConfig(INT4, INT8))(x))
+    seen = []
+    handles = [model.tagged.register_forward_pre_hook(lambda m, args: seen.append(("pre", type(m).__name__))),
+               model.plain.register_forward_hook(lambda m, args, out: out * 2),
+               model.plain.register_forward_hook(lambda m, args, kwargs, out: seen.append(("kw", kwargs)),
+                                                 with_kwargs=True)]
+    _, layers = quantize_model(model, QuantSpec(["tagged", "plain"], QuantConfig(INT4, INT8)))
+    tagged = layers["tagged"]
+    assert isinstance(tagged, TaggedLinear) and isinstance(tagged, QuantLinear)
+    assert type(tagged).__name__ == "QuantTaggedLinear" and tagged.describe() == "mine: 8"
+    assert torch.equal(tagged.calls, torch.zeros((), dtype=torch.int64)) and list(tagged.state_dict()) == [
+        "weight", "bias", "calls"]
+    assert model.plain.note == "kept"
+    assert torch.equal(model(x), want)  # the output hook still doubles
+    assert seen == [("pre", "QuantTaggedLinear"), ("kw", {})]
+    handles[1].remove()  # a handle from before the swap still removes its hook
+    assert torch.equal(model(x), want / 2)
+    copied = copy.deepcopy(model)
+    assert type(copied.tagged) is type(tagged) and torch.equal(copied(x), want / 2)
+    unhooked, _ = quantize_model(Hooked(), QuantSpec(["tagged"], QuantConfig(INT4, INT8)))  # hooks are lambdas
+    restored = pickle.loads(pickle.dumps(unhooked))
+    assert type(restored.tagged) is type(tagged) and restored.tagged.describe() == "mine: 8"
+    assert torch.equal(restored(x), unhooked(x))
+    dequantize_model(model)
+    assert type(model.tagged) is TaggedLinear and model.tagged.describe() == "mine: 8"
+    assert type(model.plain) is nn.Linear and model.plain.note == "kept"
+    assert not hasattr(model.tagged, "_weight_format") and not hasattr(model.plain, "macs_per_sample")
+    seen.clear()
+    model(x)
+    assert seen == [("pre", "TaggedLinear"), ("kw", {})]
+
+
+def test_quant_attributes_lists_what_a_quantized_layer_adds():
+    """to_float leaves out QUANT_ATTRIBUTES: it must hold every attribute a quantized layer adds."""
+    from quant.quant_module import QUANT_ATTRIBUTES
+    for float_layer in (nn.Linear(2, 2), nn.Conv2d(2, 2, 1), Conv1D(2, 2)):
+        _, layers = quantize_model(nn.Sequential(float_layer), QuantSpec(["0"]))
+        layer = layers["0"]
+        layer(torch.randn(1, 2, 1, 1) if isinstance(float_layer, nn.Conv2d) else torch.randn(1, 2))
+        assert set(vars(layer)) - set(vars(float_layer)) <= QUANT_ATTRIBUTES
+
+
+def test_parametrized_and_lazy_layers_are_refused_by_name():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.LazyLinear(4), nn.Linear(4, 4), nn.Linear(4, 4))
+    torch.nn.utils.parametrizations.weight_norm(model[0])
+    torch.nn.utils.weight_norm(model[1])  # the older hook form
+    torch.nn.utils.parametrize.register_parametrization(model[3], "bias", nn.Identity())
+    assert quantizable_layer_names(model) == ["4"]
+    parametrized = (r"computes its {} from other tensors \(torch.nn.utils.parametrize, weight_norm or spectral_norm\), "
+                    r"which a quantized layer cannot hold: remove the parametrization first "
+                    r"\(torch.nn.utils.parametrize.remove_parametrizations, torch.nn.utils.remove_weight_norm\), or "
+                    r"leave it out of the spec")
+    for name, match in [("0", parametrized.format("weight")), ("1", parametrized.format("weight")),
+                        ("3", parametrized.format("bias")),
+                        ("2", r"is a LazyLinear, whose parameters are not initialised yet: run one forward pass first "
+                              r"\(it then becomes a Linear\), or leave it out of the spec")]:
+        with pytest.raises(ValueError, match=rf"^layer '{name}' {match}$"):
+            quantize_model(model, QuantSpec([name]))
+    model(torch.randn(2, 4))  # initialises the LazyLinear: now a Linear
+    assert quantizable_layer_names(model) == ["2", "4"]
+
+
+def test_a_forward_replaced_on_the_instance_is_refused():
+    model = nn.Sequential(nn.Linear(4, 4))
+    model[0].forward = lambda x: x
+    assert quantizable_layer_names(model) == []
+    with pytest.raises(ValueError, match=r"layer '0' has its forward replaced on the instance \(e.g. by accelerate's "
+                                         r"hooks\), which the quantized layer would keep calling"):
+        quantize_model(model, QuantSpec(["0"]))
+
+
+def test_a_registered_quantized_class_for_a_subclass_with_its_own_forward(monkeypatch):
+    """The docs/extending.md recipe: a quantized class of one's own, in front of QUANTIZED_CLASS_FOR."""
+    import quant.surgery as surgery
+
+    class QuantScaledLinear(QuantLinear, ScaledLinear):
+        _float_subclass = ScaledLinear  # to_float gives a ScaledLinear back
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * QuantLinear.forward(self, x)
+
+    monkeypatch.setattr(surgery, "QUANTIZED_CLASS_FOR", ((ScaledLinear, QuantScaledLinear),) + QUANTIZED_CLASS_FOR)
+    model = Mixed()
+    x = torch.randn(3, 4)
+    want = 2 * QuantLinear.from_float(model.scaled, QuantConfig(INT4, INT4))(x)
+    assert "scaled" in quantizable_layer_names(model)
+    _, layers = quantize_model(model, QuantSpec(["scaled"], QuantConfig(INT4, INT4)))
+    assert type(layers["scaled"]) is QuantScaledLinear and torch.equal(model.scaled(x), want)
+    dequantize_model(model)
+    assert type(model.scaled) is ScaledLinear
+
