@@ -23,7 +23,7 @@ class QuantConv2d(QuantModule, nn.Conv2d):
 
     def __init__(self, *args, config: QuantConfig | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._init_quant(config or QuantConfig())
+        self._init_quant(QuantConfig() if config is None else config)
 
     @classmethod
     def from_float(cls, module: nn.Conv2d, config: QuantConfig) -> "QuantConv2d":

@@ -20,7 +20,7 @@ class QuantLinear(QuantModule, nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
                  config: QuantConfig | None = None) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self._init_quant(config or QuantConfig())
+        self._init_quant(QuantConfig() if config is None else config)
 
     @classmethod
     def from_float(cls, module: nn.Linear, config: QuantConfig) -> "QuantLinear":
@@ -55,7 +55,7 @@ class QuantConv1D(QuantModule, Conv1D):
 
     def __init__(self, nf: int, nx: int, config: QuantConfig | None = None) -> None:
         super().__init__(nf, nx)
-        self._init_quant(config or QuantConfig())
+        self._init_quant(QuantConfig() if config is None else config)
 
     @classmethod
     def from_float(cls, module: Conv1D, config: QuantConfig) -> "QuantConv1D":

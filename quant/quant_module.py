@@ -116,6 +116,10 @@ class QuantModule:
     _float_subclass: type[nn.Module] | None = None
 
     def _init_quant(self, config: QuantConfig) -> None:
+        if not isinstance(config, QuantConfig):  # a dict would fail later as an AttributeError
+            raise TypeError(f"{type(self).__name__} takes its formats and scale options as a QuantConfig, got a "
+                            f"{type(config).__name__} ({config!r}); write e.g. QuantConfig('int4', 'int8', "
+                            f"per_channel=True)")
         self.weight_format = config.weight_format
         self.act_format = config.act_format
         self.weight_granularity = Granularity.PER_CHANNEL if config.per_channel else Granularity.PER_TENSOR

@@ -117,6 +117,14 @@ def _read_by_parent(model: nn.Module) -> set[int]:
             for sub in module.children() if isinstance(sub, nn.Linear)}
 
 
+def _format_pair(what: str, pair: object) -> tuple[NumberFormat, NumberFormat]:
+    """(weight format, activation format) from a pair of formats or tokens."""
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:  # "int4" would unpack as "i", "n", ...
+        raise ValueError(f"{what} must be a (weight format, activation format) pair, e.g. ('int4', 'int8'), "
+                         f"got {pair!r}")
+    return parse_format(pair[0]), parse_format(pair[1])
+
+
 @dataclass(frozen=True)
 class QuantSpec:
     """Which layers to quantize and how.
@@ -147,7 +155,7 @@ class QuantSpec:
         if unknown:
             raise ValueError(f"layer_formats names layers that are not selected for quantization: {unknown}")
         object.__setattr__(self, "layer_formats", {
-            name: (parse_format(w), parse_format(a)) for name, (w, a) in self.layer_formats.items()})
+            name: _format_pair(f"layer_formats[{name!r}]", pair) for name, pair in self.layer_formats.items()})
 
 
 def quantizable_layer_names(model: nn.Module) -> list[str]:
@@ -254,10 +262,10 @@ def dequantize_model(model: nn.Module) -> nn.Module:
 def set_layer_formats(layers: Mapping[str, QuantModule],
                       formats: Mapping[str, tuple[NumberFormat, NumberFormat]]) -> None:
     """Set (weight_format, act_format) per layer name; every name must be a quantized layer."""
-    for name, (weight_format, act_format) in formats.items():
+    for name, pair in formats.items():
         if name not in layers:
             raise KeyError(f"{name!r} is not a quantized layer")
-        layers[name].set_formats(weight_format, act_format)
+        layers[name].set_formats(*_format_pair(f"the formats of layer {name!r}", pair))
 
 
 def record_geometry(model: nn.Module, example_inputs: Mapping, layers: Mapping[str, QuantModule] | None = None) -> None:

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -319,3 +321,18 @@ def test_a_copy_of_a_prequantized_layer_is_prequantized():
         clone.weight_format = INT2  # and it lapses as usual
         assert not clone.weight_prequantized
 
+
+
+@pytest.mark.parametrize("make", [
+    lambda config: QuantLinear.from_float(nn.Linear(4, 4), config),
+    lambda config: QuantConv2d.from_float(nn.Conv2d(2, 2, 1), config),
+    lambda config: QuantConv1D.from_float(Conv1D(4, 4), config),
+    lambda config: QuantLinear(4, 4, config=config),
+])
+def test_layers_take_their_options_as_a_quant_config(make):
+    for config in ({"weight_format": "int4"}, {}, "int4"):
+        with pytest.raises(TypeError, match=r"^Quant\w+ takes its formats and scale options as a QuantConfig, got a "
+                                            rf"{type(config).__name__} \({re.escape(repr(config))}\); write e.g. "
+                                            r"QuantConfig\('int4', 'int8', per_channel=True\)$"):
+            make(config)
+    assert make(QuantConfig(INT4)).weight_format == INT4

@@ -1,5 +1,6 @@
 import copy
 import pickle
+import re
 
 import pytest
 import torch
@@ -429,3 +430,17 @@ def test_a_registered_quantized_class_for_a_subclass_with_its_own_forward(monkey
     dequantize_model(model)
     assert type(model.scaled) is ScaledLinear
 
+
+
+@pytest.mark.parametrize("pair", ["int4", ("int4",), ("int4", "int8", "int8"), INT4])
+def test_layer_formats_are_weight_and_activation_pairs(pair):
+    shown = re.escape(repr(pair))
+    with pytest.raises(ValueError, match=rf"^layer_formats\['head'\] must be a \(weight format, activation format\) "
+                                         rf"pair, e.g. \('int4', 'int8'\), got {shown}$"):
+        QuantSpec(["head"], layer_formats={"head": pair})
+    _, layers = quantize_model(make(), QuantSpec(["head"]))
+    with pytest.raises(ValueError, match=rf"^the formats of layer 'head' must be a \(weight format, activation "
+                                         rf"format\) pair, e.g. \('int4', 'int8'\), got {shown}$"):
+        set_layer_formats(layers, {"head": pair})
+    set_layer_formats(layers, {"head": ["int4", "int8"]})
+    assert (layers["head"].weight_format, layers["head"].act_format) == (INT4, INT8)
