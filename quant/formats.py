@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -36,6 +37,32 @@ VALID_FORMS = (
 )
 
 INT_BITS_RANGE = (2, 16)
+
+
+def _as_int(value: object) -> int | None:
+    """`value` as a Python int where it is an integer: int, numpy or torch integer scalars
+    (operator.index); None for anything else, bools included (True would be int1)."""
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype is torch.bool):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _bits_argument(value: object, what: str, example: str) -> int:
+    bits = _as_int(value)
+    if bits is None:
+        raise TypeError(f"{what} must be an integer, got {value!r} ({type(value).__name__}); e.g. {example}")
+    return bits
+
+
+def _enum_argument(enum_cls: type[Enum], value: object, what: str) -> Enum:
+    try:
+        return enum_cls(value)
+    except ValueError:
+        raise ValueError(f"{what} must be one of {', '.join(repr(m.value) for m in enum_cls)}, "
+                         f"got {value!r}") from None
 
 
 class NumberFormat:
@@ -92,7 +119,7 @@ class CastFormat(NumberFormat):
     is_float: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "dtype", CastDtype(self.dtype))
+        object.__setattr__(self, "dtype", _enum_argument(CastDtype, self.dtype, "CastFormat dtype"))
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -129,7 +156,9 @@ class IntFormat(NumberFormat):
 
     def __post_init__(self) -> None:
         lo, hi = INT_BITS_RANGE
-        if isinstance(self.num_bits, bool) or not isinstance(self.num_bits, int) or not lo <= self.num_bits <= hi:
+        bits = _bits_argument(self.num_bits, "IntFormat bits", "IntFormat(8)")
+        object.__setattr__(self, "num_bits", bits)  # np.int64(8) -> 8: equal and hashed as IntFormat(8)
+        if not lo <= bits <= hi:
             raise ValueError(
                 f"INT format needs {lo} <= bits <= {hi}, got {self.num_bits!r}; valid forms: {VALID_FORMS}"
             )
@@ -199,7 +228,10 @@ class FloatFormat(NumberFormat):
     is_float: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "special", SpecialCodes(self.special))
+        object.__setattr__(self, "special", _enum_argument(SpecialCodes, self.special, "FloatFormat special"))
+        # Integers only: FloatFormat(True, 1) would be named 'eTruem1', FloatFormat(2.5, 1) 'e2.5m1'.
+        object.__setattr__(self, "exp_bits", _bits_argument(self.exp_bits, "FloatFormat exp_bits", "FloatFormat(4, 3)"))
+        object.__setattr__(self, "man_bits", _bits_argument(self.man_bits, "FloatFormat man_bits", "FloatFormat(4, 3)"))
         if self.exp_bits < 1 or self.man_bits < 0:
             raise ValueError(f"FP format needs exp_bits >= 1 and man_bits >= 0, got e{self.exp_bits}m{self.man_bits}")
         # The rounding core builds powers of two as float32 bit patterns; every supported format
@@ -291,9 +323,10 @@ def parse_format(token: str | int | NumberFormat) -> NumberFormat:
     """Parse one format token (see the module docstring). A NumberFormat passes through."""
     if isinstance(token, NumberFormat):
         return token
-    if isinstance(token, bool) or not isinstance(token, (str, int)):
+    number = None if isinstance(token, str) else _as_int(token)  # numpy / torch integers as well
+    if not isinstance(token, str) and number is None:
         raise ValueError(f"format token must be a string or int, got {token!r}; valid forms: {VALID_FORMS}")
-    text = str(token).strip().lower()
+    text = str(number) if number is not None else token.strip().lower()
     if text in _FIXED_TOKENS:
         return _FIXED_TOKENS[text]
     match = _INT_RE.fullmatch(text) or _GENERIC_RE.fullmatch(text)

@@ -15,28 +15,29 @@ def _conv_kwargs(module: nn.Conv2d) -> dict:
 
 
 class QuantConv2d(QuantModule, nn.Conv2d):
-    """Weight (out, in/groups, kh, kw): output channels on dim 0; inputs (N, C, H, W): per-token
-    scales are per spatial position (reduced over C)."""
+    """Weight (out, in/groups, kh, kw): output channels on dim 0; inputs (N, C, H, W) or unbatched
+    (C, H, W): per-token scales are per spatial position (reduced over C)."""
 
     weight_channel_dim = 0
-    act_feature_dim = 1
+    act_feature_dim = -3  # C in both (N, C, H, W) and (C, H, W); dim 1 would be H of the latter
 
     def __init__(self, *args, config: QuantConfig | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._init_quant(config or QuantConfig())
+        self._init_quant(QuantConfig() if config is None else config)
 
     @classmethod
     def from_float(cls, module: nn.Conv2d, config: QuantConfig) -> "QuantConv2d":
         new = new_without_allocation(cls, **_conv_kwargs(module), config=config)
         new.weight, new.bias = module.weight, module.bias
         new.train(module.training)
+        new._finish_from_float(module)
         return new
 
     def to_float(self) -> nn.Conv2d:
         plain = new_without_allocation(nn.Conv2d, **_conv_kwargs(self))
         plain.weight, plain.bias = self.weight, self.bias
         plain.train(self.training)
-        return plain
+        return self._finish_to_float(plain)
 
     def output_hw(self, height: int, width: int) -> tuple[int, int]:
         """Output spatial size (PyTorch's Conv2d formula; 'same' padding keeps the input size)."""

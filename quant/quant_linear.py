@@ -20,7 +20,7 @@ class QuantLinear(QuantModule, nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
                  config: QuantConfig | None = None) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self._init_quant(config or QuantConfig())
+        self._init_quant(QuantConfig() if config is None else config)
 
     @classmethod
     def from_float(cls, module: nn.Linear, config: QuantConfig) -> "QuantLinear":
@@ -28,13 +28,14 @@ class QuantLinear(QuantModule, nn.Linear):
                                      bias=module.bias is not None, config=config)
         new.weight, new.bias = module.weight, module.bias  # shared, not copied
         new.train(module.training)
+        new._finish_from_float(module)
         return new
 
     def to_float(self) -> nn.Linear:
         plain = new_without_allocation(nn.Linear, self.in_features, self.out_features, bias=self.bias is not None)
         plain.weight, plain.bias = self.weight, self.bias
         plain.train(self.training)
-        return plain
+        return self._finish_to_float(plain)
 
     def macs_for_input_shape(self, input_shape: tuple[int, ...]) -> int:
         # (B, ..., in) -> every leading position after the batch dim is one matrix row.
@@ -54,20 +55,21 @@ class QuantConv1D(QuantModule, Conv1D):
 
     def __init__(self, nf: int, nx: int, config: QuantConfig | None = None) -> None:
         super().__init__(nf, nx)
-        self._init_quant(config or QuantConfig())
+        self._init_quant(QuantConfig() if config is None else config)
 
     @classmethod
     def from_float(cls, module: Conv1D, config: QuantConfig) -> "QuantConv1D":
         new = new_without_allocation(cls, module.nf, module.weight.shape[0], config=config)
         new.weight, new.bias = module.weight, module.bias
         new.train(module.training)
+        new._finish_from_float(module)
         return new
 
     def to_float(self) -> Conv1D:
         plain = new_without_allocation(Conv1D, self.nf, self.weight.shape[0])
         plain.weight, plain.bias = self.weight, self.bias
         plain.train(self.training)
-        return plain
+        return self._finish_to_float(plain)
 
     def macs_for_input_shape(self, input_shape: tuple[int, ...]) -> int:
         nx, nf = self.weight.shape

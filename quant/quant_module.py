@@ -109,15 +109,25 @@ class QuantModule:
     # Q(weight) computed with every other layer's at the start of the model's forward
     # (quant/weight_group.py), set for the length of that forward only.
     _grouped_weight: GroupedWeight | None = None
+    # True during quant.surgery.record_geometry's forward only: each call adds its MACs (a layer
+    # applied twice per forward costs twice). Otherwise the first forward's geometry stays.
+    _summing_geometry: bool = False
+    # The float layer's own subclass, for a class made by `quantized_subclass`: to_float returns one.
+    _float_subclass: type[nn.Module] | None = None
 
     def _init_quant(self, config: QuantConfig) -> None:
+        if not isinstance(config, QuantConfig):  # a dict would fail later as an AttributeError
+            raise TypeError(f"{type(self).__name__} takes its formats and scale options as a QuantConfig, got a "
+                            f"{type(config).__name__} ({config!r}); write e.g. QuantConfig('int4', 'int8', "
+                            f"per_channel=True)")
         self.weight_format = config.weight_format
         self.act_format = config.act_format
         self.weight_granularity = Granularity.PER_CHANNEL if config.per_channel else Granularity.PER_TENSOR
         self.act_granularity = Granularity.PER_TOKEN if config.per_token else Granularity.PER_TENSOR
         self.weight_range_percentile = config.weight_range_percentile
         self.act_range_percentile = config.act_range_percentile
-        # MACs for one sample, from the first forward or `set_input_shape`.
+        # MACs for one sample, from the first forward or `set_input_shape`; during
+        # quant.surgery.record_geometry, summed over every call of the layer in that forward.
         self.macs_per_sample: int | None = None
         self.weight_prequantized = False
 
@@ -165,6 +175,18 @@ class QuantModule:
             act_range_percentile=self.act_range_percentile,
         )
 
+    def _finish_from_float(self, module: nn.Module) -> None:
+        """from_float's last step: the float layer's hooks and other state (`carry_module_state`)."""
+        carry_module_state(module, self)
+
+    def _finish_to_float(self, plain: nn.Module) -> nn.Module:
+        """to_float's last step: the float layer's own subclass again, with the hooks and other
+        state (none of the quantized layer's own)."""
+        if self._float_subclass is not None:
+            plain.__class__ = self._float_subclass
+        carry_module_state(self, plain, skip=QUANT_ATTRIBUTES)  # type: ignore[arg-type]
+        return plain
+
     def set_formats(self, weight_format: NumberFormat | str | int, act_format: NumberFormat | str | int) -> None:
         weight_format, act_format = parse_format(weight_format), parse_format(act_format)  # both or neither
         # Into the attributes' stored slots, past nn.Module.__setattr__: its checks for
@@ -198,6 +220,8 @@ class QuantModule:
     def _record_geometry(self, x: torch.Tensor) -> None:
         if self.macs_per_sample is None:
             self.set_input_shape(tuple(x.shape))
+        elif self._summing_geometry:
+            self.macs_per_sample += self.macs_for_input_shape(tuple(x.shape))  # type: ignore[attr-defined]
 
     def memory_cost(self) -> float:
         """MiB of this layer's weights stored at weight_format.bits."""
@@ -216,6 +240,66 @@ class QuantModule:
         base = super().extra_repr()  # type: ignore[misc]
         return (f"{base}, weight_format={self.weight_format.name}, act_format={self.act_format.name}, "
                 f"weight_scale={self.weight_granularity.value}, act_scale={self.act_granularity.value}")
+
+
+# nn.Module's hook dictionaries (and the flag of full backward hooks), read from torch itself.
+HOOK_ATTRIBUTES = tuple(name for name in vars(nn.Module()) if "hook" in name)
+# What `_init_quant` and the per-step code set on a quantized layer: not carried back to a float layer.
+QUANT_ATTRIBUTES = frozenset({
+    "_weight_format", "_act_format", "weight_granularity", "act_granularity", "weight_range_percentile",
+    "act_range_percentile", "macs_per_sample", "_prequantized_for", "_grouped_weight", "_groupable_format",
+    "_summing_geometry"})
+
+
+def carry_module_state(source: nn.Module, target: nn.Module, skip: frozenset[str] = frozenset()) -> None:
+    """Give `target`, a layer built to replace `source` (from_float / to_float), what else `source`
+    holds: its hooks, as the same dictionaries (they keep firing, and a handle from before the swap
+    still removes its hook), every attribute `target` lacks (set by a library, e.g. HF's
+    `_is_hf_initialized`, or by a subclass's __init__) except `skip`, and any parameters, buffers
+    and submodules beyond the layer's own."""
+    state, own = vars(source), vars(target)
+    for name in HOOK_ATTRIBUTES:
+        if name in state:
+            own[name] = state[name]
+    for name, value in state.items():
+        if name not in own and name not in skip:
+            own[name] = value
+    for registry in ("_parameters", "_buffers", "_modules"):
+        for key, value in state[registry].items():
+            own[registry].setdefault(key, value)
+    own["_non_persistent_buffers_set"] = own["_non_persistent_buffers_set"] | state["_non_persistent_buffers_set"]
+
+
+_QUANTIZED_SUBCLASSES: dict[tuple[type, type], type] = {}
+
+
+def quantized_subclass(quant_cls: type[QuantModule], float_subclass: type[nn.Module]) -> type[QuantModule]:
+    """The quantized class of a subclass of quant_cls's float layer (e.g. HF EfficientNet's
+    depthwise Conv2d): a subclass of both, so the swapped layer is still an instance of its class
+    and keeps its methods, while quant_cls's forward runs. One class per pair, made once; its
+    instances pickle and deepcopy through `_new_quantized_subclass_instance`. The subclass must
+    not override the forward (quant.surgery refuses those)."""
+    key = (quant_cls, float_subclass)
+    cls = _QUANTIZED_SUBCLASSES.get(key)
+    if cls is None:
+        name = f"Quant{float_subclass.__name__}"
+        cls = type(name, (quant_cls, float_subclass), {
+            "__module__": __name__, "__qualname__": name, "_float_subclass": float_subclass,
+            "__reduce_ex__": _reduce_quantized_subclass_instance})
+        _QUANTIZED_SUBCLASSES[key] = cls
+    return cls
+
+
+def _new_quantized_subclass_instance(quant_cls: type[QuantModule], float_subclass: type[nn.Module]) -> QuantModule:
+    cls = quantized_subclass(quant_cls, float_subclass)
+    return cls.__new__(cls)  # type: ignore[call-overload]
+
+
+def _reduce_quantized_subclass_instance(self: QuantModule, protocol: int) -> tuple:
+    # The class is made at run time and cannot be found by name: rebuild it from its two bases.
+    reduced = object.__reduce_ex__(self, max(protocol, 2))  # (copyreg.__newobj__, (cls,), state, ...)
+    cls = type(self)
+    return (_new_quantized_subclass_instance, (cls.__bases__[0], cls._float_subclass)) + tuple(reduced[2:])
 
 
 def new_without_allocation(cls: type[nn.Module], *args, **kwargs) -> nn.Module:

@@ -43,6 +43,7 @@ from quant.scales import (
     _reduce_dims,
     _value_range,
     check_range_percentile,
+    parse_granularity,
     scale_from_range,
 )
 
@@ -164,11 +165,17 @@ def _as_scale_tensor(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tens
     return scale_t
 
 
+def _check_floating_point(x: torch.Tensor, caller: str) -> None:
+    # Rounding an integer tensor's Q(x / scale) * scale back into its dtype would truncate it.
+    if not torch.is_floating_point(x):
+        raise ValueError(f"{caller} needs a floating-point tensor, got dtype {x.dtype}; convert it first, "
+                         f"e.g. x.float()")
+
+
 def fake_quantize(x: torch.Tensor, fmt: NumberFormat | str | int, scale: torch.Tensor | float) -> torch.Tensor:
     """Q(x / scale) * scale, same shape and dtype as `x`; `scale` broadcasts against `x`."""
     fmt = parse_format(fmt)
-    if not torch.is_floating_point(x):
-        raise ValueError(f"fake_quantize needs a floating-point tensor, got dtype {x.dtype}")
+    _check_floating_point(x, "fake_quantize")
     return fake_quantize_unchecked(x, fmt, _as_scale_tensor(x, scale))
 
 
@@ -183,13 +190,14 @@ class QuantizerSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fmt", parse_format(self.fmt))
-        object.__setattr__(self, "granularity", Granularity(self.granularity))
+        object.__setattr__(self, "granularity", parse_granularity(self.granularity))
         check_range_percentile(self.range_percentile)
 
 
 def quantize(x: torch.Tensor, fmt: NumberFormat | str | int, granularity: Granularity | str, *, dim: int = 0,
              range_percentile: float = 100.0) -> torch.Tensor:
     """Compute the scale of `x` and fake-quantize it: the per-step entry point of the layers."""
+    _check_floating_point(x, "quantize")  # a dtype check: no work on the device
     fmt = parse_format(fmt)  # a NumberFormat passes through (one isinstance check)
     if not fmt.quantizes:
         return x
@@ -197,7 +205,7 @@ def quantize(x: torch.Tensor, fmt: NumberFormat | str | int, granularity: Granul
     # With an abs-max scale no finite element leaves the rounding bounds: the mask would be all
     # ones, so it is not computed and backward is the identity.
     can_saturate = range_percentile < 100.0 or not abs_max_scaling_cannot_saturate(fmt)
-    granularity = Granularity(granularity)
+    granularity = parse_granularity(granularity)
     if x.is_cuda and x.numel() and not isinstance(fmt, CastFormat):
         # Pass the range and let the GPU kernel derive the scale: 2 launches per call, not 5.
         value_range = _value_range(x, fmt, _reduce_dims(x, granularity, dim), range_percentile)

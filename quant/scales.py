@@ -56,6 +56,17 @@ class Granularity(str, Enum):
     PER_TOKEN = "per_token"  # activations: one scale per token (per position for conv inputs)
 
 
+def parse_granularity(granularity: Granularity | str) -> Granularity:
+    """A Granularity from itself or its value ("per_tensor", "per_channel", "per_token")."""
+    if isinstance(granularity, Granularity):  # the per-step path: one isinstance check
+        return granularity
+    try:
+        return Granularity(granularity)
+    except ValueError:
+        raise ValueError(f"unknown scale granularity {granularity!r}; valid values: "
+                         f"{', '.join(g.value for g in Granularity)}") from None
+
+
 def _reduce_dims(x: torch.Tensor, granularity: Granularity, keep_dim: int) -> tuple[int, ...]:
     """The dimensions one scale spans; raises ValueError for a `keep_dim` that `x` lacks."""
     if granularity is Granularity.PER_TENSOR:
@@ -96,7 +107,7 @@ def abs_max(
     `dim` is the channel dimension kept for PER_CHANNEL, or the feature dimension reduced for
     PER_TOKEN. A `range_percentile` in (0, 100) takes that percentile of |x| instead of the max.
     """
-    return _abs_max(x, _reduce_dims(x, Granularity(granularity), dim), range_percentile)
+    return _abs_max(x, _reduce_dims(x, parse_granularity(granularity), dim), range_percentile)
 
 
 def _abs_max(x: torch.Tensor, dims: tuple[int, ...], range_percentile: float) -> torch.Tensor:
@@ -132,7 +143,7 @@ def _group_squared_error(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor
 def mse_optimal_abs_max(x: torch.Tensor, fmt: NumberFormat | str | int, granularity: Granularity | str, *,
                         dim: int = 0) -> torch.Tensor:
     """The clipping range per group that minimises the quantization MSE of `x` in `fmt`."""
-    return _mse_optimal_abs_max(x, parse_format(fmt), _reduce_dims(x, Granularity(granularity), dim))
+    return _mse_optimal_abs_max(x, parse_format(fmt), _reduce_dims(x, parse_granularity(granularity), dim))
 
 
 def _mse_optimal_abs_max(x: torch.Tensor, fmt: NumberFormat, dims: tuple[int, ...]) -> torch.Tensor:
@@ -191,7 +202,7 @@ def compute_scale(
     """
     fmt = parse_format(fmt)
     check_range_percentile(range_percentile)
-    return _compute_scale(x, fmt, Granularity(granularity), dim, range_percentile)
+    return _compute_scale(x, fmt, parse_granularity(granularity), dim, range_percentile)
 
 
 def _compute_scale(x: torch.Tensor, fmt: NumberFormat, granularity: Granularity, dim: int,

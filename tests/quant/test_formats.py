@@ -1,4 +1,5 @@
 import math
+import re
 
 import ml_dtypes
 import numpy as np
@@ -209,3 +210,40 @@ def test_leading_zeros_are_rejected(token):
 def test_only_ascii_digits(token):
     with pytest.raises(ValueError, match=rf"unknown format '{token}'; valid forms"):
         parse_format(token)
+
+
+def test_numpy_and_torch_integers_are_integers():
+    assert parse_format(np.int64(8)) == parse_format("int8") == IntFormat(8)
+    assert parse_format(np.uint8(4)) == parse_format(torch.tensor(4)) == IntFormat(4)
+    assert parse_format(np.int64(0)) is parse_format(0)
+    fmt = IntFormat(np.int64(8))
+    assert fmt == IntFormat(8) and hash(fmt) == hash(IntFormat(8)) and type(fmt.num_bits) is int
+    assert FloatFormat(np.int64(4), torch.tensor(3), "fn") == parse_format("fp8_e4m3")
+    assert FloatFormat(np.int64(2), 5).name == "e2m5"
+    with pytest.raises(ValueError, match=r"INT format needs 2 <= bits <= 16, got 1;"):
+        IntFormat(np.int64(1))
+    for token in [np.True_, torch.tensor(True), np.float64(8.0), torch.tensor(8.0)]:  # still not integers
+        with pytest.raises(ValueError, match=rf"format token must be a string or int, got {re.escape(repr(token))}; "
+                                             r"valid forms"):
+            parse_format(token)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: IntFormat(2.5), r"IntFormat bits must be an integer, got 2.5 \(float\); e.g. IntFormat\(8\)"),
+    (lambda: IntFormat(True), r"IntFormat bits must be an integer, got True \(bool\)"),
+    (lambda: IntFormat("8"), r"IntFormat bits must be an integer, got '8' \(str\)"),
+    (lambda: FloatFormat(2.5, 1), r"FloatFormat exp_bits must be an integer, got 2.5 \(float\); e.g. FloatFormat\(4, 3\)"),
+    (lambda: FloatFormat(True, 1), r"FloatFormat exp_bits must be an integer, got True \(bool\)"),
+    (lambda: FloatFormat(2, np.True_), r"FloatFormat man_bits must be an integer, got np.True_ \(bool\)"),
+])
+def test_format_constructors_need_integer_bits(make, match):
+    with pytest.raises(TypeError, match=match):
+        make()
+
+
+def test_format_constructors_name_the_valid_enum_values():
+    with pytest.raises(ValueError, match=r"FloatFormat special must be one of 'ieee', 'fn', 'finite', got 'xx'"):
+        FloatFormat(4, 3, "xx")
+    with pytest.raises(ValueError, match=r"CastFormat dtype must be one of 'bf16', 'fp16', got 'xx'"):
+        CastFormat("xx")
+    assert FloatFormat(4, 3, "fn") == parse_format("e4m3") and CastFormat("bf16") == parse_format("bf16")

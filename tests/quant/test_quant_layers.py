@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -68,6 +70,16 @@ def test_per_channel_weights_and_per_token_inputs():
     conv = QuantConv2d.from_float(nn.Conv2d(4, 4, 1), QuantConfig(act_format=INT8, per_token=True))
     xc = seeded(2, 4, 3, 3)
     assert torch.equal(conv.quantize_input(xc), fake_quantize(xc, INT8, compute_scale(xc, INT8, Granularity.PER_TOKEN, dim=1)))
+
+
+def test_conv_on_an_unbatched_input_equals_the_batch_of_one():
+    """nn.Conv2d takes (C, H, W); per-token scales must still reduce over C (not over H)."""
+    torch.manual_seed(0)
+    conv = QuantConv2d.from_float(nn.Conv2d(3, 4, 3, padding=1), QuantConfig(INT4, INT4, per_token=True))
+    x = seeded(3, 5, 5) * torch.arange(1, 6).view(1, 5, 1)  # rows of H differ in range
+    assert torch.equal(conv(x), conv(x[None])[0])
+    assert torch.equal(conv.quantize_input(x), fake_quantize(x, INT4, x.abs().amax(dim=0, keepdim=True) / 7))
+    assert conv.macs_per_sample == 5 * 5 * 4 * 27
 
 
 def test_formats_change_between_steps_without_reallocation():
@@ -308,3 +320,19 @@ def test_a_copy_of_a_prequantized_layer_is_prequantized():
         assert torch.equal(clone(x), layer(x))
         clone.weight_format = INT2  # and it lapses as usual
         assert not clone.weight_prequantized
+
+
+
+@pytest.mark.parametrize("make", [
+    lambda config: QuantLinear.from_float(nn.Linear(4, 4), config),
+    lambda config: QuantConv2d.from_float(nn.Conv2d(2, 2, 1), config),
+    lambda config: QuantConv1D.from_float(Conv1D(4, 4), config),
+    lambda config: QuantLinear(4, 4, config=config),
+])
+def test_layers_take_their_options_as_a_quant_config(make):
+    for config in ({"weight_format": "int4"}, {}, "int4"):
+        with pytest.raises(TypeError, match=r"^Quant\w+ takes its formats and scale options as a QuantConfig, got a "
+                                            rf"{type(config).__name__} \({re.escape(repr(config))}\); write e.g. "
+                                            r"QuantConfig\('int4', 'int8', per_channel=True\)$"):
+            make(config)
+    assert make(QuantConfig(INT4)).weight_format == INT4

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from quant.formats import FloatFormat, IntFormat, parse_format, rounding_bounds
-from quant.quant_utils import LARGEST_SCALE, SMALLEST_SCALE, fake_quantize, quantize
+from quant.quant_utils import LARGEST_SCALE, SMALLEST_SCALE, QuantizerSpec, fake_quantize, quantize
 from quant.scales import Granularity, compute_scale
 from tests.quant.test_rounding import (
     ML_DTYPES,
@@ -328,3 +328,27 @@ def test_non_finite_inputs_propagate():
     got = quantize(rows, int8, Granularity.PER_CHANNEL, dim=0)
     assert torch.isnan(got[1:3]).all()
     assert bits_equal(got[[0, 3]], quantize(rows[[0, 3]], int8, Granularity.PER_CHANNEL, dim=0))
+
+
+@pytest.mark.parametrize("fmt", ["int4", "fp8_e4m3", "bf16", "none"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int8, torch.bool])
+def test_quantize_refuses_non_float_tensors_like_fake_quantize(fmt, dtype):
+    """quantize(arange(4), int4) used to return [0, 0, 2, 3]: Q(x / scale) * scale truncated to int64."""
+    x = torch.arange(4).to(dtype)
+    message = rf"needs a floating-point tensor, got dtype {dtype}; convert it first, e.g. x.float\(\)"
+    with pytest.raises(ValueError, match=r"^quantize " + message):
+        quantize(x, fmt, "per_tensor")
+    with pytest.raises(ValueError, match=r"^fake_quantize " + message):
+        fake_quantize(x, fmt, 1.0)
+
+
+def test_unknown_granularity_names_the_valid_values():
+    x = torch.ones(2, 3)
+    pattern = r"unknown scale granularity 'per_row'; valid values: per_tensor, per_channel, per_token"
+    with pytest.raises(ValueError, match=pattern):
+        quantize(x, "int8", "per_row")
+    with pytest.raises(ValueError, match=pattern):
+        compute_scale(x, "int8", "per_row")
+    with pytest.raises(ValueError, match=pattern):
+        QuantizerSpec("int8", "per_row")
+    assert QuantizerSpec("int8", "per_token").granularity is Granularity.PER_TOKEN
