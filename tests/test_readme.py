@@ -3,6 +3,7 @@ fail fast offline with the ways out). .ci/run executes the smoke commands as wri
 import hashlib
 import io
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -174,3 +175,11 @@ def test_examples_script_keeps_the_previous_report_when_the_report_fails(tmp_pat
         "holds one of results.json, config.json, output.txt, stdout.log); check OUTPUT_ROOT\n"
     assert sorted(p.name for p in out.iterdir()) == ["pareto_digits.md"]  # no temporary file left
     assert (out / "pareto_digits.md").read_text() == "previous report\n"
+
+
+def test_code_fences_stand_on_lines_of_their_own():
+    # A closing fence with text after it ("``` Only completed runs ...") does not close the block:
+    # the rest of the README rendered as code.
+    for number, line in enumerate((ROOT / "README.md").read_text().splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            assert re.fullmatch(r"```[a-z]*", line.strip()), f"README.md:{number}: {line!r}"
