@@ -21,6 +21,8 @@ import math
 import numbers
 from enum import Enum
 
+from trainer.setting_names import parse_setting
+
 
 class EntropySchedule(str, Enum):
     LINEAR = "linear"
@@ -29,19 +31,9 @@ class EntropySchedule(str, Enum):
     HEAVISIDE = "heaviside"
 
 
-def _valid_names() -> str:
-    return ", ".join(schedule.value for schedule in EntropySchedule)
-
-
 def parse_entropy_schedule(name: str | EntropySchedule) -> EntropySchedule:
     """`EntropySchedule` from its name (case-insensitive); ValueError listing valid names."""
-    if isinstance(name, EntropySchedule):
-        return name
-    if isinstance(name, str):
-        for schedule in EntropySchedule:
-            if schedule.value == name.strip().lower():
-                return schedule
-    raise ValueError(f"unknown entropy schedule {name!r}; valid names: {_valid_names()}")
+    return parse_setting(EntropySchedule, name, "entropy schedule")
 
 
 def _shape(schedule: EntropySchedule, progress: float) -> float:

@@ -11,6 +11,7 @@ from cost.cost import REWARD_FORMS
 from cost.model_cost import CostType
 from trainer.entropy_schedule import EntropySchedule
 from trainer.final_selection import FinalSelection
+from trainer.setting_names import parse_setting
 
 # The search's state in every checkpoint of a search run (next to the Trainer's own files).
 SEARCH_STATE_NAME = "reinforce_state.pt"
@@ -49,17 +50,6 @@ class RewardSource(str, Enum):
 
     TRAIN = "train"  # the batch just trained on: free (no extra forward pass)
     HELDOUT = "heldout"  # a batch of a split carved out of the training set, forward only
-
-
-def _enum(enum_cls: type[Enum], value: object, flag: str) -> Enum:
-    """The member named `value` (case-insensitive, as the CLI's parsers, e.g. parse_entropy_schedule)."""
-    if isinstance(value, enum_cls):
-        return value
-    if isinstance(value, str):
-        for member in enum_cls:
-            if member.value == value.strip().lower():
-                return member
-    raise ValueError(f"unknown {flag} {value!r}; valid: {[e.value for e in enum_cls]}")
 
 
 @dataclass
@@ -120,12 +110,12 @@ class ReinforceConfig:
             setattr(self, name, int(value))
         if not isinstance(self.precision_warmup, bool):
             raise ValueError(f"precision_warmup must be True or False, got {self.precision_warmup!r}")
-        self.cost_type = _enum(CostType, self.cost_type, "cost_type")  # type: ignore[assignment]
-        self.entropy_schedule = _enum(EntropySchedule, self.entropy_schedule, "entropy_schedule")  # type: ignore[assignment]
-        self.reward_metric = _enum(RewardMetric, self.reward_metric, "reward_metric")  # type: ignore[assignment]
-        self.reward_source = _enum(RewardSource, self.reward_source, "reward_source")  # type: ignore[assignment]
-        self.advantage = _enum(AdvantageMode, self.advantage, "advantage")  # type: ignore[assignment]
-        self.final_selection = _enum(FinalSelection, self.final_selection, "final_selection")  # type: ignore[assignment]
+        self.cost_type = parse_setting(CostType, self.cost_type, "cost_type")  # type: ignore[assignment]
+        self.entropy_schedule = parse_setting(EntropySchedule, self.entropy_schedule, "entropy_schedule")  # type: ignore[assignment]
+        self.reward_metric = parse_setting(RewardMetric, self.reward_metric, "reward_metric")  # type: ignore[assignment]
+        self.reward_source = parse_setting(RewardSource, self.reward_source, "reward_source")  # type: ignore[assignment]
+        self.advantage = parse_setting(AdvantageMode, self.advantage, "advantage")  # type: ignore[assignment]
+        self.final_selection = parse_setting(FinalSelection, self.final_selection, "final_selection")  # type: ignore[assignment]
         if not 0 <= self.target_tolerance < 1:
             raise ValueError(f"target_tolerance must be in [0, 1), got {self.target_tolerance}")
         if self.cost_function not in REWARD_FORMS:

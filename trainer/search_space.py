@@ -18,6 +18,7 @@ import torch
 
 from cost.model_cost import CostType, LayerCost, parse_cost_type
 from quant.formats import NO_QUANT, NumberFormat, parse_format, parse_format_list
+from trainer.setting_names import parse_setting
 
 
 class Granularity(str, Enum):
@@ -30,13 +31,7 @@ class Granularity(str, Enum):
 
 def parse_granularity(name: Granularity | str) -> Granularity:
     """`Granularity` from its name (case-insensitive) or itself; ValueError listing the valid names."""
-    if isinstance(name, Granularity):
-        return name
-    if isinstance(name, str):
-        for granularity in Granularity:
-            if granularity.value == name.strip().lower():
-                return granularity
-    raise ValueError(f"unknown granularity {name!r}; valid: {', '.join(g.value for g in Granularity)}")
+    return parse_setting(Granularity, name, "granularity")
 
 
 # What a search space's formats may be given as: a comma-separated string ("int4,fp8_e4m3"), or

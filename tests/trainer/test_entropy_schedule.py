@@ -59,9 +59,9 @@ def test_parse_entropy_schedule():
     assert parse_entropy_schedule(" HeaviSide ") is EntropySchedule.HEAVISIDE
     assert parse_entropy_schedule(EntropySchedule.COSINE) is EntropySchedule.COSINE
     assert EntropySchedule.CONSTANT == "constant"
-    with pytest.raises(ValueError, match=r"unknown entropy schedule 'exp'; valid names: linear, cosine, constant, heaviside"):
+    with pytest.raises(ValueError, match=r"unknown entropy schedule 'exp'; valid: linear, cosine, constant, heaviside"):
         parse_entropy_schedule("exp")
-    with pytest.raises(ValueError, match=r"unknown entropy schedule None; valid names"):
+    with pytest.raises(ValueError, match=r"unknown entropy schedule None; valid: linear"):
         parse_entropy_schedule(None)
 
 
