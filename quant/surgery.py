@@ -263,9 +263,12 @@ def set_layer_formats(layers: Mapping[str, QuantModule],
                       formats: Mapping[str, tuple[NumberFormat, NumberFormat]]) -> None:
     """Set (weight_format, act_format) per layer name; every name must be a quantized layer."""
     for name, pair in formats.items():
-        if name not in layers:
+        layer = layers.get(name)
+        if layer is None:
             raise KeyError(f"{name!r} is not a quantized layer")
-        layers[name].set_formats(*_format_pair(f"the formats of layer {name!r}", pair))
+        if type(pair) is not tuple or len(pair) != 2:  # the search passes 2-tuples every step: no message built
+            pair = _format_pair(f"the formats of layer {name!r}", pair)
+        layer.set_formats(*pair)  # parses each format (a NumberFormat passes through)
 
 
 def record_geometry(model: nn.Module, example_inputs: Mapping, layers: Mapping[str, QuantModule] | None = None) -> None:
