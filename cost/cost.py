@@ -109,8 +109,8 @@ def _one_sided_abs_penalty(cost_ratio: Ratio, cost_beta: float) -> Ratio:
 
 
 def _soft_exponential_multiplier(cost_ratio: Ratio, cost_beta: float) -> Ratio:
-    at_zero = bool((cost_ratio == 0).any()) if isinstance(cost_ratio, torch.Tensor) else cost_ratio == 0.0
-    if at_zero and cost_beta < 0:
+    # (A tensor of ratios is checked by rewards_for_costs, which callers may skip per step.)
+    if not isinstance(cost_ratio, torch.Tensor) and cost_ratio == 0.0 and cost_beta < 0:
         raise ValueError(
             f"soft_exponential with cost=0 and cost_beta={cost_beta!r} < 0 gives an infinite "
             "reward (0 ** negative); use a positive cost or hard_exponential"
@@ -189,17 +189,24 @@ def compute_reward(
 
 
 def rewards_for_costs(name: str, costs: torch.Tensor, cost_beta: float, cost_target: float,
-                      quality: float) -> torch.Tensor:
+                      quality: float, *, check: bool = True) -> torch.Tensor:
     """The reward of every cost in `costs` at one quality, element-wise (the search uses it to
     price the alternatives of each decision). Same formulas and checks as `compute_reward`
-    (the checks read `costs`: keep it on the CPU, as the search does, or they wait for its device)."""
+    (the checks read `costs`: keep it on the CPU, as the search does, or they wait for its device).
+    check=False skips them, for inputs already checked (the search's cost table and config:
+    this runs every step)."""
     form = get_reward_form(name)
-    if not isinstance(costs, torch.Tensor):
-        raise ValueError(f"costs must be a tensor of model costs, got {type(costs).__name__}")
-    bad = ~torch.isfinite(costs) | (costs < 0)
-    first_bad = costs[bad][0].item() if bool(bad.any()) else 0.0
-    # Raises for the first bad cost, and for a bad beta, target or quality, as compute_reward does.
-    _, cost_beta, cost_target, quality = _validated_inputs(first_bad, cost_beta, cost_target, quality)
+    if check:
+        if not isinstance(costs, torch.Tensor):
+            raise ValueError(f"costs must be a tensor of model costs, got {type(costs).__name__}")
+        bad = ~torch.isfinite(costs) | (costs < 0)
+        if form.cost_term is _soft_exponential_multiplier and cost_beta < 0:
+            bad |= costs == 0  # 0 ** negative: an infinite reward
+        first_bad = costs[bad][0].item() if bool(bad.any()) else 0.0
+        # Raises for the first bad cost, and for a bad beta, target or quality, as compute_reward does.
+        _, cost_beta, cost_target, quality = _validated_inputs(first_bad, cost_beta, cost_target, quality)
+        if first_bad == 0.0 and bool(bad.any()):  # only a zero cost was bad: soft_exponential's rule
+            _soft_exponential_multiplier(0.0, cost_beta)
     term = form.cost_term(costs / cost_target, cost_beta)
     return quality - term if form.combine == "subtract" else quality * term
 

@@ -204,11 +204,13 @@ def parse_run_args(argv: Sequence[str] | None = None, prog: str = "eval_run") ->
     """Parse and validate a run's flags; exits with code 2 and one error line on bad input."""
     parser = create_arg_parser(prog)
     args = parser.parse_args(argv)
+    no_search_given = args.search is False  # before resolving, which fills the default in
     try:
         resolve_run_args(args)
     except ValueError as error:
         parser.error(str(error))
-    for note in (ignored_flags_note(args, {name: parser.get_default(name) for name in SEARCH_ONLY_FLAGS}),
+    for note in (ignored_flags_note(args, {name: parser.get_default(name) for name in SEARCH_ONLY_FLAGS},
+                                    no_search_given=no_search_given),
                  single_option_note(args), load_config_note(args)):
         if note is not None:
             sys.stderr.write(f"{prog}: {note}\n")

@@ -2,7 +2,8 @@
 
 `check_model_flags` reads the architecture a run will build (the built-in config, or a local
 checkpoint's config.json, with --config_overrides applied; a hub id is not read: that would need
-the network) and checks that
+the network; for a hub checkpoint the built-in config stands in, which has its architecture) and
+checks that
 - `--model_name_or_path`, when it is a local path, is a checkpoint directory of this model type;
 - the overrides build a model, and for vision models run one: built on the meta device (no memory,
   no weights), whose forward propagates shapes only, so that `depths=[1,1]` on a ResNet fails
@@ -13,6 +14,7 @@ Each failure is a ValueError naming the flag, which the CLI turns into one line 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 
 import torch
@@ -46,13 +48,15 @@ def max_text_positions(config: PretrainedConfig) -> int | None:
 def _builds_and_runs(spec: ModelSpec, config: PretrainedConfig) -> None:
     """Build the model of `config` on the meta device; for a vision model also run a forward
     (HF's text models call .item() in their forward, which meta tensors cannot answer)."""
-    config = config.__class__.from_dict(config.to_dict())  # the caller's config stays as it is
+    # A copy as build_model makes one (from_dict would re-run e.g. ResNetConfig's __init__ with
+    # out_features of the unmodified stage count).
+    config = copy.deepcopy(config)
     config.num_labels = 2
     with torch.device("meta"), torch.no_grad():
         if spec.modality == "text":
             AutoModelForSequenceClassification.from_config(config)
             return
-        model = AutoModelForImageClassification.from_config(config)
+        model = AutoModelForImageClassification.from_config(config).eval()  # BatchNorm takes a batch of 1
         size = getattr(config, "image_size", 224)
         model(pixel_values=torch.zeros(1, 3, size, size))  # the vision tasks' images are RGB
 
@@ -70,11 +74,11 @@ def check_model_flags(args: argparse.Namespace, spec: ModelSpec) -> None:
             text = str(error)  # the loaders' messages may start with the argument's name already
             raise ValueError(f"--{text}" if text.startswith("model_name_or_path ") else
                              f"--model_name_or_path: {text}") from None
-    elif args.from_scratch:
+    else:  # from scratch, or the hub checkpoint, whose architecture the built-in config has
         base = spec.builtin_config()
-    if base is None:  # a hub checkpoint: its config is not read before the run loads it
+    if base is None:  # a hub id given as --model_name_or_path: its config is read when the run loads it
         return
-    config = base.__class__.from_dict(base.to_dict())
+    config = copy.deepcopy(base)
     if args.config_overrides:
         try:
             _apply_overrides(config, parse_config_overrides(args.config_overrides, config))

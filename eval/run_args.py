@@ -376,8 +376,10 @@ def ignored_search_flags(args: argparse.Namespace, defaults: dict[str, object]) 
     return ignored
 
 
-def ignored_flags_note(args: argparse.Namespace, defaults: dict[str, object]) -> str | None:
-    """One line telling a fixed-format or float run which of its flags it ignores, or None."""
+def ignored_flags_note(args: argparse.Namespace, defaults: dict[str, object], *,
+                       no_search_given: bool = False) -> str | None:
+    """One line telling a fixed-format or float run which of its flags it ignores, or None.
+    no_search_given: the command line said --no-search (a way out must drop it too)."""
     ignored = ignored_search_flags(args, defaults)
     if not ignored:
         return None
@@ -386,8 +388,8 @@ def ignored_flags_note(args: argparse.Namespace, defaults: dict[str, object]) ->
     else:
         fixed = "float" if args.mode == "float" else f"weights {args.weight_format}, activations {args.act_format}"
         given = [f"--{name}" for name in ("bits", "weight_bits", "activation_bits") if getattr(args, name) is not None]
-        # Without fixed formats only --no-search keeps a run from searching.
-        way_out = f"drop {'/'.join(given)}" if given else "drop --no-search"
+        given += ["--no-search"] if no_search_given else []  # else it stays a fixed run without them
+        way_out = f"drop {'/'.join(given)}"
     verb = "applies" if len(ignored) == 1 else "apply"
     return (f"note: {' '.join(ignored)} only {verb} to a search; this run has fixed formats ({fixed}) and ignores "
             f"them (to search instead, {way_out})")

@@ -49,8 +49,10 @@ def check_resume_matches(args: argparse.Namespace) -> None:
     # Values that run derived itself stay derived ones in this run's record (else a later launch
     # leaving them to the run would be refused as another setting).
     derived = recorded.get(DERIVED_DEFAULTS_KEY) if isinstance(recorded, dict) else None
-    if isinstance(derived, list):
-        setattr(args, DERIVED_DEFAULTS_KEY, [name for name in inherited if name in derived])
+    # A run recorded before the key: what it left to itself is taken as derived, as eval/results.py
+    # reads such records.
+    setattr(args, DERIVED_DEFAULTS_KEY,
+            [name for name in inherited if name in derived] if isinstance(derived, list) else inherited)
     planned = json.loads(json.dumps(vars(args), default=str))  # as config.json holds them
     diffs = changed_args(planned, recorded, ignore=RESUME_MAY_CHANGE)
     if diffs:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Iterator
 
 LOCK_NAME = ".run.lock"
+PROBE_GRACE_S = 0.2  # how long a starting run waits out another process's probe of the lock
 
 
 class RunDirectoryBusy(RuntimeError):
@@ -36,12 +37,19 @@ def holding_run_lock(run_dir: Path) -> Iterator[None]:
     """Hold `run_dir`'s lock for the body; RunDirectoryBusy if another process holds it."""
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / LOCK_NAME, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunDirectoryBusy(
-                f"{run_dir} is being written by another run{_holder_text(handle)}; wait for it to finish, or give "
-                "this run another --exp_name") from None
+        # A launcher's probe (run_lock_holder) holds a shared lock for a moment: retry briefly
+        # rather than fail a run that starts just then.
+        deadline = time.monotonic() + PROBE_GRACE_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RunDirectoryBusy(
+                        f"{run_dir} is being written by another run{_holder_text(handle)}; wait for it to finish, or "
+                        "give this run another --exp_name") from None
+                time.sleep(0.01)
         try:
             handle.seek(0)
             handle.truncate()

@@ -5,8 +5,9 @@ toolkit's sequence and image classification heads): logits (batch, classes) with
 labels (batch,), or logits (batch, 1) with labels (batch,) or (batch, 1) for a regression.
 Other shapes are refused: token-level outputs (a language model's (batch, tokens, vocabulary),
 a token classifier's) would need the model's own label shift and masking, and a loss computed
-here without them differs from the model's. Labels equal to IGNORE_INDEX (-100, as in
-cross_entropy and the HF heads) count in neither the loss nor the accuracy.
+here without them differs from the model's. Classification labels equal to IGNORE_INDEX (-100,
+as in cross_entropy and the HF heads) count in neither the loss nor the accuracy; a regression's
+label is a value, -100 included.
 """
 from __future__ import annotations
 

@@ -317,10 +317,18 @@ class ReinforceTrainer(Trainer):
         if low - margin <= config.cost_target <= high + margin:
             return
         unit = self.cost_table.cost_type.unit
-        side, end = ("below", "cheapest") if config.cost_target < low else ("above", "most expensive")
+        # What the reward does on this side of the target: two costs there, at the same quality.
+        side, ratios = ("below", (1.5, 2.0)) if config.cost_target < low else ("above", (0.5, 0.9))
+        nearer, farther = rewards_for_costs(config.cost_function, torch.tensor(ratios, dtype=torch.float64) *
+                                            config.cost_target, config.cost_beta, config.cost_target, 1.0).tolist()
+        if nearer == farther:  # e.g. one-sided forms above the target: no model is penalised
+            effect = f"{config.cost_function} gives every model of this space the same cost term, so the decisions " \
+                "follow quality alone"
+        else:
+            end = "cheapest" if nearer > farther else "most expensive"
+            effect = f"the cost term pushes every decision towards its {end} option"
         warnings.warn(f"cost_target {config.cost_target:.6g} {unit} is {side} every cost this search space can reach "
-                      f"([{low:.6g}, {high:.6g}] {unit}): the search will drive every decision to its {end} "
-                      "option; give a cost_target in that range", UserWarning)
+                      f"([{low:.6g}, {high:.6g}] {unit}): {effect}; give a cost_target in that range", UserWarning)
 
     def _warmup_sample(self, step: int) -> PolicySample:
         if not self.reinforce_config.precision_warmup:
@@ -382,8 +390,10 @@ class ReinforceTrainer(Trainer):
         table = self.cost_table.table  # (D, K)
         own = table.gather(1, sample.indices.view(-1, 1))  # (D, 1)
         alternative_costs = cost - own + table  # (D, K): decision d switched to option k
+        # Unchecked: the table and config were checked when the trainer was built, and costs of
+        # table entries (>= 0, finite) stay so; this runs every step.
         alternative_rewards = rewards_for_costs(config.cost_function, alternative_costs, config.cost_beta,
-                                                config.cost_target, mean_quality)
+                                                config.cost_target, mean_quality, check=False)
         with torch.no_grad():
             probs = self.policy().double().cpu()
         return reward - (probs * alternative_rewards).sum(dim=1)

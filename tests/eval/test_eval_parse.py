@@ -194,6 +194,9 @@ def test_bad_cost_type_of_a_fixed_run_fails_before_loading(capsys):
         (["--no-search", "--search_space", "2,4"],
          "eval_run: note: --search_space only applies to a search; this run has fixed formats (float) and "
          "ignores them (to search instead, drop --no-search)\n"),
+        (["--no-search", "--bits", "8", "--cost_target_bits", "3"],
+         "eval_run: note: --cost_target_bits only applies to a search; this run has fixed formats (weights int8, "
+         "activations int8) and ignores them (to search instead, drop --bits/--no-search)\n"),
         (["--load_config", "r.json", "--reward_source", "heldout"],
          "eval_run: note: --reward_source only applies to a search; this run has fixed formats (formats from "
          "--load_config r.json) and ignores them (to search instead, drop --load_config)\n"),
@@ -455,7 +458,9 @@ def test_a_resumed_search_keeps_its_delay_and_says_so_when_too_few_steps_remain(
     assert err == ("eval_run: error: the run being resumed searches after 2500 delay steps (recorded in its "
                    "config.json), so --max_steps 120 leaves no search step; resume with --max_steps above 2500 "
                    "(see --help)\n")
-    assert parse_run_args([*base, "--max_steps", "3000"]).delay_steps == 2500
+    resumed = parse_run_args([*base, "--max_steps", "3000"])
+    # config.json predates derived_defaults: what the run left to itself counts as derived
+    assert resumed.delay_steps == 2500 and resumed.derived_defaults == ["delay_steps"]
     # a delay given on a fresh run keeps its own message
     err = error_of(["--max_steps", "10", "--delay_steps", "10"], capsys)
     assert "--delay_steps 10 leaves no search step in --max_steps 10" in err
@@ -523,6 +528,25 @@ def test_export_dir_may_not_lie_in_the_run_directory(capsys, tmp_path):
 def test_model_flags_are_checked_against_the_architecture_before_loading(argv, message, capsys):
     err = error_of(argv, capsys)
     assert re.search(message, err), err
+
+
+@pytest.mark.parametrize("argv, message", [
+    # the hub checkpoint's architecture is the built-in config's: checked without the hub
+    (["--task", "sst2", "--model", "bert-tiny", "--bits", "8", "--config_overrides", "no_such_key=1"],
+     "--config_overrides: unknown config key 'no_such_key' for BertConfig"),
+    (["--task", "sst2", "--model", "bert-tiny", "--bits", "8", "--max_seq_length", "600"],
+     "--max_seq_length 600 is more than the 512 positions of this bert-tiny; use at most 512"),
+])
+def test_hub_models_are_checked_against_their_built_in_architecture(argv, message, capsys):
+    assert message in error_of(argv, capsys)
+
+
+@pytest.mark.parametrize("overrides", [
+    "depths=[1,1],hidden_sizes=[32,64]",  # fewer stages: a copy of the config, not one rebuilt from its dict
+    "depths=[1,1,1,1,1,1,1],hidden_sizes=[8,8,8,8,8,8,8]",  # a 1x1 last map: BatchNorm in eval mode at batch 1
+])
+def test_valid_architectures_pass_the_meta_device_check(overrides):
+    assert parse_run_args(["--config_overrides", overrides]).config_overrides == overrides
 
 
 def test_model_name_or_path_must_be_a_checkpoint_of_the_model_type(capsys, tmp_path):

@@ -143,12 +143,20 @@ def test_a_cost_target_outside_the_reachable_costs_warns(tmp_path):
     trainer.reinforce_config.cost_target = low / 2
     assert _cost_warnings(trainer) == [
         f"cost_target {low / 2:.6g} MiB is below every cost this search space can reach ([{low:.6g}, {high:.6g}] MiB): "
-        "the search will drive every decision to its cheapest option; give a cost_target in that range"]
-    trainer = make_trainer(str(tmp_path / "high"), steps=2)
-    trainer.reinforce_config.cost_target = high * 1.01
-    assert _cost_warnings(trainer) == [
-        f"cost_target {high * 1.01:.6g} MiB is above every cost this search space can reach ([{low:.6g}, {high:.6g}] "
-        "MiB): the search will drive every decision to its most expensive option; give a cost_target in that range"]
+        "the cost term pushes every decision towards its cheapest option; give a cost_target in that range"]
+    # Above every cost, what happens depends on the reward's form.
+    for cost_function, effect in (
+            ("tunas_abs", "the cost term pushes every decision towards its most expensive option"),
+            ("one_sided_tunas_abs", "one_sided_tunas_abs gives every model of this space the same cost term, so the "
+                                    "decisions follow quality alone"),
+            ("soft_exponential", "the cost term pushes every decision towards its cheapest option")):
+        trainer = make_trainer(str(tmp_path / "high"), steps=2)
+        trainer.reinforce_config.cost_target = high * 1.01
+        trainer.reinforce_config.cost_function = cost_function
+        trainer.reinforce_config.cost_beta = -0.07 if cost_function == "soft_exponential" else 5.0
+        assert _cost_warnings(trainer) == [
+            f"cost_target {high * 1.01:.6g} MiB is above every cost this search space can reach ([{low:.6g}, "
+            f"{high:.6g}] MiB): {effect}; give a cost_target in that range"], cost_function
     for target in (low, high, (low + high) / 2, high * (1 + 1e-12)):  # the ends (up to float rounding) are reachable
         trainer = make_trainer(str(tmp_path / "in"), steps=2)
         trainer.reinforce_config.cost_target = target
