@@ -30,12 +30,10 @@ class CostType(str, Enum):
 def parse_cost_type(name: str | CostType) -> CostType:
     """`CostType` from its exact name or itself; ValueError listing the valid names. (Exact: the
     CLI validates --cost_type with it and then takes CostType(value).)"""
-    if isinstance(name, CostType):
-        return name
-    for cost_type in CostType:
-        if name == cost_type.value:
-            return cost_type
-    raise ValueError(f"unknown cost type {name!r}; valid: {[c.value for c in CostType]}")
+    try:
+        return CostType(name)
+    except ValueError:
+        raise ValueError(f"unknown cost type {name!r}; valid: {[c.value for c in CostType]}") from None
 
 
 @dataclass(frozen=True)

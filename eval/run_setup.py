@@ -46,10 +46,12 @@ class RunSetup:
     search_space: Any = None
 
 
-def _loaded_config_formats(path: str) -> dict[str, tuple[str, str]]:
-    """Per-layer formats of a --load_config results.json (checked at parse time: run_inputs.check_load_config)."""
-    layers = json.loads(Path(path).read_text())["layers"]
-    return {name: (layer["weight_format"], layer["act_format"]) for name, layer in layers.items()}
+def _loaded_config(path: str) -> tuple[dict[str, tuple[str, str]], dict[str, Any]]:
+    """Per-layer formats and recorded args of a --load_config results.json (checked at parse time:
+    run_inputs.check_load_config)."""
+    results = json.loads(Path(path).read_text())
+    formats = {name: (layer["weight_format"], layer["act_format"]) for name, layer in results["layers"].items()}
+    return formats, results.get("args") or {}
 
 
 def _layer_selection(flags: dict[str, Any]) -> LayerSelection:
@@ -61,13 +63,13 @@ def _layer_selection(flags: dict[str, Any]) -> LayerSelection:
                           pooler=flags["quantize_pooler"], classifier=flags["quantize_classifier"])
 
 
-def _check_loaded_layers(args: argparse.Namespace, model: nn.Module, loaded: list[str]) -> None:
+def _check_loaded_layers(args: argparse.Namespace, model: nn.Module, loaded: list[str],
+                         recorded: dict[str, Any]) -> None:
     """The --load_config run's layers are the ones its --quantize_* flags select in this model: a
     model of another shape (other --config_overrides or weights) would run partly in float, or lack
     layers of the assignment."""
     from eval.eval_partitions import select_layers
 
-    recorded = json.loads(Path(args.load_config).read_text()).get("args") or {}
     flags = {**vars(args), **{key: value for key, value in recorded.items() if key.startswith("quantize_")}}
     expected = select_layers(model, _layer_selection(flags))
     missing, extra = sorted(set(expected) - set(loaded)), sorted(set(loaded) - set(expected))
@@ -171,10 +173,10 @@ def load_data_and_model(args: argparse.Namespace) -> RunSetup:
 
     # A float run wraps the same layers at format 'none' (bitwise the float layers), so its cost
     # is that of the layers a quantized run would quantize, at 32 bits.
-    layer_formats = _loaded_config_formats(args.load_config) if args.load_config is not None else {}
+    layer_formats, loaded_args = _loaded_config(args.load_config) if args.load_config is not None else ({}, {})
     if layer_formats:
         layer_names = list(layer_formats)
-        _check_loaded_layers(args, model, layer_names)
+        _check_loaded_layers(args, model, layer_names, loaded_args)
     else:
         layer_names = select_layers(model, _layer_selection(vars(args)))
     if args.mode == "search" and not layer_names:
