@@ -2,7 +2,9 @@
 
 A search step is a fixed-format step plus the search's own work: sample formats from the policy,
 set them on the layers, snapshot the normalisation buffers (to undo a non-finite sample), compute
-the reward's quality and update the policy. Also timed: `group_check` and `group_weights`, the
+the reward's quality and update the policy (`sample_and_update_policy`: the sample, the plan of
+the update made before the reward is read, `plan_policy_update`, and the rest after it,
+`update_after_reward`, through which a GPU idles). Also timed: `group_check` and `group_weights`, the
 check of which layers to group and the model's forward hooks that quantize every weight in one
 batch (quant/weight_group.py), which every quantized step runs. On a GPU these parts run on the
 host between kernel launches, so they add to a step that is already host-bound
@@ -49,9 +51,22 @@ def search_parts(step: TrainerStep, quality_examples: int | None = None) -> dict
         logits = model(**batch)["logits"].detach()
     labels = batch["labels"]
 
+    step_index = trainer.state.global_step
+
+    def sample() -> Any:
+        with torch.no_grad():  # as the trainer samples
+            return trainer.policy.sample(trainer.sample_generator)
+
     def sample_and_update() -> None:
-        sample = trainer.policy.sample(trainer.sample_generator)
-        trainer._update_policy(sample, 0.5, trainer.state.global_step, True)
+        drawn = sample()
+        trainer._update_policy(drawn, 0.5, step_index, True, trainer._plan_policy_update(drawn, step_index, True))
+
+    # The update after the reward is read, from a plan made before (on a GPU the device idles
+    # through this part; the plan is made while it finishes the backward pass). One plan serves
+    # every call: the work is the same whatever the policy has become.
+    drawn = sample()
+    trainer._update_policy(drawn, 0.5, step_index, True)  # a baseline value, so the plan prices the alternatives
+    plan = trainer._plan_policy_update(drawn, step_index, True)
 
     group = vars(model).get("_fliqs_weight_group")
 
@@ -60,11 +75,13 @@ def search_parts(step: TrainerStep, quality_examples: int | None = None) -> dict
         group._after_forward(model, (), None)
 
     return {
-        "sample": lambda: trainer.policy.sample(trainer.sample_generator),
-        "set_formats": lambda: trainer.apply_option_indices(trainer.policy.sample(trainer.sample_generator).indices),
+        "sample": sample,
+        "set_formats": lambda: trainer.apply_option_indices(sample().indices),
         "snapshot_buffers": lambda: trainer._buffer_snapshot.take(model),
         "quality": lambda: batch_quality(logits, labels, config.reward_metric),
         "sample_and_update_policy": sample_and_update,
+        "plan_policy_update": lambda: trainer._plan_policy_update(drawn, step_index, True),
+        "update_after_reward": lambda: trainer._update_policy(drawn, 0.5, step_index, True, plan),
         # Not the search's own, but what every quantized step now does once: the check of which
         # layers to group (host work only), and the hooks with the batch itself (on the CPU,
         # where grouping is off by default, only a check that finds nothing to group).

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every benchmark on one CUDA GPU (H100/H200, torch 2.11), offline, in an expected 4-5 minutes
-# (the last GPU run of these steps took 238 s; the step and profile runs have more variants now).
+# Every benchmark on one CUDA GPU (H100/H200, torch 2.11), offline, in an expected ~5 minutes (an
+# H200 in the seventh session: 277 s with the step at --repeats 20 and no launch step; step 78 s and launch 21 s
+# at these settings).
 #
 #   bash benchmarks/gpu_check.sh                   # results under ${OUT:-benchmarks/out}
 #   SKIP="memory profile" bash benchmarks/gpu_check.sh   # leave out steps by name
@@ -18,6 +19,7 @@
 #              the quantized ones also with per-layer weight quantization (<name>_per_layer), side by side
 #   profile    the same steps' host work, host waits, launches and device work (torch.profiler)
 #   overhead   the search's own host work per step, part by part, and the grouped weights' hooks
+#   launch     host time per quantizer call, its kernel launch, and a quantized layer's step against a float one
 #   memory     peak memory of fixed-format and search (2, 4, 8 options)
 # optional (WITH):
 #   compile    the quantizer with a torch.compile'd core (bit-exactness checked): a reference
@@ -29,7 +31,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT_DIR="${OUT:-benchmarks/out}"
 PY="${PYTHON:-python3}"
 LOG="$OUT_DIR/gpu_check.log"
-STEPS="imports cuda gpu_tests quantizer step profile overhead memory compile"
+STEPS="imports cuda gpu_tests quantizer step profile overhead launch memory compile"
 OPTIONAL="compile"
 for name in ${SKIP:-} ${WITH:-}; do
   if [[ " $STEPS " != *" $name "* ]]; then
@@ -41,7 +43,7 @@ mkdir -p "$OUT_DIR"
 : > "$LOG"
 # This script's results from an earlier run would reach the summary as if new (a skipped or
 # failed step writes none): remove them first.
-rm -f "$OUT_DIR"/{quantizer_gpu,quantizer_compile_gpu,step_gpu,profile_gpu,overhead_gpu,memory_gpu}.json \
+rm -f "$OUT_DIR"/{quantizer_gpu,quantizer_compile_gpu,step_gpu,profile_gpu,overhead_gpu,launch_gpu,memory_gpu}.json \
   "$OUT_DIR/summary.txt"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
@@ -104,12 +106,13 @@ fi
 run_step gpu_tests 150 "$PY" -m pytest tests/quant tests/trainer -m gpu -q -p no:cacheprovider
 run_step quantizer 120 "$PY" -m benchmarks.bench_quantizer --device cuda --repeats 20 \
   --out "$OUT_DIR/quantizer_gpu.json"
-run_step step 300 "$PY" -m benchmarks.bench_search_step --device cuda --preset gpu --repeats 20 \
+run_step step 300 "$PY" -m benchmarks.bench_search_step --device cuda --preset gpu --repeats 30 \
   --fixed_formats int8 --per_layer_weights --out "$OUT_DIR/step_gpu.json"
 run_step profile 150 "$PY" -m benchmarks.profile_step --device cuda --preset gpu --repeats 10 --steps 3 \
   --per_layer_weights --out "$OUT_DIR/profile_gpu.json"
 run_step overhead 120 "$PY" -m benchmarks.bench_search_overhead --device cuda --preset gpu \
   --repeats 10 --out "$OUT_DIR/overhead_gpu.json"
+run_step launch 60 "$PY" -m benchmarks.bench_launch --device cuda --out "$OUT_DIR/launch_gpu.json"
 run_step memory 180 "$PY" -m benchmarks.bench_memory --device cuda --preset gpu \
   --out "$OUT_DIR/memory_gpu.json"
 

@@ -116,8 +116,20 @@ def profile_lines(path: Path, payload: dict[str, Any]) -> list[Line]:
     return lines
 
 
+def launch_lines(path: Path, payload: dict[str, Any]) -> list[Line]:
+    """Host time per quantizer call (no goal, benchmarks/bench_launch.py): each variant's microseconds.
+    Files of the seventh session also hold a ratio row (a direct launch against Triton's dispatch)."""
+    device, lines = _device(payload), []
+    for row in payload["results"]:
+        if "us_per_call" in row:
+            lines.append(Line(path.name, row["name"], "host us per call", row["us_per_call"], device))
+        else:
+            lines.append(Line(path.name, row["name"], "ratio", row["ratio"], device))
+    return lines
+
+
 READERS = {"quantizer": quantizer_lines, "search_step": step_lines, "memory": memory_lines,
-           "profile_step": profile_lines}
+           "profile_step": profile_lines, "launch": launch_lines}
 
 
 def summarize(folder: Path) -> list[Line]:

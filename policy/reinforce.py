@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from cost.cost import finite_float
-from policy.simple_policy import PolicySample
+from policy.simple_policy import PolicySample, ScoreGradients
 
 
 def reinforce_loss(sample: PolicySample, advantage: float | torch.Tensor, entropy_beta: float) -> torch.Tensor:
@@ -47,6 +47,29 @@ def reinforce_loss(sample: PolicySample, advantage: float | torch.Tensor, entrop
         return -(advantage * sample.decision_log_probs).sum() + entropy_beta * sample.entropy
     advantage = finite_float("advantage", advantage)
     return -advantage * sample.log_prob + entropy_beta * sample.entropy
+
+
+def reinforce_gradient(gradients: ScoreGradients, advantage: float | torch.Tensor, entropy_beta: float) -> torch.Tensor:
+    """The gradient of `reinforce_loss` w.r.t. the policy's logits, (D, K) float64, from the
+    sample's `ScoreGradients`: `-advantage_d * gradients.log_prob + entropy_beta * gradients.entropy`.
+
+    The same gradient as autograd through the loss (up to rounding), but the score gradients do
+    not need the reward: a caller can compute them while the reward is still on its way (the
+    trainer does, while the device finishes the backward pass) and only combine them after.
+    """
+    entropy_beta = finite_float("entropy_beta", entropy_beta)
+    num_decisions = gradients.log_prob.shape[0]
+    if isinstance(advantage, torch.Tensor):
+        advantage = advantage.detach().to(dtype=torch.float64, device=gradients.log_prob.device)
+        if advantage.shape != (num_decisions,):
+            raise ValueError(f"per-decision advantages have shape {tuple(advantage.shape)}; expected "
+                             f"({num_decisions},) (one per decision)")
+        if not bool(torch.isfinite(advantage).all()):
+            raise ValueError("per-decision advantages must be finite; check the reward's quality and cost for NaN")
+        scaled = gradients.log_prob * advantage.neg().unsqueeze(1)  # (D, K) * (D, 1)
+    else:
+        scaled = gradients.log_prob * -finite_float("advantage", advantage)
+    return scaled.add_(gradients.entropy, alpha=entropy_beta)
 
 
 class EmaBaseline:

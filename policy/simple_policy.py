@@ -55,6 +55,16 @@ class PolicySample:
     entropy: torch.Tensor
 
 
+@dataclass(frozen=True, eq=False)
+class ScoreGradients:
+    """(D, K) float64 gradients w.r.t. a policy's logits: of each decision's log-probability of
+    its sampled option (row d: d log p_d(k_d) / d logits[d], zero in the other rows) and of the
+    entropy. A REINFORCE loss is linear in them (`policy.reinforce.reinforce_gradient`)."""
+
+    log_prob: torch.Tensor
+    entropy: torch.Tensor
+
+
 class SimplePolicy(nn.Module):
     """Independent softmax(logits / temperature) per decision, optionally masked.
 
@@ -169,6 +179,26 @@ class SimplePolicy(nn.Module):
     @staticmethod
     def _decision_log_probs(log_probs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         return log_probs.gather(1, indices.to(log_probs.device).unsqueeze(1)).squeeze(1)  # (D,)
+
+    def score_gradients(self, indices: torch.Tensor) -> ScoreGradients:
+        """The gradients w.r.t. `logits` that a REINFORCE step on `indices` combines, in closed
+        form and float64, without autograd (policy/reinforce.py: the loss is linear in them).
+
+        Row d of each depends on decision d's logits only (the decisions are independent):
+            d log p_d(k_d) / d logits[d, j] = (1[j = k_d] - p_dj) / T
+            d H_d / d logits[d, j]          = -p_dj (log p_dj + H_d) / T
+        Disallowed options get 0 in both (their logits do not reach the distribution)."""
+        indices = self._validated_indices(indices).cpu()
+        mask = self.mask.cpu()
+        # In float64 from the logits on: more accurate than autograd through the float32 softmax.
+        scaled = (self.logits.detach().cpu().double() / self.temperature).masked_fill(~mask, float("-inf"))
+        log_probs = torch.log_softmax(scaled, dim=-1)  # (D, K), -inf where disallowed
+        probs = log_probs.exp()  # exactly 0 where disallowed
+        safe_log_probs = log_probs.masked_fill(~mask, 0.0)
+        entropy = -(probs * safe_log_probs).sum(dim=1, keepdim=True)  # (D, 1)
+        chosen = torch.zeros_like(probs).scatter_(1, indices.unsqueeze(1), 1.0)  # (D, K) one-hot
+        return ScoreGradients(log_prob=(chosen - probs) / self.temperature,
+                              entropy=(-probs * (safe_log_probs + entropy)).masked_fill_(~mask, 0.0) / self.temperature)
 
     def argmax(self) -> torch.LongTensor:
         """(D,) most likely allowed option per decision, on CPU (ties: the lowest index)."""

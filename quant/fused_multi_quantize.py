@@ -130,7 +130,7 @@ class _Layout:
     block_group: torch.Tensor  # int32 (B,): the block's scale group, an index into the ranges
     num_groups: int  # scale groups of all tensors (1 per tensor, or 1 per output channel)
     out_numel: int  # elements of the flat output (each slot padded to a 16-element boundary)
-    slot_sizes: tuple[int, ...]  # padded size per tensor, for splitting the flat output
+    slot_offsets: tuple[int, ...]  # where each tensor's slot starts in the flat output, on the host
 
 
 def _prefix_sums(values: Sequence[int]) -> list[int]:
@@ -162,7 +162,7 @@ def _build_layout(device: torch.device, numels: Sequence[int], groups: Sequence[
     return _Layout(x_ptrs=x_ptrs, out_offsets=out_offsets, block_tensor=tensor.to(torch.int32),
                    block_start=start.to(torch.int32), block_end=((group + 1) * size).to(torch.int32),
                    block_group=(first_group[tensor] + group).to(torch.int32), num_groups=sum(groups),
-                   out_numel=sum(slots), slot_sizes=tuple(slots))
+                   out_numel=sum(slots), slot_offsets=tuple(_prefix_sums(slots)))
 
 
 _layouts: OrderedDict[tuple, _Layout] = OrderedDict()
@@ -239,5 +239,6 @@ def fused_multi_fake_quantize(tensors: Sequence[torch.Tensor], fmts: Sequence[Nu
         _multi_abs_max_kernel[grid](*tables, range_bits, X_DTYPE=x_dtype, BLOCK=_BLOCK)
         _multi_fake_quantize_kernel[grid](*tables, range_bits.view(torch.float32), params, out, layout.out_offsets,
                                           X_DTYPE=x_dtype, BLOCK=_BLOCK, enable_fp_fusion=False)
-    slots = torch.split_with_sizes(out, layout.slot_sizes)
-    return [slot[:x.numel()].view(x.shape) for slot, x in zip(slots, tensors)]
+    # One view per tensor, straight from the flat buffer (a split, then a slice and a view of
+    # each slot, cost three times the host work: ~0.4 ms per BERT-base step on a 2-core VM).
+    return [out.as_strided(x.shape, x.stride(), offset) for x, offset in zip(tensors, layout.slot_offsets)]

@@ -13,7 +13,9 @@ Per optimizer step (with gradient accumulation, a cycle of k micro-batches; k = 
      num_items_in_batch), averaged over DDP ranks so every rank sees the same reward;
      reward = cost function(cost of the sample, target, quality); the advantage of each
      decision against its baseline (`AdvantageMode`); after the delay, one REINFORCE step on
-     the policy with the scheduled entropy term.
+     the policy with the scheduled entropy term. What of this needs no reward (the cost, the
+     baselines' expectations, the loss's gradient pieces in closed form) is computed before the
+     reward is read, while a GPU still runs the backward pass.
 
 Every rank seeds the same sampling generator, so all ranks pick the same formats without any
 communication, and the all-reduced reward keeps their policies identical.
@@ -47,8 +49,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from cost.cost import compute_reward, rewards_for_costs
 from cost.model_cost import LayerCost
-from policy.reinforce import EmaBaseline, reinforce_loss
-from policy.simple_policy import PolicySample, SimplePolicy
+from policy.reinforce import EmaBaseline, reinforce_gradient, reinforce_loss
+from policy.simple_policy import PolicySample, ScoreGradients, SimplePolicy
 from quant.quant_module import QuantModule
 from quant.surgery import set_layer_formats
 from trainer.dropped_steps import DroppedSteps
@@ -87,6 +89,18 @@ class _Cycle:
     sample: PolicySample
     buffers: Snapshot  # as before the cycle's first micro-batch
     values: list[torch.Tensor] = field(default_factory=list)  # (loss, quality) per micro-batch, on device
+
+
+@dataclass(frozen=True)
+class _PolicyUpdatePlan:
+    """What a step's policy update needs besides its reward, computed before the reward is read."""
+
+    cost: float  # of the sample
+    # (D,) expected reward of each decision's options at the running mean quality (the per-decision
+    # baselines); None with --advantage global, or before any quality was seen.
+    expected_rewards: torch.Tensor | None
+    entropy_beta: float | None  # None during the delay (no policy step)
+    gradients: ScoreGradients | None  # likewise
 
 
 class _TrainBegin(TrainerCallback):
@@ -259,7 +273,8 @@ class ReinforceTrainer(Trainer):
         if cycle is None:  # the first micro-batch of an optimizer step
             step = self.state.global_step
             searching = step >= config.delay_steps
-            sample = self.policy.sample(self.sample_generator) if searching else self._warmup_sample(step)
+            with torch.no_grad():  # the policy's gradients come in closed form (SimplePolicy.score_gradients)
+                sample = self.policy.sample(self.sample_generator) if searching else self._warmup_sample(step)
             self.apply_option_indices(sample.indices)
             cycle = self._cycle = _Cycle(step, searching, sample, self._buffer_snapshot.take(model))
 
@@ -289,6 +304,10 @@ class ReinforceTrainer(Trainer):
         return loss
 
     def _end_cycle(self, model: nn.Module, cycle: _Cycle) -> None:
+        # The policy update's work that does not need the reward comes first: on a GPU the host
+        # does it while the device finishes the backward pass, which the read of the reward
+        # below waits for; after that read the device idles until the optimizer step is launched.
+        plan = self._plan_policy_update(cycle.sample, cycle.step, cycle.searching)
         # One host sync per optimizer step: the reward must reach Python for the policy anyway.
         values = self._mean_over_ranks(torch.stack(cycle.values))  # [[loss, quality] per micro-batch]
         finite = all(math.isfinite(v) for pair in values for v in pair)
@@ -297,7 +316,7 @@ class ReinforceTrainer(Trainer):
             BufferSnapshot.restore(cycle.buffers)
             self.non_finite_steps += 1
         quality = math.fsum(q for _, q in values) / len(values) if finite else None
-        self._update_policy(cycle.sample, quality, cycle.step, cycle.searching)
+        self._update_policy(cycle.sample, quality, cycle.step, cycle.searching, plan)
 
     def _check_run_length(self, total_steps: int) -> None:
         """Refuse a run whose delay leaves no step for the policy to learn (once, at train begin)."""
@@ -338,9 +357,27 @@ class ReinforceTrainer(Trainer):
         probability = 1.0 - step / self.reinforce_config.delay_steps
         return self.policy.sample_warmup(self.sample_generator, preferred, probability)
 
-    def _update_policy(self, sample: PolicySample, quality: float | None, step: int, searching: bool) -> None:
+    def _plan_policy_update(self, sample: PolicySample, step: int, searching: bool) -> _PolicyUpdatePlan:
+        """The parts of the policy update that do not depend on the step's reward."""
         config = self.reinforce_config
         cost = self.cost_table.cost(sample.indices)
+        expected_rewards = None
+        if config.advantage is AdvantageMode.PER_DECISION and self.baseline.value is not None:
+            expected_rewards = self._expected_rewards(sample, cost, self.baseline.value)
+        if not searching:
+            return _PolicyUpdatePlan(cost, expected_rewards, None, None)
+        beta = entropy_beta(step, schedule=config.entropy_schedule, delay_steps=config.delay_steps,
+                            total_steps=self.state.max_steps, max_entropy_beta=config.max_entropy_beta)
+        return _PolicyUpdatePlan(cost, expected_rewards, beta, self.policy.score_gradients(sample.indices))
+
+    def _update_policy(self, sample: PolicySample, quality: float | None, step: int, searching: bool,
+                       plan: _PolicyUpdatePlan | None = None) -> None:
+        """The step's reward, advantages and REINFORCE step; `plan` as `_plan_policy_update` made it
+        for this sample (computed here if not given)."""
+        config = self.reinforce_config
+        if plan is None:
+            plan = self._plan_policy_update(sample, step, searching)
+        cost = plan.cost
         logs = self._pending_logs
         logs["cost"].append(cost)
         logs["cost_ratio"].append(cost / config.cost_target)
@@ -354,7 +391,7 @@ class ReinforceTrainer(Trainer):
             reward = self.worst_reward  # None before any finite step: nothing to learn from yet
         if reward is None:
             return
-        advantages = self._advantages(sample, reward, quality, cost)
+        advantages = self._advantages(sample, plan, reward, quality)
         logs["reward"].append(reward)
         logs["advantage"].append(float(advantages.mean()))
         # The EMA follows the reward with --advantage global, and the quality with per_decision
@@ -363,30 +400,41 @@ class ReinforceTrainer(Trainer):
         logs[ema_name].append(float(self.baseline.value))
         if not searching:
             return
-        beta = entropy_beta(step, schedule=config.entropy_schedule, delay_steps=config.delay_steps,
-                            total_steps=self.state.max_steps, max_entropy_beta=config.max_entropy_beta)
-        policy_loss = reinforce_loss(sample, advantages, beta)
-        self.policy_optimizer.zero_grad(set_to_none=True)
-        policy_loss.backward()
+        assert plan.gradients is not None and plan.entropy_beta is not None  # planned as searching
+        beta = plan.entropy_beta
+        # The loss's gradient from the planned score gradients (no autograd after the reward);
+        # the loss itself only for the log.
+        logits = self.policy.logits
+        logits.grad = reinforce_gradient(plan.gradients, advantages, beta).to(logits.dtype)
         self.policy_optimizer.step()
-        logs["policy_loss"].append(float(policy_loss.detach()))
+        with torch.no_grad():
+            policy_loss = reinforce_loss(sample, advantages, beta)
+        logs["policy_loss"].append(float(policy_loss))
         logs["entropy"].append(float(sample.entropy.detach()))
         logs["entropy_beta"].append(beta)
 
-    def _advantages(self, sample: PolicySample, reward: float, quality: float | None, cost: float) -> torch.Tensor:
+    def _advantages(self, sample: PolicySample, plan: _PolicyUpdatePlan, reward: float,
+                    quality: float | None) -> torch.Tensor:
         """(D,) advantage of each decision; updates the EMA baseline."""
         config = self.reinforce_config
         num_decisions = self.search_space.num_decisions
         if config.advantage is AdvantageMode.GLOBAL:
             return torch.full((num_decisions,), self.baseline.update(reward), dtype=torch.float64)
         # Baseline of decision d: the expected reward over d's own options, the other decisions
-        # kept as sampled, at the running mean quality. It does not depend on d's own choice, so
-        # the estimator stays unbiased.
-        mean_quality = self.baseline.value if self.baseline.value is not None else quality
+        # kept as sampled, at the running mean quality (the first quality itself, before any). It
+        # does not depend on d's own choice, so the estimator stays unbiased.
+        expected = plan.expected_rewards
+        if expected is None and quality is not None:  # no mean quality when planned: the first one
+            expected = self._expected_rewards(sample, plan.cost, quality)
         if quality is not None:
             self.baseline.update(quality)
-        if mean_quality is None:  # a non-finite first step: nothing to compare with yet
+        if expected is None:  # a non-finite first step: nothing to compare with yet
             return torch.zeros(num_decisions, dtype=torch.float64)
+        return reward - expected
+
+    def _expected_rewards(self, sample: PolicySample, cost: float, mean_quality: float) -> torch.Tensor:
+        """(D,) expected reward of each decision switched over its options (the others as sampled)."""
+        config = self.reinforce_config
         table = self.cost_table.table  # (D, K)
         own = table.gather(1, sample.indices.view(-1, 1))  # (D, 1)
         alternative_costs = cost - own + table  # (D, K): decision d switched to option k
@@ -396,7 +444,7 @@ class ReinforceTrainer(Trainer):
                                                 config.cost_target, mean_quality, check=False)
         with torch.no_grad():
             probs = self.policy().double().cpu()
-        return reward - (probs * alternative_rewards).sum(dim=1)
+        return (probs * alternative_rewards).sum(dim=1)
 
     def _heldout_quality(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         """The reward's quality on a held-out batch (on the model's device), in eval mode."""

@@ -12,7 +12,8 @@ def test_parts_are_timed_against_the_whole_search_step(tmp_path, capsys):
     assert (result["model"], result["quantized_layers"], result["decisions"]) == ("resnet-small", 21, 21)
     parts = {row["name"]: row for row in result["parts"]}
     assert list(parts) == [WHOLE_STEP, "sample", "set_formats", "snapshot_buffers", "quality",
-                           "sample_and_update_policy", "group_check", "group_weights"]
+                           "sample_and_update_policy", "plan_policy_update", "update_after_reward", "group_check",
+                           "group_weights"]
     step_ms = parts[WHOLE_STEP]["median_ms"]
     assert parts[WHOLE_STEP]["share_of_step"] == 1.0 and step_ms > 0
     for name, row in parts.items():
@@ -45,5 +46,6 @@ def test_parts_only_times_the_parts_without_running_a_step(monkeypatch):
     (result,) = payload["results"]
     assert (result["model"], result["decisions"]) == ("bert-small", 26)
     assert [row["name"] for row in result["parts"]] == ["sample", "set_formats", "snapshot_buffers", "quality",
-                                                        "sample_and_update_policy", "group_check", "group_weights"]
+                                                        "sample_and_update_policy", "plan_policy_update",
+                                                        "update_after_reward", "group_check", "group_weights"]
     assert all(row["share_of_step"] is None and row["median_ms"] > 0 for row in result["parts"])

@@ -96,3 +96,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"summarize: error: {tmp_path / 'step.json'} is not valid JSON (") and err.count("\n") == 1
+
+
+def test_launch_rows_are_info(tmp_path):
+    payload = {"benchmark": "launch", "environment": {"device": "cuda"},
+               "results": [{"name": "aten add", "us_per_call": 5.0}, {"name": "direct launch", "us_per_call": 4.0},
+                           {"name": "direct launch / triton dispatch", "ratio": 0.4}]}
+    (tmp_path / "launch_gpu.json").write_text(json.dumps(payload))
+    got = verdicts(tmp_path)
+    assert got == {("aten add", "host us per call"): (5.0, "-", "info"),
+                   ("direct launch", "host us per call"): (4.0, "-", "info"),
+                   ("direct launch / triton dispatch", "ratio"): (0.4, "-", "info")}

@@ -1,11 +1,12 @@
-"""reinforce_loss against a hand-computed REINFORCE gradient; EmaBaseline values and checkpoints."""
+"""reinforce_loss and reinforce_gradient against a hand-computed REINFORCE gradient; EmaBaseline values and
+checkpoints."""
 import math
 
 import pytest
 import torch
 
-from policy.reinforce import EmaBaseline, reinforce_loss
-from policy.simple_policy import PolicySample, SimplePolicy
+from policy.reinforce import EmaBaseline, reinforce_gradient, reinforce_loss
+from policy.simple_policy import PolicySample, ScoreGradients, SimplePolicy
 
 
 def _softmax(row: list[float]) -> list[float]:
@@ -56,6 +57,78 @@ def test_loss_gradient_matches_hand_computed_reinforce_gradient(temperature, adv
     expected_rows = [_hand_gradient([row], temperature, [i], a, entropy_beta)[0]
                      for row, i, a in zip(logits, indices, per_decision)]
     torch.testing.assert_close(policy.logits.grad, torch.tensor(expected_rows), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize(("advantage", "entropy_beta"), [(0.8, 0.3), (-1.5, -0.2), (0.0, 1.0)])
+def test_closed_form_gradient_matches_hand_computed_and_autograd(temperature, advantage, entropy_beta):
+    logits = [[0.3, -0.2, 0.9], [1.0, 0.5, -2.0], [0.0, 0.0, 0.1]]
+    indices = [1, 0, 2]
+    policy = SimplePolicy(3, 3, temperature=temperature)
+    with torch.no_grad():
+        policy.logits.copy_(torch.tensor(logits))
+    chosen = torch.tensor(indices)
+    gradients = policy.score_gradients(chosen)
+    assert gradients.log_prob.dtype == gradients.entropy.dtype == torch.float64
+    logits = policy.logits.double().tolist()  # the float32 values the policy holds
+    hand = torch.tensor(_hand_gradient(logits, temperature, indices, advantage, entropy_beta), dtype=torch.float64)
+    # float64 closed form against float64 arithmetic by hand
+    torch.testing.assert_close(reinforce_gradient(gradients, advantage, entropy_beta), hand, atol=1e-12, rtol=0)
+    per_decision = torch.tensor([advantage, 2.0 * advantage - 0.5, -advantage], dtype=torch.float64)
+    expected_rows = torch.tensor([_hand_gradient([row], temperature, [i], float(a), entropy_beta)[0]
+                                  for row, i, a in zip(logits, indices, per_decision)], dtype=torch.float64)
+    torch.testing.assert_close(reinforce_gradient(gradients, per_decision, entropy_beta), expected_rows,
+                               atol=1e-12, rtol=0)
+    # and autograd through reinforce_loss (float32) gives the same gradient up to its rounding
+    sample = PolicySample(chosen, policy.log_probabilities().gather(1, chosen.unsqueeze(1)).squeeze(1),
+                          policy.log_prob(chosen), policy.entropy())
+    reinforce_loss(sample, per_decision, entropy_beta).backward()
+    torch.testing.assert_close(policy.logits.grad.double(), reinforce_gradient(gradients, per_decision, entropy_beta),
+                               atol=1e-6, rtol=0)
+
+
+def test_score_gradients_at_uniform_init_in_closed_form():
+    policy = SimplePolicy(2, 4, temperature=0.5)
+    gradients = policy.score_gradients(torch.tensor([3, 0]))
+    # p = 1/4 everywhere: d log p_k / d l_j = (1[j = k] - 1/4) / T; the entropy is at its maximum (gradient 0).
+    expected = torch.tensor([[-0.5, -0.5, -0.5, 1.5], [1.5, -0.5, -0.5, -0.5]], dtype=torch.float64)
+    assert torch.equal(gradients.log_prob, expected)
+    assert torch.equal(gradients.entropy, torch.zeros(2, 4, dtype=torch.float64))
+
+
+def test_score_gradients_of_disallowed_options_are_zero():
+    mask = torch.tensor([[True, False, True], [True, True, True]])
+    policy = SimplePolicy(2, 3, mask=mask)
+    with torch.no_grad():
+        policy.logits.copy_(torch.tensor([[0.4, 5.0, -0.3], [0.1, 0.2, 0.3]]))
+    chosen = torch.tensor([2, 1])
+    gradients = policy.score_gradients(chosen)
+    assert gradients.log_prob[0, 1].item() == 0.0 and gradients.entropy[0, 1].item() == 0.0
+    assert torch.isfinite(gradients.entropy).all()
+    sample = PolicySample(chosen, policy.log_probabilities().gather(1, chosen.unsqueeze(1)).squeeze(1),
+                          policy.log_prob(chosen), policy.entropy())
+    reinforce_loss(sample, 0.7, 0.4).backward()
+    torch.testing.assert_close(policy.logits.grad.double(), reinforce_gradient(gradients, 0.7, 0.4), atol=1e-6, rtol=0)
+
+
+def test_score_gradients_check_the_indices():
+    policy = SimplePolicy(2, 3, mask=torch.tensor([[True, False, True], [True, True, True]]))
+    with pytest.raises(ValueError, match=r"indices\[1\]=3 is out of range; valid options are 0..2"):
+        policy.score_gradients(torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"indices\[0\]=1 is masked out for decision 0"):
+        policy.score_gradients(torch.tensor([1, 0]))
+
+
+def test_reinforce_gradient_rejects_bad_advantages_and_beta():
+    gradients = ScoreGradients(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"per-decision advantages have shape \(3,\); expected \(2,\)"):
+        reinforce_gradient(gradients, torch.zeros(3), 0.0)
+    with pytest.raises(ValueError, match=r"per-decision advantages must be finite"):
+        reinforce_gradient(gradients, torch.tensor([0.0, float("nan")]), 0.0)
+    with pytest.raises(ValueError, match=r"advantage=inf must be finite"):
+        reinforce_gradient(gradients, float("inf"), 0.0)
+    with pytest.raises(ValueError, match=r"entropy_beta=nan must be finite"):
+        reinforce_gradient(gradients, 0.0, float("nan"))
 
 
 def test_loss_value_at_uniform_init():

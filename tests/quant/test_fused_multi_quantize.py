@@ -34,8 +34,13 @@ def _check(tensors: list[torch.Tensor], tokens: list[str], per_channel: list[boo
     assert applies(tensors, fmts, per_channel)
     got = fused_multi_fake_quantize(tensors, fmts, per_channel)
     for x, token, g, w in zip(tensors, tokens, got, want):
-        assert g.shape == x.shape and g.dtype == x.dtype, token
+        assert g.shape == x.shape and g.dtype == x.dtype and g.stride() == w.stride(), token
         assert _same_bits(g, w), (token, tuple(x.shape))
+    # views of one buffer, in order, each slot starting on a 16-element boundary and not overlapping the next
+    assert len({g.untyped_storage().data_ptr() for g in got}) == 1
+    offsets = [g.storage_offset() for g in got]
+    assert all(offset % 16 == 0 for offset in offsets)
+    assert all(b - a >= x.numel() for a, b, x in zip(offsets, offsets[1:], tensors))
 
 
 def test_format_rows_hold_the_kernel_params_as_int32() -> None:
@@ -206,7 +211,8 @@ def test_layout_tables_come_from_one_upload(monkeypatch: pytest.MonkeyPatch) -> 
                                                 [4096, 8192, 12288])
     assert uploads == [21]
     assert layout.x_ptrs.tolist() == [4096, 8192, 12288]
-    assert layout.slot_sizes == (block + 16, 16, 3 * block) and layout.out_offsets.tolist() == [0, block + 16, block + 32]
+    assert layout.slot_offsets == (0, block + 16, block + 32)  # slots of block + 16, 16 and 3 * block
+    assert layout.out_offsets.tolist() == list(layout.slot_offsets)
     assert layout.out_numel == 4 * block + 32 and layout.num_groups == 4
     half = block // 2
     assert layout.block_tensor.tolist() == [0, 0, 1, 2, 2, 2, 2]

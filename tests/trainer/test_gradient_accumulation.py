@@ -93,8 +93,8 @@ def test_accumulation_samples_rewards_and_updates_once_per_optimizer_step(tmp_pa
     trainer.compute_loss = compute_loss
     monkeypatch.setattr(reinforce_trainer, "batch_quality", batch_quality)
     trainer.policy.sample = lambda generator: samples.append(real_sample(generator)) or samples[-1]
-    trainer._update_policy = lambda sample, quality, step, searching: (
-        updates.append((sample, quality, step)), real_update(sample, quality, step, searching))
+    trainer._update_policy = lambda sample, quality, step, searching, plan=None: (
+        updates.append((sample, quality, step)), real_update(sample, quality, step, searching, plan))
     trainer.policy_optimizer.step = lambda *a, **k: policy_steps.append(trainer.state.global_step) or real_policy_step()
     trainer.train()
 

@@ -166,3 +166,43 @@ def test_finalize_search_recalibrates_for_the_answer(tmp_path):
     plain = make_trainer(str(tmp_path / "plain"), steps=2)  # no BatchNorm: nothing to re-estimate
     plain.train()
     assert plain.finalize_search(recalibration_batches=3) == 0
+
+
+@pytest.mark.parametrize("advantage", ["per_decision", "global"])
+def test_policy_step_gets_the_gradient_of_the_reinforce_loss(tmp_path, monkeypatch, advantage):
+    """The trainer combines closed-form score gradients planned before the reward is read; every
+    policy step must get what autograd through reinforce_loss gives for its sample, advantages and beta."""
+    import trainer.reinforce_trainer as reinforce_trainer
+    from policy.reinforce import reinforce_loss
+    from policy.simple_policy import PolicySample, SimplePolicy
+
+    trainer = make_trainer(str(tmp_path), steps=40, delay_steps=10, max_entropy_beta=0.5, advantage=advantage,
+                           policy_temperature=0.8)
+    current, recorded = {}, []
+    real_update, real_gradient = trainer._update_policy, reinforce_trainer.reinforce_gradient
+
+    def update(sample, quality, step, searching, plan=None):
+        current["indices"] = sample.indices
+        real_update(sample, quality, step, searching, plan)
+
+    def recording_gradient(gradients, advantages, beta):
+        grad = real_gradient(gradients, advantages, beta)
+        recorded.append((trainer.policy.logits.detach().clone(), current["indices"].clone(), advantages.clone(), beta,
+                         grad.clone()))
+        return grad
+
+    trainer._update_policy = update
+    monkeypatch.setattr(reinforce_trainer, "reinforce_gradient", recording_gradient)
+    trainer.train()
+
+    assert len(recorded) == 30  # one per step after the delay
+    assert any(beta > 0 for *_, beta, _ in recorded) and any(bool(a.abs().sum() > 0) for _, _, a, _, _ in recorded)
+    space = trainer.search_space
+    for logits, indices, advantages, beta, grad in recorded:
+        policy = SimplePolicy(space.num_decisions, space.num_options, temperature=0.8)
+        with torch.no_grad():
+            policy.logits.copy_(logits)
+        sample = PolicySample(indices, policy.log_probabilities().gather(1, indices.unsqueeze(1)).squeeze(1),
+                              policy.log_prob(indices), policy.entropy())
+        reinforce_loss(sample, advantages, beta).backward()
+        torch.testing.assert_close(grad, policy.logits.grad.double(), atol=1e-6, rtol=1e-5)
