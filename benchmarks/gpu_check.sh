@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Every benchmark on one CUDA GPU (H100/H200, torch 2.11), offline, in an expected ~5 minutes (an
-# H200 in the seventh session: 277 s with the step at --repeats 20 and no launch step; step 78 s and launch 21 s
-# at these settings).
+# Every benchmark on one CUDA GPU (H100/H200, torch 2.11), offline, in an expected 4.5-5 minutes
+# (an H200 in the seventh session: 277 s without the launch step, which took 21 s at --repeats 20
+# and runs 10 here).
 #
 #   bash benchmarks/gpu_check.sh                   # results under ${OUT:-benchmarks/out}
 #   SKIP="memory profile" bash benchmarks/gpu_check.sh   # leave out steps by name
@@ -106,13 +106,13 @@ fi
 run_step gpu_tests 150 "$PY" -m pytest tests/quant tests/trainer -m gpu -q -p no:cacheprovider
 run_step quantizer 120 "$PY" -m benchmarks.bench_quantizer --device cuda --repeats 20 \
   --out "$OUT_DIR/quantizer_gpu.json"
-run_step step 300 "$PY" -m benchmarks.bench_search_step --device cuda --preset gpu --repeats 30 \
+run_step step 300 "$PY" -m benchmarks.bench_search_step --device cuda --preset gpu --repeats 20 \
   --fixed_formats int8 --per_layer_weights --out "$OUT_DIR/step_gpu.json"
 run_step profile 150 "$PY" -m benchmarks.profile_step --device cuda --preset gpu --repeats 10 --steps 3 \
   --per_layer_weights --out "$OUT_DIR/profile_gpu.json"
 run_step overhead 120 "$PY" -m benchmarks.bench_search_overhead --device cuda --preset gpu \
   --repeats 10 --out "$OUT_DIR/overhead_gpu.json"
-run_step launch 60 "$PY" -m benchmarks.bench_launch --device cuda --out "$OUT_DIR/launch_gpu.json"
+run_step launch 60 "$PY" -m benchmarks.bench_launch --device cuda --repeats 10 --out "$OUT_DIR/launch_gpu.json"
 run_step memory 180 "$PY" -m benchmarks.bench_memory --device cuda --preset gpu \
   --out "$OUT_DIR/memory_gpu.json"
 
