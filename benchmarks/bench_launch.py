@@ -7,7 +7,8 @@ between two device syncs; the time per call is the host's, as long as the device
 
     aten add              x + 1: one torch kernel launch, the reference
     range                 the abs-max the layers compute first (`quant.scales.abs_max`)
-    kernel launch         the fused kernel alone, launched as `_launch` does (Triton's `kernel[grid](...)`)
+    kernel launch         the fused kernel alone: `fused_fake_quantize_from_range` (its checks, the
+                          output's allocation and Triton's `kernel[grid](...)`)
     quantize fwd          `quantize(x, fmt, per_tensor)`, no gradient
     quantize fwd+bwd      with a gradient: forward, then `backward` (the autograd engine's
                           start included, which a training step pays once, not per layer)
@@ -71,20 +72,14 @@ def build_variants(x: torch.Tensor, fmt_token: str) -> dict[str, Callable[[], An
     return variants
 
 
-def _kernel_launch(x: torch.Tensor, fmt: Any) -> Callable[[], None] | None:
-    """The fused kernel's launch given the range, as `fused_quantize._launch` makes it, or None
-    where it does not run (no CUDA or no Triton)."""
+def _kernel_launch(x: torch.Tensor, fmt: Any) -> Callable[[], Any] | None:
+    """The fused kernel given the range (`fused_fake_quantize_from_range`, what the layers' forward
+    calls on CUDA: its checks, the output's allocation and Triton's launch), or None where it does
+    not run (no CUDA or no Triton)."""
     if not (x.is_cuda and fused_quantize.is_available()):
         return None
-    params = fused_quantize.kernel_params(fmt)
     value_range = x.detach().abs().amax().reshape(1).float()
-    out = torch.empty_like(x)
-    grid = (-(-x.numel() // fused_quantize._BLOCK),)
-    args = (x, value_range, value_range, out, out, x.numel(), x.numel(), float(fmt.max), params.lo, params.hi,
-            params.step_min_bits, params.step_max_bits, params.man_shift)
-    constexprs = dict(PER_GROUP=False, FROM_RANGE=True, WRITE_PASS=False, BLOCK=fused_quantize._BLOCK)
-    kernel = fused_quantize._fake_quantize_kernel
-    return lambda: kernel[grid](*args, **constexprs, enable_fp_fusion=False)
+    return lambda: fused_quantize.fused_fake_quantize_from_range(x, fmt, value_range, need_mask=False)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

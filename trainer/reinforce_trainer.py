@@ -368,7 +368,8 @@ class ReinforceTrainer(Trainer):
             return _PolicyUpdatePlan(cost, expected_rewards, None, None)
         beta = entropy_beta(step, schedule=config.entropy_schedule, delay_steps=config.delay_steps,
                             total_steps=self.state.max_steps, max_entropy_beta=config.max_entropy_beta)
-        return _PolicyUpdatePlan(cost, expected_rewards, beta, self.policy.score_gradients(sample.indices))
+        # Unchecked: the indices were drawn from this policy (sample, sample_uniform, sample_warmup).
+        return _PolicyUpdatePlan(cost, expected_rewards, beta, self.policy.score_gradients(sample.indices, check=False))
 
     def _update_policy(self, sample: PolicySample, quality: float | None, step: int, searching: bool,
                        plan: _PolicyUpdatePlan | None = None) -> None:

@@ -113,6 +113,9 @@ def test_score_gradients_of_disallowed_options_are_zero():
 
 def test_score_gradients_check_the_indices():
     policy = SimplePolicy(2, 3, mask=torch.tensor([[True, False, True], [True, True, True]]))
+    checked, unchecked = policy.score_gradients(torch.tensor([2, 1])), policy.score_gradients(torch.tensor([2, 1]),
+                                                                                               check=False)
+    assert torch.equal(checked.log_prob, unchecked.log_prob) and torch.equal(checked.entropy, unchecked.entropy)
     with pytest.raises(ValueError, match=r"indices\[1\]=3 is out of range; valid options are 0..2"):
         policy.score_gradients(torch.tensor([0, 3]))
     with pytest.raises(ValueError, match=r"indices\[0\]=1 is masked out for decision 0"):
