@@ -62,6 +62,7 @@ class KernelParams:
     step_min_bits: int
     step_max_bits: int
     man_shift: int
+    fmt_max: float  # the format's largest value, which a range maps onto
 
 
 @functools.lru_cache(maxsize=None)  # formats are frozen dataclasses; called on every forward
@@ -71,7 +72,7 @@ def kernel_params(fmt: NumberFormat) -> KernelParams | None:
         if fmt.qmax + 1 > _MAX_ROUNDED_MAGNITUDE:
             return None
         lo, hi = rounding_bounds(fmt)
-        return KernelParams(lo, hi, _FP32_ONE_BITS, _FP32_ONE_BITS, 0)
+        return KernelParams(lo, hi, _FP32_ONE_BITS, _FP32_ONE_BITS, 0, float(fmt.max))
     if isinstance(fmt, FloatFormat):
         smallest = (fmt.emin - fmt.man_bits + 127) << 23
         largest = (fmt.emax - fmt.man_bits + 127) << 23
@@ -80,7 +81,7 @@ def kernel_params(fmt: NumberFormat) -> KernelParams | None:
             return None
         # Values in (max, hi] share max's binade, so the step from the exponent field rounds them to max.
         lo, hi = rounding_bounds(fmt)
-        return KernelParams(lo, hi, smallest, _FP32_EXPONENT_FIELD, fmt.man_bits << 23)
+        return KernelParams(lo, hi, smallest, _FP32_EXPONENT_FIELD, fmt.man_bits << 23, float(fmt.max))
     return None  # cast formats (bf16/fp16) and no-quant: eager
 
 
@@ -215,12 +216,18 @@ def on_device(device: torch.device) -> contextlib.AbstractContextManager:
 
 def _launch(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor, need_mask: bool, from_range: bool
             ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    # Every layer's quantizer runs this each step, and on a GPU the step's pace is the host's:
+    # each check is as cheap as it can be (a per-tensor scale skips the layout check).
+    numel = x.numel()
     # int32 offsets: the last block's pid * BLOCK + BLOCK must stay below 2^31
-    if not is_available() or not x.is_contiguous() or x.numel() == 0 or x.numel() > 2**31 - _BLOCK:
+    if not _enabled or triton is None or numel == 0 or numel > 2**31 - _BLOCK or not x.is_contiguous():
         return None
     params = kernel_params(fmt)
-    inner = _scale_layout(x, scale)
-    if params is None or inner is None:
+    if params is None:
+        return None
+    per_group = scale.numel() > 1
+    inner = _scale_layout(x, scale) if per_group else numel
+    if inner is None:
         return None
     scale = scale.contiguous()
     # Given a scale: the eager path's reciprocal, so y is the same (a scale below 2^-126 is
@@ -229,12 +236,12 @@ def _launch(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor, need_mask: 
     out = torch.empty_like(x)
     # Without a mask the kernel never touches pass_ptr; `out` stands in for it.
     mask = torch.empty(x.shape, dtype=torch.uint8, device=x.device) if need_mask else out
-    grid = (triton.cdiv(x.numel(), _BLOCK),)
+    grid = ((numel + _BLOCK - 1) // _BLOCK,)
     with on_device(x.device):
         _fake_quantize_kernel[grid](
-            x, scale, inv_scale, out, mask, x.numel(), inner, float(fmt.max),
+            x, scale, inv_scale, out, mask, numel, inner, params.fmt_max,
             params.lo, params.hi, params.step_min_bits, params.step_max_bits, params.man_shift,
-            PER_GROUP=scale.numel() > 1, FROM_RANGE=from_range, WRITE_PASS=need_mask, BLOCK=_BLOCK,
+            PER_GROUP=per_group, FROM_RANGE=from_range, WRITE_PASS=need_mask, BLOCK=_BLOCK,
             enable_fp_fusion=False,
         )
     return out, (mask if need_mask else None)

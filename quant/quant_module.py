@@ -7,7 +7,7 @@ changes `weight_format` / `act_format` between steps; nothing is re-allocated.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -76,6 +76,12 @@ class GroupedWeight(NamedTuple):
                 and self.version == _version(weight))
 
 
+class InputShareLike(Protocol):
+    """What a layer asks of quant.input_share.InputShare (which imports this module)."""
+
+    def quantize(self, layer: "QuantModule", x: torch.Tensor) -> torch.Tensor: ...
+
+
 class FormatAttribute:
     """A layer's format, parsed on assignment: a token ("int8") works and a bad one fails there
     rather than at the next forward, which only reads the stored NumberFormat (`_<name>`)."""
@@ -109,6 +115,9 @@ class QuantModule:
     # Q(weight) computed with every other layer's at the start of the model's forward
     # (quant/weight_group.py), set for the length of that forward only.
     _grouped_weight: GroupedWeight | None = None
+    # The model's InputShare (quant/input_share.py), set for the length of each model forward only:
+    # layers reading the same input take one range and, at the same format, one quantized tensor.
+    _input_share: "InputShareLike | None" = None
     # True during quant.surgery.record_geometry's forward only: each call adds its MACs (a layer
     # applied twice per forward costs twice). Otherwise the first forward's geometry stays.
     _summing_geometry: bool = False
@@ -210,6 +219,9 @@ class QuantModule:
                         dim=self.weight_channel_dim, range_percentile=self.weight_range_percentile)
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        share = self._input_share
+        if share is not None:
+            return share.quantize(self, x)
         return quantize(x, self.act_format, self.act_granularity,
                         dim=self.act_feature_dim, range_percentile=self.act_range_percentile)
 
@@ -248,7 +260,7 @@ HOOK_ATTRIBUTES = tuple(name for name in vars(nn.Module()) if "hook" in name)
 QUANT_ATTRIBUTES = frozenset({
     "_weight_format", "_act_format", "weight_granularity", "act_granularity", "weight_range_percentile",
     "act_range_percentile", "macs_per_sample", "_prequantized_for", "_grouped_weight", "_groupable_format",
-    "_summing_geometry"})
+    "_summing_geometry", "_input_share"})
 
 
 def carry_module_state(source: nn.Module, target: nn.Module, skip: frozenset[str] = frozenset()) -> None:

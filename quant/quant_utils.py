@@ -120,11 +120,28 @@ class _FakeQuantizeFunction(torch.autograd.Function):
         return grad_output * mask, None, None, None, None
 
 
+# autograd.Function.apply's C core. Function.apply wraps it in Python (functorch's dead-wrapper
+# unwrapping, a setup_context check) that costs ~2 us per call on a 2-core VM and ~4x that on a
+# GPU host, where a training step's host work, not the GPU, sets its pace; layers call this every
+# step (BERT-base: 74 activation quantizers).
+_apply_core = super(torch.autograd.Function, _FakeQuantizeFunction).apply
+
+
+def _apply_fake_quantize(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor, can_saturate: bool,
+                         is_range: bool) -> torch.Tensor:
+    """`_FakeQuantizeFunction.apply(...)`: through the C core, or through Function.apply under
+    torch.func transforms (which need its wrapper, and there it says what is unsupported) and
+    while torch.compile traces (it knows Function.apply, not the core)."""
+    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
+        return _FakeQuantizeFunction.apply(x, fmt, scale, can_saturate, is_range)
+    return _apply_core(x, fmt, scale, can_saturate, is_range)
+
+
 def fake_quantize_unchecked(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor) -> torch.Tensor:
     """`fake_quantize` without argument checks, for the per-step path (no host sync)."""
     if not fmt.quantizes:
         return x
-    return _FakeQuantizeFunction.apply(x, fmt, scale, True, False)
+    return _apply_fake_quantize(x, fmt, scale, True, False)
 
 
 # The smallest float32 scale whose float32 reciprocal is finite: the next float after 2^-128.
@@ -194,6 +211,41 @@ class QuantizerSpec:
         check_range_percentile(self.range_percentile)
 
 
+def checked_scale_options(granularity: Granularity | str, range_percentile: float) -> Granularity:
+    """`quantize`'s checks of the scale options: the granularity, parsed; ValueError / TypeError
+    naming a bad one. No work on the device."""
+    if range_percentile != 100.0:  # abs-max, the layers' default, needs no check
+        check_range_percentile(range_percentile)
+    return parse_granularity(granularity)
+
+
+def input_range(x: torch.Tensor, fmt: NumberFormat, granularity: Granularity, dim: int,
+                range_percentile: float) -> torch.Tensor | None:
+    """The range per scale group (float32, keepdim) that `quantize` derives x's scale from, or
+    None where it takes none: a format that does not quantize or a cast format (scale 1), an
+    empty x. `granularity` parsed, `range_percentile` checked (`checked_scale_options`)."""
+    if not fmt.quantizes or isinstance(fmt, CastFormat) or x.numel() == 0:
+        return None
+    return _value_range(x, fmt, _reduce_dims(x, granularity, dim), range_percentile)
+
+
+def quantize_checked(x: torch.Tensor, fmt: NumberFormat, granularity: Granularity, dim: int,
+                     range_percentile: float, value_range: torch.Tensor | None) -> torch.Tensor:
+    """`quantize` with checked arguments and x's `input_range` computed already (quant/input_share.py
+    shares one range between the layers that read the same input); a cast format ignores it."""
+    if not fmt.quantizes:
+        return x
+    # With an abs-max scale no finite element leaves the rounding bounds: the mask would be all
+    # ones, so it is not computed and backward is the identity.
+    can_saturate = range_percentile < 100.0 or not abs_max_scaling_cannot_saturate(fmt)
+    if value_range is None or isinstance(fmt, CastFormat):
+        return _apply_fake_quantize(x, fmt, _compute_scale(x, fmt, granularity, dim, range_percentile),
+                                    can_saturate, False)
+    if x.is_cuda:  # the GPU kernel derives the scale from the range: 2 launches per call, not 5
+        return _apply_fake_quantize(x, fmt, value_range, can_saturate, True)
+    return _apply_fake_quantize(x, fmt, scale_from_range(value_range, fmt), can_saturate, False)
+
+
 def quantize(x: torch.Tensor, fmt: NumberFormat | str | int, granularity: Granularity | str, *, dim: int = 0,
              range_percentile: float = 100.0) -> torch.Tensor:
     """Compute the scale of `x` and fake-quantize it: the per-step entry point of the layers."""
@@ -201,14 +253,6 @@ def quantize(x: torch.Tensor, fmt: NumberFormat | str | int, granularity: Granul
     fmt = parse_format(fmt)  # a NumberFormat passes through (one isinstance check)
     if not fmt.quantizes:
         return x
-    check_range_percentile(range_percentile)
-    # With an abs-max scale no finite element leaves the rounding bounds: the mask would be all
-    # ones, so it is not computed and backward is the identity.
-    can_saturate = range_percentile < 100.0 or not abs_max_scaling_cannot_saturate(fmt)
-    granularity = parse_granularity(granularity)
-    if x.is_cuda and x.numel() and not isinstance(fmt, CastFormat):
-        # Pass the range and let the GPU kernel derive the scale: 2 launches per call, not 5.
-        value_range = _value_range(x, fmt, _reduce_dims(x, granularity, dim), range_percentile)
-        return _FakeQuantizeFunction.apply(x, fmt, value_range, can_saturate, True)
-    scale = _compute_scale(x, fmt, granularity, dim, range_percentile)
-    return _FakeQuantizeFunction.apply(x, fmt, scale, can_saturate, False)
+    granularity = checked_scale_options(granularity, range_percentile)
+    return quantize_checked(x, fmt, granularity, dim, range_percentile,
+                            input_range(x, fmt, granularity, dim, range_percentile))

@@ -19,7 +19,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
 from transformers.pytorch_utils import Conv1D
 
-from quant import weight_group
+from quant import input_share, weight_group
 from quant.formats import NumberFormat, parse_format
 from quant.quant_conv2d import QuantConv2d
 from quant.quant_linear import QuantConv1D, QuantLinear
@@ -238,6 +238,7 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> tuple[nn.Module, dict[s
     _replace_every_path(model, quantized)
     layers = quantized_layers(model)
     weight_group.install(model, list(layers.values()))  # one batch of weight quantization per forward
+    input_share.install(model, list(layers.values()))  # one quantization per input read by several layers
     return model, layers
 
 
@@ -254,6 +255,7 @@ def has_low_bit_layers(layers: Mapping[str, QuantModule]) -> bool:
 def dequantize_model(model: nn.Module) -> nn.Module:
     """Swap every quantized layer back to its float class (parameters shared), at every name."""
     weight_group.uninstall(model)
+    input_share.uninstall(model)
     _replace_every_path(model, lambda module: module.to_float()  # type: ignore[attr-defined]
                         if isinstance(module, QuantModule) else None)
     return model

@@ -35,10 +35,10 @@ FORMATS = ["int2", "int3", "int4", "int6", "int8", "int16", "fp8_e4m3", "fp8_e5m
 
 
 def test_kernel_params_of_int8_and_fp8() -> None:
-    assert kernel_params(IntFormat(8)) == KernelParams(-128.5, 127.49999237060547, 127 << 23, 127 << 23, 0)
+    assert kernel_params(IntFormat(8)) == KernelParams(-128.5, 127.49999237060547, 127 << 23, 127 << 23, 0, 127.0)
     e4m3 = parse_format("fp8_e4m3")
     # FP clamps to its rounding bounds too: 464 = 448 + half the top step rounds (to even) to 448.
-    assert kernel_params(e4m3) == KernelParams(-464.0, 464.0, (-6 - 3 + 127) << 23, 0x7F800000, 3 << 23)
+    assert kernel_params(e4m3) == KernelParams(-464.0, 464.0, (-6 - 3 + 127) << 23, 0x7F800000, 3 << 23, 448.0)
 
 
 @pytest.mark.parametrize("token", ["bf16", "fp16", "none"])

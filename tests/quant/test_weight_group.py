@@ -202,7 +202,8 @@ def test_quantizing_more_layers_later_replaces_the_group(mode) -> None:
     model, layers = quantize_model(model, QuantSpec(["head"], QuantConfig(weight_format="int8")))
     group = model.__dict__["_fliqs_weight_group"]
     assert group.layers == tuple(layers.values()) and len(group.layers) == 3
-    assert len(model._forward_pre_hooks) == 1 and len(model._forward_hooks) == 1
+    # one pair of hooks each: the weight group's and the input share's (quant/input_share.py)
+    assert len(model._forward_pre_hooks) == 2 and len(model._forward_hooks) == 2
 
 
 def test_a_replica_calling_the_hooks_is_left_per_layer(mode) -> None:

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One device call that ranks two versions of the code on the same machine: the step benchmark
+# (float, fixed INT8, search with the training reward) of the base tree and of this tree, twice in
+# turn, the base's launch benchmark, then this tree's gpu_check.sh. Everything lands in one archive,
+# $OUT/results.tgz (a lent machine returns at most 8 files per call).
+#
+#   git archive <base commit> -o gpu_base.tar      # untracked: it travels with the working tree
+#   OUT=$OUT bash benchmarks/gpu_compare.sh          # on the GPU machine, from the repo root
+#
+# Wheels the GPU machine lacks (datasets, evaluate, ...) are installed from .whl/ if it is there.
+set -u
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+: "${OUT:?set OUT to the folder for results.tgz}"
+BASE_TAR="${BASE_TAR:-gpu_base.tar}"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+R=/tmp/res; mkdir -p $R/check
+finish() { tar -czf "$OUT/results.tgz" -C $R .; }
+trap finish EXIT
+nvidia-smi > $R/nvidia_smi.txt 2>&1; lscpu > $R/lscpu.txt 2>&1
+mkdir -p /tmp/base && tar -xf "$BASE_TAR" -C /tmp/base
+STEP="--device cuda --preset gpu --repeats 15 --reward_sources train --fixed_formats int8"
+for round in 1 2; do
+  (cd /tmp/base && PYTHONPATH=/tmp/base:${PYTHONPATH:-} timeout 120 python3 -m benchmarks.bench_search_step $STEP \
+    --out $R/step_base_$round.json) > $R/step_base_$round.log 2>&1
+  timeout 120 python3 -m benchmarks.bench_search_step $STEP --out $R/step_new_$round.json > $R/step_new_$round.log 2>&1
+done
+(cd /tmp/base && PYTHONPATH=/tmp/base:${PYTHONPATH:-} timeout 60 python3 -m benchmarks.bench_launch --device cuda \
+  --repeats 10 --out $R/launch_base.json) > $R/launch_base.log 2>&1
+OUT=$R/check SKIP="profile" timeout 330 bash benchmarks/gpu_check.sh > $R/gpu_check_stdout.log 2>&1
+echo done
