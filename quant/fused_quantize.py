@@ -220,7 +220,7 @@ def _launch(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor, need_mask: 
     # each check is as cheap as it can be (a per-tensor scale skips the layout check).
     numel = x.numel()
     # int32 offsets: the last block's pid * BLOCK + BLOCK must stay below 2^31
-    if not _enabled or triton is None or numel == 0 or numel > 2**31 - _BLOCK or not x.is_contiguous():
+    if not is_available() or numel == 0 or numel > 2**31 - _BLOCK or not x.is_contiguous():
         return None
     params = kernel_params(fmt)
     if params is None:
@@ -236,7 +236,7 @@ def _launch(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor, need_mask: 
     out = torch.empty_like(x)
     # Without a mask the kernel never touches pass_ptr; `out` stands in for it.
     mask = torch.empty(x.shape, dtype=torch.uint8, device=x.device) if need_mask else out
-    grid = ((numel + _BLOCK - 1) // _BLOCK,)
+    grid = (triton.cdiv(numel, _BLOCK),)
     with on_device(x.device):
         _fake_quantize_kernel[grid](
             x, scale, inv_scale, out, mask, numel, inner, params.fmt_max,

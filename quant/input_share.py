@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from quant.formats import CastFormat, NumberFormat
+from quant.forward_scoped import ForwardScoped, attach, detach
 from quant.quant_module import QuantModule, _version
 from quant.quant_utils import _check_floating_point, checked_scale_options, input_range, quantize_checked
 
@@ -53,22 +54,17 @@ def is_enabled() -> bool:
     return _enabled
 
 
-class InputShare:
+class InputShare(ForwardScoped):
     """Shares the quantized inputs of `layers` during each forward of `model` (see the module
     docstring). `remove()` takes its hooks off again."""
 
+    key = "_fliqs_input_share"
+
     def __init__(self, model: nn.Module, layers: Sequence[QuantModule]) -> None:
-        self.model = model
         self.layers = tuple(layers)
         self._active: list[QuantModule] = []
         self._inputs: list[_SharedInput] = []  # the latest last
-        self._handles = [model.register_forward_pre_hook(self._before_forward),
-                         model.register_forward_hook(self._after_forward, always_call=True)]
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._clear()
+        super().__init__(model)
 
     def _before_forward(self, module: nn.Module, args: tuple) -> None:
         self._clear()
@@ -79,9 +75,6 @@ class InputShare:
         for layer in self.layers:
             layer.__dict__["_input_share"] = self  # read by QuantModule.quantize_input
         self._active = list(self.layers)
-
-    def _after_forward(self, module: nn.Module, args: tuple, output: object) -> None:
-        self._clear()
 
     def _clear(self) -> None:
         for layer in self._active:
@@ -149,13 +142,8 @@ class _SharedInput:
 
 def install(model: nn.Module, layers: Sequence[QuantModule]) -> InputShare:
     """Share the quantized inputs of `layers` at every forward of `model`, replacing an earlier share."""
-    uninstall(model)
-    share = InputShare(model, layers)
-    model.__dict__["_fliqs_input_share"] = share
-    return share
+    return attach(model, InputShare, layers)
 
 
 def uninstall(model: nn.Module) -> None:
-    share = model.__dict__.pop("_fliqs_input_share", None)
-    if share is not None:
-        share.remove()
+    detach(model, InputShare)

@@ -42,6 +42,7 @@ from torch import nn
 
 from quant import fused_multi_quantize, fused_quantize
 from quant.formats import CastFormat, NumberFormat, parse_format
+from quant.forward_scoped import ForwardScoped, attach, detach
 from quant.quant_module import GroupedWeight, QuantModule
 from quant.quant_utils import quantize
 from quant.rounding import abs_max_scaling_cannot_saturate
@@ -204,26 +205,21 @@ class _GroupedFakeQuantize(torch.autograd.Function):
         return (None, None, *grads)
 
 
-class WeightQuantizerGroup:
+class WeightQuantizerGroup(ForwardScoped):
     """Quantizes the weights of `layers` in one batch at the start of each forward of `model`
     (see the module docstring). `remove()` takes the hooks off again."""
 
+    key = "_fliqs_weight_group"
+
     def __init__(self, model: nn.Module, layers: Sequence[QuantModule]) -> None:
-        self.model = model
         self.layers = tuple(layers)
         self.paused = False  # see `paused()`
         # Modules with HF's gradient_checkpointing switch, found once: asking the model
         # (is_activation_checkpointing) walks every module at every forward.
         self._checkpointing_switches = [module for module in model.modules()
                                         if isinstance(vars(module).get("gradient_checkpointing"), bool)]
-        self._handles = [model.register_forward_pre_hook(self._before_forward),
-                         model.register_forward_hook(self._after_forward, always_call=True)]
         self._grouped: list[QuantModule] = []
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._clear()
+        super().__init__(model)
 
     def groupable(self) -> list[QuantModule]:
         """The layers whose weight this forward would quantize in the batch.
@@ -277,9 +273,6 @@ class WeightQuantizerGroup:
             layer.__dict__["_grouped_weight"] = GroupedWeight.of(fmt, granularity, weight, value)
         self._grouped = layers
 
-    def _after_forward(self, module: nn.Module, args: tuple, output: object) -> None:
-        self._clear()
-
     def _clear(self) -> None:
         for layer in self._grouped:
             layer.__dict__.pop("_grouped_weight", None)
@@ -288,16 +281,11 @@ class WeightQuantizerGroup:
 
 def install(model: nn.Module, layers: Sequence[QuantModule]) -> WeightQuantizerGroup:
     """Group the weights of `layers` at every forward of `model`, replacing an earlier group."""
-    uninstall(model)
-    group = WeightQuantizerGroup(model, layers)
-    model.__dict__["_fliqs_weight_group"] = group
-    return group
+    return attach(model, WeightQuantizerGroup, layers)
 
 
 def uninstall(model: nn.Module) -> None:
-    group = model.__dict__.pop("_fliqs_weight_group", None)
-    if group is not None:
-        group.remove()
+    detach(model, WeightQuantizerGroup)
 
 
 @contextlib.contextmanager
@@ -305,7 +293,7 @@ def paused(model: nn.Module) -> Iterator[None]:
     """Keep `model`'s group from grouping during the block (an export that swaps layers and
     traces the forward). Its hooks stay where they are, so their order among the model's
     other hooks does not change."""
-    group = model.__dict__.get("_fliqs_weight_group")
+    group = model.__dict__.get(WeightQuantizerGroup.key)
     if group is None or group.paused:
         yield
         return

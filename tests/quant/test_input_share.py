@@ -92,9 +92,6 @@ def test_values_equal_the_per_layer_path_bit_for_bit(enabled, formats) -> None:
 
 def test_layers_at_one_format_share_one_range_and_one_output(calls) -> None:
     model, layers = attention()
-    seen = {}
-    for name in ("query", "key", "value"):
-        layers[name].register_forward_pre_hook(lambda m, args, name=name: seen.setdefault(name, args[0]))
     outputs = {}
     for name in ("query", "key", "value"):
         real = layers[name].quantize_input
