@@ -23,6 +23,14 @@ in another order where three or more layers share an output (float addition is n
 so its last bit may differ). A layer called outside the model's forward (directly, or in
 activation checkpointing's recomputation, which runs no model hook) quantizes on its own. The
 environment variable FLIQS_SHARED_INPUTS=0, or `set_enabled(False)`, turns sharing off.
+
+Where the layers reading one input run at different formats (a search), the share also keeps the
+backward from holding one quantized tensor per format: it remembers, from the model's last forward
+with gradients, which layers read one input, and when the first of them reads it again while
+their formats differ, their matmuls save the recipe of their Q(x) instead of the tensor
+(quant/input_recompute.py): x once, Q(x) recomputed per format in the backward. A search then
+keeps no more activations than the fixed-format model. FLIQS_RECOMPUTE_INPUTS=0, or
+`set_recompute_enabled(False)`, keeps the tensors.
 """
 from __future__ import annotations
 
@@ -33,13 +41,19 @@ from typing import Hashable, Sequence
 import torch
 from torch import nn
 
+from contextlib import AbstractContextManager, nullcontext
+
 from quant.formats import CastFormat, NumberFormat
 from quant.forward_scoped import ForwardScoped, attach, detach
+from quant.input_recompute import RecomputedInput, hooks_usable, saved_as_recipe
 from quant.quant_module import QuantModule, _version
-from quant.quant_utils import _check_floating_point, checked_scale_options, input_range, quantize_checked
+from quant.scales import Granularity
+from quant.quant_utils import (_check_floating_point, checked_scale_options, input_range, quantize_checked,
+                               quantized_values)
 
-_ENV_SWITCH = "FLIQS_SHARED_INPUTS"
-_enabled = os.environ.get(_ENV_SWITCH, "1").strip() != "0"
+_enabled = os.environ.get("FLIQS_SHARED_INPUTS", "1").strip() != "0"
+_recompute_enabled = os.environ.get("FLIQS_RECOMPUTE_INPUTS", "1").strip() != "0"
+_NO_HOOKS = nullcontext()
 
 
 def set_enabled(enabled: bool) -> None:
@@ -54,6 +68,19 @@ def is_enabled() -> bool:
     return _enabled
 
 
+def set_recompute_enabled(enabled: bool) -> None:
+    """Save the recipe of a shared input's Q(x) where its layers' formats differ (default), or
+    the tensor of each format."""
+    global _recompute_enabled
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_recompute_enabled takes True or False, got {enabled!r}")
+    _recompute_enabled = enabled
+
+
+def is_recompute_enabled() -> bool:
+    return _recompute_enabled
+
+
 class InputShare(ForwardScoped):
     """Shares the quantized inputs of `layers` during each forward of `model` (see the module
     docstring). `remove()` takes its hooks off again."""
@@ -62,8 +89,17 @@ class InputShare(ForwardScoped):
 
     def __init__(self, model: nn.Module, layers: Sequence[QuantModule]) -> None:
         self.layers = tuple(layers)
+        own = set(self.layers)
+        self._names = {layer: name for name, layer in model.named_modules() if layer in own}  # for errors
         self._active: list[QuantModule] = []
         self._inputs: list[_SharedInput] = []  # the latest last
+        # The layers that read one input in the model's last forward with gradients, by the first
+        # of them; and those of this forward, committed when it ends.
+        self._readers: dict[QuantModule, tuple[QuantModule, ...]] = {}
+        self._readers_now: dict[QuantModule, list[QuantModule]] = {}
+        self._saw_gradients = False
+        # The recipe for the quantized input just returned to a layer, for its matmul's saves.
+        self._pending: tuple[torch.Tensor, RecomputedInput] | None = None
         super().__init__(model)
 
     def _before_forward(self, module: nn.Module, args: tuple) -> None:
@@ -79,8 +115,9 @@ class InputShare(ForwardScoped):
     def _clear(self) -> None:
         for layer in self._active:
             layer.__dict__.pop("_input_share", None)
-        self._active = []
-        self._inputs = []
+        if self._saw_gradients:
+            self._readers = {first: tuple(readers) for first, readers in self._readers_now.items()}
+        self._active, self._inputs, self._readers_now, self._saw_gradients, self._pending = [], [], {}, False, None
 
     def _entry(self, x: torch.Tensor) -> _SharedInput:
         """What is known of `x` in this forward: found by identity, version counter and grad mode."""
@@ -95,17 +132,33 @@ class InputShare(ForwardScoped):
         self._inputs = [*self._inputs[-(kept - 1):], entry] if kept > 1 else [entry]
         return entry
 
+    def _read_by(self, entry: _SharedInput, layer: QuantModule, x: torch.Tensor) -> None:
+        """Count `layer` among `entry`'s readers; at its first reader, whether the layers that read
+        it last time run at different formats now (then their saves are recipes)."""
+        readers = entry.readers
+        if not readers:
+            readers.append(layer)
+            self._saw_gradients |= entry.grad
+            group = self._readers.get(layer) if entry.grad else None
+            entry.recompute = (group is not None and _recompute_enabled and x.numel() > 0
+                               and len({_output_key(member, x) for member in group}) > 1 and hooks_usable())
+            return
+        readers.append(layer)
+        if entry.grad and len(readers) == 2:
+            self._readers_now[readers[0]] = readers
+
     def quantize(self, layer: QuantModule, x: torch.Tensor) -> torch.Tensor:
         """`layer`'s quantized input: shared with the layers before it in this forward that read
         the same `x` at the same settings, else computed (and kept for the ones after)."""
         fmt: NumberFormat = layer._act_format
+        entry = self._entry(x)
+        self._read_by(entry, layer, x)
         if not fmt.quantizes:
             return x
         _check_floating_point(x, "quantize")
         percentile: float = layer.act_range_percentile
         granularity = checked_scale_options(layer.act_granularity, percentile)
         dim: int = layer.act_feature_dim
-        entry = self._entry(x)
         # The feature dim as a non-negative index: a Linear's -1 and a conv's 1 name different
         # dims of a 4-d input, and the same one of a 2-d input.
         feature_dim = dim % x.dim() if x.dim() else dim
@@ -121,7 +174,21 @@ class InputShare(ForwardScoped):
                 else:
                     value_range = entry.ranges[range_key] = input_range(x, fmt, granularity, dim, percentile)
             out = entry.outputs[output_key] = quantize_checked(x, fmt, granularity, dim, percentile, value_range)
+            if entry.recompute:
+                entry.recipes[output_key] = RecomputedInput(
+                    x, lambda: _recompute(x, fmt, granularity, dim, percentile, value_range),
+                    self._names.get(entry.readers[0], type(layer).__name__))  # the input's first reader
+        if entry.recompute:
+            self._pending = (out, entry.recipes[output_key])
         return out
+
+    def saved_input_hooks(self, x_q: torch.Tensor) -> AbstractContextManager:
+        """The context for the matmul of the layer that `quantize` has just given `x_q`: hooks
+        that save x_q as its recipe where its input is recomputed, else nothing."""
+        pending, self._pending = self._pending, None
+        if pending is None or pending[0] is not x_q:
+            return _NO_HOOKS
+        return saved_as_recipe(x_q, pending[1])
 
 
 # Inputs remembered at once while gradients are recorded: a ResNet block's input is read by its
@@ -138,6 +205,26 @@ class _SharedInput:
     grad: bool
     ranges: dict[Hashable, torch.Tensor | None] = field(default_factory=dict)
     outputs: dict[Hashable, torch.Tensor] = field(default_factory=dict)
+    readers: list[QuantModule] = field(default_factory=list)  # the layers that read it, in order
+    recompute: bool = False  # its layers' matmuls save recipes (`recipes`, by output) for Q(x)
+    recipes: dict[Hashable, RecomputedInput] = field(default_factory=dict)
+
+
+def _recompute(x: torch.Tensor, fmt: NumberFormat, granularity: Granularity, dim: int, percentile: float,
+               value_range: torch.Tensor | None) -> torch.Tensor:
+    """A shared input's Q(x) again, in a backward pass: the values alone, or, where that backward
+    records a graph (create_graph), with the straight-through node the forward made."""
+    if torch.is_grad_enabled():
+        return quantize_checked(x, fmt, granularity, dim, percentile, value_range)
+    return quantized_values(x, fmt, granularity, dim, percentile, value_range)
+
+
+def _output_key(layer: QuantModule, x: torch.Tensor) -> Hashable:
+    """What decides `layer`'s Q(x) (None: x itself): layers with equal keys share one tensor."""
+    fmt = layer._act_format
+    if not fmt.quantizes:
+        return None
+    return fmt, layer.act_granularity, layer.act_feature_dim % x.dim() if x.dim() else 0, layer.act_range_percentile
 
 
 def install(model: nn.Module, layers: Sequence[QuantModule]) -> InputShare:

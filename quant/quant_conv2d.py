@@ -60,7 +60,9 @@ class QuantConv2d(QuantModule, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._record_geometry(x)
-        return self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias)
+        x_q, w_q = self.quantize_input(x), self.quantized_weight()
+        with self.saved_input_hooks(x_q):
+            return self._conv_forward(x_q, w_q, self.bias)
 
 
 QuantConv2D = QuantConv2d

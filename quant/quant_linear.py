@@ -44,7 +44,9 @@ class QuantLinear(QuantModule, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._record_geometry(x)
-        return F.linear(self.quantize_input(x), self.quantized_weight(), self.bias)
+        x_q, w_q = self.quantize_input(x), self.quantized_weight()
+        with self.saved_input_hooks(x_q):
+            return F.linear(x_q, w_q, self.bias)
 
 
 class QuantConv1D(QuantModule, Conv1D):
@@ -78,5 +80,7 @@ class QuantConv1D(QuantModule, Conv1D):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._record_geometry(x)
         size_out = x.size()[:-1] + (self.nf,)
-        x = torch.addmm(self.bias, self.quantize_input(x).view(-1, x.size(-1)), self.quantized_weight())
+        x_q, w_q = self.quantize_input(x), self.quantized_weight()
+        with self.saved_input_hooks(x_q):
+            x = torch.addmm(self.bias, x_q.view(-1, x.size(-1)), w_q)
         return x.view(size_out)

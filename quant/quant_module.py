@@ -6,6 +6,7 @@ changes `weight_format` / `act_format` between steps; nothing is re-allocated.
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -17,6 +18,7 @@ from quant.quant_utils import quantize
 from quant.scales import Granularity, check_range_percentile
 
 BYTES_PER_MIB = 2**20
+_NO_HOOKS = nullcontext()
 BOPS_PER_GBOPS = 1e9
 
 
@@ -80,6 +82,8 @@ class InputShareLike(Protocol):
     """What a layer asks of quant.input_share.InputShare (which imports this module)."""
 
     def quantize(self, layer: "QuantModule", x: torch.Tensor) -> torch.Tensor: ...
+
+    def saved_input_hooks(self, x_q: torch.Tensor) -> AbstractContextManager: ...
 
 
 class FormatAttribute:
@@ -224,6 +228,12 @@ class QuantModule:
             return share.quantize(self, x)
         return quantize(x, self.act_format, self.act_granularity,
                         dim=self.act_feature_dim, range_percentile=self.act_range_percentile)
+
+    def saved_input_hooks(self, x_q: torch.Tensor) -> AbstractContextManager:
+        """The context of the layer's matmul on `x_q` (from `quantize_input`): the input share's
+        saved-tensor hooks where x_q is recomputed in the backward (quant/input_recompute.py)."""
+        share = self._input_share
+        return _NO_HOOKS if share is None else share.saved_input_hooks(x_q)
 
     # --- cost -------------------------------------------------------------------------------
     def set_input_shape(self, input_shape: tuple[int, ...]) -> None:

@@ -238,12 +238,31 @@ def quantize_checked(x: torch.Tensor, fmt: NumberFormat, granularity: Granularit
     # With an abs-max scale no finite element leaves the rounding bounds: the mask would be all
     # ones, so it is not computed and backward is the identity.
     can_saturate = range_percentile < 100.0 or not abs_max_scaling_cannot_saturate(fmt)
+    scale, is_range = _scale_argument(x, fmt, granularity, dim, range_percentile, value_range)
+    return _apply_fake_quantize(x, fmt, scale, can_saturate, is_range)
+
+
+def quantized_values(x: torch.Tensor, fmt: NumberFormat, granularity: Granularity, dim: int,
+                     range_percentile: float, value_range: torch.Tensor | None) -> torch.Tensor:
+    """`quantize_checked`'s values without autograd (no node, no mask): what recomputing them in
+    a backward pass needs (quant/input_recompute.py)."""
+    if not fmt.quantizes:
+        return x
+    scale, is_range = _scale_argument(x, fmt, granularity, dim, range_percentile, value_range)
+    if is_range:
+        return _forward_from_range(x, fmt, scale, False)[0]
+    return _forward(x, fmt, scale.to(torch.float32), False)[0]
+
+
+def _scale_argument(x: torch.Tensor, fmt: NumberFormat, granularity: Granularity, dim: int, range_percentile: float,
+                    value_range: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+    """What the forward takes for x's scale: (the scale, False), or on a GPU, given the range,
+    (the range, True): the kernel derives the scale itself, 2 launches per call instead of 5."""
     if value_range is None or isinstance(fmt, CastFormat):
-        return _apply_fake_quantize(x, fmt, _compute_scale(x, fmt, granularity, dim, range_percentile),
-                                    can_saturate, False)
-    if x.is_cuda:  # the GPU kernel derives the scale from the range: 2 launches per call, not 5
-        return _apply_fake_quantize(x, fmt, value_range, can_saturate, True)
-    return _apply_fake_quantize(x, fmt, scale_from_range(value_range, fmt), can_saturate, False)
+        return _compute_scale(x, fmt, granularity, dim, range_percentile), False
+    if x.is_cuda:
+        return value_range, True
+    return scale_from_range(value_range, fmt), False
 
 
 def quantize(x: torch.Tensor, fmt: NumberFormat | str | int, granularity: Granularity | str, *, dim: int = 0,

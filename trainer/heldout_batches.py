@@ -7,7 +7,7 @@ reads the batches an uninterrupted one would.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, MutableMapping
 
 import torch
 
@@ -24,6 +24,9 @@ class HeldoutBatches:
         self._build_loader = build_loader
         self._loader: Iterable[dict[str, Any]] | None = None
         self._batches: Iterator[dict[str, Any]] | None = None
+        # Whether the loader moves each batch to the device itself, into a mapping of its own
+        # (accelerate's DataLoaderShard, which the Trainer's loaders are): see `_read`.
+        self._loader_places_batches = False
         self.position = 0  # batches read in the current pass
 
     def next(self) -> dict[str, Any]:
@@ -43,6 +46,7 @@ class HeldoutBatches:
             if self._batches is None:
                 if self._loader is None:
                     self._loader = self._build_loader()
+                    self._loader_places_batches = getattr(self._loader, "device", None) is not None
                 self._batches = iter(self._loader)
                 for _ in range(self.position):  # a resumed search goes on where its checkpoint was
                     if next(self._batches, None) is None:  # a smaller split than the checkpoint's
@@ -54,5 +58,12 @@ class HeldoutBatches:
                 self._batches, self.position = None, 0  # cycle through the split again
                 continue
             self.position += 1
+            if self._loader_places_batches and isinstance(batch, MutableMapping):
+                # accelerate's loader reads one batch ahead and keeps the one it yielded until the
+                # next read, i.e. through the rest of the training step and its memory peak (ResNet-18
+                # at batch 128: 74 MiB on the device). Its tensors move to a mapping of the caller's,
+                # which lets them go once the reward's forward is done with them.
+                batch, held = dict(batch), batch
+                held.clear()
             return batch
         raise ValueError("the heldout dataset is empty; give --heldout_fraction a larger value")

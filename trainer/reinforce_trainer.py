@@ -6,7 +6,7 @@ Per optimizer step (with gradient accumulation, a cycle of k micro-batches; k = 
      re-allocated). Every micro-batch of the cycle trains with that one sample;
   2. per micro-batch, the normal Trainer step on the shared weights (`super().training_step`)
      and the quality of the sample on that batch (reward_source train, free) or on a held-out
-     batch (forward only);
+     batch (a forward in eval mode, before the training one);
   3. at the last micro-batch (`accelerator.sync_gradients`, set by the Trainer, also on the
      short last cycle of an epoch): quality = the mean over the cycle's micro-batches, each
      weighted equally (as the Trainer weights their losses unless the model normalises by
@@ -278,22 +278,25 @@ class ReinforceTrainer(Trainer):
             self.apply_option_indices(sample.indices)
             cycle = self._cycle = _Cycle(step, searching, sample, self._buffer_snapshot.take(model))
 
-        # The held-out batch is fetched before the micro-batch's own work: its copy to a GPU
-        # makes the host wait for the GPU's queue, which after the backward pass holds all of
-        # it (and the host would then launch the held-out forward on an idle GPU). At the first
-        # micro-batch of a step the queue is about empty (the Trainer's own copy of the
-        # training batch has just waited for it).
-        heldout = (self._prepare_inputs(self._heldout.next())
-                   if config.reward_source is RewardSource.HELDOUT else None)
+        # The held-out reward's forward comes before the micro-batch's own work. Its batch's copy
+        # to a GPU makes the host wait for the GPU's queue, which after the backward pass holds
+        # all of it (and the host would then launch the held-out forward on an idle GPU); at the
+        # first micro-batch of a step the queue is about empty (the Trainer's own copy of the
+        # training batch has just waited for it). And the batch is freed before the training
+        # forward and backward, the step's memory peak (HeldoutBatches lets go of it too).
+        # Both forwards see the weights of this step; the held-out one, in eval mode, the
+        # normalisation statistics from before this micro-batch's training forward.
+        heldout_quality = (self._heldout_quality(model, self._prepare_inputs(self._heldout.next()))
+                           if config.reward_source is RewardSource.HELDOUT else None)
         loss = super().training_step(model, inputs, num_items_in_batch)
 
-        if heldout is None:
+        if heldout_quality is None:
             if self._captured_logits is None:  # only when a subclass's compute_loss bypasses ours
                 raise RuntimeError("no logits/labels were captured for the reward: a compute_loss that overrides "
                                    "ReinforceTrainer's must call it (super().compute_loss)")
             quality = batch_quality(*self._captured_logits, config.reward_metric)
         else:
-            quality = self._heldout_quality(model, heldout)
+            quality = heldout_quality
         self._captured_logits = None
         cycle.values.append(torch.stack([loss.detach().float(), quality.float()]))
         # The Trainer sets sync_gradients on the last micro-batch of every cycle, the short last

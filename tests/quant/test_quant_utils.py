@@ -352,3 +352,22 @@ def test_unknown_granularity_names_the_valid_values():
     with pytest.raises(ValueError, match=pattern):
         QuantizerSpec("int8", "per_row")
     assert QuantizerSpec("int8", "per_token").granularity is Granularity.PER_TOKEN
+
+
+@pytest.mark.parametrize("fmt", ["int2", "int4", "int8", "fp4_e2m1", "fp6_e2m3", "fp8_e4m3", "fp8_e5m2", "bf16", "none"])
+@pytest.mark.parametrize(("granularity", "percentile"), [("per_tensor", 100.0), ("per_token", 100.0),
+                                                         ("per_tensor", 99.0), ("per_token", -1.0)])
+def test_quantized_values_equal_quantize_checked_without_a_graph(fmt, granularity, percentile):
+    """The backward's recomputation of a shared input (quant/input_recompute.py) needs these equal."""
+    from quant.quant_utils import checked_scale_options, input_range, quantize_checked, quantized_values
+
+    torch.manual_seed(0)
+    x = (torch.randn(6, 40) * 4).requires_grad_(True)
+    fmt = parse_format(fmt)
+    parsed = checked_scale_options(granularity, percentile)
+    value_range = input_range(x, fmt, parsed, -1, percentile)
+    expected = quantize_checked(x, fmt, parsed, -1, percentile, value_range)
+    with torch.no_grad():
+        got = quantized_values(x, fmt, parsed, -1, percentile, value_range)
+    assert torch.equal(got, expected) and got.dtype == expected.dtype
+    assert got.grad_fn is None

@@ -22,11 +22,14 @@ def legacy_training_step(self, model, inputs, num_items_in_batch=None):
     sample = self.policy.sample(self.sample_generator) if searching else self._warmup_sample(step)
     self.apply_option_indices(sample.indices)
     buffers = self._buffer_snapshot.take(model)
+    # The held-out forward before the training one: it sees the normalisation statistics of before.
+    heldout_quality = (self._heldout_quality(model, self._prepare_inputs(self._heldout.next()))
+                       if config.reward_source is RewardSource.HELDOUT else None)
     loss = Trainer.training_step(self, model, inputs, num_items_in_batch)
     if config.reward_source is RewardSource.TRAIN:
         quality = reinforce_trainer.batch_quality(*self._captured_logits, config.reward_metric)
     else:
-        quality = self._heldout_quality(model, self._prepare_inputs(self._heldout.next()))
+        quality = heldout_quality
     self._captured_logits = None
     train_loss, quality_value = self._mean_over_ranks(torch.stack([loss.detach().float(), quality.float()]))
     finite = math.isfinite(train_loss) and math.isfinite(quality_value)
@@ -42,6 +45,8 @@ def legacy_training_step(self, model, inputs, num_items_in_batch=None):
     dict(),
     dict(reward_source="heldout", advantage="global", max_entropy_beta=0.1),
     dict(model=NaNWithInt2, search_space="int2,int8", target_mib=1.0),  # non-finite steps too
+    # A BatchNorm whose running statistics the held-out forward reads (eval mode).
+    dict(model=NaNWithInt2, search_space="int2,int8", target_mib=1.0, reward_source="heldout"),
 ])
 def test_one_micro_batch_per_step_is_bit_identical_to_the_per_micro_batch_code(tmp_path, options):
     runs = []

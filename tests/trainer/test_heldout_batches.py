@@ -1,5 +1,7 @@
 """The held-out reward's batches: one loader cycled through in a fixed order, resumable, and
 read without moving the training's random numbers."""
+import weakref
+
 import pytest
 import torch
 
@@ -114,9 +116,10 @@ def test_a_search_with_dropout_draws_the_same_random_numbers_whatever_feeds_the_
     assert torch.equal(logits, list_logits)
 
 
-def test_the_heldout_batch_is_read_before_the_training_forward(tmp_path, monkeypatch):
+def test_the_heldout_forward_runs_before_the_training_forward(tmp_path, monkeypatch):
     """On a GPU the held-out batch's copy waits for the queue: read at the start of the step it
-    waits for little, after the backward pass for all of it."""
+    waits for little, after the backward pass for all of it. Its forward follows at once, so that
+    the batch is gone before the training step's memory peak."""
     trainer = make_trainer(str(tmp_path), steps=2, reward_source="heldout")
     events = []
     real = trainer._heldout.next
@@ -124,4 +127,56 @@ def test_the_heldout_batch_is_read_before_the_training_forward(tmp_path, monkeyp
     trainer.model.register_forward_pre_hook(lambda module, args: events.append(
         "training forward" if module.training else "heldout forward"))
     trainer.train()
-    assert events == ["heldout batch", "training forward", "heldout forward"] * 2
+    assert events == ["heldout batch", "heldout forward", "training forward"] * 2
+
+
+def test_the_heldout_batch_is_freed_before_the_training_forward(tmp_path, monkeypatch):
+    """accelerate's loader keeps the batch it yielded until its next read; HeldoutBatches takes
+    the tensors out of it, so nothing holds them once the reward's forward is done."""
+    trainer = make_trainer(str(tmp_path), steps=3, reward_source="heldout")
+    alive, read = [], []
+    real = trainer._heldout.next
+
+    def next_batch():
+        batch = real()
+        read.append([weakref.ref(t) for t in batch.values()])
+        return batch
+
+    monkeypatch.setattr(trainer._heldout, "next", next_batch)
+    trainer.model.register_forward_pre_hook(lambda module, args: alive.append(
+        sum(ref() is not None for ref in read[-1])) if module.training else None)
+    trainer.train()
+    assert trainer._heldout._loader_places_batches  # the Trainer's loaders are accelerate's
+    assert len(read) == 3 and all(len(refs) == 2 for refs in read)  # x and labels
+    assert alive == [0, 0, 0]
+
+
+def test_a_batch_the_loader_did_not_place_is_returned_as_it_came():
+    """Only a mapping the loader made for the caller is emptied: a plain loader's batches (which
+    a dataset may hold) are not touched."""
+    stored = [{"x": torch.arange(3)}, {"x": torch.arange(4)}]
+    batches = HeldoutBatches(lambda: stored)
+    assert batches.next() is stored[0] and batches.next() is stored[1]
+    assert list(stored[0]) == ["x"] and list(stored[1]) == ["x"]
+
+
+class PlacingLoader:
+    """Like accelerate's DataLoaderShard: has a device, yields new mappings and keeps the one it
+    yielded (a generator suspended at its yield)."""
+
+    device = torch.device("cpu")
+
+    def __iter__(self):
+        for i in range(2):
+            held = {"x": torch.tensor([i]), "labels": torch.tensor([i + 10])}
+            self.held = held
+            yield held
+
+
+def test_a_placed_batch_is_handed_over_and_the_loaders_mapping_emptied():
+    loader = PlacingLoader()
+    batches = HeldoutBatches(lambda: loader)
+    batch = batches.next()
+    assert type(batch) is dict and batch is not loader.held
+    assert loader.held == {} and torch.equal(batch["x"], torch.tensor([0])) and torch.equal(batch["labels"],
+                                                                                             torch.tensor([10]))

@@ -1,0 +1,213 @@
+"""quant/input_recompute.py: where layers reading one input run at different formats, their
+matmuls save the recipe of Q(x) and the backward recomputes it, with the same values."""
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+import torch
+from torch import nn
+
+from eval.models import build_model
+from quant import input_share
+from quant.quant_module import QuantConfig
+from quant.surgery import QuantSpec, quantize_model, set_layer_formats
+from tests.quant.test_input_share import attention
+
+MIXED = {"query": ("int8", "int8"), "key": ("int4", "int4"), "value": ("int8", "fp8_e4m3")}
+
+
+@pytest.fixture
+def switches():
+    """input_share's two switches, restored after the test."""
+    before = input_share.is_enabled(), input_share.is_recompute_enabled()
+    yield
+    input_share.set_enabled(before[0])
+    input_share.set_recompute_enabled(before[1])
+
+
+@pytest.fixture
+def backward_calls(monkeypatch):
+    """The quantizer calls input_share makes while a backward pass runs (its recomputations)."""
+    calls: list[bool] = []
+    real = input_share._recompute
+
+    def counting(*args):
+        calls.append(True)
+        return real(*args)
+
+    monkeypatch.setattr(input_share, "_recompute", counting)
+    return calls
+
+
+def steps(model: nn.Module, x: torch.Tensor, count: int = 2, **forward_kwargs) -> list:
+    """`count` forward + backward passes on `x` (through a non-leaf, as in a network); per pass the
+    output, the input's gradient and the parameters' gradients."""
+    results = []
+    for _ in range(count):
+        leaf = x.clone().requires_grad_(True)
+        out = model(leaf * 1.0, **forward_kwargs)
+        out = out.logits if hasattr(out, "logits") else out
+        out.square().sum().backward()
+        results.append((out.detach(), leaf.grad, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+        model.zero_grad(set_to_none=True)
+    return results
+
+
+def assert_identical(a: list, b: list) -> None:
+    for (out_a, grad_a, params_a), (out_b, grad_b, params_b) in zip(a, b, strict=True):
+        assert torch.equal(out_a, out_b) and torch.equal(grad_a, grad_b)
+        assert len(params_a) == len(params_b) and all(torch.equal(p, q) for p, q in zip(params_a, params_b))
+
+
+@pytest.mark.parametrize(("formats", "config"), [
+    (MIXED, None),
+    # a cast format and a float input among them
+    ({"query": ("int8", "bf16"), "key": ("int8", "int4"), "value": ("int8", "none")}, None),
+    (MIXED, QuantConfig("int8", "int8", per_token=True)),
+    (MIXED, QuantConfig("int8", "int8", act_range_percentile=-1.0)),  # MSE clipping: a range per format
+    (MIXED, QuantConfig("int8", "int8", act_range_percentile=99.0)),  # clipped: the STE masks too
+])
+def test_recomputed_inputs_give_the_saved_paths_values_bit_for_bit(switches, backward_calls, formats, config):
+    x = torch.randn(2, 5, 8) * 3
+    model, _ = attention(formats, config)
+    input_share.set_recompute_enabled(False)
+    saved = steps(model, x)
+    assert not any(backward_calls)
+    input_share.set_recompute_enabled(True)
+    recomputed = steps(model, x)
+    assert_identical(recomputed, saved)
+    # Once per format and pass (which layers read one input was learnt in the passes before).
+    formats_used = {formats[name][1] for name in ("query", "key", "value")} - {"none"}
+    assert sum(backward_calls) == 2 * len(formats_used)
+
+
+def test_the_quantized_inputs_are_gone_after_the_forward(switches):
+    model, _ = attention(MIXED)
+    share = model.__dict__["_fliqs_input_share"]
+    real = share.quantize
+    outputs: dict[str, list] = {"query": [], "key": [], "value": [], "out": []}
+    names = {module: name for name, module in model.named_modules()}
+    share.quantize = lambda layer, x: outputs[names[layer]].append(weakref.ref(real(layer, x))) or outputs[
+        names[layer]][-1]()
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    for recompute in (True, False):
+        input_share.set_recompute_enabled(recompute)
+        for _ in range(2):
+            out = model(x * 1.0)
+            gc.collect()
+            alive = {name: refs[-1]() is not None for name, refs in outputs.items()}
+            out.sum().backward()
+        # The second forward's: the projections' inputs (three formats of one x) were not kept,
+        # the output layer's (its own input) was; without recomputation all were.
+        assert alive == {"query": not recompute, "key": not recompute, "value": not recompute, "out": True}
+
+
+def test_agreeing_formats_and_the_first_forward_save_tensors(switches, backward_calls):
+    model, layers = attention()  # every layer int8: one shared tensor, nothing to recompute
+    steps(model, torch.randn(5, 8))
+    assert not any(backward_calls)
+    set_layer_formats(layers, MIXED)
+    steps(model, torch.randn(5, 8), count=1)
+    assert sum(backward_calls) == 3  # the readers were learnt while their formats agreed
+    set_layer_formats(layers, {"key": ("int4", "int8"), "value": ("int4", "int8")})  # activations agree again
+    backward_calls.clear()
+    steps(model, torch.randn(5, 8), count=1)
+    assert not any(backward_calls)
+
+
+def test_an_input_changed_in_place_after_the_forward_raises(switches):
+    model, _ = attention(MIXED)
+    x = torch.randn(5, 8, requires_grad=True)
+    model(x * 1.0).sum().backward()  # learns the readers
+    hidden = x * 1.0
+    out = model(hidden)
+    hidden.add_(1.0)
+    with pytest.raises(RuntimeError, match=r"the input of query was modified by an in-place operation after the "
+                                           r"forward.*FLIQS_RECOMPUTE_INPUTS=0"):
+        out.sum().backward()
+
+
+def test_inside_other_saved_tensor_hooks_the_tensors_are_saved(switches, backward_calls):
+    """Non-reentrant checkpointing and save_on_cpu own the saves: the layers leave them alone."""
+    model, _ = attention(MIXED)
+    x = torch.randn(5, 8)
+    expected = steps(model, x)
+    backward_calls.clear()
+    with torch.autograd.graph.save_on_cpu():
+        got = steps(model, x)
+    assert not any(backward_calls)
+    assert_identical(got, expected)
+
+
+def test_second_order_gradients_and_a_retained_graph_match_the_saved_path(switches):
+    x = torch.randn(4, 8) * 2
+    model, _ = attention(MIXED)
+    results = []
+    for recompute in (False, True):
+        input_share.set_recompute_enabled(recompute)
+        leaf = x.clone().requires_grad_(True)
+        model(leaf * 1.0).sum().backward()  # learns the readers
+        model.zero_grad(set_to_none=True)
+        leaf.grad = None
+        out = model(leaf * 1.0)
+        (grad_x,) = torch.autograd.grad(out.square().sum(), leaf, create_graph=True)
+        penalty = grad_x.square().sum()
+        penalty.backward(retain_graph=True)
+        first = [p.grad.clone() for p in model.parameters()]
+        penalty.backward()  # a second backward through the same graph recomputes again
+        results.append((grad_x.detach(), first, [p.grad.clone() for p in model.parameters()]))
+    (grad_a, first_a, second_a), (grad_b, first_b, second_b) = results
+    assert torch.equal(grad_a, grad_b)
+    assert all(torch.equal(p, q) for p, q in zip(first_a + second_a, first_b + second_b))
+
+
+def test_bert_and_resnet_recompute_and_match(switches, backward_calls):
+    torch.manual_seed(0)
+    bert = build_model("bert", num_labels=3, from_scratch=True, vocab_size=50, pad_token_id=0,
+                       config_overrides={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                         "intermediate_size": 64})
+    resnet = build_model("resnet18", num_labels=3, from_scratch=True, image_size=32,
+                         config_overrides={"embedding_size": 8, "hidden_sizes": [8, 16, 16, 16]})
+    cases = ((bert, (nn.Linear,), "attention.self.key", {"input_ids": torch.randint(1, 50, (2, 7))}, 2 * 2),
+             (resnet, (nn.Conv2d, nn.Linear), "shortcut", {"pixel_values": torch.randn(2, 3, 32, 32)}, 3 * 2))
+    # BERT, per block: query/value at int8, key at int4; ResNet, per shortcut: it at int4, the
+    # block's first conv at int8.
+    for model, kinds, mixed, batch, recomputes in cases:
+        names = tuple(n for n, m in model.named_modules() if isinstance(m, kinds))
+        model, layers = quantize_model(model, QuantSpec(names, QuantConfig("int8", "int8")))
+        set_layer_formats(layers, {n: ("int4", "int4") for n in names if mixed in n})
+        model.eval()  # no dropout, fixed BatchNorm statistics: the passes see the same numbers
+
+        def run() -> list:
+            results = []
+            for _ in range(2):
+                logits = model(**batch).logits
+                logits.square().sum().backward()
+                results.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+                model.zero_grad(set_to_none=True)
+            return results
+
+        backward_calls.clear()
+        input_share.set_recompute_enabled(True)
+        recomputed = run()
+        assert sum(backward_calls) == recomputes
+        input_share.set_recompute_enabled(False)
+        for (logits_a, grads_a), (logits_b, grads_b) in zip(recomputed, run(), strict=True):
+            assert torch.equal(logits_a, logits_b) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_recomputed_inputs_give_the_saved_paths_values_bit_for_bit(switches, backward_calls):
+    """On a GPU the recomputation is the fused kernel from the forward's range."""
+    x = torch.randn(64, 8, device="cuda") * 3
+    model, _ = attention(MIXED)
+    model.cuda()
+    input_share.set_recompute_enabled(False)
+    saved = steps(model, x)
+    input_share.set_recompute_enabled(True)
+    recomputed = steps(model, x)
+    assert sum(backward_calls) == 2 * 3
+    assert_identical(recomputed, saved)
