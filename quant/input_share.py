@@ -35,21 +35,20 @@ keeps no more activations than the fixed-format model. FLIQS_RECOMPUTE_INPUTS=0,
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Hashable, Sequence
 
 import torch
 from torch import nn
 
-from contextlib import AbstractContextManager, nullcontext
-
 from quant.formats import CastFormat, NumberFormat
 from quant.forward_scoped import ForwardScoped, attach, detach
 from quant.input_recompute import RecomputedInput, hooks_usable, saved_as_recipe
 from quant.quant_module import QuantModule, _version
-from quant.scales import Granularity
 from quant.quant_utils import (_check_floating_point, checked_scale_options, input_range, quantize_checked,
                                quantized_values)
+from quant.scales import Granularity
 
 _enabled = os.environ.get("FLIQS_SHARED_INPUTS", "1").strip() != "0"
 _recompute_enabled = os.environ.get("FLIQS_RECOMPUTE_INPUTS", "1").strip() != "0"
@@ -142,8 +141,11 @@ class InputShare(ForwardScoped):
             group = self._readers.get(layer) if entry.grad else None
             entry.recompute = (group is not None and _recompute_enabled and x.numel() > 0
                                and len({_output_key(member, x) for member in group}) > 1 and hooks_usable())
+            if entry.recompute:
+                entry.readers_left = len(group) - 1
             return
         readers.append(layer)
+        entry.readers_left -= 1
         if entry.grad and len(readers) == 2:
             self._readers_now[readers[0]] = readers
 
@@ -180,6 +182,8 @@ class InputShare(ForwardScoped):
                     self._names.get(entry.readers[0], type(layer).__name__))  # the input's first reader
         if entry.recompute:
             self._pending = (out, entry.recipes[output_key])
+            if entry.readers_left <= 0:  # the last expected reader: keeping the tensors would undo the saving
+                entry.outputs.clear()
         return out
 
     def saved_input_hooks(self, x_q: torch.Tensor) -> AbstractContextManager:
@@ -208,6 +212,7 @@ class _SharedInput:
     readers: list[QuantModule] = field(default_factory=list)  # the layers that read it, in order
     recompute: bool = False  # its layers' matmuls save recipes (`recipes`, by output) for Q(x)
     recipes: dict[Hashable, RecomputedInput] = field(default_factory=dict)
+    readers_left: int = 0  # with recompute: readers of the last forward still to come
 
 
 def _recompute(x: torch.Tensor, fmt: NumberFormat, granularity: Granularity, dim: int, percentile: float,

@@ -286,17 +286,15 @@ class ReinforceTrainer(Trainer):
         # forward and backward, the step's memory peak (HeldoutBatches lets go of it too).
         # Both forwards see the weights of this step; the held-out one, in eval mode, the
         # normalisation statistics from before this micro-batch's training forward.
-        heldout_quality = (self._heldout_quality(model, self._prepare_inputs(self._heldout.next()))
-                           if config.reward_source is RewardSource.HELDOUT else None)
+        quality = (self._heldout_quality(model, self._prepare_inputs(self._heldout.next()))
+                   if config.reward_source is RewardSource.HELDOUT else None)
         loss = super().training_step(model, inputs, num_items_in_batch)
 
-        if heldout_quality is None:
+        if quality is None:  # reward_source train: from the training forward's logits
             if self._captured_logits is None:  # only when a subclass's compute_loss bypasses ours
                 raise RuntimeError("no logits/labels were captured for the reward: a compute_loss that overrides "
                                    "ReinforceTrainer's must call it (super().compute_loss)")
             quality = batch_quality(*self._captured_logits, config.reward_metric)
-        else:
-            quality = heldout_quality
         self._captured_logits = None
         cycle.values.append(torch.stack([loss.detach().float(), quality.float()]))
         # The Trainer sets sync_gradients on the last micro-batch of every cycle, the short last

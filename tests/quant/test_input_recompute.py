@@ -92,6 +92,9 @@ def test_the_quantized_inputs_are_gone_after_the_forward(switches):
     share.quantize = lambda layer, x: outputs[names[layer]].append(weakref.ref(real(layer, x))) or outputs[
         names[layer]][-1]()
     x = torch.randn(2, 5, 8, requires_grad=True)
+    during: list[dict[str, bool]] = []  # when the output layer starts, after the three projections
+    model.out.register_forward_pre_hook(lambda module, args: during.append(
+        {name: refs[-1]() is not None for name, refs in outputs.items() if name != "out"}))
     for recompute in (True, False):
         input_share.set_recompute_enabled(recompute)
         for _ in range(2):
@@ -100,8 +103,11 @@ def test_the_quantized_inputs_are_gone_after_the_forward(switches):
             alive = {name: refs[-1]() is not None for name, refs in outputs.items()}
             out.sum().backward()
         # The second forward's: the projections' inputs (three formats of one x) were not kept,
-        # the output layer's (its own input) was; without recomputation all were.
-        assert alive == {"query": not recompute, "key": not recompute, "value": not recompute, "out": True}
+        # even within the forward once the last of them had read it; the output layer's (its own
+        # input) was. Without recomputation all were.
+        kept = not recompute
+        assert alive == {"query": kept, "key": kept, "value": kept, "out": True}
+        assert during[-1] == {"query": kept, "key": kept, "value": kept}
 
 
 def test_agreeing_formats_and_the_first_forward_save_tensors(switches, backward_calls):
