@@ -217,3 +217,39 @@ def test_on_cuda_recomputed_inputs_give_the_saved_paths_values_bit_for_bit(switc
     recomputed = steps(model, x)
     assert sum(backward_calls) == 2 * 3
     assert_identical(recomputed, saved)
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_under_hf_gradient_checkpointing_the_gradients_match(switches, backward_calls, use_reentrant):
+    """Reentrant checkpointing runs the forward without gradients and recomputes the layers
+    outside the model's forward; non-reentrant owns the saves: neither recomputes an input here."""
+    torch.manual_seed(0)
+    model = build_model("bert", num_labels=3, from_scratch=True, vocab_size=50, pad_token_id=0,
+                        config_overrides={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                          "intermediate_size": 64, "hidden_dropout_prob": 0.0,
+                                          "attention_probs_dropout_prob": 0.0})
+    names = tuple(n for n, m in model.named_modules() if isinstance(m, nn.Linear))
+    model, layers = quantize_model(model, QuantSpec(names, QuantConfig("int8", "int8")))
+    set_layer_formats(layers, {n: ("int4", "int4") for n in names if "attention.self.key" in n})
+    batch = {"input_ids": torch.randint(1, 50, (2, 7)), "labels": torch.tensor([0, 2])}
+
+    def run() -> list[torch.Tensor]:
+        for _ in range(2):  # the second pass is the one that would recompute
+            model(**batch).loss.backward()
+            grads = [p.grad.clone() for p in model.parameters()]
+            model.zero_grad(set_to_none=True)
+        return grads
+
+    key_forwards: list[int] = []
+    layers["bert.encoder.layer.0.attention.self.key"].register_forward_pre_hook(
+        lambda module, args: key_forwards.append(1))
+    expected = run()
+    assert sum(backward_calls) == 2 * 2 and len(key_forwards) == 2  # int8 and int4 per block
+    backward_calls.clear()
+    key_forwards.clear()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    got = run()
+    assert len(key_forwards) == 4  # each pass runs the layer again in its backward: checkpointing is on
+    assert not any(backward_calls)
+    for a, b in zip(got, expected, strict=True):  # the input's gradient sums may be added in another order
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
