@@ -253,3 +253,19 @@ def test_under_hf_gradient_checkpointing_the_gradients_match(switches, backward_
     assert not any(backward_calls)
     for a, b in zip(got, expected, strict=True):  # the input's gradient sums may be added in another order
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("precision", ["bfloat16 model", "bfloat16 autocast"])
+def test_lower_precision_matches_the_saved_path(switches, precision):
+    """A bf16 model recomputes in bf16; under autocast the matmul saves its own bf16 copy (no
+    recipe then): both as the saved path."""
+    x = torch.randn(2, 5, 8) * 3
+    model, _ = attention(MIXED)
+    if precision == "bfloat16 model":
+        model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
+    results = []
+    for recompute in (False, True):
+        input_share.set_recompute_enabled(recompute)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.endswith("autocast")):
+            results.append(steps(model, x))
+    assert_identical(results[1], results[0])
