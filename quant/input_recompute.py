@@ -9,9 +9,10 @@ fixed-format model it is compared with (BERT-base: up to 24 of the projections' 
 For those layers the matmul runs under saved-tensor hooks (`saved_as_recipe`): where it saves
 Q(x) (or a view of it), the recipe is saved instead, which holds x itself, one tensor for every
 format, the range the forward used and the settings. The backward recomputes Q(x) from them, once
-per format (the layers at that format take the same tensor), with the very function and range
-the forward used: the values and so every gradient equal the saved path's bit for bit. The cost
-is one quantizer call per format in the backward (on a GPU, one kernel launch).
+per format (the layers at that format take the same tensor), with the forward's range and its
+rounding core (`quant_utils.quantized_values`: the same kernel, without an autograd node): the
+values and so every gradient equal the saved path's bit for bit. The cost is one quantizer call
+per format in the backward (on a GPU, one kernel launch).
 
 x changed in place after the forward would make the recomputed values wrong: that raises, as
 autograd does for a saved tensor (a float model that saved x would fail the same way).
