@@ -191,6 +191,12 @@ def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
     g.add_argument("--gradient_checkpointing", action="store_true",
                    help="recompute activations in backward to save memory (the transformer models; not ResNet, "
                    "EfficientNet or MobileNetV2)")
+    g.add_argument("--recompute_inputs", default=None, type=str.lower, choices=["off", "mixed", "all"],
+                   help="which quantized inputs the backward recomputes from the layer's input instead of keeping: "
+                   "mixed (default; where layers reading one input run at different formats, so a search keeps no "
+                   "more activations than a fixed-format model), all (every one: about the memory of float training "
+                   "where the input is kept anyway, e.g. a conv after a ReLU; one quantizer call per layer more), "
+                   "off. Values and gradients are the same in every mode. Default: FLIQS_RECOMPUTE_INPUTS, else mixed")
     g.add_argument("--ddp_find_unused_parameters", action="store_true",
                    help="multi-GPU runs: let DDP look for parameters the loss does not use, at the cost of a graph "
                    "traversal per step (every built-in model uses all of its parameters; turn this on for a model "

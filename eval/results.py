@@ -38,6 +38,7 @@ NON_RESULT_ARGS = frozenset({
     "exp_name", "run_name", "output_root_dir", "output_dir", "logging_dir", "overwrite_output_dir",
     "cuda_visible_devices", "device", "report_to", "log_steps", "eval_steps", "save_strategy", "save_steps",
     "resume_from_checkpoint", "export_dir", "gradient_checkpointing", "ddp_find_unused_parameters",
+    "recompute_inputs",  # the same values and gradients in every mode
     "derived_defaults",  # DERIVED_DEFAULTS_KEY: a record of how RUN_TIME_DEFAULTS were set, not a flag
 })
 # Arguments that differ between replicas of one setting: the seeds, and everything above.

@@ -16,6 +16,7 @@ from torch import nn
 from cost.model_cost import CostType, LayerCost, average_bits_cost, layer_costs
 from eval.run_args import DEFAULT_DELAY_FRACTION
 from eval.tasks import TaskSpec, get_task
+from quant import input_share
 from quant.formats import parse_format, parse_format_list
 from quant.quant_module import QuantConfig
 from quant.surgery import QuantSpec, quantize_model, record_geometry
@@ -186,6 +187,8 @@ def load_data_and_model(args: argparse.Namespace) -> RunSetup:
                          per_token=args.per_token, weight_range_percentile=args.weight_range_percentile,
                          act_range_percentile=args.act_range_percentile)
     model, layers = quantize_model(model, QuantSpec(layer_names, config, layer_formats))
+    if args.recompute_inputs is not None:
+        input_share.set_recompute_mode(args.recompute_inputs)
     if layers:
         record_geometry(model, example, layers)
     costs = layer_costs(layers)

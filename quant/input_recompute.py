@@ -63,8 +63,9 @@ class RecomputedInput:
                 raise RuntimeError(
                     f"the input of {self.name} was modified by an in-place operation after the forward: its "
                     f"quantized value is recomputed from it in the backward (the layers reading it run at "
-                    f"different formats). Do not modify it in place (autograd would refuse it too if it saved "
-                    f"the tensor), or set FLIQS_RECOMPUTE_INPUTS=0 to keep each format's tensor instead")
+                    f"different formats, or FLIQS_RECOMPUTE_INPUTS / --recompute_inputs is all). Do not modify it in "
+                    f"place (autograd would refuse it too if it saved the tensor), or set FLIQS_RECOMPUTE_INPUTS=off "
+                    f"to keep the quantized tensors instead")
             self._value, self._left = self.compute(), self.views
         value = self._value
         self._left -= 1

@@ -29,14 +29,16 @@ backward from holding one quantized tensor per format: it remembers, from the mo
 with gradients, which layers read one input, and when the first of them reads it again while
 their formats differ, their matmuls save the recipe of their Q(x) instead of the tensor
 (quant/input_recompute.py): x once, Q(x) recomputed per format in the backward. A search then
-keeps no more activations than the fixed-format model. FLIQS_RECOMPUTE_INPUTS=0, or
-`set_recompute_enabled(False)`, keeps the tensors.
+keeps no more activations than the fixed-format model. FLIQS_RECOMPUTE_INPUTS=off (or 0), or
+`set_recompute_mode("off")`, keeps the tensors; `all` recomputes every quantized input (the
+memory of float training where x is kept anyway, at one quantizer call per layer in the backward).
 """
 from __future__ import annotations
 
 import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Hashable, Sequence
 
 import torch
@@ -50,8 +52,30 @@ from quant.quant_utils import (_check_floating_point, checked_scale_options, inp
                                quantized_values)
 from quant.scales import Granularity
 
+class RecomputeMode(str, Enum):
+    """Which quantized inputs the backward recomputes from x instead of keeping (quant/input_recompute.py)."""
+
+    OFF = "off"  # keep every quantized input
+    MIXED = "mixed"  # where the layers that read one input run at different formats (default)
+    # Every quantized input read while gradients are recorded: the memory of float training where
+    # x is kept anyway (a conv after a ReLU, which keeps its output), one quantizer call per layer
+    # more in the backward.
+    ALL = "all"
+
+
+def parse_recompute_mode(value: RecomputeMode | str, source: str = "recompute mode") -> RecomputeMode:
+    """A RecomputeMode from itself or its name (case-insensitive; "0" and "1" for off and mixed)."""
+    if isinstance(value, RecomputeMode):
+        return value
+    name = {"0": "off", "1": "mixed"}.get(str(value).strip().lower(), str(value).strip().lower())
+    try:
+        return RecomputeMode(name)
+    except ValueError:
+        raise ValueError(f"{source} {value!r} is not one of off, mixed (the default), all") from None
+
+
 _enabled = os.environ.get("FLIQS_SHARED_INPUTS", "1").strip() != "0"
-_recompute_enabled = os.environ.get("FLIQS_RECOMPUTE_INPUTS", "1").strip() != "0"
+_recompute_mode = parse_recompute_mode(os.environ.get("FLIQS_RECOMPUTE_INPUTS", "mixed"), "FLIQS_RECOMPUTE_INPUTS")
 _NO_HOOKS = nullcontext()
 
 
@@ -67,17 +91,15 @@ def is_enabled() -> bool:
     return _enabled
 
 
-def set_recompute_enabled(enabled: bool) -> None:
-    """Save the recipe of a shared input's Q(x) where its layers' formats differ (default), or
-    the tensor of each format."""
-    global _recompute_enabled
-    if not isinstance(enabled, bool):
-        raise TypeError(f"set_recompute_enabled takes True or False, got {enabled!r}")
-    _recompute_enabled = enabled
+def set_recompute_mode(mode: RecomputeMode | str) -> None:
+    """Which quantized inputs the backward recomputes (`RecomputeMode`; default mixed, or the
+    environment's FLIQS_RECOMPUTE_INPUTS)."""
+    global _recompute_mode
+    _recompute_mode = parse_recompute_mode(mode)
 
 
-def is_recompute_enabled() -> bool:
-    return _recompute_enabled
+def recompute_mode() -> RecomputeMode:
+    return _recompute_mode
 
 
 class InputShare(ForwardScoped):
@@ -92,7 +114,7 @@ class InputShare(ForwardScoped):
         self._names = {layer: name for name, layer in model.named_modules() if layer in own}  # for errors
         self._active: list[QuantModule] = []
         self._inputs: list[_SharedInput] = []  # the latest last
-        # The layers that read one input in the model's last forward with gradients, by the first
+        # The layers that read each input in the model's last forward with gradients, by the first
         # of them; and those of this forward, committed when it ends.
         self._readers: dict[QuantModule, tuple[QuantModule, ...]] = {}
         self._readers_now: dict[QuantModule, list[QuantModule]] = {}
@@ -132,22 +154,26 @@ class InputShare(ForwardScoped):
         return entry
 
     def _read_by(self, entry: _SharedInput, layer: QuantModule, x: torch.Tensor) -> None:
-        """Count `layer` among `entry`'s readers; at its first reader, whether the layers that read
-        it last time run at different formats now (then their saves are recipes)."""
+        """Count `layer` among `entry`'s readers; at its first reader (with gradients), whether the
+        layers' matmuls save recipes for Q(x) (`RecomputeMode`)."""
         readers = entry.readers
-        if not readers:
-            readers.append(layer)
-            self._saw_gradients |= entry.grad
-            group = self._readers.get(layer) if entry.grad else None
-            entry.recompute = (group is not None and _recompute_enabled and x.numel() > 0
-                               and len({_output_key(member, x) for member in group}) > 1 and hooks_usable())
-            if entry.recompute:
-                entry.readers_left = len(group) - 1
-            return
         readers.append(layer)
-        entry.readers_left -= 1
-        if entry.grad and len(readers) == 2:
-            self._readers_now[readers[0]] = readers
+        if len(readers) > 1:
+            if entry.readers_left is not None:
+                entry.readers_left -= 1
+            return
+        if not entry.grad:
+            return
+        self._saw_gradients = True
+        self._readers_now[layer] = readers  # the list, which the later readers join
+        group = self._readers.get(layer)
+        mode = _recompute_mode
+        entry.recompute = (mode is not RecomputeMode.OFF and x.numel() > 0
+                           and (mode is RecomputeMode.ALL
+                                or (group is not None and len({_output_key(m, x) for m in group}) > 1))
+                           and hooks_usable())
+        # The readers still to come, as in the last forward (unknown at a model's first forward).
+        entry.readers_left = None if group is None else len(group) - 1
 
     def quantize(self, layer: QuantModule, x: torch.Tensor) -> torch.Tensor:
         """`layer`'s quantized input: shared with the layers before it in this forward that read
@@ -182,8 +208,8 @@ class InputShare(ForwardScoped):
                     self._names.get(entry.readers[0], type(layer).__name__))  # the input's first reader
         if entry.recompute:
             self._pending = (out, entry.recipes[output_key])
-            if entry.readers_left <= 0:  # the last expected reader: keeping the tensors would undo the saving
-                entry.outputs.clear()
+            if entry.readers_left is not None and entry.readers_left <= 0:
+                entry.outputs.clear()  # the last expected reader: keeping the tensors would undo the saving
         return out
 
     def saved_input_hooks(self, x_q: torch.Tensor) -> AbstractContextManager:
@@ -212,7 +238,7 @@ class _SharedInput:
     readers: list[QuantModule] = field(default_factory=list)  # the layers that read it, in order
     recompute: bool = False  # its layers' matmuls save recipes (`recipes`, by output) for Q(x)
     recipes: dict[Hashable, RecomputedInput] = field(default_factory=dict)
-    readers_left: int = 0  # with recompute: readers of the last forward still to come
+    readers_left: int | None = None  # readers of the last forward still to come (None: unknown)
 
 
 def _recompute(x: torch.Tensor, fmt: NumberFormat, granularity: Granularity, dim: int, percentile: float,

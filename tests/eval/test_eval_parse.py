@@ -153,6 +153,8 @@ def error_of(argv, capsys) -> str:
         (["--task", "synth-sentiment", "--model", "bert-tiny", "--metric", "glue"],
          r"--metric glue has no configuration for task 'synth-sentiment' \(only for GLUE tasks\); leave --metric "
          r"unset for the task's built-in offline metrics \(accuracy\)"),
+        (["--recompute_inputs", "sometimes"],
+         r"argument --recompute_inputs: invalid choice: 'sometimes' \(choose from '?off'?, '?mixed'?, '?all'?\)"),
         (["--model", "efficientnet-b0", "--gradient_checkpointing"],
          r"--gradient_checkpointing: efficientnet-b0 does not support it \(transformers has no activation "
          r"checkpointing for efficientnet\); drop the flag"),
@@ -167,6 +169,11 @@ def test_entropy_schedule_names_are_case_insensitive_and_recorded_canonically():
     # ' Cosine' passed the parse-time check and then failed after data loading (the trainer's
     # config is case-sensitive): it is now recorded, and passed on, as 'cosine'.
     assert parse_run_args(["--entropy_schedule_type", " Cosine"]).entropy_schedule_type == "cosine"
+
+
+def test_recompute_inputs_takes_a_mode_case_insensitively_and_defaults_to_the_environment():
+    assert parse_run_args(["--recompute_inputs", "ALL"]).recompute_inputs == "all"
+    assert parse_run_args([]).recompute_inputs is None  # FLIQS_RECOMPUTE_INPUTS, else mixed
 
 
 def test_gradient_checkpointing_is_accepted_where_transformers_supports_it():

@@ -541,3 +541,27 @@ def test_ctrl_c_is_one_line_naming_what_is_left(tmp_path, capsys, monkeypatch):
         f"eval_run: interrupted; {run_dir} holds no results.json; to go on from checkpoint-4, run the same command "
         f"with --resume_from_checkpoint {run_dir}")
     assert not (run_dir / "results.json").exists() and run_lock_holder(run_dir) is None
+
+
+def test_recompute_inputs_changes_no_result(tmp_path):
+    """--recompute_inputs trades memory for backward work; the search, its answer and its metrics
+    are the same in every mode (and the flag is not a result argument)."""
+    from eval.results import NON_RESULT_ARGS
+    from quant import input_share
+
+    before = input_share.recompute_mode()
+    try:
+        runs = {mode: run(tmp_path / mode, *RESNET_TINY, "--search_space", "int2,int4,fp8_e4m3", "--cost_target_bits",
+                          "4", "--delay_steps", "2", "--recompute_inputs", mode)
+                for mode in ("off", "all")}
+        assert input_share.recompute_mode() is input_share.RecomputeMode.ALL  # the run set it
+    finally:
+        input_share.set_recompute_mode(before)
+    (code_off, off, _), (code_all, every, _) = runs["off"], runs["all"]
+    assert code_off == code_all == 0 and (off["args"]["recompute_inputs"], every["args"]["recompute_inputs"]) == (
+        "off", "all")
+    timings = ("runtime", "per_second")
+    assert {k: v for k, v in off["metrics"].items() if not any(t in k for t in timings)} == {
+        k: v for k, v in every["metrics"].items() if not any(t in k for t in timings)}
+    assert off["layers"] == every["layers"] and off["search"] == every["search"]
+    assert "recompute_inputs" in NON_RESULT_ARGS

@@ -21,10 +21,10 @@ MIXED = {"query": ("int8", "int8"), "key": ("int4", "int4"), "value": ("int8", "
 @pytest.fixture
 def switches():
     """input_share's two switches, restored after the test."""
-    before = input_share.is_enabled(), input_share.is_recompute_enabled()
+    before = input_share.is_enabled(), input_share.recompute_mode()
     yield
     input_share.set_enabled(before[0])
-    input_share.set_recompute_enabled(before[1])
+    input_share.set_recompute_mode(before[1])
 
 
 @pytest.fixture
@@ -72,10 +72,10 @@ def assert_identical(a: list, b: list) -> None:
 def test_recomputed_inputs_give_the_saved_paths_values_bit_for_bit(switches, backward_calls, formats, config):
     x = torch.randn(2, 5, 8) * 3
     model, _ = attention(formats, config)
-    input_share.set_recompute_enabled(False)
+    input_share.set_recompute_mode("off")
     saved = steps(model, x)
     assert not any(backward_calls)
-    input_share.set_recompute_enabled(True)
+    input_share.set_recompute_mode("mixed")
     recomputed = steps(model, x)
     assert_identical(recomputed, saved)
     # Once per format and pass (which layers read one input was learnt in the passes before).
@@ -95,18 +95,18 @@ def test_the_quantized_inputs_are_gone_after_the_forward(switches):
     during: list[dict[str, bool]] = []  # when the output layer starts, after the three projections
     model.out.register_forward_pre_hook(lambda module, args: during.append(
         {name: refs[-1]() is not None for name, refs in outputs.items() if name != "out"}))
-    for recompute in (True, False):
-        input_share.set_recompute_enabled(recompute)
+    for mode in ("mixed", "off", "all"):
+        input_share.set_recompute_mode(mode)
         for _ in range(2):
             out = model(x * 1.0)
             gc.collect()
             alive = {name: refs[-1]() is not None for name, refs in outputs.items()}
             out.sum().backward()
-        # The second forward's: the projections' inputs (three formats of one x) were not kept,
-        # even within the forward once the last of them had read it; the output layer's (its own
-        # input) was. Without recomputation all were.
-        kept = not recompute
-        assert alive == {"query": kept, "key": kept, "value": kept, "out": True}
+        # The second forward's: with `mixed` the projections' inputs (three formats of one x) were
+        # not kept, even within the forward once the last of them had read it, the output layer's
+        # (its own input, one format) was; `off` kept all, `all` none.
+        kept = mode == "off"
+        assert alive == {"query": kept, "key": kept, "value": kept, "out": mode != "all"}
         assert during[-1] == {"query": kept, "key": kept, "value": kept}
 
 
@@ -131,7 +131,7 @@ def test_an_input_changed_in_place_after_the_forward_raises(switches):
     out = model(hidden)
     hidden.add_(1.0)
     with pytest.raises(RuntimeError, match=r"the input of query was modified by an in-place operation after the "
-                                           r"forward.*FLIQS_RECOMPUTE_INPUTS=0"):
+                                           r"forward.*FLIQS_RECOMPUTE_INPUTS=off"):
         out.sum().backward()
 
 
@@ -152,7 +152,7 @@ def test_second_order_gradients_and_a_retained_graph_match_the_saved_path(switch
     model, _ = attention(MIXED)
     results = []
     for recompute in (False, True):
-        input_share.set_recompute_enabled(recompute)
+        input_share.set_recompute_mode("mixed" if recompute else "off")
         leaf = x.clone().requires_grad_(True)
         model(leaf * 1.0).sum().backward()  # learns the readers
         model.zero_grad(set_to_none=True)
@@ -196,10 +196,10 @@ def test_bert_and_resnet_recompute_and_match(switches, backward_calls):
             return results
 
         backward_calls.clear()
-        input_share.set_recompute_enabled(True)
+        input_share.set_recompute_mode("mixed")
         recomputed = run()
         assert sum(backward_calls) == recomputes
-        input_share.set_recompute_enabled(False)
+        input_share.set_recompute_mode("off")
         for (logits_a, grads_a), (logits_b, grads_b) in zip(recomputed, run(), strict=True):
             assert torch.equal(logits_a, logits_b) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
 
@@ -211,9 +211,9 @@ def test_on_cuda_recomputed_inputs_give_the_saved_paths_values_bit_for_bit(switc
     x = torch.randn(64, 8, device="cuda") * 3
     model, _ = attention(MIXED)
     model.cuda()
-    input_share.set_recompute_enabled(False)
+    input_share.set_recompute_mode("off")
     saved = steps(model, x)
-    input_share.set_recompute_enabled(True)
+    input_share.set_recompute_mode("mixed")
     recomputed = steps(model, x)
     assert sum(backward_calls) == 2 * 3
     assert_identical(recomputed, saved)
@@ -265,7 +265,63 @@ def test_lower_precision_matches_the_saved_path(switches, precision):
         model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
     results = []
     for recompute in (False, True):
-        input_share.set_recompute_enabled(recompute)
+        input_share.set_recompute_mode("mixed" if recompute else "off")
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.endswith("autocast")):
             results.append(steps(model, x))
     assert_identical(results[1], results[0])
+
+
+def test_mode_all_recomputes_every_quantized_input_from_the_first_forward(switches, backward_calls):
+    """`all`: also a fixed-format model, at every input (one recomputation per input and format)."""
+    x = torch.randn(2, 5, 8) * 3
+    model, _ = attention()  # every layer int8
+    input_share.set_recompute_mode("off")
+    saved = steps(model, x)
+    input_share.set_recompute_mode("all")
+    model, _ = attention()  # a fresh model: nothing learnt about its readers
+    recomputed = steps(model, x)
+    assert_identical(recomputed, saved)
+    assert sum(backward_calls) == 2 * 2  # per pass: the projections' shared input, the output layer's
+
+
+def test_mode_all_on_resnet_matches_and_recomputes_each_conv_input(switches, backward_calls):
+    torch.manual_seed(0)
+    resnet = build_model("resnet18", num_labels=3, from_scratch=True, image_size=32,
+                         config_overrides={"embedding_size": 8, "hidden_sizes": [8, 16, 16, 16]})
+    names = tuple(n for n, m in resnet.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    model, layers = quantize_model(resnet, QuantSpec(names, QuantConfig("int8", "int8")))
+    model.eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    results = []
+    for mode in ("off", "all"):
+        input_share.set_recompute_mode(mode)
+        logits = model(pixel_values=pixels).logits
+        logits.square().sum().backward()
+        results.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+        model.zero_grad(set_to_none=True)
+    (logits_a, grads_a), (logits_b, grads_b) = results
+    assert torch.equal(logits_a, logits_b) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    assert sum(backward_calls) == len(layers) - 3  # each shortcut shares its block's first conv's input
+
+
+def test_recompute_modes_parse_and_a_bad_one_is_refused(switches):
+    from quant.input_share import RecomputeMode, parse_recompute_mode
+
+    assert [parse_recompute_mode(v) for v in ("off", "0", "MIXED", "1", " all ", RecomputeMode.ALL)] == [
+        RecomputeMode.OFF, RecomputeMode.OFF, RecomputeMode.MIXED, RecomputeMode.MIXED, RecomputeMode.ALL,
+        RecomputeMode.ALL]
+    with pytest.raises(ValueError, match=r"recompute mode 'sometimes' is not one of off, mixed \(the default\), all"):
+        input_share.set_recompute_mode("sometimes")
+    assert input_share.recompute_mode() is RecomputeMode.MIXED  # unchanged by the refused value
+
+
+def test_a_bad_environment_value_fails_at_import_naming_it():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FLIQS_RECOMPUTE_INPUTS": "sometimes"}
+    done = subprocess.run([sys.executable, "-c", "import quant.input_share"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0
+    assert "FLIQS_RECOMPUTE_INPUTS 'sometimes' is not one of off, mixed (the default), all" in done.stderr
