@@ -168,10 +168,11 @@ class InputShare(ForwardScoped):
         self._readers_now[layer] = readers  # the list, which the later readers join
         group = self._readers.get(layer)
         mode = _recompute_mode
-        entry.recompute = (mode is not RecomputeMode.OFF and x.numel() > 0
-                           and (mode is RecomputeMode.ALL
-                                or (group is not None and len({_output_key(m, x) for m in group}) > 1))
-                           and hooks_usable())
+        wanted = mode is RecomputeMode.ALL or (
+            mode is RecomputeMode.MIXED and group is not None and len({_output_key(m, x) for m in group}) > 1)
+        # Keeping a view of a larger tensor (BERT's pooler reads the first token) would keep all of it.
+        whole = 0 < x.numel() * x.element_size() == x.untyped_storage().nbytes()
+        entry.recompute = wanted and whole and hooks_usable()
         # The readers still to come, as in the last forward (unknown at a model's first forward).
         entry.readers_left = None if group is None else len(group) - 1
 

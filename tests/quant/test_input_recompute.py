@@ -325,3 +325,16 @@ def test_a_bad_environment_value_fails_at_import_naming_it():
                           text=True, timeout=120)
     assert done.returncode != 0
     assert "FLIQS_RECOMPUTE_INPUTS 'sometimes' is not one of off, mixed (the default), all" in done.stderr
+
+
+def test_a_view_of_a_larger_tensor_is_not_kept_for_its_layer(switches, backward_calls):
+    """BERT's pooler reads the first token of the last hidden states: keeping that view would keep
+    every token, so its quantized input is kept instead."""
+    torch.manual_seed(0)
+    model, _ = quantize_model(nn.Sequential(nn.Linear(8, 8)), QuantSpec(("0",), QuantConfig("int8", "int8")))
+    input_share.set_recompute_mode("all")
+    hidden = torch.randn(4, 6, 8, requires_grad=True)
+    model(hidden[:, 0]).sum().backward()  # a view: 1/6 of its storage
+    assert not any(backward_calls)
+    model(hidden * 1.0).sum().backward()  # a whole tensor
+    assert sum(backward_calls) == 1
