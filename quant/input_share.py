@@ -118,7 +118,6 @@ class InputShare(ForwardScoped):
         # of them; and those of this forward, committed when it ends.
         self._readers: dict[QuantModule, tuple[QuantModule, ...]] = {}
         self._readers_now: dict[QuantModule, list[QuantModule]] = {}
-        self._saw_gradients = False
         # The recipe for the quantized input just returned to a layer, for its matmul's saves.
         self._pending: tuple[torch.Tensor, RecomputedInput] | None = None
         super().__init__(model)
@@ -136,9 +135,9 @@ class InputShare(ForwardScoped):
     def _clear(self) -> None:
         for layer in self._active:
             layer.__dict__.pop("_input_share", None)
-        if self._saw_gradients:
+        if self._readers_now:  # a forward with gradients: every input it read is there
             self._readers = {first: tuple(readers) for first, readers in self._readers_now.items()}
-        self._active, self._inputs, self._readers_now, self._saw_gradients, self._pending = [], [], {}, False, None
+        self._active, self._inputs, self._readers_now, self._pending = [], [], {}, None
 
     def _entry(self, x: torch.Tensor) -> _SharedInput:
         """What is known of `x` in this forward: found by identity, version counter and grad mode."""
@@ -164,34 +163,29 @@ class InputShare(ForwardScoped):
             return
         if not entry.grad:
             return
-        self._saw_gradients = True
         self._readers_now[layer] = readers  # the list, which the later readers join
         group = self._readers.get(layer)
         mode = _recompute_mode
         wanted = mode is RecomputeMode.ALL or (
             mode is RecomputeMode.MIXED and group is not None and len({_output_key(m, x) for m in group}) > 1)
-        # Keeping a view of a larger tensor (BERT's pooler reads the first token) would keep all of it.
-        whole = 0 < x.numel() * x.element_size() == x.untyped_storage().nbytes()
-        entry.recompute = wanted and whole and hooks_usable()
+        # Not for a view of a larger tensor (BERT's pooler reads the first token): keeping it would
+        # keep all of that tensor.
+        entry.recompute = (wanted and 0 < x.numel() * x.element_size() == x.untyped_storage().nbytes()
+                           and hooks_usable())
         # The readers still to come, as in the last forward (unknown at a model's first forward).
         entry.readers_left = None if group is None else len(group) - 1
 
     def quantize(self, layer: QuantModule, x: torch.Tensor) -> torch.Tensor:
         """`layer`'s quantized input: shared with the layers before it in this forward that read
         the same `x` at the same settings, else computed (and kept for the ones after)."""
-        fmt: NumberFormat = layer._act_format
         entry = self._entry(x)
         self._read_by(entry, layer, x)
-        if not fmt.quantizes:
+        output_key = _output_key(layer, x)
+        if output_key is None:
             return x
         _check_floating_point(x, "quantize")
-        percentile: float = layer.act_range_percentile
-        granularity = checked_scale_options(layer.act_granularity, percentile)
+        fmt, granularity, feature_dim, percentile = output_key
         dim: int = layer.act_feature_dim
-        # The feature dim as a non-negative index: a Linear's -1 and a conv's 1 name different
-        # dims of a 4-d input, and the same one of a 2-d input.
-        feature_dim = dim % x.dim() if x.dim() else dim
-        output_key = (fmt, granularity, feature_dim, percentile)
         out = entry.outputs.get(output_key)
         if out is None:
             value_range = None  # a cast format takes no range (scale 1)
@@ -251,12 +245,19 @@ def _recompute(x: torch.Tensor, fmt: NumberFormat, granularity: Granularity, dim
     return quantized_values(x, fmt, granularity, dim, percentile, value_range)
 
 
-def _output_key(layer: QuantModule, x: torch.Tensor) -> Hashable:
-    """What decides `layer`'s Q(x) (None: x itself): layers with equal keys share one tensor."""
-    fmt = layer._act_format
+def _output_key(layer: QuantModule, x: torch.Tensor) -> tuple[NumberFormat, Granularity, int, float] | None:
+    """What decides `layer`'s Q(x): (format, granularity, feature dim, clipping percentile), or None
+    where the layer takes x itself. Layers with equal keys share one quantized tensor. ValueError /
+    TypeError for bad scale options."""
+    fmt: NumberFormat = layer._act_format
     if not fmt.quantizes:
         return None
-    return fmt, layer.act_granularity, layer.act_feature_dim % x.dim() if x.dim() else 0, layer.act_range_percentile
+    percentile: float = layer.act_range_percentile
+    dim: int = layer.act_feature_dim
+    # The feature dim as a non-negative index: a Linear's -1 and a conv's 1 name different dims of
+    # a 4-d input, and the same one of a 2-d input.
+    feature_dim = dim % x.dim() if x.dim() else dim
+    return fmt, checked_scale_options(layer.act_granularity, percentile), feature_dim, percentile
 
 
 def install(model: nn.Module, layers: Sequence[QuantModule]) -> InputShare:
