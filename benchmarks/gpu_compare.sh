@@ -7,6 +7,10 @@
 #   git archive <base commit> -o gpu_base.tar      # untracked: it travels with the working tree
 #   OUT=$OUT bash benchmarks/gpu_compare.sh          # on the GPU machine, from the repo root
 #
+# EXTRA (space-separated) adds, before gpu_check.sh:
+#   host       the step benchmark's host preset (the gpu models' layers at tiny widths: the step
+#              is the host's work), base and new in turn, twice (~40 s; the base must have the preset)
+#   recompute  this tree's step benchmark with FLIQS_RECOMPUTE_INPUTS=off and =all (~80 s)
 # Wheels the GPU machine lacks (datasets, evaluate, ...) are installed from .whl/ if it is there.
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -16,6 +20,9 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site
 fi
+for name in ${EXTRA:-}; do
+  case "$name" in host|recompute) ;; *) echo "gpu_compare: unknown EXTRA '$name'; known: host recompute" >&2; exit 2 ;; esac
+done
 R=/tmp/res; mkdir -p $R/check
 finish() { tar -czf "$OUT/results.tgz" -C $R .; }
 trap finish EXIT
@@ -29,5 +36,19 @@ for round in 1 2; do
 done
 (cd /tmp/base && PYTHONPATH=/tmp/base:${PYTHONPATH:-} timeout 60 python3 -m benchmarks.bench_launch --device cuda \
   --repeats 10 --out $R/launch_base.json) > $R/launch_base.log 2>&1
+if [[ " ${EXTRA:-} " == *" host "* ]]; then
+  HOST="--device cuda --preset host --repeats 15 --reward_sources train --fixed_formats int8"
+  for round in 1 2; do
+    (cd /tmp/base && PYTHONPATH=/tmp/base:${PYTHONPATH:-} timeout 60 python3 -m benchmarks.bench_search_step $HOST \
+      --out $R/host_base_$round.json) > $R/host_base_$round.log 2>&1
+    timeout 60 python3 -m benchmarks.bench_search_step $HOST --out $R/host_new_$round.json > $R/host_new_$round.log 2>&1
+  done
+fi
+if [[ " ${EXTRA:-} " == *" recompute "* ]]; then
+  for mode in off all; do
+    FLIQS_RECOMPUTE_INPUTS=$mode timeout 120 python3 -m benchmarks.bench_search_step $STEP \
+      --out $R/step_new_recompute_$mode.json > $R/step_new_recompute_$mode.log 2>&1
+  done
+fi
 OUT=$R/check SKIP="profile" timeout 330 bash benchmarks/gpu_check.sh > $R/gpu_check_stdout.log 2>&1
 echo done

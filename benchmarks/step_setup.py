@@ -61,6 +61,15 @@ PRESETS: dict[str, tuple[ModelCase, ...]] = {
         ModelCase("resnet18", "resnet18", batch_size=128, image_size=224),
         ModelCase("bert-base", "bert", batch_size=32, seq_length=128),
     ),
+    # The gpu preset's layers (ResNet-18's 21 quantized layers, BERT-base's 74) at widths where
+    # the arithmetic takes next to nothing: a step's time is then the host's work per layer and
+    # per step (Python, dispatch, autograd), which is what sets a GPU step's pace (RESULTS.md).
+    "host": (
+        ModelCase("resnet18-host", "resnet18", batch_size=2, image_size=32,
+                  config_overrides={"embedding_size": 8, "hidden_sizes": [8, 8, 8, 8]}),
+        ModelCase("bert-base-host", "bert", batch_size=2, seq_length=8, vocab_size=512,
+                  config_overrides={"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}),
+    ),
 }
 
 

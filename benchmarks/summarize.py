@@ -69,6 +69,17 @@ def quantizer_lines(path: Path, payload: dict[str, Any]) -> list[Line]:
 
 
 def step_lines(path: Path, payload: dict[str, Any]) -> list[Line]:
+    lines = _step_lines(path, payload)
+    return [_info(line) for line in lines] if payload.get("preset") == "host" else lines
+
+
+def _info(line: Line) -> Line:
+    """The host preset's line: the goals are set on the cpu and gpu presets' models, not on its
+    host-only steps, so its metric names carry the preset and no goal."""
+    return Line(line.source, line.subject, f"{line.metric} (host preset)", line.value, line.device)
+
+
+def _step_lines(path: Path, payload: dict[str, Any]) -> list[Line]:
     device, lines = _device(payload), []
     for result in payload["results"]:
         for v in result["variants"]:

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from benchmarks.bench_search_step import main, step_variants
 from benchmarks.step_setup import StepVariant
@@ -45,3 +46,18 @@ def test_grouped_layers_are_counted_where_grouping_runs(tmp_path, monkeypatch):
     rows = {row["name"]: row["grouped_layers"] for row in payload["results"][0]["variants"]}
     assert rows == {"float": 0, "fixed_int8": 21, "search_train": 21, "fixed_int8_per_layer": 0,
                     "search_train_per_layer": 0}
+
+
+def test_the_host_preset_has_the_gpu_presets_quantized_layers():
+    """The host preset stands in for the gpu preset's host work: the same layers (so the same
+    quantizers and search decisions), only narrower. Built on the meta device: no weights."""
+    from benchmarks.step_setup import build_float_model, preset_cases
+    from eval.eval_partitions import LayerSelection, select_layers
+
+    def layers(preset: str) -> list[list[str]]:
+        with torch.device("meta"):
+            return [select_layers(build_float_model(case, seed=0), LayerSelection()) for case in preset_cases(preset)]
+
+    host, gpu = layers("host"), layers("gpu")
+    assert [len(names) for names in gpu] == [21, 74]
+    assert host == gpu

@@ -37,6 +37,17 @@ def test_goals_depend_on_the_device(tmp_path):
     assert got[("resnet-small fixed_int8", "fixed-format step / float")] == (1.3, "-", "info")  # a CPU goal only
 
 
+def test_the_host_presets_steps_are_info_on_every_device(tmp_path):
+    for device in ("cpu", "cuda:0"):
+        payload = step_payload(device, {"fixed_int8": 1.3, "search_train": 1.9})
+        payload["preset"] = "host"
+        (tmp_path / "step.json").write_text(json.dumps(payload))
+        assert verdicts(tmp_path) == {
+            ("resnet-small fixed_int8", "fixed-format step / float (host preset)"): (1.3, "-", "info"),
+            ("resnet-small", "search_train step / float (host preset)"): (1.9, "-", "info"),
+        }
+
+
 def test_per_layer_twins_are_info_and_the_grouped_variants_get_their_ratio(tmp_path):
     payload = step_payload("cuda:0", {"search_train": 1.2, "search_train_per_layer": 1.4})
     rows = payload["results"][0]["variants"]
