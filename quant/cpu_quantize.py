@@ -39,7 +39,7 @@ def sliced_forward(x: torch.Tensor, fmt: NumberFormat, scale32: torch.Tensor, ne
     dim 0 (at least one row per slice), or None when slicing does not apply (small tensors, a
     single row, a scale with more dimensions than x, INT without a mask): then the caller runs
     the eager path on the whole tensor. `scale32` is float32 and broadcasts against x."""
-    if x.is_cuda or x.dim() == 0 or x.numel() <= SLICE_ELEMENTS or scale32.dim() > x.dim():
+    if x.device.type != "cpu" or x.dim() == 0 or x.numel() <= SLICE_ELEMENTS or scale32.dim() > x.dim():
         return None
     if isinstance(fmt, IntFormat) and not need_mask:
         # Four passes and no scratch buffer: eager is as fast, without the per-slice overhead.

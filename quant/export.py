@@ -124,9 +124,16 @@ def _state_tensors(model: nn.Module, layers: dict[str, QuantModule]) -> tuple[di
     for key, tensor in model.state_dict().items():
         ident = _storage_key(tensor)
         if ident in first_key:
+            if key in quantized_keys and first_key[ident] in quantized_keys:
+                raise ValueError(f"quantized layers' weights {first_key[ident]!r} and {key!r} share storage (tied "
+                                 f"weights), and each layer stores its own low-bit codes; untie them before "
+                                 f"quantizing (quant.surgery.quantize_model refuses tied layers)")
             if key in quantized_keys or first_key[ident] in quantized_keys:
-                raise ValueError(f"{key!r} and {first_key[ident]!r} share storage (tied weights) and one of them is "
-                                 f"a quantized layer's weight; quantize both or neither (untie them first)")
+                low_bit, other = (key, first_key[ident]) if key in quantized_keys else (first_key[ident], key)
+                raise ValueError(f"{low_bit!r} is a quantized layer's weight, stored as low-bit codes, and shares "
+                                 f"storage with {other!r} (tied weights), which would lose its float values; untie "
+                                 f"them before quantizing (give the layer a copy of the weight: "
+                                 f"nn.Parameter(w.detach().clone())) or leave the layer unquantized")
             aliases[key] = first_key[ident]
             continue
         first_key[ident] = key

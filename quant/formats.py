@@ -358,6 +358,9 @@ def parse_format(token: str | int | NumberFormat) -> NumberFormat:
 
 def parse_format_list(text: str | list | tuple, what: str = "search space") -> tuple[NumberFormat, ...]:
     """Parse a comma-separated list such as '4,8' or 'int4,fp8_e4m3,fp4' (order kept)."""
+    if not isinstance(text, (str, list, tuple)):
+        raise ValueError(f"{what} {text!r} is a {type(text).__name__}: give comma-separated formats as a string or "
+                         f"a list, e.g. '4,8' or ['int4', 'fp8_e4m3']")
     items = [t for t in (text.split(",") if isinstance(text, str) else list(text))]
     tokens = [t.strip() if isinstance(t, str) else t for t in items]
     if not tokens or tokens == [""]:

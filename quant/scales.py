@@ -114,6 +114,8 @@ def _abs_max(x: torch.Tensor, dims: tuple[int, ...], range_percentile: float) ->
     if range_percentile >= 100.0:
         return _abs_max_over(x.detach(), dims)
     a = x.detach().abs().to(torch.float32)
+    if a.dim() == 0:  # one element: its own percentile (and nothing to permute)
+        return a
     # Move the reduced dims last and take the k-th smallest of each group.
     kept = [d for d in range(a.dim()) if d not in dims]
     group_shape = [a.shape[d] for d in kept]

@@ -206,6 +206,7 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> tuple[nn.Module, dict[s
     paths = dict(model.named_modules(remove_duplicate=False))  # every name of every module
     read_by_parent = _read_by_parent(model)
     spec_name: dict[int, str] = {}  # the name the spec gives each selected module
+    weight_owner: dict[int, str] = {}  # id(weight parameter) -> the selected layer holding it
     for name in spec.layer_names:
         if name not in paths:
             raise ValueError(f"no module named {name!r} in {type(model).__name__}; "
@@ -223,6 +224,12 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> tuple[nn.Module, dict[s
         if id(module) in read_by_parent:
             raise ValueError(f"layer {name!r} belongs to an nn.MultiheadAttention, which reads its weight directly "
                              f"instead of calling it: quantizing it would change nothing; leave it out of the spec")
+        tied = weight_owner.get(id(module.weight))
+        if tied is not None:
+            raise ValueError(f"layers {tied!r} and {name!r} share one weight tensor (tied weights): the cost would "
+                             f"count it twice and the search could give it two formats; quantize one of them, or "
+                             f"untie them first (model.{name}.weight = nn.Parameter(model.{name}.weight.detach().clone()))")
+        weight_owner[id(module.weight)] = name
         spec_name[id(module)] = name
 
     def quantized(module: nn.Module) -> QuantModule | None:

@@ -13,12 +13,20 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-# (the model's floating-point buffers, a copy of each): what `BufferSnapshot.restore` writes back.
+# (the buffers a training forward may change, a copy of each): what `BufferSnapshot.restore` writes back.
 Snapshot = tuple[list[torch.Tensor], list[torch.Tensor]]
 
 
+def _changes_in_forward(module: nn.Module, name: str, buffer: torch.Tensor) -> bool:
+    """Floating-point buffers (running statistics), and the normalisation layers' batch counter,
+    which a training forward increments and which weighs the running averages under
+    momentum=None. Other integer buffers (position ids, masks) are constants: not copied."""
+    return buffer.is_floating_point() or (name == "num_batches_tracked"
+                                          and isinstance(module, nn.modules.batchnorm._NormBase))
+
+
 class BufferSnapshot:
-    """Copies of a model's floating-point buffers, into tensors allocated once.
+    """Copies of the model's buffers that a training forward changes, into tensors allocated once.
 
     The copies are device-side, all in one multi-tensor copy: no sync with the device, and one
     launch instead of one per buffer (ResNet-18 has 40 such buffers, and on a GPU each launch
@@ -33,8 +41,9 @@ class BufferSnapshot:
         changed between runs)."""
         self._modules = None
 
-    def float_buffers(self, model: nn.Module) -> list[torch.Tensor]:
-        """The floating-point buffers of `model`, as `model.buffers()` lists them. Its modules are
+    def changing_buffers(self, model: nn.Module) -> list[torch.Tensor]:
+        """The buffers of `model` that a training forward changes (floating-point ones and the
+        normalisation layers' `num_batches_tracked`), in `model.buffers()` order. Its modules are
         listed once per model and `relist_modules` (walking them took ~180 us per step for
         BERT-base, which has no such buffer), so modules must not be added or replaced during
         training; their buffer slots are read at every call, so a buffer registered or replaced
@@ -44,15 +53,15 @@ class BufferSnapshot:
         seen: set[int] = set()  # a buffer shared by two modules is listed once, as buffers() does
         buffers = []
         for module in self._modules[1]:
-            for buffer in module._buffers.values():
-                if buffer is not None and buffer.is_floating_point() and id(buffer) not in seen:
+            for name, buffer in module._buffers.items():
+                if buffer is not None and _changes_in_forward(module, name, buffer) and id(buffer) not in seen:
                     seen.add(id(buffer))
                     buffers.append(buffer)
         return buffers
 
     def take(self, model: nn.Module) -> Snapshot:
-        """Copy `model`'s floating-point buffers (the previous snapshot's copies are reused)."""
-        buffers = self.float_buffers(model)
+        """Copy `model`'s changing buffers (the previous snapshot's copies are reused)."""
+        buffers = self.changing_buffers(model)
         saved = self._copies
         if len(saved) != len(buffers) or any(a.shape != b.shape or a.device != b.device or a.dtype != b.dtype
                                              for a, b in zip(saved, buffers)):

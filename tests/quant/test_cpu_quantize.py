@@ -77,6 +77,9 @@ def test_when_it_does_not_apply(small_slices):
     assert cpu_quantize.sliced_forward(torch.tensor(3.0), fp8, one, True, _quantize_scaled_) is None  # 0-dim
     assert cpu_quantize.sliced_forward(torch.randn(8, 30), fp8, torch.ones(2, 8, 30), True, _quantize_scaled_) is None
     assert cpu_quantize.sliced_forward(torch.randn(8, 30), parse_format("int8"), one, False, _quantize_scaled_) is None
+    # Only the CPU: its buffers are CPU tensors (meta stands in for MPS, XPU and the like).
+    on_meta = torch.empty(8, 30, device="meta")
+    assert cpu_quantize.sliced_forward(on_meta, fp8, one.to("meta"), True, _quantize_scaled_) is None
 
 
 @pytest.mark.parametrize("token", ["fp8_e4m3", "int8"])

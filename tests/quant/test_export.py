@@ -201,7 +201,16 @@ def test_bad_inputs_are_rejected(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["float"]  # no checkpoint, no ONNX temporary
     model, _ = tiny_model("bert", QuantConfig("int8", "int8"))
     model.bert.pooler.dense.weight = model.bert.encoder.layer[0].attention.self.query.weight  # tied
-    with pytest.raises(ValueError, match=r"share storage \(tied weights\) and one of them is a quantized layer's"):
+    with pytest.raises(ValueError, match=r"^quantized layers' weights 'bert.encoder.layer.0.attention.self.query.weight' "
+                                         r"and 'bert.pooler.dense.weight' share storage \(tied weights\), and each "
+                                         r"layer stores its own low-bit codes; untie them before quantizing"):
+        export_quantized_checkpoint(model, tmp_path / "tied")
+    model, _ = tiny_model("bert", QuantConfig("int8", "int8"))
+    model.bert.embeddings.word_embeddings.weight = model.bert.pooler.dense.weight  # a float module's weight
+    with pytest.raises(ValueError, match=r"^'bert.pooler.dense.weight' is a quantized layer's weight, stored as "
+                                         r"low-bit codes, and shares storage with "
+                                         r"'bert.embeddings.word_embeddings.weight' \(tied weights\), which would "
+                                         r"lose its float values; untie them before quantizing"):
         export_quantized_checkpoint(model, tmp_path / "tied")
     assert not (tmp_path / "tied").exists()
     model, _ = tiny_model("bert", QuantConfig("int4", "int8"))

@@ -121,6 +121,10 @@ def test_format_lists():
         parse_format_list("4,,8")
     with pytest.raises(ValueError, match=r"duplicate format 'int8' \(int8\)"):
         parse_format_list("8,int8")
+    for bad, kind in ((None, "NoneType"), (8, "int")):
+        with pytest.raises(ValueError, match=rf"^search space {bad!r} is a {kind}: give comma-separated formats as a "
+                                             rf"string or a list, e.g. '4,8' or \['int4', 'fp8_e4m3'\]$"):
+            parse_format_list(bad)
 
 
 def test_formats_are_hashable_and_printable():

@@ -29,6 +29,8 @@ def test_range_percentile_takes_the_kth_abs_value():
     assert abs_max(x, Granularity.PER_TENSOR, range_percentile=50.0).item() == 50.0
     rows = torch.stack([x, 2 * x])  # per channel: each row's own percentile
     assert abs_max(rows, Granularity.PER_CHANNEL, dim=0, range_percentile=90.0).flatten().tolist() == [90.0, 180.0]
+    one = abs_max(torch.tensor(-3.0), Granularity.PER_TENSOR, range_percentile=99.0)  # 0-dim: its own |value|
+    assert one.shape == () and one.dtype == torch.float32 and one.item() == 3.0
 
 
 def test_per_channel_error_beats_per_tensor_on_uneven_channels():

@@ -295,6 +295,21 @@ def test_a_shared_module_is_quantized_under_every_name(names):
     assert type(model.first[0]) is nn.Linear and model.second[1] is model.first[0]
 
 
+def test_layers_with_tied_weights_are_refused():
+    """Two layers sharing one weight Parameter: its cost would count twice and a search could
+    give it two formats."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    model[2].weight = model[0].weight
+    with pytest.raises(ValueError, match=r"^layers '0' and '2' share one weight tensor \(tied weights\): the cost "
+                                         r"would count it twice and the search could give it two formats; quantize "
+                                         r"one of them, or untie them first \(model.2.weight = "
+                                         r"nn.Parameter\(model.2.weight.detach\(\).clone\(\)\)\)$"):
+        quantize_model(model, QuantSpec(["0", "2"]))
+    assert type(model[0]) is nn.Linear and type(model[2]) is nn.Linear  # nothing replaced
+    _, layers = quantize_model(model, QuantSpec(["2"]))  # one of them is fine
+    assert list(layers) == ["2"] and layers["2"].weight is model[0].weight
+
+
 def test_a_shared_module_is_listed_once():
     with pytest.raises(ValueError, match=r"layers 'a' and 'b' are one module registered under both names; list it "
                                          r"once \(it is quantized under every name\)"):
