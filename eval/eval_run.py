@@ -320,8 +320,15 @@ def _run(args: argparse.Namespace, prepared: tuple[Any, Any], run_dir: Path, sta
         elif args.export_dir is not None:
             from quant.export import export_quantized_checkpoint
 
-            report = export_quantized_checkpoint(setup.model.cpu(), args.export_dir, processor=setup.processor)
-            results["export"] = {"dir": args.export_dir, **report.to_dict()}
+            try:
+                report = export_quantized_checkpoint(setup.model.cpu(), args.export_dir, processor=setup.processor)
+            except Exception as error:  # noqa: BLE001 - the run's metrics and model stay; the export alone failed
+                results["status"], results["traceback"] = FAILED, traceback.format_exc()
+                results["error"] = (f"the export to --export_dir {args.export_dir} failed ({type(error).__name__}: "
+                                    f"{error}); the trained model is in {run_dir / 'final_model'}: export it with "
+                                    f"python -m quant.export {run_dir} --out DIR")
+            else:
+                results["export"] = {"dir": args.export_dir, **report.to_dict()}
         text = summary_text(results)
         (run_dir / "output.txt").write_text(text)
         write_json(run_dir / RESULTS_NAME, results)

@@ -85,6 +85,11 @@ def resolve_key(parser: argparse.ArgumentParser, key: str) -> argparse.Action:
         close = difflib.get_close_matches(key, names, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see python -m eval.eval_run --help"
         raise LaunchError(f"{key!r} is not a run flag{hint}")
+    if isinstance(action, argparse.BooleanOptionalAction) and f"--{key}" not in _positive_options(action):
+        # `no-X: true` would otherwise resolve to X's action and turn X on: the opposite of its words.
+        positive = _positive_options(action)[0][2:]
+        raise LaunchError(f"{key!r} is not a key: on/off flags are set by their name, e.g. {positive}: false "
+                          f"(--sweep {positive}=false)")
     if action.dest in RESERVED_KEYS:
         raise LaunchError(f"{key} cannot be set per experiment: {RESERVED_KEYS[action.dest]}")
     if action.dest == "exp_name":
@@ -145,9 +150,14 @@ def name_text(parser: argparse.ArgumentParser, key: str, value: Any) -> str:
     return number_text(parsed)
 
 
+def _positive_options(action: argparse.Action) -> list[str]:
+    """A BooleanOptionalAction's option strings that turn it on (not its `--no-` ones)."""
+    return [o for o in action.option_strings if not o.startswith("--no-")]
+
+
 def _boolean_tokens(parser: argparse.ArgumentParser, key: str, action: argparse.Action, on: bool) -> list[str]:
     if isinstance(action, argparse.BooleanOptionalAction):
-        positive = next(o for o in action.option_strings if not o.startswith("--no-"))
+        positive = _positive_options(action)[0]
         negative = next(o for o in action.option_strings if o.startswith("--no-"))
         return [positive if on else negative]
     # store_true / store_false: the value the destination should end up with, and a flag that sets it.

@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 from eval.eval_parse import create_arg_parser, parse_run_args
 from eval.launch_flags import (FlagSegment, LaunchError, apply_overrides, name_text, resolve_key, split_run_argv,
                                value_text)
-from eval.results import NON_RESULT_ARGS, same_settings
+from eval.results import NON_RESULT_ARGS, ignored_args, same_settings
 
 MAX_NAME_LENGTH = 200  # file systems allow 255 bytes per name
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+=-]+")
@@ -296,13 +296,29 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
         experiments.append(Experiment(i + 1, tuple(pairs), tuple(argv), final.exp_name, final.task,
                                       final.output_root_dir, final.device, args.cuda_visible_devices, recorded,
                                       notes))
+    exported_by: dict[Path, Experiment] = {}
+    for experiment in experiments:
+        export_dir = experiment.args.get("export_dir")
+        if export_dir is None:
+            continue
+        path = Path(os.path.abspath(os.path.expanduser(export_dir)))
+        if path in exported_by:
+            first = exported_by[path]
+            raise LaunchError(f"experiments {first.index} and {experiment.index} would both export to {path} "
+                              f"(--export_dir); give each experiment its own export_dir in --experiments, or export "
+                              f"after the sweep: python -m quant.export RUN_DIR --out DIR")
+        exported_by[path] = experiment
     first_with: dict[str, Experiment] = {}
     for experiment in experiments:
         key = same_settings(experiment.args, ignore={"exp_name"})
         if key in first_with:
             first = first_with[key]
+            unread = sorted(name for name in ignored_args(experiment.args) if name in experiment.args
+                            and same_settings({name: first.args.get(name)}) != same_settings({name: experiment.args[name]}))
+            why = (f"; a run that does not search ignores {', '.join(unread)}: set it only in the search entries "
+                   f"of --experiments" if unread else "")
             raise LaunchError(f"experiments {first.index} and {experiment.index} are the same run under two names "
                               f"({first.exp_name!r} and {experiment.exp_name!r}: every other flag means the same); "
-                              "remove one of them")
+                              f"remove one of them{why}")
         first_with[key] = experiment
     return experiments

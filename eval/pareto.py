@@ -85,10 +85,14 @@ def uniform_line(uniform: Sequence[tuple[float, float]], higher_is_better: bool 
 def interpolate_uniform_line(uniform: Sequence[tuple[float, float]], cost: float,
                              higher_is_better: bool = True) -> float | None:
     """The metric of `uniform_line(uniform)` at `cost`. None when `cost` lies outside the
-    baselines' cost range (no line to compare with)."""
+    baselines' cost range (no line to compare with). Past the line's last vertex, up to the
+    costliest baseline (dominated, e.g. INT8 below INT4 on a stalled seed), the line stays at that
+    vertex's metric: at such costs uniform precision does no better than it."""
     line = uniform_line(uniform, higher_is_better)
-    if not line or not line[0][0] <= cost <= line[-1][0]:
+    if not line or not line[0][0] <= cost <= max(c for c, _ in uniform):
         return None
+    if cost >= line[-1][0]:
+        return line[-1][1]
     for (c0, m0), (c1, m1) in zip(line, line[1:]):
         if c0 <= cost <= c1:
             return m0 if c1 == c0 else m0 + (m1 - m0) * (cost - c0) / (c1 - c0)

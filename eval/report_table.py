@@ -139,11 +139,20 @@ def _repeated_seed_reason(group: RunGroup) -> str:
 _SEED_PART = re.compile(r"(^|_)(seed=-?\d+|s-?\d+)(?=_|$)")
 
 
+def _name_without_seed(run: RunRecord) -> str:
+    """The run's name without its seed's part (`seed=N` or `sN`, N the seed it recorded; any
+    such part where it recorded none): `s3_seed=0` keeps its `s3`."""
+    seed = run.args.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        return _SEED_PART.sub("", run.exp_name)
+    return re.sub(rf"(^|_)(seed={seed}|s{seed})(?=_|$)", "", run.exp_name)
+
+
 def _split_notes(groups: Sequence[RunGroup]) -> list[str]:
     """Runs whose names differ only in the seed but that landed in different groups: say what splits them."""
     by_stem: dict[tuple[str, str], list[RunGroup]] = {}
     for group in groups:
-        for stem in dict.fromkeys((run.task, _SEED_PART.sub("", run.exp_name)) for run in group.runs):
+        for stem in dict.fromkeys((run.task, _name_without_seed(run)) for run in group.runs):
             by_stem.setdefault(stem, []).append(group)
     notes = []
     for (task, stem), members in by_stem.items():

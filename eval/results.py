@@ -41,6 +41,23 @@ NON_RESULT_ARGS = frozenset({
     "recompute_inputs",  # the same values and gradients in every mode
     "derived_defaults",  # DERIVED_DEFAULTS_KEY: a record of how RUN_TIME_DEFAULTS were set, not a flag
 })
+# Flags that only a search reads: a fixed-format or float run ignores them (and says so), so for
+# such runs they are neither compared (--skip_completed, duplicate runs) nor grouped on.
+SEARCH_ONLY_FLAGS = (
+    "search_space", "cost_function", "cost_target", "cost_target_bits", "cost_beta", "delay_steps",
+    "rl_learning_rate", "precision_warmup", "max_entropy_beta", "entropy_schedule_type", "reward_metric",
+    "reward_source", "heldout_fraction", "advantage", "baseline_decay", "policy_temperature", "final_selection",
+    "target_tolerance", "bn_recalibration_batches",
+)
+_NOT_READ_WITHOUT_SEARCH = frozenset(SEARCH_ONLY_FLAGS)
+
+
+def ignored_args(args: Mapping[str, Any]) -> frozenset[str]:
+    """The recorded arguments that `args`' run did not read: the search-only flags, unless it
+    searched (or does not record its mode)."""
+    return frozenset() if args.get("mode", "search") == "search" else _NOT_READ_WITHOUT_SEARCH
+
+
 # Arguments that differ between replicas of one setting: the seeds, and everything above.
 REPLICA_ARGS = NON_RESULT_ARGS | {"seed", "data_seed"}
 # Group keys that are not (only) CLI arguments but read from results.json itself. `fixed_formats`:
@@ -259,6 +276,7 @@ def _spelled_elsewhere(key: str, *args: Mapping[str, Any]) -> bool:
 def same_settings(args: Mapping[str, Any], ignore: frozenset[str] | set[str] = frozenset()) -> str:
     """A text equal for two runs' args exactly when they agree in every argument but `ignore`,
     spellings compared by what they resolve to (SPELLED_ARGS, CASE_INSENSITIVE_ARGS)."""
+    ignore = frozenset(ignore) | ignored_args(args)
     return json.dumps({key: _canonical_arg(key, value) for key, value in sorted(args.items())
                        if key not in ignore and not _spelled_elsewhere(key, args)})
 
@@ -281,7 +299,7 @@ def group_names(run: RunRecord, keys: Sequence[str] | None) -> list[str]:
     formats are never replicas, whatever keys (null for them, like cost_target_bits) were asked for."""
     if keys is None:
         spellings = {key for key in run.args if _spelled_elsewhere(key, run.args)}
-        return sorted(set(run.args) - REPLICA_ARGS - spellings | set(PSEUDO_KEYS))
+        return sorted(set(run.args) - REPLICA_ARGS - spellings - ignored_args(run.args) | set(PSEUDO_KEYS))
     return list(keys) + ([] if "fixed_formats" in keys else ["fixed_formats"])
 
 
@@ -294,7 +312,7 @@ def group_runs(runs: Sequence[RunRecord], keys: Sequence[str] | None = None) -> 
     groups = []
     for key, members in buckets.items():
         mismatches: dict[str, dict[str, list[str]]] = {}
-        names = sorted(set().union(*(run.args for run in members)) - REPLICA_ARGS)
+        names = sorted(set().union(*(set(run.args) - ignored_args(run.args) for run in members)) - REPLICA_ARGS)
         for name in names:
             if _spelled_elsewhere(name, *(run.args for run in members)):
                 continue
@@ -348,9 +366,12 @@ def changed_flags(planned: Mapping[str, Any], record: RunRecord) -> list[str]:
 def changed_args(planned: Mapping[str, Any], recorded: Mapping[str, Any],
                  ignore: frozenset[str] = frozenset()) -> list[str]:
     """`changed_flags` against a mapping of recorded args (results.json "args" or config.json),
-    also ignoring `ignore`. A planned None of RUN_TIME_DEFAULTS reads `default`."""
+    also ignoring `ignore` and, between two runs that do not search, SEARCH_ONLY_FLAGS. A planned
+    None of RUN_TIME_DEFAULTS reads `default`."""
     def new_text(key: str, value: Any) -> str:
         return "default" if key in RUN_TIME_DEFAULTS and value is None else _canonical(value)
+
+    ignore = ignore | (ignored_args(planned) & ignored_args(recorded))  # a changed mode is itself listed
 
     return [f"{key} {_canonical(recorded[key])} -> {new_text(key, value)}" for key, value in planned.items()
             if key not in NON_RESULT_ARGS and key not in ignore and key in recorded

@@ -23,6 +23,7 @@ from pathlib import Path
 from cost.cost import REWARD_FORMS
 from cost.model_cost import parse_cost_type
 from eval.model_configs import get_model_spec, supports_gradient_checkpointing
+from eval.results import SEARCH_ONLY_FLAGS
 from eval.run_inputs import (check_inputs_outside_run_dir, check_load_config, check_resume_matches,
                              resolve_checkpoint)
 from eval.tasks import get_task
@@ -353,15 +354,9 @@ def _resolve_search(args: argparse.Namespace, task) -> None:
         args.cost_target_bits = (min(bits) + max(bits)) / 2
 
 
-# Flags that only a search reads. A fixed-format or float run ignores them: an experiments file
-# gives every run the same base flags, so this is a note, not an error. (--single_decision,
+# SEARCH_ONLY_FLAGS (eval/results.py): a fixed-format or float run ignores them. An experiments
+# file gives every run the same base flags, so this is a note, not an error. (--single_decision,
 # --block_search and --weight_only_search without a search are errors: they name a search.)
-SEARCH_ONLY_FLAGS = (
-    "search_space", "cost_function", "cost_target", "cost_target_bits", "cost_beta", "delay_steps",
-    "rl_learning_rate", "precision_warmup", "max_entropy_beta", "entropy_schedule_type", "reward_metric",
-    "reward_source", "heldout_fraction", "advantage", "baseline_decay", "policy_temperature", "final_selection",
-    "target_tolerance", "bn_recalibration_batches",
-)
 
 
 def ignored_search_flags(args: argparse.Namespace, defaults: dict[str, object]) -> list[str]:

@@ -202,6 +202,27 @@ def test_export_dir_writes_the_low_bit_checkpoint_of_the_final_model(tmp_path):
     assert [p.name for p in export_dir.parent.iterdir()] == ["model"]  # no temporary left behind
 
 
+def test_a_failed_export_keeps_the_runs_metrics_and_says_how_to_export_again(tmp_path, capsys, monkeypatch):
+    """The export runs after training: its failure (here the directory appeared meanwhile, as when
+    two runs share one --export_dir) fails the run but keeps what it measured and its model."""
+    import quant.export
+
+    def taken(model, out_dir, processor=None):
+        raise FileExistsError(f"{out_dir} already exists")
+
+    monkeypatch.setattr(quant.export, "export_quantized_checkpoint", taken)
+    code, results, run_dir = run(tmp_path / "out", *RESNET_TINY, "--bits", "8", "--export_dir",
+                                 str(tmp_path / "deploy"))
+    error = (f"the export to --export_dir {tmp_path / 'deploy'} failed (FileExistsError: {tmp_path / 'deploy'} "
+             f"already exists); the trained model is in {run_dir / 'final_model'}: export it with python -m "
+             f"quant.export {run_dir} --out DIR")
+    assert code == 1 and results["status"] == "failed" and results["error"] == error
+    assert results["metrics"]["eval_accuracy"] > 0 and results["cost"]["memory_mib"] > 0
+    assert "FileExistsError" in results["traceback"] and (run_dir / "final_model" / "config.json").is_file()
+    assert capsys.readouterr().err.splitlines()[-1] == \
+        f"eval_run: error: {error} (status failed in {run_dir / 'results.json'})"
+
+
 def test_a_search_that_ends_in_float_skips_its_export_with_a_note(tmp_path, capsys):
     # A 32-bit target (exactly) over none/int8 gives format none everywhere: nothing low-bit to write, and the
     # run completes (it used to fail after training, when the export refused a float model).

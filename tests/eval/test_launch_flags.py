@@ -64,6 +64,10 @@ def test_override_tokens(parser, key, value, expected):
     ("seed", True, r"seed takes a value, not true"),
     ("seed", {"a": 1}, r"seed: \{'a': 1\} is a dict; give a string, number, true/false or a list"),
     ("search_space", [], r"search_space: an empty list is not a value"),
+    # `no-X: true` resolved to X's flag and turned X on
+    ("no-quantize_pooler", True, r"^'no-quantize_pooler' is not a key: on/off flags are set by their name, e\.g\. "
+                                 r"quantize_pooler: false \(--sweep quantize_pooler=false\)$"),
+    ("no-search", "false", r"^'no-search' is not a key: .* search: false \(--sweep search=false\)$"),
 ])
 def test_override_errors(parser, key, value, message):
     with pytest.raises(LaunchError, match=message):

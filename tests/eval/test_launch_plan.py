@@ -128,6 +128,32 @@ def test_duplicate_experiments_are_an_error():
         plan_experiments(BASE, entries=[{"exp_name": "mine", "seed": 1}, {"exp_name": "mine", "seed": 2}])
 
 
+def test_a_baseline_swept_over_a_search_only_flag_is_one_run_twice():
+    """A uniform entry under --sweep cost_target_bits=... would train the same baseline per value."""
+    entries = [{"exp_name": "uniform_int8", "bits": 8}, {"exp_name": "fliqs", "search_space": "4,8"}]
+    with pytest.raises(LaunchError, match=r"^experiments 1 and 2 are the same run under two names "
+                                          r"\('uniform_int8_cost_target_bits=2.5' and 'uniform_int8_cost_target_bits=3': "
+                                          r"every other flag means the same\); remove one of them; a run that does not "
+                                          r"search ignores cost_target_bits: set it only in the search entries of "
+                                          r"--experiments$"):
+        plan_experiments(BASE, [parse_sweep("cost_target_bits=2.5,3")], entries=entries)
+    searches = plan_experiments(BASE, [parse_sweep("cost_target_bits=2.5,3")], entries=entries[1:])
+    assert [e.exp_name for e in searches] == ["fliqs_cost_target_bits=2.5", "fliqs_cost_target_bits=3"]
+
+
+def test_experiments_exporting_to_one_directory_are_an_error(tmp_path):
+    """The second run's export would fail after its training (the directory exists by then)."""
+    shared = ["--export_dir", str(tmp_path / "deploy")]
+    with pytest.raises(LaunchError, match=rf"^experiments 1 and 2 would both export to {tmp_path / 'deploy'} "
+                                          r"\(--export_dir\); give each experiment its own export_dir in "
+                                          r"--experiments, or export after the sweep: python -m quant.export RUN_DIR "
+                                          r"--out DIR$"):
+        plan_experiments([*BASE, *shared], [parse_sweep("seed=0,1")])
+    own = [{"seed": 0, "export_dir": str(tmp_path / "a")}, {"seed": 1, "export_dir": str(tmp_path / "b")}]
+    assert [e.args["export_dir"] for e in plan_experiments(BASE, entries=own)] == [str(tmp_path / "a"),
+                                                                                   str(tmp_path / "b")]
+
+
 def test_an_entrys_name_does_not_depend_on_the_other_entries():
     """An entry without exp_name is named by its own flags (those its default name does not show),
     so launching it alone later names it the same: --skip_completed finds it."""

@@ -80,6 +80,11 @@ def test_interpolate_uniform_line_on_hand_checked_points():
     assert interpolate_uniform_line(uniform, 6.0) == pytest.approx(0.925)
     assert interpolate_uniform_line(uniform, 4.0) == pytest.approx(0.9)
     assert interpolate_uniform_line(uniform, 1.0) is None and interpolate_uniform_line(uniform, 9.0) is None
+    # The costliest baseline dominated: the line ends earlier, and stays level up to its cost.
+    dominated_top = [(2.66, 0.09), (5.33, 0.30), (10.65, 0.25)]
+    assert uniform_line(dominated_top) == [(2.66, 0.09), (5.33, 0.30)]
+    assert interpolate_uniform_line(dominated_top, 8.0) == 0.30 and interpolate_uniform_line(dominated_top, 10.65) == 0.30
+    assert interpolate_uniform_line(dominated_top, 10.7) is None
     assert interpolate_uniform_line([], 3.0) is None
     assert interpolate_uniform_line([(3.0, 0.7)], 3.0) == 0.7
     # Lower is better (a loss): the line runs through the lowest losses.

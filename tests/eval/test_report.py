@@ -307,8 +307,11 @@ def test_higher_is_better_overrides_the_name(sweep, capsys):
     rows = {row["run"]: row for row in report["rows"]}
     assert code == 0 and report["higher_is_better"] == {"eval_loss": True}
     assert rows["uniform_w8_s0"]["pareto"] is False and rows["uniform_w4_s0"]["pareto"] is True
-    # The higher "loss" of INT4 now dominates INT8: one baseline left, no line to compare a search with.
-    assert rows["search_t1.2_s0"]["vs_uniform"] is None
+    # The higher "loss" of INT4 now dominates INT8: the line ends at INT4 and stays level up to INT8's
+    # cost, so a search between them is compared with INT4.
+    search = rows["search_t1.2_s0"]
+    assert search["memory_mib"] > rows["uniform_w4_s0"]["memory_mib"]
+    assert search["vs_uniform"] == pytest.approx(search["value"] - rows["uniform_w4_s0"]["value"])
     code, _, err = run_cli([sweep, "--lower_is_better", "--higher_is_better"], capsys)
     assert code == 2 and err == ("python -m eval.eval_parse: error: argument --higher_is_better: not allowed with "
                                  "argument --lower_is_better\n")
@@ -370,6 +373,14 @@ def test_replicas_split_by_a_flag_get_a_note(tmp_path, capsys):
     assert report["notes"][-1] == (
         "digits/float: runs named alike apart from the seed are in 2 groups, not aggregated, because they differ in "
         "learning_rate (0.001: float_seed=0; 0.01: float_seed=2); rerun them with matching flags to aggregate them")
+
+
+def test_a_name_part_like_a_seed_is_not_taken_for_the_seed(tmp_path, capsys):
+    """`s3_seed=0` and `s4_seed=0` are two settings (s3, s4 are part of their names), not replicas split by a flag."""
+    for name, lr in (("s3_seed=0", 1e-3), ("s4_seed=0", 1e-2)):
+        write_run(tmp_path, make_results(name, method="float", seed=0, args_extra={"learning_rate": lr}))
+    code, out, _ = run_cli([tmp_path, "--format", "json"], capsys)
+    assert code == 0 and not any("named alike" in note for note in json.loads(out)["notes"])
 
 
 def test_sweep_without_splits_has_no_split_note(sweep, capsys):

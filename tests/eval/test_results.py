@@ -300,6 +300,23 @@ def test_explicit_keys_keep_fixed_formats_apart(tmp_path):
                              ("fixed_formats", '"w=int4 a=int8"'))
 
 
+def test_runs_that_do_not_search_ignore_the_search_only_flags(tmp_path):
+    """A uniform run given --search_space (an experiments file's shared flags) says it ignores it:
+    it is a replica of one without, and --skip_completed does not count it as changed. Between
+    searches the same flag still counts."""
+    for name, seed, extra in (("u8_s0", 0, {}), ("u8_s1", 1, {"search_space": "2,4,8", "delay_steps": 5})):
+        write_run(tmp_path, make_results(name, method="uniform", seed=seed, args_extra={"mode": "uniform", **extra}))
+    (group,) = group_runs(load_runs(tmp_path))
+    assert [run.label for run in group.runs] == ["u8_s0", "u8_s1"] and not group.mismatches
+    assert not any(name in {"search_space", "delay_steps"} for name, _ in group.key)
+    uniform = {"mode": "uniform", "search_space": None, "cost_target": None, "learning_rate": 0.1}
+    assert changed_args({**uniform, "search_space": "2,4,8", "cost_target": 1.0}, uniform) == []
+    assert changed_args({**uniform, "learning_rate": 0.2}, uniform) == ["learning_rate 0.1 -> 0.2"]
+    search = {**uniform, "mode": "search", "search_space": "4,8"}
+    assert changed_args({**search, "search_space": "2,4,8"}, search) == ['search_space "4,8" -> "2,4,8"']
+    assert changed_args(search, uniform) == ['mode "uniform" -> "search"', 'search_space null -> "4,8"']
+
+
 def test_replicas_may_differ_in_logging_and_placement(tmp_path):
     extras = [{"report_to": "tensorboard", "log_steps": 20, "eval_steps": None, "device": "cuda",
                "save_strategy": "no", "save_steps": 500},
