@@ -349,8 +349,14 @@ def _resolve_search(args: argparse.Namespace, task) -> None:
         raise ValueError(f"--cost_target must be > 0 (MiB for memory, GBOPs for compute), got {args.cost_target}")
     if args.cost_target_bits is not None and not 0 < args.cost_target_bits <= 32:
         raise ValueError(f"--cost_target_bits must be in (0, 32], got {args.cost_target_bits}")
+    bits = [f.bits for f in formats]
+    if args.cost_target_bits is not None and not min(bits) <= args.cost_target_bits <= max(bits):
+        # Memory and BOPs alike: every assignment averages between the narrowest and the widest
+        # format's bits (BOPs: per MAC, weights times activations), so no other target is reachable.
+        raise ValueError(f"--cost_target_bits {args.cost_target_bits:g} is outside what the search space "
+                         f"{','.join(f.name for f in formats)} can reach: every assignment averages between "
+                         f"{min(bits)} and {max(bits)} bits; give a target in that range or widen the search space")
     if args.cost_target is None and args.cost_target_bits is None:
-        bits = [f.bits for f in formats]
         args.cost_target_bits = (min(bits) + max(bits)) / 2
 
 

@@ -325,6 +325,12 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, comp
     trainer = mean_loss_trainer(ReinforceTrainer(**common, reinforce_config=config, search_space=setup.search_space,
                                                  quant_layers=quantized_layers(setup.model),
                                                  layer_costs=setup.layer_costs, heldout_dataset=setup.heldout_dataset))
+    unreachable = trainer.unreachable_target_message()
+    if unreachable is not None:  # the Python API warns; a run from the command line stops before training
+        given = f"--cost_target {args.cost_target:g}" if args.cost_target is not None else \
+            f"--cost_target_bits {args.cost_target_bits:g}"
+        raise ValueError(f"{given}: the {unreachable}; give a --cost_target in that range, or --cost_target_bits "
+                         f"between the search space's narrowest and widest formats ({', '.join(args.search_formats)})")
     if args.resume_from_checkpoint is not None:  # now, before the run directory changes (train() checks again)
         import torch
 

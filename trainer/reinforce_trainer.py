@@ -330,12 +330,19 @@ class ReinforceTrainer(Trainer):
 
     def _warn_if_target_unreachable(self) -> None:
         """Warn (at train begin) when no assignment of the space comes near the cost target."""
+        message = self.unreachable_target_message()
+        if message is not None:
+            warnings.warn(f"{message}; give a cost_target in that range", UserWarning)
+
+    def unreachable_target_message(self) -> str | None:
+        """What is wrong with a cost target that no assignment of the space reaches, and what the
+        reward then does; None for a reachable one."""
         config = self.reinforce_config
         low, high = self.cost_table.min_cost(), self.cost_table.max_cost()
         # A relative margin: a target of 8 average bits is the 8-bit model's cost up to float rounding.
         margin = 1e-9 * high
         if low - margin <= config.cost_target <= high + margin:
-            return
+            return None
         unit = self.cost_table.cost_type.unit
         # What the reward does on this side of the target: two costs there, at the same quality.
         side, ratios = ("below", (1.5, 2.0)) if config.cost_target < low else ("above", (0.5, 0.9))
@@ -347,8 +354,8 @@ class ReinforceTrainer(Trainer):
         else:
             end = "cheapest" if nearer > farther else "most expensive"
             effect = f"the cost term pushes every decision towards its {end} option"
-        warnings.warn(f"cost_target {config.cost_target:.6g} {unit} is {side} every cost this search space can reach "
-                      f"([{low:.6g}, {high:.6g}] {unit}): {effect}; give a cost_target in that range", UserWarning)
+        return (f"cost_target {config.cost_target:.6g} {unit} is {side} every cost this search space can reach "
+                f"([{low:.6g}, {high:.6g}] {unit}): {effect}")
 
     def _warmup_sample(self, step: int) -> PolicySample:
         if not self.reinforce_config.precision_warmup:

@@ -105,6 +105,11 @@ def error_of(argv, capsys) -> str:
         (["--cost_target", "0"], r"--cost_target must be > 0"),
         (["--cost_target", "-2"], r"--cost_target must be > 0"),
         (["--cost_target", "1", "--cost_target_bits", "4"], "mutually exclusive"),
+        (["--cost_target_bits", "20"], r"error: --cost_target_bits 20 is outside what the search space int4,int8 can reach: "
+                                       r"every assignment averages between 4 and 8 bits; give a target in that range "
+                                       r"or widen the search space \(see --help\)$"),
+        (["--search_space", "8,4", "--cost_target_bits", "3.5"], r"--cost_target_bits 3.5 is outside what the "
+                                                                 r"search space int8,int4 can reach"),
         (["--task", "sst2", "--model", "bert", "--no-quantize_self_attention", "--no-quantize_self_output",
           "--no-quantize_output", "--no-quantize_intermediate", "--no-quantize_pooler", "--no-quantize_classifier"],
          "no quantizable layer is selected"),

@@ -202,6 +202,18 @@ def test_export_dir_writes_the_low_bit_checkpoint_of_the_final_model(tmp_path):
     assert [p.name for p in export_dir.parent.iterdir()] == ["model"]  # no temporary left behind
 
 
+def test_an_unreachable_cost_target_stops_the_run_before_training(tmp_path, capsys):
+    """--cost_target in MiB needs the model to check (--cost_target_bits is checked with the flags)."""
+    code, results, run_dir = run(tmp_path / "out", *RESNET_TINY, "--search_space", "4,8", "--cost_target", "1000")
+    assert code == 1 and results["status"] == "failed" and results["metrics"] == {}
+    assert results["error"].startswith("ValueError: --cost_target 1000: the cost_target 1000 MiB is above every cost this search "
+                                       "space can reach ([")
+    assert results["error"].endswith("MiB): the cost term pushes every decision towards its most expensive option; "
+                                     "give a --cost_target in that range, or --cost_target_bits between the search "
+                                     "space's narrowest and widest formats (int4, int8)")
+    assert not (run_dir / "final_model").exists() and "trainer_state" not in str(list(run_dir.rglob("*")))
+
+
 def test_a_failed_export_keeps_the_runs_metrics_and_says_how_to_export_again(tmp_path, capsys, monkeypatch):
     """The export runs after training: its failure (here the directory appeared meanwhile, as when
     two runs share one --export_dir) fails the run but keeps what it measured and its model."""

@@ -130,7 +130,7 @@ def test_duplicate_experiments_are_an_error():
 
 def test_a_baseline_swept_over_a_search_only_flag_is_one_run_twice():
     """A uniform entry under --sweep cost_target_bits=... would train the same baseline per value."""
-    entries = [{"exp_name": "uniform_int8", "bits": 8}, {"exp_name": "fliqs", "search_space": "4,8"}]
+    entries = [{"exp_name": "uniform_int8", "bits": 8}, {"exp_name": "fliqs", "search_space": "2,4,8"}]
     with pytest.raises(LaunchError, match=r"^experiments 1 and 2 are the same run under two names "
                                           r"\('uniform_int8_cost_target_bits=2.5' and 'uniform_int8_cost_target_bits=3': "
                                           r"every other flag means the same\); remove one of them; a run that does not "
@@ -279,7 +279,7 @@ def test_numbers_are_named_in_one_spelling(tmp_path):
     # Integral values as ints, tiny ones as Python writes them, on/off flags lowercase; values the
     # run does not read as numbers stay as written.
     named = [*BASE, "--exp_name", "mine"]
-    cases = [("cost_target_bits=3.0", "mine_cost_target_bits=3"), ("weight_decay=0.00001", "mine_weight_decay=1e-05"),
+    cases = [("cost_target_bits=5.0", "mine_cost_target_bits=5"), ("weight_decay=0.00001", "mine_weight_decay=1e-05"),
              ("max_steps=004", "mine_max_steps=4"), ("fp16=True", "mine_fp16=true"),
              ("search_space=INT4,8;2,4", "mine_search_space=INT4-8"), ("metric=1e-3", "mine_metric=1e-3")]
     for sweep, name in cases:
