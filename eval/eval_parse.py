@@ -66,10 +66,11 @@ def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
     g.add_argument("--task", default="digits", help=f"built-in task ({', '.join(builtin)}: offline) or a hub task "
                    f"({', '.join(hub)})")
     g.add_argument("--model_type", "--model", dest="model_type", default="resnet18", help=", ".join(MODEL_REGISTRY))
-    g.add_argument("--from_scratch", action="store_true", default=None,
-                   help="random init of the built-in architecture (no network). Default: from scratch for the "
-                   "built-in tasks, pretrained hub weights otherwise")
-    g.add_argument("--pretrained", dest="from_scratch", action="store_false",
+    weights = g.add_mutually_exclusive_group()  # both given: argparse would keep the last one silently
+    weights.add_argument("--from_scratch", action="store_true", default=None,
+                         help="random init of the built-in architecture (no network). Default: from scratch for "
+                         "the built-in tasks, pretrained hub weights otherwise")
+    weights.add_argument("--pretrained", dest="from_scratch", action="store_false",
                    help="force pretrained weights (see --from_scratch for the default)")
     g.add_argument("--model_name_or_path", default=None, help="a local checkpoint directory (or hub id) to load")
     g.add_argument("--config_overrides", default=None, help="change the architecture, e.g. "

@@ -356,11 +356,15 @@ def rebuild_run_model(run_dir: Path):
     from eval.results_schema import COMPLETED, RESULTS_NAME
 
     results_path = run_dir / RESULTS_NAME
-    if not results_path.is_file() or not (run_dir / "final_model").is_dir():
-        raise FileNotFoundError(f"{run_dir} is not a finished run (needs results.json and final_model/)")
+    if not results_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no results.json); give a finished run's "
+                                f"OUTPUT_ROOT_DIR/TASK/EXP_NAME")
     record = load_run(run_dir)
     if record.status != COMPLETED or record.results is None:
         raise ValueError(f"{run_dir} is not a completed run ({record.status}: {record.reason}); nothing to rebuild")
+    if not (run_dir / "final_model").is_dir():
+        raise FileNotFoundError(f"{run_dir} has no final_model/ (the run's weights): was it moved or deleted? "
+                                f"Rerun it to rebuild its model")
     results = record.results
     if not results["layers"]:
         raise ValueError(f"{results_path} lists no quantized layer (a float run); there is no quantized model to "

@@ -152,20 +152,23 @@ def _tensor_nbytes(path: Path) -> dict[str, int]:
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file; give a directory to create (or an existing one to replace with "
+                              "--overwrite)")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; choose another directory or replace it (--overwrite, "
                               "overwrite=True in Python)")
 
 
 def _check_out_outside_run(out: Path, run_dir: Path) -> None:
-    """--out may not be the run directory, one of its parents, or its final_model/ (or inside it):
-    the export (with --overwrite) would replace what it reads."""
+    """--out may not be the run directory, one of its parents, or inside it: with --overwrite the
+    export would replace what it reads, and the run's next rerun would leave an export inside it
+    stale (as eval_run's --export_dir)."""
     out_abs, run_abs = out.resolve(), run_dir.resolve()
-    final_model = run_abs / "final_model"
-    if out_abs == run_abs or out_abs in run_abs.parents or out_abs == final_model or final_model in out_abs.parents:
-        raise ValueError(f"--out {str(out)!r} would overwrite the run {str(run_dir)!r} it exports (its directory, a "
-                         f"parent of it, or its final_model/); choose a directory outside them, e.g. "
-                         f"{str(run_dir / 'deploy')!r}")
+    if out_abs == run_abs or out_abs in run_abs.parents or run_abs in out_abs.parents:
+        raise ValueError(f"--out {str(out)!r} would overwrite or lie inside the run {str(run_dir)!r} it exports (its "
+                         f"directory, a parent of it, or a folder in it); choose a directory outside it, e.g. "
+                         f"{str(Path('deploy') / run_abs.name)!r}")
 
 
 def _apply_umask(directory: Path) -> None:
@@ -355,11 +358,13 @@ def load_quantized_checkpoint(path: str | os.PathLike) -> nn.Module:
 # --- CLI -------------------------------------------------------------------------------------
 
 RunLoader = Callable[[str], tuple[nn.Module, Any]]
+PROG = "python -m quant.export"
+DEFAULT_SEQ_LEN = 16  # tokens in a text model's ONNX example input
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m quant.export",
+        prog=PROG,
         description="Write a finished run's final model as a low-bit checkpoint (and optionally ONNX).")
     parser.add_argument("run_dir", help="output directory of a finished run ({output_root_dir}/{task}/{exp_name})")
     parser.add_argument("--out", required=True, help="checkpoint directory to create")
@@ -367,10 +372,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--onnx", action="store_true", help="also write OUT/model.onnx with Q/DQ nodes")
     parser.add_argument("--opset", type=int, default=None,
                         help="ONNX opset (default: the lowest that expresses every format used)")
-    parser.add_argument("--onnx_unsupported", choices=("raise", "float"), default="raise",
+    parser.add_argument("--onnx_unsupported", choices=("raise", "float"), default=None,
                         help="layers whose format ONNX cannot express: fail (raise) or export them in float "
                         "(default raise)")
-    parser.add_argument("--seq_len", type=int, default=16,
+    parser.add_argument("--seq_len", type=int, default=None,
                         help="tokens in the ONNX example input (text models; default 16)")
     parser.add_argument("--image_size", type=int, default=None, help="pixels per side of the ONNX example input "
                         "(vision models; default: from the config or image processor)")
@@ -398,11 +403,17 @@ def main(argv: Sequence[str] | None = None, *, load_run: RunLoader | None = None
         from eval.eval_run import load_run_model as load_run
     out = Path(args.out)
     # Everything about --out is checked before minutes of loading and ONNX export.
-    _check_out_dir(out, args.overwrite)
     _check_out_outside_run(out, Path(args.run_dir))
+    _check_out_dir(out, args.overwrite)
     from eval.run_args import check_can_write_under
 
     check_can_write_under(str(out), "--out")
+    onnx_only = [f"--{name}" for name in ("opset", "onnx_unsupported", "seq_len", "image_size")
+                 if getattr(args, name) is not None]
+    if onnx_only and not args.onnx:
+        raise ValueError(f"{', '.join(onnx_only)} only apply to the ONNX export: add --onnx, or drop them")
+    args.seq_len = DEFAULT_SEQ_LEN if args.seq_len is None else args.seq_len
+    args.onnx_unsupported = args.onnx_unsupported or "raise"
     if args.seq_len < 2:
         raise ValueError(f"--seq_len must be >= 2 (a length of 1 would fix the ONNX model's sequence length), got "
                          f"{args.seq_len}")
@@ -443,15 +454,16 @@ def main(argv: Sequence[str] | None = None, *, load_run: RunLoader | None = None
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """`python -m quant.export` / `fliqs-export`: every failure is one line on stderr, exit 1."""
+    """`python -m quant.export` / `fliqs-export`: every failure is one line on stderr; exit 2 for a
+    bad request (arguments, the run, --out), as the other commands, and 1 where the export failed."""
     try:
         main(sys.argv[1:] if argv is None else argv)
     except (ValueError, FileExistsError, FileNotFoundError) as error:
-        sys.stderr.write(f"error: {error}\n")
-        return 1
+        sys.stderr.write(f"{PROG}: error: {error}\n")
+        return 2
     except Exception as error:  # noqa: BLE001 - e.g. torch.export or loading: one line, not a traceback
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-        sys.stderr.write(f"error: {type(error).__name__}: {first}\n")
+        sys.stderr.write(f"{PROG}: error: {type(error).__name__}: {first}\n")
         return 1
     return 0
 

@@ -263,9 +263,13 @@ def test_export_refuses_what_would_give_wrong_weights_or_destroy_the_run(tmp_pat
         AutoModelForImageClassification.from_pretrained(str(tmp_path / "deploy"))
     # --out may not replace the run it reads, even with --overwrite
     before = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
-    for out in (run_dir, run_dir / "final_model", run_dir.parent, run_dir / "final_model" / "x"):
-        with pytest.raises(ValueError, match=f"--out '{out}' would overwrite the run '{run_dir}' it exports"):
+    for out in (run_dir, run_dir / "final_model", run_dir.parent, run_dir / "final_model" / "x", run_dir / "deploy"):
+        with pytest.raises(ValueError, match=f"^--out '{out}' would overwrite or lie inside the run '{run_dir}' it "
+                                             f"exports .*; choose a directory outside it, e.g. 'deploy/{run_dir.name}'$"):
             export_main([str(run_dir), "--out", str(out), "--overwrite"])
+        if out == run_dir or out == run_dir.parent:  # it exists: the same answer without --overwrite
+            with pytest.raises(ValueError, match="would overwrite or lie inside the run"):
+                export_main([str(run_dir), "--out", str(out)])
     assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == before
     # a failed run is not exported
     failed = tmp_path / "failed"

@@ -243,7 +243,15 @@ def test_cli_exports_the_run_model(tmp_path, capsys):
         main([str(tmp_path / "run2"), "--out", str(tmp_path / "out")], load_run=load_run)
     with pytest.raises(ValueError, match=r"opset 99 is outside \[18, "):
         main([str(tmp_path / "run2"), "--out", str(tmp_path / "out2"), "--onnx", "--opset", "99"], load_run=load_run)
-    assert seen == [str(tmp_path / "run")]  # both refused before loading the run
+    with pytest.raises(ValueError, match=r"^--onnx_unsupported, --seq_len only apply to the ONNX export: add --onnx, "
+                                         r"or drop them$"):
+        main([str(tmp_path / "run2"), "--out", str(tmp_path / "out2"), "--onnx_unsupported", "float", "--seq_len",
+              "8"], load_run=load_run)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FileExistsError, match=r"file is a file; give a directory to create \(or an existing one "
+                                              r"to replace with --overwrite\)$"):
+        main([str(tmp_path / "run2"), "--out", str(tmp_path / "file"), "--overwrite"], load_run=load_run)
+    assert seen == [str(tmp_path / "run")]  # all refused before loading the run
 
 
 @pytest.mark.slow
@@ -284,7 +292,7 @@ def test_cli_on_a_tiny_real_run(tmp_path):
     failed = subprocess.run([sys.executable, "-m", "quant.export", str(tmp_path / "no_weights"), "--out",
                              str(tmp_path / "out3")], capture_output=True, text=True, env=env, timeout=300,
                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("python -m quant.export: error: ")]
     assert failed.returncode == 1 and "Traceback" not in failed.stderr and len(errors) == 1, failed.stderr
-    assert errors[0].startswith("error: OSError: ")
+    assert errors[0].startswith("python -m quant.export: error: OSError: ")
     assert not (tmp_path / "out3").exists()
