@@ -119,8 +119,10 @@ def check_load_config(args: argparse.Namespace) -> None:
                              f"{flag} {data.get(key)}")
     differing = load_config_scale_differences(args, data.get("args") or {})
     if differing and args.eval_only:  # re-evaluating that run's model: other scales give another model
+        dropped = [f"--{key}" for key in SCALE_FLAGS if data["args"].get(key) is False and getattr(args, key) is True]
+        drop = f" and drop {' '.join(dropped)}" if dropped else ""
         raise ValueError(f"--load_config {path!r} was run with other scales ({', '.join(differing)}); to evaluate its "
-                         f"model pass the same: {' '.join(_scale_flags(data['args']))}")
+                         f"model pass the same: {' '.join(_scale_flags(data['args']))}{drop}")
 
 
 # How a quantized layer scales (eval.eval_parse's flags); --load_config takes only the formats.

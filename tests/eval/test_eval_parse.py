@@ -297,6 +297,10 @@ def test_load_config_with_other_scales_is_refused_for_evaluation_and_noted_for_t
         "eval_run: note: --load_config takes the formats of a run with other scales (--per_channel True -> False, "
         "--act_range_percentile 99.0 -> 100.0); this run trains with its own (for that run's: --per_channel "
         "--weight_range_percentile 100 --act_range_percentile 99)\n")
+    err = error_of(["--load_config", str(tmp_path / "r.json"), "--eval_only", "--per_channel", "--per_token",
+                    "--act_range_percentile", "99"], capsys)
+    assert err.endswith("to evaluate its model pass the same: --per_channel --weight_range_percentile 100 "
+                        "--act_range_percentile 99 and drop --per_token (see --help)\n")
 
 
 def test_checkpoint_flags_resolve(tmp_path):
