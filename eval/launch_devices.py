@@ -193,6 +193,8 @@ def choose_resources(run_devices: Sequence[str | None], visible_gpus: Sequence[s
                      workers: int | None = None, cores: int | None = None,
                      environ: Mapping[str, str] = os.environ) -> Resources:
     """Pick GPU or CPU for each run (its --device, else GPU when there is one) and size the pool."""
+    if gpus_per_run is not None and gpus_per_run < 1:  # before whether GPUs exist: the value is wrong anyway
+        raise LaunchError(f"--gpus_per_run must be >= 1, got {gpus_per_run}")
     no_gpus = gpus is not None and not gpus.strip()  # `--gpus ""`: run everything on CPU workers
     indices = parse_gpu_list(gpus, gpus_flag) if gpus is not None and not no_gpus else None
     chosen = [] if no_gpus else select_gpus(visible_gpus, num_gpus, indices, gpus_flag)

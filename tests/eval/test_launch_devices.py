@@ -129,6 +129,7 @@ def test_choose_resources_puts_cpu_runs_on_workers_and_the_rest_on_gpus():
                                    r"\(0, 1, 2, 3\); add --device cpu"),
     (["cpu"], FOUR, {"num_gpus": 2}, r"--num_gpus/--gpus pick GPUs but every run has --device cpu"),
     ([None], FOUR, {"gpus": "0,1", "gpus_per_run": 3}, r"--gpus_per_run 3 is more than the 2 GPU\(s\)"),
+    ([None], [], {"gpus_per_run": 0}, r"^--gpus_per_run must be >= 1, got 0$"),  # wrong whatever the machine
 ])
 def test_choose_resources_errors(devices, visible, kwargs, message):
     with pytest.raises(LaunchError, match=message):
