@@ -53,6 +53,7 @@ from policy.reinforce import EmaBaseline, reinforce_gradient, reinforce_loss
 from policy.simple_policy import PolicySample, ScoreGradients, SimplePolicy
 from quant.quant_module import QuantModule
 from quant.surgery import set_layer_formats
+from trainer.console_logs import hide_from_console
 from trainer.dropped_steps import DroppedSteps
 from trainer.entropy_schedule import entropy_beta
 from trainer.final_selection import FinalSelection, constrained_argmax, is_one_sided
@@ -66,6 +67,7 @@ logger = logging.getLogger(__name__)
 
 
 LOG_PREFIX = "search/"
+PROBABILITY_LOG_PREFIX = f"{LOG_PREFIX}p/"
 # Logged as their sum over the steps since the previous log (a count); every other search log is
 # the mean over those steps.
 SUMMED_LOGS = frozenset({"non_finite_steps"})
@@ -182,6 +184,7 @@ class ReinforceTrainer(Trainer):
         self.add_callback(_TrainBegin(self))
         self._dropped_steps = DroppedSteps(self)
         self.add_callback(self._dropped_steps)
+        hide_from_console(self, PROBABILITY_LOG_PREFIX)  # one number per decision and format: not for a console line
 
     # --- formats ------------------------------------------------------------------------------
     def apply_option_indices(self, indices: torch.Tensor) -> None:
@@ -496,7 +499,7 @@ class ReinforceTrainer(Trainer):
         with torch.no_grad():
             probs = self.policy().cpu()
         names = self.search_space.option_names
-        return {f"{LOG_PREFIX}p/{decision}/{names[k]}": float(probs[d, k])
+        return {f"{PROBABILITY_LOG_PREFIX}{decision}/{names[k]}": float(probs[d, k])
                 for d, decision in enumerate(self.search_space.decision_names) for k in range(len(names))}
 
     # --- evaluation uses the current answer ----------------------------------------------------
