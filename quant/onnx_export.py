@@ -29,10 +29,13 @@ runs them) but need another runtime.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -309,6 +312,22 @@ def _unsupported_message(problems: Mapping[str, str], what: str) -> str:
             f"(--onnx_unsupported float) to export these layers in float instead")
 
 
+@contextlib.contextmanager
+def _exporter_noise_hidden() -> Iterator[None]:
+    """torch's exporter warns, at every export, that torchvision is not installed (its detection
+    ops, which no model here has) and that torch.export's own pytree code uses a deprecated
+    class: four log lines and a FutureWarning about torch, none about the model."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=FutureWarning)
+            yield
+    finally:
+        registration.setLevel(level)
+
+
 def export_onnx(model: nn.Module, example_inputs: Mapping[str, torch.Tensor], path: str | os.PathLike,
                 opset: int | None = None, *, unsupported: str = "raise", dynamic: bool = True) -> OnnxReport:
     """Export `model` (quantized layers holding their final formats) to ONNX with Q/DQ nodes.
@@ -351,10 +370,11 @@ def export_onnx(model: nn.Module, example_inputs: Mapping[str, torch.Tensor], pa
                 fixed |= {("pixel_values", 2), ("pixel_values", 3)}
             dims = {key: {d: torch.export.Dim.AUTO for d in range(t.dim()) if (key, d) not in fixed}
                     for key, t in example_inputs.items()}
-            program = torch.onnx.export(model, (), kwargs=dict(example_inputs), dynamo=True, opset_version=opset,
-                                        custom_translation_table=TRANSLATION_TABLE, optimize=False, verbose=False,
-                                        output_names=output_names,
-                                        dynamic_shapes=dims if dynamic else None)
+            with _exporter_noise_hidden():
+                program = torch.onnx.export(model, (), kwargs=dict(example_inputs), dynamo=True,
+                                            opset_version=opset, custom_translation_table=TRANSLATION_TABLE,
+                                            optimize=False, verbose=False, output_names=output_names,
+                                            dynamic_shapes=dims if dynamic else None)
         finally:
             for name, layer in layers.items():
                 _set_submodule(model, name, layer)  # type: ignore[arg-type]
