@@ -24,7 +24,18 @@ class CostType(str, Enum):
 
     @property
     def unit(self) -> str:
-        return "MiB" if self is CostType.MEMORY else "GBOPs"
+        if self is CostType.MEMORY:
+            return "MiB"
+        if self is CostType.COMPUTE:
+            return "GBOPs"
+        raise unhandled_cost_type(self, "CostType.unit")
+
+
+def unhandled_cost_type(cost_type: CostType, where: str) -> NotImplementedError:
+    """The error of a cost type that `where` has no branch for: every function that prices a cost
+    type names each one, so a new member cannot fall into another's formula unnoticed."""
+    return NotImplementedError(f"cost type {cost_type.value!r} has no formula in {where}; add one (docs/extending.md, "
+                               f"'Add a cost type')")
 
 
 def parse_cost_type(name: str | CostType) -> CostType:
@@ -53,9 +64,12 @@ class LayerCost:
     def cost(self, cost_type: CostType | str, weight_format: NumberFormat, act_format: NumberFormat) -> float:
         # Parsed, not compared by identity: the string "memory" is not CostType.MEMORY, and
         # would silently have been priced in GBOPs.
-        if parse_cost_type(cost_type) is CostType.MEMORY:
+        kind = parse_cost_type(cost_type)
+        if kind is CostType.MEMORY:
             return self.memory_mib(weight_format)
-        return self.gbops(weight_format, act_format)
+        if kind is CostType.COMPUTE:
+            return self.gbops(weight_format, act_format)
+        raise unhandled_cost_type(kind, "LayerCost.cost")
 
 
 def layer_costs(layers: Mapping[str, QuantModule]) -> list[LayerCost]:
@@ -76,7 +90,12 @@ class ModelCost:
     float_gbops: float  # the same layers at 32 x 32 bits
 
     def value(self, cost_type: CostType | str) -> float:
-        return self.memory_mib if parse_cost_type(cost_type) is CostType.MEMORY else self.gbops
+        kind = parse_cost_type(cost_type)
+        if kind is CostType.MEMORY:
+            return self.memory_mib
+        if kind is CostType.COMPUTE:
+            return self.gbops
+        raise unhandled_cost_type(kind, "ModelCost.value")
 
 
 def model_cost(costs: Sequence[LayerCost], assignment: Mapping[str, tuple[NumberFormat, NumberFormat]]) -> ModelCost:
@@ -112,6 +131,9 @@ def average_bits_cost(costs: Sequence[LayerCost], cost_type: CostType | str, wei
     default the same): a target such as "4.5 bits on average" in MiB or GBOPs."""
     weight_bits = _average_bits("weight_bits", weight_bits)
     act_bits = weight_bits if act_bits is None else _average_bits("act_bits", act_bits)
-    if parse_cost_type(cost_type) is CostType.MEMORY:
+    kind = parse_cost_type(cost_type)
+    if kind is CostType.MEMORY:
         return sum(c.num_weights for c in costs) * weight_bits / 8 / BYTES_PER_MIB
-    return sum(c.macs_per_sample for c in costs) * weight_bits * act_bits / BOPS_PER_GBOPS
+    if kind is CostType.COMPUTE:
+        return sum(c.macs_per_sample for c in costs) * weight_bits * act_bits / BOPS_PER_GBOPS
+    raise unhandled_cost_type(kind, "average_bits_cost")

@@ -225,5 +225,6 @@ BUILTIN_LOADERS: dict[str, Callable[[], datasets.DatasetDict]] = {
 def load_builtin_task(name: str) -> datasets.DatasetDict:
     """The "train"/"validation" DatasetDict of built-in task `name` (no network, deterministic)."""
     if name not in BUILTIN_LOADERS:
-        raise ValueError(f"no built-in task named {name!r}; built-in tasks: {sorted(BUILTIN_LOADERS)}")
+        raise ValueError(f"no built-in task named {name!r}; built-in tasks: {sorted(BUILTIN_LOADERS)} (a task "
+                         f"marked builtin in eval/tasks.py needs its loader in BUILTIN_LOADERS, eval/builtin_tasks.py)")
     return BUILTIN_LOADERS[name]()

@@ -209,10 +209,14 @@ def build_report(runs: Sequence[RunRecord], output_root: str, metric: str | None
     measured: dict[int, tuple[str, float, float]] = {}
     for run in completed:
         name = metric or run.main_metric
-        value, cost = run.metrics.get(name), run.cost[column]
+        value, cost = run.metrics.get(name), run.cost.get(column)
         if name not in run.metrics:
             report.invalid.append(_invalid(run, "missing_metric", f"metric {name!r} is not in this run's metrics "
                                                                   f"(has: {', '.join(sorted(run.metrics))})"))
+        elif column not in run.cost:  # e.g. a cost type added after the run: its results.json lacks it
+            report.invalid.append(_invalid(run, "missing_cost", f"cost.{column} is not in this run's results.json "
+                                                                f"(written before that cost type existed?); rerun "
+                                                                f"it, or report another --cost"))
         elif not _finite(value):
             report.invalid.append(_invalid(run, "non_finite", f"metric {name} is {value!r}"))
         elif not _finite(cost):

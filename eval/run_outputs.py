@@ -101,7 +101,9 @@ def summary_text(results: Mapping[str, Any]) -> str:
         lines.append(f"memory     {_amount(cost['memory_mib'])} MiB (float {_amount(cost['float_memory_mib'])} MiB)")
         lines.append(f"compute    {_amount(cost['gbops'])} GBOPs (float {_amount(cost['float_gbops'])} GBOPs)")
         if cost.get("target") is not None:
-            unit = "MiB" if cost["cost_type"] == "memory" else "GBOPs"
+            from cost.model_cost import parse_cost_type  # here: the report reads results without torch
+
+            unit = parse_cost_type(cost["cost_type"]).unit
             lines.append(f"target     {_amount(cost['target'])} {unit} ({cost['cost_type']}); achieved ratio "
                          f"{cost['ratio']:.3f}")
     lines.append(f"wall time  {results['wall_time_s']:.1f} s")

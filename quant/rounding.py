@@ -1,7 +1,9 @@
 """Rounding to a format: one rounding core per format kind, and the straight-through mask.
 
 Q rounds to the nearest value of `fmt` (ties to even) and saturates at +-fmt.max; FP formats
-keep subnormals. The core (`_quantize_scaled_`) rounds float32 y that is already divided by the
+keep subnormals. "Even" is the even multiple of the grid's local spacing, which is the even code
+wherever the format has mantissa bits; a format without (eXm0: powers of two only) rounds a tie
+between two powers up, to the larger one, as torch's float8_e8m0fnu cast does. The core (`_quantize_scaled_`) rounds float32 y that is already divided by the
 scale (quant/quant_utils.py divides, and multiplies back), in place and in few full-size passes.
 
 The straight-through mask (uint8, 1 where the gradient passes) is 1 where y lies within

@@ -53,8 +53,8 @@ def test_export_asks_for_the_onnx_extra_before_loading(tmp_path, monkeypatch, ca
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
     run_dir = tmp_path / "not_a_run"  # never loaded: the check comes first
     code = export.cli([str(run_dir), "--out", str(tmp_path / "x"), "--onnx"])
-    assert code == 1 and not (tmp_path / "x").exists()
-    assert capsys.readouterr().err == ("error: --onnx needs the packages onnxscript: pip install 'fliqs[onnx]' (or pip "
+    assert code == 2 and not (tmp_path / "x").exists()  # a bad request, as the other commands' usage errors
+    assert capsys.readouterr().err == ("python -m quant.export: error: --onnx needs the packages onnxscript: pip install 'fliqs[onnx]' (or pip "
                                        "install onnx onnxruntime onnxscript); nothing was written\n")
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from cost.model_cost import (CostType, LayerCost, average_bits_cost, current_assignment, layer_costs, model_cost,
-                             parse_cost_type)
+from cost.model_cost import (CostType, LayerCost, ModelCost, average_bits_cost, current_assignment, layer_costs,
+                             model_cost, parse_cost_type)
 from quant.formats import NO_QUANT, parse_format
 from quant.quant_module import QuantConfig
 from quant.surgery import QuantSpec, quantize_model
@@ -80,3 +80,24 @@ def test_average_bits_must_be_a_number_of_bits(bits):
     message = rf"^act_bits={re.escape(repr(bits))} must be a number of bits in \(0, 32\], e.g. 4.5$"
     with pytest.raises(ValueError, match=message):
         average_bits_cost([layer], CostType.COMPUTE, 4, bits)
+
+
+def test_a_cost_type_without_a_formula_is_an_error_not_another_types_price(monkeypatch):
+    """A member added to CostType (docs/extending.md) but not to a pricing function must not be
+    priced as compute (or memory) by an `else`."""
+    from enum import Enum
+
+    import cost.model_cost as model_cost_module
+
+    class Extended(str, Enum):
+        WEIGHT_COMPUTE = "weight_compute"
+
+    monkeypatch.setattr(model_cost_module, "parse_cost_type", lambda name: Extended.WEIGHT_COMPUTE)
+    layer = LayerCost("fc", 100, 1000)
+    int8 = parse_format("int8")
+    for call, where in ((lambda: layer.cost("weight_compute", int8, int8), "LayerCost.cost"),
+                        (lambda: ModelCost(1.0, 2.0, 3.0, 4.0).value("weight_compute"), "ModelCost.value"),
+                        (lambda: average_bits_cost([layer], "weight_compute", 4), "average_bits_cost")):
+        with pytest.raises(NotImplementedError, match=rf"^cost type 'weight_compute' has no formula in {where}; add "
+                                                      r"one \(docs/extending.md, 'Add a cost type'\)$"):
+            call()

@@ -145,6 +145,15 @@ def test_bag_of_words_shortcut_stays_near_chance(synth):
 def test_load_builtin_task_registry():
     assert load_builtin_task("digits")["validation"].num_rows == 360
     with pytest.raises(ValueError, match=r"no built-in task named 'sst2'; "
-                                         r"built-in tasks: \['digits', 'synth-sentiment'\]"):
+                                         r"built-in tasks: \['digits', 'synth-sentiment'\] \(a task marked builtin in "
+                                         r"eval/tasks.py needs its loader in BUILTIN_LOADERS, eval/builtin_tasks.py\)"):
         load_builtin_task("sst2")
+
+
+def test_every_builtin_task_has_a_loader_and_every_loader_a_task():
+    """Two registries (the task's spec, its loader): a task without a loader would fail only when run."""
+    from eval.builtin_tasks import BUILTIN_LOADERS
+    from eval.tasks import BUILTIN_TASK_NAMES
+
+    assert sorted(BUILTIN_LOADERS) == sorted(BUILTIN_TASK_NAMES)
 

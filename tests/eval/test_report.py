@@ -195,6 +195,23 @@ def test_default_cost_is_the_runs_cost_type(tmp_path, capsys):
     assert "the runs optimised different cost types (compute, memory): reporting memory; pass --cost" in report["notes"]
 
 
+def test_a_cost_column_missing_from_older_runs_is_listed(tmp_path, monkeypatch):
+    """A cost type added later (docs/extending.md): runs written before it lack its column."""
+    from eval import report_table
+    from eval.results import load_runs
+
+    monkeypatch.setitem(report_table.COST_COLUMNS, "weight_compute", ("weight_gbops", "weight compute (GBOPs)"))
+    new = make_results("new")
+    new["cost"]["weight_gbops"] = 0.5
+    write_run(tmp_path, new)
+    write_run(tmp_path, make_results("old", cost_target=1.0))
+    report = report_table.build_report(load_runs(tmp_path), str(tmp_path), cost_type="weight_compute")
+    assert [row["run"] for row in report.rows] == ["new"]
+    assert [(entry["run"], entry["status"], entry["reason"]) for entry in report.invalid] == [
+        ("old", "missing_cost", "cost.weight_gbops is not in this run's results.json (written before that cost type "
+                                "existed?); rerun it, or report another --cost")]
+
+
 def test_metric_missing_from_some_runs_is_listed(tmp_path, capsys):
     with_f1 = make_results("with_f1")
     with_f1["metrics"]["eval_f1"] = 0.5
