@@ -28,21 +28,22 @@ finish() { tar -czf "$OUT/results.tgz" -C $R .; }
 trap finish EXIT
 nvidia-smi > $R/nvidia_smi.txt 2>&1; lscpu > $R/lscpu.txt 2>&1
 mkdir -p /tmp/base && tar -xf "$BASE_TAR" -C /tmp/base
+# base_and_new NAME SECONDS FLAGS: the step benchmark of the base tree, then of this one, twice in turn.
+base_and_new() {
+  local name="$1" limit="$2" flags="$3" round
+  for round in 1 2; do
+    (cd /tmp/base && PYTHONPATH=/tmp/base:${PYTHONPATH:-} timeout "$limit" python3 -m benchmarks.bench_search_step \
+      $flags --out $R/${name}_base_$round.json) > $R/${name}_base_$round.log 2>&1
+    timeout "$limit" python3 -m benchmarks.bench_search_step $flags --out $R/${name}_new_$round.json \
+      > $R/${name}_new_$round.log 2>&1
+  done
+}
 STEP="--device cuda --preset gpu --repeats 15 --reward_sources train --fixed_formats int8"
-for round in 1 2; do
-  (cd /tmp/base && PYTHONPATH=/tmp/base:${PYTHONPATH:-} timeout 120 python3 -m benchmarks.bench_search_step $STEP \
-    --out $R/step_base_$round.json) > $R/step_base_$round.log 2>&1
-  timeout 120 python3 -m benchmarks.bench_search_step $STEP --out $R/step_new_$round.json > $R/step_new_$round.log 2>&1
-done
+base_and_new step 120 "$STEP"
 (cd /tmp/base && PYTHONPATH=/tmp/base:${PYTHONPATH:-} timeout 60 python3 -m benchmarks.bench_launch --device cuda \
   --repeats 10 --out $R/launch_base.json) > $R/launch_base.log 2>&1
 if [[ " ${EXTRA:-} " == *" host "* ]]; then
-  HOST="--device cuda --preset host --repeats 15 --reward_sources train --fixed_formats int8"
-  for round in 1 2; do
-    (cd /tmp/base && PYTHONPATH=/tmp/base:${PYTHONPATH:-} timeout 60 python3 -m benchmarks.bench_search_step $HOST \
-      --out $R/host_base_$round.json) > $R/host_base_$round.log 2>&1
-    timeout 60 python3 -m benchmarks.bench_search_step $HOST --out $R/host_new_$round.json > $R/host_new_$round.log 2>&1
-  done
+  base_and_new host 60 "--device cuda --preset host --repeats 15 --reward_sources train --fixed_formats int8"
 fi
 if [[ " ${EXTRA:-} " == *" recompute "* ]]; then
   for mode in off all; do
