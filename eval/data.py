@@ -6,6 +6,7 @@ evaluation split renamed), with the task's raw columns checked and its preparer 
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -68,9 +69,13 @@ def _check_labels(ds: datasets.Dataset, task: TaskSpec, source: str) -> None:
         if not all(isinstance(label, (int, float)) for label in labels):
             raise ValueError(f"{source}: task {task.name!r} is a regression; labels in "
                              f"{task.label_column!r} must be numbers")
+        bad = [row for row, label in enumerate(labels) if not math.isfinite(label)]
+        if bad:  # would train on NaN losses and end with NaN metrics
+            raise ValueError(f"{source}: label column {task.label_column!r} has a non-finite value "
+                             f"({labels[bad[0]]!r}) in row {bad[0]}; drop or fix those rows")
         return
     # bool is an int subclass: boolq's answers pass as 0/1.
-    not_ids = sorted({label for label in labels if not isinstance(label, (int, np.integer))}, key=str)
+    not_ids = sorted({label for label in labels if not _is_class_id(label)}, key=str)
     if not_ids:
         raise ValueError(f"{source}: labels in {task.label_column!r} must be class ids 0..{task.num_labels - 1} "
                          f"for task {task.name!r}, found {not_ids[:10]}; map them to integers first")
@@ -79,6 +84,13 @@ def _check_labels(ds: datasets.Dataset, task: TaskSpec, source: str) -> None:
         raise ValueError(f"{source}: labels in {task.label_column!r} must be class ids 0..{task.num_labels - 1} "
                          f"for task {task.name!r} ({task.num_labels} classes), found {out_of_range[:10]}; drop those "
                          "rows (-1 marks the unlabelled rows of GLUE test splits) or pick a task with that many classes")
+
+
+def _is_class_id(label: Any) -> bool:
+    """An integer, or a float holding one: a CSV label column with a blank cell anywhere (even in
+    rows a --max_*_samples subset leaves out) is read as floats, 0.0 and 1.0."""
+    return isinstance(label, (int, np.integer)) or (isinstance(label, (float, np.floating))
+                                                     and math.isfinite(label) and float(label).is_integer())
 
 
 def _check_inputs(ds: datasets.Dataset, task: TaskSpec, source: str) -> None:
@@ -98,9 +110,10 @@ def _check_inputs(ds: datasets.Dataset, task: TaskSpec, source: str) -> None:
         return
     value = ds[0][column]
     if not isinstance(value, (Image.Image, np.ndarray)):
-        raise ValueError(f"{source}: image column {column!r} holds {type(value).__name__} values ({value!r}), not "
+        shown = repr(value) if len(repr(value)) <= 80 else f"{repr(value)[:60]}... ({len(repr(value))} characters)"
+        raise ValueError(f"{source}: image column {column!r} holds {type(value).__name__} values ({shown}), not "
                          "images; give image file paths (csv/json/jsonl), a parquet file or a saved DatasetDict "
-                         "with a datasets.Image column, or uint8 arrays")
+                         "with a datasets.Image column")
 
 
 def _images_from_paths(ds: datasets.Dataset, task: TaskSpec, file: str | os.PathLike[str], source: str
@@ -184,8 +197,11 @@ def _load_local_file(path: str | os.PathLike[str], flag: str) -> datasets.Datase
     builder = LOCAL_FILE_BUILDERS[path.suffix.lower()]  # extension and existence: check_local_sources
     if _has_no_rows(path, builder):
         raise ValueError(f"{flag} {str(path)!r} has no rows; give a {builder} file with at least one example")
+    # In a CSV only an empty cell is missing: pandas would also read the texts "NA", "None",
+    # "null", "nan" (and a dozen more) as missing, and a sentence can be just that.
+    options: dict[str, Any] = {"keep_default_na": False, "na_values": [""]} if builder == "csv" else {}
     try:
-        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
     except Exception as error:  # noqa: BLE001 - datasets raises DatasetGenerationError without the file's name
         cause = error.__cause__ or error
         raise ValueError(f"cannot read {str(path)!r} as {builder}: {type(cause).__name__}: {cause}") from error
@@ -201,12 +217,21 @@ def _load_local_files(train_file: str | os.PathLike[str],
 
 
 def _load_from_disk(dataset_path: str | os.PathLike[str], task: TaskSpec) -> datasets.DatasetDict:
-    loaded = datasets.load_from_disk(str(dataset_path))  # a DatasetDict: see check_local_sources
+    try:
+        loaded = datasets.load_from_disk(str(dataset_path))  # a DatasetDict: see check_local_sources
+    except IndexError as error:  # datasets writes no data file for a split of no rows, and cannot read it back
+        raise ValueError(f"cannot read --dataset_path {str(dataset_path)!r}: a split of it has no data file (saved "
+                         f"with no rows?); give every split at least one example") from error
+    except Exception as error:  # noqa: BLE001 - e.g. KeyError 'splits': it names neither the folder nor the way out
+        raise ValueError(f"cannot read --dataset_path {str(dataset_path)!r} as a saved DatasetDict: "
+                         f"{type(error).__name__}: {error}; write it again with DatasetDict.save_to_disk") from error
     eval_split = task.eval_split if task.eval_split in loaded else "validation"
     missing = [s for s in ("train", eval_split) if s not in loaded]
     if missing:
+        needs = "'train' and 'validation'" if task.eval_split == "validation" else \
+            f"'train' and '{task.eval_split}' or 'validation'"
         raise ValueError(f"--dataset_path {str(dataset_path)!r} lacks splits {missing} (it has "
-                         f"{list(loaded)}); it needs 'train' and '{task.eval_split}' or 'validation'")
+                         f"{list(loaded)}); it needs {needs}")
     return datasets.DatasetDict({"train": loaded["train"], "validation": loaded[eval_split]})
 
 
@@ -298,9 +323,14 @@ def load_raw_datasets(
         "validation": subsample(raw["validation"], max_eval_samples, seed),
     })
     for split in SPLITS:
+        if len(raw[split]) == 0:  # an empty evaluation would report no metric, an empty training no steps
+            raise ValueError(f"the {source[split]} has no rows; give it at least one example")
         _check_columns(raw[split], task, source[split])
         _check_labels(raw[split], task, source[split])
         _check_inputs(raw[split], task, source[split])
+        feature = raw[split].features[task.label_column]
+        if not task.is_regression and getattr(feature, "dtype", "").startswith("float"):  # whole numbers: checked
+            raw[split] = raw[split].cast_column(task.label_column, datasets.Value("int64"))
     if task.preparer is not None:
         if task.preparer not in PREPARERS:
             raise ValueError(f"task {task.name!r} names preparer {task.preparer!r}; known: {sorted(PREPARERS)}")
@@ -350,6 +380,14 @@ def tokenize_dataset(ds: datasets.Dataset, task: TaskSpec, tokenizer: PreTrained
         raise ValueError(f"task {task.name!r} is a {task.modality} task; use prepare_vision_datasets")
     if max_seq_length < 2:
         raise ValueError(f"max_seq_length={max_seq_length} must be >= 2 (room for [CLS] and [SEP])")
+    # The special tokens plus one token of each text: below that the tokenizer cannot truncate and
+    # returns the whole, untruncated sequence (with a warning), or only special tokens.
+    pair = len(task.text_columns) == 2
+    special = tokenizer.num_special_tokens_to_add(pair=pair)
+    if max_seq_length < special + len(task.text_columns):
+        raise ValueError(f"--max_seq_length {max_seq_length} leaves no room for the text: the tokenizer adds {special} "
+                         f"special tokens to {'a pair of texts' if pair else 'a text'} of task {task.name!r}; give at "
+                         f"least {special + len(task.text_columns)}")
     _check_columns(ds, task, "dataset to tokenize")
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 import time
 import traceback
@@ -28,10 +29,30 @@ def run_dir_of(args: argparse.Namespace) -> Path:
     return Path(args.output_root_dir) / args.task / args.exp_name
 
 
+def _stop_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # the launcher's SIGTERM: stop as Ctrl-C does, saying what is left
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        previous = signal.signal(signal.SIGTERM, _stop_as_interrupt)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        previous = None
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from eval.eval_parse import parse_run_args
 
-    args = parse_run_args(argv, prog="eval_run")
+    try:
+        args = parse_run_args(argv, prog="eval_run")
+    except KeyboardInterrupt:  # Ctrl-C while the flags are checked (imports take seconds)
+        print("eval_run: interrupted before the run started; nothing was written", file=sys.stderr)
+        return 130
     if args.cuda_visible_devices is not None:  # before anything initialises CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = args.cuda_visible_devices
     from eval.run_args import check_device_flags
@@ -134,8 +155,30 @@ def interrupted_note(run_dir: Path) -> str:
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         return f"{run_dir} holds no results.json and no checkpoint (runs save them with --save_steps N)"
-    return (f"{run_dir} holds no results.json; to go on from {Path(checkpoint).name}, run the same command with "
-            f"--resume_from_checkpoint {run_dir}")
+    done, total = _checkpoint_steps(Path(checkpoint))
+    if done is None or total is None or done < total:
+        return (f"{run_dir} holds no results.json; to go on from {Path(checkpoint).name}, run the same command with "
+                f"--resume_from_checkpoint {run_dir}")
+    # Stopped after its last step (in the final evaluation or while writing its outputs): that
+    # checkpoint leaves nothing to train, and a resume from it is refused.
+    earlier = [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and (_checkpoint_steps(p)[0] or total) < total]
+    last = f"{Path(checkpoint).name} is the run's last step ({done}), which leaves nothing to resume"
+    if not earlier:
+        return f"{run_dir} holds no results.json; {last}: run the same command again"
+    previous = max(earlier, key=lambda p: _checkpoint_steps(p)[0] or 0)
+    return (f"{run_dir} holds no results.json; {last}: to go on from {previous.name}, run the same command with "
+            f"--resume_from_checkpoint {previous}")
+
+
+def _checkpoint_steps(checkpoint: Path) -> tuple[int | None, int | None]:
+    """(global_step, max_steps) of a checkpoint's trainer_state.json; None where unreadable."""
+    import json
+
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        return int(state["global_step"]), int(state["max_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
 
 
 def _holds_completed_run(run_dir: Path) -> bool:
@@ -246,7 +289,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def _run(args: argparse.Namespace, prepared: tuple[Any, Any], run_dir: Path, start: float) -> dict[str, Any]:
     from cost.model_cost import current_assignment, layer_costs
-    from eval.run_outputs import package_versions, summary_text, write_json
+    from eval.run_outputs import atomic_write_text, package_versions, summary_text, write_json
     from eval.run_setup import close_tensorboard
     from quant.surgery import has_low_bit_layers, quantized_layers
 
@@ -330,8 +373,10 @@ def _run(args: argparse.Namespace, prepared: tuple[Any, Any], run_dir: Path, sta
             else:
                 results["export"] = {"dir": args.export_dir, **report.to_dict()}
         text = summary_text(results)
-        (run_dir / "output.txt").write_text(text)
+        # results.json first: it is the run's status of record, and output.txt, its summary, must
+        # not say "completed" for a run stopped before results.json was written.
         write_json(run_dir / RESULTS_NAME, results)
+        atomic_write_text(run_dir / "output.txt", text)
         print(text)
     return results
 

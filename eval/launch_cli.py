@@ -13,7 +13,7 @@ twice: the launch is refused, unless --skip_completed, which leaves them to that
 
 Exit codes: 0 every run completed, was kept (--skip_completed) or is left to the process running
 it (--skip_completed), or --dry_run; 1 some run failed, 2 a bad launch request (one error line;
-also a --dry_run plan that cannot be written), 130 stopped by SIGINT/SIGTERM (every run stopped
+also a --dry_run plan that cannot be written), 130 stopped by SIGINT/SIGTERM/SIGHUP (every run stopped
 first).
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ def create_launcher_parser() -> argparse.ArgumentParser:
         "never depends on the other runs of the launch; two runs that would share a directory are an error. Each run's "
         "output goes to OUTPUT_ROOT_DIR/TASK/EXP_NAME/stdout.log. Exit codes: 0 all runs completed (or, with "
         "--skip_completed, were kept or are left to another process running them), 1 some run failed, 2 bad launch "
-        "request, 130 interrupted (SIGINT/SIGTERM; every run is stopped first).")
+        "request, 130 interrupted (SIGINT/SIGTERM/SIGHUP; every run is stopped first).")
     p.add_argument("-h", "--help", action=_HelpAction, help="show this help and the run flags, then exit")
     p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="run every value of run flag KEY (repeatable: cartesian product); true/false for on/off "

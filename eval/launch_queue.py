@@ -1,5 +1,5 @@
 """The queue: runs start as devices free up, each in its own process; a failing run never stops
-the others; SIGINT/SIGTERM stop them all (SIGTERM to each process tree, a grace period, SIGKILL).
+the others; SIGINT/SIGTERM/SIGHUP stop them all (SIGTERM to each process tree, a grace period, SIGKILL).
 
 `run_queue` is independent of how a run is started: it takes a `start(job, slot)` callable that
 returns a process-like object (`poll`, `alive`, `terminate`, `kill`, `pid`), so the scheduling can
@@ -152,8 +152,13 @@ class SubprocessStarter:
         return process
 
 
+# SIGHUP too: a closed terminal would otherwise kill the launcher at once and leave its runs
+# going on unwatched (they run in sessions of their own), the queued ones never started.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 class StopSignals:
-    """Counts SIGINT/SIGTERM while installed (a context manager); the queue polls `count`."""
+    """Counts SIGINT/SIGTERM/SIGHUP while installed (a context manager); the queue polls `count`."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -165,7 +170,7 @@ class StopSignals:
         self.last = signum
 
     def __enter__(self) -> "StopSignals":
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

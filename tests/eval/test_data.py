@@ -87,6 +87,19 @@ def test_label_errors(tmp_path):
     missing = write(SST2_VAL.assign(label=[1, None]), tmp_path / "missing.csv")
     with pytest.raises(ValueError, match=r"missing values in label column 'label'"):
         load_raw_datasets("sst2", train_file=train, validation_file=missing)
+    # A blank cell anywhere makes a CSV label column float: whole numbers are class ids, as int64.
+    floats = tmp_path / "floats.csv"
+    floats.write_text("sentence,label\ngood fun,1.0\nbad,0.0\n")
+    raw = load_raw_datasets("sst2", train_file=train, validation_file=floats)
+    assert list(raw["validation"]["label"]) == [1, 0] and raw["validation"].features["label"].dtype == "int64"
+    halves = write(SST2_VAL.assign(label=[0.5, 1.0]), tmp_path / "halves.csv")
+    with pytest.raises(ValueError, match=r"found \[0.5\]; map them to integers first"):
+        load_raw_datasets("sst2", train_file=train, validation_file=halves)
+    stsb = pd.DataFrame({"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [1.5, float("inf")]})
+    non_finite = write(stsb, tmp_path / "stsb.csv")
+    with pytest.raises(ValueError, match=r"label column 'label' has a non-finite value \(inf\) in row 1; drop or fix "
+                                         r"those rows$"):
+        load_raw_datasets("stsb", train_file=non_finite, validation_file=non_finite)
 
 
 @pytest.mark.parametrize("name, content, flag", [
@@ -174,6 +187,43 @@ def test_save_to_disk_errors(tmp_path):
         load_raw_datasets("sst2", dataset_path=tmp_path / "only_train")
     with pytest.raises(ValueError, match=r"--dataset_path .*nowhere' is not a directory"):
         load_raw_datasets("sst2", dataset_path=tmp_path / "nowhere")
+    datasets.DatasetDict({"train": single, "validation": single.select([])}).save_to_disk(tmp_path / "empty_val")
+    with pytest.raises(ValueError, match=r"^cannot read --dataset_path '.*empty_val': a split of it has no data file "
+                                         r"\(saved with no rows\?\); give every split at least one example$"):
+        load_raw_datasets("sst2", dataset_path=tmp_path / "empty_val")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "dataset_dict.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"^cannot read --dataset_path '.*broken' as a saved DatasetDict: KeyError: "
+                                         r"'splits'; write it again with DatasetDict.save_to_disk$"):
+        load_raw_datasets("sst2", dataset_path=tmp_path / "broken")
+
+
+def test_csv_texts_that_pandas_reads_as_missing_are_text(tmp_path):
+    train = write(SST2_TRAIN, tmp_path / "train.csv")
+    texts = tmp_path / "texts.csv"
+    texts.write_text("sentence,label\nNA,1\nNone,0\nnull,1\n")
+    assert list(load_raw_datasets("sst2", train_file=train, validation_file=texts)["validation"]["sentence"]) == [
+        "NA", "None", "null"]
+    blank = tmp_path / "blank.csv"
+    blank.write_text('sentence,label\n"",1\nok,0\n')  # an empty cell is still missing
+    with pytest.raises(ValueError, match=r"text column 'sentence' has a missing value in row 0"):
+        load_raw_datasets("sst2", train_file=train, validation_file=blank)
+
+
+def test_an_empty_split_from_any_source_is_an_error(monkeypatch):
+    """An empty evaluation split gave a run with no metric, reported as completed."""
+    import eval.data
+
+    real = eval.data.load_builtin_task
+
+    def empty_validation(name):
+        raw = real(name)
+        return datasets.DatasetDict({"train": raw["train"], "validation": raw["validation"].select([])})
+
+    monkeypatch.setattr(eval.data, "load_builtin_task", empty_validation)
+    with pytest.raises(ValueError, match=r"^the built-in synth-sentiment validation has no rows; give it at least one "
+                                         r"example$"):
+        load_raw_datasets("synth-sentiment")
 
 
 def test_max_samples_are_seeded_random_subsets():
@@ -259,6 +309,13 @@ def test_tokenize_pairs_regression_and_truncation():
     # Longest-first truncation trims the longer sentence of the pair.
     assert tokenizer.convert_ids_to_tokens(encoded[0]["input_ids"]) == ["[CLS]", "a", "[SEP]", "e", "[SEP]"]
     assert tokenizer.convert_ids_to_tokens(encoded[1]["input_ids"]) == ["[CLS]", "d", "[SEP]", "f", "[SEP]"]
+    # Below 3 special tokens + one per text the tokenizer cannot truncate a pair (it returned it whole).
+    with pytest.raises(ValueError, match=r"^--max_seq_length 4 leaves no room for the text: the tokenizer adds 3 "
+                                         r"special tokens to a pair of texts of task 'stsb'; give at least 5$"):
+        tokenize_dataset(ds, stsb, tokenizer, max_seq_length=4)
+    sst2 = datasets.Dataset.from_dict({"sentence": ["a b"], "label": [1]})
+    with pytest.raises(ValueError, match=r"adds 2 special tokens to a text of task 'sst2'; give at least 3$"):
+        tokenize_dataset(sst2, get_task("sst2"), tokenizer, max_seq_length=2)
 
 
 def test_boolq_bool_answers_become_int_labels():

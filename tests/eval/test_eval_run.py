@@ -580,6 +580,60 @@ def test_ctrl_c_is_one_line_naming_what_is_left(tmp_path, capsys, monkeypatch):
     assert not (run_dir / "results.json").exists() and run_lock_holder(run_dir) is None
 
 
+def test_a_stop_after_the_last_step_points_to_the_checkpoint_before_it(tmp_path, capsys, monkeypatch):
+    """Stopped in the final evaluation: the newest checkpoint is the last step, whose resume is
+    refused (nothing left to train); the note names the one before it, or says to run again."""
+    import eval.eval_run as eval_run
+
+    def interrupted(args, prepared, run_dir, start):
+        for step in steps:
+            (run_dir / f"checkpoint-{step}").mkdir()
+            (run_dir / f"checkpoint-{step}" / "trainer_state.json").write_text(
+                json.dumps({"global_step": step, "max_steps": 8}))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eval_run, "_run", interrupted)
+    for name, steps, ending in (
+            ("late", (4, 8), "checkpoint-8 is the run's last step (8), which leaves nothing to resume: to go on from "
+                             "checkpoint-4, run the same command with --resume_from_checkpoint {run_dir}/checkpoint-4"),
+            ("only", (8,), "checkpoint-8 is the run's last step (8), which leaves nothing to resume: run the same "
+                           "command again")):
+        run_dir = tmp_path / "digits" / name
+        assert main([*RESNET_TINY, "--bits", "8", "--exp_name", name, *FAST, "--output_root_dir", str(tmp_path)]) == 130
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"eval_run: interrupted; {run_dir} holds no results.json; " + ending.format(run_dir=run_dir))
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path, capsys, monkeypatch):
+    """The launcher stops its runs with SIGTERM: the run says what it left, as for Ctrl-C."""
+    import signal
+
+    import eval.eval_run as eval_run
+
+    def terminated(args, prepared, run_dir, start):
+        signal.raise_signal(signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(eval_run, "_run", terminated)
+    assert main([*RESNET_TINY, "--bits", "8", "--exp_name", "term", *FAST, "--output_root_dir", str(tmp_path)]) == 130
+    run_dir = tmp_path / "digits" / "term"
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"eval_run: interrupted; {run_dir} holds no results.json and no checkpoint (runs save them with --save_steps N)")
+    assert signal.getsignal(signal.SIGTERM) is before  # restored
+
+
+def test_ctrl_c_while_the_flags_are_checked_is_one_line(tmp_path, capsys, monkeypatch):
+    import eval.eval_parse
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eval.eval_parse, "parse_run_args", interrupted)
+    assert main(["--output_root_dir", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "eval_run: interrupted before the run started; nothing was written\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_recompute_inputs_changes_no_result(tmp_path):
     """--recompute_inputs trades memory for backward work; the search, its answer and its metrics
     are the same in every mode (and the flag is not a result argument)."""

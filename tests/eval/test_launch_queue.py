@@ -192,10 +192,11 @@ def test_classify_with_only_the_launcher_header_in_the_log(tmp_path):
     assert job.reason == "exit code 1; stdout.log is empty"
 
 
-def test_stop_signals_count_sigint_and_sigterm_while_installed():
-    before = signal.getsignal(signal.SIGTERM)
+def test_stop_signals_count_sigint_sigterm_and_sighup_while_installed():
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
     with StopSignals() as signals:
         signal.raise_signal(signal.SIGTERM)
         signal.raise_signal(signal.SIGINT)
-        assert (signals.count, signals.last) == (2, signal.SIGINT)
-    assert signal.getsignal(signal.SIGTERM) is before
+        signal.raise_signal(signal.SIGHUP)  # a closed terminal: stop the runs, do not orphan them
+        assert (signals.count, signals.last) == (3, signal.SIGHUP)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == before
