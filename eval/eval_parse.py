@@ -16,7 +16,7 @@ from typing import NoReturn, Sequence
 from cost.cost import REWARD_FORMS
 from eval.model_configs import MODEL_REGISTRY
 from eval.run_args import SEARCH_ONLY_FLAGS, ignored_flags_note, resolve_run_args, single_option_note
-from eval.run_inputs import load_config_note
+from eval.run_inputs import eval_subset_note, load_config_note
 from eval.tasks import TASKS
 
 
@@ -218,7 +218,7 @@ def parse_run_args(argv: Sequence[str] | None = None, prog: str = "eval_run") ->
         parser.error(str(error))
     for note in (ignored_flags_note(args, {name: parser.get_default(name) for name in SEARCH_ONLY_FLAGS},
                                     no_search_given=no_search_given),
-                 single_option_note(args), load_config_note(args)):
+                 single_option_note(args), load_config_note(args), eval_subset_note(args)):
         if note is not None:
             sys.stderr.write(f"{prog}: {note}\n")
     return args

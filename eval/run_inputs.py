@@ -156,6 +156,20 @@ def load_config_note(args: argparse.Namespace) -> str | None:
             f"trains with its own (for that run's: {' '.join(_scale_flags(loaded_args))})")
 
 
+def eval_subset_note(args: argparse.Namespace) -> str | None:
+    """A note for re-evaluating a run (--eval_only --load_config) on another --max_eval_samples
+    subset than the one it was evaluated on: the subset is drawn with --seed."""
+    if args.load_config is None or not args.eval_only or args.max_eval_samples is None:
+        return None
+    loaded_args = (json.loads(Path(args.load_config).read_text()).get("args") or {})
+    seed, samples = loaded_args.get("seed"), loaded_args.get("max_eval_samples")
+    if seed is None or (seed == args.seed and samples == args.max_eval_samples):
+        return None
+    return (f"note: --max_eval_samples {args.max_eval_samples} draws its examples with --seed {args.seed}; the loaded "
+            f"run was evaluated on those of --seed {seed} --max_eval_samples {samples}: pass the same to evaluate the "
+            f"same examples")
+
+
 def resolve_checkpoint(path: str) -> str:
     """A Trainer checkpoint directory, or a run directory whose latest checkpoint-N is taken."""
     directory = Path(path)

@@ -576,3 +576,17 @@ def test_model_name_or_path_must_be_a_checkpoint_of_the_model_type(capsys, tmp_p
     assert f"--model_name_or_path: '{tmp_path}' holds a 'bert' model, but model type 'resnet18' expects" in err
     assert parse_run_args(["--model_name_or_path", str(tmp_path), "--model", "bert-tiny", "--task",
                            "synth-sentiment"]).model_name_or_path == str(tmp_path)
+
+
+def test_re_evaluating_on_another_eval_subset_is_noted(capsys, tmp_path):
+    """--max_eval_samples draws its subset with --seed: another seed evaluates other examples."""
+    write_results(tmp_path / "r.json", args={"seed": 0, "max_eval_samples": 64})
+    base = ["--load_config", str(tmp_path / "r.json"), "--eval_only", "--max_eval_samples", "64"]
+    parse_run_args([*base, "--seed", "0"])
+    assert capsys.readouterr().err == ""
+    parse_run_args([*base, "--seed", "7"])
+    assert capsys.readouterr().err == (
+        "eval_run: note: --max_eval_samples 64 draws its examples with --seed 7; the loaded run was evaluated on those "
+        "of --seed 0 --max_eval_samples 64: pass the same to evaluate the same examples\n")
+    parse_run_args(["--load_config", str(tmp_path / "r.json"), "--eval_only", "--seed", "7"])  # the whole split
+    assert capsys.readouterr().err == ""
