@@ -146,7 +146,7 @@ def _run_locked(args: argparse.Namespace, run_dir: Path, start: float) -> dict[s
 
 def interrupted_note(run_dir: Path) -> str:
     """What an interrupted run left in `run_dir` and how to go on from it."""
-    from eval.run_inputs import latest_checkpoint
+    from eval.run_inputs import checkpoint_steps, latest_checkpoint, resumable_checkpoint
 
     if not run_dir.is_dir():
         return "nothing was written"
@@ -155,30 +155,18 @@ def interrupted_note(run_dir: Path) -> str:
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         return f"{run_dir} holds no results.json and no checkpoint (runs save them with --save_steps N)"
-    done, total = _checkpoint_steps(Path(checkpoint))
+    done, total = checkpoint_steps(Path(checkpoint))
     if done is None or total is None or done < total:
         return (f"{run_dir} holds no results.json; to go on from {Path(checkpoint).name}, run the same command with "
                 f"--resume_from_checkpoint {run_dir}")
     # Stopped after its last step (in the final evaluation or while writing its outputs): that
     # checkpoint leaves nothing to train, and a resume from it is refused.
-    earlier = [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and (_checkpoint_steps(p)[0] or total) < total]
     last = f"{Path(checkpoint).name} is the run's last step ({done}), which leaves nothing to resume"
-    if not earlier:
+    previous = resumable_checkpoint(run_dir)
+    if previous is None:
         return f"{run_dir} holds no results.json; {last}: run the same command again"
-    previous = max(earlier, key=lambda p: _checkpoint_steps(p)[0] or 0)
-    return (f"{run_dir} holds no results.json; {last}: to go on from {previous.name}, run the same command with "
-            f"--resume_from_checkpoint {previous}")
-
-
-def _checkpoint_steps(checkpoint: Path) -> tuple[int | None, int | None]:
-    """(global_step, max_steps) of a checkpoint's trainer_state.json; None where unreadable."""
-    import json
-
-    try:
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
-        return int(state["global_step"]), int(state["max_steps"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None, None
+    return (f"{run_dir} holds no results.json; {last}: to go on from {Path(previous).name}, run the same command "
+            f"with --resume_from_checkpoint {previous}")
 
 
 def _holds_completed_run(run_dir: Path) -> bool:

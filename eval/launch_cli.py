@@ -9,16 +9,19 @@ Runs already completed in their directory are never run again silently: the laun
 unless --skip_completed (keep them; refused too when a completed run's recorded arguments differ
 from the planned ones in anything that changes results) or --overwrite (run them again). Runs
 that another process is running now (their directory's lock, eval/run_lock.py) are never started
-twice: the launch is refused, unless --skip_completed, which leaves them to that process.
+twice: the launch is refused, unless --skip_completed, which leaves them to that process. With
+--skip_completed a run stopped after saving a checkpoint goes on from its newest one before its
+last step (if its config.json has the planned flags; else the launch is refused).
 
 Exit codes: 0 every run completed, was kept (--skip_completed) or is left to the process running
 it (--skip_completed), or --dry_run; 1 some run failed, 2 a bad launch request (one error line;
-also a --dry_run plan that cannot be written), 130 stopped by SIGINT/SIGTERM/SIGHUP (every run stopped
-first).
+also a --dry_run plan that cannot be written), 130 stopped by SIGINT/SIGTERM/SIGHUP (every run
+stopped first).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -32,8 +35,9 @@ from eval.launch_plan import Experiment, load_experiments_file, parse_sweep, pla
 from eval.launch_queue import (DONE, ELSEWHERE, QUEUED, SKIPPED, Job, StopSignals, SubprocessStarter,
                                TERMINATE_GRACE_S, run_queue)
 from eval.launch_status import StatusBoard, summary_table
-from eval.results import changed_flags, list_changes, load_run
+from eval.results import changed_args, changed_flags, list_changes, load_run
 from eval.results_schema import COMPLETED
+from eval.run_inputs import RESUME_MAY_CHANGE, resumable_checkpoint
 from eval.run_lock import run_lock_holder
 
 PROG = "eval_parallel"
@@ -82,8 +86,9 @@ def create_launcher_parser() -> argparse.ArgumentParser:
                    "(default 1); each gets OMP_NUM_THREADS = cores // workers (at least 1, at most the launcher's own "
                    "OMP_NUM_THREADS if set)")
     p.add_argument("--skip_completed", action="store_true", help="start only the runs whose results.json is "
-                   "missing or not completed (resume an interrupted sweep); refused when a completed run was run "
-                   "with other flags than planned. Runs another process is running now are left to it")
+                   "missing or not completed (resume an interrupted sweep: a run stopped after saving a checkpoint "
+                   "goes on from it); refused when a completed or checkpointed run was run with other flags than "
+                   "planned. Runs another process is running now are left to it")
     p.add_argument("--overwrite", action="store_true", help="run again the runs that already completed (their "
                    "results are replaced); without it or --skip_completed, completed runs refuse the launch")
     p.add_argument("--dry_run", action="store_true", help="print the planned commands with their "
@@ -157,6 +162,8 @@ def make_jobs(experiments: Sequence[Experiment], resources: Resources, skip_comp
     completed = [(job, record) for job in jobs
                  if job.state == QUEUED and (record := load_run(job.experiment.run_dir)).status == COMPLETED]
     if not completed:
+        if skip_completed:
+            _resume_interrupted(jobs)
         return jobs
     if overwrite:
         for job, _ in completed:
@@ -176,7 +183,29 @@ def make_jobs(experiments: Sequence[Experiment], resources: Resources, skip_comp
                           "it again, or pass --overwrite instead of --skip_completed")
     for job, record in completed:
         job.state, job.record = SKIPPED, record
+    _resume_interrupted(jobs)
     return jobs
+
+
+def _resume_interrupted(jobs: Sequence[Job]) -> None:
+    """--skip_completed: a run that was stopped after saving a checkpoint goes on from it (it
+    started again from step 0 before, rewriting its checkpoints), if it was written with the
+    planned flags; else the launch is refused, as for a completed run with other flags."""
+    resumed = [(job, checkpoint) for job in jobs if job.state == QUEUED
+               and not any(segment.startswith("--resume_from_checkpoint") for segment in job.experiment.argv)
+               and (checkpoint := resumable_checkpoint(job.experiment.run_dir)) is not None]
+    for job, checkpoint in resumed:
+        try:
+            recorded = json.loads((job.experiment.run_dir / "config.json").read_text())
+        except (OSError, ValueError):
+            continue  # no record of its flags: start it again, as before
+        diffs = changed_args(job.experiment.args, recorded, ignore=RESUME_MAY_CHANGE)
+        if diffs:
+            raise LaunchError(f"--skip_completed would resume {job.experiment.run_dir} from "
+                              f"{os.path.basename(checkpoint)}, written with other flags: {list_changes(diffs)}; give "
+                              "the experiment a new exp_name, delete the run directory to start it again, or pass "
+                              "--overwrite instead of --skip_completed")
+        job.resume_from = checkpoint
 
 
 def describe_resources(jobs: Sequence[Job], resources: Resources) -> str:
@@ -191,7 +220,9 @@ def describe_resources(jobs: Sequence[Job], resources: Resources) -> str:
     skipped = sum(job.state == SKIPPED for job in jobs)
     elsewhere = sum(job.state == ELSEWHERE for job in jobs)
     overwritten = sum(job.overwrites for job in jobs)
-    return f"{len(jobs)} run(s), {queued} to start" + (f", {skipped} already completed" if skipped else "") + \
+    resumed = sum(job.resume_from is not None for job in jobs)
+    return f"{len(jobs)} run(s), {queued} to start" + (f" ({resumed} from their checkpoints)" if resumed else "") + \
+        (f", {skipped} already completed" if skipped else "") + \
         (f", {elsewhere} running elsewhere" if elsewhere else "") + \
         (f" ({overwritten} completed, to overwrite)" if overwritten else "") + f" on {'; '.join(parts)}"
 
@@ -210,13 +241,15 @@ def dry_run(jobs: Sequence[Job], resources: Resources, out: TextIO, run_entry: S
             out.write(f"# skip (running elsewhere, {job.reason}): {job.experiment.run_dir}\n")
         elif job.overwrites:
             out.write(f"# overwrite (completed): {job.experiment.run_dir}\n")
+        elif job.resume_from is not None:
+            out.write(f"# resume (interrupted): {job.experiment.run_dir} from {os.path.basename(job.resume_from)}\n")
     ports: set[int] = set()
     for job, slot in zip(queued, slots):
         k = len(slot.devices) or 1
         port = free_port(ports) if k > 1 else None
         if port is not None:
             ports.add(port)
-        command = run_command(job.experiment.argv, k, port, run_entry=run_entry)
+        command = run_command(job.argv, k, port, run_entry=run_entry)
         out.write(format_command(command, launcher_env(slot, resources.omp_threads)) + "\n")
     out.flush()
 

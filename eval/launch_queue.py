@@ -58,6 +58,13 @@ class Job:
     reason: str | None = None  # why it failed or was not run (ELSEWHERE: the holder, 'pid N, since TIME')
     record: RunRecord | None = None  # results.json as read when it ended (or when skipped)
     overwrites: bool = False  # its directory holds a completed run that this one replaces (--overwrite)
+    resume_from: str | None = None  # the interrupted run's checkpoint it goes on from (--skip_completed)
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """The run's flags as started: the plan's, and the checkpoint it resumes from."""
+        extra = ("--resume_from_checkpoint", self.resume_from) if self.resume_from is not None else ()
+        return (*self.experiment.argv, *extra)
 
     @property
     def name(self) -> str:
@@ -125,7 +132,7 @@ class SubprocessStarter:
     def __call__(self, job: Job, slot: Slot) -> RunProcess:
         k = len(slot.devices) or 1  # GPUs held (one rank each); a CPU run is one process
         port = free_port(self._ports) if k > 1 else None
-        command = run_command(job.experiment.argv, k, port, run_entry=self.run_entry)
+        command = run_command(job.argv, k, port, run_entry=self.run_entry)
         env = launcher_env(slot, self.omp_threads)
         job.command_line = format_command(command, env)
         run_dir = job.experiment.run_dir

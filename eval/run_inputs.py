@@ -185,6 +185,30 @@ def resolve_checkpoint(path: str) -> str:
     return latest
 
 
+def checkpoint_steps(checkpoint: Path) -> tuple[int | None, int | None]:
+    """(global_step, max_steps) of a checkpoint's trainer_state.json; None where unreadable."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        return int(state["global_step"]), int(state["max_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
+
+
+def resumable_checkpoint(run_dir: Path) -> str | None:
+    """The run directory's newest checkpoint that a resume can go on from: one before the run's
+    last step (a checkpoint of the last step leaves nothing to train, and its resume is
+    refused), complete (with the search's state, where any checkpoint has it); None if none."""
+    if not run_dir.is_dir():
+        return None
+    steps = []
+    for child in run_dir.iterdir():
+        done, total = checkpoint_steps(child) if re.fullmatch(r"checkpoint-\d+", child.name) else (None, None)
+        if done is not None and total is not None and done < total:
+            steps.append((done, child))
+    complete = [(step, child) for step, child in steps if (child / SEARCH_STATE_NAME).is_file()]
+    return str(max(complete or steps)[1]) if steps else None
+
+
 def latest_checkpoint(run_dir: Path) -> str | None:
     """The run directory's checkpoint-N of the highest step, or None if it has none."""
     steps = [(int(match.group(1)), child) for child in run_dir.iterdir()

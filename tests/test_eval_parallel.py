@@ -573,6 +573,38 @@ def test_real_sweep_on_two_cpu_workers_with_a_failing_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_skip_completed_resumes_an_interrupted_run_from_its_checkpoint(tmp_path, capsys):
+    """A run stopped in its final evaluation (its last checkpoint is its last step): --skip_completed
+    goes on from the checkpoint before it, and ends where the uninterrupted run did. A run whose
+    checkpoints were written with other flags refuses the launch."""
+    import shutil
+
+    argv = [*TINY, "--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2", "--delay_steps", "2",
+            "--output_root_dir", tmp_path / "out", "--workers", "1"]
+    assert launch(capsys, argv)[0] == 0
+    run_dir = tmp_path / "out" / "digits" / f"{NAME}_s42"
+    whole = json.loads((run_dir / "results.json").read_text())
+    for name in ("results.json", "output.txt"):  # stopped after checkpoint-6, before its outputs
+        (run_dir / name).unlink()
+    shutil.rmtree(run_dir / "final_model")
+    code, out, err = launch(capsys, [*argv, "--skip_completed", "--dry_run"])
+    assert (code, err) == (0, "")
+    assert f"# resume (interrupted): {run_dir} from checkpoint-4" in out.splitlines()
+    assert out.splitlines()[-1].endswith(f"--resume_from_checkpoint {run_dir / 'checkpoint-4'}")
+    assert "1 run(s), 1 to start (1 from their checkpoints)" in out
+    code, out, err = launch(capsys, [*argv, "--skip_completed"])
+    assert code == 0, out + err
+    resumed = json.loads((run_dir / "results.json").read_text())
+    assert resumed["args"]["resume_from_checkpoint"] == str(run_dir / "checkpoint-4")
+    assert (resumed["metrics"]["eval_accuracy"], resumed["layers"], resumed["search"]["decisions"]) == (
+        whole["metrics"]["eval_accuracy"], whole["layers"], whole["search"]["decisions"])
+    (run_dir / "results.json").unlink()
+    code, _, err = launch(capsys, [*argv, "--learning_rate", "0.01", "--skip_completed", "--dry_run"])
+    assert code == 2 and err.startswith(f"eval_parallel: error: --skip_completed would resume {run_dir} from "
+                                        "checkpoint-4, written with other flags: learning_rate 0.001 -> 0.01; ")
+
+
+@pytest.mark.slow
 def test_readme_example_fails_offline_with_the_hub_message(tmp_path, capsys, monkeypatch):
     # As written in the README (relative --output_root_dir): the run fails in the run, hub unreachable.
     monkeypatch.chdir(tmp_path)
