@@ -110,7 +110,8 @@ def _check_inputs(ds: datasets.Dataset, task: TaskSpec, source: str) -> None:
         return
     value = ds[0][column]
     if not isinstance(value, (Image.Image, np.ndarray)):
-        shown = repr(value) if len(repr(value)) <= 80 else f"{repr(value)[:60]}... ({len(repr(value))} characters)"
+        text = repr(value)
+        shown = text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
         raise ValueError(f"{source}: image column {column!r} holds {type(value).__name__} values ({shown}), not "
                          "images; give image file paths (csv/json/jsonl), a parquet file or a saved DatasetDict "
                          "with a datasets.Image column")

@@ -161,29 +161,27 @@ def make_jobs(experiments: Sequence[Experiment], resources: Resources, skip_comp
         job.state, job.reason = ELSEWHERE, holder
     completed = [(job, record) for job in jobs
                  if job.state == QUEUED and (record := load_run(job.experiment.run_dir)).status == COMPLETED]
-    if not completed:
-        if skip_completed:
-            _resume_interrupted(jobs)
-        return jobs
-    if overwrite:
+    if completed and overwrite:
         for job, _ in completed:
             job.overwrites = True
-        return jobs
-    if not skip_completed:
+    elif completed and not skip_completed:
         first = completed[0][0].experiment.run_dir
         raise LaunchError(f"{_plural(len(completed), 'run')} already completed (first: {first}); pass "
                           "--skip_completed to keep them or --overwrite to run them again")
-    changed = [(job, diffs) for job, record in completed if (diffs := changed_flags(job.experiment.args, record))]
-    if changed:
-        job, diffs = changed[0]
-        listed = list_changes(diffs)
-        others = f" ({_plural(len(changed) - 1, 'other completed run')} too)" if len(changed) > 1 else ""
-        raise LaunchError(f"--skip_completed would keep {job.experiment.run_dir}, completed with other flags: {listed}"
-                          f"{others}; give the experiment a new exp_name to keep both, delete the run directory to run "
-                          "it again, or pass --overwrite instead of --skip_completed")
-    for job, record in completed:
-        job.state, job.record = SKIPPED, record
-    _resume_interrupted(jobs)
+    elif completed:
+        changed = [(job, diffs) for job, record in completed
+                   if (diffs := changed_flags(job.experiment.args, record))]
+        if changed:
+            job, diffs = changed[0]
+            listed = list_changes(diffs)
+            others = f" ({_plural(len(changed) - 1, 'other completed run')} too)" if len(changed) > 1 else ""
+            raise LaunchError(f"--skip_completed would keep {job.experiment.run_dir}, completed with other flags: "
+                              f"{listed}{others}; give the experiment a new exp_name to keep both, delete the run "
+                              "directory to run it again, or pass --overwrite instead of --skip_completed")
+        for job, record in completed:
+            job.state, job.record = SKIPPED, record
+    if skip_completed:
+        _resume_interrupted(jobs)
     return jobs
 
 
@@ -192,7 +190,7 @@ def _resume_interrupted(jobs: Sequence[Job]) -> None:
     started again from step 0 before, rewriting its checkpoints), if it was written with the
     planned flags; else the launch is refused, as for a completed run with other flags."""
     resumed = [(job, checkpoint) for job in jobs if job.state == QUEUED
-               and not any(segment.startswith("--resume_from_checkpoint") for segment in job.experiment.argv)
+               and job.experiment.args.get("resume_from_checkpoint") is None  # one the plan gives is kept
                and (checkpoint := resumable_checkpoint(job.experiment.run_dir)) is not None]
     for job, checkpoint in resumed:
         try:

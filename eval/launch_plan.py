@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 from eval.eval_parse import create_arg_parser, parse_run_args
 from eval.launch_flags import (FlagSegment, LaunchError, apply_overrides, name_text, resolve_key, split_run_argv,
                                value_text)
-from eval.results import NON_RESULT_ARGS, ignored_args, same_settings
+from eval.results import NON_RESULT_ARGS, ignored_args, same_settings, same_value
 
 MAX_NAME_LENGTH = 200  # file systems allow 255 bytes per name
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+=-]+")
@@ -314,7 +314,7 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
         if key in first_with:
             first = first_with[key]
             unread = sorted(name for name in ignored_args(experiment.args) if name in experiment.args
-                            and same_settings({name: first.args.get(name)}) != same_settings({name: experiment.args[name]}))
+                            and not same_value(name, first.args.get(name), experiment.args[name]))
             why = (f"; a run that does not search ignores {', '.join(unread)}: set it only in the search entries "
                    f"of --experiments" if unread else "")
             raise LaunchError(f"experiments {first.index} and {experiment.index} are the same run under two names "

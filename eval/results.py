@@ -267,6 +267,11 @@ def _canonical_arg(key: str, value: Any) -> str:
     return _canonical(value)
 
 
+def same_value(key: str, a: Any, b: Any) -> bool:
+    """Whether two values of argument `key` mean the same (as same_settings compares them)."""
+    return _canonical_arg(key, a) == _canonical_arg(key, b)
+
+
 def _spelled_elsewhere(key: str, *args: Mapping[str, Any]) -> bool:
     """Whether `key` is a spelling (SPELLED_ARGS) whose resolved arguments every mapping records."""
     resolved = SPELLED_ARGS.get(key)

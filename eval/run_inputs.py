@@ -148,7 +148,7 @@ def load_config_note(args: argparse.Namespace) -> str | None:
     an assignment with other scales can be intended; evaluating one is refused above)."""
     if args.load_config is None or args.eval_only:
         return None
-    loaded_args = (json.loads(Path(args.load_config).read_text()).get("args") or {})
+    loaded_args = _loaded_run_args(args.load_config)
     differing = load_config_scale_differences(args, loaded_args)
     if not differing:
         return None
@@ -156,12 +156,17 @@ def load_config_note(args: argparse.Namespace) -> str | None:
             f"trains with its own (for that run's: {' '.join(_scale_flags(loaded_args))})")
 
 
+def _loaded_run_args(load_config: str) -> dict:
+    """The "args" of the --load_config run's results.json (checked readable by check_load_config)."""
+    return json.loads(Path(load_config).read_text()).get("args") or {}
+
+
 def eval_subset_note(args: argparse.Namespace) -> str | None:
     """A note for re-evaluating a run (--eval_only --load_config) on another --max_eval_samples
     subset than the one it was evaluated on: the subset is drawn with --seed."""
     if args.load_config is None or not args.eval_only or args.max_eval_samples is None:
         return None
-    loaded_args = (json.loads(Path(args.load_config).read_text()).get("args") or {})
+    loaded_args = _loaded_run_args(args.load_config)
     seed, samples = loaded_args.get("seed"), loaded_args.get("max_eval_samples")
     if seed is None or (seed == args.seed and samples == args.max_eval_samples):
         return None
@@ -200,22 +205,30 @@ def resumable_checkpoint(run_dir: Path) -> str | None:
     refused), complete (with the search's state, where any checkpoint has it); None if none."""
     if not run_dir.is_dir():
         return None
-    steps = []
-    for child in run_dir.iterdir():
-        done, total = checkpoint_steps(child) if re.fullmatch(r"checkpoint-\d+", child.name) else (None, None)
+    before_last = []
+    for step, child in _checkpoints(run_dir):
+        done, total = checkpoint_steps(child)
         if done is not None and total is not None and done < total:
-            steps.append((done, child))
-    complete = [(step, child) for step, child in steps if (child / SEARCH_STATE_NAME).is_file()]
-    return str(max(complete or steps)[1]) if steps else None
+            before_last.append((step, child))
+    return _newest(before_last)
 
 
 def latest_checkpoint(run_dir: Path) -> str | None:
     """The run directory's checkpoint-N of the highest step, or None if it has none."""
-    steps = [(int(match.group(1)), child) for child in run_dir.iterdir()
-             if child.is_dir() and (match := re.fullmatch(r"checkpoint-(\d+)", child.name))
-             and (child / "trainer_state.json").is_file()]
-    if not steps:
+    return _newest(_checkpoints(run_dir))
+
+
+def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(N, path) of the run directory's checkpoint-N folders that hold a trainer_state.json."""
+    return [(int(match.group(1)), child) for child in run_dir.iterdir()
+            if child.is_dir() and (match := re.fullmatch(r"checkpoint-(\d+)", child.name))
+            and (child / "trainer_state.json").is_file()]
+
+
+def _newest(checkpoints: list[tuple[int, Path]]) -> str | None:
+    """The highest-step checkpoint, preferring complete ones: a search's checkpoints also hold its
+    state, and one without it was cut short while saving."""
+    if not checkpoints:
         return None
-    # A search's checkpoints also hold its state; one without it was cut short while saving.
-    complete = [(step, child) for step, child in steps if (child / SEARCH_STATE_NAME).is_file()]
-    return str(max(complete or steps)[1])
+    complete = [(step, child) for step, child in checkpoints if (child / SEARCH_STATE_NAME).is_file()]
+    return str(max(complete or checkpoints)[1])
