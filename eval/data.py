@@ -6,7 +6,6 @@ evaluation split renamed), with the task's raw columns checked and its preparer 
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -14,15 +13,15 @@ from typing import Any
 
 import datasets
 import numpy as np
-from PIL import Image
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from eval.builtin_tasks import load_builtin_task
 from eval.hub import hub_offline_flag_set, hub_reachable, require_hub
+from eval.data_checks import (LOCAL_FILE_BUILDERS, RowNames, check_columns, check_eval_labels_vary, check_inputs,
+                              check_labels, images_from_paths)
 from eval.tasks import BUILTIN_TASK_NAMES, TaskSpec, get_task
 from eval.vision_utils import ImageTransformConfig, collate_vision, make_batch_transform
 
-LOCAL_FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 SPLITS = ("train", "validation")
 
 
@@ -52,96 +51,6 @@ def data_ways_out(task: TaskSpec) -> list[str]:
         ways.append(f"{task.hub_path} is gated: online, accept its terms at "
                     f"https://huggingface.co/datasets/{task.hub_path} and log in (`hf auth login` or HF_TOKEN)")
     return ways
-
-
-def _check_columns(ds: datasets.Dataset, task: TaskSpec, source: str) -> None:
-    missing = [c for c in task.required_columns if c not in ds.column_names]
-    if missing:
-        raise ValueError(f"{source} lacks columns {missing} needed by task {task.name!r} "
-                         f"(it has {ds.column_names}); rename its columns to {list(task.required_columns)}")
-
-
-def _check_labels(ds: datasets.Dataset, task: TaskSpec, source: str) -> None:
-    labels = list(ds[task.label_column])
-    if any(label is None for label in labels):
-        raise ValueError(f"{source} has missing values in label column {task.label_column!r}; drop or fill them")
-    if task.is_regression:
-        if not all(isinstance(label, (int, float)) for label in labels):
-            raise ValueError(f"{source}: task {task.name!r} is a regression; labels in "
-                             f"{task.label_column!r} must be numbers")
-        bad = [row for row, label in enumerate(labels) if not math.isfinite(label)]
-        if bad:  # would train on NaN losses and end with NaN metrics
-            raise ValueError(f"{source}: label column {task.label_column!r} has a non-finite value "
-                             f"({labels[bad[0]]!r}) in row {bad[0]}; drop or fix those rows")
-        return
-    # bool is an int subclass: boolq's answers pass as 0/1.
-    not_ids = sorted({label for label in labels if not _is_class_id(label)}, key=str)
-    if not_ids:
-        raise ValueError(f"{source}: labels in {task.label_column!r} must be class ids 0..{task.num_labels - 1} "
-                         f"for task {task.name!r}, found {not_ids[:10]}; map them to integers first")
-    out_of_range = sorted({int(label) for label in labels if not 0 <= label < task.num_labels})
-    if out_of_range:
-        raise ValueError(f"{source}: labels in {task.label_column!r} must be class ids 0..{task.num_labels - 1} "
-                         f"for task {task.name!r} ({task.num_labels} classes), found {out_of_range[:10]}; drop those "
-                         "rows (-1 marks the unlabelled rows of GLUE test splits) or pick a task with that many classes")
-
-
-def _is_class_id(label: Any) -> bool:
-    """An integer, or a float holding one: a CSV label column with a blank cell anywhere (even in
-    rows a --max_*_samples subset leaves out) is read as floats, 0.0 and 1.0."""
-    return isinstance(label, (int, np.integer)) or (isinstance(label, (float, np.floating))
-                                                     and math.isfinite(label) and float(label).is_integer())
-
-
-def _check_inputs(ds: datasets.Dataset, task: TaskSpec, source: str) -> None:
-    """Text columns hold strings; an image column holds images (not, say, file names)."""
-    if task.modality == "text":
-        for column in task.required_columns[:-1]:  # the raw text columns (before a task's preparer)
-            for row, value in enumerate(ds[column]):
-                if not isinstance(value, str):
-                    what = ("a missing value" if value is None else f"a number ({value!r})"
-                            if isinstance(value, (int, float, np.number)) else f"a {type(value).__name__} ({value!r})")
-                    raise ValueError(f"{source}: text column {column!r} has {what} in row {row}; every row needs "
-                                     "text: drop or fill those rows")
-        return
-    column = task.image_column
-    feature = ds.features.get(column)
-    if isinstance(feature, datasets.Image) or len(ds) == 0:
-        return
-    value = ds[0][column]
-    if not isinstance(value, (Image.Image, np.ndarray)):
-        text = repr(value)
-        shown = text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
-        raise ValueError(f"{source}: image column {column!r} holds {type(value).__name__} values ({shown}), not "
-                         "images; give image file paths (csv/json/jsonl), a parquet file or a saved DatasetDict "
-                         "with a datasets.Image column")
-
-
-def _images_from_paths(ds: datasets.Dataset, task: TaskSpec, file: str | os.PathLike[str], source: str
-                       ) -> datasets.Dataset:
-    """A local file whose image column holds file paths: the images themselves (decoded when
-    read), relative paths taken from the file's own folder."""
-    column = task.image_column
-    values = list(ds[column]) if column in ds.column_names else []  # the column read once
-    if not any(isinstance(v, str) for v in values):
-        return ds
-    gap = next((row for row, v in enumerate(values) if not isinstance(v, str) or not v.strip()), None)
-    if gap is not None:
-        raise ValueError(f"{source}: image column {column!r} has no file path in row {gap}; every row needs an "
-                         "image: drop or fill those rows")
-    folder = Path(file).resolve().parent
-    paths = [str(folder / Path(v).expanduser()) for v in values]  # an absolute path stays as it is
-    missing = [(v, p) for v, p in zip(values, paths) if not Path(p).is_file()]
-    if missing:
-        raise ValueError(f"{source}: image column {column!r} names {len(missing)} files that do not exist, e.g. "
-                         f"{missing[0][0]!r} ({missing[0][1]}); relative paths are read from the file's folder")
-    try:
-        with Image.open(paths[0]) as image:
-            image.verify()
-    except Exception as error:  # noqa: BLE001 - PIL raises several types for a non-image
-        raise ValueError(f"{source}: image column {column!r}: {paths[0]!r} is not an image PIL can read "
-                         f"({type(error).__name__}: {error})") from None
-    return ds.remove_columns(column).add_column(column, paths).cast_column(column, datasets.Image())
 
 
 def check_local_sources(task: TaskSpec, train_file: str | os.PathLike[str] | None,
@@ -267,13 +176,18 @@ def _validate_max_samples(name: str, value: int | None) -> None:
         raise ValueError(f"{name}={value!r} must be a positive integer, or None for the whole split")
 
 
+def _subset_indices(num_rows: int, max_samples: int | None, seed: int) -> np.ndarray | None:
+    """The sorted rows of a seeded random subset of `max_samples` rows; None for all of them."""
+    if max_samples is None or max_samples >= num_rows:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(num_rows, size=max_samples, replace=False))
+
+
 def subsample(ds: datasets.Dataset, max_samples: int | None, seed: int) -> datasets.Dataset:
     """A seeded random subset of `max_samples` rows, in their original order (all rows if fewer)."""
     _validate_max_samples("max_samples", max_samples)
-    if max_samples is None or max_samples >= len(ds):
-        return ds
-    indices = np.random.default_rng(seed).choice(len(ds), size=max_samples, replace=False)
-    return ds.select(np.sort(indices))
+    indices = _subset_indices(len(ds), max_samples, seed)
+    return ds if indices is None else ds.select(indices)
 
 
 def load_raw_datasets(
@@ -285,8 +199,12 @@ def load_raw_datasets(
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
     seed: int = 42,
+    metric_names: tuple[str, ...] | None = None,
 ) -> datasets.DatasetDict:
     """The task's raw "train" and "validation" splits from the first source given.
+
+    `metric_names`: the metrics the run will report (default: the task's), for the checks that
+    depend on them (a regression scored by correlation needs evaluation labels that vary).
 
     Sources: local files (`train_file` and `validation_file`, columns named as the task's),
     `dataset_path` (a `save_to_disk` folder), the built-in generator (built-in tasks), else the
@@ -302,14 +220,12 @@ def load_raw_datasets(
     if local_files and dataset_path is not None:
         raise ValueError("pass either --train_file/--validation_file or --dataset_path, not both")
     check_local_sources(task, train_file, validation_file, dataset_path)
-    # `source` names each split in error messages.
+    # `source` names each split in error messages, `files` the local file each comes from.
+    files: dict[str, str | os.PathLike[str] | None] = {split: None for split in SPLITS}
     if local_files:
         raw = _load_local_files(train_file, validation_file)
         source = {"train": f"train file {str(train_file)!r}", "validation": f"validation file {str(validation_file)!r}"}
-        if task.modality == "vision":
-            files = {"train": train_file, "validation": validation_file}
-            raw = datasets.DatasetDict({split: _images_from_paths(raw[split], task, files[split], source[split])
-                                        for split in SPLITS})
+        files = {"train": train_file, "validation": validation_file}
     elif dataset_path is not None:
         raw = _load_from_disk(dataset_path, task)
         source = {s: f"{s} split of {str(dataset_path)!r}" for s in SPLITS}
@@ -319,19 +235,29 @@ def load_raw_datasets(
     else:
         raw = _load_from_hub(task)
         source = {s: f"{task.hub_path} {s}" for s in SPLITS}
-    raw = datasets.DatasetDict({
-        "train": subsample(raw["train"], max_train_samples, seed),
-        "validation": subsample(raw["validation"], max_eval_samples, seed),
-    })
+    # The checks read only the rows the run uses (a whole hub split can be large), and name a bad
+    # row by its place in the user's file or split, not in the subset.
+    full = raw
+    subsets = {"train": _subset_indices(len(raw["train"]), max_train_samples, seed),
+               "validation": _subset_indices(len(raw["validation"]), max_eval_samples, seed)}
+    rows = {split: RowNames(len(raw[split]), subsets[split], files[split]) for split in SPLITS}
+    if local_files and task.modality == "vision":  # every path stat-ed, the used ones' headers read
+        full = datasets.DatasetDict({split: images_from_paths(raw[split], task, files[split], source[split],
+                                                               RowNames(len(raw[split]), None, files[split]),
+                                                               subsets[split]) for split in SPLITS})
+    raw = datasets.DatasetDict({split: full[split] if subsets[split] is None else full[split].select(subsets[split])
+                                for split in SPLITS})
     for split in SPLITS:
         if len(raw[split]) == 0:  # an empty evaluation would report no metric, an empty training no steps
             raise ValueError(f"the {source[split]} has no rows; give it at least one example")
-        _check_columns(raw[split], task, source[split])
-        _check_labels(raw[split], task, source[split])
-        _check_inputs(raw[split], task, source[split])
+        check_columns(raw[split], task, source[split])
+        check_labels(raw[split], task, source[split], rows[split])
+        check_inputs(raw[split], task, source[split], rows[split])
         feature = raw[split].features[task.label_column]
         if not task.is_regression and getattr(feature, "dtype", "").startswith("float"):  # whole numbers: checked
             raw[split] = raw[split].cast_column(task.label_column, datasets.Value("int64"))
+    check_eval_labels_vary(raw["validation"], full["validation"], task, source["validation"],
+                            task.metric_names if metric_names is None else metric_names)
     if task.preparer is not None:
         if task.preparer not in PREPARERS:
             raise ValueError(f"task {task.name!r} names preparer {task.preparer!r}; known: {sorted(PREPARERS)}")
@@ -389,7 +315,7 @@ def tokenize_dataset(ds: datasets.Dataset, task: TaskSpec, tokenizer: PreTrained
         raise ValueError(f"--max_seq_length {max_seq_length} leaves no room for the text: the tokenizer adds {special} "
                          f"special tokens to {'a pair of texts' if pair else 'a text'} of task {task.name!r}; give at "
                          f"least {special + len(task.text_columns)}")
-    _check_columns(ds, task, "dataset to tokenize")
+    check_columns(ds, task, "dataset to tokenize")
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         texts = [batch[column] for column in task.text_columns]
@@ -416,7 +342,7 @@ def prepare_vision_dataset(ds: datasets.Dataset, task: TaskSpec, config: ImageTr
     """Columns `pixel_values` (transformed lazily on access) and `labels`; others dropped."""
     if task.modality != "vision":
         raise ValueError(f"task {task.name!r} is a {task.modality} task; use prepare_text_datasets")
-    _check_columns(ds, task, "dataset to transform")
+    check_columns(ds, task, "dataset to transform")
     ds = ds.select_columns([task.image_column, task.label_column])
     ds = ds.rename_columns({task.image_column: "pixel_values", task.label_column: "labels"})
     return ds.with_transform(make_batch_transform(config))

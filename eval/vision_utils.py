@@ -10,13 +10,15 @@ The transform runs lazily through `Dataset.with_transform` on columns already re
 """
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -119,6 +121,37 @@ def transform_config_from_processor(processor: Any, image_size: int | None = Non
         std = tuple(s * s for s in std)
     return ImageTransformConfig(image_size=crop, resize_size=max(resize, crop), mean=mean, std=std,
                                 resize_to_square=not shortest_edge, resample=resample)
+
+
+def image_file_problem(path: str | os.PathLike[str], read_header: bool = True) -> str | None:
+    """Why `path` cannot be read as an image ("does not exist", "is empty", ...), or None.
+
+    One stat, then (with `read_header`) PIL's format check, which reads the file's first bytes and
+    decodes no pixels: about a quarter of a decode of a small image, so a truncated or corrupt
+    image body still passes.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except (OSError, ValueError) as error:  # ValueError: a NUL character in the path
+        return f"cannot be read ({type(error).__name__}: {error})"
+    if stat.S_ISDIR(info.st_mode):
+        return "is a directory"
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+        return "is not a regular file"
+    if info.st_size == 0:
+        return "is empty (0 bytes)"
+    if not read_header:
+        return None
+    try:
+        with Image.open(path):  # identifies the format from the header; pixels are decoded on access
+            pass
+    except UnidentifiedImageError:
+        return "is not an image PIL can read"
+    except Exception as error:  # noqa: BLE001 - PermissionError, a plugin's own errors on a bad header
+        return f"cannot be read ({type(error).__name__}: {error})"
+    return None
 
 
 def to_rgb_image(image: Any) -> Image.Image:

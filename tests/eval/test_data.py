@@ -85,8 +85,14 @@ def test_label_errors(tmp_path):
     with pytest.raises(ValueError, match=r"found \['neg', 'pos'\]; map them to integers first"):
         load_raw_datasets("sst2", train_file=train, validation_file=words)
     missing = write(SST2_VAL.assign(label=[1, None]), tmp_path / "missing.csv")
-    with pytest.raises(ValueError, match=r"missing values in label column 'label'"):
+    with pytest.raises(ValueError) as error:
         load_raw_datasets("sst2", train_file=train, validation_file=missing)
+    assert str(error.value) == (f"validation file '{missing}': label column 'label' has a missing value in row 1 "
+                                "(counting from 0; line 3 of the file); drop or fill those rows")
+    gaps = write(SST2_TRAIN.assign(label=[None, 1, None, None]), tmp_path / "gaps.csv")
+    with pytest.raises(ValueError, match=r"has a missing value in row 0 \(counting from 0; line 2 of the file\) and 2 "
+                                         r"more rows; drop or fill those rows$"):
+        load_raw_datasets("sst2", train_file=gaps, validation_file=train)
     # A blank cell anywhere makes a CSV label column float: whole numbers are class ids, as int64.
     floats = tmp_path / "floats.csv"
     floats.write_text("sentence,label\ngood fun,1.0\nbad,0.0\n")
@@ -97,8 +103,8 @@ def test_label_errors(tmp_path):
         load_raw_datasets("sst2", train_file=train, validation_file=halves)
     stsb = pd.DataFrame({"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [1.5, float("inf")]})
     non_finite = write(stsb, tmp_path / "stsb.csv")
-    with pytest.raises(ValueError, match=r"label column 'label' has a non-finite value \(inf\) in row 1; drop or fix "
-                                         r"those rows$"):
+    with pytest.raises(ValueError, match=r"label column 'label' has a non-finite value \(inf\) in row 1 \(counting "
+                                         r"from 0; line 3 of the file\); drop or fix those rows$"):
         load_raw_datasets("stsb", train_file=non_finite, validation_file=non_finite)
 
 
@@ -121,8 +127,9 @@ def test_a_file_without_rows_is_named(tmp_path, name, content, flag):
         load_raw_datasets("sst2", train_file=empty_parquet, validation_file=train)
 
 
-@pytest.mark.parametrize("sentences, what", [(["good", None], "a missing value in row 1"),
-                                             ([12, 13], "a number (12) in row 0")])
+@pytest.mark.parametrize("sentences, what", [
+    (["good", None], "a missing value in row 1 (counting from 0; line 3 of the file)"),
+    ([12, 13], "a number (12) in row 0 (counting from 0; line 2 of the file)")])
 def test_text_columns_must_hold_text(tmp_path, sentences, what):
     # Numbers and gaps used to surface from the vocabulary builder, without file or column.
     train = write(SST2_TRAIN, tmp_path / "train.csv")
@@ -148,21 +155,152 @@ def test_image_paths_in_a_csv_are_read_relative_to_it(tmp_path):
     missing = write(frame.assign(img=["images/0.png", "images/9.png", "images/8.png"]), tmp_path / "missing.csv")
     with pytest.raises(ValueError) as error:
         load_raw_datasets("cifar10", train_file=train, validation_file=missing)
-    assert str(error.value) == (f"validation file '{missing}': image column 'img' names 2 files that do not exist, "
-                                f"e.g. 'images/9.png' ({images / '9.png'}); relative paths are read from the file's "
-                                "folder")
+    assert str(error.value) == (
+        f"validation file '{missing}': image column 'img': 2 rows name no readable image: row 1 (counting from 0; "
+        f"line 3 of the file): 'images/9.png' (read as {images / '9.png'}) does not exist; row 2 (counting from 0; "
+        f"line 4 of the file): 'images/8.png' (read as {images / '8.png'}) does not exist; relative paths are read "
+        f"from the file's folder ({tmp_path}): fix those paths or drop those rows")
     (tmp_path / "notes.txt").write_text("not an image")
     not_image = write(frame.assign(img=["notes.txt"] * 3), tmp_path / "text.csv")
-    with pytest.raises(ValueError, match=r"image column 'img': '.*notes.txt' is not an image PIL can read"):
+    with pytest.raises(ValueError, match=r"image column 'img': 3 rows name no readable image: row 0 \(counting from "
+                                         r"0; line 2 of the file\): 'notes.txt' \(read as .*notes.txt\) is not an "
+                                         r"image PIL can read; "):
         load_raw_datasets("cifar10", train_file=not_image, validation_file=train)
     gap = write(frame.assign(img=["images/0.png", None, "images/1.png"]), tmp_path / "gap.csv")
-    with pytest.raises(ValueError, match=r"gap.csv': image column 'img' has no file path in row 1; every row needs an "
-                                         r"image: drop or fill those rows$"):
+    with pytest.raises(ValueError, match=r"gap.csv': image column 'img' has no file path in row 1 \(counting from 0; "
+                                         r"line 3 of the file\); every row needs an image: drop or fill those rows$"):
         load_raw_datasets("cifar10", train_file=gap, validation_file=train)
     numbers = write(frame.assign(img=[1, 2, 3]), tmp_path / "numbers.csv")
     with pytest.raises(ValueError, match=r"image column 'img' holds int values \(1\), not images; give image file "
                                          r"paths"):
         load_raw_datasets("cifar10", train_file=numbers, validation_file=train)
+
+
+def test_every_image_path_is_checked_before_the_run(tmp_path):
+    """Only the first row's file was read before the run: a later bad one stopped it after training
+    (UnidentifiedImageError in the evaluation)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((4, 4, 3), 40 * i, dtype=np.uint8)).save(images / f"{i}.png")
+    (images / "notes.png").write_text("not an image")
+    (images / "empty.png").write_bytes(b"")
+    (images / "folder.png").mkdir()
+    train = write(pd.DataFrame({"img": [f"images/{i}.png" for i in range(4)], "label": [0, 1, 2, 3]}),
+                  tmp_path / "train.csv")
+    # Rows 0, 3, 5, 7 are those --max_eval_samples 4 draws (seed 42); the others are left out.
+    assert np.sort(np.random.default_rng(42).choice(9, size=4, replace=False)).tolist() == [0, 3, 5, 7]
+    column = ["images/0.png", "images/notes.png", "images/empty.png", "images/1.png", str(images / "folder.png"),
+              "images/2.png", "images/gone.png", "images/3.png", "images/notes.png"]
+    bad = write(pd.DataFrame({"img": column, "label": [0] * 9}), tmp_path / "dev.csv")
+    with pytest.raises(ValueError) as error:
+        load_raw_datasets("cifar10", train_file=train, validation_file=bad)
+    assert str(error.value) == (
+        f"validation file '{bad}': image column 'img': 5 rows name no readable image: row 1 (counting from 0; line 3 "
+        f"of the file): 'images/notes.png' (read as {images / 'notes.png'}) is not an image PIL can read; row 2 "
+        f"(counting from 0; line 4 of the file): 'images/empty.png' (read as {images / 'empty.png'}) is empty "
+        f"(0 bytes); row 4 (counting from 0; line 6 of the file): '{images / 'folder.png'}' is a directory; and 2 "
+        f"more; relative paths are read from the file's folder ({tmp_path}): fix those paths or drop those rows")
+    # Rows a subset leaves out are stat-ed (cheap), not opened: notes.png in rows 1 and 8 passes.
+    with pytest.raises(ValueError) as error:
+        load_raw_datasets("cifar10", train_file=train, validation_file=bad, max_eval_samples=4)
+    assert str(error.value) == (
+        f"validation file '{bad}': image column 'img': 3 rows name no readable image: row 2 (counting from 0; line 4 "
+        f"of the file): 'images/empty.png' (read as {images / 'empty.png'}) is empty (0 bytes); row 4 (counting from "
+        f"0; line 6 of the file): '{images / 'folder.png'}' is a directory; row 6 (counting from 0; line 8 of the "
+        f"file): 'images/gone.png' (read as {images / 'gone.png'}) does not exist; relative paths are read from the "
+        f"file's folder ({tmp_path}): fix those paths or drop those rows")
+    only_unused_not_images = [v if i in (0, 1, 3, 5, 7, 8) else "images/0.png" for i, v in enumerate(column)]
+    unused = write(pd.DataFrame({"img": only_unused_not_images, "label": [0] * 9}), tmp_path / "unused.csv")
+    subset = load_raw_datasets("cifar10", train_file=train, validation_file=unused, max_eval_samples=4)
+    assert [int(np.asarray(image)[0, 0, 0]) for image in subset["validation"]["img"]] == [0, 40, 80, 120]
+
+
+def test_rows_in_errors_are_rows_of_the_file_not_of_a_subset(tmp_path):
+    """The checks run on a --max_*_samples subset: a row number counted the subset's rows."""
+    train = write(SST2_TRAIN, tmp_path / "train.csv")
+    sentences = [f"sentence {i}" for i in range(30)]
+    drawn = np.sort(np.random.default_rng(42).choice(30, size=5, replace=False))  # the subset's file rows
+    sentences[drawn[2]] = None  # row 2 of the subset
+    frame = pd.DataFrame({"sentence": sentences, "label": [i % 2 for i in range(30)]})
+    for name, where in (("dev.csv", f"line {drawn[2] + 2} of the file"), ("dev.jsonl", f"line {drawn[2] + 1} of the "
+                                                                                       "file")):
+        path = write(frame, tmp_path / name)
+        with pytest.raises(ValueError) as error:
+            load_raw_datasets("sst2", train_file=train, validation_file=path, max_eval_samples=5)
+        assert str(error.value) == (f"validation file '{path}': text column 'sentence' has a missing value in row "
+                                    f"{drawn[2]} (counting from 0; {where}); every row needs text: drop or fill those "
+                                    "rows")
+    for name in ("dev.json", "dev.parquet"):  # no lines to name
+        path = write(frame, tmp_path / name)
+        with pytest.raises(ValueError, match=rf"has a missing value in row {drawn[2]} \(counting from 0\); every row"):
+            load_raw_datasets("sst2", train_file=train, validation_file=path, max_eval_samples=5)
+    # Lines of a csv: blank lines (skipped by the reader) and a quoted text over two lines move them.
+    shifted = tmp_path / "shifted.csv"
+    shifted.write_text('\nsentence,label\n"two\nlines",1\n\n   \nok,0\n,1\n')
+    with pytest.raises(ValueError, match=r"has a missing value in row 2 \(counting from 0; line 8 of the file\); "):
+        load_raw_datasets("sst2", train_file=shifted, validation_file=train)
+    # A saved split: the row of that split.
+    datasets.DatasetDict({"train": datasets.Dataset.from_pandas(SST2_TRAIN),
+                          "validation": datasets.Dataset.from_pandas(frame)}).save_to_disk(tmp_path / "saved")
+    with pytest.raises(ValueError, match=rf"^validation split of '.*saved': text column 'sentence' has a missing value "
+                                         rf"in row {drawn[2]} \(counting from 0\); every row"):
+        load_raw_datasets("sst2", dataset_path=tmp_path / "saved", max_eval_samples=5)
+
+
+def test_row_names_without_a_sure_line(tmp_path):
+    from eval.data_checks import RowNames
+
+    assert RowNames(4, np.array([1, 3])).name(1) == "row 3 (counting from 0)"  # a subset of a hub or saved split
+    path = tmp_path / "data.csv"
+    path.write_text("sentence,label\na,1\nb,0\n")
+    assert RowNames(2, None, path).name(1) == "row 1 (counting from 0; line 3 of the file)"
+    # Lines that do not match the rows read (a csv dialect of its own): no line.
+    assert RowNames(3, None, path).name(1) == "row 1 (counting from 0, after the header)"
+
+
+def stsb_frame(labels: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"sentence1": [f"a {i}" for i in range(len(labels))],
+                         "sentence2": [f"b {i}" for i in range(len(labels))], "label": labels})
+
+
+def test_constant_regression_eval_labels_are_refused_before_training(tmp_path):
+    """Pearson/Spearman of a constant label is undefined: the run trained, then failed on NaN metrics."""
+    train = write(stsb_frame([0.5, 1.5, 2.5, 3.5]), tmp_path / "train.csv")
+    constant = write(stsb_frame([3.0] * 5), tmp_path / "constant.csv")
+    with pytest.raises(ValueError) as error:
+        load_raw_datasets("stsb", train_file=train, validation_file=constant)
+    assert str(error.value) == (f"validation file '{constant}': all 5 of its rows have label 3.0 in 'label'; task "
+                                "'stsb' is scored by pearson and spearmanr correlation, undefined when the evaluation "
+                                "labels do not vary (the run would train, then fail on NaN metrics); give it more "
+                                "rows, with other labels")
+    one = write(stsb_frame([2.0]), tmp_path / "one.csv")
+    with pytest.raises(ValueError, match=r"^validation file '.*one.csv': its only row has label 2.0 in 'label'; task "):
+        load_raw_datasets("stsb", train_file=train, validation_file=one)
+    # A subset that drew only one label, from a split with others.
+    labels = [1.0] * 20
+    for row in set(range(20)) - set(np.random.default_rng(42).choice(20, size=4, replace=False).tolist()):
+        labels[row] = 1.0 + row
+    varied = write(stsb_frame(labels), tmp_path / "varied.csv")
+    with pytest.raises(ValueError) as error:
+        load_raw_datasets("stsb", train_file=train, validation_file=varied, max_eval_samples=4)
+    assert str(error.value) == (f"validation file '{varied}': the 4 rows --max_eval_samples drew from its 20 all "
+                                "have label 1.0 in 'label'; task 'stsb' is scored by pearson and spearmanr "
+                                "correlation, undefined when the evaluation labels do not vary (the run would train, "
+                                "then fail on NaN metrics); pass a larger --max_eval_samples (the whole split has "
+                                "other labels too), or give it more rows with other labels")
+    assert load_raw_datasets("stsb", train_file=train, validation_file=varied)["validation"].num_rows == 20
+    with pytest.raises(ValueError, match=r"the 4 rows --max_eval_samples drew from its 5 all have label 3.0 in "
+                                         r"'label'; .*; give it rows with other labels$"):
+        load_raw_datasets("stsb", train_file=train, validation_file=constant, max_eval_samples=4)
+    # A constant training label trains: left alone.
+    raw = load_raw_datasets("stsb", train_file=constant, validation_file=train)
+    assert list(raw["train"]["label"]) == [3.0] * 5
+    # Another metric (--metric mse) is defined on constant labels: the check follows the metrics.
+    raw = load_raw_datasets("stsb", train_file=train, validation_file=constant, metric_names=("mse",))
+    assert list(raw["validation"]["label"]) == [3.0] * 5
+    with pytest.raises(ValueError, match=r"is scored by spearmanr correlation"):
+        load_raw_datasets("stsb", train_file=train, validation_file=constant, metric_names=("spearmanr",))
 
 
 def test_save_to_disk_renames_the_eval_split(tmp_path):

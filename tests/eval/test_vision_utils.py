@@ -1,4 +1,7 @@
-"""Image transforms: exact pixel values, grayscale -> RGB, HF image processors reproduced."""
+"""Image transforms: exact pixel values, grayscale -> RGB, HF image processors reproduced; image
+files checked before a run."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +9,7 @@ import transformers
 from PIL import Image
 
 from eval.vision_utils import (
-    IMAGENET_MEAN, IMAGENET_STD, ImageTransformConfig, collate_vision, default_transform_config,
+    IMAGENET_MEAN, IMAGENET_STD, ImageTransformConfig, collate_vision, default_transform_config, image_file_problem,
     make_batch_transform, to_rgb_image, transform_config_from_processor, transform_image)
 
 IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -106,3 +109,24 @@ def test_config_errors():
         ImageTransformConfig(image_size=2, resize_size=2, resample="lanczos")
     with pytest.raises(ValueError, match=r"has no size/image_mean; pass an image processor"):
         transform_config_from_processor(object())
+
+
+def test_image_file_problem_names_what_is_wrong_without_decoding(tmp_path):
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(good)
+    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "folder.png").mkdir()
+    os.mkfifo(tmp_path / "pipe.png")  # opening it would block: never opened
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:400])  # a whole header: only a decode finds the cut
+    assert image_file_problem(good) is None and image_file_problem(truncated) is None
+    with Image.open(truncated) as image, pytest.raises(OSError, match=r"^image file is truncated"):
+        image.load()
+    assert image_file_problem(tmp_path / "nowhere.png") == "does not exist"
+    assert image_file_problem(tmp_path / "notes.png") == "is not an image PIL can read"
+    assert image_file_problem(tmp_path / "notes.png", read_header=False) is None
+    assert image_file_problem(tmp_path / "empty.png", read_header=False) == "is empty (0 bytes)"
+    assert image_file_problem(tmp_path / "folder.png") == "is a directory"
+    assert image_file_problem(tmp_path / "pipe.png") == "is not a regular file"
+    assert image_file_problem("bad\0name.png") == "cannot be read (ValueError: embedded null byte)"

@@ -1,0 +1,212 @@
+"""The checks of a task's raw splits, before any training: columns, labels, inputs, image files.
+
+A bad row found while training or evaluating stops a run after minutes of work, with a
+traceback naming the batch; found here, it is one error naming the row as the user can find it
+in their file or split (`RowNames`: counting from 0, in the whole file rather than in a
+--max_*_samples subset, and for a csv or JSON Lines file the line it starts on).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import datasets
+import numpy as np
+from PIL import Image
+
+from eval.tasks import REGRESSION_METRICS, TaskSpec
+from eval.vision_utils import image_file_problem
+
+LOCAL_FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+MAX_ROWS_SHOWN = 3  # bad rows an error message lists one by one
+
+
+def _data_lines(path: Path, num_rows: int) -> list[int] | None:
+    """The line (from 1) on which each data row of a csv or JSON Lines file starts, or None where
+    that cannot be told for sure (a JSON array, parquet, a count that does not match the rows read)."""
+    builder = LOCAL_FILE_BUILDERS.get(path.suffix.lower())
+    starts: list[int] = []
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            if builder == "csv":
+                reader = csv.reader(f)
+                end = 0  # a quoted field may span lines: a row starts after the previous one ends
+                for record in reader:
+                    if len(record) > 1 or any(field.strip() for field in record):  # pandas skips blank lines
+                        starts.append(end + 1)
+                    end = reader.line_num
+                starts = starts[1:]  # the header
+            elif builder == "json":
+                lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+                if lines and not lines[0][1].lstrip().startswith("{"):
+                    return None  # a JSON array: rows are not lines
+                starts = [number for number, _ in lines]
+            else:
+                return None
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return starts if len(starts) == num_rows else None
+
+
+class RowNames:
+    """Names a row of a loaded split the way its user can find it: its index in their file or
+    split (not in a --max_*_samples subset), counting from 0, and for a csv or JSON Lines file the
+    line it starts on."""
+
+    def __init__(self, num_rows: int, subset: np.ndarray | None = None,
+                 file: str | os.PathLike[str] | None = None) -> None:
+        self.num_rows = num_rows  # rows of the whole file or split
+        self.subset = subset  # the original index of each row of a subset, None without one
+        self.file = Path(file) if file is not None else None
+        self._lines: list[int] | None = None
+        self._lines_read = False
+
+    def original(self, row: int) -> int:
+        return int(self.subset[row]) if self.subset is not None else row
+
+    def name(self, row: int) -> str:
+        """E.g. "row 15 (counting from 0; line 17 of the file)"."""
+        original = self.original(row)
+        if self.file is not None and not self._lines_read:  # read only for an error message
+            self._lines, self._lines_read = _data_lines(self.file, self.num_rows), True
+        if self._lines is not None:
+            return f"row {original} (counting from 0; line {self._lines[original]} of the file)"
+        if self.file is not None and LOCAL_FILE_BUILDERS.get(self.file.suffix.lower()) == "csv":
+            return f"row {original} (counting from 0, after the header)"
+        return f"row {original} (counting from 0)"
+
+
+def check_columns(ds: datasets.Dataset, task: TaskSpec, source: str) -> None:
+    missing = [c for c in task.required_columns if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{source} lacks columns {missing} needed by task {task.name!r} "
+                         f"(it has {ds.column_names}); rename its columns to {list(task.required_columns)}")
+
+
+def check_labels(ds: datasets.Dataset, task: TaskSpec, source: str, rows: RowNames) -> None:
+    labels = list(ds[task.label_column])
+    missing = [row for row, label in enumerate(labels) if label is None]
+    if missing:
+        more = f" and {len(missing) - 1} more rows" if len(missing) > 1 else ""
+        raise ValueError(f"{source}: label column {task.label_column!r} has a missing value in "
+                         f"{rows.name(missing[0])}{more}; drop or fill those rows")
+    if task.is_regression:
+        if not all(isinstance(label, (int, float)) for label in labels):
+            raise ValueError(f"{source}: task {task.name!r} is a regression; labels in "
+                             f"{task.label_column!r} must be numbers")
+        bad = [row for row, label in enumerate(labels) if not math.isfinite(label)]
+        if bad:  # would train on NaN losses and end with NaN metrics
+            raise ValueError(f"{source}: label column {task.label_column!r} has a non-finite value "
+                             f"({labels[bad[0]]!r}) in {rows.name(bad[0])}; drop or fix those rows")
+        return
+    # bool is an int subclass: boolq's answers pass as 0/1.
+    not_ids = sorted({label for label in labels if not _is_class_id(label)}, key=str)
+    if not_ids:
+        raise ValueError(f"{source}: labels in {task.label_column!r} must be class ids 0..{task.num_labels - 1} "
+                         f"for task {task.name!r}, found {not_ids[:10]}; map them to integers first")
+    out_of_range = sorted({int(label) for label in labels if not 0 <= label < task.num_labels})
+    if out_of_range:
+        raise ValueError(f"{source}: labels in {task.label_column!r} must be class ids 0..{task.num_labels - 1} "
+                         f"for task {task.name!r} ({task.num_labels} classes), found {out_of_range[:10]}; drop those "
+                         "rows (-1 marks the unlabelled rows of GLUE test splits) or pick a task with that many classes")
+
+
+def _is_class_id(label: Any) -> bool:
+    """An integer, or a float holding one: a CSV label column with a blank cell anywhere (even in
+    rows a --max_*_samples subset leaves out) is read as floats, 0.0 and 1.0."""
+    return isinstance(label, (int, np.integer)) or (isinstance(label, (float, np.floating))
+                                                     and math.isfinite(label) and float(label).is_integer())
+
+
+def check_inputs(ds: datasets.Dataset, task: TaskSpec, source: str, rows: RowNames) -> None:
+    """Text columns hold strings; an image column holds images (not, say, file names)."""
+    if task.modality == "text":
+        for column in task.required_columns[:-1]:  # the raw text columns (before a task's preparer)
+            for row, value in enumerate(ds[column]):
+                if not isinstance(value, str):
+                    what = ("a missing value" if value is None else f"a number ({value!r})"
+                            if isinstance(value, (int, float, np.number)) else f"a {type(value).__name__} ({value!r})")
+                    raise ValueError(f"{source}: text column {column!r} has {what} in {rows.name(row)}; every "
+                                     "row needs text: drop or fill those rows")
+        return
+    column = task.image_column
+    feature = ds.features.get(column)
+    if isinstance(feature, datasets.Image) or len(ds) == 0:
+        return
+    value = ds[0][column]
+    if not isinstance(value, (Image.Image, np.ndarray)):
+        text = repr(value)
+        shown = text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+        raise ValueError(f"{source}: image column {column!r} holds {type(value).__name__} values ({shown}), not "
+                         "images; give image file paths (csv/json/jsonl), a parquet file or a saved DatasetDict "
+                         "with a datasets.Image column")
+
+
+def images_from_paths(ds: datasets.Dataset, task: TaskSpec, file: str | os.PathLike[str], source: str,
+                      rows: RowNames, used: np.ndarray | None = None) -> datasets.Dataset:
+    """A local file whose image column holds file paths: the images themselves (decoded when
+    read), relative paths taken from the file's own folder.
+
+    Every path is checked before the run starts (one stat each: it exists, is a non-empty file),
+    and PIL reads the header of those the run uses (`used`, the rows of a --max_*_samples subset;
+    None: all): a bad file found while training or evaluating stopped the run after minutes of work.
+    """
+    column = task.image_column
+    values = list(ds[column]) if column in ds.column_names else []  # the column read once
+    if not any(isinstance(v, str) for v in values):
+        return ds
+    gap = next((row for row, v in enumerate(values) if not isinstance(v, str) or not v.strip()), None)
+    if gap is not None:
+        raise ValueError(f"{source}: image column {column!r} has no file path in {rows.name(gap)}; every row needs an "
+                         "image: drop or fill those rows")
+    folder = Path(file).resolve().parent
+    paths = [str(folder / Path(v).expanduser()) for v in values]  # an absolute path stays as it is
+    used_rows = set(range(len(values))) if used is None else {int(i) for i in used}
+    problems: dict[tuple[str, bool], str | None] = {}  # each distinct file checked once
+    bad: list[tuple[int, str]] = []
+    for row, path in enumerate(paths):
+        key = (path, row in used_rows)
+        if key not in problems:
+            problems[key] = image_file_problem(path, read_header=key[1])
+        if problems[key] is not None:
+            bad.append((row, problems[key]))
+    if bad:
+        shown = "; ".join(f"{rows.name(row)}: {values[row]!r}"
+                          + (f" (read as {paths[row]})" if paths[row] != values[row] else "") + f" {problem}"
+                          for row, problem in bad[:MAX_ROWS_SHOWN])
+        more = f"; and {len(bad) - MAX_ROWS_SHOWN} more" if len(bad) > MAX_ROWS_SHOWN else ""
+        what = "row names no readable image" if len(bad) == 1 else "rows name no readable image"
+        raise ValueError(f"{source}: image column {column!r}: {len(bad)} {what}: {shown}{more}; relative paths are "
+                         f"read from the file's folder ({folder}): fix those paths or drop those rows")
+    return ds.remove_columns(column).add_column(column, paths).cast_column(column, datasets.Image())
+
+
+def check_eval_labels_vary(ds: datasets.Dataset, full: datasets.Dataset, task: TaskSpec, source: str,
+                           metric_names: Sequence[str]) -> None:
+    """A regression's evaluation split needs labels that differ: the correlation metrics of a
+    constant label are undefined, found only after training (NaN metrics, or an error on one row).
+    A constant training label is left alone: it trains."""
+    correlations = [m for m in metric_names if m in REGRESSION_METRICS]
+    if not task.is_regression or not correlations:
+        return
+    labels = np.asarray(ds[task.label_column], dtype=np.float64)  # finite numbers: _check_labels
+    if labels.min() != labels.max():
+        return
+    value, column = ds[0][task.label_column], task.label_column
+    if len(ds) < len(full):  # a --max_eval_samples subset
+        drawn = (f"the {len(ds)} rows --max_eval_samples drew from its {len(full)} all have label {value!r} "
+                 f"in {column!r}")
+        full_labels = np.asarray(full[task.label_column], dtype=np.float64)
+        way_out = ("pass a larger --max_eval_samples (the whole split has other labels too), or give it more "
+                   "rows with other labels" if full_labels.min() != full_labels.max()
+                   else "give it rows with other labels")
+    else:
+        drawn = (f"its only row has label {value!r}" if len(ds) == 1 else
+                 f"all {len(ds)} of its rows have label {value!r}") + f" in {column!r}"
+        way_out = "give it more rows, with other labels"
+    raise ValueError(f"{source}: {drawn}; task {task.name!r} is scored by {' and '.join(correlations)} correlation, "
+                     f"undefined when the evaluation labels do not vary (the run would train, then fail on NaN "
+                     f"metrics); {way_out}")
