@@ -54,7 +54,7 @@ def layer_document(run: RunRecord) -> Document:
     cost = run.cost
     notes = [f"run {run.label} ({run.run_dir}): {run.method} on {run.task} / {run.model_type}",
              f"total {cost['memory_mib']:.6g} MiB of {cost['float_memory_mib']:.6g} MiB at fp32; "
-             f"{cost['gbops']:.6g} GBOPs of {cost['float_gbops']:.6g} at fp32"]
+             f"{cost['gbops']:.6g} GBOPs of {cost['float_gbops']:.6g} at fp32 (the quantized layers only)"]
     if search:
         notes.append(f"search space {','.join(options)}, granularity {search['granularity']}, "
                      f"{len(decisions)} decisions; p_* are the final probabilities of the layer's decision")

@@ -15,7 +15,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from eval.pareto import interpolate_uniform_line, metric_higher_is_better, pareto_mask
+from eval.pareto import family_key, interpolate_uniform_line, metric_higher_is_better, pareto_mask
 from eval.results import REPLICA_ARGS, RunGroup, RunRecord, available_group_keys, formats_label, group_runs
 from eval.results_schema import COMPLETED, FAILED, INCOMPLETE
 
@@ -127,7 +127,10 @@ def _row(group: RunGroup, measured: dict[int, tuple[str, float, float]], cost_co
              search.get("granularity", ""), first.cost.get("target"),
              aggregate(ratios).mean if all(map(_finite, ratios)) else None,
              costs.mean, costs.std, metric_name, values.mean, values.std, values.n, False, None)
-    return dict(zip(row_columns(cost_column), cells))
+    row = dict(zip(row_columns(cost_column), cells))
+    # What the cost prices: its quantized layers at fp32 (json output only; see pareto.family_key).
+    row[f"float_{cost_column}"] = first.cost.get(f"float_{cost_column}")
+    return row
 
 
 def _repeated_seed_reason(group: RunGroup) -> str:
@@ -169,11 +172,12 @@ def _split_notes(groups: Sequence[RunGroup]) -> list[str]:
     return notes
 
 
-def _mark_frontier(rows: list[dict[str, Any]], cost_column: str, report: Report) -> None:
-    families: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+def _mark_frontier(rows: list[dict[str, Any]], cost_column: str, report: Report) -> list[str]:
+    """Mark `pareto` and `vs_uniform` within each family (pareto.family_key); the families' notes."""
+    families: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in rows:
-        families.setdefault((row["task"], row["model"], row["metric"]), []).append(row)
-    for (_, _, metric), members in families.items():
+        families.setdefault(family_key(row, cost_column), []).append(row)
+    for (_, _, metric, _), members in families.items():
         higher_is_better = report.higher_is_better(metric)
         mask = pareto_mask([r[cost_column] for r in members], [r["value"] for r in members], higher_is_better)
         uniform = [(r[cost_column], r["value"]) for r in members if r["method"] == "uniform"]
@@ -183,6 +187,29 @@ def _mark_frontier(rows: list[dict[str, Any]], cost_column: str, report: Report)
             line = interpolate_uniform_line(uniform, row[cost_column], higher_is_better) \
                 if row["method"] in ("search", "loaded") else None
             row["vs_uniform"] = None if line is None else (row["value"] - line) * (1 if higher_is_better else -1)
+    return _priced_layers_notes(families, cost_column)
+
+
+def _priced_layers_notes(families: dict[tuple[Any, ...], list[dict[str, Any]]], cost_column: str) -> list[str]:
+    """One note per task/model/metric whose runs price different sets of layers (their costs do
+    not compare: a run leaving its largest layers in float would look cheapest)."""
+    by_model: dict[tuple[Any, ...], list[tuple[Any, list[dict[str, Any]]]]] = {}
+    for key, members in families.items():
+        by_model.setdefault(key[:3], []).append((key[3], members))
+    notes = []
+    unit = {"memory_mib": "MiB", "gbops": "GBOPs"}.get(cost_column, "")
+    for (task, model, metric), sets in by_model.items():
+        if len(sets) < 2:
+            continue
+        sets.sort(key=lambda item: (item[0] is None, item[0] or 0.0))
+        parts = ["{}: {}".format("unknown" if cost is None else f"{cost:.6g} {unit}",
+                                 ", ".join(r["run"] for r in sorted(members, key=lambda r: r[cost_column])))
+                 for cost, members in sets]
+        notes.append(f"{task}/{model}/{metric}: runs quantize different sets of layers (their float32 cost: "
+                     f"{'; '.join(parts)}), and a cost counts only the quantized layers, so each set has its own "
+                     "pareto frontier and uniform line (vs_uniform is empty for a search whose set has no uniform "
+                     "baselines); to compare them, run them with the same --quantize_*/--config_overrides flags")
+    return notes
 
 
 def _direction_note(report: Report) -> str:
@@ -241,8 +268,9 @@ def build_report(runs: Sequence[RunRecord], output_root: str, metric: str | None
         else:
             report.rows.append(_row(group, measured, column))
     report.directions = {name: report.higher_is_better(name) for name in {row["metric"] for row in report.rows}}
-    _mark_frontier(report.rows, column, report)
-    report.rows.sort(key=lambda r: (r["task"], r["model"], r["metric"], r[column],
+    family_notes = _mark_frontier(report.rows, column, report)
+    report.rows.sort(key=lambda r: (r["task"], r["model"], r["metric"], r[f"float_{column}"] is None,
+                                    r[f"float_{column}"] or 0.0, r[column],
                                     -r["value"] if report.higher_is_better(r["metric"]) else r["value"]))
 
     counts = {status: sum(run.status == status for run in runs) for status in (COMPLETED, FAILED, INCOMPLETE)}
@@ -252,7 +280,7 @@ def build_report(runs: Sequence[RunRecord], output_root: str, metric: str | None
         f"{counts[INCOMPLETE]} incomplete; {len(report.rows)} table rows from "
         f"{sum(row['n'] for row in report.rows)} runs; {len(report.invalid)} invalid runs listed separately",
         f"{_direction_note(report)}; cost: {report.cost_label}; pareto: on the frontier of metric vs cost within "
-        "its task/model/metric; vs_uniform: a searched (or loaded) model's "
+        "its task/model/metric and quantized layers; vs_uniform: a searched (or loaded) model's "
         "metric minus the line through the uniform baselines at its cost (positive = better than uniform)",
         (f"grouped by {', '.join(report.group_by)} (and, for fixed-format runs, their formats): runs that agree on "
          f"them and differ only in {replicas}"
@@ -260,7 +288,7 @@ def build_report(runs: Sequence[RunRecord], output_root: str, metric: str | None
         + " are aggregated as mean and sample std over n runs"
         + ("" if report.group_by else "; pass --group_by KEY ... to choose the keys"),
     ]
-    report.notes += _split_notes(groups)
+    report.notes += _split_notes(groups) + family_notes
     if cost_note:
         report.notes.append(cost_note)
     if any(run.method == "search" and run.cost["cost_type"] != cost_type for run in valid):
