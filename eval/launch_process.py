@@ -60,12 +60,14 @@ def _signal_group(pgid: int, sig: int) -> bool:
 
 
 class RunProcess:
-    """A run started with `command` in its own session, output appended to `log`."""
+    """A run started with `command` in its own session, output appended to `log`; `pass_fds` are
+    open in it too (its directory's lock, eval/run_lock.py)."""
 
     def __init__(self, command: Sequence[str], env: Mapping[str, str], log: IO[bytes],
-                 cwd: str | os.PathLike[str] | None = None) -> None:
+                 cwd: str | os.PathLike[str] | None = None, pass_fds: Sequence[int] = ()) -> None:
         self.popen = subprocess.Popen(list(command), env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
-                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                      pass_fds=tuple(pass_fds))
         self.pid = self.popen.pid
         self._seen: set[int] = set()  # descendants seen when signalling, which may have left the group
 

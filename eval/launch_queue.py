@@ -3,7 +3,8 @@ the others; SIGINT/SIGTERM/SIGHUP stop them all (SIGTERM to each process tree, a
 
 `run_queue` is independent of how a run is started: it takes a `start(job, slot)` callable that
 returns a process-like object (`poll`, `alive`, `terminate`, `kill`, `pid`), so the scheduling can
-be tested with fake processes. `SubprocessStarter` is the real one.
+be tested with fake processes. `SubprocessStarter` is the real one. A start that finds the run's
+directory locked by another process (RunDirectoryBusy) leaves the run to it (ELSEWHERE).
 """
 from __future__ import annotations
 
@@ -21,11 +22,12 @@ from eval.launch_plan import Experiment
 from eval.launch_process import RunProcess
 from eval.results import RunRecord, latest_launch, load_run
 from eval.results_schema import COMPLETED, RESULTS_NAME
-from eval.run_lock import run_lock_holder
+from eval.run_lock import RunDirectoryBusy, handed_lock_env, note_holder, take_run_lock
 
 QUEUED, RUNNING, DONE, FAILED, SKIPPED, INTERRUPTED, NOT_STARTED = (
     "queued", "running", "done", "failed", "skipped", "interrupted", "not started")
-# Not started: another process runs it in its directory now (eval/run_lock.py; --skip_completed).
+# Not started: another process runs it in its directory (eval/run_lock.py), found when the launch
+# was planned (--skip_completed) or when the run was to start.
 ELSEWHERE = "elsewhere"
 LOG_NAME = "stdout.log"
 # torch.distributed.run gives its ranks 30 s after SIGTERM before it kills them itself.
@@ -122,7 +124,7 @@ def classify(job: Job, returncode: int) -> None:
 
 class SubprocessStarter:
     """Starts a run as `python -u -m eval.eval_run ...` (or torch.distributed.run for K GPUs) with
-    its output in `{run dir}/stdout.log`."""
+    its output in `{run dir}/stdout.log`, its directory locked for it (eval/run_lock.py)."""
 
     def __init__(self, omp_threads: int, run_entry: Sequence[str] = RUN_ENTRY) -> None:
         self.omp_threads = omp_threads
@@ -136,24 +138,28 @@ class SubprocessStarter:
         env = launcher_env(slot, self.omp_threads)
         job.command_line = format_command(command, env)
         run_dir = job.experiment.run_dir
-        # Taken since the launch was planned: the run would stop at once, and its header would land
-        # in the other run's stdout.log (and its results.json could be removed below).
-        holder = run_lock_holder(run_dir)
-        if holder is not None:
-            raise OSError(f"{run_dir} is being written by another run ({holder}), which started after this launch "
-                          "was planned")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # An earlier completed run's results.json stays: the run replaces it once it is set up, and
-        # one that fails before leaves the completed run as it was (classify judges this launch by
-        # its exit code first). Anything else (failed, invalid) would be read as this launch's
-        # reason if it died before writing its own. The log is appended to, each launch after its
-        # own `# command` line.
-        if load_run(run_dir).status != COMPLETED:
-            (run_dir / RESULTS_NAME).unlink(missing_ok=True)
-        with open(job.log_path, "ab") as log:
-            log.write(f"# {job.command_line}\n".encode())
-            log.flush()
-            process = RunProcess(command, {**os.environ, **env}, log)
+        # The directory's lock, before anything in it changes, handed to the run (which would take
+        # it only after its imports, seconds later): another launch started a moment before this one,
+        # or any process that took the directory since the launch was planned, makes this
+        # RunDirectoryBusy with nothing written (its stdout.log and results.json are its own).
+        with take_run_lock(run_dir) as lock:
+            # An earlier completed run's results.json stays: the run replaces it once it is set up,
+            # and one that fails before leaves the completed run as it was (classify judges this
+            # launch by its exit code first). Anything else (failed, invalid) would be read as this
+            # launch's reason if it died before writing its own. The log is appended to, each
+            # launch after its own `# command` line.
+            if load_run(run_dir).status != COMPLETED:
+                (run_dir / RESULTS_NAME).unlink(missing_ok=True)
+            with open(job.log_path, "ab") as log:
+                log.write(f"# {job.command_line}\n".encode())
+                log.flush()
+                process = RunProcess(command, {**os.environ, **env, **handed_lock_env(lock)}, log,
+                                     pass_fds=(lock.fileno(),))
+            try:
+                note_holder(lock, process.pid)  # the run's pid, for the messages of those it stops
+            except OSError:
+                pass
+        # Closed here: the run's copy holds the lock until it exits.
         if port is not None:
             self._ports.add(port)
         return process
@@ -215,7 +221,8 @@ def run_queue(jobs: Sequence[Job], pool: DevicePool, start: Callable[[Job, Slot]
               poll_s: float = 0.1, grace_s: float = TERMINATE_GRACE_S, clock: Callable[[], float] = time.monotonic,
               sleep: Callable[[float], None] = time.sleep) -> bool:
     """Run every QUEUED job; returns True when stopped by a signal (running jobs INTERRUPTED, queued
-    ones NOT_STARTED). `on_exit(job, exit_code)` sets a finished job's state (default: `classify`)."""
+    ones NOT_STARTED). `on_exit(job, exit_code)` sets a finished job's state (default: `classify`).
+    A job whose `start` raises RunDirectoryBusy is ELSEWHERE, as if found so when planned."""
     pending = [job for job in jobs if job.state == QUEUED]
     running: list[Job] = []
     try:
@@ -247,6 +254,10 @@ def _loop(pending: list[Job], running: list[Job], jobs: Sequence[Job], pool: Dev
             job.slot, job.started_at = slot, clock()
             try:
                 job.process = start(job, slot)
+            except RunDirectoryBusy as busy:  # not this launch's run, nor a failure: the other process reports it
+                job.state, job.reason = ELSEWHERE, busy.holder
+                job.slot = job.started_at = None
+                pool.release(slot)
             except OSError as error:
                 job.ended_at, job.state = clock(), FAILED
                 job.reason = f"could not start: {error}"

@@ -7,8 +7,9 @@ import pytest
 
 from eval.launch_devices import CPU, GPU, DevicePool
 from eval.launch_plan import Experiment
-from eval.launch_queue import (DONE, FAILED, INTERRUPTED, NOT_STARTED, QUEUED, RUNNING, Job, StopSignals, classify,
-                               run_queue)
+from eval.launch_queue import (DONE, ELSEWHERE, FAILED, INTERRUPTED, NOT_STARTED, QUEUED, RUNNING, Job, StopSignals,
+                               classify, run_queue)
+from eval.run_lock import RunDirectoryBusy
 
 
 class Clock:
@@ -120,6 +121,25 @@ def test_a_run_that_cannot_start_fails_and_frees_its_slot(tmp_path):
     assert jobs[0].state == FAILED
     assert jobs[0].reason == "could not start: [Errno 2] No such file or directory: 'python'"
     assert jobs[1].state == DONE
+
+
+def test_a_run_whose_directory_another_process_took_first_is_elsewhere_and_frees_its_slot(tmp_path):
+    """The start found the directory locked (another launch started a moment before): not a failure."""
+    jobs = make_jobs(tmp_path, 2, CPU)
+    clock = Clock()
+    pool = DevicePool([], cpu_workers=1)
+    holder = "pid 4242, since 2025-01-02 03:04:05"
+
+    def start(job, slot):
+        if job.name == "run1":
+            raise RunDirectoryBusy(job.experiment.run_dir, holder)
+        return FakeProcess(clock, 1)
+
+    run_queue(jobs, pool, start, on_exit=lambda job, code: setattr(job, "state", DONE), clock=clock,
+              sleep=clock.sleep)
+    assert (jobs[0].state, jobs[0].reason) == (ELSEWHERE, holder)
+    assert (jobs[0].slot, jobs[0].started_at, jobs[0].process) == (None, None, None)  # as if found so when planned
+    assert jobs[1].state == DONE and clock.now < 1.5  # run1's worker went to run2 at once
 
 
 def test_stop_terminates_running_runs_and_cancels_the_queue(tmp_path):
