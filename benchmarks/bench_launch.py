@@ -41,6 +41,7 @@ from quant.quant_linear import QuantLinear
 from quant.quant_module import QuantConfig
 from quant.quant_utils import quantize
 from quant.scales import Granularity, abs_max
+from eval.cli_flags import OnceArgumentParser
 
 KERNEL_LAUNCH = "kernel launch"
 
@@ -83,7 +84,7 @@ def _kernel_launch(x: torch.Tensor, fmt: Any) -> Callable[[], Any] | None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OnceArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_runtime_args(parser, repeats=20, warmup=3)
     parser.add_argument("--size", type=int, default=4096, help="elements of the quantized tensor (default 4096)")
     parser.add_argument("--format", default="int8", help="the quantizers' format (default int8)")

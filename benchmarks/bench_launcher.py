@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from eval.cli_flags import OnceArgumentParser  # noqa: E402
 from eval.launch_cli import launch, make_jobs, prepare  # noqa: E402
 from eval.launch_queue import DONE  # noqa: E402
 
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         split = argv.index("--")
         argv, run_flags = argv[:split], argv[split + 1:]
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OnceArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=4, help="N, runs in the sweep (default 4)")
     parser.add_argument("--workers", type=int, default=2, help="W, parallel CPU workers (default 2)")
     parser.add_argument("--baseline_repeats", type=int, default=1,

@@ -37,6 +37,7 @@ import torch
 from benchmarks.common import MIB, environment_info, finish
 from benchmarks.step_setup import (ModelCase, StepVariant, TrainerStep, add_model_args, build_trainer, chosen_cases,
                                    preset_cases)
+from eval.cli_flags import OnceArgumentParser
 
 # Option lists of growing size; every list contains the smaller ones.
 # Half INT, half FP at every size, so the lists differ in length, not in the kind of rounding.
@@ -146,7 +147,7 @@ def child_main(spec_json: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OnceArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
     add_model_args(parser)
     parser.add_argument("--options", default="2,4,8", help="search-space sizes to compare (default 2,4,8)")

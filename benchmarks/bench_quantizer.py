@@ -43,6 +43,7 @@ from quant import fused_quantize
 from quant.formats import IntFormat, NumberFormat, parse_format
 from quant.quant_utils import _eager_forward, _FakeQuantizeFunction, fake_quantize_unchecked, quantize
 from quant.scales import Granularity, abs_max, compute_scale
+from eval.cli_flags import OnceArgumentParser
 
 DEFAULT_FORMATS = "int8,int4,fp8_e4m3,fp4_e2m1"
 # On a GPU, 64M elements (256 MB): large enough that the time is memory traffic, not kernel
@@ -145,7 +146,7 @@ def _torch_variants(x: torch.Tensor, x_grad: torch.Tensor, upstream: torch.Tenso
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OnceArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_runtime_args(parser, repeats=10, warmup=2)
     parser.add_argument("--size", type=int, default=None,
                         help="elements of the tensor (default 16M on cuda, 4M on cpu)")

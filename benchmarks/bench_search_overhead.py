@@ -34,6 +34,7 @@ import torch
 from benchmarks.common import add_runtime_args, environment_info, finish, resolve_clock, setup_runtime, time_interleaved
 from benchmarks.step_setup import StepVariant, TrainerStep, add_model_args, build_trainer, chosen_cases
 from trainer.quality import batch_quality
+from eval.cli_flags import OnceArgumentParser
 
 DEFAULT_SEARCH_SPACE = "int4,int8,fp4_e2m1,fp8_e4m3"
 WHOLE_STEP = "search_step"
@@ -113,7 +114,7 @@ def run_case(case, space: tuple[str, ...], args: argparse.Namespace, device: tor
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OnceArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_runtime_args(parser, repeats=30, warmup=3)
     add_model_args(parser)
     parser.add_argument("--search_space", default=DEFAULT_SEARCH_SPACE,

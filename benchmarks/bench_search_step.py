@@ -28,6 +28,7 @@ from benchmarks.common import (
 )
 from benchmarks.step_setup import StepVariant, TrainerStep, add_model_args, build_trainer, chosen_cases
 from quant import weight_group
+from eval.cli_flags import OnceArgumentParser
 
 DEFAULT_SEARCH_SPACE = "int4,int8,fp4_e2m1,fp8_e4m3"
 DEFAULT_FIXED_FORMATS = "int8,fp8_e4m3"
@@ -80,7 +81,7 @@ def run_case(case, variants: list[StepVariant], args: argparse.Namespace, device
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OnceArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_runtime_args(parser, repeats=20, warmup=3)
     add_model_args(parser)
     parser.add_argument("--inner", type=int, default=1, help="timed steps per variant per round (default 1)")

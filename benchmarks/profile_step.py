@@ -37,6 +37,7 @@ from torch.profiler import ProfilerActivity, profile
 from benchmarks.bench_search_step import DEFAULT_FIXED_FORMATS, DEFAULT_SEARCH_SPACE, step_variants
 from benchmarks.common import add_runtime_args, environment_info, finish, setup_runtime, synchronize
 from benchmarks.step_setup import TrainerStep, add_model_args, build_trainer, chosen_cases
+from eval.cli_flags import OnceArgumentParser
 
 # Host calls that block until the device catches up (the D2H copy of .item() blocks too).
 WAIT_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
@@ -135,7 +136,7 @@ def run_case(case, variants, args: argparse.Namespace, device: torch.device) -> 
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OnceArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_runtime_args(parser, repeats=10, warmup=3)
     add_model_args(parser)
     parser.add_argument("--steps", type=int, default=5, help="profiled steps per variant (default 5)")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import format_table
+from eval.cli_flags import OnceArgumentParser
 
 # (device type, goal name) -> (threshold, "max" when the value must stay at or below it, "min" at or above)
 GOALS: dict[tuple[str, str], tuple[float, str]] = {
@@ -159,7 +160,7 @@ def summarize(folder: Path) -> list[Line]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OnceArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path)
     args = parser.parse_args(argv)
     try:

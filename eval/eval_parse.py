@@ -4,7 +4,7 @@ results report: `python -m eval.eval_parse OUTPUT_ROOT ...` (see eval/report.py)
 Every flag of the original README is here with its meaning. `parse_run_args` validates the
 whole command before any data or model is loaded and resolves the defaults that depend on
 other flags (mode, learning rate, cost target, reward metric); each problem is one error line
-and exit code 2.
+and exit code 2, a flag given twice among them (eval/cli_flags.py).
 """
 from __future__ import annotations
 
@@ -14,14 +14,19 @@ import sys
 from typing import NoReturn, Sequence
 
 from cost.cost import REWARD_FORMS
+from eval.cli_flags import OnceArgumentParser, program_name
 from eval.model_configs import MODEL_REGISTRY
 from eval.run_args import SEARCH_ONLY_FLAGS, ignored_flags_note, resolve_run_args, single_option_note
 from eval.run_inputs import eval_subset_note, load_config_note
 from eval.tasks import TASKS
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse with errors as one line (no usage dump) and exit code 2."""
+RUN_PROG, RUN_SCRIPT = "eval_run", "fliqs-run"
+
+
+class OneLineErrorParser(OnceArgumentParser):
+    """argparse with errors as one line (no usage dump) and exit code 2; a flag given twice is one
+    of them (eval/cli_flags.py)."""
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
@@ -54,7 +59,14 @@ def _on_off(group: argparse._ArgumentGroup, name: str, help_text: str, default: 
     group.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=default, help=help_text)
 
 
-def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
+def run_prog() -> str:
+    """The run's name in its messages: `fliqs-run` when started as that console script, else
+    `eval_run` (also for `python -m eval.eval_run`: the launcher reads `eval_run: ` lines)."""
+    return program_name(RUN_PROG, RUN_SCRIPT)
+
+
+def create_arg_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    prog = run_prog() if prog is None else prog
     # No abbreviated flags: a saved command would change meaning when a new flag shares the prefix.
     p = OneLineErrorParser(prog=prog, description="One FLIQS run: a format search, or a uniform-precision or "
                            "float baseline, on one task and model.", formatter_class=_DefaultsFormatter,
@@ -207,8 +219,10 @@ def create_arg_parser(prog: str = "eval_run") -> argparse.ArgumentParser:
     return p
 
 
-def parse_run_args(argv: Sequence[str] | None = None, prog: str = "eval_run") -> argparse.Namespace:
-    """Parse and validate a run's flags; exits with code 2 and one error line on bad input."""
+def parse_run_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    """Parse and validate a run's flags; exits with code 2 and one error line on bad input.
+    `prog` (default `run_prog()`) starts those lines and the notes."""
+    prog = run_prog() if prog is None else prog
     parser = create_arg_parser(prog)
     args = parser.parse_args(argv)
     no_search_given = args.search is False  # before resolving, which fills the default in

@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
+from eval.eval_parse import parse_run_args, run_prog
 from eval.results_schema import COMPLETED, FAILED, RESULTS_NAME, SCHEMA_VERSION
 from eval.run_lock import RunDirectoryBusy, holding_run_lock
 
@@ -46,12 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from eval.eval_parse import parse_run_args
-
     try:
-        args = parse_run_args(argv, prog="eval_run")
+        args = parse_run_args(argv, prog=run_prog())
     except KeyboardInterrupt:  # Ctrl-C while the flags are checked (imports take seconds)
-        print("eval_run: interrupted before the run started; nothing was written", file=sys.stderr)
+        print(f"{run_prog()}: interrupted before the run started; nothing was written", file=sys.stderr)
         return 130
     if args.cuda_visible_devices is not None:  # before anything initialises CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = args.cuda_visible_devices
@@ -60,15 +59,15 @@ def _main(argv: Sequence[str] | None) -> int:
     try:  # here, not in parse_run_args: a launcher validates its plan on another process or machine
         check_device_flags(args)
     except ValueError as error:
-        print(f"eval_run: error: {error} (see --help)", file=sys.stderr)
+        print(f"{run_prog()}: error: {error} (see --help)", file=sys.stderr)
         return 2
     try:
         results = run(args)
     except RunDirectoryBusy as error:  # the other run's directory is left alone: no results.json
-        print(f"eval_run: error: {error}", file=sys.stderr)
+        print(f"{run_prog()}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C: one line on what is left, not a traceback
-        print(f"eval_run: interrupted; {interrupted_note(run_dir_of(args))}", file=sys.stderr)
+        print(f"{run_prog()}: interrupted; {interrupted_note(run_dir_of(args))}", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - reported in results.json and as one line
         run_dir = run_dir_of(args)
@@ -77,12 +76,12 @@ def _main(argv: Sequence[str] | None) -> int:
             where = f" (the completed run in {run_dir} was left as it was)"
         elif _is_main_process() and (run_dir / RESULTS_NAME).is_file():
             where = f" (traceback in {run_dir / RESULTS_NAME})"
-        print(f"eval_run: error: {type(error).__name__}: {error}{where}", file=sys.stderr)
+        print(f"{run_prog()}: error: {type(error).__name__}: {error}{where}", file=sys.stderr)
         return 1
     finally:
         _destroy_process_group()
     if results["status"] != COMPLETED:  # e.g. non-finite evaluation metrics
-        print(f"eval_run: error: {results['error']} (status {results['status']} in "
+        print(f"{run_prog()}: error: {results['error']} (status {results['status']} in "
               f"{run_dir_of(args) / RESULTS_NAME})", file=sys.stderr)
         return 1
     return 0
@@ -131,7 +130,7 @@ def _run_locked(args: argparse.Namespace, run_dir: Path, start: float) -> dict[s
     if _is_main_process():
         note = replaced_run_note(run_dir, vars(args))
         if note is not None:
-            print(f"eval_run: {note}", file=sys.stderr)
+            print(f"{run_prog()}: {note}", file=sys.stderr)
         clear_previous_outputs(run_dir, resuming)
         # With what the run resolved itself (device, delay, policy learning rate).
         write_json(run_dir / "config.json", vars(args))
@@ -340,13 +339,13 @@ def _run(args: argparse.Namespace, prepared: tuple[Any, Any], run_dir: Path, sta
     if args.mode == "search" and trainer.is_world_process_zero():
         note = missed_target_note(args, results["cost"]["ratio"])
         if note is not None:
-            print(f"eval_run: {note}", file=sys.stderr)
+            print(f"{run_prog()}: {note}", file=sys.stderr)
     if trainer.is_world_process_zero():
         trainer.save_model(str(run_dir / "final_model"))
         if setup.processor is not None:
             setup.processor.save_pretrained(str(run_dir / "final_model"))
         if args.export_dir is not None and not has_low_bit_layers(layers):  # e.g. 'none,8' that chose none everywhere
-            print(f"eval_run: note: every layer ended at format none: no low-bit checkpoint to write to "
+            print(f"{run_prog()}: note: every layer ended at format none: no low-bit checkpoint to write to "
                   f"--export_dir {args.export_dir} (final_model/ holds the float weights)", file=sys.stderr)
         elif args.export_dir is not None:
             from quant.export import export_quantized_checkpoint

@@ -2,6 +2,8 @@
 
 Launcher flags are parsed here; everything else is run flags (`python -m eval.eval_run --help`),
 shared by every experiment. With no --sweep/--experiments the run flags describe one experiment.
+Each flag is given once (but --sweep): a launcher or run flag given twice is refused, as by
+every CLI of the project (eval/cli_flags.py); a swept run flag may also stand in the run flags.
 Every experiment is validated before anything starts. Each run is its own process with
 CUDA_VISIBLE_DEVICES set to the GPU(s) it holds, output in `{run dir}/stdout.log`.
 
@@ -9,14 +11,15 @@ Runs already completed in their directory are never run again silently: the laun
 unless --skip_completed (keep them; refused too when a completed run's recorded arguments differ
 from the planned ones in anything that changes results) or --overwrite (run them again). Runs
 that another process is running now (their directory's lock, eval/run_lock.py) are never started
-twice: the launch is refused, unless --skip_completed, which leaves them to that process. With
---skip_completed a run stopped after saving a checkpoint goes on from its newest one before its
-last step (if its config.json has the planned flags; else the launch is refused).
+twice: the launch is refused, unless --skip_completed, which leaves them to that process; a run
+another process takes after the launch was planned (another launch started a moment before this
+one included) is left to it too. With --skip_completed a run stopped after saving a checkpoint
+goes on from its newest one before its last step (if its config.json has the planned flags; else
+the launch is refused).
 
 Exit codes: 0 every run completed, was kept (--skip_completed) or is left to the process running
-it (--skip_completed), or --dry_run; 1 some run failed, 2 a bad launch request (one error line;
-also a --dry_run plan that cannot be written), 130 stopped by SIGINT/SIGTERM/SIGHUP (every run
-stopped first).
+it, or --dry_run; 1 some run failed, 2 a bad launch request (one error line; also a --dry_run
+plan that cannot be written), 130 stopped by SIGINT/SIGTERM/SIGHUP (every run stopped first).
 """
 from __future__ import annotations
 
@@ -27,10 +30,11 @@ import sys
 import time
 from typing import Sequence, TextIO
 
+from eval.cli_flags import program_name
 from eval.eval_parse import OneLineErrorParser, create_arg_parser
 from eval.launch_command import RUN_ENTRY, format_command, free_port, launcher_env, run_command
 from eval.launch_devices import CPU, GPU, Resources, choose_resources, detect_gpus, predict_slots
-from eval.launch_flags import LaunchError
+from eval.launch_flags import LaunchError, refuse_repeated_run_flags
 from eval.launch_plan import Experiment, load_experiments_file, parse_sweep, plan_experiments
 from eval.launch_queue import (DONE, ELSEWHERE, QUEUED, SKIPPED, Job, StopSignals, SubprocessStarter,
                                TERMINATE_GRACE_S, run_queue)
@@ -40,7 +44,7 @@ from eval.results_schema import COMPLETED
 from eval.run_inputs import RESUME_MAY_CHANGE, resumable_checkpoint
 from eval.run_lock import run_lock_holder
 
-PROG = "eval_parallel"
+PROG, SCRIPT = "eval_parallel", "fliqs-launch"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -59,17 +63,24 @@ class _HelpAction(argparse.Action):
         parser.exit()
 
 
-def create_launcher_parser() -> argparse.ArgumentParser:
+def launcher_prog() -> str:
+    """The launcher's name in its messages: `fliqs-launch` when started as that console script,
+    else `eval_parallel` (`python eval_parallel.py`)."""
+    return program_name(PROG, SCRIPT)
+
+
+def create_launcher_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    # --sweep is the one flag meant to repeat (action="append"); any other given twice is refused.
     p = OneLineErrorParser(
-        prog=PROG, add_help=False, allow_abbrev=False,  # no abbreviations: they would swallow run flags
-        usage="python eval_parallel.py [run flags] [launcher flags]",
+        prog=prog, add_help=False, allow_abbrev=False,  # no abbreviations: they would swallow run flags
+        usage=f"{'python eval_parallel.py' if prog == PROG else prog} [run flags] [launcher flags]",
         description="Launch FLIQS runs in parallel over GPUs (or CPU workers). Flags not listed here are run "
         "flags, passed to every run.",
         epilog="Runs are named by their exp_name (or the run's default name) plus the key=value pairs of every "
         "--sweep key and, for an --experiments entry without its own exp_name, of the flags it sets, so a run's name "
         "never depends on the other runs of the launch; two runs that would share a directory are an error. Each run's "
-        "output goes to OUTPUT_ROOT_DIR/TASK/EXP_NAME/stdout.log. Exit codes: 0 all runs completed (or, with "
-        "--skip_completed, were kept or are left to another process running them), 1 some run failed, 2 bad launch "
+        "output goes to OUTPUT_ROOT_DIR/TASK/EXP_NAME/stdout.log. Exit codes: 0 all runs completed, were kept "
+        "(--skip_completed) or are left to another process running them, 1 some run failed, 2 bad launch "
         "request, 130 interrupted (SIGINT/SIGTERM/SIGHUP; every run is stopped first).")
     p.add_argument("-h", "--help", action=_HelpAction, help="show this help and the run flags, then exit")
     p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -106,10 +117,11 @@ def _gpu_request(options: argparse.Namespace, experiments: Sequence[Experiment])
     return legacy, "--cuda_visible_devices"
 
 
-def prepare(argv: Sequence[str] | None, available_gpus: Sequence[str] | None = None
+def prepare(argv: Sequence[str] | None, available_gpus: Sequence[str] | None = None, prog: str = PROG
             ) -> tuple[argparse.Namespace, list[Experiment], Resources]:
     """Parse and validate the whole launch (raises LaunchError, or SystemExit(2) for bad launcher flags)."""
-    options, run_argv = create_launcher_parser().parse_known_args(argv)
+    options, run_argv = create_launcher_parser(prog).parse_known_args(argv)
+    refuse_repeated_run_flags(create_arg_parser("eval_run"), run_argv)  # before a --sweep replaces a repeat
     sweeps = [parse_sweep(text) for text in options.sweep]
     entries = load_experiments_file(options.experiments) if options.experiments is not None else None
     experiments = plan_experiments(run_argv, sweeps, entries)
@@ -253,10 +265,10 @@ def dry_run(jobs: Sequence[Job], resources: Resources, out: TextIO, run_entry: S
 
 
 def launch(jobs: Sequence[Job], resources: Resources, out: TextIO = sys.stdout, run_entry: Sequence[str] = RUN_ENTRY,
-           grace_s: float = TERMINATE_GRACE_S, tty: bool | None = None) -> int:
+           grace_s: float = TERMINATE_GRACE_S, tty: bool | None = None, prog: str = PROG) -> int:
     """Run the queued jobs with live status, print the summary; returns the exit code."""
     board = StatusBoard(out, len(jobs), tty=tty)
-    board.write(f"{PROG}: {describe_resources(jobs, resources)}; output of each run in RUN_DIR/stdout.log\n")
+    board.write(f"{prog}: {describe_resources(jobs, resources)}; output of each run in RUN_DIR/stdout.log\n")
     for job in jobs:
         board.event(job)
     starter = SubprocessStarter(resources.omp_threads, run_entry)
@@ -272,7 +284,7 @@ def launch(jobs: Sequence[Job], resources: Resources, out: TextIO = sys.stdout, 
             if signals.count and not announced:
                 announced = True
                 board.close()
-                board.write(f"{PROG}: stopping every run (SIGTERM, then SIGKILL after {grace_s:g} s; "
+                board.write(f"{prog}: stopping every run (SIGTERM, then SIGKILL after {grace_s:g} s; "
                             "Ctrl-C again to kill now)\n")
             return signals.count
 
@@ -297,31 +309,32 @@ def main(argv: Sequence[str] | None = None, *, available_gpus: Sequence[str] | N
     """The launcher CLI. `available_gpus` replaces GPU detection (CUDA_VISIBLE_DEVICES values) and
     `run_entry` the `-m eval.eval_run` of each command (e.g. a script path): for tests and wrappers."""
     out = out or sys.stdout
+    prog = launcher_prog()
     try:
-        options, experiments, resources = prepare(argv, available_gpus)
+        options, experiments, resources = prepare(argv, available_gpus, prog)
         jobs = make_jobs(experiments, resources, options.skip_completed, options.overwrite)
         for line in plan_notes(experiments):
-            sys.stderr.write(f"{PROG}: {line}\n")
+            sys.stderr.write(f"{prog}: {line}\n")
         if options.dry_run:
             dry_run(jobs, resources, out, run_entry)
             return EXIT_OK
     except LaunchError as error:
-        sys.stderr.write(f"{PROG}: error: {error}\n")
+        sys.stderr.write(f"{prog}: error: {error}\n")
         return EXIT_USAGE
     except SystemExit as exit_:  # the launcher parser already wrote its one error line (or --help)
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted before any run started\n")
+        sys.stderr.write(f"{prog}: interrupted before any run started\n")
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `--dry_run | head`: the reader has what it wanted
         silence_stdout(out)
         return EXIT_OK
     except OSError as error:  # `--dry_run > /dev/full`: the plan could not be written
         silence_stdout(out)
-        sys.stderr.write(f"{PROG}: error: cannot write the plan to {'stdout' if out is sys.stdout else 'its output'} "
+        sys.stderr.write(f"{prog}: error: cannot write the plan to {'stdout' if out is sys.stdout else 'its output'} "
                          f"({error.strerror or error}); redirect it to a writable file\n")
         return EXIT_USAGE
-    return launch(jobs, resources, out, run_entry, grace_s)
+    return launch(jobs, resources, out, run_entry, grace_s, prog=prog)
 
 
 def silence_stdout(out: TextIO) -> None:

@@ -1,17 +1,20 @@
 """Run flags as the launcher sees them: split a run's argv into one segment per flag, and turn a
 `key=value` override (from `--sweep` or an experiments file) into the tokens of that flag.
 
-An override replaces every occurrence of its flag in the base command line, so the run sees each
-flag once. Keys are run flag names without the dashes (`learning_rate`, `model`, `no-quantize_pooler`
-is not a key: booleans take `true`/`false`). Errors are `LaunchError` with one line naming the bad
+The base command line gives each flag once (`refuse_repeated_run_flags`, as every CLI of the
+project: eval/cli_flags.py), and an override replaces its flag there, so the run sees each flag
+once; an experiment setting one flag twice (a sweep and its entry, or two names) is refused.
+Keys are run flag names without the dashes (`learning_rate`, `model`, `no-quantize_pooler` is
+not a key: booleans take `true`/`false`). Errors are `LaunchError` with one line naming the bad
 key or value and the way out.
 """
 from __future__ import annotations
 
 import argparse
 import difflib
-from dataclasses import dataclass
 from typing import Any, Sequence
+
+from eval.cli_flags import FlagSegment, flag_actions, option_map, repeated_flag_error, split_argv
 
 
 class LaunchError(ValueError):
@@ -25,60 +28,25 @@ RESERVED_KEYS = {
 TRUE_WORDS, FALSE_WORDS = ("true",), ("false",)
 
 
-@dataclass(frozen=True)
-class FlagSegment:
-    """The tokens of one flag occurrence in a run's argv (`dest` None: a token argparse will reject)."""
-
-    dest: str | None
-    tokens: tuple[str, ...]
-
-
-def _actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    # argparse has no public accessor for its actions; `_actions` has been stable since Python 2.7.
-    return [a for a in parser._actions if a.option_strings and a.dest != "help"]
-
-
-def _option_map(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    return {option: action for action in _actions(parser) for option in action.option_strings}
-
-
-def _match_option(options: dict[str, argparse.Action], token: str, allow_abbrev: bool) -> argparse.Action | None:
-    """The action `token` selects, with argparse's rules (exact name, `--name=value`, unique prefix)."""
-    if not token.startswith("--") or token == "--":
-        return None
-    name = token.split("=", 1)[0]
-    if name in options:
-        return options[name]
-    if not allow_abbrev:
-        return None
-    matches = {id(action): action for option, action in options.items() if option.startswith(name)}
-    return next(iter(matches.values())) if len(matches) == 1 else None
-
-
 def split_run_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[FlagSegment]:
-    """Split `argv` into flag occurrences; unknown tokens are kept (dest None) for the run's parser
-    to reject with its own message."""
-    options = _option_map(parser)
-    segments: list[FlagSegment] = []
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        action = _match_option(options, token, parser.allow_abbrev)
-        if action is None:
-            segments.append(FlagSegment(None, (token,)))
-            i += 1
-        elif action.nargs == 0 or "=" in token or i + 1 == len(argv):
-            segments.append(FlagSegment(action.dest, (token,)))
-            i += 1
-        else:
-            segments.append(FlagSegment(action.dest, (token, argv[i + 1])))
-            i += 2
-    return segments
+    """Split a run's `argv` into flag occurrences, as the run's parser reads them (the same split
+    that refuses a repeated flag, eval/cli_flags.py); unknown tokens are kept (dest None) for the
+    run's parser to reject with its own message."""
+    return split_argv(parser, argv)
+
+
+def refuse_repeated_run_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """The run flags of a launch give each flag once, as `python -m eval.eval_run` requires: an
+    override replaces every occurrence of its flag, so a repeat such as `--seed 0 --seed 1` would
+    otherwise vanish under `--sweep seed=...` instead of being refused."""
+    message = repeated_flag_error(parser, argv)
+    if message is not None:
+        raise LaunchError(message)
 
 
 def resolve_key(parser: argparse.ArgumentParser, key: str) -> argparse.Action:
     """The run flag `key` names (an option name without dashes, e.g. `model` or `model_type`)."""
-    options = _option_map(parser)
+    options = option_map(parser)
     action = options.get(f"--{key}")
     if action is None:
         names = sorted({option[2:] for option in options if option.startswith("--")})
@@ -162,7 +130,7 @@ def _boolean_tokens(parser: argparse.ArgumentParser, key: str, action: argparse.
         return [positive if on else negative]
     # store_true / store_false: the value the destination should end up with, and a flag that sets it.
     wanted = action.const if on else not action.const
-    for candidate in _actions(parser):
+    for candidate in flag_actions(parser):
         if candidate.dest == action.dest and candidate.nargs == 0 and candidate.const == wanted:
             return [candidate.option_strings[0]]
     if parser.get_default(action.dest) == wanted:

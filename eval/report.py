@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eval.cli_flags import OnceArgumentParser, program_name
 from eval.pareto import plot_pareto
 from eval.report_render import (FORMATS, invalid_lines, layer_document, plot_decision_heatmap, render,
                                 report_document, resolve_run)
@@ -29,16 +30,23 @@ from eval.report_table import ReportInputError, build_report
 from eval.results import PSEUDO_KEYS, RUN_MARKERS, load_runs
 from eval.results_schema import COST_TYPES
 
-PROG = "python -m eval.eval_parse"
+PROG, SCRIPT = "python -m eval.eval_parse", "fliqs-report"
+MODULES = ("eval.eval_parse", "eval.report")  # the report runs as `python -m` either
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(OnceArgumentParser):
     def error(self, message: str):  # one clear line and exit code 2, via main, instead of usage + SystemExit
         raise ReportInputError(message)
 
 
-def create_report_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Tables and Pareto plots over FLIQS run outputs.")
+def report_prog() -> str:
+    """The report's name in its messages, as the user typed it: `fliqs-report`, `python -m
+    eval.eval_parse` or `python -m eval.report`."""
+    return program_name(PROG, SCRIPT, MODULES)
+
+
+def create_report_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description="Tables and Pareto plots over FLIQS run outputs.")
     parser.add_argument("output_root", metavar="OUTPUT_ROOT", help="the --output_root_dir the runs wrote to")
     parser.add_argument("--format", choices=FORMATS, default="md",
                         help="output format (default md); csv prints one table, the invalid runs go to stderr")
@@ -154,15 +162,16 @@ def _silence_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: prints the report and returns 0, or prints one error line and returns 2."""
+    prog = report_prog()
     try:
-        output = run_report(create_report_parser().parse_args(argv))
+        output = run_report(create_report_parser(prog).parse_args(argv))
     except ReportInputError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except SystemExit as exit_:  # --help
         return exit_.code if isinstance(exit_.code, int) else 0
     for message in output.messages:
-        print(f"{PROG}: {message}", file=sys.stderr)
+        print(f"{prog}: {message}", file=sys.stderr)
     try:
         sys.stdout.write(output.text)
         sys.stdout.flush()
@@ -170,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
     except OSError as error:
         _silence_stdout()
-        print(f"{PROG}: error: cannot write the report to stdout ({error.strerror or error}); redirect it to a "
+        print(f"{prog}: error: cannot write the report to stdout ({error.strerror or error}); redirect it to a "
               "writable file", file=sys.stderr)
         return 2
     return 0

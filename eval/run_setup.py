@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from cost.model_cost import CostType, LayerCost, average_bits_cost, layer_costs
+from eval.eval_parse import run_prog
 from eval.run_args import DEFAULT_DELAY_FRACTION
 from eval.tasks import TaskSpec, get_task
 from quant import input_share
@@ -133,11 +134,12 @@ def load_data_and_model(args: argparse.Namespace) -> RunSetup:
     task = get_task(args.task)
     raw = load_raw_datasets(task, train_file=args.train_file, validation_file=args.validation_file,
                             dataset_path=args.dataset_path, max_train_samples=args.max_train_samples,
-                            max_eval_samples=args.max_eval_samples, seed=args.seed)
+                            max_eval_samples=args.max_eval_samples, seed=args.seed,
+                            metric_names=None if args.metric is None else (args.metric,))
     for flag, split, wanted in (("--max_train_samples", "train", args.max_train_samples),
                                 ("--max_eval_samples", "validation", args.max_eval_samples)):
         if wanted is not None and len(raw[split]) < wanted:
-            print(f"eval_run: note: {flag} {wanted} is more than the {len(raw[split])} rows of the {split} split; "
+            print(f"{run_prog()}: note: {flag} {wanted} is more than the {len(raw[split])} rows of the {split} split; "
                   f"using all of them", file=sys.stderr)
     heldout_raw = None
     if args.mode == "search" and args.reward_source == "heldout":

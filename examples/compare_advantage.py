@@ -23,10 +23,11 @@ from transformers.trainer_callback import PrinterCallback  # noqa: E402
 
 from tests.trainer.toy_search_problem import DELAY_STEPS as TOY_DELAY_STEPS  # noqa: E402
 from tests.trainer.toy_search_problem import make_trainer  # noqa: E402
+from eval.cli_flags import OnceArgumentParser  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OnceArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="policy and weight seeds")
     parser.add_argument("--steps", type=int, default=300,
                         help=f"training steps (> {TOY_DELAY_STEPS}, the toy problem's delay; default 300)")

@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
+from eval.cli_flags import OnceArgumentParser  # noqa: E402
 from eval.results_schema import RESULTS_NAME  # noqa: E402
 
 
@@ -63,7 +64,7 @@ def agreement(run_dir: Path, onnx_path: Path, max_examples: int | None = None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python examples/onnx_agreement.py", description=__doc__.split("\n\n")[0])
+    parser = OnceArgumentParser(prog="python examples/onnx_agreement.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a completed run's directory")
     parser.add_argument("onnx", type=Path, help="the model.onnx that quant.export --onnx wrote from it")
     parser.add_argument("--max_examples", type=int, default=None, help="only the first N validation examples")

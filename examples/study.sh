@@ -6,17 +6,24 @@
 # OUTPUT_ROOT, else to OUTPUT_ROOT/NAME.md/.png; it is built even when some runs failed (it lists
 # them; the exit status is still the launcher's), and not for --dry_run or a refused launch.
 # Running it again: add --skip_completed (keep the completed runs) or --overwrite (run them again).
+# A study flag the caller gives too (--num_train_epochs 2, say) takes the caller's value.
 run_study() {
-  local name="$1" caller_dir="$2" out="runs/$1" report status=0
+  local name="$1" caller_dir="$2" out="runs/$1" report status=0 i
+  local study_flags=()
   shift 2
   if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then  # a first argument that is not a flag: OUTPUT_ROOT
     out="$1"
     shift
     case "$out" in /*) ;; *) out="$caller_dir/$out" ;; esac
   fi
+  # STUDY_FLAGS are flag-value pairs; the launcher refuses a flag given twice.
+  for ((i = 0; i < ${#STUDY_FLAGS[@]}; i += 2)); do
+    case " $* " in *" ${STUDY_FLAGS[i]} "* | *" ${STUDY_FLAGS[i]}="*) ;;
+      *) study_flags+=("${STUDY_FLAGS[i]}" "${STUDY_FLAGS[i + 1]}") ;; esac
+  done
   if [ "$(realpath -m "$out")" = "$(realpath -m "runs/$name")" ]; then report="docs/$name"; else report="$out/$name"; fi
   python eval_parallel.py --output_root_dir "$out" --experiments "examples/$name.yaml" --sweep "seed=${SEEDS:-0,1,2}" \
-    "${STUDY_FLAGS[@]}" "$@" || status=$?
+    "${study_flags[@]}" "$@" || status=$?
   case " $* " in *" --dry_run "*) return "$status" ;; esac
   # 1: some runs failed (the report lists them); 2: the launch was refused; 130: interrupted.
   if [ "$status" -ne 0 ] && [ "$status" -ne 1 ]; then return "$status"; fi

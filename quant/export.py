@@ -358,13 +358,23 @@ def load_quantized_checkpoint(path: str | os.PathLike) -> nn.Module:
 # --- CLI -------------------------------------------------------------------------------------
 
 RunLoader = Callable[[str], tuple[nn.Module, Any]]
-PROG = "python -m quant.export"
+PROG, SCRIPT = "python -m quant.export", "fliqs-export"
 DEFAULT_SEQ_LEN = 16  # tokens in a text model's ONNX example input
 
 
-def build_arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
+def export_prog() -> str:
+    """The command's name in its messages, as the user typed it: `fliqs-export` or `python -m
+    quant.export`."""
+    from eval.cli_flags import program_name
+
+    return program_name(PROG, SCRIPT, ("quant.export",))
+
+
+def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    from eval.cli_flags import OnceArgumentParser  # a flag given twice is an error, as in every CLI
+
+    parser = OnceArgumentParser(
+        prog=prog,
         description="Write a finished run's final model as a low-bit checkpoint (and optionally ONNX).")
     parser.add_argument("run_dir", help="output directory of a finished run ({output_root_dir}/{task}/{exp_name})")
     parser.add_argument("--out", required=True, help="checkpoint directory to create")
@@ -396,9 +406,10 @@ def _run_image_size(run_dir: str, model: nn.Module, processor: Any) -> int | Non
     return NATIVE_IMAGE_SIZE.get(run_args.get("task"))
 
 
-def main(argv: Sequence[str] | None = None, *, load_run: RunLoader | None = None) -> ExportReport:
+def main(argv: Sequence[str] | None = None, *, load_run: RunLoader | None = None,
+         prog: str = PROG) -> ExportReport:
     """CLI entry point; `load_run` defaults to eval.eval_run.load_run_model (imported lazily)."""
-    args = build_arg_parser().parse_args(argv)
+    args = build_arg_parser(prog).parse_args(argv)
     if load_run is None:
         from eval.eval_run import load_run_model as load_run
     out = Path(args.out)
@@ -456,14 +467,15 @@ def main(argv: Sequence[str] | None = None, *, load_run: RunLoader | None = None
 def cli(argv: Sequence[str] | None = None) -> int:
     """`python -m quant.export` / `fliqs-export`: every failure is one line on stderr; exit 2 for a
     bad request (arguments, the run, --out), as the other commands, and 1 where the export failed."""
+    prog = export_prog()
     try:
-        main(sys.argv[1:] if argv is None else argv)
+        main(sys.argv[1:] if argv is None else argv, prog=prog)
     except (ValueError, FileExistsError, FileNotFoundError) as error:
-        sys.stderr.write(f"{PROG}: error: {error}\n")
+        sys.stderr.write(f"{prog}: error: {error}\n")
         return 2
     except Exception as error:  # noqa: BLE001 - e.g. torch.export or loading: one line, not a traceback
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-        sys.stderr.write(f"{PROG}: error: {type(error).__name__}: {first}\n")
+        sys.stderr.write(f"{prog}: error: {type(error).__name__}: {first}\n")
         return 1
     return 0
 

@@ -43,7 +43,14 @@ def test_launcher_commands_plan_cleanly(command, tmp_path, monkeypatch):
     out = io.StringIO()
     gpus = ["0", "1", "2", "3"] if "--gpus" in argv else []  # a GPU machine for the GPU examples, else CPU
     # A fresh output root: completed runs from a local Quickstart in output/ would refuse the plan.
-    code = launcher_main([*argv, "--output_root_dir", str(tmp_path), "--dry_run"], available_gpus=gpus, out=out)
+    # In place where the command gives one: a flag given twice is an error.
+    if "--output_root_dir" in argv:
+        argv[argv.index("--output_root_dir") + 1] = str(tmp_path)
+    else:
+        argv += ["--output_root_dir", str(tmp_path)]
+    if "--dry_run" not in argv:
+        argv.append("--dry_run")
+    code = launcher_main(argv, available_gpus=gpus, out=out)
     assert code == 0, out.getvalue()
     assert "-m eval.eval_run" in out.getvalue()
 
@@ -161,6 +168,23 @@ def test_examples_script_without_output_root_plans_the_default_and_skips_the_rep
     assert done.stdout.count("-m eval.eval_run") == 12  # one seed
     assert "--output_root_dir runs/pareto_digits " in done.stdout and "--seed 5 " in done.stdout  # the repo's runs/
     assert _docs_digest() == before and not (ROOT / "runs" / "pareto_digits").exists()
+
+
+def test_examples_script_takes_the_callers_value_of_a_study_flag(tmp_path):
+    """The launcher refuses a flag given twice: the study's own --num_train_epochs gives way."""
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (shim / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": "",
+           "SEEDS": "5"}
+    for extra in (["--num_train_epochs", "2"], ["--num_train_epochs=2"]):
+        done = subprocess.run(["bash", str(ROOT / "examples" / "pareto_digits.sh"), str(tmp_path / "out"), "--dry_run",
+                               *extra], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        runs = [line for line in done.stdout.splitlines() if "-m eval.eval_run" in line]
+        assert len(runs) == 12 and all(f" {' '.join(extra)} " in line for line in runs), runs[0]
+        assert "--num_train_epochs 6" not in done.stdout and all("--report_to none" in line for line in runs)
 
 
 def test_examples_script_keeps_the_previous_report_when_the_report_fails(tmp_path):

@@ -1,10 +1,14 @@
 """The run CLI: every flag of the original README, defaults, and one error line per rule."""
 import re
+import sys
+from pathlib import Path
 
 import pytest
 
 from eval.eval_parse import create_arg_parser, parse_run_args
 from tests.readme_commands import readme_commands
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 SEED_README_FLAGS = [
     "num_train_epochs", "learning_rate", "train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
@@ -386,6 +390,43 @@ def test_the_registries_help_lists_every_name_they_accept():
 def test_unknown_flag_is_one_line(capsys):
     err = error_of(["--quantise_pooler"], capsys)
     assert "unrecognized arguments: --quantise_pooler" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "0", "--bits", "8", "--seed", "1"], "--seed given twice (0 and 1): give it once"),
+    (["--seed=0", "--seed", "1"], "--seed given twice (0 and 1): give it once"),
+    (["--per_channel", "--bits", "8", "--per_channel"], "--per_channel given twice: give it once"),
+    (["--search", "--no-search"], "--search and --no-search both given: give one of them"),
+    (["--quantize_pooler", "--no-quantize_pooler"],
+     "--quantize_pooler and --no-quantize_pooler both given: give one of them"),
+    (["--model", "bert", "--model_type", "bert"],
+     "--model_type given twice (--model bert and --model_type bert): give it once"),
+])
+def test_a_flag_given_twice_is_refused(argv, message, capsys):
+    """argparse would keep the last value silently: a command composed from two snippets would
+    run another experiment than either says."""
+    assert error_of(argv, capsys) == f"eval_run: error: {message} (see --help)\n"
+
+
+def test_an_abbreviation_is_no_flag_and_so_no_repeat(capsys):
+    assert error_of(["--se", "1", "--seed", "2"], capsys) == \
+        "eval_run: error: unrecognized arguments: --se 1 (see --help)\n"
+
+
+def test_errors_name_the_console_script_the_run_was_started_as(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/fliqs-run", "--seed", "0", "--seed", "1"])
+    assert error_of(None, capsys) == "fliqs-run: error: --seed given twice (0 and 1): give it once (see --help)\n"
+    monkeypatch.setattr(sys, "argv", ["/repo/eval/eval_run.py"])  # python -m eval.eval_run: the launcher reads it
+    assert error_of(["--seed", "0", "--seed", "1"], capsys).startswith("eval_run: error: --seed given twice")
+
+
+def test_python_dash_m_refuses_a_repeated_flag_without_a_traceback():
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "eval.eval_run", "--seed", "0", "--seed", "1"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        2, "", "eval_run: error: --seed given twice (0 and 1): give it once (see --help)\n")
 
 
 def test_output_and_export_dirs_are_checked_before_anything_runs(tmp_path, capsys):

@@ -16,6 +16,18 @@ FAST = ["--max_steps", "8", "--max_train_samples", "128", "--max_eval_samples", 
         "--device", "cpu", "--log_steps", "4"]
 
 
+def setting(argv: list[str], *flags_and_values: str) -> list[str]:
+    """`argv` with each FLAG VALUE pair in place of FLAG's value there (a flag given twice is an
+    error), else appended."""
+    argv = list(argv)
+    for flag, value in zip(flags_and_values[::2], flags_and_values[1::2]):
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    return argv
+
+
 def run(tmp_path: Path, *argv: str) -> tuple[int, dict, Path]:
     code = main([*argv, *FAST, "--output_root_dir", str(tmp_path)])
     results_files = list(tmp_path.glob("*/*/results.json"))
@@ -87,8 +99,8 @@ def test_a_run_that_fails_before_training_leaves_the_completed_run_it_would_repl
     capsys.readouterr()
     # Found only once the data is loaded (one epoch of 128 samples is 8 steps); it used to delete
     # the completed run's final_model/ and output.txt first.
-    code = main([*RESNET_TINY, "--search", "--exp_name", "kept", *FAST, "--max_steps", "-1", "--num_train_epochs", "1",
-                 "--delay_steps", "1000", "--output_root_dir", str(tmp_path)])
+    code = main([*RESNET_TINY, "--search", "--exp_name", "kept", *setting(FAST, "--max_steps", "-1"),
+                 "--num_train_epochs", "1", "--delay_steps", "1000", "--output_root_dir", str(tmp_path)])
     assert code == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "eval_run: error: ValueError: --delay_steps 1000 leaves no search step in this run's 8 steps: the policy "
@@ -112,7 +124,7 @@ def test_resuming_a_finished_run_without_more_steps_fails_before_touching_it(tmp
         f"'{run_dir / 'checkpoint-8'}', 8: nothing is left to train; resume with more steps than 8, or start a new "
         "run (see --help)\n")
     # One epoch of 128 samples is 8 steps: known once the data is loaded, before the run is replaced.
-    assert main([*same, "--max_steps", "-1", "--num_train_epochs", "1"]) == 1
+    assert main([*setting(same, "--max_steps", "-1"), "--num_train_epochs", "1"]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
         f"nothing is left to train; resume with more steps than 8, or start a new run (the completed run in {run_dir} "
         "was left as it was)")
@@ -120,7 +132,7 @@ def test_resuming_a_finished_run_without_more_steps_fails_before_touching_it(tmp
     # More steps continue the same search: the delay and policy learning rate the first run derived
     # from its 8 steps stay (derived again from 12, they differed from the checkpoint's and failed).
     first = json.loads((run_dir / "results.json").read_text())["args"]
-    assert main([*same, "--max_steps", "12"]) == 0
+    assert main(setting(same, "--max_steps", "12")) == 0
     resumed = json.loads((run_dir / "results.json").read_text())
     assert resumed["status"] == "completed" and resumed["search"]["steps"] == 12
     assert (resumed["args"]["delay_steps"], resumed["args"]["rl_learning_rate"]) == \
@@ -147,7 +159,7 @@ def test_resume_checks_the_search_state_before_touching_the_run(tmp_path, capsys
         str(run_dir / "checkpoint-4")
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        main([*flags, "--max_steps", "12", "--resume_from_checkpoint", str(run_dir / "checkpoint-8")])
+        main([*setting(flags, "--max_steps", "12"), "--resume_from_checkpoint", str(run_dir / "checkpoint-8")])
     assert exit_info.value.code == 2 and (
         f"--resume_from_checkpoint '{run_dir / 'checkpoint-8'}' has no reinforce_state.pt: a fixed-format run wrote "
         "it, or its save was cut short; resume a search from a checkpoint of a search run") in capsys.readouterr().err
@@ -155,7 +167,7 @@ def test_resume_checks_the_search_state_before_touching_the_run(tmp_path, capsys
     # settings are checked once the trainer is built, before the completed run is replaced.
     shutil.copytree(run_dir / "checkpoint-4", tmp_path / "moved" / "checkpoint-4")
     before = contents(run_dir)
-    code = main([*flags, "--max_steps", "12", "--cost_beta", "3", "--resume_from_checkpoint",
+    code = main([*setting(flags, "--max_steps", "12"), "--cost_beta", "3", "--resume_from_checkpoint",
                  str(tmp_path / "moved" / "checkpoint-4")])
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1 and "the checkpoint's search settings differ from this run's" in last and "cost_beta" in last
@@ -176,8 +188,8 @@ def test_save_strategy_best_saves_at_an_improving_evaluation_and_resumes_from_th
 
     same = [*RESNET_TINY, "--bits", "8", "--save_strategy", "best", "--eval_steps", "4", *FAST, "--output_root_dir",
             str(tmp_path)]
-    assert parse_run_args([*same, "--max_steps", "12", "--resume_from_checkpoint", str(run_dir)]).resume_from_checkpoint == \
-        str(run_dir / f"checkpoint-{saved[-1]}")
+    resumed = parse_run_args([*setting(same, "--max_steps", "12"), "--resume_from_checkpoint", str(run_dir)])
+    assert resumed.resume_from_checkpoint == str(run_dir / f"checkpoint-{saved[-1]}")
 
 
 def test_non_finite_metrics_fail_the_run(tmp_path, capsys):
@@ -473,6 +485,10 @@ def test_a_resumed_run_drops_what_the_earlier_attempt_logged_after_its_checkpoin
     assert code == 0
     first = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     assert [e.step for e in first.Scalars("train/loss")] == [4, 8]  # --log_steps 4
+    # TensorBoard reads a directory's event files in name order: the time in whole seconds, then a
+    # per-process counter compared as text (".10" < ".9"). A resume in the same second as a tiny
+    # run's start could sort first and be read before the steps it purges: not so for real runs.
+    time.sleep(1.0 - time.time() % 1.0)
     assert main([*RESNET_TINY, "--search", "--exp_name", "r", "--save_steps", "4", *FAST,
                  "--output_root_dir", str(tmp_path), "--resume_from_checkpoint", str(run_dir / "checkpoint-4")]) == 0
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
@@ -543,8 +559,8 @@ def test_resuming_from_another_runs_checkpoint_starts_this_directory_afresh(tmp_
     assert not old_logs & set((run_a / "tensorboard").iterdir())
     assert json.loads((run_a / "config.json").read_text())["learning_rate"] == 1e-3
     # resumed from its own checkpoint, a run keeps them
-    assert main([*base, "--exp_name", "a", "--resume_from_checkpoint", str(run_a / "checkpoint-8"),
-                 "--max_steps", "12"]) == 0
+    assert main([*setting(base, "--max_steps", "12"), "--exp_name", "a", "--resume_from_checkpoint",
+                 str(run_a / "checkpoint-8")]) == 0
     assert sorted(p.name for p in run_a.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-8"]
 
 
@@ -578,6 +594,23 @@ def test_ctrl_c_is_one_line_naming_what_is_left(tmp_path, capsys, monkeypatch):
         f"eval_run: interrupted; {run_dir} holds no results.json; to go on from checkpoint-4, run the same command "
         f"with --resume_from_checkpoint {run_dir}")
     assert not (run_dir / "results.json").exists() and run_lock_holder(run_dir) is None
+
+
+def test_messages_name_the_console_script_the_run_was_started_as(tmp_path, capsys, monkeypatch):
+    import sys
+
+    import eval.eval_run as eval_run
+
+    def interrupted(args, prepared, run_dir, start):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eval_run, "_run", interrupted)
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/fliqs-run"])
+    argv = [*RESNET_TINY, "--bits", "8", "--exp_name", "named", *FAST, "--output_root_dir", str(tmp_path)]
+    assert main(argv) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"fliqs-run: interrupted; {tmp_path / 'digits' / 'named'} holds no results.json and no checkpoint (runs save "
+        "them with --save_steps N)")
 
 
 def test_a_stop_after_the_last_step_points_to_the_checkpoint_before_it(tmp_path, capsys, monkeypatch):
@@ -623,12 +656,12 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path, capsys, monkeypatch):
 
 
 def test_ctrl_c_while_the_flags_are_checked_is_one_line(tmp_path, capsys, monkeypatch):
-    import eval.eval_parse
+    import eval.eval_run
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(eval.eval_parse, "parse_run_args", interrupted)
+    monkeypatch.setattr(eval.eval_run, "parse_run_args", interrupted)
     assert main(["--output_root_dir", str(tmp_path)]) == 130
     assert capsys.readouterr().err == "eval_run: interrupted before the run started; nothing was written\n"
     assert list(tmp_path.iterdir()) == []

@@ -572,7 +572,7 @@ def test_layers_table_and_heat_map(sweep, tmp_path, capsys):
     notes, (rows,) = parse_csv(out)
     assert code == 0 and list(rows[0]) == ["layer", "decision", "weight_format", "act_format", "memory_mib", "gbops"]
     assert [(r["weight_format"], r["act_format"], float(r["memory_mib"])) for r in rows] == [("int4", "int8", 0.5)] * 2
-    assert notes[1] == "total 1 MiB of 8 MiB at fp32; 4 GBOPs of 64 at fp32"
+    assert notes[1] == "total 1 MiB of 8 MiB at fp32; 4 GBOPs of 64 at fp32 (the quantized layers only)"
 
     code, out, _ = run_cli([sweep, "--layers", "search_t1.2_s0", "--format", "json"], capsys)
     report = json.loads(out)
@@ -590,6 +590,31 @@ def test_python_dash_m_entry_point(sweep):
     assert done.returncode == 2 and done.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--format", "md", "--format", "csv"], "--format given twice (md and csv): give it once"),
+    (["--form", "md", "--format=csv"], "--format given twice (--form md and --format=csv): give it once"),  # prefixes
+    (["--metric=f1", "--metric", "eval_accuracy"], "--metric given twice (f1 and eval_accuracy): give it once"),
+    (["--group_by", "seed", "task", "--group_by", "model_type"],
+     "--group_by given twice (--group_by seed task and --group_by model_type): give it once"),
+    (["--lower_is_better", "--lower_is_better"], "--lower_is_better given twice: give it once"),
+])
+def test_a_flag_given_twice_is_refused(sweep, args, message, capsys):
+    assert run_cli([sweep, *args], capsys) == (2, "", f"python -m eval.eval_parse: error: {message}\n")
+
+
+def test_errors_name_the_command_as_typed(sweep, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/fliqs-report"])
+    assert run_cli([sweep, "--cost", "memory", "--cost", "compute"], capsys) == (
+        2, "", "fliqs-report: error: --cost given twice (memory and compute): give it once\n")
+    assert run_cli([tmp_path / "none"], capsys)[2] == (f"fliqs-report: error: OUTPUT_ROOT '{tmp_path / 'none'}' is not "
+                                                       "a directory; pass the --output_root_dir of the runs\n")
+    for module in ("eval.report", "eval.eval_parse"):  # both run the report
+        done = subprocess.run([sys.executable, "-m", module, str(sweep), "--plot", "a.png", "--plot", "b.png"],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        assert (done.returncode, done.stdout, done.stderr) == (
+            2, "", f"python -m {module}: error: --plot given twice (a.png and b.png): give it once\n")
+
+
 def test_vs_uniform_is_the_gap_to_the_uniform_line(tmp_path):
     from eval.report_table import build_report
     from eval.results import load_runs
@@ -602,3 +627,52 @@ def test_vs_uniform_is_the_gap_to_the_uniform_line(tmp_path):
     assert rows["s3"]["vs_uniform"] == pytest.approx(0.8 - 0.5)
     assert rows["s5"]["vs_uniform"] is None  # beyond the most expensive uniform baseline
     assert rows["u2"]["vs_uniform"] is None
+
+
+def test_runs_that_quantize_other_layers_are_compared_apart(tmp_path, capsys):
+    """A cost counts only the quantized layers: a search leaving its largest layers in float must not
+    look cheapest on the uniform baselines' axis (it was marked pareto, above uniform INT2)."""
+    from eval.pareto import family_key
+    from eval.report_table import build_report
+    from eval.results import load_runs
+
+    write_run(tmp_path, make_results("u2", method="uniform", weight_bits=2, memory_mib=2.0, metric=0.1))
+    write_run(tmp_path, make_results("u4", method="uniform", weight_bits=4, memory_mib=4.0, metric=0.9))
+    write_run(tmp_path, make_results("s3", metric=0.8, memory_mib=3.0, cost_target=3.0))
+    partial = make_results("partial", metric=0.5, memory_mib=1.0, cost_target=1.0,
+                           args_extra={"quantize_output": False})
+    partial["cost"].update(float_memory_mib=2.0, float_gbops=16.0)  # a quarter of the layers' weights
+    write_run(tmp_path, partial)
+    report = build_report(load_runs(tmp_path), str(tmp_path))
+    rows = {row["run"]: row for row in report.rows}
+    assert [row["run"] for row in report.rows] == ["partial", "u2", "s3", "u4"]  # by priced layers, then cost
+    assert {run: (row["float_memory_mib"], row["pareto"], row["vs_uniform"]) for run, row in rows.items()} == {
+        "partial": (2.0, True, None), "u2": (8.0, True, None), "s3": (8.0, True, pytest.approx(0.3)),
+        "u4": (8.0, True, None)}
+    assert family_key(rows["partial"], "memory_mib") == ("digits", "resnet18", "eval_accuracy", 2.0)
+    assert ("digits/resnet18/eval_accuracy: runs quantize different sets of layers (their float32 cost: 2 MiB: "
+            "partial; 8 MiB: u2, s3, u4), and a cost counts only the quantized layers, so each set has its own "
+            "pareto frontier and uniform line (vs_uniform is empty for a search whose set has no uniform baselines); "
+            "to compare them, run them with the same --quantize_*/--config_overrides flags") in report.notes
+    compute = {row["run"]: row["float_gbops"] for row in build_report(load_runs(tmp_path), str(tmp_path),
+                                                                      cost_type="compute").rows}
+    assert compute == {"partial": 16.0, "u2": 64.0, "s3": 64.0, "u4": 64.0}
+    # The plot gets one panel per set, titled with it.
+    titles: list[str] = []
+    import matplotlib.axes
+    original = matplotlib.axes.Axes.set_title
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(matplotlib.axes.Axes, "set_title",
+                      lambda self, label, *a, **k: (titles.append(label), original(self, label, *a, **k))[1])
+        code, _, _ = run_cli([tmp_path, "--plot", tmp_path / "pareto.png"], capsys)
+    assert code == 0
+    assert titles == ["digits / resnet18 (quantized layers: 2 at fp32)", "digits / resnet18 (quantized layers: 8 at fp32)"]
+
+
+def test_one_set_of_layers_has_no_note_and_plain_titles(sweep):
+    from eval.report_table import build_report
+    from eval.results import load_runs
+
+    report = build_report(load_runs(sweep), str(sweep))
+    assert not [note for note in report.notes if "different sets of layers" in note]
+    assert {row["float_memory_mib"] for row in report.rows} == {8.0}

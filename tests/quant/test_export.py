@@ -254,6 +254,44 @@ def test_cli_exports_the_run_model(tmp_path, capsys):
     assert seen == [str(tmp_path / "run")]  # all refused before loading the run
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--out", "a", "--out", "b"], "--out given twice (a and b): give it once"),
+    (["--out=a", "--ou", "b"], "--out given twice (--out=a and --ou b): give it once"),  # argparse's prefixes
+    (["--out", "a", "--onnx", "--onnx"], "--onnx given twice: give it once"),
+    (["--out", "a", "--onnx", "--opset", "18", "--opset", "21"], "--opset given twice (18 and 21): give it once"),
+])
+def test_a_flag_given_twice_is_refused(tmp_path, args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "run"), *args], load_run=lambda run_dir: pytest.fail("loaded the run"))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"python -m quant.export: error: {message}"
+
+
+def test_errors_name_the_command_as_typed(tmp_path, capsys, monkeypatch):
+    import subprocess
+    import sys
+
+    from quant.export import cli
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/fliqs-export"])
+    assert cli([str(tmp_path / "run"), "--out", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err == (f"fliqs-export: error: {tmp_path / 'file'} is a file; give a directory to "
+                                       "create (or an existing one to replace with --overwrite)\n")
+    # The wrapper pip writes for the console script, and python -m.
+    script = tmp_path / "fliqs-export"
+    script.write_text("import re, sys\nfrom quant.export import cli\nif __name__ == '__main__':\n"
+                      "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n    sys.exit(cli())\n")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "1"}
+    for command, name in (([str(script)], "fliqs-export"), (["-m", "quant.export"], "python -m quant.export")):
+        done = subprocess.run([sys.executable, *command, "run", "--out", "a", "--onnx", "--onnx"], cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.splitlines()[0].startswith(f"usage: {name} [-h]")
+        assert done.stderr.splitlines()[-1] == f"{name}: error: --onnx given twice: give it once"
+
+
 @pytest.mark.slow
 def test_cli_on_a_tiny_real_run(tmp_path):
     import subprocess
