@@ -14,6 +14,7 @@ import pytest
 
 from eval.launch_cli import main
 from tests.readme_commands import readme_commands
+from tests.eval.test_eval_run import setting
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--task", "digits", "--model_type", "resnet18", "--config_overrides",
@@ -69,18 +70,6 @@ def fake_run(tmp_path):
     script = tmp_path / "fake_run.py"
     script.write_text(FAKE_RUN)
     return str(script)
-
-
-def setting(argv: list, *flags_and_values) -> list:
-    """`argv` with each FLAG VALUE pair in place of FLAG's value there (a flag given twice is an
-    error), else appended."""
-    argv = list(argv)
-    for flag, value in zip(flags_and_values[::2], flags_and_values[1::2]):
-        if flag in argv:
-            argv[argv.index(flag) + 1] = value
-        else:
-            argv += [flag, value]
-    return argv
 
 
 def launch(capsys, argv, **kwargs):
