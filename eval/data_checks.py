@@ -22,6 +22,9 @@ from eval.vision_utils import image_file_problem
 
 LOCAL_FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 MAX_ROWS_SHOWN = 3  # bad rows an error message lists one by one
+# --metric names (evaluate's) that score a regression by correlation, beside the tasks' own
+# REGRESSION_METRICS: as named in the error.
+CORRELATION_METRICS = {"pearsonr": "pearsonr", "glue": "glue's pearson and spearmanr"}
 
 
 def _data_lines(path: Path, num_rows: int) -> list[int] | None:
@@ -189,7 +192,8 @@ def check_eval_labels_vary(ds: datasets.Dataset, full: datasets.Dataset, task: T
     """A regression's evaluation split needs labels that differ: the correlation metrics of a
     constant label are undefined, found only after training (NaN metrics, or an error on one row).
     A constant training label is left alone: it trains."""
-    correlations = [m for m in metric_names if m in REGRESSION_METRICS]
+    correlations = [CORRELATION_METRICS.get(m, m) for m in metric_names
+                    if m in REGRESSION_METRICS or m in CORRELATION_METRICS]
     if not task.is_regression or not correlations:
         return
     labels = np.asarray(ds[task.label_column], dtype=np.float64)  # finite numbers: _check_labels

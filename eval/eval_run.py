@@ -157,7 +157,7 @@ def interrupted_note(run_dir: Path) -> str:
     done, total = checkpoint_steps(Path(checkpoint))
     if done is None or total is None or done < total:
         return (f"{run_dir} holds no results.json; to go on from {Path(checkpoint).name}, run the same command with "
-                f"--resume_from_checkpoint {run_dir}")
+                f"--resume_from_checkpoint {run_dir} (in place of any it has)")
     # Stopped after its last step (in the final evaluation or while writing its outputs): that
     # checkpoint leaves nothing to train, and a resume from it is refused.
     last = f"{Path(checkpoint).name} is the run's last step ({done}), which leaves nothing to resume"
@@ -165,7 +165,7 @@ def interrupted_note(run_dir: Path) -> str:
     if previous is None:
         return f"{run_dir} holds no results.json; {last}: run the same command again"
     return (f"{run_dir} holds no results.json; {last}: to go on from {Path(previous).name}, run the same command "
-            f"with --resume_from_checkpoint {previous}")
+            f"with --resume_from_checkpoint {previous} (in place of any it has)")
 
 
 def _holds_completed_run(run_dir: Path) -> bool:

@@ -23,15 +23,23 @@ def metric_higher_is_better(name: str) -> bool:
     return not any(word in LOWER_IS_BETTER_WORDS for word in re.split(r"[^a-z0-9]+", name.lower()))
 
 
-def family_key(row: Mapping[str, Any], cost_column: str) -> tuple[Any, ...]:
-    """The report rows whose costs compare: one task, model and metric, pricing the same layers.
+def family_key(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The report rows whose costs compare: one task, model and metric, quantizing the same layers.
 
     A run's cost counts only its quantized layers (cost/model_cost.py), so runs that quantize
-    other layers (--no-quantize_*, other --config_overrides) price different sets: their float32
-    cost of those layers (`float_<cost_column>`) tells them apart, and each set gets its own
-    frontier and uniform line.
+    other layers (--no-quantize_*, other --config_overrides) price different things: each set of
+    layers (names and sizes: `quantized_layers_id`) gets its own frontier and uniform line. The
+    input size is not part of it: runs at two image sizes compare on one compute axis.
     """
-    return row["task"], row["model"], row["metric"], row.get(f"float_{cost_column}")
+    return row["task"], row["model"], row["metric"], row.get("quantized_layers_id")
+
+
+def layers_label(row: Mapping[str, Any]) -> str:
+    """'N layers, X MiB at fp32': a row's set of quantized layers, for notes and plot titles."""
+    count, memory = row.get("quantized_layers"), row.get("float_memory_mib")
+    if count is None or memory is None:
+        return "layers not recorded"
+    return f"{count} layer{'' if count == 1 else 's'}, {memory:.6g} MiB at fp32"
 
 
 def _check_points(costs: Sequence[float], metrics: Sequence[float]) -> None:
@@ -129,15 +137,15 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, cost_column: s
     """
     families: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in rows:
-        families.setdefault(family_key(row, cost_column), []).append(row)
-    # Name the priced layers' float cost in the titles where one task/model has several sets.
+        families.setdefault(family_key(row), []).append(row)
+    # Name the set of quantized layers in the titles where one task/model has several.
     split = {key[:3] for key in families if sum(other[:3] == key[:3] for other in families) > 1}
     figure = new_figure(6.4 * max(1, len(families)), 4.8)
     axes = figure.subplots(1, max(1, len(families)), squeeze=False)[0]
     if not families:
         axes[0].text(0.5, 0.5, "no valid runs to plot", ha="center", va="center", transform=axes[0].transAxes)
         axes[0].set_xlabel(cost_label)
-    for ax, ((task, model, metric, float_cost), members) in zip(axes, families.items()):
+    for ax, ((task, model, metric, _), members) in zip(axes, families.items()):
         higher = higher_is_better.get(metric, metric_higher_is_better(metric)) \
             if isinstance(higher_is_better, Mapping) else higher_is_better
         # One series for the uniform baselines, one per search space for the searched models, one
@@ -180,8 +188,7 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, cost_column: s
                     label="Pareto frontier", zorder=4)
         ax.set_xlabel(cost_label)
         ax.set_ylabel(f"{metric} ({'higher' if higher else 'lower'} is better)")
-        ax.set_title(f"{task} / {model}" + (f" (quantized layers: {float_cost:.6g} at fp32)"
-                                            if (task, model, metric) in split and float_cost is not None else ""))
+        ax.set_title(f"{task} / {model}" + (f" ({layers_label(members[0])})" if (task, model, metric) in split else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     figure.tight_layout()

@@ -9,13 +9,15 @@ Rendering is eval/report_render.py; the CLI is eval/report.py.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import statistics
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from eval.pareto import family_key, interpolate_uniform_line, metric_higher_is_better, pareto_mask
+from eval.pareto import family_key, interpolate_uniform_line, layers_label, metric_higher_is_better, pareto_mask
 from eval.results import REPLICA_ARGS, RunGroup, RunRecord, available_group_keys, formats_label, group_runs
 from eval.results_schema import COMPLETED, FAILED, INCOMPLETE
 
@@ -128,9 +130,21 @@ def _row(group: RunGroup, measured: dict[int, tuple[str, float, float]], cost_co
              aggregate(ratios).mean if all(map(_finite, ratios)) else None,
              costs.mean, costs.std, metric_name, values.mean, values.std, values.n, False, None)
     row = dict(zip(row_columns(cost_column), cells))
-    # What the cost prices: its quantized layers at fp32 (json output only; see pareto.family_key).
-    row[f"float_{cost_column}"] = first.cost.get(f"float_{cost_column}")
+    # What the cost prices: its quantized layers (json output only; see pareto.family_key).
+    layers = first.results.get("layers") if first.results else None
+    row["quantized_layers"] = len(layers) if isinstance(layers, dict) else None
+    row["float_memory_mib"] = first.cost.get("float_memory_mib")
+    row["quantized_layers_id"] = _layers_id(layers)
     return row
+
+
+def _layers_id(layers: Any) -> str | None:
+    """A short digest of the quantized layers' names and sizes (None when not recorded)."""
+    if not isinstance(layers, dict):
+        return None
+    described = sorted((name, layer.get("num_weights") if isinstance(layer, dict) else None)
+                       for name, layer in layers.items())
+    return hashlib.sha1(json.dumps(described).encode()).hexdigest()[:12]
 
 
 def _repeated_seed_reason(group: RunGroup) -> str:
@@ -176,7 +190,7 @@ def _mark_frontier(rows: list[dict[str, Any]], cost_column: str, report: Report)
     """Mark `pareto` and `vs_uniform` within each family (pareto.family_key); the families' notes."""
     families: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in rows:
-        families.setdefault(family_key(row, cost_column), []).append(row)
+        families.setdefault(family_key(row), []).append(row)
     for (_, _, metric, _), members in families.items():
         higher_is_better = report.higher_is_better(metric)
         mask = pareto_mask([r[cost_column] for r in members], [r["value"] for r in members], higher_is_better)
@@ -187,28 +201,27 @@ def _mark_frontier(rows: list[dict[str, Any]], cost_column: str, report: Report)
             line = interpolate_uniform_line(uniform, row[cost_column], higher_is_better) \
                 if row["method"] in ("search", "loaded") else None
             row["vs_uniform"] = None if line is None else (row["value"] - line) * (1 if higher_is_better else -1)
-    return _priced_layers_notes(families, cost_column)
+    return _layer_set_notes(families, cost_column)
 
 
-def _priced_layers_notes(families: dict[tuple[Any, ...], list[dict[str, Any]]], cost_column: str) -> list[str]:
-    """One note per task/model/metric whose runs price different sets of layers (their costs do
+def _layer_set_notes(families: dict[tuple[Any, ...], list[dict[str, Any]]], cost_column: str) -> list[str]:
+    """One note per task/model/metric whose runs quantize different sets of layers (their costs do
     not compare: a run leaving its largest layers in float would look cheapest)."""
-    by_model: dict[tuple[Any, ...], list[tuple[Any, list[dict[str, Any]]]]] = {}
+    by_model: dict[tuple[Any, ...], list[list[dict[str, Any]]]] = {}
     for key, members in families.items():
-        by_model.setdefault(key[:3], []).append((key[3], members))
+        by_model.setdefault(key[:3], []).append(members)
     notes = []
-    unit = {"memory_mib": "MiB", "gbops": "GBOPs"}.get(cost_column, "")
     for (task, model, metric), sets in by_model.items():
         if len(sets) < 2:
             continue
-        sets.sort(key=lambda item: (item[0] is None, item[0] or 0.0))
-        parts = ["{}: {}".format("unknown" if cost is None else f"{cost:.6g} {unit}",
+        sets.sort(key=lambda members: (members[0]["float_memory_mib"] is None, members[0]["float_memory_mib"] or 0.0))
+        parts = ["{}: {}".format(layers_label(members[0]),
                                  ", ".join(r["run"] for r in sorted(members, key=lambda r: r[cost_column])))
-                 for cost, members in sets]
-        notes.append(f"{task}/{model}/{metric}: runs quantize different sets of layers (their float32 cost: "
-                     f"{'; '.join(parts)}), and a cost counts only the quantized layers, so each set has its own "
-                     "pareto frontier and uniform line (vs_uniform is empty for a search whose set has no uniform "
-                     "baselines); to compare them, run them with the same --quantize_*/--config_overrides flags")
+                 for members in sets]
+        notes.append(f"{task}/{model}/{metric}: runs quantize different sets of layers ({'; '.join(parts)}), and a "
+                     "cost counts only the quantized layers, so each set has its own pareto frontier and uniform line "
+                     "(vs_uniform is empty for a search whose set has no uniform baselines); to compare them, run "
+                     "them with the same --quantize_*/--config_overrides flags")
     return notes
 
 
@@ -269,8 +282,8 @@ def build_report(runs: Sequence[RunRecord], output_root: str, metric: str | None
             report.rows.append(_row(group, measured, column))
     report.directions = {name: report.higher_is_better(name) for name in {row["metric"] for row in report.rows}}
     family_notes = _mark_frontier(report.rows, column, report)
-    report.rows.sort(key=lambda r: (r["task"], r["model"], r["metric"], r[f"float_{column}"] is None,
-                                    r[f"float_{column}"] or 0.0, r[column],
+    report.rows.sort(key=lambda r: (r["task"], r["model"], r["metric"], r["float_memory_mib"] is None,
+                                    r["float_memory_mib"] or 0.0, r["quantized_layers_id"] or "", r[column],
                                     -r["value"] if report.higher_is_better(r["metric"]) else r["value"]))
 
     counts = {status: sum(run.status == status for run in runs) for status in (COMPLETED, FAILED, INCOMPLETE)}

@@ -126,9 +126,10 @@ def transform_config_from_processor(processor: Any, image_size: int | None = Non
 def image_file_problem(path: str | os.PathLike[str], read_header: bool = True) -> str | None:
     """Why `path` cannot be read as an image ("does not exist", "is empty", ...), or None.
 
-    One stat, then (with `read_header`) PIL's format check, which reads the file's first bytes and
-    decodes no pixels: about a quarter of a decode of a small image, so a truncated or corrupt
-    image body still passes.
+    One stat, then (with `read_header`) PIL's own check of the file, which decodes no pixels: the
+    format from its header, and for PNG every chunk and its checksum (a truncated PNG fails); about
+    a quarter of a decode of a small image, a tenth of a 224-pixel one. A JPEG's compressed body is
+    not read, so a truncated or corrupt JPEG still passes.
     """
     try:
         info = os.stat(path)
@@ -145,8 +146,8 @@ def image_file_problem(path: str | os.PathLike[str], read_header: bool = True) -
     if not read_header:
         return None
     try:
-        with Image.open(path):  # identifies the format from the header; pixels are decoded on access
-            pass
+        with Image.open(path) as image:  # identifies the format from the header
+            image.verify()
     except UnidentifiedImageError:
         return "is not an image PIL can read"
     except Exception as error:  # noqa: BLE001 - PermissionError, a plugin's own errors on a bad header

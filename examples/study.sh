@@ -7,6 +7,9 @@
 # them; the exit status is still the launcher's), and not for --dry_run or a refused launch.
 # Running it again: add --skip_completed (keep the completed runs) or --overwrite (run them again).
 # A study flag the caller gives too (--num_train_epochs 2, say) takes the caller's value.
+# The names of a study flag that has several (eval_run's aliases).
+declare -A STUDY_FLAG_NAMES=([--model]="--model --model_type" [--model_type]="--model --model_type")
+
 run_study() {
   local name="$1" caller_dir="$2" out="runs/$1" report status=0 i
   local study_flags=()
@@ -16,10 +19,13 @@ run_study() {
     shift
     case "$out" in /*) ;; *) out="$caller_dir/$out" ;; esac
   fi
-  # STUDY_FLAGS are flag-value pairs; the launcher refuses a flag given twice.
+  # STUDY_FLAGS are flag-value pairs; the launcher refuses a flag given twice (under any of its names).
   for ((i = 0; i < ${#STUDY_FLAGS[@]}; i += 2)); do
-    case " $* " in *" ${STUDY_FLAGS[i]} "* | *" ${STUDY_FLAGS[i]}="*) ;;
-      *) study_flags+=("${STUDY_FLAGS[i]}" "${STUDY_FLAGS[i + 1]}") ;; esac
+    local given=0 spelling
+    for spelling in ${STUDY_FLAG_NAMES[${STUDY_FLAGS[i]}]:-${STUDY_FLAGS[i]}}; do
+      case " $* " in *" $spelling "* | *" $spelling="*) given=1 ;; esac
+    done
+    if [ "$given" -eq 0 ]; then study_flags+=("${STUDY_FLAGS[i]}" "${STUDY_FLAGS[i + 1]}"); fi
   done
   if [ "$(realpath -m "$out")" = "$(realpath -m "runs/$name")" ]; then report="docs/$name"; else report="$out/$name"; fi
   python eval_parallel.py --output_root_dir "$out" --experiments "examples/$name.yaml" --sweep "seed=${SEEDS:-0,1,2}" \

@@ -178,13 +178,16 @@ def test_examples_script_takes_the_callers_value_of_a_study_flag(tmp_path):
     (shim / "python").chmod(0o755)
     env = {**os.environ, "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": "",
            "SEEDS": "5"}
-    for extra in (["--num_train_epochs", "2"], ["--num_train_epochs=2"]):
+    for extra in (["--num_train_epochs", "2"], ["--num_train_epochs=2"], ["--model_type", "resnet50"],
+                  ["--model=resnet50"]):
         done = subprocess.run(["bash", str(ROOT / "examples" / "pareto_digits.sh"), str(tmp_path / "out"), "--dry_run",
                                *extra], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         runs = [line for line in done.stdout.splitlines() if "-m eval.eval_run" in line]
         assert len(runs) == 12 and all(f" {' '.join(extra)} " in line for line in runs), runs[0]
-        assert "--num_train_epochs 6" not in done.stdout and all("--report_to none" in line for line in runs)
+        assert all("--report_to none" in line for line in runs)
+        assert ("--num_train_epochs 6" in done.stdout) == ("num_train_epochs" not in extra[0])
+        assert ("--model resnet18" in done.stdout) == ("model" not in extra[0])
 
 
 def test_examples_script_keeps_the_previous_report_when_the_report_fails(tmp_path):

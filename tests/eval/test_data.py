@@ -299,8 +299,10 @@ def test_constant_regression_eval_labels_are_refused_before_training(tmp_path):
     # Another metric (--metric mse) is defined on constant labels: the check follows the metrics.
     raw = load_raw_datasets("stsb", train_file=train, validation_file=constant, metric_names=("mse",))
     assert list(raw["validation"]["label"]) == [3.0] * 5
-    with pytest.raises(ValueError, match=r"is scored by spearmanr correlation"):
-        load_raw_datasets("stsb", train_file=train, validation_file=constant, metric_names=("spearmanr",))
+    for metric, named in (("spearmanr", "spearmanr"), ("pearsonr", "pearsonr"),
+                          ("glue", "glue's pearson and spearmanr")):  # evaluate's names too
+        with pytest.raises(ValueError, match=rf"task 'stsb' is scored by {named} correlation, undefined"):
+            load_raw_datasets("stsb", train_file=train, validation_file=constant, metric_names=(metric,))
 
 
 def test_save_to_disk_renames_the_eval_split(tmp_path):

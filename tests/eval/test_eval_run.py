@@ -592,7 +592,7 @@ def test_ctrl_c_is_one_line_naming_what_is_left(tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "digits" / "stop"
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"eval_run: interrupted; {run_dir} holds no results.json; to go on from checkpoint-4, run the same command "
-        f"with --resume_from_checkpoint {run_dir}")
+        f"with --resume_from_checkpoint {run_dir} (in place of any it has)")
     assert not (run_dir / "results.json").exists() and run_lock_holder(run_dir) is None
 
 
@@ -628,7 +628,8 @@ def test_a_stop_after_the_last_step_points_to_the_checkpoint_before_it(tmp_path,
     monkeypatch.setattr(eval_run, "_run", interrupted)
     for name, steps, ending in (
             ("late", (4, 8), "checkpoint-8 is the run's last step (8), which leaves nothing to resume: to go on from "
-                             "checkpoint-4, run the same command with --resume_from_checkpoint {run_dir}/checkpoint-4"),
+                             "checkpoint-4, run the same command with --resume_from_checkpoint {run_dir}/checkpoint-4 (in "
+                             "place of any it has)"),
             ("only", (8,), "checkpoint-8 is the run's last step (8), which leaves nothing to resume: run the same "
                            "command again")):
         run_dir = tmp_path / "digits" / name

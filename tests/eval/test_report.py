@@ -641,22 +641,22 @@ def test_runs_that_quantize_other_layers_are_compared_apart(tmp_path, capsys):
     write_run(tmp_path, make_results("s3", metric=0.8, memory_mib=3.0, cost_target=3.0))
     partial = make_results("partial", metric=0.5, memory_mib=1.0, cost_target=1.0,
                            args_extra={"quantize_output": False})
-    partial["cost"].update(float_memory_mib=2.0, float_gbops=16.0)  # a quarter of the layers' weights
+    del partial["layers"]["fc"]  # left in float: not counted
+    partial["cost"].update(float_memory_mib=4.0, float_gbops=32.0)
     write_run(tmp_path, partial)
     report = build_report(load_runs(tmp_path), str(tmp_path))
     rows = {row["run"]: row for row in report.rows}
-    assert [row["run"] for row in report.rows] == ["partial", "u2", "s3", "u4"]  # by priced layers, then cost
-    assert {run: (row["float_memory_mib"], row["pareto"], row["vs_uniform"]) for run, row in rows.items()} == {
-        "partial": (2.0, True, None), "u2": (8.0, True, None), "s3": (8.0, True, pytest.approx(0.3)),
-        "u4": (8.0, True, None)}
-    assert family_key(rows["partial"], "memory_mib") == ("digits", "resnet18", "eval_accuracy", 2.0)
-    assert ("digits/resnet18/eval_accuracy: runs quantize different sets of layers (their float32 cost: 2 MiB: "
-            "partial; 8 MiB: u2, s3, u4), and a cost counts only the quantized layers, so each set has its own "
-            "pareto frontier and uniform line (vs_uniform is empty for a search whose set has no uniform baselines); "
-            "to compare them, run them with the same --quantize_*/--config_overrides flags") in report.notes
-    compute = {row["run"]: row["float_gbops"] for row in build_report(load_runs(tmp_path), str(tmp_path),
-                                                                      cost_type="compute").rows}
-    assert compute == {"partial": 16.0, "u2": 64.0, "s3": 64.0, "u4": 64.0}
+    assert [row["run"] for row in report.rows] == ["partial", "u2", "s3", "u4"]  # by layer set, then cost
+    assert {run: (row["quantized_layers"], row["float_memory_mib"], row["pareto"], row["vs_uniform"])
+            for run, row in rows.items()} == {
+        "partial": (1, 4.0, True, None), "u2": (2, 8.0, True, None), "s3": (2, 8.0, True, pytest.approx(0.3)),
+        "u4": (2, 8.0, True, None)}
+    assert len({row["quantized_layers_id"] for row in report.rows}) == 2
+    assert family_key(rows["partial"]) == ("digits", "resnet18", "eval_accuracy", rows["partial"]["quantized_layers_id"])
+    assert ("digits/resnet18/eval_accuracy: runs quantize different sets of layers (1 layer, 4 MiB at fp32: "
+            "partial; 2 layers, 8 MiB at fp32: u2, s3, u4), and a cost counts only the quantized layers, so each set "
+            "has its own pareto frontier and uniform line (vs_uniform is empty for a search whose set has no uniform "
+            "baselines); to compare them, run them with the same --quantize_*/--config_overrides flags") in report.notes
     # The plot gets one panel per set, titled with it.
     titles: list[str] = []
     import matplotlib.axes
@@ -666,7 +666,31 @@ def test_runs_that_quantize_other_layers_are_compared_apart(tmp_path, capsys):
                       lambda self, label, *a, **k: (titles.append(label), original(self, label, *a, **k))[1])
         code, _, _ = run_cli([tmp_path, "--plot", tmp_path / "pareto.png"], capsys)
     assert code == 0
-    assert titles == ["digits / resnet18 (quantized layers: 2 at fp32)", "digits / resnet18 (quantized layers: 8 at fp32)"]
+    assert titles == ["digits / resnet18 (1 layer, 4 MiB at fp32)", "digits / resnet18 (2 layers, 8 MiB at fp32)"]
+
+
+def test_runs_at_other_input_sizes_compare_on_one_compute_axis(tmp_path):
+    """GBOPs depend on the input size as well as the layers: the same layers at two image sizes are
+    one family (comparing resolutions is a study of its own), and a layer resized is another."""
+    from eval.report_table import build_report
+    from eval.results import load_runs
+
+    write_run(tmp_path, make_results("u4_32", method="uniform", weight_bits=4, gbops=4.0, metric=0.9))
+    small = make_results("u8_16", method="uniform", weight_bits=8, gbops=2.0, metric=0.8,
+                         args_extra={"image_size": 16})
+    small["cost"]["float_gbops"] = 16.0
+    write_run(tmp_path, small)
+    report = build_report(load_runs(tmp_path), str(tmp_path), cost_type="compute")
+    assert {row["run"]: row["pareto"] for row in report.rows} == {"u8_16": True, "u4_32": True}
+    assert len({row["quantized_layers_id"] for row in report.rows}) == 1
+    assert not [note for note in report.notes if "different sets of layers" in note]
+    wider = make_results("wide", method="uniform", weight_bits=8, gbops=8.0, metric=0.95,
+                         args_extra={"config_overrides": "hidden_sizes=[16]"})
+    wider["layers"]["fc"]["num_weights"] = 2000
+    write_run(tmp_path, wider)
+    report = build_report(load_runs(tmp_path), str(tmp_path), cost_type="compute")
+    assert len({row["quantized_layers_id"] for row in report.rows}) == 2
+    assert [note for note in report.notes if "different sets of layers" in note]
 
 
 def test_one_set_of_layers_has_no_note_and_plain_titles(sweep):
@@ -675,4 +699,4 @@ def test_one_set_of_layers_has_no_note_and_plain_titles(sweep):
 
     report = build_report(load_runs(sweep), str(sweep))
     assert not [note for note in report.notes if "different sets of layers" in note]
-    assert {row["float_memory_mib"] for row in report.rows} == {8.0}
+    assert {(row["quantized_layers"], row["float_memory_mib"]) for row in report.rows} == {(2, 8.0)}

@@ -119,9 +119,15 @@ def test_image_file_problem_names_what_is_wrong_without_decoding(tmp_path):
     (tmp_path / "folder.png").mkdir()
     os.mkfifo(tmp_path / "pipe.png")  # opening it would block: never opened
     truncated = tmp_path / "truncated.png"
-    truncated.write_bytes(good.read_bytes()[:400])  # a whole header: only a decode finds the cut
-    assert image_file_problem(good) is None and image_file_problem(truncated) is None
-    with Image.open(truncated) as image, pytest.raises(OSError, match=r"^image file is truncated"):
+    truncated.write_bytes(good.read_bytes()[:400])  # a whole header: PNG's chunk checks find the cut
+    assert image_file_problem(good) is None
+    assert image_file_problem(truncated) == "cannot be read (OSError: Truncated File Read)"
+    assert image_file_problem(truncated, read_header=False) is None
+    jpeg = tmp_path / "cut.jpg"  # a JPEG's body is not checked: only a decode finds its cut
+    Image.open(good).convert("RGB").save(jpeg, quality=95)
+    jpeg.write_bytes(jpeg.read_bytes()[:-200])
+    assert image_file_problem(jpeg) is None
+    with Image.open(jpeg) as image, pytest.raises(OSError, match=r"^image file is truncated"):
         image.load()
     assert image_file_problem(tmp_path / "nowhere.png") == "does not exist"
     assert image_file_problem(tmp_path / "notes.png") == "is not an image PIL can read"
