@@ -348,10 +348,12 @@ def _run(args: argparse.Namespace, prepared: tuple[Any, Any], run_dir: Path, sta
             print(f"{run_prog()}: note: every layer ended at format none: no low-bit checkpoint to write to "
                   f"--export_dir {args.export_dir} (final_model/ holds the float weights)", file=sys.stderr)
         elif args.export_dir is not None:
+            from quant.eval_autocast import autocast_dtype_of_run
             from quant.export import export_quantized_checkpoint
 
             try:
-                report = export_quantized_checkpoint(setup.model.cpu(), args.export_dir, processor=setup.processor)
+                report = export_quantized_checkpoint(setup.model.cpu(), args.export_dir, processor=setup.processor,
+                                                     autocast_dtype=autocast_dtype_of_run(vars(args)))
             except Exception as error:  # noqa: BLE001 - the run's metrics and model stay; the export alone failed
                 results["status"], results["traceback"] = FAILED, traceback.format_exc()
                 results["error"] = (f"the export to --export_dir {args.export_dir} failed ({type(error).__name__}: "

@@ -86,17 +86,31 @@ def _check_loaded_layers(args: argparse.Namespace, model: nn.Module, loaded: lis
                          f"found on (that run's --config_overrides and weights)")
 
 
+def _scratch_config(args: argparse.Namespace, source: str | None):
+    """The config a from-scratch text model of this run is built with, before the vocabulary
+    size (_build_model): the built-in one or `source`'s, with --config_overrides."""
+    from eval.model_configs import get_model_spec
+    from eval.models import _load_config, parse_config_overrides
+
+    spec = get_model_spec(args.model_type)
+    config = spec.builtin_config() if source is None else _load_config(spec, source)
+    if args.config_overrides:
+        config.update(parse_config_overrides(args.config_overrides, spec.builtin_config()))
+    return config
+
+
 def _text_processor(args: argparse.Namespace, raw_train, task: TaskSpec, source: str | None):
     from eval.data import training_texts
     from eval.models import load_pretrained_processor
-    from eval.text_tokenizer import build_word_level_tokenizer
+    from eval.text_tokenizer import build_word_level_tokenizer, uses_token_type_ids
 
     if source is not None and os.path.isdir(source) and (Path(source) / "tokenizer.json").is_file():
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(source)
-    if args.from_scratch:
-        return build_word_level_tokenizer(training_texts(raw_train, task))
+    if args.from_scratch:  # token_type_ids only for a model that embeds them (BERT), as from the hub
+        return build_word_level_tokenizer(training_texts(raw_train, task),
+                                          token_type_ids=uses_token_type_ids(_scratch_config(args, source)))
     return load_pretrained_processor(args.model_type, source)
 
 
@@ -353,7 +367,10 @@ def mean_loss_trainer(trainer):
 
 
 def rebuild_run_model(run_dir: Path):
-    """The final model of a finished run: final_model/ weights with results.json's formats."""
+    """The final model of a finished run: final_model/ weights with results.json's formats, each
+    layer's input geometry (macs_per_sample, so its compute cost is the run's), and, for a --bf16
+    / --fp16 run, its forward under that autocast (quant.eval_autocast.set_eval_autocast), as the run
+    evaluated it."""
     from eval.results import load_run
     from eval.results_schema import COMPLETED, RESULTS_NAME
 
@@ -389,5 +406,14 @@ def rebuild_run_model(run_dir: Path):
     config = QuantConfig(per_channel=args.per_channel, per_token=args.per_token,
                          weight_range_percentile=args.weight_range_percentile,
                          act_range_percentile=args.act_range_percentile)
-    model, _ = quantize_model(model, QuantSpec(list(formats), config, formats))
+    model, layers = quantize_model(model, QuantSpec(list(formats), config, formats))
+    for name, layer in layers.items():  # the run's geometry: its sequence length or image size
+        macs = results["layers"].get(name, {}).get("macs_per_sample")
+        if macs is not None and (isinstance(macs, bool) or not isinstance(macs, int) or macs < 0):
+            raise ValueError(f"{results_path}: layers.{name}.macs_per_sample is {macs!r}, not a count of MACs; was it "
+                             f"written by eval_run?")
+        layer.macs_per_sample = macs
+    from quant.eval_autocast import autocast_dtype_of_run, set_eval_autocast
+
+    set_eval_autocast(model, autocast_dtype_of_run(results["args"]))
     return model.cpu().eval(), processor

@@ -5,11 +5,17 @@ files) gets this one instead: one id per word seen in the training texts, BERT-s
 tokens and `[CLS] a [SEP] (b [SEP])` framing, so BERT-like models consume it unchanged. It is
 built with the `tokenizers` library and wrapped as a `PreTrainedTokenizerFast`, so it pads,
 truncates and round-trips through `save_pretrained` / `from_pretrained` like any HF tokenizer.
+
+token_type_ids (0 for the first text, 1 for the second) are produced only for models that embed
+token types (`uses_token_type_ids`: BERT), as their hub tokenizers do; RoBERTa (one token type:
+a 1 would index past its embedding table) and GPT-2 (no token type embeddings: it would add the
+embedding of token id 0 at every position) get input_ids and attention_mask, as from the hub.
 """
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordLevel
@@ -54,19 +60,28 @@ def count_words(texts: Iterable[str], *, lowercase: bool = True) -> Counter[str]
     return counts
 
 
+def uses_token_type_ids(config: Any) -> bool:
+    """Whether a model of this config embeds token types, so its batches should carry
+    token_type_ids: type_vocab_size > 1 (BERT's 2; not RoBERTa's 1, nor GPT-2, which has no such
+    field and would read token type ids as word ids)."""
+    return getattr(config, "type_vocab_size", 0) > 1
+
+
 def build_word_level_tokenizer(
     texts: Iterable[str],
     *,
     vocab_size: int | None = None,
     min_frequency: int = 1,
     lowercase: bool = True,
+    token_type_ids: bool = True,
 ) -> PreTrainedTokenizerFast:
     """Word-level tokenizer whose vocabulary is the words of `texts`.
 
     Ids: the five special tokens first ([PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4), then
     words by decreasing count, ties broken alphabetically, so the same texts always give the same
     ids. `vocab_size` caps the total (special tokens included); words seen fewer than
-    `min_frequency` times map to [UNK].
+    `min_frequency` times map to [UNK]. `token_type_ids`: whether encodings include them (its
+    `model_input_names`); pass `uses_token_type_ids(model_config)`.
     """
     if vocab_size is not None and vocab_size <= len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size={vocab_size} leaves no room for words next to the "
@@ -90,5 +105,6 @@ def build_word_level_tokenizer(
         cls_token=CLS_TOKEN,
         sep_token=SEP_TOKEN,
         mask_token=MASK_TOKEN,
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"] if token_type_ids
+        else ["input_ids", "attention_mask"],
     )

@@ -9,7 +9,11 @@ many predictions differ, and each model's accuracy next to the one results.json 
 The two differ where onnxruntime's kernels sum in another order than torch's and where
 QuantizeLinear divides by the scale (the fake-quant multiplies by its reciprocal): an activation
 then lands one code apart now and then, which a deep low-bit network can amplify
-(quant/onnx_export.py).
+(quant/onnx_export.py). A --bf16 / --fp16 run's model runs under that autocast, as the run
+evaluated it; the ONNX model computes in float32.
+
+When the installed onnxruntime cannot load the model (FP4 layers: onnxruntime 1.32 has no
+FLOAT4E2M1 kernels), it says so in one line, with the way out, and exits with status 1.
 """
 from __future__ import annotations
 
@@ -28,13 +32,43 @@ from eval.cli_flags import OnceArgumentParser  # noqa: E402
 from eval.results_schema import RESULTS_NAME  # noqa: E402
 
 
-def agreement(run_dir: Path, onnx_path: Path, max_examples: int | None = None) -> dict[str, float | int]:
-    """Logit and prediction agreement of the run's model and the ONNX model on its validation split."""
+class AgreementError(ValueError):
+    """The ONNX model cannot be compared with the run (onnxruntime cannot load it, or its inputs
+    are not those of the run's batches): one line saying why and what to do."""
+
+
+def _session(onnx_path: Path):
     import onnxruntime
 
+    from quant.onnx_export import onnxruntime_load_problem
+
+    try:
+        return onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001 - onnxruntime's own classes; described in one line below
+        problem = onnxruntime_load_problem(onnx_path)
+        raise AgreementError(problem or f"onnxruntime {onnxruntime.__version__} cannot load {onnx_path}: "
+                             f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
+                             ) from error
+
+
+def _check_inputs(onnx_path: Path, onnx_inputs: list[str], batch_inputs: list[str], run_dir: Path) -> None:
+    missing = [name for name in onnx_inputs if name not in batch_inputs]
+    ignored = [name for name in batch_inputs if name not in onnx_inputs]
+    if missing or ignored:
+        parts = ([f"takes {', '.join(missing)}, which the run's batches lack"] if missing else []) + \
+            ([f"does not take {', '.join(ignored)}, which the run's batches carry (and its model reads)"]
+             if ignored else [])
+        raise AgreementError(f"{onnx_path} {' and '.join(parts)}: it was not exported from this run's model as it "
+                             f"is now; export it again: python -m quant.export {run_dir} --out DIR --onnx")
+
+
+def agreement(run_dir: Path, onnx_path: Path, max_examples: int | None = None) -> dict[str, float | int]:
+    """Logit and prediction agreement of the run's model and the ONNX model on its validation split.
+    AgreementError when onnxruntime cannot load the model or its inputs are not the batches'."""
     from eval.run_setup import load_data_and_model, rebuild_run_model
 
     results = json.loads((run_dir / RESULTS_NAME).read_text())
+    session = _session(onnx_path)  # first: a model onnxruntime cannot load needs no run loaded
     model, _ = rebuild_run_model(run_dir)
     model.eval()
     # The run's validation split and collator, with the tokenizer final_model/ holds (a built-in
@@ -44,13 +78,14 @@ def agreement(run_dir: Path, onnx_path: Path, max_examples: int | None = None) -
     setup = load_data_and_model(args)
     dataset = setup.eval_dataset
     count = len(dataset) if max_examples is None else min(max_examples, len(dataset))
-    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     input_names = [node.name for node in session.get_inputs()]
     batch_size = results["args"]["eval_batch_size"]
     max_diff, differing, correct_torch, correct_onnx = 0.0, 0, 0, 0
     for start in range(0, count, batch_size):
         batch = setup.data_collator([dataset[i] for i in range(start, min(start + batch_size, count))])
         labels = batch.pop("labels").numpy()
+        if start == 0:  # e.g. token_type_ids: an ONNX model without them would compute another function
+            _check_inputs(onnx_path, input_names, list(batch.keys()), run_dir)
         with torch.no_grad():
             torch_logits = model(**batch).logits.numpy()
         onnx_logits = session.run(None, {name: batch[name].numpy() for name in input_names})[0]
@@ -75,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{str(args.onnx)!r} is not a file; pass the model.onnx written by python -m quant.export --onnx")
     if args.max_examples is not None and args.max_examples < 1:
         parser.error(f"--max_examples must be at least 1, got {args.max_examples}")
-    found = agreement(args.run_dir, args.onnx, args.max_examples)
+    try:
+        found = agreement(args.run_dir, args.onnx, args.max_examples)
+    except AgreementError as error:
+        print(f"{parser.prog}: {error}", file=sys.stderr)
+        return 1
     print(f"examples               {found['examples']}")
     print(f"max |logit difference| {found['max_logit_diff']:.3g}")
     print(f"predictions differing  {found['predictions_differing']} "

@@ -12,7 +12,10 @@ Layout of a checkpoint directory (HF style):
 
 `load_quantized_checkpoint` rebuilds the fake-quant model: weights are the dequantized codes and
 are not re-quantized (`weight_prequantized`), so its outputs equal the exported model's bit for
-bit. The weights file is deliberately not named model.safetensors: transformers' own
+bit. A run evaluated under mixed precision (--bf16 / --fp16: torch.autocast, as transformers'
+Trainer does) records that dtype as `autocast_dtype`, and the loaded model runs its forward under
+the same autocast (`set_eval_autocast`), so it reproduces the run's evaluation, not a float32
+one. The weights file is deliberately not named model.safetensors: transformers' own
 `from_pretrained` only warns about an unknown quant_method and would then return the model with
 every quantized layer freshly initialised; without its weights file it fails instead.
 
@@ -38,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from quant.formats import CastFormat, NumberFormat, parse_format
+from quant.eval_autocast import AUTOCAST_DTYPES, eval_autocast_dtype, set_eval_autocast
 from quant.packing import PackedTensor, grid_values_and_scale, pack, storage_dtype, unpack
 from quant.quant_module import BYTES_PER_MIB, QuantConfig, QuantModule
 from quant.scales import Granularity
@@ -91,6 +95,8 @@ class ExportReport:
                 f"cost {self.memory_cost_mib:.6f} MiB; {WEIGHTS_NAME} {self.file_bytes} bytes "
                 f"({self.file_mib:.6f} MiB)")
 
+
+# --- writing ---------------------------------------------------------------------------------
 
 def _dequantize(packed: PackedTensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     values = unpack(packed)
@@ -180,6 +186,23 @@ def _apply_umask(directory: Path) -> None:
         item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
 
 
+def make_parents(out: Path) -> list[Path]:
+    """Create the missing parent directories of `out`; those created, deepest first, for
+    `remove_empty_dirs` to take back when the export fails."""
+    created = [parent for parent in out.parents if not parent.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def remove_empty_dirs(created: Sequence[Path]) -> None:
+    """Remove the directories `make_parents` created (deepest first), as long as they are empty."""
+    for directory in created:
+        try:
+            directory.rmdir()
+        except OSError:  # not empty (something else wrote there meanwhile) or already gone
+            break
+
+
 def check_has_low_bit_layers(model: nn.Module) -> None:
     """ValueError unless `model` has a quantized layer whose weights or inputs leave float."""
     layers = quantized_layers(model)
@@ -190,16 +213,27 @@ def check_has_low_bit_layers(model: nn.Module) -> None:
                          "is no low-bit model to export; save it with save_pretrained instead")
 
 
+_FROM_MODEL = "from the model"
+
+
 def export_quantized_checkpoint(model: nn.Module, out_dir: str | os.PathLike, processor: Any = None, *,
-                                overwrite: bool = False) -> ExportReport:
+                                overwrite: bool = False, autocast_dtype: str | None = _FROM_MODEL) -> ExportReport:
     """Write `model` (quantized layers holding their final formats) as a low-bit checkpoint.
 
     Atomic: everything is written to a temporary sibling directory that is renamed to `out_dir`
-    at the end, so a failure leaves nothing behind. An existing `out_dir` is an error unless
-    `overwrite`.
+    at the end, so a failure leaves nothing behind (parent directories it created included). An
+    existing `out_dir` is an error unless `overwrite`. `autocast_dtype`: the mixed precision the
+    model is evaluated under ("bfloat16" for a --bf16 run, "float16" for --fp16, None for float32),
+    recorded for the loader; default: the model's own (`set_eval_autocast`, which
+    `eval.eval_run.load_run_model` sets from the run's flags).
     """
     out = Path(out_dir)
     _check_out_dir(out, overwrite)
+    if autocast_dtype == _FROM_MODEL:
+        autocast_dtype = eval_autocast_dtype(model)
+    if autocast_dtype is not None and autocast_dtype not in AUTOCAST_DTYPES:
+        raise ValueError(f"autocast_dtype {autocast_dtype!r} is not one of {', '.join(AUTOCAST_DTYPES)} (or None for "
+                         f"float32)")
     layers = quantized_layers(model)
     check_has_low_bit_layers(model)
     if not hasattr(model, "config") or not hasattr(model.config, "to_json_string"):
@@ -228,12 +262,13 @@ def export_quantized_checkpoint(model: nn.Module, out_dir: str | os.PathLike, pr
     config["quantization_config"] = {
         "quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION,
         "model_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "layers": entries, "tied_parameters": aliases,
+        "autocast_dtype": autocast_dtype, "layers": entries, "tied_parameters": aliases,
     }
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    created = make_parents(out)
+    tmp = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt", "quant_method": QUANT_METHOD})
         if processor is not None:
@@ -247,7 +282,9 @@ def export_quantized_checkpoint(model: nn.Module, out_dir: str | os.PathLike, pr
         else:
             os.replace(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        remove_empty_dirs(created)
         raise
     nbytes = _tensor_nbytes(out / WEIGHTS_NAME)
     return ExportReport(
@@ -314,6 +351,9 @@ def load_quantized_checkpoint(path: str | os.PathLike) -> nn.Module:
     Layers hold their formats and scale options; weights are the dequantized codes with
     `weight_prequantized = True` and the scale kept as a non-persistent `weight_scale` buffer
     (so the model can be exported again). `macs_per_sample` is restored where it was recorded.
+    A checkpoint of a --bf16 / --fp16 run (`autocast_dtype`) gives a model whose forward runs
+    under that autocast with float32 outputs, as the run evaluated it (`set_eval_autocast`; pass
+    None to it for a float32 forward).
     """
     from transformers import AutoConfig
 
@@ -321,6 +361,10 @@ def load_quantized_checkpoint(path: str | os.PathLike) -> nn.Module:
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     del config.quantization_config  # the bare architecture; quantization is applied below
     dtype = getattr(torch, quant_config["model_dtype"])
+    autocast_dtype = quant_config.get("autocast_dtype")  # absent from checkpoints written before it was recorded
+    if autocast_dtype is not None and autocast_dtype not in AUTOCAST_DTYPES:
+        raise ValueError(f"{Path(path) / CONFIG_NAME}: quantization_config autocast_dtype {autocast_dtype!r} is not "
+                         f"one of {', '.join(AUTOCAST_DTYPES)} or null; write it again with quant.export")
     model = _build_architecture(config, dtype)
     entries: dict[str, dict[str, Any]] = quant_config["layers"]
     groups: dict[QuantConfig, list[str]] = {}
@@ -352,7 +396,7 @@ def load_quantized_checkpoint(path: str | os.PathLike) -> nn.Module:
         layer.macs_per_sample = entries[name]["macs_per_sample"]
         if name in scales:
             layer.register_buffer("weight_scale", scales[name], persistent=False)
-    return model.eval()
+    return set_eval_autocast(model.eval(), autocast_dtype)
 
 
 # --- CLI -------------------------------------------------------------------------------------
@@ -381,10 +425,12 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--onnx", action="store_true", help="also write OUT/model.onnx with Q/DQ nodes")
     parser.add_argument("--opset", type=int, default=None,
-                        help="ONNX opset (default: the lowest that expresses every format used)")
+                        help="ONNX opset (default: the lowest that expresses every format used; with a lower one, "
+                        "layers whose format needs more count as unsupported: e.g. --opset 22 --onnx_unsupported "
+                        "float for onnxruntime, which has no FP4 kernels)")
     parser.add_argument("--onnx_unsupported", choices=("raise", "float"), default=None,
-                        help="layers whose format ONNX cannot express: fail (raise) or export them in float "
-                        "(default raise)")
+                        help="layers whose format ONNX cannot express (at --opset): fail (raise) or export them in "
+                        "float (default raise)")
     parser.add_argument("--seq_len", type=int, default=None,
                         help="tokens in the ONNX example input (text models; default 16)")
     parser.add_argument("--image_size", type=int, default=None, help="pixels per side of the ONNX example input "
@@ -441,23 +487,36 @@ def main(argv: Sequence[str] | None = None, *, load_run: RunLoader | None = None
         check_opset(args.opset)
     model, processor = load_run(args.run_dir)
     check_has_low_bit_layers(model)  # before minutes of ONNX export
-    onnx_tmp = None
+    onnx_tmp, runtime_problem, created = None, None, []
     try:
         if args.onnx:  # before the checkpoint, so an ONNX failure leaves nothing behind
-            from quant.onnx_export import example_inputs_for, export_onnx
+            from quant.onnx_export import example_inputs_for, export_onnx, onnxruntime_load_problem
 
             inputs = example_inputs_for(model, processor, seq_len=args.seq_len,
                                         image_size=args.image_size or _run_image_size(args.run_dir, model, processor))
-            out.parent.mkdir(parents=True, exist_ok=True)
+            created = make_parents(out)
             onnx_tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.onnx-", dir=out.parent))
             onnx_report = export_onnx(model, inputs, onnx_tmp / "model.onnx", opset=args.opset,
                                       unsupported=args.onnx_unsupported)
+            if importlib.util.find_spec("onnxruntime") is not None:  # valid ONNX, but can this onnxruntime run it?
+                try:
+                    runtime_problem = onnxruntime_load_problem(onnx_tmp / "model.onnx", shown_as=out / "model.onnx")
+                except Exception:  # noqa: BLE001 - only a note: never a reason to fail the export
+                    runtime_problem = None
         report = export_quantized_checkpoint(model, out, processor, overwrite=args.overwrite)
         print(report.summary())
         if onnx_tmp is not None:
             for item in onnx_tmp.iterdir():
                 os.replace(item, out / item.name)
             print(onnx_report.summary().replace(str(onnx_tmp), str(out)))
+            if runtime_problem is not None:
+                print(f"{prog}: note: {runtime_problem}", file=sys.stderr)
+    except BaseException:
+        if onnx_tmp is not None:
+            shutil.rmtree(onnx_tmp, ignore_errors=True)
+            onnx_tmp = None
+        remove_empty_dirs(created)  # the parents of --out this command created, when the export failed
+        raise
     finally:
         if onnx_tmp is not None:
             shutil.rmtree(onnx_tmp, ignore_errors=True)

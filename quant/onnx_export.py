@@ -12,9 +12,25 @@ custom ops; `custom_translation_table` maps them to ONNX:
 Formats ONNX expresses, with the opset that first has them in Q/DQ: int8 (18 = base), fp8_e4m3,
 fp8_e5m2 (19), int4, int16 (21), fp4_e2m1 (23), int2 (25; both where the installed onnx defines the
 type). Everything else (fp6, e3m4, generic eXmY, int3, int5..7, int9..15) and activation clipping
-percentiles other than 100 have no ONNX form. Decision: such layers raise `OnnxFormatError` listing
-every one of them (default), or with unsupported="float" are exported in float (weights as their
-dequantized grid values, activations unquantized) and listed in the report.
+percentiles other than 100 have no ONNX form, nor has a format at an explicit opset below its own.
+Decision: such layers raise `OnnxFormatError` listing every one of them (default), or with
+unsupported="float" are exported in float (weights as their dequantized grid values, activations
+unquantized) and listed in the report.
+
+Runtimes: onnxruntime 1.32's CPU provider runs every format above but fp4_e2m1 (it has no
+FLOAT4E2M1 QuantizeLinear / DequantizeLinear / Cast kernel, so a model with FP4 layers fails to
+load); INT2 at opset 25 runs. `onnxruntime_load_problem` tells, in one line, whether the installed
+onnxruntime loads a model and what to do when it does not: export with --opset 22
+--onnx_unsupported float (FP4 and INT2 layers in float) or run it elsewhere (the ONNX reference
+evaluator runs FP4).
+
+A text model's ONNX inputs are those of the run's batches: input_ids, attention_mask and, where
+the tokenizer produces them and the forward takes them (BERT), token_type_ids.
+
+Geometry: the example forward of the export leaves every layer's recorded `macs_per_sample` as
+it was (the example's sequence length or image size is not the run's). A model under evaluation
+autocast (quant.eval_autocast.set_eval_autocast) is traced in float32: the ONNX graph is float32 with
+Q/DQ, whatever mixed precision the run evaluated under.
 
 Numerics against the PyTorch fake-quant model: weights are bit-exact (DQ computes codes * scale
 in float32, as the fake-quant does). Activations differ only where QuantizeLinear's x / scale
@@ -25,13 +41,15 @@ logits of ~0.5, BERT ~0.02; the tests allow atol 1e-5 + rtol 1e-4), but one code
 deep low-bit CNN can grow: a mixed INT4/INT8/FP8 per-channel ResNet-18 search gave up to 1.3 on
 logits of ~4.5 for one random batch (one activation element of one FP8 layer). onnxruntime 1.32's CPU
 provider has no FLOAT4E2M1 Q/DQ kernels: FP4 models are valid ONNX (the ONNX reference evaluator
-runs them) but need another runtime.
+runs them) but need another runtime (see Runtimes above).
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +184,9 @@ def check_opset(opset: int) -> None:
 
 # --- export-only layers ----------------------------------------------------------------------
 
+_OWN_TENSORS = ("weight", "bias", "weight_codes", "weight_scale")  # the stand-in's, never its float layer's
+
+
 class _QDQLayer(nn.Module):
     """A quantized layer's computation written with the custom ops (export only). `as_float`:
     weights as their dequantized grid values, activations unquantized."""
@@ -178,6 +199,9 @@ class _QDQLayer(nn.Module):
         # checkpoint: {layer}.weight_codes, {layer}.weight_scale, {layer}.bias (or {layer}.weight).
         self.float_layer = layer.to_float()  # type: ignore[attr-defined]
         self.float_layer.weight, self.float_layer.bias = None, None
+        # A loaded checkpoint's layer carries its scale as a buffer (quant.export), which to_float
+        # copies: the stand-in holds its own.
+        self.float_layer._buffers.pop("weight_scale", None)
         self.bias = layer.bias
         fmt = layer.weight_format
         self.weight_onnx_type = None if as_float or not fmt.quantizes else ONNX_TYPES[fmt][0]
@@ -201,7 +225,7 @@ class _QDQLayer(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             float_layer = self.__dict__.get("_modules", {}).get("float_layer")
-            if float_layer is None or name in ("weight", "bias") or not hasattr(float_layer, name):
+            if float_layer is None or name in _OWN_TENSORS or not hasattr(float_layer, name):
                 raise
             return getattr(float_layer, name)
 
@@ -345,18 +369,23 @@ def export_onnx(model: nn.Module, example_inputs: Mapping[str, torch.Tensor], pa
     problems = {name: why for name, layer in layers.items() if (why := _unsupported_reason(layer))}
     if problems and unsupported == "raise":
         raise OnnxFormatError(_unsupported_message(problems, "(no ONNX form)"))
-    exported = {name: layer for name, layer in layers.items() if name not in problems}
-    needed = {name: required_opset({layer.weight_format, layer.act_format}) for name, layer in exported.items()}
+    needed = {name: required_opset({layer.weight_format, layer.act_format}) for name, layer in layers.items()
+              if name not in problems}
     opset = max([BASE_OPSET, *needed.values()]) if opset is None else opset
     check_opset(opset)
     too_new = {name: f"needs opset {need}" for name, need in needed.items() if need > opset}
-    if too_new:
+    if too_new and unsupported == "raise":
         raise OnnxFormatError(_unsupported_message(too_new, f"at opset {opset}"))
+    problems.update(too_new)
+    exported = {name: layer for name, layer in layers.items() if name not in problems}
+
+    from quant.eval_autocast import eval_autocast_paused
 
     was_training = model.training
+    geometry = {name: layer.macs_per_sample for name, layer in layers.items()}
     swapped = {name: _QDQLayer(layer, as_float=name in problems) for name, layer in layers.items()}
     # The stand-ins quantize their own weights: the grouped weight hooks stay out of the trace.
-    with weight_group.paused(model):
+    with weight_group.paused(model), eval_autocast_paused(model):
         try:
             with torch.no_grad():  # the output names: the non-None fields of a ModelOutput, in order
                 outputs = model.eval()(**example_inputs)
@@ -378,6 +407,9 @@ def export_onnx(model: nn.Module, example_inputs: Mapping[str, torch.Tensor], pa
         finally:
             for name, layer in layers.items():
                 _set_submodule(model, name, layer)  # type: ignore[arg-type]
+                # The example forward records the geometry of layers that had none: the example's
+                # shape is not the run's, so the cost a checkpoint records would be wrong.
+                layer.macs_per_sample = geometry[name]
             model.train(was_training)
     _optimize(program.model)
     proto = program.model_proto
@@ -415,12 +447,25 @@ def _processor_side(processor: Any) -> int | None:
     return None
 
 
+def takes_token_type_ids(model: nn.Module, processor: Any = None) -> bool:
+    """Whether the model's batches carry token_type_ids: its forward takes them and its tokenizer
+    produces them (`model_input_names`); without a tokenizer, whether the config gives token types
+    embeddings of their own (type_vocab_size > 1: BERT, not RoBERTa; GPT-2 has no such field)."""
+    if "token_type_ids" not in inspect.signature(model.forward).parameters:
+        return False
+    names = getattr(processor, "model_input_names", None)
+    if names is not None:
+        return "token_type_ids" in names
+    return getattr(model.config, "type_vocab_size", 0) > 1
+
+
 def example_inputs_for(model: nn.Module, processor: Any = None, *, seq_len: int = 16,
                        image_size: int | None = None) -> dict[str, torch.Tensor]:
-    """One example batch for export: input_ids + attention_mask (text) or pixel_values (vision).
-    The image side is `image_size`, else the config's image_size, else the processor's size.
-    Two examples: torch.export specialises dimensions of size 1, so a batch of one would give
-    the ONNX model a fixed batch size of 1."""
+    """One example batch for export: input_ids + attention_mask (+ token_type_ids where
+    `takes_token_type_ids`: a second segment of type 1 in the second half, where the config has
+    two types) for text, or pixel_values (vision). The image side is `image_size`, else the
+    config's image_size, else the processor's size. Two examples: torch.export specialises
+    dimensions of size 1, so a batch of one would give the ONNX model a fixed batch size of 1."""
     config = model.config
     main_input = getattr(model, "main_input_name", None)
     if main_input == "input_ids":
@@ -428,7 +473,13 @@ def example_inputs_for(model: nn.Module, processor: Any = None, *, seq_len: int 
             raise ValueError(f"seq_len must be >= 2 (torch.export fixes dimensions of size 1, so the ONNX model would "
                              f"only take sequences of that length), got {seq_len}")
         input_ids = (torch.arange(seq_len) % config.vocab_size).expand(EXAMPLE_BATCH, seq_len).contiguous()
-        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+        inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+        if takes_token_type_ids(model, processor):
+            token_type_ids = torch.zeros_like(input_ids)
+            if getattr(config, "type_vocab_size", 0) > 1:
+                token_type_ids[:, seq_len // 2:] = 1
+            inputs["token_type_ids"] = token_type_ids
+        return inputs
     if main_input == "pixel_values":
         config_side = getattr(config, "image_size", None)
         side = image_size or (config_side if isinstance(config_side, int) else None) or _processor_side(processor)
@@ -438,3 +489,66 @@ def example_inputs_for(model: nn.Module, processor: Any = None, *, seq_len: int 
         return {"pixel_values": torch.zeros(EXAMPLE_BATCH, config.num_channels, side, side)}
     raise ValueError(f"{type(model).__name__} takes {main_input!r}; example inputs are built for input_ids (text) or "
                      f"pixel_values (vision) models; call export_onnx with your own example_inputs")
+
+
+# --- can the installed onnxruntime run it? --------------------------------------------------
+
+_MISSING_KERNEL = re.compile(r"implementation for (\w+)\((\d+)\) node with name '([^']*)'")
+_FLOAT_TYPES = {_T.FLOAT, _T.DOUBLE, _T.INT64, _T.BOOL}
+
+
+def _node_types(model: onnx.ModelProto, node_name: str) -> set[int]:
+    """Element types (other than float32/float64/int64/bool) the node named `node_name` reads or
+    writes: its initializers, the types shape inference gives its values, a Cast's target."""
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - the initializers and Cast targets alone then
+        pass
+    graph = model.graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    for value in [*graph.value_info, *graph.input, *graph.output]:
+        types.setdefault(value.name, value.type.tensor_type.elem_type)
+    found: set[int] = set()
+    for node in graph.node:
+        if node.name != node_name:
+            continue
+        found |= {types[name] for name in [*node.input, *node.output] if name in types}
+        found |= {attr.i for attr in node.attribute if node.op_type == "Cast" and attr.name == "to"}
+    return found - _FLOAT_TYPES - {_T.UNDEFINED}
+
+
+def onnxruntime_load_problem(path: str | os.PathLike, *, shown_as: str | os.PathLike | None = None) -> str | None:
+    """None when the installed onnxruntime (CPU provider) loads the ONNX model at `path`; else one
+    line naming what it lacks (the op, its opset, the element type) and the ways out. `shown_as`:
+    the path to name in the line (default `path`). Needs onnxruntime (ImportError otherwise)."""
+    import onnxruntime
+
+    shown = str(shown_as if shown_as is not None else path)
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL  # only the kernel lookup
+    options.log_severity_level = 3  # errors only: the exception below says it once
+    try:
+        onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises its own classes (Fail, NotImplemented, ...)
+        text = str(error)
+        first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+        found = _MISSING_KERNEL.search(text)
+        if found is None:
+            return f"onnxruntime {onnxruntime.__version__} cannot load {shown}: {first}"
+        op, op_opset, node = found.groups()
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception:  # noqa: BLE001
+            model = None
+        types = _node_types(model, node) if model is not None else set()
+        type_names = ", ".join(sorted(_T.DataType.Name(t) for t in types)) or "its input types"
+        opsets = [opset for fmt, (onnx_type, opset) in ONNX_TYPES.items() if onnx_type in types]
+        formats = ", ".join(sorted(fmt.name for fmt, (onnx_type, _) in ONNX_TYPES.items() if onnx_type in types))
+        ways = f"run it with a runtime that implements {op} on {type_names}"
+        if opsets and min(opsets) > BASE_OPSET:
+            below = min(opsets) - 1
+            ways = (f"export again with --opset {below} --onnx_unsupported float (its {formats} layers, and any "
+                    f"other format newer than opset {below}, in float), or {ways}")
+        return (f"onnxruntime {onnxruntime.__version__} cannot run {shown}: its CPU provider has no {op} (opset "
+                f"{op_opset}) kernel for {type_names} (node {node!r}); {ways}")
+    return None

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.eval.test_results import make_results, write_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,3 +90,73 @@ def test_onnx_agreement_compares_the_export_with_the_run_on_its_validation_split
     done = _run(script, str(run_dir), str(tmp_path / "deploy"), cwd=tmp_path)
     assert done.returncode == 2 and "is not a file; pass the model.onnx written by python -m quant.export --onnx" \
         in done.stderr
+
+
+def _onnx_agreement_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("onnx_agreement", ROOT / "examples" / "onnx_agreement.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_onnx_agreement_feeds_a_sentence_pair_run_its_token_types(tmp_path):
+    """BERT on a sentence-pair task: the export takes token_type_ids and the comparison feeds them
+    (the second segment is type 1); an ONNX model without them is refused, not compared."""
+    import json
+
+    import onnx
+
+    from eval.eval_run import main as run_main
+    from quant import export
+    from quant.onnx_export import export_onnx
+    from tests.eval.test_text_tokenizer import _pair_csv
+
+    assert run_main(["--task", "rte", "--model_type", "bert-tiny", "--from_scratch", "--config_overrides",
+                     "num_hidden_layers=1,hidden_size=32,num_attention_heads=2,intermediate_size=64",
+                     *_pair_csv(tmp_path / "data"), "--weight_bits", "8", "--activation_bits", "8", "--max_steps", "4",
+                     "--train_batch_size", "8", "--device", "cpu", "--report_to", "none", "--exp_name", "pair",
+                     "--output_root_dir", str(tmp_path / "out")]) == 0
+    run_dir = tmp_path / "out" / "rte" / "pair"
+    assert export.cli([str(run_dir), "--out", str(tmp_path / "deploy"), "--onnx"]) == 0
+    graph_inputs = [i.name for i in onnx.load(str(tmp_path / "deploy" / "model.onnx")).graph.input]
+    assert graph_inputs == ["input_ids", "attention_mask", "token_type_ids"]
+    module = _onnx_agreement_module()
+    found = module.agreement(run_dir, tmp_path / "deploy" / "model.onnx")
+    recorded = json.loads((run_dir / "results.json").read_text())["metrics"]["eval_accuracy"]
+    assert found["examples"] == 20 and found["accuracy_torch"] == recorded
+    assert found["predictions_differing"] == 0 and found["max_logit_diff"] < 1e-5
+
+    import torch
+
+    model = export.load_quantized_checkpoint(tmp_path / "deploy")  # exported without its token types
+    example = {"input_ids": torch.ones(2, 8, dtype=torch.long), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    export_onnx(model, example, tmp_path / "no_types.onnx")
+    with pytest.raises(module.AgreementError) as error:
+        module.agreement(run_dir, tmp_path / "no_types.onnx")
+    assert str(error.value) == (f"{tmp_path / 'no_types.onnx'} does not take token_type_ids, which the run's batches "
+                                f"carry (and its model reads): it was not exported from this run's model as it is now; "
+                                f"export it again: python -m quant.export {run_dir} --out DIR --onnx")
+
+
+def test_onnx_agreement_says_in_one_line_when_onnxruntime_cannot_load_the_model(tmp_path, capsys):
+    import onnxruntime
+
+    from quant.quant_module import QuantConfig
+    from quant.onnx_export import export_onnx
+    from tests.quant.test_onnx_export import tiny
+
+    model, inputs = tiny("resnet18", QuantConfig("fp4", "int8", per_channel=True))
+    export_onnx(model, inputs, tmp_path / "fp4.onnx")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text("{}")  # never read further: the model is loaded first
+    code = _onnx_agreement_module().main([str(tmp_path / "run"), str(tmp_path / "fp4.onnx")])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == "" and len(captured.err.splitlines()) == 1
+    assert captured.err.startswith(f"python examples/onnx_agreement.py: onnxruntime {onnxruntime.__version__} cannot "
+                                   f"run {tmp_path / 'fp4.onnx'}: its CPU provider has no DequantizeLinear (opset 23) "
+                                   f"kernel for FLOAT4E2M1 (node ")
+    assert captured.err.endswith("); export again with --opset 22 --onnx_unsupported float (its fp4_e2m1 layers, and "
+                                 "any other format newer than opset 22, in float), or run it with a runtime that "
+                                 "implements DequantizeLinear on FLOAT4E2M1\n")

@@ -12,6 +12,7 @@ from transformers import ViTImageProcessor
 
 from eval.eval_partitions import LayerSelection, select_layers
 from eval.models import build_model
+from quant.eval_autocast import eval_autocast_dtype, set_eval_autocast
 from quant.export import (
     WEIGHTS_NAME,
     ExportReport,
@@ -98,6 +99,7 @@ def test_config_json_and_stored_tensors(tmp_path):
     assert config["architectures"] == ["BertForSequenceClassification"] and config["model_type"] == "bert"
     quant = read_quantization_config(tmp_path / "ckpt")
     assert quant["quant_method"] == "fliqs" and quant["model_dtype"] == "float32" and quant["tied_parameters"] == {}
+    assert quant["autocast_dtype"] is None  # a float32 run's model
     assert quant["layers"]["bert.encoder.layer.0.attention.self.query"] == {
         "weight_format": "fp6_e2m3", "act_format": "int8", "weight_granularity": "per_channel",
         "act_granularity": "per_tensor", "weight_range_percentile": 100.0, "act_range_percentile": 100.0,
@@ -169,6 +171,11 @@ def test_failed_export_leaves_nothing_and_existing_output_is_protected(tmp_path)
     with pytest.raises(OSError, match="disk full"):
         export_quantized_checkpoint(model, tmp_path / "ckpt", FailingProcessor())
     assert os.listdir(tmp_path) == []
+    (tmp_path / "kept").mkdir()  # the parents it creates go too, those that were there stay
+    with pytest.raises(OSError, match="disk full"):
+        export_quantized_checkpoint(model, tmp_path / "kept" / "new" / "newer" / "ckpt", FailingProcessor())
+    assert os.listdir(tmp_path) == ["kept"] and os.listdir(tmp_path / "kept") == []
+    (tmp_path / "kept").rmdir()
     export_quantized_checkpoint(model, tmp_path / "ckpt")
     with pytest.raises(FileExistsError, match=r"already exists; choose another directory or replace it \(--overwrite, "
                        r"overwrite=True in Python\)"):
@@ -178,6 +185,59 @@ def test_failed_export_leaves_nothing_and_existing_output_is_protected(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]
     assert read_quantization_config(tmp_path / "ckpt")["layers"]["classifier"]["act_format"] == "int4"
     assert torch.equal(outputs(load_quantized_checkpoint(tmp_path / "ckpt"), inputs), outputs(model, inputs))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_mixed_precision_model_reloads_under_its_autocast(tmp_path, dtype):
+    """A --bf16 / --fp16 run evaluates under torch.autocast; its checkpoint records the dtype and the
+    loaded model runs under it, with float32 outputs, as the Trainer's evaluation."""
+    import copy
+
+    model, inputs = tiny_model("bert", QuantConfig("int4", "int8", per_channel=True))
+    inputs = {**inputs, "labels": torch.tensor([0, 2])}
+    with torch.no_grad(), torch.autocast("cpu", dtype=getattr(torch, dtype)):
+        out = model(**inputs)
+    expected_logits, expected_loss = out.logits.float(), out.loss.float()
+    float32 = outputs(model, inputs)
+    assert not torch.equal(expected_logits, float32)  # the two can be told apart
+    assert set_eval_autocast(model, dtype) is model and eval_autocast_dtype(model) == dtype
+    export_quantized_checkpoint(model, tmp_path / "ckpt")
+    assert read_quantization_config(tmp_path / "ckpt")["autocast_dtype"] == dtype
+    loaded = load_quantized_checkpoint(tmp_path / "ckpt")
+    assert eval_autocast_dtype(loaded) == dtype
+    with torch.no_grad():
+        got = loaded(**inputs)
+    assert got.logits.dtype == torch.float32 and torch.equal(got.logits, expected_logits)
+    assert torch.equal(got.loss, expected_loss)
+    assert not torch.is_autocast_enabled("cpu")  # only for the forward
+    assert torch.equal(outputs(copy.deepcopy(loaded), inputs), expected_logits)
+    with pytest.raises(IndexError):
+        loaded(input_ids=torch.full((1, 3), 10**6))  # a forward that raises leaves autocast off too
+    assert not torch.is_autocast_enabled("cpu")
+    assert torch.equal(outputs(set_eval_autocast(loaded, None), inputs), float32)
+    assert eval_autocast_dtype(loaded) is None
+
+
+def test_autocast_dtype_given_explicitly_and_bad_values(tmp_path):
+    model, _ = tiny_model("bert", QuantConfig("int4", "int8"))
+    export_quantized_checkpoint(model, tmp_path / "ckpt", autocast_dtype="bfloat16")
+    assert read_quantization_config(tmp_path / "ckpt")["autocast_dtype"] == "bfloat16"
+    assert eval_autocast_dtype(load_quantized_checkpoint(tmp_path / "ckpt")) == "bfloat16"
+    set_eval_autocast(model, "bfloat16")
+    export_quantized_checkpoint(model, tmp_path / "f32", autocast_dtype=None)  # the caller knows better
+    assert read_quantization_config(tmp_path / "f32")["autocast_dtype"] is None
+    with pytest.raises(ValueError, match=r"^autocast_dtype 'bf16' is not one of bfloat16, float16 \(or None for "
+                                         r"float32\)$"):
+        export_quantized_checkpoint(model, tmp_path / "bad", autocast_dtype="bf16")
+    with pytest.raises(ValueError, match=r"^autocast dtype 'float32' is not one of bfloat16, float16 \(or None"):
+        set_eval_autocast(model, "float32")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    config["quantization_config"]["autocast_dtype"] = "half"
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config.json: quantization_config autocast_dtype 'half' is not one of "
+                                         r"bfloat16, float16 or null; write it again with quant.export$"):
+        load_quantized_checkpoint(tmp_path / "ckpt")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_bad_inputs_are_rejected(tmp_path):
@@ -334,3 +394,61 @@ def test_cli_on_a_tiny_real_run(tmp_path):
     assert failed.returncode == 1 and "Traceback" not in failed.stderr and len(errors) == 1, failed.stderr
     assert errors[0].startswith("python -m quant.export: error: OSError: ")
     assert not (tmp_path / "out3").exists()
+
+
+def _trainer_evaluation(model, setup, batch_size: int) -> tuple[float, float]:
+    """Accuracy and loss over the validation split in the run's batches, the loss averaged as the
+    Trainer does (each batch's float32 loss once per example, one numpy mean)."""
+    import numpy as np
+
+    dataset, correct, losses = setup.eval_dataset, 0, []
+    for start in range(0, len(dataset), batch_size):
+        batch = setup.data_collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        with torch.no_grad():
+            out = model(**batch)
+        correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+        losses.append(out.loss.float().repeat(len(batch["labels"])).numpy())
+    return correct / len(dataset), float(np.concatenate(losses).mean())
+
+
+def test_cli_export_of_a_bf16_gpt2_run_keeps_its_geometry_and_its_evaluation(tmp_path, capsys):
+    """The CLI rebuilds the run's model with the run's input geometry (GPT-2 at its 128 tokens, not
+    the ONNX example's 16; with or without --onnx), and the checkpoint of a --bf16 run reproduces
+    the run's recorded evaluation bit for bit. Its word-level tokenizer gives GPT-2 no token types."""
+    import argparse
+
+    import onnx
+
+    from eval.eval_run import main as run_main
+    from eval.run_setup import load_data_and_model
+
+    assert run_main(["--task", "synth-sentiment", "--model_type", "gpt2", "--config_overrides", "n_layer=1,n_embd=32,"
+                     "n_head=2", "--weight_bits", "4", "--activation_bits", "8", "--per_channel", "--bf16",
+                     "--max_steps", "4", "--max_train_samples", "64", "--max_eval_samples", "32", "--train_batch_size",
+                     "16", "--device", "cpu", "--report_to", "none", "--exp_name", "g", "--output_root_dir",
+                     str(tmp_path / "runs"), "--export_dir", str(tmp_path / "during")]) == 0
+    run_dir = tmp_path / "runs" / "synth-sentiment" / "g"
+    results = json.loads((run_dir / "results.json").read_text())
+    recorded = {name: layer["macs_per_sample"] for name, layer in results["layers"].items()}
+    assert results["args"]["max_seq_length"] == 128 and recorded["transformer.h.0.attn.c_attn"] == 128 * 32 * 96
+    main([str(run_dir), "--out", str(tmp_path / "plain")])
+    main([str(run_dir), "--out", str(tmp_path / "with_onnx"), "--onnx"])
+    for out in ("during", "plain", "with_onnx"):
+        layers = read_quantization_config(tmp_path / out)["layers"]
+        assert {name: entry["macs_per_sample"] for name, entry in layers.items()} == recorded, out
+    assert [i.name for i in onnx.load(str(tmp_path / "with_onnx" / "model.onnx")).graph.input] == \
+        ["input_ids", "attention_mask"]
+
+    args = argparse.Namespace(**{**results["args"], "model_name_or_path": str(run_dir / "final_model"),
+                                 "load_config": None})
+    setup = load_data_and_model(args)
+    assert sorted(setup.eval_dataset[0]) == ["attention_mask", "input_ids", "labels"]  # no token_type_ids
+    metrics = results["metrics"]
+    for out in ("during", "plain", "with_onnx"):  # --export_dir during the run too
+        assert read_quantization_config(tmp_path / out)["autocast_dtype"] == "bfloat16"
+        loaded = load_quantized_checkpoint(tmp_path / out)
+        assert sum(layer.compute_cost() for layer in quantized_layers(loaded).values()) == results["cost"]["gbops"]
+        found = _trainer_evaluation(loaded, setup, results["args"]["eval_batch_size"])
+        assert found == (metrics["eval_accuracy"], metrics["eval_loss"]), out
+    float32 = _trainer_evaluation(set_eval_autocast(loaded, None), setup, results["args"]["eval_batch_size"])
+    assert float32[1] != metrics["eval_loss"]  # in float32 it is another model

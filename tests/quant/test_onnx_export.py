@@ -16,7 +16,7 @@ from eval.eval_partitions import LayerSelection, select_layers
 from eval.models import build_model
 from quant.export import load_quantized_checkpoint, main
 from quant.formats import NO_QUANT, parse_format
-from quant.onnx_export import OnnxFormatError, _QDQLayer, example_inputs_for, export_onnx
+from quant.onnx_export import OnnxFormatError, _QDQLayer, example_inputs_for, export_onnx, onnxruntime_load_problem
 from quant.quant_conv2d import QuantConv2d
 from quant.quant_linear import QuantConv1D, QuantLinear
 from quant.quant_module import QuantConfig
@@ -181,6 +181,129 @@ def test_export_layers_compute_exactly_the_fake_quant(weight, act, per_channel, 
             assert torch.equal(_QDQLayer(layer, as_float=False)(x), layer(x)), type(layer).__name__
 
 
+def test_bert_sentence_pairs_keep_their_token_types_in_onnx(tmp_path):
+    """token_type_ids are an input of a BERT export whose tokenizer gives them: the second
+    segment's type-1 embedding is in the graph, as in the run."""
+    from eval.text_tokenizer import build_word_level_tokenizer
+
+    tokenizer = build_word_level_tokenizer(["the food was good", "not bad at all", "a bad movie"])
+    torch.manual_seed(0)
+    model = build_model("bert", num_labels=3, from_scratch=True, config_overrides=TINY_BERT,
+                        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    quantize_model(model, QuantSpec(select_layers(model, LayerSelection()), QuantConfig("int8", "int8")))
+    model.eval()
+    example = example_inputs_for(model, tokenizer, seq_len=6)
+    assert list(example) == ["input_ids", "attention_mask", "token_type_ids"]
+    assert example["token_type_ids"].tolist() == [[0, 0, 0, 1, 1, 1]] * 2
+    export_onnx(model, example, tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
+    pairs = dict(tokenizer(["the food", "a movie was bad"], ["not bad at all", "good"], padding=True,
+                           return_tensors="pt"))
+    assert pairs["token_type_ids"].tolist() == [[0, 0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 1, 1, 0]]
+    assert_agrees(ort_outputs(tmp_path / "m.onnx", pairs), torch_outputs(model, pairs))
+    single_segment = {**pairs, "token_type_ids": torch.zeros_like(pairs["token_type_ids"])}
+    assert np.abs(torch_outputs(model, single_segment) - torch_outputs(model, pairs)).max() > 1e-4  # types matter
+
+
+def test_token_type_ids_follow_the_tokenizer_and_the_forward():
+    from eval.text_tokenizer import build_word_level_tokenizer
+
+    bert, _ = tiny("bert", QuantConfig("int8", "int8"))
+    assert list(example_inputs_for(bert)) == ["input_ids", "attention_mask", "token_type_ids"]  # 2 types, no tokenizer
+    plain = build_word_level_tokenizer(["a b"], token_type_ids=False)
+    assert list(example_inputs_for(bert, plain)) == ["input_ids", "attention_mask"]
+    torch.manual_seed(0)
+    roberta = build_model("roberta", num_labels=2, from_scratch=True, config_overrides=TINY_BERT, vocab_size=64,
+                          pad_token_id=1)
+    assert list(example_inputs_for(roberta)) == ["input_ids", "attention_mask"]  # type_vocab_size 1
+    gpt2 = build_model("gpt2", num_labels=2, from_scratch=True, config_overrides={"n_layer": 1, "n_embd": 32,
+                                                                                  "n_head": 2},
+                       vocab_size=64, pad_token_id=1)
+    assert list(example_inputs_for(gpt2)) == ["input_ids", "attention_mask"]
+    # An older run's tokenizer fed GPT-2 token_type_ids (all 0) in training: its export takes them too.
+    old = example_inputs_for(gpt2, build_word_level_tokenizer(["a b"]))
+    assert list(old) == ["input_ids", "attention_mask", "token_type_ids"] and old["token_type_ids"].sum() == 0
+
+
+def test_export_leaves_the_recorded_geometry_alone(tmp_path):
+    model, inputs = tiny("bert", QuantConfig("int8", "int8"))
+    layers = quantized_layers(model)
+    assert {layer.macs_per_sample for layer in layers.values()} == {None}
+    export_onnx(model, example_inputs_for(model, seq_len=16), tmp_path / "a.onnx")
+    assert {layer.macs_per_sample for layer in layers.values()} == {None}  # not the example's 16 tokens
+    for layer in layers.values():
+        layer.set_input_shape((2, 128, layer.weight.shape[1]))  # the run's 128 tokens
+    before = {name: layer.macs_per_sample for name, layer in layers.items()}
+    assert before["classifier"] == 128 * 32 * 3
+    export_onnx(model, example_inputs_for(model, seq_len=16), tmp_path / "b.onnx")
+    assert {name: layer.macs_per_sample for name, layer in layers.items()} == before
+
+
+def test_a_mixed_precision_model_exports_its_float32_graph(tmp_path):
+    from quant.eval_autocast import eval_autocast_dtype, set_eval_autocast
+
+    model, inputs = tiny("resnet18", QuantConfig("int8", "int8", per_channel=True))
+    float32 = torch_outputs(model, inputs)
+    set_eval_autocast(model, "bfloat16")
+    assert not np.array_equal(torch_outputs(model, inputs), float32)
+    export_onnx(model, inputs, tmp_path / "m.onnx")
+    assert_agrees(ort_outputs(tmp_path / "m.onnx", inputs), float32)
+    assert eval_autocast_dtype(model) == "bfloat16" and not np.array_equal(torch_outputs(model, inputs), float32)
+
+
+def test_formats_past_an_explicit_opset_go_float_on_request(tmp_path):
+    """onnxruntime 1.32 cannot run FP4 (opset 23): --opset 22 --onnx_unsupported float exports
+    those layers (and INT2, opset 25) in float, and onnxruntime runs the rest."""
+    formats = [("int8", "int8"), ("fp4", "int8"), ("int2", "int8"), ("int4", "fp4"), ("int8", "int2")]
+    model, inputs = tiny("resnet18", QuantConfig(per_channel=True), formats)
+    listed = r"^10 quantized layers cannot be exported to ONNX at opset 22:\n  resnet.encoder.stages.0.layers.0.layer.0"
+    with pytest.raises(OnnxFormatError, match=listed + r".convolution: needs opset 23\n"):
+        export_onnx(model, inputs, tmp_path / "m.onnx", opset=22)
+    report = export_onnx(model, inputs, tmp_path / "m.onnx", opset=22, unsupported="float")
+    assert report.opset == 22 and len(report.qdq_layers) == 3 and len(report.float_layers) == 10
+    assert report.float_layers["resnet.encoder.stages.0.layers.0.layer.0.convolution"] == "needs opset 23"
+    assert report.float_layers["resnet.encoder.stages.0.layers.0.layer.1.convolution"] == "needs opset 25"
+    assert onnxruntime_load_problem(tmp_path / "m.onnx") is None
+    for name in report.float_layers:  # the reference: those layers without their activation quantizers
+        layer = quantized_layers(model)[name]
+        layer.set_formats(layer.weight_format, NO_QUANT)
+    assert_agrees(ort_outputs(tmp_path / "m.onnx", inputs), torch_outputs(model, inputs))
+
+
+def test_which_formats_the_installed_onnxruntime_runs(tmp_path):
+    """onnxruntime 1.32 (CPU) runs INT2 Q/DQ at opset 25 but has no FLOAT4E2M1 kernel: the FP4
+    model is valid ONNX that it refuses to load, and the problem is one line with the ways out."""
+    int2, inputs = tiny("resnet18", QuantConfig("int2", "int2", per_channel=True))
+    assert export_onnx(int2, inputs, tmp_path / "int2.onnx").opset == 25
+    assert onnxruntime_load_problem(tmp_path / "int2.onnx") is None
+    assert_agrees(ort_outputs(tmp_path / "int2.onnx", inputs), torch_outputs(int2, inputs))
+    fp4, inputs = tiny("resnet18", QuantConfig("fp4", "int8", per_channel=True))
+    assert export_onnx(fp4, inputs, tmp_path / "fp4.onnx").opset == 23
+    onnx.checker.check_model(str(tmp_path / "fp4.onnx"))
+    problem = onnxruntime_load_problem(tmp_path / "fp4.onnx", shown_as="deploy/model.onnx")
+    assert problem is not None and "\n" not in problem
+    node = problem.split("(node ")[1].split(")")[0]
+    assert problem == (f"onnxruntime {ort.__version__} cannot run deploy/model.onnx: its CPU provider has no "
+                       f"DequantizeLinear (opset 23) kernel for FLOAT4E2M1 (node {node}); export again with --opset 22 "
+                       f"--onnx_unsupported float (its fp4_e2m1 layers, and any other format newer than opset 22, in "
+                       f"float), or run it with a runtime that implements DequantizeLinear on FLOAT4E2M1")
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_a_loaded_checkpoint_exports_to_onnx(tmp_path, per_channel):
+    """Its layers carry their scales as `weight_scale` buffers, which the export's stand-ins name
+    their own scales too (it failed: "attribute 'weight_scale' already exists")."""
+    from quant.export import export_quantized_checkpoint
+
+    model, inputs = tiny("bert", QuantConfig("int4", "int8", per_channel=per_channel))
+    export_quantized_checkpoint(model, tmp_path / "ckpt")
+    loaded = load_quantized_checkpoint(tmp_path / "ckpt")
+    export_onnx(loaded, inputs, tmp_path / "m.onnx")
+    assert_agrees(ort_outputs(tmp_path / "m.onnx", inputs), torch_outputs(loaded, inputs))
+    np.testing.assert_array_equal(torch_outputs(loaded, inputs), torch_outputs(model, inputs))
+
+
 def test_example_inputs():
     bert, _ = tiny("bert", QuantConfig("int8", "int8"))
     text = example_inputs_for(bert, seq_len=5)
@@ -225,6 +348,30 @@ def test_cli_writes_checkpoint_and_onnx_together(tmp_path, capsys):
         main([str(tmp_path / "run"), "--out", str(tmp_path / "out2"), "--onnx", "--image_size", "32"],
              load_run=lambda run_dir: (model, None))
     assert sorted(os.listdir(tmp_path)) == ["out"]  # the ONNX failure left no checkpoint behind
+    with pytest.raises(OnnxFormatError, match="1 quantized layers cannot be exported"):
+        main([str(tmp_path / "run"), "--out", str(tmp_path / "new1" / "new2" / "out2"), "--onnx", "--image_size",
+              "32"], load_run=lambda run_dir: (model, None))
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # nor the parent directories it created
+
+
+def test_cli_notes_a_model_the_installed_onnxruntime_cannot_run(tmp_path, capsys):
+    model, _ = tiny("resnet18", QuantConfig("fp4", "int8", per_channel=True))
+    main([str(tmp_path / "run"), "--out", str(tmp_path / "fp4"), "--onnx", "--image_size", "32"],
+         load_run=lambda run_dir: (model, None))
+    captured = capsys.readouterr()
+    assert f"{tmp_path / 'fp4' / 'model.onnx'}: opset 23, 13 layers with Q/DQ" in captured.out
+    (note,) = captured.err.splitlines()
+    assert note.startswith(f"python -m quant.export: note: onnxruntime {ort.__version__} cannot run "
+                           f"{tmp_path / 'fp4' / 'model.onnx'}: its CPU provider has no DequantizeLinear (opset 23) "
+                           f"kernel for FLOAT4E2M1")
+    assert sorted(os.listdir(tmp_path / "fp4")) == ["config.json", "fliqs_model.safetensors", "model.onnx"]
+    main([str(tmp_path / "run"), "--out", str(tmp_path / "fp4_float"), "--onnx", "--image_size", "32", "--opset", "22",
+          "--onnx_unsupported", "float"], load_run=lambda run_dir: (model, None))
+    assert capsys.readouterr().err == ""
+    int2, _ = tiny("resnet18", QuantConfig("int2", "int8", per_channel=True))
+    main([str(tmp_path / "run"), "--out", str(tmp_path / "int2"), "--onnx", "--image_size", "32"],
+         load_run=lambda run_dir: (int2, None))
+    assert capsys.readouterr().err == ""
 
 
 def test_export_with_grouped_weights_on_traces_no_group_hook(tmp_path):
