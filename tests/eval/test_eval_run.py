@@ -231,7 +231,7 @@ def test_a_failed_export_keeps_the_runs_metrics_and_says_how_to_export_again(tmp
     two runs share one --export_dir) fails the run but keeps what it measured and its model."""
     import quant.export
 
-    def taken(model, out_dir, processor=None):
+    def taken(model, out_dir, processor=None, **options):
         raise FileExistsError(f"{out_dir} already exists")
 
     monkeypatch.setattr(quant.export, "export_quantized_checkpoint", taken)
