@@ -9,11 +9,12 @@ forward signature, state dict and deepcopy stay as they are.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
+from quant import forward_scoped
 from quant.forward_scoped import ForwardScoped, attach, detach
 
 
@@ -51,7 +52,6 @@ class EvalAutocast(ForwardScoped):
 
     def __init__(self, model: nn.Module, dtype: str) -> None:
         self.dtype = dtype
-        self.paused = False
         self._contexts: list[Any] = []
         super().__init__(model)
 
@@ -94,15 +94,6 @@ def eval_autocast_dtype(model: nn.Module) -> str | None:
     return None if scoped is None else scoped.dtype
 
 
-@contextlib.contextmanager
-def eval_autocast_paused(model: nn.Module) -> Iterator[None]:
+def eval_autocast_paused(model: nn.Module) -> contextlib.AbstractContextManager[None]:
     """Run `model` in float32 during the block (the ONNX export traces the float32 graph)."""
-    scoped = model.__dict__.get(EvalAutocast.key)
-    if scoped is None or scoped.paused:
-        yield
-        return
-    scoped.paused = True
-    try:
-        yield
-    finally:
-        scoped.paused = False
+    return forward_scoped.paused(model, EvalAutocast)

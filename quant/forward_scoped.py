@@ -7,7 +7,8 @@ raises. A `ForwardScoped` owns that pair of hooks; `attach` keeps one instance p
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, TypeVar
+import contextlib
+from typing import Any, ClassVar, Iterator, TypeVar
 
 from torch import nn
 
@@ -20,6 +21,7 @@ class ForwardScoped:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+        self.paused = False  # see `paused()`: the hooks stay, a subclass skips its work
         self._handles = [model.register_forward_pre_hook(self._before_forward),
                          model.register_forward_hook(self._after_forward, always_call=True)]
 
@@ -55,3 +57,19 @@ def detach(model: nn.Module, cls: type[ForwardScoped]) -> None:
     scoped = model.__dict__.pop(cls.key, None)
     if scoped is not None:
         scoped.remove()
+
+
+@contextlib.contextmanager
+def paused(model: nn.Module, cls: type[ForwardScoped]) -> Iterator[None]:
+    """Set `model`'s `cls` instance's `paused` during the block (nothing if it has none, or is
+    paused already). Its hooks stay where they are, so their order among the model's other hooks
+    does not change."""
+    scoped = model.__dict__.get(cls.key)
+    if scoped is None or scoped.paused:
+        yield
+        return
+    scoped.paused = True
+    try:
+        yield
+    finally:
+        scoped.paused = False

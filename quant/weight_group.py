@@ -35,12 +35,12 @@ import contextlib
 import os
 import warnings
 from enum import Enum
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from quant import fused_multi_quantize, fused_quantize
+from quant import forward_scoped, fused_multi_quantize, fused_quantize
 from quant.formats import CastFormat, NumberFormat, parse_format
 from quant.forward_scoped import ForwardScoped, attach, detach
 from quant.quant_module import GroupedWeight, QuantModule
@@ -213,7 +213,6 @@ class WeightQuantizerGroup(ForwardScoped):
 
     def __init__(self, model: nn.Module, layers: Sequence[QuantModule]) -> None:
         self.layers = tuple(layers)
-        self.paused = False  # see `paused()`
         # Modules with HF's gradient_checkpointing switch, found once: asking the model
         # (is_activation_checkpointing) walks every module at every forward.
         self._checkpointing_switches = [module for module in model.modules()
@@ -288,17 +287,7 @@ def uninstall(model: nn.Module) -> None:
     detach(model, WeightQuantizerGroup)
 
 
-@contextlib.contextmanager
-def paused(model: nn.Module) -> Iterator[None]:
+def paused(model: nn.Module) -> contextlib.AbstractContextManager[None]:
     """Keep `model`'s group from grouping during the block (an export that swaps layers and
-    traces the forward). Its hooks stay where they are, so their order among the model's
-    other hooks does not change."""
-    group = model.__dict__.get(WeightQuantizerGroup.key)
-    if group is None or group.paused:
-        yield
-        return
-    group.paused = True
-    try:
-        yield
-    finally:
-        group.paused = False
+    traces the forward)."""
+    return forward_scoped.paused(model, WeightQuantizerGroup)
