@@ -1,5 +1,6 @@
-"""Run flags as the launcher sees them: split a run's argv into one segment per flag, and turn a
-`key=value` override (from `--sweep` or an experiments file) into the tokens of that flag.
+"""Run flags as the launcher sees them: a run's argv split into one segment per flag
+(eval/cli_flags.py `split_argv`), and a `key=value` override (from `--sweep` or an experiments
+file) turned into the tokens of that flag.
 
 The base command line gives each flag once (`refuse_repeated_run_flags`, as every CLI of the
 project: eval/cli_flags.py), and an override replaces its flag there, so the run sees each flag
@@ -14,7 +15,7 @@ import argparse
 import difflib
 from typing import Any, Sequence
 
-from eval.cli_flags import FlagSegment, flag_actions, option_map, repeated_flag_error, split_argv
+from eval.cli_flags import FlagSegment, flag_actions, option_map, repeated_flag_error
 
 
 class LaunchError(ValueError):
@@ -26,13 +27,6 @@ RESERVED_KEYS = {
     "cuda_visible_devices": "the launcher assigns GPUs to runs; pick them with --gpus or --num_gpus",
 }
 TRUE_WORDS, FALSE_WORDS = ("true",), ("false",)
-
-
-def split_run_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[FlagSegment]:
-    """Split a run's `argv` into flag occurrences, as the run's parser reads them (the same split
-    that refuses a repeated flag, eval/cli_flags.py); unknown tokens are kept (dest None) for the
-    run's parser to reject with its own message."""
-    return split_argv(parser, argv)
 
 
 def refuse_repeated_run_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from eval.cli_flags import FlagSegment, split_argv
 from eval.eval_parse import create_arg_parser, parse_run_args
-from eval.launch_flags import (FlagSegment, LaunchError, apply_overrides, name_text, resolve_key, split_run_argv,
-                               value_text)
+from eval.launch_flags import LaunchError, apply_overrides, name_text, resolve_key, value_text
 from eval.results import NON_RESULT_ARGS, ignored_args, same_settings, same_value
 
 MAX_NAME_LENGTH = 200  # file systems allow 255 bytes per name
@@ -245,7 +245,7 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
                      entries: Sequence[dict[str, Any]] | None = None) -> list[Experiment]:
     """Expand, validate and name the experiments; raises LaunchError naming the first bad one."""
     parser = create_arg_parser("eval_run")
-    base: list[FlagSegment] = split_run_argv(parser, run_argv)
+    base: list[FlagSegment] = split_argv(parser, run_argv)
     base_without_name = [s for s in base if s.dest != "exp_name"]
     combos = _combinations(sweeps, entries if entries is not None else [{}], parser)
     total = len(combos)

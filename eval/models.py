@@ -287,6 +287,19 @@ def _check_config(spec: ModelSpec, config: PretrainedConfig) -> None:
                              f"to the config overrides")
 
 
+def architecture_config(model_type: str, *, from_scratch: bool, model_name_or_path: str | None = None,
+                        config_overrides: dict[str, Any] | None = None) -> PretrainedConfig:
+    """The model's config before a run's sizes (vocabulary, image size, labels): the built-in one
+    (from scratch without `model_name_or_path`) or the checkpoint's, with `config_overrides`."""
+    spec = get_model_spec(model_type)
+    if from_scratch and model_name_or_path is None:
+        config = spec.builtin_config()
+    else:
+        config = _load_config(spec, model_name_or_path or spec.hub_id)
+    _apply_overrides(config, config_overrides)
+    return config
+
+
 def build_model(model_type: str, *, num_labels: int, from_scratch: bool, model_name_or_path: str | None = None,
                 config_overrides: dict[str, Any] | None = None, vocab_size: int | None = None,
                 pad_token_id: int | None = None, image_size: int | None = None,
@@ -306,11 +319,8 @@ def build_model(model_type: str, *, num_labels: int, from_scratch: bool, model_n
     problem_type = _resolve_problem_type(num_labels, problem_type)
     _check_modality_args(spec, vocab_size, pad_token_id, image_size)
     source = model_name_or_path or spec.hub_id
-    if from_scratch:
-        config = spec.builtin_config() if model_name_or_path is None else _load_config(spec, source)
-    else:
-        config = _load_config(spec, source)
-    _apply_overrides(config, config_overrides)
+    config = architecture_config(model_type, from_scratch=from_scratch, model_name_or_path=model_name_or_path,
+                                 config_overrides=config_overrides)
     if vocab_size is not None and vocab_size != config.vocab_size:
         if not from_scratch:
             raise ValueError(f"vocab_size {vocab_size} differs from the checkpoint's {config.vocab_size}; the "

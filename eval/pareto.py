@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -139,7 +140,7 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, cost_column: s
     for row in rows:
         families.setdefault(family_key(row), []).append(row)
     # Name the set of quantized layers in the titles where one task/model has several.
-    split = {key[:3] for key in families if sum(other[:3] == key[:3] for other in families) > 1}
+    sets_per_model = Counter(key[:3] for key in families)
     figure = new_figure(6.4 * max(1, len(families)), 4.8)
     axes = figure.subplots(1, max(1, len(families)), squeeze=False)[0]
     if not families:
@@ -188,7 +189,8 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, cost_column: s
                     label="Pareto frontier", zorder=4)
         ax.set_xlabel(cost_label)
         ax.set_ylabel(f"{metric} ({'higher' if higher else 'lower'} is better)")
-        ax.set_title(f"{task} / {model}" + (f" ({layers_label(members[0])})" if (task, model, metric) in split else ""))
+        several_sets = sets_per_model[task, model, metric] > 1
+        ax.set_title(f"{task} / {model}" + (f" ({layers_label(members[0])})" if several_sets else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     figure.tight_layout()

@@ -86,22 +86,19 @@ def _check_loaded_layers(args: argparse.Namespace, model: nn.Module, loaded: lis
                          f"found on (that run's --config_overrides and weights)")
 
 
-def _scratch_config(args: argparse.Namespace, source: str | None):
-    """The config a from-scratch text model of this run is built with, before the vocabulary
-    size (_build_model): the built-in one or `source`'s, with --config_overrides."""
+def _config_overrides(args: argparse.Namespace) -> dict[str, Any] | None:
+    """--config_overrides parsed against the model's built-in config (None without it)."""
     from eval.model_configs import get_model_spec
-    from eval.models import _load_config, parse_config_overrides
+    from eval.models import parse_config_overrides
 
-    spec = get_model_spec(args.model_type)
-    config = spec.builtin_config() if source is None else _load_config(spec, source)
-    if args.config_overrides:
-        config.update(parse_config_overrides(args.config_overrides, spec.builtin_config()))
-    return config
+    if not args.config_overrides:
+        return None
+    return parse_config_overrides(args.config_overrides, get_model_spec(args.model_type).builtin_config())
 
 
 def _text_processor(args: argparse.Namespace, raw_train, task: TaskSpec, source: str | None):
     from eval.data import training_texts
-    from eval.models import load_pretrained_processor
+    from eval.models import architecture_config, load_pretrained_processor
     from eval.text_tokenizer import build_word_level_tokenizer, uses_token_type_ids
 
     if source is not None and os.path.isdir(source) and (Path(source) / "tokenizer.json").is_file():
@@ -109,17 +106,18 @@ def _text_processor(args: argparse.Namespace, raw_train, task: TaskSpec, source:
 
         return AutoTokenizer.from_pretrained(source)
     if args.from_scratch:  # token_type_ids only for a model that embeds them (BERT), as from the hub
-        return build_word_level_tokenizer(training_texts(raw_train, task),
-                                          token_type_ids=uses_token_type_ids(_scratch_config(args, source)))
+        config = architecture_config(args.model_type, from_scratch=True, model_name_or_path=source,
+                                     config_overrides=_config_overrides(args))
+        return build_word_level_tokenizer(training_texts(raw_train, task), token_type_ids=uses_token_type_ids(config))
     return load_pretrained_processor(args.model_type, source)
 
 
 def _build_model(args: argparse.Namespace, task: TaskSpec, tokenizer, source: str | None, image_size: int | None):
     from eval.model_configs import get_model_spec
-    from eval.models import build_model, parse_config_overrides
+    from eval.models import build_model
 
     spec = get_model_spec(args.model_type)
-    overrides = parse_config_overrides(args.config_overrides, spec.builtin_config()) if args.config_overrides else None
+    overrides = _config_overrides(args)
     kwargs: dict[str, Any] = {}
     if task.modality == "text" and args.from_scratch and source is None:
         kwargs.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)

@@ -456,7 +456,9 @@ def takes_token_type_ids(model: nn.Module, processor: Any = None) -> bool:
     names = getattr(processor, "model_input_names", None)
     if names is not None:
         return "token_type_ids" in names
-    return getattr(model.config, "type_vocab_size", 0) > 1
+    from eval.text_tokenizer import uses_token_type_ids  # the built-in tokenizer's own rule
+
+    return uses_token_type_ids(model.config)
 
 
 def example_inputs_for(model: nn.Module, processor: Any = None, *, seq_len: int = 16,

@@ -1,8 +1,8 @@
 import pytest
 
+from eval.cli_flags import FlagSegment, split_argv
 from eval.eval_parse import create_arg_parser
-from eval.launch_flags import (FlagSegment, LaunchError, apply_overrides, override_tokens, resolve_key,
-                               split_run_argv, value_text)
+from eval.launch_flags import LaunchError, apply_overrides, override_tokens, resolve_key, value_text
 
 
 @pytest.fixture(scope="module")
@@ -10,10 +10,10 @@ def parser():
     return create_arg_parser("eval_run")
 
 
-def test_split_run_argv_groups_each_flag_with_its_value(parser):
+def test_split_argv_groups_each_flag_with_its_value(parser):
     argv = ["--task", "digits", "--seed=3", "--max_st", "5", "--fp16", "--no-quantize_pooler", "--bogus", "7",
             "--cost_beta", "-0.5", "--model", "bert"]
-    assert split_run_argv(parser, argv) == [
+    assert split_argv(parser, argv) == [
         FlagSegment("task", ("--task", "digits")),
         FlagSegment("seed", ("--seed=3",)),
         FlagSegment(None, ("--max_st",)),  # no abbreviations: left for the run's parser to reject
@@ -29,7 +29,7 @@ def test_split_run_argv_groups_each_flag_with_its_value(parser):
 
 def test_ambiguous_prefix_is_left_unmatched(parser):
     # --max could be --max_steps, --max_train_samples, ...: argparse rejects it, so do we.
-    assert split_run_argv(parser, ["--max", "3"]) == [FlagSegment(None, ("--max",)), FlagSegment(None, ("3",))]
+    assert split_argv(parser, ["--max", "3"]) == [FlagSegment(None, ("--max",)), FlagSegment(None, ("3",))]
 
 
 @pytest.mark.parametrize("key, value, expected", [
@@ -75,7 +75,7 @@ def test_override_errors(parser, key, value, message):
 
 
 def test_apply_overrides_replaces_every_occurrence(parser):
-    base = split_run_argv(parser, ["--seed", "1", "--task", "digits", "--fp16", "--seed=9"])
+    base = split_argv(parser, ["--seed", "1", "--task", "digits", "--fp16", "--seed=9"])
     assert apply_overrides(parser, base, [("seed", "2"), ("fp16", "false"), ("max_steps", 3)]) == [
         "--task", "digits", "--seed", "2", "--max_steps", "3"]
 
