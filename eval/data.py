@@ -17,6 +17,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from eval.builtin_tasks import load_builtin_task
 from eval.hub import hub_offline_flag_set, hub_reachable, require_hub
+from eval.run_args import DEFAULT_DATA_SEED
 from eval.data_checks import (LOCAL_FILE_BUILDERS, RowNames, check_columns, check_eval_labels_vary, check_inputs,
                               check_labels, images_from_paths)
 from eval.tasks import BUILTIN_TASK_NAMES, TaskSpec, get_task
@@ -176,6 +177,12 @@ def _validate_max_samples(name: str, value: int | None) -> None:
         raise ValueError(f"{name}={value!r} must be a positive integer, or None for the whole split")
 
 
+def _validate_data_seed(value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 2**32:
+        raise ValueError(f"data_seed={value!r} must be an integer in 0 .. 2**32 - 1 (the seed of the "
+                         f"max_train_samples/max_eval_samples subsets; default {DEFAULT_DATA_SEED})")
+
+
 def _subset_indices(num_rows: int, max_samples: int | None, seed: int) -> np.ndarray | None:
     """The sorted rows of a seeded random subset of `max_samples` rows; None for all of them."""
     if max_samples is None or max_samples >= num_rows:
@@ -198,10 +205,13 @@ def load_raw_datasets(
     dataset_path: str | os.PathLike[str] | None = None,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
-    seed: int = 42,
+    data_seed: int = DEFAULT_DATA_SEED,
     metric_names: tuple[str, ...] | None = None,
 ) -> datasets.DatasetDict:
     """The task's raw "train" and "validation" splits from the first source given.
+
+    `data_seed` draws the `max_train_samples`/`max_eval_samples` subsets (the run's --data_seed, not
+    its --seed: seed replicas evaluate the same examples).
 
     `metric_names`: the metrics the run will report (default: the task's), for the checks that
     depend on them (a regression scored by correlation needs evaluation labels that vary).
@@ -213,6 +223,7 @@ def load_raw_datasets(
     task = get_task(task) if isinstance(task, str) else task
     _validate_max_samples("max_train_samples", max_train_samples)
     _validate_max_samples("max_eval_samples", max_eval_samples)
+    _validate_data_seed(data_seed)
     local_files = train_file is not None or validation_file is not None
     if local_files and (train_file is None or validation_file is None):
         raise ValueError("pass both --train_file and --validation_file (got only "
@@ -238,8 +249,8 @@ def load_raw_datasets(
     # The checks read only the rows the run uses (a whole hub split can be large), and name a bad
     # row by its place in the user's file or split, not in the subset.
     full = raw
-    subsets = {"train": _subset_indices(len(raw["train"]), max_train_samples, seed),
-               "validation": _subset_indices(len(raw["validation"]), max_eval_samples, seed)}
+    subsets = {"train": _subset_indices(len(raw["train"]), max_train_samples, data_seed),
+               "validation": _subset_indices(len(raw["validation"]), max_eval_samples, data_seed)}
     rows = {split: RowNames(len(raw[split]), subsets[split], files[split]) for split in SPLITS}
     if local_files and task.modality == "vision":  # every path stat-ed, the used ones' headers read
         full = datasets.DatasetDict({split: images_from_paths(raw[split], task, files[split], source[split],

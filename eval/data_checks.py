@@ -148,6 +148,61 @@ def check_inputs(ds: datasets.Dataset, task: TaskSpec, source: str, rows: RowNam
                          "with a datasets.Image column")
 
 
+JPEG_START = b"\xff\xd8\xff"  # SOI, then the first segment's marker
+JPEG_END = b"\xff\xd9"  # EOI
+
+
+def _reaches_jpeg_end(data: bytes) -> bool:
+    """Whether the JPEG in `data` reaches its end-of-image marker: its segments walked by their
+    lengths (an EXIF thumbnail's own FF D9 inside APP1 is skipped with it), its entropy-coded scans
+    marker to marker (FF 00 is a stuffed byte, FF D0-D7 a restart; a progressive JPEG has several)."""
+    pos, end = 2, len(data)
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= end:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+        elif marker == 0xD9:
+            return True
+        elif marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD7:  # no length: stuffed byte, TEM, restart
+            pos += 2
+        else:
+            if pos + 4 > end:
+                return False
+            length = int.from_bytes(data[pos + 2:pos + 4], "big")
+            if length < 2:
+                return False
+            pos += 2 + length  # past the segment (after SOS, its entropy-coded data follows)
+
+
+def jpeg_end_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why a JPEG file whose header PIL read is cut short, or None (also for any other format).
+
+    PIL's verify() does not read a JPEG's compressed body, and a full decode costs about 0.5 ms a
+    small image; a cut file then stops the run when a batch decodes it. Writers end the file with
+    the EOI marker FF D9 (PIL, libjpeg), so its last two bytes answer (two small reads). Some add
+    data after it (a phone's motion-photo video, a maker trailer, zero padding, a second MPF image):
+    only such a file is read whole, to walk its markers to the main image's EOI.
+    """
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(JPEG_START)) != JPEG_START:
+                return None
+            f.seek(-len(JPEG_END), os.SEEK_END)
+            if f.read(len(JPEG_END)) == JPEG_END:
+                return None
+            f.seek(0)
+            data = f.read()
+    except OSError as error:
+        return f"cannot be read ({type(error).__name__}: {error})"
+    if _reaches_jpeg_end(data):
+        return None
+    return (f"is a truncated JPEG ({len(data)} bytes, its image data ends without the end-of-image marker FF D9: "
+            f"an interrupted download or copy?); copy or export it again")
+
+
 def images_from_paths(ds: datasets.Dataset, task: TaskSpec, file: str | os.PathLike[str], source: str,
                       rows: RowNames, used: np.ndarray | None = None) -> datasets.Dataset:
     """A local file whose image column holds file paths: the images themselves (decoded when
@@ -155,7 +210,8 @@ def images_from_paths(ds: datasets.Dataset, task: TaskSpec, file: str | os.PathL
 
     Every path is checked before the run starts (one stat each: it exists, is a non-empty file),
     and PIL reads the header of those the run uses (`used`, the rows of a --max_*_samples subset;
-    None: all): a bad file found while training or evaluating stopped the run after minutes of work.
+    None: all), and a JPEG's last bytes (`jpeg_end_problem`: a cut file): a bad file found while
+    training or evaluating stopped the run after minutes of work.
     """
     column = task.image_column
     values = list(ds[column]) if column in ds.column_names else []  # the column read once
@@ -174,6 +230,8 @@ def images_from_paths(ds: datasets.Dataset, task: TaskSpec, file: str | os.PathL
         key = (path, row in used_rows)
         if key not in problems:
             problems[key] = image_file_problem(path, read_header=key[1])
+            if problems[key] is None and key[1]:  # the header read: a cut JPEG still passes it
+                problems[key] = jpeg_end_problem(path)
         if problems[key] is not None:
             bad.append((row, problems[key]))
     if bad:

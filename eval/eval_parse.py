@@ -16,7 +16,7 @@ from typing import NoReturn, Sequence
 from cost.cost import REWARD_FORMS
 from eval.cli_flags import OnceArgumentParser, program_name
 from eval.model_configs import MODEL_REGISTRY
-from eval.run_args import SEARCH_ONLY_FLAGS, ignored_flags_note, resolve_run_args, single_option_note
+from eval.run_args import DEFAULT_DATA_SEED, SEARCH_ONLY_FLAGS, ignored_flags_note, resolve_run_args, single_option_note
 from eval.run_inputs import eval_subset_note, load_config_note
 from eval.tasks import TASKS
 
@@ -42,6 +42,17 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     return value
+
+
+def data_seed_value(text: str) -> int:
+    """argparse type of --data_seed: an integer (int's own error names neither the range nor the way
+    out); the range is checked with --seed's (eval/run_args.py)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a whole number in 0 .. 2**32 - 1 (e.g. "
+                                         f"--data_seed 0), or leave --data_seed out for the default "
+                                         f"{DEFAULT_DATA_SEED}") from None
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -90,8 +101,14 @@ def create_arg_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--train_file", default=None, help="local training data (csv/json/jsonl/parquet)")
     g.add_argument("--validation_file", default=None, help="local evaluation data (csv/json/jsonl/parquet)")
     g.add_argument("--dataset_path", default=None, help="a DatasetDict saved with save_to_disk")
-    g.add_argument("--max_train_samples", type=int, default=None, help="seeded random subset of the training set")
-    g.add_argument("--max_eval_samples", type=int, default=None, help="seeded random subset of the evaluation set")
+    g.add_argument("--max_train_samples", type=int, default=None, help="a random subset of the training set, drawn "
+                   "with --data_seed")
+    g.add_argument("--max_eval_samples", type=int, default=None, help="a random subset of the evaluation set, drawn "
+                   "with --data_seed")
+    g.add_argument("--data_seed", type=data_seed_value, default=DEFAULT_DATA_SEED,
+                   help=f"seed of the --max_train_samples/--max_eval_samples subsets (0 .. 2**32 - 1; default "
+                   f"{DEFAULT_DATA_SEED} whatever the --seed, so that seed replicas train and evaluate on the same "
+                   f"examples); the weights, training order, --reward_source heldout split and policy follow --seed")
     g.add_argument("--max_seq_length", type=int, default=128, help="text: tokens per example")
     g.add_argument("--image_size", type=int, default=None, help="vision: input size (default 32 for digits, "
                    "the model's own size otherwise)")

@@ -297,7 +297,8 @@ def build_report(runs: Sequence[RunRecord], output_root: str, metric: str | None
         "metric minus the line through the uniform baselines at its cost (positive = better than uniform)",
         (f"grouped by {', '.join(report.group_by)} (and, for fixed-format runs, their formats): runs that agree on "
          f"them and differ only in {replicas}"
-         if report.group_by else f"grouped automatically by every argument except {replicas}: seed replicas")
+         if report.group_by else f"grouped automatically by every argument except {replicas} (and data_seed where "
+        "a run draws no --max_*_samples subset): seed replicas")
         + " are aggregated as mean and sample std over n runs"
         + ("" if report.group_by else "; pass --group_by KEY ... to choose the keys"),
     ]

@@ -58,8 +58,32 @@ def ignored_args(args: Mapping[str, Any]) -> frozenset[str]:
     return frozenset() if args.get("mode", "search") == "search" else _NOT_READ_WITHOUT_SEARCH
 
 
-# Arguments that differ between replicas of one setting: the seeds, and everything above.
-REPLICA_ARGS = NON_RESULT_ARGS | {"seed", "data_seed"}
+def recorded_data_seed(args: Mapping[str, Any]) -> Any:
+    """The seed `args`' run drew its --max_*_samples subsets with: its data_seed, or for a run
+    recorded before that flag its seed (None where it recorded neither)."""
+    return args["data_seed"] if "data_seed" in args else args.get("seed")
+
+
+def _with_data_seed(args: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`args` with the data_seed a run recorded before the flag used (its seed), so that it compares
+    with newer runs by the examples it drew."""
+    if "data_seed" in args or "seed" not in args:
+        return args
+    return {**args, "data_seed": args["seed"]}
+
+
+def _unread_args(args: Mapping[str, Any]) -> frozenset[str]:
+    """`ignored_args`, and data_seed where the run drew no subset (it then changes nothing)."""
+    unread = ignored_args(args)
+    if args.get("max_train_samples") is None and args.get("max_eval_samples") is None:
+        unread |= {"data_seed"}
+    return unread
+
+
+# Arguments that differ between replicas of one setting: the seed, and everything above. Not
+# data_seed: it draws the --max_*_samples subsets, so runs of other data seeds trained and were
+# evaluated on other examples (recorded_data_seed: what a run recorded before the flag drew).
+REPLICA_ARGS = NON_RESULT_ARGS | {"seed"}
 # Group keys that are not (only) CLI arguments but read from results.json itself. `fixed_formats`:
 # a fixed-format or float run's formats (None for a search, whose formats are its result).
 PSEUDO_KEYS = ("method", "task", "model_type", "granularity", "fixed_formats")
@@ -253,7 +277,7 @@ def group_value(run: RunRecord, key: str) -> Any:
         return (run.search or {}).get("granularity")
     if key == "fixed_formats":
         return None if run.method == "search" else formats_label(run)
-    return run.args.get(key, _MISSING)
+    return _with_data_seed(run.args).get(key, _MISSING)
 
 
 def _canonical(value: Any) -> str:
@@ -281,7 +305,8 @@ def _spelled_elsewhere(key: str, *args: Mapping[str, Any]) -> bool:
 def same_settings(args: Mapping[str, Any], ignore: frozenset[str] | set[str] = frozenset()) -> str:
     """A text equal for two runs' args exactly when they agree in every argument but `ignore`,
     spellings compared by what they resolve to (SPELLED_ARGS, CASE_INSENSITIVE_ARGS)."""
-    ignore = frozenset(ignore) | ignored_args(args)
+    args = _with_data_seed(args)
+    ignore = frozenset(ignore) | _unread_args(args)
     return json.dumps({key: _canonical_arg(key, value) for key, value in sorted(args.items())
                        if key not in ignore and not _spelled_elsewhere(key, args)})
 
@@ -303,8 +328,9 @@ def group_names(run: RunRecord, keys: Sequence[str] | None) -> list[str]:
     pseudo-keys. Explicit keys always get `fixed_formats` too: two uniform baselines of other
     formats are never replicas, whatever keys (null for them, like cost_target_bits) were asked for."""
     if keys is None:
-        spellings = {key for key in run.args if _spelled_elsewhere(key, run.args)}
-        return sorted(set(run.args) - REPLICA_ARGS - spellings - ignored_args(run.args) | set(PSEUDO_KEYS))
+        args = _with_data_seed(run.args)
+        spellings = {key for key in args if _spelled_elsewhere(key, args)}
+        return sorted(set(args) - REPLICA_ARGS - spellings - _unread_args(args) | set(PSEUDO_KEYS))
     return list(keys) + ([] if "fixed_formats" in keys else ["fixed_formats"])
 
 
@@ -317,13 +343,14 @@ def group_runs(runs: Sequence[RunRecord], keys: Sequence[str] | None = None) -> 
     groups = []
     for key, members in buckets.items():
         mismatches: dict[str, dict[str, list[str]]] = {}
-        names = sorted(set().union(*(set(run.args) - ignored_args(run.args) for run in members)) - REPLICA_ARGS)
+        member_args = [_with_data_seed(run.args) for run in members]
+        names = sorted(set().union(*(set(args) - _unread_args(args) for args in member_args)) - REPLICA_ARGS)
         for name in names:
-            if _spelled_elsewhere(name, *(run.args for run in members)):
+            if _spelled_elsewhere(name, *member_args):
                 continue
             by_value: dict[str, list[str]] = {}
-            for run in members:
-                by_value.setdefault(_canonical_arg(name, run.args.get(name, _MISSING)), []).append(run.label)
+            for run, args in zip(members, member_args):
+                by_value.setdefault(_canonical_arg(name, args.get(name, _MISSING)), []).append(run.label)
             if len(by_value) > 1:
                 mismatches[name] = by_value
         by_seed: dict[str, list[str]] = {}
@@ -376,7 +403,8 @@ def changed_args(planned: Mapping[str, Any], recorded: Mapping[str, Any],
     def new_text(key: str, value: Any) -> str:
         return "default" if key in RUN_TIME_DEFAULTS and value is None else _canonical(value)
 
-    ignore = ignore | (ignored_args(planned) & ignored_args(recorded))  # a changed mode is itself listed
+    planned, recorded = _with_data_seed(planned), _with_data_seed(recorded)
+    ignore = ignore | (_unread_args(planned) & _unread_args(recorded))  # a changed mode is itself listed
 
     return [f"{key} {_canonical(recorded[key])} -> {new_text(key, value)}" for key, value in planned.items()
             if key not in NON_RESULT_ARGS and key not in ignore and key in recorded

@@ -39,6 +39,10 @@ DEFAULT_DELAY_FRACTION = 0.5
 # difference between most formats, so searches land near the target (measured on digits).
 DEFAULT_COST_BETA = 5.0
 SAVE_STRATEGIES = ("no", "steps", "epoch", "best")
+# --data_seed: the seed of the --max_train_samples/--max_eval_samples subsets. Fixed, so that seed
+# replicas evaluate the same examples; 42, the --seed default, so that a run at the default seed
+# draws the subsets runs drew before the flag (with their --seed).
+DEFAULT_DATA_SEED = 42
 DEFAULT_SAVE_STEPS = 500
 
 
@@ -115,6 +119,10 @@ def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if not 0 <= args.seed < 2**32:
         raise ValueError(f"--seed must be in 0 .. 2**32 - 1 (what torch and numpy accept), got {args.seed}")
+    if not 0 <= args.data_seed < 2**32:
+        raise ValueError(f"--data_seed must be in 0 .. 2**32 - 1 (what numpy accepts), got {args.data_seed}; give a "
+                         f"non-negative integer such as 0, or leave --data_seed out for the default "
+                         f"{DEFAULT_DATA_SEED}")
     if args.max_steps == 0 or args.max_steps < -1:
         raise ValueError(f"--max_steps must be > 0, or -1 to train for --num_train_epochs; got {args.max_steps}")
     if args.fp16 and args.bf16:

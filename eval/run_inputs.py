@@ -163,16 +163,24 @@ def _loaded_run_args(load_config: str) -> dict:
 
 def eval_subset_note(args: argparse.Namespace) -> str | None:
     """A note for re-evaluating a run (--eval_only --load_config) on another --max_eval_samples
-    subset than the one it was evaluated on: the subset is drawn with --seed."""
+    subset than the one it was evaluated on: the subset is drawn with --data_seed (a run recorded
+    before that flag drew it with its --seed)."""
     if args.load_config is None or not args.eval_only or args.max_eval_samples is None:
         return None
+    from eval.results import recorded_data_seed
+
     loaded_args = _loaded_run_args(args.load_config)
-    seed, samples = loaded_args.get("seed"), loaded_args.get("max_eval_samples")
-    if seed is None or (seed == args.seed and samples == args.max_eval_samples):
+    data_seed, samples = recorded_data_seed(loaded_args), loaded_args.get("max_eval_samples")
+    if data_seed is None or (data_seed == args.data_seed and samples == args.max_eval_samples):
         return None
-    return (f"note: --max_eval_samples {args.max_eval_samples} draws its examples with --seed {args.seed}; the loaded "
-            f"run was evaluated on those of --seed {seed} --max_eval_samples {samples}: pass the same to evaluate the "
-            f"same examples")
+    drawn = f"--data_seed {args.data_seed}"
+    if samples is None:
+        return (f"note: --max_eval_samples {args.max_eval_samples} draws its examples with {drawn}; the loaded run was "
+                f"evaluated on the whole split: drop --max_eval_samples to evaluate the same examples")
+    before = "" if "data_seed" in loaded_args else " (recorded before --data_seed: its subset was drawn with its --seed)"
+    return (f"note: --max_eval_samples {args.max_eval_samples} draws its examples with {drawn}; the loaded run{before} "
+            f"was evaluated on those of --data_seed {data_seed} --max_eval_samples {samples}: pass the same to "
+            f"evaluate the same examples")
 
 
 def resolve_checkpoint(path: str) -> str:

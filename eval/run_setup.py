@@ -146,7 +146,7 @@ def load_data_and_model(args: argparse.Namespace) -> RunSetup:
     task = get_task(args.task)
     raw = load_raw_datasets(task, train_file=args.train_file, validation_file=args.validation_file,
                             dataset_path=args.dataset_path, max_train_samples=args.max_train_samples,
-                            max_eval_samples=args.max_eval_samples, seed=args.seed,
+                            max_eval_samples=args.max_eval_samples, data_seed=args.data_seed,
                             metric_names=None if args.metric is None else (args.metric,))
     for flag, split, wanted in (("--max_train_samples", "train", args.max_train_samples),
                                 ("--max_eval_samples", "validation", args.max_eval_samples)):
@@ -288,7 +288,10 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, comp
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, lr_scheduler_type=args.lr_scheduler_type,
         optim=args.optimizer, fp16=args.fp16, bf16=args.bf16,
         logging_steps=args.log_steps, eval_strategy="steps" if args.eval_steps else "no", eval_steps=args.eval_steps,
-        save_strategy=args.save_strategy, save_steps=args.save_steps, seed=args.seed, data_seed=args.seed,
+        save_strategy=args.save_strategy, save_steps=args.save_steps, seed=args.seed,
+        # HF's data_seed orders the training batches: a source of training randomness that seed
+        # replicas are to vary, so it follows --seed; --data_seed draws only the subsets (above).
+        data_seed=args.seed,
         # --save_strategy best: a checkpoint whenever the task's main metric improves (all are
         # higher-is-better); with --metric (keys unknown until it runs) whenever the loss falls
         **({"metric_for_best_model": setup.task.main_metric if args.metric is None else "eval_loss",

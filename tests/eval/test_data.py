@@ -366,16 +366,22 @@ def test_an_empty_split_from_any_source_is_an_error(monkeypatch):
         load_raw_datasets("synth-sentiment")
 
 
-def test_max_samples_are_seeded_random_subsets():
+def test_max_samples_are_random_subsets_drawn_with_the_data_seed():
     full = load_raw_datasets("synth-sentiment")
-    a = load_raw_datasets("synth-sentiment", max_train_samples=50, max_eval_samples=20, seed=3)
-    b = load_raw_datasets("synth-sentiment", max_train_samples=50, max_eval_samples=20, seed=3)
-    c = load_raw_datasets("synth-sentiment", max_train_samples=50, max_eval_samples=20, seed=4)
+    a = load_raw_datasets("synth-sentiment", max_train_samples=50, max_eval_samples=20, data_seed=3)
+    b = load_raw_datasets("synth-sentiment", max_train_samples=50, max_eval_samples=20, data_seed=3)
+    c = load_raw_datasets("synth-sentiment", max_train_samples=50, max_eval_samples=20, data_seed=4)
     assert (a["train"].num_rows, a["validation"].num_rows) == (50, 20)
     assert list(a["train"]["sentence"]) == list(b["train"]["sentence"])
     assert list(a["train"]["sentence"]) != list(c["train"]["sentence"])
     expected = np.sort(np.random.default_rng(3).choice(4000, size=50, replace=False))
     assert list(a["train"]["sentence"]) == [full["train"][int(i)]["sentence"] for i in expected]
+    expected = np.sort(np.random.default_rng(4).choice(1000, size=20, replace=False))
+    assert list(c["validation"]["sentence"]) == [full["validation"][int(i)]["sentence"] for i in expected]
+    # The default, 42, draws what a run at the default --seed 42 drew before --data_seed.
+    default = load_raw_datasets("synth-sentiment", max_eval_samples=20)
+    expected = np.sort(np.random.default_rng(42).choice(1000, size=20, replace=False))
+    assert list(default["validation"]["sentence"]) == [full["validation"][int(i)]["sentence"] for i in expected]
     assert list(a["train"]["sentence"]) != list(full["train"]["sentence"][:50])  # not the first rows
     assert subsample(full["validation"], 5000, seed=0).num_rows == 1000
 
@@ -384,6 +390,80 @@ def test_max_samples_are_seeded_random_subsets():
 def test_max_samples_validation(value):
     with pytest.raises(ValueError, match=rf"max_train_samples={value!r} must be a positive integer"):
         load_raw_datasets("synth-sentiment", max_train_samples=value)
+
+
+@pytest.mark.parametrize("value", [-1, 2**32, 1.5, True, "3"])
+def test_data_seed_validation(value):
+    with pytest.raises(ValueError) as error:
+        load_raw_datasets("synth-sentiment", max_eval_samples=5, data_seed=value)
+    assert str(error.value) == (f"data_seed={value!r} must be an integer in 0 .. 2**32 - 1 (the seed of the "
+                                f"max_train_samples/max_eval_samples subsets; default 42)")
+
+
+def _jpeg(path, size: int = 24) -> bytes:
+    """A real JPEG as PIL writes it (smooth gradient plus noise, quality 90); its bytes."""
+    x = np.linspace(0, 255, size * size * 3).reshape(size, size, 3)
+    noise = np.random.default_rng(0).normal(0, 20, x.shape)
+    Image.fromarray((x + noise).clip(0, 255).astype(np.uint8)).save(path, "JPEG", quality=90)
+    return path.read_bytes()
+
+
+def test_a_truncated_jpeg_is_refused_before_the_run(tmp_path):
+    """PIL's header check passes a JPEG cut anywhere in its compressed data; the batch that decoded
+    it stopped the run mid-training."""
+    from eval.data_checks import jpeg_end_problem
+
+    images = tmp_path / "images"
+    images.mkdir()
+    whole = _jpeg(images / "whole.jpg")
+    assert whole[:3] == b"\xff\xd8\xff" and whole[-2:] == b"\xff\xd9"  # PIL ends the file with EOI
+    scan = whole.rfind(b"\xff\xda")  # the start-of-scan header; the compressed data follows
+    # Cut after the scan header (PIL reads up to it: an earlier cut fails its own check), in the
+    # middle, just before the EOI, and between its two bytes.
+    cuts = [scan + 20, (scan + len(whole)) // 2, len(whole) - 2, len(whole) - 1]
+    for cut in cuts:
+        (images / f"cut{cut}.jpg").write_bytes(whole[:cut])
+        assert jpeg_end_problem(images / f"cut{cut}.jpg") == (
+            f"is a truncated JPEG ({cut} bytes, its image data ends without the end-of-image marker FF D9: an "
+            f"interrupted download or copy?); copy or export it again"), cut
+    # Every cut past the scan header is refused, not only those.
+    for cut in range(scan + 4, len(whole) - 1):
+        (images / "any.jpg").write_bytes(whole[:cut])
+        assert jpeg_end_problem(images / "any.jpg") is not None, cut
+    # Data after the EOI: zero padding, a maker's trailer, a phone's motion-photo video (random
+    # bytes, FF DA and FF D9 among them), a second image (MPF).
+    trailers = {"padded": b"\x00" * 512, "maker": b"SEFH" + bytes(range(256)) * 8,
+                "video": np.random.default_rng(1).integers(0, 256, 200_000, dtype=np.uint8).tobytes(),
+                "second": whole}
+    for name, trailer in trailers.items():
+        (images / f"{name}.jpg").write_bytes(whole + trailer)
+        assert jpeg_end_problem(images / f"{name}.jpg") is None, name
+    (images / "cut_second.jpg").write_bytes(whole + whole[:len(whole) // 2])  # the second image cut: the first is whole
+    assert jpeg_end_problem(images / "cut_second.jpg") is None
+    png = tmp_path / "a.png"
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(png)
+    assert jpeg_end_problem(png) is None  # not a JPEG: PIL's check reads a PNG's every chunk
+
+    names = ["whole.jpg", "padded.jpg", f"cut{cuts[1]}.jpg", "video.jpg", f"cut{cuts[2]}.jpg"]
+    frame = pd.DataFrame({"img": [f"images/{name}" for name in names], "label": [0, 1, 2, 3, 4]})
+    train = write(frame.iloc[[0, 1, 3]], tmp_path / "train.csv")
+    dev = write(frame, tmp_path / "dev.csv")
+    with pytest.raises(ValueError) as error:
+        load_raw_datasets("cifar10", train_file=train, validation_file=dev)
+    assert str(error.value) == (
+        f"validation file '{dev}': image column 'img': 2 rows name no readable image: row 2 (counting from 0; line 4 "
+        f"of the file): 'images/cut{cuts[1]}.jpg' (read as {images / f'cut{cuts[1]}.jpg'}) is a truncated JPEG "
+        f"({cuts[1]} bytes, its image data ends without the end-of-image marker FF D9: an interrupted download or "
+        f"copy?); copy or export it again; row 4 (counting from 0; line 6 of the file): 'images/cut{cuts[2]}.jpg' "
+        f"(read as {images / f'cut{cuts[2]}.jpg'}) is a truncated JPEG ({cuts[2]} bytes, its image data ends without "
+        f"the end-of-image marker FF D9: an interrupted download or copy?); copy or export it again; relative paths "
+        f"are read from the file's folder ({tmp_path}): fix those paths or drop those rows")
+    # Only the rows the run uses are read: rows 0, 1, 3 of 5 are those --max_eval_samples 3 draws
+    # with --data_seed 21; the cut files in rows 2 and 4 are left out, and the others decode whole.
+    assert np.sort(np.random.default_rng(21).choice(5, size=3, replace=False)).tolist() == [0, 1, 3]
+    raw = load_raw_datasets("cifar10", train_file=train, validation_file=dev, max_eval_samples=3, data_seed=21)
+    decoded = np.asarray(Image.open(images / "whole.jpg")).tolist()
+    assert [np.asarray(image).tolist() for image in raw["validation"]["img"]] == [decoded] * 3
 
 
 def test_carve_heldout_sizes_disjoint_and_seeded():

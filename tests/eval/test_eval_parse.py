@@ -620,14 +620,29 @@ def test_model_name_or_path_must_be_a_checkpoint_of_the_model_type(capsys, tmp_p
 
 
 def test_re_evaluating_on_another_eval_subset_is_noted(capsys, tmp_path):
-    """--max_eval_samples draws its subset with --seed: another seed evaluates other examples."""
-    write_results(tmp_path / "r.json", args={"seed": 0, "max_eval_samples": 64})
-    base = ["--load_config", str(tmp_path / "r.json"), "--eval_only", "--max_eval_samples", "64"]
-    parse_run_args([*base, "--seed", "0"])
+    """--max_eval_samples draws its subset with --data_seed (a run recorded before that flag: with
+    its --seed): another data seed evaluates other examples; --seed alone changes nothing."""
+    write_results(tmp_path / "new.json", args={"seed": 0, "data_seed": 3, "max_eval_samples": 64})
+    base = ["--load_config", str(tmp_path / "new.json"), "--eval_only", "--max_eval_samples", "64"]
+    parse_run_args([*base, "--data_seed", "3", "--seed", "7"])
     assert capsys.readouterr().err == ""
-    parse_run_args([*base, "--seed", "7"])
+    parse_run_args([*base, "--data_seed", "5"])
     assert capsys.readouterr().err == (
-        "eval_run: note: --max_eval_samples 64 draws its examples with --seed 7; the loaded run was evaluated on those "
-        "of --seed 0 --max_eval_samples 64: pass the same to evaluate the same examples\n")
-    parse_run_args(["--load_config", str(tmp_path / "r.json"), "--eval_only", "--seed", "7"])  # the whole split
+        "eval_run: note: --max_eval_samples 64 draws its examples with --data_seed 5; the loaded run was evaluated "
+        "on those of --data_seed 3 --max_eval_samples 64: pass the same to evaluate the same examples\n")
+    write_results(tmp_path / "old.json", args={"seed": 0, "max_eval_samples": 64})
+    base = ["--load_config", str(tmp_path / "old.json"), "--eval_only", "--max_eval_samples", "64"]
+    parse_run_args([*base, "--data_seed", "0"])
+    assert capsys.readouterr().err == ""
+    parse_run_args([*base, "--seed", "0"])  # the default --data_seed 42 draws other examples
+    assert capsys.readouterr().err == (
+        "eval_run: note: --max_eval_samples 64 draws its examples with --data_seed 42; the loaded run (recorded "
+        "before --data_seed: its subset was drawn with its --seed) was evaluated on those of --data_seed 0 "
+        "--max_eval_samples 64: pass the same to evaluate the same examples\n")
+    write_results(tmp_path / "whole.json", args={"seed": 0, "data_seed": 42})
+    parse_run_args(["--load_config", str(tmp_path / "whole.json"), "--eval_only", "--max_eval_samples", "64"])
+    assert capsys.readouterr().err == (
+        "eval_run: note: --max_eval_samples 64 draws its examples with --data_seed 42; the loaded run was evaluated "
+        "on the whole split: drop --max_eval_samples to evaluate the same examples\n")
+    parse_run_args(["--load_config", str(tmp_path / "old.json"), "--eval_only", "--seed", "7"])  # the whole split
     assert capsys.readouterr().err == ""

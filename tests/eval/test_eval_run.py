@@ -58,6 +58,9 @@ def test_uniform_baseline_on_digits(tmp_path):
     assert results["cost"]["target"] is None and results["search"] is None
     assert 0 <= results["metrics"]["eval_accuracy"] <= 1 and results["main_metric"] == "eval_accuracy"
     assert json.loads((run_dir / "config.json").read_text())["weight_format"] == "int4"
+    # The seed its --max_*_samples subsets were drawn with, recorded beside --seed.
+    assert (results["args"]["seed"], results["args"]["data_seed"]) == (42, 42)
+    assert json.loads((run_dir / "config.json").read_text())["data_seed"] == 42
     assert "eval_accuracy" in (run_dir / "output.txt").read_text()
 
 
