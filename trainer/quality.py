@@ -11,12 +11,33 @@ label is a value, -100 included.
 """
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import torch
 import torch.nn.functional as F
 
 from trainer.reinforce_config import RewardMetric
 
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index, the HF heads' padding label
+
+
+def reward_inputs(outputs: Any, labels: torch.Tensor | None, inputs: Mapping[str, Any],
+                  label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of a forward for the reward: the output's "logits" (detached) and the
+    batch's labels under `label_key`; ValueError saying what is missing and how to give it."""
+    logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
+    if logits is not None and labels is not None:
+        return logits.detach(), labels
+    needs = ("the search's reward needs the model's logits and the batch's labels (a classification or "
+             "regression model): ")
+    if not isinstance(outputs, Mapping):
+        raise ValueError(needs + f"the model returned a {type(outputs).__name__}; return a ModelOutput or a dict "
+                         "with 'logits' (e.g. HF models with return_dict=True)")
+    if logits is None:
+        raise ValueError(needs + f"the model's output has no 'logits' (its keys: {list(outputs.keys())}); return "
+                         "the logits under 'logits'")
+    raise ValueError(needs + f"the batch has no {label_key!r} (its keys: {list(inputs.keys())}); give the "
+                     "labels under that key, or set TrainingArguments.label_names to the key that holds them")
 
 
 def _is_regression(logits: torch.Tensor, labels: torch.Tensor) -> bool:

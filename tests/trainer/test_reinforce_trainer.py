@@ -172,14 +172,14 @@ def test_finalize_search_recalibrates_for_the_answer(tmp_path):
 def test_policy_step_gets_the_gradient_of_the_reinforce_loss(tmp_path, monkeypatch, advantage):
     """The trainer combines closed-form score gradients planned before the reward is read; every
     policy step must get what autograd through reinforce_loss gives for its sample, advantages and beta."""
-    import trainer.reinforce_trainer as reinforce_trainer
+    import trainer.policy_update as policy_update
     from policy.reinforce import reinforce_loss
     from policy.simple_policy import PolicySample, SimplePolicy
 
     trainer = make_trainer(str(tmp_path), steps=40, delay_steps=10, max_entropy_beta=0.5, advantage=advantage,
                            policy_temperature=0.8)
     current, recorded = {}, []
-    real_update, real_gradient = trainer._update_policy, reinforce_trainer.reinforce_gradient
+    real_update, real_gradient = trainer._update_policy, policy_update.reinforce_gradient
 
     def update(sample, quality, step, searching, plan=None):
         current["indices"] = sample.indices
@@ -192,7 +192,7 @@ def test_policy_step_gets_the_gradient_of_the_reinforce_loss(tmp_path, monkeypat
         return grad
 
     trainer._update_policy = update
-    monkeypatch.setattr(reinforce_trainer, "reinforce_gradient", recording_gradient)
+    monkeypatch.setattr(policy_update, "reinforce_gradient", recording_gradient)
     trainer.train()
 
     assert len(recorded) == 30  # one per step after the delay

@@ -1,0 +1,65 @@
+"""Evaluation during a search: it measures the current answer, and leaves the training's sample alone."""
+from __future__ import annotations
+
+import pytest
+from transformers import TrainerCallback
+
+from quant.formats import NumberFormat
+from tests.trainer.toy_search_problem import make_trainer
+
+
+class EvaluateAfterEachMicroBatch(TrainerCallback):
+    """Calls `method` ('evaluate' or 'predict') of the trainer between the micro-batches of an
+    optimizer step (on_substep_end: gradient accumulation's cycle is still open)."""
+
+    def __init__(self, trainer, method: str) -> None:
+        self.trainer, self.method = trainer, method
+        self.calls = 0
+
+    def on_substep_end(self, args, state, control, **kwargs) -> None:
+        self.calls += 1
+        if self.method == "evaluate":
+            self.trainer.evaluate()
+        else:
+            self.trainer.predict(self.trainer.eval_dataset)
+
+
+@pytest.mark.parametrize("method", ["evaluate", "predict"])
+def test_evaluating_inside_an_accumulation_cycle_keeps_the_cycles_sample(tmp_path, method):
+    # evaluate()/predict() put the answer on the layers; called between two micro-batches of one
+    # optimizer step, the step's later micro-batches used to train with the answer instead of the
+    # step's sample (and its reward judged that sample on batches it had not trained with).
+    steps = 4
+    trainer = make_trainer(str(tmp_path), seed=1, steps=steps, delay_steps=0,
+                           training_overrides=dict(gradient_accumulation_steps=2, per_device_train_batch_size=32))
+    callback = EvaluateAfterEachMicroBatch(trainer, method)
+    trainer.add_callback(callback)
+    trained: list[tuple[int, dict[str, tuple[NumberFormat, NumberFormat]]]] = []
+    samples = []
+    real_compute_loss, real_sample = trainer.compute_loss, trainer.policy.sample
+
+    def compute_loss(model, inputs, *args, **kwargs):
+        if model.training:
+            trained.append((trainer.state.global_step, {name: (layer.weight_format, layer.act_format)
+                                                        for name, layer in trainer.quant_layers.items()}))
+        return real_compute_loss(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = compute_loss
+    trainer.policy.sample = lambda generator: samples.append(real_sample(generator)) or samples[-1]
+    trainer.train()
+
+    assert callback.calls == steps and len(samples) == steps
+    space = trainer.search_space
+    expected = [(step, space.assignment(sample.indices)) for step, sample in enumerate(samples) for _ in range(2)]
+    assert trained == expected
+    # The answer the evaluations used differs from some sample: else the test would prove nothing.
+    answer = space.assignment(trainer.final_indices())
+    assert any(formats != answer for _, formats in trained)
+
+
+def test_evaluating_after_the_search_leaves_the_answer_on_the_layers(tmp_path):
+    trainer = make_trainer(str(tmp_path), seed=1, steps=4, delay_steps=0)
+    trainer.train()
+    trainer.evaluate()
+    answer = trainer.search_space.assignment(trainer.final_indices())
+    assert {name: (layer.weight_format, layer.act_format) for name, layer in trainer.quant_layers.items()} == answer
