@@ -280,12 +280,16 @@ class ReinforceTrainer(SearchAnswer, PolicyUpdates, Trainer):
     # --- evaluation uses the current answer ----------------------------------------------------
     @contextmanager
     def _answer_on_layers(self) -> Iterator[None]:
-        """The answer on the layers; inside an accumulation cycle (a callback evaluating between
+        """The answer on the layers, the CPU RNG as it was after; inside an accumulation cycle (a callback evaluating between
         its micro-batches), the cycle's sample back on them after: its later micro-batches must
         train with it. Otherwise the answer stays, as evaluate() after the search promises."""
         self.apply_final_assignment()
         try:
-            yield
+            # fork_rng: the evaluation's DataLoader draws its base seed from the global CPU RNG,
+            # which would move the training's next dropout masks: turning --eval_steps on would
+            # change the search's result (CUDA's dropout RNG is not drawn from).
+            with torch.random.fork_rng(devices=[]):
+                yield
         finally:
             if self._cycle is not None:
                 self.apply_option_indices(self._cycle.sample.indices)

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from transformers import TrainerCallback
 
 from quant.formats import NumberFormat
-from tests.trainer.toy_search_problem import make_trainer
+from tests.trainer.toy_search_problem import DropoutToy, make_trainer
 
 
 class EvaluateAfterEachMicroBatch(TrainerCallback):
@@ -63,3 +64,23 @@ def test_evaluating_after_the_search_leaves_the_answer_on_the_layers(tmp_path):
     trainer.evaluate()
     answer = trainer.search_space.assignment(trainer.final_indices())
     assert {name: (layer.weight_format, layer.act_format) for name, layer in trainer.quant_layers.items()} == answer
+
+
+def test_evaluating_during_the_search_leaves_its_result_alone(tmp_path):
+    # The evaluation's DataLoader draws a seed from the global CPU RNG; without fork_rng the
+    # dropout masks after it differed, so --eval_steps changed the searched model.
+    results = []
+    for eval_steps in (None, 2):
+        overrides = dict(eval_strategy="steps", eval_steps=eval_steps) if eval_steps else {}
+        torch.manual_seed(0)  # the model's initial weights
+        trainer = make_trainer(str(tmp_path / str(eval_steps)), seed=3, steps=8, delay_steps=2, model=DropoutToy(),
+                               training_overrides=overrides)
+        trainer.train()
+        evaluations = [log for log in trainer.state.log_history if "eval_loss" in log]
+        assert len(evaluations) == (4 if eval_steps else 0)
+        results.append((trainer.policy.state_dict(), trainer.model.state_dict()))
+    (policy, weights), (policy_eval, weights_eval) = results
+    for name in policy:
+        torch.testing.assert_close(policy_eval[name], policy[name], atol=0, rtol=0)
+    for name in weights:
+        torch.testing.assert_close(weights_eval[name], weights[name], atol=0, rtol=0)
