@@ -125,8 +125,11 @@ class InputShare(ForwardScoped):
     def _before_forward(self, module: nn.Module, args: tuple) -> None:
         self._clear()
         # A DataParallel replica's layers are copies (they keep the per-layer path), and a
-        # forward traced by torch.compile keeps it too (identity checks on tensors would guard).
-        if not _enabled or module is not self.model or torch.compiler.is_compiling():
+        # forward traced by torch.compile keeps it too (identity checks on tensors would guard);
+        # so does one under torch.func transforms, whose wrapped tensors have no storage for the
+        # recompute check, and which disable the saved-tensor hooks it relies on.
+        if (not _enabled or module is not self.model or torch.compiler.is_compiling()
+                or torch._C._are_functorch_transforms_active()):
             return
         for layer in self.layers:
             layer.__dict__["_input_share"] = self  # read by QuantModule.quantize_input

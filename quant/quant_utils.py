@@ -26,6 +26,10 @@ Nothing here calls `.item()` or otherwise synchronises with the device, except t
 checks of the public `fake_quantize`; layers use `quantize` / `fake_quantize_unchecked`.
 On CUDA the forward runs as one fused Triton kernel where it applies (quant/fused_quantize.py),
 bit-identical to the eager path below.
+
+torch.func transforms (grad, vmap, jvp, vjp, jacrev, jacfwd, hessian; per-sample gradients with
+vmap(grad(functional_call(...)))) give the eager numbers bit for bit, forward mode taking the
+straight-through tangent (tests/quant/test_torch_func.py); functionalize raises, saying so.
 """
 from __future__ import annotations
 
@@ -127,12 +131,95 @@ class _FakeQuantizeFunction(torch.autograd.Function):
 _apply_core = super(torch.autograd.Function, _FakeQuantizeFunction).apply
 
 
+class _TransformableFakeQuantize(torch.autograd.Function):
+    """`_FakeQuantizeFunction` in the form torch.func transforms take (grad, vmap, jvp, jacrev,
+    jacfwd, hessian and their compositions): the same forward and straight-through gradient, bit
+    for bit, used only while a transform is active (`_apply_fake_quantize`).
+
+    forward returns (Q(x / scale) * scale, mask or None). Without a ctx, forward cannot ask
+    needs_input_grad, so it builds the uint8 mask whenever an element can saturate: one byte per
+    element kept for backward (x would be 2-4, and recomputing the mask from it would repeat
+    the scaling pass), and only for as long as a transform records a graph that needs it. Under
+    abs-max scaling (`can_saturate` False, the layers' default) there is no mask, as in eager.
+    """
+
+    @staticmethod
+    def forward(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor,  # type: ignore[override]
+                can_saturate: bool, is_range: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if is_range:
+            return _forward_from_range(x, fmt, scale, can_saturate)
+        return _forward(x, fmt, scale.to(torch.float32), can_saturate)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+        mask = output[1]
+        ctx.has_mask = mask is not None
+        if mask is not None:
+            ctx.mark_non_differentiable(mask)
+            ctx.save_for_backward(mask)  # reverse mode (grad, vjp, jacrev)
+            ctx.save_for_forward(mask)  # forward mode (jvp, jacfwd)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor, _grad_mask: torch.Tensor | None):  # type: ignore[override]
+        if not ctx.has_mask:  # nothing could saturate: the straight-through gradient is the identity
+            return grad_output, None, None, None, None
+        (mask,) = ctx.saved_tensors
+        return grad_output * mask, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: torch.Tensor | None, *_constant_tangents: object  # type: ignore[override]
+            ) -> tuple[torch.Tensor | None, None]:
+        # The straight-through estimator's forward-mode twin: the tangent passes where the
+        # gradient would (the scale is a constant, as in backward). A fresh tensor: autograd
+        # rejects an input tangent returned as an output's.
+        if x_tangent is None:
+            return None, None
+        if not ctx.has_mask:
+            return x_tangent.clone(), None
+        (mask,) = ctx.saved_tensors
+        return x_tangent * mask, None
+
+    @staticmethod
+    def vmap(info, in_dims: tuple, x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor,  # type: ignore[override]
+             can_saturate: bool, is_range: bool) -> tuple[tuple, tuple]:
+        # The whole batch in one call on the physical tensors: batch dim first, and a batched
+        # scale (one per sample: a per-tensor scale of each sample, say) given leading size-1
+        # dims so that it broadcasts against x as it did per sample. Elementwise, so every
+        # element is computed as in the per-sample call. (generate_vmap_rule cannot: the forward
+        # writes into tensors it allocates, which vmap refuses for batched inputs.)
+        x_dim, _, scale_dim, _, _ = in_dims
+        x = x.movedim(x_dim, 0) if x_dim is not None else x.expand(info.batch_size, *x.shape)
+        if scale_dim is not None:
+            scale = scale.movedim(scale_dim, 0)
+            scale = scale.reshape(scale.shape[0], *([1] * (x.dim() - scale.dim())), *scale.shape[1:])
+        out, mask = _TransformableFakeQuantize.apply(x, fmt, scale, can_saturate, is_range)
+        return (out, mask), (0, None if mask is None else 0)
+
+
+def _check_no_functionalize() -> None:
+    """RuntimeError, saying what to do, under torch.func.functionalize at any level: torch has no
+    functionalize rule for a custom autograd.Function (its own error, "NYI: Functionalize rule
+    for custom_function_call", names neither the quantizer nor a way out)."""
+    functorch = torch._C._functorch
+    stack = getattr(functorch, "get_interpreter_stack", None)
+    interpreters = stack() if stack is not None else [functorch.peek_interpreter_stack()]
+    if any(i is not None and i.key() == functorch.TransformType.Functionalize for i in interpreters):
+        raise RuntimeError(
+            "torch.func.functionalize cannot run fake quantization (quant.quant_utils): torch has no functionalize "
+            "rule for its custom autograd.Function. Call the quantized model or function outside functionalize; "
+            "torch.func.grad, vmap, jvp, vjp, jacrev, jacfwd and hessian support it, and torch.compile traces it")
+
+
 def _apply_fake_quantize(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor, can_saturate: bool,
                          is_range: bool) -> torch.Tensor:
-    """`_FakeQuantizeFunction.apply(...)`: through the C core, or through Function.apply under
-    torch.func transforms (which need its wrapper, and there it says what is unsupported) and
-    while torch.compile traces (it knows Function.apply, not the core)."""
-    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
+    """`_FakeQuantizeFunction.apply(...)`: through the C core; under torch.func transforms, the
+    same numbers through `_TransformableFakeQuantize` (the old-style Function cannot run there);
+    while torch.compile traces, through Function.apply (it knows that, not the core). The fast
+    path pays one C call for the two checks, as before."""
+    if torch._C._are_functorch_transforms_active():
+        _check_no_functionalize()
+        return _TransformableFakeQuantize.apply(x, fmt, scale, can_saturate, is_range)[0]
+    if torch.compiler.is_compiling():
         return _FakeQuantizeFunction.apply(x, fmt, scale, can_saturate, is_range)
     return _apply_core(x, fmt, scale, can_saturate, is_range)
 
@@ -173,10 +260,17 @@ def _as_scale_tensor(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tens
     # x / scale is computed as x * (1 / scale) in float32: the scale must stay positive and finite
     # in float32 and so must its reciprocal, which overflows below 2^-128 (~2.9e-39; then 0 * inf
     # would give NaN). Scales that compute_scale returns are at least 2^-126.
-    scale32 = scale_t.detach().to(torch.float32)
+    checked = scale_t.detach()
+    if torch._C._are_functorch_transforms_active():
+        # Under vmap a scale may differ per sample, and a batched tensor cannot decide an `if`:
+        # check the values of every sample at once, unwrapped.
+        functorch = torch._C._functorch
+        while functorch.is_functorch_wrapped_tensor(checked):
+            checked = functorch.get_unwrapped(checked)
+    scale32 = checked.to(torch.float32)
     bad = ~(torch.isfinite(scale32) & (scale32 > 0) & torch.isfinite(torch.reciprocal(scale32)))
     if bool(bad.any()):  # user-facing check: the one place a sync is acceptable
-        first = scale if scale_t is not scale else scale_t.detach().flatten()[bad.flatten()][0].item()
+        first = scale if scale_t is not scale else checked.flatten()[bad.flatten()][0].item()
         raise ValueError(f"scale must lie in [{SMALLEST_SCALE:.3g}, {LARGEST_SCALE:.3g}] everywhere (positive and "
                          f"finite in float32, with a finite reciprocal), got {first!r}; compute it with compute_scale")
     return scale_t

@@ -26,11 +26,12 @@ _FP32_EXP_BIAS = 127
 _FP32_EXPONENT_FIELD = 0x7F800000  # the 8 exponent bits of a float32, in place
 
 
-def _float_step_(y: torch.Tensor, fmt: FloatFormat, out: torch.Tensor) -> torch.Tensor:
+def _float_step_(y: torch.Tensor, fmt: FloatFormat, out: torch.Tensor | None) -> torch.Tensor:
     """Spacing of `fmt`'s grid at each element of float32 `y` (within `rounding_bounds(fmt)`, so
     in the binade of fmt.max at most), as float32:
     2^(max(floor(log2|y|), emin) - man_bits), built in the exponent field so it is exact.
-    Written into `out` (a float32 scratch buffer shaped like y) and returned.
+    Written into `out` (a float32 scratch buffer shaped like y) and returned; into a fresh
+    tensor for None (torch.func.vmap refuses out= arguments on batched tensors).
 
     Masking the exponent field gives 2^floor(log2|y|) as a bit pattern (the sign bit drops
     out); subtracting man_bits from the field divides by 2^man_bits; the clamp lifts everything
@@ -38,14 +39,15 @@ def _float_step_(y: torch.Tensor, fmt: FloatFormat, out: torch.Tensor) -> torch.
     step.
     """
     smallest_step = (fmt.emin - fmt.man_bits + _FP32_EXP_BIAS) << _FP32_MANTISSA_BITS
-    step = torch.bitwise_and(y.view(torch.int32), _FP32_EXPONENT_FIELD, out=out.view(torch.int32))
+    step = torch.bitwise_and(y.view(torch.int32), _FP32_EXPONENT_FIELD,
+                             out=None if out is None else out.view(torch.int32))
     step.sub_(fmt.man_bits << _FP32_MANTISSA_BITS).clamp_(min=smallest_step)
     return step.view(torch.float32)
 
 
-def _round_to_float_format_(y: torch.Tensor, fmt: FloatFormat, scratch: torch.Tensor) -> torch.Tensor:
+def _round_to_float_format_(y: torch.Tensor, fmt: FloatFormat, scratch: torch.Tensor | None) -> torch.Tensor:
     """Round `y` (float32, clamped to +-fmt.max or to the rounding bounds) in place; `scratch` is
-    a float32 buffer shaped like y that the caller gives up."""
+    a float32 buffer shaped like y that the caller gives up (None: a fresh one)."""
     step = _float_step_(y, fmt, scratch)
     # Dividing and multiplying by a power of two are exact, so the only rounding is
     # torch.round (half to even) on the multiple of the step.
@@ -122,6 +124,16 @@ def _quantize_scaled_(y: torch.Tensor, fmt: NumberFormat, need_mask: bool, scrat
         # agree bit for bit (tests/quant/test_quant_utils.py::test_cuda_eager_path_matches_cpu).
         return y.copy_(y.to(native)), mask
     return _round_to_float_format_(y, fmt, cast(torch.Tensor, scratch)), mask
+
+
+def _quantize_scaled_batchable_(y: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """`_quantize_scaled_(y, fmt, need_mask=False)[0]`, the same operations and so the same values,
+    without out= arguments, which torch.func.vmap refuses on batched tensors: for the MSE clipping
+    search (quant/scales.py) under vmap. `y` float32, rounded in place."""
+    if isinstance(fmt, FloatFormat) and not (y.is_cuda and _native_float8_dtype(fmt) is not None):
+        lo, hi = rounding_bounds(fmt)
+        return _round_to_float_format_(y.clamp_(lo, hi), fmt, None)
+    return _quantize_scaled_(y, fmt, need_mask=False)[0]  # INT, cast, native float8: in place only
 
 
 def _native_float8_dtype(fmt: FloatFormat) -> torch.dtype | None:

@@ -18,7 +18,7 @@ from typing import Callable, Hashable
 import torch
 
 from quant.formats import CastFormat, NumberFormat, parse_format
-from quant.rounding import _quantize_scaled_
+from quant.rounding import _quantize_scaled_, _quantize_scaled_batchable_
 
 _FP32_TINY = torch.finfo(torch.float32).tiny
 
@@ -31,7 +31,9 @@ def _device_constant(key: Hashable, device: torch.device, build: Callable[[], to
     would make the host wait for the GPU (a copy from pageable memory synchronizes)."""
     tensor = _DEVICE_CONSTANTS.get((key, device))
     if tensor is None:
-        with torch.inference_mode(False):  # a normal tensor, usable later with autograd on
+        # A normal tensor, usable later with autograd on, and a plain one when first asked for
+        # under a torch.func transform (functionalize would wrap it, for its level only).
+        with torch.inference_mode(False), torch._C._DisableFuncTorch():
             tensor = _DEVICE_CONSTANTS.setdefault((key, device), build().to(device))
     return tensor
 
@@ -138,7 +140,11 @@ def _group_squared_error(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor
     is exact there and the sum's rounding too small to reorder candidates, so CPU and CUDA
     (which sum in different orders) pick the same clipping range. In float32 near-ties
     between candidates came out differently on the two devices."""
-    q, _ = _quantize_scaled_(x * torch.reciprocal(scale), fmt, need_mask=False)
+    y = x * torch.reciprocal(scale)
+    if torch._C._are_functorch_transforms_active():  # vmap: no out= into a scratch buffer
+        q = _quantize_scaled_batchable_(y, fmt)
+    else:
+        q, _ = _quantize_scaled_(y, fmt, need_mask=False)
     return (q * scale - x).to(torch.float64).square_().sum(dim=dims, keepdim=True)
 
 

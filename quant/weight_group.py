@@ -234,6 +234,11 @@ class WeightQuantizerGroup(ForwardScoped):
         mode = _mode
         if self.paused or mode is GroupMode.OFF or not torch.is_grad_enabled():
             return []
+        # Under torch.func transforms (per-sample gradients, Hessians) the per-layer path, which
+        # supports them and gives the same numbers: the batch saves host work in training steps
+        # only, and its weights may be batched per sample, which one batch cannot scale per layer.
+        if torch._C._are_functorch_transforms_active():
+            return []
         if mode is GroupMode.AUTO and (not fused_quantize.is_available() or _distributed_world_size() > 1):
             return []
         if any(module.gradient_checkpointing for module in self._checkpointing_switches):
