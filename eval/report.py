@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from eval.cli_flags import OnceArgumentParser, program_name
+from eval.cli_flags import OnceArgumentParser, program_name, split_argv
 from eval.pareto import plot_pareto
 from eval.report_render import (FORMATS, invalid_lines, layer_document, plot_decision_heatmap, render,
                                 report_document, resolve_run)
@@ -34,9 +35,33 @@ PROG, SCRIPT = "python -m eval.eval_parse", "fliqs-report"
 MODULES = ("eval.eval_parse", "eval.report")  # the report runs as `python -m` either
 
 
+_ROOT_REQUIRED = "the following arguments are required: OUTPUT_ROOT"
+
+
 class _Parser(OnceArgumentParser):
+    _argv: Sequence[str] = ()
+
+    def parse_known_args(self, args: Sequence[str] | None = None,
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        self._argv = list(sys.argv[1:] if args is None else args)  # for error(): what the user typed
+        return super().parse_known_args(self._argv, namespace)
+
     def error(self, message: str):  # one clear line and exit code 2, via main, instead of usage + SystemExit
+        if message == _ROOT_REQUIRED:
+            message = _root_taken_by_group_by(self, self._argv) or message
         raise ReportInputError(message)
+
+
+def _root_taken_by_group_by(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
+    """`--group_by method output`: --group_by takes every value up to the next flag, OUTPUT_ROOT
+    included. Where its last value is an existing directory, the line saying so; else None."""
+    segments = [s.tokens for s in split_argv(parser, argv) if s.dest == "group_by" and "=" not in s.tokens[0]]
+    if not segments or len(segments[-1]) < 2 or not Path(segments[-1][-1]).is_dir():
+        return None
+    root, keys = segments[-1][-1], " ".join(segments[-1][1:-1]) or "KEY"
+    return (f"OUTPUT_ROOT is missing: --group_by took {root!r} as a key (it takes every value up to the next flag); "
+            f"put OUTPUT_ROOT before --group_by ({parser.prog} {shlex.quote(root)} --group_by {keys}), or end the "
+            "keys with -- (--group_by " + keys + " -- " + shlex.quote(root) + ")")
 
 
 def report_prog() -> str:

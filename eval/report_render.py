@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -142,8 +143,21 @@ def invalid_lines(report: Report) -> list[str]:
             for row in report.invalid]
 
 
-# Heat map geometry (inches): the width of one character of the labels, fonts 7 (decisions) and 9 (title).
-_CHAR_IN_7PT, _CHAR_IN_9PT = 0.062, 0.085
+# Heat map geometry: the width (inches) of one character of the decision labels (font 7), and the
+# longest title line; a longer run name wraps instead of widening the figure without bound.
+_CHAR_IN_7PT = 0.062
+_TITLE_LINE_CHARS = 100
+_TITLE_MARGIN_IN = 0.3
+
+
+def heatmap_title_lines(label: str) -> list[str]:
+    """The heat map's title as lines of at most _TITLE_LINE_CHARS characters: one line where it
+    fits, else the run name (cut anywhere: it has no spaces to wrap at) above "final probabilities"."""
+    title = f"{label}: final probabilities"
+    if len(title) <= _TITLE_LINE_CHARS:
+        return [title]
+    return textwrap.wrap(f"{label}:", _TITLE_LINE_CHARS, break_long_words=True, break_on_hyphens=False) + \
+        ["final probabilities"]
 
 
 def plot_decision_heatmap(run: RunRecord, path: str | Path) -> None:
@@ -153,13 +167,19 @@ def plot_decision_heatmap(run: RunRecord, path: str | Path) -> None:
     if not decisions:
         raise ValueError(f"run {run.label} has no search decisions; a heat map needs a search run")
     matrix = [[decision["probabilities"][option] for option in options] for decision in decisions.values()]
-    title = f"{run.label}: final probabilities"
+    title = heatmap_title_lines(run.label)
     # Sized from the labels: the longest decision name fits left of the cells, the colorbar and its
-    # label right of them, the title above; the layout engine then places them without clipping.
+    # label right of them; the layout engine then places them without clipping.
     labels_in = _CHAR_IN_7PT * max(len(name) for name in decisions)
-    width = max(labels_in + 0.6 * len(options) + 1.8, _CHAR_IN_9PT * len(title) + 0.4)
-    figure = new_figure(width, 1.4 + 0.22 * len(decisions))
+    width, height = labels_in + 0.6 * len(options) + 1.8, 1.25 + 0.15 * len(title) + 0.22 * len(decisions)
+    figure = new_figure(width, height)
     figure.set_layout_engine("constrained")
+    # A figure title, centred on the figure (an axes title is centred on the cells, which sit right
+    # of the labels, so a long one ran off the right edge); the figure is widened to its measured width.
+    title_artist = figure.suptitle("\n".join(title), fontsize=9)
+    title_in = title_artist.get_window_extent(figure.canvas.get_renderer()).width / figure.dpi
+    if title_in + _TITLE_MARGIN_IN > width:
+        figure.set_size_inches(title_in + _TITLE_MARGIN_IN, height)
     ax = figure.subplots()
     image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(len(options)), options, fontsize=8)
@@ -169,6 +189,5 @@ def plot_decision_heatmap(run: RunRecord, path: str | Path) -> None:
             for j, p in enumerate(row):
                 ax.text(j, i, f"{p:.2f}", ha="center", va="center", fontsize=6, color="white" if p < 0.5 else "black")
     ax.set_xlabel("format")
-    ax.set_title(title, fontsize=9)
     figure.colorbar(image, ax=ax, label="probability")
     save_figure(figure, path, dpi=120)

@@ -9,12 +9,14 @@ Rendering is eval/report_render.py; the CLI is eval/report.py.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
 import re
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 from eval.pareto import family_key, interpolate_uniform_line, layers_label, metric_higher_is_better, pareto_mask
@@ -105,7 +107,26 @@ def _check_inputs(runs: Sequence[RunRecord], metric: str | None, group_by: Seque
         unknown = [key for key in group_by if key not in valid]
         if unknown:
             raise ReportInputError(f"--group_by {', '.join(unknown)}: not a pseudo-key or an argument of any completed "
-                                   f"run; valid keys: {', '.join(valid)}")
+                                   f"run; {_unknown_keys_hint(unknown, valid)}{', '.join(valid)}")
+
+
+def _unknown_keys_hint(unknown: Sequence[str], valid: Sequence[str]) -> str:
+    """What unknown --group_by keys probably meant, ending in the lead-in of the valid keys' list:
+    the list runs to a hundred names, so a typo's fix and a misplaced OUTPUT_ROOT go first."""
+    parts = []
+    dirs = [key for key in unknown if key and Path(key).is_dir()]  # `ROOT --group_by method ROOT`
+    if dirs:
+        parts.append(f"{', '.join(map(repr, dirs))} {'is a directory' if len(dirs) == 1 else 'are directories'}, "
+                     "not a key: give OUTPUT_ROOT once, before --group_by")
+    guesses = []
+    for key in unknown:
+        close = [] if key in dirs else (difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+                                        or [name for name in valid if key and name.startswith(key)][:3])
+        if close:
+            guesses.append(" or ".join(close) + (f" (for {key})" if len(unknown) > 1 else ""))
+    if guesses:
+        parts.append(f"did you mean {', '.join(guesses)}?")
+    return "; ".join(parts) + (" Valid keys: " if guesses else "; valid keys: " if parts else "valid keys: ")
 
 
 def _mismatch_reason(group: RunGroup, mismatches: dict[str, dict[str, list[str]]]) -> str:

@@ -24,19 +24,23 @@ CLI: python -m quant.export RUN_DIR --out DIR [--onnx]   (see `main`)
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -97,6 +101,59 @@ class ExportReport:
 
 
 # --- writing ---------------------------------------------------------------------------------
+
+# Errnos whose way out is more room, and those whose way out is a location this user may write.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how safetensors (Rust) reports an I/O error
+
+
+class ExportWriteError(OSError):
+    """An OS error while writing an export, naming the file or folder being written and the way
+    out; its str is the whole message (no errno prefix), which the CLI prints as it is."""
+
+    def __init__(self, path: str | os.PathLike, error: OSError) -> None:
+        reason = error.strerror or str(error) or type(error).__name__
+        super().__init__(error.errno, reason, str(path))
+        if error.errno in _NO_ROOM:
+            way_out = "free space or pass another --out"
+        elif error.errno in _NOT_ALLOWED:
+            way_out = "pass an --out you can write to"
+        else:
+            way_out = "pass another --out"
+        code = f" (errno {error.errno})" if error.errno else ""
+        self.message = f"cannot write {path}: {reason}{code}; {way_out}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def as_os_error(error: BaseException) -> OSError | None:
+    """`error` as an OSError where it is one, or safetensors' SafetensorError wrapping one (it
+    reports "I/O error: ... (os error 28)"); None for anything else."""
+    if isinstance(error, OSError):
+        return error
+    match = _RUST_OS_ERROR.search(str(error))
+    if match is None or not isinstance(error, SafetensorError):
+        return None
+    code = int(match.group(1))
+    return OSError(code, os.strerror(code))
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an OS error of the writes inside into an ExportWriteError naming `path` (the file or
+    folder as the user will find it, not the temporary one actually written)."""
+    try:
+        yield
+    except ExportWriteError:
+        raise
+    except Exception as error:  # noqa: BLE001 - only OS errors are turned; the rest passes unchanged
+        os_error = as_os_error(error)
+        if os_error is None:
+            raise
+        raise ExportWriteError(path, os_error) from error
+
 
 def _dequantize(packed: PackedTensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     values = unpack(packed)
@@ -265,22 +322,28 @@ def export_quantized_checkpoint(model: nn.Module, out_dir: str | os.PathLike, pr
         "autocast_dtype": autocast_dtype, "layers": entries, "tied_parameters": aliases,
     }
 
-    created = make_parents(out)
+    with writing(out.parent):
+        created = make_parents(out)
     tmp = None
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt", "quant_method": QUANT_METHOD})
+    try:  # each OS error names what the user will find at `out`, not the temporary directory
+        with writing(out):
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        with writing(out / CONFIG_NAME):
+            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        with writing(out / WEIGHTS_NAME):
+            save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt", "quant_method": QUANT_METHOD})
         if processor is not None:
-            processor.save_pretrained(str(tmp))
-        _apply_umask(tmp)
-        if out.exists():  # overwrite: swap the old directory out, then delete it
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+            with writing(f"{out} (the {type(processor).__name__} files)"):
+                processor.save_pretrained(str(tmp))
+        with writing(out):
+            _apply_umask(tmp)
+            if out.exists():  # overwrite: swap the old directory out, then delete it
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+                os.replace(out, old / out.name)
+                os.replace(tmp, out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out)
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -468,7 +531,8 @@ def main(argv: Sequence[str] | None = None, *, load_run: RunLoader | None = None
     onnx_only = [f"--{name}" for name in ("opset", "onnx_unsupported", "seq_len", "image_size")
                  if getattr(args, name) is not None]
     if onnx_only and not args.onnx:
-        raise ValueError(f"{', '.join(onnx_only)} only apply to the ONNX export: add --onnx, or drop them")
+        verb, pronoun = ("applies", "it") if len(onnx_only) == 1 else ("apply", "them")
+        raise ValueError(f"{', '.join(onnx_only)} only {verb} to the ONNX export: add --onnx, or drop {pronoun}")
     args.seq_len = DEFAULT_SEQ_LEN if args.seq_len is None else args.seq_len
     args.onnx_unsupported = args.onnx_unsupported or "raise"
     if args.seq_len < 2:
@@ -494,10 +558,15 @@ def main(argv: Sequence[str] | None = None, *, load_run: RunLoader | None = None
 
             inputs = example_inputs_for(model, processor, seq_len=args.seq_len,
                                         image_size=args.image_size or _run_image_size(args.run_dir, model, processor))
-            created = make_parents(out)
-            onnx_tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.onnx-", dir=out.parent))
-            onnx_report = export_onnx(model, inputs, onnx_tmp / "model.onnx", opset=args.opset,
-                                      unsupported=args.onnx_unsupported)
+            with writing(out.parent):
+                created = make_parents(out)
+            with writing(out):
+                onnx_tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.onnx-", dir=out.parent))
+            try:
+                onnx_report = export_onnx(model, inputs, onnx_tmp / "model.onnx", opset=args.opset,
+                                          unsupported=args.onnx_unsupported)
+            except ExportWriteError as error:  # name it where it would have been, not in the temporary folder
+                raise ExportWriteError(out / Path(error.filename).name, error) from error
             if importlib.util.find_spec("onnxruntime") is not None:  # valid ONNX, but can this onnxruntime run it?
                 try:
                     runtime_problem = onnxruntime_load_problem(onnx_tmp / "model.onnx", shown_as=out / "model.onnx")
@@ -507,7 +576,8 @@ def main(argv: Sequence[str] | None = None, *, load_run: RunLoader | None = None
         print(report.summary())
         if onnx_tmp is not None:
             for item in onnx_tmp.iterdir():
-                os.replace(item, out / item.name)
+                with writing(out / item.name):
+                    os.replace(item, out / item.name)
             print(onnx_report.summary().replace(str(onnx_tmp), str(out)))
             if runtime_problem is not None:
                 print(f"{prog}: note: {runtime_problem}", file=sys.stderr)
@@ -532,6 +602,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileExistsError, FileNotFoundError) as error:
         sys.stderr.write(f"{prog}: error: {error}\n")
         return 2
+    except ExportWriteError as error:  # the disk, not the request: names the path and the way out already
+        sys.stderr.write(f"{prog}: error: {error}\n")
+        return 1
     except Exception as error:  # noqa: BLE001 - e.g. torch.export or loading: one line, not a traceback
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
         sys.stderr.write(f"{prog}: error: {type(error).__name__}: {first}\n")
@@ -540,4 +613,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    # Run quant.export's own cli, not __main__'s copy: quant.onnx_export raises quant.export's
+    # ExportWriteError, which a class defined again in __main__ would not catch.
+    from quant.export import cli as _module_cli
+
+    raise SystemExit(_module_cli())

@@ -64,6 +64,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from quant import weight_group
+from quant.export import writing
 from quant.formats import CastFormat, FloatFormat, IntFormat, NumberFormat, SpecialCodes, parse_format
 from quant.packing import grid_values_and_scale
 from quant.quant_module import QuantModule
@@ -419,8 +420,9 @@ def export_onnx(model: nn.Module, example_inputs: Mapping[str, torch.Tensor], pa
     tmp = path.with_name(f".{path.name}.tmp")
     external = sum(tensor.ByteSize() for tensor in proto.graph.initializer) > _MAX_INLINE_BYTES
     try:  # past protobuf's 2 GiB limit the initializers go to PATH.data next to the model
-        onnx.save_model(proto, tmp, save_as_external_data=external, location=f"{path.name}.data")
-        os.replace(tmp, path)
+        with writing(path):  # a full disk names the file and the way out
+            onnx.save_model(proto, tmp, save_as_external_data=external, location=f"{path.name}.data")
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     op_types = [node.op_type for node in proto.graph.node]

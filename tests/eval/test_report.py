@@ -460,19 +460,14 @@ RESNET18_LAYERS = ["resnet.embedder.embedder.convolution"] + [
                                                                    if stage and not block else ())] + ["classifier.1"]
 
 
-def test_heat_map_of_resnet18_fits_every_label(tmp_path):
+def _draw_heat_map(tmp_path: Path, results: dict) -> tuple[object, list]:
+    """Draw `results`' heat map to tmp_path/heat.png (no matplotlib warning allowed); the figure, laid
+    out again at its own dpi, and its non-empty texts: tick labels, axis labels, titles."""
     import warnings
-
-    from matplotlib.image import imread
 
     from eval.report_render import plot_decision_heatmap
     from eval.results import load_run
 
-    results = make_results("resnet18_search_int2-int4-fp4_e2m1-fp8_e4m3-int8_layer_memory_t3b_s0")
-    space = ["int2", "int4", "fp4_e2m1", "fp8_e4m3", "int8"]
-    results["search"]["search_space"] = space
-    results["search"]["decisions"] = {name: {"layers": [name], "format": "int4",
-                                             "probabilities": {f: 0.2 for f in space}} for name in RESNET18_LAYERS}
     run = load_run(write_run(tmp_path, results))
     drawn = {}
 
@@ -491,15 +486,54 @@ def test_heat_map_of_resnet18_fits_every_label(tmp_path):
         report_render.save_figure = save_figure
     figure = drawn["figure"]
     figure.canvas.draw()  # lays it out again at the figure's own dpi, where the extents are measured
+    # Figure._suptitle: Figure.get_suptitle is matplotlib >= 3.8, setup.py allows 3.7.
+    titles = [figure._suptitle] + [ax.title for ax in figure.axes]  # noqa: SLF001
+    texts = [t for t in titles + [t for ax in figure.axes for t in ax.get_yticklabels() + [ax.yaxis.label]]
+             if t is not None and t.get_text()]
+    return figure, texts
+
+
+def _assert_inside(figure, texts: list) -> None:
     renderer = figure.canvas.get_renderer()
     box = figure.bbox
-    texts = [t for ax in figure.axes for t in ax.get_yticklabels() + [ax.yaxis.label, ax.title] if t.get_text()]
-    assert {t.get_text() for t in texts} >= set(RESNET18_LAYERS) | {"probability"}
     for text in texts:  # every label whole, inside the image
         extent = text.get_window_extent(renderer)
         assert box.x0 <= extent.x0 and extent.x1 <= box.x1 and box.y0 <= extent.y0 and extent.y1 <= box.y1, \
             text.get_text()
+
+
+def test_heat_map_of_resnet18_fits_every_label(tmp_path):
+    from matplotlib.image import imread
+
+    results = make_results("resnet18_search_int2-int4-fp4_e2m1-fp8_e4m3-int8_layer_memory_t3b_s0")
+    space = ["int2", "int4", "fp4_e2m1", "fp8_e4m3", "int8"]
+    results["search"]["search_space"] = space
+    results["search"]["decisions"] = {name: {"layers": [name], "format": "int4",
+                                             "probabilities": {f: 0.2 for f in space}} for name in RESNET18_LAYERS}
+    figure, texts = _draw_heat_map(tmp_path, results)
+    assert {t.get_text() for t in texts} >= set(RESNET18_LAYERS) | {"probability"}
+    assert texts[0].get_text() == ("resnet18_search_int2-int4-fp4_e2m1-fp8_e4m3-int8_layer_memory_t3b_s0: final "
+                                   "probabilities")
+    _assert_inside(figure, texts)
     assert imread(tmp_path / "heat.png").shape[0] > 300
+
+
+@pytest.mark.parametrize("name, lines, min_width_px", [
+    # Wide letters: 0.085 in per character under-estimated them, and the title, centred on the cells
+    # (right of the layer names), ran off the right edge.
+    ("W" * 60, ["W" * 60 + ": final probabilities"], 900),
+    ("fliqs_mixed_t2.5_bert_base_sst2_weight_only_lr3e-5_seed=0",
+     ["fliqs_mixed_t2.5_bert_base_sst2_weight_only_lr3e-5_seed=0: final probabilities"], 600),
+    ("x" * 250, ["x" * 100, "x" * 100, "x" * 50 + ":", "final probabilities"], 600),  # wrapped, not 25 inches wide
+])
+def test_heat_map_title_of_a_long_run_name_fits(tmp_path, name, lines, min_width_px):
+    from matplotlib.image import imread
+
+    figure, texts = _draw_heat_map(tmp_path, make_results(name))
+    assert texts[0].get_text() == "\n".join(lines)
+    _assert_inside(figure, texts)
+    height, width = imread(tmp_path / "heat.png").shape[:2]
+    assert min_width_px <= width <= 1700 and height < 350
 
 
 @pytest.mark.parametrize("args, message", [
@@ -600,6 +634,52 @@ def test_python_dash_m_entry_point(sweep):
 ])
 def test_a_flag_given_twice_is_refused(sweep, args, message, capsys):
     assert run_cli([sweep, *args], capsys) == (2, "", f"python -m eval.eval_parse: error: {message}\n")
+
+
+def test_output_root_swallowed_by_group_by_says_where_it_goes(sweep, capsys, monkeypatch):
+    """--group_by takes every value up to the next flag: `--group_by method ROOT` left no OUTPUT_ROOT,
+    and argparse's "the following arguments are required" did not say why."""
+    monkeypatch.chdir(sweep.parent)
+    prog = "python -m eval.eval_parse"
+    assert run_cli(["--group_by", "method", "cost_target", "out"], capsys) == (
+        2, "", f"{prog}: error: OUTPUT_ROOT is missing: --group_by took 'out' as a key (it takes every value up to the "
+        f"next flag); put OUTPUT_ROOT before --group_by ({prog} out --group_by method cost_target), or end the keys "
+        "with -- (--group_by method cost_target -- out)\n")
+    assert run_cli(["--format", "json", "--group_by", "out"], capsys)[2] == (
+        f"{prog}: error: OUTPUT_ROOT is missing: --group_by took 'out' as a key (it takes every value up to the next "
+        f"flag); put OUTPUT_ROOT before --group_by ({prog} out --group_by KEY), or end the keys with -- (--group_by "
+        "KEY -- out)\n")
+    # Not a directory (or a --group_by=KEY, or no --group_by): argparse's own line stays.
+    for args in (["--group_by", "method", "missing"], ["--group_by=method"], ["--format", "md"]):
+        assert run_cli(args, capsys) == (2, "", f"{prog}: error: the following arguments are required: OUTPUT_ROOT\n")
+    code, out, _ = run_cli(["--format", "json", "--group_by", "method", "cost_target", "--", "out"], capsys)
+    assert code == 0 and json.loads(out)["group_by"] == ["method", "cost_target"]  # the way out the line names
+
+
+def _group_by_error(sweep: Path, keys: list[str], capsys) -> str:
+    code, out, err = run_cli([sweep, "--group_by", *keys], capsys)
+    assert (code, out, err.count("\n")) == (2, "", 1)
+    prefix, valid = err.split(" keys: ")
+    assert valid.startswith("method, task, model_type, granularity, fixed_formats, activation_bits, block_search, ")
+    return prefix
+
+
+def test_unknown_group_by_key_names_the_closest_keys(sweep, capsys, monkeypatch):
+    monkeypatch.chdir(sweep / "digits")  # no folder named like a key (the repository has cost/, quant/, ...)
+    lead = "python -m eval.eval_parse: error: --group_by"
+    assert _group_by_error(sweep, ["methd"], capsys) == (
+        f"{lead} methd: not a pseudo-key or an argument of any completed run; did you mean method? Valid")
+    assert _group_by_error(sweep, ["method", "model", "sed"], capsys) == (
+        f"{lead} model, sed: not a pseudo-key or an argument of any completed run; did you mean model_type (for "
+        "model), seed (for sed)? Valid")
+    assert _group_by_error(sweep, ["cuda"], capsys) == (  # no close spelling: the keys it starts
+        f"{lead} cuda: not a pseudo-key or an argument of any completed run; did you mean cuda_visible_devices? Valid")
+    assert _group_by_error(sweep, ["zzz"], capsys) == (
+        f"{lead} zzz: not a pseudo-key or an argument of any completed run; valid")
+    monkeypatch.chdir(sweep.parent)  # the root given again after the keys
+    assert _group_by_error(sweep, ["method", "out"], capsys) == (
+        f"{lead} out: not a pseudo-key or an argument of any completed run; 'out' is a directory, not a key: give "
+        "OUTPUT_ROOT once, before --group_by; valid")
 
 
 def test_errors_name_the_command_as_typed(sweep, tmp_path, capsys, monkeypatch):

@@ -1,12 +1,14 @@
 """Low-bit checkpoints: bit-exact round trips, what is on disk, atomic writes, the CLI."""
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import ViTImageProcessor
 
@@ -168,8 +170,9 @@ class FailingProcessor:
 
 def test_failed_export_leaves_nothing_and_existing_output_is_protected(tmp_path):
     model, inputs = tiny_model("bert", QuantConfig("int4", "int8"))
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError) as error:
         export_quantized_checkpoint(model, tmp_path / "ckpt", FailingProcessor())
+    assert str(error.value) == f"cannot write {tmp_path / 'ckpt'} (the FailingProcessor files): disk full; pass another --out"
     assert os.listdir(tmp_path) == []
     (tmp_path / "kept").mkdir()  # the parents it creates go too, those that were there stay
     with pytest.raises(OSError, match="disk full"):
@@ -307,11 +310,101 @@ def test_cli_exports_the_run_model(tmp_path, capsys):
                                          r"or drop them$"):
         main([str(tmp_path / "run2"), "--out", str(tmp_path / "out2"), "--onnx_unsupported", "float", "--seq_len",
               "8"], load_run=load_run)
+    with pytest.raises(ValueError, match=r"^--opset only applies to the ONNX export: add --onnx, or drop it$"):
+        main([str(tmp_path / "run2"), "--out", str(tmp_path / "out2"), "--opset", "22"], load_run=load_run)
     (tmp_path / "file").write_text("")
     with pytest.raises(FileExistsError, match=r"file is a file; give a directory to create \(or an existing one "
                                               r"to replace with --overwrite\)$"):
         main([str(tmp_path / "run2"), "--out", str(tmp_path / "file"), "--overwrite"], load_run=load_run)
     assert seen == [str(tmp_path / "run")]  # all refused before loading the run
+
+
+def _raise(error: BaseException):
+    def writer(*args, **kwargs):
+        raise error
+    return writer
+
+
+ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what a full disk raises, without a file name
+
+
+@pytest.mark.parametrize("error, message", [
+    (ENOSPC, "No space left on device (errno 28); free space or pass another --out"),
+    # safetensors (Rust) reports its I/O errors as SafetensorError, not OSError
+    (SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+     "No space left on device (errno 28); free space or pass another --out"),
+    (PermissionError(errno.EACCES, "Permission denied"), "Permission denied (errno 13); pass an --out you can write to"),
+    (OSError(errno.EIO, "Input/output error"), "Input/output error (errno 5); pass another --out"),
+])
+def test_a_write_error_names_the_file_and_the_way_out(tmp_path, capsys, monkeypatch, error, message):
+    """It was `error: OSError: [Errno 28] No space left on device`: no path, and a type prefix."""
+    import eval.eval_run
+    import quant.export
+    from quant.export import cli
+
+    model, _ = tiny_model("gpt2", QuantConfig("int4", "int8"))
+    monkeypatch.setattr(eval.eval_run, "load_run_model", lambda run_dir: (model, None))
+    monkeypatch.setattr(quant.export, "save_file", _raise(error))
+    out = tmp_path / "deploy" / "ckpt"
+    assert cli([str(tmp_path / "run"), "--out", str(out)]) == 1
+    assert capsys.readouterr().err == f"python -m quant.export: error: cannot write {out / WEIGHTS_NAME}: {message}\n"
+    assert os.listdir(tmp_path) == []  # cleanup: neither the temporary folder nor the parent it created
+
+
+def test_a_full_disk_while_writing_the_onnx_model_names_it(tmp_path, monkeypatch):
+    pytest.importorskip("onnxscript")
+    import quant.onnx_export
+    from quant.export import ExportWriteError
+
+    model, _ = tiny_model("resnet18", QuantConfig("int8", "int8"))
+    monkeypatch.setattr(quant.onnx_export.onnx, "save_model", _raise(ENOSPC))
+    with pytest.raises(ExportWriteError) as error:  # named where it would be, not in the temporary folder
+        main([str(tmp_path / "run"), "--out", str(tmp_path / "ckpt"), "--onnx", "--image_size", "32"],
+             load_run=lambda run_dir: (model, None))
+    assert str(error.value) == (f"cannot write {tmp_path / 'ckpt' / 'model.onnx'}: No space left on device (errno "
+                                "28); free space or pass another --out")
+    assert (error.value.errno, error.value.filename) == (errno.ENOSPC, str(tmp_path / "ckpt" / "model.onnx"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_python_dash_m_names_the_onnx_file_too(tmp_path):
+    """`python -m quant.export` runs the module as __main__, a second copy whose ExportWriteError is
+    not the one quant.onnx_export raises: the message came out as `error: ExportWriteError: cannot
+    write OUT/.ckpt.onnx-XXXX/model.onnx ...`, the temporary folder's path with a type prefix."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxscript")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = (
+        "import errno, os, runpy, sys\n"
+        "import eval.eval_run, quant.onnx_export\n"
+        "from quant.quant_module import QuantConfig\n"
+        "from tests.quant.test_export import tiny_model\n"
+        "model, _ = tiny_model('resnet18', QuantConfig('int8', 'int8'))\n"
+        "eval.eval_run.load_run_model = lambda run_dir: (model, None)\n"
+        "def full(*args, **kwargs):\n"
+        "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+        "quant.onnx_export.onnx.save_model = full\n"
+        "sys.argv = ['quant.export', *sys.argv[1:]]\n"
+        "runpy.run_module('quant.export', run_name='__main__', alter_sys=True)\n")
+    done = subprocess.run([sys.executable, "-c", script, "run", "--out", str(tmp_path / "ckpt"), "--onnx",
+                           "--image_size", "32"], cwd=repo, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "1"})
+    assert (done.returncode, done.stderr.splitlines()[-1]) == (
+        1, f"python -m quant.export: error: cannot write {tmp_path / 'ckpt' / 'model.onnx'}: No space left on device "
+        "(errno 28); free space or pass another --out"), done.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_other_errors_of_a_writer_pass_unchanged(tmp_path, monkeypatch):
+    import quant.export
+
+    model, _ = tiny_model("gpt2", QuantConfig("int4", "int8"))
+    monkeypatch.setattr(quant.export, "save_file", _raise(SafetensorError("Error while serializing: bad dtype")))
+    with pytest.raises(SafetensorError, match="^Error while serializing: bad dtype$"):
+        export_quantized_checkpoint(model, tmp_path / "ckpt")
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("args, message", [
