@@ -37,13 +37,21 @@ PREPARERS: dict[str, Callable[[dict[str, list[Any]]], dict[str, list[Any]]]] = {
 }
 
 
+def dataset_splits(task: TaskSpec) -> str:
+    """The splits a --dataset_path folder of `task` needs, for messages. The task's own evaluation
+    split name, and 'validation' as its alternative only where that is another name (most tasks
+    evaluate on 'validation' itself)."""
+    if task.eval_split == "validation":
+        return "'train' and 'validation'"
+    return f"'train' and '{task.eval_split}' (or 'validation')"
+
+
 def data_ways_out(task: TaskSpec) -> list[str]:
     """What to do instead of downloading `task` from the hub (used in error messages)."""
     ways = [
         f"pass --train_file and --validation_file (csv/json/jsonl/parquet with columns "
         f"{list(task.required_columns)})",
-        "pass --dataset_path, a folder written by DatasetDict.save_to_disk with splits 'train' and "
-        + (f"'{task.eval_split}' (or 'validation')" if task.eval_split != "validation" else "'validation'"),
+        f"pass --dataset_path, a folder written by DatasetDict.save_to_disk with splits {dataset_splits(task)}",
         f"use a built-in offline task: --task {' or --task '.join(BUILTIN_TASK_NAMES)}",
     ]
     if not hub_offline_flag_set():
@@ -77,8 +85,8 @@ def check_local_sources(task: TaskSpec, train_file: str | os.PathLike[str] | Non
                              f"DatasetDict.save_to_disk")
         if not (path / "dataset_dict.json").is_file():
             what = "a single Dataset" if (path / "state.json").is_file() else "no saved DatasetDict"
-            raise ValueError(f"--dataset_path {str(path)!r} holds {what}; save a DatasetDict with splits 'train' and "
-                             f"'{task.eval_split}' (or 'validation') with save_to_disk")
+            raise ValueError(f"--dataset_path {str(path)!r} holds {what}; save a DatasetDict with splits "
+                             f"{dataset_splits(task)} with save_to_disk")
 
 
 def _has_no_rows(path: Path, builder: str) -> bool:
@@ -139,10 +147,8 @@ def _load_from_disk(dataset_path: str | os.PathLike[str], task: TaskSpec) -> dat
     eval_split = task.eval_split if task.eval_split in loaded else "validation"
     missing = [s for s in ("train", eval_split) if s not in loaded]
     if missing:
-        needs = "'train' and 'validation'" if task.eval_split == "validation" else \
-            f"'train' and '{task.eval_split}' or 'validation'"
         raise ValueError(f"--dataset_path {str(dataset_path)!r} lacks splits {missing} (it has "
-                         f"{list(loaded)}); it needs {needs}")
+                         f"{list(loaded)}); it needs {dataset_splits(task)}")
     return datasets.DatasetDict({"train": loaded["train"], "validation": loaded[eval_split]})
 
 

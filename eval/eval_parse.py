@@ -14,7 +14,7 @@ import sys
 from typing import NoReturn, Sequence
 
 from cost.cost import REWARD_FORMS
-from eval.cli_flags import OnceArgumentParser, program_name
+from eval.cli_flags import OnceArgumentParser, program_name, split_argv
 from eval.model_configs import MODEL_REGISTRY
 from eval.run_args import DEFAULT_DATA_SEED, SEARCH_ONLY_FLAGS, ignored_flags_note, resolve_run_args, single_option_note
 from eval.run_inputs import eval_subset_note, load_config_note
@@ -211,6 +211,10 @@ def create_arg_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--log_steps", type=int, default=20, help="log every N steps")
     g.add_argument("--exp_name", default=None, help="run name (default: built from the main flags)")
     g.add_argument("--output_root_dir", default="output", help="runs go to OUTPUT_ROOT_DIR/TASK/EXP_NAME")
+    g.add_argument("--overwrite_output_dir", action="store_true",
+                   help="replace a completed run of this directory that was run with other flags (default names "
+                   "leave most flags out, so two commands can share one); without it such a run is refused and "
+                   "left as it is. A completed run of the same flags is replaced anyway")
     g.add_argument("--save_strategy", default=None, help="no, steps, epoch or best (checkpoints; best: whenever the "
                    "task's main metric improves at an evaluation; final_model/ is still the last step's). Default: "
                    "steps when --save_steps is given, else no")
@@ -241,14 +245,16 @@ def parse_run_args(argv: Sequence[str] | None = None, prog: str | None = None) -
     `prog` (default `run_prog()`) starts those lines and the notes."""
     prog = run_prog() if prog is None else prog
     parser = create_arg_parser(prog)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    given = frozenset(segment.dest for segment in split_argv(parser, argv) if segment.dest)  # typed, default or not
     no_search_given = args.search is False  # before resolving, which fills the default in
     try:
         resolve_run_args(args)
     except ValueError as error:
         parser.error(str(error))
     for note in (ignored_flags_note(args, {name: parser.get_default(name) for name in SEARCH_ONLY_FLAGS},
-                                    no_search_given=no_search_given),
+                                    no_search_given=no_search_given, given=given),
                  single_option_note(args), load_config_note(args), eval_subset_note(args)):
         if note is not None:
             sys.stderr.write(f"{prog}: {note}\n")

@@ -5,11 +5,16 @@ args -> data -> model -> quantized layers -> Trainer (fixed formats) or Reinforc
 config.json (all args), model.txt, output.txt, final_model/ (HF checkpoint of the trained weights),
 TensorBoard logs in tensorboard/, and results.json, written last and atomically. A crash writes
 a results.json with status "failed", the error and the traceback; a crash during setup (data,
-model, trainer) leaves a completed run of the same name untouched instead.
+model, trainer) leaves a completed run of the same name untouched instead. Bad input found during
+setup (our own checks of the data files, the model and the trainer's flags: a ValueError raised in
+this project's code) is refused like a bad flag: one error line, exit code 2, nothing written or
+deleted. So is a run that would replace a completed run of the same directory run with other
+flags, unless --overwrite_output_dir.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import signal
@@ -21,9 +26,19 @@ from typing import Any, Sequence
 
 from eval.eval_parse import parse_run_args, run_prog
 from eval.results_schema import COMPLETED, FAILED, RESULTS_NAME, SCHEMA_VERSION
-from eval.run_lock import RunDirectoryBusy, holding_run_lock
+from eval.run_lock import HANDED_LOCK_ENV, RunDirectoryBusy, holding_run_lock
 
 RUN_FILES = (RESULTS_NAME, "output.txt", "model.txt", "config.json")
+# Where this project's checks raise from: a ValueError raised in these packages during setup is bad
+# input (refused, exit code 2); one raised inside torch, transformers or datasets is a failure.
+_OWN_PACKAGES = tuple(str(Path(__file__).resolve().parent.parent / name) + os.sep
+                      for name in ("eval", "quant", "cost", "policy", "trainer"))
+
+
+class RunInputError(Exception):
+    """Bad input found once the run looks at its directory, data or model (a completed run of
+    other flags in the way, an empty data file, ...): one error line and exit code 2, as for a bad
+    flag, with nothing in the run directory written or deleted."""
 
 
 def run_dir_of(args: argparse.Namespace) -> Path:
@@ -47,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    # Started by the launcher, which hands it its directory's lock (eval/run_lock.py reads and
+    # drops the variable): an interrupted run's advice is then the launcher's, not eval_run's.
+    launched = HANDED_LOCK_ENV in os.environ
     try:
         args = parse_run_args(argv, prog=run_prog())
     except KeyboardInterrupt:  # Ctrl-C while the flags are checked (imports take seconds)
@@ -66,8 +84,11 @@ def _main(argv: Sequence[str] | None) -> int:
     except RunDirectoryBusy as error:  # the other run's directory is left alone: no results.json
         print(f"{run_prog()}: error: {error}", file=sys.stderr)
         return 1
+    except RunInputError as error:  # as a bad flag: nothing in the run directory changed
+        print(f"{run_prog()}: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # Ctrl-C: one line on what is left, not a traceback
-        print(f"{run_prog()}: interrupted; {interrupted_note(run_dir_of(args))}", file=sys.stderr)
+        print(f"{run_prog()}: interrupted; {interrupted_note(run_dir_of(args), launched)}", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - reported in results.json and as one line
         run_dir = run_dir_of(args)
@@ -101,7 +122,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     Data, model and trainer are set up before anything in the run directory changes: a run
     that fails there leaves a completed run of the same name as it was. One run at a time per
-    directory (eval/run_lock.py): RunDirectoryBusy, with nothing changed, if another holds it."""
+    directory (eval/run_lock.py): RunDirectoryBusy, with nothing changed, if another holds it.
+    RunInputError, with nothing changed, for a completed run of other flags in the directory
+    (without --overwrite_output_dir) or bad input found while loading the data and model."""
     start = time.time()
     run_dir = run_dir_of(args)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -118,9 +141,19 @@ def _run_locked(args: argparse.Namespace, run_dir: Path, start: float) -> dict[s
     # another run's starts this directory afresh like a new run.
     resuming = args.resume_from_checkpoint is not None and \
         run_dir.resolve() in Path(args.resume_from_checkpoint).resolve().parents
+    # Before loading anything, with the flags as given (as the launcher compares them). A resume
+    # of this directory's own checkpoint was checked against its config.json when parsed.
+    replaced = None if resuming or not _is_main_process() else replaced_run_changes(run_dir, vars(args))
+    if replaced and not args.overwrite_output_dir:
+        raise RunInputError(f"{run_dir} holds a completed run that was run with other flags ({replaced}); give "
+                            "--exp_name NAME to keep both, or pass --overwrite_output_dir to replace it")
     try:
         prepared = _prepare(args)
     except Exception as error:
+        if isinstance(error, ValueError) and _raised_by_own_checks(error):
+            # Bad input (an empty data file, a model the flags do not fit): refused like a bad
+            # flag, before anything is written; a completed run or checkpoints stay as they were.
+            raise RunInputError(str(error)) from error
         if _is_main_process() and not _holds_completed_run(run_dir):
             clear_previous_outputs(run_dir, resuming)
             write_json(run_dir / "config.json", vars(args))
@@ -128,9 +161,9 @@ def _run_locked(args: argparse.Namespace, run_dir: Path, start: float) -> dict[s
                                                               time.time() - start))
         raise
     if _is_main_process():
-        note = replaced_run_note(run_dir, vars(args))
-        if note is not None:
-            print(f"{run_prog()}: {note}", file=sys.stderr)
+        if replaced:
+            print(f"{run_prog()}: note: replacing the completed run {run_dir}, which was run with other flags "
+                  f"({replaced}), as --overwrite_output_dir asks", file=sys.stderr)
         clear_previous_outputs(run_dir, resuming)
         # With what the run resolved itself (device, delay, policy learning rate).
         write_json(run_dir / "config.json", vars(args))
@@ -143,8 +176,14 @@ def _run_locked(args: argparse.Namespace, run_dir: Path, start: float) -> dict[s
         raise
 
 
-def interrupted_note(run_dir: Path) -> str:
-    """What an interrupted run left in `run_dir` and how to go on from it."""
+# How a run the launcher started goes on: the launcher resumes it from its newest checkpoint before
+# its last step (eval/launch_cli.py), or starts it again; --overwrite would start it from step 0.
+RELAUNCH = "relaunch the same eval_parallel command with --skip_completed (in place of any --overwrite)"
+
+
+def interrupted_note(run_dir: Path, launched: bool = False) -> str:
+    """What an interrupted run left in `run_dir` and how to go on from it (`launched`: the launcher
+    started it, and a relaunch with --skip_completed is the way on)."""
     from eval.run_inputs import checkpoint_steps, latest_checkpoint, resumable_checkpoint
 
     if not run_dir.is_dir():
@@ -153,9 +192,12 @@ def interrupted_note(run_dir: Path) -> str:
         return f"the results.json in {run_dir} was left as it is"
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
-        return f"{run_dir} holds no results.json and no checkpoint (runs save them with --save_steps N)"
+        again = f"; to run it again, {RELAUNCH}" if launched else ""
+        return f"{run_dir} holds no results.json and no checkpoint (runs save them with --save_steps N){again}"
     done, total = checkpoint_steps(Path(checkpoint))
     if done is None or total is None or done < total:
+        if launched:
+            return f"{run_dir} holds no results.json; to go on from {Path(checkpoint).name}, {RELAUNCH}"
         return (f"{run_dir} holds no results.json; to go on from {Path(checkpoint).name}, run the same command with "
                 f"--resume_from_checkpoint {run_dir} (in place of any it has)")
     # Stopped after its last step (in the final evaluation or while writing its outputs): that
@@ -163,7 +205,10 @@ def interrupted_note(run_dir: Path) -> str:
     last = f"{Path(checkpoint).name} is the run's last step ({done}), which leaves nothing to resume"
     previous = resumable_checkpoint(run_dir)
     if previous is None:
-        return f"{run_dir} holds no results.json; {last}: run the same command again"
+        return f"{run_dir} holds no results.json; {last}: " + (f"to run it again, {RELAUNCH}" if launched
+                                                                else "run the same command again")
+    if launched:
+        return f"{run_dir} holds no results.json; {last}: to go on from {Path(previous).name}, {RELAUNCH}"
     return (f"{run_dir} holds no results.json; {last}: to go on from {Path(previous).name}, run the same command "
             f"with --resume_from_checkpoint {previous} (in place of any it has)")
 
@@ -223,19 +268,29 @@ def missed_target_note(args: argparse.Namespace, ratio: float) -> str | None:
             f"{args.target_tolerance:g}): {how}; check --cost_target/--cost_target_bits against the search space")
 
 
-def replaced_run_note(run_dir: Path, planned: dict[str, Any]) -> str | None:
-    """A note when this run replaces a completed run of the same name that had other flags
-    (default names leave out most flags, so two different commands can share a directory)."""
+def replaced_run_changes(run_dir: Path, planned: dict[str, Any]) -> str | None:
+    """`flag old -> new, ...` when `run_dir` holds a completed run whose flags differ from the
+    planned ones in anything that changes results (as the launcher's --skip_completed compares
+    them), else None. Default names leave out most flags (--cost_function, --learning_rate,
+    --train_file, ...), so two different commands can share a directory."""
     from eval.results import changed_flags, list_changes, load_run
 
     previous = load_run(run_dir)
     if previous.status != COMPLETED:
         return None
-    diffs = changed_flags(planned, previous)
-    if not diffs:
-        return None
-    return (f"note: replacing the completed run {run_dir}, which was run with other flags ({list_changes(diffs)}); "
-            "give --exp_name to keep both")
+    diffs = changed_flags(json.loads(json.dumps(planned, default=str)), previous)  # as results.json holds them
+    return list_changes(diffs) if diffs else None
+
+
+def _raised_by_own_checks(error: BaseException) -> bool:
+    """Whether `error` was raised by this project's code (its innermost frame), not inside a
+    library it called."""
+    trace = error.__traceback__
+    if trace is None:
+        return False
+    while trace.tb_next is not None:
+        trace = trace.tb_next
+    return os.path.realpath(trace.tb_frame.f_code.co_filename).startswith(_OWN_PACKAGES)
 
 
 def clear_previous_outputs(run_dir: Path, resuming: bool) -> None:
@@ -349,15 +404,16 @@ def _run(args: argparse.Namespace, prepared: tuple[Any, Any], run_dir: Path, sta
                   f"--export_dir {args.export_dir} (final_model/ holds the float weights)", file=sys.stderr)
         elif args.export_dir is not None:
             from quant.eval_autocast import autocast_dtype_of_run
-            from quant.export import export_quantized_checkpoint
+            from quant.export import ExportWriteError, export_quantized_checkpoint
 
             try:
                 report = export_quantized_checkpoint(setup.model.cpu(), args.export_dir, processor=setup.processor,
                                                      autocast_dtype=autocast_dtype_of_run(vars(args)))
             except Exception as error:  # noqa: BLE001 - the run's metrics and model stay; the export alone failed
                 results["status"], results["traceback"] = FAILED, traceback.format_exc()
-                results["error"] = (f"the export to --export_dir {args.export_dir} failed ({type(error).__name__}: "
-                                    f"{error}); the trained model is in {run_dir / 'final_model'}: export it with "
+                # An ExportWriteError names the file and its own way out: no type to add
+                why = str(error) if isinstance(error, ExportWriteError) else f"{type(error).__name__}: {error}"
+                results["error"] = (f"the export to --export_dir {args.export_dir} failed ({why}); the trained model is in {run_dir / 'final_model'}: export it with "
                                     f"python -m quant.export {run_dir} --out DIR")
             else:
                 results["export"] = {"dir": args.export_dir, **report.to_dict()}

@@ -30,14 +30,14 @@ import sys
 import time
 from typing import Sequence, TextIO
 
-from eval.cli_flags import program_name
+from eval.cli_flags import program_name, split_argv
 from eval.eval_parse import OneLineErrorParser, create_arg_parser
 from eval.launch_command import RUN_ENTRY, format_command, free_port, launcher_env, run_command
 from eval.launch_devices import CPU, GPU, Resources, choose_resources, detect_gpus, predict_slots
-from eval.launch_flags import LaunchError, refuse_repeated_run_flags
+from eval.launch_flags import OVERWRITE_REASON, LaunchError, refuse_repeated_run_flags
 from eval.launch_plan import Experiment, load_experiments_file, parse_sweep, plan_experiments
-from eval.launch_queue import (DONE, ELSEWHERE, QUEUED, SKIPPED, Job, StopSignals, SubprocessStarter,
-                               TERMINATE_GRACE_S, run_queue)
+from eval.launch_queue import (DONE, ELSEWHERE, INTERRUPTED, NOT_STARTED, QUEUED, SKIPPED, Job, StopSignals,
+                               SubprocessStarter, TERMINATE_GRACE_S, run_queue)
 from eval.launch_status import StatusBoard, summary_table
 from eval.results import changed_args, changed_flags, list_changes, load_run
 from eval.results_schema import COMPLETED
@@ -121,7 +121,10 @@ def prepare(argv: Sequence[str] | None, available_gpus: Sequence[str] | None = N
             ) -> tuple[argparse.Namespace, list[Experiment], Resources]:
     """Parse and validate the whole launch (raises LaunchError, or SystemExit(2) for bad launcher flags)."""
     options, run_argv = create_launcher_parser(prog).parse_known_args(argv)
-    refuse_repeated_run_flags(create_arg_parser("eval_run"), run_argv)  # before a --sweep replaces a repeat
+    run_parser = create_arg_parser("eval_run")
+    refuse_repeated_run_flags(run_parser, run_argv)  # before a --sweep replaces a repeat
+    if any(segment.dest == "overwrite_output_dir" for segment in split_argv(run_parser, run_argv)):
+        raise LaunchError(f"--overwrite_output_dir is not a launch flag: {OVERWRITE_REASON}; give --overwrite")
     sweeps = [parse_sweep(text) for text in options.sweep]
     entries = load_experiments_file(options.experiments) if options.experiments is not None else None
     experiments = plan_experiments(run_argv, sweeps, entries)
@@ -264,9 +267,41 @@ def dry_run(jobs: Sequence[Job], resources: Resources, out: TextIO, run_entry: S
     out.flush()
 
 
+def relaunch_advice(jobs: Sequence[Job], skip_completed: bool, overwrite: bool) -> str | None:
+    """After an interrupted launch: the one command that goes on from what its runs left, and
+    what it will do with each stopped run (None when every run ended anyway)."""
+    left = [(job, load_run(job.experiment.run_dir).status == COMPLETED) for job in jobs
+            if job.state in (INTERRUPTED, NOT_STARTED)]
+    if overwrite:
+        # Runs stopped before they replaced an earlier completed run still hold it: --skip_completed would keep it.
+        earlier = [job for job, completed in left if completed and job.overwrites]
+        if earlier:
+            return (f"to go on, run the same command again (it runs every run again; --skip_completed in place of "
+                    f"--overwrite would keep the earlier results of {_plural(len(earlier), 'run')} this launch did "
+                    "not replace)")
+    stopped = [job for job, completed in left if not completed]  # one that completed as it was stopped is kept
+    if not stopped:
+        return None
+    resumed = [checkpoint for job in stopped if job.state == INTERRUPTED
+               and (checkpoint := resumable_checkpoint(job.experiment.run_dir)) is not None]
+    parts = []
+    if len(resumed) == 1:
+        parts.append(f"1 run goes on from its {os.path.basename(resumed[0])}")
+    elif resumed:
+        parts.append(f"{len(resumed)} runs go on from their checkpoints")
+    fresh = len(stopped) - len(resumed)
+    if fresh:
+        parts.append(f"{_plural(fresh, 'run')} start{'s' if fresh == 1 else ''} from the beginning")
+    how = ("again" if skip_completed else
+           "with --skip_completed in place of --overwrite" if overwrite else "with --skip_completed")
+    return f"to go on, run the same command {how} ({'; '.join(parts)})"
+
+
 def launch(jobs: Sequence[Job], resources: Resources, out: TextIO = sys.stdout, run_entry: Sequence[str] = RUN_ENTRY,
-           grace_s: float = TERMINATE_GRACE_S, tty: bool | None = None, prog: str = PROG) -> int:
-    """Run the queued jobs with live status, print the summary; returns the exit code."""
+           grace_s: float = TERMINATE_GRACE_S, tty: bool | None = None, prog: str = PROG,
+           skip_completed: bool = False, overwrite: bool = False) -> int:
+    """Run the queued jobs with live status, print the summary (and after an interruption how to
+    go on: `skip_completed`/`overwrite` are the launch's own flags); returns the exit code."""
     board = StatusBoard(out, len(jobs), tty=tty)
     board.write(f"{prog}: {describe_resources(jobs, resources)}; output of each run in RUN_DIR/stdout.log\n")
     for job in jobs:
@@ -296,6 +331,9 @@ def launch(jobs: Sequence[Job], resources: Resources, out: TextIO = sys.stdout, 
         if summary.is_file():
             board.write("\n" + summary.read_text())
     board.write("\n" + summary_table(jobs, time.monotonic()))
+    advice = relaunch_advice(jobs, skip_completed, overwrite) if interrupted else None
+    if advice is not None:
+        board.write(f"{prog}: {advice}\n")
     if board.closed:
         silence_stdout(out)
     if interrupted:
@@ -334,7 +372,8 @@ def main(argv: Sequence[str] | None = None, *, available_gpus: Sequence[str] | N
         sys.stderr.write(f"{prog}: error: cannot write the plan to {'stdout' if out is sys.stdout else 'its output'} "
                          f"({error.strerror or error}); redirect it to a writable file\n")
         return EXIT_USAGE
-    return launch(jobs, resources, out, run_entry, grace_s, prog=prog)
+    return launch(jobs, resources, out, run_entry, grace_s, prog=prog, skip_completed=options.skip_completed,
+                  overwrite=options.overwrite)
 
 
 def silence_stdout(out: TextIO) -> None:

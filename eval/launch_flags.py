@@ -22,9 +22,13 @@ class LaunchError(ValueError):
     """A bad launch request (flags, sweep, experiments file, devices): one line, exit code 2."""
 
 
+# The launcher passes --overwrite_output_dir itself, to the completed runs its --overwrite runs again.
+OVERWRITE_REASON = ("the launcher replaces completed runs with its own --overwrite (and passes --overwrite_output_dir "
+                    "to the runs it replaces)")
 # The launcher assigns devices itself and names every run; these keys cannot be swept.
 RESERVED_KEYS = {
     "cuda_visible_devices": "the launcher assigns GPUs to runs; pick them with --gpus or --num_gpus",
+    "overwrite_output_dir": OVERWRITE_REASON,
 }
 TRUE_WORDS, FALSE_WORDS = ("true",), ("false",)
 

@@ -27,6 +27,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -34,7 +35,8 @@ from typing import Any, Mapping, Sequence
 from eval.cli_flags import FlagSegment, split_argv
 from eval.eval_parse import create_arg_parser, parse_run_args
 from eval.launch_flags import LaunchError, apply_overrides, name_text, resolve_key, value_text
-from eval.results import NON_RESULT_ARGS, ignored_args, same_settings, same_value
+from eval.results import NON_RESULT_ARGS, ignored_args, same_settings, same_value, unread_search_settings
+from quant.formats import parse_format_list
 
 MAX_NAME_LENGTH = 200  # file systems allow 255 bytes per name
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+=-]+")
@@ -56,6 +58,7 @@ class SweepAxis:
 
     key: str
     values: tuple[str, ...]
+    separator: str = field(default=",", compare=False)  # between the values as written: ',' or ';'
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -73,7 +76,29 @@ def parse_sweep(text: str) -> SweepAxis:
     if not sep:
         raise LaunchError(f"--sweep {text!r} must look like KEY=V1,V2,... (e.g. --sweep seed=1,2,3)")
     separator = ";" if ";" in values else ","
-    return SweepAxis(key.strip().lstrip("-"), tuple(v.strip() for v in values.split(separator)))
+    return SweepAxis(key.strip().lstrip("-"), tuple(v.strip() for v in values.split(separator)), separator)
+
+
+def refuse_one_format_search_spaces(axis: SweepAxis) -> None:
+    """A --sweep of search spaces that are all one format each (`search_space=4,8`: split on the
+    comma, two "searches" with nothing to choose, int4 alone and int8 alone) almost surely meant
+    one search over those formats: refused with both ways out. A sweep that mixes such a value with
+    searches over several formats (`'search_space=8;4,8'`) stays: each run notes its own. Values
+    that are no formats are left to the run's own check, which names them."""
+    if len(axis.values) < 2:
+        return
+    try:
+        if any(len(parse_format_list(value, "search space")) != 1 for value in axis.values):
+            return
+    except ValueError:
+        return
+    written = shlex.quote(f"{axis.key}={axis.separator.join(axis.values)}")
+    formats = ",".join(axis.values)
+    raise LaunchError(f"--sweep {written} would run {len(axis.values)} searches of one format each "
+                      f"({', '.join(axis.values)}), with nothing to choose; for one search over these formats give "
+                      f"--search_space {formats} (outside --sweep), to sweep several search spaces separate them with "
+                      f"';' (--sweep 'search_space=4,8;2,4,8'), or for uniform baselines sweep the fixed format "
+                      f"(--sweep bits={formats})")
 
 
 @dataclass(frozen=True)
@@ -192,6 +217,8 @@ def _combinations(sweeps: Sequence[SweepAxis], entries: Sequence[dict[str, Any]]
                 raise LaunchError(f"--sweep {axis.key}: {spelled[text]} and {value} are the same value ({text}); list "
                                   "each value once")
             spelled[text] = value
+        if dest == "search_space":
+            refuse_one_format_search_spaces(axis)
     combos = []
     for entry in entries:
         name = entry.get("exp_name")
@@ -313,10 +340,16 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
         key = same_settings(experiment.args, ignore={"exp_name"})
         if key in first_with:
             first = first_with[key]
-            unread = sorted(name for name in ignored_args(experiment.args) if name in experiment.args
+            not_read = ignored_args(experiment.args) | unread_search_settings(experiment.args)
+            unread = sorted(name for name in not_read if name in experiment.args
                             and not same_value(name, first.args.get(name), experiment.args[name]))
-            why = (f"; a run that does not search ignores {', '.join(unread)}: set it only in the search entries "
-                   f"of --experiments" if unread else "")
+            why = ""
+            if unread and ignored_args(experiment.args):
+                why = (f"; a run that does not search ignores {', '.join(unread)}: set it only in the search "
+                       f"entries of --experiments")
+            elif unread:  # e.g. --heldout_fraction of a search with --reward_source train
+                why = (f"; these searches do not read {', '.join(unread)}: set it only in the entries whose "
+                       f"searches read it (the run's note says when)")
             raise LaunchError(f"experiments {first.index} and {experiment.index} are the same run under two names "
                               f"({first.exp_name!r} and {experiment.exp_name!r}: every other flag means the same); "
                               f"remove one of them{why}")

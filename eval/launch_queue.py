@@ -64,9 +64,12 @@ class Job:
 
     @property
     def argv(self) -> tuple[str, ...]:
-        """The run's flags as started: the plan's, and the checkpoint it resumes from."""
+        """The run's flags as started: the plan's, the checkpoint it resumes from, and
+        --overwrite_output_dir where it replaces a completed run (--overwrite), which eval_run
+        refuses to do without it when that run's recorded flags differ."""
         extra = ("--resume_from_checkpoint", self.resume_from) if self.resume_from is not None else ()
-        return (*self.experiment.argv, *extra)
+        replace = ("--overwrite_output_dir",) if self.overwrites else ()
+        return (*self.experiment.argv, *extra, *replace)
 
     @property
     def name(self) -> str:

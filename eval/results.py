@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from eval.results_schema import FAILED, INCOMPLETE, RESULTS_NAME, validate_results
 
@@ -58,6 +58,38 @@ def ignored_args(args: Mapping[str, Any]) -> frozenset[str]:
     return frozenset() if args.get("mode", "search") == "search" else _NOT_READ_WITHOUT_SEARCH
 
 
+# Model types whose models hold no BatchNorm (they normalise with LayerNorm), by name prefix: the
+# report reads this without importing transformers (eval.model_configs); a test checks it against
+# every registered model type, built on the meta device.
+NO_BATCHNORM_MODEL_PREFIXES = ("bert", "roberta", "gpt2", "deit")
+
+
+def has_batchnorm(model_type: Any) -> bool:
+    """Whether `model_type`'s models hold BatchNorm layers (True for a name not known to have
+    none, so that such runs are still compared on --bn_recalibration_batches)."""
+    return not (isinstance(model_type, str) and model_type.startswith(NO_BATCHNORM_MODEL_PREFIXES))
+
+
+# Search flags that only some searches read: name -> whether a search of these recorded args reads
+# it. A search that does not (e.g. --heldout_fraction with --reward_source train) measures the same
+# as one without the flag, so it is neither compared nor grouped on; the run says so in a note
+# (eval/run_args.py). A recorded arg that is missing counts as read (compared, as before).
+SEARCH_SETTING_READERS: dict[str, Callable[[Mapping[str, Any]], bool]] = {
+    "heldout_fraction": lambda args: args.get("reward_source", "heldout") == "heldout",
+    # argmax answers without a cost band (the run's end-of-search note still quotes it)
+    "target_tolerance": lambda args: args.get("final_selection", "constrained") == "constrained",
+    "bn_recalibration_batches": lambda args: has_batchnorm(args.get("model_type")),
+}
+
+
+def unread_search_settings(args: Mapping[str, Any]) -> frozenset[str]:
+    """The SEARCH_SETTING_READERS flags that `args`' search does not read (empty for a run that
+    does not search: `ignored_args` names all of its search-only flags)."""
+    if args.get("mode", "search") != "search":
+        return frozenset()
+    return frozenset(name for name, reads in SEARCH_SETTING_READERS.items() if not reads(args))
+
+
 def recorded_data_seed(args: Mapping[str, Any]) -> Any:
     """The seed `args`' run drew its --max_*_samples subsets with: its data_seed, or for a run
     recorded before that flag its seed (None where it recorded neither)."""
@@ -73,8 +105,9 @@ def _with_data_seed(args: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _unread_args(args: Mapping[str, Any]) -> frozenset[str]:
-    """`ignored_args`, and data_seed where the run drew no subset (it then changes nothing)."""
-    unread = ignored_args(args)
+    """`ignored_args`, the search settings its kind of search does not read, and data_seed where
+    the run drew no subset (it then changes nothing)."""
+    unread = ignored_args(args) | unread_search_settings(args)
     if args.get("max_train_samples") is None and args.get("max_eval_samples") is None:
         unread |= {"data_seed"}
     return unread
@@ -398,7 +431,8 @@ def changed_flags(planned: Mapping[str, Any], record: RunRecord) -> list[str]:
 def changed_args(planned: Mapping[str, Any], recorded: Mapping[str, Any],
                  ignore: frozenset[str] = frozenset()) -> list[str]:
     """`changed_flags` against a mapping of recorded args (results.json "args" or config.json),
-    also ignoring `ignore` and, between two runs that do not search, SEARCH_ONLY_FLAGS. A planned
+    also ignoring `ignore` and what neither run reads (between two runs that do not search,
+    SEARCH_ONLY_FLAGS; between two searches, SEARCH_SETTING_READERS flags neither reads). A planned
     None of RUN_TIME_DEFAULTS reads `default`."""
     def new_text(key: str, value: Any) -> str:
         return "default" if key in RUN_TIME_DEFAULTS and value is None else _canonical(value)

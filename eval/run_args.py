@@ -23,9 +23,9 @@ from pathlib import Path
 from cost.cost import REWARD_FORMS
 from cost.model_cost import parse_cost_type
 from eval.model_configs import get_model_spec, supports_gradient_checkpointing
-from eval.results import SEARCH_ONLY_FLAGS
-from eval.run_inputs import (check_inputs_outside_run_dir, check_load_config, check_resume_matches,
-                             resolve_checkpoint)
+from eval.results import SEARCH_ONLY_FLAGS, SEARCH_SETTING_READERS, unread_search_settings
+from eval.run_inputs import (check_inputs_outside_run_dir, check_load_config, check_load_config_run,
+                             check_resume_matches, resolve_checkpoint)
 from eval.tasks import get_task
 from quant.formats import NO_QUANT, parse_format, parse_format_list
 from trainer.entropy_schedule import parse_entropy_schedule
@@ -88,6 +88,8 @@ def check_can_write_under(path: str, flag: str) -> None:
 
 def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
     """Validate `args` in place and fill in the resolved fields; returns `args`."""
+    if args.load_config is not None:
+        check_load_config_run(args)  # before anything blames --model/--task/--model_name_or_path for it
     task = get_task(args.task)
     spec = get_model_spec(args.model_type)
     if task.modality != spec.modality:
@@ -160,6 +162,7 @@ def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError("--export_dir writes the low-bit checkpoint of a quantized run, and this run is float "
                          "(--bits 0): drop --export_dir (the run's final_model/ holds its float weights)")
     _check_layer_selection(args, spec.modality)
+    _check_search_flag_values(args)
     if args.mode == "search":
         _resolve_search(args, task)
     if args.load_config is not None:
@@ -262,6 +265,10 @@ def _resolve_mode(args: argparse.Namespace) -> None:
     act = _fixed_format(args.bits if args.bits is not None else args.activation_bits,
                         "--bits" if args.bits is not None else "--activation_bits")
     fixed_given = weight is not None or act is not None
+    # the flags that ask for a search, as typed (before the default fills --search in)
+    search_asked = ["--search"] * bool(args.search) + [f"--{name}" for name in
+                                                     ("weight_only_search", "single_decision", "block_search")
+                                                     if getattr(args, name)]
     if args.load_config is not None:
         if args.search:
             raise ValueError("--load_config applies a found assignment as fixed formats; it cannot be combined "
@@ -277,8 +284,7 @@ def _resolve_mode(args: argparse.Namespace) -> None:
         raise ValueError("--search picks the formats itself; drop --weight_bits/--activation_bits/--bits, or use "
                          "--weight_only_search with --activation_bits to fix the activations")
     if args.eval_only and args.search:
-        raise ValueError("--eval_only evaluates a fixed model; combine it with --load_config or fixed formats, "
-                         "not with a search")
+        _refuse_eval_only_search(args, search_asked)
     if args.search:
         args.mode = "search"
         if weight is not None:
@@ -296,12 +302,64 @@ def _resolve_mode(args: argparse.Namespace) -> None:
                              "does not search (--no-search or --load_config); drop them")
 
 
+def _refuse_eval_only_search(args: argparse.Namespace, search_asked: list[str]) -> None:
+    """--eval_only evaluates trained weights at fixed formats, and this run would search: say what
+    it needs (README: with --load_config or --model_name_or_path), not "not with a search" to a user
+    who only left the formats out (a search is the default then)."""
+    formats = "--bits N (or --weight_bits and --activation_bits; --bits 0 = float)"
+    if search_asked:
+        asked = "/".join(search_asked)
+        raise ValueError(f"--eval_only evaluates trained weights at fixed formats, and {asked} asks for a search, "
+                         f"which trains: drop {asked} and give fixed formats, --load_config RUN/results.json or "
+                         f"{formats}; or drop --eval_only to search")
+    if args.model_name_or_path is not None:
+        raise ValueError(f"--eval_only evaluates --model_name_or_path {args.model_name_or_path} at fixed formats, and "
+                         f"none are given (without them a run searches): add {formats}")
+    raise ValueError(f"--eval_only evaluates trained weights at fixed formats, and this run gives neither (without "
+                     f"formats a run searches): give --load_config RUN/results.json (a completed run's formats and "
+                     f"its final_model/), or --model_name_or_path DIR with {formats}")
+
+
 def _check_layer_selection(args: argparse.Namespace, modality: str) -> None:
     flags = ("quantize_self_attention", "quantize_self_output", "quantize_output", "quantize_intermediate",
              "quantize_pooler", "quantize_classifier")
     if modality == "text" and args.mode != "float" and not any(getattr(args, f) for f in flags):
         raise ValueError("no quantizable layer is selected: every --quantize_* flag is off; turn at least one on "
                          "(e.g. --quantize_intermediate)")
+
+
+def _check_search_flag_values(args: argparse.Namespace) -> None:
+    """The values of search flags that are wrong whatever the run: checked in every run, so that a
+    typo such as --heldout_fraction 1.5 is refused, not silently recorded, where the flag is
+    ignored (a fixed-format run, a search with --reward_source train), and an experiments file's
+    base flags fail on the baselines as on the searches. What depends on other flags (--cost_beta's
+    sign, the reachable --cost_target_bits) is checked by the search alone."""
+    _choice(args.cost_function, list(REWARD_FORMS), "--cost_function")
+    try:  # case-insensitive: recorded (and passed on) by its canonical name
+        args.entropy_schedule_type = parse_entropy_schedule(args.entropy_schedule_type).value
+    except ValueError as error:
+        raise ValueError(f"--entropy_schedule_type: {error}") from None
+    if args.reward_metric is not None:  # else resolved from --cost_function by a search
+        _choice(args.reward_metric, [m.value for m in RewardMetric], "--reward_metric")
+    _choice(args.reward_source, [s.value for s in RewardSource], "--reward_source")
+    _choice(args.advantage, [a.value for a in AdvantageMode], "--advantage")
+    _choice(args.final_selection, [f.value for f in FinalSelection], "--final_selection")
+    if not 0 <= args.target_tolerance < 1:
+        raise ValueError(f"--target_tolerance must be in [0, 1), got {args.target_tolerance}")
+    if not 0 < args.heldout_fraction <= 0.5:
+        raise ValueError(f"--heldout_fraction must be in (0, 0.5], got {args.heldout_fraction}")
+    if not 0 <= args.baseline_decay < 1:
+        raise ValueError(f"--baseline_decay must be in [0, 1), got {args.baseline_decay}")
+    if args.bn_recalibration_batches < 0:
+        raise ValueError(f"--bn_recalibration_batches must be >= 0 (0 = off), got {args.bn_recalibration_batches}")
+    if args.delay_steps is not None and args.delay_steps < 0:
+        raise ValueError(f"--delay_steps must be >= 0, got {args.delay_steps}")
+    if args.cost_target is not None and args.cost_target_bits is not None:
+        raise ValueError("--cost_target and --cost_target_bits are mutually exclusive; give one target")
+    if args.cost_target is not None and not args.cost_target > 0:
+        raise ValueError(f"--cost_target must be > 0 (MiB for memory, GBOPs for compute), got {args.cost_target}")
+    if args.cost_target_bits is not None and not 0 < args.cost_target_bits <= 32:
+        raise ValueError(f"--cost_target_bits must be in (0, 32], got {args.cost_target_bits}")
 
 
 def _resolve_search(args: argparse.Namespace, task) -> None:
@@ -316,16 +374,6 @@ def _resolve_search(args: argparse.Namespace, task) -> None:
         raise ValueError("--single_decision and --block_search are mutually exclusive; pick one granularity")
     args.granularity = "single" if args.single_decision else "block" if args.block_search else "layer"
 
-    _choice(args.cost_function, list(REWARD_FORMS), "--cost_function")
-    try:  # case-insensitive: recorded (and passed on) by its canonical name
-        args.entropy_schedule_type = parse_entropy_schedule(args.entropy_schedule_type).value
-    except ValueError as error:
-        raise ValueError(f"--entropy_schedule_type: {error}") from None
-    _choice(args.reward_source, [s.value for s in RewardSource], "--reward_source")
-    _choice(args.advantage, [a.value for a in AdvantageMode], "--advantage")
-    _choice(args.final_selection, [f.value for f in FinalSelection], "--final_selection")
-    if not 0 <= args.target_tolerance < 1:
-        raise ValueError(f"--target_tolerance must be in [0, 1), got {args.target_tolerance}")
     exponential = REWARD_FORMS[args.cost_function].exponential
     if args.cost_beta is None:
         args.cost_beta = -0.07 if exponential else DEFAULT_COST_BETA
@@ -343,20 +391,6 @@ def _resolve_search(args: argparse.Namespace, task) -> None:
                          "accuracy instead of loss")
     if task.is_regression and args.reward_metric == RewardMetric.ACCURACY.value:
         raise ValueError(f"--reward_metric accuracy needs a classification task; {task.name} is a regression")
-    if args.reward_source == RewardSource.HELDOUT.value and not 0 < args.heldout_fraction <= 0.5:
-        raise ValueError(f"--heldout_fraction must be in (0, 0.5], got {args.heldout_fraction}")
-    if not 0 <= args.baseline_decay < 1:
-        raise ValueError(f"--baseline_decay must be in [0, 1), got {args.baseline_decay}")
-    if args.bn_recalibration_batches < 0:
-        raise ValueError(f"--bn_recalibration_batches must be >= 0 (0 = off), got {args.bn_recalibration_batches}")
-    if args.delay_steps is not None and args.delay_steps < 0:
-        raise ValueError(f"--delay_steps must be >= 0, got {args.delay_steps}")
-    if args.cost_target is not None and args.cost_target_bits is not None:
-        raise ValueError("--cost_target and --cost_target_bits are mutually exclusive; give one target")
-    if args.cost_target is not None and not args.cost_target > 0:
-        raise ValueError(f"--cost_target must be > 0 (MiB for memory, GBOPs for compute), got {args.cost_target}")
-    if args.cost_target_bits is not None and not 0 < args.cost_target_bits <= 32:
-        raise ValueError(f"--cost_target_bits must be in (0, 32], got {args.cost_target_bits}")
     bits = [f.bits for f in formats]
     if args.cost_target_bits is not None and not min(bits) <= args.cost_target_bits <= max(bits):
         # Memory and BOPs alike: every assignment averages between the narrowest and the widest
@@ -385,13 +419,45 @@ def ignored_search_flags(args: argparse.Namespace, defaults: dict[str, object]) 
     return ignored
 
 
+def _unread_setting_clause(args: argparse.Namespace, name: str) -> str:
+    """Why this search does not read search setting `name` (SEARCH_SETTING_READERS), and the way to
+    a search that does."""
+    value = getattr(args, name)
+    if name == "heldout_fraction":
+        return (f"--heldout_fraction {value:g} only applies to --reward_source heldout, and this search takes its "
+                f"reward from the batch just trained on (--reward_source {args.reward_source}): it ignores it (to "
+                f"score the policy on a held-out split, add --reward_source heldout)")
+    if name == "target_tolerance":
+        return (f"--target_tolerance {value:g} only applies to --final_selection constrained, and this search answers "
+                f"with --final_selection {args.final_selection}: it ignores it (to pick the answer within that band "
+                f"of the target, drop --final_selection {args.final_selection})")
+    return (f"--bn_recalibration_batches {value} only applies to models with BatchNorm, and {args.model_type} has "
+            f"none (it normalises with LayerNorm): the search ignores it (drop the flag)")
+
+
+def unread_settings_note(args: argparse.Namespace, defaults: dict[str, object],
+                         given: frozenset[str] = frozenset()) -> str | None:
+    """One line telling a search which of its explicitly set flags its kind of search does not
+    read (SEARCH_SETTING_READERS: recorded, but not compared between runs), or None. Explicitly
+    set: away from the default, as for `ignored_search_flags`, or among `given` (the dests the
+    command line named, where the caller knows them: a default typed out is set too)."""
+    if args.mode != "search":
+        return None  # a run that does not search names them among all its search-only flags
+    unread = unread_search_settings(vars(args))
+    clauses = [_unread_setting_clause(args, name) for name in SEARCH_SETTING_READERS
+               if name in unread and (getattr(args, name) != defaults[name] or name in given)]
+    return f"note: {'; '.join(clauses)}" if clauses else None
+
+
 def ignored_flags_note(args: argparse.Namespace, defaults: dict[str, object], *,
-                       no_search_given: bool = False) -> str | None:
-    """One line telling a fixed-format or float run which of its flags it ignores, or None.
-    no_search_given: the command line said --no-search (a way out must drop it too)."""
+                       no_search_given: bool = False, given: frozenset[str] = frozenset()) -> str | None:
+    """One line telling a run which of its flags it ignores, or None: a fixed-format or float run
+    its search-only flags, a search the settings of other kinds of search (`unread_settings_note`).
+    no_search_given: the command line said --no-search (a way out must drop it too). given: the
+    dests the command line named (eval.cli_flags.split_argv), for the search's note."""
     ignored = ignored_search_flags(args, defaults)
     if not ignored:
-        return None
+        return unread_settings_note(args, defaults, given)
     if args.load_config is not None:
         fixed, way_out = f"formats from --load_config {args.load_config}", "drop --load_config"
     else:

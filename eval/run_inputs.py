@@ -113,16 +113,48 @@ def check_load_config(args: argparse.Namespace) -> None:
         status = data.get("status") if isinstance(data, dict) else None
         raise ValueError(f"--load_config {path!r} is not a completed run with per-layer formats (status {status!r}); "
                          f"pass the results.json of a completed search or quantized run")
-    for flag, key, value in (("--task", "task", args.task), ("--model_type", "model_type", args.model_type)):
-        if data.get(key) != value:
-            raise ValueError(f"--load_config {path!r} is a {key} {data.get(key)!r} run, but {flag} is {value!r}; pass "
-                             f"{flag} {data.get(key)}")
+    check_load_config_run(args, data)
     differing = load_config_scale_differences(args, data.get("args") or {})
     if differing and args.eval_only:  # re-evaluating that run's model: other scales give another model
         dropped = [f"--{key}" for key in SCALE_FLAGS if data["args"].get(key) is False and getattr(args, key) is True]
         drop = f" and drop {' '.join(dropped)}" if dropped else ""
         raise ValueError(f"--load_config {path!r} was run with other scales ({', '.join(differing)}); to evaluate its "
                          f"model pass the same: {' '.join(_scale_flags(data['args']))}{drop}")
+
+
+def check_load_config_run(args: argparse.Namespace, data: dict | None = None) -> None:
+    """The --load_config run (its parsed results.json `data`, else read here) is of this run's
+    model and task: its formats name that model's layers and its final_model/ holds that model's
+    weights. Run first, before anything that reads --model or --task (the final_model/ check would
+    blame --model_name_or_path, a flag the user may never have given). Nothing is said of a file
+    that does not read as a run: check_load_config says what it is."""
+    if data is None:
+        try:
+            data = json.loads(Path(args.load_config).read_text())
+        except (OSError, ValueError):
+            return
+    if not isinstance(data, dict) or not all(isinstance(data.get(key), str) for key in ("model_type", "task")):
+        return
+    differing = [(flag, value, data[key]) for flag, key, value in (("--model", "model_type", args.model_type),
+                                                                     ("--task", "task", args.task))
+                 if data[key] != value]
+    if not differing:
+        return
+    from eval.eval_parse import create_arg_parser  # the defaults: a flag at its default is dropped, not given
+
+    parser = create_arg_parser()
+    defaults = {"--model": parser.get_default("model_type"), "--task": parser.get_default("task")}
+    # a value at its default was not typed: say so, as the user may not know the default
+    given = " ".join(f"{flag} {value}" + (" (the default)" if value == defaults[flag] else "")
+                     for flag, value, _ in differing)
+    drop = [flag for flag, _, loaded in differing if loaded == defaults[flag]]
+    give = [f"{flag} {loaded}" for flag, _, loaded in differing if loaded != defaults[flag]]
+    verb = "contradicts" if len(differing) == 1 else "contradict"
+    ways = [f"drop {' and '.join(drop)}"] if drop else []
+    ways += [f"pass {' '.join(give)}"] if give else []
+    raise ValueError(f"--load_config {args.load_config!r} is a run of {data['model_type']} on {data['task']}, and "
+                     f"{given} {verb} it (the formats it found are for that model and task): {' and '.join(ways)}, "
+                     f"or load a run of {args.model_type} on {args.task}")
 
 
 # How a quantized layer scales (eval.eval_parse's flags); --load_config takes only the formats.

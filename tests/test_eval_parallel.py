@@ -328,9 +328,15 @@ def test_overwrite_runs_completed_runs_again(tmp_path, fake_run, capsys):
     lines = out.splitlines()
     assert code == 0 and lines[0].startswith("# 2 run(s), 2 to start (1 completed, to overwrite) on 1 CPU worker(s)")
     assert lines[2] == f"# overwrite (completed): {root}/digits/{NAME}_s1" and len(lines) == 5
+    # eval_run refuses to replace a completed run of other flags without --overwrite_output_dir: the
+    # launcher passes it to the run it replaces (only to it).
+    assert lines[3].endswith(f"--exp_name {NAME}_s1 --overwrite_output_dir")
+    assert lines[4].endswith(f"--exp_name {NAME}_s2")
     code, out, _ = launch(capsys, [*argv, "--overwrite"], run_entry=[fake_run])
     assert code == 0 and "2 run(s): 2 done" in out
     assert starts(root) == [f"{NAME}_s1", f"{NAME}_s2"] * 2
+    argvs = [json.loads((root / "digits" / f"{NAME}_s{seed}" / "record.json").read_text())["argv"] for seed in (1, 2)]
+    assert [argv[-1] for argv in argvs] == ["--overwrite_output_dir", f"{NAME}_s2"]
 
 
 def test_a_rerun_that_fails_keeps_the_completed_run_and_both_logs(tmp_path, fake_run, capsys, monkeypatch):
@@ -518,6 +524,17 @@ def test_readme_examples_plan_one_run_each(example, tmp_path, capsys, monkeypatc
     (["--sweep", "seed"], [], r"--sweep 'seed' must look like KEY=V1,V2"),
     (["--sweep", "learning_rate=0.1,-1"], [], r"experiment 2 of 2 \(learning_rate=-1\): --learning_rate must be > 0"),
     (["--cuda_visible_devices", "0", "--gpus", "1"], ["0", "1"], r"--gpus and --cuda_visible_devices both pick GPUs"),
+    # Split on the comma: two one-format "searches"; refused under --dry_run too, before any plan.
+    (["--sweep", "search_space=4,8", "--dry_run"], [], r"^eval_parallel: error: --sweep search_space=4,8 would run 2 "
+     r"searches of one format each \(4, 8\), with nothing to choose; for one search over these formats give "
+     r"--search_space 4,8 \(outside --sweep\), to sweep several search spaces separate them with ';' \(--sweep "
+     r"'search_space=4,8;2,4,8'\), or for uniform baselines sweep the fixed format \(--sweep bits=4,8\)$"),
+    # eval_run's replace flag: the launcher's --overwrite passes it to the runs it replaces.
+    (["--overwrite_output_dir"], [], r"^eval_parallel: error: --overwrite_output_dir is not a launch flag: the "
+     r"launcher replaces completed runs with its own --overwrite \(and passes --overwrite_output_dir to the runs it "
+     r"replaces\); give --overwrite$"),
+    (["--sweep", "overwrite_output_dir=true,false"], [], r"overwrite_output_dir cannot be set per experiment: the "
+     r"launcher replaces completed runs with its own --overwrite"),
 ])
 def test_launcher_errors_are_one_line_and_exit_code_2(argv, gpus, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -590,6 +607,9 @@ def test_sigint_stops_every_run_and_exits_130(tmp_path, fake_run):
     assert [pid for pid in pids if not _gone(pid)] == []
     assert "3 run(s): 2 interrupted, 1 not started" in out
     assert "eval_parallel: stopping every run" in out
+    # The last line says how to go on (no run saved a checkpoint: they all start from the beginning).
+    assert out.splitlines()[-1] == ("eval_parallel: to go on, run the same command with --skip_completed (3 runs "
+                                    "start from the beginning)")
 
 
 TEXT_WORDS = ["good", "bad", "great", "awful", "fine", "poor", "nice", "sad"]
@@ -603,8 +623,9 @@ def write_sentences(path: Path, count: int) -> None:
 @pytest.mark.slow
 def test_real_sweep_on_two_cpu_workers_with_a_failing_run(tmp_path):
     """Tiny real runs from another directory through the entry point: the run with a data file without
-    the task's columns fails inside the run, the other completes, the exit code is 1. Relaunched with
-    --skip_completed, the completed run's recorded args match the plan: it is skipped."""
+    the task's columns is refused by the run once it reads the file (exit code 2, one error line, no
+    results.json), the other completes, the exit code is 1. Relaunched with --skip_completed, the
+    completed run's recorded args match the plan: it is skipped."""
     write_sentences(tmp_path / "train.csv", 64)
     write_sentences(tmp_path / "valid.csv", 32)
     (tmp_path / "bad.csv").write_text("text,label\ngood,1\n")
@@ -623,8 +644,6 @@ def test_real_sweep_on_two_cpu_workers_with_a_failing_run(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out" / "sst2").iterdir()) == sorted(runs)
     for run, status in runs.items():
         run_dir = tmp_path / "out" / "sst2" / run
-        results = json.loads((run_dir / "results.json").read_text())
-        assert (results["status"], results["exp_name"]) == (status, run)
         log = (run_dir / "stdout.log").read_text()
         # The repo comes first on PYTHONPATH; whatever the caller had set follows it.
         assert log.startswith(f"# CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=1 PYTHONPATH={REPO}"), log[:200]
@@ -635,8 +654,13 @@ def test_real_sweep_on_two_cpu_workers_with_a_failing_run(tmp_path):
                   if not (p and Path(tmp_path, p).resolve() == REPO)]
         assert pythonpath == os.pathsep.join([str(REPO), *others])
         if status == "failed":
-            assert "eval_run: error: " in log and "'bad.csv' lacks columns ['sentence']" in results["error"]
+            error = ("eval_run: error: train file 'bad.csv' lacks columns ['sentence'] needed by task 'sst2' (it has "
+                     "['text', 'label']); rename its columns to ['sentence', 'label']")
+            assert log.splitlines()[-1] == error and not (run_dir / "results.json").exists()
+            assert f"failed: {run}: exit code 2; last line of stdout.log: {error} (log: " in out
         else:
+            results = json.loads((run_dir / "results.json").read_text())
+            assert (results["status"], results["exp_name"]) == (status, run)
             assert results["args"]["train_file"] == "train.csv" and "eval_accuracy" in results["metrics"]
     # Both ran at once, one per worker.
     assert re.search(r"running .*_train_file=train.csv  \(cpu worker 0, pid \d+\)", out)
@@ -682,6 +706,52 @@ def test_skip_completed_resumes_an_interrupted_run_from_its_checkpoint(tmp_path,
     code, _, err = launch(capsys, [*argv, "--learning_rate", "0.01", "--skip_completed", "--dry_run"])
     assert code == 2 and err.startswith(f"eval_parallel: error: --skip_completed would resume {run_dir} from "
                                         "checkpoint-4, written with other flags: learning_rate 0.001 -> 0.01; ")
+
+
+@pytest.mark.slow
+def test_overwrite_replaces_a_completed_run_of_other_flags(tmp_path, capsys):
+    """Default names leave --learning_rate out, so the second launch plans the same directory:
+    refused without --overwrite; with it the launcher hands the run --overwrite_output_dir, without
+    which eval_run would refuse to replace a completed run of other flags."""
+    argv = [*TINY, "--device", "cpu", "--output_root_dir", tmp_path / "out"]
+    run_dir = tmp_path / "out" / "digits" / f"{NAME}_s42"
+    assert launch(capsys, argv)[0] == 0
+    code, out, err = launch(capsys, [*argv, "--learning_rate", "0.01"])
+    assert (code, out) == (2, "") and "already completed" in err
+    code, out, err = launch(capsys, [*argv, "--learning_rate", "0.01", "--overwrite"])
+    assert code == 0 and "1 run(s): 1 done" in out, out + err
+    assert json.loads((run_dir / "results.json").read_text())["args"]["learning_rate"] == 0.01
+    assert (f"eval_run: note: replacing the completed run {run_dir}, which was run with other flags (learning_rate "
+            "0.001 -> 0.01), as --overwrite_output_dir asks\n") in (run_dir / "stdout.log").read_text()
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_a_real_run_says_how_to_go_on(tmp_path):
+    """SIGINT after the run's first checkpoint: the launcher's last line and the run's own log both
+    say to relaunch with --skip_completed, which then resumes the run from that checkpoint."""
+    root = tmp_path / "out"
+    argv = [*setting(TINY, "--max_steps", "400"), "--save_strategy", "steps", "--save_steps", "4", "--device", "cpu",
+            "--output_root_dir", str(root), "--exp_name", "ck"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launcher = subprocess.Popen([sys.executable, str(REPO / "eval_parallel.py"), *argv], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_dir = root / "digits" / "ck"
+    assert wait_for(lambda: (run_dir / "checkpoint-4" / "trainer_state.json").is_file(), timeout=120), \
+        launcher.kill() or launcher.communicate()[0]
+    launcher.send_signal(signal.SIGINT)
+    out, _ = launcher.communicate(timeout=60)
+    assert launcher.returncode == 130, out
+    match = re.fullmatch(r"eval_parallel: to go on, run the same command with --skip_completed \(1 run goes on from "
+                         r"its (checkpoint-\d+)\)", out.splitlines()[-1])
+    assert match, out
+    checkpoint = match.group(1)
+    assert (run_dir / "stdout.log").read_text().splitlines()[-1] == (
+        f"eval_run: interrupted; {run_dir} holds no results.json; to go on from {checkpoint}, relaunch the same "
+        "eval_parallel command with --skip_completed (in place of any --overwrite)")
+    again = subprocess.run([sys.executable, str(REPO / "eval_parallel.py"), *argv, "--skip_completed", "--dry_run"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert f"# resume (interrupted): {run_dir} from {checkpoint}" in again.stdout.splitlines()
 
 
 @pytest.mark.slow

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from eval.data import (
-    build_data_collator, carve_heldout, label_names, load_raw_datasets, prepare_text_datasets,
-    prepare_vision_datasets, subsample, tokenize_dataset, training_texts)
+    build_data_collator, carve_heldout, check_local_sources, data_ways_out, dataset_splits, label_names,
+    load_raw_datasets, prepare_text_datasets, prepare_vision_datasets, subsample, tokenize_dataset, training_texts)
 from eval.hub import HubUnreachableError
-from eval.tasks import get_task
+from eval.tasks import TASKS, get_task
 from eval.text_tokenizer import build_word_level_tokenizer
 from eval.vision_utils import ImageTransformConfig
 
@@ -317,14 +317,40 @@ def test_save_to_disk_renames_the_eval_split(tmp_path):
     assert load_raw_datasets("mnli", dataset_path=tmp_path / "plain")["validation"].num_rows == 2
 
 
+@pytest.mark.parametrize("task_name", sorted(name for name, task in TASKS.items() if not task.builtin))
+def test_dataset_path_messages_name_each_split_once(tmp_path, task_name):
+    """The splits a --dataset_path folder needs: 'validation' is offered as the alternative only
+    where the task evaluates on another split (it read "'validation' (or 'validation')")."""
+    task = get_task(task_name)
+    needs = ("'train' and 'validation'" if task.eval_split == "validation"
+             else f"'train' and '{task.eval_split}' (or 'validation')")
+    (tmp_path / "d d").mkdir()
+    with pytest.raises(ValueError) as error:
+        check_local_sources(task, None, None, tmp_path / "d d")
+    assert str(error.value) == (f"--dataset_path '{tmp_path / 'd d'}' holds no saved DatasetDict; save a DatasetDict "
+                                f"with splits {needs} with save_to_disk")
+    assert ("pass --dataset_path, a folder written by DatasetDict.save_to_disk with splits " + needs
+            in data_ways_out(task))
+
+
+def test_dataset_path_split_names():
+    assert dataset_splits(get_task("sst2")) == "'train' and 'validation'"
+    assert dataset_splits(get_task("mnli")) == "'train' and 'validation_matched' (or 'validation')"
+    assert dataset_splits(get_task("cifar10")) == "'train' and 'test' (or 'validation')"
+
+
 def test_save_to_disk_errors(tmp_path):
     single = datasets.Dataset.from_pandas(SST2_VAL)
     single.save_to_disk(tmp_path / "single")
     with pytest.raises(ValueError, match=r"holds a single Dataset; save a DatasetDict"):
         load_raw_datasets("sst2", dataset_path=tmp_path / "single")
     datasets.DatasetDict({"train": single}).save_to_disk(tmp_path / "only_train")
-    with pytest.raises(ValueError, match=r"lacks splits \['validation'\] \(it has \['train'\]\)"):
+    with pytest.raises(ValueError, match=r"lacks splits \['validation'\] \(it has \['train'\]\); it needs 'train' "
+                                         r"and 'validation'$"):
         load_raw_datasets("sst2", dataset_path=tmp_path / "only_train")
+    with pytest.raises(ValueError, match=r"lacks splits \['validation'\] \(it has \['train'\]\); it needs 'train' "
+                                         r"and 'validation_matched' \(or 'validation'\)$"):
+        load_raw_datasets("mnli", dataset_path=tmp_path / "only_train")
     with pytest.raises(ValueError, match=r"--dataset_path .*nowhere' is not a directory"):
         load_raw_datasets("sst2", dataset_path=tmp_path / "nowhere")
     datasets.DatasetDict({"train": single, "validation": single.select([])}).save_to_disk(tmp_path / "empty_val")

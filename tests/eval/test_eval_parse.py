@@ -148,7 +148,6 @@ def error_of(argv, capsys) -> str:
         (["--weight_only_search", "--weight_bits", "8", "--activation_bits", "8"],
          r"--weight_only_search searches the weight formats; drop --weight_bits "),
         (["--no-search", "--block_search"], "are search options and this run does not search .*; drop them"),
-        (["--eval_only"], "--eval_only evaluates a fixed model"),
         (["--load_config", "r.json", "--search"], "cannot be combined with --search"),
         (["--cuda_visible_devices", "gpu0"], "comma-separated list of GPU indices"),
         (["--image_size", "32", "--task", "sst2", "--model", "bert"], "--image_size applies to vision tasks"),
@@ -279,7 +278,8 @@ def test_load_config_must_be_a_completed_run_of_this_task_and_model(capsys, tmp_
         (["--load_config", str(tmp_path / "failed.json")], r"is not a completed run with per-layer formats \(status "
                                                             r"'failed'\)"),
         (["--load_config", str(tmp_path / "r.json"), "--model", "resnet50"],
-         "is a model_type 'resnet18' run, but --model_type is 'resnet50'; pass --model_type resnet18"),
+         r"is a run of resnet18 on digits, and --model resnet50 contradicts it \(the formats it found are for that "
+         r"model and task\): drop --model, or load a run of resnet50 on digits \(see --help\)$"),
     ):
         err = error_of(argv, capsys)
         assert re.search(match, err), err
@@ -646,3 +646,132 @@ def test_re_evaluating_on_another_eval_subset_is_noted(capsys, tmp_path):
         "on the whole split: drop --max_eval_samples to evaluate the same examples\n")
     parse_run_args(["--load_config", str(tmp_path / "old.json"), "--eval_only", "--seed", "7"])  # the whole split
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        # --eval_only alone: the search is the default, not something the user asked for
+        ([], "--eval_only evaluates trained weights at fixed formats, and this run gives neither (without formats a "
+             "run searches): give --load_config RUN/results.json (a completed run's formats and its final_model/), or "
+             "--model_name_or_path DIR with --bits N (or --weight_bits and --activation_bits; --bits 0 = float)"),
+        (["--model_name_or_path", "{final_model}"],
+         "--eval_only evaluates --model_name_or_path {final_model} at fixed formats, and none are given (without them "
+         "a run searches): add --bits N (or --weight_bits and --activation_bits; --bits 0 = float)"),
+        (["--single_decision"],
+         "--eval_only evaluates trained weights at fixed formats, and --single_decision asks for a search, which "
+         "trains: drop --single_decision and give fixed formats, --load_config RUN/results.json or --bits N (or "
+         "--weight_bits and --activation_bits; --bits 0 = float); or drop --eval_only to search"),
+        (["--search", "--block_search"],
+         "--eval_only evaluates trained weights at fixed formats, and --search/--block_search asks for a search, "
+         "which trains: drop --search/--block_search and give fixed formats, --load_config RUN/results.json or "
+         "--bits N (or --weight_bits and --activation_bits; --bits 0 = float); or drop --eval_only to search"),
+    ],
+)
+def test_eval_only_without_formats_says_what_it_needs(argv, message, capsys, tmp_path):
+    write_results(tmp_path / "r.json")
+    final_model = str(tmp_path / "final_model")
+    argv = [arg.format(final_model=final_model) for arg in argv]
+    err = error_of(["--eval_only", *argv], capsys)
+    assert err == f"eval_run: error: {message.format(final_model=final_model)} (see --help)\n"
+    # each way out it names parses
+    assert parse_run_args(["--eval_only", "--model_name_or_path", final_model, "--bits", "8"]).mode == "uniform"
+    assert parse_run_args(["--eval_only", "--model_name_or_path", final_model, "--bits", "0"]).mode == "float"
+    assert parse_run_args(["--eval_only", "--load_config", str(tmp_path / "r.json")]).mode == "loaded"
+
+
+def test_load_config_of_another_model_and_task_blames_the_flags_given(capsys, tmp_path):
+    """A resnet18/digits run loaded with --model bert-tiny --task synth-sentiment: the check of its
+    final_model/ used to blame --model_name_or_path, a flag the user never gave, listing every model type."""
+    results = tmp_path / "r.json"
+    write_results(results)  # resnet18 on digits, with its final_model/
+    err = error_of(["--load_config", str(results), "--task", "synth-sentiment", "--model", "bert-tiny",
+                    "--eval_only"], capsys)
+    assert err == (f"eval_run: error: --load_config '{results}' is a run of resnet18 on digits, and --model bert-tiny "
+                   "--task synth-sentiment contradict it (the formats it found are for that model and task): drop "
+                   "--model and --task, or load a run of bert-tiny on synth-sentiment (see --help)\n")
+    err = error_of(["--load_config", str(results), "--task", "cifar10", "--eval_only"], capsys)
+    assert err == (f"eval_run: error: --load_config '{results}' is a run of resnet18 on digits, and --task cifar10 "
+                   "contradicts it (the formats it found are for that model and task): drop --task, or load a run of "
+                   "resnet18 on cifar10 (see --help)\n")
+    # a run of other values than the defaults: the defaults are named as such, and the way out gives its values
+    other = tmp_path / "bert" / "r.json"
+    other.parent.mkdir()
+    write_results(other, task="synth-sentiment", model_type="bert-tiny")
+    err = error_of(["--load_config", str(other), "--eval_only"], capsys)
+    assert err == (f"eval_run: error: --load_config '{other}' is a run of bert-tiny on synth-sentiment, and --model "
+                   "resnet18 (the default) --task digits (the default) contradict it (the formats it found are for "
+                   "that model and task): pass --model bert-tiny --task synth-sentiment, or load a run of resnet18 on "
+                   "digits (see --help)\n")
+    assert parse_run_args(["--load_config", str(results), "--eval_only"]).model_type == "resnet18"
+
+
+@pytest.mark.parametrize("argv", [
+    ["--heldout_fraction", "1.5"],  # a search with --reward_source train: it was accepted and recorded
+    ["--bits", "8", "--heldout_fraction", "1.5"],  # a fixed-format run
+    ["--reward_source", "heldout", "--heldout_fraction", "1.5"],
+])
+def test_heldout_fraction_is_checked_whatever_the_reward_source(argv, capsys):
+    err = error_of(argv, capsys)
+    assert err == "eval_run: error: --heldout_fraction must be in (0, 0.5], got 1.5 (see --help)\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bits", "8", "--target_tolerance", "1"], "--target_tolerance must be in [0, 1), got 1.0"),
+    (["--bits", "8", "--baseline_decay", "1"], "--baseline_decay must be in [0, 1), got 1.0"),
+    (["--bits", "8", "--bn_recalibration_batches", "-1"], "--bn_recalibration_batches must be >= 0 (0 = off), got -1"),
+    (["--bits", "8", "--delay_steps", "-1"], "--delay_steps must be >= 0, got -1"),
+    (["--bits", "8", "--final_selection", "best"], "--final_selection 'best' is not one of ['argmax', 'constrained']"),
+    (["--bits", "8", "--reward_source", "eval"], "--reward_source 'eval' is not one of ['train', 'heldout']"),
+    (["--bits", "8", "--reward_metric", "f1"], "--reward_metric 'f1' is not one of ['loss', 'likelihood', 'accuracy']"),
+    (["--bits", "8", "--cost_target", "1", "--cost_target_bits", "4"],
+     "--cost_target and --cost_target_bits are mutually exclusive; give one target"),
+    (["--no-search", "--cost_target_bits", "40"], "--cost_target_bits must be in (0, 32], got 40.0"),
+])
+def test_search_flag_values_are_checked_in_runs_that_ignore_them(argv, message, capsys):
+    """A value no run accepts is refused in a fixed-format run too (it used to be noted as ignored
+    and recorded), as --rl_learning_rate and --policy_temperature already were."""
+    assert error_of(argv, capsys) == f"eval_run: error: {message} (see --help)\n"
+
+
+@pytest.mark.parametrize("argv, note", [
+    (["--heldout_fraction", "0.3"],
+     "eval_run: note: --heldout_fraction 0.3 only applies to --reward_source heldout, and this search takes its reward "
+     "from the batch just trained on (--reward_source train): it ignores it (to score the policy on a held-out split, "
+     "add --reward_source heldout)\n"),
+    (["--final_selection", "argmax", "--target_tolerance", "0.1", "--heldout_fraction", "0.2"],
+     "eval_run: note: --heldout_fraction 0.2 only applies to --reward_source heldout, and this search takes its reward "
+     "from the batch just trained on (--reward_source train): it ignores it (to score the policy on a held-out split, "
+     "add --reward_source heldout); --target_tolerance 0.1 only applies to --final_selection constrained, and this "
+     "search answers with --final_selection argmax: it ignores it (to pick the answer within that band of the target, "
+     "drop --final_selection argmax)\n"),
+    (["--task", "synth-sentiment", "--model", "bert-tiny", "--bn_recalibration_batches", "5"],
+     "eval_run: note: --bn_recalibration_batches 5 only applies to models with BatchNorm, and bert-tiny has none (it "
+     "normalises with LayerNorm): the search ignores it (drop the flag)\n"),
+    # a run that does not search names it among its search-only flags, as before
+    (["--bits", "8", "--heldout_fraction", "0.3"],
+     "eval_run: note: --heldout_fraction only applies to a search; this run has fixed formats (weights int8, "
+     "activations int8) and ignores them (to search instead, drop --bits)\n"),
+    (["--reward_source", "heldout", "--heldout_fraction", "0.3"], ""),  # read
+    (["--bn_recalibration_batches", "5", "--target_tolerance", "0.1"], ""),  # resnet18 has BatchNorm; constrained
+    (["--final_selection", "argmax"], ""),  # settings at their defaults are not named
+    (["--task", "synth-sentiment", "--model", "bert-tiny"], ""),
+])
+def test_settings_another_kind_of_search_reads_are_noted_as_ignored(argv, note, capsys):
+    parse_run_args(argv)
+    assert capsys.readouterr().err == note
+
+
+def test_a_setting_typed_at_its_default_is_noted_when_the_caller_says_it_was_given():
+    """ignored_flags_note(given=...): what eval_parse can pass from the argv (split_argv's dests),
+    so that `--heldout_fraction 0.1` (the default, typed) is named too."""
+    from eval.run_args import SEARCH_ONLY_FLAGS, ignored_flags_note
+
+    parser = create_arg_parser()
+    defaults = {name: parser.get_default(name) for name in SEARCH_ONLY_FLAGS}
+    args = parse_run_args(["--heldout_fraction", "0.1"])
+    assert ignored_flags_note(args, defaults) is None
+    assert ignored_flags_note(args, defaults, given=frozenset({"heldout_fraction", "max_steps"})) == (
+        "note: --heldout_fraction 0.1 only applies to --reward_source heldout, and this search takes its reward from "
+        "the batch just trained on (--reward_source train): it ignores it (to score the policy on a held-out split, "
+        "add --reward_source heldout)")

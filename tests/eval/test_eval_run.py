@@ -80,16 +80,24 @@ def test_a_rerun_replaces_everything_of_the_earlier_run(tmp_path, capsys):
     code, results, _ = run(tmp_path, *RESNET_TINY, "--bits", "8", "--exp_name", "again")
     assert code == 0 and results["status"] == "completed"
     assert "replacing" not in capsys.readouterr().err  # nothing completed was there
-    # The same name with other flags: replaced, with a note naming what differed.
-    code, results, _ = run(tmp_path, *RESNET_TINY, "--bits", "4", "--exp_name", "again")
+    # The same flags again: replaced, without a word.
+    code, results, _ = run(tmp_path, *RESNET_TINY, "--bits", "8", "--exp_name", "again")
+    assert code == 0 and results["status"] == "completed"
+    assert "replacing" not in capsys.readouterr().err
+    # The same name with other flags: refused before anything is loaded, written or deleted.
+    before = contents(run_dir)
+    code, _, _ = run(tmp_path, *RESNET_TINY, "--bits", "4", "--exp_name", "again")
+    assert code == 2 and contents(run_dir) == before
+    assert capsys.readouterr().err == (
+        f"eval_run: error: {run_dir} holds a completed run that was run with other flags (weight_format \"int8\" -> "
+        '"int4", act_format "int8" -> "int4"); give --exp_name NAME to keep both, or pass --overwrite_output_dir '
+        "to replace it\n")  # formats resolved, not the --bits spelling
+    # --overwrite_output_dir replaces it, with a note naming what differed.
+    code, results, _ = run(tmp_path, *RESNET_TINY, "--bits", "4", "--exp_name", "again", "--overwrite_output_dir")
     assert code == 0 and results["layers"]["classifier.1"]["weight_format"] == "int4"
     err = capsys.readouterr().err
-    assert f"eval_run: note: replacing the completed run {run_dir}, which was run with other flags (" in err
-    assert 'weight_format "int8" -> "int4", act_format "int8" -> "int4")' in err  # resolved, not the --bits spelling
-    assert "give --exp_name to keep both" in err
-    # The same flags again: no note.
-    run(tmp_path, *RESNET_TINY, "--bits", "4", "--exp_name", "again")
-    assert "replacing" not in capsys.readouterr().err
+    assert (f"eval_run: note: replacing the completed run {run_dir}, which was run with other flags (weight_format "
+            '"int8" -> "int4", act_format "int8" -> "int4"), as --overwrite_output_dir asks\n') in err
     assert not (run_dir / "checkpoint-3").exists() and not (run_dir / "runs").exists()
     assert not (run_dir / "final_model" / "stale.txt").exists() and (run_dir / "final_model" / "config.json").is_file()
     assert not (run_dir / "tensorboard" / "events.old").exists()
@@ -102,13 +110,14 @@ def test_a_run_that_fails_before_training_leaves_the_completed_run_it_would_repl
     capsys.readouterr()
     # Found only once the data is loaded (one epoch of 128 samples is 8 steps); it used to delete
     # the completed run's final_model/ and output.txt first.
+    # Bad input found by our own check: refused like a bad flag (exit code 2, the message alone).
     code = main([*RESNET_TINY, "--search", "--exp_name", "kept", *setting(FAST, "--max_steps", "-1"),
-                 "--num_train_epochs", "1", "--delay_steps", "1000", "--output_root_dir", str(tmp_path)])
-    assert code == 1
+                 "--num_train_epochs", "1", "--delay_steps", "1000", "--output_root_dir", str(tmp_path),
+                 "--overwrite_output_dir"])
+    assert code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "eval_run: error: ValueError: --delay_steps 1000 leaves no search step in this run's 8 steps: the policy "
-        "would never learn; use fewer delay steps (default: half of the steps) "
-        f"(the completed run in {run_dir} was left as it was)")
+        "eval_run: error: --delay_steps 1000 leaves no search step in this run's 8 steps: the policy "
+        "would never learn; use fewer delay steps (default: half of the steps)")
     assert contents(run_dir) == before
 
 
@@ -127,10 +136,9 @@ def test_resuming_a_finished_run_without_more_steps_fails_before_touching_it(tmp
         f"'{run_dir / 'checkpoint-8'}', 8: nothing is left to train; resume with more steps than 8, or start a new "
         "run (see --help)\n")
     # One epoch of 128 samples is 8 steps: known once the data is loaded, before the run is replaced.
-    assert main([*setting(same, "--max_steps", "-1"), "--num_train_epochs", "1"]) == 1
+    assert main([*setting(same, "--max_steps", "-1"), "--num_train_epochs", "1"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
-        f"nothing is left to train; resume with more steps than 8, or start a new run (the completed run in {run_dir} "
-        "was left as it was)")
+        "nothing is left to train; resume with more steps than 8, or start a new run")
     assert contents(run_dir) == before
     # More steps continue the same search: the delay and policy learning rate the first run derived
     # from its 8 steps stay (derived again from 12, they differed from the checkpoint's and failed).
@@ -171,10 +179,10 @@ def test_resume_checks_the_search_state_before_touching_the_run(tmp_path, capsys
     shutil.copytree(run_dir / "checkpoint-4", tmp_path / "moved" / "checkpoint-4")
     before = contents(run_dir)
     code = main([*setting(flags, "--max_steps", "12"), "--cost_beta", "3", "--resume_from_checkpoint",
-                 str(tmp_path / "moved" / "checkpoint-4")])
+                 str(tmp_path / "moved" / "checkpoint-4"), "--overwrite_output_dir"])
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert code == 1 and "the checkpoint's search settings differ from this run's" in last and "cost_beta" in last
-    assert last.endswith(f"(the completed run in {run_dir} was left as it was)")
+    assert code == 2 and last.startswith("eval_run: error: the checkpoint's search settings differ from this run's")
+    assert "cost_beta" in last
     assert contents(run_dir) == before
 
 
@@ -218,15 +226,17 @@ def test_export_dir_writes_the_low_bit_checkpoint_of_the_final_model(tmp_path):
 
 
 def test_an_unreachable_cost_target_stops_the_run_before_training(tmp_path, capsys):
-    """--cost_target in MiB needs the model to check (--cost_target_bits is checked with the flags)."""
-    code, results, run_dir = run(tmp_path / "out", *RESNET_TINY, "--search_space", "4,8", "--cost_target", "1000")
-    assert code == 1 and results["status"] == "failed" and results["metrics"] == {}
-    assert results["error"].startswith("ValueError: --cost_target 1000: the cost_target 1000 MiB is above every cost this search "
-                                       "space can reach ([")
-    assert results["error"].endswith("MiB): the cost term pushes every decision towards its most expensive option; "
-                                     "give a --cost_target in that range, or --cost_target_bits between the search "
-                                     "space's narrowest and widest formats (int4, int8)")
-    assert not (run_dir / "final_model").exists() and "trainer_state" not in str(list(run_dir.rglob("*")))
+    """--cost_target in MiB needs the model to check (--cost_target_bits is checked with the flags):
+    bad input, refused like a bad flag once the model is built, with nothing written."""
+    code = main([*RESNET_TINY, "--search_space", "4,8", "--cost_target", "1000", *FAST, "--output_root_dir",
+                 str(tmp_path / "out")])
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert code == 2 and error.startswith("eval_run: error: --cost_target 1000: the cost_target 1000 MiB is above "
+                                          "every cost this search space can reach ([")
+    assert error.endswith("MiB): the cost term pushes every decision towards its most expensive option; give a "
+                          "--cost_target in that range, or --cost_target_bits between the search space's narrowest "
+                          "and widest formats (int4, int8)")
+    assert [path.name for path in (tmp_path / "out").rglob("*") if path.is_file()] == [".run.lock"]
 
 
 def test_a_failed_export_keeps_the_runs_metrics_and_says_how_to_export_again(tmp_path, capsys, monkeypatch):
@@ -248,6 +258,25 @@ def test_a_failed_export_keeps_the_runs_metrics_and_says_how_to_export_again(tmp
     assert "FileExistsError" in results["traceback"] and (run_dir / "final_model" / "config.json").is_file()
     assert capsys.readouterr().err.splitlines()[-1] == \
         f"eval_run: error: {error} (status failed in {run_dir / 'results.json'})"
+
+
+def test_a_failed_export_write_is_quoted_without_its_type(tmp_path, monkeypatch):
+    """An ExportWriteError names the file and its own way out (quant/export.py): quoted as it is."""
+    import errno
+
+    import quant.export
+
+    def full(model, out_dir, processor=None, **options):
+        raise quant.export.ExportWriteError(f"{out_dir}/fliqs_model.safetensors",
+                                            OSError(errno.ENOSPC, "No space left on device"))
+
+    monkeypatch.setattr(quant.export, "export_quantized_checkpoint", full)
+    code, results, run_dir = run(tmp_path / "out", *RESNET_TINY, "--bits", "8", "--export_dir",
+                                 str(tmp_path / "deploy"))
+    assert code == 1 and results["error"] == (
+        f"the export to --export_dir {tmp_path / 'deploy'} failed (cannot write {tmp_path / 'deploy'}/"
+        f"fliqs_model.safetensors: No space left on device (errno 28); free space or pass another --out); the "
+        f"trained model is in {run_dir / 'final_model'}: export it with python -m quant.export {run_dir} --out DIR")
 
 
 def test_a_search_that_ends_in_float_skips_its_export_with_a_note(tmp_path, capsys):
@@ -314,7 +343,7 @@ def test_export_refuses_what_would_give_wrong_weights_or_destroy_the_run(tmp_pat
     assert not (tmp_path / "x").exists()
 
 
-def test_search_on_digits_and_load_config_reproduces_it(tmp_path):
+def test_search_on_digits_and_load_config_reproduces_it(tmp_path, capsys):
     code, results, run_dir = run(tmp_path / "search", *RESNET_TINY, "--search_space", "int2,int4,fp8_e4m3",
                                  "--cost_target_bits", "4", "--delay_steps", "2")
     assert code == 0 and results["method"] == "search"
@@ -350,14 +379,15 @@ def test_search_on_digits_and_load_config_reproduces_it(tmp_path):
     # Into a model of another shape (one more block in the last stage) it would quantize part of
     # the model only and under-report its cost: refused, naming the layers.
     deeper = ["--model_type", "resnet18", "--config_overrides", "depths=[1,1,1,2],hidden_sizes=[8,8,8,8],embedding_size=8"]
-    code, failed, _ = run(tmp_path / "deeper", *deeper, "--load_config", str(run_dir / "results.json"),
-                          "--from_scratch")
-    assert code == 1 and failed["status"] == "failed"
-    assert failed["error"] == (
-        f"ValueError: --load_config '{run_dir / 'results.json'}' assigns formats to {len(results['layers'])} layers of another "
-        "model than this resnet18 (this model's layers missing from it: 2 (resnet.encoder.stages.3.layers.1.layer.0."
-        "convolution, resnet.encoder.stages.3.layers.1.layer.1.convolution)); load it into the model it was found on "
-        "(that run's --config_overrides and weights)")
+    capsys.readouterr()
+    code = main([*deeper, "--load_config", str(run_dir / "results.json"), "--from_scratch", *FAST,
+                 "--output_root_dir", str(tmp_path / "deeper")])
+    assert code == 2 and not list((tmp_path / "deeper").rglob("results.json"))  # bad input: nothing written
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"eval_run: error: --load_config '{run_dir / 'results.json'}' assigns formats to {len(results['layers'])} "
+        "layers of another model than this resnet18 (this model's layers missing from it: 2 (resnet.encoder.stages.3."
+        "layers.1.layer.0.convolution, resnet.encoder.stages.3.layers.1.layer.1.convolution)); load it into the model "
+        "it was found on (that run's --config_overrides and weights)")
 
 
 def test_block_search_on_the_text_task(tmp_path):
@@ -392,17 +422,64 @@ def test_local_csv_files_as_a_task(tmp_path):
     assert results["args"]["train_file"].endswith("train.csv")
 
 
-def test_a_crash_writes_a_failed_results_json(tmp_path, capsys):
-    wrong_columns = tmp_path / "wrong.csv"  # passes the flag checks; found when the data is read
-    wrong_columns.write_text("text,target\nfine,1\n")
-    code, results, run_dir = run(tmp_path / "out", "--task", "sst2", "--model_type", "bert-tiny", "--from_scratch",
-                                 "--train_file", str(wrong_columns), "--validation_file", str(wrong_columns),
-                                 "--report_to", "none")
-    assert code == 1 and results["status"] == "failed"
-    assert "wrong.csv" in results["error"] and "lacks columns" in results["error"]
+def test_a_crash_writes_a_failed_results_json(tmp_path, capsys, monkeypatch):
+    """A failure inside the libraries (not one of our checks) keeps its type, writes a failed
+    results.json with the traceback, and exits 1: during training, and during setup too."""
+    import transformers
+
+    import eval.run_setup
+
+    def crash(self, *args, **kwargs):
+        import torch
+
+        torch.zeros(2).view(3)  # torch's own RuntimeError, as a real crash in training raises it
+
+    monkeypatch.setattr(transformers.Trainer, "train", crash)
+    code, results, run_dir = run(tmp_path / "a", *RESNET_TINY, "--bits", "8")
+    assert code == 1 and results["status"] == "failed" and results["error"].startswith("RuntimeError: shape '[3]'")
     assert "Traceback" in results["traceback"]
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("eval_run: error: ") and "traceback in" in err[-1]
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"eval_run: error: {results['error']} (traceback in {run_dir / 'results.json'})")
+
+    def library_value_error(args):
+        json.loads("{")  # a ValueError raised inside a library while loading: not bad input of ours
+
+    monkeypatch.setattr(eval.run_setup, "load_data_and_model", library_value_error)
+    code, results, run_dir = run(tmp_path / "b", *RESNET_TINY, "--bits", "8")
+    assert code == 1 and results["status"] == "failed" and results["error"].startswith("JSONDecodeError: ")
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("eval_run: error: JSONDecodeError: ")
+
+
+def test_bad_data_is_refused_like_a_bad_flag(tmp_path, capsys):
+    """A data file our checks refuse once it is read: one error line without the exception type,
+    exit code 2, and nothing written or deleted (a completed run of the directory stays)."""
+    data = tmp_path / "d d"
+    data.mkdir()
+    rows = ["sentence,label"] + [f"{'good fine' if i % 2 else 'bad awful'} movie {i},{i % 2}" for i in range(32)]
+    (data / "train.csv").write_text("\n".join(rows) + "\n")
+    (data / "empty.csv").write_text("sentence,label\n")
+    (data / "wrong.csv").write_text("text,target\nfine,1\n")
+    text = ["--task", "sst2", "--model_type", "bert-tiny", "--from_scratch", "--validation_file",
+            str(data / "train.csv"), "--report_to", "none", "--exp_name", "text"]
+    out = tmp_path / "out"
+    code, _, run_dir = run(out, *text, "--train_file", str(data / "train.csv"))
+    assert code == 0
+    before = contents(run_dir)
+    capsys.readouterr()
+    for name, message in (
+            ("empty.csv", f"--train_file '{data / 'empty.csv'}' has no rows; give a csv file with at least one "
+                          "example"),
+            ("wrong.csv", f"train file '{data / 'wrong.csv'}' lacks columns ['sentence', 'label'] needed by task "
+                          "'sst2' (it has ['text', 'target']); rename its columns to ['sentence', 'label']")):
+        code = main([*text, "--train_file", str(data / name), *FAST, "--output_root_dir", str(out),
+                     "--overwrite_output_dir"])
+        err = capsys.readouterr().err.splitlines()  # after the datasets library's progress bars
+        assert code == 2 and err[-1] == f"eval_run: error: {message}", err
+        assert contents(run_dir) == before
+    # A directory without a run: nothing is written in it either (no config.json, no failed results.json).
+    code = main([*setting(text, "--exp_name", "new"), "--train_file", str(data / "empty.csv"), *FAST,
+                 "--output_root_dir", str(out)])
+    assert code == 2 and contents(out / "sst2" / "new") == {}
 
 
 def test_offline_hub_fails_fast_with_the_ways_out(tmp_path, capsys):
@@ -557,7 +634,9 @@ def test_resuming_from_another_runs_checkpoint_starts_this_directory_afresh(tmp_
     assert (run_a / "checkpoint-4").is_dir() and old_logs
     assert main([*base, "--exp_name", "b"]) == 0
     fork = str(tmp_path / "digits" / "b" / "checkpoint-4")
-    assert main([*base, "--exp_name", "a", "--resume_from_checkpoint", fork]) == 0
+    # `a` completed with another learning rate: replaced only when asked to.
+    assert main([*base, "--exp_name", "a", "--resume_from_checkpoint", fork]) == 2
+    assert main([*base, "--exp_name", "a", "--resume_from_checkpoint", fork, "--overwrite_output_dir"]) == 0
     assert sorted(p.name for p in run_a.glob("checkpoint-*")) == ["checkpoint-8"]  # the new run's only
     assert not old_logs & set((run_a / "tensorboard").iterdir())
     assert json.loads((run_a / "config.json").read_text())["learning_rate"] == 1e-3
@@ -579,6 +658,40 @@ def test_a_second_run_of_a_busy_directory_stops_at_once_and_changes_nothing(tmp_
     assert capsys.readouterr().err == (f"eval_run: error: {run_dir} is being written by another run ({holder}); wait "
                                        "for it to finish, or give this run another --exp_name\n")
     assert contents(run_dir) == before
+
+
+def test_a_launched_run_gives_the_launchers_way_on(tmp_path, capsys, monkeypatch):
+    """A run the launcher started (it hands the run its lock in FLIQS_RUN_LOCK_FD) goes on by a
+    relaunch with --skip_completed, which resumes it from its checkpoint: not --resume_from_checkpoint."""
+    import eval.eval_run as eval_run
+    from eval.run_lock import HANDED_LOCK_ENV
+
+    def interrupted(args, prepared, run_dir, start):
+        for step in steps:
+            (run_dir / f"checkpoint-{step}").mkdir()
+            (run_dir / f"checkpoint-{step}" / "trainer_state.json").write_text(
+                json.dumps({"global_step": step, "max_steps": 8}))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eval_run, "_run", interrupted)
+    relaunch = "relaunch the same eval_parallel command with --skip_completed (in place of any --overwrite)"
+    for name, steps, ending in (
+            ("mid", (4,), f"to go on from checkpoint-4, {relaunch}"),
+            ("late", (4, 8), "checkpoint-8 is the run's last step (8), which leaves nothing to resume: to go on from "
+                             f"checkpoint-4, {relaunch}"),
+            ("only", (8,), f"checkpoint-8 is the run's last step (8), which leaves nothing to resume: to run it "
+                           f"again, {relaunch}")):
+        monkeypatch.setenv(HANDED_LOCK_ENV, "-1")  # as the launcher sets it (a stray value: the run locks itself)
+        run_dir = tmp_path / "digits" / name
+        assert main([*RESNET_TINY, "--bits", "8", "--exp_name", name, *FAST, "--output_root_dir", str(tmp_path)]) == 130
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"eval_run: interrupted; {run_dir} holds no results.json; " + ending)
+    steps = ()
+    monkeypatch.setenv(HANDED_LOCK_ENV, "-1")
+    assert main([*RESNET_TINY, "--bits", "8", "--exp_name", "none", *FAST, "--output_root_dir", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"eval_run: interrupted; {tmp_path / 'digits' / 'none'} holds no results.json and no checkpoint (runs save "
+        f"them with --save_steps N); to run it again, {relaunch}")
 
 
 def test_ctrl_c_is_one_line_naming_what_is_left(tmp_path, capsys, monkeypatch):

@@ -141,6 +141,19 @@ def test_a_baseline_swept_over_a_search_only_flag_is_one_run_twice():
     assert [e.exp_name for e in searches] == ["fliqs_cost_target_bits=2.5", "fliqs_cost_target_bits=3"]
 
 
+def test_a_search_swept_over_a_setting_it_does_not_read_is_one_run_twice():
+    """--heldout_fraction is read only with --reward_source heldout: two fractions of a train-reward
+    search are one run; of a held-out search, two."""
+    with pytest.raises(LaunchError, match=r"^experiments 1 and 2 are the same run under two names "
+                                          r"\('\S+_heldout_fraction=0.1' and '\S+_heldout_fraction=0.2': every other "
+                                          r"flag means the same\); remove one of them; these searches do not read "
+                                          r"heldout_fraction: set it only in the entries whose searches read it "
+                                          r"\(the run's note says when\)$"):
+        plan_experiments(BASE, [parse_sweep("heldout_fraction=0.1,0.2")])
+    heldout = plan_experiments([*BASE, "--reward_source", "heldout"], [parse_sweep("heldout_fraction=0.1,0.2")])
+    assert [e.args["heldout_fraction"] for e in heldout] == [0.1, 0.2]
+
+
 def test_experiments_exporting_to_one_directory_are_an_error(tmp_path):
     """The second run's export would fail after its training (the directory exists by then)."""
     shared = ["--export_dir", str(tmp_path / "deploy")]
@@ -303,3 +316,39 @@ def test_one_setting_written_twice_is_an_error():
                        r"other flag means the same\); remove one of them$"):
         plan_experiments(BASE, entries=[{"exp_name": "a", "learning_rate": 0.01}, {"exp_name": "b"},
                                         {"exp_name": "c", "learning_rate": "1e-2", "search_space": "INT4,8"}])
+
+
+ONE_FORMAT_WAYS_OUT = ("with nothing to choose; for one search over these formats give --search_space {formats} "
+                       "(outside --sweep), to sweep several search spaces separate them with ';' (--sweep "
+                       "'search_space=4,8;2,4,8'), or for uniform baselines sweep the fixed format "
+                       "(--sweep bits={formats})")
+
+
+@pytest.mark.parametrize("text, shown, values, formats", [
+    # --sweep splits on commas: the user almost surely meant one search over int4 and int8.
+    ("search_space=4,8", "search_space=4,8", "4, 8", "4,8"),
+    ("search_space=int4,fp8_e4m3,8", "search_space=int4,fp8_e4m3,8", "int4, fp8_e4m3, 8", "int4,fp8_e4m3,8"),
+    # Separated with ';' as the README says, but still one format each.
+    ("search_space=4;8", "'search_space=4;8'", "4, 8", "4,8"),
+])
+def test_a_sweep_of_one_format_search_spaces_is_refused(text, shown, values, formats):
+    with pytest.raises(LaunchError) as error:
+        plan_experiments(BASE, [parse_sweep(text)])
+    count = len(values.split(", "))
+    assert str(error.value) == (f"--sweep {shown} would run {count} searches of one format each ({values}), "
+                                + ONE_FORMAT_WAYS_OUT.format(formats=formats))
+
+
+def test_search_space_sweeps_that_search_stay():
+    # Several search spaces; one of them a single format, which its run notes (as --search_space 8 does).
+    plans = plan_experiments(BASE, [parse_sweep("search_space=8;4,8")])
+    assert [e.exp_name for e in plans] == ["resnet18_search_int8_layer_memory_t8b_s42", f"{SEARCH}_s42"]
+    assert plans[0].notes[0].startswith("note: --search_space 8 has one format (int8)") and plans[1].notes == ()
+    # One value is no comma slip; an experiments file gives each entry's space whole (a list or "4,8").
+    assert [e.exp_name for e in plan_experiments(BASE, [parse_sweep("search_space=4")])] == [
+        "resnet18_search_int4_layer_memory_t4b_s42"]
+    plans = plan_experiments(BASE, [], [{"search_space": [4, 8]}, {"search_space": "2,4,8"}])
+    assert [e.args["search_formats"] for e in plans] == [["int4", "int8"], ["int2", "int4", "int8"]]
+    # Values that are no formats are left to the run's own check, which names them.
+    with pytest.raises(LaunchError, match=r"^experiment 2 of 2 \(search_space=int99\): --search_space: "):
+        plan_experiments(BASE, [parse_sweep("search_space=4,int99")])

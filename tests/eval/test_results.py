@@ -317,6 +317,62 @@ def test_runs_that_do_not_search_ignore_the_search_only_flags(tmp_path):
     assert changed_args(search, uniform) == ['mode "uniform" -> "search"', 'search_space null -> "4,8"']
 
 
+def test_searches_ignore_the_settings_of_other_kinds_of_search(tmp_path):
+    """A search with --reward_source train and a stray --heldout_fraction (noted as ignored) is a
+    replica of one without: one group, no mismatch, and --skip_completed/resume see no change.
+    Likewise --target_tolerance under --final_selection argmax and --bn_recalibration_batches for a
+    model without BatchNorm. Where the search reads them they still count."""
+    base = {"mode": "search", "reward_source": "train", "heldout_fraction": 0.1, "final_selection": "constrained",
+            "target_tolerance": 0.05, "bn_recalibration_batches": 20}
+    for name, seed, extra in (("a_s0", 0, {}), ("a_s1", 1, {"heldout_fraction": 0.3}),
+                              ("h_s0", 0, {"reward_source": "heldout", "heldout_fraction": 0.3}),
+                              ("h_s1", 1, {"reward_source": "heldout"})):
+        write_run(tmp_path, make_results(name, seed=seed, args_extra={**base, **extra}))
+    groups = group_runs(load_runs(tmp_path))
+    assert [[run.label for run in group.runs] for group in groups] == [["a_s0", "a_s1"], ["h_s0"], ["h_s1"]]
+    assert not groups[0].mismatches and not any(name == "heldout_fraction" for name, _ in groups[0].key)
+    assert ("heldout_fraction", "0.3") in groups[1].key and ("heldout_fraction", "0.1") in groups[2].key
+    (heldout,) = group_runs([run for run in load_runs(tmp_path) if run.label.startswith("h")], ["reward_source"])
+    assert heldout.mismatches == {"heldout_fraction": {"0.3": ["h_s0"], "0.1": ["h_s1"]}}
+
+    assert changed_args({**base, "heldout_fraction": 0.3}, base) == []
+    assert changed_args({**base, "reward_source": "heldout", "heldout_fraction": 0.3}, base) == [
+        'reward_source "train" -> "heldout"', "heldout_fraction 0.1 -> 0.3"]
+    heldout_args = {**base, "reward_source": "heldout"}
+    assert changed_args({**heldout_args, "heldout_fraction": 0.3}, heldout_args) == ["heldout_fraction 0.1 -> 0.3"]
+    argmax = {**base, "final_selection": "argmax"}
+    assert changed_args({**argmax, "target_tolerance": 0.2}, argmax) == []
+    assert changed_args({**base, "target_tolerance": 0.2}, base) == ["target_tolerance 0.05 -> 0.2"]
+    bert, resnet = {**base, "model_type": "bert-tiny"}, {**base, "model_type": "resnet18"}
+    assert changed_args({**bert, "bn_recalibration_batches": 0}, bert) == []
+    assert changed_args({**resnet, "bn_recalibration_batches": 0}, resnet) == ["bn_recalibration_batches 20 -> 0"]
+    # recorded without the deciding flag (an older run): compared, as before
+    assert changed_args({"mode": "search", "heldout_fraction": 0.3}, {"mode": "search", "heldout_fraction": 0.1}) == [
+        "heldout_fraction 0.1 -> 0.3"]
+
+
+def test_batchnorm_prefixes_match_the_registered_models():
+    """results.has_batchnorm reads model type names (the report does not import transformers):
+    every registered model type, built on the meta device, holds BatchNorm exactly where it says."""
+    import torch
+    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+
+    from eval.model_configs import MODEL_REGISTRY
+    from eval.results import has_batchnorm
+
+    families: dict[str, bool] = {}
+    for spec in MODEL_REGISTRY.values():
+        if spec.family not in families:
+            auto = AutoModelForSequenceClassification if spec.modality == "text" else AutoModelForImageClassification
+            with torch.device("meta"):
+                model = auto.from_config(spec.builtin_config())
+            families[spec.family] = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        assert has_batchnorm(spec.name) is families[spec.family], spec.name
+    assert families == {"bert": False, "roberta": False, "gpt2": False, "resnet": True, "efficientnet": True,
+                        "mobilenetv2": True, "deit": False}
+    assert has_batchnorm("some-future-model") and has_batchnorm(None)  # unknown: compared, as before
+
+
 def test_replicas_may_differ_in_logging_and_placement(tmp_path):
     extras = [{"report_to": "tensorboard", "log_steps": 20, "eval_steps": None, "device": "cuda",
                "save_strategy": "no", "save_steps": 500},
