@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -226,6 +227,11 @@ def latest_launch(log_lines: Sequence[str]) -> Sequence[str]:
     return log_lines[starts[-1] + 1:] if starts else log_lines
 
 
+# The one error line a run prints when it refuses its input: "eval_run: error: ...", or the
+# name it was started as ("fliqs-run: error: ...", "python -m eval.eval_run: error: ...").
+_REFUSAL_LINE = re.compile(r"^[\w.\-/ ]{1,60}: error: ")
+
+
 def _last_log_line(run_dir: Path) -> str | None:
     """The run's last output line, not the launcher's `# command` header of stdout.log."""
     for name in ("stdout.log", "output.txt"):
@@ -253,6 +259,9 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunRecord:
 
     if not results_path.exists():
         hint = _last_log_line(run_dir)
+        if hint is not None and _REFUSAL_LINE.match(hint.split(": ", 1)[1]):
+            # eval_run refuses bad input (exit 2) before it writes anything: not killed, refused
+            return incomplete(f"no results.json: the run refused its input before starting; {hint}")
         return incomplete("no results.json (killed or still running)" + (f"; last log line {hint}" if hint else ""))
     try:
         data = json.loads(results_path.read_text(encoding="utf-8"))

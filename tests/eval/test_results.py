@@ -230,6 +230,12 @@ def test_load_run_statuses(tmp_path):
     (launched / "stdout.log").write_text(header + "step 3 loss 0.2\n")
     assert load_run(launched).reason == \
         "no results.json (killed or still running); last log line stdout.log: step 3 loss 0.2"
+    refusal = "eval_run: error: --train_file 'd/empty.csv' has no rows; give a file with a header and rows"
+    (launched / "stdout.log").write_text(header + refusal + "\n")
+    assert load_run(launched).reason == \
+        f"no results.json: the run refused its input before starting; stdout.log: {refusal}"
+    (launched / "stdout.log").write_text(header + "python -m eval.eval_run: error: --seed given twice\n")
+    assert load_run(launched).reason.startswith("no results.json: the run refused its input before starting; ")
 
     bad = make_results(exp_name="bad")
     del bad["cost"]["gbops"], bad["metrics"]
