@@ -178,7 +178,8 @@ def _run_locked(args: argparse.Namespace, run_dir: Path, start: float) -> dict[s
 
 # How a run the launcher started goes on: the launcher resumes it from its newest checkpoint before
 # its last step (eval/launch_cli.py), or starts it again; --overwrite would start it from step 0.
-RELAUNCH = "relaunch the same eval_parallel command with --skip_completed (in place of any --overwrite)"
+RELAUNCH = ("relaunch the same launcher command (python eval_parallel.py or fliqs-launch) with --skip_completed "
+            "(in place of any --overwrite)")
 
 
 def interrupted_note(run_dir: Path, launched: bool = False) -> str:

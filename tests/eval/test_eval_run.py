@@ -674,7 +674,8 @@ def test_a_launched_run_gives_the_launchers_way_on(tmp_path, capsys, monkeypatch
         raise KeyboardInterrupt
 
     monkeypatch.setattr(eval_run, "_run", interrupted)
-    relaunch = "relaunch the same eval_parallel command with --skip_completed (in place of any --overwrite)"
+    relaunch = ("relaunch the same launcher command (python eval_parallel.py or fliqs-launch) with --skip_completed "
+                "(in place of any --overwrite)")
     for name, steps, ending in (
             ("mid", (4,), f"to go on from checkpoint-4, {relaunch}"),
             ("late", (4, 8), "checkpoint-8 is the run's last step (8), which leaves nothing to resume: to go on from "
