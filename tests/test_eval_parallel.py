@@ -747,7 +747,7 @@ def test_ctrl_c_of_a_real_run_says_how_to_go_on(tmp_path):
     checkpoint = match.group(1)
     assert (run_dir / "stdout.log").read_text().splitlines()[-1] == (
         f"eval_run: interrupted; {run_dir} holds no results.json; to go on from {checkpoint}, relaunch the same "
-        "eval_parallel command with --skip_completed (in place of any --overwrite)")
+        "launcher command (python eval_parallel.py or fliqs-launch) with --skip_completed (in place of any --overwrite)")
     again = subprocess.run([sys.executable, str(REPO / "eval_parallel.py"), *argv, "--skip_completed", "--dry_run"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
