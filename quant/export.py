@@ -294,7 +294,10 @@ def export_quantized_checkpoint(model: nn.Module, out_dir: str | os.PathLike, pr
     layers = quantized_layers(model)
     check_has_low_bit_layers(model)
     if not hasattr(model, "config") or not hasattr(model.config, "to_json_string"):
-        raise ValueError(f"{type(model).__name__} has no transformers config; export needs a PreTrainedModel")
+        raise ValueError(f"{type(model).__name__} has no transformers config; the export writes a transformers "
+                         f"checkpoint (config.json and weights), so it needs a PreTrainedModel: define your model as a "
+                         f"transformers.PreTrainedModel subclass with a PretrainedConfig (docs/extending.md, 'A model "
+                         f"of your own')")
     tensors, aliases = _state_tensors(model, layers)
     entries: dict[str, Any] = {}
     padding = 0
@@ -376,6 +379,21 @@ def read_quantization_config(path: str | os.PathLike) -> dict[str, Any]:
     return quant_config
 
 
+def _check_model_type_known(path: str | os.PathLike) -> None:
+    """ValueError, with the way out, for a checkpoint of a model type transformers does not know:
+    a model of the user's own, whose classes this process has not registered (transformers' own
+    error suggests upgrading transformers)."""
+    from transformers import CONFIG_MAPPING
+
+    model_type = json.loads((Path(path) / CONFIG_NAME).read_text(encoding="utf-8")).get("model_type")
+    if model_type is None or model_type in CONFIG_MAPPING:
+        return
+    raise ValueError(f"{Path(path) / CONFIG_NAME} has model_type {model_type!r}, which transformers does not know: a "
+                     f"model of your own; register its classes in this process before loading, "
+                     f"AutoConfig.register({model_type!r}, YourConfig) and, for its head, e.g. "
+                     f"AutoModelForSequenceClassification.register(YourConfig, YourModel)")
+
+
 def _build_architecture(config: Any, dtype: torch.dtype) -> nn.Module:
     """The class config.json's `architectures` names, found through the transformers Auto classes."""
     import transformers
@@ -392,7 +410,9 @@ def _build_architecture(config: Any, dtype: torch.dtype) -> nn.Module:
         if model_cls.__name__ == wanted:
             return auto_cls.from_config(config, dtype=dtype)
     raise ValueError(f"config.json names architecture {wanted!r}, which no transformers Auto class builds for "
-                     f"{type(config).__name__}; buildable: {', '.join(known) or 'none'}")
+                     f"{type(config).__name__}; buildable: {', '.join(known) or 'none'} (a model of your own: register "
+                     f"it before loading, e.g. AutoModelForSequenceClassification.register({type(config).__name__}, "
+                     f"{wanted or 'YourModel'}))")
 
 
 def _quant_config(name: str, entry: dict[str, Any]) -> QuantConfig:
@@ -421,6 +441,7 @@ def load_quantized_checkpoint(path: str | os.PathLike) -> nn.Module:
     from transformers import AutoConfig
 
     quant_config = read_quantization_config(path)
+    _check_model_type_known(path)
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     del config.quantization_config  # the bare architecture; quantization is applied below
     dtype = getattr(torch, quant_config["model_dtype"])

@@ -156,13 +156,13 @@ def mse_optimal_abs_max(x: torch.Tensor, fmt: NumberFormat | str | int, granular
 
 def _mse_optimal_abs_max(x: torch.Tensor, fmt: NumberFormat, dims: tuple[int, ...]) -> torch.Tensor:
     x32 = x.detach().to(torch.float32)
-    amax = x32.abs().amax(dim=dims, keepdim=True).clamp_(min=_FP32_TINY)
+    amax = x32.abs().amax(dim=dims, keepdim=True).clamp_min_(_FP32_TINY)
 
     def search(ratios: torch.Tensor) -> torch.Tensor:  # ratios: (R, *amax.shape) -> best ratio per group
         best_err = torch.full_like(amax, float("inf"), dtype=torch.float64)
         best_ratio = torch.ones_like(amax)
         for ratio in ratios:
-            err = _group_squared_error(x32, fmt, divide_exactly(amax * ratio, fmt.max).clamp_(min=_FP32_TINY), dims)
+            err = _group_squared_error(x32, fmt, divide_exactly(amax * ratio, fmt.max).clamp_min_(_FP32_TINY), dims)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best_ratio = torch.where(better, ratio.expand_as(amax), best_ratio)
@@ -235,4 +235,4 @@ def _value_range(x: torch.Tensor, fmt: NumberFormat, dims: tuple[int, ...], rang
 def scale_from_range(value_range: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
     """The scale that maps `value_range` (float32) onto fmt.max: range / fmt.max, correctly
     rounded, and at least 2^-126 (a zero range would divide by zero)."""
-    return divide_exactly(value_range, fmt.max).clamp_(min=_FP32_TINY)
+    return divide_exactly(value_range, fmt.max).clamp_min_(_FP32_TINY)  # clamp_min_: vmap has a batching rule for it

@@ -545,3 +545,61 @@ def test_cli_export_of_a_bf16_gpt2_run_keeps_its_geometry_and_its_evaluation(tmp
         assert found == (metrics["eval_accuracy"], metrics["eval_loss"]), out
     float32 = _trainer_evaluation(set_eval_autocast(loaded, None), setup, results["args"]["eval_batch_size"])
     assert float32[1] != metrics["eval_loss"]  # in float32 it is another model
+
+
+def test_a_model_of_your_own_exports_and_loads_once_its_classes_are_registered(tmp_path):
+    """A user's own PreTrainedModel (not a transformers model type): the export works as for any;
+    loading needs its classes registered, and without them says so (transformers' own error
+    suggests upgrading transformers)."""
+    from torch import nn
+    from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
+
+    class TinyMlpConfig(PretrainedConfig):
+        model_type = "fliqs_test_tiny_mlp"
+
+        def __init__(self, width: int = 8, num_labels: int = 2, **kwargs) -> None:
+            super().__init__(num_labels=num_labels, **kwargs)
+            self.width = width
+
+    class TinyMlpForSequenceClassification(PreTrainedModel):
+        config_class = TinyMlpConfig
+
+        def __init__(self, config: TinyMlpConfig) -> None:
+            super().__init__(config)
+            self.fc = nn.Linear(4, config.width)
+            self.head = nn.Linear(config.width, config.num_labels)
+            self.post_init()
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": self.head(torch.relu(self.fc(x)))}  # (B, num_labels)
+
+    torch.manual_seed(0)
+    model = TinyMlpForSequenceClassification(TinyMlpConfig())
+    quantize_model(model, QuantSpec(("fc", "head"), QuantConfig("int4", "int8")))
+    x = torch.randn(5, 4)
+    expected = model.eval()(x)["logits"]
+    export_quantized_checkpoint(model, tmp_path / "mine")
+    config_path = tmp_path / "mine" / "config.json"
+    with pytest.raises(ValueError, match=rf"^{config_path} has model_type 'fliqs_test_tiny_mlp', which transformers "
+                                         r"does not know: a model of your own; register its classes in this process "
+                                         r"before loading, AutoConfig.register\('fliqs_test_tiny_mlp', YourConfig\) "
+                                         r"and, for its head, e.g. AutoModelForSequenceClassification.register\("
+                                         r"YourConfig, YourModel\)$"):
+        load_quantized_checkpoint(tmp_path / "mine")
+    AutoConfig.register("fliqs_test_tiny_mlp", TinyMlpConfig, exist_ok=True)
+    with pytest.raises(ValueError, match=r"^config.json names architecture 'TinyMlpForSequenceClassification', which "
+                                         r"no transformers Auto class builds for TinyMlpConfig; buildable: none \(a "
+                                         r"model of your own: register it before loading, e.g. "
+                                         r"AutoModelForSequenceClassification.register\(TinyMlpConfig, "
+                                         r"TinyMlpForSequenceClassification\)\)$"):
+        load_quantized_checkpoint(tmp_path / "mine")
+    AutoModelForSequenceClassification.register(TinyMlpConfig, TinyMlpForSequenceClassification, exist_ok=True)
+    loaded = load_quantized_checkpoint(tmp_path / "mine")
+    assert torch.equal(loaded(x)["logits"], expected)
+    plain = nn.Sequential(nn.Linear(4, 8))
+    quantize_model(plain, QuantSpec(("0",), QuantConfig("int4", "int8")))
+    with pytest.raises(ValueError, match=r"^Sequential has no transformers config; the export writes a transformers "
+                                         r"checkpoint \(config.json and weights\), so it needs a PreTrainedModel: "
+                                         r"define your model as a transformers.PreTrainedModel subclass with a "
+                                         r"PretrainedConfig \(docs/extending.md, 'A model of your own'\)$"):
+        export_quantized_checkpoint(plain, tmp_path / "plain")

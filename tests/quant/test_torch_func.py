@@ -27,8 +27,8 @@ from quant.quant_linear import QuantLinear
 from quant.quant_module import QuantConfig
 from quant.quant_utils import _TransformableFakeQuantize, fake_quantize, quantize
 
-# vmap runs a few of the scale computation's in-place ops through its per-sample fallback.
-pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
+# Every op under vmap has a batching rule: a per-sample fallback (its performance warning) fails the test.
+pytestmark = pytest.mark.filterwarnings("error:There is a performance drop:UserWarning")
 
 # An INT of each width class, FP8, FP4, a power-of-two-only FP (no mantissa), and a cast format.
 FORMATS = ["int8", "int4", "fp8_e4m3", "fp4_e2m1", "e2m0", "bf16"]
