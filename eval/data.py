@@ -19,7 +19,7 @@ from eval.builtin_tasks import load_builtin_task
 from eval.hub import hub_offline_flag_set, hub_reachable, require_hub
 from eval.run_args import DEFAULT_DATA_SEED
 from eval.data_checks import (LOCAL_FILE_BUILDERS, RowNames, check_columns, check_eval_labels_vary, check_inputs,
-                              check_labels, images_from_paths)
+                              check_labels, check_metrics_fit_labels, images_from_paths)
 from eval.tasks import BUILTIN_TASK_NAMES, TaskSpec, get_task
 from eval.vision_utils import ImageTransformConfig, collate_vision, make_batch_transform
 
@@ -46,6 +46,13 @@ def dataset_splits(task: TaskSpec) -> str:
     return f"'train' and '{task.eval_split}' (or 'validation')"
 
 
+def local_files_needed(task: TaskSpec) -> str:
+    """Why a local-only task (no hub_path, not built in) cannot run without local data, and what to pass."""
+    return (f"task {task.name!r} is read only from local files (its TaskSpec has no hub_path): pass --train_file "
+            f"and --validation_file (csv/json/jsonl/parquet with columns {list(task.required_columns)}), or "
+            f"--dataset_path, a folder written by DatasetDict.save_to_disk with splits {dataset_splits(task)}")
+
+
 def data_ways_out(task: TaskSpec) -> list[str]:
     """What to do instead of downloading `task` from the hub (used in error messages)."""
     ways = [
@@ -66,7 +73,10 @@ def check_local_sources(task: TaskSpec, train_file: str | os.PathLike[str] | Non
                         validation_file: str | os.PathLike[str] | None,
                         dataset_path: str | os.PathLike[str] | None) -> None:
     """What can be checked of local data without reading it: the files exist with a readable
-    extension, a dataset_path is a saved DatasetDict, and the task is not a built-in one."""
+    extension, a dataset_path is a saved DatasetDict, the task is not a built-in one, and a local-only
+    task has local data (checked at parse time: such a run fails before anything else)."""
+    if task.local_only and train_file is None and validation_file is None and dataset_path is None:
+        raise ValueError(local_files_needed(task))
     if task.builtin and (train_file is not None or validation_file is not None or dataset_path is not None):
         raise ValueError(f"task {task.name!r} is built in and generates its own data; drop "
                          "--train_file/--validation_file/--dataset_path, or pick a task whose columns "
@@ -153,6 +163,8 @@ def _load_from_disk(dataset_path: str | os.PathLike[str], task: TaskSpec) -> dat
 
 
 def _load_from_hub(task: TaskSpec) -> datasets.DatasetDict:
+    if task.hub_path is None:  # a local-only task: check_local_sources refuses it first
+        raise ValueError(local_files_needed(task))
     config = f" (config {task.hub_config})" if task.hub_config else ""
     what = f"Task {task.name!r}: dataset {task.hub_path}{config}"
 
@@ -220,16 +232,19 @@ def load_raw_datasets(
     its --seed: seed replicas evaluate the same examples).
 
     `metric_names`: the metrics the run will report (default: the task's), for the checks that
-    depend on them (a regression scored by correlation needs evaluation labels that vary).
+    depend on them (a regression scored by correlation needs evaluation labels that vary; a binary
+    metric, two classes).
 
     Sources: local files (`train_file` and `validation_file`, columns named as the task's),
     `dataset_path` (a `save_to_disk` folder), the built-in generator (built-in tasks), else the
-    hub, which fails within seconds offline with a message naming these ways out.
+    hub, which fails within seconds offline with a message naming these ways out. A local-only task
+    (no hub_path) needs one of the local sources.
     """
     task = get_task(task) if isinstance(task, str) else task
     _validate_max_samples("max_train_samples", max_train_samples)
     _validate_max_samples("max_eval_samples", max_eval_samples)
     _validate_data_seed(data_seed)
+    check_metrics_fit_labels(task, task.metric_names if metric_names is None else metric_names)
     local_files = train_file is not None or validation_file is not None
     if local_files and (train_file is None or validation_file is None):
         raise ValueError("pass both --train_file and --validation_file (got only "

@@ -25,6 +25,9 @@ MAX_ROWS_SHOWN = 3  # bad rows an error message lists one by one
 # --metric names (evaluate's) that score a regression by correlation, beside the tasks' own
 # REGRESSION_METRICS: as named in the error.
 CORRELATION_METRICS = {"pearsonr": "pearsonr", "glue": "glue's pearson and spearmanr"}
+# --metric names (evaluate's hub metrics) whose default is average='binary': scikit-learn refuses
+# more than two classes, at the first evaluation, after the training.
+BINARY_AVERAGE_METRICS = ("f1", "precision", "recall")
 
 
 def _data_lines(path: Path, num_rows: int) -> list[int] | None:
@@ -243,6 +246,19 @@ def images_from_paths(ds: datasets.Dataset, task: TaskSpec, file: str | os.PathL
         raise ValueError(f"{source}: image column {column!r}: {len(bad)} {what}: {shown}{more}; relative paths are "
                          f"read from the file's folder ({folder}): fix those paths or drop those rows")
     return ds.remove_columns(column).add_column(column, paths).cast_column(column, datasets.Image())
+
+
+def check_metrics_fit_labels(task: TaskSpec, metric_names: Sequence[str]) -> None:
+    """A binary metric (evaluate's f1, precision, recall average over class 1 by default) on a task of
+    more than two classes fails only at the first evaluation, after the training: refused before it."""
+    binary = [m for m in metric_names if m in BINARY_AVERAGE_METRICS]
+    if not binary or task.num_labels <= 2:
+        return
+    raise ValueError(f"--metric {binary[0]} is binary (evaluate's {binary[0]} takes average='binary', class 1 "
+                     f"against the rest) and task {task.name!r} has {task.num_labels} classes: the run would train, "
+                     f"then fail at its evaluation; leave --metric unset for the task's metrics "
+                     f"({', '.join(task.metric_names)}), or pass a local evaluate module folder or script that "
+                     f"averages over the classes as --metric")
 
 
 def check_eval_labels_vary(ds: datasets.Dataset, full: datasets.Dataset, task: TaskSpec, source: str,

@@ -16,7 +16,8 @@ from typing import NoReturn, Sequence
 from cost.cost import REWARD_FORMS
 from eval.cli_flags import OnceArgumentParser, program_name, split_argv
 from eval.model_configs import MODEL_REGISTRY
-from eval.run_args import DEFAULT_DATA_SEED, SEARCH_ONLY_FLAGS, ignored_flags_note, resolve_run_args, single_option_note
+from eval.run_args import (DEFAULT_DATA_SEED, SEARCH_ONLY_FLAGS, data_seed_note, ignored_flags_note, resolve_run_args,
+                           single_option_note)
 from eval.run_inputs import eval_subset_note, load_config_note
 from eval.tasks import TASKS
 
@@ -85,9 +86,10 @@ def create_arg_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
     g = p.add_argument_group("Task and model")
     builtin = [name for name, task in TASKS.items() if task.builtin]
-    hub = [name for name, task in TASKS.items() if not task.builtin]
+    hub = [name for name, task in TASKS.items() if task.hub_path is not None]
+    local = [name for name, task in TASKS.items() if task.local_only]  # tasks registered with local files only
     g.add_argument("--task", default="digits", help=f"built-in task ({', '.join(builtin)}: offline) or a hub task "
-                   f"({', '.join(hub)})")
+                   f"({', '.join(hub)})" + (f" or a task of local files only ({', '.join(local)})" if local else ""))
     g.add_argument("--model_type", "--model", dest="model_type", default="resnet18", help=", ".join(MODEL_REGISTRY))
     weights = g.add_mutually_exclusive_group()  # both given: argparse would keep the last one silently
     weights.add_argument("--from_scratch", action="store_true", default=None,
@@ -255,7 +257,7 @@ def parse_run_args(argv: Sequence[str] | None = None, prog: str | None = None) -
         parser.error(str(error))
     for note in (ignored_flags_note(args, {name: parser.get_default(name) for name in SEARCH_ONLY_FLAGS},
                                     no_search_given=no_search_given, given=given),
-                 single_option_note(args), load_config_note(args), eval_subset_note(args)):
+                 single_option_note(args), data_seed_note(args, given), load_config_note(args), eval_subset_note(args)):
         if note is not None:
             sys.stderr.write(f"{prog}: {note}\n")
     return args

@@ -35,10 +35,11 @@ _OWN_PACKAGES = tuple(str(Path(__file__).resolve().parent.parent / name) + os.se
                       for name in ("eval", "quant", "cost", "policy", "trainer"))
 
 
-class RunInputError(Exception):
+class RunInputError(ValueError):
     """Bad input found once the run looks at its directory, data or model (a completed run of
     other flags in the way, an empty data file, ...): one error line and exit code 2, as for a bad
-    flag, with nothing in the run directory written or deleted."""
+    flag, with nothing in the run directory written or deleted. A ValueError, as the checks it
+    wraps raised to callers of run() before."""
 
 
 def run_dir_of(args: argparse.Namespace) -> Path:
@@ -412,8 +413,8 @@ def _run(args: argparse.Namespace, prepared: tuple[Any, Any], run_dir: Path, sta
                                                      autocast_dtype=autocast_dtype_of_run(vars(args)))
             except Exception as error:  # noqa: BLE001 - the run's metrics and model stay; the export alone failed
                 results["status"], results["traceback"] = FAILED, traceback.format_exc()
-                # An ExportWriteError names the file and its own way out: no type to add
-                why = str(error) if isinstance(error, ExportWriteError) else f"{type(error).__name__}: {error}"
+                # An ExportWriteError names the file: no type to add (nor its CLI's --out)
+                why = error.what if isinstance(error, ExportWriteError) else f"{type(error).__name__}: {error}"
                 results["error"] = (f"the export to --export_dir {args.export_dir} failed ({why}); the trained model is in {run_dir / 'final_model'}: export it with "
                                     f"python -m quant.export {run_dir} --out DIR")
             else:

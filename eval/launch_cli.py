@@ -282,7 +282,9 @@ def relaunch_advice(jobs: Sequence[Job], skip_completed: bool, overwrite: bool) 
     stopped = [job for job, completed in left if not completed]  # one that completed as it was stopped is kept
     if not stopped:
         return None
-    resumed = [checkpoint for job in stopped if job.state == INTERRUPTED
+    # As _resume_interrupted will: any stopped run with a checkpoint goes on from it (one not started
+    # by this launch may hold an earlier launch's), unless the plan names its own checkpoint.
+    resumed = [checkpoint for job in stopped if job.experiment.args.get("resume_from_checkpoint") is None
                and (checkpoint := resumable_checkpoint(job.experiment.run_dir)) is not None]
     parts = []
     if len(resumed) == 1:

@@ -35,7 +35,7 @@ from typing import Any, Mapping, Sequence
 from eval.cli_flags import FlagSegment, split_argv
 from eval.eval_parse import create_arg_parser, parse_run_args
 from eval.launch_flags import LaunchError, apply_overrides, name_text, resolve_key, value_text
-from eval.results import NON_RESULT_ARGS, ignored_args, same_settings, same_value, unread_search_settings
+from eval.results import NON_RESULT_ARGS, ignored_args, same_settings, same_value, unread_args
 from quant.formats import parse_format_list
 
 MAX_NAME_LENGTH = 200  # file systems allow 255 bytes per name
@@ -94,11 +94,13 @@ def refuse_one_format_search_spaces(axis: SweepAxis) -> None:
         return
     written = shlex.quote(f"{axis.key}={axis.separator.join(axis.values)}")
     formats = ",".join(axis.values)
+    # Split on ';' the user already separated search spaces: each must list several formats.
+    several = ("give each search space several formats (--sweep 'search_space=4,8;2,4,8')" if axis.separator == ";"
+               else "to sweep several search spaces separate them with ';' (--sweep 'search_space=4,8;2,4,8')")
     raise LaunchError(f"--sweep {written} would run {len(axis.values)} searches of one format each "
                       f"({', '.join(axis.values)}), with nothing to choose; for one search over these formats give "
-                      f"--search_space {formats} (outside --sweep), to sweep several search spaces separate them with "
-                      f"';' (--sweep 'search_space=4,8;2,4,8'), or for uniform baselines sweep the fixed format "
-                      f"(--sweep bits={formats})")
+                      f"--search_space {formats} (outside --sweep), {several}, or for uniform baselines sweep the "
+                      f"fixed format (--sweep bits={formats})")
 
 
 @dataclass(frozen=True)
@@ -340,16 +342,17 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
         key = same_settings(experiment.args, ignore={"exp_name"})
         if key in first_with:
             first = first_with[key]
-            not_read = ignored_args(experiment.args) | unread_search_settings(experiment.args)
-            unread = sorted(name for name in not_read if name in experiment.args
+            unread = sorted(name for name in unread_args(experiment.args) if name in experiment.args
                             and not same_value(name, first.args.get(name), experiment.args[name]))
+            search_only = [name for name in unread if name in ignored_args(experiment.args)]
+            others = [name for name in unread if name not in search_only]
             why = ""
-            if unread and ignored_args(experiment.args):
-                why = (f"; a run that does not search ignores {', '.join(unread)}: set it only in the search "
-                       f"entries of --experiments")
-            elif unread:  # e.g. --heldout_fraction of a search with --reward_source train
-                why = (f"; these searches do not read {', '.join(unread)}: set it only in the entries whose "
-                       f"searches read it (the run's note says when)")
+            if search_only:
+                why += (f"; a run that does not search ignores {', '.join(search_only)}: set it only in the search "
+                        f"entries of --experiments")
+            if others:  # e.g. --heldout_fraction with --reward_source train, --data_seed without subsets
+                why += (f"; these runs do not read {', '.join(others)} (each run's note says why): sweep or set it "
+                        f"only where a run reads it")
             raise LaunchError(f"experiments {first.index} and {experiment.index} are the same run under two names "
                               f"({first.exp_name!r} and {experiment.exp_name!r}: every other flag means the same); "
                               f"remove one of them{why}")

@@ -185,12 +185,13 @@ FAMILY_MODEL_TYPES: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One supported model type: its hub checkpoint and a factory for the same architecture."""
+    """One supported model type: its hub checkpoint and a factory for the same architecture.
+    `hub_id=None`: a size with no checkpoint, only ever built from scratch (--from_scratch)."""
 
     name: str
     family: str
     modality: str
-    hub_id: str
+    hub_id: str | None
     builtin_config: Callable[[], PretrainedConfig]
 
     def __post_init__(self) -> None:
@@ -199,6 +200,9 @@ class ModelSpec:
         if self.family not in FAMILY_MODEL_TYPES:
             raise ValueError(f"ModelSpec {self.name!r}: family {self.family!r} must be one of "
                              f"{', '.join(FAMILY_MODEL_TYPES)}")
+        if self.hub_id is not None and (not isinstance(self.hub_id, str) or not self.hub_id.strip()):
+            raise ValueError(f"ModelSpec {self.name!r}: hub_id {self.hub_id!r} must be a hub id like 'org/name', or "
+                             f"None for a model only built from scratch")
 
     @property
     def checkpoint_model_types(self) -> tuple[str, ...]:
@@ -247,6 +251,12 @@ def supports_gradient_checkpointing(spec: ModelSpec) -> bool:
     text = spec.modality == "text"
     mapping = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING if text else MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
     return bool(getattr(mapping[type(spec.builtin_config())], "supports_gradient_checkpointing", False))
+
+
+def no_checkpoint_message(spec: ModelSpec) -> str:
+    """Why a model type without a hub checkpoint cannot load pretrained weights, and what to pass."""
+    return (f"model type {spec.name!r} has no hub checkpoint (its ModelSpec has hub_id=None): it is built from "
+            f"scratch only; pass --from_scratch, or --model_name_or_path DIR with a checkpoint of it")
 
 
 def get_model_spec(name: str) -> ModelSpec:

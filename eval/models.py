@@ -32,6 +32,7 @@ from eval.model_configs import (
     SUPPORTED_MODEL_TYPES,
     ModelSpec,
     get_model_spec,
+    no_checkpoint_message,
 )
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
@@ -170,6 +171,16 @@ def _ways_out(spec: ModelSpec) -> list[str]:
             f"(e.g. {spec.hub_id} downloaded on a machine with network)"]
 
 
+def weights_source(spec: ModelSpec, model_name_or_path: str | None) -> str:
+    """Where pretrained weights, config or processor come from: `model_name_or_path`, else the hub
+    checkpoint; a model type without one (hub_id=None) is refused, naming --from_scratch."""
+    if model_name_or_path is not None:
+        return model_name_or_path
+    if spec.hub_id is None:
+        raise ValueError(no_checkpoint_message(spec))
+    return spec.hub_id
+
+
 def _resolve_source(source: str) -> tuple[str, bool]:
     """(source, is_local_dir): an existing directory (`~` expanded), else a hub id. Something that
     can only be a path (hub ids are `name` or `org/name`) but is no directory is a ValueError."""
@@ -295,7 +306,7 @@ def architecture_config(model_type: str, *, from_scratch: bool, model_name_or_pa
     if from_scratch and model_name_or_path is None:
         config = spec.builtin_config()
     else:
-        config = _load_config(spec, model_name_or_path or spec.hub_id)
+        config = _load_config(spec, weights_source(spec, model_name_or_path))
     _apply_overrides(config, config_overrides)
     return config
 
@@ -318,7 +329,8 @@ def build_model(model_type: str, *, num_labels: int, from_scratch: bool, model_n
     spec = get_model_spec(model_type)
     problem_type = _resolve_problem_type(num_labels, problem_type)
     _check_modality_args(spec, vocab_size, pad_token_id, image_size)
-    source = model_name_or_path or spec.hub_id
+    # From scratch without a directory nothing is loaded (a model type without a checkpoint builds).
+    source = model_name_or_path if from_scratch else weights_source(spec, model_name_or_path)
     config = architecture_config(model_type, from_scratch=from_scratch, model_name_or_path=model_name_or_path,
                                  config_overrides=config_overrides)
     if vocab_size is not None and vocab_size != config.vocab_size:
@@ -379,7 +391,7 @@ def load_pretrained_processor(model_type: str, model_name_or_path: str | None = 
     GPT-2 tokenizers have no pad token; they get pad = eos, matching build_model's pad_token_id.
     """
     spec = get_model_spec(model_type)
-    source = model_name_or_path or spec.hub_id
+    source = weights_source(spec, model_name_or_path)
     if spec.modality == "vision":
         return _load_local_or_hub(_load_image_processor, source, spec,
                                   f"the {spec.name} image processor")

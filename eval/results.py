@@ -105,7 +105,7 @@ def _with_data_seed(args: Mapping[str, Any]) -> Mapping[str, Any]:
     return {**args, "data_seed": args["seed"]}
 
 
-def _unread_args(args: Mapping[str, Any]) -> frozenset[str]:
+def unread_args(args: Mapping[str, Any]) -> frozenset[str]:
     """`ignored_args`, the search settings its kind of search does not read, and data_seed where
     the run drew no subset (it then changes nothing)."""
     unread = ignored_args(args) | unread_search_settings(args)
@@ -348,7 +348,7 @@ def same_settings(args: Mapping[str, Any], ignore: frozenset[str] | set[str] = f
     """A text equal for two runs' args exactly when they agree in every argument but `ignore`,
     spellings compared by what they resolve to (SPELLED_ARGS, CASE_INSENSITIVE_ARGS)."""
     args = _with_data_seed(args)
-    ignore = frozenset(ignore) | _unread_args(args)
+    ignore = frozenset(ignore) | unread_args(args)
     return json.dumps({key: _canonical_arg(key, value) for key, value in sorted(args.items())
                        if key not in ignore and not _spelled_elsewhere(key, args)})
 
@@ -372,7 +372,7 @@ def group_names(run: RunRecord, keys: Sequence[str] | None) -> list[str]:
     if keys is None:
         args = _with_data_seed(run.args)
         spellings = {key for key in args if _spelled_elsewhere(key, args)}
-        return sorted(set(args) - REPLICA_ARGS - spellings - _unread_args(args) | set(PSEUDO_KEYS))
+        return sorted(set(args) - REPLICA_ARGS - spellings - unread_args(args) | set(PSEUDO_KEYS))
     return list(keys) + ([] if "fixed_formats" in keys else ["fixed_formats"])
 
 
@@ -386,7 +386,7 @@ def group_runs(runs: Sequence[RunRecord], keys: Sequence[str] | None = None) -> 
     for key, members in buckets.items():
         mismatches: dict[str, dict[str, list[str]]] = {}
         member_args = [_with_data_seed(run.args) for run in members]
-        names = sorted(set().union(*(set(args) - _unread_args(args) for args in member_args)) - REPLICA_ARGS)
+        names = sorted(set().union(*(set(args) - unread_args(args) for args in member_args)) - REPLICA_ARGS)
         for name in names:
             if _spelled_elsewhere(name, *member_args):
                 continue
@@ -446,10 +446,18 @@ def changed_args(planned: Mapping[str, Any], recorded: Mapping[str, Any],
     def new_text(key: str, value: Any) -> str:
         return "default" if key in RUN_TIME_DEFAULTS and value is None else _canonical(value)
 
+    seed_drew = "data_seed" not in recorded  # recorded before --data_seed: its --seed drew its subsets
     planned, recorded = _with_data_seed(planned), _with_data_seed(recorded)
-    ignore = ignore | (_unread_args(planned) & _unread_args(recorded))  # a changed mode is itself listed
+    ignore = ignore | (unread_args(planned) & unread_args(recorded))  # a changed mode is itself listed
 
-    return [f"{key} {_canonical(recorded[key])} -> {new_text(key, value)}" for key, value in planned.items()
+    def change(key: str, value: Any) -> str:
+        text = f"{key} {_canonical(recorded[key])} -> {new_text(key, value)}"
+        if key == "data_seed" and seed_drew:  # the user changed no flag: say why, and the way to match
+            text += (f" (recorded before --data_seed, it drew its --max_*_samples subsets with its --seed "
+                     f"{_canonical(recorded[key])}: pass --data_seed {_canonical(recorded[key])} to draw the same)")
+        return text
+
+    return [change(key, value) for key, value in planned.items()
             if key not in NON_RESULT_ARGS and key not in ignore and key in recorded
             and not _spelled_elsewhere(key, planned, recorded)
             and _canonical_arg(key, recorded[key]) != _canonical_arg(key, value)

@@ -30,14 +30,13 @@ from eval.tasks import get_task
 from quant.formats import NO_QUANT, parse_format, parse_format_list
 from trainer.entropy_schedule import parse_entropy_schedule
 from trainer.final_selection import FinalSelection
-from trainer.reinforce_config import AdvantageMode, RewardMetric, RewardSource
+from trainer.reinforce_config import (AdvantageMode, RewardMetric, RewardSource, default_cost_beta,
+                                      default_reward_metric)
 
 DEFAULT_LR_PRETRAINED = 5e-5
 DEFAULT_LR_SCRATCH = 1e-3
-DEFAULT_DELAY_FRACTION = 0.5
-# tunas_abs / one_sided: a 10 % miss of the target costs 0.5 in loss units, more than the loss
-# difference between most formats, so searches land near the target (measured on digits).
-DEFAULT_COST_BETA = 5.0
+# The search's derived defaults (cost_beta, reward_metric, delay, policy learning rate) are the
+# trainer's rules (trainer/reinforce_config.py), shared with the Python API.
 SAVE_STRATEGIES = ("no", "steps", "epoch", "best")
 # --data_seed: the seed of the --max_train_samples/--max_eval_samples subsets. Fixed, so that seed
 # replicas evaluate the same examples; 42, the --seed default, so that a run at the default seed
@@ -376,7 +375,7 @@ def _resolve_search(args: argparse.Namespace, task) -> None:
 
     exponential = REWARD_FORMS[args.cost_function].exponential
     if args.cost_beta is None:
-        args.cost_beta = -0.07 if exponential else DEFAULT_COST_BETA
+        args.cost_beta = default_cost_beta(args.cost_function)
     elif exponential and args.cost_beta > 0:
         raise ValueError(f"--cost_beta {args.cost_beta} with {args.cost_function} would reward larger models (the "
                          f"reward is quality * ratio**beta); use a negative value such as -{args.cost_beta}")
@@ -384,7 +383,7 @@ def _resolve_search(args: argparse.Namespace, task) -> None:
         raise ValueError(f"--cost_beta {args.cost_beta} with {args.cost_function} would reward missing the target; "
                          f"use a positive value such as {-args.cost_beta}")
     if args.reward_metric is None:
-        args.reward_metric = RewardMetric.LIKELIHOOD.value if exponential else RewardMetric.LOSS.value
+        args.reward_metric = default_reward_metric(args.cost_function).value
     _choice(args.reward_metric, [m.value for m in RewardMetric], "--reward_metric")
     if exponential and args.reward_metric == RewardMetric.LOSS.value:
         raise ValueError(f"{args.cost_function} needs a non-negative quality: use --reward_metric likelihood or "
@@ -419,14 +418,16 @@ def ignored_search_flags(args: argparse.Namespace, defaults: dict[str, object]) 
     return ignored
 
 
-def _unread_setting_clause(args: argparse.Namespace, name: str) -> str:
+def _unread_setting_clause(args: argparse.Namespace, name: str, given: frozenset[str] = frozenset()) -> str:
     """Why this search does not read search setting `name` (SEARCH_SETTING_READERS), and the way to
-    a search that does."""
+    a search that does (`given`: the dests the command line named; a flag given is changed, not added)."""
     value = getattr(args, name)
     if name == "heldout_fraction":
+        way = (f"change --reward_source {args.reward_source} to --reward_source heldout" if "reward_source" in given
+               else "add --reward_source heldout")
         return (f"--heldout_fraction {value:g} only applies to --reward_source heldout, and this search takes its "
                 f"reward from the batch just trained on (--reward_source {args.reward_source}): it ignores it (to "
-                f"score the policy on a held-out split, add --reward_source heldout)")
+                f"score the policy on a held-out split, {way})")
     if name == "target_tolerance":
         return (f"--target_tolerance {value:g} only applies to --final_selection constrained, and this search answers "
                 f"with --final_selection {args.final_selection}: it ignores it (to pick the answer within that band "
@@ -444,7 +445,7 @@ def unread_settings_note(args: argparse.Namespace, defaults: dict[str, object],
     if args.mode != "search":
         return None  # a run that does not search names them among all its search-only flags
     unread = unread_search_settings(vars(args))
-    clauses = [_unread_setting_clause(args, name) for name in SEARCH_SETTING_READERS
+    clauses = [_unread_setting_clause(args, name, given) for name in SEARCH_SETTING_READERS
                if name in unread and (getattr(args, name) != defaults[name] or name in given)]
     return f"note: {'; '.join(clauses)}" if clauses else None
 
@@ -468,6 +469,17 @@ def ignored_flags_note(args: argparse.Namespace, defaults: dict[str, object], *,
     verb = "applies" if len(ignored) == 1 else "apply"
     return (f"note: {' '.join(ignored)} only {verb} to a search; this run has fixed formats ({fixed}) and ignores "
             f"them (to search instead, {way_out})")
+
+
+def data_seed_note(args: argparse.Namespace, given: frozenset[str] = frozenset()) -> str | None:
+    """A note when --data_seed is set but draws nothing: without --max_*_samples a run takes whole
+    splits (and the report and launcher compare such runs without it)."""
+    if args.max_train_samples is not None or args.max_eval_samples is not None:
+        return None
+    if args.data_seed == DEFAULT_DATA_SEED and "data_seed" not in given:
+        return None
+    return (f"note: --data_seed {args.data_seed} only draws the --max_train_samples/--max_eval_samples subsets, and "
+            f"this run takes whole splits: it ignores it")
 
 
 def single_option_note(args: argparse.Namespace) -> str | None:

@@ -15,7 +15,7 @@ from torch import nn
 
 from cost.model_cost import CostType, LayerCost, average_bits_cost, layer_costs
 from eval.eval_parse import run_prog
-from eval.run_args import DEFAULT_DELAY_FRACTION
+from trainer.reinforce_config import default_delay_steps, default_rl_learning_rate
 from eval.tasks import TaskSpec, get_task
 from quant import input_share
 from quant.formats import parse_format, parse_format_list
@@ -25,12 +25,9 @@ from quant.surgery import QuantSpec, quantize_model, record_geometry
 if TYPE_CHECKING:
     from eval.eval_partitions import LayerSelection
 
-# Default policy learning rate: AUTO_RL_LOGIT_BUDGET / search steps, so Adam can move a logit by
-# about that much over the search whatever its length (enough for p > 0.9999), capped.
-AUTO_RL_LOGIT_BUDGET = 10.0
-MAX_AUTO_RL_LEARNING_RATE = 0.1
 DIGITS_IMAGE_SIZE = 32  # digits are 8x8: upsampled so CNN/ViT downsampling leaves a spatial map
 NATIVE_IMAGE_SIZE = {"digits": DIGITS_IMAGE_SIZE, "cifar10": 32, "cifar100": 32, "imagenet-1k": 224}
+DEFAULT_IMAGE_SIZE = 224  # from scratch, a vision task not in NATIVE_IMAGE_SIZE: the models' own size
 
 
 @dataclass
@@ -96,6 +93,24 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any] | None:
     return parse_config_overrides(args.config_overrides, get_model_spec(args.model_type).builtin_config())
 
 
+def _image_size_note(args: argparse.Namespace, task: TaskSpec, train: Any, image_size: int) -> str | None:
+    """The note for the user's own images resized to the default size (not one they chose, nor the
+    task's own in NATIVE_IMAGE_SIZE): 32x32 files trained at 224 cost 49x the compute, unasked."""
+    from eval.vision_utils import first_image_size
+
+    local = args.train_file is not None or args.dataset_path is not None
+    if args.image_size is not None or task.name in NATIVE_IMAGE_SIZE or not local:
+        return None
+    size = first_image_size(train, task.image_column)
+    if size is None or size == (image_size, image_size):
+        return None
+    width, height = size
+    return (f"note: the task's images are {width}x{height} (the first training image's header) and are resized to "
+            f"{image_size}x{image_size}, the default size of a task not in NATIVE_IMAGE_SIZE: the run computes, and "
+            f"records the GBOPs of, {image_size}x{image_size} images; pass --image_size {max(width, height)} to train "
+            f"at the files' size")
+
+
 def _text_processor(args: argparse.Namespace, raw_train, task: TaskSpec, source: str | None):
     from eval.data import training_texts
     from eval.models import architecture_config, load_pretrained_processor
@@ -140,10 +155,14 @@ def load_data_and_model(args: argparse.Namespace) -> RunSetup:
     from eval.data import build_data_collator, carve_heldout, load_raw_datasets, prepare_text_datasets, \
         prepare_vision_datasets
     from eval.eval_partitions import select_layers
+    from eval.model_configs import get_model_spec, no_checkpoint_message
     from eval.models import load_pretrained_processor
     from eval.vision_utils import default_transform_config, transform_config_from_processor
 
     task = get_task(args.task)
+    spec = get_model_spec(args.model_type)
+    if not args.from_scratch and args.model_name_or_path is None and spec.hub_id is None:
+        raise ValueError(no_checkpoint_message(spec))  # before the data: there are no weights to load
     raw = load_raw_datasets(task, train_file=args.train_file, validation_file=args.validation_file,
                             dataset_path=args.dataset_path, max_train_samples=args.max_train_samples,
                             max_eval_samples=args.max_eval_samples, data_seed=args.data_seed,
@@ -173,8 +192,11 @@ def load_data_and_model(args: argparse.Namespace) -> RunSetup:
             (Path(source) / "preprocessor_config.json").is_file()
         if args.from_scratch or not has_processor:  # a local run trained from scratch has no processor
             processor = None
-            image_size = args.image_size or NATIVE_IMAGE_SIZE.get(task.name, 224)
+            image_size = args.image_size or NATIVE_IMAGE_SIZE.get(task.name, DEFAULT_IMAGE_SIZE)
             transform = default_transform_config(image_size)
+            note = _image_size_note(args, task, raw["train"], image_size)
+            if note is not None:
+                print(f"{run_prog()}: {note}", file=sys.stderr)
         else:
             processor = load_pretrained_processor(args.model_type, source)
             transform = transform_config_from_processor(processor, args.image_size)
@@ -273,7 +295,7 @@ def close_tensorboard(trainer) -> None:
 
 
 def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, compute_metrics: Callable):
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
 
     from eval.run_inputs import check_steps_left
     from trainer.reinforce_config import ReinforceConfig
@@ -310,7 +332,9 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, comp
                   eval_dataset=setup.eval_dataset, data_collator=setup.data_collator,
                   compute_metrics=compute_metrics, callbacks=callbacks)
     if args.mode != "search":
-        return mean_loss_trainer(Trainer(**common))
+        from trainer.evaluation_rng import BaselineTrainer
+
+        return mean_loss_trainer(BaselineTrainer(**common))
     total = _total_steps(args, len(setup.train_dataset))
     if args.delay_steps is not None and args.delay_steps >= total:
         raise ValueError(f"--delay_steps {args.delay_steps} leaves no search step in this run's {total} steps: the "
@@ -322,11 +346,11 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, comp
     # (A resumed run keeps those its checkpoint's run derived: eval/run_inputs.check_resume_matches.)
     derived = sorted({*getattr(args, DERIVED_DEFAULTS_KEY, []),
                       *(name for name in RUN_TIME_DEFAULTS if getattr(args, name) is None)})
-    delay = args.delay_steps if args.delay_steps is not None else int(round(DEFAULT_DELAY_FRACTION * total))
+    delay = args.delay_steps if args.delay_steps is not None else default_delay_steps(total)
     args.delay_steps = delay  # recorded in config.json and results.json (to resume with more steps)
     rl_learning_rate = args.rl_learning_rate
     if rl_learning_rate is None:
-        rl_learning_rate = min(MAX_AUTO_RL_LEARNING_RATE, AUTO_RL_LOGIT_BUDGET / max(1, total - delay))
+        rl_learning_rate = default_rl_learning_rate(total, delay)
         args.rl_learning_rate = rl_learning_rate  # recorded in results.json
     setattr(args, DERIVED_DEFAULTS_KEY, derived)
     config = ReinforceConfig(

@@ -1,7 +1,7 @@
 """The task registry: which data, which columns, which metrics, for every `--task`.
 
 A `TaskSpec` says everything data loading and metrics need: where the data lives (hub dataset
-and config, or a built-in offline generator), the splits (the evaluation split is renamed
+and config, a built-in offline generator, or neither: only the user's local files), the splits (the evaluation split is renamed
 "validation" when loaded), the columns a local file must have, and the metrics with the key the
 HF Trainer reports for the main one (`eval_` + metric name).
 
@@ -17,6 +17,9 @@ MODALITIES = ("text", "vision")
 # Metric names the offline metric module computes (eval/metric_modules/fliqs_glue).
 METRIC_NAMES = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr")
 REGRESSION_METRICS = ("pearson", "spearmanr")
+# GLUE's F1 is binary (of class 1, as mrpc and qqp report it): a macro-F1 under the same name
+# would read as GLUE's, so the offline module's "f1" is for two-class tasks only.
+BINARY_METRICS = ("f1",)
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,26 @@ class TaskSpec:
         if self.main_metric not in tuple(f"eval_{m}" for m in self.metric_names):
             raise ValueError(f"task {self.name!r}: main_metric={self.main_metric!r} must be 'eval_' + one of "
                              f"{self.metric_names} (the key the HF Trainer reports)")
-        if self.builtin == (self.hub_path is not None):
-            raise ValueError(f"task {self.name!r}: set exactly one of builtin=True or hub_path")
+        binary = [m for m in self.metric_names if m in BINARY_METRICS]
+        if binary and self.num_labels > 2:
+            raise ValueError(f"task {self.name!r}: metric {binary[0]!r} is GLUE's binary F1 (of class 1) and needs "
+                             f"num_labels=2, got num_labels={self.num_labels}; drop {binary[0]!r} from metric_names "
+                             f"(accuracy and matthews_correlation take any number of classes)")
+        if self.builtin and self.hub_path is not None:
+            raise ValueError(f"task {self.name!r}: set at most one of builtin=True or hub_path (neither: a task read "
+                             f"only from local files, --train_file/--validation_file or --dataset_path)")
+        if self.hub_path is None and (self.hub_config is not None or self.gated):
+            raise ValueError(f"task {self.name!r}: hub_config and gated describe a hub dataset; set hub_path too, "
+                             f"or drop them for a task read only from local files")
 
     @property
     def is_regression(self) -> bool:
         return self.num_labels == 1
+
+    @property
+    def local_only(self) -> bool:
+        """Neither built in nor on the hub: its data comes only from the user's files."""
+        return not self.builtin and self.hub_path is None
 
     @property
     def input_columns(self) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ The transform runs lazily through `Dataset.with_transform` on columns already re
 """
 from __future__ import annotations
 
+import io
 import os
 import stat
 from collections.abc import Callable, Sequence
@@ -152,6 +153,31 @@ def image_file_problem(path: str | os.PathLike[str], read_header: bool = True) -
         return "is not an image PIL can read"
     except Exception as error:  # noqa: BLE001 - PermissionError, a plugin's own errors on a bad header
         return f"cannot be read ({type(error).__name__}: {error})"
+    return None
+
+
+def first_image_size(ds: Any, column: str) -> tuple[int, int] | None:
+    """(width, height) of the first image in `column` of a datasets.Dataset, read from its file's or
+    bytes' header (no pixels decoded); None for no rows, no images, or an unreadable header."""
+    import datasets
+
+    if len(ds) == 0:
+        return None
+    try:
+        if isinstance(ds.features.get(column), datasets.Image):
+            stored = ds.select([0]).cast_column(column, datasets.Image(decode=False))[0][column]
+            source = io.BytesIO(stored["bytes"]) if stored.get("bytes") else stored.get("path")
+            if source is None:
+                return None
+            with Image.open(source) as image:
+                return image.size
+        value = ds[0][column]
+    except (OSError, ValueError):  # the checks before training name a bad image; this is only for a note
+        return None
+    if isinstance(value, Image.Image):
+        return value.size
+    if isinstance(value, np.ndarray) and value.ndim >= 2:
+        return int(value.shape[1]), int(value.shape[0])
     return None
 
 

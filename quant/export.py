@@ -122,7 +122,8 @@ class ExportWriteError(OSError):
         else:
             way_out = "pass another --out"
         code = f" (errno {error.errno})" if error.errno else ""
-        self.message = f"cannot write {path}: {reason}{code}; {way_out}"
+        self.what = f"cannot write {path}: {reason}{code}"  # without the CLI's way out (--out)
+        self.message = f"{self.what}; {way_out}"
 
     def __str__(self) -> str:
         return self.message

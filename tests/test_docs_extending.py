@@ -20,8 +20,8 @@ DOTTED_RE = re.compile(rf"^(?:{'|'.join(PACKAGES)})(?:\.\w+)+$")
 # What the recipes add, by the flag that takes it: none of these exists in the code yet.
 RECIPE_NAMES = {
     "format": {"fp8_e4m3_ieee"},
-    "--model_type": {"resnet34", "distilbert"},
-    "--task": {"ag_news", "synth-topic"},
+    "--model_type": {"resnet34", "distilbert", "resnet10"},
+    "--task": {"ag_news", "synth-topic", "my-reviews"},
     "--cost_function": {"squared_tunas"},
     "--cost_type": {"weight_compute"},
 }

@@ -26,12 +26,57 @@ SEARCH_SETTINGS = (
 )
 
 
+# The defaults that depend on other settings, one rule for the Python API and the CLI
+# (eval/run_args.py, eval/run_setup.py build_trainer).
+# tunas_abs / one_sided: a 10 % miss of the target costs 0.5 in loss units, more than the loss
+# difference between most formats, so searches land near the target (measured on digits).
+DEFAULT_COST_BETA = 5.0
+# The exponential forms reward quality * ratio**beta: beta < 0 (MnasNet's value).
+DEFAULT_EXPONENTIAL_COST_BETA = -0.07
+# The CLI's run-length rules (a ReinforceConfig does not know the run's length): the delay is
+# this fraction of the steps, and the policy learning rate AUTO_RL_LOGIT_BUDGET / search steps,
+# so Adam can move a logit by about that much over the search whatever its length (enough for
+# p > 0.9999), capped at MAX_AUTO_RL_LEARNING_RATE.
+DEFAULT_DELAY_FRACTION = 0.5
+AUTO_RL_LOGIT_BUDGET = 10.0
+MAX_AUTO_RL_LEARNING_RATE = 0.1
+
+
 class RewardMetric(str, Enum):
     """The quality half of the reward, measured on one batch."""
 
     LOSS = "loss"  # quality = -cross-entropy (or -MSE for regression)
     LIKELIHOOD = "likelihood"  # quality = exp(-loss), in (0, 1]: for the multiplicative rewards
     ACCURACY = "accuracy"  # quality = fraction of the batch classified correctly
+
+
+def _is_exponential(cost_function: str) -> bool:
+    if cost_function not in REWARD_FORMS:
+        raise ValueError(f"unknown cost_function {cost_function!r}; valid: {list(REWARD_FORMS)}")
+    return REWARD_FORMS[cost_function].exponential
+
+
+def default_cost_beta(cost_function: str) -> float:
+    """cost_beta when none is given: DEFAULT_COST_BETA (5.0) for the additive forms (tunas_abs,
+    one_sided_tunas_abs, ...), DEFAULT_EXPONENTIAL_COST_BETA (-0.07) for the exponential ones."""
+    return DEFAULT_EXPONENTIAL_COST_BETA if _is_exponential(cost_function) else DEFAULT_COST_BETA
+
+
+def default_reward_metric(cost_function: str) -> RewardMetric:
+    """reward_metric when none is given: 'likelihood' for the exponential forms (they multiply the
+    quality by the cost ratio, so it must be non-negative), 'loss' for the others."""
+    return RewardMetric.LIKELIHOOD if _is_exponential(cost_function) else RewardMetric.LOSS
+
+
+def default_delay_steps(total_steps: int) -> int:
+    """The CLI's delay_steps for a run of `total_steps` optimizer steps: half of them."""
+    return int(round(DEFAULT_DELAY_FRACTION * total_steps))
+
+
+def default_rl_learning_rate(total_steps: int, delay_steps: int) -> float:
+    """The CLI's rl_learning_rate for a run of `total_steps` optimizer steps that searches after
+    `delay_steps`: 10 / (total_steps - delay_steps), at most 0.1."""
+    return min(MAX_AUTO_RL_LEARNING_RATE, AUTO_RL_LOGIT_BUDGET / max(1, total_steps - delay_steps))
 
 
 class AdvantageMode(str, Enum):
@@ -58,9 +103,14 @@ class ReinforceConfig:
 
     cost_target: the cost the search aims at, in MiB (memory) or GBOPs (compute).
     cost_beta: strength of the cost term; positive for tunas_abs / one_sided_tunas_abs,
-        negative for the exponential forms (as in MnasNet).
+        negative for the exponential forms (as in MnasNet). None (default): derived from
+        cost_function as the CLI does (default_cost_beta: 5.0, or -0.07 for the exponential forms).
+    rl_learning_rate: the policy's Adam learning rate. Default 0.05; the CLI derives it from the
+        run's length instead: 10 / (steps after the delay), at most 0.1 (default_rl_learning_rate).
     delay_steps: warm-up steps with uniformly sampled formats and no policy update, so the
         shared weights learn to work in every format before the policy starts judging them.
+        Default 0 (the policy learns from the first step); the CLI's default is half of the
+        run's steps (default_delay_steps).
     precision_warmup: during the delay, each decision uses the most precise format of the
         search space (the most bits; of formats with equal bits, the first listed) with a probability falling linearly from 1 to 0 (else a uniform draw), so
         the shared weights learn the task before they must cope with every format (after
@@ -73,13 +123,19 @@ class ReinforceConfig:
     final_selection / target_tolerance: the answer is the per-decision argmax ('argmax'), or the
         most likely assignment within cost_target * (1 +- target_tolerance) ('constrained',
         default; the argmax itself when it is inside); see trainer.final_selection.
+    reward_metric: the quality half of the reward (RewardMetric). None (default): derived from
+        cost_function as the CLI does (default_reward_metric: 'likelihood' for the exponential
+        forms, 'loss' for the others).
     policy_seed: seed of the sampling generator (identical on every DDP rank).
+
+    cost_beta and reward_metric hold the derived values after construction (what checkpoints
+    record and resumed runs compare).
     """
 
     cost_target: float
     cost_type: CostType = CostType.MEMORY
     cost_function: str = "tunas_abs"
-    cost_beta: float = 1.0
+    cost_beta: float | None = None  # None: default_cost_beta(cost_function)
     rl_learning_rate: float = 0.05
     delay_steps: int = 0
     precision_warmup: bool = True
@@ -89,13 +145,21 @@ class ReinforceConfig:
     advantage: AdvantageMode = AdvantageMode.PER_DECISION
     final_selection: FinalSelection = FinalSelection.CONSTRAINED
     target_tolerance: float = 0.05
-    reward_metric: RewardMetric = RewardMetric.LOSS
+    reward_metric: RewardMetric | str | None = None  # None: default_reward_metric(cost_function)
     reward_source: RewardSource = RewardSource.TRAIN
     policy_temperature: float = 1.0
     policy_seed: int = 0
 
     def __post_init__(self) -> None:
-        # Types first: NaN passes every `<` check below, and a string fails them with a TypeError
+        # The defaults that follow from cost_function first, so that the checks below only ever
+        # judge values the user gave (and name them as given).
+        if not isinstance(self.cost_function, str) or self.cost_function not in REWARD_FORMS:
+            raise ValueError(f"unknown cost_function {self.cost_function!r}; valid: {list(REWARD_FORMS)}")
+        if self.cost_beta is None:
+            self.cost_beta = default_cost_beta(self.cost_function)
+        if self.reward_metric is None:
+            self.reward_metric = default_reward_metric(self.cost_function)
+        # Types next: NaN passes every `<` check below, and a string fails them with a TypeError
         # that names nothing.
         for name in ("cost_target", "cost_beta", "rl_learning_rate", "max_entropy_beta", "baseline_decay",
                      "target_tolerance", "policy_temperature"):
@@ -118,26 +182,30 @@ class ReinforceConfig:
         self.final_selection = parse_setting(FinalSelection, self.final_selection, "final_selection")  # type: ignore[assignment]
         if not 0 <= self.target_tolerance < 1:
             raise ValueError(f"target_tolerance must be in [0, 1), got {self.target_tolerance}")
-        if self.cost_function not in REWARD_FORMS:
-            raise ValueError(f"unknown cost_function {self.cost_function!r}; valid: {list(REWARD_FORMS)}")
         if not self.cost_target > 0:
             raise ValueError(f"cost_target must be a positive number (MiB or GBOPs), got {self.cost_target!r}")
         exponential = REWARD_FORMS[self.cost_function].exponential
+        # Only a cost_beta the user gave can fail these (a derived one fits its form): each
+        # message names the form's default too, which leaving cost_beta unset gives.
+        default_beta = default_cost_beta(self.cost_function)
         if exponential and self.cost_beta > 0:
             raise ValueError(
                 f"cost_beta={self.cost_beta} with {self.cost_function} would reward larger models: the "
-                f"reward is quality * ratio**beta; use a negative value such as {-abs(self.cost_beta)}"
+                f"reward is quality * ratio**beta; use a negative value such as {-abs(self.cost_beta)}, or leave "
+                f"cost_beta unset for {self.cost_function}'s default, {default_beta}"
             )
         if not exponential and self.cost_beta < 0:
             raise ValueError(
                 f"cost_beta={self.cost_beta} with {self.cost_function} would reward missing the target: "
-                f"the reward is quality - beta*|1 - ratio|; use a positive value such as {abs(self.cost_beta)}"
+                f"the reward is quality - beta*|1 - ratio|; use a positive value such as {abs(self.cost_beta)}, "
+                f"or leave cost_beta unset for {self.cost_function}'s default, {default_beta}"
             )
         if exponential and self.reward_metric is RewardMetric.LOSS:
             raise ValueError(
                 f"{self.cost_function} multiplies the quality by the cost ratio, which needs a non-negative "
                 "quality; with reward_metric 'loss' (quality = -loss) it would favour larger losses. "
-                "Use reward_metric 'likelihood' (exp(-loss)) or 'accuracy'"
+                "Use reward_metric 'likelihood' (exp(-loss); the default for this cost_function when "
+                "reward_metric is left unset) or 'accuracy'"
             )
         if self.rl_learning_rate <= 0:
             raise ValueError(f"rl_learning_rate must be > 0, got {self.rl_learning_rate}")

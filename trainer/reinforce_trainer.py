@@ -33,7 +33,8 @@ answer and its BatchNorm statistics (trainer/search_answer.py), the held-out rew
 (trainer/search_state.py), the checks before a search (trainer/run_checks.py), the search's logs
 (trainer/search_logs.py). This class holds the Trainer's hooks that tie them together.
 
-Evaluation (and prediction) measures the current answer: the most likely formats within the
+train() ends with the answer on the layers (finalize_search(n) also re-estimates BatchNorm
+statistics for it). Evaluation (and prediction) measures the current answer: the most likely formats within the
 cost band (trainer/final_selection.py). Called between the micro-batches of one optimizer step,
 it puts the step's sample back on the layers afterwards.
 """
@@ -58,6 +59,7 @@ from policy.simple_policy import PolicySample, SimplePolicy
 from quant.quant_module import QuantModule
 from trainer.console_logs import hide_from_console
 from trainer.dropped_steps import DroppedSteps
+from trainer.evaluation_rng import RngPreservingEvaluation
 from trainer.heldout_batches import HeldoutBatches
 from trainer.norm_statistics import BufferSnapshot, Snapshot
 from trainer.policy_update import PolicyUpdates
@@ -106,7 +108,7 @@ class _TrainBegin(TrainerCallback):
         self.trainer._warn_if_target_unreachable()
 
 
-class ReinforceTrainer(SearchAnswer, PolicyUpdates, Trainer):
+class ReinforceTrainer(SearchAnswer, PolicyUpdates, RngPreservingEvaluation, Trainer):
     """Trainer + format search. Extra arguments (keywords):
 
     reinforce_config: the search settings.
@@ -145,6 +147,22 @@ class ReinforceTrainer(SearchAnswer, PolicyUpdates, Trainer):
         self._dropped_steps = DroppedSteps(self)
         self.add_callback(self._dropped_steps)
         hide_from_console(self, PROBABILITY_LOG_PREFIX)  # one number per decision and format: not for a console line
+
+    def train(self, *args: Any, **kwargs: Any):
+        """Trainer.train (same arguments and result), ending with the search's answer on the
+        quantized layers (`apply_final_assignment`: the formats of `final_decisions()`), not the
+        last step's random sample, so the model can be costed or exported right after.
+
+        The BatchNorm statistics still average over every format sampled during the search: for a
+        model with BatchNorm, call `finalize_search(recalibration_batches)` next, which also
+        re-estimates them for the answer. In order: train(), finalize_search(n) (BatchNorm
+        models), then cost / export / evaluate.
+        """
+        output = super().train(*args, **kwargs)
+        # After train returns, not in a callback: its checkpoints, the evaluations it ran (which
+        # put the answer on the layers themselves) and a resumed run are left exactly as they were.
+        self.apply_final_assignment()
+        return output
 
     # --- the training step --------------------------------------------------------------------
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
@@ -280,16 +298,12 @@ class ReinforceTrainer(SearchAnswer, PolicyUpdates, Trainer):
     # --- evaluation uses the current answer ----------------------------------------------------
     @contextmanager
     def _answer_on_layers(self) -> Iterator[None]:
-        """The answer on the layers, the CPU RNG as it was after; inside an accumulation cycle (a callback evaluating between
+        """The answer on the layers; inside an accumulation cycle (a callback evaluating between
         its micro-batches), the cycle's sample back on them after: its later micro-batches must
         train with it. Otherwise the answer stays, as evaluate() after the search promises."""
         self.apply_final_assignment()
         try:
-            # fork_rng: the evaluation's DataLoader draws its base seed from the global CPU RNG,
-            # which would move the training's next dropout masks: turning --eval_steps on would
-            # change the search's result (CUDA's dropout RNG is not drawn from).
-            with torch.random.fork_rng(devices=[]):
-                yield
+            yield
         finally:
             if self._cycle is not None:
                 self.apply_option_indices(self._cycle.sample.indices)

@@ -13,7 +13,7 @@ from eval.data import (
     build_data_collator, carve_heldout, check_local_sources, data_ways_out, dataset_splits, label_names,
     load_raw_datasets, prepare_text_datasets, prepare_vision_datasets, subsample, tokenize_dataset, training_texts)
 from eval.hub import HubUnreachableError
-from eval.tasks import TASKS, get_task
+from eval.tasks import TASKS, TaskSpec, get_task
 from eval.text_tokenizer import build_word_level_tokenizer
 from eval.vision_utils import ImageTransformConfig
 
@@ -625,3 +625,56 @@ def test_vision_pipeline_on_a_saved_cifar_like_dataset(tmp_path):
     assert label_names(raw["train"], task) == [str(i) for i in range(10)]
     with pytest.raises(ValueError, match=r"task 'sst2' is a text task; use prepare_text_datasets"):
         prepare_vision_datasets(raw, get_task("sst2"), config)
+
+
+# --- a task only in the user's files, and metrics that need two classes ----------------------
+
+REVIEWS = TaskSpec(name="my-reviews", modality="text", num_labels=3, label_column="label",
+                   metric_names=("accuracy",), main_metric="eval_accuracy", text_columns=("text",))
+REVIEWS_NEEDS_FILES = ("task 'my-reviews' is read only from local files (its TaskSpec has no hub_path): pass "
+                       "--train_file and --validation_file (csv/json/jsonl/parquet with columns ['text', 'label']), "
+                       "or --dataset_path, a folder written by DatasetDict.save_to_disk with splits 'train' and "
+                       "'validation'")
+
+
+def test_a_local_only_task_without_local_data_is_refused_naming_the_flags():
+    assert REVIEWS.hub_path is None and REVIEWS.local_only
+    with pytest.raises(ValueError) as error:
+        check_local_sources(REVIEWS, None, None, None)  # at parse time: before anything else
+    assert str(error.value) == REVIEWS_NEEDS_FILES
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as error:  # never the hub, nor its seconds-long reachability check
+        load_raw_datasets(REVIEWS)
+    assert str(error.value) == REVIEWS_NEEDS_FILES and time.perf_counter() - start < 1
+
+
+def test_a_local_only_task_reads_local_files_and_saved_datasets(tmp_path):
+    frame = pd.DataFrame({"text": ["good", "bad", "so so"], "label": [2, 0, 1]})
+    raw = load_raw_datasets(REVIEWS, train_file=write(frame, tmp_path / "train.csv"),
+                            validation_file=write(frame, tmp_path / "val.jsonl"))
+    assert list(raw["train"]["label"]) == [2, 0, 1] and list(raw["validation"]["text"]) == ["good", "bad", "so so"]
+    datasets.DatasetDict({"train": datasets.Dataset.from_pandas(frame),
+                          "validation": datasets.Dataset.from_pandas(frame)}).save_to_disk(str(tmp_path / "saved"))
+    assert list(load_raw_datasets(REVIEWS, dataset_path=tmp_path / "saved")["validation"]["label"]) == [2, 0, 1]
+
+
+@pytest.mark.parametrize("metric", ["f1", "precision", "recall"])
+def test_a_binary_metric_on_more_than_two_classes_is_refused_before_training(tmp_path, metric):
+    """evaluate's f1/precision/recall average over class 1 by default: scikit-learn refused the
+    labels at the final evaluation, after the whole training."""
+    frame = pd.DataFrame({"text": ["good", "bad", "so so"], "label": [2, 0, 1]})
+    train, val = write(frame, tmp_path / "train.csv"), write(frame, tmp_path / "val.csv")
+    with pytest.raises(ValueError) as error:
+        load_raw_datasets(REVIEWS, train_file=train, validation_file=val, metric_names=(metric,))
+    assert str(error.value) == (
+        f"--metric {metric} is binary (evaluate's {metric} takes average='binary', class 1 against the rest) and task "
+        f"'my-reviews' has 3 classes: the run would train, then fail at its evaluation; leave --metric unset for the "
+        f"task's metrics (accuracy), or pass a local evaluate module folder or script that averages over the classes "
+        f"as --metric")
+    with pytest.raises(ValueError, match=rf"^--metric {metric} is binary .* task 'mnli' has 3 classes: "):
+        load_raw_datasets("mnli", metric_names=(metric,))  # before the data is looked for
+    raw = load_raw_datasets("sst2", train_file=write(SST2_TRAIN, tmp_path / "sst2.csv"),
+                            validation_file=write(SST2_VAL, tmp_path / "sst2_val.csv"), metric_names=(metric,))
+    assert raw["validation"].num_rows == 2  # two classes: binary is right
+    assert load_raw_datasets(REVIEWS, train_file=train, validation_file=val,
+                             metric_names=("accuracy",))["train"].num_rows == 3

@@ -109,7 +109,10 @@ def test_runs_recorded_before_data_seed_drew_their_subsets_with_their_seed():
     assert _groups([whole_old, whole_new]) == [(["whole_old", "whole_new"], {})]
     # --skip_completed and resumes: an old run of seed 1 drew other examples than --data_seed 42.
     planned = {**BASE, "seed": 1, "data_seed": 42}
-    assert changed_args(planned, old[1].args) == ["data_seed 1 -> 42"]
+    assert changed_args(planned, old[1].args) == [
+        "data_seed 1 -> 42 (recorded before --data_seed, it drew its --max_*_samples subsets with its --seed 1: pass "
+        "--data_seed 1 to draw the same)"]
+    assert changed_args({**planned, "data_seed": 7}, new[1].args) == ["data_seed 42 -> 7"]  # a recorded data_seed
     assert changed_args({**planned, "data_seed": 1}, old[1].args) == []
     assert changed_args({**planned, "max_eval_samples": None}, whole_old.args) == ["seed 0 -> 1"]
     assert changed_args({**planned, "seed": 0, "max_eval_samples": None}, whole_old.args) == []
@@ -152,3 +155,16 @@ def test_re_evaluation_note_speaks_of_the_data_seed(tmp_path, capsys):
         "whole split: drop --max_eval_samples to evaluate the same examples")
     assert _note(tmp_path, loaded, "--data_seed", "3") is None  # the whole split
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("argv, note", [
+    (["--data_seed", "7"], "eval_run: note: --data_seed 7 only draws the --max_train_samples/--max_eval_samples "
+                           "subsets, and this run takes whole splits: it ignores it\n"),
+    (["--data_seed", "42"], "eval_run: note: --data_seed 42 only draws the --max_train_samples/--max_eval_samples "
+                            "subsets, and this run takes whole splits: it ignores it\n"),  # typed at its default
+    (["--data_seed", "7", "--max_eval_samples", "16"], ""),  # it draws the subset
+    ([], ""),
+])
+def test_a_data_seed_that_draws_nothing_is_noted(argv, note, capsys):
+    parse_run_args(["--task", "digits", "--model_type", "resnet18", *argv])
+    assert capsys.readouterr().err == note

@@ -752,6 +752,10 @@ def test_search_flag_values_are_checked_in_runs_that_ignore_them(argv, message, 
     (["--bits", "8", "--heldout_fraction", "0.3"],
      "eval_run: note: --heldout_fraction only applies to a search; this run has fixed formats (weights int8, "
      "activations int8) and ignores them (to search instead, drop --bits)\n"),
+    (["--reward_source", "train", "--heldout_fraction", "0.3"],  # typed: adding another would be refused
+     "eval_run: note: --heldout_fraction 0.3 only applies to --reward_source heldout, and this search takes its reward "
+     "from the batch just trained on (--reward_source train): it ignores it (to score the policy on a held-out split, "
+     "change --reward_source train to --reward_source heldout)\n"),
     (["--reward_source", "heldout", "--heldout_fraction", "0.3"], ""),  # read
     (["--bn_recalibration_batches", "5", "--target_tolerance", "0.1"], ""),  # resnet18 has BatchNorm; constrained
     (["--final_selection", "argmax"], ""),  # settings at their defaults are not named

@@ -275,7 +275,7 @@ def test_a_failed_export_write_is_quoted_without_its_type(tmp_path, monkeypatch)
                                  str(tmp_path / "deploy"))
     assert code == 1 and results["error"] == (
         f"the export to --export_dir {tmp_path / 'deploy'} failed (cannot write {tmp_path / 'deploy'}/"
-        f"fliqs_model.safetensors: No space left on device (errno 28); free space or pass another --out); the "
+        f"fliqs_model.safetensors: No space left on device (errno 28)); the "
         f"trained model is in {run_dir / 'final_model'}: export it with python -m quant.export {run_dir} --out DIR")
 
 

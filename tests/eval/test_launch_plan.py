@@ -146,10 +146,13 @@ def test_a_search_swept_over_a_setting_it_does_not_read_is_one_run_twice():
     search are one run; of a held-out search, two."""
     with pytest.raises(LaunchError, match=r"^experiments 1 and 2 are the same run under two names "
                                           r"\('\S+_heldout_fraction=0.1' and '\S+_heldout_fraction=0.2': every other "
-                                          r"flag means the same\); remove one of them; these searches do not read "
-                                          r"heldout_fraction: set it only in the entries whose searches read it "
-                                          r"\(the run's note says when\)$"):
+                                          r"flag means the same\); remove one of them; these runs do not read "
+                                          r"heldout_fraction \(each run's note says why\): sweep or set it only "
+                                          r"where a run reads it$"):
         plan_experiments(BASE, [parse_sweep("heldout_fraction=0.1,0.2")])
+    with pytest.raises(LaunchError, match=r"remove one of them; these runs do not read data_seed \(each run's note "
+                                          r"says why\): sweep or set it only where a run reads it$"):
+        plan_experiments([*BASE, "--bits", "8"], [parse_sweep("data_seed=1,2")])  # whole splits: nothing drawn
     heldout = plan_experiments([*BASE, "--reward_source", "heldout"], [parse_sweep("heldout_fraction=0.1,0.2")])
     assert [e.args["heldout_fraction"] for e in heldout] == [0.1, 0.2]
 
@@ -319,24 +322,26 @@ def test_one_setting_written_twice_is_an_error():
 
 
 ONE_FORMAT_WAYS_OUT = ("with nothing to choose; for one search over these formats give --search_space {formats} "
-                       "(outside --sweep), to sweep several search spaces separate them with ';' (--sweep "
-                       "'search_space=4,8;2,4,8'), or for uniform baselines sweep the fixed format "
-                       "(--sweep bits={formats})")
+                       "(outside --sweep), {several} (--sweep 'search_space=4,8;2,4,8'), or for uniform baselines "
+                       "sweep the fixed format (--sweep bits={formats})")
+SEPARATE = "to sweep several search spaces separate them with ';'"
+EACH_SEVERAL = "give each search space several formats"  # they were separated with ';' already
 
 
-@pytest.mark.parametrize("text, shown, values, formats", [
+@pytest.mark.parametrize("text, shown, values, formats, several", [
     # --sweep splits on commas: the user almost surely meant one search over int4 and int8.
-    ("search_space=4,8", "search_space=4,8", "4, 8", "4,8"),
-    ("search_space=int4,fp8_e4m3,8", "search_space=int4,fp8_e4m3,8", "int4, fp8_e4m3, 8", "int4,fp8_e4m3,8"),
+    ("search_space=4,8", "search_space=4,8", "4, 8", "4,8", SEPARATE),
+    ("search_space=int4,fp8_e4m3,8", "search_space=int4,fp8_e4m3,8", "int4, fp8_e4m3, 8", "int4,fp8_e4m3,8",
+     SEPARATE),
     # Separated with ';' as the README says, but still one format each.
-    ("search_space=4;8", "'search_space=4;8'", "4, 8", "4,8"),
+    ("search_space=4;8", "'search_space=4;8'", "4, 8", "4,8", EACH_SEVERAL),
 ])
-def test_a_sweep_of_one_format_search_spaces_is_refused(text, shown, values, formats):
+def test_a_sweep_of_one_format_search_spaces_is_refused(text, shown, values, formats, several):
     with pytest.raises(LaunchError) as error:
         plan_experiments(BASE, [parse_sweep(text)])
     count = len(values.split(", "))
     assert str(error.value) == (f"--sweep {shown} would run {count} searches of one format each ({values}), "
-                                + ONE_FORMAT_WAYS_OUT.format(formats=formats))
+                                + ONE_FORMAT_WAYS_OUT.format(formats=formats, several=several))
 
 
 def test_search_space_sweeps_that_search_stay():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import pytest
 import torch
@@ -9,9 +10,10 @@ import torch.nn.functional as F
 
 from eval import hub, models
 from eval.hub import HubUnreachableError
-from eval.model_configs import MODEL_REGISTRY
+from eval.model_configs import MODEL_REGISTRY, ModelSpec, resnet_config
 from eval.models import (
     SUPPORTED_MODEL_TYPES,
+    architecture_config,
     build_model,
     get_model_spec,
     load_pretrained_processor,
@@ -460,3 +462,37 @@ def test_vision_rejects_text_arguments_and_inconsistent_efficientnet_width():
         build_model("resnet18", num_labels=2, from_scratch=True, vocab_size=100)
     with pytest.raises(ValueError, match="hidden_dim 1280 must equal the head conv width 320 .*add hidden_dim=320"):
         build_model("efficientnet-b0", num_labels=2, from_scratch=True, config_overrides={"width_coefficient": 0.25})
+
+
+# ---------------------------------------------------------------------------------------------
+# a model size with no hub checkpoint (hub_id=None): from scratch only
+
+RESNET_NO_HUB = ModelSpec("resnet-nohub", "resnet", "vision", None,
+                          partial(resnet_config, [1, 1, 1, 1], [8, 8, 8, 8], "basic"))
+NO_CHECKPOINT = ("model type 'resnet-nohub' has no hub checkpoint (its ModelSpec has hub_id=None): it is built from "
+                 "scratch only; pass --from_scratch, or --model_name_or_path DIR with a checkpoint of it")
+
+
+def test_a_model_without_a_hub_checkpoint_builds_from_scratch_and_refuses_pretrained(monkeypatch, tmp_path):
+    monkeypatch.setitem(MODEL_REGISTRY, RESNET_NO_HUB.name, RESNET_NO_HUB)
+    model = build_model("resnet-nohub", num_labels=3, from_scratch=True, image_size=32)
+    assert model.config.hidden_sizes == [8, 8, 8, 8] and model.config.num_labels == 3
+    start = time.monotonic()
+    for load in (lambda: build_model("resnet-nohub", num_labels=3, from_scratch=False),
+                 lambda: load_pretrained_processor("resnet-nohub"),
+                 lambda: architecture_config("resnet-nohub", from_scratch=False)):
+        with pytest.raises(ValueError) as error:  # one line, before any hub lookup
+            load()
+        assert str(error.value) == NO_CHECKPOINT
+    assert time.monotonic() - start < 1
+    model.save_pretrained(tmp_path / "ckpt")  # a checkpoint of it loads as any local directory does
+    loaded = build_model("resnet-nohub", num_labels=3, from_scratch=False, model_name_or_path=str(tmp_path / "ckpt"))
+    assert loaded.config.hidden_sizes == [8, 8, 8, 8]
+
+
+@pytest.mark.parametrize("hub_id", ["", "  ", 7])
+def test_model_spec_hub_id_is_an_id_or_none(hub_id):
+    with pytest.raises(ValueError) as error:
+        ModelSpec("x", "resnet", "vision", hub_id, partial(resnet_config, [1], [8], "basic"))
+    assert str(error.value) == (f"ModelSpec 'x': hub_id {hub_id!r} must be a hub id like 'org/name', or None for a "
+                                f"model only built from scratch")

@@ -90,9 +90,30 @@ BASE = dict(name="t", modality="text", num_labels=2, label_column="label", metri
     ({"metric_names": ("pearson",), "main_metric": "eval_pearson"}, r"need num_labels=1"),
     ({"num_labels": 1}, r"num_labels=1 \(regression\) needs metrics from"),
     ({"main_metric": "accuracy"}, r"main_metric='accuracy' must be 'eval_' \+ one of"),
-    ({"builtin": True}, r"set exactly one of builtin=True or hub_path"),
-    ({"hub_path": None}, r"set exactly one of builtin=True or hub_path"),
+    ({"builtin": True}, r"set at most one of builtin=True or hub_path"),
+    ({"hub_path": None, "gated": True}, r"hub_config and gated describe a hub dataset"),
+    ({"hub_path": None, "hub_config": "c"}, r"hub_config and gated describe a hub dataset"),
 ])
 def test_taskspec_validation(changes, message):
     with pytest.raises(ValueError, match=message):
         TaskSpec(**{**BASE, **changes})
+
+
+def test_f1_is_refused_on_a_task_of_more_than_two_classes():
+    # GLUE's f1 is binary: it would fail at the final evaluation, after the whole training.
+    with pytest.raises(ValueError) as error:
+        TaskSpec(name="x", modality="text", num_labels=3, label_column="l", metric_names=("accuracy", "f1"),
+                 main_metric="eval_accuracy", text_columns=("t",), hub_path="me/x")
+    assert str(error.value) == (
+        "task 'x': metric 'f1' is GLUE's binary F1 (of class 1) and needs num_labels=2, got num_labels=3; drop 'f1' "
+        "from metric_names (accuracy and matthews_correlation take any number of classes)")
+    two = TaskSpec(name="x", modality="text", num_labels=2, label_column="l", metric_names=("accuracy", "f1"),
+                   main_metric="eval_accuracy", text_columns=("t",), hub_path="me/x")
+    assert two.metric_names == ("accuracy", "f1")
+
+
+def test_a_task_with_neither_builtin_nor_hub_path_is_local_only():
+    task = TaskSpec(**{**BASE, "hub_path": None})
+    assert task.local_only and not task.builtin
+    assert not get_task("sst2").local_only and not get_task("digits").local_only
+    assert [t.name for t in TASKS.values() if t.local_only] == []

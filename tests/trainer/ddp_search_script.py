@@ -17,9 +17,12 @@ history = []
 apply = trainer.apply_option_indices
 trainer.apply_option_indices = lambda indices: (history.append(indices.tolist()), apply(indices))[1]
 trainer.train()
+# train() ends by putting the answer on the layers: one call after the steps' samples.
+answer = history.pop()
+assert answer == trainer.final_indices().tolist(), (answer, trainer.final_indices())
 rank = trainer.args.process_index
 with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-    json.dump({"world_size": trainer.args.world_size, "history": history,
+    json.dump({"world_size": trainer.args.world_size, "history": history, "answer": answer,
                "logits": trainer.policy.logits.detach().tolist(), "baseline": trainer.baseline.value}, f)
 # Without an explicit teardown the gloo process group can keep the interpreter from exiting.
 torch.distributed.barrier()

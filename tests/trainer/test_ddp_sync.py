@@ -31,5 +31,6 @@ def test_ddp_ranks_stay_in_sync(tmp_path, source, accumulation):
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
     assert len(ranks[0]["history"]) == 60  # one sample per optimizer step, whatever the accumulation
     assert ranks[0]["history"] == ranks[1]["history"]
+    assert ranks[0]["answer"] == ranks[1]["answer"]  # train() ended with the same answer on both ranks
     assert ranks[0]["logits"] == ranks[1]["logits"] and ranks[0]["baseline"] == ranks[1]["baseline"]
     assert ranks[0]["logits"] != [[0.0] * 3] * 4  # the policy did learn

@@ -84,3 +84,33 @@ def test_evaluating_during_the_search_leaves_its_result_alone(tmp_path):
         torch.testing.assert_close(policy_eval[name], policy[name], atol=0, rtol=0)
     for name in weights:
         torch.testing.assert_close(weights_eval[name], weights[name], atol=0, rtol=0)
+
+
+def test_evaluating_during_a_baseline_leaves_its_result_alone(tmp_path):
+    """The same for a fixed-format run's Trainer (trainer/evaluation_rng.py BaselineTrainer): the
+    report compares runs with and without --eval_steps as one setting."""
+    from transformers import Trainer, TrainingArguments
+
+    from quant.quant_module import QuantConfig
+    from quant.surgery import QuantSpec, quantize_model
+    from tests.trainer.toy_search_problem import LAYERS, ToyDataset
+    from trainer.evaluation_rng import BaselineTrainer
+
+    def train(trainer_class, eval_steps):
+        torch.manual_seed(0)
+        model, _ = quantize_model(DropoutToy(), QuantSpec(LAYERS, QuantConfig("int8", "int8")))
+        overrides = dict(eval_strategy="steps", eval_steps=eval_steps) if eval_steps else {}
+        args = TrainingArguments(output_dir=str(tmp_path / f"{trainer_class.__name__}{eval_steps}"), max_steps=6,
+                                 per_device_train_batch_size=64, learning_rate=3e-3, report_to=[], save_strategy="no",
+                                 use_cpu=True, seed=0, disable_tqdm=True, **overrides)
+        trainer = trainer_class(model=model, args=args, train_dataset=ToyDataset(1024, 0),
+                                eval_dataset=ToyDataset(256, 99))
+        trainer.train()
+        return model.state_dict()
+
+    quiet = train(BaselineTrainer, None)
+    evaluated = train(BaselineTrainer, 2)
+    for name in quiet:
+        torch.testing.assert_close(evaluated[name], quiet[name], atol=0, rtol=0)
+    plain = train(Trainer, 2)  # HF's own Trainer: its evaluations move the dropout masks
+    assert any(not torch.equal(plain[name], quiet[name]) for name in quiet)

@@ -1,7 +1,8 @@
 import pytest
 
 from trainer.quality import batch_quality
-from trainer.reinforce_config import ReinforceConfig, RewardMetric
+from trainer.reinforce_config import (ReinforceConfig, RewardMetric, default_cost_beta, default_delay_steps,
+                                      default_reward_metric, default_rl_learning_rate)
 
 import torch
 
@@ -13,11 +14,15 @@ import torch
         (dict(cost_target=-1.5), "got -1.5"),
         (dict(cost_target=float("nan")), "got nan"),
         (dict(cost_target=1, cost_function="hard_exponential", cost_beta=0.5, reward_metric="accuracy"),
-         r"cost_beta=0.5 with hard_exponential would reward larger models.*use a negative value such as -0.5"),
+         r"^cost_beta=0.5 with hard_exponential would reward larger models: the reward is quality \* ratio\*\*beta; "
+         r"use a negative value such as -0.5, or leave cost_beta unset for hard_exponential's default, -0.07$"),
         (dict(cost_target=1, cost_beta=-1.0),
-         r"cost_beta=-1.0 with tunas_abs would reward missing the target.*positive value such as 1.0"),
-        (dict(cost_target=1, cost_function="soft_exponential", cost_beta=-0.1),
-         r"favour larger losses. Use reward_metric 'likelihood' \(exp\(-loss\)\) or 'accuracy'$"),
+         r"^cost_beta=-1.0 with tunas_abs would reward missing the target: the reward is quality - beta\*\|1 - ratio\|; "
+         r"use a positive value such as 1.0, or leave cost_beta unset for tunas_abs's default, 5.0$"),
+        (dict(cost_target=1, cost_function="soft_exponential", cost_beta=-0.1, reward_metric="loss"),
+         r"favour larger losses. Use reward_metric 'likelihood' \(exp\(-loss\); the default for this cost_function "
+         r"when reward_metric is left unset\) or 'accuracy'$"),
+        (dict(cost_target=1, cost_function=None), r"^unknown cost_function None; valid: \['tunas_abs'"),
         (dict(cost_target=1, cost_function="nope"), r"unknown cost_function 'nope'; valid: \['tunas_abs'"),
         (dict(cost_target=1, cost_type="latency"), r"unknown cost_type 'latency'; valid: memory, compute$"),
         (dict(cost_target=1, entropy_schedule="step"), r"unknown entropy_schedule 'step'"),
@@ -95,3 +100,35 @@ def test_enum_settings_are_case_insensitive_and_stored_canonical():
     assert config.search_settings()["entropy_schedule"] == "linear"
     with pytest.raises(ValueError, match=r"^unknown entropy_schedule 3; valid: linear, cosine, constant, heaviside$"):
         ReinforceConfig(cost_target=1, entropy_schedule=3)
+
+
+@pytest.mark.parametrize("cost_function, beta, metric", [
+    ("tunas_abs", 5.0, RewardMetric.LOSS), ("one_sided_tunas_abs", 5.0, RewardMetric.LOSS),
+    ("soft_exponential", -0.07, RewardMetric.LIKELIHOOD), ("hard_exponential", -0.07, RewardMetric.LIKELIHOOD),
+])
+def test_cost_beta_and_reward_metric_default_as_in_the_cli(cost_function, beta, metric):
+    """Left unset, they follow cost_function as the CLI's flags do (one rule: default_cost_beta /
+    default_reward_metric): an exponential form needs no other setting to be valid."""
+    config = ReinforceConfig(cost_target=1.0, cost_function=cost_function)
+    assert (config.cost_beta, config.reward_metric) == (beta, metric)
+    assert (default_cost_beta(cost_function), default_reward_metric(cost_function)) == (beta, metric)
+    assert config.search_settings()["cost_beta"] == beta  # checkpoints record the derived value
+    assert config.search_settings()["reward_metric"] == metric.value
+
+
+def test_given_cost_beta_and_reward_metric_are_kept():
+    config = ReinforceConfig(cost_target=1.0, cost_function="soft_exponential", cost_beta=-1.0, reward_metric="accuracy")
+    assert (config.cost_beta, config.reward_metric) == (-1.0, RewardMetric.ACCURACY)
+    config = ReinforceConfig(cost_target=1.0, cost_beta=1.0)  # the API's default before it followed the CLI's
+    assert (config.cost_beta, config.reward_metric) == (1.0, RewardMetric.LOSS)
+
+
+def test_run_length_defaults_are_the_clis_rule():
+    """delay_steps / rl_learning_rate stay 0 / 0.05 in the config (it does not know the run's
+    length); the CLI's rule for a run's length is offered as functions."""
+    config = ReinforceConfig(cost_target=1.0)
+    assert (config.delay_steps, config.rl_learning_rate) == (0, 0.05)
+    assert default_delay_steps(400) == 200 and default_delay_steps(7) == 4  # round half to even: 3.5 -> 4
+    assert default_rl_learning_rate(400, 200) == 0.05
+    assert default_rl_learning_rate(40, 20) == 0.1  # 10 / 20 = 0.5, capped
+    assert default_rl_learning_rate(10, 10) == 0.1  # no search step: capped, no division by zero
