@@ -41,6 +41,6 @@ setup(
         "fliqs-launch=eval_parallel:cli",
         "fliqs-run=eval.eval_run:main",
         "fliqs-report=eval.eval_parse:main",
-        "fliqs-export=quant.export:cli",
+        "fliqs-export=quant.export_cli:cli",
     ]},
 )

@@ -16,8 +16,8 @@ from typing import NoReturn, Sequence
 from cost.cost import REWARD_FORMS
 from eval.cli_flags import OnceArgumentParser, program_name, split_argv
 from eval.model_configs import MODEL_REGISTRY
-from eval.run_args import (DEFAULT_DATA_SEED, SEARCH_ONLY_FLAGS, data_seed_note, ignored_flags_note, resolve_run_args,
-                           single_option_note)
+from eval.run_args import DEFAULT_DATA_SEED, resolve_run_args
+from eval.run_flag_notes import SEARCH_ONLY_FLAGS, data_seed_note, ignored_flags_note, single_option_note
 from eval.run_inputs import eval_subset_note, load_config_note
 from eval.tasks import TASKS
 

@@ -285,14 +285,21 @@ def replaced_run_changes(run_dir: Path, planned: dict[str, Any]) -> str | None:
 
 
 def _raised_by_own_checks(error: BaseException) -> bool:
-    """Whether `error` was raised by this project's code (its innermost frame), not inside a
-    library it called."""
+    """Whether `error` was raised by a `raise` statement of this project's code (its innermost
+    frame): one of its checks refusing the input. Not an error raised inside a library it called,
+    nor one the interpreter or a C function raised in its code (an unpacking or int() bug), which
+    stay failures with their traceback."""
+    import linecache
+
     trace = error.__traceback__
     if trace is None:
         return False
     while trace.tb_next is not None:
         trace = trace.tb_next
-    return os.path.realpath(trace.tb_frame.f_code.co_filename).startswith(_OWN_PACKAGES)
+    filename = trace.tb_frame.f_code.co_filename
+    if not os.path.realpath(filename).startswith(_OWN_PACKAGES):
+        return False
+    return linecache.getline(filename, trace.tb_lineno).lstrip().startswith("raise ")
 
 
 def clear_previous_outputs(run_dir: Path, resuming: bool) -> None:

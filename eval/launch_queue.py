@@ -20,7 +20,7 @@ from eval.launch_command import RUN_ENTRY, format_command, free_port, launcher_e
 from eval.launch_devices import DevicePool, Slot
 from eval.launch_plan import Experiment
 from eval.launch_process import RunProcess
-from eval.results import RunRecord, latest_launch, load_run
+from eval.results import RunRecord, is_refusal_line, latest_launch, load_run
 from eval.results_schema import COMPLETED, RESULTS_NAME
 from eval.run_lock import RunDirectoryBusy, handed_lock_env, note_holder, take_run_lock
 
@@ -121,6 +121,8 @@ def classify(job: Job, returncode: int) -> None:
     tail = f"; last line of {LOG_NAME}: {last}" if last else f"; {LOG_NAME} is empty"
     if returncode == 0:
         job.reason = f"exited 0 without writing results.json{tail}"
+    elif returncode == 2 and last is not None and is_refusal_line(last):  # as the report lists it
+        job.reason = f"refused its input before starting (exit code 2): {last}"
     else:
         job.reason = _exit_text(returncode) + tail
 

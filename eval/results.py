@@ -232,6 +232,12 @@ def latest_launch(log_lines: Sequence[str]) -> Sequence[str]:
 _REFUSAL_LINE = re.compile(r"^[\w.\-/ ]{1,60}: error: ")
 
 
+def is_refusal_line(line: str) -> bool:
+    """Whether a run's last output line is the one error line of a refused input (exit code 2;
+    the launcher and the report both list such a run as refused)."""
+    return _REFUSAL_LINE.match(line) is not None
+
+
 def _last_log_line(run_dir: Path) -> str | None:
     """The run's last output line, not the launcher's `# command` header of stdout.log."""
     for name in ("stdout.log", "output.txt"):
@@ -259,7 +265,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunRecord:
 
     if not results_path.exists():
         hint = _last_log_line(run_dir)
-        if hint is not None and _REFUSAL_LINE.match(hint.split(": ", 1)[1]):
+        if hint is not None and is_refusal_line(hint.split(": ", 1)[1]):
             # eval_run refuses bad input (exit 2) before it writes anything: not killed, refused
             return incomplete(f"no results.json: the run refused its input before starting; {hint}")
         return incomplete("no results.json (killed or still running)" + (f"; last log line {hint}" if hint else ""))

@@ -3,7 +3,9 @@
 Everything here runs before any data or model is loaded, so a bad command fails in
 milliseconds. Each check raises ValueError with one line that names the bad value and the way
 out; `eval.eval_parse.parse_run_args` turns it into `error: ...` and exit code 2. The checks of
-what a run starts from (a checkpoint to resume, a --load_config run) are in eval/run_inputs.py.
+what a run starts from (a checkpoint to resume, a --load_config run) are in eval/run_inputs.py,
+the value checks of the search flags in eval/search_flag_checks.py, and the notes about flags a
+resolved run ignores in eval/run_flag_notes.py.
 
 Resolved fields added to the namespace (all JSON-serialisable, saved in config.json):
     mode             "search" | "uniform" | "loaded" (formats from --load_config) | "float"
@@ -23,15 +25,12 @@ from pathlib import Path
 from cost.cost import REWARD_FORMS
 from cost.model_cost import parse_cost_type
 from eval.model_configs import get_model_spec, supports_gradient_checkpointing
-from eval.results import SEARCH_ONLY_FLAGS, SEARCH_SETTING_READERS, unread_search_settings
 from eval.run_inputs import (check_inputs_outside_run_dir, check_load_config, check_load_config_run,
                              check_resume_matches, resolve_checkpoint)
+from eval.search_flag_checks import check_choice, check_search_flag_values, refuse_eval_only_search
 from eval.tasks import get_task
 from quant.formats import NO_QUANT, parse_format, parse_format_list
-from trainer.entropy_schedule import parse_entropy_schedule
-from trainer.final_selection import FinalSelection
-from trainer.reinforce_config import (AdvantageMode, RewardMetric, RewardSource, default_cost_beta,
-                                      default_reward_metric)
+from trainer.reinforce_config import RewardMetric, default_cost_beta, default_reward_metric
 
 DEFAULT_LR_PRETRAINED = 5e-5
 DEFAULT_LR_SCRATCH = 1e-3
@@ -43,12 +42,6 @@ SAVE_STRATEGIES = ("no", "steps", "epoch", "best")
 # draws the subsets runs drew before the flag (with their --seed).
 DEFAULT_DATA_SEED = 42
 DEFAULT_SAVE_STEPS = 500
-
-
-def _choice(value: str, valid: list[str] | tuple[str, ...], flag: str) -> str:
-    if value not in valid:
-        raise ValueError(f"{flag} {value!r} is not one of {list(valid)}")
-    return value
 
 
 def _positive(args: argparse.Namespace, *names: str) -> None:
@@ -128,9 +121,9 @@ def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--max_steps must be > 0, or -1 to train for --num_train_epochs; got {args.max_steps}")
     if args.fp16 and args.bf16:
         raise ValueError("--fp16 and --bf16 are mutually exclusive; pick one autocast dtype")
-    _choice(args.report_to, ("tensorboard", "none"), "--report_to")
+    check_choice(args.report_to, ("tensorboard", "none"), "--report_to")
     if args.device is not None:
-        _choice(args.device, ("cpu", "cuda"), "--device")
+        check_choice(args.device, ("cpu", "cuda"), "--device")
     if args.cuda_visible_devices is not None and not re.fullmatch(r"\d+(,\d+)*|", args.cuda_visible_devices):
         raise ValueError(f"--cuda_visible_devices {args.cuda_visible_devices!r} must be a comma-separated list "
                          "of GPU indices such as 0,1")
@@ -161,7 +154,7 @@ def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError("--export_dir writes the low-bit checkpoint of a quantized run, and this run is float "
                          "(--bits 0): drop --export_dir (the run's final_model/ holds its float weights)")
     _check_layer_selection(args, spec.modality)
-    _check_search_flag_values(args)
+    check_search_flag_values(args)
     if args.mode == "search":
         _resolve_search(args, task)
     if args.load_config is not None:
@@ -205,14 +198,14 @@ def _check_training_names(args: argparse.Namespace) -> None:
     from transformers import SchedulerType
     from transformers.training_args import OptimizerNames
 
-    _choice(args.optimizer, [o.value for o in OptimizerNames], "--optimizer")
-    _choice(args.lr_scheduler_type, [t.value for t in SchedulerType], "--lr_scheduler_type")
+    check_choice(args.optimizer, [o.value for o in OptimizerNames], "--optimizer")
+    check_choice(args.lr_scheduler_type, [t.value for t in SchedulerType], "--lr_scheduler_type")
 
 
 def _check_checkpoint_flags(args: argparse.Namespace) -> None:
     if args.save_strategy is None:  # --save_steps alone means: save every that many steps
         args.save_strategy = "steps" if args.save_steps is not None else "no"
-    _choice(args.save_strategy, SAVE_STRATEGIES, "--save_strategy")
+    check_choice(args.save_strategy, SAVE_STRATEGIES, "--save_strategy")
     if args.save_steps is not None and args.save_strategy != "steps":
         raise ValueError(f"--save_steps applies to --save_strategy steps, not {args.save_strategy!r}; drop one of them")
     if args.save_steps is None:
@@ -283,7 +276,7 @@ def _resolve_mode(args: argparse.Namespace) -> None:
         raise ValueError("--search picks the formats itself; drop --weight_bits/--activation_bits/--bits, or use "
                          "--weight_only_search with --activation_bits to fix the activations")
     if args.eval_only and args.search:
-        _refuse_eval_only_search(args, search_asked)
+        refuse_eval_only_search(args, search_asked)
     if args.search:
         args.mode = "search"
         if weight is not None:
@@ -301,64 +294,12 @@ def _resolve_mode(args: argparse.Namespace) -> None:
                              "does not search (--no-search or --load_config); drop them")
 
 
-def _refuse_eval_only_search(args: argparse.Namespace, search_asked: list[str]) -> None:
-    """--eval_only evaluates trained weights at fixed formats, and this run would search: say what
-    it needs (README: with --load_config or --model_name_or_path), not "not with a search" to a user
-    who only left the formats out (a search is the default then)."""
-    formats = "--bits N (or --weight_bits and --activation_bits; --bits 0 = float)"
-    if search_asked:
-        asked = "/".join(search_asked)
-        raise ValueError(f"--eval_only evaluates trained weights at fixed formats, and {asked} asks for a search, "
-                         f"which trains: drop {asked} and give fixed formats, --load_config RUN/results.json or "
-                         f"{formats}; or drop --eval_only to search")
-    if args.model_name_or_path is not None:
-        raise ValueError(f"--eval_only evaluates --model_name_or_path {args.model_name_or_path} at fixed formats, and "
-                         f"none are given (without them a run searches): add {formats}")
-    raise ValueError(f"--eval_only evaluates trained weights at fixed formats, and this run gives neither (without "
-                     f"formats a run searches): give --load_config RUN/results.json (a completed run's formats and "
-                     f"its final_model/), or --model_name_or_path DIR with {formats}")
-
-
 def _check_layer_selection(args: argparse.Namespace, modality: str) -> None:
     flags = ("quantize_self_attention", "quantize_self_output", "quantize_output", "quantize_intermediate",
              "quantize_pooler", "quantize_classifier")
     if modality == "text" and args.mode != "float" and not any(getattr(args, f) for f in flags):
         raise ValueError("no quantizable layer is selected: every --quantize_* flag is off; turn at least one on "
                          "(e.g. --quantize_intermediate)")
-
-
-def _check_search_flag_values(args: argparse.Namespace) -> None:
-    """The values of search flags that are wrong whatever the run: checked in every run, so that a
-    typo such as --heldout_fraction 1.5 is refused, not silently recorded, where the flag is
-    ignored (a fixed-format run, a search with --reward_source train), and an experiments file's
-    base flags fail on the baselines as on the searches. What depends on other flags (--cost_beta's
-    sign, the reachable --cost_target_bits) is checked by the search alone."""
-    _choice(args.cost_function, list(REWARD_FORMS), "--cost_function")
-    try:  # case-insensitive: recorded (and passed on) by its canonical name
-        args.entropy_schedule_type = parse_entropy_schedule(args.entropy_schedule_type).value
-    except ValueError as error:
-        raise ValueError(f"--entropy_schedule_type: {error}") from None
-    if args.reward_metric is not None:  # else resolved from --cost_function by a search
-        _choice(args.reward_metric, [m.value for m in RewardMetric], "--reward_metric")
-    _choice(args.reward_source, [s.value for s in RewardSource], "--reward_source")
-    _choice(args.advantage, [a.value for a in AdvantageMode], "--advantage")
-    _choice(args.final_selection, [f.value for f in FinalSelection], "--final_selection")
-    if not 0 <= args.target_tolerance < 1:
-        raise ValueError(f"--target_tolerance must be in [0, 1), got {args.target_tolerance}")
-    if not 0 < args.heldout_fraction <= 0.5:
-        raise ValueError(f"--heldout_fraction must be in (0, 0.5], got {args.heldout_fraction}")
-    if not 0 <= args.baseline_decay < 1:
-        raise ValueError(f"--baseline_decay must be in [0, 1), got {args.baseline_decay}")
-    if args.bn_recalibration_batches < 0:
-        raise ValueError(f"--bn_recalibration_batches must be >= 0 (0 = off), got {args.bn_recalibration_batches}")
-    if args.delay_steps is not None and args.delay_steps < 0:
-        raise ValueError(f"--delay_steps must be >= 0, got {args.delay_steps}")
-    if args.cost_target is not None and args.cost_target_bits is not None:
-        raise ValueError("--cost_target and --cost_target_bits are mutually exclusive; give one target")
-    if args.cost_target is not None and not args.cost_target > 0:
-        raise ValueError(f"--cost_target must be > 0 (MiB for memory, GBOPs for compute), got {args.cost_target}")
-    if args.cost_target_bits is not None and not 0 < args.cost_target_bits <= 32:
-        raise ValueError(f"--cost_target_bits must be in (0, 32], got {args.cost_target_bits}")
 
 
 def _resolve_search(args: argparse.Namespace, task) -> None:
@@ -384,7 +325,7 @@ def _resolve_search(args: argparse.Namespace, task) -> None:
                          f"use a positive value such as {-args.cost_beta}")
     if args.reward_metric is None:
         args.reward_metric = default_reward_metric(args.cost_function).value
-    _choice(args.reward_metric, [m.value for m in RewardMetric], "--reward_metric")
+    check_choice(args.reward_metric, [m.value for m in RewardMetric], "--reward_metric")
     if exponential and args.reward_metric == RewardMetric.LOSS.value:
         raise ValueError(f"{args.cost_function} needs a non-negative quality: use --reward_metric likelihood or "
                          "accuracy instead of loss")
@@ -399,98 +340,6 @@ def _resolve_search(args: argparse.Namespace, task) -> None:
                          f"{min(bits)} and {max(bits)} bits; give a target in that range or widen the search space")
     if args.cost_target is None and args.cost_target_bits is None:
         args.cost_target_bits = (min(bits) + max(bits)) / 2
-
-
-# SEARCH_ONLY_FLAGS (eval/results.py): a fixed-format or float run ignores them. An experiments
-# file gives every run the same base flags, so this is a note, not an error. (--single_decision,
-# --block_search and --weight_only_search without a search are errors: they name a search.)
-
-
-def ignored_search_flags(args: argparse.Namespace, defaults: dict[str, object]) -> list[str]:
-    """The search-only flags set away from their defaults in a run that does not search."""
-    if args.mode == "search":
-        return []
-    ignored = []
-    for name in SEARCH_ONLY_FLAGS:
-        value = getattr(args, name)
-        if value != defaults[name]:
-            ignored.append(f"--no-{name}" if value is False and defaults[name] is True else f"--{name}")
-    return ignored
-
-
-def _unread_setting_clause(args: argparse.Namespace, name: str, given: frozenset[str] = frozenset()) -> str:
-    """Why this search does not read search setting `name` (SEARCH_SETTING_READERS), and the way to
-    a search that does (`given`: the dests the command line named; a flag given is changed, not added)."""
-    value = getattr(args, name)
-    if name == "heldout_fraction":
-        way = (f"change --reward_source {args.reward_source} to --reward_source heldout" if "reward_source" in given
-               else "add --reward_source heldout")
-        return (f"--heldout_fraction {value:g} only applies to --reward_source heldout, and this search takes its "
-                f"reward from the batch just trained on (--reward_source {args.reward_source}): it ignores it (to "
-                f"score the policy on a held-out split, {way})")
-    if name == "target_tolerance":
-        return (f"--target_tolerance {value:g} only applies to --final_selection constrained, and this search answers "
-                f"with --final_selection {args.final_selection}: it ignores it (to pick the answer within that band "
-                f"of the target, drop --final_selection {args.final_selection})")
-    return (f"--bn_recalibration_batches {value} only applies to models with BatchNorm, and {args.model_type} has "
-            f"none (it normalises with LayerNorm): the search ignores it (drop the flag)")
-
-
-def unread_settings_note(args: argparse.Namespace, defaults: dict[str, object],
-                         given: frozenset[str] = frozenset()) -> str | None:
-    """One line telling a search which of its explicitly set flags its kind of search does not
-    read (SEARCH_SETTING_READERS: recorded, but not compared between runs), or None. Explicitly
-    set: away from the default, as for `ignored_search_flags`, or among `given` (the dests the
-    command line named, where the caller knows them: a default typed out is set too)."""
-    if args.mode != "search":
-        return None  # a run that does not search names them among all its search-only flags
-    unread = unread_search_settings(vars(args))
-    clauses = [_unread_setting_clause(args, name, given) for name in SEARCH_SETTING_READERS
-               if name in unread and (getattr(args, name) != defaults[name] or name in given)]
-    return f"note: {'; '.join(clauses)}" if clauses else None
-
-
-def ignored_flags_note(args: argparse.Namespace, defaults: dict[str, object], *,
-                       no_search_given: bool = False, given: frozenset[str] = frozenset()) -> str | None:
-    """One line telling a run which of its flags it ignores, or None: a fixed-format or float run
-    its search-only flags, a search the settings of other kinds of search (`unread_settings_note`).
-    no_search_given: the command line said --no-search (a way out must drop it too). given: the
-    dests the command line named (eval.cli_flags.split_argv), for the search's note."""
-    ignored = ignored_search_flags(args, defaults)
-    if not ignored:
-        return unread_settings_note(args, defaults, given)
-    if args.load_config is not None:
-        fixed, way_out = f"formats from --load_config {args.load_config}", "drop --load_config"
-    else:
-        fixed = "float" if args.mode == "float" else f"weights {args.weight_format}, activations {args.act_format}"
-        given = [f"--{name}" for name in ("bits", "weight_bits", "activation_bits") if getattr(args, name) is not None]
-        given += ["--no-search"] if no_search_given else []  # else it stays a fixed run without them
-        way_out = f"drop {'/'.join(given)}"
-    verb = "applies" if len(ignored) == 1 else "apply"
-    return (f"note: {' '.join(ignored)} only {verb} to a search; this run has fixed formats ({fixed}) and ignores "
-            f"them (to search instead, {way_out})")
-
-
-def data_seed_note(args: argparse.Namespace, given: frozenset[str] = frozenset()) -> str | None:
-    """A note when --data_seed is set but draws nothing: without --max_*_samples a run takes whole
-    splits (and the report and launcher compare such runs without it)."""
-    if args.max_train_samples is not None or args.max_eval_samples is not None:
-        return None
-    if args.data_seed == DEFAULT_DATA_SEED and "data_seed" not in given:
-        return None
-    return (f"note: --data_seed {args.data_seed} only draws the --max_train_samples/--max_eval_samples subsets, and "
-            f"this run takes whole splits: it ignores it")
-
-
-def single_option_note(args: argparse.Namespace) -> str | None:
-    """A note for a search whose space has one format: every decision has nothing to choose."""
-    if args.mode != "search" or len(args.search_formats) != 1:
-        return None
-    only = args.search_formats[0]
-    fixed = f"--weight_bits {only}" if args.weight_only_search else f"--bits {only}"
-    return (f"note: --search_space {args.search_space} has one format ({only}): every decision takes it, so this "
-            f"search is a fixed-format run with extra steps; list several formats (e.g. 4,8) to search, or run "
-            f"{fixed} instead")
 
 
 def default_exp_name(args: argparse.Namespace) -> str:

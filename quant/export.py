@@ -1,4 +1,4 @@
-"""Low-bit checkpoints: write what the search found in its real low-bit form, and load it back.
+"""Low-bit checkpoints: their format, and writing what the search found in its real low-bit form.
 
 Layout of a checkpoint directory (HF style):
     config.json        the model's config plus `quantization_config` (quant_method "fliqs"):
@@ -10,46 +10,44 @@ Layout of a checkpoint directory (HF style):
                        for none/bf16/fp16); every other parameter and buffer as it is
     tokenizer / image processor files, when one is given
 
-`load_quantized_checkpoint` rebuilds the fake-quant model: weights are the dequantized codes and
-are not re-quantized (`weight_prequantized`), so its outputs equal the exported model's bit for
-bit. A run evaluated under mixed precision (--bf16 / --fp16: torch.autocast, as transformers'
-Trainer does) records that dtype as `autocast_dtype`, and the loaded model runs its forward under
-the same autocast (`set_eval_autocast`), so it reproduces the run's evaluation, not a float32
-one. The weights file is deliberately not named model.safetensors: transformers' own
-`from_pretrained` only warns about an unknown quant_method and would then return the model with
-every quantized layer freshly initialised; without its weights file it fails instead.
+`load_quantized_checkpoint` (quant/checkpoint_load.py) rebuilds the fake-quant model: weights are
+the dequantized codes and are not re-quantized (`weight_prequantized`), so its outputs equal the
+exported model's bit for bit. A run evaluated under mixed precision (--bf16 / --fp16:
+torch.autocast, as transformers' Trainer does) records that dtype as `autocast_dtype`, and the
+loaded model runs its forward under the same autocast (`set_eval_autocast`), so it reproduces the
+run's evaluation, not a float32 one. The weights file is deliberately not named model.safetensors:
+transformers' own `from_pretrained` only warns about an unknown quant_method and would then return
+the model with every quantized layer freshly initialised; without its weights file it fails
+instead.
 
-CLI: python -m quant.export RUN_DIR --out DIR [--onnx]   (see `main`)
+CLI: python -m quant.export RUN_DIR --out DIR [--onnx]   (quant/export_cli.py, `main`)
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
-import importlib.util
+import importlib
 import json
 import math
 import os
 import re
 import shutil
 import struct
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from quant.formats import CastFormat, NumberFormat, parse_format
-from quant.eval_autocast import AUTOCAST_DTYPES, eval_autocast_dtype, set_eval_autocast
-from quant.packing import PackedTensor, grid_values_and_scale, pack, storage_dtype, unpack
-from quant.quant_module import BYTES_PER_MIB, QuantConfig, QuantModule
-from quant.scales import Granularity
-from quant.surgery import QuantSpec, has_low_bit_layers, quantize_model, quantized_layers
+from quant.formats import NumberFormat, parse_format
+from quant.eval_autocast import AUTOCAST_DTYPES, eval_autocast_dtype
+from quant.packing import PackedTensor, grid_values_and_scale, pack
+from quant.quant_module import BYTES_PER_MIB, QuantModule
+from quant.surgery import has_low_bit_layers, quantized_layers
 
 QUANT_METHOD = "fliqs"
 FORMAT_VERSION = 1
@@ -156,11 +154,6 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
         raise ExportWriteError(path, os_error) from error
 
 
-def _dequantize(packed: PackedTensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    values = unpack(packed)
-    return (values if scale is None else values * scale).to(dtype)
-
-
 def _layer_entry(layer: QuantModule, packed: PackedTensor) -> dict[str, Any]:
     return {"weight_format": layer.weight_format.name, "act_format": layer.act_format.name,
             "weight_granularity": layer.weight_granularity.value, "act_granularity": layer.act_granularity.value,
@@ -215,24 +208,13 @@ def _tensor_nbytes(path: Path) -> dict[str, int]:
             for start, end in [info["data_offsets"]]}
 
 
-def _check_out_dir(out: Path, overwrite: bool) -> None:
+def check_out_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} is a file; give a directory to create (or an existing one to replace with "
                               "--overwrite)")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; choose another directory or replace it (--overwrite, "
                               "overwrite=True in Python)")
-
-
-def _check_out_outside_run(out: Path, run_dir: Path) -> None:
-    """--out may not be the run directory, one of its parents, or inside it: with --overwrite the
-    export would replace what it reads, and the run's next rerun would leave an export inside it
-    stale (as eval_run's --export_dir)."""
-    out_abs, run_abs = out.resolve(), run_dir.resolve()
-    if out_abs == run_abs or out_abs in run_abs.parents or run_abs in out_abs.parents:
-        raise ValueError(f"--out {str(out)!r} would overwrite or lie inside the run {str(run_dir)!r} it exports (its "
-                         f"directory, a parent of it, or a folder in it); choose a directory outside it, e.g. "
-                         f"{str(Path('deploy') / run_abs.name)!r}")
 
 
 def _apply_umask(directory: Path) -> None:
@@ -286,7 +268,7 @@ def export_quantized_checkpoint(model: nn.Module, out_dir: str | os.PathLike, pr
     `eval.eval_run.load_run_model` sets from the run's flags).
     """
     out = Path(out_dir)
-    _check_out_dir(out, overwrite)
+    check_out_dir(out, overwrite)
     if autocast_dtype == _FROM_MODEL:
         autocast_dtype = eval_autocast_dtype(model)
     if autocast_dtype is not None and autocast_dtype not in AUTOCAST_DTYPES:
@@ -362,281 +344,22 @@ def export_quantized_checkpoint(model: nn.Module, out_dir: str | os.PathLike, pr
         num_quantized_layers=len(layers))
 
 
-# --- loading ---------------------------------------------------------------------------------
-
-def read_quantization_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The `quantization_config` of a checkpoint written by `export_quantized_checkpoint`."""
-    config_file = Path(path) / CONFIG_NAME
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} does not exist; pass a directory written by "
-                                f"export_quantized_checkpoint")
-    quant_config = json.loads(config_file.read_text()).get("quantization_config")
-    if not isinstance(quant_config, dict) or quant_config.get("quant_method") != QUANT_METHOD:
-        raise ValueError(f"{config_file} has no quantization_config with quant_method {QUANT_METHOD!r}; it was not "
-                         f"written by quant.export (a float checkpoint loads with from_pretrained)")
-    if quant_config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{config_file}: quantization_config format_version {quant_config.get('format_version')!r} "
-                         f"is not {FORMAT_VERSION}, the version this code reads")
-    return quant_config
+# What moved out of this module, still importable from it (loaded on first use: both import it).
+_MOVED = {"load_quantized_checkpoint": "quant.checkpoint_load", "read_quantization_config": "quant.checkpoint_load",
+          "main": "quant.export_cli", "cli": "quant.export_cli", "build_arg_parser": "quant.export_cli",
+          "export_prog": "quant.export_cli", "RunLoader": "quant.export_cli", "PROG": "quant.export_cli",
+          "SCRIPT": "quant.export_cli", "DEFAULT_SEQ_LEN": "quant.export_cli"}
 
 
-def _check_model_type_known(path: str | os.PathLike) -> None:
-    """ValueError, with the way out, for a checkpoint of a model type transformers does not know:
-    a model of the user's own, whose classes this process has not registered (transformers' own
-    error suggests upgrading transformers)."""
-    from transformers import CONFIG_MAPPING
-
-    model_type = json.loads((Path(path) / CONFIG_NAME).read_text(encoding="utf-8")).get("model_type")
-    if model_type is None or model_type in CONFIG_MAPPING:
-        return
-    raise ValueError(f"{Path(path) / CONFIG_NAME} has model_type {model_type!r}, which transformers does not know: a "
-                     f"model of your own; register its classes in this process before loading, "
-                     f"AutoConfig.register({model_type!r}, YourConfig) and, for its head, e.g. "
-                     f"AutoModelForSequenceClassification.register(YourConfig, YourModel)")
-
-
-def _build_architecture(config: Any, dtype: torch.dtype) -> nn.Module:
-    """The class config.json's `architectures` names, found through the transformers Auto classes."""
-    import transformers
-
-    wanted = (getattr(config, "architectures", None) or [None])[0]
-    known = []
-    for auto_cls in (transformers.AutoModelForSequenceClassification, transformers.AutoModelForImageClassification,
-                     transformers.AutoModelForCausalLM, transformers.AutoModelForTokenClassification,
-                     transformers.AutoModelForMaskedLM, transformers.AutoModel):
-        if type(config) not in auto_cls._model_mapping:
-            continue
-        model_cls = auto_cls._model_mapping[type(config)]
-        known.append(model_cls.__name__)
-        if model_cls.__name__ == wanted:
-            return auto_cls.from_config(config, dtype=dtype)
-    raise ValueError(f"config.json names architecture {wanted!r}, which no transformers Auto class builds for "
-                     f"{type(config).__name__}; buildable: {', '.join(known) or 'none'} (a model of your own: register "
-                     f"it before loading, e.g. AutoModelForSequenceClassification.register({type(config).__name__}, "
-                     f"{wanted or 'YourModel'}))")
-
-
-def _quant_config(name: str, entry: dict[str, Any]) -> QuantConfig:
-    weight_granularity = Granularity(entry["weight_granularity"])
-    act_granularity = Granularity(entry["act_granularity"])
-    if weight_granularity is Granularity.PER_TOKEN or act_granularity is Granularity.PER_CHANNEL:
-        raise ValueError(f"layer {name!r}: weight scales are per_tensor or per_channel and activation scales "
-                         f"per_tensor or per_token, got {weight_granularity.value} / {act_granularity.value}")
-    return QuantConfig(weight_format=parse_format(entry["weight_format"]), act_format=parse_format(entry["act_format"]),
-                       per_channel=weight_granularity is Granularity.PER_CHANNEL,
-                       per_token=act_granularity is Granularity.PER_TOKEN,
-                       weight_range_percentile=float(entry["weight_range_percentile"]),
-                       act_range_percentile=float(entry["act_range_percentile"]))
-
-
-def load_quantized_checkpoint(path: str | os.PathLike) -> nn.Module:
-    """Rebuild the fake-quant model of a low-bit checkpoint (CPU, eval mode).
-
-    Layers hold their formats and scale options; weights are the dequantized codes with
-    `weight_prequantized = True` and the scale kept as a non-persistent `weight_scale` buffer
-    (so the model can be exported again). `macs_per_sample` is restored where it was recorded.
-    A checkpoint of a --bf16 / --fp16 run (`autocast_dtype`) gives a model whose forward runs
-    under that autocast with float32 outputs, as the run evaluated it (`set_eval_autocast`; pass
-    None to it for a float32 forward).
-    """
-    from transformers import AutoConfig
-
-    quant_config = read_quantization_config(path)
-    _check_model_type_known(path)
-    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    del config.quantization_config  # the bare architecture; quantization is applied below
-    dtype = getattr(torch, quant_config["model_dtype"])
-    autocast_dtype = quant_config.get("autocast_dtype")  # absent from checkpoints written before it was recorded
-    if autocast_dtype is not None and autocast_dtype not in AUTOCAST_DTYPES:
-        raise ValueError(f"{Path(path) / CONFIG_NAME}: quantization_config autocast_dtype {autocast_dtype!r} is not "
-                         f"one of {', '.join(AUTOCAST_DTYPES)} or null; write it again with quant.export")
-    model = _build_architecture(config, dtype)
-    entries: dict[str, dict[str, Any]] = quant_config["layers"]
-    groups: dict[QuantConfig, list[str]] = {}
-    for name, entry in entries.items():
-        groups.setdefault(_quant_config(name, entry), []).append(name)
-    for layer_config, names in groups.items():
-        quantize_model(model, QuantSpec(tuple(names), layer_config))
-
-    tensors = load_file(str(Path(path) / WEIGHTS_NAME))
-    scales: dict[str, torch.Tensor] = {}
-    for name, entry in entries.items():
-        fmt = parse_format(entry["weight_format"])
-        codes = tensors.pop(name + CODES_SUFFIX, None)
-        scale = tensors.pop(name + SCALE_SUFFIX, None)
-        if codes is None or (scale is None and fmt.quantizes and not isinstance(fmt, CastFormat)):
-            raise ValueError(f"{WEIGHTS_NAME} lacks the codes or scale of layer {name!r} ({fmt.name}); the checkpoint "
-                             f"is incomplete, export it again")
-        if codes.dtype != storage_dtype(fmt):
-            raise ValueError(f"layer {name!r}: {fmt.name} codes must be {storage_dtype(fmt)}, found {codes.dtype}")
-        tensors[f"{name}.weight"] = _dequantize(PackedTensor(codes, tuple(entry["weight_shape"]), fmt), scale,
-                                                getattr(torch, entry["weight_dtype"]))
-        if scale is not None:
-            scales[name] = scale
-    for alias, source in quant_config["tied_parameters"].items():
-        tensors[alias] = tensors[source]
-    model.load_state_dict(tensors, strict=True)
-    for name, layer in quantized_layers(model).items():
-        layer.weight_prequantized = True
-        layer.macs_per_sample = entries[name]["macs_per_sample"]
-        if name in scales:
-            layer.register_buffer("weight_scale", scales[name], persistent=False)
-    return set_eval_autocast(model.eval(), autocast_dtype)
-
-
-# --- CLI -------------------------------------------------------------------------------------
-
-RunLoader = Callable[[str], tuple[nn.Module, Any]]
-PROG, SCRIPT = "python -m quant.export", "fliqs-export"
-DEFAULT_SEQ_LEN = 16  # tokens in a text model's ONNX example input
-
-
-def export_prog() -> str:
-    """The command's name in its messages, as the user typed it: `fliqs-export` or `python -m
-    quant.export`."""
-    from eval.cli_flags import program_name
-
-    return program_name(PROG, SCRIPT, ("quant.export",))
-
-
-def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    from eval.cli_flags import OnceArgumentParser  # a flag given twice is an error, as in every CLI
-
-    parser = OnceArgumentParser(
-        prog=prog,
-        description="Write a finished run's final model as a low-bit checkpoint (and optionally ONNX).")
-    parser.add_argument("run_dir", help="output directory of a finished run ({output_root_dir}/{task}/{exp_name})")
-    parser.add_argument("--out", required=True, help="checkpoint directory to create")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    parser.add_argument("--onnx", action="store_true", help="also write OUT/model.onnx with Q/DQ nodes")
-    parser.add_argument("--opset", type=int, default=None,
-                        help="ONNX opset (default: the lowest that expresses every format used; with a lower one, "
-                        "layers whose format needs more count as unsupported: e.g. --opset 22 --onnx_unsupported "
-                        "float for onnxruntime, which has no FP4 kernels)")
-    parser.add_argument("--onnx_unsupported", choices=("raise", "float"), default=None,
-                        help="layers whose format ONNX cannot express (at --opset): fail (raise) or export them in "
-                        "float (default raise)")
-    parser.add_argument("--seq_len", type=int, default=None,
-                        help="tokens in the ONNX example input (text models; default 16)")
-    parser.add_argument("--image_size", type=int, default=None, help="pixels per side of the ONNX example input "
-                        "(vision models; default: from the config or image processor)")
-    return parser
-
-
-def _run_image_size(run_dir: str, model: nn.Module, processor: Any) -> int | None:
-    """The image side a from-scratch vision run trained at (its --image_size, else its task's
-    native size), read from results.json; None where the config or processor tells instead."""
-    results = Path(run_dir) / "results.json"
-    if processor is not None or isinstance(getattr(model.config, "image_size", None), int) or not results.is_file():
-        return None
-    run_args = json.loads(results.read_text()).get("args", {})
-    if run_args.get("image_size"):
-        return int(run_args["image_size"])
-    from eval.run_setup import NATIVE_IMAGE_SIZE
-
-    return NATIVE_IMAGE_SIZE.get(run_args.get("task"))
-
-
-def main(argv: Sequence[str] | None = None, *, load_run: RunLoader | None = None,
-         prog: str = PROG) -> ExportReport:
-    """CLI entry point; `load_run` defaults to eval.eval_run.load_run_model (imported lazily)."""
-    args = build_arg_parser(prog).parse_args(argv)
-    if load_run is None:
-        from eval.eval_run import load_run_model as load_run
-    out = Path(args.out)
-    # Everything about --out is checked before minutes of loading and ONNX export.
-    _check_out_outside_run(out, Path(args.run_dir))
-    _check_out_dir(out, args.overwrite)
-    from eval.run_args import check_can_write_under
-
-    check_can_write_under(str(out), "--out")
-    onnx_only = [f"--{name}" for name in ("opset", "onnx_unsupported", "seq_len", "image_size")
-                 if getattr(args, name) is not None]
-    if onnx_only and not args.onnx:
-        verb, pronoun = ("applies", "it") if len(onnx_only) == 1 else ("apply", "them")
-        raise ValueError(f"{', '.join(onnx_only)} only {verb} to the ONNX export: add --onnx, or drop {pronoun}")
-    args.seq_len = DEFAULT_SEQ_LEN if args.seq_len is None else args.seq_len
-    args.onnx_unsupported = args.onnx_unsupported or "raise"
-    if args.seq_len < 2:
-        raise ValueError(f"--seq_len must be >= 2 (a length of 1 would fix the ONNX model's sequence length), got "
-                         f"{args.seq_len}")
-    if args.image_size is not None and args.image_size < 1:
-        raise ValueError(f"--image_size must be >= 1, got {args.image_size}")
-    if args.onnx:
-        missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
-        if missing:
-            raise ValueError(f"--onnx needs the packages {', '.join(missing)}: pip install 'fliqs[onnx]' (or pip "
-                             "install onnx onnxruntime onnxscript); nothing was written")
-    if args.onnx and args.opset is not None:
-        from quant.onnx_export import check_opset
-
-        check_opset(args.opset)
-    model, processor = load_run(args.run_dir)
-    check_has_low_bit_layers(model)  # before minutes of ONNX export
-    onnx_tmp, runtime_problem, created = None, None, []
-    try:
-        if args.onnx:  # before the checkpoint, so an ONNX failure leaves nothing behind
-            from quant.onnx_export import example_inputs_for, export_onnx, onnxruntime_load_problem
-
-            inputs = example_inputs_for(model, processor, seq_len=args.seq_len,
-                                        image_size=args.image_size or _run_image_size(args.run_dir, model, processor))
-            with writing(out.parent):
-                created = make_parents(out)
-            with writing(out):
-                onnx_tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.onnx-", dir=out.parent))
-            try:
-                onnx_report = export_onnx(model, inputs, onnx_tmp / "model.onnx", opset=args.opset,
-                                          unsupported=args.onnx_unsupported)
-            except ExportWriteError as error:  # name it where it would have been, not in the temporary folder
-                raise ExportWriteError(out / Path(error.filename).name, error) from error
-            if importlib.util.find_spec("onnxruntime") is not None:  # valid ONNX, but can this onnxruntime run it?
-                try:
-                    runtime_problem = onnxruntime_load_problem(onnx_tmp / "model.onnx", shown_as=out / "model.onnx")
-                except Exception:  # noqa: BLE001 - only a note: never a reason to fail the export
-                    runtime_problem = None
-        report = export_quantized_checkpoint(model, out, processor, overwrite=args.overwrite)
-        print(report.summary())
-        if onnx_tmp is not None:
-            for item in onnx_tmp.iterdir():
-                with writing(out / item.name):
-                    os.replace(item, out / item.name)
-            print(onnx_report.summary().replace(str(onnx_tmp), str(out)))
-            if runtime_problem is not None:
-                print(f"{prog}: note: {runtime_problem}", file=sys.stderr)
-    except BaseException:
-        if onnx_tmp is not None:
-            shutil.rmtree(onnx_tmp, ignore_errors=True)
-            onnx_tmp = None
-        remove_empty_dirs(created)  # the parents of --out this command created, when the export failed
-        raise
-    finally:
-        if onnx_tmp is not None:
-            shutil.rmtree(onnx_tmp, ignore_errors=True)
-    return report
-
-
-def cli(argv: Sequence[str] | None = None) -> int:
-    """`python -m quant.export` / `fliqs-export`: every failure is one line on stderr; exit 2 for a
-    bad request (arguments, the run, --out), as the other commands, and 1 where the export failed."""
-    prog = export_prog()
-    try:
-        main(sys.argv[1:] if argv is None else argv, prog=prog)
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
-        sys.stderr.write(f"{prog}: error: {error}\n")
-        return 2
-    except ExportWriteError as error:  # the disk, not the request: names the path and the way out already
-        sys.stderr.write(f"{prog}: error: {error}\n")
-        return 1
-    except Exception as error:  # noqa: BLE001 - e.g. torch.export or loading: one line, not a traceback
-        first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-        sys.stderr.write(f"{prog}: error: {type(error).__name__}: {first}\n")
-        return 1
-    return 0
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":
-    # Run quant.export's own cli, not __main__'s copy: quant.onnx_export raises quant.export's
-    # ExportWriteError, which a class defined again in __main__ would not catch.
-    from quant.export import cli as _module_cli
+    # `python -m quant.export` runs this file as __main__, a second copy of the module: run the
+    # command on the real quant.export, whose ExportWriteError is the one quant.onnx_export raises.
+    from quant.export_cli import cli
 
-    raise SystemExit(_module_cli())
+    raise SystemExit(cli())

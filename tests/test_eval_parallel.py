@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from eval.launch_cli import main
+from eval.results import load_run
 from tests.readme_commands import readme_commands
 from tests.eval.test_eval_run import setting
 
@@ -369,8 +370,8 @@ def test_a_relaunch_that_dies_early_is_not_blamed_on_the_failure_before_it(tmp_p
     dies.write_text("import sys\nprint('eval_run: error: --device cuda: no CUDA device is visible')\nsys.exit(2)\n")
     code, out, _ = launch(capsys, [*argv, "--skip_completed"], run_entry=[str(dies)])
     assert code == 1 and "cursed" not in out
-    assert f"failed: {NAME}_s7: exit code 2; last line of stdout.log: eval_run: error: --device cuda: no CUDA " \
-        "device is visible" in out
+    assert f"failed: {NAME}_s7: refused its input before starting (exit code 2): eval_run: error: --device cuda: " \
+        "no CUDA device is visible" in out
     assert not (root / "digits" / f"{NAME}_s7" / "results.json").exists()
 
 
@@ -657,7 +658,9 @@ def test_real_sweep_on_two_cpu_workers_with_a_failing_run(tmp_path):
             error = ("eval_run: error: train file 'bad.csv' lacks columns ['sentence'] needed by task 'sst2' (it has "
                      "['text', 'label']); rename its columns to ['sentence', 'label']")
             assert log.splitlines()[-1] == error and not (run_dir / "results.json").exists()
-            assert f"failed: {run}: exit code 2; last line of stdout.log: {error} (log: " in out
+            assert f"failed: {run}: refused its input before starting (exit code 2): {error} (log: " in out
+            assert load_run(run_dir).reason == ("no results.json: the run refused its input before starting; "
+                                                f"stdout.log: {error}")  # the report says so too
         else:
             results = json.loads((run_dir / "results.json").read_text())
             assert (results["status"], results["exp_name"]) == (status, run)

@@ -49,12 +49,12 @@ def test_the_console_scripts_name_callable_entry_points():
 def test_export_asks_for_the_onnx_extra_before_loading(tmp_path, monkeypatch, capsys):
     import importlib.util
 
-    from quant import export
+    from quant import export_cli
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
     run_dir = tmp_path / "not_a_run"  # never loaded: the check comes first
-    code = export.cli([str(run_dir), "--out", str(tmp_path / "x"), "--onnx"])
+    code = export_cli.cli([str(run_dir), "--out", str(tmp_path / "x"), "--onnx"])
     assert code == 2 and not (tmp_path / "x").exists()  # a bad request, as the other commands' usage errors
     assert capsys.readouterr().err == ("python -m quant.export: error: --onnx needs the packages onnxscript: pip install 'fliqs[onnx]' (or pip "
                                        "install onnx onnxruntime onnxscript); nothing was written\n")
@@ -64,13 +64,13 @@ def test_onnx_agreement_compares_the_export_with_the_run_on_its_validation_split
     import importlib.util
 
     from eval.eval_run import main as run_main
-    from quant import export
+    from quant import export_cli
     from tests.eval.test_eval_run import FAST, RESNET_TINY
 
     assert run_main([*RESNET_TINY, "--search_space", "int4,int8", *FAST, "--output_root_dir", str(tmp_path / "out"),
                      "--exp_name", "s", "--report_to", "none"]) == 0
     run_dir = tmp_path / "out" / "digits" / "s"
-    assert export.cli([str(run_dir), "--out", str(tmp_path / "deploy"), "--onnx"]) == 0
+    assert export_cli.cli([str(run_dir), "--out", str(tmp_path / "deploy"), "--onnx"]) == 0
     spec = importlib.util.spec_from_file_location("onnx_agreement", ROOT / "examples" / "onnx_agreement.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -109,7 +109,7 @@ def test_onnx_agreement_feeds_a_sentence_pair_run_its_token_types(tmp_path):
     import onnx
 
     from eval.eval_run import main as run_main
-    from quant import export
+    from quant import export_cli
     from quant.onnx_export import export_onnx
     from tests.eval.test_text_tokenizer import _pair_csv
 
@@ -119,7 +119,7 @@ def test_onnx_agreement_feeds_a_sentence_pair_run_its_token_types(tmp_path):
                      "--train_batch_size", "8", "--device", "cpu", "--report_to", "none", "--exp_name", "pair",
                      "--output_root_dir", str(tmp_path / "out")]) == 0
     run_dir = tmp_path / "out" / "rte" / "pair"
-    assert export.cli([str(run_dir), "--out", str(tmp_path / "deploy"), "--onnx"]) == 0
+    assert export_cli.cli([str(run_dir), "--out", str(tmp_path / "deploy"), "--onnx"]) == 0
     graph_inputs = [i.name for i in onnx.load(str(tmp_path / "deploy" / "model.onnx")).graph.input]
     assert graph_inputs == ["input_ids", "attention_mask", "token_type_ids"]
     module = _onnx_agreement_module()
@@ -130,7 +130,9 @@ def test_onnx_agreement_feeds_a_sentence_pair_run_its_token_types(tmp_path):
 
     import torch
 
-    model = export.load_quantized_checkpoint(tmp_path / "deploy")  # exported without its token types
+    from quant.checkpoint_load import load_quantized_checkpoint
+
+    model = load_quantized_checkpoint(tmp_path / "deploy")  # exported without its token types
     example = {"input_ids": torch.ones(2, 8, dtype=torch.long), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
     export_onnx(model, example, tmp_path / "no_types.onnx")
     with pytest.raises(module.AgreementError) as error:

@@ -234,7 +234,7 @@ def test_search_flags_of_a_fixed_run_are_named_as_ignored(argv, note, capsys, tm
 
 
 def test_search_only_flags_are_run_flags_that_only_searches_read():
-    from eval.run_args import SEARCH_ONLY_FLAGS
+    from eval.run_flag_notes import SEARCH_ONLY_FLAGS
 
     dests = {action.dest for action in create_arg_parser()._actions}
     assert set(SEARCH_ONLY_FLAGS) <= dests
@@ -769,7 +769,7 @@ def test_settings_another_kind_of_search_reads_are_noted_as_ignored(argv, note, 
 def test_a_setting_typed_at_its_default_is_noted_when_the_caller_says_it_was_given():
     """ignored_flags_note(given=...): what eval_parse can pass from the argv (split_argv's dests),
     so that `--heldout_fraction 0.1` (the default, typed) is named too."""
-    from eval.run_args import SEARCH_ONLY_FLAGS, ignored_flags_note
+    from eval.run_flag_notes import SEARCH_ONLY_FLAGS, ignored_flags_note
 
     parser = create_arg_parser()
     defaults = {name: parser.get_default(name) for name in SEARCH_ONLY_FLAGS}

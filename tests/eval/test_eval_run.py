@@ -449,6 +449,16 @@ def test_a_crash_writes_a_failed_results_json(tmp_path, capsys, monkeypatch):
     assert code == 1 and results["status"] == "failed" and results["error"].startswith("JSONDecodeError: ")
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("eval_run: error: JSONDecodeError: ")
 
+    # A bug in our own code (the interpreter raises in our frame, not a `raise` of a check): a
+    # failure with its traceback, not a refusal of the input.
+    monkeypatch.undo()
+    real_quantize = eval.run_setup.quantize_model
+    monkeypatch.setattr(eval.run_setup, "quantize_model", lambda *a, **k: (*real_quantize(*a, **k), None))
+    code, results, run_dir = run(tmp_path / "c", *RESNET_TINY, "--bits", "8")
+    assert code == 1 and results["status"] == "failed"
+    assert results["error"] == "ValueError: too many values to unpack (expected 2)"
+    assert "run_setup.py" in results["traceback"]
+
 
 def test_bad_data_is_refused_like_a_bad_flag(tmp_path, capsys):
     """A data file our checks refuse once it is read: one error line without the exception type,

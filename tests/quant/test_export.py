@@ -15,14 +15,9 @@ from transformers import ViTImageProcessor
 from eval.eval_partitions import LayerSelection, select_layers
 from eval.models import build_model
 from quant.eval_autocast import eval_autocast_dtype, set_eval_autocast
-from quant.export import (
-    WEIGHTS_NAME,
-    ExportReport,
-    export_quantized_checkpoint,
-    load_quantized_checkpoint,
-    main,
-    read_quantization_config,
-)
+from quant.checkpoint_load import load_quantized_checkpoint, read_quantization_config
+from quant.export import WEIGHTS_NAME, ExportReport, export_quantized_checkpoint
+from quant.export_cli import main
 from quant.formats import parse_format
 from quant.quant_module import QuantConfig
 from quant.surgery import QuantSpec, quantize_model, quantized_layers, record_geometry
@@ -340,7 +335,7 @@ def test_a_write_error_names_the_file_and_the_way_out(tmp_path, capsys, monkeypa
     """It was `error: OSError: [Errno 28] No space left on device`: no path, and a type prefix."""
     import eval.eval_run
     import quant.export
-    from quant.export import cli
+    from quant.export_cli import cli
 
     model, _ = tiny_model("gpt2", QuantConfig("int4", "int8"))
     monkeypatch.setattr(eval.eval_run, "load_run_model", lambda run_dir: (model, None))
@@ -424,7 +419,7 @@ def test_errors_name_the_command_as_typed(tmp_path, capsys, monkeypatch):
     import subprocess
     import sys
 
-    from quant.export import cli
+    from quant.export_cli import cli
 
     (tmp_path / "file").write_text("")
     monkeypatch.setattr(sys, "argv", ["/venv/bin/fliqs-export"])
@@ -433,7 +428,7 @@ def test_errors_name_the_command_as_typed(tmp_path, capsys, monkeypatch):
                                        "create (or an existing one to replace with --overwrite)\n")
     # The wrapper pip writes for the console script, and python -m.
     script = tmp_path / "fliqs-export"
-    script.write_text("import re, sys\nfrom quant.export import cli\nif __name__ == '__main__':\n"
+    script.write_text("import re, sys\nfrom quant.export_cli import cli\nif __name__ == '__main__':\n"
                       "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n    sys.exit(cli())\n")
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "1"}

@@ -14,7 +14,8 @@ from transformers.pytorch_utils import Conv1D
 
 from eval.eval_partitions import LayerSelection, select_layers
 from eval.models import build_model
-from quant.export import load_quantized_checkpoint, main
+from quant.checkpoint_load import load_quantized_checkpoint
+from quant.export_cli import main
 from quant.formats import NO_QUANT, parse_format
 from quant.onnx_export import OnnxFormatError, _QDQLayer, example_inputs_for, export_onnx, onnxruntime_load_problem
 from quant.quant_conv2d import QuantConv2d

@@ -1,0 +1,105 @@
+"""Notes about flags a run ignores: one line each on stderr (`note: ...`), never an error.
+
+An experiments file gives every run the same base flags, so a fixed-format run ignoring its
+search-only flags, a search ignoring the settings of another kind of search, an unused
+--data_seed or a one-format search space are noted, not refused. `eval.eval_parse` prints these
+after `eval.run_args.resolve_run_args` has resolved the run's mode; they are kept apart from
+run_args, which checks and resolves flags, because they only describe a resolved run.
+"""
+from __future__ import annotations
+
+import argparse
+
+from eval.results import SEARCH_ONLY_FLAGS, SEARCH_SETTING_READERS, unread_search_settings
+from eval.run_args import DEFAULT_DATA_SEED
+
+# SEARCH_ONLY_FLAGS (eval/results.py): a fixed-format or float run ignores them. An experiments
+# file gives every run the same base flags, so this is a note, not an error. (--single_decision,
+# --block_search and --weight_only_search without a search are errors: they name a search.)
+
+
+def ignored_search_flags(args: argparse.Namespace, defaults: dict[str, object]) -> list[str]:
+    """The search-only flags set away from their defaults in a run that does not search."""
+    if args.mode == "search":
+        return []
+    ignored = []
+    for name in SEARCH_ONLY_FLAGS:
+        value = getattr(args, name)
+        if value != defaults[name]:
+            ignored.append(f"--no-{name}" if value is False and defaults[name] is True else f"--{name}")
+    return ignored
+
+
+def _unread_setting_clause(args: argparse.Namespace, name: str, given: frozenset[str] = frozenset()) -> str:
+    """Why this search does not read search setting `name` (SEARCH_SETTING_READERS), and the way to
+    a search that does (`given`: the dests the command line named; a flag given is changed, not added)."""
+    value = getattr(args, name)
+    if name == "heldout_fraction":
+        way = (f"change --reward_source {args.reward_source} to --reward_source heldout" if "reward_source" in given
+               else "add --reward_source heldout")
+        return (f"--heldout_fraction {value:g} only applies to --reward_source heldout, and this search takes its "
+                f"reward from the batch just trained on (--reward_source {args.reward_source}): it ignores it (to "
+                f"score the policy on a held-out split, {way})")
+    if name == "target_tolerance":
+        return (f"--target_tolerance {value:g} only applies to --final_selection constrained, and this search answers "
+                f"with --final_selection {args.final_selection}: it ignores it (to pick the answer within that band "
+                f"of the target, drop --final_selection {args.final_selection})")
+    return (f"--bn_recalibration_batches {value} only applies to models with BatchNorm, and {args.model_type} has "
+            f"none (it normalises with LayerNorm): the search ignores it (drop the flag)")
+
+
+def unread_settings_note(args: argparse.Namespace, defaults: dict[str, object],
+                         given: frozenset[str] = frozenset()) -> str | None:
+    """One line telling a search which of its explicitly set flags its kind of search does not
+    read (SEARCH_SETTING_READERS: recorded, but not compared between runs), or None. Explicitly
+    set: away from the default, as for `ignored_search_flags`, or among `given` (the dests the
+    command line named, where the caller knows them: a default typed out is set too)."""
+    if args.mode != "search":
+        return None  # a run that does not search names them among all its search-only flags
+    unread = unread_search_settings(vars(args))
+    clauses = [_unread_setting_clause(args, name, given) for name in SEARCH_SETTING_READERS
+               if name in unread and (getattr(args, name) != defaults[name] or name in given)]
+    return f"note: {'; '.join(clauses)}" if clauses else None
+
+
+def ignored_flags_note(args: argparse.Namespace, defaults: dict[str, object], *,
+                       no_search_given: bool = False, given: frozenset[str] = frozenset()) -> str | None:
+    """One line telling a run which of its flags it ignores, or None: a fixed-format or float run
+    its search-only flags, a search the settings of other kinds of search (`unread_settings_note`).
+    no_search_given: the command line said --no-search (a way out must drop it too). given: the
+    dests the command line named (eval.cli_flags.split_argv), for the search's note."""
+    ignored = ignored_search_flags(args, defaults)
+    if not ignored:
+        return unread_settings_note(args, defaults, given)
+    if args.load_config is not None:
+        fixed, way_out = f"formats from --load_config {args.load_config}", "drop --load_config"
+    else:
+        fixed = "float" if args.mode == "float" else f"weights {args.weight_format}, activations {args.act_format}"
+        given = [f"--{name}" for name in ("bits", "weight_bits", "activation_bits") if getattr(args, name) is not None]
+        given += ["--no-search"] if no_search_given else []  # else it stays a fixed run without them
+        way_out = f"drop {'/'.join(given)}"
+    verb = "applies" if len(ignored) == 1 else "apply"
+    return (f"note: {' '.join(ignored)} only {verb} to a search; this run has fixed formats ({fixed}) and ignores "
+            f"them (to search instead, {way_out})")
+
+
+def data_seed_note(args: argparse.Namespace, given: frozenset[str] = frozenset()) -> str | None:
+    """A note when --data_seed is set but draws nothing: without --max_*_samples a run takes whole
+    splits (and the report and launcher compare such runs without it)."""
+    if args.max_train_samples is not None or args.max_eval_samples is not None:
+        return None
+    if args.data_seed == DEFAULT_DATA_SEED and "data_seed" not in given:
+        return None
+    return (f"note: --data_seed {args.data_seed} only draws the --max_train_samples/--max_eval_samples subsets, and "
+            f"this run takes whole splits: it ignores it")
+
+
+def single_option_note(args: argparse.Namespace) -> str | None:
+    """A note for a search whose space has one format: every decision has nothing to choose."""
+    if args.mode != "search" or len(args.search_formats) != 1:
+        return None
+    only = args.search_formats[0]
+    fixed = f"--weight_bits {only}" if args.weight_only_search else f"--bits {only}"
+    return (f"note: --search_space {args.search_space} has one format ({only}): every decision takes it, so this "
+            f"search is a fixed-format run with extra steps; list several formats (e.g. 4,8) to search, or run "
+            f"{fixed} instead")
