@@ -14,7 +14,6 @@ flags, unless --overwrite_output_dir.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import signal
@@ -26,9 +25,9 @@ from typing import Any, Sequence
 
 from eval.eval_parse import parse_run_args, run_prog
 from eval.results_schema import COMPLETED, FAILED, RESULTS_NAME, SCHEMA_VERSION
+from eval.run_directory import clear_previous_outputs, holds_completed_run, interrupted_note, replaced_run_changes
 from eval.run_lock import HANDED_LOCK_ENV, RunDirectoryBusy, holding_run_lock
 
-RUN_FILES = (RESULTS_NAME, "output.txt", "model.txt", "config.json")
 # Where this project's checks raise from: a ValueError raised in these packages during setup is bad
 # input (refused, exit code 2); one raised inside torch, transformers or datasets is a failure.
 _OWN_PACKAGES = tuple(str(Path(__file__).resolve().parent.parent / name) + os.sep
@@ -94,7 +93,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except Exception as error:  # noqa: BLE001 - reported in results.json and as one line
         run_dir = run_dir_of(args)
         where = ""  # only rank 0 writes the run directory: other ranks cannot tell what it holds
-        if _is_main_process() and _holds_completed_run(run_dir):  # failed before it replaced anything
+        if _is_main_process() and holds_completed_run(run_dir):  # failed before it replaced anything
             where = f" (the completed run in {run_dir} was left as it was)"
         elif _is_main_process() and (run_dir / RESULTS_NAME).is_file():
             where = f" (traceback in {run_dir / RESULTS_NAME})"
@@ -155,7 +154,7 @@ def _run_locked(args: argparse.Namespace, run_dir: Path, start: float) -> dict[s
             # Bad input (an empty data file, a model the flags do not fit): refused like a bad
             # flag, before anything is written; a completed run or checkpoints stay as they were.
             raise RunInputError(str(error)) from error
-        if _is_main_process() and not _holds_completed_run(run_dir):
+        if _is_main_process() and not holds_completed_run(run_dir):
             clear_previous_outputs(run_dir, resuming)
             write_json(run_dir / "config.json", vars(args))
             write_json(run_dir / RESULTS_NAME, failed_results(vars(args), error, traceback.format_exc(),
@@ -175,50 +174,6 @@ def _run_locked(args: argparse.Namespace, run_dir: Path, start: float) -> dict[s
             write_json(run_dir / RESULTS_NAME, failed_results(vars(args), error, traceback.format_exc(),
                                                               time.time() - start))
         raise
-
-
-# How a run the launcher started goes on: the launcher resumes it from its newest checkpoint before
-# its last step (eval/launch_cli.py), or starts it again; --overwrite would start it from step 0.
-RELAUNCH = ("relaunch the same launcher command (python eval_parallel.py or fliqs-launch) with --skip_completed "
-            "(in place of any --overwrite)")
-
-
-def interrupted_note(run_dir: Path, launched: bool = False) -> str:
-    """What an interrupted run left in `run_dir` and how to go on from it (`launched`: the launcher
-    started it, and a relaunch with --skip_completed is the way on)."""
-    from eval.run_inputs import checkpoint_steps, latest_checkpoint, resumable_checkpoint
-
-    if not run_dir.is_dir():
-        return "nothing was written"
-    if (run_dir / RESULTS_NAME).is_file():  # interrupted before it replaced an earlier run's, or after
-        return f"the results.json in {run_dir} was left as it is"
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        again = f"; to run it again, {RELAUNCH}" if launched else ""
-        return f"{run_dir} holds no results.json and no checkpoint (runs save them with --save_steps N){again}"
-    done, total = checkpoint_steps(Path(checkpoint))
-    if done is None or total is None or done < total:
-        if launched:
-            return f"{run_dir} holds no results.json; to go on from {Path(checkpoint).name}, {RELAUNCH}"
-        return (f"{run_dir} holds no results.json; to go on from {Path(checkpoint).name}, run the same command with "
-                f"--resume_from_checkpoint {run_dir} (in place of any it has)")
-    # Stopped after its last step (in the final evaluation or while writing its outputs): that
-    # checkpoint leaves nothing to train, and a resume from it is refused.
-    last = f"{Path(checkpoint).name} is the run's last step ({done}), which leaves nothing to resume"
-    previous = resumable_checkpoint(run_dir)
-    if previous is None:
-        return f"{run_dir} holds no results.json; {last}: " + (f"to run it again, {RELAUNCH}" if launched
-                                                                else "run the same command again")
-    if launched:
-        return f"{run_dir} holds no results.json; {last}: to go on from {Path(previous).name}, {RELAUNCH}"
-    return (f"{run_dir} holds no results.json; {last}: to go on from {Path(previous).name}, run the same command "
-            f"with --resume_from_checkpoint {previous} (in place of any it has)")
-
-
-def _holds_completed_run(run_dir: Path) -> bool:
-    from eval.results import load_run
-
-    return (run_dir / RESULTS_NAME).is_file() and load_run(run_dir).status == COMPLETED
 
 
 def last_step_evaluation(state: Any) -> dict[str, Any] | None:
@@ -270,20 +225,6 @@ def missed_target_note(args: argparse.Namespace, ratio: float) -> str | None:
             f"{args.target_tolerance:g}): {how}; check --cost_target/--cost_target_bits against the search space")
 
 
-def replaced_run_changes(run_dir: Path, planned: dict[str, Any]) -> str | None:
-    """`flag old -> new, ...` when `run_dir` holds a completed run whose flags differ from the
-    planned ones in anything that changes results (as the launcher's --skip_completed compares
-    them), else None. Default names leave out most flags (--cost_function, --learning_rate,
-    --train_file, ...), so two different commands can share a directory."""
-    from eval.results import changed_flags, list_changes, load_run
-
-    previous = load_run(run_dir)
-    if previous.status != COMPLETED:
-        return None
-    diffs = changed_flags(json.loads(json.dumps(planned, default=str)), previous)  # as results.json holds them
-    return list_changes(diffs) if diffs else None
-
-
 def _raised_by_own_checks(error: BaseException) -> bool:
     """Whether `error` was raised by a `raise` statement of this project's code (its innermost
     frame): one of its checks refusing the input. Not an error raised inside a library it called,
@@ -300,22 +241,6 @@ def _raised_by_own_checks(error: BaseException) -> bool:
     if not os.path.realpath(filename).startswith(_OWN_PACKAGES):
         return False
     return linecache.getline(filename, trace.tb_lineno).lstrip().startswith("raise ")
-
-
-def clear_previous_outputs(run_dir: Path, resuming: bool) -> None:
-    """Remove what an earlier run of the same name left, so that nothing of it is mixed with this
-    run's outputs (a stale "completed" must not survive a crash either). A run resumed from a
-    checkpoint of this directory keeps its checkpoints and TensorBoard logs, which it continues."""
-    import shutil
-
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-    stale = [run_dir / "final_model", run_dir / "runs"]  # runs/: where older versions put late logs
-    if not resuming:
-        stale += [run_dir / "tensorboard", *run_dir.glob("checkpoint-*")]
-    for path in stale:
-        if path.is_dir():
-            shutil.rmtree(path)
 
 
 def _is_main_process() -> bool:

@@ -39,8 +39,9 @@ from eval.launch_plan import Experiment, load_experiments_file, parse_sweep, pla
 from eval.launch_queue import (DONE, ELSEWHERE, INTERRUPTED, NOT_STARTED, QUEUED, SKIPPED, Job, StopSignals,
                                SubprocessStarter, TERMINATE_GRACE_S, run_queue)
 from eval.launch_status import StatusBoard, summary_table
-from eval.results import changed_args, changed_flags, list_changes, load_run
+from eval.results import load_run
 from eval.results_schema import COMPLETED
+from eval.run_compare import changed_args, changed_flags, list_changes
 from eval.run_inputs import RESUME_MAY_CHANGE, resumable_checkpoint
 from eval.run_lock import run_lock_holder
 

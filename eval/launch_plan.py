@@ -35,7 +35,7 @@ from typing import Any, Mapping, Sequence
 from eval.cli_flags import FlagSegment, split_argv
 from eval.eval_parse import create_arg_parser, parse_run_args
 from eval.launch_flags import LaunchError, apply_overrides, name_text, resolve_key, value_text
-from eval.results import NON_RESULT_ARGS, ignored_args, same_settings, same_value, unread_args
+from eval.run_compare import NON_RESULT_ARGS, ignored_args, same_settings, same_value, unread_args
 from quant.formats import parse_format_list
 
 MAX_NAME_LENGTH = 200  # file systems allow 255 bytes per name

@@ -28,8 +28,9 @@ from eval.pareto import plot_pareto
 from eval.report_render import (FORMATS, invalid_lines, layer_document, plot_decision_heatmap, render,
                                 report_document, resolve_run)
 from eval.report_table import ReportInputError, build_report
-from eval.results import PSEUDO_KEYS, RUN_MARKERS, load_runs
+from eval.results import RUN_MARKERS, load_runs
 from eval.results_schema import COST_TYPES
+from eval.run_compare import PSEUDO_KEYS
 
 PROG, SCRIPT = "python -m eval.eval_parse", "fliqs-report"
 MODULES = ("eval.eval_parse", "eval.report")  # the report runs as `python -m` either

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from eval.pareto import family_key, interpolate_uniform_line, layers_label, metric_higher_is_better, pareto_mask
-from eval.results import REPLICA_ARGS, RunGroup, RunRecord, available_group_keys, formats_label, group_runs
+from eval.results import RunRecord
 from eval.results_schema import COMPLETED, FAILED, INCOMPLETE
+from eval.run_compare import REPLICA_ARGS, RunGroup, available_group_keys, formats_label, group_runs
 
 # cost type -> (table column, axis label)
 COST_COLUMNS = {"memory": ("memory_mib", "model size (MiB)"), "compute": ("gbops", "compute (GBOPs)")}

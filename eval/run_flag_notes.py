@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 
-from eval.results import SEARCH_ONLY_FLAGS, SEARCH_SETTING_READERS, unread_search_settings
+from eval.run_compare import SEARCH_ONLY_FLAGS, SEARCH_SETTING_READERS, unread_search_settings
 from eval.run_args import DEFAULT_DATA_SEED
 
-# SEARCH_ONLY_FLAGS (eval/results.py): a fixed-format or float run ignores them. An experiments
+# SEARCH_ONLY_FLAGS (eval/run_compare.py): a fixed-format or float run ignores them. An experiments
 # file gives every run the same base flags, so this is a note, not an error. (--single_decision,
 # --block_search and --weight_only_search without a search are errors: they name a search.)
 

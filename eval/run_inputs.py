@@ -32,7 +32,7 @@ def check_resume_matches(args: argparse.Namespace) -> None:
         raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} has no {SEARCH_STATE_NAME}: a "
                          "fixed-format run wrote it, or its save was cut short; resume a search from a checkpoint "
                          "of a search run")
-    from eval.results import DERIVED_DEFAULTS_KEY, RUN_TIME_DEFAULTS, changed_args, list_changes
+    from eval.run_compare import DERIVED_DEFAULTS_KEY, RUN_TIME_DEFAULTS, changed_args, list_changes
 
     config = Path(args.resume_from_checkpoint).parent / "config.json"
     try:
@@ -49,7 +49,7 @@ def check_resume_matches(args: argparse.Namespace) -> None:
     # Values that run derived itself stay derived ones in this run's record (else a later launch
     # leaving them to the run would be refused as another setting).
     derived = recorded.get(DERIVED_DEFAULTS_KEY) if isinstance(recorded, dict) else None
-    # A run recorded before the key: what it left to itself is taken as derived, as eval/results.py
+    # A run recorded before the key: what it left to itself is taken as derived, as eval/run_compare.py
     # reads such records.
     setattr(args, DERIVED_DEFAULTS_KEY,
             [name for name in inherited if name in derived] if isinstance(derived, list) else inherited)
@@ -199,7 +199,7 @@ def eval_subset_note(args: argparse.Namespace) -> str | None:
     before that flag drew it with its --seed)."""
     if args.load_config is None or not args.eval_only or args.max_eval_samples is None:
         return None
-    from eval.results import recorded_data_seed
+    from eval.run_compare import recorded_data_seed
 
     loaded_args = _loaded_run_args(args.load_config)
     data_seed, samples = recorded_data_seed(loaded_args), loaded_args.get("max_eval_samples")

@@ -339,7 +339,7 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, comp
     if args.delay_steps is not None and args.delay_steps >= total:
         raise ValueError(f"--delay_steps {args.delay_steps} leaves no search step in this run's {total} steps: the "
                          f"policy would never learn; use fewer delay steps (default: half of the steps)")
-    from eval.results import DERIVED_DEFAULTS_KEY, RUN_TIME_DEFAULTS
+    from eval.run_compare import DERIVED_DEFAULTS_KEY, RUN_TIME_DEFAULTS
 
     # Which of them this run derives (recorded, so that --skip_completed compares a value the user
     # gave with a plan that leaves it to the run; a derived one matches a planned default).

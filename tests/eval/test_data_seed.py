@@ -9,8 +9,9 @@ import torch
 
 from eval.builtin_tasks import load_builtin_task
 from eval.eval_parse import parse_run_args
-from eval.results import RunRecord, changed_args, group_runs, same_settings
+from eval.results import RunRecord
 from eval.results_schema import COMPLETED
+from eval.run_compare import changed_args, group_runs, same_settings
 from eval.run_inputs import eval_subset_note
 from eval.run_setup import load_data_and_model
 

@@ -150,7 +150,7 @@ def test_resuming_a_finished_run_without_more_steps_fails_before_touching_it(tmp
         (first["delay_steps"], first["rl_learning_rate"]) == (4, 0.1)
     # still the run's own derivations: a launch that leaves them to the run finds it the same run
     assert resumed["args"]["derived_defaults"] == first["derived_defaults"] == ["delay_steps", "rl_learning_rate"]
-    from eval.results import changed_args
+    from eval.run_compare import changed_args
 
     planned = {**first, "delay_steps": None, "rl_learning_rate": None, "max_steps": 12}
     assert changed_args(planned, resumed["args"]) == []
@@ -670,6 +670,14 @@ def test_a_second_run_of_a_busy_directory_stops_at_once_and_changes_nothing(tmp_
     assert contents(run_dir) == before
 
 
+def write_checkpoints(run_dir, steps, max_steps: int) -> None:
+    """checkpoint-N folders with the trainer_state.json a run stopped after step N leaves."""
+    for step in steps:
+        (run_dir / f"checkpoint-{step}").mkdir()
+        (run_dir / f"checkpoint-{step}" / "trainer_state.json").write_text(
+            json.dumps({"global_step": step, "max_steps": max_steps}))
+
+
 def test_a_launched_run_gives_the_launchers_way_on(tmp_path, capsys, monkeypatch):
     """A run the launcher started (it hands the run its lock in FLIQS_RUN_LOCK_FD) goes on by a
     relaunch with --skip_completed, which resumes it from its checkpoint: not --resume_from_checkpoint."""
@@ -677,10 +685,7 @@ def test_a_launched_run_gives_the_launchers_way_on(tmp_path, capsys, monkeypatch
     from eval.run_lock import HANDED_LOCK_ENV
 
     def interrupted(args, prepared, run_dir, start):
-        for step in steps:
-            (run_dir / f"checkpoint-{step}").mkdir()
-            (run_dir / f"checkpoint-{step}" / "trainer_state.json").write_text(
-                json.dumps({"global_step": step, "max_steps": 8}))
+        write_checkpoints(run_dir, steps, max_steps=8)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(eval_run, "_run", interrupted)
@@ -746,10 +751,7 @@ def test_a_stop_after_the_last_step_points_to_the_checkpoint_before_it(tmp_path,
     import eval.eval_run as eval_run
 
     def interrupted(args, prepared, run_dir, start):
-        for step in steps:
-            (run_dir / f"checkpoint-{step}").mkdir()
-            (run_dir / f"checkpoint-{step}" / "trainer_state.json").write_text(
-                json.dumps({"global_step": step, "max_steps": 8}))
+        write_checkpoints(run_dir, steps, max_steps=8)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(eval_run, "_run", interrupted)
@@ -798,7 +800,7 @@ def test_ctrl_c_while_the_flags_are_checked_is_one_line(tmp_path, capsys, monkey
 def test_recompute_inputs_changes_no_result(tmp_path):
     """--recompute_inputs trades memory for backward work; the search, its answer and its metrics
     are the same in every mode (and the flag is not a result argument)."""
-    from eval.results import NON_RESULT_ARGS
+    from eval.run_compare import NON_RESULT_ARGS
     from quant import input_share
 
     before = input_share.recompute_mode()

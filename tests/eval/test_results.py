@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from eval.results import (EXPORTED_WEIGHTS, REPLICA_ARGS, available_group_keys, changed_args, find_run_dirs,
-                          group_runs, group_value, load_run, load_runs)
+from eval.results import EXPORTED_WEIGHTS, find_run_dirs, load_run, load_runs
 from eval.results_schema import COMPLETED, FAILED, INCOMPLETE, validate_results
+from eval.run_compare import REPLICA_ARGS, available_group_keys, changed_args, group_runs, group_value
 
 SEARCH_SPACE = ["int2", "int4", "int8"]
 
@@ -358,13 +358,13 @@ def test_searches_ignore_the_settings_of_other_kinds_of_search(tmp_path):
 
 
 def test_batchnorm_prefixes_match_the_registered_models():
-    """results.has_batchnorm reads model type names (the report does not import transformers):
+    """run_compare.has_batchnorm reads model type names (the report does not import transformers):
     every registered model type, built on the meta device, holds BatchNorm exactly where it says."""
     import torch
     from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
     from eval.model_configs import MODEL_REGISTRY
-    from eval.results import has_batchnorm
+    from eval.run_compare import has_batchnorm
 
     families: dict[str, bool] = {}
     for spec in MODEL_REGISTRY.values():
