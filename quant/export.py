@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import importlib
 import json
 import math
 import os
@@ -342,19 +341,6 @@ def export_quantized_checkpoint(model: nn.Module, out_dir: str | os.PathLike, pr
         scale_bytes=sum(nbytes.get(name + SCALE_SUFFIX, 0) for name in layers),
         padding_bytes=padding, memory_cost_mib=sum(layer.memory_cost() for layer in layers.values()),
         num_quantized_layers=len(layers))
-
-
-# What moved out of this module, still importable from it (loaded on first use: both import it).
-_MOVED = {"load_quantized_checkpoint": "quant.checkpoint_load", "read_quantization_config": "quant.checkpoint_load",
-          "main": "quant.export_cli", "cli": "quant.export_cli", "build_arg_parser": "quant.export_cli",
-          "export_prog": "quant.export_cli", "RunLoader": "quant.export_cli", "PROG": "quant.export_cli",
-          "SCRIPT": "quant.export_cli", "DEFAULT_SEQ_LEN": "quant.export_cli"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

@@ -211,7 +211,7 @@ def test_non_finite_metrics_fail_the_run(tmp_path, capsys):
 
 
 def test_export_dir_writes_the_low_bit_checkpoint_of_the_final_model(tmp_path):
-    from quant.export import load_quantized_checkpoint
+    from quant.checkpoint_load import load_quantized_checkpoint
     from quant.surgery import quantized_layers
 
     export_dir = tmp_path / "deploy" / "model"
@@ -297,7 +297,7 @@ def test_export_refuses_what_would_give_wrong_weights_or_destroy_the_run(tmp_pat
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForImageClassification
 
-    from quant.export import main as export_main
+    from quant.export_cli import main as export_main
 
     code, results, run_dir = run(tmp_path / "out", *RESNET_TINY, "--weight_bits", "4", "--activation_bits", "8",
                                  "--export_dir", str(tmp_path / "deploy"))
