@@ -1,7 +1,7 @@
 """Training-step setups shared by the step and memory benchmarks.
 
 One `ModelCase` (model type, size, batch) and one `StepVariant` (float, fixed-format quantized,
-or search) give a real HF `Trainer` / `ReinforceTrainer` built the way `eval/run_setup.py`
+or search) give a real HF `Trainer` / `ReinforceTrainer` built the way `eval/run_trainer.py`
 builds them, and `TrainerStep` runs one optimisation step through the Trainer's own
 `training_step` (forward, loss, backward; for the search also sampling, format setting, reward
 and policy update) followed by what the Trainer's loop does after it (the NaN/inf check of the

@@ -254,7 +254,8 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any]:
     import transformers
 
     from eval.metrics import build_compute_metrics
-    from eval.run_setup import build_trainer, load_data_and_model
+    from eval.run_setup import load_data_and_model
+    from eval.run_trainer import build_trainer
 
     transformers.set_seed(args.seed)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -266,7 +267,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any]:
 def _run(args: argparse.Namespace, prepared: tuple[Any, Any], run_dir: Path, start: float) -> dict[str, Any]:
     from cost.model_cost import current_assignment, layer_costs
     from eval.run_outputs import atomic_write_text, package_versions, summary_text, write_json
-    from eval.run_setup import close_tensorboard
+    from eval.run_trainer import close_tensorboard
     from quant.surgery import has_low_bit_layers, quantized_layers
 
     setup, trainer = prepared

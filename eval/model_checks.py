@@ -21,7 +21,8 @@ import torch
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification, PretrainedConfig
 
 from eval.model_configs import ModelSpec
-from eval.models import _apply_overrides, _check_config, _load_config, _resolve_source, parse_config_overrides
+from eval.config_overrides import apply_config_overrides, parse_config_overrides
+from eval.models import _check_config, _load_config, _resolve_source
 
 
 def local_checkpoint_config(spec: ModelSpec, source: str) -> PretrainedConfig | None:
@@ -81,7 +82,7 @@ def check_model_flags(args: argparse.Namespace, spec: ModelSpec) -> None:
     config = copy.deepcopy(base)
     if args.config_overrides:
         try:
-            _apply_overrides(config, parse_config_overrides(args.config_overrides, config))
+            apply_config_overrides(config, parse_config_overrides(args.config_overrides, config))
             _check_config(spec, config)
             for name in ("num_hidden_layers", "n_layer"):
                 if getattr(config, name, 1) < 1:

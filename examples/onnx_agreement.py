@@ -9,7 +9,7 @@ many predictions differ, and each model's accuracy next to the one results.json 
 The two differ where onnxruntime's kernels sum in another order than torch's and where
 QuantizeLinear divides by the scale (the fake-quant multiplies by its reciprocal): an activation
 then lands one code apart now and then, which a deep low-bit network can amplify
-(quant/onnx_export.py). A --bf16 / --fp16 run's model runs under that autocast, as the run
+(quant/onnx_ops.py). A --bf16 / --fp16 run's model runs under that autocast, as the run
 evaluated it; the ONNX model computes in float32.
 
 When the installed onnxruntime cannot load the model (FP4 layers: onnxruntime 1.32 has no
@@ -40,7 +40,7 @@ class AgreementError(ValueError):
 def _session(onnx_path: Path):
     import onnxruntime
 
-    from quant.onnx_export import onnxruntime_load_problem
+    from quant.onnx_runtime import onnxruntime_load_problem
 
     try:
         return onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None, *, load_run: RunLoader | None = None
             raise ValueError(f"--onnx needs the packages {', '.join(missing)}: pip install 'fliqs[onnx]' (or pip "
                              "install onnx onnxruntime onnxscript); nothing was written")
     if args.onnx and args.opset is not None:
-        from quant.onnx_export import check_opset
+        from quant.onnx_ops import check_opset
 
         check_opset(args.opset)
     model, processor = load_run(args.run_dir)
@@ -128,7 +128,8 @@ def main(argv: Sequence[str] | None = None, *, load_run: RunLoader | None = None
     onnx_tmp, runtime_problem, created = None, None, []
     try:
         if args.onnx:  # before the checkpoint, so an ONNX failure leaves nothing behind
-            from quant.onnx_export import example_inputs_for, export_onnx, onnxruntime_load_problem
+            from quant.onnx_export import export_onnx
+            from quant.onnx_runtime import example_inputs_for, onnxruntime_load_problem
 
             inputs = example_inputs_for(model, processor, seq_len=args.seq_len,
                                         image_size=args.image_size or _run_image_size(args.run_dir, model, processor))

@@ -27,7 +27,7 @@ SEARCH_SETTINGS = (
 
 
 # The defaults that depend on other settings, one rule for the Python API and the CLI
-# (eval/run_args.py, eval/run_setup.py build_trainer).
+# (eval/run_args.py, eval/run_trainer.py build_trainer).
 # tunas_abs / one_sided: a 10 % miss of the target costs 0.5 in loss units, more than the loss
 # difference between most formats, so searches land near the target (measured on digits).
 DEFAULT_COST_BETA = 5.0

@@ -534,7 +534,7 @@ def test_gradient_accumulation_averages_like_one_big_batch(tmp_path, accumulatio
     from transformers import Trainer, TrainingArguments
 
     from eval.models import build_model
-    from eval.run_setup import mean_loss_trainer
+    from eval.run_trainer import mean_loss_trainer
 
     overrides = {"num_hidden_layers": 1, "hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32,
                  "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}

@@ -1,4 +1,5 @@
-"""Model registry, built-in configs (parameter counts), offline fail-fast loading, overrides."""
+"""Model registry, built-in configs (parameter counts), offline fail-fast loading, overrides in
+build_model (their parsing: tests/eval/test_config_overrides.py)."""
 from __future__ import annotations
 
 import time
@@ -17,7 +18,6 @@ from eval.models import (
     build_model,
     get_model_spec,
     load_pretrained_processor,
-    parse_config_overrides,
     vit_patch_size_for,
 )
 
@@ -223,7 +223,7 @@ def test_tiny_vision_forward_loss(name):
 
 @pytest.mark.parametrize("name", list(TINY_OVERRIDES))
 def test_every_parameter_gets_a_gradient(name):
-    """Multi-GPU runs tell DDP that no parameter is unused (eval/run_setup.py): true of every family."""
+    """Multi-GPU runs tell DDP that no parameter is unused (eval/run_trainer.py): true of every family."""
     model = build_tiny(name).train()
     if get_model_spec(name).modality == "text":
         ids = torch.tensor([[5, 9, 17, 33], [7, 8, 3, 2]])
@@ -403,43 +403,7 @@ def test_offline_processor_load_fails_fast():
 
 
 # ---------------------------------------------------------------------------------------------
-# config overrides and argument errors
-
-
-def test_parse_config_overrides_converts_to_the_existing_types():
-    bert = get_model_spec("bert").builtin_config()
-    assert parse_config_overrides("num_hidden_layers=2, hidden_dropout_prob=0, hidden_act=relu,"
-                                  "use_cache=false", bert) == {
-        "num_hidden_layers": 2, "hidden_dropout_prob": 0.0, "hidden_act": "relu", "use_cache": False}
-    resnet = get_model_spec("resnet18").builtin_config()
-    assert parse_config_overrides("depths=[1,1,1,1],hidden_sizes=[8, 16, 32, 64]", resnet) == {
-        "depths": [1, 1, 1, 1], "hidden_sizes": [8, 16, 32, 64]}
-    gpt2 = get_model_spec("gpt2").builtin_config()
-    assert parse_config_overrides("n_inner=64,hidden_size=32", gpt2) == {"n_inner": 64, "hidden_size": 32}
-    assert parse_config_overrides("n_inner=none", gpt2) == {"n_inner": None}
-    assert parse_config_overrides("  ", gpt2) == {}
-
-
-@pytest.mark.parametrize("text, message", [
-    ("num_hidden_layer=2", r"unknown config key 'num_hidden_layer' for BertConfig \(did you mean num_hidden_layers"),
-    ("num_hidden_layers=2.5", r"config override num_hidden_layers='2.5': expected int \(current value 12\)"),
-    ("use_cache=maybe", r"use_cache='maybe': expected bool"),
-    ("hidden_dropout_prob=high", r"hidden_dropout_prob='high': expected float"),
-    ("num_hidden_layers", r"config override 'num_hidden_layers' is not key=value"),
-    ("num_hidden_layers=2,num_hidden_layers=3", r"'num_hidden_layers' is given twice"),
-    ("vocab_size=100", r"'vocab_size' is not allowed: it is set from the tokenizer \(build_model's vocab_size\)"),
-    ("num_labels=3", r"'num_labels' is not allowed: it is set from the task's labels \(build_model's num_labels\)"),
-    ("id2label=x", r"'id2label' is not allowed"),
-    ("hidden_size=[32", r"unbalanced '\['"),
-])
-def test_parse_config_overrides_errors(text, message):
-    with pytest.raises(ValueError, match=message):
-        parse_config_overrides(text, get_model_spec("bert").builtin_config())
-
-
-def test_list_override_needs_brackets():
-    with pytest.raises(ValueError, match=r"depths='2': expected list written as \[a,b,...\]"):
-        parse_config_overrides("depths=2", get_model_spec("resnet18").builtin_config())
+# argument errors
 
 
 @pytest.mark.parametrize("kwargs, message", [
