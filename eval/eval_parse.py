@@ -17,7 +17,8 @@ from cost.cost import REWARD_FORMS
 from eval.cli_flags import OnceArgumentParser, program_name, split_argv
 from eval.model_configs import MODEL_REGISTRY
 from eval.run_args import DEFAULT_DATA_SEED, resolve_run_args
-from eval.run_flag_notes import SEARCH_ONLY_FLAGS, data_seed_note, ignored_flags_note, single_option_note
+from eval.run_flag_notes import (SCALE_FLAG_SIDES, SEARCH_ONLY_FLAGS, data_seed_note, ignored_flags_note,
+                                  single_option_note, unscaled_side_scale_note)
 from eval.run_inputs import eval_subset_note, load_config_note
 from eval.tasks import TASKS
 
@@ -255,9 +256,10 @@ def parse_run_args(argv: Sequence[str] | None = None, prog: str | None = None) -
         resolve_run_args(args)
     except ValueError as error:
         parser.error(str(error))
-    for note in (ignored_flags_note(args, {name: parser.get_default(name) for name in SEARCH_ONLY_FLAGS},
-                                    no_search_given=no_search_given, given=given),
-                 single_option_note(args), data_seed_note(args, given), load_config_note(args), eval_subset_note(args)):
+    defaults = {name: parser.get_default(name) for name in (*SEARCH_ONLY_FLAGS, *SCALE_FLAG_SIDES)}
+    for note in (ignored_flags_note(args, defaults, no_search_given=no_search_given, given=given),
+                 unscaled_side_scale_note(args, defaults, given), single_option_note(args),
+                 data_seed_note(args, given), load_config_note(args), eval_subset_note(args)):
         if note is not None:
             sys.stderr.write(f"{prog}: {note}\n")
     return args

@@ -152,8 +152,11 @@ def _run_locked(args: argparse.Namespace, run_dir: Path, start: float) -> dict[s
     except Exception as error:
         if isinstance(error, ValueError) and _raised_by_own_checks(error):
             # Bad input (an empty data file, a model the flags do not fit): refused like a bad
-            # flag, before anything is written; a completed run or checkpoints stay as they were.
-            raise RunInputError(str(error)) from error
+            # flag, before anything is written; a completed run or checkpoints stay as they were
+            # (said where --overwrite_output_dir meant to replace it).
+            left = (f" (the completed run in {run_dir} was left as it was)" if args.overwrite_output_dir
+                    and _is_main_process() and holds_completed_run(run_dir) else "")
+            raise RunInputError(f"{error}{left}") from error
         if _is_main_process() and not holds_completed_run(run_dir):
             clear_previous_outputs(run_dir, resuming)
             write_json(run_dir / "config.json", vars(args))
@@ -212,17 +215,23 @@ def main_metric_of(metrics: dict[str, Any], task_main_metric: str) -> str:
 
 def missed_target_note(args: argparse.Namespace, ratio: float) -> str | None:
     """A note when the answer's cost is outside the band --final_selection constrained aims for
-    (e.g. a single decision whose formats give 0.4, 0.8 or 1.6 of the default target)."""
+    (e.g. a single decision whose formats give 0.4, 0.8 or 1.6 of the default target). Under
+    --final_selection argmax, which ignores --target_tolerance (a run given it is told at the
+    start), the band is only what constrained would look in."""
     from trainer.final_selection import cost_band, is_one_sided
 
     low, high = cost_band(1.0, args.target_tolerance, one_sided=is_one_sided(args.cost_function))
     if low <= ratio <= high:
         return None
     band = f"at most {high:g}" if low == float("-inf") else f"{low:g} to {high:g}"
-    how = ("the search found no assignment inside" if args.final_selection == "constrained"
-           else "--final_selection argmax does not aim for it")
+    if args.final_selection != "constrained":
+        return (f"note: the answer's cost is {ratio:.3f} of the target: --final_selection {args.final_selection} "
+                f"takes every decision's most likely format and does not aim for the target; --final_selection "
+                f"constrained takes the most likely answer costing {band} of it (--target_tolerance "
+                f"{args.target_tolerance:g}), where the search space has one")
     return (f"note: the answer's cost is {ratio:.3f} of the target, outside {band} (--target_tolerance "
-            f"{args.target_tolerance:g}): {how}; check --cost_target/--cost_target_bits against the search space")
+            f"{args.target_tolerance:g}): the search found no assignment inside; check --cost_target/--cost_target_bits "
+            f"against the search space")
 
 
 def _raised_by_own_checks(error: BaseException) -> bool:

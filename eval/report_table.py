@@ -319,8 +319,9 @@ def build_report(runs: Sequence[RunRecord], output_root: str, metric: str | None
         "metric minus the line through the uniform baselines at its cost (positive = better than uniform)",
         (f"grouped by {', '.join(report.group_by)} (and, for fixed-format runs, their formats): runs that agree on "
          f"them and differ only in {replicas}"
-         if report.group_by else f"grouped automatically by every argument except {replicas} (and data_seed where "
-        "a run draws no --max_*_samples subset): seed replicas")
+         if report.group_by else f"grouped automatically by every argument except {replicas} (and those a run "
+        "does not read: search-only flags of a run that does not search, settings its kind of search ignores, scale "
+        "flags of unscaled weights or activations, data_seed where it draws no --max_*_samples subset): seed replicas")
         + " are aggregated as mean and sample std over n runs"
         + ("" if report.group_by else "; pass --group_by KEY ... to choose the keys"),
     ]

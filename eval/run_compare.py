@@ -1,7 +1,7 @@
 """Comparing runs by their recorded arguments: which arguments change what a run measures.
 
-`NON_RESULT_ARGS` (names, paths, logging, device) never do; `SEARCH_ONLY_FLAGS` and
-`SEARCH_SETTING_READERS` say which flags a run did not read (`unread_args`), and runs recorded
+`NON_RESULT_ARGS` (names, paths, logging, device) never do; `SEARCH_ONLY_FLAGS`,
+`SEARCH_SETTING_READERS` and `SCALE_FLAG_SIDES` say which flags a run did not read (`unread_args`), and runs recorded
 before --data_seed compare by the seed that drew their subsets (`recorded_data_seed`).
 `same_settings` and `changed_args` compare one run's args with another's (the launcher's
 --skip_completed, duplicate runs); `group_runs` decides which runs are replicas of one setting
@@ -59,10 +59,14 @@ def has_batchnorm(model_type: Any) -> bool:
 # Search flags that only some searches read: name -> whether a search of these recorded args reads
 # it. A search that does not (e.g. --heldout_fraction with --reward_source train) measures the same
 # as one without the flag, so it is neither compared nor grouped on; the run says so in a note
-# (eval/run_args.py). A recorded arg that is missing counts as read (compared, as before).
+# (eval/run_flag_notes.py). A recorded arg that is missing counts as read (compared, as before).
 SEARCH_SETTING_READERS: dict[str, Callable[[Mapping[str, Any]], bool]] = {
+    # the warm-up's sampling: no delay, no warm-up step (a planned default None is half the steps)
+    "precision_warmup": lambda args: args.get("delay_steps") != 0,
+    # the shape of the entropy penalty's rise to max_entropy_beta: 0 times any shape is 0
+    "entropy_schedule_type": lambda args: args.get("max_entropy_beta") != 0,
     "heldout_fraction": lambda args: args.get("reward_source", "heldout") == "heldout",
-    # argmax answers without a cost band (the run's end-of-search note still quotes it)
+    # argmax answers without a cost band (its end-of-search note quotes the band as the way out)
     "target_tolerance": lambda args: args.get("final_selection", "constrained") == "constrained",
     "bn_recalibration_batches": lambda args: has_batchnorm(args.get("model_type")),
 }
@@ -74,6 +78,42 @@ def unread_search_settings(args: Mapping[str, Any]) -> frozenset[str]:
     if args.get("mode", "search") != "search":
         return frozenset()
     return frozenset(name for name, reads in SEARCH_SETTING_READERS.items() if not reads(args))
+
+
+# The scale flags (eval/run_inputs.py SCALE_FLAGS) by the side of a layer they scale: a side every
+# layer leaves unscaled reads neither of its flags.
+SCALE_FLAG_SIDES: dict[str, str] = {"per_channel": "weights", "weight_range_percentile": "weights",
+                                    "per_token": "activations", "act_range_percentile": "activations"}
+# Formats that take no scale: none (quantize returns x unchanged; quant.formats.NO_QUANT.name) and
+# the bf16/fp16 casts (scale 1: quant/scales.py). Names, not imported: the report runs without torch.
+FLOAT_FORMAT = "none"
+CAST_FORMATS = ("bf16", "fp16")
+UNSCALED_FORMATS = (FLOAT_FORMAT, *CAST_FORMATS)
+
+
+def unscaled_sides(args: Mapping[str, Any]) -> frozenset[str]:
+    """The sides ("weights", "activations") that every layer of `args`' run leaves unscaled (in
+    UNSCALED_FORMATS): both in a float run, those at such a format in a fixed-format run, the
+    activations of a weight-only search without --activation_bits (or with a cast). None of a full
+    search (it searches both sides), a --load_config run (its formats are in that file; older
+    records of one say mode uniform with both formats none) or a run that does not record them."""
+    mode = args.get("mode")
+    if args.get("load_config") is not None:
+        return frozenset()
+    if mode == "float":
+        return frozenset({"weights", "activations"})
+    if mode == "uniform":
+        return frozenset(side for side, key in (("weights", "weight_format"), ("activations", "act_format"))
+                         if args.get(key) in UNSCALED_FORMATS)
+    if mode == "search" and args.get("weight_only_search") is True and args.get("act_format") in UNSCALED_FORMATS:
+        return frozenset({"activations"})
+    return frozenset()
+
+
+def unread_scale_settings(args: Mapping[str, Any]) -> frozenset[str]:
+    """The scale flags of the sides `args`' run leaves unscaled (`unscaled_sides`): it does not read them."""
+    sides = unscaled_sides(args)
+    return frozenset(name for name, side in SCALE_FLAG_SIDES.items() if side in sides)
 
 
 def recorded_data_seed(args: Mapping[str, Any]) -> Any:
@@ -91,9 +131,9 @@ def _with_data_seed(args: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def unread_args(args: Mapping[str, Any]) -> frozenset[str]:
-    """`ignored_args`, the search settings its kind of search does not read, and data_seed where
-    the run drew no subset (it then changes nothing)."""
-    unread = ignored_args(args) | unread_search_settings(args)
+    """`ignored_args`, the search settings its kind of search does not read, the scale flags of the
+    sides it leaves unscaled, and data_seed where the run drew no subset (it then changes nothing)."""
+    unread = ignored_args(args) | unread_search_settings(args) | unread_scale_settings(args)
     if args.get("max_train_samples") is None and args.get("max_eval_samples") is None:
         unread |= {"data_seed"}
     return unread
@@ -262,8 +302,8 @@ def changed_args(planned: Mapping[str, Any], recorded: Mapping[str, Any],
                  ignore: frozenset[str] = frozenset()) -> list[str]:
     """`changed_flags` against a mapping of recorded args (results.json "args" or config.json),
     also ignoring `ignore` and what neither run reads (between two runs that do not search,
-    SEARCH_ONLY_FLAGS; between two searches, SEARCH_SETTING_READERS flags neither reads). A planned
-    None of RUN_TIME_DEFAULTS reads `default`."""
+    SEARCH_ONLY_FLAGS; between two searches, SEARCH_SETTING_READERS flags neither reads; the scale
+    flags of a side both leave unscaled). A planned None of RUN_TIME_DEFAULTS reads `default`."""
     def new_text(key: str, value: Any) -> str:
         return "default" if key in RUN_TIME_DEFAULTS and value is None else _canonical(value)
 

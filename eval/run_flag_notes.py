@@ -1,8 +1,9 @@
 """Notes about flags a run ignores: one line each on stderr (`note: ...`), never an error.
 
 An experiments file gives every run the same base flags, so a fixed-format run ignoring its
-search-only flags, a search ignoring the settings of another kind of search, an unused
---data_seed or a one-format search space are noted, not refused. `eval.eval_parse` prints these
+search-only flags, a search ignoring the settings of another kind of search (or of a search
+without a delay or an entropy penalty), scale flags of weights or activations a run leaves
+unscaled, an unused --data_seed or a one-format search space are noted, not refused. `eval.eval_parse` prints these
 after `eval.run_args.resolve_run_args` has resolved the run's mode; they are kept apart from
 run_args, which checks and resolves flags, because they only describe a resolved run.
 """
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from eval.run_compare import SEARCH_ONLY_FLAGS, SEARCH_SETTING_READERS, unread_search_settings
+from eval.run_compare import (CAST_FORMATS, SCALE_FLAG_SIDES, SEARCH_ONLY_FLAGS, SEARCH_SETTING_READERS,
+                               unread_search_settings, unscaled_sides)
 from eval.run_args import DEFAULT_DATA_SEED
 
 # SEARCH_ONLY_FLAGS (eval/run_compare.py): a fixed-format or float run ignores them. An experiments
@@ -30,10 +32,33 @@ def ignored_search_flags(args: argparse.Namespace, defaults: dict[str, object]) 
     return ignored
 
 
-def _unread_setting_clause(args: argparse.Namespace, name: str, given: frozenset[str] = frozenset()) -> str:
+def _unread_setting_clause(args: argparse.Namespace, name: str, given: frozenset[str] = frozenset(),
+                           defaults: dict[str, object] | None = None) -> str:
     """Why this search does not read search setting `name` (SEARCH_SETTING_READERS), and the way to
-    a search that does (`given`: the dests the command line named; a flag given is changed, not added)."""
+    a search that does (`given`: the dests the command line named; a flag given is changed, not added;
+    `defaults`: the parser's, for a value to suggest)."""
     value = getattr(args, name)
+    # A resumed search keeps the checkpoint's delay and entropy penalty (eval/run_inputs.py
+    # check_resume_matches): the only way out is to drop the flag.
+    resumed = getattr(args, "resume_from_checkpoint", None) is not None
+    if name == "precision_warmup":
+        flag = "--precision_warmup" if value else "--no-precision_warmup"
+        if resumed:
+            recorded = "" if "delay_steps" in given else "recorded in its config.json: "
+            return (f"{flag} only applies to the --delay_steps warm-up, and the run being resumed has --delay_steps 0 "
+                    f"({recorded}the policy samples from the first step): it ignores it (drop the flag)")
+        return (f"{flag} only applies to the --delay_steps warm-up, and this search has --delay_steps 0 (the policy "
+                f"samples from the first step): it ignores it (to warm up first, change --delay_steps 0 to the number "
+                f"of warm-up steps, or drop --delay_steps for the default, half of the steps)")
+    if name == "entropy_schedule_type":
+        beta = f"--max_entropy_beta {args.max_entropy_beta:g}"
+        if resumed:
+            return (f"--entropy_schedule_type {value} only shapes the rise of the entropy penalty to --max_entropy_beta, "
+                    f"and the run being resumed has {beta} (no penalty): it ignores it (drop the flag)")
+        suggested = (defaults or {}).get("max_entropy_beta") or 0.1
+        return (f"--entropy_schedule_type {value} only shapes the rise of the entropy penalty to --max_entropy_beta, "
+                f"and this search has {beta} (no penalty): it ignores it (to push every decision to converge, change "
+                f"{beta} to a positive value such as {suggested:g})")
     if name == "heldout_fraction":
         way = (f"change --reward_source {args.reward_source} to --reward_source heldout" if "reward_source" in given
                else "add --reward_source heldout")
@@ -57,7 +82,7 @@ def unread_settings_note(args: argparse.Namespace, defaults: dict[str, object],
     if args.mode != "search":
         return None  # a run that does not search names them among all its search-only flags
     unread = unread_search_settings(vars(args))
-    clauses = [_unread_setting_clause(args, name, given) for name in SEARCH_SETTING_READERS
+    clauses = [_unread_setting_clause(args, name, given, defaults) for name in SEARCH_SETTING_READERS
                if name in unread and (getattr(args, name) != defaults[name] or name in given)]
     return f"note: {'; '.join(clauses)}" if clauses else None
 
@@ -81,6 +106,57 @@ def ignored_flags_note(args: argparse.Namespace, defaults: dict[str, object], *,
     verb = "applies" if len(ignored) == 1 else "apply"
     return (f"note: {' '.join(ignored)} only {verb} to a search; this run has fixed formats ({fixed}) and ignores "
             f"them (to search instead, {way_out})")
+
+
+def _scale_flag_text(name: str, value: object) -> str:
+    """A scale flag as typed: `--per_token`, `--act_range_percentile 99.9`."""
+    return f"--{name}" if isinstance(value, bool) else f"--{name} {value:g}"
+
+
+def _side_state(args: argparse.Namespace, side: str) -> str:
+    """How this run leaves `side` unscaled: in float, or cast to bf16/fp16."""
+    fmt = args.act_format if side == "activations" else args.weight_format
+    return f"casts its {side} to {fmt}, which takes no scale" if fmt in CAST_FORMATS else f"keeps its {side} in float"
+
+
+def _way_to_scale(args: argparse.Namespace, sides: list[str]) -> str:
+    """The flags that give `sides` of this run a scaled format: --bits if typed (it sets both),
+    else each side's own flag, changed if typed and added if not."""
+    if args.bits is not None:
+        return f"change --bits {args.bits} to 8"
+    ways = []
+    for side in sides:
+        flag = "weight_bits" if side == "weights" else "activation_bits"
+        value = getattr(args, flag)
+        ways.append(f"change --{flag} {value} to 8" if value is not None else f"add --{flag} 8")
+    return " and ".join(ways)
+
+
+def unscaled_side_scale_note(args: argparse.Namespace, defaults: dict[str, object],
+                             given: frozenset[str] = frozenset()) -> str | None:
+    """A note for scale flags (SCALE_FLAG_SIDES) explicitly set for weights or activations that
+    every layer of this run leaves unscaled (`eval.run_compare.unscaled_sides`: format none, which
+    quantize returns unchanged, or a bf16/fp16 cast, whose scale is 1), or None. Explicitly set:
+    away from `defaults` or among `given`. A --load_config run takes its formats from that run
+    (eval.run_inputs.load_config_note)."""
+    sides = unscaled_sides(vars(args))
+    unread = [name for name, side in SCALE_FLAG_SIDES.items()
+              if side in sides and (getattr(args, name) != defaults[name] or name in given)]
+    if not unread:
+        return None
+    flags = " ".join(_scale_flag_text(name, getattr(args, name)) for name in unread)
+    verb, them = ("applies", "it") if len(unread) == 1 else ("apply", "them")
+    noted = [side for side in ("weights", "activations") if any(SCALE_FLAG_SIDES[name] == side for name in unread)]
+    what = "layers" if len(noted) == 2 else noted[0]
+    if args.mode == "float":
+        why = "this run is float"
+    elif args.mode == "search":  # a weight-only search: its activations are fixed
+        why = f"this weight-only search {_side_state(args, 'activations')} (activations {args.act_format})"
+    else:
+        why = (f"this run {' and '.join(_side_state(args, side) for side in noted)} (weights {args.weight_format}, "
+               f"activations {args.act_format})")
+    return (f"note: {flags} only {verb} to scaled {what}, and {why}: it ignores {them} (to quantize the {what} with "
+            f"a scale, {_way_to_scale(args, noted)})")
 
 
 def data_seed_note(args: argparse.Namespace, given: frozenset[str] = frozenset()) -> str | None:

@@ -116,7 +116,8 @@ def check_load_config(args: argparse.Namespace) -> None:
     check_load_config_run(args, data)
     differing = load_config_scale_differences(args, data.get("args") or {})
     if differing and args.eval_only:  # re-evaluating that run's model: other scales give another model
-        dropped = [f"--{key}" for key in SCALE_FLAGS if data["args"].get(key) is False and getattr(args, key) is True]
+        dropped = [f"--{key}" for key in SCALE_FLAGS if data["args"].get(key) is False and getattr(args, key) is True
+                   and any(change.startswith(f"--{key} ") for change in differing)]
         drop = f" and drop {' '.join(dropped)}" if dropped else ""
         raise ValueError(f"--load_config {path!r} was run with other scales ({', '.join(differing)}); to evaluate its "
                          f"model pass the same: {' '.join(_scale_flags(data['args']))}{drop}")
@@ -163,14 +164,21 @@ SCALE_FLAGS = ("per_channel", "per_token", "weight_range_percentile", "act_range
 
 def load_config_scale_differences(args: argparse.Namespace, loaded_args: dict) -> list[str]:
     """`--flag loaded -> this run` for each scale setting in which this run differs from the run
-    its --load_config comes from (settings that run did not record are not compared)."""
+    its --load_config comes from (settings that run did not record are not compared, nor those of
+    a side its formats leave unscaled: this run, taking them, leaves it unscaled too)."""
+    from eval.run_compare import unread_scale_settings
+
+    unread = unread_scale_settings(loaded_args)
     return [f"--{key} {loaded_args[key]} -> {getattr(args, key)}" for key in SCALE_FLAGS
-            if key in loaded_args and loaded_args[key] != getattr(args, key)]
+            if key in loaded_args and key not in unread and loaded_args[key] != getattr(args, key)]
 
 
 def _scale_flags(loaded_args: dict) -> list[str]:
-    """The command-line flags that give a run `loaded_args`' scale settings."""
-    values = [(key, loaded_args[key]) for key in SCALE_FLAGS if key in loaded_args]
+    """The command-line flags that give a run `loaded_args`' scale settings (those it reads)."""
+    from eval.run_compare import unread_scale_settings
+
+    unread = unread_scale_settings(loaded_args)
+    values = [(key, loaded_args[key]) for key in SCALE_FLAGS if key in loaded_args and key not in unread]
     return [f"--{key}" if isinstance(value, bool) else f"--{key} {value:g}" for key, value in values
             if value is not False]
 

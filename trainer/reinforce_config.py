@@ -26,6 +26,19 @@ SEARCH_SETTINGS = (
 )
 
 
+def unread_search_settings(settings: dict[str, Any]) -> set[str]:
+    """The SEARCH_SETTINGS that a search of these `settings` (search_settings()) never reads, so a
+    resume may change them: precision_warmup acts only during a delay (delay_steps > 0), the
+    entropy schedule only shapes a non-zero max_entropy_beta. (The CLI's rule for comparing runs,
+    eval/run_compare.py SEARCH_SETTING_READERS, follows the same two.)"""
+    unread = set()
+    if settings.get("delay_steps") == 0:
+        unread.add("precision_warmup")
+    if settings.get("max_entropy_beta") == 0:
+        unread.add("entropy_schedule")
+    return unread
+
+
 # The defaults that depend on other settings, one rule for the Python API and the CLI
 # (eval/run_args.py, eval/run_trainer.py build_trainer).
 # tunas_abs / one_sided: a 10 % miss of the target costs 0.5 in loss units, more than the loss

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from trainer.reinforce_config import SEARCH_STATE_NAME, ReinforceConfig
+from trainer.reinforce_config import SEARCH_STATE_NAME, ReinforceConfig, unread_search_settings
 from trainer.search_space import SearchSpace
 
 # What check_search_state returns for a checkpoint written before the settings were recorded.
@@ -43,8 +43,10 @@ def check_search_state(state: dict[str, Any], space: SearchSpace, config: Reinfo
         return UNRECORDED_SETTINGS_WARNING
     current = config.search_settings()
     # Only settings both know: a setting added later cannot be checked against an older checkpoint.
+    # Nor one that neither search reads (e.g. precision_warmup without a delay): it changes nothing.
+    unread = unread_search_settings(saved) & unread_search_settings(current)
     differing = [f"{name} {saved[name]!r} -> {current[name]!r}" for name in current
-                 if name in saved and saved[name] != current[name]]
+                 if name in saved and name not in unread and saved[name] != current[name]]
     if differing:
         raise ValueError(f"the checkpoint's search settings differ from this run's (checkpoint -> this run): "
                          f"{', '.join(differing)}; resume with the checkpoint's settings, or start a new run "

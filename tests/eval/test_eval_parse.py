@@ -307,6 +307,23 @@ def test_load_config_with_other_scales_is_refused_for_evaluation_and_noted_for_t
                         "--act_range_percentile 99 and drop --per_token (see --help)\n")
 
 
+def test_load_config_compares_only_the_scales_its_run_read(capsys, tmp_path):
+    """A run whose weights stayed in float did not read --per_channel: its formats leave them in float
+    here too, so evaluating it with another --per_channel is the same model (eval/run_compare.py
+    unscaled_sides)."""
+    scales = {"per_channel": True, "per_token": False, "weight_range_percentile": 100.0, "act_range_percentile": 99.0}
+    write_results(tmp_path / "r.json", args={**scales, "mode": "uniform", "weight_format": "none", "act_format": "int8"},
+                  layers={"resnet.embedder.embedder.convolution": {"weight_format": "none", "act_format": "int8"}})
+    args = parse_run_args(["--load_config", str(tmp_path / "r.json"), "--eval_only", "--act_range_percentile", "99"])
+    assert args.per_channel is False and capsys.readouterr().err == ""
+    err = error_of(["--load_config", str(tmp_path / "r.json"), "--eval_only", "--per_token"], capsys)
+    assert err == (f"eval_run: error: --load_config '{tmp_path / 'r.json'}' was run with other scales (--per_token "
+                   "False -> True, --act_range_percentile 99.0 -> 100.0); to evaluate its model pass the same: "
+                   "--act_range_percentile 99 and drop --per_token (see --help)\n")
+    parse_run_args(["--load_config", str(tmp_path / "r.json"), "--max_steps", "3", "--act_range_percentile", "99"])
+    assert capsys.readouterr().err == ""  # retraining with its read scales: nothing to note
+
+
 def test_checkpoint_flags_resolve(tmp_path):
     run_dir = tmp_path / "run"
     for step in (5, 40, 10, 50):

@@ -117,7 +117,8 @@ def test_a_run_that_fails_before_training_leaves_the_completed_run_it_would_repl
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "eval_run: error: --delay_steps 1000 leaves no search step in this run's 8 steps: the policy "
-        "would never learn; use fewer delay steps (default: half of the steps)")
+        f"would never learn; use fewer delay steps (default: half of the steps) (the completed run in {run_dir} was "
+        "left as it was)")  # --overwrite_output_dir asked to replace it: said
     assert contents(run_dir) == before
 
 
@@ -484,7 +485,8 @@ def test_bad_data_is_refused_like_a_bad_flag(tmp_path, capsys):
         code = main([*text, "--train_file", str(data / name), *FAST, "--output_root_dir", str(out),
                      "--overwrite_output_dir"])
         err = capsys.readouterr().err.splitlines()  # after the datasets library's progress bars
-        assert code == 2 and err[-1] == f"eval_run: error: {message}", err
+        left = f" (the completed run in {run_dir} was left as it was)"  # though --overwrite_output_dir
+        assert code == 2 and err[-1] == f"eval_run: error: {message}{left}", err
         assert contents(run_dir) == before
     # A directory without a run: nothing is written in it either (no config.json, no failed results.json).
     code = main([*setting(text, "--exp_name", "new"), "--train_file", str(data / "empty.csv"), *FAST,
@@ -521,9 +523,17 @@ def test_a_missed_target_is_named():
         "found no assignment inside; check --cost_target/--cost_target_bits against the search space")
     args.cost_function = "hard_exponential"  # one-sided: cheaper is fine
     assert missed_target_note(args, 0.8) is None
-    args.final_selection = "argmax"
-    assert missed_target_note(args, 1.2).startswith("note: the answer's cost is 1.200 of the target, outside at most "
-                                                    "1.05 (--target_tolerance 0.05): --final_selection argmax does not")
+    args.final_selection = "argmax"  # it ignores --target_tolerance: the band is only the way out
+    assert missed_target_note(args, 1.2) == (
+        "note: the answer's cost is 1.200 of the target: --final_selection argmax takes every decision's most likely "
+        "format and does not aim for the target; --final_selection constrained takes the most likely answer costing "
+        "at most 1.05 of it (--target_tolerance 0.05), where the search space has one")
+    assert missed_target_note(args, 1.04) is None  # where constrained would keep it too
+    args.cost_function, args.target_tolerance = "tunas_abs", 0.2
+    assert missed_target_note(args, 0.7) == (
+        "note: the answer's cost is 0.700 of the target: --final_selection argmax takes every decision's most likely "
+        "format and does not aim for the target; --final_selection constrained takes the most likely answer costing "
+        "0.8 to 1.2 of it (--target_tolerance 0.2), where the search space has one")
 
 
 @pytest.mark.parametrize("accumulation", [2, 4])

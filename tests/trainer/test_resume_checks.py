@@ -35,14 +35,17 @@ def test_every_search_setting_is_checked(tmp_path, checkpoint):
     saved = base.reinforce_config.search_settings()
     assert saved == state["settings"]
     for name, value in OTHER_VALUES.items():
-        trainer = make_trainer(str(tmp_path), steps=20, **{"delay_steps": 5, name: value})
+        # The checkpoint's search has no entropy penalty, so its schedule would not be compared
+        # (test_settings_the_search_does_not_read_may_change): both searches get one here.
+        read = dict(max_entropy_beta=0.2) if name == "entropy_schedule" else {}
+        trainer = make_trainer(str(tmp_path), steps=20, **{"delay_steps": 5, **read, name: value})
         current = trainer.reinforce_config.search_settings()[name]
         assert current != saved[name], name
         message = (f"the checkpoint's search settings differ from this run's (checkpoint -> this run): "
                    f"{name} {saved[name]!r} -> {current!r}; resume with the checkpoint's settings, or start a "
                    "new run to search with these")
         with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-            trainer.check_search_state(state)
+            trainer.check_search_state({**state, "settings": {**state["settings"], **read}})
 
 
 def test_settings_that_only_read_out_the_answer_may_change(tmp_path, checkpoint):
@@ -119,3 +122,23 @@ def test_another_search_space_is_named(tmp_path, checkpoint, overrides, differin
     state["decisions"] = state["decisions"][::-1]
     with pytest.raises(ValueError, match=r"\(checkpoint -> this run\): decisions in another order; resume"):
         make_trainer(str(tmp_path), steps=20, delay_steps=5).check_search_state(state)
+
+
+
+@pytest.mark.parametrize("unread", [
+    dict(delay_steps=0, precision_warmup=False),  # no delay: nothing to warm up
+    dict(max_entropy_beta=0.0, entropy_schedule="cosine"),  # no entropy penalty to shape
+])
+def test_settings_the_search_does_not_read_may_change(tmp_path, unread):
+    """A setting neither the checkpoint's search nor this one reads is not compared (the CLI groups
+    such runs as one setting, eval/run_compare.py); test_every_search_setting_is_checked shows the
+    same change refused where the search reads it."""
+    (setting, value), = [(name, v) for name, v in unread.items() if name not in ("delay_steps", "max_entropy_beta")]
+    writer = make_trainer(str(tmp_path / "writer"), steps=4, **{k: v for k, v in unread.items() if k != setting})
+    resumed = make_trainer(str(tmp_path), steps=4, **unread)
+    saved, current = writer.reinforce_config.search_settings(), resumed.reinforce_config.search_settings()
+    assert saved[setting] != current[setting] and {k: v for k, v in saved.items() if k != setting} == \
+        {k: v for k, v in current.items() if k != setting}
+    state = {"decisions": writer.search_space.decision_names, "options": writer.search_space.option_names,
+             "settings": saved}
+    assert resumed.check_search_state(state) is None
