@@ -136,12 +136,10 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, run_dir: Path, comp
         raise ValueError(f"{given}: the {unreachable}; give a --cost_target in that range, or --cost_target_bits "
                          f"between the search space's narrowest and widest formats ({', '.join(args.search_formats)})")
     if args.resume_from_checkpoint is not None:  # now, before the run directory changes (train() checks again)
-        import torch
-
         from trainer.reinforce_config import SEARCH_STATE_NAME
+        from trainer.search_state import read_search_state_file
 
-        state = torch.load(Path(args.resume_from_checkpoint) / SEARCH_STATE_NAME, weights_only=False)
-        trainer.check_search_state(state)
+        trainer.check_search_state(read_search_state_file(Path(args.resume_from_checkpoint) / SEARCH_STATE_NAME))
     return trainer
 
 

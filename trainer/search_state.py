@@ -10,6 +10,7 @@ of two searches, so that is refused, by name, before any weight is loaded.
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Any
 
 import torch
@@ -67,4 +68,16 @@ def load_search_state(checkpoint_dir: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{checkpoint_dir} has no {SEARCH_STATE_NAME}: it was not written by a "
                                 "search run, so the search cannot resume from it")
-    return torch.load(path, weights_only=False)
+    return read_search_state_file(path)
+
+
+def read_search_state_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The search state in `path`, read with torch's weights-only unpickler: what
+    save_search_state writes is tensors and plain values, and resuming from a checkpoint
+    someone else wrote must not run code hidden in it. ValueError for a file holding more."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} holds more than tensors and plain values, so it was not written by a FLIQS search "
+                         f"({first}); resume from a checkpoint a search run wrote, or start a new run") from None

@@ -142,3 +142,33 @@ def test_settings_the_search_does_not_read_may_change(tmp_path, unread):
     state = {"decisions": writer.search_space.decision_names, "options": writer.search_space.option_names,
              "settings": saved}
     assert resumed.check_search_state(state) is None
+
+
+class _RunsCodeWhenUnpickled:
+    """What a tampered checkpoint could hold: unpickling it calls marker.touch()."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (type(self.marker).touch, (self.marker,))
+
+
+def test_a_search_state_holding_code_is_refused_without_running_it(tmp_path):
+    from trainer.search_state import load_search_state, save_search_state
+
+    marker = tmp_path / "ran"
+    save_search_state(str(tmp_path), {"settings": {}, "payload": _RunsCodeWhenUnpickled(marker)})
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / SEARCH_STATE_NAME))} holds more than tensors "
+                                         r"and plain values, so it was not written by a FLIQS search \(.+\); resume "
+                                         r"from a checkpoint a search run wrote, or start a new run$"):
+        load_search_state(str(tmp_path))
+    assert not marker.exists()
+    # What a search writes loads whole with the weights-only unpickler (the resume tests use it).
+    state = {"settings": {"cost_type": "memory", "worst_reward": None}, "policy": {"logits": torch.zeros(2, 3)},
+             "policy_optimizer": {"state": {}, "param_groups": [{"betas": (0.0, 0.999), "params": [0]}]},
+             "sample_generator": torch.Generator().get_state(), "decisions": ["a"], "worst_reward": -1.5}
+    save_search_state(str(tmp_path), state)
+    loaded = load_search_state(str(tmp_path))
+    assert loaded.keys() == state.keys() and loaded["policy_optimizer"] == state["policy_optimizer"]
+    assert torch.equal(loaded["sample_generator"], state["sample_generator"])
