@@ -448,7 +448,8 @@ def test_skip_completed_compares_a_given_delay_and_policy_rate_with_a_planned_de
     # used to keep the other too, whose results are for another setting.
     study = tmp_path / "study.yaml"
     study.write_text("- {exp_name: given, delay_steps: 0, rl_learning_rate: 0.5}\n- {exp_name: derived}\n")
-    argv = [*TINY, "--device", "cpu", "--output_root_dir", tmp_path / "out"]
+    # --workers 2: the two runs at once, one per core (a launcher flag: the runs record neither it nor their threads)
+    argv = [*TINY, "--device", "cpu", "--output_root_dir", tmp_path / "out", "--workers", "2"]
     code, out, _ = launch(capsys, [*argv, "--experiments", study])
     assert code == 0, out
     recorded = {name: json.loads((tmp_path / "out" / "digits" / name / "results.json").read_text())["args"]
@@ -622,7 +623,7 @@ def write_sentences(path: Path, count: int) -> None:
 
 
 @pytest.mark.slow
-def test_real_sweep_on_two_cpu_workers_with_a_failing_run(tmp_path):
+def test_real_sweep_on_two_cpu_workers_with_a_failing_run(tmp_path, capsys, monkeypatch):
     """Tiny real runs from another directory through the entry point: the run with a data file without
     the task's columns is refused by the run once it reads the file (exit code 2, one error line, no
     results.json), the other completes, the exit code is 1. Relaunched with --skip_completed, the
@@ -671,10 +672,11 @@ def test_real_sweep_on_two_cpu_workers_with_a_failing_run(tmp_path):
     assert out.index("_train_file=bad.csv  (cpu worker 1") < min(out.index(" done "), out.index(" failed "))
     assert "2 run(s): 1 done, 1 failed" in out
     assert re.search(rf"{name}_train_file=train.csv +done +eval_accuracy=[\d.]+ +[\d.]+ MiB", out)
-    again = subprocess.run([sys.executable, str(REPO / "eval_parallel.py"), *argv, "--skip_completed", "--dry_run"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert (again.returncode, again.stderr) == (0, ""), again.stderr
-    lines = again.stdout.splitlines()
+    # The relaunch's plan, from the same directory (in this process: the entry point ran above).
+    monkeypatch.chdir(tmp_path)
+    code, again, err = launch(capsys, [*argv, "--skip_completed", "--dry_run"])
+    assert (code, err) == (0, ""), err
+    lines = again.splitlines()
     assert lines[2] == f"# skip (completed): out/sst2/{name}_train_file=train.csv"
     assert len(lines) == 4 and lines[3].endswith(f"--exp_name {name}_train_file=bad.csv")
 
@@ -729,7 +731,7 @@ def test_overwrite_replaces_a_completed_run_of_other_flags(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_ctrl_c_of_a_real_run_says_how_to_go_on(tmp_path):
+def test_ctrl_c_of_a_real_run_says_how_to_go_on(tmp_path, capsys, monkeypatch):
     """SIGINT after the run's first checkpoint: the launcher's last line and the run's own log both
     say to relaunch with --skip_completed, which then resumes the run from that checkpoint."""
     root = tmp_path / "out"
@@ -751,10 +753,11 @@ def test_ctrl_c_of_a_real_run_says_how_to_go_on(tmp_path):
     assert (run_dir / "stdout.log").read_text().splitlines()[-1] == (
         f"eval_run: interrupted; {run_dir} holds no results.json; to go on from {checkpoint}, relaunch the same "
         "launcher command (python eval_parallel.py or fliqs-launch) with --skip_completed (in place of any --overwrite)")
-    again = subprocess.run([sys.executable, str(REPO / "eval_parallel.py"), *argv, "--skip_completed", "--dry_run"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0, again.stderr
-    assert f"# resume (interrupted): {run_dir} from {checkpoint}" in again.stdout.splitlines()
+    # The relaunch's plan (in this process: the interrupted launcher above is the process boundary).
+    monkeypatch.chdir(tmp_path)
+    code, again, err = launch(capsys, [*argv, "--skip_completed", "--dry_run"])
+    assert code == 0, err
+    assert f"# resume (interrupted): {run_dir} from {checkpoint}" in again.splitlines()
 
 
 @pytest.mark.slow

@@ -14,17 +14,36 @@ def _run(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
+def _run_together(*commands: tuple, cwd: Path) -> list[subprocess.CompletedProcess]:
+    """_run of each command (a tuple of arguments), the independent processes started at once to
+    share the machine's cores; their results in order."""
+    started = [subprocess.Popen([sys.executable, *argv], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for argv in commands]
+    try:
+        outputs = [process.communicate(timeout=120) for process in started]
+        return [subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+                for process, (stdout, stderr) in zip(started, outputs)]
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
 def test_reselect_runs_from_anywhere_and_says_when_it_found_nothing(tmp_path):
     script = str(ROOT / "examples" / "reselect.py")
     write_run(tmp_path / "out", make_results("uniform_w4_s0", method="uniform", weight_bits=4))
-    for folder in (tmp_path / "out", tmp_path / "out" / "digits"):  # a root or one task's folder
-        done = _run(script, str(folder), cwd=tmp_path)  # not the checkout: it finds the project itself
+    folders = (tmp_path / "out", tmp_path / "out" / "digits")  # a root or one task's folder
+    # not the checkout: it finds the project itself
+    *found, missing, usage = _run_together(*[(script, str(folder)) for folder in folders],
+                                           (script, str(tmp_path / "missing")), (script, "--help"), cwd=tmp_path)
+    for folder, done in zip(folders, found):
         assert done.returncode == 1 and done.stdout == ""
         assert done.stderr == (f"no completed search run under {folder}; python examples/reselect.py OUTPUT_ROOT (a "
                                "directory of runs: OUTPUT_ROOT/TASK/RUN/results.json)\n")
-    done = _run(script, str(tmp_path / "missing"), cwd=tmp_path)
+    done = missing
     assert done.returncode == 2 and done.stderr.startswith("usage: python examples/reselect.py OUTPUT_ROOT")
-    done = _run(script, "--help", cwd=tmp_path)
+    done = usage
     assert done.returncode == 0 and done.stdout.startswith("Recompute the answer of finished searches")
 
 
@@ -84,10 +103,12 @@ def test_onnx_agreement_compares_the_export_with_the_run_on_its_validation_split
     assert 0 <= found["max_logit_diff"] < 1e-3  # a tiny model: summation order, no code moved far
     assert module.agreement(run_dir, tmp_path / "deploy" / "model.onnx", max_examples=20)["examples"] == 20
     script = str(ROOT / "examples" / "onnx_agreement.py")
-    done = _run(script, str(tmp_path / "out"), str(tmp_path / "deploy" / "model.onnx"), cwd=tmp_path)
+    no_results, not_a_file = _run_together((script, str(tmp_path / "out"), str(tmp_path / "deploy" / "model.onnx")),
+                                           (script, str(run_dir), str(tmp_path / "deploy")), cwd=tmp_path)
+    done = no_results
     assert done.returncode == 2 and done.stderr.endswith(
         f"error: '{tmp_path / 'out'}' has no results.json; pass a completed run's directory\n")
-    done = _run(script, str(run_dir), str(tmp_path / "deploy"), cwd=tmp_path)
+    done = not_a_file
     assert done.returncode == 2 and "is not a file; pass the model.onnx written by python -m quant.export --onnx" \
         in done.stderr
 

@@ -83,24 +83,53 @@ def test_original_examples_fail_fast_offline_with_the_ways_out(command, tmp_path
     assert "needs the Hugging Face hub" in err and "--train_file" in err or "--from_scratch" in err
 
 
-@pytest.mark.parametrize("script", ["pareto_digits", "pareto_text", "pareto_text_weight_only"])
-def test_examples_script_plans_cleanly(tmp_path, script):
-    # A `python` that plans the study (--dry_run) and skips the report, which needs the runs.
-    shim = tmp_path / "bin"
-    shim.mkdir()
-    (shim / "python").write_text(f'#!/bin/sh\n[ "$1" = eval_parallel.py ] && exec {sys.executable} "$@" --dry_run\n'
-                                 f'[ "$2" = eval.eval_parse ] && exit 0\nexec {sys.executable} "$@"\n')
-    (shim / "python").chmod(0o755)
-    out = tmp_path / "out"
-    out.mkdir()
-    env = {**os.environ, "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
-           "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run(["bash", str(ROOT / "examples" / f"{script}.sh"), str(out)], env=env, capture_output=True,
-                          text=True, timeout=300)
+STUDY_SCRIPTS = ["pareto_digits", "pareto_text", "pareto_text_weight_only"]
+
+
+@pytest.fixture(scope="module")
+def planned_studies(tmp_path_factory):
+    """Each study script's plan (a `python` that plans the study with --dry_run and skips the
+    report, which needs the runs), in a directory of its own: script -> its process. The three
+    are independent and start together, sharing the machine's cores."""
+    started = {}
+    for script in STUDY_SCRIPTS:
+        tmp_path = tmp_path_factory.mktemp(script)
+        shim = tmp_path / "bin"
+        shim.mkdir()
+        (shim / "python").write_text(f'#!/bin/sh\n[ "$1" = eval_parallel.py ] && exec {sys.executable} "$@" --dry_run\n'
+                                     f'[ "$2" = eval.eval_parse ] && exit 0\nexec {sys.executable} "$@"\n')
+        (shim / "python").chmod(0o755)
+        out = tmp_path / "out"
+        out.mkdir()
+        env = {**os.environ, "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
+               "CUDA_VISIBLE_DEVICES": ""}
+        started[script] = subprocess.Popen(["bash", str(ROOT / "examples" / f"{script}.sh"), str(out)], env=env,
+                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    yield started
+    for process in started.values():
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+@pytest.mark.parametrize("script", STUDY_SCRIPTS)
+def test_examples_script_plans_cleanly(planned_studies, script):
+    done = _finished(planned_studies[script], timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("-m eval.eval_run") == 36  # 12 experiments x 3 seeds
     if script.endswith("weight_only"):  # every model but float keeps INT8 activations; 6 x 3 searches of weights
         assert done.stdout.count(" --activation_bits 8 ") == 33 and done.stdout.count(" --weight_only_search ") == 18
+
+
+def _finished(process: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
+    """What subprocess.run gives, for a process started with Popen (stdout and stderr piped)."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def _fake_launcher_path(tmp_path, exit_code=0):
@@ -120,16 +149,33 @@ def _docs_digest():
             for path in sorted((ROOT / "docs").glob("pareto_*")) if path.suffix in (".md", ".png")}
 
 
-@pytest.mark.parametrize("script", ["pareto_digits", "pareto_text", "pareto_text_weight_only"])
-def test_examples_script_writes_its_report_next_to_another_output_root(tmp_path, script):
+@pytest.fixture(scope="module")
+def reported_studies(tmp_path_factory):
+    """Each study script run on an output root of its own holding one completed run, its study
+    skipped (the report only): script -> (output root, its process, docs/ before). The three are
+    independent and start together, sharing the machine's cores."""
     from tests.eval.test_results import make_results, write_run
 
-    out = tmp_path / "study"
-    write_run(out, make_results("float_seed=0", method="float"))
     before = _docs_digest()
-    env = dict(os.environ, PATH=_fake_launcher_path(tmp_path))
-    done = subprocess.run(["bash", str(ROOT / "examples" / f"{script}.sh"), str(out)], env=env, capture_output=True,
-                          text=True, timeout=120)
+    started = {}
+    for script in STUDY_SCRIPTS:
+        tmp_path = tmp_path_factory.mktemp(script)
+        out = tmp_path / "study"
+        write_run(out, make_results("float_seed=0", method="float"))
+        env = dict(os.environ, PATH=_fake_launcher_path(tmp_path))
+        started[script] = (out, subprocess.Popen(["bash", str(ROOT / "examples" / f"{script}.sh"), str(out)], env=env,
+                                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), before)
+    yield started
+    for _, process, _ in started.values():
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+@pytest.mark.parametrize("script", STUDY_SCRIPTS)
+def test_examples_script_writes_its_report_next_to_another_output_root(reported_studies, script):
+    out, process, before = reported_studies[script]
+    done = _finished(process, timeout=120)
     assert done.returncode == 0, done.stderr
     report = (out / f"{script}.md").read_text()
     assert report.startswith(f"# FLIQS results: {out}") and done.stdout == report
@@ -178,10 +224,13 @@ def test_examples_script_takes_the_callers_value_of_a_study_flag(tmp_path):
     (shim / "python").chmod(0o755)
     env = {**os.environ, "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": "",
            "SEEDS": "5"}
-    for extra in (["--num_train_epochs", "2"], ["--num_train_epochs=2"], ["--model_type", "resnet50"],
-                  ["--model=resnet50"]):
-        done = subprocess.run(["bash", str(ROOT / "examples" / "pareto_digits.sh"), str(tmp_path / "out"), "--dry_run",
-                               *extra], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    extras = (["--num_train_epochs", "2"], ["--num_train_epochs=2"], ["--model_type", "resnet50"], ["--model=resnet50"])
+    # The four dry runs are independent: started together, they share the machine's cores.
+    started = [subprocess.Popen(["bash", str(ROOT / "examples" / "pareto_digits.sh"), str(tmp_path / "out"),
+                                 "--dry_run", *extra], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for extra in extras]
+    for extra, process in zip(extras, started):
+        done = _finished(process, timeout=300)
         assert done.returncode == 0, done.stderr
         runs = [line for line in done.stdout.splitlines() if "-m eval.eval_run" in line]
         assert len(runs) == 12 and all(f" {' '.join(extra)} " in line for line in runs), runs[0]

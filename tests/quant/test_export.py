@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import math
 import os
@@ -362,14 +363,22 @@ def test_a_full_disk_while_writing_the_onnx_model_names_it(tmp_path, monkeypatch
     assert os.listdir(tmp_path) == []
 
 
-def test_python_dash_m_names_the_onnx_file_too(tmp_path):
-    """`python -m quant.export` runs the module as __main__, a second copy whose ExportWriteError is
-    not the one quant.onnx_export raises: the message came out as `error: ExportWriteError: cannot
-    write OUT/.ckpt.onnx-XXXX/model.onnx ...`, the temporary folder's path with a type prefix."""
+PYTHON_DASH_M = "test_python_dash_m_names_the_onnx_file_too"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def python_dash_m_export(request, tmp_path_factory):
+    """The process of test_python_dash_m_names_the_onnx_file_too, started with this module's first
+    test when that test is selected: it runs on the other core while the tests before it run here.
+    (its output directory, the process) or None."""
     import subprocess
     import sys
 
-    pytest.importorskip("onnxscript")
+    if importlib.util.find_spec("onnxscript") is None or not any(
+            item.name == PYTHON_DASH_M and getattr(item, "module", None) is request.module for item in request.session.items):
+        yield None
+        return
+    tmp_path = tmp_path_factory.mktemp("python_dash_m")
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     script = (
         "import errno, os, runpy, sys\n"
@@ -383,12 +392,25 @@ def test_python_dash_m_names_the_onnx_file_too(tmp_path):
         "quant.onnx_export.onnx.save_model = full\n"
         "sys.argv = ['quant.export', *sys.argv[1:]]\n"
         "runpy.run_module('quant.export', run_name='__main__', alter_sys=True)\n")
-    done = subprocess.run([sys.executable, "-c", script, "run", "--out", str(tmp_path / "ckpt"), "--onnx",
-                           "--image_size", "32"], cwd=repo, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "1"})
-    assert (done.returncode, done.stderr.splitlines()[-1]) == (
+    process = subprocess.Popen([sys.executable, "-c", script, "run", "--out", str(tmp_path / "ckpt"), "--onnx",
+                                "--image_size", "32"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "1"})
+    yield tmp_path, process
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
+
+
+def test_python_dash_m_names_the_onnx_file_too(python_dash_m_export):
+    """`python -m quant.export` runs the module as __main__, a second copy whose ExportWriteError is
+    not the one quant.onnx_export raises: the message came out as `error: ExportWriteError: cannot
+    write OUT/.ckpt.onnx-XXXX/model.onnx ...`, the temporary folder's path with a type prefix."""
+    pytest.importorskip("onnxscript")
+    tmp_path, process = python_dash_m_export  # started with the module's first test
+    _, stderr = process.communicate(timeout=300)
+    assert (process.returncode, stderr.splitlines()[-1]) == (
         1, f"python -m quant.export: error: cannot write {tmp_path / 'ckpt' / 'model.onnx'}: No space left on device "
-        "(errno 28); free space or pass another --out"), done.stderr
+        "(errno 28); free space or pass another --out"), stderr
     assert os.listdir(tmp_path) == []
 
 
@@ -432,9 +454,19 @@ def test_errors_name_the_command_as_typed(tmp_path, capsys, monkeypatch):
                       "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n    sys.exit(cli())\n")
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "1"}
-    for command, name in (([str(script)], "fliqs-export"), (["-m", "quant.export"], "python -m quant.export")):
-        done = subprocess.run([sys.executable, *command, "run", "--out", "a", "--onnx", "--onnx"], cwd=repo, env=env,
-                              capture_output=True, text=True, timeout=300)
+    commands = (([str(script)], "fliqs-export"), (["-m", "quant.export"], "python -m quant.export"))
+    # Both started at once (independent processes, one per core).
+    started = [subprocess.Popen([sys.executable, *command, "run", "--out", "a", "--onnx", "--onnx"], cwd=repo, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for command, _ in commands]
+    try:
+        finished = [(process.communicate(timeout=300)[1], process.returncode) for process in started]
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    for (_, name), (stderr, returncode) in zip(commands, finished):
+        done = subprocess.CompletedProcess([], returncode, "", stderr)
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
         assert done.stderr.splitlines()[0].startswith(f"usage: {name} [-h]")
         assert done.stderr.splitlines()[-1] == f"{name}: error: --onnx given twice: give it once"
@@ -442,46 +474,59 @@ def test_errors_name_the_command_as_typed(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_cli_on_a_tiny_real_run(tmp_path):
+    import shutil
     import subprocess
     import sys
 
+    from eval.eval_run import main as run_main
+
+    # The run in this process (what is exported is the run directory it leaves, not the process).
+    assert run_main(["--task", "digits", "--model_type", "resnet18", "--config_overrides",
+                     "depths=[1,1,1,1],hidden_sizes=[8,8,8,8],embedding_size=8", "--max_steps", "3",
+                     "--max_train_samples", "64", "--max_eval_samples", "32", "--weight_bits", "4", "--activation_bits",
+                     "8", "--device", "cpu", "--report_to", "none", "--output_root_dir", str(tmp_path / "runs")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    (run_dir,) = (tmp_path / "runs" / "digits").iterdir()
+    # Any failure of the command is one line, not a traceback (here transformers' loader: no weights).
+    # Started now, it runs on the other core while this process checks the export below.
+    shutil.copytree(run_dir, tmp_path / "no_weights")
+    for weights in (tmp_path / "no_weights" / "final_model").glob("*.safetensors"):
+        weights.unlink()
+    failing = subprocess.Popen([sys.executable, "-m", "quant.export", str(tmp_path / "no_weights"), "--out",
+                                str(tmp_path / "out3")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    try:
+        _check_export_of_a_tiny_real_run(run_dir, tmp_path / "out")
+        _, failed_stderr = failing.communicate(timeout=300)
+    finally:
+        if failing.poll() is None:
+            failing.kill()
+            failing.communicate()
+    errors = [line for line in failed_stderr.splitlines() if line.startswith("python -m quant.export: error: ")]
+    assert failing.returncode == 1 and "Traceback" not in failed_stderr and len(errors) == 1, failed_stderr
+    assert errors[0].startswith("python -m quant.export: error: OSError: ")
+    assert not (tmp_path / "out3").exists()
+
+
+def _check_export_of_a_tiny_real_run(run_dir, out) -> None:
+    """The CLI's export of the run: its report is the run's memory cost, the checkpoint reloads
+    the run's model bit for bit, onnxruntime agrees with it."""
     import numpy as np
     import onnxruntime as ort
 
     from eval.eval_run import load_run_model
 
-    command = [sys.executable, "-m", "eval.eval_run", "--task", "digits", "--model_type", "resnet18",
-               "--config_overrides", "depths=[1,1,1,1],hidden_sizes=[8,8,8,8],embedding_size=8", "--max_steps", "3",
-               "--max_train_samples", "64", "--max_eval_samples", "32", "--weight_bits", "4", "--activation_bits", "8",
-               "--device", "cpu", "--report_to", "none", "--output_root_dir", str(tmp_path / "runs")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(command, check=True, capture_output=True, env=env, cwd=os.path.dirname(os.path.dirname(
-        os.path.dirname(os.path.abspath(__file__)))), timeout=600)
-    (run_dir,) = (tmp_path / "runs" / "digits").iterdir()
-    report = main([str(run_dir), "--out", str(tmp_path / "out"), "--onnx"])
+    report = main([str(run_dir), "--out", str(out), "--onnx"])
     results = json.loads((run_dir / "results.json").read_text())
     assert report.memory_cost_mib == pytest.approx(results["cost"]["memory_mib"], rel=1e-12)
     assert report.code_bytes == report.memory_cost_mib * 2**20  # every int4 conv has an even weight count
     run_model, _ = load_run_model(run_dir)
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     expected = outputs(run_model, {"pixel_values": pixels})
-    assert torch.equal(outputs(load_quantized_checkpoint(tmp_path / "out"), {"pixel_values": pixels}), expected)
-    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert torch.equal(outputs(load_quantized_checkpoint(out), {"pixel_values": pixels}), expected)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(["logits"], {"pixel_values": pixels.numpy()})[0]
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-5, rtol=1e-4)
-    # Any failure of the command is one line, not a traceback (here transformers' loader: no weights).
-    import shutil
-
-    shutil.copytree(run_dir, tmp_path / "no_weights")
-    for weights in (tmp_path / "no_weights" / "final_model").glob("*.safetensors"):
-        weights.unlink()
-    failed = subprocess.run([sys.executable, "-m", "quant.export", str(tmp_path / "no_weights"), "--out",
-                             str(tmp_path / "out3")], capture_output=True, text=True, env=env, timeout=300,
-                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    errors = [line for line in failed.stderr.splitlines() if line.startswith("python -m quant.export: error: ")]
-    assert failed.returncode == 1 and "Traceback" not in failed.stderr and len(errors) == 1, failed.stderr
-    assert errors[0].startswith("python -m quant.export: error: OSError: ")
-    assert not (tmp_path / "out3").exists()
 
 
 def _trainer_evaluation(model, setup, batch_size: int) -> tuple[float, float]:
