@@ -358,7 +358,18 @@ class ReinforceTrainer(SearchAnswer, PolicyUpdates, RngPreservingEvaluation, Tra
                 save_search_state(folder, self.search_state_dict())
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        state = load_search_state(resume_from_checkpoint)
-        self.check_search_state(state)  # before any weight is loaded
+        self.check_search_state(load_search_state(resume_from_checkpoint))  # before any weight is loaded
+        self._search_state_checked = resume_from_checkpoint
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        # The search state is restored here, the one resume hook every backend reaches: under
+        # DeepSpeed the Trainer loads the weights itself and never calls _load_from_checkpoint
+        # (the check is then made here, after the weights are loaded).
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        state = load_search_state(checkpoint)
+        if getattr(self, "_search_state_checked", None) != checkpoint:
+            self.check_search_state(state)
         self._restore_search_state(state)

@@ -76,6 +76,29 @@ def test_resume_from_a_mid_search_checkpoint_is_exact(tmp_path, source, dropout)
     assert all(torch.equal(a, b) for a, b in zip(full.model.parameters(), resumed.model.parameters()))
 
 
+def test_resume_under_a_backend_that_loads_the_weights_itself_restores_the_search(tmp_path):
+    """DeepSpeed's resume loads the weights without Trainer._load_from_checkpoint (transformers
+    calls deepspeed_load_checkpoint instead): the search state, restored there, was left at its
+    start, so the resumed search silently began again. Simulated by bypassing the override."""
+    from transformers import Trainer
+
+    overrides = dict(save_strategy="steps", save_steps=20)
+    full = make_trainer(str(tmp_path / "full"), seed=5, steps=40, training_overrides=overrides)
+    full.train()
+    checkpoint = str(tmp_path / "full" / "checkpoint-20")
+    resumed = make_trainer(str(tmp_path / "resumed"), seed=5, steps=40, training_overrides=overrides)
+    resumed._load_from_checkpoint = lambda path, model=None: Trainer._load_from_checkpoint(resumed, path, model)
+    resumed.train(resume_from_checkpoint=checkpoint)
+    assert torch.equal(full.policy.logits, resumed.policy.logits)
+    assert all(torch.equal(a, b) for a, b in zip(full.model.parameters(), resumed.model.parameters()))
+    # the settings are still checked on that path
+    other = make_trainer(str(tmp_path / "other"), seed=5, steps=40, training_overrides=overrides, policy_seed=9)
+    other._load_from_checkpoint = lambda path, model=None: Trainer._load_from_checkpoint(other, path, model)
+    with pytest.raises(ValueError, match=r"search settings differ from this run's \(checkpoint -> this run\): "
+                                         r"policy_seed 5 -> 9; "):
+        other.train(resume_from_checkpoint=checkpoint)
+
+
 def test_resume_from_a_checkpoint_without_search_state_fails_clearly(tmp_path):
     trainer = make_trainer(str(tmp_path / "a"), steps=20, training_overrides=dict(save_strategy="steps", save_steps=10))
     trainer.train()
