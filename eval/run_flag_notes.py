@@ -113,10 +113,14 @@ def _scale_flag_text(name: str, value: object) -> str:
     return f"--{name}" if isinstance(value, bool) else f"--{name} {value:g}"
 
 
-def _side_state(args: argparse.Namespace, side: str) -> str:
-    """How this run leaves `side` unscaled: in float, or cast to bf16/fp16."""
-    fmt = args.act_format if side == "activations" else args.weight_format
-    return f"casts its {side} to {fmt}, which takes no scale" if fmt in CAST_FORMATS else f"keeps its {side} in float"
+def _side_state(args: argparse.Namespace, sides: list[str]) -> str:
+    """How this run leaves `sides` unscaled: in float, or cast to bf16/fp16 ("casts its weights
+    and activations to bf16, ..." where both sides share the format)."""
+    formats = {side: args.act_format if side == "activations" else args.weight_format for side in sides}
+    if len(set(formats.values())) > 1:
+        return ", and ".join(_side_state(args, [side]) for side in sides)
+    fmt, what = formats[sides[0]], " and ".join(sides)
+    return f"casts its {what} to {fmt}, which takes no scale" if fmt in CAST_FORMATS else f"keeps its {what} in float"
 
 
 def _way_to_scale(args: argparse.Namespace, sides: list[str]) -> str:
@@ -151,9 +155,9 @@ def unscaled_side_scale_note(args: argparse.Namespace, defaults: dict[str, objec
     if args.mode == "float":
         why = "this run is float"
     elif args.mode == "search":  # a weight-only search: its activations are fixed
-        why = f"this weight-only search {_side_state(args, 'activations')} (activations {args.act_format})"
+        why = f"this weight-only search {_side_state(args, ['activations'])} (activations {args.act_format})"
     else:
-        why = (f"this run {' and '.join(_side_state(args, side) for side in noted)} (weights {args.weight_format}, "
+        why = (f"this run {_side_state(args, noted)} (weights {args.weight_format}, "
                f"activations {args.act_format})")
     return (f"note: {flags} only {verb} to scaled {what}, and {why}: it ignores {them} (to quantize the {what} with "
             f"a scale, {_way_to_scale(args, noted)})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from typing import Any
 
 import torch
@@ -74,10 +75,25 @@ def load_search_state(checkpoint_dir: str) -> dict[str, Any]:
 def read_search_state_file(path: str | os.PathLike) -> dict[str, Any]:
     """The search state in `path`, read with torch's weights-only unpickler: what
     save_search_state writes is tensors and plain values, and resuming from a checkpoint
-    someone else wrote must not run code hidden in it. ValueError for a file holding more."""
+    someone else wrote must not run code hidden in it. ValueError for a file holding more, or
+    one cut short or damaged."""
     try:
         return torch.load(path, weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path} holds more than tensors and plain values, so it was not written by a FLIQS search "
-                         f"({first}); resume from a checkpoint a search run wrote, or start a new run") from None
+        # torch's message leads with advice to load with weights_only=False: quote only its reason.
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n\n|$)", str(error), re.S)
+        reason = " ".join(found.group(1).split()) if found else _first_line(error)
+        if reason.startswith("Unsupported global"):
+            raise ValueError(f"{path} holds more than tensors and plain values, so it was not written by a FLIQS "
+                             f"search ({reason}); resume from a checkpoint a search run wrote, or start a new run"
+                             ) from None
+        error_text = reason
+    except (EOFError, RuntimeError, KeyError, ValueError) as error:  # what torch.load raises for a damaged file
+        error_text = _first_line(error)
+    raise ValueError(f"{path} cannot be read as a search state ({error_text}): it is cut short or damaged; resume "
+                     "from another checkpoint of the run, or start a new run")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__

@@ -78,8 +78,12 @@ def test_search_settings_without_a_delay_or_an_entropy_penalty_are_noted(argv, n
      "scale, change --activation_bits bf16 to 8)\n"),
     (["--weight_bits", "fp16", "--activation_bits", "0", "--per_channel", "--per_token"],
      "eval_run: note: --per_channel --per_token only apply to scaled layers, and this run casts its weights to fp16, "
-     "which takes no scale and keeps its activations in float (weights fp16, activations none): it ignores them (to "
+     "which takes no scale, and keeps its activations in float (weights fp16, activations none): it ignores them (to "
      "quantize the layers with a scale, change --weight_bits fp16 to 8 and change --activation_bits 0 to 8)\n"),
+    (["--bits", "bf16", "--per_channel", "--per_token"],
+     "eval_run: note: --per_channel --per_token only apply to scaled layers, and this run casts its weights and "
+     "activations to bf16, which takes no scale (weights bf16, activations bf16): it ignores them (to quantize the "
+     "layers with a scale, change --bits bf16 to 8)\n"),
     (["--weight_only_search", "--per_token"],
      "eval_run: note: --per_token only applies to scaled activations, and this weight-only search keeps its "
      "activations in float (activations none): it ignores it (to quantize the activations with a scale, add "

@@ -160,8 +160,9 @@ def test_a_search_state_holding_code_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "ran"
     save_search_state(str(tmp_path), {"settings": {}, "payload": _RunsCodeWhenUnpickled(marker)})
     with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / SEARCH_STATE_NAME))} holds more than tensors "
-                                         r"and plain values, so it was not written by a FLIQS search \(.+\); resume "
-                                         r"from a checkpoint a search run wrote, or start a new run$"):
+                                         r"and plain values, so it was not written by a FLIQS search \(Unsupported "
+                                         r"global: GLOBAL [^()]+\); resume from a checkpoint a search run wrote, or "
+                                         r"start a new run$"):
         load_search_state(str(tmp_path))
     assert not marker.exists()
     # What a search writes loads whole with the weights-only unpickler (the resume tests use it).
@@ -172,3 +173,21 @@ def test_a_search_state_holding_code_is_refused_without_running_it(tmp_path):
     loaded = load_search_state(str(tmp_path))
     assert loaded.keys() == state.keys() and loaded["policy_optimizer"] == state["policy_optimizer"]
     assert torch.equal(loaded["sample_generator"], state["sample_generator"])
+
+
+def test_a_damaged_search_state_is_named(tmp_path):
+    """Cut short, empty or not a torch file: one error naming the file, not torch's advice to load
+    it with weights_only=False."""
+    from trainer.search_state import load_search_state, save_search_state
+
+    save_search_state(str(tmp_path), {"policy": {"logits": torch.zeros(64, 8)}})
+    path = tmp_path / SEARCH_STATE_NAME
+    whole = path.read_bytes()
+    for content, reason in ((whole[:len(whole) // 2], r"RuntimeError: PytorchStreamReader failed .*"),
+                            (b"", "EOFError"), (b"not a checkpoint", r"Unsupported operand \d+")):
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} cannot be read as a search state \({reason}\): "
+                                             r"it is cut short or damaged; resume from another checkpoint of the run, "
+                                             r"or start a new run$") as error:
+            load_search_state(str(tmp_path))
+        assert "weights_only" not in str(error.value)
