@@ -243,3 +243,13 @@ def test_a_sweep_of_a_flag_the_runs_do_not_read_is_one_run_twice():
         plan_experiments([*base, "--max_entropy_beta", "0"], [parse_sweep("entropy_schedule_type=linear,cosine")])
     both = plan_experiments([*base, "--bits", "8"], [parse_sweep("per_token=true,false")])
     assert [e.args["per_token"] for e in both] == [True, False]
+
+
+def test_the_unscaled_format_names_are_the_formats():
+    """eval/run_compare.py names them without importing quant (the report runs without torch)."""
+    from eval.run_compare import CAST_FORMATS, FLOAT_FORMAT
+    from quant.formats import NO_QUANT, CastDtype, CastFormat, parse_format
+
+    assert FLOAT_FORMAT == NO_QUANT.name
+    assert all(isinstance(parse_format(name), CastFormat) and parse_format(name).name == name for name in CAST_FORMATS)
+    assert set(CAST_FORMATS) == {dtype.value for dtype in CastDtype}
