@@ -129,3 +129,21 @@ def apply_config_overrides(config: PretrainedConfig, overrides: dict[str, Any] |
         _check_override_key(config, key)
     if overrides:
         config.update(dict(overrides))
+        _realign_stages(config, overrides)
+
+
+# Derived by a backbone-style config's constructor from its depths (ResNet: "stem", "stage1", ...;
+# the output stage defaults to the last one); update() does not derive them again.
+_STAGE_KEYS = ("stage_names", "out_features", "out_indices")
+
+
+def _realign_stages(config: PretrainedConfig, overrides: dict[str, Any]) -> None:
+    """After `depths` changed the number of stages, the stage names and output stages its class
+    derives for it (given out_features/out_indices overrides kept): left for the old count, the
+    saved config.json failed to load (`out_features must be a subset of stage_names`)."""
+    if "depths" not in overrides or getattr(config, "stage_names", None) is None:
+        return
+    fresh = type(config).from_dict({key: value for key, value in config.to_dict().items() if key not in _STAGE_KEYS})
+    config.stage_names = fresh.stage_names
+    config.set_output_features_output_indices(out_features=overrides.get("out_features"),
+                                              out_indices=overrides.get("out_indices"))

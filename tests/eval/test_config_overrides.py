@@ -1,4 +1,4 @@
-"""`--config_overrides` parsing: values converted to the config's types, and the errors."""
+"""`--config_overrides`: values converted to the config's types, the errors, and the config they leave."""
 from __future__ import annotations
 
 import pytest
@@ -41,3 +41,24 @@ def test_parse_config_overrides_errors(text, message):
 def test_list_override_needs_brackets():
     with pytest.raises(ValueError, match=r"depths='2': expected list written as \[a,b,...\]"):
         parse_config_overrides("depths=2", get_model_spec("resnet18").builtin_config())
+
+
+@pytest.mark.parametrize("depths", [[1, 1], [1, 1, 1, 1, 1]])
+def test_a_model_with_other_stage_counts_loads_back(tmp_path, depths):
+    """ResNetConfig derives its stage names and output stage from depths in its constructor: after
+    an override of depths they were the old four stages', and the saved config.json failed to load
+    (`out_features must be a subset of stage_names`), e.g. for the export of the run."""
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    from eval.models import build_model
+
+    stages = len(depths)
+    model = build_model("resnet18", num_labels=3, from_scratch=True,
+                        config_overrides={"depths": depths, "hidden_sizes": [8] * stages, "embedding_size": 8})
+    assert model.config.stage_names == ["stem", *(f"stage{i}" for i in range(1, stages + 1))]
+    assert (model.config.out_features, model.config.out_indices) == ([f"stage{stages}"], [stages])
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+    images = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model.eval()(pixel_values=images).logits, loaded(pixel_values=images).logits)
