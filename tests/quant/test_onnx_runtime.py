@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from eval.models import build_model
-from quant.onnx_export import export_onnx
 from quant.onnx_runtime import example_inputs_for, onnxruntime_load_problem
 from quant.quant_module import QuantConfig
-from tests.quant.test_onnx_export import TINY_BERT, assert_agrees, ort_outputs, tiny, torch_outputs
+from tests.quant.test_onnx_export import TINY_BERT, assert_agrees, cli_export, ort_outputs, tiny, torch_outputs
 
 torch.set_num_threads(1)
 
@@ -35,17 +34,20 @@ def test_token_type_ids_follow_the_tokenizer_and_the_forward():
     assert list(old) == ["input_ids", "attention_mask", "token_type_ids"] and old["token_type_ids"].sum() == 0
 
 
-def test_which_formats_the_installed_onnxruntime_runs(tmp_path):
+def test_which_formats_the_installed_onnxruntime_runs(tmp_path_factory):
     """onnxruntime 1.32 (CPU) runs INT2 Q/DQ at opset 25 but has no FLOAT4E2M1 kernel: the FP4
-    model is valid ONNX that it refuses to load, and the problem is one line with the ways out."""
-    int2, inputs = tiny("resnet18", QuantConfig("int2", "int2", per_channel=True))
-    assert export_onnx(int2, inputs, tmp_path / "int2.onnx").opset == 25
-    assert onnxruntime_load_problem(tmp_path / "int2.onnx") is None
-    assert_agrees(ort_outputs(tmp_path / "int2.onnx", inputs), torch_outputs(int2, inputs))
-    fp4, inputs = tiny("resnet18", QuantConfig("fp4", "int8", per_channel=True))
-    assert export_onnx(fp4, inputs, tmp_path / "fp4.onnx").opset == 23
-    onnx.checker.check_model(str(tmp_path / "fp4.onnx"))
-    problem = onnxruntime_load_problem(tmp_path / "fp4.onnx", shown_as="deploy/model.onnx")
+    model is valid ONNX that it refuses to load, and the problem is one line with the ways out.
+    The models: the CLI's exports (export_onnx's, its report printed) that
+    tests/quant/test_onnx_export.py checks the notes of, exported once."""
+    int2 = cli_export(tmp_path_factory, "int2", "int2")
+    assert f"{int2.out / 'model.onnx'}: opset 25, " in int2.stdout  # export_onnx's report
+    assert {o.version for o in onnx.load(str(int2.out / "model.onnx")).opset_import if o.domain == ""} == {25}
+    assert onnxruntime_load_problem(int2.out / "model.onnx") is None
+    assert_agrees(ort_outputs(int2.out / "model.onnx", int2.inputs), torch_outputs(int2.model, int2.inputs))
+    fp4 = cli_export(tmp_path_factory, "fp4", "int8")
+    assert f"{fp4.out / 'model.onnx'}: opset 23, " in fp4.stdout
+    onnx.checker.check_model(str(fp4.out / "model.onnx"))
+    problem = onnxruntime_load_problem(fp4.out / "model.onnx", shown_as="deploy/model.onnx")
     assert problem is not None and "\n" not in problem
     node = problem.split("(node ")[1].split(")")[0]
     assert problem == (f"onnxruntime {ort.__version__} cannot run deploy/model.onnx: its CPU provider has no "
