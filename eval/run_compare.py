@@ -84,16 +84,22 @@ def unread_search_settings(args: Mapping[str, Any]) -> frozenset[str]:
 # layer leaves unscaled reads neither of its flags.
 SCALE_FLAG_SIDES: dict[str, str] = {"per_channel": "weights", "weight_range_percentile": "weights",
                                     "per_token": "activations", "act_range_percentile": "activations"}
-# Formats that take no scale: none (quantize returns x unchanged; quant.formats.NO_QUANT.name) and
-# the bf16/fp16 casts (scale 1: quant/scales.py). Names, not imported: the report runs without torch.
-FLOAT_FORMAT = "none"
-CAST_FORMATS = ("bf16", "fp16")
-UNSCALED_FORMATS = (FLOAT_FORMAT, *CAST_FORMATS)
+
+
+def takes_no_scale(name: Any) -> bool:
+    """Whether recorded format `name` leaves its values unscaled (NumberFormat.takes_scale: none,
+    and the bf16/fp16 casts); False for what is no format name (such a record is compared)."""
+    from quant.formats import parse_format  # torch: only once records are read, as eval/results_schema.py
+
+    try:
+        return isinstance(name, str) and not parse_format(name).takes_scale
+    except ValueError:
+        return False
 
 
 def unscaled_sides(args: Mapping[str, Any]) -> frozenset[str]:
-    """The sides ("weights", "activations") that every layer of `args`' run leaves unscaled (in
-    UNSCALED_FORMATS): both in a float run, those at such a format in a fixed-format run, the
+    """The sides ("weights", "activations") that every layer of `args`' run leaves unscaled
+    (`takes_no_scale`): both in a float run, those at such a format in a fixed-format run, the
     activations of a weight-only search without --activation_bits (or with a cast). None of a full
     search (it searches both sides), a --load_config run (its formats are in that file; older
     records of one say mode uniform with both formats none) or a run that does not record them."""
@@ -104,8 +110,8 @@ def unscaled_sides(args: Mapping[str, Any]) -> frozenset[str]:
         return frozenset({"weights", "activations"})
     if mode == "uniform":
         return frozenset(side for side, key in (("weights", "weight_format"), ("activations", "act_format"))
-                         if args.get(key) in UNSCALED_FORMATS)
-    if mode == "search" and args.get("weight_only_search") is True and args.get("act_format") in UNSCALED_FORMATS:
+                         if takes_no_scale(args.get(key)))
+    if mode == "search" and args.get("weight_only_search") is True and takes_no_scale(args.get("act_format")):
         return frozenset({"activations"})
     return frozenset()
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 
-from eval.run_compare import (CAST_FORMATS, SCALE_FLAG_SIDES, SEARCH_ONLY_FLAGS, SEARCH_SETTING_READERS,
-                               unread_search_settings, unscaled_sides)
+from eval.run_compare import (SCALE_FLAG_SIDES, SEARCH_ONLY_FLAGS, SEARCH_SETTING_READERS, unread_search_settings,
+                               unscaled_sides)
 from eval.run_args import DEFAULT_DATA_SEED
+from quant.formats import parse_format
 
 # SEARCH_ONLY_FLAGS (eval/run_compare.py): a fixed-format or float run ignores them. An experiments
 # file gives every run the same base flags, so this is a note, not an error. (--single_decision,
@@ -120,7 +121,9 @@ def _side_state(args: argparse.Namespace, sides: list[str]) -> str:
     if len(set(formats.values())) > 1:
         return ", and ".join(_side_state(args, [side]) for side in sides)
     fmt, what = formats[sides[0]], " and ".join(sides)
-    return f"casts its {what} to {fmt}, which takes no scale" if fmt in CAST_FORMATS else f"keeps its {what} in float"
+    # a side left unscaled (eval.run_compare.unscaled_sides) that quantizes is a cast
+    return f"casts its {what} to {fmt}, which takes no scale" if parse_format(fmt).quantizes else \
+        f"keeps its {what} in float"
 
 
 def _way_to_scale(args: argparse.Namespace, sides: list[str]) -> str:

@@ -19,7 +19,7 @@ from torch import nn
 
 from quant.eval_autocast import AUTOCAST_DTYPES, set_eval_autocast
 from quant.export import CODES_SUFFIX, CONFIG_NAME, FORMAT_VERSION, QUANT_METHOD, SCALE_SUFFIX, WEIGHTS_NAME
-from quant.formats import CastFormat, parse_format
+from quant.formats import parse_format
 from quant.packing import PackedTensor, storage_dtype, unpack
 from quant.quant_module import QuantConfig
 from quant.scales import Granularity
@@ -131,7 +131,7 @@ def load_quantized_checkpoint(path: str | os.PathLike) -> nn.Module:
         fmt = parse_format(entry["weight_format"])
         codes = tensors.pop(name + CODES_SUFFIX, None)
         scale = tensors.pop(name + SCALE_SUFFIX, None)
-        if codes is None or (scale is None and fmt.quantizes and not isinstance(fmt, CastFormat)):
+        if codes is None or (scale is None and fmt.takes_scale):
             raise ValueError(f"{WEIGHTS_NAME} lacks the codes or scale of layer {name!r} ({fmt.name}); the checkpoint "
                              f"is incomplete, export it again")
         if codes.dtype != storage_dtype(fmt):

@@ -78,6 +78,12 @@ class NumberFormat:
         """False only for the identity format, so callers can skip all work for it."""
         return True
 
+    @property
+    def takes_scale(self) -> bool:
+        """Whether values are scaled onto the format (range / max): not for the identity format nor
+        for the casts to a torch dtype, whose scale is 1 (so no scale option changes them)."""
+        return self.quantizes
+
     def __str__(self) -> str:
         return self.name
 
@@ -124,6 +130,10 @@ class CastFormat(NumberFormat):
     @property
     def name(self) -> str:  # type: ignore[override]
         return self.dtype.value
+
+    @property
+    def takes_scale(self) -> bool:
+        return False
 
     @property
     def bits(self) -> int:  # type: ignore[override]

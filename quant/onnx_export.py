@@ -34,7 +34,6 @@ from torch import nn
 
 from quant import weight_group
 from quant.export import writing
-from quant.formats import CastFormat
 from quant.onnx_ops import BASE_OPSET, ONNX_TYPES, TRANSLATION_TABLE, _QDQLayer, check_opset, required_opset
 from quant.quant_module import QuantModule
 from quant.surgery import quantized_layers
@@ -58,7 +57,7 @@ def _unsupported_reason(layer: QuantModule) -> str | None:
         if fmt.quantizes and fmt not in ONNX_TYPES:
             problems.append(f"{what} format {fmt.name} has no ONNX type")
     act, percentile = layer.act_format, layer.act_range_percentile
-    if act.quantizes and not isinstance(act, CastFormat) and percentile != 100:
+    if act.takes_scale and percentile != 100:
         problems.append(f"act_range_percentile {percentile} (dynamic Q/DQ computes abs-max scales only)")
     return "; ".join(problems) or None
 

@@ -17,7 +17,7 @@ from typing import Callable, Hashable
 
 import torch
 
-from quant.formats import CastFormat, NumberFormat, parse_format
+from quant.formats import NumberFormat, parse_format
 from quant.rounding import _quantize_scaled_, _quantize_scaled_batchable_
 
 _FP32_TINY = torch.finfo(torch.float32).tiny
@@ -216,7 +216,7 @@ def compute_scale(
 def _compute_scale(x: torch.Tensor, fmt: NumberFormat, granularity: Granularity, dim: int,
                    range_percentile: float) -> torch.Tensor:
     """`compute_scale` with its arguments already checked."""
-    if isinstance(fmt, CastFormat) or not fmt.quantizes:
+    if not fmt.takes_scale:
         return torch.ones((1,) * x.dim(), dtype=torch.float32, device=x.device)
     dims = _reduce_dims(x, granularity, dim)
     if x.numel() == 0:  # the reductions below reject empty dimensions

@@ -143,6 +143,8 @@ class ReinforceTrainer(SearchAnswer, PolicyUpdates, RngPreservingEvaluation, Tra
         self._captured_logits: tuple[torch.Tensor, torch.Tensor] | None = None
         self._buffer_snapshot = BufferSnapshot()
         self._cycle: _Cycle | None = None
+        # (checkpoint, its search state) once checked before the weights, to restore without reading it again
+        self._checked_search_state: tuple[str, dict[str, Any]] | None = None
         self.add_callback(_TrainBegin(self))
         self._dropped_steps = DroppedSteps(self)
         self.add_callback(self._dropped_steps)
@@ -358,8 +360,9 @@ class ReinforceTrainer(SearchAnswer, PolicyUpdates, RngPreservingEvaluation, Tra
                 save_search_state(folder, self.search_state_dict())
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        self.check_search_state(load_search_state(resume_from_checkpoint))  # before any weight is loaded
-        self._search_state_checked = resume_from_checkpoint
+        state = load_search_state(resume_from_checkpoint)
+        self.check_search_state(state)  # before any weight is loaded
+        self._checked_search_state = (resume_from_checkpoint, state)
         super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
@@ -369,7 +372,10 @@ class ReinforceTrainer(SearchAnswer, PolicyUpdates, RngPreservingEvaluation, Tra
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
             return
-        state = load_search_state(checkpoint)
-        if getattr(self, "_search_state_checked", None) != checkpoint:
+        checked, self._checked_search_state = self._checked_search_state, None
+        if checked is not None and checked[0] == checkpoint:
+            state = checked[1]
+        else:
+            state = load_search_state(checkpoint)
             self.check_search_state(state)
         self._restore_search_state(state)

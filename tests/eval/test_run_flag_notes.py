@@ -245,11 +245,13 @@ def test_a_sweep_of_a_flag_the_runs_do_not_read_is_one_run_twice():
     assert [e.args["per_token"] for e in both] == [True, False]
 
 
-def test_the_unscaled_format_names_are_the_formats():
-    """eval/run_compare.py names them without importing quant (the report runs without torch)."""
-    from eval.run_compare import CAST_FORMATS, FLOAT_FORMAT
-    from quant.formats import NO_QUANT, CastDtype, CastFormat, parse_format
 
-    assert FLOAT_FORMAT == NO_QUANT.name
-    assert all(isinstance(parse_format(name), CastFormat) and parse_format(name).name == name for name in CAST_FORMATS)
-    assert set(CAST_FORMATS) == {dtype.value for dtype in CastDtype}
+@pytest.mark.parametrize("name, unscaled", [("none", True), ("bf16", True), ("fp16", True), ("int8", False),
+                                            ("fp8_e4m3", False), ("fp4_e2m1", False), ("int2", False),
+                                            (None, False), ("int99", False), (8, False)])
+def test_recorded_formats_that_take_no_scale(name, unscaled):
+    """What a record holds for a format: canonical names, None (a search's weights) or, from a
+    damaged or hand-edited file, anything; only a format that takes no scale counts."""
+    from eval.run_compare import takes_no_scale
+
+    assert takes_no_scale(name) is unscaled

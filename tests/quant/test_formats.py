@@ -43,6 +43,22 @@ NAMED = {
 
 
 @pytest.mark.parametrize("token", sorted(NAMED))
+def test_a_format_takes_a_scale_where_the_scale_is_not_one(token):
+    """takes_scale (read by the run flags' notes and comparison, eval/run_compare.py) is what the
+    scale computation does: a range mapped onto fmt.max, or ones for none and the casts."""
+    import torch
+
+    from quant.scales import compute_scale
+
+    fmt = parse_format(token)
+    x = torch.tensor([[1234.5678, -3.0], [0.5, 7.25]])
+    for granularity in ("per_tensor", "per_channel"):
+        scale = compute_scale(x, fmt, granularity)
+        assert fmt.takes_scale == (not torch.equal(scale, torch.ones_like(scale))), (token, granularity)
+    assert fmt.takes_scale == (NAMED[token][0] not in ("none", "bf16", "fp16"))
+
+
+@pytest.mark.parametrize("token", sorted(NAMED))
 def test_named_tokens(token):
     fmt = parse_format(token)
     name, bits, fmax, is_float = NAMED[token]
