@@ -99,10 +99,11 @@ def takes_no_scale(name: Any) -> bool:
 
 def unscaled_sides(args: Mapping[str, Any]) -> frozenset[str]:
     """The sides ("weights", "activations") that every layer of `args`' run leaves unscaled
-    (`takes_no_scale`): both in a float run, those at such a format in a fixed-format run, the
-    activations of a weight-only search without --activation_bits (or with a cast). None of a full
-    search (it searches both sides), a --load_config run (its formats are in that file; older
-    records of one say mode uniform with both formats none) or a run that does not record them."""
+    (`takes_no_scale`): both in a float run, those at such a format in a fixed-format run; in a
+    search, the side(s) it searches where no format of its space takes a scale (`--search_space
+    bf16,fp16`) and the activations of a weight-only search without --activation_bits (or with a
+    cast). None of a --load_config run (its formats are in that file; older records of one say mode
+    uniform with both formats none) or a run that does not record them."""
     mode = args.get("mode")
     if args.get("load_config") is not None:
         return frozenset()
@@ -111,9 +112,21 @@ def unscaled_sides(args: Mapping[str, Any]) -> frozenset[str]:
     if mode == "uniform":
         return frozenset(side for side, key in (("weights", "weight_format"), ("activations", "act_format"))
                          if takes_no_scale(args.get(key)))
-    if mode == "search" and args.get("weight_only_search") is True and takes_no_scale(args.get("act_format")):
-        return frozenset({"activations"})
-    return frozenset()
+    if mode != "search":
+        return frozenset()
+    sides = set()
+    weight_only = args.get("weight_only_search")
+    if unscaled_search_space(args.get("search_formats")) and weight_only in (True, False):
+        sides |= {"weights"} if weight_only else {"weights", "activations"}
+    if weight_only is True and takes_no_scale(args.get("act_format")):
+        sides.add("activations")
+    return frozenset(sides)
+
+
+def unscaled_search_space(formats: Any) -> bool:
+    """Whether every format of a recorded search space takes no scale (`takes_no_scale`); False
+    for what is no list of format names."""
+    return isinstance(formats, list) and len(formats) > 0 and all(takes_no_scale(name) for name in formats)
 
 
 def unread_scale_settings(args: Mapping[str, Any]) -> frozenset[str]:

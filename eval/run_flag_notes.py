@@ -155,15 +155,31 @@ def unscaled_side_scale_note(args: argparse.Namespace, defaults: dict[str, objec
     verb, them = ("applies", "it") if len(unread) == 1 else ("apply", "them")
     noted = [side for side in ("weights", "activations") if any(SCALE_FLAG_SIDES[name] == side for name in unread)]
     what = "layers" if len(noted) == 2 else noted[0]
+    way_out = _way_to_scale(args, noted)
     if args.mode == "float":
         why = "this run is float"
-    elif args.mode == "search":  # a weight-only search: its activations are fixed
-        why = f"this weight-only search {_side_state(args, ['activations'])} (activations {args.act_format})"
+    elif args.mode == "search":
+        why, way_out = _search_why(args, noted)
     else:
         why = (f"this run {_side_state(args, noted)} (weights {args.weight_format}, "
                f"activations {args.act_format})")
     return (f"note: {flags} only {verb} to scaled {what}, and {why}: it ignores {them} (to quantize the {what} with "
-            f"a scale, {_way_to_scale(args, noted)})")
+            f"a scale, {way_out})")
+
+
+def _search_why(args: argparse.Namespace, noted: list[str]) -> tuple[str, str]:
+    """Why a search leaves `noted` unscaled, and the way to scale them: the sides it searches
+    over a space without a format that takes a scale, and a weight-only search's fixed activations."""
+    searched = ["weights"] if args.weight_only_search else ["weights", "activations"]
+    whys, ways = [], []
+    if any(side in searched for side in noted):
+        whys.append(f"no format of --search_space {args.search_space} takes a scale (none and the bf16/fp16 casts "
+                    f"do not)")
+        ways.append("add a format that takes one, e.g. int8, to --search_space")
+    if "activations" in noted and "activations" not in searched:
+        whys.append(f"this weight-only search {_side_state(args, ['activations'])} (activations {args.act_format})")
+        ways.append(_way_to_scale(args, ["activations"]))
+    return " and ".join(whys), " and ".join(ways)
 
 
 def data_seed_note(args: argparse.Namespace, given: frozenset[str] = frozenset()) -> str | None:

@@ -124,6 +124,21 @@ def test_search_settings_without_a_delay_or_an_entropy_penalty_are_noted(argv, n
     (["--weight_only_search", "--activation_bits", "8", "--per_token", "--per_channel"], ""),
     (["--weight_bits", "4"], ""),  # at their defaults: not named
     (["--weight_bits", "bf16", "--activation_bits", "8", "--per_token"], ""),  # the activations are scaled
+    # a search space without a format that takes a scale: the sides it searches are unscaled
+    (["--search_space", "bf16,fp16", "--per_channel", "--per_token"],
+     "eval_run: note: --per_channel --per_token only apply to scaled layers, and no format of --search_space "
+     "bf16,fp16 takes a scale (none and the bf16/fp16 casts do not): it ignores them (to quantize the layers with a "
+     "scale, add a format that takes one, e.g. int8, to --search_space)\n"),
+    (["--search_space", "none,bf16", "--weight_only_search", "--activation_bits", "8", "--per_channel", "--per_token"],
+     "eval_run: note: --per_channel only applies to scaled weights, and no format of --search_space none,bf16 takes "
+     "a scale (none and the bf16/fp16 casts do not): it ignores it (to quantize the weights with a scale, add a "
+     "format that takes one, e.g. int8, to --search_space)\n"),
+    (["--search_space", "none,bf16", "--weight_only_search", "--weight_range_percentile", "99", "--per_token"],
+     "eval_run: note: --weight_range_percentile 99 --per_token only apply to scaled layers, and no format of "
+     "--search_space none,bf16 takes a scale (none and the bf16/fp16 casts do not) and this weight-only search keeps "
+     "its activations in float (activations none): it ignores them (to quantize the layers with a scale, add a "
+     "format that takes one, e.g. int8, to --search_space and add --activation_bits 8)\n"),
+    (["--search_space", "bf16,4", "--per_channel", "--per_token"], ""),  # one format of the space takes a scale
 ])
 def test_scale_flags_of_an_unscaled_side_are_noted(argv, note, capsys):
     parse_run_args(argv)
@@ -202,6 +217,17 @@ def test_readers_of_the_new_settings():
     ({"mode": "uniform", "weight_format": "int4", "act_format": "bf16"}, {"activations"}),
     ({"mode": "uniform", "weight_format": "fp16", "act_format": "int8"}, {"weights"}),
     ({"mode": "search", "weight_only_search": True, "weight_format": None, "act_format": "fp16"}, {"activations"}),
+    # a search space where no format takes a scale leaves the sides it searches unscaled
+    ({"mode": "search", "weight_only_search": False, "act_format": "none", "search_formats": ["bf16", "fp16"]},
+     {"weights", "activations"}),
+    ({"mode": "search", "weight_only_search": True, "act_format": "int8", "search_formats": ["none", "bf16"]},
+     {"weights"}),
+    ({"mode": "search", "weight_only_search": True, "act_format": "none", "search_formats": ["fp16"]},
+     {"weights", "activations"}),
+    ({"mode": "search", "weight_only_search": False, "act_format": "none", "search_formats": ["bf16", "int4"]}, set()),
+    ({"mode": "search", "act_format": "none", "search_formats": ["bf16"]}, set()),  # weight_only_search not recorded
+    ({"mode": "search", "weight_only_search": False, "search_formats": []}, set()),  # damaged record: compared
+    ({"mode": "search", "weight_only_search": False, "search_formats": "bf16"}, set()),
     # a --load_config run recorded before mode "loaded" (uniform, formats none): its formats are in its file
     ({"mode": "uniform", "weight_format": "none", "act_format": "none", "load_config": "r.json"}, set()),
 ])
