@@ -136,8 +136,11 @@ def load_quantized_checkpoint(path: str | os.PathLike) -> nn.Module:
                              f"is incomplete, export it again")
         if codes.dtype != storage_dtype(fmt):
             raise ValueError(f"layer {name!r}: {fmt.name} codes must be {storage_dtype(fmt)}, found {codes.dtype}")
-        tensors[f"{name}.weight"] = _dequantize(PackedTensor(codes, tuple(entry["weight_shape"]), fmt), scale,
-                                                getattr(torch, entry["weight_dtype"]))
+        try:
+            tensors[f"{name}.weight"] = _dequantize(PackedTensor(codes, tuple(entry["weight_shape"]), fmt), scale,
+                                                    getattr(torch, entry["weight_dtype"]))
+        except ValueError as error:  # codes of another shape than config.json's weight_shape
+            raise ValueError(f"layer {name!r}: {error}; the checkpoint's files disagree, export it again") from None
         if scale is not None:
             scales[name] = scale
     for alias, source in quant_config["tied_parameters"].items():

@@ -244,6 +244,15 @@ class FloatFormat(NumberFormat):
         object.__setattr__(self, "man_bits", _bits_argument(self.man_bits, "FloatFormat man_bits", "FloatFormat(4, 3)"))
         if self.exp_bits < 1 or self.man_bits < 0:
             raise ValueError(f"FP format needs exp_bits >= 1 and man_bits >= 0, got e{self.exp_bits}m{self.man_bits}")
+        # Special codes that leave the top exponent (or every non-zero exponent) without a finite
+        # value: `max` (the all-ones mantissa below the reserved codes) would not be a value.
+        if self.special is SpecialCodes.FN and self.man_bits == 0:
+            raise ValueError(f"FloatFormat({self.exp_bits}, 0, special='fn') has no finite value at its top exponent "
+                             "(with no mantissa bits its one code there is the NaN); use special='finite' (every "
+                             "code finite) or 'ieee' (top exponent inf/NaN)")
+        if self.special is SpecialCodes.IEEE and self.exp_bits == 1:
+            raise ValueError(f"FloatFormat(1, {self.man_bits}, special='ieee') has no normal values (its one non-zero "
+                             "exponent is reserved for inf/NaN); use special='finite' or 'fn', or more exponent bits")
         # The rounding core builds powers of two as float32 bit patterns; every supported format
         # keeps its step exponents inside float32's normal range.
         if self.emin - self.man_bits < -126 or self.emax > 127:

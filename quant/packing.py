@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from quant.formats import CastFormat, FloatFormat, IntFormat, NoQuantFormat, NumberFormat, SpecialCodes
+from quant.formats import CastFormat, FloatFormat, IntFormat, NoQuantFormat, NumberFormat, SpecialCodes, parse_format
 from quant.quant_module import QuantModule
 from quant.rounding import quantize_scaled
 from quant.scales import compute_scale
@@ -152,10 +152,10 @@ def _check_on_grid(values: torch.Tensor, decoded: torch.Tensor, fmt: NumberForma
             f"pack grid values Q(w / scale), e.g. from quant.rounding.quantize_scaled(w / scale, fmt)")
 
 
-def encode(values: torch.Tensor, fmt: IntFormat | FloatFormat) -> torch.Tensor:
+def encode(values: torch.Tensor, fmt: IntFormat | FloatFormat | str | int) -> torch.Tensor:
     """int32 codes of on-grid float values (INT: the signed integers; FP: bit patterns).
     ValueError if any value is off the grid (or NaN/inf)."""
-    values = _as_float32(values)
+    values, fmt = _as_float32(values), parse_format(fmt)
     if isinstance(fmt, IntFormat):
         codes = values.clamp(fmt.qmin, fmt.qmax).nan_to_num(0.0).to(torch.int32)
         _check_on_grid(values, codes.to(torch.float32), fmt)
@@ -168,8 +168,9 @@ def encode(values: torch.Tensor, fmt: IntFormat | FloatFormat) -> torch.Tensor:
     raise TypeError(f"{fmt!r} has no integer codes; valid: IntFormat or FloatFormat")
 
 
-def decode(codes: torch.Tensor, fmt: IntFormat | FloatFormat) -> torch.Tensor:
+def decode(codes: torch.Tensor, fmt: IntFormat | FloatFormat | str | int) -> torch.Tensor:
     """float32 values of int codes (the inverse of `encode`)."""
+    fmt = parse_format(fmt)
     if isinstance(fmt, IntFormat):
         return codes.to(torch.float32)
     if isinstance(fmt, FloatFormat):
@@ -228,9 +229,9 @@ def _as_float32(values: torch.Tensor) -> torch.Tensor:
     return values.detach().to(torch.float32).contiguous()
 
 
-def pack(values: torch.Tensor, fmt: NumberFormat) -> PackedTensor:
-    """Store on-grid values of `fmt` (float tensor, any shape) in their low-bit form."""
-    values = _as_float32(values)
+def pack(values: torch.Tensor, fmt: NumberFormat | str | int) -> PackedTensor:
+    """Store on-grid values of `fmt` (a format or token; float tensor, any shape) in their low-bit form."""
+    values, fmt = _as_float32(values), parse_format(fmt)
     shape = tuple(values.shape)
     if isinstance(fmt, NoQuantFormat):
         return PackedTensor(values.clone(), shape, fmt)
@@ -255,6 +256,10 @@ def unpack(packed: PackedTensor) -> torch.Tensor:
     fmt, shape, data = packed.fmt, packed.shape, packed.data
     if data.dtype != storage_dtype(fmt):
         raise ValueError(f"{fmt.name} is stored as {storage_dtype(fmt)}, got a {data.dtype} tensor")
+    stored = packed_nbytes(math.prod(shape), fmt) // data.element_size()
+    if data.numel() != stored:
+        raise ValueError(f"{math.prod(shape)} {fmt.name} values (shape {tuple(shape)}) are stored in {stored} "
+                         f"{data.dtype} elements, got {data.numel()}: the data and the shape do not belong together")
     if not is_bit_packed(fmt):
         return data.to(torch.float32).reshape(shape)
     unsigned = unpack_bits(data, fmt.bits, math.prod(shape))

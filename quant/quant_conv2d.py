@@ -27,6 +27,7 @@ class QuantConv2d(QuantModule, nn.Conv2d):
 
     @classmethod
     def from_float(cls, module: nn.Conv2d, config: QuantConfig) -> "QuantConv2d":
+        cls._check_float_layer(module, nn.Conv2d)
         new = new_without_allocation(cls, **_conv_kwargs(module), config=config)
         new.weight, new.bias = module.weight, module.bias
         new.train(module.training)

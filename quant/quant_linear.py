@@ -24,6 +24,7 @@ class QuantLinear(QuantModule, nn.Linear):
 
     @classmethod
     def from_float(cls, module: nn.Linear, config: QuantConfig) -> "QuantLinear":
+        cls._check_float_layer(module, nn.Linear)
         new = new_without_allocation(cls, module.in_features, module.out_features,
                                      bias=module.bias is not None, config=config)
         new.weight, new.bias = module.weight, module.bias  # shared, not copied
@@ -61,6 +62,7 @@ class QuantConv1D(QuantModule, Conv1D):
 
     @classmethod
     def from_float(cls, module: Conv1D, config: QuantConfig) -> "QuantConv1D":
+        cls._check_float_layer(module, Conv1D)
         new = new_without_allocation(cls, module.nf, module.weight.shape[0], config=config)
         new.weight, new.bias = module.weight, module.bias
         new.train(module.training)

@@ -188,6 +188,18 @@ class QuantModule:
             act_range_percentile=self.act_range_percentile,
         )
 
+    @classmethod
+    def _check_float_layer(cls, module: object, float_class: type[nn.Module]) -> None:
+        """from_float's first step: TypeError unless `module` is a float `float_class` (or a
+        subclass of it); a mismatched layer would fail at its first forward, or not at all."""
+        if isinstance(module, QuantModule):
+            raise TypeError(f"{cls.__name__}.from_float got a {type(module).__name__}, which is already quantized; "
+                            "set its weight_format/act_format instead, or call its to_float() first")
+        if not isinstance(module, float_class):
+            raise TypeError(f"{cls.__name__}.from_float takes a {float_class.__module__}.{float_class.__name__} (or a "
+                            f"subclass), got {type(module).__name__}; quant.surgery.quantize_model picks the quantized "
+                            "class of each layer")
+
     def _finish_from_float(self, module: nn.Module) -> None:
         """from_float's last step: the float layer's hooks and other state (`carry_module_state`)."""
         carry_module_state(module, self)

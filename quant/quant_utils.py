@@ -33,9 +33,11 @@ straight-through tangent (tests/quant/test_torch_func.py); functionalize raises,
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import cast
 
+import numpy as np
 import torch
 
 from quant import cpu_quantize, fused_quantize
@@ -239,10 +241,11 @@ LARGEST_SCALE = torch.finfo(torch.float32).max
 def _as_scale_tensor(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
     if isinstance(scale, torch.Tensor):
         scale_t = scale
-    elif isinstance(scale, (int, float)) and not isinstance(scale, bool):
+    elif isinstance(scale, numbers.Real) and not isinstance(scale, (bool, np.bool_)):  # numpy floats too
         scale_t = torch.tensor(float(scale), dtype=torch.float32, device=x.device)
     else:
-        raise ValueError(f"scale must be a positive float or tensor, got {scale!r}")
+        raise TypeError(f"scale must be a positive number or a floating-point tensor, got {scale!r} "
+                        f"({type(scale).__name__})")
     if not torch.is_floating_point(scale_t):
         raise ValueError(f"scale must be a floating-point tensor, got dtype {scale_t.dtype}")
     hint = "use a scalar, a per-channel scale shaped like (C, 1, ...) or a per-token scale shaped like (..., 1)"

@@ -17,7 +17,7 @@ from typing import Callable, Hashable
 
 import torch
 
-from quant.formats import NumberFormat, parse_format
+from quant.formats import NumberFormat, _as_int, parse_format
 from quant.rounding import _quantize_scaled_, _quantize_scaled_batchable_
 
 _FP32_TINY = torch.finfo(torch.float32).tiny
@@ -70,7 +70,14 @@ def parse_granularity(granularity: Granularity | str) -> Granularity:
 
 
 def _reduce_dims(x: torch.Tensor, granularity: Granularity, keep_dim: int) -> tuple[int, ...]:
-    """The dimensions one scale spans; raises ValueError for a `keep_dim` that `x` lacks."""
+    """The dimensions one scale spans; raises TypeError for a `keep_dim` that is no integer (1.5
+    would keep no dimension: a per-tensor scale), ValueError for one that `x` lacks."""
+    if isinstance(keep_dim, bool) or not isinstance(keep_dim, int):
+        index = _as_int(keep_dim)
+        if index is None:
+            raise TypeError(f"dim must be an integer (the channel or feature dimension), got {keep_dim!r} "
+                            f"({type(keep_dim).__name__})")
+        keep_dim = index
     if granularity is Granularity.PER_TENSOR:
         return tuple(range(x.dim()))
     ndim = x.dim()
@@ -109,6 +116,10 @@ def abs_max(
     `dim` is the channel dimension kept for PER_CHANNEL, or the feature dimension reduced for
     PER_TOKEN. A `range_percentile` in (0, 100) takes that percentile of |x| instead of the max.
     """
+    check_range_percentile(range_percentile)
+    if range_percentile < 0:
+        raise ValueError(f"abs_max takes range_percentile in (0, 100], got {range_percentile!r}; MSE-optimal "
+                         "clipping (a negative range_percentile) is compute_scale's")
     return _abs_max(x, _reduce_dims(x, parse_granularity(granularity), dim), range_percentile)
 
 

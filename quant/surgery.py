@@ -203,6 +203,9 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> tuple[nn.Module, dict[s
     (in `named_modules` order, whatever order `spec.layer_names` had). A module registered under
     several names (shared) becomes one quantized layer at every one of them, keyed in the map (as
     in `quantized_layers` and the cost) by its first name in `named_modules` order."""
+    if not isinstance(spec, QuantSpec):
+        raise TypeError(f"quantize_model takes a QuantSpec (the layer names and their QuantConfig), got "
+                        f"{type(spec).__name__}; e.g. QuantSpec(['fc'], QuantConfig('int8', 'int8'))")
     paths = dict(model.named_modules(remove_duplicate=False))  # every name of every module
     read_by_parent = _read_by_parent(model)
     spec_name: dict[int, str] = {}  # the name the spec gives each selected module

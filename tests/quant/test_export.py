@@ -643,3 +643,19 @@ def test_a_model_of_your_own_exports_and_loads_once_its_classes_are_registered(t
                                          r"define your model as a transformers.PreTrainedModel subclass with a "
                                          r"PretrainedConfig \(docs/extending.md, 'A model of your own'\)$"):
         export_quantized_checkpoint(plain, tmp_path / "plain")
+
+
+@pytest.mark.parametrize("fmt, dtype, stored, got", [("int4", "uint8", 1024, 512), ("int8", "int8", 2048, 1024),
+                                                     ("fp8_e4m3", "float8_e4m3fn", 2048, 1024)])
+def test_codes_of_another_shape_than_config_json_name_the_layer(tmp_path, fmt, dtype, stored, got):
+    """A config.json edited (or mixed with another export) by hand: one error naming the layer."""
+    model, _ = tiny_model("bert", QuantConfig(fmt, "int8"))
+    export_quantized_checkpoint(model, tmp_path / "ckpt")
+    config_path = tmp_path / "ckpt" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["quantization_config"]["layers"]["bert.pooler.dense"]["weight_shape"] = [32, 64]  # it is (32, 32)
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"^layer 'bert.pooler.dense': 2048 {fmt} values \(shape \(32, 64\)\) are "
+                                         rf"stored in {stored} torch.{dtype} elements, got {got}: the data and the shape "
+                                         rf"do not belong together; the checkpoint's files disagree, export it again$"):
+        load_quantized_checkpoint(tmp_path / "ckpt")

@@ -267,3 +267,38 @@ def test_format_constructors_name_the_valid_enum_values():
     with pytest.raises(ValueError, match=r"CastFormat dtype must be one of 'bf16', 'fp16', got 'xx'"):
         CastFormat("xx")
     assert FloatFormat(4, 3, "fn") == parse_format("e4m3") and CastFormat("bf16") == parse_format("bf16")
+
+
+@pytest.mark.parametrize("exp_bits, man_bits, special, match", [
+    (2, 0, "fn", r"^FloatFormat\(2, 0, special='fn'\) has no finite value at its top exponent \(with no mantissa bits "
+                 r"its one code there is the NaN\); use special='finite' \(every code finite\) or 'ieee' \(top exponent "
+                 r"inf/NaN\)$"),
+    (5, 0, SpecialCodes.FN, r"^FloatFormat\(5, 0, special='fn'\) has no finite value"),
+    (1, 1, "ieee", r"^FloatFormat\(1, 1, special='ieee'\) has no normal values \(its one non-zero exponent is "
+                   r"reserved for inf/NaN\); use special='finite' or 'fn', or more exponent bits$"),
+    (1, 0, SpecialCodes.IEEE, r"^FloatFormat\(1, 0, special='ieee'\) has no normal values"),
+])
+def test_special_codes_that_leave_no_largest_value_are_refused(exp_bits, man_bits, special, match):
+    """Their `max` (the all-ones mantissa of the top finite exponent) is no value of the format:
+    FN E2M0 would claim 0 (every output NaN), IEEE E1M1 1.5 (outputs up to 2)."""
+    with pytest.raises(ValueError, match=match):
+        FloatFormat(exp_bits, man_bits, special)
+
+
+@pytest.mark.parametrize("exp_bits, man_bits, special", [(2, 1, "fn"), (1, 1, "fn"), (2, 0, "ieee"), (2, 1, "ieee"),
+                                                         (1, 0, "finite"), (2, 0, "finite")])
+def test_max_is_the_largest_finite_code_of_the_smallest_formats(exp_bits, man_bits, special):
+    """Enumerated from the bit patterns: every code's value by the docstring's formula, the
+    reserved ones (FN: all ones; IEEE: the top exponent) left out."""
+    fmt = FloatFormat(exp_bits, man_bits, special)
+    values = []
+    for exponent in range(2**exp_bits):
+        for mantissa in range(2**man_bits):
+            top = exponent == 2**exp_bits - 1
+            if (special == "ieee" and top) or (special == "fn" and top and mantissa == 2**man_bits - 1):
+                continue
+            if exponent == 0:
+                values.append(2.0 ** (1 - fmt.bias) * mantissa / 2**man_bits)
+            else:
+                values.append(2.0 ** (exponent - fmt.bias) * (1 + mantissa / 2**man_bits))
+    assert fmt.max == max(values)

@@ -177,6 +177,27 @@ def test_bad_arguments_are_rejected():
         unpack(PackedTensor(torch.zeros(2, dtype=torch.uint8), (2,), parse_format("int8")))
     with pytest.raises(TypeError, match="has no integer codes"):
         encode(torch.zeros(1), parse_format("bf16"))
+    with pytest.raises(ValueError, match=r"^4 int8 values \(shape \(2, 2\)\) are stored in 4 torch.int8 elements, "
+                                         r"got 3: the data and the shape do not belong together$"):
+        unpack(PackedTensor(torch.zeros(3, dtype=torch.int8), (2, 2), parse_format("int8")))
+    with pytest.raises(ValueError, match=r"^6 fp8_e4m3 values \(shape \(2, 3\)\) are stored in 6 "
+                                         r"torch.float8_e4m3fn elements, got 8"):
+        unpack(PackedTensor(torch.zeros(8, dtype=torch.float8_e4m3fn), (2, 3), parse_format("fp8_e4m3")))
+    with pytest.raises(ValueError, match=r"^5 int4 values \(shape \(5,\)\) are stored in 3 torch.uint8 elements, got 2"):
+        unpack(PackedTensor(torch.zeros(2, dtype=torch.uint8), (5,), parse_format("int4")))
+
+
+@pytest.mark.parametrize("token", ["int4", "int8", "fp4", "fp8_e4m3", "e2m5", "bf16", "none"])
+def test_pack_encode_and_decode_take_format_tokens(token):
+    """As the rest of the API does ('int4' was 'has no integer codes')."""
+    fmt = parse_format(token)
+    values = torch.tensor([0.0, 1.0, -1.0, 2.0])
+    by_token, by_format = pack(values, token), pack(values, fmt)
+    assert by_token.fmt == fmt and torch.equal(by_token.data, by_format.data) and by_token.shape == by_format.shape
+    if isinstance(fmt, (IntFormat, FloatFormat)):
+        codes = encode(values, token)
+        assert torch.equal(codes, encode(values, fmt))
+        assert torch.equal(decode(codes, token), decode(codes, fmt))
 
 
 def test_float_format_codes_include_nan_patterns_only_where_the_format_has_them():

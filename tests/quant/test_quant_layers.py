@@ -336,3 +336,21 @@ def test_layers_take_their_options_as_a_quant_config(make):
                                             r"QuantConfig\('int4', 'int8', per_channel=True\)$"):
             make(config)
     assert make(QuantConfig(INT4)).weight_format == INT4
+
+
+@pytest.mark.parametrize("quant_class, module, match", [
+    (QuantConv2d, nn.Conv1d(2, 3, 3), r"^QuantConv2d.from_float takes a torch.nn.modules.conv.Conv2d \(or a subclass\), "
+                                      r"got Conv1d; quant.surgery.quantize_model picks the quantized class of each layer$"),
+    (QuantConv2d, nn.Conv3d(2, 3, 3), r"takes a torch.nn.modules.conv.Conv2d \(or a subclass\), got Conv3d"),
+    (QuantLinear, nn.Conv2d(2, 3, 3), r"^QuantLinear.from_float takes a torch.nn.modules.linear.Linear \(or a "
+                                      r"subclass\), got Conv2d"),
+    (QuantConv1D, nn.Linear(2, 3), r"^QuantConv1D.from_float takes a transformers.pytorch_utils.Conv1D \(or a subclass\), "
+                                   r"got Linear"),
+    (QuantLinear, QuantLinear.from_float(nn.Linear(2, 3), QuantConfig("int8")),
+     r"^QuantLinear.from_float got a QuantLinear, which is already quantized; set its weight_format/act_format "
+     r"instead, or call its to_float\(\) first$"),
+])
+def test_from_float_refuses_other_layer_classes(quant_class, module, match):
+    """A Conv1d used to be accepted and fail at its first forward (IndexError)."""
+    with pytest.raises(TypeError, match=match):
+        quant_class.from_float(module, QuantConfig("int4", "int8"))

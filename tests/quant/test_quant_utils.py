@@ -1,4 +1,5 @@
 import math
+import re
 
 import numpy as np
 import pytest
@@ -145,13 +146,28 @@ def test_low_precision_inputs_keep_their_dtype(dtype, name):
         (torch.tensor(1e-50, dtype=torch.float64), r"got 1e-50;"),
         (torch.tensor([1.0, -2.0, 3.0]), r"got -2.0"),
         (torch.ones(3, 2), r"scale of shape \(3, 2\) does not broadcast against x of shape \(3,\)"),
-        ("1", "scale must be a positive float or tensor"),
         (torch.tensor([1, 2, 3]), "floating-point tensor"),
     ],
 )
 def test_bad_scales(scale, match):
     with pytest.raises(ValueError, match=match):
         fake_quantize(torch.ones(3), "int8", scale)
+
+
+@pytest.mark.parametrize("scale, shown", [("1", "'1' (str)"), (True, "True (bool)"), (np.True_, "True (bool)"),
+                                          (None, "None (NoneType)"), ([0.5], "[0.5] (list)")])
+def test_scales_of_another_type(scale, shown):
+    shown = f"{scale!r} ({type(scale).__name__})" if isinstance(scale, np.bool_) else shown  # numpy's repr varies
+    with pytest.raises(TypeError, match=rf"^scale must be a positive number or a floating-point tensor, got "
+                                        rf"{re.escape(shown)}$"):
+        fake_quantize(torch.ones(3), "int8", scale)
+
+
+@pytest.mark.parametrize("scale", [0.5, 2, np.float32(0.5), np.float64(0.5), np.int64(2), np.float16(0.5)])
+def test_python_and_numpy_number_scales_equal_a_tensor_scale(scale):
+    x = torch.linspace(-3, 3, 41)
+    want = fake_quantize(x, "int4", torch.tensor(float(scale)))
+    torch.testing.assert_close(fake_quantize(x, "int4", scale), want, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("token", ["int8", "int2", "fp8_e4m3", "fp4"])

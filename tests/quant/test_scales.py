@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -197,3 +199,38 @@ def test_scale_edge_cases_of_formats_without_a_range():
     x = torch.arange(1.0, 101.0)
     assert compute_scale(x, "int8", range_percentile=np.float32(50.0)).item() == compute_scale(
         x, "int8", range_percentile=50.0).item()
+
+
+@pytest.mark.parametrize("dim", [1.5, "1", None, True, torch.tensor(1.0)])
+@pytest.mark.parametrize("granularity", ["per_channel", "per_token", "per_tensor"])
+def test_dim_must_be_an_integer(dim, granularity):
+    """1.5 used to keep no dimension: a per-tensor scale under the name per_channel."""
+    x = torch.randn(4, 6)
+    match = rf"^dim must be an integer \(the channel or feature dimension\), got {re.escape(repr(dim))} " \
+            rf"\({type(dim).__name__}\)$"
+    with pytest.raises(TypeError, match=match):
+        compute_scale(x, "int4", granularity, dim=dim)
+    with pytest.raises(TypeError, match=match):
+        quantize(x, "int4", granularity, dim=dim)
+    with pytest.raises(TypeError, match=match):
+        abs_max(x, granularity, dim=dim)
+
+
+def test_integer_dims_of_other_types_equal_the_int():
+    x = torch.randn(4, 6) * torch.arange(1, 7.0)
+    want = compute_scale(x, "int4", "per_channel", dim=1)
+    for dim in (np.int64(1), torch.tensor(1), -1):
+        assert bits_equal(compute_scale(x, "int4", "per_channel", dim=dim), want)
+
+
+@pytest.mark.parametrize("percentile, error, match", [
+    (-5, ValueError, r"^abs_max takes range_percentile in \(0, 100\], got -5; MSE-optimal clipping \(a negative "
+                     r"range_percentile\) is compute_scale's$"),
+    (0, ValueError, r"^range_percentile must be in \(0, 100\] or negative"),
+    (101, ValueError, r"^range_percentile must be in \(0, 100\] or negative"),
+    ("99", TypeError, r"^range_percentile must be a number in \(0, 100\] or negative, got '99'$"),
+])
+def test_abs_max_checks_its_range_percentile(percentile, error, match):
+    """-5 used to return the smallest |x| (the k-th value with k clamped to 1)."""
+    with pytest.raises(error, match=match):
+        abs_max(torch.randn(8), "per_tensor", range_percentile=percentile)

@@ -128,6 +128,9 @@ def test_spec_errors():
     model, _ = quantize_model(make(), QuantSpec(["stem"]))
     with pytest.raises(ValueError, match="'stem' is already quantized"):
         quantize_model(model, QuantSpec(["stem"]))
+    with pytest.raises(TypeError, match=r"^quantize_model takes a QuantSpec \(the layer names and their QuantConfig\), "
+                                        r"got list; e.g. QuantSpec\(\['fc'\], QuantConfig\('int8', 'int8'\)\)$"):
+        quantize_model(make(), ["stem"])
 
 
 class WeightStandardizedConv2d(nn.Conv2d):
