@@ -140,7 +140,8 @@ class QuantModule:
         self.weight_range_percentile = config.weight_range_percentile
         self.act_range_percentile = config.act_range_percentile
         # MACs for one sample, from the first forward or `set_input_shape`; during
-        # quant.surgery.record_geometry, summed over every call of the layer in that forward.
+        # quant.surgery.record_geometry, summed over every call of the layer in that forward (a
+        # plain forward cannot tell a second call from the next batch's: it keeps the first).
         self.macs_per_sample: int | None = None
         self.weight_prequantized = False
 
@@ -265,8 +266,9 @@ class QuantModule:
         """GBOPs per sample: MACs x weight bits x activation bits / 1e9."""
         if self.macs_per_sample is None:
             raise RuntimeError(
-                f"{type(self).__name__} has no recorded input geometry: run one forward pass "
-                "(or call set_input_shape) before asking for its compute cost"
+                f"{type(self).__name__} has no recorded input geometry: call quant.surgery.record_geometry(model, "
+                "example_inputs) before asking for its compute cost (a plain forward records a layer's first call "
+                "only, too few MACs for a layer called more than once per forward), or set_input_shape"
             )
         return self.macs_per_sample * self.weight_format.bits * self.act_format.bits / BOPS_PER_GBOPS
 

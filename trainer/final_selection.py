@@ -20,6 +20,7 @@ on exact costs).
 from __future__ import annotations
 
 import math
+import numbers
 from enum import Enum
 
 import torch
@@ -46,6 +47,8 @@ def is_one_sided(cost_function: str) -> bool:
 
 def cost_band(target: float, tolerance: float, one_sided: bool) -> tuple[float, float]:
     """[low, high] of the allowed cost; low is -inf when only exceeding the target is penalised."""
+    if isinstance(target, bool) or not isinstance(target, numbers.Real) or not 0 < target < math.inf:
+        raise ValueError(f"the cost target must be a positive finite number, got {target!r}")
     if not 0 <= tolerance < 1:
         raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
     return (float("-inf") if one_sided else target * (1 - tolerance)), target * (1 + tolerance)

@@ -66,4 +66,5 @@ class HeldoutBatches:
                 batch, held = dict(batch), batch
                 held.clear()
             return batch
-        raise ValueError("the heldout dataset is empty; give --heldout_fraction a larger value")
+        raise ValueError("the held-out dataset is empty (a pass over it gave no batch); give it rows (on the command "
+                         "line: a larger --heldout_fraction)")

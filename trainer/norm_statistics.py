@@ -83,7 +83,9 @@ class BufferSnapshot:
 def recalibrate_batchnorm(model: nn.Module, batches: Iterator[dict[str, Any]],
                           prepare: Callable[[dict[str, Any]], dict[str, Any]] = lambda b: b) -> int:
     """Reset every BatchNorm's running statistics and re-estimate them as a plain average over
-    `batches` (forward passes in train mode, no gradient). Returns the number of batches used."""
+    `batches` (forward passes in train mode, no gradient). Returns the number of batches used.
+    Every module's own train/eval mode and every norm's momentum are restored afterwards (also on
+    an error), so a norm kept in eval mode on purpose stays in eval mode."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return 0
@@ -91,14 +93,17 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterator[dict[str, Any]],
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over the batches
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]
     model.train()
     used = 0
-    with torch.no_grad():
-        for batch in batches:
-            model(**prepare(batch))
-            used += 1
-    for norm, momentum in zip(norms, momenta):
-        norm.momentum = momentum
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(**prepare(batch))
+                used += 1
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        for module, training in modes:
+            module.training = training
     return used

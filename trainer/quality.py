@@ -76,7 +76,8 @@ def batch_quality(logits: torch.Tensor, labels: torch.Tensor, metric: RewardMetr
     if metric is RewardMetric.ACCURACY:
         if _is_regression(logits, labels):
             raise ValueError("reward_metric 'accuracy' needs a classification task; this one is a regression "
-                             "(one output): use reward_metric 'loss'")
+                             "(one output): use reward_metric 'likelihood' (exp(-MSE), with any cost_function) or 'loss' "
+                             "(-MSE, with the tunas_abs forms)")
         counted = labels != IGNORE_INDEX
         correct = (logits.detach().argmax(dim=-1) == labels) & counted
         return correct.sum() / counted.sum()  # float division: NaN when every label is ignored

@@ -19,6 +19,11 @@ import torch
 from trainer.reinforce_config import SEARCH_STATE_NAME, ReinforceConfig, unread_search_settings
 from trainer.search_space import SearchSpace
 
+# What every search state holds (ReinforceTrainer.search_state_dict; "settings" and
+# "heldout_position" are newer and optional): a file without them was not written by a search.
+SEARCH_STATE_KEYS = ("policy", "policy_optimizer", "baseline", "sample_generator", "worst_reward", "non_finite_steps",
+                     "decisions", "options")
+
 # What check_search_state returns for a checkpoint written before the settings were recorded.
 UNRECORDED_SETTINGS_WARNING = ("the checkpoint does not record its search settings (written by an older version); "
                                "they are assumed to equal this run's")
@@ -78,7 +83,7 @@ def read_search_state_file(path: str | os.PathLike) -> dict[str, Any]:
     someone else wrote must not run code hidden in it. ValueError for a file holding more, or
     one cut short or damaged."""
     try:
-        return torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True)
     except pickle.UnpicklingError as error:
         # torch's message leads with advice to load with weights_only=False: quote only its reason.
         found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n\n|$)", str(error), re.S)
@@ -90,6 +95,16 @@ def read_search_state_file(path: str | os.PathLike) -> dict[str, Any]:
         error_text = reason
     except (EOFError, RuntimeError, KeyError, ValueError) as error:  # what torch.load raises for a damaged file
         error_text = _first_line(error)
+    else:
+        if not isinstance(state, dict):
+            what = f"a {type(state).__name__}"
+        else:
+            missing = [key for key in SEARCH_STATE_KEYS if key not in state]
+            if not missing:
+                return state
+            what = f"a dict without {', '.join(missing)}"
+        raise ValueError(f"{path} holds {what}, not the state a FLIQS search writes; resume from a checkpoint a "
+                         "search run wrote, or start a new run")
     raise ValueError(f"{path} cannot be read as a search state ({error_text}): it is cut short or damaged; resume "
                      "from another checkpoint of the run, or start a new run")
 

@@ -118,7 +118,10 @@ def test_parameters_are_shared_and_state_dict_keys_unchanged():
 def test_layer_costs_hand_computed():
     # Linear(64 -> 10) on (B, T=5, 64): 5 * 64 * 10 = 3200 MACs per sample.
     lin = QuantLinear.from_float(nn.Linear(64, 10), QuantConfig(INT4, INT8))
-    with pytest.raises(RuntimeError, match="no recorded input geometry: run one forward pass"):
+    with pytest.raises(RuntimeError, match=r"^QuantLinear has no recorded input geometry: call quant.surgery."
+                                           r"record_geometry\(model, example_inputs\) before asking for its compute "
+                                           r"cost \(a plain forward records a layer's first call only, too few MACs "
+                                           r"for a layer called more than once per forward\), or set_input_shape$"):
         lin.compute_cost()
     lin(seeded(2, 5, 64))
     assert lin.macs_per_sample == 3200

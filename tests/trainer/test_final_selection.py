@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -46,6 +47,11 @@ def test_bad_arguments():
         constrained_argmax(log([[1.0]]), torch.ones(1, 1), 1.0, 1.5)
     with pytest.raises(ValueError, match="differ"):
         constrained_argmax(log([[1.0]]), torch.ones(1, 2), 1.0, 0.1)
+    # NaN used to answer index 0 whatever the probabilities, a negative target likewise
+    for target in (float("nan"), -5.0, 0.0, float("inf"), "1", True):
+        with pytest.raises(ValueError, match=rf"^the cost target must be a positive finite number, got "
+                                             rf"{re.escape(repr(target))}$"):
+            constrained_argmax(log([[0.01, 0.99]]), torch.tensor([[1.0, 2.0]]), target, 0.05)
 
 
 def brute_force(log_probs, costs, low, high):

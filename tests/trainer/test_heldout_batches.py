@@ -48,7 +48,8 @@ def test_restart_at_goes_on_from_a_checkpoint_position(position, expected, posit
 
 
 def test_an_empty_split_is_an_error_naming_the_flag():
-    with pytest.raises(ValueError, match=r"the heldout dataset is empty; give --heldout_fraction a larger value"):
+    with pytest.raises(ValueError, match=r"^the held-out dataset is empty \(a pass over it gave no batch\); give it "
+                                         r"rows \(on the command line: a larger --heldout_fraction\)$"):
         HeldoutBatches(lambda: CountingLoader(0)).next()
 
 

@@ -1,4 +1,5 @@
 """BatchNorm statistics: the snapshot that undoes a dropped step, and the recalibration."""
+import pytest
 import torch
 
 from tests.trainer.toy_search_problem import make_trainer
@@ -24,6 +25,26 @@ def test_recalibrate_batchnorm_averages_the_batch_statistics():
     torch.testing.assert_close(net.norm.running_var, expected_var, rtol=1e-6, atol=1e-7)
     assert net.norm.momentum == 0.3 and not net.training  # restored
     assert recalibrate_batchnorm(torch.nn.Linear(2, 2), iter(batches)) == 0
+
+
+def test_recalibration_restores_every_module_s_own_mode_and_momentum_also_on_an_error():
+    """A norm in eval mode inside a training model stays in eval mode (the whole model was set
+    to the root's mode before); a failing batch leaves no momentum of None behind."""
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(3, momentum=0.2), torch.nn.BatchNorm1d(3, momentum=0.4))
+    model.train()
+    model[1].eval()
+    batches = [{"input": torch.randn(8, 3, generator=torch.Generator().manual_seed(i))} for i in range(2)]
+    assert recalibrate_batchnorm(model, iter(batches)) == 2
+    assert [model.training, model[0].training, model[1].training] == [True, True, False]
+
+    def failing():
+        yield batches[0]
+        yield {"input": torch.randn(8, 4)}  # the wrong width: the forward raises
+
+    with pytest.raises(RuntimeError):
+        recalibrate_batchnorm(model, failing())
+    assert [model[0].momentum, model[1].momentum] == [0.2, 0.4]
+    assert [model.training, model[0].training, model[1].training] == [True, True, False]
 
 
 def test_a_restored_snapshot_leaves_no_trace_of_the_dropped_forward_under_cumulative_momentum():

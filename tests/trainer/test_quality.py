@@ -45,5 +45,6 @@ def test_classification_needs_class_ids_and_regression_takes_either_label_shape(
     assert batch_quality(regression, torch.tensor([[2.0], [4.0]]), RewardMetric.LOSS).item() == -1.0
     assert batch_quality(regression, torch.tensor([2.0, 4.0]), RewardMetric.LOSS).item() == -1.0
     with pytest.raises(ValueError, match=r"^reward_metric 'accuracy' needs a classification task; this one is a "
-                                         r"regression \(one output\): use reward_metric 'loss'$"):
+                                         r"regression \(one output\): use reward_metric 'likelihood' \(exp\(-MSE\), "
+                                         r"with any cost_function\) or 'loss' \(-MSE, with the tunas_abs forms\)$"):
         batch_quality(regression, torch.tensor([2.0, 2.0]), RewardMetric.ACCURACY)

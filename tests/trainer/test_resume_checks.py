@@ -168,7 +168,8 @@ def test_a_search_state_holding_code_is_refused_without_running_it(tmp_path):
     # What a search writes loads whole with the weights-only unpickler (the resume tests use it).
     state = {"settings": {"cost_type": "memory", "worst_reward": None}, "policy": {"logits": torch.zeros(2, 3)},
              "policy_optimizer": {"state": {}, "param_groups": [{"betas": (0.0, 0.999), "params": [0]}]},
-             "sample_generator": torch.Generator().get_state(), "decisions": ["a"], "worst_reward": -1.5}
+             "sample_generator": torch.Generator().get_state(), "decisions": ["a"], "worst_reward": -1.5,
+             "baseline": {"value": torch.tensor(0.5)}, "non_finite_steps": 0, "options": ["int4", "int8"]}
     save_search_state(str(tmp_path), state)
     loaded = load_search_state(str(tmp_path))
     assert loaded.keys() == state.keys() and loaded["policy_optimizer"] == state["policy_optimizer"]
@@ -191,3 +192,28 @@ def test_a_damaged_search_state_is_named(tmp_path):
                                              r"or start a new run$") as error:
             load_search_state(str(tmp_path))
         assert "weights_only" not in str(error.value)
+
+
+@pytest.mark.parametrize("content, held", [
+    ({"policy": {}}, "a dict without policy_optimizer, baseline, sample_generator, worst_reward, non_finite_steps, "
+                     "decisions, options"),
+    ([1, 2], "a list"),
+    (torch.zeros(3), "a Tensor"),
+])
+def test_a_search_state_of_another_shape_is_named(tmp_path, content, held):
+    """A file torch reads but a search did not write: one error naming it (a KeyError or a
+    TypeError at the first missing key before)."""
+    from trainer.search_state import load_search_state, save_search_state
+
+    save_search_state(str(tmp_path), content)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / SEARCH_STATE_NAME))} holds {held}, not the "
+                                         r"state a FLIQS search writes; resume from a checkpoint a search run wrote, "
+                                         r"or start a new run$"):
+        load_search_state(str(tmp_path))
+
+
+def test_the_keys_every_search_state_holds_are_what_the_trainer_writes(tmp_path):
+    from trainer.search_state import SEARCH_STATE_KEYS
+
+    trainer = make_trainer(str(tmp_path))
+    assert set(SEARCH_STATE_KEYS) | {"settings", "heldout_position"} == set(trainer.search_state_dict())
