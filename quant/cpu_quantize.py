@@ -41,6 +41,8 @@ def sliced_forward(x: torch.Tensor, fmt: NumberFormat, scale32: torch.Tensor, ne
     the eager path on the whole tensor. `scale32` is float32 and broadcasts against x."""
     if x.device.type != "cpu" or x.dim() == 0 or x.numel() <= SLICE_ELEMENTS or scale32.dim() > x.dim():
         return None
+    if torch.compiler.is_compiling():  # a graph of one op per slice: the compiler schedules the whole itself
+        return None
     if isinstance(fmt, IntFormat) and not need_mask:
         # Four passes and no scratch buffer: eager is as fast, without the per-slice overhead.
         return None

@@ -26,7 +26,7 @@ import operator
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import ClassVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import torch
 
@@ -302,7 +302,29 @@ class FloatFormat(NumberFormat):
         return f"FloatFormat({self.name}, e{self.exp_bits}m{self.man_bits}, bias={self.bias}, max={self.max:g})"
 
 
-@functools.lru_cache(maxsize=None)
+_Result = TypeVar("_Result")
+
+
+def cached_per_format(function: Callable[[Any], _Result]) -> Callable[[Any], _Result]:
+    """`functools.lru_cache` for a function of one format (a frozen, hashable dataclass), as a
+    plain dict: torch.compile traces a dict lookup, where it skips lru_cache's wrapper with a
+    warning about possible silent incorrectness. While tracing, a result is computed, not stored
+    (the store would be a side effect of the graph)."""
+    cache: dict[Any, _Result] = {}
+
+    @functools.wraps(function)
+    def cached(fmt: Any) -> _Result:
+        if fmt in cache:
+            return cache[fmt]
+        result = function(fmt)
+        if not torch.compiler.is_compiling():
+            cache[fmt] = result
+        return result
+
+    return cached
+
+
+@cached_per_format
 def rounding_bounds(fmt: IntFormat | FloatFormat | CastFormat) -> tuple[float, float]:
     """[lo, hi]: exactly the float32 values that round (half to even) onto the format's range
     when rounded to its grid without a range limit. hi is max plus half the top step, or the

@@ -21,7 +21,6 @@ straight-through gradient is the identity.
 """
 from __future__ import annotations
 
-import functools
 import itertools
 import struct
 from collections import OrderedDict
@@ -31,7 +30,7 @@ from typing import Sequence
 import torch
 
 from quant import fused_quantize
-from quant.formats import NumberFormat
+from quant.formats import NumberFormat, cached_per_format
 
 triton = fused_quantize.triton
 if triton is not None:
@@ -108,7 +107,7 @@ def _float_bits(value: float) -> int:
     return struct.unpack("<i", struct.pack("<f", value))[0]
 
 
-@functools.lru_cache(maxsize=None)
+@cached_per_format
 def format_row(fmt: NumberFormat) -> tuple[int, ...] | None:
     """The kernel's table row for `fmt` (int32 values), or None when the kernel does not cover it."""
     params = fused_quantize.kernel_params(fmt)

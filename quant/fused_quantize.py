@@ -28,7 +28,6 @@ back to the eager path; so does everything when Triton is missing.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import warnings
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from quant.formats import FloatFormat, IntFormat, NumberFormat, parse_format, rounding_bounds
+from quant.formats import FloatFormat, IntFormat, NumberFormat, cached_per_format, parse_format, rounding_bounds
 
 try:  # Triton ships with CUDA builds of torch; CPU builds have none.
     import triton
@@ -65,7 +64,7 @@ class KernelParams:
     fmt_max: float  # the format's largest value, which a range maps onto
 
 
-@functools.lru_cache(maxsize=None)  # formats are frozen dataclasses; called on every forward
+@cached_per_format  # formats are frozen dataclasses; called on every forward
 def kernel_params(fmt: NumberFormat) -> KernelParams | None:
     """The kernel arguments for `fmt`, or None when the fused kernel does not cover it."""
     if isinstance(fmt, IntFormat):
@@ -188,7 +187,9 @@ def set_enabled(enabled: bool) -> None:
 
 
 def is_available() -> bool:
-    return triton is not None and _enabled
+    # Inside torch.compile the eager path is traced instead: the compiler fuses it itself, and
+    # the launch's checks (and the once-per-device verification) are host work it cannot trace.
+    return triton is not None and _enabled and not torch.compiler.is_compiling()
 
 
 def fused_fake_quantize(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor, need_mask: bool

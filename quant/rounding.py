@@ -14,12 +14,12 @@ Nothing here calls `.item()` or otherwise synchronises with the device.
 """
 from __future__ import annotations
 
-import functools
 from typing import cast
 
 import torch
 
-from quant.formats import CastFormat, FloatFormat, IntFormat, NumberFormat, SpecialCodes, rounding_bounds
+from quant.formats import (CastFormat, FloatFormat, IntFormat, NumberFormat, SpecialCodes, cached_per_format,
+                           rounding_bounds)
 
 _FP32_MANTISSA_BITS = 23
 _FP32_EXP_BIAS = 127
@@ -75,7 +75,7 @@ def _pass_mask(outside: torch.Tensor) -> torch.Tensor:
 _ABS_MAX_RELATIVE_OVERSHOOT = 2.0**-22
 
 
-@functools.lru_cache(maxsize=None)
+@cached_per_format
 def abs_max_scaling_cannot_saturate(fmt: NumberFormat) -> bool:
     """True when every finite x / scale stays within `rounding_bounds(fmt)` for a scale computed
     as abs-max / fmt.max: then the straight-through mask would be all ones and backward is the

@@ -29,6 +29,8 @@ _DEVICE_CONSTANTS: dict[tuple[Hashable, torch.device], torch.Tensor] = {}
 def _device_constant(key: Hashable, device: torch.device, build: Callable[[], torch.Tensor]) -> torch.Tensor:
     """`build()` (a CPU tensor) on `device`, copied there once and cached: a copy at each call
     would make the host wait for the GPU (a copy from pageable memory synchronizes)."""
+    if torch.compiler.is_compiling():  # traced: a constant of the graph (no host copy at run time)
+        return build().to(device)
     tensor = _DEVICE_CONSTANTS.get((key, device))
     if tensor is None:
         # A normal tensor, usable later with autograd on, and a plain one when first asked for
