@@ -96,28 +96,66 @@ def check_labels(ds: datasets.Dataset, task: TaskSpec, source: str, rows: RowNam
     labels = list(ds[task.label_column])
     missing = [row for row, label in enumerate(labels) if label is None]
     if missing:
-        more = f" and {len(missing) - 1} more rows" if len(missing) > 1 else ""
         raise ValueError(f"{source}: label column {task.label_column!r} has a missing value in "
-                         f"{rows.name(missing[0])}{more}; drop or fill those rows")
+                         f"{rows.name(missing[0])}{_more_rows(missing)}; drop or fill those rows")
     if task.is_regression:
-        if not all(isinstance(label, (int, float)) for label in labels):
-            raise ValueError(f"{source}: task {task.name!r} is a regression; labels in "
-                             f"{task.label_column!r} must be numbers")
-        bad = [row for row, label in enumerate(labels) if not math.isfinite(label)]
-        if bad:  # would train on NaN losses and end with NaN metrics
-            raise ValueError(f"{source}: label column {task.label_column!r} has a non-finite value "
-                             f"({labels[bad[0]]!r}) in {rows.name(bad[0])}; drop or fix those rows")
-        return
+        numbers = [_number(label) for label in labels]
+        bad = [row for row, number in enumerate(numbers) if number is None or not math.isfinite(number)]
+        text = [row for row, label in enumerate(labels) if not isinstance(label, (int, float, np.number))]
+        bad = bad or text  # a column of text that spells numbers (JSON's "1.5"): text, every row
+        if not bad:
+            return
+        first, more = bad[0], _more_rows(bad)
+        label, number = labels[first], numbers[first]
+        if number is not None and not math.isfinite(number):  # would train on NaN losses and end with NaN metrics
+            nan = ", not a number" if math.isnan(number) else ""
+            raise ValueError(f"{source}: label column {task.label_column!r} has a non-finite value ({label!r}{nan}) "
+                             f"in {rows.name(first)}{more}; drop or fix those rows")
+        way_out = "write them as numbers, without quotes" if number is not None else "drop or fix those rows"
+        raise ValueError(f"{source}: task {task.name!r} is a regression; labels in {task.label_column!r} must be "
+                         f"numbers, found {label!r} in {rows.name(first)}{more}; {way_out}")
     # bool is an int subclass: boolq's answers pass as 0/1.
-    not_ids = sorted({label for label in labels if not _is_class_id(label)}, key=str)
+    not_ids = [row for row, label in enumerate(labels) if not _is_class_id(label)]
     if not_ids:
+        # A csv label column with one cell that is no number is read as text whole ('1' for 1):
+        # the cells that name no integer are the bad ones, unless all do (a column of text ids).
+        bad = [row for row in not_ids if not _names_class_id(labels[row])] or not_ids
+        found = sorted({labels[row] for row in bad}, key=str)
         raise ValueError(f"{source}: labels in {task.label_column!r} must be class ids 0..{task.num_labels - 1} "
-                         f"for task {task.name!r}, found {not_ids[:10]}; map them to integers first")
-    out_of_range = sorted({int(label) for label in labels if not 0 <= label < task.num_labels})
+                         f"for task {task.name!r}, found {found[:10]}, first in {rows.name(bad[0])}; map them to "
+                         "integers first")
+    out_of_range = [row for row, label in enumerate(labels) if not 0 <= label < task.num_labels]
     if out_of_range:
+        found = sorted({int(labels[row]) for row in out_of_range})
         raise ValueError(f"{source}: labels in {task.label_column!r} must be class ids 0..{task.num_labels - 1} "
-                         f"for task {task.name!r} ({task.num_labels} classes), found {out_of_range[:10]}; drop those "
-                         "rows (-1 marks the unlabelled rows of GLUE test splits) or pick a task with that many classes")
+                         f"for task {task.name!r} ({task.num_labels} classes), found {found[:10]}, first in "
+                         f"{rows.name(out_of_range[0])}; drop those rows (-1 marks the unlabelled rows of GLUE test "
+                         "splits) or pick a task with that many classes")
+
+
+def _more_rows(bad: Sequence[int]) -> str:
+    """After naming the first of the bad rows: how many more there are."""
+    others = len(bad) - 1
+    return f" and {others} more row{'s' if others > 1 else ''}" if others else ""
+
+
+def _number(label: Any) -> float | None:
+    """A regression label as a float; text that spells a number too (a csv column with one cell
+    that is no number is read as text whole); None for anything else."""
+    if isinstance(label, (int, float, np.number)):
+        return float(label)
+    if isinstance(label, str):
+        try:
+            return float(label)
+        except ValueError:
+            return None
+    return None
+
+
+def _names_class_id(label: Any) -> bool:
+    """A class id, or text that spells one ('3', not '3.5' or 'abc')."""
+    number = _number(label)
+    return number is not None and math.isfinite(number) and number.is_integer()
 
 
 def _is_class_id(label: Any) -> bool:

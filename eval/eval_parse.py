@@ -253,7 +253,7 @@ def parse_run_args(argv: Sequence[str] | None = None, prog: str | None = None) -
     given = frozenset(segment.dest for segment in split_argv(parser, argv) if segment.dest)  # typed, default or not
     no_search_given = args.search is False  # before resolving, which fills the default in
     try:
-        resolve_run_args(args)
+        resolve_run_args(args, given)
     except ValueError as error:
         parser.error(str(error))
     defaults = {name: parser.get_default(name) for name in (*SEARCH_ONLY_FLAGS, *SCALE_FLAG_SIDES)}

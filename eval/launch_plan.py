@@ -270,6 +270,50 @@ def _name_pairs(pairs: list[tuple[str, str]], swept_keys: Sequence[str], own_nam
     return [(k, v) for k, v in entry + swept if dest[k] not in shown]
 
 
+class _PairOfRuns:
+    """Two experiments named as the user wrote them: with an experiments file and --sweep, the
+    expanded runs' numbers (entry x sweep value) are in no file, so the entries of the file and
+    the sweep values are named instead."""
+
+    def __init__(self, entries: Sequence[dict[str, Any]] | None, sweeps: Sequence[SweepAxis],
+                 combos: list[tuple[str | None, list[tuple[str, Any]]]]) -> None:
+        self.entries = list(entries) if entries is not None and sweeps else None
+        self.sweeps = list(sweeps)
+        self.combos = combos
+        self.per_entry = len(combos) // len(self.entries) if self.entries else 1
+
+    def entry_of(self, i: int) -> int:
+        """The 1-based entry of the file that experiment i (0-based) expands."""
+        return i // self.per_entry + 1
+
+    def copies(self, i: int, j: int) -> bool:
+        """Experiments i and j are --sweep's copies of one entry of the file."""
+        return self.entries is not None and self.entry_of(i) == self.entry_of(j)
+
+    def _entry_text(self, number: int) -> str:
+        entry = self.entries[number - 1]
+        return ", ".join(f"{key}={value}" for key, value in entry.items()) or "no flags"
+
+    def _swept(self, i: int) -> list[tuple[str, Any]]:
+        return self.combos[i][1][len(self.combos[i][1]) - len(self.sweeps):]
+
+    def subject(self, i: int, j: int) -> str:
+        """The two experiments (0-based, i before j), as the subject of "are"/"would"."""
+        if self.entries is None:  # no file, or no sweep: the experiments are the file's entries
+            return f"experiments {i + 1} and {j + 1}"
+        first, second = self.entry_of(i), self.entry_of(j)
+        if first == second:
+            keys = [key for (key, a), (_, b) in zip(self._swept(i), self._swept(j)) if a != b]
+            return (f"--sweep {', '.join(keys)} makes copies of entry {first} of --experiments "
+                    f"({self._entry_text(first)}) that")
+
+        def sweep_text(k: int) -> str:
+            return ", ".join(f"{key}={value}" for key, value in self._swept(k))
+
+        return (f"entry {first} of --experiments ({self._entry_text(first)}) under --sweep {sweep_text(i)} and entry "
+                f"{second} ({self._entry_text(second)}) under --sweep {sweep_text(j)}")
+
+
 def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
                      entries: Sequence[dict[str, Any]] | None = None) -> list[Experiment]:
     """Expand, validate and name the experiments; raises LaunchError naming the first bad one."""
@@ -299,6 +343,7 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
         return Path(os.path.abspath(Path(args.output_root_dir) / args.task / name))  # ./out and out are one
 
     swept_keys = [axis.key for axis in sweeps]
+    pair_of = _PairOfRuns(entries, sweeps, combos)
     given_name = any(segment.dest == "exp_name" for segment in base)
     names = ["_".join([args.exp_name, *(_name_part(k, v) for k, v in
                                         _name_pairs(pairs, swept_keys, bool(name), given_name, parser, args.mode))])
@@ -307,7 +352,7 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
     first_of: dict[Path, int] = {}
     for i, (run_dir, name) in enumerate(zip(dirs, names)):
         if run_dir in first_of:
-            raise LaunchError(f"experiments {first_of[run_dir] + 1} and {i + 1} would both write to {run_dir} "
+            raise LaunchError(f"{pair_of.subject(first_of[run_dir], i)} would both write to {run_dir} "
                               "(they are the same run); remove the duplicate or give them distinct exp_name values "
                               "in --experiments")
         first_of[run_dir] = i
@@ -353,8 +398,13 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
             if others:  # e.g. --heldout_fraction with --reward_source train, --data_seed without subsets
                 why += (f"; these runs do not read {', '.join(others)} (each run's note says why): sweep or set it "
                         f"only where a run reads it")
-            raise LaunchError(f"experiments {first.index} and {experiment.index} are the same run under two names "
-                              f"({first.exp_name!r} and {experiment.exp_name!r}: every other flag means the same); "
-                              f"remove one of them{why}")
+            # Two copies of one entry made by --sweep: removing "one of them" is not a way out.
+            same_entry = pair_of.entry_of(first.index - 1) if pair_of.copies(first.index - 1, experiment.index - 1) \
+                else None
+            way_out = ("remove one of them" if same_entry is None else
+                       f"launch entry {same_entry} on its own, without --sweep" if not why else "")
+            raise LaunchError(f"{pair_of.subject(first.index - 1, experiment.index - 1)} are the same run under two "
+                              f"names ({first.exp_name!r} and {experiment.exp_name!r}: every other flag means the "
+                              f"same); {way_out}{why if way_out else why.removeprefix('; ')}")
         first_with[key] = experiment
     return experiments

@@ -78,10 +78,11 @@ def check_can_write_under(path: str, flag: str) -> None:
                          f"({error.strerror or error}); choose a writable location") from None
 
 
-def resolve_run_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Validate `args` in place and fill in the resolved fields; returns `args`."""
+def resolve_run_args(args: argparse.Namespace, given: frozenset[str] | None = None) -> argparse.Namespace:
+    """Validate `args` in place and fill in the resolved fields; returns `args`. `given`: the dests
+    the command line named, where known (errors then call only the others "the default")."""
     if args.load_config is not None:
-        check_load_config_run(args)  # before anything blames --model/--task/--model_name_or_path for it
+        check_load_config_run(args, given=given)  # before anything blames --model/--task/--model_name_or_path for it
     task = get_task(args.task)
     spec = get_model_spec(args.model_type)
     if task.modality != spec.modality:

@@ -123,12 +123,14 @@ def check_load_config(args: argparse.Namespace) -> None:
                          f"model pass the same: {' '.join(_scale_flags(data['args']))}{drop}")
 
 
-def check_load_config_run(args: argparse.Namespace, data: dict | None = None) -> None:
+def check_load_config_run(args: argparse.Namespace, data: dict | None = None,
+                          given: frozenset[str] | None = None) -> None:
     """The --load_config run (its parsed results.json `data`, else read here) is of this run's
     model and task: its formats name that model's layers and its final_model/ holds that model's
     weights. Run first, before anything that reads --model or --task (the final_model/ check would
     blame --model_name_or_path, a flag the user may never have given). Nothing is said of a file
-    that does not read as a run: check_load_config says what it is."""
+    that does not read as a run: check_load_config says what it is. `given`: the dests the command
+    line named (None: not known; a value at its default then counts as not typed)."""
     if data is None:
         try:
             data = json.loads(Path(args.load_config).read_text())
@@ -145,8 +147,13 @@ def check_load_config_run(args: argparse.Namespace, data: dict | None = None) ->
 
     parser = create_arg_parser()
     defaults = {"--model": parser.get_default("model_type"), "--task": parser.get_default("task")}
-    # a value at its default was not typed: say so, as the user may not know the default
-    given = " ".join(f"{flag} {value}" + (" (the default)" if value == defaults[flag] else "")
+    dests = {"--model": "model_type", "--task": "task"}
+
+    def unsaid(flag: str, value: str) -> bool:
+        return dests[flag] not in given if given is not None else value == defaults[flag]
+
+    # a flag not given is at its default: say so, as the user may not know the default
+    named = " ".join(f"{flag} {value}" + (" (the default)" if unsaid(flag, value) else "")
                      for flag, value, _ in differing)
     drop = [flag for flag, _, loaded in differing if loaded == defaults[flag]]
     give = [f"{flag} {loaded}" for flag, _, loaded in differing if loaded != defaults[flag]]
@@ -154,7 +161,7 @@ def check_load_config_run(args: argparse.Namespace, data: dict | None = None) ->
     ways = [f"drop {' and '.join(drop)}"] if drop else []
     ways += [f"pass {' '.join(give)}"] if give else []
     raise ValueError(f"--load_config {args.load_config!r} is a run of {data['model_type']} on {data['task']}, and "
-                     f"{given} {verb} it (the formats it found are for that model and task): {' and '.join(ways)}, "
+                     f"{named} {verb} it (the formats it found are for that model and task): {' and '.join(ways)}, "
                      f"or load a run of {args.model_type} on {args.task}")
 
 

@@ -5,7 +5,10 @@
 Rebuilds the run's fake-quantized model (final_model/ weights, results.json formats), runs it and
 the ONNX model (onnxruntime, CPU) on the same batches of the run's validation split, in the run's
 --eval_batch_size (activation scales are per batch), and prints the largest logit difference, how
-many predictions differ, and each model's accuracy next to the one results.json recorded.
+many predictions differ, and each model's accuracy next to the one results.json recorded. For a
+regression task (stsb: one score per example, no classes to agree on) it prints instead the
+largest prediction difference and each model's task metrics (pearson, spearmanr), next to those
+results.json recorded.
 The two differ where onnxruntime's kernels sum in another order than torch's and where
 QuantizeLinear divides by the scale (the fake-quant multiplies by its reciprocal): an activation
 then lands one code apart now and then, which a deep low-bit network can amplify
@@ -22,6 +25,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from eval.cli_flags import OnceArgumentParser  # noqa: E402
 from eval.results_schema import RESULTS_NAME  # noqa: E402
+from eval.tasks import TaskSpec  # noqa: E402
 
 
 class AgreementError(ValueError):
@@ -62,8 +67,10 @@ def _check_inputs(onnx_path: Path, onnx_inputs: list[str], batch_inputs: list[st
                              f"is now; export it again: python -m quant.export {run_dir} --out DIR --onnx")
 
 
-def agreement(run_dir: Path, onnx_path: Path, max_examples: int | None = None) -> dict[str, float | int]:
-    """Logit and prediction agreement of the run's model and the ONNX model on its validation split.
+def agreement(run_dir: Path, onnx_path: Path, max_examples: int | None = None) -> dict[str, Any]:
+    """Logit and prediction agreement of the run's model and the ONNX model on its validation split:
+    for a classification task the predictions differing and each model's accuracy; for a regression
+    task (see _regression_agreement) the task's metrics instead.
     AgreementError when onnxruntime cannot load the model or its inputs are not the batches'."""
     from eval.run_setup import load_data_and_model, rebuild_run_model
 
@@ -80,22 +87,43 @@ def agreement(run_dir: Path, onnx_path: Path, max_examples: int | None = None) -
     count = len(dataset) if max_examples is None else min(max_examples, len(dataset))
     input_names = [node.name for node in session.get_inputs()]
     batch_size = results["args"]["eval_batch_size"]
-    max_diff, differing, correct_torch, correct_onnx = 0.0, 0, 0, 0
+    all_torch, all_onnx, all_labels = [], [], []
     for start in range(0, count, batch_size):
         batch = setup.data_collator([dataset[i] for i in range(start, min(start + batch_size, count))])
-        labels = batch.pop("labels").numpy()
+        all_labels.append(batch.pop("labels").numpy())
         if start == 0:  # e.g. token_type_ids: an ONNX model without them would compute another function
             _check_inputs(onnx_path, input_names, list(batch.keys()), run_dir)
         with torch.no_grad():
-            torch_logits = model(**batch).logits.numpy()
-        onnx_logits = session.run(None, {name: batch[name].numpy() for name in input_names})[0]
-        max_diff = max(max_diff, float(np.abs(torch_logits - onnx_logits).max()))
-        differing += int((torch_logits.argmax(-1) != onnx_logits.argmax(-1)).sum())
-        correct_torch += int((torch_logits.argmax(-1) == labels).sum())
-        correct_onnx += int((onnx_logits.argmax(-1) == labels).sum())
-    return {"examples": count, "max_logit_diff": max_diff, "predictions_differing": differing,
-            "accuracy_torch": correct_torch / count, "accuracy_onnx": correct_onnx / count,
+            all_torch.append(model(**batch).logits.float().numpy())
+        all_onnx.append(session.run(None, {name: batch[name].numpy() for name in input_names})[0])
+    torch_logits, onnx_logits, labels = (np.concatenate(parts) for parts in (all_torch, all_onnx, all_labels))
+    if setup.task.is_regression:
+        return _regression_agreement(setup.task, results, torch_logits, onnx_logits, labels)
+    torch_predictions, onnx_predictions = torch_logits.argmax(-1), onnx_logits.argmax(-1)
+    return {"examples": count, "max_logit_diff": float(np.abs(torch_logits - onnx_logits).max()),
+            "predictions_differing": int((torch_predictions != onnx_predictions).sum()),
+            "accuracy_torch": int((torch_predictions == labels).sum()) / count,
+            "accuracy_onnx": int((onnx_predictions == labels).sum()) / count,
             "accuracy_recorded": results["metrics"].get("eval_accuracy", float("nan"))}
+
+
+def _regression_agreement(task: TaskSpec, results: dict[str, Any], torch_logits: np.ndarray, onnx_logits: np.ndarray,
+                          labels: np.ndarray) -> dict[str, Any]:
+    """A regression run's model outputs one score per example: an argmax is always class 0, so
+    predictions cannot differ and "accuracy" means nothing. Compared instead: the scores
+    themselves and the task's metrics, computed as the run computed those results.json records
+    (eval.metrics.build_compute_metrics, with the run's --metric)."""
+    from transformers import EvalPrediction
+
+    from eval.metrics import build_compute_metrics
+
+    compute = build_compute_metrics(task, results["args"].get("metric"))
+    torch_metrics = compute(EvalPrediction(predictions=torch_logits, label_ids=labels))
+    onnx_metrics = compute(EvalPrediction(predictions=onnx_logits, label_ids=labels))
+    return {"examples": len(labels), "regression": True,
+            "max_prediction_diff": float(np.abs(torch_logits.reshape(-1) - onnx_logits.reshape(-1)).max()),
+            "metrics": {name: (torch_metrics[name], onnx_metrics[name],
+                               results["metrics"].get(f"eval_{name}", float("nan"))) for name in torch_metrics}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: {error}", file=sys.stderr)
         return 1
     print(f"examples               {found['examples']}")
+    if found.get("regression"):
+        print(f"max |prediction diff|  {found['max_prediction_diff']:.3g}")
+        print("accuracy               does not apply (a regression task: one score per example); compared instead: "
+              "the task's metrics")
+        for name, (on_torch, on_onnx, recorded) in found["metrics"].items():
+            print(f"{name:<22} torch {on_torch:.4f}, onnx {on_onnx:.4f} (results.json: {recorded:.4f})")
+        return 0
     print(f"max |logit difference| {found['max_logit_diff']:.3g}")
     print(f"predictions differing  {found['predictions_differing']} "
           f"({found['predictions_differing'] / found['examples']:.1%})")

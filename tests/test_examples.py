@@ -183,3 +183,47 @@ def test_onnx_agreement_says_in_one_line_when_onnxruntime_cannot_load_the_model(
     assert captured.err.endswith("); export again with --opset 22 --onnx_unsupported float (its fp4_e2m1 layers, and "
                                  "any other format newer than opset 22, in float), or run it with a runtime that "
                                  "implements DequantizeLinear on FLOAT4E2M1\n")
+
+
+def test_onnx_agreement_compares_a_regression_runs_scores_and_metrics_not_an_accuracy(tmp_path, capsys):
+    """stsb (one score per example): an argmax is always class 0, so an "accuracy" meant nothing
+    (it printed e.g. 0.3167 against results.json's nan). The scores and the task's metrics are
+    compared instead, those of the rebuilt model equal to the ones results.json recorded."""
+    import json
+
+    from eval.eval_run import main as run_main
+    from quant import export_cli
+
+    (tmp_path / "data").mkdir()
+    rows = ["sentence1,sentence2,label"] + [
+        f"{'good fine nice' if i % 2 else 'bad awful poor'} movie {i},{'it was' if i % 3 else 'so it is'} {i},"
+        f"{(i * 7) % 11 / 2}" for i in range(40)]
+    (tmp_path / "data" / "train.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "data" / "dev.csv").write_text("\n".join(rows[:21]) + "\n")
+    assert run_main(["--task", "stsb", "--model_type", "bert-tiny", "--from_scratch", "--config_overrides",
+                     "num_hidden_layers=1,hidden_size=32,num_attention_heads=2,intermediate_size=64",
+                     "--train_file", str(tmp_path / "data" / "train.csv"),
+                     "--validation_file", str(tmp_path / "data" / "dev.csv"), "--weight_bits", "8",
+                     "--activation_bits", "8", "--max_steps", "4", "--train_batch_size", "8", "--device", "cpu",
+                     "--report_to", "none", "--exp_name", "reg", "--output_root_dir", str(tmp_path / "out")]) == 0
+    run_dir = tmp_path / "out" / "stsb" / "reg"
+    assert export_cli.cli([str(run_dir), "--out", str(tmp_path / "deploy"), "--onnx"]) == 0
+    module = _onnx_agreement_module()
+    found = module.agreement(run_dir, tmp_path / "deploy" / "model.onnx")
+    recorded = json.loads((run_dir / "results.json").read_text())["metrics"]
+    assert found["examples"] == 20 and found["regression"] and "accuracy_torch" not in found
+    assert 0 <= found["max_prediction_diff"] < 1e-4
+    assert list(found["metrics"]) == ["pearson", "spearmanr"]
+    for name, (on_torch, on_onnx, on_record) in found["metrics"].items():
+        assert on_record == recorded[f"eval_{name}"] and abs(on_torch - on_record) < 1e-6  # the evaluated model
+        assert abs(on_onnx - on_torch) < 1e-3
+    capsys.readouterr()
+    assert module.main([str(run_dir), str(tmp_path / "deploy" / "model.onnx")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "examples               20" and lines[1].startswith("max |prediction diff|  ")
+    assert lines[2] == ("accuracy               does not apply (a regression task: one score per example); "
+                        "compared instead: the task's metrics")
+    pearson = found["metrics"]["pearson"]
+    assert lines[3] == (f"pearson                torch {pearson[0]:.4f}, onnx {pearson[1]:.4f} "
+                        f"(results.json: {pearson[2]:.4f})")
+    assert lines[4].startswith("spearmanr              torch ") and len(lines) == 5

@@ -78,11 +78,13 @@ def test_label_errors(tmp_path):
     train = write(SST2_TRAIN, tmp_path / "train.csv")
     out_of_range = write(SST2_VAL.assign(label=[-1, 2]), tmp_path / "range.csv")
     with pytest.raises(ValueError, match=r"labels in 'label' must be class ids 0..1 for task 'sst2' \(2 classes\), "
-                                         r"found \[-1, 2\]; drop those rows \(-1 marks the unlabelled rows of GLUE "
+                                         r"found \[-1, 2\], first in row 0 \(counting from 0; line 2 of the file\); "
+                                         r"drop those rows \(-1 marks the unlabelled rows of GLUE "
                                          r"test splits\) or pick a task with that many classes$"):
         load_raw_datasets("sst2", train_file=train, validation_file=out_of_range)
     words = write(SST2_VAL.assign(label=["pos", "neg"]), tmp_path / "words.csv")
-    with pytest.raises(ValueError, match=r"found \['neg', 'pos'\]; map them to integers first"):
+    with pytest.raises(ValueError, match=r"found \['neg', 'pos'\], first in row 0 \(counting from 0; line 2 of the "
+                                         r"file\); map them to integers first"):
         load_raw_datasets("sst2", train_file=train, validation_file=words)
     missing = write(SST2_VAL.assign(label=[1, None]), tmp_path / "missing.csv")
     with pytest.raises(ValueError) as error:
@@ -99,7 +101,8 @@ def test_label_errors(tmp_path):
     raw = load_raw_datasets("sst2", train_file=train, validation_file=floats)
     assert list(raw["validation"]["label"]) == [1, 0] and raw["validation"].features["label"].dtype == "int64"
     halves = write(SST2_VAL.assign(label=[0.5, 1.0]), tmp_path / "halves.csv")
-    with pytest.raises(ValueError, match=r"found \[0.5\]; map them to integers first"):
+    with pytest.raises(ValueError, match=r"found \[0.5\], first in row 0 \(counting from 0; line 2 of the file\); "
+                                         r"map them to integers first"):
         load_raw_datasets("sst2", train_file=train, validation_file=halves)
     stsb = pd.DataFrame({"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [1.5, float("inf")]})
     non_finite = write(stsb, tmp_path / "stsb.csv")
@@ -138,6 +141,48 @@ def test_text_columns_must_hold_text(tmp_path, sentences, what):
         load_raw_datasets("sst2", train_file=bad, validation_file=train)
     assert str(error.value) == (f"train file '{bad}': text column 'sentence' has {what}; every row needs text: drop "
                                 "or fill those rows")
+
+
+def test_every_label_error_names_the_first_bad_row(tmp_path):
+    """As the other checks do: a regression label that is text or NaN, a class id out of range or
+    not whole, named by its row and line (a csv column with one text cell is read as text whole:
+    the bad cell is the one that is no number, not the first row)."""
+    train = write(SST2_TRAIN, tmp_path / "train.csv")
+
+    def error_of(task: str, text: str, name: str, train_file: str = train) -> str:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError) as error:
+            load_raw_datasets(task, train_file=train_file, validation_file=str(tmp_path / name))
+        return str(error.value).split(": ", 1)[1]
+
+    pairs = "sentence1,sentence2,label\na b,c d,1.5\ne f,g h,{}\ni j,k l,{}\n"
+    stsb_train = str(tmp_path / "stsb.csv")
+    (tmp_path / "stsb.csv").write_text(pairs.format(2.5, 0.5))
+    assert error_of("stsb", pairs.format("abc", 2), "abc.csv", stsb_train) == (
+        "task 'stsb' is a regression; labels in 'label' must be numbers, found 'abc' in row 1 (counting from 0; "
+        "line 3 of the file); drop or fix those rows")
+    assert error_of("stsb", pairs.format("NaN", "inf"), "nan.csv", stsb_train) == (
+        "label column 'label' has a non-finite value ('NaN', not a number) in row 1 (counting from 0; line 3 of the "
+        "file) and 1 more row; drop or fix those rows")
+    (tmp_path / "text.json").write_text('{"sentence1": "a", "sentence2": "b", "label": "1.5"}\n')
+    with pytest.raises(ValueError) as error:  # JSON's quoted numbers: text, every row
+        load_raw_datasets("stsb", train_file=str(tmp_path / "text.json"), validation_file=stsb_train)
+    assert str(error.value).endswith("labels in 'label' must be numbers, found '1.5' in row 0 (counting from 0; "
+                                     "line 1 of the file); write them as numbers, without quotes")
+    assert error_of("sst2", "sentence,label\ngood,1\nbad,0\nfun,3.5\n", "half.csv") == (
+        "labels in 'label' must be class ids 0..1 for task 'sst2', found [3.5], first in row 2 (counting from 0; "
+        "line 4 of the file); map them to integers first")
+    assert error_of("sst2", "sentence,label\ngood,1\nbad,abc\n", "word.csv") == (
+        "labels in 'label' must be class ids 0..1 for task 'sst2', found ['abc'], first in row 1 (counting from 0; "
+        "line 3 of the file); map them to integers first")
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(images / "0.png")
+    assert error_of("cifar10", "img,label\nimages/0.png,3\nimages/0.png,10\nimages/0.png,12\n", "ten.csv",
+                    str(tmp_path / "ten.csv")) == (
+        "labels in 'label' must be class ids 0..9 for task 'cifar10' (10 classes), found [10, 12], first in row 1 "
+        "(counting from 0; line 3 of the file); drop those rows (-1 marks the unlabelled rows of GLUE test splits) "
+        "or pick a task with that many classes")
 
 
 def test_image_paths_in_a_csv_are_read_relative_to_it(tmp_path):

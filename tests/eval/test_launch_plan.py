@@ -131,14 +131,38 @@ def test_duplicate_experiments_are_an_error():
 def test_a_baseline_swept_over_a_search_only_flag_is_one_run_twice():
     """A uniform entry under --sweep cost_target_bits=... would train the same baseline per value."""
     entries = [{"exp_name": "uniform_int8", "bits": 8}, {"exp_name": "fliqs", "search_space": "2,4,8"}]
-    with pytest.raises(LaunchError, match=r"^experiments 1 and 2 are the same run under two names "
-                                          r"\('uniform_int8_cost_target_bits=2.5' and 'uniform_int8_cost_target_bits=3': "
-                                          r"every other flag means the same\); remove one of them; a run that does not "
-                                          r"search ignores cost_target_bits: set it only in the search entries of "
-                                          r"--experiments$"):
+    # Named by the file's entry (the sweep's copies of it), not by the expanded runs' numbers.
+    with pytest.raises(LaunchError) as error:
         plan_experiments(BASE, [parse_sweep("cost_target_bits=2.5,3")], entries=entries)
+    assert str(error.value) == ("--sweep cost_target_bits makes copies of entry 1 of --experiments (exp_name="
+                                "uniform_int8, bits=8) that are the same run under two names "
+                                "('uniform_int8_cost_target_bits=2.5' and 'uniform_int8_cost_target_bits=3': every "
+                                "other flag means the same); a run that does not search ignores cost_target_bits: "
+                                "set it only in the search entries of --experiments")
     searches = plan_experiments(BASE, [parse_sweep("cost_target_bits=2.5,3")], entries=entries[1:])
     assert [e.exp_name for e in searches] == ["fliqs_cost_target_bits=2.5", "fliqs_cost_target_bits=3"]
+
+
+def test_under_a_sweep_the_same_run_twice_names_the_entries_of_the_file():
+    """Experiments 3 and 4 of the expanded launch are in no file: the error names entry 2 (of 2)."""
+    sweep = parse_sweep("search_space=2,4,8;int2,int4,fp4_e2m1,int8")
+    with pytest.raises(LaunchError) as error:
+        plan_experiments(BASE, [sweep], entries=[{"search": True}, {"bits": 8}])
+    assert str(error.value) == ("--sweep search_space makes copies of entry 2 of --experiments (bits=8) that are the "
+                                "same run under two names ('resnet18_uniform_wint8-aint8_s42_search_space=2-4-8' and "
+                                "'resnet18_uniform_wint8-aint8_s42_search_space=int2-int4-fp4_e2m1-int8': every other "
+                                "flag means the same); a run that does not search ignores search_space: set it only "
+                                "in the search entries of --experiments")
+    # Two entries that are one run: each named with the sweep value it runs under.
+    with pytest.raises(LaunchError) as error:
+        plan_experiments(BASE, [parse_sweep("seed=1,2")], entries=[{"exp_name": "a"}, {"exp_name": "b"}])
+    assert str(error.value) == ("entry 1 of --experiments (exp_name=a) under --sweep seed=1 and entry 2 (exp_name=b) "
+                                "under --sweep seed=1 are the same run under two names ('a_seed=1' and 'b_seed=1': "
+                                "every other flag means the same); remove one of them")
+    with pytest.raises(LaunchError, match=r"^entry 1 of --experiments \(learning_rate=0.01\) under --sweep seed=1 and "
+                                          r"entry 2 \(learning_rate=1e-2\) under --sweep seed=1 would both write to "
+                                          rf"/\S+/{SEARCH}_s1_learning_rate=0.01 \(they are the same run\)"):
+        plan_experiments(BASE, [parse_sweep("seed=1,2")], entries=[{"learning_rate": 0.01}, {"learning_rate": "1e-2"}])
 
 
 def test_a_search_swept_over_a_setting_it_does_not_read_is_one_run_twice():
