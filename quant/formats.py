@@ -15,6 +15,8 @@ Tokens accepted by `parse_format` (case-insensitive):
     fp6_e2m3, fp6_e3m2          OCP MX FP6: max 7.5 / 28, every code finite
     fp4_e2m1, fp4               OCP MX FP4: max 6, every code finite
     eXmY                        generic: 1 <= X <= 5, 0 <= Y <= 7, X+Y <= 7, every code finite
+    eXmY_finite/_fn/_ieee       the same with those special codes (SpecialCodes): the name of a
+                                FloatFormat no token above names, e.g. e4m3_finite (max 480)
 Numbers are ASCII digits without leading zeros, so a format's `name` parses back to that format
 (a generic "e05m02" would otherwise be named "e5m2", the IEEE-style E5M2).
 """
@@ -33,7 +35,8 @@ import torch
 VALID_FORMS = (
     "0/none/fp32 (no quantization), bf16, fp16, N or intN with 2<=N<=16 (e.g. 4, int8), "
     "fp8_e4m3/e4m3, fp8_e5m2/e5m2, fp8_e3m4/e3m4, fp6_e2m3, fp6_e3m2, fp4_e2m1/fp4, "
-    "or a generic eXmY with 1<=X<=5, 0<=Y<=7, X+Y<=7 (e.g. e2m5)"
+    "or a generic eXmY with 1<=X<=5, 0<=Y<=7, X+Y<=7 (e.g. e2m5), with _fn or _ieee special codes "
+    "(e.g. e4m2_ieee)"
 )
 
 INT_BITS_RANGE = (2, 16)
@@ -295,8 +298,16 @@ class FloatFormat(NumberFormat):
 
     @property
     def name(self) -> str:  # type: ignore[override]
+        """The token that parses back to this format: its canonical name if it has one, else
+        eXmY for every code finite, else eXmY with its special codes (e4m2_ieee; and e4m3_finite,
+        as e4m3 names the FN format)."""
         aliases = _NAMED_FLOATS.get((self.exp_bits, self.man_bits, self.special))
-        return aliases[0] if aliases else f"e{self.exp_bits}m{self.man_bits}"
+        if aliases:
+            return aliases[0]
+        generic = f"e{self.exp_bits}m{self.man_bits}"
+        if self.special is SpecialCodes.FINITE and generic not in _FIXED_TOKENS:
+            return generic
+        return f"{generic}_{self.special.value}"
 
     def __repr__(self) -> str:
         return f"FloatFormat({self.name}, e{self.exp_bits}m{self.man_bits}, bias={self.bias}, max={self.max:g})"
@@ -353,7 +364,7 @@ for (_e, _m, _special), _aliases in _NAMED_FLOATS.items():
 # match too, so that parse_format can reject them by name: "e05m02" must not become a generic
 # E5M2 whose name "e5m2" re-parses as the IEEE format.
 _INT_RE = re.compile(r"(?:int)?([0-9]+)")
-_GENERIC_RE = re.compile(r"e([0-9]+)m([0-9]+)")
+_GENERIC_RE = re.compile(r"e([0-9]+)m([0-9]+)(?:_(finite|fn|ieee))?")
 
 
 def _has_leading_zero(number: str) -> bool:
@@ -373,7 +384,7 @@ def parse_format(token: str | int | NumberFormat) -> NumberFormat:
     match = _INT_RE.fullmatch(text) or _GENERIC_RE.fullmatch(text)
     if match is None:
         raise ValueError(f"unknown format {token!r}; valid forms: {VALID_FORMS}")
-    if any(_has_leading_zero(number) for number in match.groups()):
+    if any(_has_leading_zero(number) for number in match.groups()[:2]):
         raise ValueError(
             f"invalid format {token!r}: numbers in format tokens have no leading zeros (each format has one "
             f"token, e.g. int8, e2m5); valid forms: {VALID_FORMS}"
@@ -394,7 +405,12 @@ def parse_format(token: str | int | NumberFormat) -> NumberFormat:
             f"invalid format {token!r}: generic eXmY needs {elo}<=X<={ehi}, {mlo}<=Y<={mhi} and X+Y<="
             f"{GENERIC_MAX_PAYLOAD_BITS} (at most 8 bits with the sign); valid forms: {VALID_FORMS}"
         )
-    return FloatFormat(exp_bits, man_bits, SpecialCodes.FINITE)
+    special = SpecialCodes(match.group(3) or SpecialCodes.FINITE.value)
+    try:
+        fmt = FloatFormat(exp_bits, man_bits, special)
+        return _FIXED_TOKENS.get(fmt.name, fmt)  # a named format (e4m3_fn): its one object
+    except ValueError as error:  # special codes that leave no largest value (e2m0_fn)
+        raise ValueError(f"invalid format {token!r}: {error}; valid forms: {VALID_FORMS}") from None
 
 
 def parse_format_list(text: str | list | tuple, what: str = "search space") -> tuple[NumberFormat, ...]:

@@ -302,3 +302,42 @@ def test_max_is_the_largest_finite_code_of_the_smallest_formats(exp_bits, man_bi
             else:
                 values.append(2.0 ** (exponent - fmt.bias) * (1 + mantissa / 2**man_bits))
     assert fmt.max == max(values)
+
+
+def every_float_format() -> list[FloatFormat]:
+    """Every FloatFormat of at most 8 bits (with the sign) the class accepts."""
+    formats = []
+    for exp_bits in range(1, 6):
+        for man_bits in range(0, 8 - exp_bits):
+            for special in SpecialCodes:
+                try:
+                    formats.append(FloatFormat(exp_bits, man_bits, special))
+                except ValueError:  # FN without a mantissa bit, IEEE with one exponent bit
+                    pass
+    return formats
+
+
+def test_every_float_format_s_name_parses_back_to_it():
+    """A name is what results.json and an exported checkpoint record: one that parsed to another
+    format (FloatFormat(4, 2, 'ieee') was named e4m2, the all-finite E4M2) reloaded other numbers."""
+    formats = every_float_format()
+    assert len(formats) == 3 * 25 - 5 - 7  # (X, Y) pairs x special codes, less the refused ones
+    for fmt in formats:
+        assert parse_format(fmt.name) == fmt, fmt
+    assert len({fmt.name for fmt in formats}) == len(formats)
+    assert [FloatFormat(4, 3).name, FloatFormat(4, 2, "ieee").name, FloatFormat(2, 1, "fn").name,
+            FloatFormat(2, 1).name, FloatFormat(2, 5).name] == ["e4m3_finite", "e4m2_ieee", "e2m1_fn", "fp4_e2m1", "e2m5"]
+    assert parse_format("E4M3_FN") is parse_format("fp8_e4m3")  # a named format by its special codes
+    assert parse_format("e4m3_finite").max == 480.0 and parse_format("e4m2_ieee").max == 224.0
+
+
+@pytest.mark.parametrize("token, match", [
+    ("e2m0_fn", r"^invalid format 'e2m0_fn': FloatFormat\(2, 0, special='fn'\) has no finite value at its top exponent"),
+    ("e1m2_ieee", r"^invalid format 'e1m2_ieee': FloatFormat\(1, 2, special='ieee'\) has no normal values"),
+    ("e4m3_fnuz", r"^unknown format 'e4m3_fnuz'; valid forms"),
+    ("e6m1_ieee", r"^invalid format 'e6m1_ieee': generic eXmY needs 1<=X<=5"),
+    ("e04m2_ieee", r"^invalid format 'e04m2_ieee': numbers in format tokens have no leading zeros"),
+])
+def test_bad_special_code_tokens(token, match):
+    with pytest.raises(ValueError, match=match):
+        parse_format(token)
