@@ -134,6 +134,10 @@ def load_experiments_file(path: str | Path) -> list[dict[str, Any]]:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise LaunchError(f"--experiments {str(path)!r} cannot be read: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:  # e.g. an accented exp_name saved as Latin-1
+        line = error.object[:error.start].count(b"\n") + 1
+        raise LaunchError(f"--experiments {str(path)!r} is not UTF-8 text (byte 0x{error.object[error.start]:02x} on "
+                          f"line {line}); save it as UTF-8") from None
     # Both parsers let the last of two equal keys win: an entry setting a flag twice (a copy-paste
     # slip) is refused instead, naming the key and the entry. `repeated`: id of a mapping -> its key.
     repeated: dict[int, str] = {}
@@ -156,6 +160,14 @@ def load_experiments_file(path: str | Path) -> list[dict[str, Any]]:
         if id(entry) in repeated:
             raise LaunchError(f"--experiments {str(path)!r}: entry {number} sets {repeated[id(entry)]} twice; keep one "
                               "of its values")
+        # A key may be written as the flag (--bits): one spelling from here on, exp_name included.
+        keys = [key.lstrip("-") for key in entry]
+        twice = next((key for key in keys if keys.count(key) > 1), None)
+        if twice is not None:
+            spelled = " and ".join(repr(key) for key in entry if key.lstrip("-") == twice)
+            raise LaunchError(f"--experiments {str(path)!r}: entry {number} sets {twice} twice (as {spelled}); keep "
+                              "one of its values")
+        data[number - 1] = entry = {key.lstrip("-"): value for key, value in entry.items()}
         name = entry.get("exp_name")
         if "exp_name" in entry and (not isinstance(name, str) or not name or "/" in name):
             raise LaunchError(f"--experiments {str(path)!r}: entry {number} has exp_name {name!r}; give a "
@@ -271,27 +283,27 @@ def _name_pairs(pairs: list[tuple[str, str]], swept_keys: Sequence[str], own_nam
 
 
 class _PairOfRuns:
-    """Two experiments named as the user wrote them: with an experiments file and --sweep, the
-    expanded runs' numbers (entry x sweep value) are in no file, so the entries of the file and
-    the sweep values are named instead."""
+    """Two experiments that are one run, named as the user wrote them: the expanded runs' numbers
+    (entry x sweep value) are in no file, so the entries of --experiments and the sweep values are
+    named instead, with the way out that applies (a copy that --sweep made cannot be removed)."""
 
     def __init__(self, entries: Sequence[dict[str, Any]] | None, sweeps: Sequence[SweepAxis],
                  combos: list[tuple[str | None, list[tuple[str, Any]]]]) -> None:
-        self.entries = list(entries) if entries is not None and sweeps else None
+        self.entries = list(entries) if entries is not None else None
         self.sweeps = list(sweeps)
         self.combos = combos
-        self.per_entry = len(combos) // len(self.entries) if self.entries else 1
+        self.per_entry = len(combos) // len(self.entries) if self.entries else len(combos)
 
     def entry_of(self, i: int) -> int:
-        """The 1-based entry of the file that experiment i (0-based) expands."""
+        """The 1-based entry of the file (1 without a file) that experiment i (0-based) expands."""
         return i // self.per_entry + 1
 
     def copies(self, i: int, j: int) -> bool:
-        """Experiments i and j are --sweep's copies of one entry of the file."""
-        return self.entries is not None and self.entry_of(i) == self.entry_of(j)
+        """Experiments i and j are --sweep's copies of one entry of the file (or of the command line)."""
+        return bool(self.sweeps) and self.entry_of(i) == self.entry_of(j)
 
     def _entry_text(self, number: int) -> str:
-        entry = self.entries[number - 1]
+        entry = self.entries[number - 1] if self.entries else {}
         return ", ".join(f"{key}={value}" for key, value in entry.items()) or "no flags"
 
     def _swept(self, i: int) -> list[tuple[str, Any]]:
@@ -299,19 +311,46 @@ class _PairOfRuns:
 
     def subject(self, i: int, j: int) -> str:
         """The two experiments (0-based, i before j), as the subject of "are"/"would"."""
-        if self.entries is None:  # no file, or no sweep: the experiments are the file's entries
+        if not self.sweeps:  # the experiments are the file's entries
             return f"experiments {i + 1} and {j + 1}"
-        first, second = self.entry_of(i), self.entry_of(j)
-        if first == second:
-            keys = [key for (key, a), (_, b) in zip(self._swept(i), self._swept(j)) if a != b]
-            return (f"--sweep {', '.join(keys)} makes copies of entry {first} of --experiments "
-                    f"({self._entry_text(first)}) that")
+        if self.copies(i, j):
+            values = "; ".join(f"{key}={a} and {key}={b}" for (key, a), (_, b) in zip(self._swept(i), self._swept(j))
+                               if a != b)
+            entry = self.entry_of(i)
+            where = f" of entry {entry} of --experiments ({self._entry_text(entry)})" if self.entries else ""
+            return f"--sweep {values}{where}"
 
         def sweep_text(k: int) -> str:
             return ", ".join(f"{key}={value}" for key, value in self._swept(k))
 
+        first, second = self.entry_of(i), self.entry_of(j)
         return (f"entry {first} of --experiments ({self._entry_text(first)}) under --sweep {sweep_text(i)} and entry "
                 f"{second} ({self._entry_text(second)}) under --sweep {sweep_text(j)}")
+
+    def same_directory_way_out(self, i: int, j: int) -> str:
+        if self.copies(i, j):  # values spelled twice (8 and int8): caught here, by their run's directory
+            return "list each value once"
+        return "remove the duplicate or give them distinct exp_name values in --experiments"
+
+    def same_setting_way_out(self, i: int, j: int, search_only: list[str], others: list[str]) -> str:
+        ways = []
+        if search_only:
+            names = ", ".join(search_only)
+            ways.append(f"a run that does not search ignores {names}: " + (
+                "set it only in the search entries of --experiments" if self.entries is not None else
+                f"drop --sweep {names}, or launch from an --experiments file that sets it only in its search entries"))
+        if others:  # e.g. --heldout_fraction with --reward_source train, --data_seed without subsets
+            names = ", ".join(others)
+            ways.append(f"these runs do not read {names} (each run's note says why): " + (
+                "sweep or set it only where a run reads it" if self.entries is not None or not self.copies(i, j)
+                else f"drop --sweep {names}"))
+        if not ways:
+            ways.append("remove one of them" if not self.copies(i, j) else
+                        f"launch entry {self.entry_of(i)} on its own, without --sweep" if self.entries is not None
+                        else "list each value once")
+        elif not self.copies(i, j):
+            ways.insert(0, "remove one of them")
+        return "; ".join(ways)
 
 
 def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
@@ -353,8 +392,7 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
     for i, (run_dir, name) in enumerate(zip(dirs, names)):
         if run_dir in first_of:
             raise LaunchError(f"{pair_of.subject(first_of[run_dir], i)} would both write to {run_dir} "
-                              "(they are the same run); remove the duplicate or give them distinct exp_name values "
-                              "in --experiments")
+                              f"(they are the same run); {pair_of.same_directory_way_out(first_of[run_dir], i)}")
         first_of[run_dir] = i
         if len(name) > MAX_NAME_LENGTH:
             named = combos[i][0] is not None or given_name
@@ -391,20 +429,9 @@ def plan_experiments(run_argv: Sequence[str], sweeps: Sequence[SweepAxis] = (),
                             and not same_value(name, first.args.get(name), experiment.args[name]))
             search_only = [name for name in unread if name in ignored_args(experiment.args)]
             others = [name for name in unread if name not in search_only]
-            why = ""
-            if search_only:
-                why += (f"; a run that does not search ignores {', '.join(search_only)}: set it only in the search "
-                        f"entries of --experiments")
-            if others:  # e.g. --heldout_fraction with --reward_source train, --data_seed without subsets
-                why += (f"; these runs do not read {', '.join(others)} (each run's note says why): sweep or set it "
-                        f"only where a run reads it")
-            # Two copies of one entry made by --sweep: removing "one of them" is not a way out.
-            same_entry = pair_of.entry_of(first.index - 1) if pair_of.copies(first.index - 1, experiment.index - 1) \
-                else None
-            way_out = ("remove one of them" if same_entry is None else
-                       f"launch entry {same_entry} on its own, without --sweep" if not why else "")
+            way_out = pair_of.same_setting_way_out(first.index - 1, experiment.index - 1, search_only, others)
             raise LaunchError(f"{pair_of.subject(first.index - 1, experiment.index - 1)} are the same run under two "
                               f"names ({first.exp_name!r} and {experiment.exp_name!r}: every other flag means the "
-                              f"same); {way_out}{why if way_out else why.removeprefix('; ')}")
+                              f"same); {way_out}")
         first_with[key] = experiment
     return experiments

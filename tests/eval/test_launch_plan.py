@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -134,8 +135,8 @@ def test_a_baseline_swept_over_a_search_only_flag_is_one_run_twice():
     # Named by the file's entry (the sweep's copies of it), not by the expanded runs' numbers.
     with pytest.raises(LaunchError) as error:
         plan_experiments(BASE, [parse_sweep("cost_target_bits=2.5,3")], entries=entries)
-    assert str(error.value) == ("--sweep cost_target_bits makes copies of entry 1 of --experiments (exp_name="
-                                "uniform_int8, bits=8) that are the same run under two names "
+    assert str(error.value) == ("--sweep cost_target_bits=2.5 and cost_target_bits=3 of entry 1 of --experiments "
+                                "(exp_name=uniform_int8, bits=8) are the same run under two names "
                                 "('uniform_int8_cost_target_bits=2.5' and 'uniform_int8_cost_target_bits=3': every "
                                 "other flag means the same); a run that does not search ignores cost_target_bits: "
                                 "set it only in the search entries of --experiments")
@@ -148,7 +149,8 @@ def test_under_a_sweep_the_same_run_twice_names_the_entries_of_the_file():
     sweep = parse_sweep("search_space=2,4,8;int2,int4,fp4_e2m1,int8")
     with pytest.raises(LaunchError) as error:
         plan_experiments(BASE, [sweep], entries=[{"search": True}, {"bits": 8}])
-    assert str(error.value) == ("--sweep search_space makes copies of entry 2 of --experiments (bits=8) that are the "
+    assert str(error.value) == ("--sweep search_space=2,4,8 and search_space=int2,int4,fp4_e2m1,int8 of entry 2 of "
+                                "--experiments (bits=8) are the "
                                 "same run under two names ('resnet18_uniform_wint8-aint8_s42_search_space=2-4-8' and "
                                 "'resnet18_uniform_wint8-aint8_s42_search_space=int2-int4-fp4_e2m1-int8': every other "
                                 "flag means the same); a run that does not search ignores search_space: set it only "
@@ -168,14 +170,16 @@ def test_under_a_sweep_the_same_run_twice_names_the_entries_of_the_file():
 def test_a_search_swept_over_a_setting_it_does_not_read_is_one_run_twice():
     """--heldout_fraction is read only with --reward_source heldout: two fractions of a train-reward
     search are one run; of a held-out search, two."""
-    with pytest.raises(LaunchError, match=r"^experiments 1 and 2 are the same run under two names "
+    # Copies of the command line: no "remove one of them" (a sweep makes both).
+    with pytest.raises(LaunchError, match=r"^--sweep heldout_fraction=0.1 and heldout_fraction=0.2 are the same run "
+                                          r"under two names "
                                           r"\('\S+_heldout_fraction=0.1' and '\S+_heldout_fraction=0.2': every other "
-                                          r"flag means the same\); remove one of them; these runs do not read "
-                                          r"heldout_fraction \(each run's note says why\): sweep or set it only "
-                                          r"where a run reads it$"):
+                                          r"flag means the same\); these runs do not read "
+                                          r"heldout_fraction \(each run's note says why\): drop --sweep "
+                                          r"heldout_fraction$"):
         plan_experiments(BASE, [parse_sweep("heldout_fraction=0.1,0.2")])
-    with pytest.raises(LaunchError, match=r"remove one of them; these runs do not read data_seed \(each run's note "
-                                          r"says why\): sweep or set it only where a run reads it$"):
+    with pytest.raises(LaunchError, match=r"same\); these runs do not read data_seed \(each run's note "
+                                          r"says why\): drop --sweep data_seed$"):
         plan_experiments([*BASE, "--bits", "8"], [parse_sweep("data_seed=1,2")])  # whole splits: nothing drawn
     heldout = plan_experiments([*BASE, "--reward_source", "heldout"], [parse_sweep("heldout_fraction=0.1,0.2")])
     assert [e.args["heldout_fraction"] for e in heldout] == [0.1, 0.2]
@@ -381,3 +385,35 @@ def test_search_space_sweeps_that_search_stay():
     # Values that are no formats are left to the run's own check, which names them.
     with pytest.raises(LaunchError, match=r"^experiment 2 of 2 \(search_space=int99\): --search_space: "):
         plan_experiments(BASE, [parse_sweep("search_space=4,int99")])
+
+
+def test_a_sweep_of_one_value_spelled_twice_or_of_a_search_flag_for_a_baseline_names_the_values():
+    """Without a file: the values of the command line's sweep, and a way out that exists (neither
+    'remove one of them' nor a file's entries)."""
+    with pytest.raises(LaunchError, match=r"^--sweep bits=8 and bits=int8 would both write to /\S+/resnet18_uniform_"
+                                          r"wint8-aint8_s42 \(they are the same run\); list each value once$"):
+        plan_experiments(BASE, [parse_sweep("bits=8,int8")])
+    with pytest.raises(LaunchError, match=r"^--sweep cost_target_bits=3 and cost_target_bits=4 are the same run under "
+                                          r"two names \('\S+' and '\S+': every other flag means the same\); a run that "
+                                          r"does not search ignores cost_target_bits: drop --sweep cost_target_bits, "
+                                          r"or launch from an --experiments file that sets it only in its search "
+                                          r"entries$"):
+        plan_experiments(BASE, [parse_sweep("bits=4,8"), parse_sweep("cost_target_bits=3,4")])
+
+
+def test_an_experiments_file_that_is_not_utf8_or_sets_a_key_in_two_spellings(tmp_path):
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b'- {seed: 1}\n- {exp_name: "caf\xe9"}\n')
+    with pytest.raises(LaunchError, match=rf"^--experiments '{re.escape(str(latin1))}' is not UTF-8 text \(byte 0xe9 on "
+                                          r"line 2\); save it as UTF-8$"):
+        load_experiments_file(latin1)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("- {seed: 1}\n- {--bits: 8, bits: 4}\n")
+    with pytest.raises(LaunchError, match=r"entry 2 sets bits twice \(as '--bits' and 'bits'\); keep one of its "
+                                          r"values$"):
+        load_experiments_file(twice)
+    dashed = tmp_path / "dashed.yaml"
+    dashed.write_text("- {--exp_name: mine, --bits: 8}\n")
+    # exp_name written as the flag is the entry's name, as every other key so written is its flag
+    assert load_experiments_file(dashed) == [{"exp_name": "mine", "bits": 8}]
+    assert [e.exp_name for e in plan_experiments(BASE, entries=load_experiments_file(dashed))] == ["mine"]

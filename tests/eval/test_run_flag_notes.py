@@ -261,8 +261,9 @@ def test_runs_that_differ_only_in_an_unread_flag_are_the_same_setting():
 def test_a_sweep_of_a_flag_the_runs_do_not_read_is_one_run_twice():
     base = ["--task", "digits", "--model_type", "resnet18", "--max_steps", "3", "--device", "cpu",
             "--output_root_dir", "out"]
-    with pytest.raises(LaunchError, match=r"remove one of them; these runs do not read per_token \(each run's note "
-                                          r"says why\): sweep or set it only where a run reads it$"):
+    with pytest.raises(LaunchError, match=r"^--sweep per_token=true and per_token=false are the same run under two "
+                                          r"names .*; these runs do not read per_token \(each run's note "
+                                          r"says why\): drop --sweep per_token$"):
         plan_experiments([*base, "--weight_bits", "4"], [parse_sweep("per_token=true,false")])
     with pytest.raises(LaunchError, match=r"these runs do not read entropy_schedule_type \(each run's note says "
                                           r"why\)"):
