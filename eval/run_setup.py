@@ -270,6 +270,13 @@ def rebuild_run_model(run_dir: Path):
     if not (run_dir / "final_model").is_dir():
         raise FileNotFoundError(f"{run_dir} has no final_model/ (the run's weights): was it moved or deleted? "
                                 f"Rerun it to rebuild its model")
+    lacking = [what for what, names in (("config.json", ("config.json",)),
+                                         ("weights", ("model.safetensors", "model.safetensors.index.json",
+                                                      "pytorch_model.bin", "pytorch_model.bin.index.json")))
+               if not any((run_dir / "final_model" / name).is_file() for name in names)]
+    if lacking:
+        raise FileNotFoundError(f"{run_dir}/final_model has no {' and no '.join(lacking)} (the run's model is "
+                                f"incomplete: was part of it moved or deleted?); rerun it to rebuild its model")
     results = record.results
     if not results["layers"]:
         raise ValueError(f"{results_path} lists no quantized layer (a float run); there is no quantized model to "

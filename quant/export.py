@@ -208,6 +208,11 @@ def _tensor_nbytes(path: Path) -> dict[str, int]:
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
+    cwd = Path.cwd().resolve()
+    if out.exists() and overwrite and (out.resolve() == cwd or out.resolve() in cwd.parents):
+        # Replacing it would swap a directory this process (and the user's shell) stands in.
+        what = "the current directory" if out.resolve() == cwd else "a directory that holds the current one"
+        raise FileExistsError(f"{out} is {what}; replace another directory, or write a new one")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} is a file; give a directory to create (or an existing one to replace with "
                               "--overwrite)")
@@ -309,14 +314,16 @@ def export_quantized_checkpoint(model: nn.Module, out_dir: str | os.PathLike, pr
 
     with writing(out.parent):
         created = make_parents(out)
-    tmp = None
+    tmp = old = None
     try:  # each OS error names what the user will find at `out`, not the temporary directory
         with writing(out):
             tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         with writing(out / CONFIG_NAME):
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         with writing(out / WEIGHTS_NAME):
-            save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt", "quant_method": QUANT_METHOD})
+            # One metadata key: safetensors writes a map's keys in a random order (two exports of
+            # one model would differ in bytes); config.json names the quant_method.
+            save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
         if processor is not None:
             with writing(f"{out} (the {type(processor).__name__} files)"):
                 processor.save_pretrained(str(tmp))
@@ -332,6 +339,12 @@ def export_quantized_checkpoint(model: nn.Module, out_dir: str | os.PathLike, pr
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:  # overwrite failed after the swap began: the old export back in place
+            with contextlib.suppress(OSError):
+                if (old / out.name).exists() and not out.exists():
+                    os.replace(old / out.name, out)
+            if not (old / out.name).exists():
+                shutil.rmtree(old, ignore_errors=True)
         remove_empty_dirs(created)
         raise
     nbytes = _tensor_nbytes(out / WEIGHTS_NAME)

@@ -180,6 +180,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
     except ExportWriteError as error:  # the disk, not the request: names the path and the way out already
         sys.stderr.write(f"{prog}: error: {error}\n")
         return 1
+    except KeyboardInterrupt:  # the export removed its temporary files on the way out
+        sys.stderr.write(f"{prog}: interrupted; its temporary files were removed\n")
+        return 130
     except Exception as error:  # noqa: BLE001 - e.g. torch.export or loading: one line, not a traceback
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
         sys.stderr.write(f"{prog}: error: {type(error).__name__}: {first}\n")

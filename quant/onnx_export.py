@@ -3,7 +3,7 @@
 `export_onnx` swaps every quantized layer (for the export only) for quant.onnx_ops' `_QDQLayer`,
 whose custom ops become Q/DQ nodes, traces the model with torch.onnx (dynamo), cleans the graph up
 (constant folding that keeps the weights as low-bit initializers: `_fold_low_bit_casts`,
-`_optimize`), writes the file (initializers past protobuf's 2 GiB limit go to PATH.data) and
+`_optimize`; the exporter's per-node source metadata dropped: `_drop_node_metadata`), writes the file (initializers past protobuf's 2 GiB limit go to PATH.data) and
 returns an `OnnxReport`. The example inputs and the onnxruntime load check: quant/onnx_runtime.py.
 
 Layers whose formats or options have no ONNX form (quant/onnx_ops.py: `ONNX_TYPES`, abs-max
@@ -34,6 +34,7 @@ from torch import nn
 
 from quant import weight_group
 from quant.export import writing
+from quant.formats import parse_format
 from quant.onnx_ops import BASE_OPSET, ONNX_TYPES, TRANSLATION_TABLE, _QDQLayer, check_opset, required_opset
 from quant.quant_module import QuantModule
 from quant.surgery import quantized_layers
@@ -113,6 +114,19 @@ def _keep_low_bit_casts(node: Any) -> bool | None:
     return None  # the optimizer's default rules
 
 
+def _drop_node_metadata(model: onnx.ModelProto) -> None:
+    """Remove the exporter's per-node metadata (the torch stack trace, module class hierarchy, ...,
+    with this machine's absolute paths): most of a small model's file, and none of its meaning."""
+    graphs = [model.graph, *(function for function in model.functions)]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            del node.metadata_props[:]
+            for attribute in node.attribute:  # subgraphs (If, Loop, Scan)
+                graphs.extend([attribute.g] if attribute.HasField("g") else [])
+                graphs.extend(attribute.graphs)
+
+
 def _optimize(model: Any) -> None:
     """The exporter's graph clean-up (constant folding, dead code, CSE) without folding weights
     back to float. An onnxscript too old for `should_fold` leaves the graph as exported
@@ -135,9 +149,18 @@ class OnnxReport:
     file_bytes: int = 0
 
     def summary(self) -> str:
-        text = (f"{self.path}: opset {self.opset}, {len(self.qdq_layers)} layers with Q/DQ "
-                f"({self.num_quantize_linear} QuantizeLinear, {self.num_dequantize_linear} DequantizeLinear), "
-                f"{self.file_bytes} bytes")
+        # What each exported layer became: Q/DQ where a side takes a scale, else Casts (bf16/fp16)
+        # or nothing (format none on both sides).
+        kinds = [("Q/DQ" if any(parse_format(f).takes_scale for f in formats) else
+                  "casts only" if any(parse_format(f).quantizes for f in formats) else "format none")
+                 for formats in self.qdq_layers.values()]
+        text = (f"{self.path}: opset {self.opset}, {kinds.count('Q/DQ')} layers with Q/DQ "
+                f"({self.num_quantize_linear} QuantizeLinear, {self.num_dequantize_linear} DequantizeLinear)")
+        for kind in ("casts only", "format none"):
+            if kinds.count(kind):
+                text += f", {kinds.count(kind)} with {kind}" if kind == "casts only" else \
+                    f", {kinds.count(kind)} at {kind} on both sides"
+        text += f", {self.file_bytes} bytes"
         if self.float_layers:
             text += f"; {len(self.float_layers)} layers exported in float: " + "; ".join(
                 f"{name} ({why})" for name, why in self.float_layers.items())
@@ -229,6 +252,7 @@ def export_onnx(model: nn.Module, example_inputs: Mapping[str, torch.Tensor], pa
     _optimize(program.model)
     proto = program.model_proto
     _fold_low_bit_casts(proto)
+    _drop_node_metadata(proto)
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -333,6 +333,14 @@ def test_export_refuses_what_would_give_wrong_weights_or_destroy_the_run(tmp_pat
     with pytest.raises(ValueError, match="does not hold the float weights of this resnet18 model \\(missing keys: "
                        "resnet.embedder.embedder.convolution.weight\\)"):
         export_main([str(partial), "--out", str(tmp_path / "x")])
+    # final_model/ without its config or its weights file: our error, not transformers' (rc 1 or a wrong key)
+    for missing, lacking in (("config.json", "config.json"), ("model.safetensors", "weights")):
+        (partial / "final_model" / missing).unlink()
+        with pytest.raises(FileNotFoundError, match=rf"^{partial}/final_model has no {lacking} \(the run's model is "
+                                                    r"incomplete: was part of it moved or deleted\?\); rerun it to "
+                                                    r"rebuild its model$"):
+            export_main([str(partial), "--out", str(tmp_path / "x")])
+        shutil.copy(run_dir / "final_model" / missing, partial / "final_model" / missing)
     # bad ONNX example sizes and an --out under a file fail before loading
     (tmp_path / "afile").write_text("")
     for argv, match in ((["--onnx", "--seq_len", "1"], "--seq_len must be >= 2"),

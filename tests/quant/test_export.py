@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -659,3 +660,54 @@ def test_codes_of_another_shape_than_config_json_name_the_layer(tmp_path, fmt, d
                                          rf"stored in {stored} torch.{dtype} elements, got {got}: the data and the shape "
                                          rf"do not belong together; the checkpoint's files disagree, export it again$"):
         load_quantized_checkpoint(tmp_path / "ckpt")
+
+
+def test_overwriting_the_current_directory_is_refused_and_a_failed_swap_puts_the_old_export_back(tmp_path, monkeypatch):
+    """--out . --overwrite failed with 'Device or resource busy' and left a hidden ..old- folder;
+    a failure between the two renames of an overwrite lost the old export."""
+    import quant.export
+
+    model, _ = tiny_model("gpt2", QuantConfig("int4", "int8"))
+    export_quantized_checkpoint(model, tmp_path / "ckpt")
+    before = (tmp_path / "ckpt" / WEIGHTS_NAME).read_bytes()
+    monkeypatch.chdir(tmp_path / "ckpt")
+    for out, what in ((".", "the current directory"), ("..", "a directory that holds the current one")):
+        with pytest.raises(FileExistsError, match=rf"^{re.escape(out)} is {what}; replace another directory, or "
+                                                  r"write a new one$"):
+            export_quantized_checkpoint(model, out, overwrite=True)
+    monkeypatch.chdir(tmp_path)
+    real_replace = os.replace
+
+    def second_rename_fails(source, target):
+        if ".tmp-" in str(source):  # the new export into place, after the old one was moved aside
+            raise OSError(errno.EIO, "Input/output error")
+        real_replace(source, target)
+
+    monkeypatch.setattr(quant.export.os, "replace", second_rename_fails)
+    other, _ = tiny_model("gpt2", QuantConfig("int8", "int8"), seed=1)
+    with pytest.raises(Exception, match="Input/output error"):
+        export_quantized_checkpoint(other, tmp_path / "ckpt", overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no .ckpt.tmp- or .ckpt.old- folder left
+    assert (tmp_path / "ckpt" / WEIGHTS_NAME).read_bytes() == before
+
+
+def test_two_exports_of_a_model_are_the_same_bytes(tmp_path):
+    """safetensors wrote its two metadata keys in a random order: the files differed at byte 27."""
+    model, _ = tiny_model("bert", QuantConfig("int4", "int8", per_channel=True))
+    for out in ("a", "b"):
+        export_quantized_checkpoint(model, tmp_path / out)
+    for name in (WEIGHTS_NAME, "config.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_an_interrupted_export_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    import eval.eval_run
+    import quant.export
+    from quant.export_cli import cli
+
+    model, _ = tiny_model("gpt2", QuantConfig("int4", "int8"))
+    monkeypatch.setattr(eval.eval_run, "load_run_model", lambda run_dir: (model, None))
+    monkeypatch.setattr(quant.export, "save_file", _raise(KeyboardInterrupt()))
+    assert cli([str(tmp_path / "run"), "--out", str(tmp_path / "deploy" / "ckpt")]) == 130
+    assert capsys.readouterr().err == "python -m quant.export: interrupted; its temporary files were removed\n"
+    assert os.listdir(tmp_path) == []

@@ -376,3 +376,22 @@ def test_export_with_grouped_weights_on_traces_no_group_hook(tmp_path):
     assert nodes == [n.op_type for n in onnx.load(str(tmp_path / "plain.onnx")).graph.node]
     assert report.num_quantize_linear == plain.num_quantize_linear
     np.testing.assert_array_equal(ort_outputs(tmp_path / "grouped.onnx", inputs), ort_outputs(tmp_path / "plain.onnx", inputs))
+
+
+def test_the_summary_counts_q_dq_cast_and_plain_layers_apart_and_nodes_carry_no_source_metadata(tmp_path):
+    """Layers at bf16/fp16 are Casts and layers at none nothing: 'layers with Q/DQ' counted them
+    all. The exporter's per-node metadata (stack traces with this machine's paths) is dropped."""
+    model, inputs = tiny("resnet18", QuantConfig(), [("int8", "int8"), ("bf16", "fp16"), ("none", "none")],
+                         overrides=SMALL_RESNET)
+    report = export_onnx(model, inputs, tmp_path / "m.onnx")
+    kinds = sorted(report.qdq_layers.values())
+    layers_with = {"Q/DQ": sum(1 for w, a in kinds if "int8" in (w, a)), "casts": kinds.count(("bf16", "fp16")),
+                   "none": kinds.count(("none", "none"))}
+    assert layers_with["Q/DQ"] and layers_with["casts"] and layers_with["none"]
+    assert report.summary() == (
+        f"{tmp_path / 'm.onnx'}: opset {report.opset}, {layers_with['Q/DQ']} layers with Q/DQ "
+        f"({report.num_quantize_linear} QuantizeLinear, {report.num_dequantize_linear} DequantizeLinear), "
+        f"{layers_with['casts']} with casts only, {layers_with['none']} at format none on both sides, "
+        f"{report.file_bytes} bytes")
+    proto = onnx.load(tmp_path / "m.onnx")
+    assert proto.graph.node and not [node.name for node in proto.graph.node if len(node.metadata_props)]
