@@ -209,7 +209,7 @@ def _tensor_nbytes(path: Path) -> dict[str, int]:
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
     cwd = Path.cwd().resolve()
-    if out.exists() and overwrite and (out.resolve() == cwd or out.resolve() in cwd.parents):
+    if out.exists() and (out.resolve() == cwd or out.resolve() in cwd.parents):
         # Replacing it would swap a directory this process (and the user's shell) stands in.
         what = "the current directory" if out.resolve() == cwd else "a directory that holds the current one"
         raise FileExistsError(f"{out} is {what}; replace another directory, or write a new one")

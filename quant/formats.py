@@ -35,8 +35,8 @@ import torch
 VALID_FORMS = (
     "0/none/fp32 (no quantization), bf16, fp16, N or intN with 2<=N<=16 (e.g. 4, int8), "
     "fp8_e4m3/e4m3, fp8_e5m2/e5m2, fp8_e3m4/e3m4, fp6_e2m3, fp6_e3m2, fp4_e2m1/fp4, "
-    "or a generic eXmY with 1<=X<=5, 0<=Y<=7, X+Y<=7 (e.g. e2m5), with _fn or _ieee special codes "
-    "(e.g. e4m2_ieee)"
+    "or a generic eXmY with 1<=X<=5, 0<=Y<=7, X+Y<=7 (e.g. e2m5), also with _fn, _ieee or _finite special "
+    "codes (e.g. e4m2_ieee, e4m3_finite)"
 )
 
 INT_BITS_RANGE = (2, 16)
@@ -245,8 +245,14 @@ class FloatFormat(NumberFormat):
         # Integers only: FloatFormat(True, 1) would be named 'eTruem1', FloatFormat(2.5, 1) 'e2.5m1'.
         object.__setattr__(self, "exp_bits", _bits_argument(self.exp_bits, "FloatFormat exp_bits", "FloatFormat(4, 3)"))
         object.__setattr__(self, "man_bits", _bits_argument(self.man_bits, "FloatFormat man_bits", "FloatFormat(4, 3)"))
-        if self.exp_bits < 1 or self.man_bits < 0:
-            raise ValueError(f"FP format needs exp_bits >= 1 and man_bits >= 0, got e{self.exp_bits}m{self.man_bits}")
+        (elo, ehi), (mlo, mhi) = GENERIC_EXP_RANGE, GENERIC_MAN_RANGE
+        if not (elo <= self.exp_bits <= ehi and mlo <= self.man_bits <= mhi
+                and self.exp_bits + self.man_bits <= GENERIC_MAX_PAYLOAD_BITS):
+            # What parse_format accepts, so that every format's name parses back; packing stores a
+            # code in one byte, and the rounding core keeps its steps in float32's normal range.
+            raise ValueError(f"FP format needs {elo} <= exp_bits <= {ehi}, {mlo} <= man_bits <= {mhi} and exp_bits + "
+                             f"man_bits <= {GENERIC_MAX_PAYLOAD_BITS} (at most 8 bits with the sign), got "
+                             f"e{self.exp_bits}m{self.man_bits}")
         # Special codes that leave the top exponent (or every non-zero exponent) without a finite
         # value: `max` (the all-ones mantissa below the reserved codes) would not be a value.
         if self.special is SpecialCodes.FN and self.man_bits == 0:
@@ -256,10 +262,6 @@ class FloatFormat(NumberFormat):
         if self.special is SpecialCodes.IEEE and self.exp_bits == 1:
             raise ValueError(f"FloatFormat(1, {self.man_bits}, special='ieee') has no normal values (its one non-zero "
                              "exponent is reserved for inf/NaN); use special='finite' or 'fn', or more exponent bits")
-        # The rounding core builds powers of two as float32 bit patterns; every supported format
-        # keeps its step exponents inside float32's normal range.
-        if self.emin - self.man_bits < -126 or self.emax > 127:
-            raise ValueError(f"e{self.exp_bits}m{self.man_bits} is outside what the float32 rounding core supports")
 
     @property
     def bias(self) -> int:
@@ -314,6 +316,7 @@ class FloatFormat(NumberFormat):
 
 
 _Result = TypeVar("_Result")
+_MISSING = object()
 
 
 def cached_per_format(function: Callable[[Any], _Result]) -> Callable[[Any], _Result]:
@@ -325,8 +328,9 @@ def cached_per_format(function: Callable[[Any], _Result]) -> Callable[[Any], _Re
 
     @functools.wraps(function)
     def cached(fmt: Any) -> _Result:
-        if fmt in cache:
-            return cache[fmt]
+        result = cache.get(fmt, _MISSING)  # one hash of the dataclass (`in` then `[]` took two)
+        if result is not _MISSING:
+            return result  # type: ignore[return-value]
         result = function(fmt)
         if not torch.compiler.is_compiling():
             cache[fmt] = result

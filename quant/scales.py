@@ -118,10 +118,11 @@ def abs_max(
     `dim` is the channel dimension kept for PER_CHANNEL, or the feature dimension reduced for
     PER_TOKEN. A `range_percentile` in (0, 100) takes that percentile of |x| instead of the max.
     """
-    check_range_percentile(range_percentile)
-    if range_percentile < 0:
-        raise ValueError(f"abs_max takes range_percentile in (0, 100], got {range_percentile!r}; MSE-optimal "
-                         "clipping (a negative range_percentile) is compute_scale's")
+    if isinstance(range_percentile, bool) or not isinstance(range_percentile, numbers.Real):
+        raise TypeError(f"range_percentile must be a number in (0, 100], got {range_percentile!r}")
+    if not 0 < range_percentile <= 100:  # NaN fails it too
+        raise ValueError(f"abs_max takes range_percentile in (0, 100], got {range_percentile!r} (MSE-optimal "
+                         "clipping, a negative range_percentile, is compute_scale's)")
     return _abs_max(x, _reduce_dims(x, parse_granularity(granularity), dim), range_percentile)
 
 

@@ -672,9 +672,10 @@ def test_overwriting_the_current_directory_is_refused_and_a_failed_swap_puts_the
     before = (tmp_path / "ckpt" / WEIGHTS_NAME).read_bytes()
     monkeypatch.chdir(tmp_path / "ckpt")
     for out, what in ((".", "the current directory"), ("..", "a directory that holds the current one")):
-        with pytest.raises(FileExistsError, match=rf"^{re.escape(out)} is {what}; replace another directory, or "
-                                                  r"write a new one$"):
-            export_quantized_checkpoint(model, out, overwrite=True)
+        for overwrite in (True, False):  # without --overwrite too: 'already exists ... (--overwrite)' misled
+            with pytest.raises(FileExistsError, match=rf"^{re.escape(out)} is {what}; replace another directory, or "
+                                                      r"write a new one$"):
+                export_quantized_checkpoint(model, out, overwrite=overwrite)
     monkeypatch.chdir(tmp_path)
     real_replace = os.replace
 
@@ -694,10 +695,15 @@ def test_overwriting_the_current_directory_is_refused_and_a_failed_swap_puts_the
 def test_two_exports_of_a_model_are_the_same_bytes(tmp_path):
     """safetensors wrote its two metadata keys in a random order: the files differed at byte 27."""
     model, _ = tiny_model("bert", QuantConfig("int4", "int8", per_channel=True))
-    for out in ("a", "b"):
+    for out in ("a", "b", "c"):
         export_quantized_checkpoint(model, tmp_path / out)
-    for name in (WEIGHTS_NAME, "config.json"):
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    for out in ("b", "c"):
+        for name in (WEIGHTS_NAME, "config.json"):
+            assert (tmp_path / out / name).read_bytes() == (tmp_path / "a" / name).read_bytes(), (out, name)
+    # What makes it so: one metadata key (two come out in either order, so equal bytes above can be luck).
+    with open(tmp_path / "a" / WEIGHTS_NAME, "rb") as handle:
+        header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+    assert header["__metadata__"] == {"format": "pt"}
 
 
 def test_an_interrupted_export_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):

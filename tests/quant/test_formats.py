@@ -305,7 +305,8 @@ def test_max_is_the_largest_finite_code_of_the_smallest_formats(exp_bits, man_bi
 
 
 def every_float_format() -> list[FloatFormat]:
-    """Every FloatFormat of at most 8 bits (with the sign) the class accepts."""
+    """Every FloatFormat the class accepts (test_float_format_bits_are_those_parse_format_accepts:
+    no other (X, Y))."""
     formats = []
     for exp_bits in range(1, 6):
         for man_bits in range(0, 8 - exp_bits):
@@ -341,3 +342,12 @@ def test_every_float_format_s_name_parses_back_to_it():
 def test_bad_special_code_tokens(token, match):
     with pytest.raises(ValueError, match=match):
         parse_format(token)
+
+
+@pytest.mark.parametrize("exp_bits, man_bits", [(6, 1), (7, 0), (6, 0), (0, 3), (4, 4), (1, 7), (5, 3)])
+def test_float_format_bits_are_those_parse_format_accepts(exp_bits, man_bits):
+    """FloatFormat(6, 1, 'ieee') was accepted, and named e6m1_ieee, a token parse_format refuses:
+    a record or an export of it would not load back."""
+    with pytest.raises(ValueError, match=rf"^FP format needs 1 <= exp_bits <= 5, 0 <= man_bits <= 7 and exp_bits \+ "
+                                         rf"man_bits <= 7 \(at most 8 bits with the sign\), got e{exp_bits}m{man_bits}$"):
+        FloatFormat(exp_bits, man_bits, "ieee")

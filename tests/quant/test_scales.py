@@ -224,11 +224,12 @@ def test_integer_dims_of_other_types_equal_the_int():
 
 
 @pytest.mark.parametrize("percentile, error, match", [
-    (-5, ValueError, r"^abs_max takes range_percentile in \(0, 100\], got -5; MSE-optimal clipping \(a negative "
-                     r"range_percentile\) is compute_scale's$"),
-    (0, ValueError, r"^range_percentile must be in \(0, 100\] or negative"),
-    (101, ValueError, r"^range_percentile must be in \(0, 100\] or negative"),
-    ("99", TypeError, r"^range_percentile must be a number in \(0, 100\] or negative, got '99'$"),
+    (-5, ValueError, r"^abs_max takes range_percentile in \(0, 100\], got -5 \(MSE-optimal clipping, a negative "
+                     r"range_percentile, is compute_scale's\)$"),
+    (0, ValueError, r"^abs_max takes range_percentile in \(0, 100\], got 0 \("),
+    (101, ValueError, r"^abs_max takes range_percentile in \(0, 100\], got 101 \("),
+    (float("nan"), ValueError, r"^abs_max takes range_percentile in \(0, 100\], got nan \("),
+    ("99", TypeError, r"^range_percentile must be a number in \(0, 100\], got '99'$"),
 ])
 def test_abs_max_checks_its_range_percentile(percentile, error, match):
     """-5 used to return the smallest |x| (the k-th value with k clamped to 1)."""
