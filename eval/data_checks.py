@@ -120,7 +120,7 @@ def check_labels(ds: datasets.Dataset, task: TaskSpec, source: str, rows: RowNam
         # A csv label column with one cell that is no number is read as text whole ('1' for 1):
         # the cells that name no integer are the bad ones, unless all do (a column of text ids).
         bad = [row for row in not_ids if not _names_class_id(labels[row])] or not_ids
-        found = sorted({labels[row] for row in bad}, key=str)
+        found = sorted({repr(labels[row]): labels[row] for row in bad}.values(), key=str)  # [1] is unhashable
         raise ValueError(f"{source}: labels in {task.label_column!r} must be class ids 0..{task.num_labels - 1} "
                          f"for task {task.name!r}, found {found[:10]}, first in {rows.name(bad[0])}; map them to "
                          "integers first")
@@ -313,8 +313,9 @@ def check_eval_labels_vary(ds: datasets.Dataset, full: datasets.Dataset, task: T
         return
     value, column = ds[0][task.label_column], task.label_column
     if len(ds) < len(full):  # a --max_eval_samples subset
-        drawn = (f"the {len(ds)} rows --max_eval_samples drew from its {len(full)} all have label {value!r} "
-                 f"in {column!r}")
+        drawn = (f"the row --max_eval_samples drew from its {len(full)} has label {value!r}" if len(ds) == 1 else
+                 f"the {len(ds)} rows --max_eval_samples drew from its {len(full)} all have label {value!r}"
+                 ) + f" in {column!r}"
         full_labels = np.asarray(full[task.label_column], dtype=np.float64)
         way_out = ("pass a larger --max_eval_samples (the whole split has other labels too), or give it more "
                    "rows with other labels" if full_labels.min() != full_labels.max()

@@ -192,6 +192,16 @@ def to_rgb_image(image: Any) -> Image.Image:
         image = Image.fromarray(image)
     if not isinstance(image, Image.Image):
         raise ValueError(f"expected a PIL image or a uint8 numpy array, got {type(image).__name__}")
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # 16-bit grayscale (a 16-bit PNG opens as I;16, or I): convert("RGB") clips every value
+        # above 255, so the image came out nearly white. Rescaled to 8 bits (65535 -> 255) instead.
+        values = np.asarray(image).astype(np.float64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"a PIL mode {image.mode} image with values outside 0..65535 (found {values.min():g}.."
+                             f"{values.max():g}) has no known range; save it as an 8- or 16-bit image")
+        image = Image.fromarray(np.round(values / 257.0).astype(np.uint8))
+    elif image.mode == "F":
+        raise ValueError("a floating-point image (PIL mode F) has no known range; save it as an 8- or 16-bit image")
     return image if image.mode == "RGB" else image.convert("RGB")
 
 

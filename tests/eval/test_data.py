@@ -169,6 +169,10 @@ def test_every_label_error_names_the_first_bad_row(tmp_path):
         load_raw_datasets("stsb", train_file=str(tmp_path / "text.json"), validation_file=stsb_train)
     assert str(error.value).endswith("labels in 'label' must be numbers, found '1.5' in row 0 (counting from 0; "
                                      "line 1 of the file); write them as numbers, without quotes")
+    (tmp_path / "list.jsonl").write_text('{"sentence": "good", "label": 1}\n{"sentence": "bad", "label": [1]}\n')
+    assert error_of("sst2", (tmp_path / "list.jsonl").read_text(), "list.jsonl") == (  # unhashable: a TypeError before
+        "labels in 'label' must be class ids 0..1 for task 'sst2', found [[1]], first in row 1 (counting from 0; "
+        "line 2 of the file); map them to integers first")
     assert error_of("sst2", "sentence,label\ngood,1\nbad,0\nfun,3.5\n", "half.csv") == (
         "labels in 'label' must be class ids 0..1 for task 'sst2', found [3.5], first in row 2 (counting from 0; "
         "line 4 of the file); map them to integers first")
@@ -338,6 +342,8 @@ def test_constant_regression_eval_labels_are_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"the 4 rows --max_eval_samples drew from its 5 all have label 3.0 in "
                                          r"'label'; .*; give it rows with other labels$"):
         load_raw_datasets("stsb", train_file=train, validation_file=constant, max_eval_samples=4)
+    with pytest.raises(ValueError, match=r"the row --max_eval_samples drew from its 5 has label 3.0 in 'label'; "):
+        load_raw_datasets("stsb", train_file=train, validation_file=constant, max_eval_samples=1)  # not "1 rows"
     # A constant training label trains: left alone.
     raw = load_raw_datasets("stsb", train_file=constant, validation_file=train)
     assert list(raw["train"]["label"]) == [3.0] * 5

@@ -47,6 +47,30 @@ def test_center_crop_and_shortest_edge_resize():
     assert torch.allclose(pixels[0], torch.tensor([[20, 30], [20, 30]]) / 255.0)
 
 
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_16_bit_grayscale_is_rescaled_to_8_bits_not_clipped(mode, tmp_path):
+    """A 16-bit PNG became nearly white: convert('RGB') clipped every value above 255."""
+    ramp = np.arange(0, 65536, 257, dtype=np.int64).reshape(16, 16)  # 256 values, 0..65535
+    image = Image.fromarray(ramp.astype(np.uint16)) if mode == "I;16" else Image.fromarray(ramp.astype(np.int32))
+    assert image.mode == mode
+    rgb = np.asarray(to_rgb_image(image))
+    assert rgb.dtype == np.uint8 and np.array_equal(rgb[:, :, 0], np.arange(256).reshape(16, 16))
+    assert np.array_equal(rgb[:, :, 0], rgb[:, :, 2])
+    path = tmp_path / "ramp16.png"  # as read from a 16-bit PNG file
+    Image.fromarray(ramp.astype(np.uint16)).save(path)
+    with Image.open(path) as read:
+        assert np.array_equal(np.asarray(to_rgb_image(read))[:, :, 1], np.arange(256).reshape(16, 16))
+
+
+def test_images_without_a_known_range_are_refused():
+    with pytest.raises(ValueError, match=r"^a floating-point image \(PIL mode F\) has no known range; save it as an "
+                                         r"8- or 16-bit image$"):
+        to_rgb_image(Image.fromarray(np.ones((2, 2), np.float32)))
+    with pytest.raises(ValueError, match=r"^a PIL mode I image with values outside 0..65535 \(found 0..70000\) has no known "
+                                         r"range"):
+        to_rgb_image(Image.fromarray(np.array([[0, 70000]], np.int32)))
+
+
 def test_numpy_and_mode_conversions():
     assert to_rgb_image(np.zeros((3, 3), np.uint8)).mode == "RGB"
     assert to_rgb_image(np.zeros((3, 3, 1), np.uint8)).size == (3, 3)
