@@ -16,11 +16,18 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import re
 
 import torch
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification, PretrainedConfig
 
 from eval.model_configs import ModelSpec
+
+try:  # the config classes' own validators (strict dataclasses); absent from older huggingface_hub
+    from huggingface_hub.errors import StrictDataclassError
+except ImportError:  # pragma: no cover - nothing raises it there
+    class StrictDataclassError(Exception):  # type: ignore[no-redef]
+        pass
 from eval.config_overrides import apply_config_overrides, parse_config_overrides
 from eval.models import _check_config, _load_config, _resolve_source
 
@@ -62,6 +69,25 @@ def _builds_and_runs(spec: ModelSpec, config: PretrainedConfig) -> None:
         model(pixel_values=torch.zeros(1, 3, size, size))  # the vision tasks' images are RGB
 
 
+def _validate_config(config: PretrainedConfig) -> None:
+    """The config class's own validators (transformers runs them only in save_pretrained, after
+    training: layer_type=bogus trained a basic ResNet, then failed), as one ValueError line."""
+    try:
+        validate = getattr(config, "validate", None)
+        if callable(validate):
+            validate()
+    except StrictDataclassError as error:
+        raise ValueError(_last_line(error)) from None
+
+
+def _last_line(error: BaseException) -> str:
+    """The reason of a validator's error ('Class validation error for ...:\n    ValueError: why')."""
+    line = str(error).strip().splitlines()[-1].strip()
+    line = line.split(": ", 1)[1] if line.split(": ", 1)[0].endswith("Error") and ": " in line else line
+    # a field's type: "... doesn't match any type in (<class 'int'>, <class 'NoneType'>). Errors: (each type)"
+    return re.sub(r"<class '(\w+)'>", r"\1", line.split(". Errors: ", 1)[0])
+
+
 def check_model_flags(args: argparse.Namespace, spec: ModelSpec) -> None:
     """--model_name_or_path, --config_overrides and --max_seq_length against the model they
     describe (see the module docstring)."""
@@ -83,12 +109,15 @@ def check_model_flags(args: argparse.Namespace, spec: ModelSpec) -> None:
     if args.config_overrides:
         try:
             apply_config_overrides(config, parse_config_overrides(args.config_overrides, config))
+            _validate_config(config)
             _check_config(spec, config)
             for name in ("num_hidden_layers", "n_layer"):
                 if getattr(config, name, 1) < 1:
                     raise ValueError(f"{name}={getattr(config, name)} leaves the model without layers; use at least 1")
         except ValueError as error:
             raise ValueError(f"--config_overrides: {error}") from None
+        except StrictDataclassError as error:  # a field's type, checked as the override is set
+            raise ValueError(f"--config_overrides: {_last_line(error)}") from None
         try:
             _builds_and_runs(spec, base)
         except Exception:  # noqa: BLE001 - the base architecture cannot be checked this way: skip

@@ -597,6 +597,15 @@ def test_export_dir_may_not_lie_in_the_run_directory(capsys, tmp_path):
         (["--model_name_or_path", "/nonexistent/model"],
          "--model_name_or_path '/nonexistent/model' is not a directory; pass a directory written by "
          "save_pretrained()"),
+        # the config class's own validators: they ran only when the trained model was saved (a basic ResNet
+        # trained under layer_type=bogus, then the run failed); a field's type raised a traceback
+        (["--config_overrides", "layer_type=bogus"],
+         r"^eval_run: error: --config_overrides: layer_type=bogus is not one of basic,bottleneck \(see --help\)$"),
+        (["--model", "mobilenetv2", "--config_overrides", "depth_multiplier=0"],
+         r"^eval_run: error: --config_overrides: depth_multiplier must be greater than zero. \(see --help\)$"),
+        (["--model", "gpt2", "--task", "synth-sentiment", "--config_overrides", "n_inner=abc"],
+         r"^eval_run: error: --config_overrides: Field 'n_inner' with value 'abc' doesn't match any type in "
+         r"\(int, NoneType\) \(see --help\)$"),
     ],
 )
 def test_model_flags_are_checked_against_the_architecture_before_loading(argv, message, capsys):
