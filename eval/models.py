@@ -138,7 +138,8 @@ def _set_image_size(spec: ModelSpec, config: PretrainedConfig, image_size: int, 
     if not from_scratch:
         if image_size != config.image_size:
             raise ValueError(f"{spec.name} checkpoint position embeddings are for {config.image_size} px images, not "
-                             f"{image_size}; resize inputs to {config.image_size} or pass --from_scratch")
+                             f"{image_size}; use {config.image_size} px images (--image_size {config.image_size}) or "
+                             "train new ones (--from_scratch)")
         return
     patch = config.patch_size if isinstance(config.patch_size, int) else min(config.patch_size)
     config.update({"image_size": image_size, "patch_size": vit_patch_size_for(image_size, patch)})

@@ -138,7 +138,7 @@ def _build_model(args: argparse.Namespace, task: TaskSpec, tokenizer, source: st
         kwargs.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     elif task.modality == "text" and spec.family == "gpt2":
         kwargs.update(pad_token_id=tokenizer.pad_token_id)
-    if task.modality == "vision" and args.from_scratch:
+    if task.modality == "vision":  # a checkpoint's too: a DeiT's position embeddings fix its size
         kwargs["image_size"] = image_size
     try:
         return build_model(args.model_type, num_labels=task.num_labels, from_scratch=args.from_scratch,

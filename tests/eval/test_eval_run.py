@@ -837,3 +837,20 @@ def test_recompute_inputs_changes_no_result(tmp_path):
         k: v for k, v in every["metrics"].items() if not any(t in k for t in timings)}
     assert off["layers"] == every["layers"] and off["search"] == every["search"]
     assert "recompute_inputs" in NON_RESULT_ARGS
+
+
+def test_a_deit_checkpoint_at_another_image_size_is_refused_before_training(tmp_path, capsys):
+    """Its position embeddings fix the image size: the run failed at its first step (exit 1, a
+    failed results.json) instead of with the check's one line."""
+    deit = ["--task", "digits", "--model_type", "deit-tiny", "--bits", "0", "--config_overrides",
+            "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"]
+    code, _, run_dir = run(tmp_path / "first", *deit, "--from_scratch")
+    assert code == 0
+    capsys.readouterr()
+    code = main(["--task", "digits", "--model_type", "deit-tiny", "--bits", "0", "--model_name_or_path",
+                 str(run_dir / "final_model"), "--image_size", "64", *FAST, "--output_root_dir", str(tmp_path / "second")])
+    assert code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "eval_run: error: deit-tiny checkpoint position embeddings are for 32 px images, not 64; use 32 px images "
+        "(--image_size 32) or train new ones (--from_scratch)")
+    assert not list((tmp_path / "second").glob("*/*/results.json"))
