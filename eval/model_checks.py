@@ -22,14 +22,14 @@ import torch
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification, PretrainedConfig
 
 from eval.model_configs import ModelSpec
+from eval.config_overrides import apply_config_overrides, parse_config_overrides
+from eval.models import _check_config, _load_config, _resolve_source
 
 try:  # the config classes' own validators (strict dataclasses); absent from older huggingface_hub
     from huggingface_hub.errors import StrictDataclassError
 except ImportError:  # pragma: no cover - nothing raises it there
     class StrictDataclassError(Exception):  # type: ignore[no-redef]
         pass
-from eval.config_overrides import apply_config_overrides, parse_config_overrides
-from eval.models import _check_config, _load_config, _resolve_source
 
 
 def local_checkpoint_config(spec: ModelSpec, source: str) -> PretrainedConfig | None:
