@@ -208,10 +208,10 @@ def _tensor_nbytes(path: Path) -> dict[str, int]:
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
-    cwd = Path.cwd().resolve()
-    if out.exists() and (out.resolve() == cwd or out.resolve() in cwd.parents):
+    cwd, resolved = Path.cwd().resolve(), out.resolve()
+    if out.exists() and (resolved == cwd or resolved in cwd.parents):
         # Replacing it would swap a directory this process (and the user's shell) stands in.
-        what = "the current directory" if out.resolve() == cwd else "a directory that holds the current one"
+        what = "the current directory" if resolved == cwd else "a directory that holds the current one"
         raise FileExistsError(f"{out} is {what}; replace another directory, or write a new one")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} is a file; give a directory to create (or an existing one to replace with "
